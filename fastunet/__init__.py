@@ -1,0 +1,29 @@
+"""fastunet: the U-Net of Ronneberger et al. (2015) for huge biomedical images.
+
+Public API::
+
+    from fastunet import UNetConfig, ReferenceUNet, save_model, load_model, geometry
+"""
+
+from __future__ import annotations
+
+from . import geometry
+from .errors import ModelFileError, UserError
+from .model import ReferenceUNet, UNetConfig, count_parameters
+from .modelfile import load_model, read_model_metadata, save_model
+from .normalization import Normalization
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ModelFileError",
+    "Normalization",
+    "ReferenceUNet",
+    "UNetConfig",
+    "UserError",
+    "count_parameters",
+    "geometry",
+    "load_model",
+    "read_model_metadata",
+    "save_model",
+]

@@ -1,0 +1,154 @@
+"""Model files: safetensors weights with the config and normalization in the metadata.
+
+A model file is never unpickled: safetensors stores raw tensors and a JSON header, so a
+user's weights file cannot run code. The header's ``__metadata__`` holds::
+
+    format          "fastunet"
+    format_version  "1"
+    config          JSON of UNetConfig
+    normalization   JSON of Normalization
+    extra           JSON object (free-form: training command, metrics, ...)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .errors import ModelFileError
+from .model import ReferenceUNet, UNetConfig
+from .normalization import Normalization
+
+__all__ = ["save_model", "load_model", "read_model_metadata", "FORMAT_VERSION"]
+
+FORMAT_NAME = "fastunet"
+FORMAT_VERSION = "1"
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+def save_model(
+    path: str | os.PathLike,
+    model: ReferenceUNet,
+    normalization: Normalization | None = None,
+    extra: dict | None = None,
+) -> Path:
+    """Write ``model`` to ``path`` as a ``.safetensors`` model file.
+
+    Parameters
+    ----------
+    path : path-like
+        Destination; written to a temporary file first and renamed, so an interrupted save
+        never leaves a half-written model under the final name.
+    model : ReferenceUNet
+        The network (any device or dtype; stored as float32 on the CPU).
+    normalization : Normalization, optional
+        How inputs were normalized in training. Defaults to ``model.normalization`` when the
+        model has one, else percentile normalization.
+    extra : dict, optional
+        JSON-serialisable information stored beside the config.
+    """
+    path = Path(path)
+    if normalization is None:
+        normalization = getattr(model, "normalization", None) or Normalization()
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    metadata = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "config": json.dumps(model.config.to_dict()),
+        "normalization": json.dumps(normalization.to_dict()),
+        "extra": json.dumps(extra or {}),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+    return path
+
+
+def _check_header(path: Path) -> None:
+    """Reject files that are not safetensors before any library reads them."""
+    if not path.exists():
+        raise ModelFileError(f"Model file {str(path)!r} does not exist; check the path or pass --model.")
+    if not path.is_file():
+        raise ModelFileError(f"Model path {str(path)!r} is not a file.")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9:
+        raise ModelFileError(f"{str(path)!r} is not a fastunet model file: it is only {size} bytes.")
+    (header_len,) = struct.unpack("<Q", head[:8])
+    if head[8:9] != b"{" or header_len > _MAX_HEADER:
+        raise ModelFileError(
+            f"{str(path)!r} is not a safetensors file (fastunet model files are .safetensors; "
+            "pickled PyTorch checkpoints are refused because loading them can run code)."
+        )
+    if 8 + header_len > size:
+        raise ModelFileError(f"{str(path)!r} is truncated: its header claims more bytes than the file has.")
+
+
+def read_model_metadata(path: str | os.PathLike) -> tuple[UNetConfig, Normalization, dict]:
+    """The ``(config, normalization, extra)`` stored in a model file, without loading weights."""
+    path = Path(path)
+    _check_header(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelFileError(f"{str(path)!r} is not a readable safetensors file: {exc}") from None
+    if meta.get("format") != FORMAT_NAME:
+        raise ModelFileError(
+            f"{str(path)!r} is a safetensors file but not a fastunet model (no 'format: fastunet' "
+            "metadata); save models with fastunet.save_model."
+        )
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ModelFileError(
+            f"{str(path)!r} has model format version {meta.get('format_version')!r}; this fastunet "
+            f"reads version {FORMAT_VERSION}."
+        )
+    try:
+        config = UNetConfig.from_dict(json.loads(meta["config"]))
+        normalization = Normalization.from_dict(json.loads(meta.get("normalization", "{}")))
+        extra = json.loads(meta.get("extra", "{}"))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"{str(path)!r} has broken fastunet metadata: {exc}") from None
+    return config, normalization, extra
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> ReferenceUNet:
+    """Read a model file into a :class:`ReferenceUNet` in eval mode.
+
+    The returned module carries ``.normalization`` (a :class:`Normalization`) and ``.extra``
+    (the free-form metadata dict). Raises :class:`ModelFileError` for a missing, truncated,
+    foreign or inconsistent file; never unpickles anything.
+    """
+    path = Path(path)
+    config, normalization, extra = read_model_metadata(path)
+    model = ReferenceUNet(config)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ModelFileError(f"{str(path)!r} could not be read (truncated or corrupt?): {exc}") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise ModelFileError(
+            f"{str(path)!r} does not match its own config {config}: missing {missing[:4]}, "
+            f"unexpected {unexpected[:4]}."
+        )
+    for key, value in tensors.items():
+        if value.shape != expected[key].shape:
+            raise ModelFileError(
+                f"{str(path)!r}: tensor {key!r} has shape {tuple(value.shape)}, the config needs "
+                f"{tuple(expected[key].shape)}."
+            )
+    model.load_state_dict(tensors)
+    model.normalization = normalization
+    model.extra = extra
+    return model.to(device).eval()

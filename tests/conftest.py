@@ -1,0 +1,35 @@
+"""Test setup: run Triton kernels under the interpreter when there is no CUDA device.
+
+TRITON_INTERPRET must be set before triton is first imported, so this happens at the top of
+the conftest, which pytest imports before any test module.
+"""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+HAS_CUDA = torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_CUDA:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_seed(request):
+    """A different seed per test, shown on failure (captured stdout), so inputs are fresh
+    yet a failure can be replayed with FASTUNET_TEST_SEED=<seed>."""
+    seed = int(os.environ.get("FASTUNET_TEST_SEED") or int.from_bytes(os.urandom(4), "little"))
+    torch.manual_seed(seed)
+    print(f"{request.node.nodeid}: seed {seed}")
+    yield

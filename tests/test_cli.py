@@ -1,0 +1,26 @@
+import subprocess
+import sys
+
+from fastunet import ReferenceUNet, UNetConfig, save_model
+from fastunet.cli import main
+
+
+def test_info_prints_config_and_tiles(tmp_path, capsys):
+    path = save_model(tmp_path / "m.safetensors", ReferenceUNet(UNetConfig(base_channels=4, depth=4)))
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "base_channels  4" in out
+    assert "context        92 px per side" in out
+    assert "572->388" in out
+    assert "conv layers    23" in out
+
+
+def test_info_missing_model_is_a_clean_error(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastunet", "info", str(tmp_path / "missing.safetensors")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert "does not exist" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,105 @@
+import pytest
+import torch
+from torch import nn
+
+from fastunet import geometry
+from fastunet.model import ReferenceUNet, UNetConfig, center_crop, count_parameters
+
+
+def paper_parameter_count(in_channels=1, num_classes=2, base=64, depth=4):
+    """Parameters of the paper's U-Net, counted from the architecture by hand."""
+    widths = [base * 2**i for i in range(depth + 1)]
+    conv3 = lambda cin, cout: 9 * cin * cout + cout  # noqa: E731
+    total, cin = 0, in_channels
+    for w in widths[:-1]:  # contracting path: two 3x3 convs per level
+        total += conv3(cin, w) + conv3(w, w)
+        cin = w
+    total += conv3(widths[-2], widths[-1]) + conv3(widths[-1], widths[-1])  # bottom
+    for i in reversed(range(depth)):  # expansive path
+        total += 4 * widths[i + 1] * widths[i] + widths[i]  # 2x2 up-conv halving channels
+        total += conv3(2 * widths[i], widths[i]) + conv3(widths[i], widths[i])
+    total += widths[0] * num_classes + num_classes  # 1x1 head
+    return total
+
+
+def test_paper_network_layers_and_parameters():
+    model = ReferenceUNet(UNetConfig())
+    assert model.config.num_conv_layers == 23
+    assert len(model.conv_layers()) == 23
+    expected = paper_parameter_count()
+    assert expected == 31_030_658  # 1 input channel, 2 classes, base 64, depth 4
+    assert count_parameters(model) == expected
+
+
+@pytest.mark.parametrize("cfg", [UNetConfig(3, 5, 8, 2), UNetConfig(2, 3, 4, 3)])
+def test_parameter_count_other_configs(cfg):
+    model = ReferenceUNet(cfg)
+    assert count_parameters(model) == paper_parameter_count(
+        cfg.in_channels, cfg.num_classes, cfg.base_channels, cfg.depth
+    )
+    assert len(model.conv_layers()) == cfg.num_conv_layers
+
+
+def test_paper_network_maps_572_to_388_in_meta():
+    # Shape propagation on the meta device: the real paper network at its real tile size.
+    model = ReferenceUNet(UNetConfig()).to("meta")
+    out = model(torch.empty(1, 1, 572, 572, device="meta"))
+    assert tuple(out.shape) == (1, 2, 388, 388)
+
+
+def test_he_normal_init():
+    torch.manual_seed(0)
+    model = ReferenceUNet(UNetConfig(base_channels=64, depth=2))
+    w = model.down[1].conv2.weight  # 128 -> 128, N = 9 * 128
+    std = (2.0 / (9 * 128)) ** 0.5
+    assert abs(w.std().item() - std) / std < 0.02
+    assert abs(w.mean().item()) < 0.05 * std
+    assert torch.all(model.down[1].conv2.bias == 0)
+
+
+def test_forward_matches_hand_written_paper_expression():
+    """The module equals a literal transcription of the paper's layers."""
+    cfg = UNetConfig(in_channels=2, num_classes=3, base_channels=4, depth=2)
+    model = ReferenceUNet(cfg).eval()
+    x = torch.randn(2, 2, 44, 60)
+    relu, F = torch.relu, nn.functional
+    d0 = relu(model.down[0].conv2(relu(model.down[0].conv1(x))))
+    d1 = relu(model.down[1].conv2(relu(model.down[1].conv1(F.max_pool2d(d0, 2)))))
+    b = relu(model.bottom.conv2(relu(model.bottom.conv1(F.max_pool2d(d1, 2)))))
+    u = model.up[0](b)
+    u = relu(model.dec[0].conv2(relu(model.dec[0].conv1(torch.cat([center_crop(d1, *u.shape[-2:]), u], 1)))))
+    u2 = model.up[1](u)
+    u2 = relu(model.dec[1].conv2(relu(model.dec[1].conv1(torch.cat([center_crop(d0, *u2.shape[-2:]), u2], 1)))))
+    expected = model.head(u2)
+    torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
+
+
+def test_every_valid_size_runs_with_predicted_output():
+    cfg = UNetConfig(in_channels=1, num_classes=2, base_channels=2, depth=3)
+    model = ReferenceUNet(cfg).eval()
+    sizes = geometry.valid_input_sizes(cfg.depth, max_size=220)
+    assert sizes[0] == geometry.min_input_size(cfg.depth)
+    with torch.no_grad():
+        for s in sizes:
+            out = model(torch.randn(1, 1, s, sizes[0]))
+            assert out.shape[-2:] == (geometry.output_size(s, 3), geometry.output_size(sizes[0], 3)), s
+
+
+def test_dropout_only_in_training():
+    cfg = UNetConfig(base_channels=4, depth=1, dropout=0.5)
+    model = ReferenceUNet(cfg)
+    x = torch.randn(1, 1, 28, 28)
+    model.eval()
+    torch.testing.assert_close(model(x), model(x))
+    model.train()
+    assert not torch.equal(model(x), model(x))
+
+
+def test_bad_input_channels_and_config():
+    model = ReferenceUNet(UNetConfig(in_channels=2, base_channels=2, depth=1))
+    with pytest.raises(ValueError, match=r"\(N, 2, H, W\)"):
+        model(torch.randn(1, 3, 28, 28))
+    with pytest.raises(ValueError, match="depth"):
+        UNetConfig(depth=-1)
+    with pytest.raises(ValueError, match="num_classes"):
+        UNetConfig(num_classes=0)
