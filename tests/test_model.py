@@ -103,3 +103,26 @@ def test_bad_input_channels_and_config():
         UNetConfig(depth=-1)
     with pytest.raises(ValueError, match="num_classes"):
         UNetConfig(num_classes=0)
+
+
+def test_forward_flops_matches_layer_hooks():
+    """forward_flops equals 2 * MACs counted from the real layers' output shapes."""
+    from fastunet.model import forward_flops
+
+    cfg = UNetConfig(in_channels=2, num_classes=3, base_channels=4, depth=2)
+    model = ReferenceUNet(cfg).eval()
+    total = 0
+
+    def hook(module, inputs, output):
+        nonlocal total
+        k = module.weight.shape[-2] * module.weight.shape[-1]
+        cin = inputs[0].shape[1]
+        total += 2 * k * cin * output.shape[1] * output.shape[-2] * output.shape[-1] // (
+            4 if isinstance(module, nn.ConvTranspose2d) else 1
+        )
+
+    for layer in model.conv_layers():
+        layer.register_forward_hook(hook)
+    with torch.no_grad():
+        model(torch.randn(1, 2, 60, 44))
+    assert forward_flops(cfg, 60, 44) == total
