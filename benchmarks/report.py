@@ -1,0 +1,72 @@
+"""Regenerate the results table of benchmarks/README.md from benchmarks/results/*.json.
+
+Every benchmark run writes one JSON file (see ``benchmarks/common.py``); this script reads
+them all and rewrites the part of ``benchmarks/README.md`` between the two marker lines,
+newest run first. Run it after committing a new result::
+
+    python benchmarks/report.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BEGIN = "<!-- results-table:begin -->"
+END = "<!-- results-table:end -->"
+
+
+def _fmt(value) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def load_results(results_dir: Path) -> list[dict]:
+    """All result files, newest first (by the ``date`` they record, then by file name)."""
+    results = []
+    for path in sorted(results_dir.glob("*.json")):
+        data = json.loads(path.read_text())
+        data["_file"] = path.name
+        results.append(data)
+    return sorted(results, key=lambda r: (str(r.get("date", "")), r["_file"]), reverse=True)
+
+
+def render_table(results: list[dict]) -> str:
+    """A Markdown table: one row per figure or ratio of each run, newest run first."""
+    if not results:
+        return "No results recorded yet."
+    lines = [
+        "| date | benchmark | device | figure | value | file |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        head = f"| {r.get('date', '?')} | {r.get('benchmark', '?')} | {r.get('device', '?')} "
+        rows = [(k, v) for section in ("figures", "ratios") for k, v in sorted((r.get(section) or {}).items())]
+        for name, value in rows or [("-", "-")]:
+            lines.append(f"{head}| {name} | {_fmt(value)} | {r['_file']} |")
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, table: str) -> None:
+    text = readme.read_text()
+    if BEGIN not in text or END not in text:
+        text = text.rstrip("\n") + f"\n\n## Results\n\n{BEGIN}\n{END}\n"
+    before, rest = text.split(BEGIN, 1)
+    _, after = rest.split(END, 1)
+    readme.write_text(f"{before}{BEGIN}\n{table}\n{END}{after}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    root = Path(argv[0]) if argv else HERE
+    update_readme(root / "README.md", render_table(load_results(root / "results")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
