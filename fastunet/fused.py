@@ -1,0 +1,245 @@
+"""The whole U-Net forward on fastunet's Triton kernels.
+
+:class:`FusedUNet` packs a :class:`~fastunet.model.ReferenceUNet`'s weights once into the
+kernels' layouts and runs a batch of tiles through them:
+
+* encoder level: ``conv3x3`` -> ``conv3x3`` with the 2x2 max-pool fused into its epilogue
+  (it writes the full-resolution skip and the pooled input of the next level);
+* bottom: two ``conv3x3`` (dropout is the identity at inference);
+* decoder level: ``upconv2x2``, then a ``conv3x3`` reading the center-cropped skip and the
+  up-conv output as two sources (the concatenation is never materialized), then ``conv3x3``;
+* head: 1x1 conv fused with softmax/argmax.
+
+Activations are channels-last. The buffers of one ``(batch, height, width)`` are planned
+once and reused by every later call with that shape (a small LRU keeps a few shapes); on
+CUDA the forward can be captured in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import torch
+
+from . import geometry
+from .model import ReferenceUNet
+from .predictor import DTYPES, Prediction, Predictor
+
+__all__ = ["FusedUNet", "FusedPredictor"]
+
+
+def _kernels():
+    """Import the kernel modules (and so triton) only when a fused network is built."""
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+        raise RuntimeError(
+            "The triton backend needs a CUDA GPU. To check the kernels on a CPU, run them under "
+            "the Triton interpreter: set TRITON_INTERPRET=1 before Python starts (slow), or use "
+            "--backend torch."
+        )
+    from .kernels import conv, head, upconv
+
+    return conv, upconv, head
+
+
+@dataclass
+class _Plan:
+    """Activation buffers of one input shape, allocated once."""
+
+    x: torch.Tensor
+    enc_mid: list = field(default_factory=list)
+    enc_out: list = field(default_factory=list)  # full-resolution skips
+    pooled: list = field(default_factory=list)
+    bottom_mid: torch.Tensor | None = None
+    bottom_out: torch.Tensor | None = None
+    up: list = field(default_factory=list)
+    dec_mid: list = field(default_factory=list)
+    dec_out: list = field(default_factory=list)
+    logits: torch.Tensor | None = None
+    probs: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    graph: object = None
+
+
+class FusedUNet:
+    """A U-Net forward on the Triton kernels, numerically checked against :class:`ReferenceUNet`.
+
+    Parameters
+    ----------
+    model : ReferenceUNet or path
+        The network, or a model file (loaded with :func:`fastunet.load_model`).
+    device : str or torch.device
+        CUDA device (or ``cpu`` under ``TRITON_INTERPRET=1``).
+    dtype : {"bf16", "fp16", "tf32", "fp32"}
+        Storage dtype of weights and activations (fp32 accumulation always); ``tf32`` and
+        ``fp32`` store fp32 and differ in the precision of the dots.
+    cuda_graph : bool
+        Capture the forward of each shape in a CUDA graph (CUDA only).
+    max_plans : int
+        How many input shapes keep their buffers.
+    """
+
+    def __init__(self, model, device="cuda", dtype: str = "bf16", *, cuda_graph: bool = False, max_plans: int = 2):
+        if not isinstance(model, ReferenceUNet):
+            from .modelfile import load_model
+
+            model = load_model(model)
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}; got {dtype!r}.")
+        self.conv, self.upconv, self.head = _kernels()
+        from .kernels._utils import compute_dtype
+
+        self.config = model.config
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.storage, _ = compute_dtype(dtype)
+        self.cuda_graph = bool(cuda_graph) and self.device.type == "cuda"
+        self.max_plans = max_plans
+        self._plans: OrderedDict[tuple, _Plan] = OrderedDict()
+        self._pack(model)
+
+    # -- weights -------------------------------------------------------------------------
+    def _pack(self, model: ReferenceUNet) -> None:
+        dev, st = self.device, self.storage
+
+        def conv(layer):
+            return self.conv.pack_weight(layer.weight.to(dev), st), layer.bias.detach().to(dev, torch.float32).contiguous()
+
+        self.enc = [(conv(b.conv1), conv(b.conv2)) for b in model.down]
+        self.bottom = (conv(model.bottom.conv1), conv(model.bottom.conv2))
+        self.ups = [
+            (self.upconv.pack_weight(u.weight.to(dev), st), u.bias.detach().to(dev, torch.float32).contiguous())
+            for u in model.up
+        ]
+        self.dec = [(conv(d.conv1), conv(d.conv2)) for d in model.dec]
+        self.head_w = self.head.pack_weight(model.head.weight.to(dev), st)
+        self.head_b = model.head.bias.detach().to(dev, torch.float32).contiguous()
+
+    # -- buffers -------------------------------------------------------------------------
+    def _plan(self, n: int, h: int, w: int) -> _Plan:
+        key = (n, h, w)
+        plan = self._plans.get(key)
+        if plan is not None:
+            self._plans.move_to_end(key)
+            return plan
+        depth = self.config.depth
+        out_h, out_w = geometry.check_tile_size(h, depth, "tile height"), geometry.check_tile_size(w, depth, "tile width")
+        widths = self.config.widths
+        empty = lambda *shape: torch.empty(shape, device=self.device, dtype=self.storage)  # noqa: E731
+        plan = _Plan(x=empty(n, h, w, self.config.in_channels))
+        for level in range(depth):
+            c = widths[level]
+            plan.enc_mid.append(empty(n, h - 2, w - 2, c))
+            plan.enc_out.append(empty(n, h - 4, w - 4, c))
+            h, w = (h - 4) // 2, (w - 4) // 2
+            plan.pooled.append(empty(n, h, w, c))
+        plan.bottom_mid = empty(n, h - 2, w - 2, widths[depth])
+        plan.bottom_out = empty(n, h - 4, w - 4, widths[depth])
+        h, w = h - 4, w - 4
+        for level in reversed(range(depth)):
+            c = widths[level]
+            h, w = 2 * h, 2 * w
+            plan.up.append(empty(n, h, w, c))
+            plan.dec_mid.append(empty(n, h - 2, w - 2, c))
+            plan.dec_out.append(empty(n, h - 4, w - 4, c))
+            h, w = h - 4, w - 4
+        assert (h, w) == (out_h, out_w)
+        k = self.config.num_classes
+        plan.logits = torch.empty((n, k, h, w), device=self.device, dtype=torch.float32)
+        plan.probs = torch.empty((n, k, h, w), device=self.device, dtype=torch.float16)
+        plan.labels = torch.empty((n, h, w), device=self.device, dtype=torch.uint8)
+        self._plans[key] = plan
+        while len(self._plans) > self.max_plans:
+            self._plans.popitem(last=False)
+        return plan
+
+    # -- forward -------------------------------------------------------------------------
+    def _run(self, plan: _Plan, output: str) -> None:
+        conv, dt = self.conv.conv3x3, self.dtype
+        x = plan.x
+        for level, ((w1, b1), (w2, b2)) in enumerate(self.enc):
+            conv(x, w1, b1, out=plan.enc_mid[level], dtype=dt)
+            conv(plan.enc_mid[level], w2, b2, pool=True, out=plan.enc_out[level], pooled=plan.pooled[level], dtype=dt)
+            x = plan.pooled[level]
+        (w1, b1), (w2, b2) = self.bottom
+        conv(x, w1, b1, out=plan.bottom_mid, dtype=dt)
+        conv(plan.bottom_mid, w2, b2, out=plan.bottom_out, dtype=dt)
+        x = plan.bottom_out
+        for j, ((wu, bu), ((w1, b1), (w2, b2))) in enumerate(zip(self.ups, self.dec)):
+            level = self.config.depth - 1 - j
+            self.upconv.upconv2x2(x, wu, bu, out=plan.up[j], dtype=dt)
+            conv(plan.enc_out[level], w1, b1, up=plan.up[j], out=plan.dec_mid[j], dtype=dt)
+            conv(plan.dec_mid[j], w2, b2, out=plan.dec_out[j], dtype=dt)
+            x = plan.dec_out[j]
+        self.head.head(
+            x,
+            self.head_w,
+            self.head_b,
+            logits=plan.logits if output == "logits" else None,
+            probs=plan.probs if output in ("probs", "both") else None,
+            labels=plan.labels if output in ("labels", "both") else None,
+            dtype=dt,
+        )
+
+    def _forward(self, tiles: torch.Tensor, output: str) -> _Plan:
+        if tiles.ndim != 4 or tiles.shape[1] != self.config.in_channels:
+            raise ValueError(f"Expected tiles (N, {self.config.in_channels}, H, W); got {tuple(tiles.shape)}.")
+        n, _, h, w = tiles.shape
+        plan = self._plan(n, h, w)
+        plan.x.copy_(tiles.permute(0, 2, 3, 1))  # NCHW float32 -> NHWC storage dtype, one pass
+        if not self.cuda_graph:
+            self._run(plan, output)
+            return plan
+        graphs = plan.graph if isinstance(plan.graph, dict) else {}
+        plan.graph = graphs
+        graph = graphs.get(output)
+        if graph is None:
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):
+                self._run(plan, output)  # warm-up: autotuning and compilation happen here
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._run(plan, output)
+            graphs[output] = graph
+        graph.replay()
+        return plan
+
+    @torch.no_grad()
+    def __call__(self, tiles: torch.Tensor) -> torch.Tensor:
+        """Class scores ``(N, K, H - 2c, W - 2c)`` float32 for NCHW tiles (a view of a reused buffer)."""
+        return self._forward(tiles, "logits").logits
+
+    @torch.no_grad()
+    def predict(self, tiles: torch.Tensor, output: str = "labels") -> Prediction:
+        """Probabilities (float16) and/or labels (uint8) from the fused head; views of reused buffers."""
+        if output not in ("labels", "probs", "both"):
+            raise ValueError(f"output must be 'labels', 'probs' or 'both'; got {output!r}.")
+        plan = self._forward(tiles, output)
+        return Prediction(
+            probs=plan.probs if output in ("probs", "both") else None,
+            labels=plan.labels if output in ("labels", "both") else None,
+        )
+
+
+class FusedPredictor(Predictor):
+    """The ``triton`` backend of :func:`fastunet.predictor.make_predictor`."""
+
+    backend = "triton"
+
+    def __init__(self, model: ReferenceUNet, device="cuda", dtype: str = "bf16", *, cuda_graph: bool = False) -> None:
+        super().__init__(model, device, dtype)
+        self.net = FusedUNet(model, device=self.device, dtype=dtype, cuda_graph=cuda_graph)
+
+    def logits(self, tiles: torch.Tensor) -> torch.Tensor:
+        return self.net(tiles.to(self.device, non_blocking=True)).clone()
+
+    def predict(self, tiles: torch.Tensor, output: str = "labels") -> Prediction:
+        pred = self.net.predict(tiles.to(self.device, non_blocking=True), output)
+        # The buffers are reused by the next call: hand out copies.
+        return Prediction(
+            probs=None if pred.probs is None else pred.probs.clone(),
+            labels=None if pred.labels is None else pred.labels.clone(),
+        )

@@ -1,0 +1,78 @@
+"""Helpers shared by the kernels: interpreter detection, dtypes, autotune under the interpreter."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = [
+    "INTERPRET",
+    "DTYPE_MODES",
+    "check_nhwc",
+    "compute_dtype",
+    "interpreter_configs",
+    "to_storage",
+    "upcast_for_interpreter",
+]
+
+# Under TRITON_INTERPRET=1 kernels run on the CPU through numpy (about 1000x slower than a GPU).
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+# Name of a dtype path -> (storage dtype of activations and weights, tl.dot input_precision).
+DTYPE_MODES = {
+    "fp32": (torch.float32, "ieee"),
+    "tf32": (torch.float32, "tf32"),
+    "bf16": (torch.bfloat16, "ieee"),
+    "fp16": (torch.float16, "ieee"),
+}
+
+
+def compute_dtype(mode: str) -> tuple[torch.dtype, str]:
+    """Storage dtype and dot precision for a dtype path ('fp32', 'tf32', 'bf16', 'fp16')."""
+    try:
+        return DTYPE_MODES[mode]
+    except KeyError:
+        raise ValueError(f"Expected a dtype path among {sorted(DTYPE_MODES)}; got {mode!r}.") from None
+
+
+def upcast_for_interpreter(dtype: torch.dtype) -> bool:
+    """True when the kernels must work around the interpreter's bf16 arithmetic.
+
+    Only under the interpreter (triton 3.9): its bf16 ``tl.dot`` returns garbage, so bf16
+    operands are upcast to fp32 before the dot (its fp16 dot is exact), and its fp32 -> bf16
+    cast truncates, so stores round to nearest-even by hand (:func:`to_storage`). On the GPU
+    the real bf16 tensor-core dot and the hardware's round-to-nearest cast run.
+    """
+    return INTERPRET and dtype == torch.bfloat16
+
+
+@triton.jit
+def to_storage(x, dtype: tl.constexpr, INTERP_BF16: tl.constexpr):
+    """Cast fp32 ``x`` to the storage ``dtype``, rounding to nearest-even.
+
+    Under the interpreter the bf16 cast truncates, so there (``INTERP_BF16``) the rounding
+    is done on the bits first: add 0x7FFF plus the lowest kept bit, then truncate.
+    """
+    if INTERP_BF16 and dtype == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = bits + 0x7FFF + ((bits >> 16) & 1)
+        x = bits.to(tl.float32, bitcast=True)
+    return x.to(dtype)
+
+
+def interpreter_configs(configs: list[triton.Config], small: triton.Config) -> list[triton.Config]:
+    """Autotune would time every config under the interpreter: there, use one small config."""
+    return [small] if INTERPRET else configs
+
+
+def check_nhwc(x: torch.Tensor, name: str, channels: int | None = None) -> None:
+    """Check a 4-D channels-last activation (N, H, W, C) with unit channel stride."""
+    if x.ndim != 4:
+        raise ValueError(f"Expected {name} as (N, H, W, C); got shape {tuple(x.shape)}.")
+    if x.stride(3) != 1 and x.shape[3] != 1:  # the kernels assume channel stride 1
+        raise ValueError(f"Expected {name} with contiguous channels (stride 1); got strides {x.stride()}.")
+    if channels is not None and x.shape[3] != channels:
+        raise ValueError(f"Expected {name} with {channels} channels; got {x.shape[3]}.")

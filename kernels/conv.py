@@ -1,0 +1,273 @@
+"""Valid 3x3 convolution + bias + ReLU as an implicit GEMM over channels-last activations.
+
+One kernel serves every 3x3 convolution of the U-Net:
+
+* **Implicit GEMM.** Output pixels are the M dimension, output channels the N dimension,
+  and the K dimension runs over the 9 taps x input channels; the im2col matrix is never
+  formed: each K step loads a ``[BLOCK_M, BLOCK_K]`` slice of the NHWC input shifted by the
+  tap. The tap loop is a ``tl.static_range(9)`` with an inner loop over channel blocks (not
+  one flattened loop over 9*C: a flattened tap loop was reported to miscompile with
+  ``num_warps=8`` in PyTorch's own Triton conv template). Accumulation is fp32.
+* **Fused crop-concat.** The first convolution of each decoder level reads its input
+  channels from two sources: the skip tensor, center-cropped by a pointer offset (no copy),
+  then the up-convolution output. The concatenated tensor is never materialized.
+* **Fused 2x2 max-pool.** The M tile is a 2D block of output pixels with an even origin,
+  ordered window by window (``m = 4 * window + position``), so each 2x2 pooling window lies
+  in one program. The conv that feeds a max-pool writes its full-resolution output (needed
+  by the skip connection) and the pooled output from the same accumulator, which saves
+  re-reading the largest activation of each level. The pool is a reshape and a max over the
+  window axis in registers.
+
+Weights are packed once as a ``[9 * C_in, C_out]`` matrix (row ``tap * C_in + c``, tap =
+``3 * kh + kw``) by :func:`pack_weight`.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._utils import check_nhwc, compute_dtype, interpreter_configs, to_storage, upcast_for_interpreter
+
+__all__ = ["conv3x3", "pack_weight", "get_autotune_config"]
+
+
+def get_autotune_config() -> list[triton.Config]:
+    """Block shapes, warps and stages tried on the GPU (Hopper-sized tiles)."""
+    configs = []
+    for block_h, block_w, block_n, block_k, warps, stages in [
+        (8, 16, 64, 64, 4, 3),
+        (8, 16, 128, 64, 4, 3),
+        (16, 16, 64, 32, 4, 4),
+        (16, 16, 128, 64, 8, 3),
+        (8, 32, 128, 32, 8, 4),
+        (16, 8, 64, 32, 4, 4),
+        (8, 8, 64, 32, 4, 4),
+        (16, 16, 64, 64, 4, 3),
+    ]:
+        meta = dict(BLOCK_H=block_h, BLOCK_W=block_w, BLOCK_N=block_n, BLOCK_K=block_k)
+        configs.append(triton.Config(meta, num_warps=warps, num_stages=stages))
+    return configs
+
+
+_INTERPRETER_CONFIG = triton.Config(dict(BLOCK_H=16, BLOCK_W=16, BLOCK_N=16, BLOCK_K=16), num_warps=4, num_stages=1)
+
+
+@triton.jit
+def _accumulate_source(
+    acc, src_ptr, w_ptr,
+    n, oh, ow, mask_m, offs_k, offs_n, mask_n,
+    C_SRC, C_IN, C_OUT, W_ROW0,
+    stride_sn, stride_sh, stride_sw,
+    off_h, off_w,
+    INTERP_BF16: tl.constexpr, PRECISION: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """acc += im2col(source)[:, tap, c] @ W[tap * C_IN + W_ROW0 + c, :] over taps and channels."""
+    for tap in tl.static_range(9):
+        kh = tap // 3
+        kw = tap % 3
+        pix = n * stride_sn + (oh + kh + off_h) * stride_sh + (ow + kw + off_w) * stride_sw
+        for c0 in range(0, C_SRC, BLOCK_K):
+            ck = c0 + offs_k
+            mask_k = ck < C_SRC
+            x = tl.load(src_ptr + pix[:, None] + ck[None, :], mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+            rows = tap * C_IN + W_ROW0 + ck
+            w = tl.load(w_ptr + rows[:, None] * C_OUT + offs_n[None, :], mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+            if INTERP_BF16:  # interpreter only: its bf16 dot is wrong, so multiply in fp32 there
+                x = x.to(tl.float32)
+                w = w.to(tl.float32)
+            acc = tl.dot(x, w, acc, input_precision=PRECISION)
+    return acc
+
+
+@triton.autotune(
+    configs=interpreter_configs(get_autotune_config(), _INTERPRETER_CONFIG),
+    key=["C_A", "C_B", "C_OUT", "POOL"],
+)
+@triton.jit
+def conv3x3_kernel(
+    # pointers
+    a_ptr, b_ptr, w_ptr, bias_ptr, y_ptr, p_ptr,
+    # sizes
+    H_OUT, W_OUT, C_A, C_B, C_OUT,
+    # strides (the channel stride is 1 everywhere)
+    stride_an, stride_ah, stride_aw,
+    stride_bn, stride_bh, stride_bw,
+    stride_yn, stride_yh, stride_yw,
+    stride_pn, stride_ph, stride_pw,
+    # center-crop offset of source a
+    off_ah, off_aw,
+    # meta-parameters
+    RELU: tl.constexpr, POOL: tl.constexpr, WRITE_Y: tl.constexpr, HAS_B: tl.constexpr,
+    INTERP_BF16: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """y[n, oh, ow, co] = act(bias[co] + sum_{kh,kw,c} in[n, oh+kh, ow+kw, c] * W[kh, kw, c, co]),
+    in = concat(a[crop], b) along channels; optionally p = maxpool2x2(y)."""
+    BLOCK_M: tl.constexpr = BLOCK_H * BLOCK_W
+    HALF_W: tl.constexpr = BLOCK_W // 2
+    # One flat grid (axis 1 of a CUDA grid is limited to 65535 programs); channel blocks vary
+    # fastest so that programs running side by side share the same input tile in L2.
+    pid = tl.program_id(0)
+    num_n = tl.cdiv(C_OUT, BLOCK_N)
+    pid_n = pid % num_n
+    pid_m = pid // num_n
+    tiles_w = tl.cdiv(W_OUT, BLOCK_W)
+    tiles_h = tl.cdiv(H_OUT, BLOCK_H)
+    n = pid_m // (tiles_h * tiles_w)
+    t = pid_m % (tiles_h * tiles_w)
+    tile_h = t // tiles_w
+    tile_w = t % tiles_w
+
+    # Window-major pixel order: m = 4 * window + position, window (wh, ww), position (dy, dx).
+    offs_m = tl.arange(0, BLOCK_M)
+    win = offs_m // 4
+    pos = offs_m % 4
+    oh = tile_h * BLOCK_H + 2 * (win // HALF_W) + pos // 2
+    ow = tile_w * BLOCK_W + 2 * (win % HALF_W) + pos % 2
+    mask_m = (oh < H_OUT) & (ow < W_OUT)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < C_OUT
+    offs_k = tl.arange(0, BLOCK_K)
+    C_IN = C_A + C_B
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = _accumulate_source(
+        acc, a_ptr, w_ptr, n, oh, ow, mask_m, offs_k, offs_n, mask_n,
+        C_A, C_IN, C_OUT, 0, stride_an, stride_ah, stride_aw, off_ah, off_aw,
+        INTERP_BF16, PRECISION, BLOCK_K,
+    )
+    if HAS_B:  # second source of a decoder conv: the up-convolution output, uncropped
+        acc = _accumulate_source(
+            acc, b_ptr, w_ptr, n, oh, ow, mask_m, offs_k, offs_n, mask_n,
+            C_B, C_IN, C_OUT, C_A, stride_bn, stride_bh, stride_bw, 0, 0,
+            INTERP_BF16, PRECISION, BLOCK_K,
+        )
+
+    bias = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0)
+    acc = acc + bias[None, :]
+    if RELU:
+        acc = tl.maximum(acc, 0.0)
+    if WRITE_Y:
+        y_ptrs = y_ptr + (n * stride_yn + oh * stride_yh + ow * stride_yw)[:, None] + offs_n[None, :]
+        tl.store(y_ptrs, to_storage(acc, y_ptr.dtype.element_ty, INTERP_BF16), mask=mask_m[:, None] & mask_n[None, :])
+    if POOL:
+        pooled = tl.max(tl.reshape(acc, (BLOCK_M // 4, 4, BLOCK_N)), axis=1)
+        offs_q = tl.arange(0, BLOCK_M // 4)
+        ph = tile_h * (BLOCK_H // 2) + offs_q // HALF_W
+        pw = tile_w * HALF_W + offs_q % HALF_W
+        mask_q = (ph < H_OUT // 2) & (pw < W_OUT // 2)
+        p_ptrs = p_ptr + (n * stride_pn + ph * stride_ph + pw * stride_pw)[:, None] + offs_n[None, :]
+        tl.store(p_ptrs, to_storage(pooled, p_ptr.dtype.element_ty, INTERP_BF16), mask=mask_q[:, None] & mask_n[None, :])
+
+
+def pack_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``nn.Conv2d`` weight ``(C_out, C_in, 3, 3)`` -> the kernel's ``(9 * C_in, C_out)`` matrix."""
+    if weight.ndim != 4 or weight.shape[2:] != (3, 3):
+        raise ValueError(f"Expected a 3x3 conv weight (C_out, C_in, 3, 3); got {tuple(weight.shape)}.")
+    c_out, c_in = weight.shape[:2]
+    return weight.detach().permute(2, 3, 1, 0).reshape(9 * c_in, c_out).to(dtype).contiguous()
+
+
+def conv3x3(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    *,
+    up: torch.Tensor | None = None,
+    relu: bool = True,
+    pool: bool = False,
+    write_full: bool = True,
+    out: torch.Tensor | None = None,
+    pooled: torch.Tensor | None = None,
+    dtype: str = "fp32",
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Valid 3x3 convolution of NHWC activations, with bias, optional ReLU and 2x2 max-pool.
+
+    Parameters
+    ----------
+    x : Tensor (N, H, W, C_a)
+        Input, or with ``up`` the skip features, center-cropped to ``up``'s size on the fly.
+    weight : Tensor (9 * C_in, C_out)
+        Packed by :func:`pack_weight`; ``C_in = C_a`` (+ ``C_b`` with ``up``).
+    bias : Tensor (C_out,) float32
+    up : Tensor (N, H_b, W_b, C_b), optional
+        Second source (decoder): the input is ``cat([crop(x), up], channels)``.
+    relu, pool : bool
+        Apply ReLU; also write the 2x2 max-pooled output.
+    write_full : bool
+        Write the full-resolution output (False when only the pooled one is needed).
+    out, pooled : Tensor, optional
+        Preallocated outputs (N, H_o, W_o, C_out) and (N, H_o // 2, W_o // 2, C_out).
+    dtype : {"fp32", "tf32", "bf16", "fp16"}
+        Dtype path; activations and weights must already be in its storage dtype.
+
+    Returns
+    -------
+    (out, pooled) — either is None when not asked for.
+    """
+    storage, precision = compute_dtype(dtype)
+    check_nhwc(x, "x")
+    n, h_a, w_a, c_a = x.shape
+    if up is not None:
+        check_nhwc(up, "up")
+        if up.shape[0] != n:
+            raise ValueError(f"Expected up with batch {n}; got {up.shape[0]}.")
+        h_in, w_in, c_b = up.shape[1], up.shape[2], up.shape[3]
+        if h_in > h_a or w_in > w_a or (h_a - h_in) % 2 or (w_a - w_in) % 2:
+            raise ValueError(
+                f"Cannot center-crop the skip {h_a}x{w_a} to the up-conv size {h_in}x{w_in}: "
+                "expected a smaller size with an even difference."
+            )
+    else:
+        h_in, w_in, c_b = h_a, w_a, 0
+    h_out, w_out = h_in - 2, w_in - 2
+    if h_out < 1 or w_out < 1:
+        raise ValueError(f"Expected an input of at least 3x3 for a valid 3x3 conv; got {h_in}x{w_in}.")
+    if weight.ndim != 2 or weight.shape[0] != 9 * (c_a + c_b):
+        raise ValueError(
+            f"Expected a packed weight (9 * {c_a + c_b}, C_out); got {tuple(weight.shape)}. Use pack_weight()."
+        )
+    c_out = weight.shape[1]
+    for name, t in (("x", x), ("up", up), ("weight", weight)):
+        if t is not None and t.dtype != storage:
+            raise ValueError(f"Expected {name} in {storage} for dtype path {dtype!r}; got {t.dtype}.")
+    if bias.shape != (c_out,) or bias.dtype != torch.float32:
+        raise ValueError(f"Expected a float32 bias of shape ({c_out},); got {bias.dtype} {tuple(bias.shape)}.")
+    if write_full:
+        if out is None:
+            out = torch.empty((n, h_out, w_out, c_out), device=x.device, dtype=storage)
+        check_nhwc(out, "out", c_out)
+        if tuple(out.shape[:3]) != (n, h_out, w_out):
+            raise ValueError(f"Expected out of shape {(n, h_out, w_out, c_out)}; got {tuple(out.shape)}.")
+    if pool:
+        if pooled is None:
+            pooled = torch.empty((n, h_out // 2, w_out // 2, c_out), device=x.device, dtype=storage)
+        check_nhwc(pooled, "pooled", c_out)
+        if tuple(pooled.shape[:3]) != (n, h_out // 2, w_out // 2):
+            raise ValueError(f"Expected pooled of shape {(n, h_out // 2, w_out // 2, c_out)}; got {tuple(pooled.shape)}.")
+    if not write_full and not pool:
+        raise ValueError("Nothing to write: pass write_full=True or pool=True.")
+
+    b = up if up is not None else x
+    upcast = upcast_for_interpreter(storage)
+    y = out if write_full else pooled
+    p = pooled if pool else y
+    grid = lambda META: (  # noqa: E731
+        triton.cdiv(c_out, META["BLOCK_N"])
+        * n * triton.cdiv(h_out, META["BLOCK_H"]) * triton.cdiv(w_out, META["BLOCK_W"]),
+    )
+    conv3x3_kernel[grid](
+        x, b, weight, bias, y, p,
+        h_out, w_out, c_a, c_b, c_out,
+        x.stride(0), x.stride(1), x.stride(2),
+        b.stride(0), b.stride(1), b.stride(2),
+        y.stride(0), y.stride(1), y.stride(2),
+        p.stride(0), p.stride(1), p.stride(2),
+        (h_a - h_in) // 2, (w_a - w_in) // 2,
+        RELU=relu, POOL=pool, WRITE_Y=write_full, HAS_B=up is not None,
+        INTERP_BF16=upcast,
+        PRECISION=precision if storage == torch.float32 or upcast else "tf32",  # 16-bit: unused
+    )
+    return (out if write_full else None), (pooled if pool else None)

@@ -1,0 +1,138 @@
+"""2x2 stride-2 up-convolution (``nn.ConvTranspose2d(kernel_size=2, stride=2)``) + bias.
+
+With kernel 2 and stride 2 the output windows do not overlap: every input pixel maps to
+its own 2x2 output window. That makes the op a plain GEMM ``[pixels, C_in] @ [C_in,
+4 * C_out]`` whose column ``j = (2 * dy + dx) * C_out + co`` is scattered to output pixel
+``(2 * i + dy, 2 * k + dx)``, channel ``co``. Activations are channels-last (NHWC).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._utils import check_nhwc, compute_dtype, interpreter_configs, to_storage, upcast_for_interpreter
+
+__all__ = ["upconv2x2", "pack_weight", "get_autotune_config"]
+
+
+def get_autotune_config() -> list[triton.Config]:
+    """Block shapes, warps and stages tried on the GPU."""
+    return [
+        triton.Config(dict(BLOCK_M=m, BLOCK_N=nn, BLOCK_K=k), num_warps=w, num_stages=s)
+        for m, nn, k, w, s in [
+            (128, 128, 64, 8, 3),
+            (128, 64, 64, 4, 3),
+            (64, 128, 64, 4, 4),
+            (128, 128, 32, 4, 4),
+            (64, 64, 64, 4, 3),
+        ]
+    ]
+
+
+_INTERPRETER_CONFIG = triton.Config(dict(BLOCK_M=256, BLOCK_N=16, BLOCK_K=16), num_warps=4, num_stages=1)
+
+
+@triton.autotune(configs=interpreter_configs(get_autotune_config(), _INTERPRETER_CONFIG), key=["C_IN", "C_OUT"])
+@triton.jit
+def upconv2x2_kernel(
+    # pointers
+    x_ptr, w_ptr, bias_ptr, y_ptr,
+    # sizes
+    M, H, W, C_IN, C_OUT,
+    # strides (channel stride 1)
+    stride_xn, stride_xh, stride_xw,
+    stride_yn, stride_yh, stride_yw,
+    # meta-parameters
+    INTERP_BF16: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """y[n, 2i+dy, 2k+dx, co] = bias[co] + sum_c x[n, i, k, c] * W[c, (2dy+dx) * C_OUT + co]."""
+    pid = tl.program_id(0)
+    num_n = tl.cdiv(4 * C_OUT, BLOCK_N)
+    pid_n = pid % num_n
+    pid_m = pid // num_n
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < M
+    n = offs_m // (H * W)
+    i = (offs_m // W) % H
+    k = offs_m % W
+    offs_j = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_j = offs_j < 4 * C_OUT
+    offs_c = tl.arange(0, BLOCK_K)
+    x_row = n * stride_xn + i * stride_xh + k * stride_xw
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for c0 in range(0, C_IN, BLOCK_K):
+        cc = c0 + offs_c
+        mask_c = cc < C_IN
+        x = tl.load(x_ptr + x_row[:, None] + cc[None, :], mask=mask_m[:, None] & mask_c[None, :], other=0.0)
+        w = tl.load(w_ptr + cc[:, None] * (4 * C_OUT) + offs_j[None, :], mask=mask_c[:, None] & mask_j[None, :], other=0.0)
+        if INTERP_BF16:  # interpreter only: its bf16 dot is wrong, so multiply in fp32 there
+            x = x.to(tl.float32)
+            w = w.to(tl.float32)
+        acc = tl.dot(x, w, acc, input_precision=PRECISION)
+
+    sub = offs_j // C_OUT
+    co = offs_j % C_OUT
+    acc = acc + tl.load(bias_ptr + co, mask=mask_j, other=0.0)[None, :]
+    dy = sub // 2
+    dx = sub % 2
+    y_ptrs = (
+        y_ptr
+        + (n * stride_yn + 2 * i * stride_yh + 2 * k * stride_yw)[:, None]
+        + (dy * stride_yh + dx * stride_yw + co)[None, :]
+    )
+    tl.store(y_ptrs, to_storage(acc, y_ptr.dtype.element_ty, INTERP_BF16), mask=mask_m[:, None] & mask_j[None, :])
+
+
+def pack_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``nn.ConvTranspose2d`` weight ``(C_in, C_out, 2, 2)`` -> ``(C_in, 4 * C_out)``, column
+    ``(2 * dy + dx) * C_out + co``."""
+    if weight.ndim != 4 or weight.shape[2:] != (2, 2):
+        raise ValueError(f"Expected a 2x2 up-conv weight (C_in, C_out, 2, 2); got {tuple(weight.shape)}.")
+    c_in, c_out = weight.shape[:2]
+    return weight.detach().permute(0, 2, 3, 1).reshape(c_in, 4 * c_out).to(dtype).contiguous()
+
+
+def upconv2x2(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    *,
+    out: torch.Tensor | None = None,
+    dtype: str = "fp32",
+) -> torch.Tensor:
+    """2x2 stride-2 up-convolution + bias of NHWC activations: (N, H, W, C_in) -> (N, 2H, 2W, C_out).
+
+    ``weight`` is packed by :func:`pack_weight`; ``bias`` is float32; ``out`` may be
+    preallocated (channels-last, channel stride 1).
+    """
+    storage, precision = compute_dtype(dtype)
+    check_nhwc(x, "x")
+    n, h, w, c_in = x.shape
+    if weight.ndim != 2 or weight.shape[0] != c_in or weight.shape[1] % 4:
+        raise ValueError(f"Expected a packed weight ({c_in}, 4 * C_out); got {tuple(weight.shape)}. Use pack_weight().")
+    c_out = weight.shape[1] // 4
+    if x.dtype != storage or weight.dtype != storage:
+        raise ValueError(f"Expected x and weight in {storage} for dtype path {dtype!r}; got {x.dtype}, {weight.dtype}.")
+    if bias.shape != (c_out,) or bias.dtype != torch.float32:
+        raise ValueError(f"Expected a float32 bias of shape ({c_out},); got {bias.dtype} {tuple(bias.shape)}.")
+    if out is None:
+        out = torch.empty((n, 2 * h, 2 * w, c_out), device=x.device, dtype=storage)
+    check_nhwc(out, "out", c_out)
+    if tuple(out.shape[:3]) != (n, 2 * h, 2 * w):
+        raise ValueError(f"Expected out of shape {(n, 2 * h, 2 * w, c_out)}; got {tuple(out.shape)}.")
+    upcast = upcast_for_interpreter(storage)
+    m = n * h * w
+    grid = lambda META: (triton.cdiv(m, META["BLOCK_M"]) * triton.cdiv(4 * c_out, META["BLOCK_N"]),)  # noqa: E731
+    upconv2x2_kernel[grid](
+        x, weight, bias, out,
+        m, h, w, c_in, c_out,
+        x.stride(0), x.stride(1), x.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        INTERP_BF16=upcast,
+        PRECISION=precision if storage == torch.float32 or upcast else "tf32",  # 16-bit: unused
+    )
+    return out

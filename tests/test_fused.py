@@ -1,0 +1,124 @@
+"""The whole fused U-Net against ReferenceUNet (interpreter on CPU, tiny configs)."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from fastunet import ReferenceUNet, UNetConfig
+from fastunet.fused import FusedUNet
+from fastunet.predictor import make_predictor
+from reference import TOL, reference_forward, rel_err
+
+
+def _poison(net: FusedUNet) -> None:
+    """Fill every planned buffer with NaN (labels with 255) so an unwritten element shows."""
+    for plan in net._plans.values():
+        for f in dataclasses.fields(plan):
+            value = getattr(plan, f.name)
+            for t in value if isinstance(value, list) else [value]:
+                if isinstance(t, torch.Tensor):
+                    t.fill_(255 if t.dtype == torch.uint8 else float("nan"))
+
+
+def _buffers(net: FusedUNet) -> list[int]:
+    ptrs = []
+    for plan in net._plans.values():
+        for f in dataclasses.fields(plan):
+            value = getattr(plan, f.name)
+            ptrs += [t.data_ptr() for t in (value if isinstance(value, list) else [value]) if isinstance(t, torch.Tensor)]
+    return ptrs
+
+
+@pytest.mark.parametrize(
+    "dtype, cfg",
+    [
+        ("fp32", UNetConfig(in_channels=2, num_classes=3, base_channels=6, depth=2)),
+        ("tf32", UNetConfig(in_channels=1, num_classes=2, base_channels=4, depth=2)),
+        ("fp16", UNetConfig(in_channels=1, num_classes=3, base_channels=8, depth=2)),
+        ("bf16", UNetConfig(in_channels=2, num_classes=2, base_channels=5, depth=2)),
+    ],
+)
+def test_fused_network_matches_reference(dtype, cfg):
+    model = ReferenceUNet(cfg).eval()
+    net = FusedUNet(model, device="cpu", dtype=dtype)
+    x = torch.randn(2, cfg.in_channels, 44, 60)  # non-square valid tile, batch 2
+    net(x)
+    _poison(net)
+    x = torch.randn_like(x)  # fresh input for the checked run
+    logits = net(x).clone()
+    assert logits.shape == (2, cfg.num_classes, 4, 20)
+    expected = reference_forward(model, x, dtype)
+    assert rel_err(logits, expected) <= TOL[dtype][1], rel_err(logits, expected)
+    # Against the pure fp32 reference, the 16-bit paths differ by their storage rounding.
+    loose = {"fp32": 1e-5, "tf32": 1e-3, "fp16": 1e-2, "bf16": 6e-2}[dtype]
+    assert rel_err(logits, model(x).detach()) <= loose
+
+    pred = net.predict(x, "both")
+    agree = (pred.labels.long() == expected.argmax(1)).float().mean().item()
+    assert agree >= 0.999, agree
+    torch.testing.assert_close(pred.probs.float(), expected.softmax(1), atol=1e-2, rtol=1e-2)
+
+
+def test_buffers_are_planned_once_and_shape_changes_work():
+    cfg = UNetConfig(in_channels=1, num_classes=2, base_channels=4, depth=1)
+    model = ReferenceUNet(cfg).eval()
+    net = FusedUNet(model, device="cpu", dtype="fp32")
+    x = torch.randn(2, 1, 28, 36)
+    net(x)
+    first = _buffers(net)
+    y = torch.randn(2, 1, 28, 36)
+    out = net(y)
+    assert _buffers(net) == first  # no new allocation for the same shape
+    torch.testing.assert_close(out, model(y).detach(), rtol=1e-5, atol=1e-5)
+    z = torch.randn(1, 1, 36, 28)  # another shape: a new plan, still correct
+    torch.testing.assert_close(net(z), model(z).detach(), rtol=1e-5, atol=1e-5)
+    assert len(net._plans) == 2
+
+
+def test_triton_predictor_matches_torch_predictor():
+    cfg = UNetConfig(in_channels=1, num_classes=3, base_channels=4, depth=1)
+    model = ReferenceUNet(cfg).eval()
+    x = torch.randn(3, 1, 28, 28)
+    fused = make_predictor(model, backend="triton", device="cpu", dtype="fp32").predict(x, "both")
+    plain = make_predictor(model, backend="torch", device="cpu", dtype="fp32").predict(x, "both")
+    assert torch.equal(fused.labels, plain.labels)
+    torch.testing.assert_close(fused.probs.float(), plain.probs.float(), atol=1e-3, rtol=1e-3)
+
+
+def test_invalid_tile_names_nearest_sizes():
+    model = ReferenceUNet(UNetConfig(base_channels=4, depth=2)).eval()
+    net = FusedUNet(model, device="cpu", dtype="fp32")
+    with pytest.raises(ValueError, match="Nearest valid: 44, 48"):
+        net(torch.randn(1, 1, 46, 44))
+    with pytest.raises(ValueError, match=r"\(N, 1, H, W\)"):
+        net(torch.randn(1, 2, 44, 44))
+
+
+GPU_CASES = [("bf16", 572, 1), ("bf16", 572, 4), ("fp16", 572, 2), ("tf32", 572, 1), ("bf16", 1052, 2), ("fp32", 572, 1)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype, tile, batch", GPU_CASES)
+def test_fused_paper_network_on_gpu(dtype, tile, batch):
+    model = ReferenceUNet(UNetConfig()).eval().cuda()
+    net = FusedUNet(model, device="cuda", dtype=dtype)
+    x = torch.randn(batch, 1, tile, tile, device="cuda")
+    net(x)
+    _poison(net)
+    x = torch.randn_like(x)
+    logits = net(x)
+    expected = reference_forward(model, x, dtype) if dtype != "tf32" else model(x)
+    assert rel_err(logits, expected) <= max(TOL[dtype][1], 1e-4 if dtype == "fp32" else 0), rel_err(logits, expected)
+    labels = net.predict(x, "labels").labels
+    assert (labels.long() == expected.argmax(1)).float().mean().item() >= 0.999
+
+
+@pytest.mark.gpu
+def test_cuda_graph_replay_matches_eager():
+    model = ReferenceUNet(UNetConfig(base_channels=16)).eval().cuda()
+    eager = FusedUNet(model, device="cuda", dtype="bf16")
+    graphed = FusedUNet(model, device="cuda", dtype="bf16", cuda_graph=True)
+    for _ in range(3):
+        x = torch.randn(2, 1, 572, 572, device="cuda")
+        assert torch.equal(graphed(x), eager(x))

@@ -1,0 +1,133 @@
+"""Each Triton kernel against the PyTorch op it replaces (interpreter on CPU, tiny shapes)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastunet.kernels import conv, head, upconv
+from fastunet.model import center_crop
+from reference import STORAGE, TOL, nchw, nhwc, poisoned, rel_err
+
+DTYPES = ["fp32", "tf32", "fp16", "bf16"]
+
+
+def _q(t, dtype):
+    """The operand as the kernel sees it: rounded to the storage dtype, computed in fp32."""
+    return t.to(STORAGE[dtype]).float()
+
+
+def _check(actual, expected, dtype):
+    assert not torch.isnan(actual.float()).any(), "an output element was not written"
+    assert rel_err(actual, expected) <= TOL[dtype][0], rel_err(actual, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "n, c_in, c_out, h, w, relu, pool",
+    [
+        (2, 5, 12, 21, 19, True, True),  # odd sizes, 2x2 tiles, channels not multiples of 16
+        (1, 20, 3, 9, 24, False, False),  # two channel blocks in K, no ReLU
+        (3, 1, 20, 8, 7, True, False),  # first layer: one input channel; two output blocks
+    ],
+)
+def test_conv3x3_against_conv2d(dtype, n, c_in, c_out, h, w, relu, pool):
+    x = torch.randn(n, c_in, h, w)
+    weight = torch.randn(c_out, c_in, 3, 3) * (2 / (9 * c_in)) ** 0.5
+    bias = torch.randn(c_out)
+    st = STORAGE[dtype]
+    out = poisoned((n, h - 2, w - 2, c_out), st)
+    pooled = poisoned((n, (h - 2) // 2, (w - 2) // 2, c_out), st) if pool else None
+    conv.conv3x3(nhwc(x, st), conv.pack_weight(weight, st), bias, relu=relu, pool=pool, out=out, pooled=pooled, dtype=dtype)
+    expected = F.conv2d(_q(x, dtype), _q(weight, dtype), bias)
+    if relu:
+        expected = torch.relu(expected)
+    _check(nchw(out), expected, dtype)
+    if pool:
+        _check(nchw(pooled), F.max_pool2d(_q(expected, dtype), 2), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv3x3_two_sources_is_crop_concat(dtype):
+    """Decoder conv: cat([center_crop(skip), up]) read from two tensors, never materialized."""
+    n, c_skip, c_up, c_out = 2, 5, 12, 7
+    skip = torch.randn(n, c_skip, 27, 25)
+    up = torch.randn(n, c_up, 19, 13)  # crop offsets (4, 6)
+    weight = torch.randn(c_out, c_skip + c_up, 3, 3) * 0.2
+    bias = torch.randn(c_out)
+    st = STORAGE[dtype]
+    out = poisoned((n, 17, 11, c_out), st)
+    conv.conv3x3(nhwc(skip, st), conv.pack_weight(weight, st), bias, up=nhwc(up, st), out=out, dtype=dtype)
+    cat = torch.cat([center_crop(skip, 19, 13), up], dim=1)
+    _check(nchw(out), torch.relu(F.conv2d(_q(cat, dtype), _q(weight, dtype), bias)), dtype)
+
+
+def test_conv3x3_pool_only_and_strided_skip_view():
+    """write_full=False writes only the pooled output; a sliced (non-contiguous) input works."""
+    x_big = torch.randn(2, 14, 15, 6)
+    x = x_big[:, 1:13, 2:14]  # NHWC view with unit channel stride
+    weight = torch.randn(4, 6, 3, 3)
+    bias = torch.randn(4)
+    pooled = poisoned((2, 5, 5, 4), torch.float32)
+    out, p = conv.conv3x3(x, conv.pack_weight(weight, torch.float32), bias, pool=True, write_full=False, pooled=pooled)
+    assert out is None
+    expected = F.max_pool2d(torch.relu(F.conv2d(nchw(x), weight, bias)), 2)
+    _check(nchw(p), expected, "fp32")
+
+
+def test_conv3x3_rejects_bad_arguments():
+    x = torch.randn(1, 8, 8, 3)
+    w = conv.pack_weight(torch.randn(4, 3, 3, 3), torch.float32)
+    b = torch.zeros(4)
+    with pytest.raises(ValueError, match="packed weight"):
+        conv.conv3x3(x, torch.randn(4, 3, 3, 3), b)
+    with pytest.raises(ValueError, match="float16"):
+        conv.conv3x3(x, w, b, dtype="fp16")
+    with pytest.raises(ValueError, match="contiguous channels"):
+        conv.conv3x3(torch.randn(1, 3, 8, 8).permute(0, 2, 3, 1).contiguous().transpose(2, 3), w, b)
+    with pytest.raises(ValueError, match="center-crop"):
+        conv.conv3x3(x, conv.pack_weight(torch.randn(4, 5, 3, 3), torch.float32), b, up=torch.randn(1, 7, 7, 2))
+    with pytest.raises(ValueError, match="dtype path"):
+        conv.conv3x3(x, w, b, dtype="int8")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n, c_in, c_out, h, w", [(2, 20, 6, 5, 7), (1, 3, 17, 9, 4)])
+def test_upconv2x2_against_conv_transpose2d(dtype, n, c_in, c_out, h, w):
+    x = torch.randn(n, c_in, h, w)
+    weight = torch.randn(c_in, c_out, 2, 2) * (2 / (4 * c_in)) ** 0.5
+    bias = torch.randn(c_out)
+    st = STORAGE[dtype]
+    out = poisoned((n, 2 * h, 2 * w, c_out), st)
+    upconv.upconv2x2(nhwc(x, st), upconv.pack_weight(weight, st), bias, out=out, dtype=dtype)
+    _check(nchw(out), F.conv_transpose2d(_q(x, dtype), _q(weight, dtype), bias, stride=2), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n, c_in, k, h, w", [(2, 20, 3, 5, 7), (1, 6, 2, 17, 16), (2, 4, 17, 3, 5)])
+def test_head_against_conv1x1_softmax_argmax(dtype, n, c_in, k, h, w):
+    x = torch.randn(n, c_in, h, w)
+    weight = torch.randn(k, c_in, 1, 1)
+    bias = torch.randn(k)
+    st = STORAGE[dtype]
+    logits = poisoned((n, k, h, w), torch.float32)
+    probs = poisoned((n, k, h, w), torch.float16)
+    labels = poisoned((n, h, w), torch.uint8)
+    head.head(nhwc(x, st), head.pack_weight(weight, st), bias, logits=logits, probs=probs, labels=labels, dtype=dtype)
+    expected = F.conv2d(_q(x, dtype), _q(weight, dtype), bias)
+    _check(logits, expected, dtype)
+    torch.testing.assert_close(probs.float(), expected.softmax(1), atol=2e-3, rtol=2e-3)
+    assert torch.equal(labels.long(), expected.argmax(1))
+
+
+def test_head_probs_only_fp32_and_labels_only():
+    x = torch.randn(2, 8, 6, 5)
+    weight, bias = torch.randn(3, 8, 1, 1), torch.randn(3)
+    probs = poisoned((2, 3, 6, 5), torch.float32)
+    head.head(nhwc(x, torch.float32), head.pack_weight(weight, torch.float32), bias, probs=probs)
+    expected = F.conv2d(x, weight, bias)
+    torch.testing.assert_close(probs, expected.softmax(1), atol=1e-6, rtol=1e-5)
+    labels = poisoned((2, 6, 5), torch.uint8)
+    head.head(nhwc(x, torch.float32), head.pack_weight(weight, torch.float32), bias, labels=labels)
+    assert torch.equal(labels.long(), expected.argmax(1))
+    with pytest.raises(ValueError, match="Nothing to write"):
+        head.head(nhwc(x, torch.float32), head.pack_weight(weight, torch.float32), bias)
