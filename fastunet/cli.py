@@ -36,6 +36,16 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    only = [name.strip().upper() for name in args.only.split(",")] if args.only else None
+    for path in bench.run(only, out_dir=args.out, quick=args.quick):
+        print(f"wrote {path}")
+    print("regenerate the table with: python benchmarks/report.py")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastunet",
@@ -46,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="print a model file's config, size and valid tile sizes")
     p.add_argument("model", help="a fastunet .safetensors model file")
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("bench", help="GPU benchmarks vs cuDNN / PyTorch eager / torch.compile (needs CUDA)")
+    p.add_argument("--only", help="comma-separated subset, e.g. P1,P2 (default: all)")
+    p.add_argument("--out", help="folder for the JSON results (default: benchmarks/results)")
+    p.add_argument("--quick", action="store_true", help="smaller sizes, no torch.compile baseline")
+    p.set_defaults(func=_cmd_bench)
     return parser
 
 
