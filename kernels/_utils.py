@@ -14,6 +14,7 @@ __all__ = [
     "check_nhwc",
     "compute_dtype",
     "interpreter_configs",
+    "launch",
     "to_storage",
     "upcast_for_interpreter",
 ]
@@ -54,11 +55,12 @@ def to_storage(x, dtype: tl.constexpr, INTERP_BF16: tl.constexpr):
     """Cast fp32 ``x`` to the storage ``dtype``, rounding to nearest-even.
 
     Under the interpreter the bf16 cast truncates, so there (``INTERP_BF16``) the rounding
-    is done on the bits first: add 0x7FFF plus the lowest kept bit, then truncate.
+    is done on the bits first: add 0x7FFF plus the lowest kept bit and clear the low 16 bits,
+    which leaves a value bf16 holds exactly (so any cast of it is exact).
     """
     if INTERP_BF16 and dtype == tl.bfloat16:
         bits = x.to(tl.uint32, bitcast=True)
-        bits = bits + 0x7FFF + ((bits >> 16) & 1)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
         x = bits.to(tl.float32, bitcast=True)
     return x.to(dtype)
 
@@ -66,6 +68,15 @@ def to_storage(x, dtype: tl.constexpr, INTERP_BF16: tl.constexpr):
 def interpreter_configs(configs: list[triton.Config], small: triton.Config) -> list[triton.Config]:
     """Autotune would time every config under the interpreter: there, use one small config."""
     return [small] if INTERPRET else configs
+
+
+def launch(kernel, grid, args: tuple, meta: dict, config: triton.Config | None = None) -> None:
+    """Launch an autotuned ``kernel``, or, with ``config``, its plain JIT function with that
+    config forced (the GPU tests run every autotune config against the reference)."""
+    if config is None:
+        kernel[grid](*args, **meta)
+    else:
+        kernel.fn[grid](*args, **meta, **config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
 
 
 def check_nhwc(x: torch.Tensor, name: str, channels: int | None = None) -> None:

@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import check_nhwc, compute_dtype, interpreter_configs, to_storage, upcast_for_interpreter
+from ._utils import check_nhwc, compute_dtype, interpreter_configs, launch, to_storage, upcast_for_interpreter
 
 __all__ = ["conv3x3", "pack_weight", "get_autotune_config"]
 
@@ -115,7 +115,7 @@ def conv3x3_kernel(
     pid_m = pid // num_n
     tiles_w = tl.cdiv(W_OUT, BLOCK_W)
     tiles_h = tl.cdiv(H_OUT, BLOCK_H)
-    n = pid_m // (tiles_h * tiles_w)
+    n = (pid_m // (tiles_h * tiles_w)).to(tl.int64)  # 64-bit: batch offsets can pass 2**31
     t = pid_m % (tiles_h * tiles_w)
     tile_h = t // tiles_w
     tile_w = t % tiles_w
@@ -182,6 +182,7 @@ def conv3x3(
     out: torch.Tensor | None = None,
     pooled: torch.Tensor | None = None,
     dtype: str = "fp32",
+    config: triton.Config | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Valid 3x3 convolution of NHWC activations, with bias, optional ReLU and 2x2 max-pool.
 
@@ -202,6 +203,8 @@ def conv3x3(
         Preallocated outputs (N, H_o, W_o, C_out) and (N, H_o // 2, W_o // 2, C_out).
     dtype : {"fp32", "tf32", "bf16", "fp16"}
         Dtype path; activations and weights must already be in its storage dtype.
+    config : triton.Config, optional
+        Force one block configuration instead of autotuning (tests run every config).
 
     Returns
     -------
@@ -258,16 +261,23 @@ def conv3x3(
         triton.cdiv(c_out, META["BLOCK_N"])
         * n * triton.cdiv(h_out, META["BLOCK_H"]) * triton.cdiv(w_out, META["BLOCK_W"]),
     )
-    conv3x3_kernel[grid](
-        x, b, weight, bias, y, p,
-        h_out, w_out, c_a, c_b, c_out,
-        x.stride(0), x.stride(1), x.stride(2),
-        b.stride(0), b.stride(1), b.stride(2),
-        y.stride(0), y.stride(1), y.stride(2),
-        p.stride(0), p.stride(1), p.stride(2),
-        (h_a - h_in) // 2, (w_a - w_in) // 2,
-        RELU=relu, POOL=pool, WRITE_Y=write_full, HAS_B=up is not None,
-        INTERP_BF16=upcast,
-        PRECISION=precision if storage == torch.float32 or upcast else "tf32",  # 16-bit: unused
+    launch(
+        conv3x3_kernel,
+        grid,
+        (
+            x, b, weight, bias, y, p,
+            h_out, w_out, c_a, c_b, c_out,
+            x.stride(0), x.stride(1), x.stride(2),
+            b.stride(0), b.stride(1), b.stride(2),
+            y.stride(0), y.stride(1), y.stride(2),
+            p.stride(0), p.stride(1), p.stride(2),
+            (h_a - h_in) // 2, (w_a - w_in) // 2,
+        ),
+        dict(
+            RELU=relu, POOL=pool, WRITE_Y=write_full, HAS_B=up is not None,
+            INTERP_BF16=upcast,
+            PRECISION=precision if storage == torch.float32 or upcast else "tf32",  # 16-bit: unused
+        ),
+        config,
     )
     return (out if write_full else None), (pooled if pool else None)

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import check_nhwc, compute_dtype, interpreter_configs, to_storage, upcast_for_interpreter
+from ._utils import check_nhwc, compute_dtype, interpreter_configs, launch, to_storage, upcast_for_interpreter
 
 __all__ = ["head", "pack_weight", "get_autotune_config"]
 
@@ -52,7 +52,7 @@ def head_kernel(
     pid = tl.program_id(0)
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
-    n = offs_m // (H * W)
+    n = (offs_m // (H * W)).to(tl.int64)  # 64-bit: batch offsets can pass 2**31
     i = (offs_m // W) % H
     j = offs_m % W
     offs_c = tl.arange(0, BLOCK_C)
@@ -113,12 +113,13 @@ def head(
     probs: torch.Tensor | None = None,
     labels: torch.Tensor | None = None,
     dtype: str = "fp32",
+    config: triton.Config | None = None,
 ) -> None:
     """1x1 conv + softmax + argmax of NHWC features ``x`` (N, H, W, C_in).
 
     Writes into whichever of ``logits`` (N, K, H, W) float32/16, ``probs`` (N, K, H, W)
     float16/float32 and ``labels`` (N, H, W) uint8 are given (any strides); at least one.
-    ``weight`` is packed by :func:`pack_weight`.
+    ``weight`` is packed by :func:`pack_weight`; ``config`` forces one block configuration.
     """
     storage, precision = compute_dtype(dtype)
     check_nhwc(x, "x")
@@ -148,13 +149,20 @@ def head(
     upcast = upcast_for_interpreter(storage)
     m = n * h * w
     grid = lambda META: (triton.cdiv(m, META["BLOCK_M"]),)  # noqa: E731
-    head_kernel[grid](
-        x, weight, bias, lg, pr, lb,
-        m, h, w, c_in, k,
-        x.stride(0), x.stride(1), x.stride(2),
-        *l_strides, *p_strides, *y_strides[:3],
-        WRITE_LOGITS=logits is not None, WRITE_PROBS=probs is not None, WRITE_LABELS=labels is not None,
-        INTERP_BF16=upcast,
-        PRECISION=precision if storage == torch.float32 or upcast else "tf32",  # 16-bit: unused
-        BLOCK_C=max(16, triton.next_power_of_2(k)),
+    launch(
+        head_kernel,
+        grid,
+        (
+            x, weight, bias, lg, pr, lb,
+            m, h, w, c_in, k,
+            x.stride(0), x.stride(1), x.stride(2),
+            *l_strides, *p_strides, *y_strides[:3],
+        ),
+        dict(
+            WRITE_LOGITS=logits is not None, WRITE_PROBS=probs is not None, WRITE_LABELS=labels is not None,
+            INTERP_BF16=upcast,
+            PRECISION=precision if storage == torch.float32 or upcast else "tf32",  # 16-bit: unused
+            BLOCK_C=max(16, triton.next_power_of_2(k)),
+        ),
+        config,
     )

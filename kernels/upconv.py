@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import check_nhwc, compute_dtype, interpreter_configs, to_storage, upcast_for_interpreter
+from ._utils import check_nhwc, compute_dtype, interpreter_configs, launch, to_storage, upcast_for_interpreter
 
 __all__ = ["upconv2x2", "pack_weight", "get_autotune_config"]
 
@@ -55,7 +55,7 @@ def upconv2x2_kernel(
     pid_m = pid // num_n
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
-    n = offs_m // (H * W)
+    n = (offs_m // (H * W)).to(tl.int64)  # 64-bit: batch offsets can pass 2**31
     i = (offs_m // W) % H
     k = offs_m % W
     offs_j = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -103,11 +103,12 @@ def upconv2x2(
     *,
     out: torch.Tensor | None = None,
     dtype: str = "fp32",
+    config: triton.Config | None = None,
 ) -> torch.Tensor:
     """2x2 stride-2 up-convolution + bias of NHWC activations: (N, H, W, C_in) -> (N, 2H, 2W, C_out).
 
     ``weight`` is packed by :func:`pack_weight`; ``bias`` is float32; ``out`` may be
-    preallocated (channels-last, channel stride 1).
+    preallocated (channels-last, channel stride 1); ``config`` forces one block configuration.
     """
     storage, precision = compute_dtype(dtype)
     check_nhwc(x, "x")
@@ -127,12 +128,19 @@ def upconv2x2(
     upcast = upcast_for_interpreter(storage)
     m = n * h * w
     grid = lambda META: (triton.cdiv(m, META["BLOCK_M"]) * triton.cdiv(4 * c_out, META["BLOCK_N"]),)  # noqa: E731
-    upconv2x2_kernel[grid](
-        x, weight, bias, out,
-        m, h, w, c_in, c_out,
-        x.stride(0), x.stride(1), x.stride(2),
-        out.stride(0), out.stride(1), out.stride(2),
-        INTERP_BF16=upcast,
-        PRECISION=precision if storage == torch.float32 or upcast else "tf32",  # 16-bit: unused
+    launch(
+        upconv2x2_kernel,
+        grid,
+        (
+            x, weight, bias, out,
+            m, h, w, c_in, c_out,
+            x.stride(0), x.stride(1), x.stride(2),
+            out.stride(0), out.stride(1), out.stride(2),
+        ),
+        dict(
+            INTERP_BF16=upcast,
+            PRECISION=precision if storage == torch.float32 or upcast else "tf32",  # 16-bit: unused
+        ),
+        config,
     )
     return out

@@ -131,3 +131,109 @@ def test_head_probs_only_fp32_and_labels_only():
     assert torch.equal(labels.long(), expected.argmax(1))
     with pytest.raises(ValueError, match="Nothing to write"):
         head.head(nhwc(x, torch.float32), head.pack_weight(weight, torch.float32), bias)
+
+
+@pytest.mark.parametrize("module", [conv, upconv, head])
+def test_forcing_a_config_runs_that_config(module):
+    """The `config=` path used by the GPU tests (here with a small interpreter-sized config)."""
+    import triton
+
+    x = torch.randn(2, 6, 9, 11)
+    if module is conv:
+        cfg = triton.Config(dict(BLOCK_H=4, BLOCK_W=8, BLOCK_N=16, BLOCK_K=16), num_warps=4, num_stages=1)
+        w, b = torch.randn(5, 6, 3, 3), torch.randn(5)
+        out, _ = conv.conv3x3(nhwc(x, torch.float32), conv.pack_weight(w, torch.float32), b, config=cfg)
+        _check(nchw(out), torch.relu(F.conv2d(x, w, b)), "fp32")
+    elif module is upconv:
+        cfg = triton.Config(dict(BLOCK_M=32, BLOCK_N=16, BLOCK_K=16), num_warps=4, num_stages=1)
+        w, b = torch.randn(6, 5, 2, 2), torch.randn(5)
+        out = upconv.upconv2x2(nhwc(x, torch.float32), upconv.pack_weight(w, torch.float32), b, config=cfg)
+        _check(nchw(out), F.conv_transpose2d(x, w, b, stride=2), "fp32")
+    else:
+        cfg = triton.Config(dict(BLOCK_M=32, BLOCK_K=16), num_warps=4, num_stages=1)
+        w, b = torch.randn(3, 6, 1, 1), torch.randn(3)
+        logits = poisoned((2, 3, 9, 11), torch.float32)
+        head.head(nhwc(x, torch.float32), head.pack_weight(w, torch.float32), b, logits=logits, config=cfg)
+        _check(logits, F.conv2d(x, w, b), "fp32")
+
+
+# -- GPU: real shapes, the real bf16 dot, every autotune config ------------------------------
+GPU_LAYERS = [  # (n, c_a, c_b, c_out, size, skip, pool): shapes of the paper network
+    (2, 1, 0, 64, 572, 0, False),
+    (2, 64, 0, 64, 570, 0, True),
+    (4, 256, 0, 512, 68, 0, True),
+    (2, 128, 128, 128, 200, 280, False),
+    (8, 512, 0, 1024, 30, 0, False),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n, c_a, c_b, c_out, size, skip, pool", GPU_LAYERS)
+def test_conv3x3_real_shapes_gpu(dtype, n, c_a, c_b, c_out, size, skip, pool):
+    st = STORAGE[dtype]
+    a = torch.randn(n, c_a, skip or size, skip or size, device="cuda")
+    b = torch.randn(n, c_b, size, size, device="cuda") if c_b else None
+    weight = torch.randn(c_out, c_a + c_b, 3, 3, device="cuda") * (2 / (9 * (c_a + c_b))) ** 0.5
+    bias = torch.randn(c_out, device="cuda")
+    out = poisoned((n, size - 2, size - 2, c_out), st, "cuda")
+    pooled = poisoned((n, (size - 2) // 2, (size - 2) // 2, c_out), st, "cuda") if pool else None
+    conv.conv3x3(nhwc(a, st), conv.pack_weight(weight, st), bias, up=None if b is None else nhwc(b, st),
+                 pool=pool, out=out, pooled=pooled, dtype=dtype)
+    x = a if b is None else torch.cat([center_crop(a, size, size), b], 1)
+    expected = torch.relu(F.conv2d(_q(x, dtype), _q(weight, dtype), bias))
+    _check(nchw(out), expected, dtype)
+    if pool:
+        _check(nchw(pooled), F.max_pool2d(_q(expected, dtype), 2), dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["bf16", "fp16", "tf32"])
+def test_every_autotune_config_passes_gpu(dtype):
+    """Each kept config against the reference (a flattened tap loop once miscompiled at num_warps=8)."""
+    st = STORAGE[dtype]
+    skip = torch.randn(2, 64, 140, 140, device="cuda")
+    up = torch.randn(2, 64, 100, 100, device="cuda")
+    weight = torch.randn(64, 128, 3, 3, device="cuda") * (2 / (9 * 128)) ** 0.5
+    bias = torch.randn(64, device="cuda")
+    expected = torch.relu(F.conv2d(_q(torch.cat([center_crop(skip, 100, 100), up], 1), dtype), _q(weight, dtype), bias))
+    for cfg in conv.get_autotune_config():
+        out = poisoned((2, 98, 98, 64), st, "cuda")
+        pooled = poisoned((2, 49, 49, 64), st, "cuda")
+        conv.conv3x3(nhwc(skip, st), conv.pack_weight(weight, st), bias, up=nhwc(up, st), pool=True,
+                     out=out, pooled=pooled, dtype=dtype, config=cfg)
+        _check(nchw(out), expected, dtype)
+        _check(nchw(pooled), F.max_pool2d(_q(expected, dtype), 2), dtype)
+    x = torch.randn(2, 128, 50, 50, device="cuda")
+    wu, bu = torch.randn(128, 64, 2, 2, device="cuda") * 0.1, torch.randn(64, device="cuda")
+    for cfg in upconv.get_autotune_config():
+        out = poisoned((2, 100, 100, 64), st, "cuda")
+        upconv.upconv2x2(nhwc(x, st), upconv.pack_weight(wu, st), bu, out=out, dtype=dtype, config=cfg)
+        _check(nchw(out), F.conv_transpose2d(_q(x, dtype), _q(wu, dtype), bu, stride=2), dtype)
+    feats = torch.randn(2, 64, 96, 96, device="cuda")
+    wh, bh = torch.randn(2, 64, 1, 1, device="cuda"), torch.randn(2, device="cuda")
+    for cfg in head.get_autotune_config():
+        logits = poisoned((2, 2, 96, 96), torch.float32, "cuda")
+        head.head(nhwc(feats, st), head.pack_weight(wh, st), bh, logits=logits, dtype=dtype, config=cfg)
+        _check(logits, F.conv2d(_q(feats, dtype), _q(wh, dtype), bh), dtype)
+
+
+def test_to_storage_rounds_to_nearest_even_like_torch():
+    """The interpreter's bf16 cast truncates; to_storage rounds like the GPU (and torch)."""
+    import triton
+    import triton.language as tl
+
+    from fastunet.kernels._utils import to_storage, upcast_for_interpreter
+
+    @triton.jit
+    def cast(x_ptr, y_ptr, FIX: tl.constexpr, N: tl.constexpr):
+        offs = tl.arange(0, N)
+        tl.store(y_ptr + offs, to_storage(tl.load(x_ptr + offs), y_ptr.dtype.element_ty, FIX))
+
+    special = torch.tensor([0.0, -0.0, 1e-39, -3e-40, 1e38, 3.3e38, 1.0 + 2**-8, 1.0 + 3 * 2**-8])
+    x = torch.cat([torch.randn(4096 - special.numel()) * 100, special])
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        y = torch.empty(x.numel(), dtype=dtype)
+        cast[(1,)](x, y, FIX=upcast_for_interpreter(torch.bfloat16), N=x.numel())
+        assert torch.equal(y.view(torch.int16 if dtype != torch.float32 else torch.int32),
+                           x.to(dtype).view(torch.int16 if dtype != torch.float32 else torch.int32)), dtype
