@@ -3,8 +3,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 
 from fastunet.kernels import conv, head, upconv
+from fastunet.kernels._utils import to_storage, upcast_for_interpreter
 from fastunet.model import center_crop
 from reference import STORAGE, TOL, nchw, nhwc, poisoned, rel_err
 
@@ -136,8 +139,6 @@ def test_head_probs_only_fp32_and_labels_only():
 @pytest.mark.parametrize("module", [conv, upconv, head])
 def test_forcing_a_config_runs_that_config(module):
     """The `config=` path used by the GPU tests (here with a small interpreter-sized config)."""
-    import triton
-
     x = torch.randn(2, 6, 9, 11)
     if module is conv:
         cfg = triton.Config(dict(BLOCK_H=4, BLOCK_W=8, BLOCK_N=16, BLOCK_K=16), num_warps=4, num_stages=1)
@@ -218,22 +219,18 @@ def test_every_autotune_config_passes_gpu(dtype):
         _check(logits, F.conv2d(_q(feats, dtype), _q(wh, dtype), bh), dtype)
 
 
+@triton.jit
+def _cast_kernel(x_ptr, y_ptr, FIX: tl.constexpr, N: tl.constexpr):
+    offs = tl.arange(0, N)
+    tl.store(y_ptr + offs, to_storage(tl.load(x_ptr + offs), y_ptr.dtype.element_ty, FIX))
+
+
 def test_to_storage_rounds_to_nearest_even_like_torch():
     """The interpreter's bf16 cast truncates; to_storage rounds like the GPU (and torch)."""
-    import triton
-    import triton.language as tl
-
-    from fastunet.kernels._utils import to_storage, upcast_for_interpreter
-
-    @triton.jit
-    def cast(x_ptr, y_ptr, FIX: tl.constexpr, N: tl.constexpr):
-        offs = tl.arange(0, N)
-        tl.store(y_ptr + offs, to_storage(tl.load(x_ptr + offs), y_ptr.dtype.element_ty, FIX))
-
     special = torch.tensor([0.0, -0.0, 1e-39, -3e-40, 1e38, 3.3e38, 1.0 + 2**-8, 1.0 + 3 * 2**-8])
     x = torch.cat([torch.randn(4096 - special.numel()) * 100, special])
     for dtype in (torch.bfloat16, torch.float16, torch.float32):
         y = torch.empty(x.numel(), dtype=dtype)
-        cast[(1,)](x, y, FIX=upcast_for_interpreter(torch.bfloat16), N=x.numel())
+        _cast_kernel[(1,)](x, y, FIX=upcast_for_interpreter(torch.bfloat16), N=x.numel())
         assert torch.equal(y.view(torch.int16 if dtype != torch.float32 else torch.int32),
                            x.to(dtype).view(torch.int16 if dtype != torch.float32 else torch.int32)), dtype
