@@ -25,11 +25,25 @@ from .errors import ModelFileError
 from .model import ReferenceUNet, UNetConfig
 from .normalization import Normalization
 
-__all__ = ["save_model", "load_model", "read_model_metadata", "FORMAT_VERSION"]
+__all__ = ["save_model", "load_model", "read_model_metadata", "default_model_path", "FORMAT_VERSION"]
 
 FORMAT_NAME = "fastunet"
 FORMAT_VERSION = "1"
 _MAX_HEADER = 100 * 1024 * 1024
+DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default.safetensors"
+
+
+def default_model_path() -> Path:
+    """The model bundled with fastunet (used when no ``--model`` is given).
+
+    Raises :class:`ModelFileError` when this installation has none.
+    """
+    if not DEFAULT_MODEL.is_file():
+        raise ModelFileError(
+            f"No default model is bundled with this installation (expected {str(DEFAULT_MODEL)!r}); "
+            "pass a model file with --model."
+        )
+    return DEFAULT_MODEL
 
 
 def save_model(
