@@ -1,0 +1,115 @@
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage as ndi
+
+from fastunet.data import save_preview, synthetic_nuclei, synthetic_volume, touching_pairs
+
+
+def _seed() -> int:
+    return int(torch.initial_seed() % 2**32)
+
+
+def _check_instances(labels: np.ndarray) -> None:
+    """Consecutive ids 1..n, each non-empty and one 4-connected piece."""
+    ids = np.unique(labels)
+    assert ids[0] == 0
+    np.testing.assert_array_equal(ids[1:], np.arange(1, len(ids)))
+    for index, box in enumerate(ndi.find_objects(labels), start=1):
+        assert box is not None, f"label {index} is empty"
+        _, pieces = ndi.label(labels[box] == index)
+        assert pieces == 1, f"label {index} has {pieces} pieces"
+
+
+def _touching_brute_force(labels: np.ndarray) -> set:
+    pairs = set()
+    h, w = labels.shape
+    for y in range(h):
+        for x in range(w):
+            a = labels[y, x]
+            for yy, xx in ((y + 1, x), (y, x + 1)):
+                if yy < h and xx < w:
+                    b = labels[yy, xx]
+                    if a and b and a != b:
+                        pairs.add((min(a, b), max(a, b)))
+    return pairs
+
+
+def test_nuclei_shape_dtype_labels_and_touching():
+    image, labels = synthetic_nuclei((300, 260), seed=_seed())
+    assert image.shape == labels.shape == (300, 260)
+    assert image.dtype == np.float32 and labels.dtype == np.int32
+    assert labels.max() >= 20
+    _check_instances(labels)
+    pairs = touching_pairs(labels)
+    touching = len(np.unique(pairs)) / labels.max()
+    assert touching >= 0.3, f"only {touching:.0%} of the objects touch another"
+    # Brighter inside objects than outside, on average (by a clear margin).
+    assert image[labels > 0].mean() > 1.5 * image[labels == 0].mean()
+    # Object sizes in the requested range: the equivalent radius of unclipped objects.
+    areas = np.bincount(labels.ravel())[1:]
+    assert np.median(np.sqrt(areas / np.pi)) > 5
+
+
+def test_touching_pairs_matches_brute_force():
+    rng = np.random.default_rng(_seed())
+    labels = rng.integers(0, 4, (17, 13)).astype(np.int32)
+    got = {tuple(p) for p in touching_pairs(labels).tolist()}
+    assert got == _touching_brute_force(labels)
+
+
+def test_nuclei_reproducible_and_seed_dependent():
+    seed = _seed()
+    a = synthetic_nuclei((128, 128), seed=seed, dtype="uint16")
+    b = synthetic_nuclei((128, 128), rng=np.random.default_rng(seed), dtype="uint16")
+    c = synthetic_nuclei((128, 128), seed=seed + 1, dtype="uint16")
+    assert a[0].dtype == np.uint16
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.array_equal(a[1], c[1])
+
+
+def test_nuclei_object_count():
+    none = synthetic_nuclei((64, 64), seed=_seed(), n_objects=0)
+    assert none[1].max() == 0
+    _, labels = synthetic_nuclei((200, 200), seed=_seed(), n_objects=40, touching=0.0)
+    assert 10 <= labels.max() <= 40
+    _check_instances(labels)
+
+
+def test_nuclei_rejects_bad_options():
+    with pytest.raises(ValueError, match="radius"):
+        synthetic_nuclei((64, 64), radius=(10, 5))
+    with pytest.raises(ValueError, match="touching"):
+        synthetic_nuclei((64, 64), touching=1.5)
+    with pytest.raises(ValueError, match="shape"):
+        synthetic_nuclei((64,))
+    with pytest.raises(TypeError, match="seed or rng"):
+        synthetic_nuclei((64, 64), seed=1, rng=np.random.default_rng(1))
+    with pytest.raises(ValueError, match="dtype"):
+        synthetic_nuclei((64, 64), dtype="int8")
+
+
+def test_volume_slices_are_valid_and_vary_slowly():
+    image, labels = synthetic_volume((5, 160, 160), seed=_seed())
+    assert image.shape == labels.shape == (5, 160, 160)
+    assert image.dtype == np.float32 and labels.dtype == np.int32
+    ids = np.unique(labels)
+    np.testing.assert_array_equal(ids, np.arange(len(ids)))
+    for plane in labels:
+        for index, box in enumerate(ndi.find_objects(plane), start=1):
+            if box is not None:
+                assert ndi.label(plane[box] == index)[1] == 1
+    # Neighbouring planes share most of their foreground (ellipsoids, not independent slices).
+    fg = labels > 0
+    overlap = (fg[1:] & fg[:-1]).sum() / np.maximum((fg[1:] | fg[:-1]).sum(), 1)
+    assert overlap.mean() > 0.5
+    assert image[fg].mean() > image[~fg].mean()
+
+
+def test_save_preview(tmp_path):
+    image, labels = synthetic_nuclei((96, 96), seed=_seed())
+    save_preview(tmp_path / "p.png", image, labels)
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="same shape"):
+        save_preview(tmp_path / "q.png", image, labels[:10])
