@@ -447,11 +447,8 @@ def touching_pairs(instances: np.ndarray) -> np.ndarray:
 
 def save_preview(path: str | os.PathLike, image: np.ndarray, instances: np.ndarray, *, title: str | None = None) -> None:
     """Write a PNG: the image (contrast-stretched) beside its instances in random colors."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure  # no pyplot: no global figure state, Agg canvas
 
     image = np.asarray(image, np.float32)
     instances = np.asarray(instances)
@@ -460,7 +457,8 @@ def save_preview(path: str | os.PathLike, image: np.ndarray, instances: np.ndarr
     lo, hi = np.percentile(image, [1, 99.8])
     colors = np.random.default_rng(0).uniform(0.25, 1.0, (int(instances.max()) + 1, 3))
     colors[0] = 0.0
-    fig, axes = plt.subplots(1, 2, figsize=(10, 5.3), constrained_layout=True)
+    fig = Figure(figsize=(10, 5.3), layout="constrained")
+    axes = fig.subplots(1, 2)
     axes[0].imshow(image, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
     axes[0].set_title("image")
     axes[1].imshow(instances, cmap=ListedColormap(colors), vmin=0, vmax=len(colors) - 1, interpolation="nearest")
@@ -470,4 +468,3 @@ def save_preview(path: str | os.PathLike, image: np.ndarray, instances: np.ndarr
     if title:
         fig.suptitle(title)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
