@@ -1,0 +1,218 @@
+"""Tile layout and mirrored reads (fastunet.tiling) against numpy: np.pad for the mirror,
+brute-force coverage checks for blocks and tiles."""
+
+import numpy as np
+import pytest
+import torch
+
+from fastunet import geometry
+from fastunet.tiling import (
+    Block,
+    Layout,
+    block_shape,
+    mirrored_read_plan,
+    output_chunks,
+    pick_step,
+    plan_layout,
+    read_mirrored,
+    reflect_index,
+    tile_for_extent,
+)
+
+
+def _rng():
+    return np.random.default_rng(torch.initial_seed())
+
+
+class ArraySource:
+    """The part of fastunet.io.VolumeSource that tiling uses, over a numpy array; records
+    every region read."""
+
+    def __init__(self, array, axes):
+        self.array, self.axes, self.shape = array, axes, array.shape
+        self.reads = []
+
+    def read(self, region):
+        for s, n in zip(region, self.shape):
+            assert 0 <= s.start <= s.stop <= n and s.step in (None, 1)
+        self.reads.append(region)
+        return np.array(self.array[region])
+
+
+@pytest.mark.parametrize("n", list(range(1, 13)) + [31])
+def test_reflect_index_matches_np_pad_reflect(n):
+    a = np.arange(n)
+    for left in range(0, 4 * n + 3):
+        for right in (0, 1, n - 1, n, 2 * n + 1, 5 * n + 2):
+            right = max(right, 0)
+            expected = np.pad(a, (left, right), mode="reflect")
+            got = reflect_index(np.arange(-left, n + right), n)
+            np.testing.assert_array_equal(got, expected, err_msg=f"n={n} pad=({left}, {right})")
+
+
+def test_reflect_index_is_not_symmetric_mode():
+    # dask's map_overlap(boundary="reflect") repeats the edge (numpy "symmetric"); we must not.
+    assert reflect_index([-1, -2, 5, 6], 5).tolist() == [1, 2, 3, 2]
+    assert np.pad(np.arange(5), 2, mode="symmetric")[:2].tolist() == [1, 0]
+    assert reflect_index([-7, 0, 9], 1).tolist() == [0, 0, 0]
+    with pytest.raises(ValueError):
+        reflect_index([0], 0)
+
+
+def test_mirrored_read_plan_inside_reads_exactly():
+    assert mirrored_read_plan(3, 9, 10) == (slice(3, 9), None)
+    read, take = mirrored_read_plan(-3, 4, 10)
+    assert read == slice(0, 4) and take.tolist() == [3, 2, 1, 0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("axes", ["YX", "ZYX", "CYX", "CZYX"])
+def test_read_mirrored_equals_np_pad(axes):
+    rng = _rng()
+    shape = {"Y": 7, "X": 11, "Z": 3, "C": 2}
+    arr = rng.integers(0, 1000, size=[shape[a] for a in axes]).astype(np.uint16)
+    src = ArraySource(arr, axes)
+    spatial_axes = [i for i, a in enumerate(axes) if a != "C"]
+    for _ in range(25):
+        box, pads = [], []
+        for i, a in enumerate(axes):
+            n = arr.shape[i]
+            if a == "C":
+                pads.append((0, 0))
+                continue
+            if a == "Z":  # the engine never mirrors Z, but the read supports it
+                start = int(rng.integers(-2, n))
+                stop = int(rng.integers(max(start + 1, 1), n + 3))
+            else:  # wider than the image on purpose: a volume smaller than the context
+                start = int(rng.integers(-3 * n, n))
+                stop = int(rng.integers(max(start + 1, 1), 4 * n))
+            box.append((start, stop))
+            pads.append((max(0, -start), max(0, stop - n)))
+        padded = np.pad(arr, pads, mode="reflect")
+        sel = []
+        for i, a in enumerate(axes):
+            if a == "C":
+                sel.append(slice(None))
+            else:
+                start, stop = box[spatial_axes.index(i)]
+                off = max(0, -start)
+                sel.append(slice(start + off, stop + off))
+        src.reads.clear()
+        got = read_mirrored(src, box)
+        assert len(src.reads) == 1  # one slab read per block
+        assert got.dtype == arr.dtype
+        np.testing.assert_array_equal(got, padded[tuple(sel)])
+
+
+def _check_layout(layout):
+    """Every pixel of every block is supplied by exactly one tile, tiles sit on the global
+    2**depth grid, blocks are unions of chunks and tile the volume."""
+    nd = layout.ndim
+    q = 2**layout.depth
+    c = layout.context
+    covered = np.zeros(layout.shape, np.int32)
+    for block in layout.blocks():
+        for (s, e), ch, b in zip(block.box, layout.chunks, layout.block):
+            assert s % ch == 0 and s % b == 0
+            assert e % ch == 0 or e == layout.shape[block.box.index((s, e))]
+        in_box = layout.input_box(block)
+        for axis in (0, 1):
+            lo, hi = in_box[nd - 2 + axis]
+            assert (lo + c) % q == 0  # the slab starts at a tile origin on the global grid
+        seen = np.zeros(block.shape[-2:], np.int32)
+        for (oy, ox), (sy, sx), (dy, dx) in layout.block_tiles(block):
+            gy, gx = in_box[-2][0] + oy + c, in_box[-1][0] + ox + c  # global output origin
+            assert gy % q == 0 and gx % q == 0
+            assert oy + layout.tile[0] <= in_box[-2][1] - in_box[-2][0]
+            assert ox + layout.tile[1] <= in_box[-1][1] - in_box[-1][0]
+            assert 0 <= sy.start < sy.stop <= layout.out[0] and 0 <= sx.start < sx.stop <= layout.out[1]
+            assert sy.stop - sy.start == dy.stop - dy.start and sx.stop - sx.start == dx.stop - dx.start
+            # the tile's output pixel (sy, sx) is global pixel (block start + dy)
+            assert gy + sy.start == block.box[-2][0] + dy.start
+            assert gx + sx.start == block.box[-1][0] + dx.start
+            seen[dy, dx] += 1
+        assert (seen == 1).all()
+        covered[block.slices] += 1
+    assert (covered == 1).all()
+
+
+@pytest.mark.parametrize(
+    "shape,tile,chunks,block",
+    [
+        ((37, 53), (48, 52), (7, 9), (14, 27)),
+        ((64, 64), (60, 60), (16, 16), (32, 48)),
+        ((5, 7), (48, 48), (5, 7), (5, 7)),  # smaller than the context (20)
+        ((100, 90), (72, 56), (10, 13), (30, 26)),
+        ((3, 41, 29), (64, 48), (2, 5, 6), (4, 10, 12)),
+    ],
+)
+def test_layout_covers_each_pixel_once_on_the_global_grid(shape, tile, chunks, block):
+    _check_layout(Layout(shape=shape, depth=2, tile=tile, chunks=chunks, block=block))
+
+
+def test_layout_random_configurations():
+    rng = _rng()
+    for _ in range(30):
+        depth = int(rng.integers(1, 4))
+        shape = tuple(int(n) for n in rng.integers(1, 90, size=int(rng.integers(2, 4))))
+        valid = geometry.valid_input_sizes(depth, max_size=200)
+        usable = [t for t in valid if geometry.output_size(t, depth) >= 2**depth]
+        tile = (int(rng.choice(usable)), int(rng.choice(usable)))
+        chunks = tuple(int(rng.integers(1, n + 1)) for n in shape)
+        block = tuple(c * int(rng.integers(1, 4)) for c in chunks)
+        _check_layout(Layout(shape=shape, depth=depth, tile=tile, chunks=chunks, block=block))
+
+
+def test_block_names_encode_boxes():
+    layout = Layout(shape=(3, 41, 29), depth=2, tile=(48, 48), chunks=(2, 5, 6), block=(2, 10, 12))
+    names = [b.name for b in layout.blocks()]
+    assert len(set(names)) == layout.num_blocks == 2 * 5 * 3
+    assert names[-1] == "z2-3_y40-41_x24-29"
+    assert Block(index=(0, 0), box=((0, 4), (8, 16))).name == "y0-4_x8-16"
+
+
+def test_layout_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="Nearest valid"):
+        Layout(shape=(10, 10), depth=2, tile=(50, 48), chunks=(5, 5), block=(5, 5))
+    with pytest.raises(ValueError, match="at least 2\\*\\*depth"):
+        Layout(shape=(10, 10), depth=4, tile=(188, 188), chunks=(5, 5), block=(5, 5))  # output 4 < 16
+    with pytest.raises(ValueError, match="multiple of the chunks"):
+        Layout(shape=(10, 10), depth=2, tile=(48, 48), chunks=(4, 4), block=(6, 8))
+    with pytest.raises(ValueError, match="non-empty"):
+        Layout(shape=(0, 10), depth=2, tile=(48, 48), chunks=(4, 4), block=(4, 4))
+
+
+def test_default_tiles_are_never_larger_than_a_small_image_needs():
+    depth = 4
+    for n in (1, 15, 16, 17, 100, 388, 500):
+        t = tile_for_extent(n, depth)
+        out = geometry.output_size(t, depth)
+        assert out >= n and out >= 16
+        below, _ = geometry.nearest_valid_sizes(t - 1, depth)
+        assert below is None or geometry.output_size(below, depth) < max(n, 16)
+    layout = plan_layout((100, 3000), depth, source_chunks=(100, 1000))
+    assert layout.tile[0] == tile_for_extent(100, depth) and layout.last_tile(0) == 0
+    sy, sx = layout.step
+    assert sx <= 512 and (1000 % sx == 0 or sx % 1000 == 0 or sx == 512 - 512 % 16)
+
+
+def test_pick_step_prefers_chunk_aligned_steps():
+    assert pick_step(4, chunk=1024, max_step=512) == 512
+    assert pick_step(4, chunk=96, max_step=512) == 480  # 5 chunks per tile step
+    assert pick_step(2, chunk=1000, max_step=300) == 200  # divides the chunk
+    assert pick_step(4, chunk=1000, max_step=300) % 16 == 0
+
+
+def test_output_chunks_follow_the_input():
+    assert output_chunks((500, 4096, 4096), (64, 256, 256)) == (16, 256, 256)
+    assert output_chunks((500, 20000, 20000), (1, 20000, 20000)) == (1, 1000, 1000)
+    assert output_chunks((30, 40), (64, 64)) == (30, 40)
+
+
+def test_block_shape_is_bounded_and_chunk_aligned():
+    b = block_shape((4000, 4000, 4000), (16, 64, 64), (384, 384), max_voxels=8 << 20)
+    assert b[0] % 16 == 0 and b[1] % 64 == 0 and b[2] % 64 == 0 and np.prod(b) <= 8 << 20
+    assert b[1] % 384 == 0 and b[2] % 384 == 0  # whole tiles per block
+    b = block_shape((4000, 4000, 4000), (64, 64, 64), (384, 384), max_voxels=8 << 20)
+    assert all(x % 64 == 0 for x in b) and np.prod(b) <= 8 << 20
+    b = block_shape((10000, 10000), (1000, 1000), (496, 496))
+    assert b[0] % 1000 == 0 and b[0] <= 4000
