@@ -7,7 +7,9 @@ strength relative to the class-balance weights).
 
 :func:`weighted_cross_entropy` picks the fused Triton kernel (``fastunet.kernels.loss``) for
 CUDA tensors and the plain PyTorch expression :func:`weighted_cross_entropy_reference`
-elsewhere; both give the same value and gradient.
+elsewhere; both give the same value and gradient w.r.t. the logits. The kernel gives no
+gradient w.r.t. the weight map (it refuses one that requires grad), and a label outside
+[0, C) that is not ``ignore_index`` makes its loss NaN where PyTorch raises.
 """
 
 from __future__ import annotations

@@ -1,0 +1,400 @@
+"""The pixel-weighted softmax cross-entropy of the U-Net, fused: loss and gradient in one pass.
+
+Ronneberger et al. (2015), eq. (1): ``E = sum_x w(x) log p_{l(x)}(x)`` with ``p`` the
+softmax over classes; the loss is ``-E`` (``reduction="sum"``) or ``-E`` divided by the
+number of pixels whose label is not ``ignore_index`` (``reduction="mean"``), the same as
+:func:`fastunet.loss.weighted_cross_entropy_reference`.
+
+Design (Liger-Kernel style: kernels, host functions, one ``torch.autograd.Function``):
+
+* **One read of the logits.** Each program takes ``BLOCK_P`` pixels of one image and all
+  ``C`` classes (``BLOCK_C = next_pow2(C)``), computes the log-softmax in fp32 whatever the
+  logits dtype (max-subtracted), the weighted loss ``w * (-log p_l)`` and, in the same
+  pass, the gradient ``w * (softmax - onehot(l))``, stored in the logits' dtype into a
+  buffer allocated by the forward. The logits are not kept for the backward.
+* **The 1/count of ``mean`` is applied in the backward.** The count of non-ignored pixels
+  is counted by the same kernel (per-program partials), so it is not known while the
+  gradient is written. The backward has to multiply the gradient by ``grad_output``
+  anyway (one in-place pass), so it multiplies by ``grad_output / count`` instead; counting
+  first on the host (``(target != ignore_index).sum()``) would cost an extra read of the
+  targets (8 bytes a pixel for int64, as much as the bf16 logits and gradient of two
+  classes together) and a launch. A 16-bit gradient is thus rounded twice (at the store,
+  then after the scaling), which can cost one more unit in the last place.
+* **Deterministic reduction.** Each program writes its partial loss sum and pixel count;
+  a one-program kernel sums them in a fixed order and writes the loss and the gradient
+  scale. No float atomics: the same inputs give the same bits.
+* **Labels outside [0, C)** that are not ``ignore_index`` make their pixel's loss and
+  gradient NaN, hence the loss NaN (PyTorch raises instead, but raising needs a host
+  sync). ``check_labels=True`` checks on the host first and raises a ``ValueError`` (one
+  sync; for debugging).
+
+Logits may have any strides (NCHW, channels-last, slices); where each tensor's pixels can
+be indexed by one stride the kernel does so (``FLAT``), which keeps loads vectorized.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.autograd.function import once_differentiable
+
+from ._utils import INTERPRET, interpreter_configs, launch, to_storage, upcast_for_interpreter
+
+__all__ = [
+    "weighted_softmax_ce",
+    "softmax_ce_forward",
+    "softmax_ce_backward",
+    "WeightedSoftmaxCE",
+    "get_autotune_config",
+    "MAX_CLASSES",
+]
+
+MAX_CLASSES = 256
+_MAX_TILE = 8192  # BLOCK_P * BLOCK_C elements a program holds at most (registers)
+_LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_TARGET_DTYPES = (torch.int64, torch.int32, torch.uint8)
+
+
+def get_autotune_config() -> list[triton.Config]:
+    """Pixels per program and warps tried on the GPU (the op is bandwidth-bound); configs
+    holding more than ``_MAX_TILE`` logits are pruned for many classes."""
+    return [
+        triton.Config(dict(BLOCK_P=p), num_warps=w, num_stages=1)
+        for p, w in [(32, 4), (128, 4), (256, 4), (512, 4), (1024, 4), (1024, 8), (2048, 8), (4096, 8)]
+    ]
+
+
+_INTERPRETER_CONFIG = triton.Config(dict(BLOCK_P=32), num_warps=4, num_stages=1)
+_CONFIGS = interpreter_configs(get_autotune_config(), _INTERPRETER_CONFIG)
+
+
+def _prune(configs: list[triton.Config], named_args: dict, **meta) -> list[triton.Config]:
+    kept = [c for c in configs if c.kwargs["BLOCK_P"] * meta["BLOCK_C"] <= _MAX_TILE]
+    return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_P"])]
+
+
+@triton.jit
+def _pixel_offset(p, W, stride_h, stride_w, FLAT: tl.constexpr):
+    """Offset of flat pixel index ``p = h * W + w`` within one image."""
+    if FLAT:  # the pixels of this tensor are one strided axis
+        return p * stride_w
+    return (p // W) * stride_h + (p % W) * stride_w
+
+
+@triton.autotune(
+    configs=_CONFIGS,
+    key=["C", "HAS_WEIGHT", "WRITE_GRAD", "FLAT"],
+    prune_configs_by={"early_config_prune": _prune},
+)
+@triton.jit
+def softmax_ce_fwd_kernel(
+    # pointers
+    logits_ptr, target_ptr, weight_ptr, grad_ptr, partial_loss_ptr, partial_count_ptr,
+    # sizes
+    P, W, C, ignore_index,
+    # strides
+    stride_ln, stride_lc, stride_lh, stride_lw,
+    stride_tn, stride_th, stride_tw,
+    stride_wn, stride_wh, stride_ww,
+    stride_gn, stride_gc, stride_gh, stride_gw,
+    # meta-parameters
+    HAS_WEIGHT: tl.constexpr, WRITE_GRAD: tl.constexpr, FLAT: tl.constexpr, INTERP_BF16: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    """Per pixel x with label l and weight w, p = softmax(s(x)) over the C classes:
+    loss(x) = w * (-log p_l) = w * ((m - s_l) + log sum_c exp(s_c - m)),  m = max_c s_c,
+    grad(x) = w * (p - onehot(l)); both 0 where l == ignore_index, NaN where l is not in [0, C).
+    Writes sum_x loss(x) and the count of non-ignored pixels of this program's tile."""
+    pid = tl.program_id(0)
+    tiles = tl.cdiv(P, BLOCK_P)
+    n = (pid // tiles).to(tl.int64)  # 64-bit: batch offsets can pass 2**31
+    offs_p = (pid % tiles) * BLOCK_P + tl.arange(0, BLOCK_P)
+    mask_p = offs_p < P
+    offs_c = tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    mask_pc = mask_p[:, None] & mask_c[None, :]
+
+    l_pix = n * stride_ln + _pixel_offset(offs_p, W, stride_lh, stride_lw, FLAT)
+    s = tl.load(logits_ptr + l_pix[:, None] + offs_c[None, :] * stride_lc, mask=mask_pc, other=0.0)
+    s = tl.where(mask_c[None, :], s.to(tl.float32), float("-inf"))
+    t_pix = n * stride_tn + _pixel_offset(offs_p, W, stride_th, stride_tw, FLAT)
+    label = tl.load(target_ptr + t_pix, mask=mask_p, other=0)
+    if HAS_WEIGHT:
+        w_pix = n * stride_wn + _pixel_offset(offs_p, W, stride_wh, stride_ww, FLAT)
+        w = tl.load(weight_ptr + w_pix, mask=mask_p, other=0.0)
+    else:
+        w = tl.full((BLOCK_P,), 1.0, tl.float32)
+
+    active = mask_p & (label != ignore_index)
+    in_range = (label >= 0) & (label < C)
+    valid = active & in_range
+    bad = active & ~in_range
+
+    m = tl.max(s, axis=1)
+    e = tl.exp(s - m[:, None])
+    total = tl.sum(e, axis=1)
+    onehot = offs_c[None, :] == label[:, None]
+    s_label = tl.sum(tl.where(onehot, s, 0.0), axis=1)
+    nll = (m - s_label) + tl.log(total)  # -log p_l, without cancellation when s_l is the max
+    loss = tl.where(valid, w * nll, 0.0)
+    loss = tl.where(bad, float("nan"), loss)
+    tl.store(partial_loss_ptr + pid, tl.sum(loss, axis=0))
+    tl.store(partial_count_ptr + pid, tl.sum(active.to(tl.int32), axis=0))
+
+    if WRITE_GRAD:
+        prob = e / total[:, None]
+        grad = w[:, None] * (prob - onehot.to(tl.float32))
+        grad = tl.where(valid[:, None], grad, 0.0)
+        grad = tl.where(bad[:, None], float("nan"), grad)
+        g_pix = n * stride_gn + _pixel_offset(offs_p, W, stride_gh, stride_gw, FLAT)
+        g_ptrs = grad_ptr + g_pix[:, None] + offs_c[None, :] * stride_gc
+        tl.store(g_ptrs, to_storage(grad, grad_ptr.dtype.element_ty, INTERP_BF16), mask=mask_pc)
+
+
+@triton.jit
+def softmax_ce_finish_kernel(
+    partial_loss_ptr, partial_count_ptr, loss_ptr, scale_ptr,
+    num_partials,
+    MEAN: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """One program: loss = sum(partials) [/ max(count, 1)], scale = 1 [/ max(count, 1)],
+    summed in a fixed order (deterministic)."""
+    offs = tl.arange(0, BLOCK)
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    cnt = tl.zeros((BLOCK,), dtype=tl.int64)
+    for start in range(0, num_partials, BLOCK):
+        mask = start + offs < num_partials
+        acc += tl.load(partial_loss_ptr + start + offs, mask=mask, other=0.0)
+        cnt += tl.load(partial_count_ptr + start + offs, mask=mask, other=0).to(tl.int64)
+    total = tl.sum(acc, axis=0)
+    if MEAN:
+        denom = tl.maximum(tl.sum(cnt, axis=0), 1).to(tl.float32)
+        tl.store(loss_ptr, total / denom)
+        tl.store(scale_ptr, 1.0 / denom)
+    else:
+        tl.store(loss_ptr, total)
+        tl.store(scale_ptr, 1.0)
+
+
+# -- host functions ---------------------------------------------------------------------------
+def _empty_like(t: torch.Tensor) -> torch.Tensor:
+    """The gradient buffer (dense layouts such as channels-last are kept). The tests
+    replace this allocator to poison what the kernel must overwrite."""
+    return torch.empty_like(t)
+
+
+def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Per-program partials and the two result scalars (replaced by the tests, see above)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _flat_pixels(t: torch.Tensor) -> bool:
+    """Whether the two trailing (pixel) axes of ``t`` are one strided axis."""
+    return t.shape[-2] == 1 or t.stride(-2) == t.shape[-1] * t.stride(-1)
+
+
+def _extent(t: torch.Tensor) -> int:
+    """Largest element offset within one batch entry (kernel offsets there are 32-bit)."""
+    return sum((size - 1) * stride for size, stride in zip(t.shape[1:], t.stride()[1:]))
+
+
+def _check(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, reduction: str
+) -> None:
+    if not isinstance(logits, torch.Tensor) or not isinstance(target, torch.Tensor):
+        raise TypeError("Expected logits and target as torch tensors.")
+    if logits.ndim not in (3, 4):
+        raise ValueError(f"Expected logits (N, C, H, W) or (N, C, L); got shape {tuple(logits.shape)}.")
+    if logits.dtype not in _LOGIT_DTYPES:
+        raise ValueError(f"Expected logits in float32, bfloat16 or float16; got {logits.dtype}.")
+    c = logits.shape[1]
+    if not 1 <= c <= MAX_CLASSES:
+        raise ValueError(f"Expected between 1 and {MAX_CLASSES} classes (axis 1 of logits); got {c}.")
+    expected = (logits.shape[0], *logits.shape[2:])
+    names = "(N, H, W)" if logits.ndim == 4 else "(N, L)"
+    if tuple(target.shape) != expected:
+        raise ValueError(
+            f"Expected target {names} of shape {expected} for logits {tuple(logits.shape)}; got {tuple(target.shape)}."
+        )
+    if target.dtype not in _TARGET_DTYPES:
+        raise ValueError(f"Expected an int64, int32 or uint8 target; got {target.dtype}. Convert it with .long().")
+    if weight is not None:
+        if tuple(weight.shape) != expected:
+            raise ValueError(f"Expected weight {names} of shape {expected}; got {tuple(weight.shape)}.")
+        if weight.dtype != torch.float32:
+            raise ValueError(f"Expected a float32 weight; got {weight.dtype}. Convert it with .float().")
+        if weight.requires_grad:
+            raise ValueError(
+                "The fused loss gives no gradient w.r.t. the weight map, which requires grad: "
+                "pass weight.detach(), or use backend='torch'."
+            )
+    for name, t in (("target", target), ("weight", weight)):
+        if t is not None and t.device != logits.device:
+            raise ValueError(f"Expected {name} on {logits.device} like the logits; got {t.device}.")
+    if not logits.is_cuda and not INTERPRET:
+        raise ValueError("The Triton loss needs CUDA tensors (or TRITON_INTERPRET=1); use backend='torch' on the CPU.")
+    if reduction not in ("mean", "sum"):
+        raise ValueError(
+            f"Expected reduction 'mean' or 'sum'; got {reduction!r} (use the PyTorch reference for 'none')."
+        )
+    for name, t in (("logits", logits), ("target", target), ("weight", weight)):
+        if t is not None and _extent(t) >= 2**31:
+            raise ValueError(f"Expected each batch entry of {name} to span fewer than 2**31 elements; split the batch.")
+
+
+def _check_labels(target: torch.Tensor, classes: int, ignore_index: int) -> None:
+    """Host check of the labels (one device sync)."""
+    t = target.long()
+    bad = (t != ignore_index) & ((t < 0) | (t >= classes))
+    if bool(bad.any()):
+        raise ValueError(
+            f"Expected labels in [0, {classes}) or ignore_index={ignore_index}; got values "
+            f"{torch.unique(t[bad])[:8].tolist()}."
+        )
+
+
+def softmax_ce_forward(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    *,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    compute_grad: bool = True,
+    check_labels: bool = False,
+    config: triton.Config | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Run the fused kernel; returns ``(loss, scale, grad)``.
+
+    ``loss`` and ``scale`` are 0-d float32 tensors: the reduced loss and the factor the
+    gradient still needs (``1 / count`` for mean, 1 for sum). ``grad`` is the unscaled
+    gradient ``w * (softmax - onehot)`` in the logits' dtype and layout, or None without
+    ``compute_grad``. ``config`` forces one block configuration instead of autotuning.
+    """
+    _check(logits, target, weight, reduction)
+    if check_labels:
+        _check_labels(target, logits.shape[1], ignore_index)
+    grad = _empty_like(logits) if compute_grad else None
+    if logits.ndim == 3:  # (N, C, L) as (N, C, 1, L)
+        lg, tg = logits.unsqueeze(2), target.unsqueeze(1)
+        wt = weight.unsqueeze(1) if weight is not None else None
+        gr = grad.unsqueeze(2) if grad is not None else None
+    else:
+        lg, tg, wt, gr = logits, target, weight, grad
+    n, c, h, w = lg.shape
+    pixels = h * w
+    # Room for the partials of the smallest block (autotuning tries them all); only the
+    # first ``num_partials``, those of the block that ran last, are summed.
+    min_block = min(cfg.kwargs["BLOCK_P"] for cfg in (*_CONFIGS, *([config] if config is not None else [])))
+    partial_loss = _empty((n * triton.cdiv(pixels, min_block),), torch.float32, logits.device)
+    partial_count = _empty(partial_loss.shape, torch.int32, logits.device)
+    loss = _empty((), torch.float32, logits.device)
+    scale = _empty((), torch.float32, logits.device)
+
+    num_partials = 0
+    if n * pixels > 0:
+        tensors = [t for t in (lg, tg, wt, gr) if t is not None]
+        w_strides = wt.stride() if wt is not None else (0, 0, 0)
+        g_strides = gr.stride() if gr is not None else (0, 0, 0, 0)
+        tiles = lambda block_p: triton.cdiv(pixels, block_p)  # noqa: E731
+        grid = lambda META: (n * tiles(META["BLOCK_P"]),)  # noqa: E731
+        launch(
+            softmax_ce_fwd_kernel,
+            grid,
+            (
+                lg, tg, wt if wt is not None else lg, gr if gr is not None else lg, partial_loss, partial_count,
+                pixels, w, c, ignore_index,
+                *lg.stride(),
+                *tg.stride(),
+                *w_strides,
+                *g_strides,
+            ),
+            dict(
+                HAS_WEIGHT=wt is not None, WRITE_GRAD=gr is not None,
+                FLAT=all(_flat_pixels(t) for t in tensors),
+                INTERP_BF16=upcast_for_interpreter(logits.dtype),
+                BLOCK_C=max(2, triton.next_power_of_2(c)),
+            ),
+            config,
+        )
+        used = config if config is not None else softmax_ce_fwd_kernel.best_config
+        num_partials = n * tiles(used.kwargs["BLOCK_P"])
+    softmax_ce_finish_kernel[(1,)](
+        partial_loss, partial_count, loss, scale, num_partials, MEAN=reduction == "mean", BLOCK=1024,
+    )
+    return loss, scale, grad
+
+
+def softmax_ce_backward(grad: torch.Tensor, scale: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
+    """The gradient of the logits: the buffer the forward wrote, times ``grad_output * scale``.
+
+    Scales ``grad`` in place (no second buffer) and returns it.
+    """
+    factor = grad_output.reshape(()).float() * scale
+    grad.mul_(factor)  # in place: the forward's buffer becomes the logits' gradient
+    return grad
+
+
+class WeightedSoftmaxCE(torch.autograd.Function):
+    """Autograd wrapper: the forward computes loss and gradient, the backward scales it."""
+
+    @staticmethod
+    def forward(ctx, logits, target, weight, ignore_index, reduction, check_labels, config, compute_grad):
+        loss, scale, grad = softmax_ce_forward(
+            logits, target, weight, ignore_index=ignore_index, reduction=reduction,
+            compute_grad=compute_grad, check_labels=check_labels, config=config,
+        )
+        if grad is not None:
+            ctx.save_for_backward(grad, scale)
+        ctx.used = False
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        if ctx.used:
+            raise RuntimeError("The fused loss's gradient buffer was already consumed: backward through it only once.")
+        ctx.used = True
+        grad, scale = ctx.saved_tensors
+        return softmax_ce_backward(grad, scale, grad_output), None, None, None, None, None, None, None
+
+
+def weighted_softmax_ce(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    *,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    check_labels: bool = False,
+    config: triton.Config | None = None,
+) -> torch.Tensor:
+    """Fused pixel-weighted softmax cross-entropy, differentiable w.r.t. the logits.
+
+    Parameters
+    ----------
+    logits : Tensor (N, C, H, W) or (N, C, L)
+        Class scores, float32, bfloat16 or float16, any strides; 1 <= C <= 256. The math
+        is fp32; the gradient is stored in the logits' dtype.
+    target : Tensor (N, H, W) or (N, L), int64, int32 or uint8
+        Class per pixel; ``ignore_index`` pixels give neither loss nor gradient. Other
+        labels outside [0, C) make the loss NaN (see ``check_labels``).
+    weight : Tensor (N, H, W) or (N, L), float32, optional
+        The weight map ``w(x)`` (no gradient flows to it); all ones when omitted.
+    ignore_index : int
+    reduction : {"mean", "sum"}
+        ``mean`` divides by the number of non-ignored pixels (0 when there are none).
+    check_labels : bool
+        Check the labels on the host first and raise ``ValueError`` for one outside
+        [0, C) (costs a device sync; for debugging).
+    config : triton.Config, optional
+        Force one block configuration instead of autotuning (the tests run every config).
+
+    Returns
+    -------
+    Tensor
+        The 0-d float32 loss. Call ``backward`` on it (or on what is computed from it) once.
+    """
+    compute_grad = logits.requires_grad and torch.is_grad_enabled()  # else no gradient buffer
+    return WeightedSoftmaxCE.apply(logits, target, weight, ignore_index, reduction, check_labels, config, compute_grad)
