@@ -3,6 +3,7 @@
 Public API::
 
     from fastunet import UNetConfig, ReferenceUNet, save_model, load_model, geometry
+    from fastunet import segment, Segmenter     # overlap-tile segmentation of volumes
 """
 
 from __future__ import annotations
@@ -13,12 +14,18 @@ from .model import ReferenceUNet, UNetConfig, count_parameters
 from .modelfile import load_model, read_model_metadata, save_model
 from .normalization import Normalization
 
+# Light: dask, zarr and tifffile are imported when segment() runs. Bound after the submodule
+# import, so `fastunet.segment` is the function (`from fastunet.segment import ...` still
+# reaches the module).
+from .segment import Segmenter, segment
+
 __version__ = "0.1.0"
 
 __all__ = [
     "ModelFileError",
     "Normalization",
     "ReferenceUNet",
+    "Segmenter",
     "UNetConfig",
     "UserError",
     "count_parameters",
@@ -26,4 +33,5 @@ __all__ = [
     "load_model",
     "read_model_metadata",
     "save_model",
+    "segment",
 ]
