@@ -8,8 +8,9 @@ strength relative to the class-balance weights).
 :func:`weighted_cross_entropy` picks the fused Triton kernel (``fastunet.kernels.loss``) for
 CUDA tensors and the plain PyTorch expression :func:`weighted_cross_entropy_reference`
 elsewhere; both give the same value and gradient w.r.t. the logits. The kernel gives no
-gradient w.r.t. the weight map (it refuses one that requires grad), and a label outside
-[0, C) that is not ``ignore_index`` makes its loss NaN where PyTorch raises.
+gradient w.r.t. the weight map: for a weight map that requires grad, ``backend="auto"``
+uses the PyTorch expression instead and ``backend="triton"`` raises. A label outside
+[0, C) that is not ``ignore_index`` makes the kernel's loss NaN where PyTorch raises.
 """
 
 from __future__ import annotations
@@ -55,6 +56,20 @@ def weighted_cross_entropy_reference(
     return total / count
 
 
+def _use_triton(backend: str, *, on_cuda: bool, reduction: str, weight_needs_grad: bool) -> bool:
+    """Whether :func:`weighted_cross_entropy` runs the fused kernel.
+
+    ``auto``: on CUDA, unless the reduction is ``none`` (the kernel reduces) or a gradient
+    w.r.t. the weight map is needed (the kernel gives none). ``triton``: always except for
+    ``none``; the kernel then refuses a weight map that needs a gradient.
+    """
+    if backend not in ("auto", "triton", "torch"):
+        raise ValueError(f"backend must be 'auto', 'triton' or 'torch'; got {backend!r}.")
+    if reduction == "none" or backend == "torch":
+        return False
+    return backend == "triton" or (on_cuda and not weight_needs_grad)
+
+
 def weighted_cross_entropy(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -76,13 +91,12 @@ def weighted_cross_entropy(
     reduction : {"mean", "sum", "none"}
         ``mean`` divides by the number of non-ignored pixels.
     backend : {"auto", "triton", "torch"}
-        ``auto`` uses the fused Triton kernel for CUDA tensors, PyTorch otherwise.
+        ``auto`` uses the fused Triton kernel for CUDA tensors, PyTorch otherwise (and
+        where the weight map requires grad, which the kernel does not give).
     """
     _check(logits, target, weight, reduction)
-    if backend not in ("auto", "triton", "torch"):
-        raise ValueError(f"backend must be 'auto', 'triton' or 'torch'; got {backend!r}.")
-    use_triton = backend == "triton" or (backend == "auto" and logits.is_cuda)
-    if use_triton and reduction != "none":
+    weight_needs_grad = weight is not None and weight.requires_grad and torch.is_grad_enabled()
+    if _use_triton(backend, on_cuda=logits.is_cuda, reduction=reduction, weight_needs_grad=weight_needs_grad):
         from .kernels.loss import weighted_softmax_ce
 
         return weighted_softmax_ce(logits, target, weight, ignore_index=ignore_index, reduction=reduction)

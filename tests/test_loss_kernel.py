@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from fastunet.kernels import loss as lossk
-from fastunet.loss import weighted_cross_entropy
+from fastunet.loss import _use_triton, weighted_cross_entropy
 from reference import rel_err
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -55,17 +55,21 @@ def fused(logits, target, weight, ignore_index=-100, reduction="mean", **kw):
 
 
 def make_inputs(n, c, spatial, dtype, *, weighted=True, ignore_index=-100, target_dtype=torch.int64, device="cpu"):
+    """Random logits, labels with 20% ``ignore_index`` where the target dtype can hold it,
+    and a weight map."""
     logits = (3 * torch.randn(n, c, *spatial, device=device)).to(dtype)
     target = torch.randint(0, c, (n, *spatial), device=device)
-    target[torch.rand(target.shape, device=device) < 0.2] = ignore_index
+    if lossk.ignore_index_can_occur(ignore_index, target_dtype):
+        target[torch.rand(target.shape, device=device) < 0.2] = ignore_index
     weight = 10 * torch.rand(n, *spatial, device=device) if weighted else None
     return logits, target.to(target_dtype), weight
 
 
-def check(actual, expected, dtype, target=None, ignore_index=-100, *, rounded=False):
-    """``rounded``: the gradient is the kernel's store unscaled (sum, upstream gradient 1),
-    so it must be the reference rounded to nearest: the odd element may differ where fp32
-    evaluation order crosses a rounding boundary; truncation would change about half."""
+def check(actual, expected, dtype, target=None, ignore_index=-100, *, rounded=True):
+    """``rounded``: the gradient was rounded once to its dtype (the kernel's store, with an
+    upstream gradient of 1), so it must be the reference rounded to nearest: the odd element
+    may differ where fp32 evaluation order crosses a rounding boundary; truncation or a
+    second rounding would change far more."""
     (loss, grad), (ref_loss, ref_grad) = actual, expected
     assert loss.dtype == torch.float32 and loss.shape == ()
     assert torch.isfinite(loss), loss
@@ -73,7 +77,7 @@ def check(actual, expected, dtype, target=None, ignore_index=-100, *, rounded=Fa
     assert grad.dtype == DTYPES[dtype] and grad.shape == ref_grad.shape
     assert not torch.isnan(grad.float()).any(), "a gradient element was not written"
     assert rel_err(grad, ref_grad) <= GRAD_TOL[dtype], rel_err(grad, ref_grad)
-    if rounded:
+    if rounded and grad.dtype != torch.float32:
         assert (grad != ref_grad.to(grad.dtype)).float().mean() <= 0.01
     if target is not None:  # ignored pixels: exactly zero gradient
         ignored = (target.long() == ignore_index).unsqueeze(1).expand_as(grad)
@@ -81,7 +85,8 @@ def check(actual, expected, dtype, target=None, ignore_index=-100, *, rounded=Fa
 
 
 # (weighted, target dtype, ignore_index): -100 is PyTorch's default; 255 with uint8 targets;
-# an ignore_index inside [0, C) ignores that class.
+# an ignore_index inside [0, C) ignores that class. All three count on the device for mean;
+# the path without a count (uint8 target, -100) is tested below.
 CASES = [(True, torch.int64, -100), (False, torch.uint8, 255), (True, torch.int32, 1)]
 SHAPES = {2: (3, 11, 13), 3: (2, 7, 9), 5: (2, 9, 5), 17: (2, 6, 7)}  # classes -> (N, H, W), odd sizes
 
@@ -96,7 +101,7 @@ def test_against_cross_entropy(dtype, classes, reduction, case):
     logits, target, weight = make_inputs(n, classes, (h, w), DTYPES[dtype], weighted=weighted,
                                          ignore_index=ignore, target_dtype=target_dtype)
     check(fused(logits, target, weight, ignore, reduction), reference(logits, target, weight, ignore, reduction),
-          dtype, target, ignore, rounded=reduction == "sum" and dtype != "fp32")
+          dtype, target, ignore)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
@@ -167,12 +172,63 @@ def test_backend_triton_matches_backend_torch():
     assert rel_err(grad_t, grad_r) <= GRAD_TOL["bf16"]
 
 
-def test_upstream_gradient_and_no_grad():
-    logits, target, weight = make_inputs(2, 3, (5, 6), torch.float32)
+@pytest.mark.parametrize("target_dtype, ignore, counted", [
+    (torch.int64, -100, True), (torch.uint8, 255, True), (torch.int32, 1, True),
+    (torch.uint8, -100, False), (torch.uint8, 300, False), (torch.int32, 2**40, False),
+])
+def test_count_pass_only_where_ignore_index_can_occur(monkeypatch, target_dtype, ignore, counted):
+    """mean: the count kernel runs exactly when the target dtype can hold ignore_index;
+    both paths match the reference (with ignored pixels where they can occur)."""
+    calls = []
+    original = lossk._inverse_count
+    monkeypatch.setattr(lossk, "_inverse_count", lambda *a: (calls.append(1), original(*a)))
+    logits, target, weight = make_inputs(2, 3, (6, 7), torch.bfloat16, ignore_index=ignore, target_dtype=target_dtype)
+    assert ((target.long() == ignore).any()) == counted  # ignored pixels exactly where representable
+    check(fused(logits, target, weight, ignore), reference(logits, target, weight, ignore, "mean"), "bf16", target, ignore)
+    assert len(calls) == int(counted)
+    calls.clear()
+    check(fused(logits, target, weight, ignore, "sum"), reference(logits, target, weight, ignore, "sum"), "bf16")
+    assert not calls  # sum never counts
+
+
+@pytest.mark.parametrize("target_dtype", [torch.int64, torch.uint8])
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_upstream_gradient(dtype, target_dtype):
+    """grad_output 1 leaves the stored gradient alone; 2.5 (through a mul) and -0.5 (given
+    to backward) scale it in place: exactly the once-rounded gradient times the factor,
+    rounded again, and the reference within tolerance."""
+    logits, target, weight = make_inputs(2, 3, (5, 6), DTYPES[dtype], target_dtype=target_dtype)
     ref_loss, ref_grad = reference(logits, target, weight, -100, "mean")
+    unit_loss, unit_grad = fused(logits, target, weight)
+    check((unit_loss, unit_grad), (ref_loss, ref_grad), dtype, target)
+    for factor in (2.5, -0.5):
+        x = logits.clone().requires_grad_()
+        loss = lossk.weighted_softmax_ce(x, target, weight)
+        if factor == 2.5:
+            (factor * loss).backward()
+        else:
+            loss.backward(torch.tensor(factor))
+        assert torch.equal(x.grad, (unit_grad.float() * factor).to(unit_grad.dtype))
+        assert rel_err(x.grad, factor * ref_grad) <= GRAD_TOL[dtype]
+
+
+def test_small_blocks_many_programs(monkeypatch):
+    """Count, reduction and scaling blocks shrunk so each image spans several count
+    programs with a ragged tail, the one-program sums loop, and scaling programs overhang."""
+    monkeypatch.setattr(lossk, "_COUNT_BLOCK", 16)
+    monkeypatch.setattr(lossk, "_REDUCE_BLOCK", 4)
+    monkeypatch.setattr(lossk, "_SCALE_BLOCK", 64)
+    logits, target, weight = make_inputs(3, 2, (7, 9), torch.float16)
+    ref_loss, ref_grad = reference(logits, target, weight, -100, "mean")
+    check(fused(logits, target, weight), (ref_loss, ref_grad), "fp16", target)
     x = logits.clone().requires_grad_()
-    (-2.5 * lossk.weighted_softmax_ce(x, target, weight)).backward()
-    assert rel_err(x.grad, -2.5 * ref_grad) <= GRAD_TOL["fp32"]
+    (3 * lossk.weighted_softmax_ce(x, target, weight)).backward()
+    assert not torch.isnan(x.grad).any() and rel_err(x.grad, 3 * ref_grad) <= GRAD_TOL["fp16"]
+
+
+def test_no_grad_loss_only():
+    logits, target, weight = make_inputs(2, 3, (5, 6), torch.float32)
+    ref_loss, _ = reference(logits, target, weight, -100, "mean")
     loss = lossk.weighted_softmax_ce(logits, target, weight)  # no grad required: loss only
     assert not loss.requires_grad and abs(loss.item() - ref_loss.item()) <= LOSS_TOL * ref_loss.item()
     with torch.no_grad():
@@ -187,6 +243,31 @@ def test_second_backward_raises():
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="only once"):
         loss.backward()
+
+
+def test_weight_requiring_grad_falls_back_or_raises():
+    """The kernel gives no gradient to the weight map: 'auto' takes the reference on CUDA,
+    'triton' refuses with the fix; under no_grad nothing is needed and the kernel runs."""
+    assert _use_triton("auto", on_cuda=True, reduction="mean", weight_needs_grad=False)
+    assert not _use_triton("auto", on_cuda=True, reduction="mean", weight_needs_grad=True)
+    assert not _use_triton("auto", on_cuda=False, reduction="mean", weight_needs_grad=False)
+    assert not _use_triton("auto", on_cuda=True, reduction="none", weight_needs_grad=False)
+    assert _use_triton("triton", on_cuda=False, reduction="sum", weight_needs_grad=True)
+    assert not _use_triton("torch", on_cuda=True, reduction="mean", weight_needs_grad=False)
+    with pytest.raises(ValueError, match="backend must be"):
+        _use_triton("cuda", on_cuda=True, reduction="mean", weight_needs_grad=False)
+
+    logits, target, weight = make_inputs(2, 2, (4, 5), torch.float32)
+    weight.requires_grad_()
+    x = logits.clone().requires_grad_()
+    with pytest.raises(ValueError, match=r"weight.detach\(\).*backend='torch'"):
+        weighted_cross_entropy(x, target, weight, backend="triton")
+    loss = weighted_cross_entropy(x, target, weight, backend="auto")  # CPU: the reference
+    loss.backward()
+    assert weight.grad is not None and x.grad is not None
+    with torch.no_grad():
+        loss = weighted_cross_entropy(logits, target, weight, backend="triton")
+    assert abs(loss.item() - reference(logits, target, weight.detach(), -100, "mean")[0].item()) <= LOSS_TOL * loss.item()
 
 
 def test_out_of_range_labels_give_nan_or_raise_when_checked():
@@ -223,25 +304,57 @@ def test_bad_arguments_raise_readable_errors():
         f(torch.zeros(1, 257, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="reduction 'mean' or 'sum'"):
         f(logits, target, reduction="none")
+    with pytest.raises(TypeError, match="integer ignore_index"):
+        f(logits, target, ignore_index=1.5)
     with pytest.raises(ValueError, match="weight.detach()"):
         f(logits, target, weight.requires_grad_())
 
 
-# -- GPU: the real size, determinism, every autotune config -----------------------------------
+# -- GPU: the real size, determinism, every autotune config, CUDA graphs ---------------------
 @pytest.mark.gpu
+@pytest.mark.parametrize("target_dtype", [torch.int64, torch.uint8], ids=["int64-count", "uint8-no-count"])
 @pytest.mark.parametrize("dtype", list(DTYPES))
-def test_real_size_gpu(dtype):
-    logits, target, weight = make_inputs(8, 2, (388, 388), DTYPES[dtype], device="cuda")
+def test_real_size_gpu(dtype, target_dtype):
+    logits, target, weight = make_inputs(8, 2, (388, 388), DTYPES[dtype], target_dtype=target_dtype, device="cuda")
+    expected = reference(logits, target, weight, -100, "mean")
     first = fused(logits, target, weight)
-    check(first, reference(logits, target, weight, -100, "mean"), dtype, target)
+    check(first, expected, dtype, target)
     again = fused(logits, target, weight)
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1]), "not deterministic"
+    x = logits.clone().requires_grad_()
+    lossk.weighted_softmax_ce(x, target, weight).backward(torch.tensor(-0.5, device="cuda"))
+    assert torch.equal(x.grad, (first[1].float() * -0.5).to(x.grad.dtype))
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype, classes", [("bf16", 2), ("fp32", 17)])
 def test_every_autotune_config_gpu(dtype, classes):
     logits, target, weight = make_inputs(2, classes, (388, 388), DTYPES[dtype], device="cuda")
-    expected = reference(logits, target, weight, -100, "sum")
-    for cfg in lossk.get_autotune_config():
-        check(fused(logits, target, weight, reduction="sum", config=cfg), expected, dtype, target)
+    for reduction in ("mean", "sum"):
+        expected = reference(logits, target, weight, -100, reduction)
+        for cfg in lossk.get_autotune_config():
+            check(fused(logits, target, weight, reduction=reduction, config=cfg), expected, dtype, target)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("target_dtype", [torch.int64, torch.uint8], ids=["int64-count", "uint8-no-count"])
+def test_cuda_graph_capture_gpu(target_dtype):
+    """Forward (count kernel included) and backward capture in a CUDA graph: no host sync;
+    replays follow a changed upstream gradient held on the device."""
+    logits, target, weight = make_inputs(2, 2, (388, 388), torch.bfloat16, target_dtype=target_dtype, device="cuda")
+    grad_output = torch.ones((), device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # compile and autotune before capturing
+        lossk.softmax_ce_backward(lossk.softmax_ce_forward(logits, target, weight)[1], grad_output)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        loss, grad = lossk.softmax_ce_forward(logits, target, weight)
+        lossk.softmax_ce_backward(grad, grad_output)
+    graph.replay()
+    check((loss, grad), reference(logits, target, weight, -100, "mean"), "bf16", target)
+    unit = grad.clone()
+    grad_output.fill_(-2.0)
+    graph.replay()
+    assert torch.equal(grad, (unit.float() * -2.0).to(torch.bfloat16))
