@@ -46,6 +46,38 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_segment(args: argparse.Namespace) -> int:
+    import warnings
+
+    from .modelfile import default_model_path
+    from .segment import NonFiniteWarning, Segmenter, summary_line
+
+    model = args.model if args.model is not None else default_model_path()
+    block = None
+    if args.block is not None:
+        try:
+            block = tuple(int(v) for v in args.block.split(","))
+        except ValueError:
+            raise UserError(f"--block expects pixel counts separated by commas, e.g. 1,512,512; got {args.block!r}.") from None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", NonFiniteWarning)
+        with Segmenter(model, tile=args.tile, batch_size=args.batch_size, device=args.device,
+                       backend=args.backend, dtype=args.dtype) as seg:
+            seg.segment(
+                args.input, args.out, axes=args.axes, output_kind=args.output_kind, zarr_format=args.zarr_format,
+                resume=args.resume, overwrite=args.overwrite, scheduler=args.scheduler, workers=args.workers,
+                gpus=args.gpus, progress=not args.quiet, block=block,
+            )  # fmt: skip
+    for w in caught:
+        if issubclass(w.category, NonFiniteWarning):
+            print(f"fastunet segment: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    if not args.quiet:
+        print(summary_line(seg.last_summary, args.out))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastunet",
@@ -62,6 +94,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for the JSON results (default: benchmarks/results)")
     p.add_argument("--quick", action="store_true", help="smaller sizes, no torch.compile baseline")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser(
+        "segment",
+        help="segment a zarr / OME-Zarr / TIFF volume with overlap-tile inference (seamless, resumable)",
+        description="Overlap-tile inference as in the paper: mirrored borders, tiles on the max-pool "
+        "grid (identical to running the network once on the whole image), one dask task per output "
+        "block; output zarr (default v3) or TIFF.",
+    )
+    p.add_argument("input", help="zarr array/group (OME-Zarr: level 0), TIFF or OME-TIFF file")
+    p.add_argument("-o", dest="out", metavar="OUTPUT", required=True, help="output .zarr folder or .tif file")
+    p.add_argument("--model", help="fastunet .safetensors model file (default: the bundled model)")
+    p.add_argument("--axes", help="axes of a plain array, e.g. ZYX, CYX, CZYX (default: from metadata)")
+    p.add_argument("--tile", type=int, help="network input tile edge, e.g. 572 (388-pixel output); default: "
+                   "the largest that fits the device")
+    p.add_argument("--batch-size", type=int, help="tiles per network call (default 4 on CUDA, 2 on the CPU)")
+    p.add_argument("--device", help="cuda:N or cpu (default: cuda when available)")
+    p.add_argument("--backend", choices=("auto", "triton", "torch"), default="auto",
+                   help="auto: fused Triton kernels on CUDA, PyTorch elsewhere")
+    p.add_argument("--dtype", choices=("bf16", "fp16", "tf32", "fp32"), help="default bf16 on CUDA, fp32 on the CPU")
+    p.add_argument("--output", dest="output_kind", choices=("labels", "probs", "both"), default="labels",
+                   help="uint8 labels, float16 class probabilities, or both (default labels)")
+    p.add_argument("--zarr-format", type=int, choices=(2, 3), default=3, help="zarr format of the output (default 3)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run into the same output")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing fastunet output")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDRESS", help="run on this dask.distributed scheduler")
+    where.add_argument("--workers", type=int, metavar="N", help="start N local dask worker processes")
+    where.add_argument("--gpus", metavar="0,1,...", help="one dask worker process per GPU")
+    p.add_argument("--block", metavar="[Z,]Y,X", help="output block shape in pixels, a multiple of the output "
+                   "chunks (default: about 8 Mvoxels along the chunks)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no summary line")
+    p.set_defaults(func=_cmd_segment)
     return parser
 
 

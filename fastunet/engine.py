@@ -189,6 +189,20 @@ class DeviceRunner:
     # the thread -----------------------------------------------------------------------
     def _loop(self) -> None:
         pending: collections.deque = collections.deque()
+        try:
+            self._serve(pending)
+        except BaseException as exc:  # noqa: BLE001 - never leave a task waiting forever
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    pending.append(item)
+            self._fail([(req, 0, 0) for req in pending], exc)
+            raise
+
+    def _serve(self, pending) -> None:
         inflight = None
         stop = False
         while not stop or pending or inflight is not None:
@@ -258,7 +272,8 @@ class DeviceRunner:
         if host is None:
             host = torch.zeros((self.batch_size, *shape), dtype=torch.float32, pin_memory=True)
             self._staging[key] = host
-            self._copy_stream = self._copy_stream or torch.cuda.Stream(self.device)
+            if self._copy_stream is None:
+                self._copy_stream = torch.cuda.Stream(self.device)
         self._slot ^= 1
         view = host.numpy()
         i = 0

@@ -31,7 +31,9 @@ from . import geometry
 from .errors import UserError
 from .model import ReferenceUNet
 
-__all__ = ["segment", "Segmenter", "NonFiniteWarning", "default_max_step", "activation_bytes", "OUTPUT_KINDS"]
+__all__ = [
+    "segment", "Segmenter", "NonFiniteWarning", "summary_line", "default_max_step", "activation_bytes", "OUTPUT_KINDS",
+]
 
 OUTPUT_KINDS = ("labels", "probs", "both")
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -398,6 +400,23 @@ class _ProgressBar:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def summary_line(summary: dict, output) -> str:
+    """One line for the end of a run: blocks, Mpx, seconds, Mpx/s, device, backend, dtype."""
+    s = summary
+    if s.get("computed") == 0 and s.get("skipped") == s.get("blocks"):
+        return f"{output} is already complete ({s.get('blocks')} blocks); nothing to do."
+    tile = "x".join(str(t) for t in s["tile"])
+    skipped = f", {s['skipped']} skipped (resume)" if s["skipped"] else ""
+    line = (
+        f"segmented {s['computed']} of {s['blocks']} blocks{skipped} -> {output}: {s['megapixels']:.2f} Mpx "
+        f"in {s['seconds']:.1f} s = {s['mpx_per_s'] or 0:.2f} Mpx/s on {s['device']} "
+        f"({s['backend']}, {s['dtype']}, tile {tile}, batch {s['batch_size']}, {s['scheduler']})"
+    )
+    if s.get("nonfinite"):
+        line += f"; {s['nonfinite']} NaN/Inf input values set to 0"
+    return line
 
 
 def _spatial_chunks(vol) -> tuple[int, ...]:

@@ -5,10 +5,11 @@ The reference is independent of the engine: normalize with numpy, pad the whole 
 is a valid input), run :class:`ReferenceUNet` once, crop.
 
 How "identical" is asserted: the same network on different tile sizes may pick other conv
-algorithms, so fp32 logits can differ in the last bits (measured here: up to ~6e-6). Labels
-must be identical wherever the reference's top-2 logit margin exceeds ``MARGIN``; the exempt
-pixels must be rare. Probabilities are float16 (the output format): within one fp16 ulp of
-the fp32 reference, plus 1e-5.
+algorithms, so fp32 logits can differ in the last bits (measured over 60 random nets and
+tile sizes 52, 64 and 108: at most 5.2e-6). Labels must be identical wherever the
+reference's top-2 logit margin exceeds ``MARGIN``; the exempt pixels must be rare (< 1%;
+60 runs had 0 label differences at all). Probabilities are float16 (the output format):
+within one fp16 ulp of the fp32 reference, plus 1e-5.
 """
 
 import threading
@@ -25,7 +26,7 @@ from fastunet.engine import LoadedNetwork, ModelHandle, normalization_stats, sam
 from fastunet.io import open_volume
 from fastunet.segment import NonFiniteWarning, Segmenter, segment
 
-MARGIN = 1e-4
+MARGIN = 2e-5  # about 4x the largest fp32 logit difference measured between tile sizes
 
 
 def _rng():
@@ -63,7 +64,7 @@ def assert_seamless(labels, probs, logits):
     """labels (H, W) / probs (K, H, W) of the engine against reference logits (K, H, W)."""
     top2 = np.sort(logits, axis=0)[-2:]
     exempt = (top2[1] - top2[0]) < MARGIN
-    assert exempt.mean() < 2e-3, f"{exempt.sum()} near-tie pixels"
+    assert exempt.mean() < 1e-2, f"{exempt.sum()} near-tie pixels"
     if labels is not None:
         want = logits.argmax(0)
         bad = (np.asarray(labels) != want) & ~exempt
@@ -112,7 +113,7 @@ def test_seamless_2d_against_whole_image(shape, tile, chunks, block):
 
 
 def test_zyx_runs_the_2d_network_slice_by_slice():
-    net = _net(num_classes=3)
+    net = _net(num_classes=3, normalization=Normalization(mode="fixed", offset=128.0, scale=64.0))
     vol = _rng().integers(0, 255, size=(3, 30, 41)).astype(np.uint8)
     labels = segment(vol, net, None, axes="ZYX", tile=56, chunks=(2, 9, 16), block=(2, 18, 16)).compute()
     for z in range(3):
@@ -158,7 +159,7 @@ def test_zarr_round_trip_equals_lazy(tmp_path, zarr_format):
 
 
 def test_tiff_in_tiff_out(tmp_path):
-    net = _net()
+    net = _net(normalization=Normalization(mode="fixed", offset=2000.0, scale=1000.0))
     vol = _rng().integers(0, 4000, size=(2, 30, 35)).astype(np.uint16)
     tifffile.imwrite(tmp_path / "in.tif", vol)
     labels, probs = segment(str(tmp_path / "in.tif"), net, tmp_path / "out.tif", tile=52, output_kind="both",

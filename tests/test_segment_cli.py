@@ -1,0 +1,222 @@
+"""``fastunet segment`` on the command line: end to end, bad input, kill -9 and --resume."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import zarr
+
+from fastunet import Normalization, ReferenceUNet, UNetConfig, save_model, segment
+from fastunet.cli import main
+from fastunet.engine import gpu_worker_specs, parse_gpus
+from fastunet.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _rng():
+    return np.random.default_rng(torch.initial_seed())
+
+
+def _model(path, in_channels=1, depth=2):
+    net = ReferenceUNet(UNetConfig(in_channels=in_channels, base_channels=4, depth=depth))
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                m.bias.normal_(0.0, 0.1)
+    return save_model(path, net, Normalization(mode="meanstd"))
+
+
+@pytest.fixture
+def model(tmp_path):
+    return str(_model(tmp_path / "m.safetensors"))
+
+
+def _zarr(path, data, chunks):
+    arr = zarr.create_array(str(path), shape=data.shape, chunks=chunks, dtype=data.dtype)
+    arr[:] = data
+    return str(path)
+
+
+def _run(args, capsys):
+    code = main(["segment", *map(str, args)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_zarr_in_zarr_out_with_summary(tmp_path, model, capsys):
+    vol = _rng().normal(size=(2, 40, 36)).astype(np.float32)
+    src = _zarr(tmp_path / "in.zarr", vol, (1, 16, 16))
+    code, out, err = _run([src, "-o", tmp_path / "out.zarr", "--model", model, "--axes", "ZYX", "--tile", "52",
+                           "--output", "both", "--zarr-format", "2", "--device", "cpu", "--backend", "torch",
+                           "--dtype", "fp32", "--batch-size", "3"], capsys)
+    assert code == 0, err
+    assert "segmented" in out and "Mpx/s on cpu (torch, fp32, tile 52x52, batch 3" in out
+    root = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")
+    assert root.metadata.zarr_format == 2 and root.attrs["fastunet"]["complete"]
+    labels, probs = segment(src, model, None, axes="ZYX", tile=52, output_kind="both")
+    np.testing.assert_array_equal(root["labels"][:], labels.compute())
+    np.testing.assert_array_equal(root["probs"][:], probs.compute())
+    code, out, err = _run([src, "-o", tmp_path / "out.zarr", "--model", model, "--axes", "ZYX", "--tile", "52",
+                           "--output", "both", "--resume", "--quiet"], capsys)
+    assert code == 0 and out == "" and err == ""  # already complete: nothing recomputed, nothing said
+
+
+def test_cli_tiff_output(tmp_path, model, capsys):
+    img = _rng().integers(0, 255, size=(30, 45)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "in.tif", img)
+    code, _, err = _run([tmp_path / "in.tif", "-o", tmp_path / "out.tif", "--model", model, "--quiet"], capsys)
+    assert code == 0, err
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out.tif"), segment(img, model, None).compute())
+
+
+def _bad_inputs(tmp_path, model):
+    """(name, argv, expected message fragment) for every bad input of the issue."""
+    good = _zarr(tmp_path / "good.zarr", np.zeros((20, 20), np.float32), (10, 10))
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "empty").mkdir()
+    zero = zarr.create_array(str(tmp_path / "zero.zarr"), shape=(0, 20), chunks=(1, 10), dtype="float32")
+    boolean = zarr.create_array(str(tmp_path / "bool.zarr"), shape=(20, 20), chunks=(10, 10), dtype="bool")
+    cplx = zarr.create_array(str(tmp_path / "complex.zarr"), shape=(20, 20), chunks=(10, 10), dtype="complex64")
+    stack = _zarr(tmp_path / "stack.zarr", np.zeros((2, 20, 20), np.float32), (1, 10, 10))
+    two = str(_model(tmp_path / "two.safetensors", in_channels=2))
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(Path(model).read_bytes()[:300])
+    pickled = tmp_path / "model.pt"
+    torch.save({"w": torch.zeros(1)}, pickled)
+    (tmp_path / "exists.zarr").mkdir()
+    (tmp_path / "exists.zarr" / "x").write_text("user data")
+    (tmp_path / "afile").write_text("")
+    del zero, boolean, cplx
+    m = ["--model", model]
+    o = ["-o", str(tmp_path / "o.zarr")]
+    return [
+        ("missing path", [tmp_path / "nope.zarr", *o, *m], "Input not found"),
+        ("not an array (text file)", [tmp_path / "notes.txt", *o, *m], "neither a TIFF file nor a zarr store"),
+        ("not an array (folder)", [tmp_path / "empty", *o, *m], "not a zarr array or group"),
+        ("wrong number of axes", [good, *o, *m, "--axes", "ZYX"], "name 3 axes but"),
+        ("3-D without axes", [stack, *o, *m], "--axes"),
+        ("wrong channels", [stack, *o, "--model", two, "--axes", "ZYX"], "expects 2 input channel(s) but the input has 1"),
+        ("zero-size axis", [tmp_path / "zero.zarr", *o, *m], "is empty"),
+        ("bool dtype", [tmp_path / "bool.zarr", *o, *m], "unsupported data type bool"),
+        ("complex dtype", [tmp_path / "complex.zarr", *o, *m], "unsupported data type complex64"),
+        ("invalid tile", [good, *o, *m, "--tile", "50"], "Nearest valid: 48, 52"),
+        ("tile too small", [good, *o, "--model", str(_model(tmp_path / "d4.safetensors", depth=4)), "--tile", "188"],
+         "smallest usable tile is 204"),
+        ("output exists", [good, "-o", tmp_path / "exists.zarr", *m], "already exists; pass --overwrite"),
+        ("overwrite user data", [good, "-o", tmp_path / "exists.zarr", *m, "--overwrite"], "not a fastunet output"),
+        ("output is the input", [good, "-o", good, *m], "is the input"),
+        ("output inside the input", [good, "-o", Path(good) / "sub.zarr", *m], "inside the input"),
+        ("output folder missing", [good, "-o", tmp_path / "no" / "o.zarr", *m], "does not exist"),
+        ("output parent is a file", [good, "-o", tmp_path / "afile" / "o.zarr", *m], "is not a folder"),
+        ("broken model", [good, *o, "--model", broken], "truncated"),
+        ("pickled model", [good, *o, "--model", pickled], "not a safetensors file"),
+        ("missing model", [good, *o, "--model", tmp_path / "none.safetensors"], "does not exist"),
+        ("gpus without CUDA", [good, *o, *m, "--gpus", "0,1"], "CUDA GPUs this machine does not have"),
+        ("bad gpus", [good, *o, *m, "--gpus", "a,b"], "distinct GPU indices"),
+        ("zero workers", [good, *o, *m, "--workers", "0"], "--workers expects"),
+        ("bad batch size", [good, *o, *m, "--batch-size", "0"], "--batch-size expects"),
+        ("bad block", [good, *o, *m, "--block", "15,10"], "multiple of the chunks"),
+        ("TIFF resume", [good, "-o", tmp_path / "o.tif", *m, "--resume"], "--resume needs a zarr output"),
+        ("unknown device", [good, *o, *m, "--device", "tpu"], "device"),
+    ]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU messages")
+def test_every_bad_input_gets_one_readable_line(tmp_path, model, capsys):
+    for name, argv, fragment in _bad_inputs(tmp_path, model):
+        code, out, err = _run(argv, capsys)
+        assert code == 2, (name, out, err)
+        assert "Traceback" not in err and err.count("\n") == 1, (name, err)
+        assert err.startswith("fastunet segment: error: ") and fragment in err, (name, err)
+        assert not (tmp_path / "o.zarr").exists() and not (tmp_path / "o.tif").exists(), name
+    assert (tmp_path / "exists.zarr" / "x").read_text() == "user data"
+
+
+def test_nan_input_warns_and_says_what_is_done(tmp_path, model, capsys):
+    img = _rng().normal(size=(24, 24)).astype(np.float32)
+    img[5, 5] = np.nan
+    src = _zarr(tmp_path / "nan.zarr", img, (12, 12))
+    code, out, err = _run([src, "-o", tmp_path / "o.zarr", "--model", model], capsys)
+    assert code == 0
+    assert "warning: 1 NaN/Inf values in the input: ignored by the normalization statistics and set to 0" in err
+    assert "1 NaN/Inf input values set to 0" in out
+
+
+def test_argument_conflicts_exit_2(tmp_path, model, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["segment", "x.zarr", "-o", str(tmp_path / "o.zarr"), "--workers", "2", "--gpus", "0"])
+    assert exc.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+    with pytest.raises(UserError, match="exclude each other"):
+        segment(np.zeros((20, 20), np.float32), model, tmp_path / "o.zarr", workers=2, scheduler="tcp://x:1")
+
+
+def test_gpu_argument_handling():
+    assert parse_gpus("0,1") == ("0", "1") and parse_gpus(" 2 ") == ("2",) and parse_gpus([0, 3]) == ("0", "3")
+    for bad in ("", "0,0", "cuda:0", "0;1", None, True):
+        with pytest.raises(UserError):
+            parse_gpus(bad)
+    specs = gpu_worker_specs("1,0", threads_per_worker=3)
+    assert list(specs) == ["gpu-1", "gpu-0"]
+    assert specs["gpu-1"]["options"] == {"nthreads": 3, "env": {"CUDA_VISIBLE_DEVICES": "1"}}
+
+
+def test_missing_default_model_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    from fastunet import modelfile
+
+    monkeypatch.setattr(modelfile, "DEFAULT_MODEL", tmp_path / "nothing.safetensors")
+    src = _zarr(tmp_path / "in.zarr", np.zeros((20, 20), np.float32), (10, 10))
+    code, _, err = _run([src, "-o", tmp_path / "o.zarr"], capsys)
+    assert code == 2 and "pass a model file with --model" in err
+
+
+def test_import_fastunet_stays_light():
+    code = "import sys, fastunet; fastunet.segment; print(sorted(m for m in ('dask', 'zarr', 'tifffile', 'distributed') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_output(tmp_path, model):
+    vol = _rng().normal(size=(6, 64, 64)).astype(np.float32)
+    src = _zarr(tmp_path / "in.zarr", vol, (1, 16, 16))
+    out = tmp_path / "out.zarr"
+    # 96 blocks of one 16x16 chunk, one 56 -> 16 tile each: slow enough to be killed mid-way.
+    argv = [sys.executable, "-m", "fastunet", "segment", src, "-o", str(out), "--model", model, "--axes", "ZYX",
+            "--tile", "56", "--block", "1,16,16", "--device", "cpu", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    done_dir = out / "_fastunet_done"
+    deadline = time.monotonic() + 120
+    recorded = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        recorded = len(list(done_dir.glob("*.done"))) if done_dir.is_dir() else 0
+        if recorded >= 8:
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, f"the run ended before it could be killed: {proc.communicate()}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    meta = zarr.open_group(str(out), mode="r").attrs["fastunet"]
+    assert meta["complete"] is False
+    recorded = len(list(done_dir.glob("*.done")))
+    assert 8 <= recorded < 96
+    # Without --resume (or --overwrite) the partial output is refused, not silently reused.
+    again = subprocess.run(argv, env=env, capture_output=True, text=True)
+    assert again.returncode == 2 and "--resume" in again.stderr and "Traceback" not in again.stderr
+    resumed = subprocess.run([*argv[:-1], "--resume"], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"segmented {96 - recorded} of 96 blocks, {recorded} skipped (resume)" in resumed.stdout
+    root = zarr.open_group(str(out), mode="r")
+    assert root.attrs["fastunet"]["complete"] is True and not done_dir.exists()
+    uninterrupted = segment(src, model, tmp_path / "ref.zarr", axes="ZYX", tile=56, block=(1, 16, 16), progress=False)
+    np.testing.assert_array_equal(root["labels"][:], uninterrupted[:])
