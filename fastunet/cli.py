@@ -78,6 +78,72 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_command(args: argparse.Namespace) -> str:
+    """The command line of a training run, rebuilt from its arguments (stored in the model)."""
+    import shlex
+
+    words = ["fastunet", "train", args.images, args.labels, "-o", args.output]
+    for key, value in sorted(vars(args).items()):
+        if key in ("images", "labels", "output", "func", "command") or value in (None, False):
+            continue
+        words += [f"--{key.replace('_', '-')}"] + ([] if value is True else [str(value)])
+    return shlex.join(words)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .augment import AugmentConfig
+    from .training import TrainConfig, checkpoint_path, train
+
+    output = Path(args.output)
+    if output.exists() and not (args.overwrite or args.resume):
+        raise UserError(f"{str(output)!r} already exists; pass --overwrite to replace it (or --resume to continue).")
+    if not output.parent.is_dir():
+        raise UserError(f"The folder of {str(output)!r} does not exist; create it first.")
+    if args.resume and not checkpoint_path(output).is_file():
+        raise UserError(f"No checkpoint {str(checkpoint_path(output))!r} to resume; run without --resume.")
+    options = {
+        "tile": args.tile,
+        "batch_size": args.batch_size,
+        "optimizer": args.optimizer,
+        "lr": args.lr,
+        "base_channels": args.base_channels,
+        "depth": args.depth,
+        "device": args.device,
+        "amp": args.amp,
+        "seed": args.seed,
+        "val_fraction": args.val_fraction,
+        "iterations": args.iterations,
+        "epochs": args.epochs,
+        "val_every": args.val_every,
+        "checkpoint_every": args.checkpoint_every,
+        "w0": args.w0,
+        "sigma": args.sigma,
+    }
+    options = {k: v for k, v in options.items() if v is not None}
+    if args.no_augment:
+        options["augment"] = AugmentConfig.none()
+    try:
+        config = TrainConfig(**options)
+    except (TypeError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    result = train(
+        args.images, args.labels, output, config=config, resume=args.resume, progress=not args.quiet,
+        curve=args.curve, weight_figure=args.weight_figure, command=_train_command(args),
+    )  # fmt: skip
+    if args.quiet:
+        for message in result.notes:
+            print(f"note: {message}", file=sys.stderr)
+    val = result.val or {}
+    scores = ", ".join(f"{k} {v:.4f}" for k, v in val.items()) or "no validation images"
+    print(f"trained {result.steps} steps ({result.tiles_per_second:.2f} tiles/s): {scores}")
+    print(f"wrote {result.output} (checkpoint {result.checkpoint}, curve {result.curve})")
+    if args.weight_figure:
+        print(f"wrote {args.weight_figure}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastunet",
@@ -126,6 +192,39 @@ def build_parser() -> argparse.ArgumentParser:
                    "chunks (default: about 8 Mvoxels along the chunks)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary line")
     p.set_defaults(func=_cmd_segment)
+
+    p = sub.add_parser(
+        "train",
+        help="train a U-Net on images with instance (or 0/1) labels",
+        description="Train as in the paper: weighted cross-entropy with border weights, elastic "
+        "deformations, SGD with momentum 0.99 (or Adam); resumable checkpoints beside the output.",
+    )
+    p.add_argument("images", help="a TIFF file, a folder of TIFFs or a zarr array/group: 2D images or (Z, Y, X) stacks")
+    p.add_argument("labels", help="the labels in the same form (instance ids, or 0/1 whose components become objects)")
+    p.add_argument("-o", "--output", required=True, help="model file to write (.safetensors)")
+    p.add_argument("--iterations", type=int, help="optimizer steps (default 2000)")
+    p.add_argument("--epochs", type=float, help="training length in passes over the training pixels (instead of --iterations)")
+    p.add_argument("--tile", type=int, help="input tile edge, a valid size for --depth (default 252)")
+    p.add_argument("--batch-size", type=int, help="tiles per step (default 1, as in the paper)")
+    p.add_argument("--optimizer", choices=("sgd", "adam"), help="sgd (momentum 0.99, the paper) or adam (default sgd)")
+    p.add_argument("--lr", type=float, help="learning rate (default 1e-2 for sgd, 1e-3 for adam)")
+    p.add_argument("--base-channels", type=int, help="feature channels of the first level (default 16)")
+    p.add_argument("--depth", type=int, help="number of 2x2 max-pools (default 3)")
+    p.add_argument("--val-fraction", type=float, help="fraction of the images held out for validation (default 0.2)")
+    p.add_argument("--val-every", type=int, help="steps between validations (default 100)")
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 500)")
+    p.add_argument("--w0", type=float, help="border weight amplitude (default 10)")
+    p.add_argument("--sigma", type=float, help="border weight width in pixels (default 5)")
+    p.add_argument("--no-augment", action="store_true", help="plain random crops, no deformations or gray-value changes")
+    p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--amp", choices=("none", "bf16"), help="bf16 autocast on CUDA (default none)")
+    p.add_argument("--seed", type=int, help="seed of the split, the weights, the tiles and dropout (default 0)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint beside the output")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--curve", help="training-curve PNG (default: <output>.curve.png)")
+    p.add_argument("--weight-figure", help="PNG of the first training image, its target and weight map")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
     return parser
 
 

@@ -1,0 +1,253 @@
+import json
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import zarr
+from scipy import ndimage as ndi
+
+from fastunet import geometry, load_model, read_model_metadata
+from fastunet.augment import AugmentConfig
+from fastunet.cli import main
+from fastunet.data import synthetic_nuclei, synthetic_volume
+from fastunet.errors import UserError
+from fastunet.model import ReferenceUNet, UNetConfig
+from fastunet.normalization import Normalization
+from fastunet.training import (
+    TrainConfig,
+    _normalized_slices,
+    _predict_foreground,
+    checkpoint_path,
+    load_checkpoint,
+    load_pairs,
+    train,
+)
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _seed() -> int:
+    return int(torch.initial_seed() % 2**31)
+
+
+def _tiny(**changes) -> TrainConfig:
+    """A tiny network (base 4, depth 2, 92 -> 52 tiles) that trains in milliseconds per step."""
+    options = dict(base_channels=4, depth=2, tile=92, optimizer="adam", lr=3e-3, val_every=10, checkpoint_every=10)
+    options.update(changes)
+    return TrainConfig(**options)
+
+
+def test_tiny_training_run_reduces_the_loss(tmp_path):
+    image, labels = synthetic_nuclei((160, 160), seed=_seed())
+    # Four tiles per step: the per-tile loss varies with the tile's content, a batch evens it out.
+    config = _tiny(
+        base_channels=8, batch_size=4, iterations=60, val_fraction=0.0, seed=_seed(), augment=AugmentConfig.none()
+    )
+    result = train(image, labels, tmp_path / "m.safetensors", config=config, progress=False)
+    loss = np.asarray(result.history["loss"])
+    assert len(loss) == result.steps == 60 and np.isfinite(loss).all()
+    first, last = loss[:10].mean(), loss[-10:].mean()
+    assert last < 0.75 * first, f"loss went from {first:.3f} to only {last:.3f}"
+    model = load_model(tmp_path / "m.safetensors")
+    assert model.config == config.unet_config()
+    assert model.normalization == config.normalization
+    assert model.extra["training_steps"] == 60
+    assert model.extra["training_config"] == config.to_dict()
+    assert (tmp_path / "m.curve.png").read_bytes()[:8] == PNG
+    # The saved weights are the trained ones.
+    for key, value in result.model.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_resume_continues_exactly(tmp_path):
+    """2N steps in one run equal N steps, a resume, and N more (CPU, deterministic)."""
+    images = [synthetic_nuclei((120, 120), seed=_seed() + k)[0] for k in range(3)]
+    labels = [synthetic_nuclei((120, 120), seed=_seed() + k)[1] for k in range(3)]
+    for optimizer in ("sgd", "adam"):
+        lr = 1e-3 if optimizer == "sgd" else 3e-3
+        full = _tiny(iterations=8, val_every=4, checkpoint_every=4, seed=_seed(), optimizer=optimizer, lr=lr)
+        a = train(images, labels, tmp_path / f"a_{optimizer}.safetensors", config=full, progress=False)
+        half = TrainConfig(**{**full.__dict__, "iterations": 4})
+        out = tmp_path / f"b_{optimizer}.safetensors"
+        train(images, labels, out, config=half, progress=False)
+        saved = load_checkpoint(checkpoint_path(out))
+        assert saved["step"] == 4 and len(saved["history"]["loss"]) == 4
+        assert saved["optimizer"]["state"], "the optimizer state (momentum / moments) is in the checkpoint"
+        b = train(images, labels, out, config=full, resume=True, progress=False)
+        assert b.steps == 8 and any("resumed" in n for n in b.notes)
+        assert b.history["loss"] == a.history["loss"]
+        assert b.history["val"] == a.history["val"]
+        for key, value in a.model.state_dict().items():
+            torch.testing.assert_close(b.model.state_dict()[key], value, rtol=0, atol=0)
+        final = load_checkpoint(checkpoint_path(out))
+        ref = load_checkpoint(checkpoint_path(tmp_path / f"a_{optimizer}.safetensors"))
+        for index, state in ref["optimizer"]["state"].items():
+            for key, value in state.items():
+                torch.testing.assert_close(final["optimizer"]["state"][index][key], value, rtol=0, atol=0)
+
+
+def test_resume_refuses_other_settings_or_missing_checkpoint(tmp_path):
+    image, labels = synthetic_nuclei((120, 120), seed=_seed())
+    out = tmp_path / "m.safetensors"
+    with pytest.raises(UserError, match="No checkpoint"):
+        train(image, labels, out, config=_tiny(iterations=2), resume=True, progress=False)
+    train(image, labels, out, config=_tiny(iterations=2), progress=False)
+    with pytest.raises(UserError, match="other settings.*lr"):
+        train(image, labels, out, config=_tiny(iterations=4, lr=1e-2), resume=True, progress=False)
+    with pytest.raises(UserError, match="other training data"):
+        train(image[:100], labels[:100], out, config=_tiny(iterations=4), resume=True, progress=False)
+    # Longer training with the same settings is fine; the curve PNG covers all steps.
+    result = train(image, labels, out, config=_tiny(iterations=4), resume=True, progress=False)
+    assert result.steps == 4 and len(result.history["loss"]) == 4
+
+
+def test_predict_foreground_equals_one_pass_over_the_mirrored_image():
+    rng = np.random.default_rng(_seed())
+    model = ReferenceUNet(UNetConfig(base_channels=4, depth=2)).eval()
+    tile, depth = 60, 2
+    ctx, out = geometry.context(depth), geometry.output_size(tile, depth)
+    image = rng.standard_normal((1, 70, 53)).astype(np.float32)
+    got = _predict_foreground(model, image, tile, torch.device("cpu"), False)
+    # One pass over the image padded to a valid size with np.pad reflect, then cropped.
+    size_y = geometry.nearest_valid_sizes(70 + 2 * ctx, depth)[1]
+    size_x = geometry.nearest_valid_sizes(53 + 2 * ctx, depth)[1]
+    padded = np.pad(image, ((0, 0), (ctx, size_y - 70 - ctx), (ctx, size_x - 53 - ctx)), mode="reflect")
+    with torch.no_grad():
+        logits = model(torch.from_numpy(padded)[None])[0, :, :70, :53]
+    assert out < 70  # several tiles per axis
+    margin = (logits[1] - logits[0]).abs()
+    want = (logits[1] > logits[0]).numpy()
+    sure = (margin > 1e-4).numpy()  # ignore exact ties in fp32
+    np.testing.assert_array_equal(got[sure], want[sure])
+
+
+def test_load_pairs_folders_semantic_stacks_and_zarr(tmp_path):
+    seed = _seed()
+    (tmp_path / "img").mkdir()
+    (tmp_path / "lab").mkdir()
+    data = [synthetic_nuclei((64, 80), seed=seed + k, n_objects=15, dtype="uint16") for k in range(2)]
+    for k, (image, labels) in enumerate(data):
+        tifffile.imwrite(tmp_path / "img" / f"cell{k}.tif", image)
+        tifffile.imwrite(tmp_path / "lab" / f"cell{k}_labels.tif", labels.astype(np.uint16))
+    pairs = load_pairs(tmp_path / "img", tmp_path / "lab")
+    assert [p.name for p in pairs] == ["cell0.tif", "cell1.tif"]
+    for pair, (image, labels) in zip(pairs, data):
+        np.testing.assert_array_equal(pair.image, image)
+        np.testing.assert_array_equal(pair.labels, labels)
+        assert pair.labels.dtype == np.int32 and not pair.semantic
+
+    # 0/1 labels: connected components become the instances.
+    mask = data[0][1] > 0
+    (pair,) = load_pairs(data[0][0], mask.astype(np.uint8))
+    assert pair.semantic
+    np.testing.assert_array_equal(pair.labels, ndi.label(mask)[0])
+
+    # A zarr group of stacks; stacks are sets of slices normalized over the whole volume.
+    volume, vlabels = synthetic_volume((3, 48, 56), seed=seed)
+    root = zarr.open_group(str(tmp_path / "v.zarr"), mode="w")
+    root.create_array("a", data=volume)
+    lroot = zarr.open_group(str(tmp_path / "l.zarr"), mode="w")
+    lroot.create_array("a", data=vlabels)
+    (pair,) = load_pairs(tmp_path / "v.zarr", tmp_path / "l.zarr")
+    np.testing.assert_array_equal(pair.image, volume)
+    slices = _normalized_slices(pair, Normalization())
+    lo, hi = np.percentile(volume, [1.0, 99.8])
+    assert len(slices) == 3
+    np.testing.assert_allclose(slices[1][1][0], (volume[1] - lo) / (hi - lo), rtol=1e-5, atol=1e-6)
+    per_slice = _normalized_slices(pair, Normalization(scope="slice"))
+    lo, hi = np.percentile(volume[2], [1.0, 99.8])
+    np.testing.assert_allclose(per_slice[2][1][0], (volume[2] - lo) / (hi - lo), rtol=1e-5, atol=1e-6)
+
+
+def test_load_pairs_errors(tmp_path):
+    image, labels = synthetic_nuclei((40, 40), seed=_seed())
+    with pytest.raises(UserError, match="does not exist"):
+        load_pairs(tmp_path / "nope.tif", labels)
+    with pytest.raises(UserError, match="must match pixel for pixel"):
+        load_pairs(image, labels[:30])
+    with pytest.raises(UserError, match="no objects"):
+        load_pairs(image, np.zeros_like(labels))
+    with pytest.raises(UserError, match="2 image.*1 label"):
+        load_pairs([image, image], [labels])
+    with pytest.raises(UserError, match="integers"):
+        load_pairs(image, labels + 0.5)
+    with pytest.raises(UserError, match="RGB"):
+        load_pairs(np.zeros((40, 40, 3)), labels)
+    (tmp_path / "i").mkdir()
+    (tmp_path / "l").mkdir()
+    for name in ("a.tif", "b.tif"):
+        tifffile.imwrite(tmp_path / "i" / name, image)
+    for name in ("a.tif", "x.tif"):
+        tifffile.imwrite(tmp_path / "l" / name, labels)
+    with pytest.raises(UserError, match="names differ"):
+        load_pairs(tmp_path / "i", tmp_path / "l")
+
+
+def test_train_config_validation():
+    with pytest.raises(ValueError, match="Nearest valid: 188, 204"):
+        TrainConfig(depth=4, tile=190)
+    with pytest.raises(ValueError, match="optimizer"):
+        TrainConfig(optimizer="rmsprop")
+    config = TrainConfig(augment=AugmentConfig(rotation=(-10, 10)), normalization=Normalization(scope="slice"))
+    assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    assert TrainConfig().learning_rate > 0 and TrainConfig().out_tile == geometry.output_size(252, 3)
+
+
+def test_cli_trains_from_tiff_files(tmp_path, capsys):
+    image, labels = synthetic_nuclei((140, 150), seed=_seed(), dtype="uint16")
+    tifffile.imwrite(tmp_path / "image.tif", image)
+    tifffile.imwrite(tmp_path / "labels.tif", labels.astype(np.uint16))
+    out = tmp_path / "model.safetensors"
+    args = [
+        "train", str(tmp_path / "image.tif"), str(tmp_path / "labels.tif"), "-o", str(out),
+        "--iterations", "4", "--tile", "92", "--base-channels", "4", "--depth", "2", "--optimizer", "adam",
+        "--lr", "1e-3", "--val-fraction", "0.25", "--val-every", "2", "--quiet", "--seed", "3",
+        "--curve", str(tmp_path / "curve.png"), "--weight-figure", str(tmp_path / "weights.png"),
+    ]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr()
+    assert "trained 4 steps" in printed.out and "foreground_iou" in printed.out
+    assert "held out" in printed.err
+    model = load_model(out)
+    assert model.config.base_channels == 4 and model.config.depth == 2
+    config, normalization, extra = read_model_metadata(out)
+    assert normalization == Normalization()
+    assert extra["trained_with"].startswith("fastunet train ") and "--iterations 4" in extra["trained_with"]
+    assert 0.0 <= extra["val_metrics"]["foreground_iou"] <= 1.0
+    assert (tmp_path / "curve.png").read_bytes()[:8] == PNG
+    assert (tmp_path / "weights.png").read_bytes()[:8] == PNG
+    assert checkpoint_path(out).is_file()
+
+    # Existing output: refused without --overwrite; resumed with --resume.
+    assert main(args) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main([*args[:5], "--iterations", "6", *args[7:], "--resume"]) == 0
+    assert "trained 6 steps" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "does not exist"),
+        ("shape", "must match pixel for pixel"),
+        ("empty", "no objects"),
+        ("tile", "Nearest valid: 188, 204"),
+        ("resume", "No checkpoint"),
+    ],
+)
+def test_cli_bad_input(tmp_path, capsys, case, message):
+    image, labels = synthetic_nuclei((64, 64), seed=_seed())
+    if case == "shape":
+        labels = labels[:50]
+    if case == "empty":
+        labels = np.zeros_like(labels)
+    tifffile.imwrite(tmp_path / "i.tif", image)
+    tifffile.imwrite(tmp_path / "l.tif", labels)
+    images = str(tmp_path / ("none.tif" if case == "missing" else "i.tif"))
+    args = ["train", images, str(tmp_path / "l.tif"), "-o", str(tmp_path / "m.safetensors"), "--quiet"]
+    args += {"tile": ["--tile", "190", "--depth", "4"], "resume": ["--resume"]}.get(case, [])
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "m.safetensors").exists()
