@@ -476,13 +476,16 @@ def _read_lattice(source, z: int | None, ys: np.ndarray, xs: np.ndarray, *, band
     return out
 
 
-def normalization_stats(source, normalization: Normalization, *, max_samples: int = 1 << 22,
-                        max_planes: int = 16, threads: int = 4, band_voxels: int = 1 << 24) -> NormStats:
+def normalization_stats(source, normalization: Normalization, *, max_samples: int = 1 << 21,
+                        max_planes: int = 16, threads: int = 4, band_voxels: int = 1 << 20) -> NormStats:
     """Per-channel ``(offset, scale)`` of a volume (or of each Z slice, for
     ``normalization.scope == "slice"``) from the fixed lattice of :func:`sample_indices`.
 
-    NaN/Inf values are ignored by the statistics and counted (``nonfinite``). Modes
-    ``fixed`` and ``none`` read nothing.
+    Slice scope takes up to ``max_samples // 4`` values per slice and keeps only each
+    slice's constants. Reads go in bands of at most ``band_voxels`` voxels per channel on
+    ``threads`` threads, so memory stays bounded whatever the volume size. NaN/Inf values
+    are ignored by the statistics and counted (``nonfinite``). Modes ``fixed`` and ``none``
+    read nothing.
     """
     c = source.channels
     spatial = source.spatial_shape
@@ -492,7 +495,7 @@ def normalization_stats(source, normalization: Normalization, *, max_samples: in
         shape = (c, spatial[0]) if per_slice else (c,)
         return NormStats(np.full(shape, off, np.float64), np.full(shape, sc, np.float64))
     if per_slice:
-        idx = sample_indices(spatial[1:], max_samples=max_samples)
+        idx = sample_indices(spatial[1:], max_samples=max(1, max_samples // 4))
         planes = [(z, idx[0], idx[1]) for z in range(spatial[0])]
     elif len(spatial) == 3:
         zs, ys, xs = sample_indices(spatial, max_samples=max_samples, max_planes=max_planes)
@@ -501,13 +504,22 @@ def normalization_stats(source, normalization: Normalization, *, max_samples: in
         ys, xs = sample_indices(spatial, max_samples=max_samples)
         planes = [(None, ys, xs)]
     read = partial(_read_lattice, source, band_voxels=band_voxels)
+
+    def plane(p):
+        sample = read(*p)
+        counts = (sample.size, int(np.count_nonzero(~np.isfinite(sample))))
+        if per_slice:  # keep only this slice's constants: memory does not grow with Z
+            return counts, [normalization.stats(sample[ch]) for ch in range(c)]
+        return counts, sample
+
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(planes)))) as pool:
-        samples = list(pool.map(lambda p: read(*p), planes))
-    sampled = sum(s.size for s in samples)
-    nonfinite = int(sum(np.count_nonzero(~np.isfinite(s)) for s in samples))
+        results = list(pool.map(plane, planes))
+    sampled = sum(r[0][0] for r in results)
+    nonfinite = sum(r[0][1] for r in results)
     if per_slice:
-        stats = np.array([[normalization.stats(s[ch]) for s in samples] for ch in range(c)], np.float64)
+        stats = np.array([r[1] for r in results], np.float64).transpose(1, 0, 2)  # (C, Z, 2)
         return NormStats(stats[..., 0], stats[..., 1], sampled, nonfinite)
+    samples = [r[1] for r in results]
     stats = np.array([normalization.stats(np.concatenate([s[ch].ravel() for s in samples])) for ch in range(c)])
     return NormStats(stats[:, 0].astype(np.float64), stats[:, 1].astype(np.float64), sampled, nonfinite)
 
@@ -746,8 +758,12 @@ def execute(job: Job, blocks: list[Block], *, scheduler=None, workers=None, gpus
     Parameters
     ----------
     scheduler, workers, gpus
-        None for the threaded scheduler in this process (``threads`` threads); else a
-        distributed scheduler address, a number of local worker processes, or GPU indices.
+        None for the threaded scheduler in this process; else a distributed scheduler
+        address, a number of local worker processes, or GPU indices.
+    threads : int, optional
+        Threads of the threaded scheduler (default 2 on the CPU, where one forward runs at a
+        time while the other thread reads and writes; up to 8 with a device runner), or per
+        local worker process (default: the cores shared among the workers, at most 8).
     progress : callable, optional
         Called with each block's summary as it completes (from this thread).
     on_result : callable, optional
@@ -778,14 +794,14 @@ def execute(job: Job, blocks: list[Block], *, scheduler=None, workers=None, gpus
             with lock:
                 done(result)
 
-        n = threads or 2
+        n = threads or (min(8, os.cpu_count() or 1) if job.use_runner else 2)
         dask.threaded.get(dsk, keys, num_workers=n, callbacks=[Callback(posttask=posttask)._callback])
         return summaries
 
     from distributed import as_completed
 
     nworkers = len(parse_gpus(gpus)) if gpus is not None else (workers or 1)
-    per_worker = threads or max(1, (os.cpu_count() or 1) // nworkers)
+    per_worker = threads or max(1, min(8, (os.cpu_count() or 1) // nworkers))
     if workers is not None and job.device.startswith("cpu") and job.torch_threads is None:
         job = dataclasses.replace(job, torch_threads=per_worker)
     with _Cluster(scheduler=scheduler, workers=workers, gpus=gpus, threads_per_worker=per_worker) as client:

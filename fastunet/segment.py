@@ -250,8 +250,10 @@ class Segmenter:
                 workers: int | None = None, gpus=None, progress: bool | None = True, chunks=None, block=None,
                 threads: int | None = None, max_tiff_bytes: int = MAX_TIFF_BYTES):
         """Segment ``source``; see :func:`segment` for the parameters and what is returned."""
+        import numpy as np
+
         from . import io
-        from .engine import execute, lazy_arrays, normalization_stats, parse_gpus
+        from .engine import NormStats, execute, lazy_arrays, normalization_stats, parse_gpus
 
         t_start = time.perf_counter()
         if output_kind not in OUTPUT_KINDS:
@@ -319,7 +321,10 @@ class Segmenter:
                 return _pick(output_kind, store.labels, store.probs)
         else:
             layout = self._layout(vol, chunks=chunks, block=block, remote=remote)
-        stats = normalization_stats(vol, self.normalization)
+        if store is not None:  # resume: the constants the interrupted run used, not a recomputation
+            stats = NormStats(np.asarray(meta["norm_offset"], np.float64), np.asarray(meta["norm_scale"], np.float64))
+        else:
+            stats = normalization_stats(vol, self.normalization)
         if store is None and not tiff:
             attrs = {"model": self.handle.key, "model_path": self.handle.path, "tile": list(layout.tile),
                      "block": list(layout.block), "normalization": self.normalization.to_dict(),
@@ -333,8 +338,6 @@ class Segmenter:
 
         result = {}
         if tiff:
-            import numpy as np
-
             spatial = layout.shape if layout.ndim == 3 else (1, *layout.shape)
             result["labels"] = np.zeros(spatial, np.uint8) if output_kind != "probs" else None
             result["probs"] = (np.zeros((self.config.num_classes, *spatial), np.float16)
@@ -350,8 +353,7 @@ class Segmenter:
 
         bar = _ProgressBar(total=layout.num_blocks, done=layout.num_blocks - len(blocks), enabled=progress)
         try:
-            summaries = execute(job, blocks, scheduler=scheduler, workers=workers, gpus=gpus,
-                                threads=threads or (min(8, os.cpu_count() or 1) if device.type == "cuda" else 2),
+            summaries = execute(job, blocks, scheduler=scheduler, workers=workers, gpus=gpus, threads=threads,
                                 progress=bar.update, on_result=place if tiff else None)
         finally:
             bar.close()
