@@ -377,67 +377,56 @@ def _normalized_slices(pair: TrainingPair, normalization: Normalization) -> list
 
 
 def _split(pairs: list[TrainingPair], config: TrainConfig):
-    """Normalize, slice and split into training and validation slices (by image)."""
-    slices = [_normalized_slices(p, config.normalization) for p in pairs]
+    """Training slices (normalized) and validation images (raw, whole), split by image.
+
+    Returns ``(train, val, description)``: ``train`` holds ``(name, image (1, H, W) float32,
+    instances (H, W))`` per slice; ``val`` holds ``(name, image, instances)`` with the image as
+    loaded (2D or a stack), which validation segments exactly as inference would.
+    """
     if config.val_fraction == 0:
-        return [s for group in slices for s in group], [], "none"
+        return [s for p in pairs for s in _normalized_slices(p, config.normalization)], [], "none held out"
     if len(pairs) >= 2:
         n_val = min(max(1, round(config.val_fraction * len(pairs))), len(pairs) - 1)
         order = np.random.default_rng(config.seed).permutation(len(pairs))
         val_ids = set(order[:n_val].tolist())
-        train = [s for i, g in enumerate(slices) if i not in val_ids for s in g]
-        val = [s for i, g in enumerate(slices) if i in val_ids for s in g]
-        return train, val, f"{n_val} of {len(pairs)} images held out"
+        train = [s for i, p in enumerate(pairs) if i not in val_ids for s in _normalized_slices(p, config.normalization)]
+        val = [(p.name, p.image, p.labels) for i, p in enumerate(pairs) if i in val_ids]
+        return train, val, f"{n_val} of {len(pairs)} images held out for validation"
     # A single image (or stack): hold out its bottom rows.
-    train, val = [], []
-    for name, image, labels in slices[0]:
-        height = image.shape[1]
-        cut = height - max(1, round(config.val_fraction * height))
-        if cut < 1:
-            raise UserError(f"Image {name!r} is too small to hold out a validation part; use --val-fraction 0.")
-        train.append((f"{name}[:{cut}]", image[:, :cut], labels[:cut]))
-        val.append((f"{name}[{cut}:]", image[:, cut:], labels[cut:]))
-    return train, val, f"bottom {config.val_fraction:.0%} of the rows of the single image held out"
+    (pair,) = pairs
+    height = pair.image.shape[-2]
+    cut = height - max(1, round(config.val_fraction * height))
+    if cut < 1:
+        raise UserError(f"Image {pair.name!r} is too small to hold out a validation part; use --val-fraction 0.")
+    top = TrainingPair(f"{pair.name}[:{cut}]", pair.image[..., :cut, :], pair.labels[..., :cut, :], pair.semantic)
+    val = [(f"{pair.name}[{cut}:]", pair.image[..., cut:, :], pair.labels[..., cut:, :])]
+    description = f"the bottom {height - cut} of {height} rows of the single image held out for validation"
+    return _normalized_slices(top, config.normalization), val, description
 
 
 # --- validation -----------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def _predict_foreground(model: ReferenceUNet, image: np.ndarray, tile: int, device: torch.device, amp) -> np.ndarray:
-    """Foreground (argmax == 1) of a whole image by overlap-tile inference with mirrored borders.
+def _validate(model: ReferenceUNet, val, config: TrainConfig, device: torch.device) -> dict:
+    """Foreground IoU and instance F1 (IoU 0.5) on the validation images.
 
-    Same result as one pass of the network over the image padded by its context with
-    ``np.pad(mode="reflect")``: the tiles start on a grid whose step is a multiple of
-    ``2**depth``, so every max-pool sees the same pixels as in the single pass. A small local
-    helper for validation on images held in memory.
+    Each image is segmented by the inference engine (:func:`fastunet.segment.segment`:
+    normalization over the same scope, overlap tiles with mirrored borders) with a copy of
+    the network as it is now.
     """
-    depth = model.config.depth
-    ctx = geometry.context(depth)
-    out = geometry.output_size(tile, depth)
-    step = out - out % 2**depth if out >= 2**depth else out
-    _, height, width = image.shape
-    ny, nx = -(-height // step), -(-width // step)
-    extra_y, extra_x = ny * step - height + out - step, nx * step - width + out - step
-    padded = np.pad(image, ((0, 0), (ctx, ctx + extra_y), (ctx, ctx + extra_x)), mode="reflect")
-    fg = np.empty((ny * step, nx * step), bool)
-    x = torch.from_numpy(np.ascontiguousarray(padded)).to(device)
-    for ty in range(ny):
-        tiles = torch.stack([x[:, ty * step : ty * step + tile, tx * step : tx * step + tile] for tx in range(nx)])
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(tiles)[:, :, :step, :step]
-        fg[ty * step : (ty + 1) * step] = torch.cat(list(logits.argmax(1).eq(1)), dim=1).cpu().numpy()
-    return fg[:height, :width]
+    from .segment import segment
 
-
-def _validate(model, val, config, device, amp) -> dict:
-    was_training = model.training
-    model.eval()
-    preds = [_predict_foreground(model, image, config.tile, device, amp) for _, image, _ in val]
-    model.train(was_training)
-    true = [labels for _, _, labels in val]
-    iou = foreground_iou(np.concatenate([p.ravel() for p in preds]), np.concatenate([t.ravel() > 0 for t in true]))
-    scores = [instance_f1(p, t) for p, t in zip(preds, true)]
+    snapshot = ReferenceUNet(model.config)
+    snapshot.load_state_dict(model.state_dict())
+    snapshot.normalization = config.normalization
+    preds, truths = [], []
+    for _, image, labels in val:
+        axes = "ZYX" if image.ndim == 3 else "YX"
+        classes = np.asarray(segment(image, snapshot, None, axes=axes, tile=config.tile, device=str(device), progress=False))
+        preds += list(classes == 1) if image.ndim == 3 else [classes == 1]
+        truths += list(labels) if labels.ndim == 3 else [labels]
+    iou = foreground_iou(np.concatenate([p.ravel() for p in preds]), np.concatenate([t.ravel() > 0 for t in truths]))
+    scores = [instance_f1(p, t) for p, t in zip(preds, truths)]
     tp, n_pred, n_true = (sum(getattr(s, k) for s in scores) for k in ("tp", "n_pred", "n_true"))
     f1 = 2 * tp / (n_pred + n_true) if n_pred + n_true else 1.0
     return {"foreground_iou": float(iou), "instance_f1": float(f1)}
@@ -708,9 +697,12 @@ def train(
     for p in pairs:
         if p.semantic:
             note(f"labels of {p.name} hold only 0 and 1: their connected components are the instances")
-    train_slices, val_slices, split = _split(pairs, config)
-    note(f"{len(train_slices)} training and {len(val_slices)} validation slice(s) ({split})")
-    data = {"train": [[n, list(im.shape)] for n, im, _ in train_slices], "val": [[n, list(im.shape)] for n, im, _ in val_slices]}
+    train_slices, val_images, split = _split(pairs, config)
+    note(f"{len(train_slices)} training slice(s), {len(val_images)} validation image(s): {split}")
+    data = {
+        "train": [[n, list(im.shape)] for n, im, _ in train_slices],
+        "val": [[n, list(im.shape)] for n, im, _ in val_images],
+    }
 
     samples = []
     for index, (_, image, instances) in enumerate(train_slices):
@@ -784,8 +776,8 @@ def train(
                 )
             history["loss"].append(value)
             ema = value if ema is None else 0.95 * ema + 0.05 * value
-            if val_slices and (step % config.val_every == 0 or step == total):
-                val_now = {"step": step, **_validate(model, val_slices, config, device, amp)}
+            if val_images and (step % config.val_every == 0 or step == total):
+                val_now = {"step": step, **_validate(model, val_images, config, device)}
                 history["val"].append(val_now)
             if step % config.checkpoint_every == 0 or step == total:
                 checkpoint()
@@ -797,8 +789,8 @@ def train(
             bar.update(1)
         bar.close()
         seconds = time.perf_counter() - start
-        if step == start_step and val_slices and not history["val"]:
-            history["val"].append({"step": step, **_validate(model, val_slices, config, device, amp)})
+        if step == start_step and val_images and not history["val"]:
+            history["val"].append({"step": step, **_validate(model, val_images, config, device)})
 
     model.eval()
     val = {k: v for k, v in history["val"][-1].items() if k != "step"} if history["val"] else None

@@ -17,7 +17,6 @@ from fastunet.normalization import Normalization
 from fastunet.training import (
     TrainConfig,
     _normalized_slices,
-    _predict_foreground,
     checkpoint_path,
     load_checkpoint,
     load_pairs,
@@ -102,24 +101,20 @@ def test_resume_refuses_other_settings_or_missing_checkpoint(tmp_path):
     assert result.steps == 4 and len(result.history["loss"]) == 4
 
 
-def test_predict_foreground_equals_one_pass_over_the_mirrored_image():
-    rng = np.random.default_rng(_seed())
-    model = ReferenceUNet(UNetConfig(base_channels=4, depth=2)).eval()
-    tile, depth = 60, 2
-    ctx, out = geometry.context(depth), geometry.output_size(tile, depth)
-    image = rng.standard_normal((1, 70, 53)).astype(np.float32)
-    got = _predict_foreground(model, image, tile, torch.device("cpu"), False)
-    # One pass over the image padded to a valid size with np.pad reflect, then cropped.
-    size_y = geometry.nearest_valid_sizes(70 + 2 * ctx, depth)[1]
-    size_x = geometry.nearest_valid_sizes(53 + 2 * ctx, depth)[1]
-    padded = np.pad(image, ((0, 0), (ctx, size_y - 70 - ctx), (ctx, size_x - 53 - ctx)), mode="reflect")
-    with torch.no_grad():
-        logits = model(torch.from_numpy(padded)[None])[0, :, :70, :53]
-    assert out < 70  # several tiles per axis
-    margin = (logits[1] - logits[0]).abs()
-    want = (logits[1] > logits[0]).numpy()
-    sure = (margin > 1e-4).numpy()  # ignore exact ties in fp32
-    np.testing.assert_array_equal(got[sure], want[sure])
+def test_validation_scores_the_held_out_rows_as_inference_does(tmp_path):
+    image, labels = synthetic_nuclei((120, 100), seed=_seed())
+    config = _tiny(iterations=3, val_fraction=0.25, val_every=3, seed=_seed())
+    result = train(image, labels, tmp_path / "m.safetensors", config=config, progress=False)
+    assert [v["step"] for v in result.history["val"]] == [3]
+    assert any("bottom 30 of 120 rows" in n for n in result.notes)
+    # The saved model, run by the inference engine on the bottom 30 rows, gives the same scores.
+    from fastunet.metrics import foreground_iou, instance_f1
+    from fastunet.segment import segment
+
+    model = load_model(tmp_path / "m.safetensors")
+    pred = np.asarray(segment(image[90:], model, None, tile=92, device="cpu", progress=False)) == 1
+    assert result.val["foreground_iou"] == pytest.approx(foreground_iou(pred, labels[90:] > 0), abs=1e-12)
+    assert result.val["instance_f1"] == pytest.approx(instance_f1(pred, labels[90:]).f1, abs=1e-12)
 
 
 def test_load_pairs_folders_semantic_stacks_and_zarr(tmp_path):
