@@ -218,45 +218,58 @@ class TrainingPair:
     semantic: bool = False  # labels were 0/1 and became connected components
 
 
-def _is_zarr(path: Path) -> bool:
-    return path.suffix == ".zarr" or any((path / m).exists() for m in ("zarr.json", ".zarray", ".zgroup"))
-
-
-def _read_zarr(path: Path) -> list[tuple[str, np.ndarray]]:
-    import zarr
+def _read_volume(path: Path) -> np.ndarray:
+    """A whole TIFF / zarr / OME-Zarr volume through :func:`fastunet.io.open_volume`, as
+    ``(H, W)`` or ``(Z, H, W)`` (training takes one gray-value channel)."""
+    from .io import open_volume
 
     try:
-        node = zarr.open(str(path), mode="r")
-    except Exception as exc:  # zarr raises several types for a broken store
-        raise UserError(f"Cannot open {str(path)!r} as a zarr array or group: {exc}") from None
-    if isinstance(node, zarr.Array):
-        return [(path.name, np.asarray(node[...]))]
-    arrays = sorted(node.arrays(), key=lambda item: item[0])
-    if not arrays:
-        raise UserError(f"The zarr group {str(path)!r} holds no arrays; point to an array or a group of arrays.")
-    return [(f"{path.name}/{name}", np.asarray(array[...])) for name, array in arrays]
+        source = open_volume(path)
+    except UserError as first:
+        try:  # one channel only: a 3D array without axes metadata is a stack of slices
+            source = open_volume(path, axes="ZYX")
+        except UserError:
+            raise first from None
+    if "C" in source.axes:
+        raise UserError(
+            f"{str(path)!r} has {source.channels} channels (axes {source.axes}); training takes one gray-value "
+            "channel: give 2D images or (Z, Y, X) stacks."
+        )
+    return source.read(tuple(slice(0, n) for n in source.shape))
+
+
+def _zarr_group_arrays(path: Path) -> list[str] | None:
+    """Names of the arrays of a plain zarr group with several of them (paired by name), else None."""
+    import zarr
+
+    if not any((path / m).exists() for m in ("zarr.json", ".zgroup")):
+        return None
+    try:
+        node = zarr.open(store=str(path), mode="r")
+    except Exception:  # not a group after all: open_volume will say what it is
+        return None
+    if not isinstance(node, zarr.Group) or "multiscales" in node.attrs or "ome" in node.attrs:
+        return None
+    arrays = sorted(node.array_keys())
+    return arrays if len(arrays) > 1 else None
 
 
 def _read_path(path) -> list[tuple[str, np.ndarray]]:
-    """``(name, array)`` for a TIFF file, a folder of TIFFs or a zarr array/group."""
-    import tifffile
-
+    """``(name, array)`` per image of a TIFF file, a folder of TIFFs, a zarr array, an
+    OME-Zarr image or a zarr group of several arrays."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{str(path)!r} does not exist; give a TIFF file, a folder of TIFFs or a zarr array.")
-    if _is_zarr(path):
-        return _read_zarr(path)
-    if path.is_dir():
+    arrays = _zarr_group_arrays(path) if path.is_dir() else None
+    if arrays:
+        return [(f"{path.name}/{name}", _read_volume(path / name)) for name in arrays]
+    is_store = any((path / m).exists() for m in ("zarr.json", ".zarray", ".zgroup"))
+    if path.is_dir() and not is_store:
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in _TIFF and p.is_file())
         if not files:
-            raise UserError(f"The folder {str(path)!r} holds no .tif/.tiff files.")
-        return [(p.name, tifffile.imread(p)) for p in files]
-    if path.suffix.lower() not in _TIFF:
-        raise UserError(f"{str(path)!r} is neither a TIFF file (.tif/.tiff), a folder of TIFFs nor a zarr store.")
-    try:
-        return [(path.name, tifffile.imread(path))]
-    except Exception as exc:  # tifffile raises several types for a broken file
-        raise UserError(f"Cannot read the TIFF file {str(path)!r}: {exc}") from None
+            raise UserError(f"The folder {str(path)!r} holds no .tif/.tiff files and is not a zarr store.")
+        return [(p.name, _read_volume(p)) for p in files]
+    return [(path.name, _read_volume(path))]
 
 
 def _as_items(source, what: str) -> list[tuple[str, np.ndarray]]:
@@ -364,15 +377,23 @@ def load_pairs(images, labels) -> list[TrainingPair]:
 
 
 def _normalized_slices(pair: TrainingPair, normalization: Normalization) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """``(name, image (1, H, W) float32, instances (H, W))`` per slice, normalized as inference will."""
-    volume = pair.image[None] if pair.image.ndim == 2 else pair.image
-    labels = pair.labels[None] if pair.labels.ndim == 2 else pair.labels
-    if normalization.scope == "volume":
-        offset, scale = normalization.stats(volume)
-        planes = [Normalization.apply(plane, offset, scale) for plane in volume]
-    else:
-        planes = [Normalization.apply(plane, *normalization.stats(plane)) for plane in volume]
-    names = [pair.name] if pair.image.ndim == 2 else [f"{pair.name}[z={z}]" for z in range(len(volume))]
+    """``(name, image (1, H, W) float32, instances (H, W))`` per slice, normalized as inference will.
+
+    The constants come from the engine's :func:`fastunet.engine.normalization_stats` (the same
+    sample of the same volume, or of each slice for ``scope="slice"``), so a training image and
+    the same image at inference are normalized identically.
+    """
+    from .engine import normalization_stats
+    from .io import open_volume
+
+    stack = pair.image.ndim == 3
+    stats = normalization_stats(open_volume(pair.image, axes="ZYX" if stack else "YX"), normalization)
+    volume = pair.image if stack else pair.image[None]
+    labels = pair.labels if stack else pair.labels[None]
+    offsets = np.broadcast_to(stats.offset[0], (len(volume),))  # (Z,) per slice, or one per volume
+    scales = np.broadcast_to(stats.scale[0], (len(volume),))
+    planes = [Normalization.apply(plane, o, s) for plane, o, s in zip(volume, offsets, scales)]
+    names = [f"{pair.name}[z={z}]" for z in range(len(volume))] if stack else [pair.name]
     return [(n, p[None], lab) for n, p, lab in zip(names, planes, labels)]
 
 
