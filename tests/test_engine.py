@@ -341,3 +341,29 @@ def test_model_handle_travels_as_bytes_without_pickling_the_module():
     for a, b in zip(net.state_dict().values(), again.state_dict().values()):
         assert torch.equal(a, b)
     assert again.normalization == net.normalization
+
+
+
+def test_activation_estimate_counts_every_layer_output():
+    """The CUDA default tile comes from this estimate: check its trace against forward hooks."""
+    from fastunet.segment import activation_bytes
+
+    net = _net(num_classes=3, depth=3)
+    tile = geometry.input_size_for_output(40, 3)
+    counted = {"layers": 0, "concat": 0}
+
+    def hook(module, inputs, output):
+        counted["layers"] += output.numel()
+        if isinstance(module, torch.nn.ConvTranspose2d):
+            counted["concat"] += 2 * output.numel()  # torch.cat([skip, up]) follows each up-conv
+
+    kinds = (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.MaxPool2d)
+    hooks = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, kinds)]
+    with torch.no_grad():
+        out = net(torch.zeros(1, 1, tile, tile))
+    for h in hooks:
+        h.remove()
+    # input + every layer output + concatenations + softmax and argmax beside the scores
+    expected = tile * tile + counted["layers"] + counted["concat"] + 2 * out.numel()
+    assert activation_bytes(net.config, tile, dtype="fp32") == 4 * expected
+    assert activation_bytes(net.config, tile, dtype="bf16") == 2 * expected
