@@ -14,9 +14,14 @@ P2  the whole forward in Mpx/s for bf16, fp16 and tf32 vs PyTorch eager, vs
     with a large bf16 matmul).
 P3  the weighted softmax-CE forward+backward vs eager, and its achieved bandwidth vs a
     measured device-to-device copy.
-P4  ``segment`` disk-to-disk on a zarr volume vs the raw fused forward on the same tiles.
+P4  ``segment`` disk-to-disk on a zarr volume (64 x 4096 x 4096 uint16, 1.07 Gvoxel, made
+    once by :func:`bench_volume`) with the fused network in bf16, vs the raw fused forward
+    (:class:`~fastunet.fused.FusedUNet`, inputs already on the GPU, only the network timed)
+    on the same tiles, tile size and batch.
 P5  ``segment`` vs MONAI ``sliding_window_inference`` (overlap 0.25, gaussian blending)
-    running a same-padded U-Net of the same widths on the same volume.
+    running :class:`SamePaddedUNet` (the same widths and weights, 3x3 convs padded by 1) in
+    bf16 autocast, channels_last, on the same volume and GPU; both sides disk to disk (see
+    :func:`bench_vs_monai` for what each side's time includes).
 P6  a training step (forward, weighted loss, backward, SGD) vs the same step in PyTorch
     eager with bf16 autocast.
 
@@ -30,12 +35,18 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+import os
 import platform
+import shutil
 import statistics
 import subprocess
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -45,11 +56,19 @@ from .model import ReferenceUNet, UNetConfig, center_crop, forward_flops
 
 __all__ = [
     "BENCHMARKS",
+    "QUICK",
+    "SamePaddedUNet",
+    "bench_volume",
     "conv_layer_shapes",
     "cuda_median_ms",
+    "default_cache_dir",
+    "engine_tile_count",
     "environment",
     "geometric_mean",
+    "grid_tile_count",
+    "random_model_file",
     "run",
+    "same_padded_flops",
     "write_result",
 ]
 
@@ -336,28 +355,454 @@ def bench_train_step(*, tile: int = 572, batch: int = 4) -> tuple[dict, dict]:
     return ({"P6.fused_ms": t_fused, "P6.eager_amp_ms": t_eager}, {"P6.vs_eager_amp": t_eager / t_fused})
 
 
+# -- P4/P5 plumbing (CPU-testable): the volume, the model, the same-padded network -------------
+VOLUME_ATTR = "fastunet_bench_volume"
+
+
+def default_cache_dir() -> Path:
+    """Where P4 and P5 keep their generated volume and their outputs (several GiB).
+
+    ``$XDG_CACHE_HOME/fastunet/bench``, else ``~/.cache/fastunet/bench``: on a local disk,
+    outside the repository (``fastunet bench --cache DIR`` picks another folder).
+    """
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "fastunet" / "bench"
+
+
+def bench_volume(path, shape=(64, 4096, 4096), *, chunks=(1, 1024, 1024), seed: int = 0, variants: int = 4):
+    """A uint16 zarr volume of synthetic nuclei for P4/P5, written once and then reused.
+
+    Drawing a gigavoxel of new nuclei would take long, so ``variants`` planes of
+    :func:`fastunet.data.synthetic_nuclei` of one chunk's ``(Y, X)`` size are drawn once, and
+    every chunk of the volume is one of them, cyclically shifted by a random offset, plus a
+    randomly shifted pattern of uniform noise in ``[0, 16)`` counts (random choices from
+    ``seed``: the same arguments give the same volume). Speed does not depend on the
+    content beyond its compressibility, which stays that of nuclei images.
+
+    Parameters
+    ----------
+    path : path-like
+        The zarr array folder (zarr v3, default compressor).
+    shape, chunks : (Z, Y, X)
+    seed, variants : int
+
+    Returns
+    -------
+    zarr.Array
+        The volume, opened read-only.
+
+    Notes
+    -----
+    An attribute ``fastunet_bench_volume`` records shape, chunks, seed and variants and is
+    marked complete last: a volume this function made with the same arguments is reused; a
+    partial one, or one made with other arguments, is rewritten; anything else at ``path``
+    is refused (:class:`~fastunet.errors.UserError`), never overwritten.
+    """
+    import zarr
+
+    from .data import synthetic_nuclei
+
+    shape = tuple(int(n) for n in shape)
+    chunks = tuple(int(c) for c in chunks)
+    if len(shape) != 3 or len(chunks) != 3 or min(shape) < 1 or min(chunks) < 1:
+        raise ValueError(f"Expected a (Z, Y, X) shape and chunks of positive sizes; got {shape} and {chunks}.")
+    path = Path(path)
+    want = {"shape": list(shape), "chunks": list(chunks), "seed": int(seed), "variants": int(variants), "complete": True}
+    if path.exists():
+        try:
+            meta = dict(zarr.open_array(str(path), mode="r").attrs).get(VOLUME_ATTR)
+        except (OSError, ValueError):
+            meta = None
+        if meta is None:
+            raise UserError(
+                f"{str(path)!r} exists and is not a fastunet benchmark volume; remove it or choose "
+                "another cache folder (fastunet bench --cache DIR)."
+            )
+        if meta == want:
+            return zarr.open_array(str(path), mode="r")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    _, cy, cx = chunks
+    by, bx = max(cy, 64), max(cx, 64)  # nuclei need some room; cropped to the chunk below
+    # Tiled 2 x 2, so that a cyclic shift of a plane is a window of it (a view, no copy).
+    bases = [np.tile(np.minimum(synthetic_nuclei((by, bx), rng=rng, dtype="uint16")[0], 65535 - 16), (2, 2))
+             for _ in range(variants)]
+    noise = np.tile(rng.integers(0, 16, size=(by, bx), dtype=np.uint16), (2, 2))
+    arr = zarr.create_array(str(path), shape=shape, chunks=chunks, dtype="uint16", fill_value=0, overwrite=True,
+                            attributes={VOLUME_ATTR: {**want, "complete": False}})
+    depth, height, width = shape
+    for z0 in range(0, depth, chunks[0]):
+        slab = np.empty((min(chunks[0], depth - z0), height, width), np.uint16)
+        for plane in slab:
+            for y0 in range(0, height, cy):
+                for x0 in range(0, width, cx):
+                    ny, nx = min(cy, height - y0), min(cx, width - x0)
+                    (sy, sx), (ty, tx) = rng.integers((by, bx), size=(2, 2))
+                    base = bases[rng.integers(variants)][sy:sy + ny, sx:sx + nx]
+                    np.add(base, noise[ty:ty + ny, tx:tx + nx], out=plane[y0:y0 + ny, x0:x0 + nx])
+        arr[z0:z0 + len(slab)] = slab
+    arr.update_attributes({VOLUME_ATTR: want})
+    return zarr.open_array(str(path), mode="r")
+
+
+def random_model_file(path, config: UNetConfig | None = None, *, seed: int = 0) -> Path:
+    """Save a :class:`ReferenceUNet` with He-initialized random weights (the speed of a
+    forward does not depend on the weights) to ``path``; the global RNG is left untouched."""
+    from .modelfile import save_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ReferenceUNet(config or UNetConfig())
+    return save_model(path, model)
+
+
+class SamePaddedUNet(ReferenceUNet):
+    """The U-Net with every 3x3 convolution padded by 1 ("same"), as MONAI-style U-Nets are.
+
+    Per level two 3x3 conv (padding 1) + ReLU, a 2x2 max-pool, 2x2 stride-2 up-convolutions,
+    the skip concatenated (uncropped: it has the up-conv's size), a 1x1 head. Widths,
+    layers and parameters are those of :class:`ReferenceUNet` for the same config (its
+    ``state_dict`` loads as is); only the padding differs, so the output has the input's
+    size. Inputs must be multiples of ``2**depth``. This is P5's baseline network (built
+    here rather than with ``monai.networks.nets``, whose U-Nets do not have these widths
+    and layers exactly).
+    """
+
+    def __init__(self, config: UNetConfig | None = None, **kwargs) -> None:
+        super().__init__(config, **kwargs)
+        for block in (*self.down, self.bottom, *self.dec):
+            block.conv1.padding = block.conv2.padding = (1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = 2**self.config.depth
+        if x.ndim == 4 and (x.shape[-2] % q or x.shape[-1] % q):
+            raise ValueError(f"Expected a height and width that are multiples of {q}; got {tuple(x.shape[-2:])}.")
+        return super().forward(x)
+
+
+def same_padded_flops(config: UNetConfig, height: int, width: int) -> int:
+    """FLOPs (2 per multiply-add) of one :class:`SamePaddedUNet` forward on a ``height x
+    width`` window: the 3x3 convs, up-convolutions and the head, as :func:`forward_flops`
+    counts them for the valid network."""
+    q = 2**config.depth
+    if height % q or width % q:
+        raise ValueError(f"Expected a height and width that are multiples of {q}; got {(height, width)}.")
+    widths, flops, c_in = config.widths, 0, config.in_channels
+    for level in range(config.depth + 1):
+        px = (height >> level) * (width >> level)
+        flops += 2 * 9 * px * (c_in * widths[level] + widths[level] ** 2)
+        c_in = widths[level]
+    for level in range(config.depth):
+        px = (height >> level) * (width >> level)
+        flops += 2 * widths[level + 1] * widths[level] * px  # up-conv: 4 outputs per input pixel
+        flops += 2 * 9 * px * (2 * widths[level] * widths[level] + widths[level] ** 2)
+    return flops + 2 * widths[0] * config.num_classes * height * width
+
+
+def engine_tile_count(layout) -> int:
+    """Tiles the engine runs through the network for ``layout`` (a
+    :class:`fastunet.tiling.Layout`): per block and Z slice, every tile that supplies one of
+    its pixels. Tiles on a boundary between blocks are counted once per block."""
+    return sum((block.shape[0] if layout.ndim == 3 else 1) * len(layout.block_tiles(block)) for block in layout.blocks())
+
+
+def grid_tile_count(layout) -> int:
+    """Tiles of the global tile grid that cover the volume, each counted once (the fewest a
+    run with this tile size can compute)."""
+    planes = layout.shape[0] if layout.ndim == 3 else 1
+    return planes * (layout.last_tile(0) + 1) * (layout.last_tile(1) + 1)
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_segment(model_path, volume_path, out_path, *, tile: int | None, batch: int, device="cuda",
+                  backend: str = "triton", dtype: str = "bf16", repeats: int = 1) -> dict:
+    """Time ``Segmenter.segment`` from the zarr ``volume_path`` to the zarr ``out_path``.
+
+    The run is warmed up first on the volume's first two slices (kernel compilation,
+    autotuning, the device runner thread), with the same tile and batch; ``tile=None``
+    takes the engine's default for this volume and device, found by that warm-up and then
+    fixed, so the timed runs cannot pick another one. Each timed run includes everything
+    ``segment`` does: opening the volume, the normalization statistics, creating the output,
+    reading, normalizing, tiling, the network, assembling and writing the labels.
+
+    Returns ``{"seconds": [...], "summary": {...}, "layout": Layout, "batches": float | None}``
+    (``batches``: network calls per run made by the device runner; None without one).
+    """
+    import zarr
+
+    from .segment import Segmenter
+    from .tiling import Layout
+
+    options = dict(batch_size=batch, device=device, backend=backend, dtype=dtype)
+    source = zarr.open_array(str(volume_path), mode="r")
+    warm = np.asarray(source[: min(2, source.shape[0])])
+    warm_out = Path(out_path).with_name(Path(out_path).stem + "-warmup.zarr")
+    if tile is None:
+        with Segmenter(model_path, **options) as probe:
+            probe.segment(warm, warm_out, axes="ZYX", overwrite=True, progress=False)
+            ty, tx = probe.last_summary["tile"]
+        if ty != tx:
+            raise ValueError(f"The engine's default tile is {ty}x{tx} here; pass a square tile.")
+        tile = ty
+    times = []
+    with Segmenter(model_path, tile=tile, **options) as seg:
+        seg.segment(warm, warm_out, axes="ZYX", overwrite=True, progress=False)
+        runner = seg.network.runner
+        before = None if runner is None else runner.batches
+        for _ in range(repeats):
+            _sync(device)
+            start = time.perf_counter()
+            labels = seg.segment(str(volume_path), str(out_path), axes="ZYX", overwrite=True, progress=False)
+            times.append(time.perf_counter() - start)
+        summary = dict(seg.last_summary)
+        batches = None if runner is None else (runner.batches - before) / repeats
+        depth = seg.config.depth
+    shutil.rmtree(warm_out, ignore_errors=True)
+    layout = Layout(shape=tuple(source.shape), depth=depth, tile=tuple(summary["tile"]),
+                    chunks=tuple(labels.chunks), block=tuple(summary["block"]))
+    return {"seconds": times, "summary": summary, "layout": layout, "batches": batches}
+
+
+def _volume_path(cache: Path, shape) -> Path:
+    return cache / f"volume-{'x'.join(str(int(n)) for n in shape)}.zarr"
+
+
+# -- P4: segment disk to disk vs the raw forward ----------------------------------------------
+def bench_segment(*, shape=(64, 4096, 4096), tile: int | None = None, batch: int = 4, repeats: int = 3,
+                  cache_dir=None) -> tuple[dict, dict]:
+    """P4: ``segment`` zarr to zarr (fused network, bf16) vs the raw fused forward on the same tiles.
+
+    The volume is :func:`bench_volume` (uint16, chunks ``(1, 1024, 1024)``) in ``cache_dir``;
+    the network the paper's (base 64, depth 4) with random weights. ``tile=None`` is the
+    engine's default tile on this GPU. The segment time is the median of ``repeats`` runs
+    (wall clock, see :func:`_time_segment`; the volume was just written or read, so the
+    OS page cache may hold it: reads are not cold-disk reads). The raw forward is
+    :meth:`FusedUNet.predict` (labels, as the engine asks) on ``batch`` fresh random tiles
+    already on the GPU, timed with CUDA events; its time for the volume is that median times
+    the batches needed: ``ceil(tiles / batch)`` for the tiles the engine computed
+    (``P4.segment_vs_raw``, the goal >= 0.9) and for the global tile grid counted once
+    (``P4.segment_vs_raw_grid``: also charges the engine for tiles computed twice on
+    block boundaries).
+    """
+    from .fused import FusedUNet
+    from .modelfile import load_model
+
+    _require_cuda()
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    volume_path = _volume_path(cache, shape)
+    bench_volume(volume_path, shape)
+    out_path = cache / "p4-fastunet.zarr"
+    with tempfile.TemporaryDirectory() as tmp:
+        model_path = random_model_file(Path(tmp) / "unet-random.safetensors")
+        timed = _time_segment(model_path, volume_path, out_path, tile=tile, batch=batch, repeats=repeats)
+        model = load_model(model_path)
+    shutil.rmtree(out_path, ignore_errors=True)
+    layout = timed["layout"]
+    net = FusedUNet(model, device="cuda", dtype="bf16")
+    batch_ms = cuda_median_ms(lambda x: net.predict(x, "labels"),
+                              make_inputs=lambda: (torch.randn(batch, 1, *layout.tile, device="cuda"),))
+    del net
+    voxels = math.prod(shape)
+    tiles, grid = engine_tile_count(layout), grid_tile_count(layout)
+    seg_s = statistics.median(timed["seconds"])
+    raw_s = math.ceil(tiles / batch) * batch_ms * 1e-3
+    raw_grid_s = math.ceil(grid / batch) * batch_ms * 1e-3
+    figures = {
+        "P4.volume_voxels": voxels, "P4.tile": layout.tile[0], "P4.batch": batch,
+        "P4.block_voxels": math.prod(layout.block), "P4.repeats": repeats,
+        "P4.tiles_computed": tiles, "P4.tiles_grid": grid, "P4.runner_batches": timed["batches"],
+        "P4.segment_s": seg_s, "P4.segment_s_min": min(timed["seconds"]), "P4.segment_mpx_s": voxels / seg_s / 1e6,
+        "P4.raw_batch_ms": batch_ms, "P4.raw_s": raw_s, "P4.raw_mpx_s": voxels / raw_s / 1e6,
+        "P4.raw_grid_mpx_s": voxels / raw_grid_s / 1e6,
+    }
+    ratios = {"P4.segment_vs_raw": raw_s / seg_s, "P4.segment_vs_raw_grid": raw_grid_s / seg_s}
+    return figures, ratios
+
+
+# -- P5: segment vs MONAI sliding-window inference --------------------------------------------
+def _import_monai():
+    """MONAI's ``sliding_window_inference`` (a benchmark-only dependency)."""
+    try:
+        from monai.inferers import sliding_window_inference
+    except ImportError as exc:
+        raise UserError(
+            f"P5 compares fastunet with MONAI, which cannot be imported here ({exc}); "
+            "pip install monai (or pip install 'fastunet[bench]')."
+        ) from None
+    return sliding_window_inference
+
+
+def _monai_segment(volume_path, out_path, net, *, normalization, roi: int, sw_batch_size: int, slices_per_call: int,
+                   overlap: float, device, autocast_dtype, sliding_window) -> dict:
+    """The MONAI side of P5, disk to disk: labels of a zarr (Z, Y, X) volume into a new zarr.
+
+    The normalization statistics come from the same fixed lattice sample as fastunet's
+    (:func:`fastunet.engine.normalization_stats`). Then for each group of
+    ``slices_per_call`` slices: read them (one reader thread, a group ahead), copy them to
+    ``device``, normalize, ``sliding_window(x, (roi, roi), sw_batch_size, predictor,
+    overlap=overlap, mode="gaussian")`` under autocast, argmax to uint8 on the device, copy
+    back and write (one writer thread, zarr default compressor, the input's chunks).
+    Returns ``{"windows": windows through the network, "calls": sliding-window calls}``.
+    """
+    import zarr
+
+    from . import io
+    from .engine import normalization_stats
+
+    device = torch.device(device)
+    source = zarr.open_array(str(volume_path), mode="r")
+    depth = source.shape[0]
+    out = zarr.create_array(str(out_path), shape=source.shape, chunks=source.chunks, dtype="uint8", fill_value=0,
+                            overwrite=True)
+    stats = normalization_stats(io.open_volume(str(volume_path), axes="ZYX"), normalization)
+    counts = {"windows": 0, "calls": 0}
+
+    def predictor(windows):
+        counts["windows"] += windows.shape[0]
+        return net(windows.contiguous(memory_format=torch.channels_last))
+
+    def read(z0):
+        return torch.from_numpy(np.asarray(source[z0:z0 + slices_per_call], dtype=np.float32))
+
+    starts = list(range(0, depth, slices_per_call))
+    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
+        pending = reader.submit(read, starts[0])
+        writes = []
+        for i, z0 in enumerate(starts):
+            slab = pending.result()
+            if i + 1 < len(starts):
+                pending = reader.submit(read, starts[i + 1])
+            z1 = z0 + slab.shape[0]
+            offset, scale = (torch.as_tensor(np.asarray(v, np.float32).reshape(-1, 1, 1, 1), device=device)
+                             for v in stats.for_slices(z0, z1))  # (1 or Z, 1, 1, 1): one channel
+            x = (slab.to(device, non_blocking=True)[:, None] - offset) / scale
+            with torch.no_grad(), torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
+                                                 enabled=autocast_dtype is not None):
+                scores = sliding_window(x, (roi, roi), sw_batch_size, predictor, overlap=overlap, mode="gaussian")
+            counts["calls"] += 1
+            labels = scores.argmax(dim=1).to(torch.uint8).cpu().numpy()
+            writes.append(writer.submit(out.__setitem__, slice(z0, z1), labels))
+        for w in writes:
+            w.result()
+    return counts
+
+
+def bench_vs_monai(*, shape=(64, 4096, 4096), tile: int | None = None, batch: int = 4, slices_per_call: int = 4,
+                   overlap: float = 0.25, repeats: int = 1, cache_dir=None) -> tuple[dict, dict]:
+    """P5: ``segment`` vs MONAI ``sliding_window_inference`` on the same volume and GPU.
+
+    fastunet: as in P4 (fused network, bf16, the engine's default tile unless ``tile`` is
+    given, ``batch`` tiles per call), zarr to zarr. MONAI: :class:`SamePaddedUNet` with the
+    same random weights, bf16 autocast, channels_last, cuDNN benchmark mode on (restored
+    afterwards), windows of ``roi`` = the largest multiple of ``2**depth`` not above
+    fastunet's output tile edge, ``sw_batch_size = batch``, ``overlap`` 0.25, gaussian
+    blending, ``slices_per_call`` slices per call, zarr to zarr (:func:`_monai_segment`).
+    Both times are wall clock and include opening the volume, the normalization statistics,
+    reading, normalizing, the network, blending / assembling, argmax and writing uint8
+    labels with the same chunks and compressor; both sides were warmed up first (fastunet
+    on two slices, MONAI with one call of the same shape). Not included on either side:
+    loading the model and building the network. The ratio ``P5.fastunet_vs_monai`` is
+    the throughput ratio (the goal is >= 3). FLOPs per output voxel of both sides
+    (network FLOPs times tiles or windows, divided by the volume) are recorded beside.
+    """
+    sliding_window = _import_monai()
+    from .modelfile import load_model
+
+    _require_cuda()
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    volume_path = _volume_path(cache, shape)
+    bench_volume(volume_path, shape)
+    ours_out, monai_out = cache / "p5-fastunet.zarr", cache / "p5-monai.zarr"
+    with tempfile.TemporaryDirectory() as tmp:
+        model_path = random_model_file(Path(tmp) / "unet-random.safetensors")
+        ours = _time_segment(model_path, volume_path, ours_out, tile=tile, batch=batch, repeats=repeats)
+        reference = load_model(model_path)
+    shutil.rmtree(ours_out, ignore_errors=True)
+    layout, config = ours["layout"], reference.config
+    q = 2**config.depth
+    roi = min(layout.out) // q * q
+    net = SamePaddedUNet(config)
+    net.load_state_dict(reference.state_dict())
+    net = net.cuda().eval().to(memory_format=torch.channels_last)
+    options = dict(normalization=reference.normalization, roi=roi, sw_batch_size=batch,
+                   slices_per_call=slices_per_call, overlap=overlap, device="cuda",
+                   autocast_dtype=torch.bfloat16, sliding_window=sliding_window)
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            warm = torch.randn(min(slices_per_call, shape[0]), 1, *shape[1:], device="cuda")
+            sliding_window(warm, (roi, roi), batch, lambda w: net(w.contiguous(memory_format=torch.channels_last)),
+                           overlap=overlap, mode="gaussian")
+            del warm
+        times = []
+        for _ in range(repeats):
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            counts = _monai_segment(volume_path, monai_out, net, **options)
+            times.append(time.perf_counter() - start)
+    finally:
+        torch.backends.cudnn.benchmark = previous
+    shutil.rmtree(monai_out, ignore_errors=True)
+    voxels = math.prod(shape)
+    ours_s, monai_s = statistics.median(ours["seconds"]), statistics.median(times)
+    tiles = engine_tile_count(layout)
+    figures = {
+        "P5.volume_voxels": voxels, "P5.repeats": repeats,
+        "P5.fastunet_tile": layout.tile[0], "P5.fastunet_batch": batch, "P5.fastunet_tiles": tiles,
+        "P5.fastunet_s": ours_s, "P5.fastunet_mpx_s": voxels / ours_s / 1e6,
+        "P5.fastunet_flops_per_voxel": forward_flops(config, *layout.tile) * tiles / voxels,
+        "P5.monai_roi": roi, "P5.monai_sw_batch": batch, "P5.monai_overlap": overlap,
+        "P5.monai_slices_per_call": slices_per_call, "P5.monai_windows": counts["windows"],
+        "P5.monai_s": monai_s, "P5.monai_mpx_s": voxels / monai_s / 1e6,
+        "P5.monai_flops_per_voxel": same_padded_flops(config, roi, roi) * counts["windows"] / voxels,
+    }
+    return figures, {"P5.fastunet_vs_monai": monai_s / ours_s}
+
+
 BENCHMARKS = {
     "P1": bench_conv_layers,
     "P2": bench_forward,
     "P3": bench_loss,
+    "P4": bench_segment,
+    "P5": bench_vs_monai,
     "P6": bench_train_step,
 }
 
+# Smaller sizes for ``--quick`` (the benchmarks not listed run at their full size).
+QUICK = {
+    "P1": dict(tiles=(572,), batches=(2,)),
+    "P2": dict(batch=2, compile_baseline=False),
+    "P4": dict(shape=(8, 2048, 2048), repeats=1),
+    "P5": dict(shape=(8, 2048, 2048)),
+}
 
-def run(only: list[str] | None = None, *, out_dir: Path | None = None, quick: bool = False) -> list[Path]:
-    """Run the chosen benchmarks (all by default) and write one JSON result per benchmark."""
+# Benchmarks that keep a generated volume in a cache folder.
+_CACHED = ("P4", "P5")
+
+
+def run(only: list[str] | None = None, *, out_dir: Path | None = None, quick: bool = False,
+        cache_dir: Path | None = None) -> list[Path]:
+    """Run the chosen benchmarks (all by default) and write one JSON result per benchmark.
+
+    ``cache_dir`` holds the volume of P4/P5 (default :func:`default_cache_dir`).
+    """
     _require_cuda()
     names = only or list(BENCHMARKS)
     unknown = sorted(set(names) - set(BENCHMARKS))
     if unknown:
         raise UserError(f"Unknown benchmark(s) {unknown}; choose among {sorted(BENCHMARKS)}.")
+    if "P5" in names:
+        _import_monai()  # refuse before hours of other benchmarks, not after
     paths = []
     for name in names:
-        kwargs = {}
-        if quick and name == "P1":
-            kwargs = dict(tiles=(572,), batches=(2,))
-        if quick and name == "P2":
-            kwargs = dict(batch=2, compile_baseline=False)
+        kwargs = dict(QUICK.get(name, {})) if quick else {}
+        if name in _CACHED and cache_dir is not None:
+            kwargs["cache_dir"] = cache_dir
         figures, ratios = BENCHMARKS[name](**kwargs)
         paths.append(write_result(name, figures, ratios, out_dir=out_dir, extra={"quick": quick}))
     return paths

@@ -40,7 +40,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
 
     only = [name.strip().upper() for name in args.only.split(",")] if args.only else None
-    for path in bench.run(only, out_dir=args.out, quick=args.quick):
+    for path in bench.run(only, out_dir=args.out, quick=args.quick, cache_dir=args.cache):
         print(f"wrote {path}")
     print("regenerate the table with: python benchmarks/report.py")
     return 0
@@ -159,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", help="comma-separated subset, e.g. P1,P2 (default: all)")
     p.add_argument("--out", help="folder for the JSON results (default: benchmarks/results)")
     p.add_argument("--quick", action="store_true", help="smaller sizes, no torch.compile baseline")
+    p.add_argument("--cache", metavar="DIR", help="folder for the generated volume of P4/P5 (a few GiB; default: "
+                   "~/.cache/fastunet/bench), reused when present")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser(

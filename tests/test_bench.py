@@ -47,3 +47,250 @@ def test_geometric_mean():
 def test_bench_refuses_without_gpu(capsys):
     assert main(["bench", "--only", "P1"]) == 2
     assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+# -- P4/P5 and the registry -------------------------------------------------------------------
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch.nn.functional as F
+import zarr
+from torch.utils.flop_counter import FlopCounterMode
+
+from fastunet.errors import UserError
+from fastunet.model import count_parameters
+from fastunet.normalization import Normalization
+from fastunet.tiling import plan_layout
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_volume_written_once_then_reused(tmp_path, monkeypatch):
+    path = tmp_path / "cache" / "vol.zarr"  # the cache folder does not exist yet
+    vol = bench.bench_volume(path, (3, 40, 50), chunks=(2, 16, 32), seed=5)
+    assert vol.shape == (3, 40, 50) and vol.chunks == (2, 16, 32) and vol.dtype == np.uint16
+    data = vol[:]
+    assert data.std() > 0 and not np.array_equal(data[0], data[1])
+    same = bench.bench_volume(tmp_path / "other.zarr", (3, 40, 50), chunks=(2, 16, 32), seed=5)
+    np.testing.assert_array_equal(same[:], data)  # deterministic in the seed
+
+    import fastunet.data
+
+    drawn = []
+    original = fastunet.data.synthetic_nuclei
+    monkeypatch.setattr(fastunet.data, "synthetic_nuclei", lambda *a, **k: drawn.append(1) or original(*a, **k))
+    np.testing.assert_array_equal(bench.bench_volume(path, (3, 40, 50), chunks=(2, 16, 32), seed=5)[:], data)
+    assert not drawn  # reused
+    # A generation that did not finish (not marked complete) is made again, with the same data.
+    meta = dict(zarr.open_array(str(path), mode="r").attrs[bench.VOLUME_ATTR])
+    zarr.open_array(str(path), mode="r+").update_attributes({bench.VOLUME_ATTR: {**meta, "complete": False}})
+    np.testing.assert_array_equal(bench.bench_volume(path, (3, 40, 50), chunks=(2, 16, 32), seed=5)[:], data)
+    assert len(drawn) == 4  # the default 4 variants
+    # Other arguments: regenerated in place.
+    vol = bench.bench_volume(path, (2, 40, 50), chunks=(1, 16, 16), seed=5)
+    assert vol.shape == (2, 40, 50) and vol.chunks == (1, 16, 16) and len(drawn) == 8
+
+
+def test_bench_volume_never_overwrites_foreign_data(tmp_path):
+    foreign = zarr.create_array(str(tmp_path / "mine.zarr"), shape=(2, 8, 8), chunks=(1, 8, 8), dtype="uint16")
+    foreign[:] = 7
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "notes.txt").write_text("keep")
+    for name in ("mine.zarr", "folder"):
+        with pytest.raises(UserError, match="not a fastunet benchmark volume"):
+            bench.bench_volume(tmp_path / name, (2, 8, 8), chunks=(1, 8, 8))
+    assert (foreign[:] == 7).all() and (tmp_path / "folder" / "notes.txt").read_text() == "keep"
+
+
+def _same_padded_reference(model, x):
+    """The same-padded U-Net written out with torch.nn.functional, from the module's weights."""
+
+    def double(block, x):
+        x = torch.relu(F.conv2d(x, block.conv1.weight, block.conv1.bias, padding=1))
+        return torch.relu(F.conv2d(x, block.conv2.weight, block.conv2.bias, padding=1))
+
+    skips = []
+    for block in model.down:
+        x = double(block, x)
+        skips.append(x)
+        x = F.max_pool2d(x, 2)
+    x = double(model.bottom, x)
+    for up, dec, skip in zip(model.up, model.dec, reversed(skips)):
+        x = F.conv_transpose2d(x, up.weight, up.bias, stride=2)
+        x = double(dec, torch.cat([skip, x], dim=1))
+    return F.conv2d(x, model.head.weight, model.head.bias)
+
+
+def test_same_padded_unet_keeps_the_size_and_the_widths():
+    cfg = UNetConfig(in_channels=1, num_classes=3, base_channels=4, depth=2)
+    padded, valid = bench.SamePaddedUNet(cfg).eval(), ReferenceUNet(cfg)
+    assert [layer.weight.shape for layer in padded.conv_layers()] == [layer.weight.shape for layer in valid.conv_layers()]
+    assert count_parameters(padded) == count_parameters(valid)
+    deep = UNetConfig(base_channels=2, depth=4)  # the paper's layout, narrower (fast to build)
+    assert count_parameters(bench.SamePaddedUNet(deep)) == count_parameters(ReferenceUNet(deep))
+    padded.load_state_dict(valid.state_dict())  # the same weights load as they are
+    x = torch.randn(2, 1, 24, 32)
+    with torch.no_grad():
+        y = padded(x)
+        expected = _same_padded_reference(padded, x)
+    assert y.shape == (2, 3, 24, 32)
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="multiples of 4"):
+        padded(torch.randn(1, 1, 24, 30))
+
+
+def test_same_padded_flops_match_the_flop_counter():
+    cfg = UNetConfig(in_channels=1, num_classes=3, base_channels=4, depth=2)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        bench.SamePaddedUNet(cfg)(torch.randn(1, 1, 32, 48))
+    assert bench.same_padded_flops(cfg, 32, 48) == counter.get_total_flops()
+
+
+def test_tile_counts_of_the_paper_tile_on_a_4096_plane():
+    # Tile 572 -> 388 output, step 384: 11 tiles cover 4096 (10 * 384 + 388 >= 4096).
+    # Blocks of 2048: tiles 0-5 for the first and 5-10 for the second, so tile 5 runs twice.
+    layout = plan_layout((2, 4096, 4096), 4, source_chunks=(1, 1024, 1024), tile=572, max_step=2048)
+    assert layout.block[1:] == (2048, 2048)
+    assert bench.grid_tile_count(layout) == 2 * 11 * 11
+    assert bench.engine_tile_count(layout) == 2 * 12 * 12
+    aligned = plan_layout((2, 4096, 4096), 4, source_chunks=(1, 1024, 1024), max_step=2048)
+    assert aligned.step == (2048, 2048) and bench.engine_tile_count(aligned) == bench.grid_tile_count(aligned) == 8
+
+
+def test_time_segment_runs_the_engine_disk_to_disk(tmp_path, monkeypatch):
+    import fastunet
+    from fastunet.engine import LoadedNetwork
+    from fastunet.segment import Segmenter
+
+    model = bench.random_model_file(tmp_path / "m.safetensors", UNetConfig(base_channels=2, depth=2))
+    volume = bench.bench_volume(tmp_path / "vol.zarr", (3, 72, 72), chunks=(1, 32, 32))
+    tiles, per_call = [0], []
+    predict, segment = LoadedNetwork.predict, Segmenter.segment
+
+    def counting_predict(self, batch, output):
+        tiles[0] += batch.shape[0]
+        return predict(self, batch, output)
+
+    def counting_segment(self, *args, **kwargs):
+        before = tiles[0]
+        result = segment(self, *args, **kwargs)
+        per_call.append(tiles[0] - before)
+        return result
+
+    monkeypatch.setattr(LoadedNetwork, "predict", counting_predict)
+    monkeypatch.setattr(Segmenter, "segment", counting_segment)
+    out = tmp_path / "out.zarr"
+    timed = bench._time_segment(model, tmp_path / "vol.zarr", out, tile=None, batch=2, device="cpu",
+                                backend="torch", dtype="fp32", repeats=2)
+    layout = timed["layout"]
+    assert len(timed["seconds"]) == 2 and all(s > 0 for s in timed["seconds"]) and timed["batches"] is None
+    assert list(layout.tile) == timed["summary"]["tile"] and layout.shape == (3, 72, 72)
+    assert len(per_call) == 4  # the default-tile probe, the warm-up and two timed runs
+    assert per_call[-1] == per_call[-2] == bench.engine_tile_count(layout)
+    assert not (tmp_path / "out-warmup.zarr").exists()
+    expected = fastunet.segment(volume[:], model, None, axes="ZYX", device="cpu", progress=False).compute()
+    np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["labels"][:], expected)
+
+
+def test_monai_side_reads_normalizes_and_writes_every_slice(tmp_path):
+    cfg = UNetConfig(in_channels=1, num_classes=3, base_channels=4, depth=2)
+    net = bench.SamePaddedUNet(cfg).eval()
+    volume = bench.bench_volume(tmp_path / "vol.zarr", (3, 32, 48), chunks=(1, 16, 16))
+    calls = []
+
+    def whole_image(x, roi, sw_batch_size, predictor, **kwargs):  # stands in for MONAI's
+        calls.append((tuple(x.shape), roi, sw_batch_size, kwargs))
+        return predictor(x)
+
+    counts = bench._monai_segment(
+        tmp_path / "vol.zarr", tmp_path / "monai.zarr", net, normalization=Normalization(), roi=16, sw_batch_size=4,
+        slices_per_call=2, overlap=0.25, device="cpu", autocast_dtype=None, sliding_window=whole_image,
+    )
+    assert counts == {"windows": 3, "calls": 2}
+    assert [c[0] for c in calls] == [(2, 1, 32, 48), (1, 1, 32, 48)]
+    assert all(c[1:] == ((16, 16), 4, {"overlap": 0.25, "mode": "gaussian"}) for c in calls)
+    raw = volume[:].astype(np.float64)
+    offset, scale = Normalization().stats(raw)  # the volume is small: the sample is all of it
+    with torch.no_grad():
+        scores = _same_padded_reference(net, torch.from_numpy(((raw - offset) / scale)[:, None]).float())
+    top2 = scores.topk(2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1] > 1e-4).numpy()  # leave out near-ties (summation order)
+    labels = zarr.open_array(str(tmp_path / "monai.zarr"), mode="r")
+    assert labels.shape == (3, 32, 48) and labels.dtype == np.uint8 and labels.chunks == (1, 16, 16)
+    assert clear.mean() > 0.9
+    np.testing.assert_array_equal(labels[:][clear], scores.argmax(dim=1).numpy()[clear])
+
+
+def test_p5_without_monai_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "monai", None)  # makes `import monai` raise ImportError
+    monkeypatch.setitem(sys.modules, "monai.inferers", None)
+    with pytest.raises(UserError, match="pip install monai"):
+        bench.bench_vs_monai(shape=(1, 16, 16))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on CPU machines")
+def test_p4_p5_refuse_without_gpu(tmp_path, capsys):
+    with pytest.raises(UserError, match="needs a CUDA GPU"):
+        bench.run(["P4"], out_dir=tmp_path)
+    assert main(["bench", "--only", "P4,P5", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path)]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing generated, nothing written
+
+
+def test_registry_lists_p1_to_p6_and_quick_options_fit():
+    assert list(bench.BENCHMARKS) == ["P1", "P2", "P3", "P4", "P5", "P6"]
+    for name, kwargs in bench.QUICK.items():
+        inspect.signature(bench.BENCHMARKS[name]).bind(**kwargs)  # raises TypeError on a wrong name
+    for name in ("P4", "P5"):
+        inspect.signature(bench.BENCHMARKS[name]).bind(cache_dir="x", **bench.QUICK[name])
+        assert np.prod(bench.QUICK[name]["shape"]) < np.prod(inspect.signature(bench.BENCHMARKS[name]).parameters["shape"].default)
+    assert np.prod(inspect.signature(bench.bench_segment).parameters["shape"].default) >= 2**30
+
+
+def test_report_renders_p4_and_p5_results(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_report", ROOT / "benchmarks" / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    (tmp_path / "README.md").write_text("# B\n")
+    bench.write_result("P4", {"P4.segment_mpx_s": 123.456, "P4.tile": 2236}, {"P4.segment_vs_raw": 0.875},
+                       out_dir=tmp_path / "results")
+    bench.write_result("P5", {"P5.monai_mpx_s": 40.0}, {"P5.fastunet_vs_monai": 3.0864}, out_dir=tmp_path / "results")
+    assert report.main([str(tmp_path)]) == 0
+    text = (tmp_path / "README.md").read_text()
+    for row in ("| P4 | cpu | P4.segment_mpx_s | 123.5 |", "| P4 | cpu | P4.tile | 2236 |",
+                "| P4 | cpu | P4.segment_vs_raw | 0.875 |", "| P5 | cpu | P5.fastunet_vs_monai | 3.086 |"):
+        assert row in text
+
+
+def test_roofline_script_runs_and_places_windows_like_monai(capsys):
+    spec = importlib.util.spec_from_file_location("bench_roofline", ROOT / "benchmarks" / "roofline.py")
+    roofline = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(roofline)
+    # MONAI 1.6.1's sliding_window_inference put 3 x 4 windows of 32 on a 64 x 96 image at
+    # overlap 0.25 (seen on the CPU); one window when the roi covers the axis.
+    assert (roofline.windows(64, 32, 0.25), roofline.windows(96, 32, 0.25), roofline.windows(2048, 2048, 0.25)) == (3, 4, 1)
+    assert roofline.windows(4096, 2048, 0.25) == 3  # steps of 1536: 0, 1536, 2048 (clamped)
+    cfg = UNetConfig()
+    rows = roofline.conv_rows(cfg, 572, 2)
+    assert [r["name"] for r in rows] == [s["name"] for s in bench.conv_layer_shapes(cfg, 572, 2)]
+    up_and_head = 2 * forward_flops_of_upconvs_and_head(cfg, 572)
+    assert sum(r["flops"] for r in rows) + up_and_head == 2 * bench.forward_flops(cfg, 572, 572)
+    roofline.main()
+    out = capsys.readouterr().out
+    assert "| 64x4096x4096 | 572 | 384 | 9216 | 7744 | 19.0% |" in out
+
+
+def forward_flops_of_upconvs_and_head(cfg, tile):
+    """FLOPs of the up-convolutions and the head of one tile, by the sizes the network passes through."""
+    model = ReferenceUNet(UNetConfig(base_channels=1, depth=cfg.depth))  # sizes only
+    sizes = []
+    for layer in model.up:
+        layer.register_forward_hook(lambda m, i, o: sizes.append(i[0].shape[-1]))
+    with torch.no_grad():
+        out = model(torch.zeros(1, 1, tile, tile))
+    widths = cfg.widths
+    ups = sum(2 * widths[d + 1] * 4 * widths[d] * s * s for d, s in zip(reversed(range(cfg.depth)), sizes))
+    return ups + 2 * widths[0] * cfg.num_classes * out.shape[-1] ** 2
