@@ -592,7 +592,12 @@ def write_curve(path: str | os.PathLike, history: dict, *, title: str | None = N
 
 @dataclass
 class TrainResult:
-    """What :func:`train` did: the trained model (eval mode) and where it wrote things."""
+    """What :func:`train` did: the trained model (eval mode) and where it wrote things.
+
+    ``seconds`` is the wall time of this call's training loop (validation and checkpoints
+    included); ``tiles_per_second`` counts the training steps only (sampling, forward,
+    backward, update).
+    """
 
     model: ReferenceUNet
     output: Path
@@ -652,6 +657,20 @@ def _check_resume(saved: TrainConfig, config: TrainConfig, saved_data: dict, dat
         )
 
 
+def _samples(train_slices, config: TrainConfig, device: torch.device, weight_figure) -> list[tuple]:
+    """``(image, target, weight)`` tensors on ``device`` per training slice: the two-class target
+    and the paper's weight map, computed once; optionally the figure of the first one."""
+    from .weightmap import prepare, weight_map_figure
+
+    samples = []
+    for index, (_, image, instances) in enumerate(train_slices):
+        target, weight = prepare(instances, w0=config.w0, sigma=config.sigma, balance=config.balance)
+        if index == 0 and weight_figure is not None:
+            weight_map_figure(weight_figure, image[0], target, weight, instances=instances)
+        samples.append(tuple(torch.from_numpy(a).to(device) for a in (image, target, weight)))
+    return samples
+
+
 def train(
     images,
     labels,
@@ -695,7 +714,6 @@ def train(
     from tqdm.auto import tqdm
 
     from .modelfile import save_model
-    from .weightmap import prepare, weight_map_figure
 
     output = Path(output)
     ckpt = checkpoint_path(output)
@@ -725,18 +743,7 @@ def train(
         "val": [[n, list(im.shape)] for n, im, _ in val_images],
     }
 
-    samples = []
-    for index, (_, image, instances) in enumerate(train_slices):
-        target, weight = prepare(instances, w0=config.w0, sigma=config.sigma, balance=config.balance)
-        if index == 0 and weight_figure is not None:
-            weight_map_figure(weight_figure, image[0], target, weight, instances=instances)
-        samples.append(
-            (
-                torch.from_numpy(image).to(device),
-                torch.from_numpy(target).to(device),
-                torch.from_numpy(weight).to(device),
-            )
-        )
+    samples = _samples(train_slices, config, device, weight_figure)
     total = _iterations(config, train_slices)
     in_channels = train_slices[0][1].shape[0]
 
@@ -774,41 +781,53 @@ def train(
 
         model.train()
         bar = tqdm(total=total, initial=min(step, total), disable=not progress, unit="it", dynamic_ncols=True)
-        start, start_step, ema = time.perf_counter(), step, None
+        start, start_step, ema, busy = time.perf_counter(), step, None, 0.0
         val_now = history["val"][-1] if history["val"] else None
-        while step < total:
-            x, target, weight = augment_batch(
-                samples, config.batch_size, in_size=config.tile, out_size=config.out_tile,
-                config=config.augment, generator=generator,
-            )  # fmt: skip
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = model(x)
-            # On CUDA this is the fused Triton loss (one pass over the logits for loss and
-            # gradient); the backward through the convolutions is PyTorch's autograd for now.
-            loss = weighted_cross_entropy(logits, target, weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise UserError(
-                    f"The loss became {value} at step {step}; lower the learning rate (now {config.learning_rate:g})."
-                )
-            history["loss"].append(value)
-            ema = value if ema is None else 0.95 * ema + 0.05 * value
-            if val_images and (step % config.val_every == 0 or step == total):
-                val_now = {"step": step, **_validate(model, val_images, config, device)}
-                history["val"].append(val_now)
-            if step % config.checkpoint_every == 0 or step == total:
-                checkpoint()
-            rate = (step - start_step) * config.batch_size / max(time.perf_counter() - start, 1e-9)
-            postfix = {"loss": f"{ema:.4f}", "tiles/s": f"{rate:.2f}"}
-            if val_now:
-                postfix["val_iou"] = f"{val_now['foreground_iou']:.3f}"
-            bar.set_postfix(postfix, refresh=False)
-            bar.update(1)
-        bar.close()
+        consistent = True  # model, optimizer, RNGs and history all describe the same step
+        try:
+            while step < total:
+                tick = time.perf_counter()
+                x, target, weight = augment_batch(
+                    samples, config.batch_size, in_size=config.tile, out_size=config.out_tile,
+                    config=config.augment, generator=generator,
+                )  # fmt: skip
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    logits = model(x)
+                # On CUDA this is the fused Triton loss (one pass over the logits for loss and
+                # gradient); the backward through the convolutions is PyTorch's autograd for now.
+                loss = weighted_cross_entropy(logits, target, weight)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                consistent = False
+                optimizer.step()
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise UserError(
+                        f"The loss became {value} at step {step + 1}; lower the learning rate "
+                        f"(now {config.learning_rate:g})."
+                    )
+                step += 1
+                history["loss"].append(value)
+                consistent = True
+                busy += time.perf_counter() - tick
+                ema = value if ema is None else 0.95 * ema + 0.05 * value
+                if val_images and (step % config.val_every == 0 or step == total):
+                    val_now = {"step": step, **_validate(model, val_images, config, device)}
+                    history["val"].append(val_now)
+                if step % config.checkpoint_every == 0 or step == total:
+                    checkpoint()
+                postfix = {"loss": f"{ema:.4f}", "tiles/s": f"{(step - start_step) * config.batch_size / busy:.2f}"}
+                if val_now:
+                    postfix["val_iou"] = f"{val_now['foreground_iou']:.3f}"
+                bar.set_postfix(postfix, refresh=False)
+                bar.update(1)
+        except KeyboardInterrupt:
+            if consistent and step > start_step:
+                checkpoint()  # so that --resume continues from here
+                note(f"interrupted: checkpoint at step {step} written to {ckpt}")
+            raise
+        finally:
+            bar.close()
         seconds = time.perf_counter() - start
         if step == start_step and val_images and not history["val"]:
             history["val"].append({"step": step, **_validate(model, val_images, config, device)})
@@ -826,7 +845,7 @@ def train(
         extra["val_metrics"] = val
     save_model(output, model, normalization=config.normalization, extra=extra)
     curve_path = write_curve(curve, history, title=f"{output.name}: {step} steps")
-    tiles_per_second = (step - start_step) * config.batch_size / seconds if seconds > 0 and step > start_step else 0.0
+    tiles_per_second = (step - start_step) * config.batch_size / busy if busy > 0 else 0.0
     return TrainResult(
         model=model,
         output=output,

@@ -86,6 +86,30 @@ def test_resume_continues_exactly(tmp_path):
                 torch.testing.assert_close(final["optimizer"]["state"][index][key], value, rtol=0, atol=0)
 
 
+def test_interrupt_writes_a_checkpoint_to_resume_from(tmp_path, monkeypatch):
+    from fastunet import training
+
+    image, labels = synthetic_nuclei((120, 120), seed=_seed())
+    calls = []
+    real_loss = training.weighted_cross_entropy
+
+    def interrupted_loss(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(training, "weighted_cross_entropy", interrupted_loss)
+    out = tmp_path / "m.safetensors"
+    config = _tiny(iterations=6, checkpoint_every=100, val_fraction=0.0)
+    with pytest.raises(KeyboardInterrupt):
+        train(image, labels, out, config=config, progress=False)
+    assert load_checkpoint(checkpoint_path(out))["step"] == 3 and not out.exists()
+    monkeypatch.setattr(training, "weighted_cross_entropy", real_loss)
+    result = train(image, labels, out, config=config, resume=True, progress=False)
+    assert result.steps == 6 and len(result.history["loss"]) == 6
+
+
 def test_resume_refuses_other_settings_or_missing_checkpoint(tmp_path):
     image, labels = synthetic_nuclei((120, 120), seed=_seed())
     out = tmp_path / "m.safetensors"
