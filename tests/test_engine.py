@@ -7,8 +7,9 @@ is a valid input), run :class:`ReferenceUNet` once, crop.
 How "identical" is asserted: the same network on different tile sizes may pick other conv
 algorithms, so fp32 logits can differ in the last bits (measured over 60 random nets and
 tile sizes 52, 64 and 108: at most 5.2e-6). Labels must be identical wherever the
-reference's top-2 logit margin exceeds ``MARGIN``; the exempt pixels must be rare (< 1%;
-60 runs had 0 label differences at all). Probabilities are float16 (the output format):
+reference's top-2 logit margin exceeds ``MARGIN``; the exempt pixels must be a small minority
+(< 10%, so the comparison is never vacuous: a random tiny net can put a few percent of the
+pixels of a small image within 2e-5 of a tie; 60 runs had 0 label differences at all). Probabilities are float16 (the output format):
 within one fp16 ulp of the fp32 reference, plus 1e-5.
 """
 
@@ -64,7 +65,7 @@ def assert_seamless(labels, probs, logits):
     """labels (H, W) / probs (K, H, W) of the engine against reference logits (K, H, W)."""
     top2 = np.sort(logits, axis=0)[-2:]
     exempt = (top2[1] - top2[0]) < MARGIN
-    assert exempt.mean() < 1e-2, f"{exempt.sum()} near-tie pixels"
+    assert exempt.mean() < 0.1, f"{exempt.sum()} near-tie pixels"
     if labels is not None:
         want = logits.argmax(0)
         bad = (np.asarray(labels) != want) & ~exempt
