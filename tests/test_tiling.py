@@ -111,9 +111,9 @@ def _check_layout(layout):
     c = layout.context
     covered = np.zeros(layout.shape, np.int32)
     for block in layout.blocks():
-        for (s, e), ch, b in zip(block.box, layout.chunks, layout.block):
+        for (s, e), ch, b, n in zip(block.box, layout.chunks, layout.block, layout.shape):
             assert s % ch == 0 and s % b == 0
-            assert e % ch == 0 or e == layout.shape[block.box.index((s, e))]
+            assert e % ch == 0 or e == n
         in_box = layout.input_box(block)
         for axis in (0, 1):
             lo, hi = in_box[nd - 2 + axis]
