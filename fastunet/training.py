@@ -53,7 +53,10 @@ __all__ = [
 
 _OPTIMIZERS = ("sgd", "adam")
 _AMP = ("none", "bf16")
-_DEFAULT_LR = {"sgd": 1e-2, "adam": 1e-3}
+# Measured (compact U-Net, base 16, depth 3, 316 tiles, synthetic nuclei, 1200 steps): SGD with
+# momentum 0.99 oscillated at lr 1e-2 and hardly learned at 3e-3; 1e-3 was the best of
+# 1e-2/3e-3/1e-3/3e-4 (loss 0.61 -> 0.41). Adam at 1e-3 went much further (0.43 -> 0.12).
+_DEFAULT_LR = {"sgd": 1e-3, "adam": 1e-3}
 _TIFF = (".tif", ".tiff")
 CHECKPOINT_FORMAT = "fastunet-checkpoint"
 CHECKPOINT_VERSION = "1"
@@ -83,7 +86,8 @@ class TrainConfig:
     optimizer : {"sgd", "adam"}
         SGD with ``momentum`` (0.99 in the paper) or Adam.
     lr : float, optional
-        Learning rate; default 1e-2 for SGD (with the mean-reduced loss), 1e-3 for Adam.
+        Learning rate; default 1e-3 for either (SGD with momentum 0.99 and the mean-reduced
+        loss oscillates at 1e-2). Adam converges much faster on the synthetic nuclei.
     momentum, weight_decay : float
         SGD momentum; L2 weight decay for either optimizer.
     amp : {"none", "bf16"}
@@ -115,7 +119,7 @@ class TrainConfig:
     base_channels: int = 16
     depth: int = 3
     dropout: float = 0.5
-    tile: int = 252
+    tile: int = 316
     batch_size: int = 1
     optimizer: str = "sgd"
     lr: float | None = None

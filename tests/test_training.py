@@ -210,7 +210,7 @@ def test_train_config_validation():
         TrainConfig(optimizer="rmsprop")
     config = TrainConfig(augment=AugmentConfig(rotation=(-10, 10)), normalization=Normalization(scope="slice"))
     assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
-    assert TrainConfig().learning_rate > 0 and TrainConfig().out_tile == geometry.output_size(252, 3)
+    assert TrainConfig().learning_rate > 0 and TrainConfig().out_tile == geometry.output_size(316, 3)
 
 
 def test_cli_trains_from_tiff_files(tmp_path, capsys):
