@@ -198,6 +198,10 @@ def test_time_segment_runs_the_engine_disk_to_disk(tmp_path, monkeypatch):
 def test_monai_side_reads_normalizes_and_writes_every_slice(tmp_path):
     cfg = UNetConfig(in_channels=1, num_classes=3, base_channels=4, depth=2)
     net = bench.SamePaddedUNet(cfg).eval()
+    with torch.no_grad():  # random biases: dead ReLUs would otherwise tie the logits at 0
+        for module in net.modules():
+            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+                module.bias.normal_(0.0, 0.1)
     volume = bench.bench_volume(tmp_path / "vol.zarr", (3, 32, 48), chunks=(1, 16, 16))
     calls = []
 
