@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -661,6 +662,22 @@ def _check_resume(saved: TrainConfig, config: TrainConfig, saved_data: dict, dat
         )
 
 
+@contextlib.contextmanager
+def _flush_denormals(device: torch.device):
+    """Flush denormal floats to zero while training on the CPU.
+
+    Early in training denormals made CPU steps 10-20x slower (measured: 0.5-2 s instead of
+    ~85 ms per step for base 8, depth 3, 316 tiles, Adam). PyTorch has no getter for this
+    setting, so it returns to PyTorch's default (off) afterwards.
+    """
+    active = device.type == "cpu" and torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if active:
+            torch.set_flush_denormal(False)
+
+
 def _samples(train_slices, config: TrainConfig, device: torch.device, weight_figure) -> list[tuple]:
     """``(image, target, weight)`` tensors on ``device`` per training slice: the two-class target
     and the paper's weight map, computed once; optionally the figure of the first one."""
@@ -752,7 +769,8 @@ def train(
     in_channels = train_slices[0][1].shape[0]
 
     fork_devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=fork_devices):  # dropout's RNG; the caller's stays untouched
+    # fork_rng: dropout draws from torch's global RNG; the caller's state stays untouched.
+    with torch.random.fork_rng(devices=fork_devices), _flush_denormals(device):
         torch.manual_seed(config.seed)
         model = ReferenceUNet(config.unet_config(in_channels)).to(device)
         optimizer = _make_optimizer(model, config)
