@@ -130,7 +130,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     result = train(
         args.images, args.labels, output, config=config, resume=args.resume, progress=not args.quiet,
-        curve=args.curve, weight_figure=args.weight_figure, command=_train_command(args),
+        curve=args.curve, weight_figure=args.weight_figure, axes=args.axes, command=_train_command(args),
     )  # fmt: skip
     if args.quiet:
         for message in result.notes:
@@ -221,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--w0", type=float, help="border weight amplitude (default 10)")
     p.add_argument("--sigma", type=float, help="border weight width in pixels (default 5)")
     p.add_argument("--no-augment", action="store_true", help="plain random crops, no deformations or gray-value changes")
+    p.add_argument("--axes", help="axes of files whose metadata do not say, e.g. ZYX (3D arrays default to ZYX)")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--amp", choices=("none", "bf16"), help="bf16 autocast on CUDA (default none)")
     p.add_argument("--seed", type=int, help="seed of the split, the weights, the tiles and dropout (default 0)")

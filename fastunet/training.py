@@ -223,14 +223,16 @@ class TrainingPair:
     semantic: bool = False  # labels were 0/1 and became connected components
 
 
-def _read_volume(path: Path) -> np.ndarray:
+def _read_volume(path: Path, axes: str | None) -> np.ndarray:
     """A whole TIFF / zarr / OME-Zarr volume through :func:`fastunet.io.open_volume`, as
     ``(H, W)`` or ``(Z, H, W)`` (training takes one gray-value channel)."""
     from .io import open_volume
 
     try:
-        source = open_volume(path)
+        source = open_volume(path, axes=axes)
     except UserError as first:
+        if axes is not None:
+            raise
         try:  # one channel only: a 3D array without axes metadata is a stack of slices
             source = open_volume(path, axes="ZYX")
         except UserError:
@@ -238,7 +240,7 @@ def _read_volume(path: Path) -> np.ndarray:
     if "C" in source.axes:
         raise UserError(
             f"{str(path)!r} has {source.channels} channels (axes {source.axes}); training takes one gray-value "
-            "channel: give 2D images or (Z, Y, X) stacks."
+            "channel. If these are Z slices, pass --axes ZYX (axes=\"ZYX\")."
         )
     return source.read(tuple(slice(0, n) for n in source.shape))
 
@@ -259,7 +261,7 @@ def _zarr_group_arrays(path: Path) -> list[str] | None:
     return arrays if len(arrays) > 1 else None
 
 
-def _read_path(path) -> list[tuple[str, np.ndarray]]:
+def _read_path(path, axes: str | None) -> list[tuple[str, np.ndarray]]:
     """``(name, array)`` per image of a TIFF file, a folder of TIFFs, a zarr array, an
     OME-Zarr image or a zarr group of several arrays."""
     path = Path(path)
@@ -267,19 +269,19 @@ def _read_path(path) -> list[tuple[str, np.ndarray]]:
         raise UserError(f"{str(path)!r} does not exist; give a TIFF file, a folder of TIFFs or a zarr array.")
     arrays = _zarr_group_arrays(path) if path.is_dir() else None
     if arrays:
-        return [(f"{path.name}/{name}", _read_volume(path / name)) for name in arrays]
+        return [(f"{path.name}/{name}", _read_volume(path / name, axes)) for name in arrays]
     is_store = any((path / m).exists() for m in ("zarr.json", ".zarray", ".zgroup"))
     if path.is_dir() and not is_store:
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in _TIFF and p.is_file())
         if not files:
             raise UserError(f"The folder {str(path)!r} holds no .tif/.tiff files and is not a zarr store.")
-        return [(p.name, _read_volume(p)) for p in files]
-    return [(path.name, _read_volume(path))]
+        return [(p.name, _read_volume(p, axes)) for p in files]
+    return [(path.name, _read_volume(path, axes))]
 
 
-def _as_items(source, what: str) -> list[tuple[str, np.ndarray]]:
+def _as_items(source, what: str, axes: str | None) -> list[tuple[str, np.ndarray]]:
     if isinstance(source, (str, os.PathLike)):
-        return _read_path(source)
+        return _read_path(source, axes)
     if isinstance(source, np.ndarray):
         return [(f"{what}[0]", source)]
     if isinstance(source, (list, tuple)) and all(isinstance(a, np.ndarray) for a in source):
@@ -320,19 +322,24 @@ def _instances_from(labels: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
     return np.stack([ndi.label(plane)[0] for plane in fg]).astype(np.int32), True
 
 
-def load_pairs(images, labels) -> list[TrainingPair]:
+def load_pairs(images, labels, *, axes: str | None = None) -> list[TrainingPair]:
     """Read images and their labels and pair them.
 
     Parameters
     ----------
     images, labels : path, ndarray or list of ndarray
-        A TIFF file, a folder of TIFF files (paired by sorted name), a zarr array, a zarr
-        group (its arrays, paired by sorted name), a numpy array or a list of arrays. Images
-        are 2D ``(H, W)`` or stacks ``(Z, H, W)`` of one gray-value channel; labels have the
-        same shape. Labels with values above 1 are instance labels (0 = background); labels
+        A TIFF / OME-TIFF file, a folder of TIFF files (paired by sorted name), a zarr array,
+        an OME-Zarr image, a zarr group of several arrays (paired by sorted name), a numpy
+        array or a list of arrays (read by :func:`fastunet.io.open_volume`). Images are 2D
+        ``(H, W)`` or stacks ``(Z, H, W)`` of one gray-value channel; labels have the same
+        shape. Labels with values above 1 are instance labels (0 = background); labels
         holding only 0 and 1 are semantic, and their connected components (per 2D slice)
         become the instances (``TrainingPair.semantic`` says so: touching objects in such
         labels cannot be taught apart).
+    axes : str, optional
+        Axes of files whose metadata do not say or say otherwise (e.g. ``"ZYX"`` for a TIFF
+        stack of 3 slices that tifffile takes for RGB); a 3D array without axes metadata is
+        read as ``ZYX``.
 
     Returns
     -------
@@ -344,8 +351,8 @@ def load_pairs(images, labels) -> list[TrainingPair]:
         Missing paths, different counts, names or shapes, unsupported dimensions, labels that
         are not integers, or labels without a single object.
     """
-    image_items = _as_items(images, "images")
-    label_items = _as_items(labels, "labels")
+    image_items = _as_items(images, "images", axes)
+    label_items = _as_items(labels, "labels", axes)
     if len(image_items) != len(label_items):
         raise UserError(
             f"Found {len(image_items)} image(s) but {len(label_items)} label image(s); "
@@ -702,6 +709,7 @@ def train(
     progress: bool = True,
     curve: str | os.PathLike | None = None,
     weight_figure: str | os.PathLike | None = None,
+    axes: str | None = None,
     command: str | None = None,
 ) -> TrainResult:
     """Train a U-Net on images with instance (or semantic) labels and save it.
@@ -725,6 +733,8 @@ def train(
     weight_figure : path-like, optional
         Write image, target and weight map of the first training slice as a PNG (the
         paper's figure 3).
+    axes : str, optional
+        Axes of the image and label files, see :func:`load_pairs`.
     command : str, optional
         The command line that started the run, stored in the model file.
 
@@ -753,7 +763,7 @@ def train(
         if progress:
             tqdm.write(f"note: {message}")
 
-    pairs = load_pairs(images, labels)
+    pairs = load_pairs(images, labels, axes=axes)
     for p in pairs:
         if p.semantic:
             note(f"labels of {p.name} hold only 0 and 1: their connected components are the instances")

@@ -179,6 +179,23 @@ def test_load_pairs_folders_semantic_stacks_and_zarr(tmp_path):
     np.testing.assert_allclose(per_slice[2][1][0], (volume[2] - lo) / (hi - lo), rtol=1e-5, atol=1e-6)
 
 
+def test_load_pairs_tiff_stack_axes(tmp_path):
+    volume, vlabels = synthetic_volume((3, 40, 48), seed=_seed(), dtype="uint16")
+    # Three planes stored as RGB samples (as older tifffile versions do by default).
+    tifffile.imwrite(tmp_path / "v.tif", volume, photometric="rgb", planarconfig="separate")
+    tifffile.imwrite(tmp_path / "l.tif", vlabels.astype(np.uint16), photometric="minisblack")
+    with pytest.raises(UserError, match="3 channels.*--axes ZYX"):
+        load_pairs(tmp_path / "v.tif", tmp_path / "l.tif")
+    (pair,) = load_pairs(tmp_path / "v.tif", tmp_path / "l.tif", axes="ZYX")
+    np.testing.assert_array_equal(pair.image, volume)
+    np.testing.assert_array_equal(pair.labels, vlabels)
+    volume5, labels5 = synthetic_volume((5, 40, 48), seed=_seed(), dtype="uint16")
+    tifffile.imwrite(tmp_path / "v5.tif", volume5)  # 5 pages: a plain stack, Z
+    tifffile.imwrite(tmp_path / "l5.tif", labels5.astype(np.uint16))
+    (pair,) = load_pairs(tmp_path / "v5.tif", tmp_path / "l5.tif")
+    assert pair.image.shape == (5, 40, 48)
+
+
 def test_load_pairs_errors(tmp_path):
     image, labels = synthetic_nuclei((40, 40), seed=_seed())
     with pytest.raises(UserError, match="does not exist"):
