@@ -592,7 +592,7 @@ def write_curve(path: str | os.PathLike, history: dict, *, title: str | None = N
         ax2.set_ylim(0, 1)
         ax2.set_ylabel("validation score")
         ax2.legend(loc="lower right")
-    ax.legend(loc="upper right")
+    ax.legend(loc="lower left")
     if title:
         ax.set_title(title)
     fig.savefig(path, dpi=100)
