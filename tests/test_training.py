@@ -12,7 +12,6 @@ from fastunet.augment import AugmentConfig
 from fastunet.cli import main
 from fastunet.data import synthetic_nuclei, synthetic_volume
 from fastunet.errors import UserError
-from fastunet.model import ReferenceUNet, UNetConfig
 from fastunet.normalization import Normalization
 from fastunet.training import (
     TrainConfig,
