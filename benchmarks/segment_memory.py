@@ -49,7 +49,7 @@ def child(args) -> None:
     import numpy as np
     import torch
 
-    from fastunet.segment import Segmenter
+    from fastunet.segmentation import Segmenter
 
     block = None if args.block == "default" else tuple(int(v) for v in args.block.split(","))
     seg = Segmenter(args.model, tile=args.tile, device="cpu", backend="torch", dtype="fp32")

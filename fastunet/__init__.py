@@ -14,10 +14,8 @@ from .model import ReferenceUNet, UNetConfig, count_parameters
 from .modelfile import load_model, read_model_metadata, save_model
 from .normalization import Normalization
 
-# Light: dask, zarr and tifffile are imported when segment() runs. Bound after the submodule
-# import, so `fastunet.segment` is the function (`from fastunet.segment import ...` still
-# reaches the module).
-from .segment import Segmenter, segment
+# Light: dask, zarr and tifffile are imported when segment() runs.
+from .segmentation import Segmenter, segment
 
 __version__ = "0.1.0"
 

@@ -534,7 +534,7 @@ def _time_segment(model_path, volume_path, out_path, *, tile: int | None, batch:
     """
     import zarr
 
-    from .segment import Segmenter
+    from .segmentation import Segmenter
     from .tiling import Layout
 
     options = dict(batch_size=batch, device=device, backend=backend, dtype=dtype)

@@ -50,7 +50,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     import warnings
 
     from .modelfile import default_model_path
-    from .segment import NonFiniteWarning, Segmenter, summary_line
+    from .segmentation import NonFiniteWarning, Segmenter, summary_line
 
     model = args.model if args.model is not None else default_model_path()
     block = None

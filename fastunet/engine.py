@@ -24,7 +24,7 @@ layout and the output path; each worker process loads the network once
 
 NaN/Inf in the input: ignored by the normalization statistics, set to 0 after
 normalization (the value of the normalization offset), counted per block; the total is
-returned in the summary (``nonfinite``) and reported by :func:`fastunet.segment.segment`.
+returned in the summary (``nonfinite``) and reported by :func:`fastunet.segmentation.segment`.
 """
 
 from __future__ import annotations

@@ -443,11 +443,11 @@ def _split(pairs: list[TrainingPair], config: TrainConfig):
 def _validate(model: ReferenceUNet, val, config: TrainConfig, device: torch.device) -> dict:
     """Foreground IoU and instance F1 (IoU 0.5) on the validation images.
 
-    Each image is segmented by the inference engine (:func:`fastunet.segment.segment`:
+    Each image is segmented by the inference engine (:func:`fastunet.segmentation.segment`:
     normalization over the same scope, overlap tiles with mirrored borders) with a copy of
     the network as it is now.
     """
-    from .segment import segment
+    from .segmentation import segment
 
     snapshot = ReferenceUNet(model.config)
     snapshot.load_state_dict(model.state_dict())

@@ -163,7 +163,7 @@ def test_tile_counts_of_the_paper_tile_on_a_4096_plane():
 def test_time_segment_runs_the_engine_disk_to_disk(tmp_path, monkeypatch):
     import fastunet
     from fastunet.engine import LoadedNetwork
-    from fastunet.segment import Segmenter
+    from fastunet.segmentation import Segmenter
 
     model = bench.random_model_file(tmp_path / "m.safetensors", UNetConfig(base_channels=2, depth=2))
     volume = bench.bench_volume(tmp_path / "vol.zarr", (3, 72, 72), chunks=(1, 32, 32))

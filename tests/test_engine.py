@@ -25,7 +25,7 @@ import zarr
 from fastunet import Normalization, ReferenceUNet, UNetConfig, geometry, save_model
 from fastunet.engine import LoadedNetwork, ModelHandle, normalization_stats, sample_indices
 from fastunet.io import open_volume
-from fastunet.segment import NonFiniteWarning, Segmenter, segment
+from fastunet.segmentation import NonFiniteWarning, Segmenter, segment
 
 MARGIN = 2e-5  # about 4x the largest fp32 logit difference measured between tile sizes
 
@@ -347,7 +347,7 @@ def test_model_handle_travels_as_bytes_without_pickling_the_module():
 
 def test_activation_estimate_counts_every_layer_output():
     """The CUDA default tile comes from this estimate: check its trace against forward hooks."""
-    from fastunet.segment import activation_bytes
+    from fastunet.segmentation import activation_bytes
 
     net = _net(num_classes=3, depth=3)
     tile = geometry.input_size_for_output(40, 3)

@@ -132,7 +132,7 @@ def test_validation_scores_the_held_out_rows_as_inference_does(tmp_path):
     assert any("bottom 30 of 120 rows" in n for n in result.notes)
     # The saved model, run by the inference engine on the bottom 30 rows, gives the same scores.
     from fastunet.metrics import foreground_iou, instance_f1
-    from fastunet.segment import segment
+    from fastunet.segmentation import segment
 
     model = load_model(tmp_path / "m.safetensors")
     pred = np.asarray(segment(image[90:], model, None, tile=92, device="cpu", progress=False)) == 1
