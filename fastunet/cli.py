@@ -144,6 +144,59 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from .evaluate import evaluate, evaluate_synthetic
+
+    common = dict(device=args.device, backend=args.backend, dtype=args.dtype, tile=args.tile,
+                  batch_size=args.batch_size, preview=args.preview)
+    if args.synthetic is not None:
+        if args.images or args.labels:
+            raise UserError("Pass either IMAGES LABELS or --synthetic N, not both.")
+        result = evaluate_synthetic(args.model, n_images=args.synthetic, seed=args.seed, **common)
+        what = f"{args.synthetic} synthetic images (seeds {args.seed}..{args.seed + args.synthetic - 1})"
+    else:
+        if not (args.images and args.labels):
+            raise UserError("Pass IMAGES and LABELS (TIFF files, folders of TIFFs or zarr), or --synthetic N.")
+        result = evaluate(args.images, args.labels, args.model, axes=args.axes, **common)
+        what = f"{args.images}"
+    print(f"model {args.model or 'default (bundled)'} on {what}:")
+    print(f"  {result}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result.to_dict(), f, indent=2)
+        print(f"wrote {args.json}")
+    if args.preview:
+        print(f"wrote {args.preview}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    try:
+        shape = tuple(int(v) for v in args.shape.split(","))
+    except ValueError:
+        raise UserError(f"--shape expects Z,Y,X sizes separated by commas, e.g. 8,1024,1024; got {args.shape!r}.") from None
+    run_demo(args.output, shape=shape, seed=args.seed, model=args.model, device=args.device, backend=args.backend,
+             dtype=args.dtype, overwrite=args.overwrite, progress=not args.quiet)
+    return 0
+
+
+def _add_network_options(p: argparse.ArgumentParser, *, tile: bool = True) -> None:
+    """--model, --tile, --batch-size, --device, --backend, --dtype: how the network runs."""
+    p.add_argument("--model", help="fastunet .safetensors model file (default: the bundled model)")
+    if tile:
+        p.add_argument("--tile", type=int, help="network input tile edge, e.g. 572 (388-pixel output); default: "
+                       "the largest that fits the device")
+        p.add_argument("--batch-size", type=int, help="tiles per network call (default 4 on CUDA, 2 on the CPU)")
+    p.add_argument("--device", help="cuda:N or cpu (default: cuda when available)")
+    p.add_argument("--backend", choices=("auto", "triton", "torch"), default="auto",
+                   help="auto: fused Triton kernels on CUDA, PyTorch elsewhere")
+    p.add_argument("--dtype", choices=("bf16", "fp16", "tf32", "fp32"), help="default bf16 on CUDA, fp32 on the CPU")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastunet",
@@ -172,15 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("input", help="zarr array/group (OME-Zarr: level 0), TIFF or OME-TIFF file")
     p.add_argument("-o", dest="out", metavar="OUTPUT", required=True, help="output .zarr folder or .tif file")
-    p.add_argument("--model", help="fastunet .safetensors model file (default: the bundled model)")
     p.add_argument("--axes", help="axes of a plain array, e.g. ZYX, CYX, CZYX (default: from metadata)")
-    p.add_argument("--tile", type=int, help="network input tile edge, e.g. 572 (388-pixel output); default: "
-                   "the largest that fits the device")
-    p.add_argument("--batch-size", type=int, help="tiles per network call (default 4 on CUDA, 2 on the CPU)")
-    p.add_argument("--device", help="cuda:N or cpu (default: cuda when available)")
-    p.add_argument("--backend", choices=("auto", "triton", "torch"), default="auto",
-                   help="auto: fused Triton kernels on CUDA, PyTorch elsewhere")
-    p.add_argument("--dtype", choices=("bf16", "fp16", "tf32", "fp32"), help="default bf16 on CUDA, fp32 on the CPU")
+    _add_network_options(p)
     p.add_argument("--output", dest="output_kind", choices=("labels", "probs", "both"), default="labels",
                    help="uint8 labels, float16 class probabilities, or both (default labels)")
     p.add_argument("--zarr-format", type=int, choices=(2, 3), default=3, help="zarr format of the output (default 3)")
@@ -231,6 +277,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-figure", help="PNG of the first training image, its target and weight map")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="score a model against ground truth: foreground IoU and instance F1 (IoU 0.5)",
+        description="Segment images with the engine and score them against instance labels, 2D slice by "
+        "slice: foreground IoU, and instance F1 at IoU 0.5 with the predicted objects taken as the "
+        "connected components of the foreground. --synthetic N scores freshly generated nuclei images.",
+    )
+    p.add_argument("images", nargs="?", help="TIFF file, folder of TIFFs or zarr: 2D images or (Z, Y, X) stacks")
+    p.add_argument("labels", nargs="?", help="their instance labels in the same form")
+    p.add_argument("--synthetic", type=int, metavar="N", help="score on N fresh synthetic nuclei images instead")
+    p.add_argument("--seed", type=int, default=2026, help="first seed of the synthetic images (default 2026)")
+    p.add_argument("--axes", help="axes of files whose metadata do not say, e.g. ZYX")
+    _add_network_options(p)
+    p.add_argument("--json", help="also write the scores to this JSON file")
+    p.add_argument("--preview", help="PNG of the first image: prediction overlaid, truth outlines")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser(
+        "demo",
+        help="segment a synthetic nuclei volume end to end and write a preview PNG",
+        description="Writes a synthetic nuclei stack (volume.zarr) and its truth (truth.zarr), segments it "
+        "with fastunet segment (labels.zarr), prints the scores against the truth and writes preview.png.",
+    )
+    p.add_argument("-o", "--output", default="fastunet-demo", help="folder for the demo files (default fastunet-demo)")
+    p.add_argument("--shape", default="8,1024,1024", help="Z,Y,X of the synthetic volume (default 8,1024,1024)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic volume (default 0)")
+    _add_network_options(p, tile=False)
+    p.add_argument("--overwrite", action="store_true", help="replace a previous demo in the folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_demo)
     return parser
 
 

@@ -36,7 +36,7 @@ from . import geometry
 from .augment import AugmentConfig, augment_batch
 from .errors import UserError
 from .loss import weighted_cross_entropy
-from .metrics import foreground_iou, instance_f1
+from .evaluate import score
 from .model import ReferenceUNet, UNetConfig
 from .normalization import Normalization
 
@@ -458,11 +458,8 @@ def _validate(model: ReferenceUNet, val, config: TrainConfig, device: torch.devi
         classes = np.asarray(segment(image, snapshot, None, axes=axes, tile=config.tile, device=str(device), progress=False))
         preds += list(classes == 1) if image.ndim == 3 else [classes == 1]
         truths += list(labels) if labels.ndim == 3 else [labels]
-    iou = foreground_iou(np.concatenate([p.ravel() for p in preds]), np.concatenate([t.ravel() > 0 for t in truths]))
-    scores = [instance_f1(p, t) for p, t in zip(preds, truths)]
-    tp, n_pred, n_true = (sum(getattr(s, k) for s in scores) for k in ("tp", "n_pred", "n_true"))
-    f1 = 2 * tp / (n_pred + n_true) if n_pred + n_true else 1.0
-    return {"foreground_iou": float(iou), "instance_f1": float(f1)}
+    scores = score(preds, truths)
+    return {"foreground_iou": float(scores.foreground_iou), "instance_f1": float(scores.instance_f1)}
 
 
 # --- checkpoints ----------------------------------------------------------------------------
