@@ -84,7 +84,7 @@ def _train_command(args: argparse.Namespace) -> str:
 
     words = ["fastunet", "train", args.images, args.labels, "-o", args.output]
     for key, value in sorted(vars(args).items()):
-        if key in ("images", "labels", "output", "func", "command") or value in (None, False):
+        if key in ("images", "labels", "output", "func", "command") or value is None or value is False:
             continue
         words += [f"--{key.replace('_', '-')}"] + ([] if value is True else [str(value)])
     return shlex.join(words)

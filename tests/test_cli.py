@@ -24,3 +24,12 @@ def test_info_missing_model_is_a_clean_error(tmp_path):
     assert proc.returncode == 2
     assert "does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_train_command_records_zero_valued_options():
+    from fastunet.cli import _train_command, build_parser
+
+    args = build_parser().parse_args(["train", "im", "lb", "-o", "m.safetensors", "--seed", "0", "--lr", "1e-3", "--quiet"])
+    command = _train_command(args)
+    assert "--seed 0" in command and "--lr 0.001" in command and "--quiet" in command
+    assert "--resume" not in command  # flags left off stay off
