@@ -4,6 +4,7 @@ import dataclasses
 
 import pytest
 import torch
+from torch import nn
 
 from fastunet import ReferenceUNet, UNetConfig
 from fastunet.fused import FusedUNet
@@ -41,6 +42,10 @@ def _buffers(net: FusedUNet) -> list[int]:
 )
 def test_fused_network_matches_reference(dtype, cfg):
     model = ReferenceUNet(cfg).eval()
+    with torch.no_grad():  # random biases: no dead-ReLU regions where every logit ties
+        for module in model.modules():
+            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+                module.bias.normal_(0.0, 0.1)
     net = FusedUNet(model, device="cpu", dtype=dtype)
     x = torch.randn(2, cfg.in_channels, 44, 60)  # non-square valid tile, batch 2
     net(x)
@@ -55,8 +60,14 @@ def test_fused_network_matches_reference(dtype, cfg):
     assert rel_err(logits, model(x).detach()) <= loose
 
     pred = net.predict(x, "both")
-    agree = (pred.labels.long() == expected.argmax(1)).float().mean().item()
-    assert agree >= 0.999, agree
+    # Labels: identical wherever the reference's top-2 margin is clearly above the dtype's
+    # error (a near-tie may flip either way with another summation order); such pixels
+    # must be the vast majority, so the check is never vacuous.
+    assert torch.equal(pred.labels.long(), logits.argmax(1))  # the head's argmax of its own scores
+    top2 = expected.topk(2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 2 * (logits - expected).abs().amax(1)
+    assert clear.float().mean().item() >= 0.9, clear.float().mean().item()
+    assert torch.equal(pred.labels.long()[clear], expected.argmax(1)[clear])
     torch.testing.assert_close(pred.probs.float(), expected.softmax(1), atol=1e-2, rtol=1e-2)
 
 
