@@ -226,13 +226,20 @@ class Segmenter:
             return default_max_step(self.config, self.device, dtype=self.dtype, batch_size=self.batch_size)
         return 1024 if self.device.type == "cuda" else 512
 
+    def _max_block_voxels(self) -> int:
+        # A block is one task and one step of the progress bar. 8 Mvoxel blocks keep a GPU
+        # busy for a fraction of a second; on a CPU (~0.5 Mpx/s) they would take ~15 s each,
+        # so there blocks are 2 Mvoxel: a bar that moves, and work for every thread.
+        return 8 * 1024 * 1024 if self.device.type == "cuda" else 2 * 1024 * 1024
+
     def _layout(self, vol, *, chunks, block, tile=None, remote=False):
         from .tiling import plan_layout
 
         tile = tile if tile is not None else self.tile
         try:
             return plan_layout(vol.spatial_shape, self.config.depth, source_chunks=_spatial_chunks(vol),
-                               tile=tile, max_step=self._max_step(remote), chunks=chunks, block=block)
+                               tile=tile, max_step=self._max_step(remote), chunks=chunks, block=block,
+                               max_block_voxels=self._max_block_voxels())
         except ValueError as exc:
             raise UserError(str(exc)) from None
 
