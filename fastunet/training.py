@@ -100,7 +100,8 @@ class TrainConfig:
         tiles as cover all training slices once.
     val_fraction : float
         Fraction of the images held out for validation (at least one when > 0 and there are
-        two or more images; with a single image, its bottom part is held out).
+        two or more images; with a single image, its bottom part is held out, of a single
+        stack the bottom part of every slice).
     val_every : int
         Steps between validations (and at the end).
     w0, sigma, balance : float, float, bool
@@ -433,7 +434,11 @@ def _split(pairs: list[TrainingPair], config: TrainConfig):
         raise UserError(f"Image {pair.name!r} is too small to hold out a validation part; use --val-fraction 0.")
     top = TrainingPair(f"{pair.name}[:{cut}]", pair.image[..., :cut, :], pair.labels[..., :cut, :], pair.semantic)
     val = [(f"{pair.name}[{cut}:]", pair.image[..., cut:, :], pair.labels[..., cut:, :])]
-    description = f"the bottom {height - cut} of {height} rows of the single image held out for validation"
+    # Of a stack, the same rows of every slice: neighbouring slices are alike, so holding out
+    # whole slices would validate on near-copies of training data.
+    stack = pair.image.ndim == 3
+    what = f"of every slice of the single stack ({pair.image.shape[0]} slices)" if stack else "of the single image"
+    description = f"the bottom {height - cut} of {height} rows {what} held out for validation"
     return _normalized_slices(top, config.normalization), val, description
 
 
