@@ -477,15 +477,15 @@ def _read_lattice(source, z: int | None, ys: np.ndarray, xs: np.ndarray, *, band
 
 
 def normalization_stats(source, normalization: Normalization, *, max_samples: int = 1 << 21,
-                        max_planes: int = 16, threads: int = 4, band_voxels: int = 1 << 20) -> NormStats:
+                        max_planes: int = 16, threads: int | None = None, band_voxels: int = 1 << 20) -> NormStats:
     """Per-channel ``(offset, scale)`` of a volume (or of each Z slice, for
     ``normalization.scope == "slice"``) from the fixed lattice of :func:`sample_indices`.
 
     Slice scope takes up to ``max_samples // 4`` values per slice and keeps only each
     slice's constants. Reads go in bands of at most ``band_voxels`` voxels per channel on
-    ``threads`` threads, so memory stays bounded whatever the volume size. NaN/Inf values
-    are ignored by the statistics and counted (``nonfinite``). Modes ``fixed`` and ``none``
-    read nothing.
+    ``threads`` threads (default: the CPU count, at most 8), so memory stays bounded whatever
+    the volume size. NaN/Inf values are ignored by the statistics and counted
+    (``nonfinite``). Modes ``fixed`` and ``none`` read nothing.
     """
     c = source.channels
     spatial = source.spatial_shape
@@ -512,6 +512,7 @@ def normalization_stats(source, normalization: Normalization, *, max_samples: in
             return counts, [normalization.stats(sample[ch]) for ch in range(c)]
         return counts, sample
 
+    threads = threads or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(planes)))) as pool:
         results = list(pool.map(plane, planes))
     sampled = sum(r[0][0] for r in results)
