@@ -475,9 +475,11 @@ class SamePaddedUNet(ReferenceUNet):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q = 2**self.config.depth
-        if x.ndim == 4 and (x.shape[-2] % q or x.shape[-1] % q):
+        if x.ndim != 4 or x.shape[1] != self.config.in_channels:
+            raise ValueError(f"Expected input of shape (N, {self.config.in_channels}, H, W); got {tuple(x.shape)}.")
+        if x.shape[-2] % q or x.shape[-1] % q:
             raise ValueError(f"Expected a height and width that are multiples of {q}; got {tuple(x.shape[-2:])}.")
-        return super().forward(x)
+        return self._layers(x)  # not super().forward: its valid-convolution size check does not apply
 
 
 def same_padded_flops(config: UNetConfig, height: int, width: int) -> int:

@@ -18,8 +18,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     cfg = model.config
     ctx = geometry.context(cfg.depth)
-    sizes = geometry.valid_input_sizes(cfg.depth, max_size=1100, min_size=300)
-    picks = [s for s in sizes if s in (572, 1052)] or []
+    # A few sizes from the smallest valid one up to ~1100 px (more than one GPU tile's worth
+    # of output), plus the paper's 572 and 1052 when this depth can take them.
+    smallest = geometry.min_input_size(cfg.depth)
+    sizes = geometry.valid_input_sizes(cfg.depth, max_size=max(1100, smallest + 6 * 2**cfg.depth))
+    picks = [s for s in sizes if s in (572, 1052)]
     shown = sorted(set(sizes[:: max(1, len(sizes) // 6)] + picks))
     print(f"model          {args.model}")
     for key, value in cfg.to_dict().items():

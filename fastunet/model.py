@@ -107,10 +107,16 @@ def center_crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 def _he_normal_(conv: nn.Module) -> None:
-    """He et al. (2015) init as in the paper: std sqrt(2 / N), N = k*k*in_channels."""
+    """He et al. (2015) init as in the paper: std sqrt(2 / N), N the incoming nodes of one neuron.
+
+    For a convolution that is ``k * k * in_channels`` (9 * in for the 3x3 convs, in for the
+    1x1 head). A 2x2 stride-2 up-convolution's windows do not overlap: each output pixel
+    receives one input pixel, so N = in_channels there (not 4 * in_channels, and not
+    PyTorch's ``fan_in`` of a transposed conv, which counts output channels).
+    """
     weight = conv.weight
     if isinstance(conv, nn.ConvTranspose2d):
-        fan_in = weight.shape[0] * weight.shape[2] * weight.shape[3]  # (in, out, kh, kw)
+        fan_in = weight.shape[0]  # (in, out, kh, kw), stride == kernel: one input pixel per output
     else:
         fan_in = weight.shape[1] * weight.shape[2] * weight.shape[3]  # (out, in, kh, kw)
     nn.init.normal_(weight, mean=0.0, std=math.sqrt(2.0 / fan_in))
@@ -174,6 +180,14 @@ class ReferenceUNet(nn.Module):
             raise ValueError(
                 f"Expected input of shape (N, {self.config.in_channels}, H, W); got {tuple(x.shape)}."
             )
+        from .geometry import check_tile_size  # an invalid size would be floored by a pool, silently
+
+        check_tile_size(int(x.shape[-2]), self.config.depth, "tile height")
+        check_tile_size(int(x.shape[-1]), self.config.depth, "tile width")
+        return self._layers(x)
+
+    def _layers(self, x: torch.Tensor) -> torch.Tensor:
+        """The forward pass proper, without the input checks."""
         skips = []
         for block in self.down:
             x = block(x)

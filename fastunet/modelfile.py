@@ -21,7 +21,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .errors import ModelFileError
+from .errors import ModelFileError, UserError
 from .model import ReferenceUNet, UNetConfig
 from .normalization import Normalization
 
@@ -68,6 +68,8 @@ def save_model(
         JSON-serialisable information stored beside the config.
     """
     path = Path(path)
+    if not path.parent.is_dir():
+        raise UserError(f"Cannot save the model to {str(path)!r}: the folder {str(path.parent)!r} does not exist.")
     if normalization is None:
         normalization = getattr(model, "normalization", None) or Normalization()
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
@@ -87,9 +89,11 @@ def save_model(
 def _check_header(path: Path) -> None:
     """Reject files that are not safetensors before any library reads them."""
     if not path.exists():
-        raise ModelFileError(f"Model file {str(path)!r} does not exist; check the path or pass --model.")
+        raise ModelFileError(f"Model file {str(path)!r} does not exist; check the path.")
+    if path.is_dir():
+        raise ModelFileError(f"Model path {str(path)!r} is a folder; pass the .safetensors model file itself.")
     if not path.is_file():
-        raise ModelFileError(f"Model path {str(path)!r} is not a file.")
+        raise ModelFileError(f"Model path {str(path)!r} is not a regular file; pass a .safetensors model file.")
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(9)

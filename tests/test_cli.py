@@ -13,6 +13,17 @@ def test_info_prints_config_and_tiles(tmp_path, capsys):
     assert "context        92 px per side" in out
     assert "572->388" in out
     assert "conv layers    23" in out
+    from test_model import paper_parameter_count
+
+    assert f"parameters     {paper_parameter_count(base=4, depth=4):,}" in out
+
+
+def test_info_lists_tiles_of_a_deep_network(tmp_path, capsys):
+    """Depth 7 starts at 1532 px: the tile list must not come out empty."""
+    path = save_model(tmp_path / "m.safetensors", ReferenceUNet(UNetConfig(base_channels=1, depth=7)))
+    assert main(["info", str(path)]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("valid tiles"))
+    assert "1532->4" in line and line.count("->") >= 5
 
 
 def test_info_missing_model_is_a_clean_error(tmp_path):
@@ -24,6 +35,11 @@ def test_info_missing_model_is_a_clean_error(tmp_path):
     assert proc.returncode == 2
     assert "does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_info_on_a_folder_names_the_fix(tmp_path, capsys):
+    assert main(["info", str(tmp_path)]) == 2
+    assert "is a folder; pass the .safetensors model file" in capsys.readouterr().err
 
 
 def test_train_command_records_zero_valued_options():

@@ -48,13 +48,32 @@ def test_paper_network_maps_572_to_388_in_meta():
 
 
 def test_he_normal_init():
-    torch.manual_seed(0)
-    model = ReferenceUNet(UNetConfig(base_channels=64, depth=2))
-    w = model.down[1].conv2.weight  # 128 -> 128, N = 9 * 128
-    std = (2.0 / (9 * 128)) ** 0.5
-    assert abs(w.std().item() - std) / std < 0.02
-    assert abs(w.mean().item()) < 0.05 * std
-    assert torch.all(model.down[1].conv2.bias == 0)
+    """std sqrt(2 / N), N = incoming nodes of one neuron: checked on layers whose fan-in and
+    fan-out differ, so counting the wrong side fails."""
+    model = ReferenceUNet(UNetConfig(base_channels=64, depth=2, num_classes=3))
+    layers = {
+        "down[0].conv1 (1 -> 64)": (model.down[0].conv1, 9 * 1),
+        "down[1].conv1 (64 -> 128)": (model.down[1].conv1, 9 * 64),
+        "dec[0].conv1 (256 -> 128)": (model.dec[0].conv1, 9 * 256),
+        "up[0] (256 -> 128, one input pixel per output)": (model.up[0], 256),
+        "head (64 -> 3)": (model.head, 64),
+    }
+    for name, (layer, fan_in) in layers.items():
+        w = layer.weight
+        std = (2.0 / fan_in) ** 0.5
+        # relative standard error of a sample std is 1 / sqrt(2 n): the bound is >= 5 of them
+        tol = max(0.02, 5 / (2 * w.numel()) ** 0.5)
+        assert abs(w.std().item() - std) / std < tol, (name, w.std().item(), std)
+        assert abs(w.mean().item()) < 5 * std / w.numel() ** 0.5, name
+        assert torch.all(layer.bias == 0), name
+
+
+def test_center_crop_offsets():
+    x = torch.arange(2 * 9 * 12).reshape(2, 9, 12)
+    torch.testing.assert_close(center_crop(x, 5, 6), x[:, 2:7, 3:9], rtol=0, atol=0)
+    torch.testing.assert_close(center_crop(x, 4, 12), x[:, 2:6, :], rtol=0, atol=0)  # odd: extra row at the bottom
+    with pytest.raises(ValueError, match="larger"):
+        center_crop(x, 10, 12)
 
 
 def test_forward_matches_hand_written_paper_expression():
@@ -66,10 +85,13 @@ def test_forward_matches_hand_written_paper_expression():
     d0 = relu(model.down[0].conv2(relu(model.down[0].conv1(x))))
     d1 = relu(model.down[1].conv2(relu(model.down[1].conv1(F.max_pool2d(d0, 2)))))
     b = relu(model.bottom.conv2(relu(model.bottom.conv1(F.max_pool2d(d1, 2)))))
+    # sizes: 44x60 -> d0 40x56 -> d1 16x24 -> bottom 4x8 -> up 8x16 -> dec 4x12 -> up 8x24
     u = model.up[0](b)
-    u = relu(model.dec[0].conv2(relu(model.dec[0].conv1(torch.cat([center_crop(d1, *u.shape[-2:]), u], 1)))))
+    assert u.shape[-2:] == (8, 16) and d1.shape[-2:] == (16, 24)
+    u = relu(model.dec[0].conv2(relu(model.dec[0].conv1(torch.cat([d1[..., 4:12, 4:20], u], 1)))))
     u2 = model.up[1](u)
-    u2 = relu(model.dec[1].conv2(relu(model.dec[1].conv1(torch.cat([center_crop(d0, *u2.shape[-2:]), u2], 1)))))
+    assert u2.shape[-2:] == (8, 24) and d0.shape[-2:] == (40, 56)
+    u2 = relu(model.dec[1].conv2(relu(model.dec[1].conv1(torch.cat([d0[..., 16:24, 16:40], u2], 1)))))
     expected = model.head(u2)
     torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
 
@@ -99,6 +121,8 @@ def test_bad_input_channels_and_config():
     model = ReferenceUNet(UNetConfig(in_channels=2, base_channels=2, depth=1))
     with pytest.raises(ValueError, match=r"\(N, 2, H, W\)"):
         model(torch.randn(1, 3, 28, 28))
+    with pytest.raises(ValueError, match=r"tile height .*got 29\. Nearest valid: 28, 30"):
+        model(torch.randn(1, 2, 29, 28))
     with pytest.raises(ValueError, match="depth"):
         UNetConfig(depth=-1)
     with pytest.raises(ValueError, match="num_classes"):

@@ -91,3 +91,11 @@ def test_config_weight_mismatch(tmp_path, tiny):
     save_file(tensors, str(path), metadata=meta)
     with pytest.raises(ModelFileError, match="shape"):
         load_model(path)
+
+
+def test_save_into_a_missing_folder_is_a_clean_error(tmp_path, tiny):
+    from fastunet.errors import UserError
+
+    with pytest.raises(UserError, match="folder .* does not exist"):
+        save_model(tmp_path / "nope" / "m.safetensors", tiny)
+    assert not (tmp_path / "nope").exists()
