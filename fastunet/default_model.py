@@ -9,7 +9,9 @@ loss and augmentation. Rebuild it with::
 
 which writes the training images (seeds :data:`TRAIN_SEEDS`) as TIFF files and runs exactly
 ``fastunet train`` with :data:`TRAIN_ARGS` (the command is also stored in the model file's
-metadata). Measure it on images it never saw (other seeds) with::
+metadata). The shipped file was trained before commit a448c24 changed the up-convolutions'
+He init to the paper's N = C_in (it was N = 4 C_in), so a rebuild starts from other random
+weights. Measure it on images it never saw (other seeds) with::
 
     fastunet evaluate --synthetic 16
 """
