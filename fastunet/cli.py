@@ -196,7 +196,8 @@ def _add_network_options(p: argparse.ArgumentParser, *, tile: bool = True) -> No
         p.add_argument("--batch-size", type=int, help="tiles per network call (default 4 on CUDA, 2 on the CPU)")
     p.add_argument("--device", help="cuda:N or cpu (default: cuda when available)")
     p.add_argument("--backend", choices=("auto", "triton", "torch"), default="auto",
-                   help="auto: fused Triton kernels on CUDA, PyTorch elsewhere")
+                   help="auto: fused Triton kernels on CUDA, PyTorch elsewhere; triton on the CPU runs the "
+                        "kernels under the Triton interpreter (about 1000x slower: for checking them)")
     p.add_argument("--dtype", choices=("bf16", "fp16", "tf32", "fp32"), help="default bf16 on CUDA, fp32 on the CPU")
 
 

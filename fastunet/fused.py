@@ -30,14 +30,31 @@ from .predictor import DTYPES, Prediction, Predictor
 __all__ = ["FusedUNet", "FusedPredictor"]
 
 
-def _kernels():
-    """Import the kernel modules (and so triton) only when a fused network is built."""
-    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
-        raise RuntimeError(
-            "The triton backend needs a CUDA GPU. To check the kernels on a CPU, run them under "
-            "the Triton interpreter: set TRITON_INTERPRET=1 before Python starts (slow), or use "
-            "--backend torch."
-        )
+def _kernels(device: torch.device):
+    """Import the kernel modules (and so triton) only when a fused network is built.
+
+    On a CPU device the kernels run under the Triton interpreter (about 1000x slower than a
+    GPU, but the whole fused path can be checked without one). Triton decides between
+    compiling and interpreting when a kernel is defined, i.e. when the kernel modules are
+    first imported, so the interpreter is switched on here, before that import; a process
+    that already imported them for the GPU cannot also interpret them.
+    """
+    import sys
+
+    if device.type not in ("cuda", "cpu"):
+        raise ValueError(f"The triton backend runs on 'cuda' (or 'cpu' under the interpreter); got {device}.")
+    utils = sys.modules.get(f"{__package__}.kernels._utils")
+    if device.type == "cpu":
+        if utils is None:
+            os.environ["TRITON_INTERPRET"] = "1"  # before the first kernel is defined
+        elif not utils.INTERPRET:
+            raise RuntimeError(
+                "The Triton kernels were already compiled for the GPU in this process, so they cannot "
+                "run on the CPU here: use a CUDA device, --backend torch, or a new process with "
+                "TRITON_INTERPRET=1."
+            )
+    elif not torch.cuda.is_available():
+        raise RuntimeError("A CUDA device was asked for, but none is visible; use device 'cpu'.")
     from .kernels import conv, head, upconv
 
     return conv, upconv, head
@@ -70,7 +87,8 @@ class FusedUNet:
     model : ReferenceUNet or path
         The network, or a model file (loaded with :func:`fastunet.load_model`).
     device : str or torch.device
-        CUDA device (or ``cpu`` under ``TRITON_INTERPRET=1``).
+        CUDA device, or ``cpu``: the kernels then run under the Triton interpreter (slow;
+        for checking them without a GPU).
     dtype : {"bf16", "fp16", "tf32", "fp32"}
         Storage dtype of weights and activations (fp32 accumulation always); ``tf32`` and
         ``fp32`` store fp32 and differ in the precision of the dots.
@@ -87,11 +105,11 @@ class FusedUNet:
             model = load_model(model)
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}; got {dtype!r}.")
-        self.conv, self.upconv, self.head = _kernels()
+        self.device = torch.device(device)
+        self.conv, self.upconv, self.head = _kernels(self.device)
         from .kernels._utils import compute_dtype
 
         self.config = model.config
-        self.device = torch.device(device)
         self.dtype = dtype
         self.storage, _ = compute_dtype(dtype)
         self.cuda_graph = bool(cuda_graph) and self.device.type == "cuda"

@@ -15,6 +15,7 @@ __all__ = [
     "compute_dtype",
     "interpreter_configs",
     "launch",
+    "prune_by_shared_memory",
     "to_storage",
     "upcast_for_interpreter",
 ]
@@ -68,6 +69,28 @@ def to_storage(x, dtype: tl.constexpr, INTERP_BF16: tl.constexpr):
 def interpreter_configs(configs: list[triton.Config], small: triton.Config) -> list[triton.Config]:
     """Autotune would time every config under the interpreter: there, use one small config."""
     return [small] if INTERPRET else configs
+
+
+def prune_by_shared_memory(configs: list[triton.Config], stage_bytes, device=None, *,
+                           limit: int | None = None) -> list[triton.Config]:
+    """The configs whose pipelined operand tiles fit the device's shared memory.
+
+    ``stage_bytes(config)`` is what one pipeline stage holds (the A and B tiles of one K
+    step); Triton keeps ``num_stages`` of them. On Hopper (227 KiB per block) an fp32/tf32
+    256 x 64 x 64 tile at 3 stages needs 240 KiB and fails to launch, while its bf16 twin
+    needs 120 KiB: which configs fit depends on the dtype, so the autotuners prune per call.
+    ``limit`` (bytes) defaults to the device's; without it nothing is pruned under the
+    interpreter. At least one config (the smallest) is kept.
+    """
+    if limit is None:
+        if INTERPRET:
+            return configs
+        index = torch.device(device).index if device is not None else None
+        limit = triton.runtime.driver.active.utils.get_device_properties(
+            torch.cuda.current_device() if index is None else index
+        )["max_shared_mem"]
+    need = {id(c): stage_bytes(c) * max(c.num_stages, 1) for c in configs}
+    return [c for c in configs if need[id(c)] <= limit] or [min(configs, key=lambda c: need[id(c)])]
 
 
 def launch(kernel, grid, args: tuple, meta: dict, config: triton.Config | None = None) -> None:

@@ -28,9 +28,17 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import check_nhwc, compute_dtype, interpreter_configs, launch, to_storage, upcast_for_interpreter
+from ._utils import (
+    check_nhwc,
+    compute_dtype,
+    interpreter_configs,
+    launch,
+    prune_by_shared_memory,
+    to_storage,
+    upcast_for_interpreter,
+)
 
-__all__ = ["conv3x3", "pack_weight", "get_autotune_config"]
+__all__ = ["conv3x3", "pack_weight", "get_autotune_config", "configs_for"]
 
 
 def get_autotune_config() -> list[triton.Config]:
@@ -52,6 +60,41 @@ def get_autotune_config() -> list[triton.Config]:
 
 
 _INTERPRETER_CONFIG = triton.Config(dict(BLOCK_H=16, BLOCK_W=16, BLOCK_N=16, BLOCK_K=16), num_warps=4, num_stages=1)
+
+
+def _stage_bytes(config: triton.Config, element_size: int) -> int:
+    m = config.kwargs["BLOCK_H"] * config.kwargs["BLOCK_W"]
+    return (m + config.kwargs["BLOCK_N"]) * config.kwargs["BLOCK_K"] * element_size
+
+
+# Full-precision fp32 ("ieee") dots run on the CUDA cores as unrolled FMAs: a 256 x 128 x 64
+# tile took over 400 s in ptxas (checked with triton's bundled ptxas for sm_90), so that path
+# keeps the tiles of at most 128 x 64 x 64 multiply-adds per K step.
+_IEEE_MAX_TILE = 128 * 64 * 64
+
+
+def configs_for(dtype: torch.dtype, precision: str = "tf32", device=None, *,
+                shared_memory: int | None = None) -> list[triton.Config]:
+    """The autotune configs kept for activations of ``dtype`` (``precision`` of fp32 dots:
+    "tf32" or "ieee"): those that fit the device's shared memory, and for "ieee" fp32 the
+    smaller tiles."""
+    size = torch.empty((), dtype=dtype).element_size()
+    configs = get_autotune_config()
+    if dtype == torch.float32 and precision == "ieee":
+        configs = [c for c in configs if _tile_macs(c) <= _IEEE_MAX_TILE]
+    return prune_by_shared_memory(configs, lambda c: _stage_bytes(c, size), device, limit=shared_memory)
+
+
+def _tile_macs(config: triton.Config) -> int:
+    kw = config.kwargs
+    return kw["BLOCK_H"] * kw["BLOCK_W"] * kw["BLOCK_N"] * kw["BLOCK_K"]
+
+
+def _prune(configs: list[triton.Config], named_args: dict, **meta) -> list[triton.Config]:
+    a = named_args["a_ptr"]
+    if a.dtype == torch.float32 and meta.get("PRECISION") == "ieee":
+        configs = [c for c in configs if _tile_macs(c) <= _IEEE_MAX_TILE] or configs
+    return prune_by_shared_memory(configs, lambda c: _stage_bytes(c, a.element_size()), a.device)
 
 
 @triton.jit
@@ -83,7 +126,9 @@ def _accumulate_source(
 
 @triton.autotune(
     configs=interpreter_configs(get_autotune_config(), _INTERPRETER_CONFIG),
-    key=["C_A", "C_B", "C_OUT", "POOL"],
+    # Tensor dtypes join the key by themselves; PRECISION tells tf32 from fp32 (both store fp32).
+    key=["C_A", "C_B", "C_OUT", "POOL", "RELU", "WRITE_Y", "HAS_B", "PRECISION"],
+    prune_configs_by={"early_config_prune": _prune},
 )
 @triton.jit
 def conv3x3_kernel(

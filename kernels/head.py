@@ -30,7 +30,7 @@ _INTERPRETER_CONFIG = triton.Config(dict(BLOCK_M=256, BLOCK_K=16), num_warps=4, 
 
 @triton.autotune(
     configs=interpreter_configs(get_autotune_config(), _INTERPRETER_CONFIG),
-    key=["C_IN", "K", "WRITE_LOGITS", "WRITE_PROBS", "WRITE_LABELS"],
+    key=["C_IN", "K", "WRITE_LOGITS", "WRITE_PROBS", "WRITE_LABELS", "PRECISION"],
 )
 @triton.jit
 def head_kernel(

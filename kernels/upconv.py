@@ -12,9 +12,17 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import check_nhwc, compute_dtype, interpreter_configs, launch, to_storage, upcast_for_interpreter
+from ._utils import (
+    check_nhwc,
+    compute_dtype,
+    interpreter_configs,
+    launch,
+    prune_by_shared_memory,
+    to_storage,
+    upcast_for_interpreter,
+)
 
-__all__ = ["upconv2x2", "pack_weight", "get_autotune_config"]
+__all__ = ["upconv2x2", "pack_weight", "get_autotune_config", "configs_for"]
 
 
 def get_autotune_config() -> list[triton.Config]:
@@ -34,7 +42,26 @@ def get_autotune_config() -> list[triton.Config]:
 _INTERPRETER_CONFIG = triton.Config(dict(BLOCK_M=256, BLOCK_N=16, BLOCK_K=16), num_warps=4, num_stages=1)
 
 
-@triton.autotune(configs=interpreter_configs(get_autotune_config(), _INTERPRETER_CONFIG), key=["C_IN", "C_OUT"])
+def _stage_bytes(config: triton.Config, element_size: int) -> int:
+    return (config.kwargs["BLOCK_M"] + config.kwargs["BLOCK_N"]) * config.kwargs["BLOCK_K"] * element_size
+
+
+def configs_for(dtype: torch.dtype, device=None, *, shared_memory: int | None = None) -> list[triton.Config]:
+    """The autotune configs that fit the device's shared memory for activations of ``dtype``."""
+    size = torch.empty((), dtype=dtype).element_size()
+    return prune_by_shared_memory(get_autotune_config(), lambda c: _stage_bytes(c, size), device, limit=shared_memory)
+
+
+def _prune(configs: list[triton.Config], named_args: dict, **meta) -> list[triton.Config]:
+    size = named_args["x_ptr"].element_size()
+    return prune_by_shared_memory(configs, lambda c: _stage_bytes(c, size), named_args["x_ptr"].device)
+
+
+@triton.autotune(
+    configs=interpreter_configs(get_autotune_config(), _INTERPRETER_CONFIG),
+    key=["C_IN", "C_OUT", "PRECISION"],  # tensor dtypes join the key by themselves
+    prune_configs_by={"early_config_prune": _prune},
+)
 @triton.jit
 def upconv2x2_kernel(
     # pointers

@@ -26,6 +26,22 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
+def _no_tf32_in_references():
+    """On CUDA, PyTorch may run fp32 convolutions and matmuls in TF32 (cuDNN's default):
+    then an "fp32" reference would carry ~1e-3 errors. The references here are true fp32;
+    code under test that wants TF32 asks for it itself (and restores the flags)."""
+    if not HAS_CUDA:
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@pytest.fixture(autouse=True)
 def _fresh_seed(request):
     """A different seed per test, shown on failure (captured stdout), so inputs are fresh
     yet a failure can be replayed with FASTUNET_TEST_SEED=<seed>."""

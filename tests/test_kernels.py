@@ -143,12 +143,14 @@ def test_forcing_a_config_runs_that_config(module):
     if module is conv:
         cfg = triton.Config(dict(BLOCK_H=4, BLOCK_W=8, BLOCK_N=16, BLOCK_K=16), num_warps=4, num_stages=1)
         w, b = torch.randn(5, 6, 3, 3), torch.randn(5)
-        out, _ = conv.conv3x3(nhwc(x, torch.float32), conv.pack_weight(w, torch.float32), b, config=cfg)
+        out, _ = conv.conv3x3(nhwc(x, torch.float32), conv.pack_weight(w, torch.float32), b, config=cfg,
+                              out=poisoned((2, 7, 9, 5), torch.float32))
         _check(nchw(out), torch.relu(F.conv2d(x, w, b)), "fp32")
     elif module is upconv:
         cfg = triton.Config(dict(BLOCK_M=32, BLOCK_N=16, BLOCK_K=16), num_warps=4, num_stages=1)
         w, b = torch.randn(6, 5, 2, 2), torch.randn(5)
-        out = upconv.upconv2x2(nhwc(x, torch.float32), upconv.pack_weight(w, torch.float32), b, config=cfg)
+        out = upconv.upconv2x2(nhwc(x, torch.float32), upconv.pack_weight(w, torch.float32), b, config=cfg,
+                               out=poisoned((2, 18, 22, 5), torch.float32))
         _check(nchw(out), F.conv_transpose2d(x, w, b, stride=2), "fp32")
     else:
         cfg = triton.Config(dict(BLOCK_M=32, BLOCK_K=16), num_warps=4, num_stages=1)
@@ -189,16 +191,20 @@ def test_conv3x3_real_shapes_gpu(dtype, n, c_a, c_b, c_out, size, skip, pool):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", ["bf16", "fp16", "tf32"])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_every_autotune_config_passes_gpu(dtype):
-    """Each kept config against the reference (a flattened tap loop once miscompiled at num_warps=8)."""
+    """Each config the autotuner may pick for this dtype against the reference (a flattened
+    tap loop once miscompiled at num_warps=8)."""
     st = STORAGE[dtype]
+    precision = "ieee" if dtype == "fp32" else "tf32"
     skip = torch.randn(2, 64, 140, 140, device="cuda")
     up = torch.randn(2, 64, 100, 100, device="cuda")
     weight = torch.randn(64, 128, 3, 3, device="cuda") * (2 / (9 * 128)) ** 0.5
     bias = torch.randn(64, device="cuda")
     expected = torch.relu(F.conv2d(_q(torch.cat([center_crop(skip, 100, 100), up], 1), dtype), _q(weight, dtype), bias))
-    for cfg in conv.get_autotune_config():
+    configs = conv.configs_for(st, precision)
+    assert configs, "every conv config was pruned"
+    for cfg in configs:
         out = poisoned((2, 98, 98, 64), st, "cuda")
         pooled = poisoned((2, 49, 49, 64), st, "cuda")
         conv.conv3x3(nhwc(skip, st), conv.pack_weight(weight, st), bias, up=nhwc(up, st), pool=True,
@@ -207,7 +213,7 @@ def test_every_autotune_config_passes_gpu(dtype):
         _check(nchw(pooled), F.max_pool2d(_q(expected, dtype), 2), dtype)
     x = torch.randn(2, 128, 50, 50, device="cuda")
     wu, bu = torch.randn(128, 64, 2, 2, device="cuda") * 0.1, torch.randn(64, device="cuda")
-    for cfg in upconv.get_autotune_config():
+    for cfg in upconv.configs_for(st):
         out = poisoned((2, 100, 100, 64), st, "cuda")
         upconv.upconv2x2(nhwc(x, st), upconv.pack_weight(wu, st), bu, out=out, dtype=dtype, config=cfg)
         _check(nchw(out), F.conv_transpose2d(_q(x, dtype), _q(wu, dtype), bu, stride=2), dtype)
@@ -239,3 +245,26 @@ def test_to_storage_rounds_to_nearest_even_like_torch():
         _cast_kernel[(1,)](x, y, FIX=upcast_for_interpreter(torch.bfloat16), N=x.numel())
         assert torch.equal(y.view(torch.int16 if dtype != torch.float32 else torch.int32),
                            x.to(dtype).view(torch.int16 if dtype != torch.float32 else torch.int32)), dtype
+
+
+def test_autotune_configs_are_pruned_to_the_shared_memory_per_dtype():
+    """Hopper gives a block 232448 bytes: the fp32 256 x 128 x 64 (3 stages, 288 KiB) and
+    256 x 64 x 64 (240 KiB) conv tiles cannot launch there; their bf16 twins fit."""
+    hopper = 232448
+    every = conv.get_autotune_config()
+    bf16 = conv.configs_for(torch.bfloat16, shared_memory=hopper)
+    tf32 = conv.configs_for(torch.float32, "tf32", shared_memory=hopper)
+    ieee = conv.configs_for(torch.float32, "ieee", shared_memory=hopper)
+    assert len(bf16) == len(every)
+    big = {(16, 16, 128, 64), (16, 16, 64, 64)}
+    shape = lambda c: tuple(c.kwargs[k] for k in ("BLOCK_H", "BLOCK_W", "BLOCK_N", "BLOCK_K"))  # noqa: E731
+    assert {shape(c) for c in every} - {shape(c) for c in tf32} == big
+    assert ieee and all(c.kwargs["BLOCK_H"] * c.kwargs["BLOCK_W"] * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"]
+                        <= 128 * 64 * 64 for c in ieee)
+    for c in tf32 + bf16:
+        elem = 4 if c in tf32 else 2
+        m = c.kwargs["BLOCK_H"] * c.kwargs["BLOCK_W"]
+        assert (m + c.kwargs["BLOCK_N"]) * c.kwargs["BLOCK_K"] * elem * c.num_stages <= hopper
+    assert len(upconv.configs_for(torch.float32, shared_memory=hopper)) == len(upconv.get_autotune_config())
+    # nothing fits: the smallest config is kept rather than none
+    assert len(conv.configs_for(torch.float32, shared_memory=1)) == 1
