@@ -12,6 +12,7 @@ __all__ = [
     "INTERPRET",
     "DTYPE_MODES",
     "check_nhwc",
+    "check_contiguous",
     "compute_dtype",
     "interpreter_configs",
     "launch",
@@ -110,3 +111,10 @@ def check_nhwc(x: torch.Tensor, name: str, channels: int | None = None) -> None:
         raise ValueError(f"Expected {name} with contiguous channels (stride 1); got strides {x.stride()}.")
     if channels is not None and x.shape[3] != channels:
         raise ValueError(f"Expected {name} with {channels} channels; got {x.shape[3]}.")
+
+
+def check_contiguous(**tensors: torch.Tensor) -> None:
+    """Packed weights and biases are indexed as dense row-major arrays by the kernels."""
+    for name, t in tensors.items():
+        if not t.is_contiguous():
+            raise ValueError(f"Expected a contiguous {name}; got strides {t.stride()}. Use pack_weight() / .contiguous().")

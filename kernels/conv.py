@@ -29,6 +29,7 @@ import triton
 import triton.language as tl
 
 from ._utils import (
+    check_contiguous,
     check_nhwc,
     compute_dtype,
     interpreter_configs,
@@ -283,6 +284,7 @@ def conv3x3(
             raise ValueError(f"Expected {name} in {storage} for dtype path {dtype!r}; got {t.dtype}.")
     if bias.shape != (c_out,) or bias.dtype != torch.float32:
         raise ValueError(f"Expected a float32 bias of shape ({c_out},); got {bias.dtype} {tuple(bias.shape)}.")
+    check_contiguous(weight=weight, bias=bias)
     if write_full:
         if out is None:
             out = torch.empty((n, h_out, w_out, c_out), device=x.device, dtype=storage)

@@ -12,7 +12,15 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import check_nhwc, compute_dtype, interpreter_configs, launch, to_storage, upcast_for_interpreter
+from ._utils import (
+    check_contiguous,
+    check_nhwc,
+    compute_dtype,
+    interpreter_configs,
+    launch,
+    to_storage,
+    upcast_for_interpreter,
+)
 
 __all__ = ["head", "pack_weight", "get_autotune_config"]
 
@@ -133,6 +141,7 @@ def head(
         raise ValueError(f"Expected x and weight in {storage} for dtype path {dtype!r}; got {x.dtype}, {weight.dtype}.")
     if bias.shape != (k,) or bias.dtype != torch.float32:
         raise ValueError(f"Expected a float32 bias of shape ({k},); got {bias.dtype} {tuple(bias.shape)}.")
+    check_contiguous(weight=weight, bias=bias)
     floats = (torch.float32, torch.float16, torch.bfloat16)
     _check_out(logits, "logits", (n, k, h, w), floats)
     _check_out(probs, "probs", (n, k, h, w), floats)

@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from ._utils import (
+    check_contiguous,
     check_nhwc,
     compute_dtype,
     interpreter_configs,
@@ -147,6 +148,7 @@ def upconv2x2(
         raise ValueError(f"Expected x and weight in {storage} for dtype path {dtype!r}; got {x.dtype}, {weight.dtype}.")
     if bias.shape != (c_out,) or bias.dtype != torch.float32:
         raise ValueError(f"Expected a float32 bias of shape ({c_out},); got {bias.dtype} {tuple(bias.shape)}.")
+    check_contiguous(weight=weight, bias=bias)
     if out is None:
         out = torch.empty((n, 2 * h, 2 * w, c_out), device=x.device, dtype=storage)
     check_nhwc(out, "out", c_out)

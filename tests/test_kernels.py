@@ -268,3 +268,17 @@ def test_autotune_configs_are_pruned_to_the_shared_memory_per_dtype():
     assert len(upconv.configs_for(torch.float32, shared_memory=hopper)) == len(upconv.get_autotune_config())
     # nothing fits: the smallest config is kept rather than none
     assert len(conv.configs_for(torch.float32, shared_memory=1)) == 1
+
+
+def test_launchers_refuse_strided_weights():
+    x = nhwc(torch.randn(1, 4, 6, 6), torch.float32)
+    w = conv.pack_weight(torch.randn(3, 4, 3, 3), torch.float32)
+    with pytest.raises(ValueError, match="contiguous weight"):
+        conv.conv3x3(x, w.t().contiguous().t(), torch.zeros(3))
+    with pytest.raises(ValueError, match="contiguous bias"):
+        conv.conv3x3(x, w, torch.zeros(6)[::2])
+    with pytest.raises(ValueError, match="contiguous weight"):
+        upconv.upconv2x2(x, upconv.pack_weight(torch.randn(4, 2, 2, 2), torch.float32).t().contiguous().t(), torch.zeros(2))
+    with pytest.raises(ValueError, match="contiguous weight"):
+        head.head(x, head.pack_weight(torch.randn(2, 4, 1, 1), torch.float32).t().contiguous().t(), torch.zeros(2),
+                  labels=torch.empty(1, 6, 6, dtype=torch.uint8))
