@@ -190,6 +190,39 @@ def test_conv3x3_real_shapes_gpu(dtype, n, c_a, c_b, c_out, size, skip, pool):
         _check(nchw(pooled), F.max_pool2d(_q(expected, dtype), 2), dtype)
 
 
+GPU_UPCONVS = [(8, 1024, 512, 28), (2, 512, 256, 100), (4, 256, 128, 100), (1, 128, 64, 392)]  # (n, c_in, c_out, size)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n, c_in, c_out, size", GPU_UPCONVS)
+def test_upconv_real_shapes_gpu(dtype, n, c_in, c_out, size):
+    st = STORAGE[dtype]
+    x = torch.randn(n, c_in, size, size, device="cuda")
+    w, b = torch.randn(c_in, c_out, 2, 2, device="cuda") * (2 / c_in) ** 0.5, torch.randn(c_out, device="cuda")
+    out = poisoned((n, 2 * size, 2 * size, c_out), st, "cuda")
+    upconv.upconv2x2(nhwc(x, st), upconv.pack_weight(w, st), b, out=out, dtype=dtype)
+    _check(nchw(out), F.conv_transpose2d(_q(x, dtype), _q(w, dtype), b, stride=2), dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n, k, size", [(8, 2, 388), (2, 2, 868), (2, 5, 388)])
+def test_head_real_shapes_gpu(dtype, n, k, size):
+    """Scores, probabilities and labels together (the "both" output) at the paper's sizes."""
+    st = STORAGE[dtype]
+    x = torch.randn(n, 64, size, size, device="cuda")
+    w, b = torch.randn(k, 64, 1, 1, device="cuda") * (2 / 64) ** 0.5, torch.randn(k, device="cuda")
+    expected = F.conv2d(_q(x, dtype), _q(w, dtype), b)
+    logits = poisoned((n, k, size, size), torch.float32, "cuda")
+    probs = poisoned((n, k, size, size), torch.float16, "cuda")
+    labels = poisoned((n, size, size), torch.uint8, "cuda")
+    head.head(nhwc(x, st), head.pack_weight(w, st), b, logits=logits, probs=probs, labels=labels, dtype=dtype)
+    _check(logits, expected, dtype)
+    torch.testing.assert_close(probs.float(), logits.softmax(1), atol=2e-3, rtol=1e-2)
+    assert torch.equal(labels.long(), logits.argmax(1))  # the head's argmax of its own scores
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_every_autotune_config_passes_gpu(dtype):
