@@ -17,6 +17,11 @@ bicubically, the weight map bilinearly and the target by nearest neighbour, the 
 central ``out_size x out_size`` part of the same grid, so input and labels stay aligned exactly
 as the valid-convolution network sees them. Gray-value variations then act on the image only.
 
+Target tiles are uint8 (classes 0..255; an ignore label, if any, must be one of those values,
+e.g. 255 with ``ignore_index=255``): the fused loss reads one byte a pixel and, with PyTorch's
+default ``ignore_index=-100`` (which a uint8 target cannot hold), needs no pass that counts
+the ignored pixels.
+
 Conventions
 -----------
 - Coordinates are ``(y, x)`` in pixels, pixel centres at integers.
@@ -198,6 +203,8 @@ def _check_sample(image, target, weight, in_size, out_size) -> None:
             raise ValueError(f"{name} must be a tensor of shape {hw} (the image's H, W); got {got}.")
         if t.device != image.device:
             raise ValueError(f"{name} is on {t.device} but the image is on {image.device}; put them on one device.")
+    if target.dtype.is_floating_point or target.dtype.is_complex:
+        raise ValueError(f"target must hold integer classes (uint8 best); got {target.dtype}.")
     if min(hw) < 2:
         raise ValueError(f"The image must be at least 2 x 2 pixels; got {hw}.")
     if not (isinstance(in_size, int) and isinstance(out_size, int) and in_size >= out_size >= 1):
@@ -207,6 +214,20 @@ def _check_sample(image, target, weight, in_size, out_size) -> None:
             "in_size - out_size must be even (the output tile is the centre of the input tile);"
             f" got {in_size} - {out_size}."
         )
+
+
+def _uint8_target(tile: torch.Tensor) -> torch.Tensor:
+    """The target tile as uint8; labels of a wider dtype are checked to fit (one host sync,
+    none for uint8 or bool targets)."""
+    if tile.dtype == torch.uint8:
+        return tile
+    if tile.dtype != torch.bool and tile.numel() and bool((tile.min() < 0) | (tile.max() > 255)):
+        raise ValueError(
+            f"Target tiles are uint8 (classes 0..255) but the {tile.dtype} target holds labels "
+            f"{int(tile.min())}..{int(tile.max())}; mark ignored pixels with a label in 0..255, e.g. 255, "
+            "and pass ignore_index=255 to the loss (PyTorch's default -100 does not fit)."
+        )
+    return tile.to(torch.uint8)
 
 
 def _vary_gray(image: torch.Tensor, config: AugmentConfig, generator: torch.Generator | None) -> torch.Tensor:
@@ -248,7 +269,9 @@ def sample_tile(
     image : Tensor (C, H, W), float
         Normalized training image.
     target : Tensor (H, W), integer
-        Class per pixel (e.g. :func:`fastunet.weightmap.semantic_target`).
+        Class per pixel in 0..255 (e.g. :func:`fastunet.weightmap.semantic_target`, uint8);
+        a target of a wider dtype is checked per tile (a ``ValueError`` for labels outside
+        0..255, such as -100).
     weight : Tensor (H, W), float
         Weight map (e.g. :func:`fastunet.weightmap.weight_map`). All three on one device.
     center : (float, float)
@@ -264,7 +287,7 @@ def sample_tile(
     Returns
     -------
     image_tile : Tensor (C, in_size, in_size), float32
-    target_tile : Tensor (out_size, out_size), int64
+    target_tile : Tensor (out_size, out_size), uint8
         The target on the central part of the same sampling grid (nearest neighbour).
     weight_tile : Tensor (out_size, out_size), float32
         The weight map there (bilinear).
@@ -308,7 +331,7 @@ def sample_tile(
     )[0, 0]
     rows = _reflect_index(torch.round(cy + sy[lo : lo + out_size, lo : lo + out_size].double()).long(), height)
     cols = _reflect_index(torch.round(cx + sx[lo : lo + out_size, lo : lo + out_size].double()).long(), width)
-    target_tile = target[rows, cols].long()
+    target_tile = _uint8_target(target[rows, cols])
 
     image_tile = _vary_gray(image_tile, config, generator)
     return image_tile.contiguous(), target_tile, weight_tile.contiguous()
@@ -360,7 +383,7 @@ def augment_batch(
     Returns
     -------
     images : Tensor (n, C, in_size, in_size), float32
-    targets : Tensor (n, out_size, out_size), int64
+    targets : Tensor (n, out_size, out_size), uint8
     weights : Tensor (n, out_size, out_size), float32
     """
     if len(samples) == 0:

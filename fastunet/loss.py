@@ -42,9 +42,14 @@ def weighted_cross_entropy_reference(
     ignore_index: int = -100,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    """Plain PyTorch: ``F.cross_entropy(reduction='none') * weight``, reduced, math in fp32."""
+    """Plain PyTorch: ``F.cross_entropy(reduction='none') * weight``, reduced, math in fp32.
+
+    Any integer target dtype; labels are compared with ``ignore_index`` as int64, so a uint8
+    target never matches -100 (comparing the uint8 tensor itself would wrap -100 to 156).
+    """
     _check(logits, target, weight, reduction)
-    nll = F.cross_entropy(logits.float(), target.long(), reduction="none", ignore_index=ignore_index)
+    target = target.long()
+    nll = F.cross_entropy(logits.float(), target, reduction="none", ignore_index=ignore_index)
     if weight is not None:
         nll = nll * weight.float()
     if reduction == "none":
@@ -84,8 +89,11 @@ def weighted_cross_entropy(
     ----------
     logits : Tensor (N, C, H, W)
         Class scores (fp32, bf16 or fp16; the math is fp32).
-    target : Tensor (N, H, W), integer
-        Class per pixel; ``ignore_index`` pixels contribute neither loss nor gradient.
+    target : Tensor (N, H, W), int64, int32 or uint8
+        Class per pixel; ``ignore_index`` pixels contribute neither loss nor gradient. The
+        trainer feeds uint8 (:func:`fastunet.augment.augment_batch`): with the default
+        ``ignore_index=-100``, which uint8 cannot hold, the kernel's ``mean`` needs no pass
+        that counts the ignored pixels.
     weight : Tensor (N, H, W), optional
         The weight map ``w(x)``; all ones when omitted.
     reduction : {"mean", "sum", "none"}

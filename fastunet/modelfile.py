@@ -46,6 +46,36 @@ def default_model_path() -> Path:
     return DEFAULT_MODEL
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux tells (``/proc/self/status``);
+    elsewhere set and reset at once (``os.umask`` has no getter)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    """Write a safetensors file atomically: a temporary file beside ``path``, then a rename,
+    so an interrupted write never leaves a half-written file under the final name.
+
+    safetensors creates its file ``-rw-------``; the file gets the mode an ordinary new file
+    would have (``0o666 & ~umask``) before the rename, as model files are meant to be shared.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, path)
+    return path
+
+
 def save_model(
     path: str | os.PathLike,
     model: ReferenceUNet,
@@ -58,7 +88,8 @@ def save_model(
     ----------
     path : path-like
         Destination; written to a temporary file first and renamed, so an interrupted save
-        never leaves a half-written model under the final name.
+        never leaves a half-written model under the final name. The file's mode is that of
+        an ordinary new file, ``0o666 & ~umask`` (:func:`write_safetensors`).
     model : ReferenceUNet
         The network (any device or dtype; stored as float32 on the CPU).
     normalization : Normalization, optional
@@ -80,10 +111,7 @@ def save_model(
         "normalization": json.dumps(normalization.to_dict()),
         "extra": json.dumps(extra or {}),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
-    return path
+    return write_safetensors(path, tensors, metadata)
 
 
 def _check_header(path: Path) -> None:

@@ -451,18 +451,26 @@ def _validate(model: ReferenceUNet, val, config: TrainConfig, device: torch.devi
     Each image is segmented by the inference engine (:func:`fastunet.segmentation.segment`:
     normalization over the same scope, overlap tiles with mirrored borders) with a copy of
     the network as it is now.
+
+    Validation leaves the training's random streams alone: the snapshot's construction (which
+    draws initial weights) and inference run inside ``torch.random.fork_rng`` over the CPU
+    and the training device, so the dropout masks of the following steps do not depend on
+    ``val_every``. (The tiles come from the trainer's own generator, and neither training nor
+    validation uses numpy's global RNG.)
     """
     from .segmentation import segment
 
-    snapshot = ReferenceUNet(model.config)
-    snapshot.load_state_dict(model.state_dict())
-    snapshot.normalization = config.normalization
     preds, truths = [], []
-    for _, image, labels in val:
-        axes = "ZYX" if image.ndim == 3 else "YX"
-        classes = np.asarray(segment(image, snapshot, None, axes=axes, tile=config.tile, device=str(device), progress=False))
-        preds += list(classes == 1) if image.ndim == 3 else [classes == 1]
-        truths += list(labels) if labels.ndim == 3 else [labels]
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        snapshot = ReferenceUNet(model.config)
+        snapshot.load_state_dict(model.state_dict())
+        snapshot.normalization = config.normalization
+        for _, image, labels in val:
+            axes = "ZYX" if image.ndim == 3 else "YX"
+            classes = segment(image, snapshot, None, axes=axes, tile=config.tile, device=str(device), progress=False)
+            classes = np.asarray(classes)
+            preds += list(classes == 1) if image.ndim == 3 else [classes == 1]
+            truths += list(labels) if labels.ndim == 3 else [labels]
     scores = score(preds, truths)
     return {"foreground_iou": float(scores.foreground_iou), "instance_f1": float(scores.instance_f1)}
 
@@ -488,14 +496,15 @@ def save_checkpoint(
     rng: dict[str, torch.Tensor],
     data: dict,
 ) -> Path:
-    """Write a resumable checkpoint atomically (temporary file, then rename).
+    """Write a resumable checkpoint atomically (temporary file, then rename), with the mode
+    of an ordinary new file (``0o666 & ~umask``, :func:`fastunet.modelfile.write_safetensors`).
 
     Tensors: the model weights (``model/<name>``), the optimizer state (momentum buffers or
     Adam moments, ``optim/<param index>/<key>``), the RNG states (``rng/<name>``, uint8) and the
     loss history (``history/loss``). JSON metadata: the step, the config, the optimizer's
     hyper-parameters, the validation history and a description of the data.
     """
-    from safetensors.torch import save_file
+    from .modelfile import write_safetensors
 
     path = Path(path)
     tensors = {f"model/{k}": v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
@@ -520,10 +529,7 @@ def save_checkpoint(
         "val_history": json.dumps(history["val"]),
         "data": json.dumps(data),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
-    return path
+    return write_safetensors(path, tensors, metadata)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -569,7 +575,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 
 
 def write_curve(path: str | os.PathLike, history: dict, *, title: str | None = None) -> Path:
-    """A PNG of the training loss (per step and smoothed) and the validation scores vs step."""
+    """A PNG of the training loss (per step, and its running mean over ``len // 20`` steps,
+    at most 100, from 40 steps on) and the validation scores vs step."""
     from matplotlib.figure import Figure  # no pyplot: no global figure state, Agg canvas
 
     path = Path(path)
@@ -579,9 +586,10 @@ def write_curve(path: str | os.PathLike, history: dict, *, title: str | None = N
     ax = fig.subplots()
     if len(loss):
         ax.plot(steps, loss, color="tab:blue", alpha=0.25, lw=0.8, label="loss")
-        k = max(1, min(len(loss) // 20, 100))
-        smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
-        ax.plot(steps[k - 1 :], smooth, color="tab:blue", lw=1.8, label=f"loss (mean of {k})")
+        k = min(len(loss) // 20, 100)
+        if k > 1:  # a mean of one step would redraw the loss line
+            smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
+            ax.plot(steps[k - 1 :], smooth, color="tab:blue", lw=1.8, label=f"loss (mean of {k})")
         ax.set_yscale("log")
     ax.set_xlabel("iteration")
     ax.set_ylabel("weighted cross-entropy")
@@ -721,7 +729,8 @@ def train(
     images, labels
         Anything :func:`load_pairs` takes (TIFF files or folders, zarr, numpy arrays).
     output : path-like
-        The model file to write (``.safetensors``); the checkpoint goes beside it
+        The model file to write; its name must end in ``.safetensors`` (a ``UserError``
+        otherwise, raised before any work). The checkpoint goes beside it
         (:func:`checkpoint_path`).
     config : TrainConfig
         The run's settings.
@@ -749,10 +758,15 @@ def train(
     from .modelfile import save_model
 
     output = Path(output)
+    if not output.name.endswith(".safetensors"):
+        fix = output.with_name(output.stem + ".safetensors")
+        raise UserError(
+            f"The model file {str(output)!r} would hold safetensors, not a pickled PyTorch file: give it a "
+            f".safetensors name, e.g. {str(fix)!r}."
+        )
     ckpt = checkpoint_path(output)
     if curve is None:
-        stem = output.name[: -len(".safetensors")] if output.name.endswith(".safetensors") else output.name
-        curve = output.with_name(stem + ".curve.png")
+        curve = output.with_name(output.name[: -len(".safetensors")] + ".curve.png")
     curve = Path(curve)
     device = _device(config.device)
     amp = config.amp == "bf16"
@@ -828,7 +842,8 @@ def train(
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     logits = model(x)
                 # On CUDA this is the fused Triton loss (one pass over the logits for loss and
-                # gradient); the backward through the convolutions is PyTorch's autograd for now.
+                # gradient; the uint8 target cannot hold ignore_index -100, so no count pass);
+                # the backward through the convolutions is PyTorch's autograd for now.
                 loss = weighted_cross_entropy(logits, target, weight)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

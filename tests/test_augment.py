@@ -20,8 +20,9 @@ def _generator() -> torch.Generator:
 
 
 def _data(channels=2, height=37, width=45, classes=5):
+    """A uint8 target, as the trainer gives (other tests use int64 targets)."""
     image = torch.rand(channels, height, width)
-    target = torch.randint(0, classes, (height, width))
+    target = torch.randint(0, classes, (height, width), dtype=torch.uint8)
     weight = torch.rand(height, width) * 10
     return image, target, weight
 
@@ -40,7 +41,7 @@ def test_identity_is_the_crop_inside_the_image():
         config=AugmentConfig.none(),
     )
     assert tile.shape == (2, in_size, in_size) and tile.dtype == torch.float32
-    assert target_tile.shape == (out_size, out_size) and target_tile.dtype == torch.int64
+    assert target_tile.shape == (out_size, out_size) and target_tile.dtype == torch.uint8
     assert weight_tile.shape == (out_size, out_size) and weight_tile.dtype == torch.float32
     torch.testing.assert_close(tile, image[:, oy : oy + in_size, ox : ox + in_size], rtol=0, atol=1e-5)
     o = (in_size - out_size) // 2
@@ -173,6 +174,7 @@ def test_deformed_labels_keep_their_values_and_stay_aligned_with_the_image():
             image, target, weight, center=center, in_size=in_size, out_size=out_size, config=GEOMETRY_ONLY,
             generator=generator,
         )
+        assert target_tile.dtype == torch.uint8  # an int64 target with labels up to 200
         values |= set(target_tile.unique().tolist())
         inner = tile[0, o : o + out_size, o : o + out_size]
         # Where the bicubic image equals a label value, all its taps lie inside one block, so the
@@ -209,7 +211,7 @@ def test_constant_image_stays_constant_under_any_geometry():
             image, target, weight, center=center, in_size=44, out_size=20, config=config, generator=generator
         )
         torch.testing.assert_close(tile, levels.expand_as(tile), rtol=0, atol=1e-5)
-        assert torch.equal(target_tile, torch.zeros_like(target_tile))
+        assert target_tile.dtype == torch.uint8 and not target_tile.any()
         torch.testing.assert_close(weight_tile, torch.full_like(weight_tile, 2.5), rtol=0, atol=1e-5)
 
 
@@ -267,11 +269,33 @@ def test_augment_batch_picks_images_by_area():
         [small, large], 1000, in_size=12, out_size=4, config=AugmentConfig.none(), generator=_generator()
     )
     assert images.shape == (1000, 1, 12, 12) and images.dtype == torch.float32
-    assert targets.shape == (1000, 4, 4) and targets.dtype == torch.int64
+    assert targets.shape == (1000, 4, 4) and targets.dtype == torch.uint8  # from int64 targets
     assert weights.shape == (1000, 4, 4) and weights.dtype == torch.float32
     from_large = targets[:, 0, 0].float().mean().item()
     assert abs(from_large - 0.75) < 0.06  # 4.4 standard deviations of a 1000-draw mean
     torch.testing.assert_close(images[:, 0, 0, 0], targets[:, 0, 0].float(), rtol=0, atol=1e-5)
+
+
+def test_targets_become_uint8_and_labels_must_fit():
+    """Target tiles are uint8 whatever the integer dtype given; labels outside 0..255 (such as
+    an ignore label of -100) are refused rather than wrapped; float targets are refused."""
+    image, target, weight = _data(classes=5)
+    kwargs = dict(center=(18.0, 22.0), in_size=20, out_size=12, config=AugmentConfig.none())
+    expected = sample_tile(image, target, weight, **kwargs)[1]
+    for dtype in (torch.int64, torch.int32, torch.int16):
+        tile = sample_tile(image, target.to(dtype), weight, **kwargs)[1]
+        assert tile.dtype == torch.uint8 and torch.equal(tile, expected)
+    tile = sample_tile(image, target > 2, weight, **kwargs)[1]
+    assert tile.dtype == torch.uint8 and torch.equal(tile, (expected > 2).to(torch.uint8))
+    wide = target.long()
+    wide[5:32, 5:40] = 255  # the largest label that fits (e.g. an ignore label)
+    assert int(sample_tile(image, wide, weight, **kwargs)[1].max()) == 255
+    for bad in (-100, 256):
+        wide[5:32, 5:40] = bad
+        with pytest.raises(ValueError, match="0..255.*ignore_index=255"):
+            sample_tile(image, wide, weight, **kwargs)
+    with pytest.raises(ValueError, match="integer classes"):
+        sample_tile(image, target.float(), weight, **kwargs)
 
 
 def test_random_center_keeps_the_output_tile_inside():
@@ -313,7 +337,7 @@ def test_cuda_matches_cpu():
     cpu = augment_batch([(image, target, weight)], 4, generator=torch.Generator().manual_seed(seed), **args)
     cuda_data = [(image.cuda(), target.cuda(), weight.cuda())]
     gpu = augment_batch(cuda_data, 4, generator=torch.Generator().manual_seed(seed), **args)
-    assert all(t.device.type == "cuda" for t in gpu)
+    assert all(t.device.type == "cuda" for t in gpu) and gpu[1].dtype == torch.uint8
     torch.testing.assert_close(gpu[0].cpu(), cpu[0], rtol=0, atol=1e-4)
     assert float((gpu[1].cpu() != cpu[1]).float().mean()) < 1e-3  # rounding ties may differ
     torch.testing.assert_close(gpu[2].cpu(), cpu[2], rtol=0, atol=1e-4)

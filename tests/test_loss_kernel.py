@@ -191,6 +191,21 @@ def test_count_pass_only_where_ignore_index_can_occur(monkeypatch, target_dtype,
     assert not calls  # sum never counts
 
 
+def test_uint8_target_with_label_156_is_not_ignored_by_the_reference():
+    """A uint8 target never holds ignore_index -100, so the PyTorch path must not count a
+    label 156 (what -100 wraps to in uint8) as ignored: it matches F.cross_entropy on the
+    int64 labels and the kernel, which counts every pixel."""
+    from fastunet.loss import weighted_cross_entropy_reference
+
+    logits, target, weight = make_inputs(1, 200, (3, 4), torch.float32, target_dtype=torch.uint8)
+    target[0, 0, :2] = 156
+    expected = (F.cross_entropy(logits, target.long(), reduction="none") * weight).mean()
+    loss = weighted_cross_entropy_reference(logits, target, weight)
+    assert abs(loss.item() - expected.item()) <= LOSS_TOL * expected.item()
+    kernel = weighted_cross_entropy(logits, target, weight, backend="triton")
+    assert abs(kernel.item() - expected.item()) <= LOSS_TOL * expected.item()
+
+
 @pytest.mark.parametrize("target_dtype", [torch.int64, torch.uint8])
 @pytest.mark.parametrize("dtype", list(DTYPES))
 def test_upstream_gradient(dtype, target_dtype):

@@ -286,3 +286,108 @@ def test_cli_bad_input(tmp_path, capsys, case, message):
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_validation_does_not_shift_the_training_random_streams(tmp_path):
+    """Validating every 2 steps or only at the end gives the same losses: validation draws
+    nothing from the RNG that drives dropout (nor from the tile generator)."""
+    image, labels = synthetic_nuclei((120, 120), seed=_seed())
+    runs = [
+        train(image, labels, tmp_path / f"v{every}.safetensors", progress=False,
+              config=_tiny(iterations=5, val_fraction=0.25, val_every=every, seed=_seed()))
+        for every in (2, 1000)
+    ]  # fmt: skip
+    often, once = runs
+    assert [v["step"] for v in often.history["val"]] == [2, 4, 5]
+    assert [v["step"] for v in once.history["val"]] == [5]
+    assert often.history["loss"] == once.history["loss"]
+    assert often.history["val"][-1] == once.history["val"][-1]
+    for key, value in once.model.state_dict().items():
+        torch.testing.assert_close(often.model.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_model_and_checkpoint_files_get_the_mode_of_a_new_file(tmp_path):
+    """safetensors creates -rw-------; the files get 0o666 & ~umask like any new file."""
+    import os
+    import stat
+
+    from fastunet import ReferenceUNet, UNetConfig, save_model
+
+    image, labels = synthetic_nuclei((100, 100), seed=_seed())
+    previous = os.umask(0o027)
+    try:
+        out = train(image, labels, tmp_path / "m.safetensors", config=_tiny(iterations=2, val_fraction=0.0),
+                    progress=False).output
+        saved = save_model(tmp_path / "s.safetensors", ReferenceUNet(UNetConfig(base_channels=4, depth=2)))
+    finally:
+        os.umask(previous)
+    for path in (out, checkpoint_path(out), saved):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~0o027 == 0o640, path
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_output_must_be_a_safetensors_name(tmp_path, capsys):
+    image, labels = synthetic_nuclei((64, 64), seed=_seed())
+    with pytest.raises(UserError, match=r"\.safetensors name, e\.g\. '.*mymodel\.safetensors'"):
+        train(image, labels, tmp_path / "mymodel.pt", config=_tiny(iterations=1), progress=False)
+    tifffile.imwrite(tmp_path / "i.tif", image)
+    tifffile.imwrite(tmp_path / "l.tif", labels)
+    for name in ("mymodel.pt", "mymodel"):
+        args = ["train", str(tmp_path / "i.tif"), str(tmp_path / "l.tif"), "-o", str(tmp_path / name), "--quiet"]
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert "mymodel.safetensors" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["i.tif", "l.tif"]  # nothing written
+
+
+def test_curve_draws_the_running_mean_only_when_it_averages(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from fastunet.training import write_curve
+
+    figures = []
+    savefig = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: (figures.append(self), savefig(self, *a, **k))[1])
+    for steps, labels in ((5, ["loss"]), (39, ["loss"]), (40, ["loss", "loss (mean of 2)"]),
+                          (3000, ["loss", "loss (mean of 100)"])):  # fmt: skip
+        path = write_curve(tmp_path / f"c{steps}.png", {"loss": list(np.linspace(1.0, 0.1, steps)), "val": []})
+        assert path.read_bytes()[:8] == PNG
+        assert [line.get_label() for line in figures[-1].axes[0].get_lines()] == labels, steps
+
+
+@pytest.mark.gpu
+def test_adam_bf16_steps_on_cuda_use_the_fused_loss_and_gpu_augmentation(tmp_path, monkeypatch):
+    """A few Adam steps with bf16 autocast on CUDA: finite losses; every step's loss went
+    through the fused Triton kernel (bf16 logits, uint8 targets: no count pass) and its
+    tiles were augmented on the GPU."""
+    from fastunet import training
+    from fastunet.kernels import loss as lossk
+
+    kernel_calls, count_calls, batches = [], [], []
+    real_kernel, real_count, real_augment = lossk.weighted_softmax_ce, lossk._inverse_count, training.augment_batch
+
+    def kernel(logits, target, weight, **kwargs):
+        kernel_calls.append((logits.dtype, target.dtype, target.device.type))
+        return real_kernel(logits, target, weight, **kwargs)
+
+    def augment(*args, **kwargs):
+        out = real_augment(*args, **kwargs)
+        batches.append(tuple((t.device.type, t.dtype) for t in out))
+        return out
+
+    # weighted_cross_entropy imports the kernel from its module at each call: patch it there.
+    monkeypatch.setattr(lossk, "weighted_softmax_ce", kernel)
+    monkeypatch.setattr(lossk, "_inverse_count", lambda *a: (count_calls.append(1), real_count(*a))[1])
+    monkeypatch.setattr(training, "augment_batch", augment)
+    image, labels = synthetic_nuclei((160, 160), seed=_seed())
+    config = _tiny(iterations=4, batch_size=2, amp="bf16", device="cuda", val_fraction=0.25, val_every=2,
+                   seed=_seed())
+    result = train(image, labels, tmp_path / "m.safetensors", config=config, progress=False)
+    assert result.steps == 4 and len(result.history["loss"]) == 4
+    assert np.isfinite(result.history["loss"]).all()
+    assert kernel_calls == [(torch.bfloat16, torch.uint8, "cuda")] * 4
+    assert not count_calls  # uint8 targets cannot hold ignore_index -100
+    assert batches == [(("cuda", torch.float32), ("cuda", torch.uint8), ("cuda", torch.float32))] * 4
+    assert next(result.model.parameters()).device.type == "cuda"
+    assert [v["step"] for v in result.history["val"]] == [2, 4]
+    assert 0.0 <= result.val["foreground_iou"] <= 1.0
