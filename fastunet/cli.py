@@ -97,9 +97,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .augment import AugmentConfig
-    from .training import TrainConfig, checkpoint_path, train
+    from .training import TrainConfig, check_model_name, checkpoint_path, train
 
-    output = Path(args.output)
+    output = check_model_name(args.output)  # before the other checks: a .pt name is wrong whatever exists
     if output.exists() and not (args.overwrite or args.resume):
         raise UserError(f"{str(output)!r} already exists; pass --overwrite to replace it (or --resume to continue).")
     if not output.parent.is_dir():
@@ -241,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--workers", type=int, metavar="N", help="start N local dask worker processes")
     where.add_argument("--gpus", metavar="0,1,...", help="one dask worker process per GPU")
     p.add_argument("--block", metavar="[Z,]Y,X", help="output block shape in pixels, a multiple of the output "
-                   "chunks (default: about 8 Mvoxels along the chunks)")
+                   "chunks (default: about 8 Mvoxels on CUDA, 2 on the CPU, along the chunks)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary line")
     p.set_defaults(func=_cmd_segment)
 

@@ -50,6 +50,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "write_curve",
+    "check_model_name",
 ]
 
 _OPTIMIZERS = ("sgd", "adam")
@@ -478,6 +479,18 @@ def _validate(model: ReferenceUNet, val, config: TrainConfig, device: torch.devi
 # --- checkpoints ----------------------------------------------------------------------------
 
 
+def check_model_name(output: str | Path) -> Path:
+    """``output`` as a Path; a :class:`UserError` unless its name ends in ``.safetensors``."""
+    output = Path(output)
+    if not output.name.endswith(".safetensors"):
+        fix = output.with_name(output.stem + ".safetensors")
+        raise UserError(
+            f"The model file {str(output)!r} would hold safetensors, not a pickled PyTorch file: give it a "
+            f".safetensors name, e.g. {str(fix)!r}."
+        )
+    return output
+
+
 def checkpoint_path(output: str | os.PathLike) -> Path:
     """Where :func:`train` keeps the checkpoint of a run writing ``output``."""
     output = Path(output)
@@ -757,13 +770,7 @@ def train(
 
     from .modelfile import save_model
 
-    output = Path(output)
-    if not output.name.endswith(".safetensors"):
-        fix = output.with_name(output.stem + ".safetensors")
-        raise UserError(
-            f"The model file {str(output)!r} would hold safetensors, not a pickled PyTorch file: give it a "
-            f".safetensors name, e.g. {str(fix)!r}."
-        )
+    output = check_model_name(output)
     ckpt = checkpoint_path(output)
     if curve is None:
         curve = output.with_name(output.name[: -len(".safetensors")] + ".curve.png")
