@@ -142,7 +142,8 @@ def test_P5_vs_monai(benchmark):
 
 
 def test_P6_train_step(benchmark):
-    """P6; timed: one training step with the fused loss (bf16 autocast forward, backward, SGD), 4 x 572^2."""
+    """P6; timed: one training step with the fused loss (bf16 autocast forward, backward, SGD), 4 x 572^2,
+    uint8 targets."""
     from fastunet.loss import weighted_cross_entropy
 
     run_benchmark("P6", benchmark)
@@ -158,6 +159,7 @@ def test_P6_train_step(benchmark):
 
     def inputs():
         x = torch.randn(4, 1, 572, 572, device="cuda").contiguous(memory_format=torch.channels_last)
-        return x, torch.randint(0, 2, (4, 388, 388), device="cuda"), torch.rand(4, 388, 388, device="cuda") * 10
+        target = torch.randint(0, 2, (4, 388, 388), device="cuda", dtype=torch.uint8)  # as the trainer feeds it
+        return x, target, torch.rand(4, 388, 388, device="cuda") * 10
 
     time_call(benchmark, step, inputs, rounds=10)

@@ -25,9 +25,12 @@ P5  ``segment`` vs MONAI ``sliding_window_inference`` (overlap 0.25, gaussian bl
 P6  a training step (forward, weighted loss, backward, SGD) vs the same step in PyTorch
     eager with bf16 autocast.
 
-Nothing here runs without a CUDA device: a benchmark on the CPU would only time the
-Triton interpreter. The non-timing parts (layer shapes, FLOPs, result files) are plain
-functions, tested on the CPU.
+``fastunet bench`` and :func:`run` refuse without a CUDA device: a benchmark on the CPU
+would only time the Triton interpreter. P1, P2, P3 and P6 take ``device="cpu"`` (kernels
+under the interpreter, :func:`median_ms` then times with ``time.perf_counter``) and small
+sizes so that the tests can run them end to end on the CPU; those figures mean nothing.
+The non-timing parts (layer shapes, FLOPs, result files) are plain functions, tested on the
+CPU.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ __all__ = [
     "environment",
     "geometric_mean",
     "grid_tile_count",
+    "median_ms",
     "random_model_file",
     "run",
     "same_padded_flops",
@@ -152,43 +156,93 @@ def _require_cuda() -> None:
         )
 
 
-def cuda_median_ms(fn: Callable, *, make_inputs: Callable | None = None, warmup: int = 5, reps: int = 25) -> float:
-    """Median time of ``fn(*make_inputs())`` in milliseconds, with CUDA events.
+def _bench_device(device) -> torch.device:
+    """The device of a P1/P2/P3/P6 run: CUDA (the benchmark), or the CPU for tests.
 
-    ``make_inputs`` is called before every repetition, outside the timed region, so each
-    repetition sees fresh inputs (no cache-warm replays of identical data).
+    On the CPU the Triton kernels run under the interpreter, so the figures only show that
+    the benchmark runs end to end; they are no measurement. The kernel modules are imported
+    here through :func:`fastunet.fused._kernels`, which switches the interpreter on for the
+    CPU before triton defines a kernel (or says why it cannot).
+    """
+    from .fused import _kernels
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        _require_cuda()
+    elif device.type != "cpu":
+        raise ValueError(f"The benchmarks run on 'cuda' (or 'cpu' under the Triton interpreter, for tests); got {device}.")
+    _kernels(device)
+    return device
+
+
+def median_ms(fn: Callable, *, make_inputs: Callable | None = None, warmup: int = 5, reps: int = 25,
+              device="cuda") -> float:
+    """Median time of ``fn(*make_inputs())`` in milliseconds over ``reps`` repetitions.
+
+    ``make_inputs`` is called before every repetition (warm-up included), outside the timed
+    region, so each repetition sees fresh inputs (no cache-warm replays of identical data).
+    On a CUDA ``device`` the time is that between two CUDA events recorded on its current
+    stream around the call; on the CPU (tests only: there it times the Triton interpreter)
+    it is ``time.perf_counter`` around the call, which is synchronous there.
     """
     make_inputs = make_inputs or (lambda: ())
-    for _ in range(warmup):
-        fn(*make_inputs())
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        args = make_inputs()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn(*args)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
+    device = torch.device(device)
+    if device.type != "cuda":
+        for _ in range(warmup):
+            fn(*make_inputs())
+        times = []
+        for _ in range(reps):
+            args = make_inputs()
+            start = time.perf_counter()
+            fn(*args)
+            times.append((time.perf_counter() - start) * 1e3)
+        return statistics.median(times)
+    with torch.cuda.device(device):
+        for _ in range(warmup):
+            fn(*make_inputs())
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(reps):
+            args = make_inputs()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn(*args)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
     return statistics.median(times)
 
 
-def measured_peak_tflops(n: int = 8192) -> float:
+def cuda_median_ms(fn: Callable, *, make_inputs: Callable | None = None, warmup: int = 5, reps: int = 25) -> float:
+    """:func:`median_ms` on the current CUDA device."""
+    return median_ms(fn, make_inputs=make_inputs, warmup=warmup, reps=reps, device="cuda")
+
+
+def measured_peak_tflops(n: int = 8192, *, device="cuda") -> float:
     """bf16 matmul throughput of this device, measured now (the FLOP bound of P2)."""
-    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    ms = cuda_median_ms(lambda: torch.mm(a, b), warmup=5, reps=20)
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    ms = median_ms(lambda: torch.mm(a, b), warmup=5, reps=20, device=device)
     return 2 * n**3 / (ms * 1e-3) / 1e12
 
 
 # -- P1: conv layers -------------------------------------------------------------------------
-def bench_conv_layers(*, tiles=(572, 1052), batches=(8, 2), base_channels: int = 64, depth: int = 4) -> tuple[dict, dict]:
+def bench_conv_layers(*, tiles=(572, 1052), batches=(8, 2), base_channels: int = 64, depth: int = 4,
+                      device="cuda", warmup: int = 5, reps: int = 25) -> tuple[dict, dict]:
+    """P1: every 3x3 conv layer shape, fused kernel vs ``F.conv2d`` + bias + ReLU (+ pool, +
+    crop/cat) in eager bf16 channels_last, at each ``tiles[i]`` with batch ``batches[i]``.
+
+    ``device="cpu"`` (kernels under the Triton interpreter) is for tests only: it checks
+    that the benchmark runs, its figures mean nothing. ``fastunet bench`` runs on CUDA.
+    """
+    dev, bf = _bench_device(device), torch.bfloat16
     from .kernels import conv
 
+    if len(tiles) != len(batches):
+        raise ValueError(f"Expected one batch per tile; got tiles {tiles} and batches {batches}.")
     config = UNetConfig(base_channels=base_channels, depth=depth)
     figures, ratios = {}, {}
-    dev, bf = "cuda", torch.bfloat16
+    timing = dict(warmup=warmup, reps=reps, device=dev)
     for tile, batch in zip(tiles, batches):
         for s in conv_layer_shapes(config, tile, batch):
             c_in = s["c_a"] + s["c_b"]
@@ -196,6 +250,7 @@ def bench_conv_layers(*, tiles=(572, 1052), batches=(8, 2), base_channels: int =
             bias = torch.randn(s["c_out"], device=dev)
             packed = conv.pack_weight(weight, bf)
             w_cl = weight.to(bf).contiguous(memory_format=torch.channels_last)
+            bias_bf = bias.to(bf)  # cast once, outside the timed calls
             size, n = s["size"], s["n"]
             a_size = s["skip"] or size
 
@@ -211,13 +266,13 @@ def bench_conv_layers(*, tiles=(572, 1052), batches=(8, 2), base_channels: int =
 
             def eager(a, b):
                 x = a if b is None else torch.cat([center_crop(a, size, size), b], dim=1)
-                y = torch.relu(F.conv2d(x, w_cl, bias.to(bf)))
+                y = torch.relu(F.conv2d(x, w_cl, bias_bf))
                 if s["pool"]:
                     F.max_pool2d(y, 2)
 
             key = f"{tile}.{s['name']}"
-            t_fused = cuda_median_ms(fused, make_inputs=inputs)
-            t_eager = cuda_median_ms(eager, make_inputs=inputs)
+            t_fused = median_ms(fused, make_inputs=inputs, **timing)
+            t_eager = median_ms(eager, make_inputs=inputs, **timing)
             figures[f"P1.{key}.fused_ms"] = t_fused
             figures[f"P1.{key}.cudnn_ms"] = t_eager
             ratios[f"P1.{key}.speedup"] = t_eager / t_fused
@@ -226,53 +281,68 @@ def bench_conv_layers(*, tiles=(572, 1052), batches=(8, 2), base_channels: int =
 
 
 # -- P2: whole forward -----------------------------------------------------------------------
-def bench_forward(*, tile: int = 572, batch: int = 8, compile_baseline: bool = True) -> tuple[dict, dict]:
+def bench_forward(*, tile: int = 572, batch: int = 8, compile_baseline: bool = True, base_channels: int = 64,
+                  depth: int = 4, device="cuda", peak_n: int = 8192, warmup: int = 5, reps: int = 25) -> tuple[dict, dict]:
+    """P2: the whole forward (bf16, fp16, tf32) fused vs eager (and ``torch.compile``), and
+    the bf16 FLOP-bound fraction against a ``peak_n``-sized bf16 matmul measured now.
+
+    The cuDNN/matmul TF32 flags are set per dtype for the eager side and restored to what
+    they were on return, also when a measurement raises. ``device="cpu"`` (kernels under
+    the Triton interpreter) is for tests only, with ``compile_baseline=False``.
+    """
     from .fused import FusedUNet
 
-    config = UNetConfig()
-    model = ReferenceUNet(config).eval().cuda()
+    dev = _bench_device(device)
+    config = UNetConfig(base_channels=base_channels, depth=depth)
+    model = ReferenceUNet(config).eval().to(dev)
     out = geometry.output_size(tile, config.depth)
     mpx = batch * out * out / 1e6
     flops = forward_flops(config, tile, tile) * batch
-    peak = measured_peak_tflops()
-    figures, ratios = {"P2.peak_bf16_tflops": peak, "P2.flops_per_output_px": flops / (batch * out * out)}
+    timing = dict(warmup=warmup, reps=reps, device=dev)
+    peak = measured_peak_tflops(peak_n, device=dev)
+    figures, ratios = {"P2.peak_bf16_tflops": peak, "P2.flops_per_output_px": flops / (batch * out * out)}, {}
 
     def inputs():
-        return (torch.randn(batch, 1, tile, tile, device="cuda"),)
+        return (torch.randn(batch, 1, tile, tile, device=dev),)
 
     cl = model.to(memory_format=torch.channels_last)
-    for dtype in ("bf16", "fp16", "tf32"):
-        net = FusedUNet(model, device="cuda", dtype=dtype)
-        t_fused = cuda_median_ms(lambda x: net(x), make_inputs=inputs)
-        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
+    saved_tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        for dtype in ("bf16", "fp16", "tf32"):
+            net = FusedUNet(model, device=dev, dtype=dtype)
+            t_fused = median_ms(lambda x: net(x), make_inputs=inputs, **timing)
+            amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
 
-        def eager(x):
-            with torch.no_grad(), torch.autocast("cuda", dtype=amp or torch.float32, enabled=amp is not None):
-                cl(x.contiguous(memory_format=torch.channels_last))
+            def eager(x):
+                with torch.no_grad(), torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
+                    cl(x.contiguous(memory_format=torch.channels_last))
 
-        t_eager = cuda_median_ms(eager, make_inputs=inputs)
-        figures[f"P2.{dtype}.fused_mpx_s"] = mpx / (t_fused * 1e-3)
-        figures[f"P2.{dtype}.eager_mpx_s"] = mpx / (t_eager * 1e-3)
-        ratios[f"P2.{dtype}.vs_eager"] = t_eager / t_fused
-        if dtype == "bf16":
-            ratios["P2.bf16.flop_bound_fraction"] = flops / (t_fused * 1e-3) / (peak * 1e12)
-            if compile_baseline:
-                compiled = torch.compile(cl, mode="max-autotune")
+            t_eager = median_ms(eager, make_inputs=inputs, **timing)
+            figures[f"P2.{dtype}.fused_mpx_s"] = mpx / (t_fused * 1e-3)
+            figures[f"P2.{dtype}.eager_mpx_s"] = mpx / (t_eager * 1e-3)
+            ratios[f"P2.{dtype}.vs_eager"] = t_eager / t_fused
+            if dtype == "bf16":
+                ratios["P2.bf16.flop_bound_fraction"] = flops / (t_fused * 1e-3) / (peak * 1e12)
+                if compile_baseline:
+                    compiled = torch.compile(cl, mode="max-autotune")
 
-                def comp(x):
-                    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-                        compiled(x.contiguous(memory_format=torch.channels_last))
+                    def comp(x):
+                        with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16):
+                            compiled(x.contiguous(memory_format=torch.channels_last))
 
-                t_comp = cuda_median_ms(comp, make_inputs=inputs, warmup=3)
-                figures["P2.bf16.compile_mpx_s"] = mpx / (t_comp * 1e-3)
-                ratios["P2.bf16.vs_compile"] = t_comp / t_fused
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+                    t_comp = median_ms(comp, make_inputs=inputs, **{**timing, "warmup": 3})
+                    figures["P2.bf16.compile_mpx_s"] = mpx / (t_comp * 1e-3)
+                    ratios["P2.bf16.vs_compile"] = t_comp / t_fused
+            del net
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved_tf32
     return figures, ratios
 
 
 # -- P3: weighted softmax-CE ----------------------------------------------------------------
-def bench_loss(*, batch: int = 8, classes: int = 2, size: int = 388, large_batch: int = 128) -> tuple[dict, dict]:
+def bench_loss(*, batch: int = 8, classes: int = 2, size: int = 388, large_batch: int = 128,
+               copy_bytes: int = 256 * 2**20, device="cuda", warmup: int = 5, reps: int = 25) -> tuple[dict, dict]:
     """Forward + backward of the weighted softmax-CE, fused vs PyTorch eager.
 
     bf16 logits, an fp32 weight map, the default ``ignore_index=-100``, ``loss.backward()``;
@@ -280,17 +350,21 @@ def bench_loss(*, batch: int = 8, classes: int = 2, size: int = 388, large_batch
     int64 targets (-100 can occur: one extra read of the target counts the pixels). Timed
     at the paper-like ``batch`` (a few MB: launch overheads can weigh) and at ``large_batch``
     (hundreds of MB, far beyond the L2 cache), where the headline bandwidth fraction is taken.
+    The reference bandwidth is a device-to-device copy of ``copy_bytes`` bytes. ``device="cpu"``
+    (the kernel under the Triton interpreter) is for tests only.
     """
     from .loss import weighted_cross_entropy
 
-    src = torch.empty(256 * 2**20, device="cuda", dtype=torch.uint8)
+    dev = _bench_device(device)
+    timing = dict(warmup=warmup, reps=reps, device=dev)
+    src = torch.empty(int(copy_bytes), device=dev, dtype=torch.uint8)
     dst = torch.empty_like(src)
-    t_copy = cuda_median_ms(lambda: dst.copy_(src))
+    t_copy = median_ms(lambda: dst.copy_(src), **timing)
     copy_gbs = 2 * src.numel() / (t_copy * 1e-3) / 1e9  # read + write
     del src, dst
     figures, ratios = {"P3.copy_gb_s": copy_gbs}, {}
 
-    def run(backend):
+    def loss_step(backend):
         def step(logits, target, weight):
             weighted_cross_entropy(logits, target, weight, backend=backend).backward()
         return step
@@ -299,13 +373,13 @@ def bench_loss(*, batch: int = 8, classes: int = 2, size: int = 388, large_batch
         for n in dict.fromkeys((batch, large_batch)):
 
             def inputs(n=n, target_dtype=target_dtype):
-                logits = torch.randn(n, classes, size, size, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-                target = torch.randint(0, classes, (n, size, size), device="cuda", dtype=target_dtype)
-                weight = torch.rand(n, size, size, device="cuda") * 10
+                logits = torch.randn(n, classes, size, size, device=dev, dtype=torch.bfloat16, requires_grad=True)
+                target = torch.randint(0, classes, (n, size, size), device=dev, dtype=target_dtype)
+                weight = torch.rand(n, size, size, device=dev) * 10
                 return logits, target, weight
 
-            t_fused = cuda_median_ms(run("triton"), make_inputs=inputs)
-            t_eager = cuda_median_ms(run("torch"), make_inputs=inputs)
+            t_fused = median_ms(loss_step("triton"), make_inputs=inputs, **timing)
+            t_eager = median_ms(loss_step("torch"), make_inputs=inputs, **timing)
             # The minimum traffic: logits read + gradient written in the logits' dtype (bf16),
             # target (its own element size) and fp32 weight read. Passes beyond it (the count
             # of an int64 target) are not counted, so the bandwidth is a lower bound of the
@@ -325,33 +399,45 @@ def bench_loss(*, batch: int = 8, classes: int = 2, size: int = 388, large_batch
 
 
 # -- P6: training step ------------------------------------------------------------------------
-def bench_train_step(*, tile: int = 572, batch: int = 4) -> tuple[dict, dict]:
+def bench_train_step(*, tile: int = 572, batch: int = 4, base_channels: int = 64, depth: int = 4, device="cuda",
+                     warmup: int = 5, reps: int = 25) -> tuple[dict, dict]:
+    """P6: one training step (bf16 autocast forward of :class:`ReferenceUNet`, weighted
+    loss, backward, SGD with momentum) with the fused loss vs the same step with the eager
+    PyTorch loss. Both models start from the same weights; targets are uint8, as the trainer
+    feeds them (:func:`fastunet.augment.augment_batch`). ``device="cpu"`` (the loss kernel
+    under the Triton interpreter) is for tests only.
+    """
     from .loss import weighted_cross_entropy
 
-    config = UNetConfig()
+    dev = _bench_device(device)
+    config = UNetConfig(base_channels=base_channels, depth=depth)
     out = geometry.output_size(tile, config.depth)
-    models = {k: ReferenceUNet(config).cuda().to(memory_format=torch.channels_last).train() for k in ("fused", "eager")}
+    first = ReferenceUNet(config)
+    second = ReferenceUNet(config)
+    second.load_state_dict(first.state_dict())
+    models = {k: m.to(dev).to(memory_format=torch.channels_last).train() for k, m in (("fused", first), ("eager", second))}
     opts = {k: torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.99) for k, m in models.items()}
 
     def inputs():
-        x = torch.randn(batch, 1, tile, tile, device="cuda").contiguous(memory_format=torch.channels_last)
-        target = torch.randint(0, 2, (batch, out, out), device="cuda")
-        weight = torch.rand(batch, out, out, device="cuda") * 10
+        x = torch.randn(batch, 1, tile, tile, device=dev).contiguous(memory_format=torch.channels_last)
+        target = torch.randint(0, config.num_classes, (batch, out, out), device=dev, dtype=torch.uint8)
+        weight = torch.rand(batch, out, out, device=dev) * 10
         return x, target, weight
 
     def step(kind):
         model, opt, backend = models[kind], opts[kind], ("triton" if kind == "fused" else "torch")
 
-        def run(x, target, weight):
+        def train_step(x, target, weight):
             opt.zero_grad(set_to_none=True)
-            with torch.autocast("cuda", dtype=torch.bfloat16):
+            with torch.autocast(dev.type, dtype=torch.bfloat16):
                 logits = model(x)
             weighted_cross_entropy(logits, target, weight, backend=backend).backward()
             opt.step()
-        return run
+        return train_step
 
-    t_fused = cuda_median_ms(step("fused"), make_inputs=inputs)
-    t_eager = cuda_median_ms(step("eager"), make_inputs=inputs)
+    timing = dict(warmup=warmup, reps=reps, device=dev)
+    t_fused = median_ms(step("fused"), make_inputs=inputs, **timing)
+    t_eager = median_ms(step("eager"), make_inputs=inputs, **timing)
     return ({"P6.fused_ms": t_fused, "P6.eager_amp_ms": t_eager}, {"P6.vs_eager_amp": t_eager / t_fused})
 
 

@@ -49,6 +49,107 @@ def test_bench_refuses_without_gpu(capsys):
     assert "needs a CUDA GPU" in capsys.readouterr().err
 
 
+
+# -- P1/P2/P3/P6 end to end at tiny sizes (CPU: kernels under the Triton interpreter) ---------
+SMOKE_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+SMOKE_TIMING = dict(device=SMOKE_DEVICE, warmup=1, reps=2)
+
+
+def _check_run(name, figures, ratios, expected_figures, expected_ratios, tmp_path):
+    import math
+
+    assert set(figures) == set(expected_figures) and set(ratios) == set(expected_ratios)
+    for key, value in {**figures, **ratios}.items():
+        assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (key, value)
+    data = json.loads(bench.write_result(name, figures, ratios, out_dir=tmp_path).read_text())
+    assert data["figures"] == pytest.approx(figures) and data["ratios"] == pytest.approx(ratios)
+
+
+def test_p1_conv_layers_runs_at_tiny_sizes(tmp_path):
+    figures, ratios = bench.bench_conv_layers(tiles=(18, 20), batches=(1, 2), base_channels=4, depth=1, **SMOKE_TIMING)
+    names = ["enc0.conv1", "enc0.conv2", "bottom.conv1", "bottom.conv2", "dec0.conv1", "dec0.conv2"]
+    keys = [f"P1.{t}.{n}" for t in (18, 20) for n in names]
+    _check_run("P1", figures, ratios, [f"{k}.{x}" for k in keys for x in ("fused_ms", "cudnn_ms")],
+               [f"{k}.speedup" for k in keys] + ["P1.geomean_speedup"], tmp_path)
+    assert ratios["P1.geomean_speedup"] == pytest.approx(bench.geometric_mean(ratios[f"{k}.speedup"] for k in keys))
+
+
+def test_p2_forward_runs_at_tiny_sizes_and_restores_tf32(tmp_path):
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = True, False
+        figures, ratios = bench.bench_forward(tile=18, batch=2, base_channels=4, depth=1, compile_baseline=False,
+                                              peak_n=64, **SMOKE_TIMING)
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, False)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    dtypes = ("bf16", "fp16", "tf32")
+    _check_run("P2", figures, ratios,
+               ["P2.peak_bf16_tflops", "P2.flops_per_output_px"]
+               + [f"P2.{d}.{k}" for d in dtypes for k in ("fused_mpx_s", "eager_mpx_s")],
+               [f"P2.{d}.vs_eager" for d in dtypes] + ["P2.bf16.flop_bound_fraction"], tmp_path)
+    cfg = UNetConfig(base_channels=4, depth=1)
+    assert figures["P2.flops_per_output_px"] == bench.forward_flops(cfg, 18, 18) / 2**2  # output 2 x 2
+
+
+def test_p2_restores_tf32_flags_when_a_measurement_fails(monkeypatch):
+    calls = []
+
+    def failing_timer(fn, **kwargs):  # the peak, the fused bf16 forward, then the eager one fails
+        calls.append(kwargs)
+        if len(calls) == 3:
+            assert torch.backends.cudnn.allow_tf32 is False  # bf16 switched TF32 off for eager
+            raise RuntimeError("out of memory")
+        return 1.0
+
+    monkeypatch.setattr(bench, "median_ms", failing_timer)
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = True, True
+        with pytest.raises(RuntimeError, match="out of memory"):
+            bench.bench_forward(tile=18, batch=1, base_channels=4, depth=1, compile_baseline=False, peak_n=8,
+                                device=SMOKE_DEVICE)
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, True)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    assert len(calls) == 3 and all(torch.device(c["device"]).type == SMOKE_DEVICE for c in calls)
+
+
+def test_p3_loss_runs_at_tiny_sizes(tmp_path):
+    figures, ratios = bench.bench_loss(batch=1, large_batch=2, classes=3, size=16, copy_bytes=2**16, **SMOKE_TIMING)
+    keys = [f"P3.{t}.batch{n}" for t in ("uint8", "int64") for n in (1, 2)]
+    _check_run("P3", figures, ratios,
+               ["P3.copy_gb_s"] + [f"{k}.{x}" for k in keys for x in ("fused_ms", "eager_ms", "min_bytes", "fused_min_traffic_gb_s")],
+               [f"{k}.{x}" for k in keys for x in ("vs_eager", "copy_bandwidth_fraction")]
+               + ["P3.vs_eager", "P3.copy_bandwidth_fraction", "P3.int64.copy_bandwidth_fraction"], tmp_path)
+    assert figures["P3.uint8.batch2.min_bytes"] == 2 * 16 * 16 * (2 * 3 * 2 + 1 + 4)
+    assert ratios["P3.copy_bandwidth_fraction"] == ratios["P3.uint8.batch2.copy_bandwidth_fraction"]
+
+
+def test_p6_train_step_runs_at_tiny_sizes_with_uint8_targets(tmp_path, monkeypatch):
+    import fastunet.loss
+
+    seen = []
+    original = fastunet.loss.weighted_cross_entropy
+
+    def recording(logits, target, weight, **kwargs):
+        seen.append((kwargs["backend"], target.dtype, logits.dtype, tuple(target.shape)))
+        return original(logits, target, weight, **kwargs)
+
+    monkeypatch.setattr(fastunet.loss, "weighted_cross_entropy", recording)
+    figures, ratios = bench.bench_train_step(tile=18, batch=2, base_channels=4, depth=1, **SMOKE_TIMING)
+    _check_run("P6", figures, ratios, ["P6.fused_ms", "P6.eager_amp_ms"], ["P6.vs_eager_amp"], tmp_path)
+    assert {s[0] for s in seen} == {"triton", "torch"} and len(seen) == 2 * (1 + 2)
+    assert all(s[1:] == (torch.uint8, torch.bfloat16, (2, 2, 2)) for s in seen)  # as the trainer feeds it
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on CPU machines")
+def test_p1_p2_p3_p6_default_to_cuda_and_refuse_without_it():
+    for fn in (bench.bench_conv_layers, bench.bench_forward, bench.bench_loss, bench.bench_train_step):
+        with pytest.raises(UserError, match="needs a CUDA GPU"):
+            fn()
+
+
 # -- P4/P5 and the registry -------------------------------------------------------------------
 import importlib.util
 import inspect
