@@ -6,11 +6,19 @@ its resident memory after a warm-up run on a small volume (imports and first all
 done) and its peak resident memory (``VmHWM`` of ``/proc/self/status``, reset after the
 warm-up) during the run.
 The same process then times the raw network on the same number of tiles of the same shape
-(pre-normalized, in memory, predictor calls only): segment Mpx/s next to raw network Mpx/s
-shows what reading, normalizing, cutting, assembling and writing cost on top of the network.
+(pre-normalized, in memory, the same predictor calls: each block's tiles in calls of at most
+the batch size), ``--repeats`` times, and keeps the median:
+segment Mpx/s next to raw network Mpx/s shows what reading, normalizing, cutting, assembling
+and writing cost on top of the network.
+
+Every row uses the same tile (``--tile``; by default the tile of the engine's CPU default
+512-pixel step for large images, whatever the image size; the engine's own default would
+pick a smaller tile for a small image and make the rows incomparable); the table shows it
+per row.
 
     python benchmarks/segment_memory.py                     # 512^2, 1024^2, 2048^2 x 8 slices
     python benchmarks/segment_memory.py --base 1024 --slices 4 --block default
+    python benchmarks/segment_memory.py --base 256 --slices 2 --factors 1,4   # a smoke check
 
 A CPU measurement on whatever else the machine is doing: numbers are not GPU results and
 are not written to benchmarks/results/.
@@ -28,6 +36,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -66,29 +75,36 @@ def child(args) -> None:
     peak = _vm("VmHWM")
     summary = seg.last_summary
 
-    # The raw network on the same tiles: same count, shape and batch size, already in memory.
+    # The raw network on the same tiles: same count, shape and batch calls (the engine sends
+    # each block's tiles in calls of at most batch_size), already in memory.
     from fastunet.io import SegmentationStore
     from fastunet.tiling import Layout
 
     meta = SegmentationStore(args.output, mode="r").attrs
     layout = Layout(shape=tuple(meta["shape"]), depth=seg.config.depth, tile=tuple(meta["tile"]),
                     chunks=tuple(meta["chunks"]), block=tuple(meta["block"]))
-    ntiles = sum(b.shape[0] * len(layout.block_tiles(b)) for b in layout.blocks())
+    per_block = [b.shape[0] * len(layout.block_tiles(b)) for b in layout.blocks()]
+    ntiles = sum(per_block)
     bs = seg.batch_size
     rng = np.random.default_rng(0)
     batch = torch.from_numpy(rng.normal(size=(bs, 1, *layout.tile)).astype(np.float32))
     predictor = seg.network.predictor
     predictor.predict(batch, "labels")  # warm-up
-    t0 = time.perf_counter()
-    for i in range(0, ntiles, bs):
-        predictor.predict(batch[: min(bs, ntiles - i)], "labels")
-    raw_seconds = time.perf_counter() - t0
+    raw_times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        for n in per_block:
+            for i in range(0, n, bs):
+                predictor.predict(batch[: min(bs, n - i)], "labels")
+        raw_times.append(time.perf_counter() - t0)
+    raw_seconds = statistics.median(raw_times)
     voxels = math.prod(layout.shape)
     input_mib = voxels * 4 / 2**20  # float32
     print(json.dumps({
         "shape": list(layout.shape), "input_mib": input_mib, "rss_before_mib": before,
         "peak_rss_mib": peak, "seconds": seconds, "segment_mpx_s": voxels / 1e6 / seconds,
-        "raw_mpx_s": voxels / 1e6 / raw_seconds, "tiles": ntiles, "tile": summary["tile"],
+        "raw_mpx_s": voxels / 1e6 / raw_seconds, "raw_repeats": len(raw_times),
+        "raw_spread": (max(raw_times) - min(raw_times)) / raw_seconds, "tiles": ntiles, "tile": summary["tile"],
         "block": summary["block"], "blocks": summary["blocks"], "batch_size": bs,
         "torch_threads": torch.get_num_threads(),
     }))
@@ -112,17 +128,26 @@ def main() -> None:
     p.add_argument("--base", type=int, default=512, help="edge of the 1x volume's slices (default 512)")
     p.add_argument("--slices", type=int, default=8, help="slices per volume (default 8)")
     p.add_argument("--factors", default="1,4,16", help="volume growth factors (default 1,4,16)")
-    p.add_argument("--tile", type=int, help="network input tile (default: the engine's CPU default)")
+    p.add_argument("--tile", type=int, help="network input tile, the same for every size (default: the tile of "
+                   "a 512-pixel output step, the engine's CPU default for large images)")
+    p.add_argument("--repeats", type=int, default=5, help="raw-network timings per size; the median is shown "
+                   "(default 5)")
     p.add_argument("--block", default="1,512,512",
                    help="output block shape Z,Y,X, or 'default' for the engine's (about 8 Mvoxels)")
     p.add_argument("--base-channels", type=int, default=8)
     p.add_argument("--depth", type=int, default=3)
     p.add_argument("--child", nargs=3, metavar=("INPUT", "MODEL", "OUTPUT"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.repeats < 1:
+        p.error("--repeats must be at least 1")
     if args.child:
         args.input, args.model, args.output = args.child
         child(args)
         return
+    if args.tile is None:
+        from fastunet import geometry
+
+        args.tile = geometry.input_size_for_output(512, args.depth)
 
     import torch
 
@@ -138,9 +163,8 @@ def main() -> None:
             edge = int(round(args.base * math.sqrt(f)))
             vol = tmp / f"v{f}.zarr"
             make_volume(vol, args.slices, edge, seed=f)
-            cmd = [sys.executable, __file__, "--block", args.block, "--child", str(vol), str(model), str(tmp / f"o{f}.zarr")]
-            if args.tile:
-                cmd[2:2] = ["--tile", str(args.tile)]
+            cmd = [sys.executable, __file__, "--block", args.block, "--tile", str(args.tile), "--repeats",
+                   str(args.repeats), "--child", str(vol), str(model), str(tmp / f"o{f}.zarr")]
             env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
             out = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if out.returncode:
@@ -152,16 +176,21 @@ def main() -> None:
     r0 = rows[0]
     malloc = os.environ.get("MALLOC_MMAP_THRESHOLD_")
     print(f"tiny U-Net (base_channels {args.base_channels}, depth {args.depth}), CPU, torch fp32, "
-          f"tile {r0['tile']}, batch {r0['batch_size']}, block {args.block}, {r0['torch_threads']} torch threads, "
+          f"batch {r0['batch_size']}, block {args.block}, {r0['torch_threads']} torch threads, raw net: median of "
+          f"{args.repeats}, "
           + (f"MALLOC_MMAP_THRESHOLD_={malloc}" if malloc else "default glibc malloc"))
-    head = ("size", "volume (Z,Y,X)", "input MiB", "RSS before MiB", "peak RSS MiB", "peak - before", "blocks",
-            "segment Mpx/s", "raw net Mpx/s", "segment/raw")
+    head = ("size", "volume (Z,Y,X)", "tile", "input MiB", "RSS before MiB", "peak RSS MiB", "peak - before",
+            "blocks", "tiles", "segment Mpx/s", "raw net Mpx/s", "raw spread", "segment/raw")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
-        print(f"| {r['factor']}x | {'x'.join(map(str, r['shape']))} | {r['input_mib']:.0f} | {r['rss_before_mib']:.0f} | "
-              f"{r['peak_rss_mib']:.0f} | {r['peak_rss_mib'] - r['rss_before_mib']:.0f} | {r['blocks']} | {r['segment_mpx_s']:.2f} | {r['raw_mpx_s']:.2f} | "
+        print(f"| {r['factor']}x | {'x'.join(map(str, r['shape']))} | {'x'.join(map(str, r['tile']))} | "
+              f"{r['input_mib']:.0f} | {r['rss_before_mib']:.0f} | {r['peak_rss_mib']:.0f} | "
+              f"{r['peak_rss_mib'] - r['rss_before_mib']:.0f} | {r['blocks']} | {r['tiles']} | "
+              f"{r['segment_mpx_s']:.2f} | {r['raw_mpx_s']:.2f} | {100 * r['raw_spread']:.0f}% | "
               f"{r['segment_mpx_s'] / r['raw_mpx_s']:.2f} |")
+    if len({tuple(r["tile"]) for r in rows}) > 1:
+        print("note: the rows used different tiles; they are not comparable", file=sys.stderr)
 
 
 if __name__ == "__main__":
