@@ -65,11 +65,13 @@ __all__ = [
     "run_block",
     "lazy_arrays",
     "execute",
+    "open_cluster",
     "parse_gpus",
     "gpu_worker_specs",
 ]
 
 _FLOAT_DTYPES = ("float16", "float32", "float64")
+SCHEDULER_TIMEOUT = 20.0  # seconds to reach a dask scheduler (--scheduler) before giving up
 
 
 # ----------------------------------------------------------------------------- the model
@@ -485,7 +487,9 @@ def normalization_stats(source, normalization: Normalization, *, max_samples: in
     slice's constants. Reads go in bands of at most ``band_voxels`` voxels per channel on
     ``threads`` threads (default: the CPU count, at most 8), so memory stays bounded whatever
     the volume size. NaN/Inf values are ignored by the statistics and counted
-    (``nonfinite``). Modes ``fixed`` and ``none`` read nothing.
+    (``nonfinite``); a sample without any finite value raises :class:`UserError` (the
+    statistics, and any segmentation, would be meaningless). Modes ``fixed`` and ``none``
+    read nothing.
     """
     c = source.channels
     spatial = source.spatial_shape
@@ -517,6 +521,12 @@ def normalization_stats(source, normalization: Normalization, *, max_samples: in
         results = list(pool.map(plane, planes))
     sampled = sum(r[0][0] for r in results)
     nonfinite = sum(r[0][1] for r in results)
+    if sampled and nonfinite == sampled:
+        what = source.describe() if hasattr(source, "describe") else "the input"
+        raise UserError(
+            f"No finite value in the input: all {sampled} values sampled from {what} are NaN or Inf, so "
+            "there is nothing to segment; check the input (a failed conversion or export?)."
+        )
     if per_slice:
         stats = np.array([r[1] for r in results], np.float64).transpose(1, 0, 2)  # (C, Z, 2)
         return NormStats(stats[..., 0], stats[..., 1], sampled, nonfinite)
@@ -728,9 +738,13 @@ class _Cluster:
 
         if self.scheduler is not None:
             try:
-                self.client = Client(self.scheduler, timeout="20s")
+                self.client = Client(self.scheduler, timeout=f"{SCHEDULER_TIMEOUT}s")
             except (OSError, TimeoutError) as exc:
-                raise UserError(f"Cannot reach the dask scheduler at {self.scheduler!r}: {exc}") from None
+                detail = " ".join(str(exc).split())
+                raise UserError(
+                    f"Cannot reach the dask scheduler at {self.scheduler!r} ({detail}); check the address "
+                    "and that the scheduler is running, or leave --scheduler out to run here."
+                ) from None
             return self.client
         if self.gpus is not None:
             self.cluster = SpecCluster(
@@ -751,9 +765,23 @@ class _Cluster:
         return False
 
 
+def _threads_per_worker(threads, workers, gpus) -> int:
+    nworkers = len(parse_gpus(gpus)) if gpus is not None else (workers or 1)
+    return threads or max(1, min(8, (os.cpu_count() or 1) // nworkers))
+
+
+def open_cluster(*, scheduler=None, workers=None, gpus=None, threads: int | None = None) -> _Cluster:
+    """A context manager that joins the scheduler at ``scheduler`` or starts ``workers``
+    local worker processes or one per GPU in ``gpus``, yielding the distributed Client
+    (pass it to :func:`execute`); closes what it started on exit. Raises
+    :class:`UserError` when the scheduler cannot be reached within ``SCHEDULER_TIMEOUT``."""
+    return _Cluster(scheduler=scheduler, workers=workers, gpus=gpus,
+                    threads_per_worker=_threads_per_worker(threads, workers, gpus))
+
+
 # ------------------------------------------------------------------------------- execute
 def execute(job: Job, blocks: list[Block], *, scheduler=None, workers=None, gpus=None,
-            threads: int | None = None, progress=None, on_result=None) -> list[dict]:
+            threads: int | None = None, progress=None, on_result=None, client=None) -> list[dict]:
     """Run :func:`run_block` for ``blocks``; returns the per-block summaries.
 
     Parameters
@@ -769,6 +797,13 @@ def execute(job: Job, blocks: list[Block], *, scheduler=None, workers=None, gpus
         Called with each block's summary as it completes (from this thread).
     on_result : callable, optional
         Like ``progress``, for the summaries that carry arrays (``job.store`` is None).
+    client : distributed.Client, optional
+        An open client (see :func:`open_cluster`) for the scheduler/workers/gpus run;
+        without one, the cluster is joined or started here and closed at the end.
+
+    On the threaded scheduler a failing block stops the run after the blocks already
+    running have finished (and been recorded): nothing writes to the output once this
+    returns or raises.
     """
     summaries = []
 
@@ -796,16 +831,28 @@ def execute(job: Job, blocks: list[Block], *, scheduler=None, workers=None, gpus
                 done(result)
 
         n = threads or (min(8, os.cpu_count() or 1) if job.use_runner else 2)
-        dask.threaded.get(dsk, keys, num_workers=n, callbacks=[Callback(posttask=posttask)._callback])
+        # Our own pool: on a failure dask raises at once, while the other blocks still run;
+        # shutting the pool down waits for them, so no task writes after we return.
+        pool_cls = getattr(dask.threaded, "ContextAwareThreadPoolExecutor", ThreadPoolExecutor)
+        pool = pool_cls(n)
+        try:
+            dask.threaded.get(dsk, keys, num_workers=n, pool=pool,
+                              callbacks=[Callback(posttask=posttask)._callback])
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
         return summaries
+
+    import contextlib
 
     from distributed import as_completed
 
-    nworkers = len(parse_gpus(gpus)) if gpus is not None else (workers or 1)
-    per_worker = threads or max(1, min(8, (os.cpu_count() or 1) // nworkers))
+    per_worker = _threads_per_worker(threads, workers, gpus)
     if workers is not None and job.device.startswith("cpu") and job.torch_threads is None:
         job = dataclasses.replace(job, torch_threads=per_worker)
-    with _Cluster(scheduler=scheduler, workers=workers, gpus=gpus, threads_per_worker=per_worker) as client:
+    with contextlib.ExitStack() as stack:
+        if client is None:
+            client = stack.enter_context(_Cluster(scheduler=scheduler, workers=workers, gpus=gpus,
+                                                  threads_per_worker=per_worker))
         [job_future] = client.scatter([job], broadcast=True, hash=False)
         futures = [client.submit(run_block, job_future, b, key=f"fastunet-block-{b.name}-{uuid.uuid4().hex[:8]}",
                                  pure=False, retries=0) for b in blocks]

@@ -29,16 +29,20 @@ Outputs (:func:`check_output`, :func:`create_output`, :func:`open_output`) are z
 ``(K, ...)``) with ``attrs["fastunet"]`` describing the run; for an OME-Zarr input the
 labels follow the NGFF image-label layout (``labels/segmentation/0``). Finished blocks are
 recorded by :meth:`SegmentationStore.mark_done` (one file per block, written atomically) so a
-killed run can be resumed. :func:`write_tiff` writes results that fit in memory as TIFF.
+killed run can be resumed; ``attrs["fastunet"]["input_id"]`` (:func:`input_fingerprint`)
+records which input it was made from, so a resume on another input is refused. :func:`write_tiff` writes results that fit in memory as TIFF.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import os
 import shutil
 import threading
 import uuid
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, unquote
@@ -55,6 +59,8 @@ __all__ = [
     "parse_axes",
     "check_output",
     "create_output",
+    "discard_output",
+    "input_fingerprint",
     "open_output",
     "SegmentationStore",
     "write_tiff",
@@ -209,6 +215,10 @@ class VolumeSource:
     native_axes : str
         One letter per stored dimension: the canonical axis it becomes, or ``"1"`` for a
         dropped length-1 axis (T, a singleton C, S). Empty means "same as ``axes``".
+    alt_axes : str
+        When the channel axis is a guess of the file reader (a TIFF whose planes tifffile
+        reads as RGB samples, without ``--axes``): the ``--axes`` value that reads those
+        planes as Z slices instead, for error messages; else empty.
     """
 
     kind: str
@@ -221,6 +231,7 @@ class VolumeSource:
     ome: dict | None = field(hash=False)
     array: object = field(default=None, compare=False, repr=False)
     native_axes: str = ""
+    alt_axes: str = ""
 
     # The open handle lives in the instance __dict__ under "_handle" (never pickled).
 
@@ -283,7 +294,8 @@ class VolumeSource:
             One basic slice (step 1) per canonical axis, inside the volume.
 
         Opens the file lazily on first use (per process; the handle is not pickled) and
-        never writes to it.
+        never writes to it. A chunk or page that cannot be read or decoded (a damaged file)
+        raises :class:`UserError` naming the input, the region and, for zarr, the chunk file.
         """
         box = self._check_region(region)
         native = self.native_axes or self.axes
@@ -294,13 +306,66 @@ class VolumeSource:
             else:
                 index.append(box[self.axes.index(letter)])
                 kept.append(letter)
-        data = self._stored()[tuple(index)]
-        if hasattr(data, "compute"):  # dask
-            data = data.compute()
-        data = np.transpose(np.asarray(data), [kept.index(a) for a in self.axes])
+        try:
+            data = self._stored()[tuple(index)]
+            if hasattr(data, "compute"):  # dask
+                data = data.compute()
+            data = np.asarray(data)
+        except (UserError, MemoryError):
+            raise
+        except Exception as exc:  # codecs raise RuntimeError, ValueError, OSError, struct errors...
+            raise self._read_error(box, tuple(index), exc) from exc
+        data = np.transpose(data, [kept.index(a) for a in self.axes])
         if self.kind == "array":
             return np.array(data, dtype=np.dtype(self.dtype), order="C", copy=True)
         return np.ascontiguousarray(data, dtype=np.dtype(self.dtype))
+
+    def describe(self) -> str:
+        """The input in words, for messages: its path (and array key or TIFF series)."""
+        if self.path is None:
+            return "the in-memory input array"
+        if self.kind == "tiff":
+            series = f" (series {self.key})" if self.key not in (None, "0") else ""
+            return f"the TIFF file {self.path!r}{series}"
+        where = f"{self.path}/{self.key}" if self.key else self.path
+        return f"the zarr array {where!r}"
+
+    def _read_error(self, box, index, exc) -> UserError:
+        region = ", ".join(f"{a} {s.start}:{s.stop}" for a, s in zip(self.axes, box))
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+        if len(detail) > 200:
+            detail = detail[:197] + "..."
+        chunk = self._find_bad_chunk(index)
+        where = f"; the damaged chunk is the file {chunk!r}" if chunk else ""
+        return UserError(
+            f"Cannot read {self.describe()} at {region} ({detail}){where}; the input is damaged or "
+            "incomplete: restore it from a good copy, then run again (with --resume on a zarr output "
+            "to keep the finished blocks)."
+        )
+
+    def _find_bad_chunk(self, index, limit: int = 64) -> str | None:
+        """The file of the first zarr chunk inside ``index`` (native axes) that fails to
+        read, trying at most ``limit`` chunks; None when not found or not a local zarr."""
+        if self.kind not in ("zarr", "ome-zarr") or not self.path:
+            return None
+        try:
+            arr = self._stored()
+            ranges = []
+            for i, c, n in zip(index, arr.chunks, arr.shape):
+                start, stop = (i, i + 1) if isinstance(i, int) else (i.start or 0, n if i.stop is None else i.stop)
+                ranges.append(range(start // c, -(-stop // c)))
+            for k, coords in enumerate(itertools.product(*ranges)):
+                if k >= limit:
+                    return None
+                sel = tuple(slice(j * c, min((j + 1) * c, n)) for j, c, n in zip(coords, arr.chunks, arr.shape))
+                try:
+                    arr[sel]
+                except Exception:
+                    key = arr.metadata.encode_chunk_key(coords)
+                    return str(Path(self.path, self.key or "", key))
+        except Exception:
+            return None
+        return None
 
     def _check_region(self, region) -> tuple[slice, ...]:
         if not isinstance(region, tuple) or len(region) != len(self.axes):
@@ -597,12 +662,94 @@ def _open_tiff(path: Path, axes: str | None) -> VolumeSource:
             letters = _tiff_letters(series.axes, shape, what)
         source = _make_source("tiff", str(path), "0", letters, shape, arr.dtype,
                               tuple(int(c) for c in arr.chunks), what)
+        if axes is None and "S" in letters and "Z" not in letters and "C" in source.axes:
+            # tifffile read the planes as RGB samples (its guess for 3 or 4 planes without
+            # axes metadata): they may as well be z slices.
+            alt = letters.replace("S", "Z")
+            if "1" not in alt:
+                source = dataclasses.replace(source, alt_axes=alt)
         try:  # decode one chunk now, so a codec that needs imagecodecs fails before any compute
             arr[tuple(slice(0, 1) for _ in shape)]
         except Exception as exc:
             fix = " (pip install imagecodecs)" if "imagecodecs" in str(exc) else ""
             raise UserError(f"{what} cannot be decoded: {exc}{fix}.") from None
     return source
+
+
+# ---------------------------------------------------------------------------- fingerprint
+
+FINGERPRINT_POINTS = 4  # sample positions per spatial axis
+
+
+def input_fingerprint(source: VolumeSource) -> dict:
+    """A cheap identity of an input, recorded in the output so that ``--resume`` can refuse
+    another input (or one changed since).
+
+    Always: the resolved path (None in memory), array key / TIFF series, kind, axes, shape
+    and dtype. TIFF: the file's size and modification time (ns). zarr: a digest of the
+    array's metadata document (``zarr.json`` / ``.zarray`` contents). Everything but TIFF: a
+    digest of the values at a fixed lattice of at most ``FINGERPRINT_POINTS`` positions per
+    spatial axis (all channels), which depends on the shape only. Reads a few chunks.
+    """
+    fp = {
+        "path": os.path.realpath(source.path) if source.path else None,
+        "key": source.key,
+        "kind": source.kind,
+        "axes": source.axes,
+        "native_axes": source.native_axes or source.axes,
+        "shape": [int(n) for n in source.shape],
+        "dtype": source.dtype,
+    }
+    if source.kind == "tiff":
+        st = os.stat(source.path)
+        fp.update(size=int(st.st_size), mtime_ns=int(st.st_mtime_ns))
+        return fp
+    stored = source._stored()
+    if isinstance(stored, zarr.Array):
+        doc = json.dumps(stored.metadata.to_dict(), sort_keys=True, default=str)
+        fp["metadata"] = hashlib.sha256(doc.encode()).hexdigest()[:32]
+    digest = hashlib.sha256()
+    grids = []
+    for a, n in zip(source.axes, source.shape):
+        if a == "C":
+            grids.append([None])
+        else:
+            k = min(FINGERPRINT_POINTS, n)
+            grids.append(sorted({(2 * i + 1) * n // (2 * k) for i in range(k)}))
+    for point in itertools.product(*grids):
+        region = tuple(slice(0, n) if p is None else slice(p, p + 1) for p, n in zip(point, source.shape))
+        values = source.read(region)
+        digest.update(np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<")).tobytes())
+    fp["sample"] = digest.hexdigest()[:32]
+    return fp
+
+
+def _input_mismatch(path: Path, old: dict, new: dict) -> str:
+    """Why a resume's input is not the recorded one, in words."""
+    def differs(*keys):
+        return any(old.get(k) != new.get(k) for k in keys)
+
+    if not isinstance(old, dict):
+        reason = "its input record is unreadable"
+    elif differs("path"):
+        reason = f"it was started on the input {old.get('path')!r}, this run reads {new.get('path')!r}"
+    elif differs("key", "kind"):
+        reason = (f"it was started on the array {old.get('key')!r} ({old.get('kind')}) of the input, this run "
+                  f"reads {new.get('key')!r} ({new.get('kind')})")
+    elif differs("axes", "native_axes", "shape", "dtype"):
+        reason = (f"it was started on an input with axes {old.get('native_axes')} -> {old.get('axes')}, shape "
+                  f"{old.get('shape')}, dtype {old.get('dtype')}; this run's input has axes "
+                  f"{new.get('native_axes')} -> {new.get('axes')}, shape {new.get('shape')}, dtype {new.get('dtype')}")
+    elif differs("size", "mtime_ns"):
+        reason = "the input file changed since it was started (its size or modification time differ)"
+    elif differs("metadata"):
+        reason = "the input array's metadata changed since it was started"
+    else:
+        reason = "the input's values differ from those it was started on (a sample at fixed positions)"
+    return (
+        f"Cannot resume {str(path)!r}: {reason}; resuming would mix two inputs in one output. Resume with "
+        "the same, unchanged input, or start over with --overwrite."
+    )
 
 
 # ------------------------------------------------------------------------------------- outputs
@@ -697,6 +844,7 @@ def check_output(
     overwrite: bool,
     resume: bool,
     expect: dict | None = None,
+    output_kind: str | None = None,
 ) -> Path:
     """Check an output location before anything is computed; return its resolved path.
 
@@ -712,6 +860,9 @@ def check_output(
     expect : dict, optional
         With ``resume``: recorded parameters the existing output must match (see
         :func:`open_output`).
+    output_kind : {"labels", "probs", "both"}, optional
+        For a TIFF output, ``"both"`` also writes ``<stem>_probs.tif`` (see
+        :func:`write_tiff`): that file is checked too.
 
     Raises
     ------
@@ -756,6 +907,16 @@ def check_output(
             _probe_writable(out)
     else:
         _probe_writable(parent)
+    if tiff and output_kind == "both":
+        probs = _probs_path(out)
+        _check_not_input(probs, source)
+        if probs.exists() or probs.is_symlink():
+            if not overwrite:
+                raise UserError(
+                    f"Output {str(probs)!r} (the probabilities of --output both) already exists; pass "
+                    "--overwrite to replace it or choose another output name."
+                )
+            _check_removable(probs)
     return out
 
 
@@ -776,10 +937,17 @@ def _json_default(obj):
 
 def _check_expected(path: Path, meta: dict, expect: dict) -> None:
     for key, want in _jsonable(expect).items():
+        if key == "input_id" and key not in meta:
+            raise UserError(
+                f"Cannot resume {str(path)!r}: it does not record which input it was made from (an "
+                "output of an older fastunet), so resuming could mix two inputs; start over with --overwrite."
+            )
         if key not in meta:
             raise UserError(
                 f"Cannot resume {str(path)!r}: it does not record {key!r}; start over with --overwrite."
             )
+        if key == "input_id" and meta[key] != want:
+            raise UserError(_input_mismatch(path, meta[key], want))
         if meta[key] != want:
             raise UserError(
                 f"Cannot resume {str(path)!r}: it was created with {key}={meta[key]!r}, this run has "
@@ -871,6 +1039,8 @@ def create_output(
     label_name : str
         Name of the label image under ``labels/`` for OME-Zarr inputs.
 
+    ``attrs["fastunet"]["input_id"]`` records :func:`input_fingerprint` of ``source``.
+
     Returns
     -------
     SegmentationStore
@@ -901,6 +1071,7 @@ def create_output(
         )
     out = Path(path).expanduser().resolve()
     _check_not_input(out, source)
+    input_id = input_fingerprint(source)  # reads a few chunks: fails before anything is written
     if out.exists():
         if not overwrite:
             raise UserError(f"Output {str(out)!r} already exists; pass --overwrite to replace it.")
@@ -929,6 +1100,7 @@ def create_output(
             "input": source.path,
             "input_kind": source.kind,
             "input_key": source.key,
+            "input_id": input_id,
             "axes": source.axes,
             "shape": list(spatial),
             "output": output,
@@ -983,6 +1155,14 @@ def create_output(
         make(root, "probs", (num_classes, *spatial), (1, *chunks), "float16", float("nan"), [cname, *names])
     root.create_group(DONE_DIR)
     return SegmentationStore(out)
+
+
+def discard_output(path) -> None:
+    """Remove an output that this run created and that holds no finished block (a run that
+    failed before its first block); refuses anything that is not a fastunet output."""
+    out = Path(path).expanduser().resolve()
+    if out.exists():
+        _remove_output(out)
 
 
 def _prepend(transform: dict, value: float) -> dict:

@@ -9,17 +9,22 @@
 What happens: the input is opened read-only (:func:`fastunet.io.open_volume`) and checked
 against the model; the output is checked (:func:`fastunet.io.check_output`) before anything
 is computed; normalization statistics are taken once from a fixed subsample of the whole
-volume (:func:`fastunet.engine.normalization_stats`); blocks are planned on the global tile
-grid (:mod:`fastunet.tiling`) and run by dask (:func:`fastunet.engine.execute`); each finished
+volume (:func:`fastunet.engine.normalization_stats`); the cluster is joined (or the network
+loaded) before the output is created, which records the input's identity
+(:func:`fastunet.io.input_fingerprint`); blocks are planned on the global tile grid
+(:mod:`fastunet.tiling`) and run by dask (:func:`fastunet.engine.execute`); each finished
 block is recorded so an interrupted run can be resumed; the output is marked complete last.
+A run that fails before its first block is recorded removes the output it created.
 
 This module imports no dask, zarr or tifffile at import time (``import fastunet`` stays light).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -37,6 +42,7 @@ __all__ = [
 OUTPUT_KINDS = ("labels", "probs", "both")
 TIFF_SUFFIXES = (".tif", ".tiff")
 MAX_TIFF_BYTES = 4 * 1024**3
+PROGRESS_INTERVAL = 30.0  # seconds between plain progress lines when stderr is not a terminal
 
 
 class NonFiniteWarning(RuntimeWarning):
@@ -213,6 +219,9 @@ class Segmenter:
                 if need > 1 and "C" not in vol.axes
                 else f"use a model made for {vol.channels} channel(s)"
             )
+            if getattr(vol, "alt_axes", "") and need == 1:
+                hint += (f", or, if its {vol.channels} planes are z slices (the file reader took them for "
+                         f"RGB channels), pass --axes {vol.alt_axes}")
             raise UserError(
                 f"The model expects {need} input channel(s) but the input has {vol.channels} "
                 f"(axes {vol.axes}, shape {vol.shape}); {hint}."
@@ -252,12 +261,13 @@ class Segmenter:
     def segment(self, source, output=None, *, axes: str | None = None, output_kind: str = "labels",
                 zarr_format: int = 3, resume: bool = False, overwrite: bool = False, scheduler=None,
                 workers: int | None = None, gpus=None, progress: bool | None = True, chunks=None, block=None,
-                threads: int | None = None, max_tiff_bytes: int = MAX_TIFF_BYTES):
+                threads: int | None = None, max_tiff_bytes: int = MAX_TIFF_BYTES,
+                progress_interval: float = PROGRESS_INTERVAL):
         """Segment ``source``; see :func:`segment` for the parameters and what is returned."""
         import numpy as np
 
         from . import io
-        from .engine import NormStats, execute, lazy_arrays, normalization_stats, parse_gpus
+        from .engine import NormStats, execute, lazy_arrays, normalization_stats, open_cluster, parse_gpus
 
         t_start = time.perf_counter()
         if output_kind not in OUTPUT_KINDS:
@@ -293,14 +303,18 @@ class Segmenter:
             labels, probs = lazy_arrays(job)
             return _pick(output_kind, labels, probs)
 
-        expect = {"shape": list(vol.spatial_shape), "output": output_kind,
-                  "num_classes": self.config.num_classes, "model": self.handle.key}
+        expect = {}
+        if resume:  # the input must be the one the interrupted run read (or the complete output's)
+            expect["input_id"] = io.input_fingerprint(vol)
+        expect.update({"shape": list(vol.spatial_shape), "output": output_kind,
+                       "num_classes": self.config.num_classes, "model": self.handle.key})
         if self.tile is not None:
             expect["tile"] = [self.tile, self.tile]
         for key, value in (("chunks", chunks), ("block", block)):
             if value is not None:
                 expect[key] = [int(v) for v in value]
-        path = io.check_output(output, source=vol, overwrite=overwrite, resume=resume, expect=expect)
+        path = io.check_output(output, source=vol, overwrite=overwrite, resume=resume, expect=expect,
+                               output_kind=output_kind)
         tiff = path.suffix.lower() in TIFF_SUFFIXES
         store = None
         skip: set[str] = set()
@@ -329,38 +343,64 @@ class Segmenter:
             stats = NormStats(np.asarray(meta["norm_offset"], np.float64), np.asarray(meta["norm_scale"], np.float64))
         else:
             stats = normalization_stats(vol, self.normalization)
-        if store is None and not tiff:
-            attrs = {"model": self.handle.key, "model_path": self.handle.path, "tile": list(layout.tile),
-                     "block": list(layout.block), "normalization": self.normalization.to_dict(),
-                     "norm_offset": stats.offset.tolist(), "norm_scale": stats.scale.tolist()}
-            store = io.create_output(path, source=vol, num_classes=self.config.num_classes, output=output_kind,
-                                     chunks=layout.chunks, zarr_format=zarr_format, overwrite=overwrite, attrs=attrs)
-        job = self._job(vol, layout, stats, output_kind, store, remote)
-        if gpus is not None:
-            job = _replace(job, device=str(device), use_runner=True)
-        blocks = [b for b in layout.blocks() if b.name not in skip]
 
-        result = {}
-        if tiff:
-            spatial = layout.shape if layout.ndim == 3 else (1, *layout.shape)
-            result["labels"] = np.zeros(spatial, np.uint8) if output_kind != "probs" else None
-            result["probs"] = (np.zeros((self.config.num_classes, *spatial), np.float16)
-                               if output_kind != "labels" else None)
+        with contextlib.ExitStack() as stack:
+            # Join the cluster / load the network BEFORE creating the output: a setup failure
+            # (unreachable scheduler, broken device) then leaves nothing behind.
+            client = None
+            if remote:
+                client = stack.enter_context(open_cluster(scheduler=scheduler, workers=workers, gpus=gpus,
+                                                          threads=threads))
+            else:
+                self.network  # noqa: B018 - loads the network now
+            created = False
+            if store is None and not tiff:
+                attrs = {"model": self.handle.key, "model_path": self.handle.path, "tile": list(layout.tile),
+                         "block": list(layout.block), "normalization": self.normalization.to_dict(),
+                         "norm_offset": stats.offset.tolist(), "norm_scale": stats.scale.tolist()}
+                store = io.create_output(path, source=vol, num_classes=self.config.num_classes,
+                                         output=output_kind, chunks=layout.chunks, zarr_format=zarr_format,
+                                         overwrite=overwrite, attrs=attrs)
+                created = True
+            submitted = False
+            try:
+                job = self._job(vol, layout, stats, output_kind, store, remote)
+                if gpus is not None:
+                    job = _replace(job, device=str(device), use_runner=True)
+                blocks = [b for b in layout.blocks() if b.name not in skip]
 
-        def place(summary):
-            z = layout.block_at(summary["index"]).slices
-            z = z if layout.ndim == 3 else (slice(0, 1), *z)
-            if result["labels"] is not None:
-                result["labels"][z] = summary["labels"]
-            if result["probs"] is not None:
-                result["probs"][(slice(None), *z)] = summary["probs"]
+                result = {}
+                if tiff:
+                    spatial = layout.shape if layout.ndim == 3 else (1, *layout.shape)
+                    result["labels"] = np.zeros(spatial, np.uint8) if output_kind != "probs" else None
+                    result["probs"] = (np.zeros((self.config.num_classes, *spatial), np.float16)
+                                       if output_kind != "labels" else None)
 
-        bar = _ProgressBar(total=layout.num_blocks, done=layout.num_blocks - len(blocks), enabled=progress)
-        try:
-            summaries = execute(job, blocks, scheduler=scheduler, workers=workers, gpus=gpus, threads=threads,
-                                progress=bar.update, on_result=place if tiff else None)
-        finally:
-            bar.close()
+                def place(summary):
+                    z = layout.block_at(summary["index"]).slices
+                    z = z if layout.ndim == 3 else (slice(0, 1), *z)
+                    if result["labels"] is not None:
+                        result["labels"][z] = summary["labels"]
+                    if result["probs"] is not None:
+                        result["probs"][(slice(None), *z)] = summary["probs"]
+
+                bar = _ProgressBar(total=layout.num_blocks, done=layout.num_blocks - len(blocks), enabled=progress,
+                                   interval=progress_interval)
+                try:
+                    submitted = True
+                    summaries = execute(job, blocks, scheduler=scheduler, workers=workers, gpus=gpus,
+                                        threads=threads, progress=bar.update, on_result=place if tiff else None,
+                                        client=client)
+                finally:
+                    bar.close()
+            except BaseException:
+                # An output this run created and that holds no finished block is removed, so
+                # that running again needs no --overwrite / --resume. The threaded scheduler
+                # has stopped every task when execute raises; a cluster's tasks may still run,
+                # so there only a failure before any was submitted removes it.
+                if created and (not submitted or not remote) and not store.done():
+                    io.discard_output(store.path)
+                raise
         seconds = time.perf_counter() - t_start
         voxels = sum(s["voxels"] for s in summaries)
         nonfinite = sum(s["nonfinite"] for s in summaries)
@@ -387,25 +427,75 @@ class Segmenter:
 
 
 class _ProgressBar:
-    """tqdm bar over blocks with Mpx/s; off when ``enabled`` is False, automatic (TTY only)
-    when None or True."""
+    """Progress over blocks with Mpx/s. ``enabled`` False: nothing. Otherwise a tqdm bar when
+    stderr is a terminal, and when it is not (a batch job's log) a plain line every
+    ``interval`` seconds: blocks done/total, Mpx/s, ETA."""
 
-    def __init__(self, *, total: int, done: int, enabled):
-        from tqdm.auto import tqdm
-
+    def __init__(self, *, total: int, done: int, enabled, interval: float = PROGRESS_INTERVAL):
         self.t0 = time.perf_counter()
         self.voxels = 0
-        self.bar = tqdm(total=total, initial=done, unit="block", desc="segment", file=sys.stderr,
-                        disable=None if enabled else True, dynamic_ncols=True)
+        self.total, self.done, self.start_done = total, done, done
+        self.bar = None
+        self._stop = threading.Event()
+        self._thread = None
+        if enabled is False:
+            return
+        stream = sys.stderr
+        try:
+            tty = stream.isatty()
+        except (AttributeError, ValueError):
+            tty = False
+        if tty:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=done, unit="block", desc="segment", file=stream,
+                            dynamic_ncols=True)
+        elif done < total:
+            self.stream = stream
+            self._thread = threading.Thread(target=self._report, args=(float(interval),), daemon=True,
+                                            name="fastunet-progress")
+            self._thread.start()
+
+    def rate(self) -> float:
+        return self.voxels / 1e6 / max(time.perf_counter() - self.t0, 1e-9)
+
+    def line(self) -> str:
+        elapsed = time.perf_counter() - self.t0
+        computed = self.done - self.start_done
+        if computed:
+            eta = _duration(elapsed / computed * (self.total - self.done))
+        else:
+            eta = "unknown"
+        return (f"segment: {self.done}/{self.total} blocks, {self.rate():.2f} Mpx/s, "
+                f"{_duration(elapsed)} elapsed, ETA {eta}")
+
+    def _report(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                print(self.line(), file=self.stream, flush=True)
+            except (OSError, ValueError):  # the stream was closed
+                return
 
     def update(self, summary: dict) -> None:
         self.voxels += summary["voxels"]
-        rate = self.voxels / 1e6 / max(time.perf_counter() - self.t0, 1e-9)
-        self.bar.set_postfix_str(f"{rate:.2f} Mpx/s", refresh=False)
-        self.bar.update(1)
+        self.done += 1
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{self.rate():.2f} Mpx/s", refresh=False)
+            self.bar.update(1)
 
     def close(self) -> None:
-        self.bar.close()
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, sec = divmod(rest, 60)
+    return f"{h}h{m:02d}m{sec:02d}s" if h else (f"{m}m{sec:02d}s" if m else f"{sec}s")
 
 
 def summary_line(summary: dict, output) -> str:
@@ -455,7 +545,7 @@ def segment(source, model=None, output=None, *, axes: str | None = None, tile: i
             batch_size: int | None = None, device=None, backend: str = "auto", dtype: str | None = None,
             output_kind: str = "labels", zarr_format: int = 3, resume: bool = False, overwrite: bool = False,
             scheduler=None, workers: int | None = None, gpus=None, progress: bool | None = True,
-            chunks=None, block=None, threads: int | None = None):
+            chunks=None, block=None, threads: int | None = None, progress_interval: float = PROGRESS_INTERVAL):
     """Segment a volume with overlap-tile inference (seamless: identical to one pass of the
     network over the whole mirrored image).
 
@@ -476,18 +566,24 @@ def segment(source, model=None, output=None, *, axes: str | None = None, tile: i
         uint8 labels (argmax), float16 class probabilities ``(K, ...)``, or both.
     zarr_format : {3, 2}
     resume : bool
-        Continue an interrupted run into the same output, skipping recorded blocks.
+        Continue an interrupted run into the same output, skipping recorded blocks. Refused
+        unless the input is the recorded one (path, array, axes, shape, dtype, and a
+        fingerprint: zarr metadata and sampled values, or a TIFF's size and mtime).
     overwrite : bool
         Replace an existing fastunet output.
     scheduler, workers, gpus
         Run on dask.distributed: join the scheduler at this address, start ``workers`` local
         worker processes, or one worker process per GPU (``"0,1"``). Default: dask threads.
     progress : bool or None
-        Progress bar on a terminal (False: never).
+        Progress bar on a terminal; when stderr is not a terminal (a batch job's log), a
+        plain line (blocks done/total, Mpx/s, ETA) every ``progress_interval`` seconds.
+        False: neither.
     chunks, block : tuple of int, optional
         Output chunk and block shapes ``((Z,) Y, X)``; by default along the input's chunks.
     threads : int, optional
         Threads of the threaded scheduler (or per worker).
+    progress_interval : float
+        Seconds between the plain progress lines (default 30).
 
     Returns
     -------
@@ -499,7 +595,8 @@ def segment(source, model=None, output=None, *, axes: str | None = None, tile: i
     try:
         result = seg.segment(source, output, axes=axes, output_kind=output_kind, zarr_format=zarr_format,
                              resume=resume, overwrite=overwrite, scheduler=scheduler, workers=workers, gpus=gpus,
-                             progress=progress, chunks=chunks, block=block, threads=threads)
+                             progress=progress, chunks=chunks, block=block, threads=threads,
+                             progress_interval=progress_interval)
     finally:
         if output is not None:
             seg.close()

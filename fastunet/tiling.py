@@ -358,6 +358,38 @@ def block_shape(
     return (bz, *yx)
 
 
+def _user_shape(value, nd: int, option: str) -> tuple[int, ...]:
+    """A user-given chunks/block shape: one positive int per spatial axis. ``option`` names
+    it in messages: ``"--block"`` (the CLI) or ``"chunks"`` (a Python argument)."""
+    def show(text):
+        return f"{option} {text}" if option.startswith("--") else f"{option}=({text})"
+
+    try:
+        out = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{option} expects pixel counts, e.g. {show(_example(nd))}; got {value!r}.") from None
+    axes = "Z,Y,X" if nd == 3 else "Y,X"
+    if len(out) != nd:
+        if len(out) > nd:
+            example = ",".join(map(str, out[-nd:]))
+        elif len(out) == nd - 1:  # a 2-D block for a z-stack: one slice deep
+            example = ",".join(map(str, (1, *out)))
+        else:
+            example = _example(nd)
+        raise ValueError(
+            f"{show(','.join(map(str, out)))} has {len(out)} entries but the image is {nd}-D: give one size "
+            f"per spatial axis ({axes}), e.g. {show(example)}."
+        )
+    if any(v < 1 for v in out):
+        raise ValueError(f"{show(','.join(map(str, out)))} has a size below 1; give positive pixel counts "
+                         f"({axes}), e.g. {show(_example(nd))}.")
+    return out
+
+
+def _example(nd: int) -> str:
+    return "1,512,512" if nd == 3 else "512,512"
+
+
 def plan_layout(
     shape: tuple[int, ...],
     depth: int,
@@ -374,13 +406,26 @@ def plan_layout(
     ``tile`` given: used as is (an int is square). Otherwise per axis the smallest tile that
     covers the axis when it is short, else a step of at most ``max_step`` aligned with the
     chunks (see :func:`pick_step`). ``chunks`` default to :func:`output_chunks` of the
-    input's chunks, ``block`` to :func:`block_shape`.
+    input's chunks, ``block`` to :func:`block_shape`. A ``chunks`` or ``block`` of the
+    wrong length, with a size below 1, or a block that is not a multiple of the chunks
+    raises ValueError naming the option (``--block``) and a valid value.
     """
     shape = tuple(int(n) for n in shape)
     nd = len(shape)
+    if chunks is not None:
+        chunks = _user_shape(chunks, nd, "chunks")
+    if block is not None:
+        block = _user_shape(block, nd, "--block")
     if chunks is None:
         chunks = output_chunks(shape, source_chunks)
     chunks = tuple(int(c) for c in chunks)
+    if block is not None and any(b % c for b, c in zip(block, chunks)):
+        fixed = ",".join(str(-(-b // c) * c) for b, c in zip(block, chunks))
+        raise ValueError(
+            f"--block {','.join(map(str, block))} must be a multiple of the chunks "
+            f"({','.join(map(str, chunks))}) along every axis, so that no two blocks write one chunk; "
+            f"e.g. --block {fixed}."
+        )
     if tile is None:
         tiles = []
         for axis in (0, 1):

@@ -368,3 +368,76 @@ def test_activation_estimate_counts_every_layer_output():
     expected = tile * tile + counted["layers"] + counted["concat"] + 2 * out.numel()
     assert activation_bytes(net.config, tile, dtype="fp32") == 4 * expected
     assert activation_bytes(net.config, tile, dtype="bf16") == 2 * expected
+
+
+@pytest.mark.parametrize("scope", ["volume", "slice"])
+def test_statistics_refuse_an_input_without_finite_values(scope):
+    from fastunet.errors import UserError
+
+    vol = np.full((3, 20, 24), np.nan, np.float32)
+    vol[1, ::2] = np.inf
+    with pytest.raises(UserError, match="No finite value in the input"):
+        normalization_stats(open_volume(vol, axes="ZYX"), Normalization(mode="meanstd", scope=scope))
+    vol[2, 5, 7] = _rng().normal()  # one finite value is enough for statistics
+    normalization_stats(open_volume(vol, axes="ZYX"), Normalization(mode="percentile", scope="volume"))
+
+
+def test_plain_progress_lines_when_stderr_is_not_a_terminal(tmp_path, capsys, monkeypatch):
+    import time
+
+    from fastunet import engine
+
+    real = engine.run_block
+
+    def slow_block(job, block):
+        time.sleep(0.03)
+        return real(job, block)
+
+    monkeypatch.setattr(engine, "run_block", slow_block)
+    vol = _rng().normal(size=(4, 32, 32)).astype(np.float32)
+    z = zarr.create_array(str(tmp_path / "in.zarr"), shape=vol.shape, chunks=(1, 16, 16), dtype="float32")
+    z[:] = vol
+    seg = Segmenter(_net(), tile=52)
+    seg.segment(str(tmp_path / "in.zarr"), tmp_path / "a.zarr", axes="ZYX", block=(1, 16, 16), progress=True,
+                progress_interval=0.02)
+    err = capsys.readouterr().err  # pytest's stderr is not a TTY
+    lines = [line for line in err.splitlines() if line.startswith("segment: ")]
+    assert lines, err
+    assert all(" blocks, " in line and " Mpx/s, " in line and " ETA " in line for line in lines), lines
+    assert lines[-1].split()[1].endswith("/16")
+    seg.segment(str(tmp_path / "in.zarr"), tmp_path / "b.zarr", axes="ZYX", block=(1, 16, 16), progress=False,
+                progress_interval=0.02)
+    assert capsys.readouterr().err == ""
+
+
+def test_threaded_run_stops_every_block_before_raising(tmp_path, monkeypatch):
+    """A failing block: the blocks already running finish and are recorded; nothing is still
+    writing once segment() has raised."""
+    import time
+
+    from fastunet import engine
+
+    real, running, calls = engine.run_block, [], []
+
+    def run_block(job, block):
+        calls.append(block.name)
+        if len(calls) == 3:
+            time.sleep(0.05)  # the 4th block has started by now
+            raise RuntimeError("boom")
+        running.append(block.name)
+        time.sleep(0.2)
+        try:
+            return real(job, block)
+        finally:
+            running.remove(block.name)
+
+    monkeypatch.setattr(engine, "run_block", run_block)
+    z = zarr.create_array(str(tmp_path / "in.zarr"), shape=(4, 32, 32), chunks=(1, 16, 16), dtype="float32")
+    z[:] = _rng().normal(size=(4, 32, 32)).astype(np.float32)
+    with pytest.raises(RuntimeError, match="boom"):
+        segment(str(tmp_path / "in.zarr"), _net(), tmp_path / "o.zarr", axes="ZYX", tile=52, block=(1, 16, 16),
+                progress=False, threads=2)
+    assert running == []
+    from fastunet.io import SegmentationStore
+
+    assert len(SegmentationStore(tmp_path / "o.zarr").done()) >= 2

@@ -26,6 +26,7 @@ from fastunet.io import (
     VolumeSource,
     check_output,
     create_output,
+    input_fingerprint,
     open_output,
     open_volume,
     write_tiff,
@@ -668,3 +669,137 @@ def test_write_tiff(tmp_path, rng):
         check_output(foreign, source=None, overwrite=True, resume=False)
     with pytest.raises(ValueError):
         write_tiff(path, labels=labels.astype(np.int32), probs=None, axes="ZYX", overwrite=True)
+
+
+# --------------------------------------------------------------------------- fingerprints
+
+
+def test_input_fingerprint_tells_inputs_apart(tmp_path, rng):
+    data = rng.normal(size=(3, 40, 36)).astype(np.float32)
+    path = tmp_path / "in.zarr"
+    arr = zarr.create_array(str(path), shape=data.shape, chunks=(1, 8, 8), dtype="float32")
+    arr[:] = data
+    fp = input_fingerprint(open_volume(path, axes="ZYX"))
+    assert fp["path"] == str(path.resolve()) and fp["shape"] == [3, 40, 36] and fp["dtype"] == "float32"
+    assert input_fingerprint(pickle.loads(pickle.dumps(open_volume(path, axes="ZYX")))) == fp
+    # the same values elsewhere: only the path differs
+    copy = zarr.create_array(str(tmp_path / "copy.zarr"), shape=data.shape, chunks=(1, 8, 8), dtype="float32")
+    copy[:] = data
+    other = input_fingerprint(open_volume(tmp_path / "copy.zarr", axes="ZYX"))
+    assert {k for k in fp if fp[k] != other[k]} == {"path"}
+    # one value on the sample lattice changed in place: the sample differs
+    z, y, x = 3 * 1 // 6, 40 * 3 // 8, 36 * 5 // 8  # lattice points (2i + 1) * n // (2k), k = min(4, n)
+    arr[z, y, x] = data[z, y, x] + 1
+    assert input_fingerprint(open_volume(path, axes="ZYX"))["sample"] != fp["sample"]
+    arr[z, y, x] = data[z, y, x]
+    assert input_fingerprint(open_volume(path, axes="ZYX")) == fp
+    arr.attrs["note"] = "edited"  # the metadata document changed
+    assert input_fingerprint(open_volume(path, axes="ZYX"))["metadata"] != fp["metadata"]
+    # in memory: values decide
+    mem = input_fingerprint(open_volume(data, axes="ZYX"))
+    assert mem["path"] is None and input_fingerprint(open_volume(data.copy(), axes="ZYX")) == mem
+    assert input_fingerprint(open_volume(data[::-1].copy(), axes="ZYX"))["sample"] != mem["sample"]
+
+
+def test_tiff_fingerprint_is_size_and_mtime(tmp_path, rng):
+    path = tmp_path / "in.tif"
+    tifffile.imwrite(path, rng.integers(0, 255, size=(20, 30), dtype=np.uint8))
+    fp = input_fingerprint(open_volume(path))
+    st = os.stat(path)
+    assert fp["size"] == st.st_size and fp["mtime_ns"] == st.st_mtime_ns and "sample" not in fp
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    assert input_fingerprint(open_volume(path))["mtime_ns"] != fp["mtime_ns"]
+
+
+def test_resume_of_another_input_is_refused(tmp_path, rng):
+    a = open_volume(rng.normal(size=(4, 16, 16)).astype(np.float32), axes="ZYX")
+    b = open_volume(rng.normal(size=(4, 16, 16)).astype(np.float32), axes="ZYX")
+    store = create_output(tmp_path / "o.zarr", source=a, num_classes=2, output="labels", chunks=(2, 8, 8))
+    assert store.attrs["input_id"] == input_fingerprint(a)
+    check_output(store.path, source=a, overwrite=False, resume=True, expect={"input_id": input_fingerprint(a)})
+    open_output(store.path, expect={"input_id": input_fingerprint(a)})
+    for call in (lambda e: check_output(store.path, source=b, overwrite=False, resume=True, expect=e),
+                 lambda e: open_output(store.path, expect=e)):
+        with pytest.raises(UserError, match="values differ.*mix two inputs.*--overwrite"):
+            call({"input_id": input_fingerprint(b)})
+    meta = dict(store.attrs)
+    del meta["input_id"]  # an output of an older fastunet
+    zarr.open_group(str(store.path), mode="r+").attrs["fastunet"] = meta
+    with pytest.raises(UserError, match="does not record which input"):
+        open_output(store.path, expect={"input_id": input_fingerprint(a)})
+
+
+# ------------------------------------------------------------------------------ read errors
+
+
+def test_damaged_zarr_chunk_is_a_user_error_naming_file_and_region(tmp_path, rng):
+    data = rng.normal(size=(2, 32, 32)).astype(np.float32)
+    path = tmp_path / "in.zarr"
+    arr = zarr.create_array(str(path), shape=data.shape, chunks=(1, 16, 16), dtype="float32",
+                            dimension_names=list("zyx"))
+    arr[:] = data
+    bad = path / "c" / "1" / "0" / "1"
+    bad.write_bytes(rng.integers(0, 256, size=50, dtype=np.uint8).tobytes())
+    src = open_volume(path)
+    np.testing.assert_array_equal(src.read((slice(0, 1), slice(0, 32), slice(0, 32))), data[:1])
+    with pytest.raises(UserError) as exc:
+        src.read((slice(1, 2), slice(4, 20), slice(0, 32)))
+    msg = str(exc.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"Cannot read the zarr array {str(path)!r} at Z 1:2, Y 4:20, X 0:32 (")
+    assert f"the damaged chunk is the file {str(bad)!r}" in msg and "restore it" in msg
+
+
+def test_damaged_tiff_strip_is_a_user_error(tmp_path, rng):
+    path = tmp_path / "in.tif"
+    tifffile.imwrite(path, rng.integers(0, 255, size=(3, 64, 64), dtype=np.uint8), compression="zlib",
+                     photometric="minisblack")
+    src = open_volume(path)
+    with tifffile.TiffFile(path) as tif:
+        offset, count = tif.pages[2].dataoffsets[0], tif.pages[2].databytecounts[0]
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(b"\xff" * count)
+    src.read((slice(0, 2), slice(0, 64), slice(0, 64)))
+    with pytest.raises(UserError, match=f"Cannot read the TIFF file {str(path)!r} at Z 2:3, Y 0:64, X 0:64"):
+        src.read((slice(2, 3), slice(0, 64), slice(0, 64)))
+
+
+def test_rgb_guess_offers_z_axes(tmp_path, rng):
+    img = rng.integers(0, 4000, size=(3, 20, 20), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "rgb.tif", img, photometric="rgb", planarconfig="separate")
+    tifffile.imwrite(tmp_path / "ij.tif", img, imagej=True, metadata={"axes": "CYX"})
+    assert open_volume(tmp_path / "rgb.tif").alt_axes == "ZYX"
+    assert open_volume(tmp_path / "ij.tif").alt_axes == ""
+    assert open_volume(tmp_path / "rgb.tif", axes="CYX").alt_axes == ""
+
+
+def test_check_output_tiff_both_checks_the_probs_file(tmp_path):
+    src = _src()
+    out = tmp_path / "seg.tif"
+    check_output(out, source=src, overwrite=False, resume=False, output_kind="both")
+    (tmp_path / "seg_probs.tif").write_bytes(b"not ours")
+    check_output(out, source=src, overwrite=False, resume=False, output_kind="labels")  # not written then
+    with pytest.raises(UserError, match="seg_probs.tif.*already exists; pass --overwrite"):
+        check_output(out, source=src, overwrite=False, resume=False, output_kind="both")
+    with pytest.raises(UserError, match="not a fastunet output"):
+        check_output(out, source=src, overwrite=True, resume=False, output_kind="both")
+    (tmp_path / "seg_probs.tif").unlink()
+    write_tiff(out, labels=np.zeros((4, 4), np.uint8), probs=np.zeros((2, 4, 4), np.float16), axes="YX")
+    check_output(out, source=src, overwrite=True, resume=False, output_kind="both")  # ours: replaceable
+
+
+def test_check_output_unwritable_folder_without_root_dependence(tmp_path, monkeypatch):
+    """Root writes into read-only folders; a failing write is simulated instead."""
+    from pathlib import Path
+
+    real = Path.write_bytes
+
+    def write_bytes(self, data):
+        if self.name.startswith(".fastunet-probe"):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
+    with pytest.raises(UserError, match=r"^Cannot write to .* \(Permission denied\); choose a writable"):
+        check_output(tmp_path / "out.zarr", source=_src(), overwrite=False, resume=False)

@@ -222,3 +222,244 @@ def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_output(tmp_path, mo
     assert root.attrs["fastunet"]["complete"] is True and not done_dir.exists()
     uninterrupted = segment(src, model, tmp_path / "ref.zarr", axes="ZYX", tile=56, block=(1, 16, 16), progress=False)
     np.testing.assert_array_equal(root["labels"][:], uninterrupted[:])
+
+
+def _fixed_model(path):
+    """A model whose normalization reads nothing (mode fixed): block tasks are the first to
+    read the input, so a damaged chunk fails mid-run rather than in the statistics."""
+    net = ReferenceUNet(UNetConfig(base_channels=4, depth=2))
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                m.bias.normal_(0.0, 0.1)
+    return str(save_model(path, net, Normalization(mode="fixed", offset=0.0, scale=1.0)))
+
+
+def _fail_after(monkeypatch, n):
+    """Make the (n+1)-th block task raise, as a kill would stop the run: n blocks recorded."""
+    from fastunet import engine
+
+    real, calls = engine.run_block, []
+
+    def run_block(job, block):
+        calls.append(block.name)
+        if len(calls) > n:
+            raise RuntimeError("injected failure")
+        return real(job, block)
+
+    monkeypatch.setattr(engine, "run_block", run_block)
+    return calls
+
+
+def test_resume_refuses_another_input(tmp_path, model, capsys, monkeypatch):
+    shape = (2, 48, 48)
+    a = _zarr(tmp_path / "a.zarr", _rng().normal(size=shape).astype(np.float32), (1, 16, 16))
+    b = _zarr(tmp_path / "b.zarr", _rng().normal(size=shape).astype(np.float32), (1, 16, 16))
+    out = tmp_path / "o.zarr"
+    common = ["-o", out, "--model", model, "--axes", "ZYX", "--tile", "52", "--block", "1,16,16", "--quiet"]
+    with monkeypatch.context() as m:  # an interrupted run on a.zarr: 5 of 18 blocks recorded
+        _fail_after(m, 5)
+        with pytest.raises(RuntimeError, match="injected"):
+            main(["segment", a, *map(str, common)])
+    capsys.readouterr()
+    meta = zarr.open_group(str(out), mode="r").attrs["fastunet"]
+    assert meta["complete"] is False and 5 <= len(list((out / "_fastunet_done").glob("*.done"))) < 18
+    # Same shape, other data, other path: refused, nothing written.
+    before = sorted(p.name for p in (out / "_fastunet_done").glob("*.done"))
+    code, _, err = _run([b, *common, "--resume"], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "Cannot resume" in err and "a.zarr" in err and "b.zarr" in err and "mix two inputs" in err
+    assert sorted(p.name for p in (out / "_fastunet_done").glob("*.done")) == before
+    # Same path, values changed in place since: refused too.
+    arr = zarr.open_array(a, mode="r+")
+    original = arr[:]
+    arr[:] = original + 1
+    code, _, err = _run([a, *common, "--resume"], capsys)
+    assert code == 2 and "values differ" in err, err
+    arr[:] = original
+    # The original input: resumes, and equals an uninterrupted run.
+    code, out_text, err = _run([a, *[c for c in common if c != "--quiet"], "--resume"], capsys)
+    assert code == 0, err
+    assert "skipped (resume)" in out_text
+    ref = segment(a, model, tmp_path / "ref.zarr", axes="ZYX", tile=52, block=(1, 16, 16), progress=False)
+    np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["labels"][:], ref[:])
+    # A complete output is refused for another input as well (the "already complete" return).
+    code, _, err = _run([b, *common, "--resume"], capsys)
+    assert code == 2 and "mix two inputs" in err, err
+
+
+def test_resume_refuses_a_changed_tiff_and_another_array(tmp_path, model, capsys):
+    img = _rng().integers(0, 255, size=(40, 40)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "in.tif", img)
+    out = tmp_path / "o.zarr"
+    assert _run([tmp_path / "in.tif", "-o", out, "--model", model, "--quiet"], capsys)[0] == 0
+    assert _run([tmp_path / "in.tif", "-o", out, "--model", model, "--resume", "--quiet"], capsys)[0] == 0
+    os.utime(tmp_path / "in.tif", ns=(time.time_ns(), time.time_ns() + 10**9))  # rewritten since
+    code, _, err = _run([tmp_path / "in.tif", "-o", out, "--model", model, "--resume"], capsys)
+    assert code == 2 and "input file changed" in err, err
+    # In memory: another array of the same shape is refused.
+    a = _rng().normal(size=(40, 40)).astype(np.float32)
+    segment(a, model, tmp_path / "mem.zarr", progress=False)
+    segment(a.copy(), model, tmp_path / "mem.zarr", resume=True, progress=False)
+    with pytest.raises(UserError, match="values differ"):
+        segment(a + 1, model, tmp_path / "mem.zarr", resume=True, progress=False)
+
+
+def test_unreachable_scheduler_leaves_no_output(tmp_path, model, capsys, monkeypatch):
+    from fastunet import engine
+
+    monkeypatch.setattr(engine, "SCHEDULER_TIMEOUT", 1.0)
+    src = _zarr(tmp_path / "good.zarr", _rng().normal(size=(20, 20)).astype(np.float32), (10, 10))
+    out = tmp_path / "o.zarr"
+    code, _, err = _run([src, "-o", out, "--model", model, "--scheduler", "tcp://127.0.0.1:1"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "Cannot reach the dask scheduler" in err, err
+    assert not out.exists()
+    code, _, err = _run([src, "-o", out, "--model", model, "--quiet"], capsys)  # no --overwrite needed
+    assert code == 0, err
+
+
+def test_failure_before_any_block_removes_only_what_this_run_created(tmp_path, model, capsys, monkeypatch):
+    from fastunet.segmentation import Segmenter
+
+    src = _zarr(tmp_path / "good.zarr", _rng().normal(size=(2, 32, 32)).astype(np.float32), (1, 16, 16))
+    out = tmp_path / "o.zarr"
+    argv = [src, "-o", out, "--model", model, "--axes", "ZYX", "--tile", "52", "--block", "1,16,16", "--quiet"]
+
+    def broken_job(*args, **kwargs):
+        raise UserError("injected setup failure")
+
+    with monkeypatch.context() as m:  # fails after the output was created, before any block
+        m.setattr(Segmenter, "_job", broken_job)
+        code, _, err = _run(argv, capsys)
+        assert code == 2 and "injected setup failure" in err
+        assert not out.exists()
+    with monkeypatch.context() as m:  # an interrupted run with recorded blocks: kept
+        _fail_after(m, 2)
+        with pytest.raises(RuntimeError, match="injected"):
+            main(["segment", *map(str, argv)])
+    done = sorted(p.name for p in (out / "_fastunet_done").glob("*.done"))
+    assert len(done) >= 2
+    with monkeypatch.context() as m:  # a resume that fails at setup never removes the earlier run's output
+        m.setattr(Segmenter, "_job", broken_job)
+        code, _, err = _run([*argv, "--resume"], capsys)
+        assert code == 2 and "injected setup failure" in err
+    assert sorted(p.name for p in (out / "_fastunet_done").glob("*.done")) == done
+    assert _run([*argv, "--resume"], capsys)[0] == 0
+
+
+def test_unwritable_output_folder_is_one_line(tmp_path, model, capsys, monkeypatch):
+    """Independent of the user id (root writes into read-only folders): the write fails."""
+    src = _zarr(tmp_path / "good.zarr", np.zeros((20, 20), np.float32), (10, 10))
+    real = Path.write_bytes
+
+    def write_bytes(self, data):
+        if self.name.startswith(".fastunet-probe"):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
+    code, out, err = _run([src, "-o", tmp_path / "o.zarr", "--model", model], capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert err == (f"fastunet segment: error: Cannot write to {str(tmp_path)!r} (Permission denied); choose a "
+                   "writable output location.\n")
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def _damage_chunk(path):
+    """Garbage bytes in the first chunk file of a zarr v3 array; returns its path."""
+    chunk = sorted(p for p in Path(path, "c").rglob("*") if p.is_file())[0]
+    chunk.write_bytes(os.urandom(64))
+    return chunk
+
+
+def test_damaged_input_chunk_is_one_line_naming_file_and_region(tmp_path, model, capsys):
+    src = _zarr(tmp_path / "in.zarr", _rng().normal(size=(2, 32, 32)).astype(np.float32), (1, 16, 16))
+    chunk = _damage_chunk(src)
+    code, out, err = _run([src, "-o", tmp_path / "o.zarr", "--model", model, "--axes", "ZYX"], capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"Cannot read the zarr array {src!r} at Z " in err and "Y 0:" in err, err
+    assert f"the damaged chunk is the file {str(chunk)!r}" in err
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_damaged_chunk_mid_run_leaves_a_resumable_output(tmp_path, capsys, monkeypatch):
+    from fastunet import engine
+
+    fixed = _fixed_model(tmp_path / "fixed.safetensors")
+    vol = _rng().normal(size=(2, 48, 48)).astype(np.float32)
+    src = _zarr(tmp_path / "in.zarr", vol, (1, 16, 16))
+    out = tmp_path / "o.zarr"
+    argv = [src, "-o", out, "--model", fixed, "--axes", "ZYX", "--tile", "52", "--block", "1,16,16", "--quiet"]
+    files = sorted(p for p in Path(src, "c").rglob("*") if p.is_file())
+    saved = {p: p.read_bytes() for p in files}
+    real, calls = engine.run_block, []
+
+    def run_block(job, block):  # the input gets damaged (every chunk) as the 5th block starts
+        calls.append(block.name)
+        if len(calls) == 5:
+            for p in files:
+                p.write_bytes(b"garbage" * 9)
+        return real(job, block)
+
+    monkeypatch.setattr(engine, "run_block", run_block)
+    code, _, err = _run(argv, capsys)
+    assert code == 2 and err.count("\n") == 1 and "Cannot read the zarr array" in err and "damaged chunk" in err
+    meta = zarr.open_group(str(out), mode="r").attrs["fastunet"]
+    assert meta["complete"] is False
+    done = list((out / "_fastunet_done").glob("*.done"))
+    assert 3 <= len(done) < 18  # 2 threads: blocks 1-3 at least finished before the damage
+    for p, data in saved.items():  # restored
+        p.write_bytes(data)
+    monkeypatch.setattr(engine, "run_block", real)
+    code, text, err = _run([*argv[:-1], "--resume"], capsys)
+    assert code == 0, err
+    assert f"{len(done)} skipped (resume)" in text
+    ref = segment(src, fixed, tmp_path / "ref.zarr", axes="ZYX", tile=52, block=(1, 16, 16), progress=False)
+    np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["labels"][:], ref[:])
+
+
+def test_all_nan_input_is_refused(tmp_path, model, capsys):
+    src = _zarr(tmp_path / "nan.zarr", np.full((24, 24), np.nan, np.float32), (12, 12))
+    code, _, err = _run([src, "-o", tmp_path / "o.zarr", "--model", model], capsys)
+    assert code == 2 and err.count("\n") == 1 and "no finite value in the input" in err.lower(), err
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_tiff_both_refuses_an_existing_probs_file_before_computing(tmp_path, model, capsys, monkeypatch):
+    from fastunet import engine
+
+    img = _rng().integers(0, 255, size=(30, 30)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "in.tif", img)
+    (tmp_path / "out_probs.tif").write_bytes(b"someone's file")
+
+    def no_compute(*args, **kwargs):
+        raise AssertionError("computed before the output check")
+
+    monkeypatch.setattr(engine, "execute", no_compute)
+    monkeypatch.setattr(engine, "normalization_stats", no_compute)
+    argv = [tmp_path / "in.tif", "-o", tmp_path / "out.tif", "--model", model, "--output", "both"]
+    code, _, err = _run(argv, capsys)
+    assert code == 2 and "out_probs.tif" in err and "already exists; pass --overwrite" in err, err
+    code, _, err = _run([*argv, "--overwrite"], capsys)
+    assert code == 2 and "not a fastunet output" in err, err
+    assert (tmp_path / "out_probs.tif").read_bytes() == b"someone's file"
+    assert not (tmp_path / "out.tif").exists()
+
+
+def test_rgb_guess_suggests_z_axes(tmp_path, model, capsys):
+    img = _rng().integers(0, 4000, size=(3, 30, 30)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "rgb.tif", img, photometric="rgb", planarconfig="separate")  # what tifffile guesses
+    tifffile.imwrite(tmp_path / "ij.tif", img, imagej=True, metadata={"axes": "CYX"})  # channels in metadata
+    code, _, err = _run([tmp_path / "rgb.tif", "-o", tmp_path / "o.zarr", "--model", model], capsys)
+    assert code == 2 and "use a model made for 3 channel(s)" in err and "--axes ZYX" in err, err
+    code, _, err = _run([tmp_path / "ij.tif", "-o", tmp_path / "o.zarr", "--model", model], capsys)
+    assert code == 2 and "use a model made for 3 channel(s)" in err and "--axes ZYX" not in err, err
+    code, _, err = _run([tmp_path / "rgb.tif", "-o", tmp_path / "o.zarr", "--model", model, "--axes", "ZYX",
+                         "--quiet"], capsys)
+    assert code == 0, err
+
+
+def test_block_of_the_wrong_length_names_the_option(tmp_path, model, capsys):
+    src = _zarr(tmp_path / "good.zarr", np.zeros((30, 30), np.float32), (10, 10))
+    code, _, err = _run([src, "-o", tmp_path / "o.zarr", "--model", model, "--block", "1,30,30"], capsys)
+    assert code == 2 and "--block 1,30,30 has 3 entries but the image is 2-D" in err and "--block 30,30" in err, err
