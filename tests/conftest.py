@@ -49,3 +49,19 @@ def _fresh_seed(request):
     torch.manual_seed(seed)
     print(f"{request.node.nodeid}: seed {seed}")
     yield
+
+
+@pytest.fixture
+def deny_output_writes(monkeypatch):
+    """Make fastunet's write probe of an output folder fail with EACCES, whoever runs the
+    tests (root writes into read-only folders, so chmod cannot simulate this)."""
+    from pathlib import Path
+
+    real = Path.write_bytes
+
+    def write_bytes(self, data):
+        if self.name.startswith(".fastunet-probe"):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)

@@ -789,17 +789,7 @@ def test_check_output_tiff_both_checks_the_probs_file(tmp_path):
     check_output(out, source=src, overwrite=True, resume=False, output_kind="both")  # ours: replaceable
 
 
-def test_check_output_unwritable_folder_without_root_dependence(tmp_path, monkeypatch):
+def test_check_output_unwritable_folder_without_root_dependence(tmp_path, deny_output_writes):
     """Root writes into read-only folders; a failing write is simulated instead."""
-    from pathlib import Path
-
-    real = Path.write_bytes
-
-    def write_bytes(self, data):
-        if self.name.startswith(".fastunet-probe"):
-            raise PermissionError(13, "Permission denied", str(self))
-        return real(self, data)
-
-    monkeypatch.setattr(Path, "write_bytes", write_bytes)
     with pytest.raises(UserError, match=r"^Cannot write to .* \(Permission denied\); choose a writable"):
         check_output(tmp_path / "out.zarr", source=_src(), overwrite=False, resume=False)
