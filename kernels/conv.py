@@ -32,10 +32,10 @@ from ._utils import (
     check_contiguous,
     check_nhwc,
     compute_dtype,
-    interpreter_configs,
     launch,
     prune_by_shared_memory,
     to_storage,
+    tuning_configs,
     upcast_for_interpreter,
 )
 
@@ -126,7 +126,7 @@ def _accumulate_source(
 
 
 @triton.autotune(
-    configs=interpreter_configs(get_autotune_config(), _INTERPRETER_CONFIG),
+    configs=tuning_configs(get_autotune_config(), _INTERPRETER_CONFIG),
     # Tensor dtypes join the key by themselves; PRECISION tells tf32 from fp32 (both store fp32).
     key=["C_A", "C_B", "C_OUT", "POOL", "RELU", "WRITE_Y", "HAS_B", "PRECISION"],
     prune_configs_by={"early_config_prune": _prune},

@@ -16,9 +16,9 @@ from ._utils import (
     check_contiguous,
     check_nhwc,
     compute_dtype,
-    interpreter_configs,
     launch,
     to_storage,
+    tuning_configs,
     upcast_for_interpreter,
 )
 
@@ -37,7 +37,7 @@ _INTERPRETER_CONFIG = triton.Config(dict(BLOCK_M=256, BLOCK_K=16), num_warps=4, 
 
 
 @triton.autotune(
-    configs=interpreter_configs(get_autotune_config(), _INTERPRETER_CONFIG),
+    configs=tuning_configs(get_autotune_config(), _INTERPRETER_CONFIG),
     key=["C_IN", "K", "WRITE_LOGITS", "WRITE_PROBS", "WRITE_LABELS", "PRECISION"],
 )
 @triton.jit

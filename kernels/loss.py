@@ -65,7 +65,7 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from ._utils import INTERPRET, interpreter_configs, launch, to_storage, upcast_for_interpreter
+from ._utils import INTERPRET, launch, to_storage, tuning_configs, upcast_for_interpreter
 
 __all__ = [
     "weighted_softmax_ce",
@@ -99,7 +99,7 @@ def get_autotune_config() -> list[triton.Config]:
 
 
 _INTERPRETER_CONFIG = triton.Config(dict(BLOCK_P=32), num_warps=4, num_stages=1)
-_CONFIGS = interpreter_configs(get_autotune_config(), _INTERPRETER_CONFIG)
+_CONFIGS = tuning_configs(get_autotune_config(), _INTERPRETER_CONFIG)
 
 
 def _prune(configs: list[triton.Config], named_args: dict, **meta) -> list[triton.Config]:

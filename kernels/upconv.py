@@ -16,10 +16,10 @@ from ._utils import (
     check_contiguous,
     check_nhwc,
     compute_dtype,
-    interpreter_configs,
     launch,
     prune_by_shared_memory,
     to_storage,
+    tuning_configs,
     upcast_for_interpreter,
 )
 
@@ -59,7 +59,7 @@ def _prune(configs: list[triton.Config], named_args: dict, **meta) -> list[trito
 
 
 @triton.autotune(
-    configs=interpreter_configs(get_autotune_config(), _INTERPRETER_CONFIG),
+    configs=tuning_configs(get_autotune_config(), _INTERPRETER_CONFIG),
     key=["C_IN", "C_OUT", "PRECISION"],  # tensor dtypes join the key by themselves
     prune_configs_by={"early_config_prune": _prune},
 )

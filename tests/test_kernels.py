@@ -294,10 +294,10 @@ def test_autotune_configs_are_pruned_to_the_shared_memory_per_dtype():
     assert {shape(c) for c in every} - {shape(c) for c in tf32} == big
     assert ieee and all(c.kwargs["BLOCK_H"] * c.kwargs["BLOCK_W"] * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"]
                         <= 128 * 64 * 64 for c in ieee)
-    for c in tf32 + bf16:
-        elem = 4 if c in tf32 else 2
-        m = c.kwargs["BLOCK_H"] * c.kwargs["BLOCK_W"]
-        assert (m + c.kwargs["BLOCK_N"]) * c.kwargs["BLOCK_K"] * elem * c.num_stages <= hopper
+    for configs, elem in ((tf32, 4), (bf16, 2)):
+        for c in configs:
+            m = c.kwargs["BLOCK_H"] * c.kwargs["BLOCK_W"]
+            assert (m + c.kwargs["BLOCK_N"]) * c.kwargs["BLOCK_K"] * elem * c.num_stages <= hopper
     assert len(upconv.configs_for(torch.float32, shared_memory=hopper)) == len(upconv.get_autotune_config())
     # nothing fits: the smallest config is kept rather than none
     assert len(conv.configs_for(torch.float32, shared_memory=1)) == 1
@@ -315,3 +315,22 @@ def test_launchers_refuse_strided_weights():
     with pytest.raises(ValueError, match="contiguous weight"):
         head.head(x, head.pack_weight(torch.randn(2, 4, 1, 1), torch.float32).t().contiguous().t(), torch.zeros(2),
                   labels=torch.empty(1, 6, 6, dtype=torch.uint8))
+
+
+def test_tuning_configs_interpreter_single_and_full(monkeypatch):
+    from fastunet.kernels import _utils
+
+    every, small = conv.get_autotune_config(), triton.Config(dict(BLOCK_H=2), num_warps=1)
+    monkeypatch.setattr(_utils, "INTERPRET", True)
+    assert _utils.tuning_configs(every, small) == [small]
+    monkeypatch.setattr(_utils, "INTERPRET", False)
+    monkeypatch.setattr(_utils, "AUTOTUNE", True)
+    assert _utils.tuning_configs(every, small) == every
+    monkeypatch.setattr(_utils, "AUTOTUNE", False)
+    assert _utils.tuning_configs(every, small) == every[:1]
+    # the one config kept then must fit Hopper's shared memory on every dtype path
+    key = lambda c: (sorted(c.kwargs.items()), c.num_warps, c.num_stages)  # noqa: E731
+    for dtype, precision in ((torch.float32, "ieee"), (torch.float32, "tf32"), (torch.bfloat16, "tf32")):
+        assert key(every[0]) in [key(c) for c in conv.configs_for(dtype, precision, shared_memory=232448)]
+    first_up = upconv.get_autotune_config()[0]
+    assert key(first_up) in [key(c) for c in upconv.configs_for(torch.float32, shared_memory=232448)]
