@@ -52,6 +52,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_segment(args: argparse.Namespace) -> int:
     import warnings
 
+    from .io import InputMovedWarning
     from .modelfile import default_model_path
     from .segmentation import NonFiniteWarning, Segmenter, summary_line
 
@@ -64,6 +65,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             raise UserError(f"--block expects pixel counts separated by commas, e.g. 1,512,512; got {args.block!r}.") from None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", NonFiniteWarning)
+        warnings.simplefilter("always", InputMovedWarning)
         with Segmenter(model, tile=args.tile, batch_size=args.batch_size, device=args.device,
                        backend=args.backend, dtype=args.dtype) as seg:
             seg.segment(
@@ -72,7 +74,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                 gpus=args.gpus, progress=not args.quiet, block=block,
             )  # fmt: skip
     for w in caught:
-        if issubclass(w.category, NonFiniteWarning):
+        if issubclass(w.category, (NonFiniteWarning, InputMovedWarning)):
             print(f"fastunet segment: warning: {w.message}", file=sys.stderr)
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
@@ -325,7 +327,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fastunet {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"fastunet {args.command}: interrupted", file=sys.stderr)
+        hint = {
+            "segment": "; the finished blocks are kept: run the same command with --resume to continue",
+            "train": "; run the same command with --resume to continue from the checkpoint",
+        }.get(args.command, "")
+        print(f"fastunet {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
 
 

@@ -524,8 +524,9 @@ def normalization_stats(source, normalization: Normalization, *, max_samples: in
     if sampled and nonfinite == sampled:
         what = source.describe() if hasattr(source, "describe") else "the input"
         raise UserError(
-            f"No finite value in the input: all {sampled} values sampled from {what} are NaN or Inf, so "
-            "there is nothing to segment; check the input (a failed conversion or export?)."
+            f"No finite value in the input's sample: all {sampled} values sampled from {what} (a lattice of "
+            "planes, rows and columns) are NaN or Inf, so the input cannot be normalized; check the input "
+            "(a failed conversion or export?)."
         )
     if per_slice:
         stats = np.array([r[1] for r in results], np.float64).transpose(1, 0, 2)  # (C, Z, 2)
@@ -765,6 +766,24 @@ class _Cluster:
         return False
 
 
+def _shutdown_uninterrupted(pool) -> None:
+    """Wait until every running block of ``pool`` has finished (queued ones are cancelled).
+
+    A second Ctrl-C during the wait would otherwise return while blocks still write, and the
+    caller could then clean up an output that is still being written; so the wait is
+    repeated, and the interrupt is raised once every block has stopped.
+    """
+    interrupted = None
+    while True:
+        try:
+            pool.shutdown(wait=True, cancel_futures=True)
+            break
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+    if interrupted is not None:
+        raise interrupted
+
+
 def _threads_per_worker(threads, workers, gpus) -> int:
     nworkers = len(parse_gpus(gpus)) if gpus is not None else (workers or 1)
     return threads or max(1, min(8, (os.cpu_count() or 1) // nworkers))
@@ -839,7 +858,7 @@ def execute(job: Job, blocks: list[Block], *, scheduler=None, workers=None, gpus
             dask.threaded.get(dsk, keys, num_workers=n, pool=pool,
                               callbacks=[Callback(posttask=posttask)._callback])
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            _shutdown_uninterrupted(pool)
         return summaries
 
     import contextlib

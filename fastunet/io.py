@@ -61,6 +61,7 @@ __all__ = [
     "create_output",
     "discard_output",
     "input_fingerprint",
+    "InputMovedWarning",
     "open_output",
     "SegmentationStore",
     "write_tiff",
@@ -683,13 +684,16 @@ FINGERPRINT_POINTS = 4  # sample positions per spatial axis
 
 def input_fingerprint(source: VolumeSource) -> dict:
     """A cheap identity of an input, recorded in the output so that ``--resume`` can refuse
-    another input (or one changed since).
+    another input (or one changed since). It is a check, not a proof: it catches another
+    file, another shape or dtype, and edits that change what it samples.
 
     Always: the resolved path (None in memory), array key / TIFF series, kind, axes, shape
-    and dtype. TIFF: the file's size and modification time (ns). zarr: a digest of the
-    array's metadata document (``zarr.json`` / ``.zarray`` contents). Everything but TIFF: a
-    digest of the values at a fixed lattice of at most ``FINGERPRINT_POINTS`` positions per
-    spatial axis (all channels), which depends on the shape only. Reads a few chunks.
+    and dtype. TIFF: the file's size. zarr: a digest of the array's metadata document
+    (``zarr.json`` / ``.zarray``) and, in a local store, of its chunk files' names and sizes
+    (an edited chunk usually compresses to another size). All: a digest of the values at a
+    fixed lattice of at most ``FINGERPRINT_POINTS`` positions per spatial axis (every
+    channel), which depends on the shape only; a zarr array decodes each chunk of it once.
+    Modification times are left out: a copy of an unchanged file still matches.
     """
     fp = {
         "path": os.path.realpath(source.path) if source.path else None,
@@ -700,28 +704,63 @@ def input_fingerprint(source: VolumeSource) -> dict:
         "shape": [int(n) for n in source.shape],
         "dtype": source.dtype,
     }
-    if source.kind == "tiff":
-        st = os.stat(source.path)
-        fp.update(size=int(st.st_size), mtime_ns=int(st.st_mtime_ns))
-        return fp
     stored = source._stored()
-    if isinstance(stored, zarr.Array):
+    if source.kind == "tiff":
+        fp["size"] = int(os.stat(source.path).st_size)
+    elif isinstance(stored, zarr.Array):
         doc = json.dumps(stored.metadata.to_dict(), sort_keys=True, default=str)
         fp["metadata"] = hashlib.sha256(doc.encode()).hexdigest()[:32]
+        chunks = _chunk_files_digest(source)
+        if chunks is not None:
+            fp["chunk_files"] = chunks
+    fp["sample"] = _sample_digest(source, stored)
+    return fp
+
+
+def _lattice(n: int) -> list[int]:
+    k = min(FINGERPRINT_POINTS, n)
+    return sorted({(2 * i + 1) * n // (2 * k) for i in range(k)})
+
+
+def _sample_digest(source: VolumeSource, stored) -> str:
     digest = hashlib.sha256()
-    grids = []
-    for a, n in zip(source.axes, source.shape):
-        if a == "C":
-            grids.append([None])
-        else:
-            k = min(FINGERPRINT_POINTS, n)
-            grids.append(sorted({(2 * i + 1) * n // (2 * k) for i in range(k)}))
+    if isinstance(stored, zarr.Array):  # one orthogonal selection in native axes: each chunk decoded once
+        native = source.native_axes or source.axes
+        selection = tuple(slice(None) if a == "C" else _lattice(n) for a, n in zip(native, stored.shape))
+        try:
+            values = np.asarray(stored.get_orthogonal_selection(selection))
+        except Exception as exc:
+            raise UserError(f"The input {source.path!r} cannot be read for its fingerprint: {exc}.") from None
+        digest.update(np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<")).tobytes())
+        return digest.hexdigest()[:32]
+    grids = [[None] if a == "C" else _lattice(n) for a, n in zip(source.axes, source.shape)]
     for point in itertools.product(*grids):
         region = tuple(slice(0, n) if p is None else slice(p, p + 1) for p, n in zip(point, source.shape))
         values = source.read(region)
         digest.update(np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<")).tobytes())
-    fp["sample"] = digest.hexdigest()[:32]
-    return fp
+    return digest.hexdigest()[:32]
+
+
+def _chunk_files_digest(source: VolumeSource) -> str | None:
+    """Digest of the (relative name, size) of every chunk file of a zarr array in a local
+    folder store; None when the array is not such a folder."""
+    root = Path(source.path)
+    if source.key:
+        root = root / source.key
+    if not root.is_dir():
+        return None
+    entries = []
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        rel = os.path.relpath(folder, root)
+        for name in files:
+            if name in ("zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"):
+                continue
+            if name.startswith("."):  # hidden files (editor or OS droppings) are no chunks
+                continue
+            entries.append((os.path.join(rel, name), os.stat(os.path.join(folder, name)).st_size))
+    entries.sort()
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:32]
 
 
 def _input_mismatch(path: Path, old: dict, new: dict) -> str:
@@ -740,12 +779,14 @@ def _input_mismatch(path: Path, old: dict, new: dict) -> str:
         reason = (f"it was started on an input with axes {old.get('native_axes')} -> {old.get('axes')}, shape "
                   f"{old.get('shape')}, dtype {old.get('dtype')}; this run's input has axes "
                   f"{new.get('native_axes')} -> {new.get('axes')}, shape {new.get('shape')}, dtype {new.get('dtype')}")
-    elif differs("size", "mtime_ns"):
-        reason = "the input file changed since it was started (its size or modification time differ)"
+    elif differs("size"):
+        reason = "the input file changed since it was started (its size differs)"
     elif differs("metadata"):
         reason = "the input array's metadata changed since it was started"
-    else:
+    elif differs("sample"):
         reason = "the input's values differ from those it was started on (a sample at fixed positions)"
+    else:
+        reason = "the input array's chunk files changed since it was started (names or sizes differ)"
     return (
         f"Cannot resume {str(path)!r}: {reason}; resuming would mix two inputs in one output. Resume with "
         "the same, unchanged input, or start over with --overwrite."
@@ -935,24 +976,51 @@ def _json_default(obj):
     raise TypeError(f"Cannot store {type(obj).__name__} in the output's attributes.")
 
 
+class InputMovedWarning(UserWarning):
+    """A resumed output was started on the same input at another path."""
+
+
 def _check_expected(path: Path, meta: dict, expect: dict) -> None:
     for key, want in _jsonable(expect).items():
-        if key == "input_id" and key not in meta:
-            raise UserError(
-                f"Cannot resume {str(path)!r}: it does not record which input it was made from (an "
-                "output of an older fastunet), so resuming could mix two inputs; start over with --overwrite."
-            )
+        if key == "input_id":
+            _check_input(path, meta, want)
+            continue
         if key not in meta:
             raise UserError(
                 f"Cannot resume {str(path)!r}: it does not record {key!r}; start over with --overwrite."
             )
-        if key == "input_id" and meta[key] != want:
-            raise UserError(_input_mismatch(path, meta[key], want))
         if meta[key] != want:
             raise UserError(
                 f"Cannot resume {str(path)!r}: it was created with {key}={meta[key]!r}, this run has "
                 f"{key}={want!r}; rerun with the original settings, or start over with --overwrite."
             )
+
+
+def _check_input(path: Path, meta: dict, want: dict) -> None:
+    """The resumed output's recorded input against this run's (see :func:`input_fingerprint`)."""
+    import warnings
+
+    old = meta.get("input_id")
+    if old is None:
+        if meta.get("complete"):
+            return  # finished by an older fastunet that kept no record: nothing will be written
+        raise UserError(
+            f"Cannot resume {str(path)!r}: it does not record which input it was made from (an "
+            "output of an older fastunet), so resuming could mix two inputs; start over with --overwrite."
+        )
+    if old == want:
+        return
+    if isinstance(old, dict) and {k: v for k, v in old.items() if k != "path"} == {
+        k: v for k, v in want.items() if k != "path"
+    }:
+        warnings.warn(
+            f"Resuming {str(path)!r}, started on {old.get('path')!r}, with {want.get('path')!r}: the same "
+            "array (shape, dtype, metadata and sampled values agree), so the input was moved or copied.",
+            InputMovedWarning,
+            stacklevel=3,
+        )
+        return
+    raise UserError(_input_mismatch(path, old, want))
 
 
 def _spatial_ome(source: VolumeSource) -> tuple[list, list, list | None]:

@@ -393,13 +393,17 @@ class Segmenter:
                                         client=client)
                 finally:
                     bar.close()
-            except BaseException:
+            except Exception as exc:
                 # An output this run created and that holds no finished block is removed, so
                 # that running again needs no --overwrite / --resume. The threaded scheduler
                 # has stopped every task when execute raises; a cluster's tasks may still run,
-                # so there only a failure before any was submitted removes it.
+                # so there only a failure before any was submitted removes it. An interrupt
+                # (Ctrl-C) removes nothing: the output stays, to be resumed.
                 if created and (not submitted or not remote) and not store.done():
-                    io.discard_output(store.path)
+                    try:
+                        io.discard_output(store.path)
+                    except (OSError, UserError) as cleanup:  # keep the original error; say what is left
+                        exc.add_note(f"(the unfinished output {str(store.path)!r} could not be removed: {cleanup})")
                 raise
         seconds = time.perf_counter() - t_start
         voxels = sum(s["voxels"] for s in summaries)

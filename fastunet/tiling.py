@@ -372,8 +372,10 @@ def _user_shape(value, nd: int, option: str) -> tuple[int, ...]:
     if len(out) != nd:
         if len(out) > nd:
             example = ",".join(map(str, out[-nd:]))
-        elif len(out) == nd - 1:  # a 2-D block for a z-stack: one slice deep
+        elif nd == 3 and len(out) == 2:  # a 2-D block for a z-stack: one slice deep
             example = ",".join(map(str, (1, *out)))
+        elif nd == 2 and len(out) == 1:  # one edge for an image: a square block
+            example = f"{out[0]},{out[0]}"
         else:
             example = _example(nd)
         raise ValueError(

@@ -22,6 +22,7 @@ import zarr
 from fastunet.errors import UserError
 from fastunet.io import (
     DONE_DIR,
+    InputMovedWarning,
     SegmentationStore,
     VolumeSource,
     check_output,
@@ -693,6 +694,12 @@ def test_input_fingerprint_tells_inputs_apart(tmp_path, rng):
     assert input_fingerprint(open_volume(path, axes="ZYX"))["sample"] != fp["sample"]
     arr[z, y, x] = data[z, y, x]
     assert input_fingerprint(open_volume(path, axes="ZYX")) == fp
+    # a block edited away from the lattice: the chunk files' sizes tell (compressed noise -> constant)
+    arr[:, 16:24, 8:16] = 5.0
+    edited = input_fingerprint(open_volume(path, axes="ZYX"))
+    assert edited["sample"] == fp["sample"] and edited["chunk_files"] != fp["chunk_files"]
+    arr[:] = data
+    assert input_fingerprint(open_volume(path, axes="ZYX")) == fp
     arr.attrs["note"] = "edited"  # the metadata document changed
     assert input_fingerprint(open_volume(path, axes="ZYX"))["metadata"] != fp["metadata"]
     # in memory: values decide
@@ -701,14 +708,18 @@ def test_input_fingerprint_tells_inputs_apart(tmp_path, rng):
     assert input_fingerprint(open_volume(data[::-1].copy(), axes="ZYX"))["sample"] != mem["sample"]
 
 
-def test_tiff_fingerprint_is_size_and_mtime(tmp_path, rng):
+def test_tiff_fingerprint_is_size_and_sample_not_mtime(tmp_path, rng):
     path = tmp_path / "in.tif"
-    tifffile.imwrite(path, rng.integers(0, 255, size=(20, 30), dtype=np.uint8))
+    data = rng.integers(0, 255, size=(20, 30), dtype=np.uint8)
+    tifffile.imwrite(path, data)
     fp = input_fingerprint(open_volume(path))
     st = os.stat(path)
-    assert fp["size"] == st.st_size and fp["mtime_ns"] == st.st_mtime_ns and "sample" not in fp
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
-    assert input_fingerprint(open_volume(path))["mtime_ns"] != fp["mtime_ns"]
+    assert fp["size"] == st.st_size and "mtime_ns" not in fp and "sample" in fp
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched or copied: still the same
+    assert input_fingerprint(open_volume(path)) == fp
+    data[20 // 8, 30 // 8] ^= 1  # a lattice point, same file size (uncompressed)
+    tifffile.imwrite(path, data)
+    assert input_fingerprint(open_volume(path))["sample"] != fp["sample"]
 
 
 def test_resume_of_another_input_is_refused(tmp_path, rng):
@@ -722,11 +733,18 @@ def test_resume_of_another_input_is_refused(tmp_path, rng):
                  lambda e: open_output(store.path, expect=e)):
         with pytest.raises(UserError, match="values differ.*mix two inputs.*--overwrite"):
             call({"input_id": input_fingerprint(b)})
+    # the same input moved elsewhere: a warning, not a refusal
+    moved = input_fingerprint(a) | {"path": "/elsewhere/in.zarr"}
+    with pytest.warns(InputMovedWarning, match="moved or copied"):
+        open_output(store.path, expect={"input_id": moved})
     meta = dict(store.attrs)
     del meta["input_id"]  # an output of an older fastunet
     zarr.open_group(str(store.path), mode="r+").attrs["fastunet"] = meta
     with pytest.raises(UserError, match="does not record which input"):
         open_output(store.path, expect={"input_id": input_fingerprint(a)})
+    meta["complete"] = True  # finished by it: resuming writes nothing, so it is accepted
+    zarr.open_group(str(store.path), mode="r+").attrs["fastunet"] = meta
+    open_output(store.path, expect={"input_id": input_fingerprint(a)})
 
 
 # ------------------------------------------------------------------------------ read errors

@@ -253,8 +253,9 @@ def _fail_after(monkeypatch, n):
 
 def test_resume_refuses_another_input(tmp_path, model, capsys, monkeypatch):
     shape = (2, 48, 48)
-    a = _zarr(tmp_path / "a.zarr", _rng().normal(size=shape).astype(np.float32), (1, 16, 16))
-    b = _zarr(tmp_path / "b.zarr", _rng().normal(size=shape).astype(np.float32), (1, 16, 16))
+    rng = _rng()
+    a = _zarr(tmp_path / "a.zarr", rng.normal(size=shape).astype(np.float32), (1, 16, 16))
+    b = _zarr(tmp_path / "b.zarr", rng.normal(size=shape).astype(np.float32), (1, 16, 16))
     out = tmp_path / "o.zarr"
     common = ["-o", out, "--model", model, "--axes", "ZYX", "--tile", "52", "--block", "1,16,16", "--quiet"]
     with monkeypatch.context() as m:  # an interrupted run on a.zarr: 5 of 18 blocks recorded
@@ -286,6 +287,10 @@ def test_resume_refuses_another_input(tmp_path, model, capsys, monkeypatch):
     # A complete output is refused for another input as well (the "already complete" return).
     code, _, err = _run([b, *common, "--resume"], capsys)
     assert code == 2 and "mix two inputs" in err, err
+    # The same input moved elsewhere: resumed with a warning (its content matches).
+    os.rename(a, tmp_path / "moved.zarr")
+    code, _, err = _run([tmp_path / "moved.zarr", *common, "--resume"], capsys)
+    assert code == 0 and "moved or copied" in err, err
 
 
 def test_resume_refuses_a_changed_tiff_and_another_array(tmp_path, model, capsys):
@@ -294,9 +299,14 @@ def test_resume_refuses_a_changed_tiff_and_another_array(tmp_path, model, capsys
     out = tmp_path / "o.zarr"
     assert _run([tmp_path / "in.tif", "-o", out, "--model", model, "--quiet"], capsys)[0] == 0
     assert _run([tmp_path / "in.tif", "-o", out, "--model", model, "--resume", "--quiet"], capsys)[0] == 0
-    os.utime(tmp_path / "in.tif", ns=(time.time_ns(), time.time_ns() + 10**9))  # rewritten since
+    os.utime(tmp_path / "in.tif", ns=(time.time_ns(), time.time_ns() + 10**9))  # touched (or copied)
+    assert _run([tmp_path / "in.tif", "-o", out, "--model", model, "--resume", "--quiet"], capsys)[0] == 0
+    tifffile.imwrite(tmp_path / "in.tif", img ^ 1)  # rewritten with other values, same size
     code, _, err = _run([tmp_path / "in.tif", "-o", out, "--model", model, "--resume"], capsys)
-    assert code == 2 and "input file changed" in err, err
+    assert code == 2 and "values differ" in err, err
+    tifffile.imwrite(tmp_path / "in.tif", np.concatenate([img, img]))  # another size: another shape
+    code, _, err = _run([tmp_path / "in.tif", "-o", out, "--model", model, "--resume"], capsys)
+    assert code == 2 and "Cannot resume" in err, err
     # In memory: another array of the same shape is refused.
     a = _rng().normal(size=(40, 40)).astype(np.float32)
     segment(a, model, tmp_path / "mem.zarr", progress=False)
@@ -455,3 +465,42 @@ def test_block_of_the_wrong_length_names_the_option(tmp_path, model, capsys):
     src = _zarr(tmp_path / "good.zarr", np.zeros((30, 30), np.float32), (10, 10))
     code, _, err = _run([src, "-o", tmp_path / "o.zarr", "--model", model, "--block", "1,30,30"], capsys)
     assert code == 2 and "--block 1,30,30 has 3 entries but the image is 2-D" in err and "--block 30,30" in err, err
+
+
+def test_ctrl_c_before_any_block_keeps_the_output_to_resume(tmp_path, model, capsys, monkeypatch):
+    """An interrupt is no failure to clean up after: the output stays and --resume continues."""
+    import fastunet.engine
+
+    src = _zarr(tmp_path / "good.zarr", _rng().normal(size=(2, 32, 32)).astype(np.float32), (1, 16, 16))
+    out = tmp_path / "o.zarr"
+    argv = [src, "-o", out, "--model", model, "--axes", "ZYX", "--tile", "52", "--block", "1,16,16", "--quiet"]
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(fastunet.engine, "execute", interrupted)
+        code, _, err = _run(argv, capsys)
+    assert code == 130 and "run the same command with --resume" in err, err
+    assert out.exists()
+    code, _, err = _run([*argv, "--resume"], capsys)
+    assert code == 0, err
+    reference = tmp_path / "ref.zarr"
+    assert _run([src, "-o", reference, *argv[3:]], capsys)[0] == 0
+    assert np.array_equal(zarr.open_group(str(out))["labels"][:], zarr.open_group(str(reference))["labels"][:])
+
+
+def test_second_ctrl_c_still_waits_for_running_blocks():
+    from fastunet.engine import _shutdown_uninterrupted
+
+    class Pool:
+        calls = 0
+
+        def shutdown(self, wait, cancel_futures):
+            Pool.calls += 1
+            if Pool.calls == 1:
+                raise KeyboardInterrupt  # the user pressed Ctrl-C again during the wait
+
+    with pytest.raises(KeyboardInterrupt):
+        _shutdown_uninterrupted(Pool())
+    assert Pool.calls == 2  # waited again before letting the interrupt through
