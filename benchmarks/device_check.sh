@@ -9,6 +9,8 @@
 #   fused    the whole paper network at tiles 572/1052, batch 1-8, every dtype; CUDA graphs
 #   train    training and augmentation on CUDA
 #   bench    fastunet bench --quick (P1-P6), one JSON per benchmark
+#   fp32     the full-precision fp32 cases of kernels and fused, last: its FMA dots compile
+#            slowest (tens of seconds per kernel variant in ptxas)
 # Each stage has its own time limit; logs, a summary and the JSON results go under $OUT (or
 # ./out when $OUT is unset). Copy $OUT/results/*.json to benchmarks/results/, commit them, and
 # regenerate the table with `python benchmarks/report.py`.
@@ -48,14 +50,15 @@ stage() {  # stage NAME SECONDS COMMAND...
 }
 
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(kernels fused train bench)
+[ ${#stages[@]} -gt 0 ] || stages=(kernels fused train bench fp32)
 for s in "${stages[@]}"; do
     case $s in
-        kernels) stage kernels 300 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_kernels.py tests/test_loss_kernel.py ;;
-        fused) stage fused 300 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_fused.py ;;
+        kernels) stage kernels 300 python3 -m pytest -q -m gpu -k "not fp32" -p no:cacheprovider tests/test_kernels.py tests/test_loss_kernel.py ;;
+        fused) stage fused 300 python3 -m pytest -q -m gpu -k "not fp32" -p no:cacheprovider tests/test_fused.py ;;
         train) stage train 180 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_training.py tests/test_augment.py ;;
         bench) stage bench 420 python3 -m fastunet bench --quick --out "$out/results" ;;
-        *) echo "unknown stage $s (kernels, fused, train, bench)" | tee -a "$summary" ;;
+        fp32) stage fp32 540 python3 -m pytest -q -m gpu -k fp32 -p no:cacheprovider tests/test_kernels.py tests/test_fused.py ;;
+        *) echo "unknown stage $s (kernels, fused, train, bench, fp32)" | tee -a "$summary" ;;
     esac
 done
 echo "---"

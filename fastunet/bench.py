@@ -161,17 +161,17 @@ def _bench_device(device) -> torch.device:
 
     On the CPU the Triton kernels run under the interpreter, so the figures only show that
     the benchmark runs end to end; they are no measurement. The kernel modules are imported
-    here through :func:`fastunet.fused._kernels`, which switches the interpreter on for the
+    here through :func:`fastunet.kernels.load`, which switches the interpreter on for the
     CPU before triton defines a kernel (or says why it cannot).
     """
-    from .fused import _kernels
+    from .kernels import load
 
     device = torch.device(device)
     if device.type == "cuda":
         _require_cuda()
     elif device.type != "cpu":
         raise ValueError(f"The benchmarks run on 'cuda' (or 'cpu' under the Triton interpreter, for tests); got {device}.")
-    _kernels(device)
+    load(device, "conv", "upconv", "head", "loss")
     return device
 
 

@@ -17,7 +17,6 @@ CUDA the forward can be captured in a CUDA graph.
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -28,36 +27,6 @@ from .model import ReferenceUNet
 from .predictor import DTYPES, Prediction, Predictor
 
 __all__ = ["FusedUNet", "FusedPredictor"]
-
-
-def _kernels(device: torch.device):
-    """Import the kernel modules (and so triton) only when a fused network is built.
-
-    On a CPU device the kernels run under the Triton interpreter (about 1000x slower than a
-    GPU, but the whole fused path can be checked without one). Triton decides between
-    compiling and interpreting when a kernel is defined, i.e. when the kernel modules are
-    first imported, so the interpreter is switched on here, before that import; a process
-    that already imported them for the GPU cannot also interpret them.
-    """
-    import sys
-
-    if device.type not in ("cuda", "cpu"):
-        raise ValueError(f"The triton backend runs on 'cuda' (or 'cpu' under the interpreter); got {device}.")
-    utils = sys.modules.get(f"{__package__}.kernels._utils")
-    if device.type == "cpu":
-        if utils is None:
-            os.environ["TRITON_INTERPRET"] = "1"  # before the first kernel is defined
-        elif not utils.INTERPRET:
-            raise RuntimeError(
-                "The Triton kernels were already compiled for the GPU in this process, so they cannot "
-                "run on the CPU here: use a CUDA device, --backend torch, or a new process with "
-                "TRITON_INTERPRET=1."
-            )
-    elif not torch.cuda.is_available():
-        raise RuntimeError("A CUDA device was asked for, but none is visible; use device 'cpu'.")
-    from .kernels import conv, head, upconv
-
-    return conv, upconv, head
 
 
 @dataclass
@@ -106,7 +75,9 @@ class FusedUNet:
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}; got {dtype!r}.")
         self.device = torch.device(device)
-        self.conv, self.upconv, self.head = _kernels(self.device)
+        from .kernels import load
+
+        self.conv, self.upconv, self.head = load(self.device, "conv", "upconv", "head")
         from .kernels._utils import compute_dtype
 
         self.config = model.config

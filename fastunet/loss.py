@@ -105,7 +105,8 @@ def weighted_cross_entropy(
     _check(logits, target, weight, reduction)
     weight_needs_grad = weight is not None and weight.requires_grad and torch.is_grad_enabled()
     if _use_triton(backend, on_cuda=logits.is_cuda, reduction=reduction, weight_needs_grad=weight_needs_grad):
-        from .kernels.loss import weighted_softmax_ce
+        from .kernels import load
 
-        return weighted_softmax_ce(logits, target, weight, ignore_index=ignore_index, reduction=reduction)
+        (kernel,) = load(logits.device, "loss")
+        return kernel.weighted_softmax_ce(logits, target, weight, ignore_index=ignore_index, reduction=reduction)
     return weighted_cross_entropy_reference(logits, target, weight, ignore_index, reduction)

@@ -8,12 +8,15 @@ import torch
 import triton
 import triton.language as tl
 
+from . import interpreting
+
 __all__ = [
     "INTERPRET",
     "DTYPE_MODES",
     "check_nhwc",
     "check_contiguous",
     "compute_dtype",
+    "select",
     "tuning_configs",
     "launch",
     "prune_by_shared_memory",
@@ -22,7 +25,8 @@ __all__ = [
 ]
 
 # Under TRITON_INTERPRET=1 kernels run on the CPU through numpy (about 1000x slower than a GPU).
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+# Read as Triton reads it, once: Triton fixes it per kernel when the kernel is defined.
+INTERPRET = interpreting()
 
 # Name of a dtype path -> (storage dtype of activations and weights, tl.dot input_precision).
 DTYPE_MODES = {
@@ -75,12 +79,23 @@ def to_storage(x, dtype: tl.constexpr, INTERP_BF16: tl.constexpr):
 AUTOTUNE = os.environ.get("FASTUNET_AUTOTUNE", "1").lower() not in ("0", "off", "false", "no")
 
 
-def tuning_configs(configs: list[triton.Config], small: triton.Config) -> list[triton.Config]:
+def tuning_configs(configs: list[triton.Config], small: triton.Config, *,
+                   pruned: bool = False) -> list[triton.Config]:
     """The configs an autotuner gets: ``small`` alone under the interpreter (autotuning would
-    time every config there), the first of ``configs`` with FASTUNET_AUTOTUNE=0, else all."""
+    time every config there), else all of ``configs``, or with FASTUNET_AUTOTUNE=0 the first
+    one. ``pruned``: the kernel's ``early_config_prune`` picks the one config itself (by dtype,
+    through :func:`select`), so all are kept here."""
     if INTERPRET:
         return [small]
-    return configs if AUTOTUNE else configs[:1]
+    return configs if AUTOTUNE or pruned else configs[:1]
+
+
+def select(configs: list[triton.Config], key=None) -> list[triton.Config]:
+    """What a pruning function returns: all ``configs``, or with FASTUNET_AUTOTUNE=0 one of
+    them (the first, or the smallest by ``key``)."""
+    if AUTOTUNE or len(configs) <= 1:
+        return configs
+    return [min(configs, key=key)] if key is not None else configs[:1]
 
 
 def prune_by_shared_memory(configs: list[triton.Config], stage_bytes, device=None, *,

@@ -34,6 +34,7 @@ from ._utils import (
     compute_dtype,
     launch,
     prune_by_shared_memory,
+    select,
     to_storage,
     tuning_configs,
     upcast_for_interpreter,
@@ -68,10 +69,12 @@ def _stage_bytes(config: triton.Config, element_size: int) -> int:
     return (m + config.kwargs["BLOCK_N"]) * config.kwargs["BLOCK_K"] * element_size
 
 
-# Full-precision fp32 ("ieee") dots run on the CUDA cores as unrolled FMAs: a 256 x 128 x 64
-# tile took over 400 s in ptxas (checked with triton's bundled ptxas for sm_90), so that path
-# keeps the tiles of at most 128 x 64 x 64 multiply-adds per K step.
-_IEEE_MAX_TILE = 128 * 64 * 64
+# Full-precision fp32 ("ieee") dots run on the CUDA cores as unrolled FMAs, and their compile
+# time grows with the tile (triton's bundled ptxas for sm_90 on a 2-core CPU, the two-source
+# conv with pooling: 256x128x64 over 400 s, 128x64x64 114 s, 128x64x32 44 s, 64x64x32 35 s; bf16
+# 128x64x64 11 s). That path is the accuracy reference, not the fast one: it keeps the tiles
+# of at most 128 x 64 x 32 multiply-adds per K step.
+_IEEE_MAX_TILE = 128 * 64 * 32
 
 
 def configs_for(dtype: torch.dtype, precision: str = "tf32", device=None, *,
@@ -93,9 +96,12 @@ def _tile_macs(config: triton.Config) -> int:
 
 def _prune(configs: list[triton.Config], named_args: dict, **meta) -> list[triton.Config]:
     a = named_args["a_ptr"]
-    if a.dtype == torch.float32 and meta.get("PRECISION") == "ieee":
+    ieee = a.dtype == torch.float32 and meta.get("PRECISION") == "ieee"
+    if ieee:
         configs = [c for c in configs if _tile_macs(c) <= _IEEE_MAX_TILE] or configs
-    return prune_by_shared_memory(configs, lambda c: _stage_bytes(c, a.element_size()), a.device)
+    kept = prune_by_shared_memory(configs, lambda c: _stage_bytes(c, a.element_size()), a.device)
+    # With FASTUNET_AUTOTUNE=0 one config is kept: the first, or for ieee the quickest to compile.
+    return select(kept, key=_tile_macs if ieee else None)
 
 
 @triton.jit
@@ -126,7 +132,7 @@ def _accumulate_source(
 
 
 @triton.autotune(
-    configs=tuning_configs(get_autotune_config(), _INTERPRETER_CONFIG),
+    configs=tuning_configs(get_autotune_config(), _INTERPRETER_CONFIG, pruned=True),
     # Tensor dtypes join the key by themselves; PRECISION tells tf32 from fp32 (both store fp32).
     key=["C_A", "C_B", "C_OUT", "POOL", "RELU", "WRITE_Y", "HAS_B", "PRECISION"],
     prune_configs_by={"early_config_prune": _prune},

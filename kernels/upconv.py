@@ -18,6 +18,7 @@ from ._utils import (
     compute_dtype,
     launch,
     prune_by_shared_memory,
+    select,
     to_storage,
     tuning_configs,
     upcast_for_interpreter,
@@ -55,11 +56,11 @@ def configs_for(dtype: torch.dtype, device=None, *, shared_memory: int | None = 
 
 def _prune(configs: list[triton.Config], named_args: dict, **meta) -> list[triton.Config]:
     size = named_args["x_ptr"].element_size()
-    return prune_by_shared_memory(configs, lambda c: _stage_bytes(c, size), named_args["x_ptr"].device)
+    return select(prune_by_shared_memory(configs, lambda c: _stage_bytes(c, size), named_args["x_ptr"].device))
 
 
 @triton.autotune(
-    configs=tuning_configs(get_autotune_config(), _INTERPRETER_CONFIG),
+    configs=tuning_configs(get_autotune_config(), _INTERPRETER_CONFIG, pruned=True),
     key=["C_IN", "C_OUT", "PRECISION"],  # tensor dtypes join the key by themselves
     prune_configs_by={"early_config_prune": _prune},
 )

@@ -144,6 +144,24 @@ def test_invalid_tile_names_nearest_sizes():
 
 
 # The paper's network at its real sizes: tiles 572 and 1052, batch 1-8, every dtype path.
+def test_cpu_kernels_after_triton_was_set_up_for_the_gpu_is_a_clear_error():
+    """Triton fixes compile-or-interpret when its jit functions are defined: once triton was
+    imported without the interpreter, the CPU cannot be switched over in that process."""
+    script = """
+import triton, torch
+from fastunet import ReferenceUNet, UNetConfig
+from fastunet.fused import FusedUNet
+try:
+    FusedUNet(ReferenceUNet(UNetConfig(base_channels=4, depth=1)), device="cpu", dtype="fp32")
+except RuntimeError as exc:
+    print(exc)
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "new process with TRITON_INTERPRET=1" in proc.stdout, proc.stdout
+
+
 GPU_CASES = [
     ("bf16", 572, 1), ("bf16", 572, 8), ("bf16", 1052, 2), ("bf16", 1052, 8),
     ("fp16", 572, 4), ("fp16", 1052, 2),
@@ -153,6 +171,7 @@ GPU_CASES = [
 
 
 @pytest.mark.gpu
+@pytest.mark.timeout(600)  # the first call compiles each kernel variant of this dtype path
 @pytest.mark.parametrize("dtype, tile, batch", GPU_CASES)
 def test_fused_paper_network_on_gpu(dtype, tile, batch):
     model = ReferenceUNet(UNetConfig()).eval().cuda()
