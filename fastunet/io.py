@@ -1293,8 +1293,14 @@ class SegmentationStore:
         if not isinstance(meta, dict):
             raise UserError(f"{str(self.path)!r} is not a fastunet output (no attrs['fastunet']).")
         arrays = meta.get("arrays") or {}
-        self.labels = root[arrays["labels"]] if arrays.get("labels") else None
-        self.probs = root[arrays["probs"]] if arrays.get("probs") else None
+        try:
+            self.labels = root[arrays["labels"]] if arrays.get("labels") else None
+            self.probs = root[arrays["probs"]] if arrays.get("probs") else None
+        except KeyError as exc:  # a run that died while creating the output
+            raise UserError(
+                f"{str(self.path)!r} is an unfinished fastunet output without its array {exc}: its run "
+                "stopped while creating it; start over with --overwrite."
+            ) from None
         self._done_dir = self.path / DONE_DIR
 
     def __reduce__(self):

@@ -811,3 +811,15 @@ def test_check_output_unwritable_folder_without_root_dependence(tmp_path, deny_o
     """Root writes into read-only folders; a failing write is simulated instead."""
     with pytest.raises(UserError, match=r"^Cannot write to .* \(Permission denied\); choose a writable"):
         check_output(tmp_path / "out.zarr", source=_src(), overwrite=False, resume=False)
+
+
+def test_output_stub_without_its_array_is_a_user_error(tmp_path):
+    """A run killed while creating the output leaves attrs but no array: say so, no KeyError."""
+    import shutil
+
+    src = open_volume(np.zeros((4, 16, 16), np.float32), axes="ZYX")
+    store = create_output(tmp_path / "o.zarr", source=src, num_classes=2, output="labels", chunks=(2, 8, 8))
+    shutil.rmtree(store.path / "labels")
+    with pytest.raises(UserError, match="unfinished fastunet output without its array 'labels'.*--overwrite"):
+        SegmentationStore(store.path)
+    check_output(store.path, source=src, overwrite=True, resume=False)  # --overwrite may replace it
