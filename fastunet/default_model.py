@@ -1,7 +1,7 @@
 """The default model shipped with fastunet: how it was built, so anyone can rebuild it.
 
 ``fastunet segment`` uses ``fastunet/models/default.safetensors`` when no ``--model`` is
-given. It is a compact U-Net (base 16 channels, depth 3, about 0.47 M parameters, 1.9 MB)
+given. It is a compact U-Net (base 16 channels, depth 3, 0.48 M parameters, 1.9 MB)
 trained on synthetic fluorescence nuclei (:mod:`fastunet.data`) with the paper's weighted
 loss and augmentation. Rebuild it with::
 
@@ -9,9 +9,8 @@ loss and augmentation. Rebuild it with::
 
 which writes the training images (seeds :data:`TRAIN_SEEDS`) as TIFF files and runs exactly
 ``fastunet train`` with :data:`TRAIN_ARGS` (the command is also stored in the model file's
-metadata). The shipped file was trained before commit a448c24 changed the up-convolutions'
-He init to the paper's N = C_in (it was N = 4 C_in), so a rebuild starts from other random
-weights. Measure it on images it never saw (other seeds) with::
+metadata); the shipped file is the output of that build at commit 92bc208. Measure it on
+images it never saw (other seeds) with::
 
     fastunet evaluate --synthetic 16
 """
