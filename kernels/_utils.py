@@ -71,8 +71,8 @@ def to_storage(x, dtype: tl.constexpr, INTERP_BF16: tl.constexpr):
     return x.to(dtype)
 
 
-# FASTUNET_AUTOTUNE=0: each kernel keeps only the first config of its list (chosen to fit
-# every dtype's shared memory). Autotuning compiles every config for every layer signature
+# FASTUNET_AUTOTUNE=0: each kernel keeps one config (the first of its list that fits the
+# dtype's shared memory; for the fp32 "ieee" conv the quickest to compile). Autotuning compiles every config for every layer signature
 # (the paper network has ~18 conv signatures per dtype path, some configs take tens of
 # seconds in ptxas), which is what a benchmark wants and what a correctness run cannot
 # afford; the GPU tests set it and check every config separately (forced configs).

@@ -77,29 +77,33 @@ def _stage_bytes(config: triton.Config, element_size: int) -> int:
 _IEEE_MAX_TILE = 128 * 64 * 32
 
 
-def configs_for(dtype: torch.dtype, precision: str = "tf32", device=None, *,
-                shared_memory: int | None = None) -> list[triton.Config]:
-    """The autotune configs kept for activations of ``dtype`` (``precision`` of fp32 dots:
-    "tf32" or "ieee"): those that fit the device's shared memory, and for "ieee" fp32 the
-    smaller tiles."""
-    size = torch.empty((), dtype=dtype).element_size()
-    configs = get_autotune_config()
-    if dtype == torch.float32 and precision == "ieee":
-        configs = [c for c in configs if _tile_macs(c) <= _IEEE_MAX_TILE]
-    return prune_by_shared_memory(configs, lambda c: _stage_bytes(c, size), device, limit=shared_memory)
-
-
 def _tile_macs(config: triton.Config) -> int:
     kw = config.kwargs
     return kw["BLOCK_H"] * kw["BLOCK_W"] * kw["BLOCK_N"] * kw["BLOCK_K"]
 
 
+def _kept(configs: list[triton.Config], dtype: torch.dtype, precision: str | None, device=None,
+          limit: int | None = None) -> list[triton.Config]:
+    """``configs`` that fit the shared memory for activations of ``dtype``; for "ieee" fp32
+    only the smaller tiles."""
+    if dtype == torch.float32 and precision == "ieee":
+        configs = [c for c in configs if _tile_macs(c) <= _IEEE_MAX_TILE] or configs
+    size = torch.empty((), dtype=dtype).element_size()
+    return prune_by_shared_memory(configs, lambda c: _stage_bytes(c, size), device, limit=limit)
+
+
+def configs_for(dtype: torch.dtype, precision: str = "tf32", device=None, *,
+                shared_memory: int | None = None) -> list[triton.Config]:
+    """The autotune configs kept for activations of ``dtype`` (``precision`` of fp32 dots:
+    "tf32" or "ieee"): those that fit the device's shared memory, and for "ieee" fp32 the
+    smaller tiles."""
+    return _kept(get_autotune_config(), dtype, precision, device, shared_memory)
+
+
 def _prune(configs: list[triton.Config], named_args: dict, **meta) -> list[triton.Config]:
     a = named_args["a_ptr"]
     ieee = a.dtype == torch.float32 and meta.get("PRECISION") == "ieee"
-    if ieee:
-        configs = [c for c in configs if _tile_macs(c) <= _IEEE_MAX_TILE] or configs
-    kept = prune_by_shared_memory(configs, lambda c: _stage_bytes(c, a.element_size()), a.device)
+    kept = _kept(configs, a.dtype, meta.get("PRECISION"), a.device)
     # With FASTUNET_AUTOTUNE=0 one config is kept: the first, or for ieee the quickest to compile.
     return select(kept, key=_tile_macs if ieee else None)
 

@@ -48,15 +48,19 @@ def _stage_bytes(config: triton.Config, element_size: int) -> int:
     return (config.kwargs["BLOCK_M"] + config.kwargs["BLOCK_N"]) * config.kwargs["BLOCK_K"] * element_size
 
 
+def _kept(configs: list[triton.Config], dtype: torch.dtype, device=None, limit: int | None = None):
+    size = torch.empty((), dtype=dtype).element_size()
+    return prune_by_shared_memory(configs, lambda c: _stage_bytes(c, size), device, limit=limit)
+
+
 def configs_for(dtype: torch.dtype, device=None, *, shared_memory: int | None = None) -> list[triton.Config]:
     """The autotune configs that fit the device's shared memory for activations of ``dtype``."""
-    size = torch.empty((), dtype=dtype).element_size()
-    return prune_by_shared_memory(get_autotune_config(), lambda c: _stage_bytes(c, size), device, limit=shared_memory)
+    return _kept(get_autotune_config(), dtype, device, shared_memory)
 
 
 def _prune(configs: list[triton.Config], named_args: dict, **meta) -> list[triton.Config]:
-    size = named_args["x_ptr"].element_size()
-    return select(prune_by_shared_memory(configs, lambda c: _stage_bytes(c, size), named_args["x_ptr"].device))
+    x = named_args["x_ptr"]
+    return select(_kept(configs, x.dtype, x.device))  # FASTUNET_AUTOTUNE=0: the first that fits
 
 
 @triton.autotune(
