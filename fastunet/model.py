@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from . import geometry
+
 __all__ = [
     "UNetConfig",
     "DoubleConv",
@@ -180,10 +182,9 @@ class ReferenceUNet(nn.Module):
             raise ValueError(
                 f"Expected input of shape (N, {self.config.in_channels}, H, W); got {tuple(x.shape)}."
             )
-        from .geometry import check_tile_size  # an invalid size would be floored by a pool, silently
-
-        check_tile_size(int(x.shape[-2]), self.config.depth, "tile height")
-        check_tile_size(int(x.shape[-1]), self.config.depth, "tile width")
+        # an invalid size would be floored by a max-pool, silently
+        geometry.check_tile_size(int(x.shape[-2]), self.config.depth, "tile height")
+        geometry.check_tile_size(int(x.shape[-1]), self.config.depth, "tile width")
         return self._layers(x)
 
     def _layers(self, x: torch.Tensor) -> torch.Tensor:
@@ -225,8 +226,6 @@ def forward_flops(config: UNetConfig, height: int, width: int) -> int:
     negligible and left out). ``height`` and ``width`` must be valid input sizes (see
     :mod:`fastunet.geometry`); divide by the output area for FLOPs per output pixel.
     """
-    from . import geometry
-
     geometry.check_tile_size(height, config.depth)
     geometry.check_tile_size(width, config.depth)
     widths = config.widths
