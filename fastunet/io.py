@@ -35,6 +35,7 @@ records which input it was made from, so a resume on another input is refused. :
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -42,7 +43,6 @@ import os
 import shutil
 import threading
 import uuid
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, unquote
@@ -724,20 +724,21 @@ def _lattice(n: int) -> list[int]:
 
 def _sample_digest(source: VolumeSource, stored) -> str:
     digest = hashlib.sha256()
+
+    def add(values: np.ndarray) -> None:  # little-endian bytes: the same digest on any machine
+        digest.update(np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<")).tobytes())
+
     if isinstance(stored, zarr.Array):  # one orthogonal selection in native axes: each chunk decoded once
         native = source.native_axes or source.axes
         selection = tuple(slice(None) if a == "C" else _lattice(n) for a, n in zip(native, stored.shape))
         try:
-            values = np.asarray(stored.get_orthogonal_selection(selection))
+            add(np.asarray(stored.get_orthogonal_selection(selection)))
         except Exception as exc:
             raise UserError(f"The input {source.path!r} cannot be read for its fingerprint: {exc}.") from None
-        digest.update(np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<")).tobytes())
         return digest.hexdigest()[:32]
     grids = [[None] if a == "C" else _lattice(n) for a, n in zip(source.axes, source.shape)]
     for point in itertools.product(*grids):
-        region = tuple(slice(0, n) if p is None else slice(p, p + 1) for p, n in zip(point, source.shape))
-        values = source.read(region)
-        digest.update(np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<")).tobytes())
+        add(source.read(tuple(slice(0, n) if p is None else slice(p, p + 1) for p, n in zip(point, source.shape))))
     return digest.hexdigest()[:32]
 
 

@@ -329,7 +329,7 @@ class Segmenter:
                     "instead, e.g. -o result.zarr."
                 )
         elif resume and path.exists():
-            store = io.open_output(path, expect=expect)
+            store = io.open_output(path, expect={})  # check_output compared ``expect`` just above
             meta = store.attrs
             layout = self._layout(vol, chunks=meta["chunks"], block=meta["block"], tile=tuple(meta["tile"]),
                                   remote=remote)
