@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fastunet import geometry  # noqa: E402
 from fastunet.bench import (  # noqa: E402
-    conv_layer_shapes, engine_tile_count, geometric_mean, grid_tile_count, same_padded_flops,
+    engine_tile_count, geometric_mean, grid_tile_count, same_padded_flops,
 )
 from fastunet.model import UNetConfig, forward_flops  # noqa: E402
 from fastunet.tiling import plan_layout  # noqa: E402
@@ -46,15 +46,16 @@ S = 2  # bytes per bf16 value
 def conv_rows(config: UNetConfig, tile: int, batch: int) -> list[dict]:
     """FLOPs and bytes of every 3x3 conv: fused, and the extra passes of eager and compile."""
     rows = []
-    for s in conv_layer_shapes(config, tile, batch):
-        n, size, c_a, c_b, c_out = s["n"], s["size"], s["c_a"], s["c_b"], s["c_out"]
-        c_in, out_px = c_a + c_b, n * (size - 2) ** 2
+    for s in geometry.layer_shapes(config, tile, "conv3x3"):
+        n, size, c_in, c_out = batch, s.in_size[0], s.c_in, s.c_out
+        c_a, c_b = (s.c_skip, c_in - s.c_skip) if s.c_skip else (c_in, 0)
+        out_px = n * (size - 2) ** 2
         read = n * size * size * c_in * S
         write = out_px * c_out * S
-        pooled = out_px // 4 * c_out * S if s["pool"] else 0
-        pool_pass = write + pooled if s["pool"] else 0
+        pooled = out_px // 4 * c_out * S if s.pool else 0
+        pool_pass = write + pooled if s.pool else 0
         rows.append(dict(
-            name=s["name"], flops=2 * 9 * c_in * c_out * out_px,
+            name=s.name, flops=n * s.flops,
             fused=read + write + pooled + 9 * c_in * c_out * S, conv=read + write + 9 * c_in * c_out * S,
             eager_extra=4 * write + pool_pass + (2 * read if c_b else 0),
             compile_extra=2 * write + pool_pass + (2 * n * size * size * c_a * S if c_b else 0),
@@ -77,15 +78,12 @@ def layer_times(row: dict, peak: float, bandwidth: float, *, r: float = 1.0, e: 
 def forward_bound(config: UNetConfig, tile: int, peak: float, bandwidth: float) -> tuple[float, float]:
     """(FLOP-bound time, roofline time) of one fused forward of one tile: convs, up-convs, head."""
     t = sum(layer_times(r, peak, bandwidth)["ideal"] for r in conv_rows(config, tile, 1))
-    h, widths = tile, config.widths
-    for level in range(config.depth):
-        h = (h - 4) // 2
-    h -= 4  # bottom output
-    for level in reversed(range(config.depth)):
-        flops = 2 * widths[level + 1] * 4 * widths[level] * h * h
-        t += max(flops / peak, (widths[level + 1] * h * h + widths[level] * 4 * h * h) * S / bandwidth)
-        h = 2 * h - 4
-    t += max(2 * widths[0] * config.num_classes * h * h / peak, (widths[0] * S + 1) * h * h / bandwidth)
+    for layer in geometry.layer_shapes(config, tile):
+        h, w = layer.in_size
+        if layer.kind == "upconv":  # reads its input, writes 4x the pixels
+            t += max(layer.flops / peak, (layer.c_in * h * w + layer.out_values) * S / bandwidth)
+        elif layer.kind == "head":  # reads the features, writes one uint8 label per pixel
+            t += max(layer.flops / peak, (layer.c_in * S + 1) * h * w / bandwidth)
     return forward_flops(config, tile, tile) / peak, t
 
 

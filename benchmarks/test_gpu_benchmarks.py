@@ -29,7 +29,7 @@ import os
 import pytest
 import torch
 
-from fastunet import bench
+from fastunet import bench, geometry
 from fastunet.model import ReferenceUNet, UNetConfig
 
 pytestmark = [
@@ -79,14 +79,14 @@ def test_P1_conv_layers(benchmark):
 
     run_benchmark("P1", benchmark)
     batch = bench.QUICK["P1"]["batches"][0] if QUICK else 8
-    s = next(s for s in bench.conv_layer_shapes(UNetConfig(), 572, batch) if s["name"] == "dec0.conv1")
-    c_in = s["c_a"] + s["c_b"]
-    weight = conv.pack_weight(torch.randn(s["c_out"], c_in, 3, 3, device="cuda") * (2 / (9 * c_in)) ** 0.5, BF16)
-    bias = torch.randn(s["c_out"], device="cuda")
+    s = next(s for s in geometry.layer_shapes(UNetConfig(), 572, "conv3x3") if s.name == "dec0.conv1")
+    c_in, n, size, skip_size = s.c_in, batch, s.in_size[0], s.skip_size[0]
+    weight = conv.pack_weight(torch.randn(s.c_out, c_in, 3, 3, device="cuda") * (2 / (9 * c_in)) ** 0.5, BF16)
+    bias = torch.randn(s.c_out, device="cuda")
 
     def inputs():
-        skip = torch.randn(s["n"], s["skip"], s["skip"], s["c_a"], device="cuda", dtype=BF16)  # NHWC
-        up = torch.randn(s["n"], s["size"], s["size"], s["c_b"], device="cuda", dtype=BF16)
+        skip = torch.randn(n, skip_size, skip_size, s.c_skip, device="cuda", dtype=BF16)  # NHWC
+        up = torch.randn(n, size, size, c_in - s.c_skip, device="cuda", dtype=BF16)
         return skip, up
 
     time_call(benchmark, lambda skip, up: conv.conv3x3(skip, weight, bias, up=up, dtype="bf16"), inputs)

@@ -45,6 +45,8 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 
+from .geometry import reflect_index
+
 __all__ = ["AugmentConfig", "augment_batch", "elastic_field", "random_center", "sample_tile"]
 
 
@@ -186,13 +188,6 @@ def elastic_field(
     return field[0]
 
 
-def _reflect_index(index: torch.Tensor, size: int) -> torch.Tensor:
-    """Integer indices mirrored into [0, size) without repeating the edge (np.pad 'reflect')."""
-    period = 2 * (size - 1)
-    index = torch.remainder(index, period)
-    return torch.where(index > size - 1, period - index, index)
-
-
 def _check_sample(image, target, weight, in_size, out_size) -> None:
     if not isinstance(image, torch.Tensor) or image.ndim != 3 or not image.is_floating_point():
         raise ValueError(f"image must be a float tensor (C, H, W); got {getattr(image, 'shape', type(image))}.")
@@ -329,8 +324,8 @@ def sample_tile(
     weight_tile = F.grid_sample(
         weight[None, None].float(), inner, mode="bilinear", padding_mode="reflection", align_corners=True
     )[0, 0]
-    rows = _reflect_index(torch.round(cy + sy[lo : lo + out_size, lo : lo + out_size].double()).long(), height)
-    cols = _reflect_index(torch.round(cx + sx[lo : lo + out_size, lo : lo + out_size].double()).long(), width)
+    rows = reflect_index(torch.round(cy + sy[lo : lo + out_size, lo : lo + out_size].double()).long(), height)
+    cols = reflect_index(torch.round(cx + sx[lo : lo + out_size, lo : lo + out_size].double()).long(), width)
     target_tile = _uint8_target(target[rows, cols])
 
     image_tile = _vary_gray(image_tile, config, generator)

@@ -62,7 +62,6 @@ __all__ = [
     "QUICK",
     "SamePaddedUNet",
     "bench_volume",
-    "conv_layer_shapes",
     "cuda_median_ms",
     "default_cache_dir",
     "engine_tile_count",
@@ -121,31 +120,6 @@ def write_result(benchmark: str, figures: dict, ratios: dict, *, out_dir: Path |
 def geometric_mean(values) -> float:
     values = list(values)
     return math.exp(sum(math.log(v) for v in values) / len(values))
-
-
-def conv_layer_shapes(config: UNetConfig, tile: int, batch: int) -> list[dict]:
-    """Every 3x3 conv of the network at input tile ``tile``: its input size and channels.
-
-    ``c_b`` is the channel count of the second source (the up-conv output) of a decoder's
-    first conv, whose first source is the skip of size ``skip``; ``pool`` marks the encoder
-    convs that feed a max-pool.
-    """
-    geometry.check_tile_size(tile, config.depth)
-    widths = config.widths
-    shapes, size, c_in, skips = [], tile, config.in_channels, []
-    for level in range(config.depth + 1):
-        name = f"enc{level}" if level < config.depth else "bottom"
-        shapes.append(dict(name=f"{name}.conv1", n=batch, size=size, c_a=c_in, c_b=0, c_out=widths[level], pool=False, skip=0))
-        shapes.append(dict(name=f"{name}.conv2", n=batch, size=size - 2, c_a=widths[level], c_b=0, c_out=widths[level], pool=level < config.depth, skip=0))
-        skips.append(size - 4)
-        size, c_in = (size - 4) // 2, widths[level]
-    size = skips.pop()
-    for level in reversed(range(config.depth)):
-        size = 2 * size
-        shapes.append(dict(name=f"dec{level}.conv1", n=batch, size=size, c_a=widths[level], c_b=widths[level], c_out=widths[level], pool=False, skip=skips[level]))
-        shapes.append(dict(name=f"dec{level}.conv2", n=batch, size=size - 2, c_a=widths[level], c_b=0, c_out=widths[level], pool=False, skip=0))
-        size -= 4
-    return shapes
 
 
 def _require_cuda() -> None:
@@ -244,33 +218,34 @@ def bench_conv_layers(*, tiles=(572, 1052), batches=(8, 2), base_channels: int =
     figures, ratios = {}, {}
     timing = dict(warmup=warmup, reps=reps, device=dev)
     for tile, batch in zip(tiles, batches):
-        for s in conv_layer_shapes(config, tile, batch):
-            c_in = s["c_a"] + s["c_b"]
-            weight = torch.randn(s["c_out"], c_in, 3, 3, device=dev) * (2 / (9 * c_in)) ** 0.5
-            bias = torch.randn(s["c_out"], device=dev)
+        for s in geometry.layer_shapes(config, tile, "conv3x3"):
+            # A decoder's conv1 reads the cropped skip (c_skip channels) and the up-conv output.
+            c_in, n, size = s.c_in, batch, s.in_size[0]
+            c_a, c_b = (s.c_skip, s.c_in - s.c_skip) if s.c_skip else (s.c_in, 0)
+            a_size = s.skip_size[0] if s.skip_size else size
+            weight = torch.randn(s.c_out, c_in, 3, 3, device=dev) * (2 / (9 * c_in)) ** 0.5
+            bias = torch.randn(s.c_out, device=dev)
             packed = conv.pack_weight(weight, bf)
             w_cl = weight.to(bf).contiguous(memory_format=torch.channels_last)
             bias_bf = bias.to(bf)  # cast once, outside the timed calls
-            size, n = s["size"], s["n"]
-            a_size = s["skip"] or size
 
             def inputs():
-                a = torch.randn(n, s["c_a"], a_size, a_size, device=dev, dtype=bf).contiguous(memory_format=torch.channels_last)
-                b = (torch.randn(n, s["c_b"], size, size, device=dev, dtype=bf).contiguous(memory_format=torch.channels_last)
-                     if s["c_b"] else None)
+                a = torch.randn(n, c_a, a_size, a_size, device=dev, dtype=bf).contiguous(memory_format=torch.channels_last)
+                b = (torch.randn(n, c_b, size, size, device=dev, dtype=bf).contiguous(memory_format=torch.channels_last)
+                     if c_b else None)
                 return a, b
 
             def fused(a, b):
                 conv.conv3x3(a.permute(0, 2, 3, 1), packed, bias, up=None if b is None else b.permute(0, 2, 3, 1),
-                             pool=s["pool"], dtype="bf16")
+                             pool=s.pool, dtype="bf16")
 
             def eager(a, b):
                 x = a if b is None else torch.cat([center_crop(a, size, size), b], dim=1)
                 y = torch.relu(F.conv2d(x, w_cl, bias_bf))
-                if s["pool"]:
+                if s.pool:
                     F.max_pool2d(y, 2)
 
-            key = f"{tile}.{s['name']}"
+            key = f"{tile}.{s.name}"
             t_fused = median_ms(fused, make_inputs=inputs, **timing)
             t_eager = median_ms(eager, make_inputs=inputs, **timing)
             figures[f"P1.{key}.fused_ms"] = t_fused
@@ -729,7 +704,7 @@ def _monai_segment(volume_path, out_path, net, *, normalization, roi: int, sw_ba
     """The MONAI side of P5, disk to disk: labels of a zarr (Z, Y, X) volume into a new zarr.
 
     The normalization statistics come from the same fixed lattice sample as fastunet's
-    (:func:`fastunet.engine.normalization_stats`). Then for each group of
+    (:func:`fastunet.normalization.normalization_stats`). Then for each group of
     ``slices_per_call`` slices: read them (one reader thread, a group ahead), copy them to
     ``device``, normalize, ``sliding_window(x, (roi, roi), sw_batch_size, predictor,
     overlap=overlap, mode="gaussian")`` under autocast, argmax to uint8 on the device, copy
@@ -739,7 +714,7 @@ def _monai_segment(volume_path, out_path, net, *, normalization, roi: int, sw_ba
     import zarr
 
     from . import io
-    from .engine import normalization_stats
+    from .normalization import normalization_stats
 
     device = torch.device(device)
     source = zarr.open_array(str(volume_path), mode="r")

@@ -96,7 +96,6 @@ def _train_command(args: argparse.Namespace) -> str:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from .augment import AugmentConfig
     from .training import TrainConfig, check_model_name, checkpoint_path, train

@@ -2,7 +2,7 @@
 
 A block task (:func:`run_block`) reads its input slab with the mirrored context
 (:func:`fastunet.tiling.read_mirrored`), normalizes it with statistics computed once for the
-whole volume (:func:`normalization_stats`), cuts the tiles of the global tile grid, runs the
+whole volume (:func:`fastunet.normalization.normalization_stats`), cuts the tiles of the global tile grid, runs the
 network, assembles the block, writes its output chunks and records the block as done
 (:meth:`fastunet.io.SegmentationStore.mark_done`). It returns a small summary, never the
 data, so memory is bounded by the blocks in flight whatever the volume size.
@@ -49,7 +49,7 @@ import torch
 
 from .errors import UserError
 from .model import ReferenceUNet, UNetConfig
-from .normalization import Normalization
+from .normalization import Normalization, NormStats
 from .tiling import Block, Layout, read_mirrored
 
 __all__ = [
@@ -57,9 +57,6 @@ __all__ = [
     "LoadedNetwork",
     "DeviceRunner",
     "cached_network",
-    "NormStats",
-    "sample_indices",
-    "normalization_stats",
     "Job",
     "compute_block",
     "run_block",
@@ -408,134 +405,6 @@ def cached_network(handle: ModelHandle, *, device, backend: str, dtype: str | No
         return net
 
 
-# ------------------------------------------------------------------------ normalization
-@dataclass(frozen=True)
-class NormStats:
-    """Normalization constants: ``offset``/``scale`` of shape (C,) (volume scope) or (C, Z)
-    (slice scope); ``sampled`` values looked at, ``nonfinite`` of them NaN/Inf."""
-
-    offset: np.ndarray
-    scale: np.ndarray
-    sampled: int = 0
-    nonfinite: int = 0
-
-    def for_slices(self, z0: int, z1: int) -> tuple[np.ndarray, np.ndarray]:
-        """Constants broadcastable to a (C, Z, Y, X) slab of slices ``[z0, z1)``."""
-        if self.offset.ndim == 1:
-            return self.offset[:, None, None, None], self.scale[:, None, None, None]
-        return self.offset[:, z0:z1, None, None], self.scale[:, z0:z1, None, None]
-
-
-def sample_indices(shape: tuple[int, ...], *, max_samples: int, max_planes: int | None = 16) -> list[np.ndarray]:
-    """A regular lattice of at most about ``max_samples`` points of a ``(Z,) Y, X`` volume.
-
-    It depends on the shape only (never on chunking or tiling), so the statistics are the
-    same however the volume is stored or processed. Volumes up to ``max_samples`` voxels are
-    taken whole. Along Z at most ``max_planes`` evenly spaced slices; in each plane a
-    regular stride along Y and X (centered). Returns one index array per axis.
-    """
-    shape = tuple(int(n) for n in shape)
-    if math.prod(shape) <= max_samples:
-        return [np.arange(n) for n in shape]
-    idx = []
-    planes = 1
-    if len(shape) == 3:
-        nz = shape[0] if max_planes is None else min(shape[0], max_planes)
-        nz = max(1, min(nz, max_samples))
-        idx.append(((np.arange(nz) + 0.5) * shape[0] / nz).astype(np.int64))
-        planes = nz
-    budget = max(1, max_samples // planes)
-    ny, nx = shape[-2:]
-    stride = max(1, math.ceil(math.sqrt(ny * nx / budget)))
-    for n in (ny, nx):
-        s = min(stride, n)
-        idx.append(np.arange(s // 2, n, s))
-    return idx
-
-
-def _read_lattice(source, z: int | None, ys: np.ndarray, xs: np.ndarray, *, band_voxels: int) -> np.ndarray:
-    """Values of one plane at the lattice rows ``ys`` and columns ``xs``: (C, len(ys), len(xs)).
-    Reads bands of rows of at most ``band_voxels`` voxels per channel."""
-    ny, nx = source.spatial_shape[-2:]
-    rows = max(1, band_voxels // nx)
-    c = source.channels
-    out = np.empty((c, len(ys), len(xs)), np.float64)
-    i = 0
-    while i < len(ys):
-        y0 = int(ys[i])
-        j = int(np.searchsorted(ys, y0 + rows, side="left"))
-        j = max(j, i + 1)
-        y1 = int(ys[j - 1]) + 1
-        region = [slice(y0, y1), slice(0, nx)]
-        if z is not None:
-            region.insert(0, slice(z, z + 1))
-        if source.axes.startswith("C"):
-            region.insert(0, slice(0, c))
-        data = source.read(tuple(region))
-        data = data.reshape(c, y1 - y0, nx)
-        out[:, i:j] = data[:, ys[i:j] - y0][:, :, xs]
-        i = j
-    return out
-
-
-def normalization_stats(source, normalization: Normalization, *, max_samples: int = 1 << 21,
-                        max_planes: int = 16, threads: int | None = None, band_voxels: int = 1 << 20) -> NormStats:
-    """Per-channel ``(offset, scale)`` of a volume (or of each Z slice, for
-    ``normalization.scope == "slice"``) from the fixed lattice of :func:`sample_indices`.
-
-    Slice scope takes up to ``max_samples // 4`` values per slice and keeps only each
-    slice's constants. Reads go in bands of at most ``band_voxels`` voxels per channel on
-    ``threads`` threads (default: the CPU count, at most 8), so memory stays bounded whatever
-    the volume size. NaN/Inf values are ignored by the statistics and counted
-    (``nonfinite``); a sample without any finite value raises :class:`UserError` (the
-    statistics, and any segmentation, would be meaningless). Modes ``fixed`` and ``none``
-    read nothing.
-    """
-    c = source.channels
-    spatial = source.spatial_shape
-    per_slice = normalization.scope == "slice" and len(spatial) == 3
-    if normalization.mode in ("fixed", "none"):
-        off, sc = normalization.stats(np.zeros(1))
-        shape = (c, spatial[0]) if per_slice else (c,)
-        return NormStats(np.full(shape, off, np.float64), np.full(shape, sc, np.float64))
-    if per_slice:
-        idx = sample_indices(spatial[1:], max_samples=max(1, max_samples // 4))
-        planes = [(z, idx[0], idx[1]) for z in range(spatial[0])]
-    elif len(spatial) == 3:
-        zs, ys, xs = sample_indices(spatial, max_samples=max_samples, max_planes=max_planes)
-        planes = [(int(z), ys, xs) for z in zs]
-    else:
-        ys, xs = sample_indices(spatial, max_samples=max_samples)
-        planes = [(None, ys, xs)]
-    read = partial(_read_lattice, source, band_voxels=band_voxels)
-
-    def plane(p):
-        sample = read(*p)
-        counts = (sample.size, int(np.count_nonzero(~np.isfinite(sample))))
-        if per_slice:  # keep only this slice's constants: memory does not grow with Z
-            return counts, [normalization.stats(sample[ch]) for ch in range(c)]
-        return counts, sample
-
-    threads = threads or min(8, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(planes)))) as pool:
-        results = list(pool.map(plane, planes))
-    sampled = sum(r[0][0] for r in results)
-    nonfinite = sum(r[0][1] for r in results)
-    if sampled and nonfinite == sampled:
-        what = source.describe() if hasattr(source, "describe") else "the input"
-        raise UserError(
-            f"No finite value in the input's sample: all {sampled} values sampled from {what} (a lattice of "
-            "planes, rows and columns) are NaN or Inf, so the input cannot be normalized; check the input "
-            "(a failed conversion or export?)."
-        )
-    if per_slice:
-        stats = np.array([r[1] for r in results], np.float64).transpose(1, 0, 2)  # (C, Z, 2)
-        return NormStats(stats[..., 0], stats[..., 1], sampled, nonfinite)
-    samples = [r[1] for r in results]
-    stats = np.array([normalization.stats(np.concatenate([s[ch].ravel() for s in samples])) for ch in range(c)])
-    return NormStats(stats[:, 0].astype(np.float64), stats[:, 1].astype(np.float64), sampled, nonfinite)
-
-
 # ----------------------------------------------------------------------------- blocks
 @dataclass(frozen=True)
 class Job:
@@ -599,8 +468,7 @@ def compute_block(job: Job, block: Block) -> tuple[np.ndarray | None, np.ndarray
         core = raw[:, :, y0:y0 + by, x0:x0 + bx]
         nonfinite = int(core.size - np.count_nonzero(np.isfinite(core)))
     z0, z1 = (block.box[0] if nd == 3 else (0, 1))
-    offset, scale = job.stats.for_slices(z0, z1)
-    x = ((raw.astype(np.float32) - offset.astype(np.float32)) / scale.astype(np.float32)).astype(np.float32, copy=False)
+    x = Normalization.apply(raw, *job.stats.for_slices(z0, z1))
     del raw
     if is_float:
         np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)

@@ -112,28 +112,20 @@ class FusedUNet:
         if plan is not None:
             self._plans.move_to_end(key)
             return plan
-        depth = self.config.depth
-        out_h, out_w = geometry.check_tile_size(h, depth, "tile height"), geometry.check_tile_size(w, depth, "tile width")
-        widths = self.config.widths
-        empty = lambda *shape: torch.empty(shape, device=self.device, dtype=self.storage)  # noqa: E731
-        plan = _Plan(x=empty(n, h, w, self.config.in_channels))
-        for level in range(depth):
-            c = widths[level]
-            plan.enc_mid.append(empty(n, h - 2, w - 2, c))
-            plan.enc_out.append(empty(n, h - 4, w - 4, c))
-            h, w = (h - 4) // 2, (w - 4) // 2
-            plan.pooled.append(empty(n, h, w, c))
-        plan.bottom_mid = empty(n, h - 2, w - 2, widths[depth])
-        plan.bottom_out = empty(n, h - 4, w - 4, widths[depth])
-        h, w = h - 4, w - 4
-        for level in reversed(range(depth)):
-            c = widths[level]
-            h, w = 2 * h, 2 * w
-            plan.up.append(empty(n, h, w, c))
-            plan.dec_mid.append(empty(n, h - 2, w - 2, c))
-            plan.dec_out.append(empty(n, h - 4, w - 4, c))
-            h, w = h - 4, w - 4
-        assert (h, w) == (out_h, out_w)
+        plan = _Plan(x=torch.empty((n, h, w, self.config.in_channels), device=self.device, dtype=self.storage))
+        # One NHWC buffer per layer output of the table (the head's outputs follow below).
+        where = {("enc", "conv1"): plan.enc_mid, ("enc", "conv2"): plan.enc_out, ("enc", "pool"): plan.pooled,
+                 ("dec", "up"): plan.up, ("dec", "conv1"): plan.dec_mid, ("dec", "conv2"): plan.dec_out}
+        for layer in geometry.layer_shapes(self.config, (h, w)):
+            if layer.kind == "head":
+                h, w = layer.out_size
+                continue
+            buf = torch.empty((n, *layer.out_size, layer.c_out), device=self.device, dtype=self.storage)
+            part, step = layer.name.split(".")
+            if part == "bottom":
+                setattr(plan, f"bottom_{'mid' if step == 'conv1' else 'out'}", buf)
+            else:
+                where[(part[:3], step)].append(buf)
         k = self.config.num_classes
         plan.logits = torch.empty((n, k, h, w), device=self.device, dtype=torch.float32)
         plan.probs = torch.empty((n, k, h, w), device=self.device, dtype=torch.float16)

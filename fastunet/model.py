@@ -223,30 +223,7 @@ def forward_flops(config: UNetConfig, height: int, width: int) -> int:
     """Floating-point operations (2 per multiply-add) of one forward pass on a tile.
 
     Counts the convolutions, up-convolutions and the head (bias, ReLU and pooling are
-    negligible and left out). ``height`` and ``width`` must be valid input sizes (see
-    :mod:`fastunet.geometry`); divide by the output area for FLOPs per output pixel.
+    negligible and left out), from :func:`fastunet.geometry.layer_shapes`. ``height`` and
+    ``width`` must be valid input sizes; divide by the output area for FLOPs per output pixel.
     """
-    geometry.check_tile_size(height, config.depth)
-    geometry.check_tile_size(width, config.depth)
-    widths = config.widths
-    flops = 0
-    h, w, cin = height, width, config.in_channels
-
-    def conv3(h, w, cin, cout):
-        return 2 * 9 * cin * cout * (h - 2) * (w - 2), h - 2, w - 2
-
-    for level in range(config.depth + 1):
-        f1, h, w = conv3(h, w, cin, widths[level])
-        f2, h, w = conv3(h, w, widths[level], widths[level])
-        flops += f1 + f2
-        cin = widths[level]
-        if level < config.depth:
-            h, w = h // 2, w // 2
-    for level in reversed(range(config.depth)):
-        flops += 2 * widths[level + 1] * 4 * widths[level] * h * w  # 2x2 stride-2 up-conv
-        h, w = 2 * h, 2 * w
-        f1, h, w = conv3(h, w, 2 * widths[level], widths[level])
-        f2, h, w = conv3(h, w, widths[level], widths[level])
-        flops += f1 + f2
-    flops += 2 * widths[0] * config.num_classes * h * w
-    return flops
+    return sum(layer.flops for layer in geometry.layer_shapes(config, (height, width)))

@@ -9,7 +9,7 @@
 What happens: the input is opened read-only (:func:`fastunet.io.open_volume`) and checked
 against the model; the output is checked (:func:`fastunet.io.check_output`) before anything
 is computed; normalization statistics are taken once from a fixed subsample of the whole
-volume (:func:`fastunet.engine.normalization_stats`); the cluster is joined (or the network
+volume (:func:`fastunet.normalization.normalization_stats`); the cluster is joined (or the network
 loaded) before the output is created, which records the input's identity
 (:func:`fastunet.io.input_fingerprint`); blocks are planned on the global tile grid
 (:mod:`fastunet.tiling`) and run by dask (:func:`fastunet.engine.execute`); each finished
@@ -27,7 +27,6 @@ import sys
 import threading
 import time
 import warnings
-from pathlib import Path
 
 import torch
 
@@ -51,24 +50,18 @@ class NonFiniteWarning(RuntimeWarning):
 
 # ------------------------------------------------------------------------------ defaults
 def activation_bytes(config, tile: int, *, dtype: str = "fp32") -> int:
-    """Upper bound of the activation memory of one ``tile x tile`` forward (bytes): the sum
-    of every layer's output (an eager forward frees some of them earlier)."""
+    """Upper bound of the activation memory of one ``tile x tile`` forward (bytes): the input,
+    every layer's output (:func:`fastunet.geometry.layer_shapes`; an eager forward frees some
+    of them earlier), the concatenation after each up-convolution and the softmax and argmax
+    beside the scores."""
     size = 2 if dtype in ("bf16", "fp16") else 4
     total = config.in_channels * tile * tile
-    h = tile
-    widths = config.widths
-    for level in range(config.depth + 1):
-        total += widths[level] * ((h - 2) ** 2 + (h - 4) ** 2)
-        h -= 4
-        if level < config.depth:
-            h //= 2
-            total += widths[level] * h * h
-    for level in reversed(range(config.depth)):
-        h *= 2
-        total += widths[level] * h * h + 2 * widths[level] * h * h
-        total += widths[level] * ((h - 2) ** 2 + (h - 4) ** 2)
-        h -= 4
-    total += config.num_classes * h * h * 3  # scores, softmax, argmax
+    for layer in geometry.layer_shapes(config, tile):
+        total += layer.out_values
+        if layer.kind == "upconv":  # torch.cat([crop(skip), up]): twice the up-conv's output
+            total += 2 * layer.out_values
+        elif layer.kind == "head":  # softmax and argmax
+            total += 2 * layer.out_values
     return int(total * size)
 
 
@@ -267,7 +260,8 @@ class Segmenter:
         import numpy as np
 
         from . import io
-        from .engine import NormStats, execute, lazy_arrays, normalization_stats, open_cluster, parse_gpus
+        from .engine import execute, lazy_arrays, open_cluster, parse_gpus
+        from .normalization import NormStats, normalization_stats
 
         t_start = time.perf_counter()
         if output_kind not in OUTPUT_KINDS:

@@ -10,7 +10,7 @@ windows. Seamlessness rests on two rules:
   once on the whole mirrored image, so each output pixel sees exactly the same arithmetic.
 * Beyond the volume's edge the context is **mirrored** with numpy ``reflect`` semantics
   (the edge pixel is not repeated; wider pads keep reflecting, as ``np.pad`` does), see
-  :func:`reflect_index`. :func:`read_mirrored` reads the bounding slab of the in-volume
+  :func:`fastunet.geometry.reflect_index`. :func:`read_mirrored` reads the bounding slab of the in-volume
   pixels a block needs once and fancy-indexes the mirror from it.
 
 Z (for ``ZYX`` volumes) is never tiled: the 2D network runs slice by slice, so blocks take
@@ -32,7 +32,6 @@ import numpy as np
 from . import geometry
 
 __all__ = [
-    "reflect_index",
     "mirrored_read_plan",
     "read_mirrored",
     "Block",
@@ -43,30 +42,6 @@ __all__ = [
     "block_shape",
     "plan_layout",
 ]
-
-
-def reflect_index(idx, n: int) -> np.ndarray:
-    """Map (possibly out-of-range) indices into ``[0, n)`` by mirroring at the edges.
-
-    Same values as ``np.pad(a, pad, mode="reflect")``: the edge pixel is not repeated
-    (``-1 -> 1``, ``n -> n - 2``) and a pad wider than the array keeps reflecting (the map
-    is periodic with period ``2 * (n - 1)``). ``n == 1`` maps everything to 0.
-
-    Parameters
-    ----------
-    idx : array_like of int
-        Global indices, any sign and size.
-    n : int
-        Length of the axis (>= 1).
-    """
-    if n < 1:
-        raise ValueError(f"Expected an axis length >= 1; got {n}.")
-    idx = np.asarray(idx, dtype=np.int64)
-    if n == 1:
-        return np.zeros_like(idx)
-    period = 2 * (n - 1)
-    m = np.mod(idx, period)
-    return np.where(m >= n, period - m, m)
 
 
 def mirrored_read_plan(start: int, stop: int, n: int) -> tuple[slice, np.ndarray | None]:
@@ -80,7 +55,7 @@ def mirrored_read_plan(start: int, stop: int, n: int) -> tuple[slice, np.ndarray
         raise ValueError(f"Expected a non-empty range; got [{start}, {stop}).")
     if 0 <= start and stop <= n:
         return slice(start, stop), None
-    idx = reflect_index(np.arange(start, stop), n)
+    idx = geometry.reflect_index(np.arange(start, stop, dtype=np.int64), n)
     lo = int(idx.min())
     return slice(lo, int(idx.max()) + 1), idx - lo
 

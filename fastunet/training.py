@@ -393,12 +393,12 @@ def load_pairs(images, labels, *, axes: str | None = None) -> list[TrainingPair]
 def _normalized_slices(pair: TrainingPair, normalization: Normalization) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """``(name, image (1, H, W) float32, instances (H, W))`` per slice, normalized as inference will.
 
-    The constants come from the engine's :func:`fastunet.engine.normalization_stats` (the same
+    The constants come from :func:`fastunet.normalization.normalization_stats` (the same
     sample of the same volume, or of each slice for ``scope="slice"``), so a training image and
     the same image at inference are normalized identically.
     """
-    from .engine import normalization_stats
     from .io import open_volume
+    from .normalization import normalization_stats
 
     stack = pair.image.ndim == 3
     stats = normalization_stats(open_volume(pair.image, axes="ZYX" if stack else "YX"), normalization)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from fastunet import bench
+from fastunet import bench, geometry
 from fastunet.cli import main
 from fastunet.model import ReferenceUNet, UNetConfig
 
@@ -20,15 +20,15 @@ def test_conv_layer_shapes_match_the_network():
             layer.register_forward_hook(lambda m, i, o: seen.append((i[0].shape[1], i[0].shape[-1], o.shape[1])))
     with torch.no_grad():
         model(torch.randn(1, 1, 60, 60))
-    shapes = bench.conv_layer_shapes(cfg, 60, batch=3)
-    assert [(s["c_a"] + s["c_b"], s["size"], s["c_out"]) for s in shapes] == seen
-    assert [s["pool"] for s in shapes] == [False, True, False, True, False, False, False, False, False, False]
-    decoder_first = [s for s in shapes if s["c_b"]]
-    assert [s["skip"] for s in decoder_first] == [24, 56]  # skips of levels 1 and 0 at tile 60
+    shapes = geometry.layer_shapes(cfg, 60, "conv3x3")
+    assert [(s.c_in, s.in_size[1], s.c_out) for s in shapes] == seen
+    assert [s.pool for s in shapes] == [False, True, False, True, False, False, False, False, False, False]
+    decoder_first = [s for s in shapes if s.c_skip]
+    assert [s.skip_size[0] for s in decoder_first] == [24, 56]  # skips of levels 1 and 0 at tile 60
 
 
 def test_paper_network_has_18_conv3x3_layers():
-    assert len(bench.conv_layer_shapes(UNetConfig(), 572, batch=1)) == 18
+    assert len(geometry.layer_shapes(UNetConfig(), 572, "conv3x3")) == 18
 
 
 def test_write_result_records_environment(tmp_path):
@@ -380,7 +380,7 @@ def test_roofline_script_runs_and_places_windows_like_monai(capsys):
     assert roofline.windows(4096, 2048, 0.25) == 3  # steps of 1536: 0, 1536, 2048 (clamped)
     cfg = UNetConfig()
     rows = roofline.conv_rows(cfg, 572, 2)
-    assert [r["name"] for r in rows] == [s["name"] for s in bench.conv_layer_shapes(cfg, 572, 2)]
+    assert [r["name"] for r in rows] == [s.name for s in geometry.layer_shapes(cfg, 572, "conv3x3")]
     up_and_head = 2 * forward_flops_of_upconvs_and_head(cfg, 572)
     assert sum(r["flops"] for r in rows) + up_and_head == 2 * bench.forward_flops(cfg, 572, 572)
     roofline.main()

@@ -14,7 +14,6 @@ within one fp16 ulp of the fp32 reference, plus 1e-5.
 """
 
 import threading
-import warnings
 
 import numpy as np
 import pytest
@@ -23,7 +22,8 @@ import torch
 import zarr
 
 from fastunet import Normalization, ReferenceUNet, UNetConfig, geometry, save_model
-from fastunet.engine import LoadedNetwork, ModelHandle, normalization_stats, sample_indices
+from fastunet.engine import LoadedNetwork, ModelHandle
+from fastunet.normalization import normalization_stats, sample_indices
 from fastunet.io import open_volume
 from fastunet.segmentation import NonFiniteWarning, Segmenter, segment
 

@@ -428,7 +428,7 @@ def test_all_nan_input_is_refused(tmp_path, model, capsys):
 
 
 def test_tiff_both_refuses_an_existing_probs_file_before_computing(tmp_path, model, capsys, monkeypatch):
-    from fastunet import engine
+    from fastunet import engine, normalization
 
     img = _rng().integers(0, 255, size=(30, 30)).astype(np.uint8)
     tifffile.imwrite(tmp_path / "in.tif", img)
@@ -438,7 +438,7 @@ def test_tiff_both_refuses_an_existing_probs_file_before_computing(tmp_path, mod
         raise AssertionError("computed before the output check")
 
     monkeypatch.setattr(engine, "execute", no_compute)
-    monkeypatch.setattr(engine, "normalization_stats", no_compute)
+    monkeypatch.setattr(normalization, "normalization_stats", no_compute)
     argv = [tmp_path / "in.tif", "-o", tmp_path / "out.tif", "--model", model, "--output", "both"]
     code, _, err = _run(argv, capsys)
     assert code == 2 and "out_probs.tif" in err and "already exists; pass --overwrite" in err, err

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fastunet import geometry
+from fastunet.geometry import reflect_index
 from fastunet.tiling import (
     Block,
     Layout,
@@ -15,7 +16,6 @@ from fastunet.tiling import (
     pick_step,
     plan_layout,
     read_mirrored,
-    reflect_index,
     tile_for_extent,
 )
 
