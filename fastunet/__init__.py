@@ -11,7 +11,7 @@ from __future__ import annotations
 from . import geometry
 from .errors import ModelFileError, UserError
 from .model import ReferenceUNet, UNetConfig, count_parameters
-from .modelfile import load_model, read_model_metadata, save_model
+from .modelfile import ModelBundle, load_model, read_model, read_model_metadata, save_model
 from .normalization import Normalization
 
 # Light: dask, zarr and tifffile are imported when segment() runs.
@@ -20,6 +20,7 @@ from .segmentation import Segmenter, segment
 __version__ = "0.1.0"
 
 __all__ = [
+    "ModelBundle",
     "ModelFileError",
     "Normalization",
     "ReferenceUNet",
@@ -29,6 +30,7 @@ __all__ = [
     "count_parameters",
     "geometry",
     "load_model",
+    "read_model",
     "read_model_metadata",
     "save_model",
     "segment",

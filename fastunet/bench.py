@@ -773,7 +773,7 @@ def bench_vs_monai(*, shape=(64, 4096, 4096), tile: int | None = None, batch: in
     (network FLOPs times tiles or windows, divided by the volume) are recorded beside.
     """
     sliding_window = _import_monai()
-    from .modelfile import load_model
+    from .modelfile import read_model
 
     _require_cuda()
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -783,13 +783,13 @@ def bench_vs_monai(*, shape=(64, 4096, 4096), tile: int | None = None, batch: in
     with tempfile.TemporaryDirectory() as tmp:
         model_path = random_model_file(Path(tmp) / "unet-random.safetensors")
         ours = _time_segment(model_path, volume_path, ours_out, tile=tile, batch=batch, repeats=repeats)
-        reference = load_model(model_path)
+        reference = read_model(model_path)
     shutil.rmtree(ours_out, ignore_errors=True)
     layout, config = ours["layout"], reference.config
     q = 2**config.depth
     roi = min(layout.out) // q * q
     net = SamePaddedUNet(config)
-    net.load_state_dict(reference.state_dict())
+    net.load_state_dict(reference.module.state_dict())
     net = net.cuda().eval().to(memory_format=torch.channels_last)
     options = dict(normalization=reference.normalization, roi=roi, sw_batch_size=batch,
                    slices_per_call=slices_per_call, overlap=overlap, device="cuda",

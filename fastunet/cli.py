@@ -13,10 +13,10 @@ __all__ = ["main", "build_parser"]
 def _cmd_info(args: argparse.Namespace) -> int:
     from . import geometry
     from .model import count_parameters
-    from .modelfile import load_model
+    from .modelfile import read_model
 
-    model = load_model(args.model)
-    cfg = model.config
+    bundle = read_model(args.model)
+    model, cfg = bundle.module, bundle.config
     ctx = geometry.context(cfg.depth)
     # A few sizes from the smallest valid one up to ~1100 px (more than one GPU tile's worth
     # of output), plus the paper's 572 and 1052 when this depth can take them.
@@ -31,10 +31,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"conv layers    {cfg.num_conv_layers}")
     print(f"parameters     {count_parameters(model):,}")
     print(f"context        {ctx} px per side")
-    print(f"normalization  {model.normalization.to_dict()}")
+    print(f"normalization  {bundle.normalization.to_dict()}")
     print("valid tiles    " + ", ".join(f"{s}->{geometry.output_size(s, cfg.depth)}" for s in shown))
-    if model.extra:
-        for key, value in model.extra.items():
+    if bundle.extra:
+        for key, value in bundle.extra.items():
             print(f"{key:<14} {value}")
     return 0
 

@@ -94,29 +94,35 @@ class ModelHandle:
     @classmethod
     def from_path(cls, path) -> "ModelHandle":
         """Load a model file (raises :class:`~fastunet.errors.ModelFileError` when broken)."""
-        from .modelfile import load_model
+        from .modelfile import read_model
 
         path = Path(path).expanduser().resolve()
-        module = load_model(path)
+        bundle = read_model(path)
         digest = hashlib.sha256()
         with open(path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 24), b""):
                 digest.update(chunk)
-        return cls(config=module.config, normalization=module.normalization, key=digest.hexdigest(),
-                   path=str(path), module=module)
+        return cls(config=bundle.config, normalization=bundle.normalization, key=digest.hexdigest(),
+                   path=str(path), module=bundle.module)
 
     @classmethod
-    def from_module(cls, module: ReferenceUNet) -> "ModelHandle":
-        """Wrap an in-memory :class:`ReferenceUNet` (its weights travel as safetensors bytes)."""
+    def from_module(cls, model) -> "ModelHandle":
+        """Wrap an in-memory :class:`~fastunet.modelfile.ModelBundle` or :class:`ReferenceUNet`
+        (percentile normalization); the weights travel as safetensors bytes."""
         from safetensors.torch import save
 
-        if not isinstance(module, ReferenceUNet):
-            raise TypeError(f"Expected a ReferenceUNet or a model file path; got {type(module).__name__}.")
-        tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in module.state_dict().items()}
+        from .modelfile import ModelBundle
+
+        if isinstance(model, ReferenceUNet):
+            model = ModelBundle(model)
+        if not isinstance(model, ModelBundle):
+            raise TypeError(
+                f"Expected a ModelBundle, a ReferenceUNet or a model file path; got {type(model).__name__}."
+            )
+        tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.module.state_dict().items()}
         data = save(tensors)
-        normalization = getattr(module, "normalization", None) or Normalization()
-        return cls(config=module.config, normalization=normalization, key=hashlib.sha256(data).hexdigest(),
-                   data=data, module=module)
+        return cls(config=model.config, normalization=model.normalization, key=hashlib.sha256(data).hexdigest(),
+                   data=data, module=model.module)
 
     def load(self) -> ReferenceUNet:
         """The network on the CPU, in eval mode (the in-process module when there is one)."""
@@ -130,7 +136,6 @@ class ModelHandle:
 
         module = ReferenceUNet(self.config)
         module.load_state_dict(load(self.data))
-        module.normalization = self.normalization
         return module.eval()
 
     def __getstate__(self):

@@ -8,6 +8,10 @@ user's weights file cannot run code. The header's ``__metadata__`` holds::
     config          JSON of UNetConfig
     normalization   JSON of Normalization
     extra           JSON object (free-form: training command, metrics, ...)
+
+A model in memory is a :class:`ModelBundle`: the network with the normalization it expects
+and the file's free-form metadata. :func:`read_model` gives one; :func:`load_model` gives
+only the network.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,12 +30,52 @@ from .errors import ModelFileError, UserError
 from .model import ReferenceUNet, UNetConfig
 from .normalization import Normalization
 
-__all__ = ["save_model", "load_model", "read_model_metadata", "default_model_path", "FORMAT_VERSION"]
+__all__ = [
+    "ModelBundle",
+    "save_model",
+    "load_model",
+    "read_model",
+    "read_model_metadata",
+    "default_model_path",
+    "FORMAT_VERSION",
+]
 
 FORMAT_NAME = "fastunet"
 FORMAT_VERSION = "1"
 _MAX_HEADER = 100 * 1024 * 1024
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default.safetensors"
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    """A network and what using it needs: how its inputs are normalized, and the metadata
+    of its file (the training command, metrics, ...).
+
+    Parameters
+    ----------
+    module : ReferenceUNet
+    normalization : Normalization
+        What inference applies to the input (training recorded it); percentile by default.
+    extra : dict
+        The model file's free-form ``extra`` metadata.
+    """
+
+    module: ReferenceUNet
+    normalization: Normalization = field(default_factory=Normalization)
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.module, ReferenceUNet):
+            raise TypeError(f"ModelBundle.module must be a ReferenceUNet; got {type(self.module).__name__}.")
+        if not isinstance(self.normalization, Normalization):
+            raise TypeError(
+                f"ModelBundle.normalization must be a Normalization; got {type(self.normalization).__name__}."
+            )
+
+    @property
+    def config(self) -> UNetConfig:
+        """The network's :class:`~fastunet.model.UNetConfig`."""
+        return self.module.config
 
 
 def default_model_path() -> Path:
@@ -78,7 +123,7 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
 
 def save_model(
     path: str | os.PathLike,
-    model: ReferenceUNet,
+    model: ReferenceUNet | ModelBundle,
     normalization: Normalization | None = None,
     extra: dict | None = None,
 ) -> Path:
@@ -90,19 +135,23 @@ def save_model(
         Destination; written to a temporary file first and renamed, so an interrupted save
         never leaves a half-written model under the final name. The file's mode is that of
         an ordinary new file, ``0o666 & ~umask`` (:func:`write_safetensors`).
-    model : ReferenceUNet
+    model : ReferenceUNet or ModelBundle
         The network (any device or dtype; stored as float32 on the CPU).
     normalization : Normalization, optional
-        How inputs were normalized in training. Defaults to ``model.normalization`` when the
-        model has one, else percentile normalization.
+        How inputs were normalized in training. Defaults to the bundle's, else percentile
+        normalization.
     extra : dict, optional
-        JSON-serialisable information stored beside the config.
+        JSON-serialisable information stored beside the config; defaults to the bundle's.
     """
     path = Path(path)
     if not path.parent.is_dir():
         raise UserError(f"Cannot save the model to {str(path)!r}: the folder {str(path.parent)!r} does not exist.")
+    if isinstance(model, ModelBundle):
+        normalization = normalization if normalization is not None else model.normalization
+        extra = extra if extra is not None else model.extra
+        model = model.module
     if normalization is None:
-        normalization = getattr(model, "normalization", None) or Normalization()
+        normalization = Normalization()
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
     metadata = {
         "format": FORMAT_NAME,
@@ -165,12 +214,12 @@ def read_model_metadata(path: str | os.PathLike) -> tuple[UNetConfig, Normalizat
     return config, normalization, extra
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> ReferenceUNet:
-    """Read a model file into a :class:`ReferenceUNet` in eval mode.
+def read_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> ModelBundle:
+    """Read a model file into a :class:`ModelBundle`: the network in eval mode on ``device``,
+    its normalization and its metadata.
 
-    The returned module carries ``.normalization`` (a :class:`Normalization`) and ``.extra``
-    (the free-form metadata dict). Raises :class:`ModelFileError` for a missing, truncated,
-    foreign or inconsistent file; never unpickles anything.
+    Raises :class:`ModelFileError` for a missing, truncated, foreign or inconsistent file;
+    never unpickles anything.
     """
     path = Path(path)
     config, normalization, extra = read_model_metadata(path)
@@ -195,6 +244,14 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> R
                 f"{tuple(expected[key].shape)}."
             )
     model.load_state_dict(tensors)
-    model.normalization = normalization
-    model.extra = extra
-    return model.to(device).eval()
+    return ModelBundle(model.to(device).eval(), normalization, extra)
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> ReferenceUNet:
+    """Read a model file's network, a :class:`ReferenceUNet` in eval mode on ``device``.
+
+    Its normalization and metadata: :func:`read_model` (or :func:`read_model_metadata`).
+    Raises :class:`ModelFileError` for a missing, truncated, foreign or inconsistent file;
+    never unpickles anything.
+    """
+    return read_model(path, device).module

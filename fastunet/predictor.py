@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .devices import default_dtype
 from .model import ReferenceUNet
 
 __all__ = ["Predictor", "TorchPredictor", "make_predictor", "DTYPES", "resolve_backend"]
@@ -113,7 +114,7 @@ def make_predictor(model: ReferenceUNet, backend: str = "auto", device="cpu", dt
     """
     device = torch.device(device)
     if dtype is None:
-        dtype = "bf16" if device.type == "cuda" else "fp32"
+        dtype = default_dtype(device)
     backend = resolve_backend(backend, device)
     if backend == "triton":
         from .fused import FusedPredictor

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import sys
 import threading
 import time
@@ -31,8 +32,8 @@ import warnings
 import torch
 
 from . import geometry
+from .devices import check_visible, default_dtype, resolve_device
 from .errors import UserError
-from .model import ReferenceUNet
 
 __all__ = [
     "segment", "Segmenter", "NonFiniteWarning", "summary_line", "default_max_step", "activation_bytes", "OUTPUT_KINDS",
@@ -84,18 +85,6 @@ def default_max_step(config, device: torch.device, *, dtype: str, batch_size: in
     return best
 
 
-def _resolve_device(device) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise UserError(f"Unknown device {device!r}; use e.g. --device cpu or --device cuda:0.") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise UserError(f"Unsupported device {device!r}; use cpu or cuda[:N].")
-    return dev
-
-
 def _check_tile(tile, depth: int) -> int | None:
     if tile is None:
         return None
@@ -126,9 +115,10 @@ class Segmenter:
 
     Parameters
     ----------
-    model : str, path-like, ReferenceUNet or None
-        A fastunet ``.safetensors`` model file, an in-memory network (its
-        ``.normalization``, if any, is used), or None for the bundled default model.
+    model : str, path-like, ModelBundle, ReferenceUNet or None
+        A fastunet ``.safetensors`` model file, an in-memory network with its normalization
+        (:class:`~fastunet.modelfile.ModelBundle`, e.g. from :func:`fastunet.read_model`), a
+        bare network (percentile normalization), or None for the bundled default model.
     tile : int, optional
         The network's input tile edge (572 gives 388-pixel outputs for the paper's network);
         by default the largest that fits the device, never larger than a small image needs.
@@ -150,16 +140,19 @@ class Segmenter:
 
         if model is None:
             model = default_model_path()
-        self.handle = ModelHandle.from_module(model) if isinstance(model, ReferenceUNet) else ModelHandle.from_path(model)
+        if isinstance(model, (str, os.PathLike)):
+            self.handle = ModelHandle.from_path(model)
+        else:
+            self.handle = ModelHandle.from_module(model)
         self.config = self.handle.config
         self.normalization = self.handle.normalization
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         try:
             self.backend = resolve_backend(backend, self.device)
         except ValueError as exc:
             raise UserError(str(exc)) from None
         if dtype is None:
-            dtype = "bf16" if self.device.type == "cuda" else "fp32"
+            dtype = default_dtype(self.device)
         if dtype not in DTYPES:
             raise UserError(f"--dtype must be one of {', '.join(DTYPES)}; got {dtype!r}.")
         self.dtype = dtype
@@ -174,11 +167,7 @@ class Segmenter:
 
     # the network in this process -----------------------------------------------------
     def _check_local_device(self) -> None:
-        if self.device.type == "cuda":
-            if not torch.cuda.is_available():
-                raise UserError("CUDA was asked for (--device cuda) but no CUDA device is visible; use --device cpu.")
-            if self.device.index is not None and self.device.index >= torch.cuda.device_count():
-                raise UserError(f"There is no {self.device}; this machine has {torch.cuda.device_count()} CUDA device(s).")
+        check_visible(self.device)
 
     @property
     def network(self):
@@ -551,8 +540,9 @@ def segment(source, model=None, output=None, *, axes: str | None = None, tile: i
     ----------
     source : str, path-like, numpy.ndarray, dask.array.Array or zarr.Array
         A zarr v2/v3 array or group (OME-Zarr: level 0), a TIFF / OME-TIFF file, or an array.
-    model : str, path-like, ReferenceUNet or None
-        Model file, in-memory network, or None for the bundled default model.
+    model : str, path-like, ModelBundle, ReferenceUNet or None
+        Model file, in-memory network (see :class:`Segmenter`), or None for the bundled
+        default model.
     output : str, path-like or None
         A zarr folder (``.zarr``), a ``.tif``/``.tiff`` file (results that fit in memory),
         or None for lazy dask arrays (nothing is computed until they are).

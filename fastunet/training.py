@@ -34,6 +34,7 @@ from scipy import ndimage as ndi
 
 from . import geometry
 from .augment import AugmentConfig, augment_batch
+from .devices import check_visible, resolve_device
 from .errors import UserError
 from .loss import weighted_cross_entropy
 from .evaluate import score
@@ -459,13 +460,14 @@ def _validate(model: ReferenceUNet, val, config: TrainConfig, device: torch.devi
     ``val_every``. (The tiles come from the trainer's own generator, and neither training nor
     validation uses numpy's global RNG.)
     """
+    from .modelfile import ModelBundle
     from .segmentation import segment
 
     preds, truths = [], []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         snapshot = ReferenceUNet(model.config)
         snapshot.load_state_dict(model.state_dict())
-        snapshot.normalization = config.normalization
+        snapshot = ModelBundle(snapshot, config.normalization)
         for _, image, labels in val:
             axes = "ZYX" if image.ndim == 3 else "YX"
             classes = segment(image, snapshot, None, axes=axes, tile=config.tile, device=str(device), progress=False)
@@ -646,18 +648,6 @@ class TrainResult:
     notes: list[str]
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"Unknown device {name!r}; use auto, cpu, cuda or cuda:N.") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"Device {name!r} was asked for but no CUDA device is available; use --device cpu.")
-    return device
-
-
 def _make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
         return torch.optim.SGD(
@@ -775,7 +765,7 @@ def train(
     if curve is None:
         curve = output.with_name(output.name[: -len(".safetensors")] + ".curve.png")
     curve = Path(curve)
-    device = _device(config.device)
+    device = check_visible(resolve_device(config.device))
     amp = config.amp == "bf16"
     if amp and device.type != "cuda":
         raise UserError("amp='bf16' needs a CUDA device; train in fp32 on the CPU (amp='none').")
@@ -890,7 +880,6 @@ def train(
 
     model.eval()
     val = {k: v for k, v in history["val"][-1].items() if k != "step"} if history["val"] else None
-    model.normalization = config.normalization
     extra = {
         "trained_with": command or "fastunet.training.train",
         "training_config": config.to_dict(),

@@ -4,7 +4,7 @@ import numpy as np
 import tifffile
 import zarr
 
-from fastunet import load_model
+from fastunet import read_model
 from fastunet.cli import main
 from fastunet.default_model import TRAIN_ARGS
 from fastunet.evaluate import evaluate_synthetic
@@ -15,7 +15,7 @@ from fastunet.data import synthetic_nuclei
 def test_bundled_model_is_small_and_records_how_it_was_trained():
     path = default_model_path()
     assert path.stat().st_size <= 10 * 1024**2
-    model = load_model(path)
+    model = read_model(path)
     assert (model.config.base_channels, model.config.depth, model.config.num_classes) == (16, 3, 2)
     assert model.normalization.mode == "percentile"
     config = model.extra["training_config"]

@@ -25,6 +25,7 @@ from fastunet import Normalization, ReferenceUNet, UNetConfig, geometry, save_mo
 from fastunet.engine import LoadedNetwork, ModelHandle
 from fastunet.normalization import normalization_stats, sample_indices
 from fastunet.io import open_volume
+from fastunet.modelfile import ModelBundle
 from fastunet.segmentation import NonFiniteWarning, Segmenter, segment
 
 MARGIN = 2e-5  # about 4x the largest fp32 logit difference measured between tile sizes
@@ -35,13 +36,13 @@ def _rng():
 
 
 def _net(in_channels=1, num_classes=2, depth=2, normalization=None):
+    """A tiny random network with its normalization (a ModelBundle)."""
     net = ReferenceUNet(UNetConfig(in_channels=in_channels, num_classes=num_classes, base_channels=4, depth=depth))
     with torch.no_grad():  # random biases: no dead ReLUs that make every logit tie at 0
         for module in net.modules():
             if isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
                 module.bias.normal_(0.0, 0.1)
-    net.normalization = normalization or Normalization(mode="fixed", offset=0.25, scale=1.5)
-    return net.eval()
+    return ModelBundle(net.eval(), normalization or Normalization(mode="fixed", offset=0.25, scale=1.5))
 
 
 def _normalize(x, net):
@@ -57,7 +58,7 @@ def reference_logits(net, image):
     th, tw = (geometry.input_size_for_output(max(n, 2**depth), depth) for n in (h, w))
     padded = np.pad(image, ((0, 0), (c, th - h - c), (c, tw - w - c)), mode="reflect")
     with torch.no_grad():
-        out = net(torch.from_numpy(np.ascontiguousarray(padded, dtype=np.float32))[None])[0]
+        out = net.module(torch.from_numpy(np.ascontiguousarray(padded, dtype=np.float32))[None])[0]
     return out[:, :h, :w].numpy()
 
 
@@ -87,7 +88,7 @@ def test_misaligned_tiles_would_show_seams():
     for shift, seamless in ((4, True), (2, False)):  # shift = tile origin, depth 2 -> grid of 4
         tile = padded[:, shift:shift + 64, shift:shift + 64]
         with torch.no_grad():
-            out = net(torch.from_numpy(np.ascontiguousarray(tile))[None])[0].numpy()
+            out = net.module(torch.from_numpy(np.ascontiguousarray(tile))[None])[0].numpy()
         diff = np.abs(out - logits[:, shift:shift + 24, shift:shift + 24]).max()  # 64 -> 24 pixels
         assert (diff < 1e-4) == seamless, (shift, diff)
 
@@ -326,7 +327,7 @@ def test_device_runner_batches_tiles_of_many_blocks():
     assert max(sizes) <= 3 and sum(sizes) == 19
     for tiles, (labels, probs) in zip(requests, results):
         with torch.no_grad():
-            logits = net(torch.from_numpy(tiles))
+            logits = net.module(torch.from_numpy(tiles))
         np.testing.assert_array_equal(labels, logits.argmax(1).numpy())
         np.testing.assert_allclose(probs.astype(np.float32), torch.softmax(logits, 1).numpy(), atol=1e-3)
 
@@ -339,9 +340,9 @@ def test_model_handle_travels_as_bytes_without_pickling_the_module():
     clone = pickle.loads(pickle.dumps(handle))
     assert clone.module is None and clone.key == handle.key
     again = clone.load()
-    for a, b in zip(net.state_dict().values(), again.state_dict().values()):
+    for a, b in zip(net.module.state_dict().values(), again.state_dict().values()):
         assert torch.equal(a, b)
-    assert again.normalization == net.normalization
+    assert clone.normalization == net.normalization
 
 
 
@@ -359,9 +360,9 @@ def test_activation_estimate_counts_every_layer_output():
             counted["concat"] += 2 * output.numel()  # torch.cat([skip, up]) follows each up-conv
 
     kinds = (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.MaxPool2d)
-    hooks = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, kinds)]
+    hooks = [m.register_forward_hook(hook) for m in net.module.modules() if isinstance(m, kinds)]
     with torch.no_grad():
-        out = net(torch.zeros(1, 1, tile, tile))
+        out = net.module(torch.zeros(1, 1, tile, tile))
     for h in hooks:
         h.remove()
     # input + every layer output + concatenations + softmax and argmax beside the scores

@@ -13,6 +13,7 @@ from fastunet.demo import run_demo
 from fastunet.errors import UserError
 from fastunet.evaluate import evaluate, evaluate_synthetic, score
 from fastunet.metrics import instance_f1
+from fastunet.modelfile import ModelBundle
 from fastunet.preview import overlay_figure
 
 
@@ -31,8 +32,7 @@ def _blobs(rng, shape=(48, 64), n=6):
 
 
 def _tiny_model(path=None):
-    net = ReferenceUNet(UNetConfig(base_channels=4, depth=2)).eval()
-    net.normalization = Normalization(mode="percentile")
+    net = ModelBundle(ReferenceUNet(UNetConfig(base_channels=4, depth=2)).eval(), Normalization(mode="percentile"))
     if path is not None:
         save_model(path, net)
     return net

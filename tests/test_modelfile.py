@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from fastunet import ModelFileError, Normalization, ReferenceUNet, UNetConfig, load_model, save_model
+from fastunet import ModelFileError, Normalization, ReferenceUNet, UNetConfig, load_model, read_model, save_model
 from fastunet.modelfile import read_model_metadata
 
 
@@ -17,13 +17,15 @@ def tiny():
 def test_round_trip_identical_outputs(tmp_path, tiny):
     norm = Normalization(mode="percentile", low=2.0, high=99.5, scope="slice")
     path = save_model(tmp_path / "m.safetensors", tiny, normalization=norm, extra={"note": "x"})
-    loaded = load_model(path)
+    bundle = read_model(path)
+    loaded = bundle.module
     assert loaded.config == tiny.config
-    assert loaded.normalization == norm
-    assert loaded.extra == {"note": "x"}
+    assert bundle.normalization == norm
+    assert bundle.extra == {"note": "x"}
     x = torch.randn(2, 2, 60, 44)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), tiny(x), rtol=0, atol=0)
+        torch.testing.assert_close(load_model(path)(x), tiny(x), rtol=0, atol=0)
     config, normalization, extra = read_model_metadata(path)
     assert config == tiny.config and normalization == norm
 

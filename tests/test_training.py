@@ -7,7 +7,7 @@ import torch
 import zarr
 from scipy import ndimage as ndi
 
-from fastunet import geometry, load_model, read_model_metadata
+from fastunet import geometry, load_model, read_model, read_model_metadata
 from fastunet.augment import AugmentConfig
 from fastunet.cli import main
 from fastunet.data import synthetic_nuclei, synthetic_volume
@@ -47,11 +47,12 @@ def test_tiny_training_run_reduces_the_loss(tmp_path):
     assert len(loss) == result.steps == 60 and np.isfinite(loss).all()
     first, last = loss[:10].mean(), loss[-10:].mean()
     assert last < 0.75 * first, f"loss went from {first:.3f} to only {last:.3f}"
-    model = load_model(tmp_path / "m.safetensors")
+    bundle = read_model(tmp_path / "m.safetensors")
+    model = bundle.module
     assert model.config == config.unet_config()
-    assert model.normalization == config.normalization
-    assert model.extra["training_steps"] == 60
-    assert model.extra["training_config"] == config.to_dict()
+    assert bundle.normalization == config.normalization
+    assert bundle.extra["training_steps"] == 60
+    assert bundle.extra["training_config"] == config.to_dict()
     assert (tmp_path / "m.curve.png").read_bytes()[:8] == PNG
     # The saved weights are the trained ones.
     for key, value in result.model.state_dict().items():
