@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from .errors import UserError
@@ -316,6 +317,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Library parameters whose command-line flag is not ``--`` + the name with dashes.
+_PARAMETER_FLAGS = {"segment": {"output": "-o", "output_kind": "--output"}}
+
+
+def to_flags(message: str, args: argparse.Namespace) -> str:
+    """A library error in the words of the command line: ``name=True`` becomes ``--name``,
+    ``name="value"`` / ``name=value`` becomes ``--name value``, for the options of
+    ``args.command`` (library errors speak of parameters, which Python callers see)."""
+    flags = {dest: "--" + dest.replace("_", "-") for dest in vars(args) if dest not in ("func", "command")}
+    flags.update(_PARAMETER_FLAGS.get(args.command, {}))
+    if not flags:
+        return message
+    names = "|".join(re.escape(n) for n in sorted(flags, key=len, reverse=True))
+
+    def flag(match: re.Match) -> str:
+        name, value = match.group(1), match.group(2)
+        if value == "True":
+            return flags[name]
+        return f"{flags[name]} {value[1:-1]}" if value else f"{flags[name]} "
+
+    return re.sub(rf"(?<![\w.-])({names})=(True\b|\"[^\"]*\"|'[^']*'|)", flag, message)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fastunet`` command; returns the exit status."""
     parser = build_parser()
@@ -323,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
-        print(f"fastunet {args.command}: error: {exc}", file=sys.stderr)
+        print(f"fastunet {args.command}: error: {to_flags(str(exc), args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         hint = {

@@ -49,3 +49,20 @@ def test_train_command_records_zero_valued_options():
     command = _train_command(args)
     assert "--seed 0" in command and "--lr 0.001" in command and "--quiet" in command
     assert "--resume" not in command  # flags left off stay off
+
+
+def test_library_parameters_become_flags_in_cli_errors():
+    """Library errors name parameters (Python callers see them); the CLI prints its flags."""
+    import argparse
+
+    from fastunet.cli import to_flags
+
+    args = argparse.Namespace(command="segment", func=None, out="o.zarr", output_kind="labels", overwrite=False,
+                              tile=None, axes=None, batch_size=None, block=None)
+    assert to_flags("pass overwrite=True to replace it", args) == "pass --overwrite to replace it"
+    assert to_flags('e.g. axes="ZYX" for a z-stack', args) == "e.g. --axes ZYX for a z-stack"
+    assert to_flags("tile=572 and batch_size=2", args) == "--tile 572 and --batch-size 2"
+    assert to_flags('output="x.zarr", output_kind="both"', args) == "-o x.zarr, --output both"
+    assert to_flags("block='1,64,64'", args) == "--block 1,64,64"
+    # Names that are no option of the command, and attribute-like words, stay as they are.
+    assert to_flags("threads=4, self.tile=4, x=3", args) == "threads=4, self.tile=4, x=3"
