@@ -5,6 +5,7 @@ the conftest, which pytest imports before any test module.
 """
 
 import os
+import zlib
 
 import torch
 
@@ -46,13 +47,25 @@ def _no_tf32_in_references():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
+def seed_for(nodeid: str, setting: str | None = None) -> int:
+    """The seed of a test: by default fixed, derived from its id (CI is deterministic, and
+    each test still draws inputs of its own); ``FASTUNET_TEST_SEED=random`` draws a fresh one
+    per run (to explore), ``FASTUNET_TEST_SEED=<number>`` replays one."""
+    setting = (os.environ.get("FASTUNET_TEST_SEED") if setting is None else setting) or ""
+    if setting.strip().lower() == "random":
+        return int.from_bytes(os.urandom(4), "little")
+    if setting.strip():
+        return int(setting)
+    return zlib.crc32(nodeid.encode())
+
+
 @pytest.fixture(autouse=True)
-def _fresh_seed(request):
-    """A different seed per test, shown on failure (captured stdout), so inputs are fresh
-    yet a failure can be replayed with FASTUNET_TEST_SEED=<seed>."""
-    seed = int(os.environ.get("FASTUNET_TEST_SEED") or int.from_bytes(os.urandom(4), "little"))
+def _seed(request):
+    """Seed torch (the tests derive their numpy generators from ``torch.initial_seed()``) with
+    :func:`seed_for`; the seed is printed, so a failure shows it (captured stdout)."""
+    seed = seed_for(request.node.nodeid)
     torch.manual_seed(seed)
-    print(f"{request.node.nodeid}: seed {seed}")
+    print(f"{request.node.nodeid}: seed {seed} (replay with FASTUNET_TEST_SEED={seed})")
     yield
 
 

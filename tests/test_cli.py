@@ -66,3 +66,4 @@ def test_library_parameters_become_flags_in_cli_errors():
     assert to_flags("block='1,64,64'", args) == "--block 1,64,64"
     # Names that are no option of the command, and attribute-like words, stay as they are.
     assert to_flags("threads=4, self.tile=4, x=3", args) == "threads=4, self.tile=4, x=3"
+
