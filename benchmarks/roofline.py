@@ -36,7 +36,7 @@ from fastunet.bench import (  # noqa: E402
     engine_tile_count, geometric_mean, grid_tile_count, same_padded_flops,
 )
 from fastunet.model import UNetConfig, forward_flops  # noqa: E402
-from fastunet.tiling import plan_layout  # noqa: E402
+from fastunet.engine.tiling import plan_layout  # noqa: E402
 
 DEVICES = {"nominal": (989e12, 3.35e12), "recorded": (798e12, 3.0e12)}  # (FLOP/s, B/s)
 E_CUDNN = 0.7  # assumed fraction of the matmul peak cuDNN's bf16 3x3 convs reach (not measured)

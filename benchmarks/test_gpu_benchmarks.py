@@ -94,7 +94,7 @@ def test_P1_conv_layers(benchmark):
 
 def test_P2_forward(benchmark):
     """P2; timed: the fused bf16 forward of the paper network at tile 572."""
-    from fastunet.fused import FusedUNet
+    from fastunet.engine.fused import FusedUNet
 
     run_benchmark("P2", benchmark)
     batch = bench.QUICK["P2"]["batch"] if QUICK else 8
@@ -118,7 +118,7 @@ def test_P3_loss(benchmark):
 
 def test_P4_segment(benchmark):
     """P4; timed: one batch of the raw fused forward at the tile and batch the segment run used."""
-    from fastunet.fused import FusedUNet
+    from fastunet.engine.fused import FusedUNet
 
     figures = run_benchmark("P4", benchmark)
     tile, batch = int(figures["P4.tile"]), int(figures["P4.batch"])

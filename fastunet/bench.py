@@ -16,7 +16,7 @@ P3  the weighted softmax-CE forward+backward vs eager, and its achieved bandwidt
     measured device-to-device copy.
 P4  ``segment`` disk-to-disk on a zarr volume (64 x 4096 x 4096 uint16, 1.07 Gvoxel, made
     once by :func:`bench_volume`) with the fused network in bf16, vs the raw fused forward
-    (:class:`~fastunet.fused.FusedUNet`, inputs already on the GPU, only the network timed)
+    (:class:`~fastunet.engine.fused.FusedUNet`, inputs already on the GPU, only the network timed)
     on the same tiles, tile size and batch.
 P5  ``segment`` vs MONAI ``sliding_window_inference`` (overlap 0.25, gaussian blending)
     running :class:`SamePaddedUNet` (the same widths and weights, 3x3 convs padded by 1) in
@@ -265,7 +265,7 @@ def bench_forward(*, tile: int = 572, batch: int = 8, compile_baseline: bool = T
     they were on return, also when a measurement raises. ``device="cpu"`` (kernels under
     the Triton interpreter) is for tests only, with ``compile_baseline=False``.
     """
-    from .fused import FusedUNet
+    from .engine.fused import FusedUNet
 
     dev = _bench_device(device)
     config = UNetConfig(base_channels=base_channels, depth=depth)
@@ -564,7 +564,7 @@ def same_padded_flops(config: UNetConfig, height: int, width: int) -> int:
 
 def engine_tile_count(layout) -> int:
     """Tiles the engine runs through the network for ``layout`` (a
-    :class:`fastunet.tiling.Layout`): per block and Z slice, every tile that supplies one of
+    :class:`fastunet.engine.tiling.Layout`): per block and Z slice, every tile that supplies one of
     its pixels. Tiles on a boundary between blocks are counted once per block."""
     return sum((block.shape[0] if layout.ndim == 3 else 1) * len(layout.block_tiles(block)) for block in layout.blocks())
 
@@ -598,7 +598,7 @@ def _time_segment(model_path, volume_path, out_path, *, tile: int | None, batch:
     import zarr
 
     from .segmentation import Segmenter
-    from .tiling import Layout
+    from .engine.tiling import Layout
 
     options = dict(batch_size=batch, device=device, backend=backend, dtype=dtype)
     source = zarr.open_array(str(volume_path), mode="r")
@@ -651,7 +651,7 @@ def bench_segment(*, shape=(64, 4096, 4096), tile: int | None = None, batch: int
     (``P4.segment_vs_raw_grid``: also charges the engine for tiles computed twice on
     block boundaries).
     """
-    from .fused import FusedUNet
+    from .engine.fused import FusedUNet
     from .modelfile import load_model
 
     _require_cuda()

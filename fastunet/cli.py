@@ -322,9 +322,10 @@ _PARAMETER_FLAGS = {"segment": {"output": "-o", "output_kind": "--output"}}
 
 
 def to_flags(message: str, args: argparse.Namespace) -> str:
-    """A library error in the words of the command line: ``name=True`` becomes ``--name``,
-    ``name="value"`` / ``name=value`` becomes ``--name value``, for the options of
-    ``args.command`` (library errors speak of parameters, which Python callers see)."""
+    """A library error in the words of the command line: ``name=True`` and a bare ``name=``
+    become ``--name``, ``name="value"`` and ``name=<number>`` become ``--name value``, for the options of
+    ``args.command`` (library errors speak of parameters, which Python callers see). Other
+    forms (``name='value'``, ``name=[...]``: recorded values quoted by ``repr``) stay."""
     flags = {dest: "--" + dest.replace("_", "-") for dest in vars(args) if dest not in ("func", "command")}
     flags.update(_PARAMETER_FLAGS.get(args.command, {}))
     if not flags:
@@ -333,11 +334,14 @@ def to_flags(message: str, args: argparse.Namespace) -> str:
 
     def flag(match: re.Match) -> str:
         name, value = match.group(1), match.group(2)
-        if value == "True":
-            return flags[name]
-        return f"{flags[name]} {value[1:-1]}" if value else f"{flags[name]} "
+        if match.group("number") is not None:
+            return f"{flags[name]} "
+        if value.startswith('"'):
+            return f"{flags[name]} {value[1:-1]}"
+        return flags[name]  # name=True, or the parameter named on its own (name=)
 
-    return re.sub(rf"(?<![\w.-])({names})=(True\b|\"[^\"]*\"|'[^']*'|)", flag, message)
+    pattern = rf"(?<![\w.-])({names})=(True\b|\"[^\"]*\"|(?P<number>(?=[0-9]))|(?=[\s,.;:)]|$))"
+    return re.sub(pattern, flag, message)
 
 
 def main(argv: list[str] | None = None) -> int:

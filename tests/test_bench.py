@@ -164,7 +164,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from fastunet.errors import UserError
 from fastunet.model import count_parameters
 from fastunet.normalization import Normalization
-from fastunet.tiling import plan_layout
+from fastunet.engine.tiling import plan_layout
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -62,8 +62,11 @@ def test_library_parameters_become_flags_in_cli_errors():
     assert to_flags("pass overwrite=True to replace it", args) == "pass --overwrite to replace it"
     assert to_flags('e.g. axes="ZYX" for a z-stack', args) == "e.g. --axes ZYX for a z-stack"
     assert to_flags("tile=572 and batch_size=2", args) == "--tile 572 and --batch-size 2"
+    assert to_flags("tile= expects a size", args) == "--tile expects a size"
     assert to_flags('output="x.zarr", output_kind="both"', args) == "-o x.zarr, --output both"
-    assert to_flags("block='1,64,64'", args) == "--block 1,64,64"
+    assert to_flags('block="1,64,64"', args) == "--block 1,64,64"
+    # Recorded values (repr-quoted, lists) are no parameters to translate.
+    assert to_flags("created with output='both', tile=[572, 572]", args) == "created with output='both', tile=[572, 572]"
     # Names that are no option of the command, and attribute-like words, stay as they are.
     assert to_flags("threads=4, self.tile=4, x=3", args) == "threads=4, self.tile=4, x=3"
 

@@ -386,7 +386,7 @@ def test_statistics_refuse_an_input_without_finite_values(scope):
 def test_plain_progress_lines_when_stderr_is_not_a_terminal(tmp_path, capsys, monkeypatch):
     import time
 
-    from fastunet import engine
+    from fastunet.engine import scheduling as engine
 
     real = engine.run_block
 
@@ -416,7 +416,7 @@ def test_threaded_run_stops_every_block_before_raising(tmp_path, monkeypatch):
     writing once segment() has raised."""
     import time
 
-    from fastunet import engine
+    from fastunet.engine import scheduling as engine
 
     real, running, calls = engine.run_block, [], []
 

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from fastunet import ReferenceUNet, UNetConfig
-from fastunet.fused import FusedUNet
-from fastunet.predictor import make_predictor
+from fastunet.engine.fused import FusedUNet
+from fastunet.engine import make_predictor
 from reference import TOL, TOL_PAPER, reference_forward, rel_err
 
 
@@ -95,7 +95,7 @@ def test_triton_backend_on_a_cpu_runs_the_interpreter_by_itself(tmp_path):
 import os, torch
 assert "TRITON_INTERPRET" not in os.environ
 from fastunet import ReferenceUNet, UNetConfig
-from fastunet.predictor import make_predictor
+from fastunet.engine import make_predictor
 model = ReferenceUNet(UNetConfig(base_channels=4, depth=1)).eval()
 x = torch.randn(1, 1, 28, 30)
 fused = make_predictor(model, backend="triton", device="cpu").logits(x)
@@ -150,7 +150,7 @@ def test_cpu_kernels_after_triton_was_set_up_for_the_gpu_is_a_clear_error():
     script = """
 import triton, torch
 from fastunet import ReferenceUNet, UNetConfig
-from fastunet.fused import FusedUNet
+from fastunet.engine.fused import FusedUNet
 try:
     FusedUNet(ReferenceUNet(UNetConfig(base_channels=4, depth=1)), device="cpu", dtype="fp32")
 except RuntimeError as exc:

@@ -237,7 +237,7 @@ def _fixed_model(path):
 
 def _fail_after(monkeypatch, n):
     """Make the (n+1)-th block task raise, as a kill would stop the run: n blocks recorded."""
-    from fastunet import engine
+    from fastunet.engine import scheduling as engine
 
     real, calls = engine.run_block, []
 
@@ -316,7 +316,7 @@ def test_resume_refuses_a_changed_tiff_and_another_array(tmp_path, model, capsys
 
 
 def test_unreachable_scheduler_leaves_no_output(tmp_path, model, capsys, monkeypatch):
-    from fastunet import engine
+    from fastunet.engine import scheduling as engine
 
     monkeypatch.setattr(engine, "SCHEDULER_TIMEOUT", 1.0)
     src = _zarr(tmp_path / "good.zarr", _rng().normal(size=(20, 20)).astype(np.float32), (10, 10))
@@ -385,7 +385,7 @@ def test_damaged_input_chunk_is_one_line_naming_file_and_region(tmp_path, model,
 
 
 def test_damaged_chunk_mid_run_leaves_a_resumable_output(tmp_path, capsys, monkeypatch):
-    from fastunet import engine
+    from fastunet.engine import scheduling as engine
 
     fixed = _fixed_model(tmp_path / "fixed.safetensors")
     vol = _rng().normal(size=(2, 48, 48)).astype(np.float32)
@@ -491,7 +491,7 @@ def test_ctrl_c_before_any_block_keeps_the_output_to_resume(tmp_path, model, cap
 
 
 def test_second_ctrl_c_still_waits_for_running_blocks():
-    from fastunet.engine import _shutdown_uninterrupted
+    from fastunet.engine.scheduling import _shutdown_uninterrupted
 
     class Pool:
         calls = 0

@@ -1,4 +1,4 @@
-"""Tile layout and mirrored reads (fastunet.tiling) against numpy: np.pad for the mirror,
+"""Tile layout and mirrored reads (fastunet.engine.tiling) against numpy: np.pad for the mirror,
 brute-force coverage checks for blocks and tiles."""
 
 import numpy as np
@@ -7,7 +7,7 @@ import torch
 
 from fastunet import geometry
 from fastunet.geometry import reflect_index
-from fastunet.tiling import (
+from fastunet.engine.tiling import (
     Block,
     Layout,
     block_shape,

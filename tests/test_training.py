@@ -180,7 +180,8 @@ def test_load_pairs_folders_semantic_stacks_and_zarr(tmp_path):
 
 
 def test_load_pairs_tiff_stack_axes(tmp_path):
-    volume, vlabels = synthetic_volume((3, 40, 48), seed=_seed(), dtype="uint16")
+    # n_objects: a 40 x 48 crop of the default density may hold no object at all.
+    volume, vlabels = synthetic_volume((3, 40, 48), seed=_seed(), dtype="uint16", n_objects=3)
     # Three planes stored as RGB samples (as older tifffile versions do by default).
     tifffile.imwrite(tmp_path / "v.tif", volume, photometric="rgb", planarconfig="separate")
     tifffile.imwrite(tmp_path / "l.tif", vlabels.astype(np.uint16), photometric="minisblack")
@@ -189,7 +190,7 @@ def test_load_pairs_tiff_stack_axes(tmp_path):
     (pair,) = load_pairs(tmp_path / "v.tif", tmp_path / "l.tif", axes="ZYX")
     np.testing.assert_array_equal(pair.image, volume)
     np.testing.assert_array_equal(pair.labels, vlabels)
-    volume5, labels5 = synthetic_volume((5, 40, 48), seed=_seed(), dtype="uint16")
+    volume5, labels5 = synthetic_volume((5, 40, 48), seed=_seed(), dtype="uint16", n_objects=3)
     tifffile.imwrite(tmp_path / "v5.tif", volume5)  # 5 pages: a plain stack, Z
     tifffile.imwrite(tmp_path / "l5.tif", labels5.astype(np.uint16))
     (pair,) = load_pairs(tmp_path / "v5.tif", tmp_path / "l5.tif")

@@ -29,7 +29,7 @@ from typing import Iterator
 
 import numpy as np
 
-from . import geometry
+from .. import geometry
 
 __all__ = [
     "mirrored_read_plan",

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import geometry
-from .model import ReferenceUNet
+from .. import geometry
+from ..model import ReferenceUNet
 from .predictor import DTYPES, Prediction, Predictor
 
 __all__ = ["FusedUNet", "FusedPredictor"]
@@ -69,16 +69,16 @@ class FusedUNet:
 
     def __init__(self, model, device="cuda", dtype: str = "bf16", *, cuda_graph: bool = False, max_plans: int = 2):
         if not isinstance(model, ReferenceUNet):
-            from .modelfile import load_model
+            from ..modelfile import load_model
 
             model = load_model(model)
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}; got {dtype!r}.")
         self.device = torch.device(device)
-        from .kernels import load
+        from ..kernels import load
 
         self.conv, self.upconv, self.head = load(self.device, "conv", "upconv", "head")
-        from .kernels._utils import compute_dtype
+        from ..kernels._utils import compute_dtype
 
         self.config = model.config
         self.dtype = dtype
@@ -206,7 +206,7 @@ class FusedUNet:
 
 
 class FusedPredictor(Predictor):
-    """The ``triton`` backend of :func:`fastunet.predictor.make_predictor`."""
+    """The ``triton`` backend of :func:`fastunet.engine.backends.make_predictor`."""
 
     backend = "triton"
 

@@ -1,0 +1,49 @@
+"""Which implementation runs the network: the backends behind ``backend=``.
+
+``torch``
+    the plain-PyTorch :class:`~fastunet.model.ReferenceUNet` (any device; autocast for
+    bf16/fp16) through :class:`~fastunet.engine.predictor.TorchPredictor`.
+``triton``
+    the fused Triton network (:class:`~fastunet.engine.fused.FusedPredictor`); on a CPU the
+    kernels run under the Triton interpreter (slow, but the whole path can be checked
+    without a GPU).
+``auto``
+    ``triton`` on CUDA, ``torch`` otherwise.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..devices import default_dtype
+from ..model import ReferenceUNet
+from .predictor import Predictor, TorchPredictor
+
+__all__ = ["BACKENDS", "resolve_backend", "make_predictor"]
+
+BACKENDS = ("auto", "triton", "torch")
+
+
+def resolve_backend(backend: str, device: torch.device | str) -> str:
+    """``auto`` -> ``triton`` on CUDA, ``torch`` elsewhere; checks the name."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be 'auto', 'triton' or 'torch'; got {backend!r}.")
+    if backend == "auto":
+        return "triton" if torch.device(device).type == "cuda" else "torch"
+    return backend
+
+
+def make_predictor(model: ReferenceUNet, backend: str = "auto", device="cpu", dtype: str | None = None) -> Predictor:
+    """A :class:`Predictor` for ``model`` on ``device``.
+
+    ``dtype`` defaults to ``bf16`` on CUDA and ``fp32`` on the CPU.
+    """
+    device = torch.device(device)
+    if dtype is None:
+        dtype = default_dtype(device)
+    backend = resolve_backend(backend, device)
+    if backend == "triton":
+        from .fused import FusedPredictor  # imports the Triton kernels: only when asked for
+
+        return FusedPredictor(model, device=device, dtype=dtype)
+    return TorchPredictor(model, device=device, dtype=dtype)

@@ -1,0 +1,142 @@
+"""One output block of the overlap-tile engine: read, normalize, predict, assemble, write.
+
+A block task (:func:`run_block`) reads its input slab with the mirrored context
+(:func:`fastunet.engine.tiling.read_mirrored`), normalizes it with the statistics computed once
+for the whole volume (:func:`fastunet.normalization.normalization_stats`), cuts the tiles of
+the global tile grid, runs the network, assembles the block, writes its output chunks and
+records the block as done (:meth:`fastunet.io.SegmentationStore.mark_done`). It returns a small
+summary, never the data, so memory is bounded by the blocks in flight whatever the volume size.
+
+NaN/Inf in the input: ignored by the normalization statistics, set to 0 after normalization
+(the value of the normalization offset), counted per block (``nonfinite`` in the summary).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..normalization import Normalization, NormStats
+from .runtime import LoadedNetwork, ModelHandle, cached_network
+from .tiling import Block, Layout, read_mirrored
+
+__all__ = ["Job", "compute_block", "run_block"]
+
+_FLOAT_DTYPES = ("float16", "float32", "float64")
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything a block task needs; picklable (paths, not data, for file inputs).
+
+    ``store`` is the zarr output (a :class:`~fastunet.io.SegmentationStore`, which pickles as
+    its path and reopens in a worker), or None for tasks that return their arrays.
+    ``network`` is the in-process :class:`LoadedNetwork` (not pickled; workers load their
+    own through :func:`cached_network`).
+    """
+
+    source: object
+    model: ModelHandle
+    layout: Layout
+    stats: NormStats
+    output_kind: str
+    store: object | None
+    device: str
+    backend: str
+    dtype: str | None
+    batch_size: int
+    use_runner: bool
+    torch_threads: int | None = None
+    network: LoadedNetwork | None = field(default=None, compare=False, repr=False)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["network"] = None
+        return state
+
+    def __setstate__(self, state):
+        for k, v in state.items():
+            object.__setattr__(self, k, v)
+
+    def get_network(self) -> LoadedNetwork:
+        if self.network is not None:
+            return self.network
+        return cached_network(self.model, device=self.device, backend=self.backend, dtype=self.dtype,
+                              batch_size=self.batch_size, use_runner=self.use_runner,
+                              torch_threads=self.torch_threads)
+
+
+def compute_block(job: Job, block: Block) -> tuple[np.ndarray | None, np.ndarray | None, int]:
+    """Labels ``(bz, by, bx)`` uint8 and/or probabilities ``(K, bz, by, bx)`` float16 of one
+    block (``bz = 1`` for YX volumes), and the number of NaN/Inf input values in it."""
+    layout = job.layout
+    nd = layout.ndim
+    box = layout.input_box(block)
+    raw = read_mirrored(job.source, box)
+    if not job.source.axes.startswith("C"):
+        raw = raw[None]
+    if nd == 2:
+        raw = raw[:, None]
+    # raw: (C, bz, Y', X'); the block's own pixels start at (block start - input start).
+    y0 = block.box[-2][0] - box[-2][0]
+    x0 = block.box[-1][0] - box[-1][0]
+    by, bx = block.shape[-2:]
+    nonfinite = 0
+    is_float = np.dtype(job.source.dtype).name in _FLOAT_DTYPES
+    if is_float:
+        core = raw[:, :, y0:y0 + by, x0:x0 + bx]
+        nonfinite = int(core.size - np.count_nonzero(np.isfinite(core)))
+    z0, z1 = (block.box[0] if nd == 3 else (0, 1))
+    x = Normalization.apply(raw, *job.stats.for_slices(z0, z1))
+    del raw
+    if is_float:
+        np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    ty, tx = layout.tile
+    tiles = layout.block_tiles(block)
+    bz = x.shape[1]
+    batch = np.empty((bz * len(tiles), x.shape[0], ty, tx), np.float32)
+    i = 0
+    for z in range(bz):
+        for (oy, ox), _, _ in tiles:
+            batch[i] = x[:, z, oy:oy + ty, ox:ox + tx]
+            i += 1
+    del x
+    labels, probs = job.get_network().predict(batch, job.output_kind)
+    del batch
+    out_labels = None if labels is None else np.empty((bz, by, bx), np.uint8)
+    out_probs = None if probs is None else np.empty((probs.shape[1], bz, by, bx), np.float16)
+    i = 0
+    for z in range(bz):
+        for _, (sy, sx), (dy, dx) in tiles:
+            if out_labels is not None:
+                out_labels[z, dy, dx] = labels[i, sy, sx]
+            if out_probs is not None:
+                out_probs[:, z, dy, dx] = probs[i, :, sy, sx]
+            i += 1
+    return out_labels, out_probs, nonfinite
+
+
+def run_block(job: Job, block: Block) -> dict:
+    """Compute one block; write it and record it done (zarr output) or return its arrays.
+
+    Returns a small summary ``{"block", "voxels", "nonfinite", "seconds"}`` (plus ``labels``
+    / ``probs`` arrays when ``job.store`` is None).
+    """
+    t0 = time.perf_counter()
+    labels, probs, nonfinite = compute_block(job, block)
+    summary = {"block": block.name, "voxels": int(math.prod(block.shape)), "nonfinite": nonfinite}
+    if job.store is None:
+        summary.update(labels=labels, probs=probs, index=block.index)
+    else:
+        store = job.store
+        region = block.slices
+        if labels is not None:
+            store.labels[region] = labels if job.layout.ndim == 3 else labels[0]
+        if probs is not None:
+            store.probs[(slice(None), *region)] = probs if job.layout.ndim == 3 else probs[:, 0]
+        store.mark_done(block.name)
+    summary["seconds"] = time.perf_counter() - t0
+    return summary

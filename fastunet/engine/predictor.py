@@ -1,0 +1,103 @@
+"""The interface of a network on a batch of tiles, and its plain-PyTorch implementation.
+
+A :class:`Predictor`'s :meth:`Predictor.predict` maps a batch of normalized input tiles
+``(N, C, H, W)`` to class probabilities and/or labels for the ``(H - 2c, W - 2c)`` output
+tiles. :class:`TorchPredictor` runs the reference network; the fused Triton network is
+:class:`fastunet.engine.fused.FusedPredictor`; :func:`fastunet.engine.backends.make_predictor`
+picks one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..model import ReferenceUNet
+
+__all__ = ["Prediction", "Predictor", "TorchPredictor", "DTYPES", "OUTPUTS"]
+
+DTYPES = ("fp32", "tf32", "bf16", "fp16")
+OUTPUTS = ("labels", "probs", "both")
+
+
+@dataclass
+class Prediction:
+    """Output of :meth:`Predictor.predict`: ``probs`` (N, C, h, w) float16/float32 and/or
+    ``labels`` (N, h, w) uint8; the one not asked for is None."""
+
+    probs: torch.Tensor | None
+    labels: torch.Tensor | None
+
+
+class Predictor:
+    """Runs a network on batches of tiles. Subclasses implement :meth:`logits`."""
+
+    backend = "abstract"
+
+    def __init__(self, model: ReferenceUNet, device: torch.device, dtype: str) -> None:
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}; got {dtype!r}.")
+        self.config = model.config
+        self.device = torch.device(device)
+        self.dtype = dtype
+
+    def logits(self, tiles: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict(self, tiles: torch.Tensor, output: str = "labels") -> Prediction:
+        """Probabilities (softmax over classes) and/or labels (argmax) for a batch of tiles."""
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}; got {output!r}.")
+        scores = self.logits(tiles).float()
+        probs = torch.softmax(scores, dim=1) if output in ("probs", "both") else None
+        labels = scores.argmax(dim=1).to(torch.uint8) if output in ("labels", "both") else None
+        if probs is not None:
+            probs = probs.to(torch.float16)
+        return Prediction(probs=probs, labels=labels)
+
+
+def check_tf32_setting(dtype: str) -> None:
+    """PyTorch's CUDA convolutions use TF32 while ``torch.backends.cudnn.allow_tf32`` is True
+    (its default). fastunet never changes that process-wide setting; on CUDA the torch
+    backend checks that it matches the dtype asked for (``fp32``: off, ``tf32``: on) and
+    says how to set it otherwise. (The ``fastunet`` command sets it from ``--dtype``.)"""
+    if dtype not in ("fp32", "tf32") or torch.backends.cudnn.allow_tf32 == (dtype == "tf32"):
+        return
+    from ..errors import UserError
+
+    want = dtype == "tf32"
+    raise UserError(
+        f'dtype="{dtype}" with backend="torch" on CUDA needs torch.backends.cudnn.allow_tf32 = {want} '
+        f"(it is {not want} in this process); set it before segmenting, or ask for "
+        f'dtype="{"fp32" if not want else "tf32"}".'
+    )
+
+
+class TorchPredictor(Predictor):
+    """The reference network in PyTorch (the CPU path, and the baseline on CUDA).
+
+    bf16 and fp16 run under autocast (bf16 on the CPU too); fp32 and tf32 on CUDA run with
+    PyTorch's TF32 setting, which must match the dtype (:func:`check_tf32_setting`)."""
+
+    backend = "torch"
+
+    def __init__(self, model: ReferenceUNet, device="cpu", dtype: str = "fp32") -> None:
+        super().__init__(model, device, dtype)
+        self._autocast = None
+        if self.device.type == "cuda" and dtype in ("bf16", "fp16"):
+            self._autocast = torch.bfloat16 if dtype == "bf16" else torch.float16
+        elif self.device.type == "cpu" and dtype == "bf16":
+            self._autocast = torch.bfloat16
+        if self.device.type == "cuda":
+            check_tf32_setting(dtype)
+        self.model = model.to(self.device).eval()
+
+    @torch.no_grad()
+    def logits(self, tiles: torch.Tensor) -> torch.Tensor:
+        tiles = tiles.to(self.device, torch.float32, non_blocking=True)
+        if self.device.type == "cuda":
+            check_tf32_setting(self.dtype)  # the setting is the process's: it may have changed
+        with torch.autocast(self.device.type, dtype=self._autocast, enabled=self._autocast is not None):
+            return self.model(tiles)

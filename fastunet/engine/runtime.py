@@ -1,0 +1,161 @@
+"""The network in a process: a picklable handle to the weights, and the loaded network.
+
+A :class:`ModelHandle` travels with every block task (a model file's path, or the weights as
+safetensors bytes: never a pickled module). :func:`cached_network` loads it once per process
+and settings into a :class:`LoadedNetwork`, which runs batches of normalized tiles on its
+device: in the calling thread on the CPU (one forward at a time), or through a
+:class:`~fastunet.engine.runner.DeviceRunner` on CUDA, which batches tiles across blocks.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..model import ReferenceUNet, UNetConfig
+from ..normalization import Normalization
+from .runner import DeviceRunner
+
+__all__ = ["ModelHandle", "LoadedNetwork", "cached_network"]
+
+
+class ModelHandle:
+    """A picklable reference to a network: a model file, or the weights as safetensors bytes.
+
+    ``key`` identifies the weights (sha256 of the file or of the bytes). The loaded module
+    (``module``) stays in the process that made the handle and is never pickled; a worker
+    loads the weights from the path or bytes instead (never unpickling anything).
+    """
+
+    def __init__(self, *, config: UNetConfig, normalization: Normalization, key: str,
+                 path: str | None = None, data: bytes | None = None, module: ReferenceUNet | None = None):
+        if (path is None) == (data is None):
+            raise ValueError("A ModelHandle needs exactly one of path or data.")
+        self.config = config
+        self.normalization = normalization
+        self.key = key
+        self.path = path
+        self.data = data
+        self.module = module
+
+    @classmethod
+    def from_path(cls, path) -> "ModelHandle":
+        """Load a model file (raises :class:`~fastunet.errors.ModelFileError` when broken)."""
+        from ..modelfile import read_model
+
+        path = Path(path).expanduser().resolve()
+        bundle = read_model(path)
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 24), b""):
+                digest.update(chunk)
+        return cls(config=bundle.config, normalization=bundle.normalization, key=digest.hexdigest(),
+                   path=str(path), module=bundle.module)
+
+    @classmethod
+    def from_module(cls, model) -> "ModelHandle":
+        """Wrap an in-memory :class:`~fastunet.modelfile.ModelBundle` or :class:`ReferenceUNet`
+        (percentile normalization); the weights travel as safetensors bytes."""
+        from safetensors.torch import save
+
+        from ..modelfile import ModelBundle
+
+        if isinstance(model, ReferenceUNet):
+            model = ModelBundle(model)
+        if not isinstance(model, ModelBundle):
+            raise TypeError(
+                f"Expected a ModelBundle, a ReferenceUNet or a model file path; got {type(model).__name__}."
+            )
+        tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.module.state_dict().items()}
+        data = save(tensors)
+        return cls(config=model.config, normalization=model.normalization, key=hashlib.sha256(data).hexdigest(),
+                   data=data, module=model.module)
+
+    def load(self) -> ReferenceUNet:
+        """The network on the CPU, in eval mode (the in-process module when there is one)."""
+        if self.module is not None:
+            return self.module
+        if self.path is not None:
+            from ..modelfile import load_model
+
+            return load_model(self.path)
+        from safetensors.torch import load
+
+        module = ReferenceUNet(self.config)
+        module.load_state_dict(load(self.data))
+        return module.eval()
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["module"] = None
+        return state
+
+
+class LoadedNetwork:
+    """A network on one device: ``predict(tiles, output) -> (labels, probs)`` on numpy.
+
+    Without a runner the predictor is called in the calling thread, one call at a time
+    (a lock: a CPU forward already uses all cores); with ``use_runner`` the tiles go to a
+    :class:`DeviceRunner` that batches them across blocks.
+    """
+
+    def __init__(self, handle: ModelHandle, *, device, backend: str, dtype: str | None,
+                 batch_size: int, use_runner: bool):
+        from .backends import make_predictor
+
+        self.handle = handle
+        self.predictor = make_predictor(handle.load(), backend=backend, device=device, dtype=dtype)
+        self.device = str(self.predictor.device)
+        self.backend = self.predictor.backend
+        self.dtype = self.predictor.dtype
+        self.batch_size = int(batch_size)
+        self.runner = DeviceRunner(self.predictor, batch_size=batch_size) if use_runner else None
+        self._lock = threading.Lock()
+
+    def predict(self, tiles: np.ndarray, output: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Labels (N, h, w) uint8 and/or probabilities (N, K, h, w) float16 of ``tiles``."""
+        if self.runner is not None:
+            return self.runner.submit(tiles, output).result()
+        labels, probs = [], []
+        with self._lock:
+            for i in range(0, tiles.shape[0], self.batch_size):
+                pred = self.predictor.predict(torch.from_numpy(tiles[i:i + self.batch_size]), output)
+                if pred.labels is not None:
+                    labels.append(pred.labels.cpu().numpy())
+                if pred.probs is not None:
+                    probs.append(pred.probs.cpu().numpy())
+        return (np.concatenate(labels) if labels else None, np.concatenate(probs) if probs else None)
+
+    def close(self) -> None:
+        if self.runner is not None:
+            self.runner.close()
+
+
+# One loaded network per (model, device, backend, dtype, batch size, runner) and process:
+# dask workers load a model once, not once per task. Two entries at most (GPU memory).
+_NETWORKS: "collections.OrderedDict[tuple, LoadedNetwork]" = collections.OrderedDict()
+_NETWORKS_LOCK = threading.Lock()
+
+
+def cached_network(handle: ModelHandle, *, device, backend: str, dtype: str | None, batch_size: int,
+                   use_runner: bool, torch_threads: int | None = None) -> LoadedNetwork:
+    """The process's :class:`LoadedNetwork` for these settings, loading it on first use."""
+    key = (handle.key, str(device), backend, dtype, int(batch_size), bool(use_runner))
+    with _NETWORKS_LOCK:
+        net = _NETWORKS.get(key)
+        if net is None:
+            if torch_threads:
+                torch.set_num_threads(int(torch_threads))
+            net = LoadedNetwork(handle, device=device, backend=backend, dtype=dtype,
+                                batch_size=batch_size, use_runner=use_runner)
+            _NETWORKS[key] = net
+            while len(_NETWORKS) > 2:
+                _, old = _NETWORKS.popitem(last=False)
+                old.close()
+        _NETWORKS.move_to_end(key)
+        return net

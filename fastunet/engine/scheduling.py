@@ -1,0 +1,248 @@
+"""Running the block tasks: threads in this process, or a dask.distributed cluster; lazy arrays.
+
+* :func:`execute` runs :func:`~fastunet.engine.blocks.run_block` for a list of blocks on a
+  thread pool here (``concurrent.futures``), or on a dask.distributed cluster: an address to
+  join, ``workers=N`` local worker processes, or one worker process per GPU (``gpus="0,1"``).
+  Tasks carry the :class:`~fastunet.engine.blocks.Job` (paths, not data); each worker process
+  loads the network once (:func:`fastunet.engine.runtime.cached_network`).
+* :func:`lazy_arrays` builds dask arrays of the labels and probabilities, one delayed task per
+  block, computed only when they are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import uuid
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+import numpy as np
+
+from ..errors import UserError
+from .blocks import Job, compute_block, run_block
+from .tiling import Block
+
+__all__ = ["execute", "lazy_arrays", "open_cluster", "parse_gpus", "gpu_worker_specs", "SCHEDULER_TIMEOUT"]
+
+SCHEDULER_TIMEOUT = 20.0  # seconds to reach a dask scheduler before giving up
+
+
+# --------------------------------------------------------------------------- lazy arrays
+def _lazy_block(job: Job, block: Block):
+    labels, probs, _ = compute_block(job, block)
+    if job.layout.ndim == 2:
+        labels = None if labels is None else labels[0]
+        probs = None if probs is None else probs[:, 0]
+    return labels, probs
+
+
+def lazy_arrays(job: Job):
+    """Dask arrays of the labels and probabilities (None for what ``job.output_kind`` leaves
+    out), chunked by blocks; nothing is computed or written until they are.
+
+    One delayed task per block computes both (computing the two arrays together runs each
+    block once); the job is one key of the graph, shared by every block task.
+    """
+    import dask
+    import dask.array as da
+
+    layout = job.layout
+    token = uuid.uuid4().hex
+    job_key = dask.delayed(job, name=f"fastunet-job-{token}", traverse=False)
+    k = job.model.config.num_classes
+    want = {"labels": job.output_kind in ("labels", "both"), "probs": job.output_kind in ("probs", "both")}
+    parts = {name: np.empty(layout.grid, dtype=object) for name, on in want.items() if on}
+    for block in layout.blocks():
+        pred = dask.delayed(_lazy_block, pure=False)(job_key, block,
+                                                      dask_key_name=f"fastunet-predict-{token}-{block.name}")
+        if "labels" in parts:
+            parts["labels"][block.index] = da.from_delayed(pred[0], block.shape, dtype=np.uint8)
+        if "probs" in parts:
+            parts["probs"][block.index] = da.from_delayed(pred[1], (k, *block.shape), dtype=np.float16)
+    # da.block joins the innermost lists along the last axis, the next along the one before...
+    return tuple(da.block(parts[name].tolist()) if name in parts else None for name in ("labels", "probs"))
+
+
+# ------------------------------------------------------------------------------ clusters
+def parse_gpus(gpus) -> tuple[str, ...]:
+    """``"0,1"`` / ``[0, 1]`` -> ``("0", "1")``; raises :class:`UserError` on anything else."""
+    if isinstance(gpus, str):
+        items = [g.strip() for g in gpus.split(",")]
+    elif isinstance(gpus, int) and not isinstance(gpus, bool):
+        items = [str(gpus)]
+    else:
+        try:
+            items = [str(g).strip() for g in gpus]
+        except TypeError:
+            items = []
+    if not items or any(not g.isdigit() for g in items) or len(set(items)) != len(items):
+        raise UserError(f"--gpus expects distinct GPU indices separated by commas, e.g. --gpus 0,1; got {gpus!r}.")
+    return tuple(str(int(g)) for g in items)
+
+
+def gpu_worker_specs(gpus, *, threads_per_worker: int) -> dict:
+    """SpecCluster worker specs: one Nanny-managed worker process per GPU, each seeing only
+    its GPU (``CUDA_VISIBLE_DEVICES``), so the tasks' ``cuda:0`` is that GPU."""
+    from distributed import Nanny
+
+    return {
+        f"gpu-{g}": {
+            "cls": Nanny,
+            "options": {"nthreads": int(threads_per_worker), "env": {"CUDA_VISIBLE_DEVICES": g}},
+        }
+        for g in parse_gpus(gpus)
+    }
+
+
+class _Cluster:
+    """Context manager yielding a distributed Client for ``scheduler``/``workers``/``gpus``."""
+
+    def __init__(self, *, scheduler=None, workers=None, gpus=None, threads_per_worker: int = 1):
+        self.scheduler, self.workers, self.gpus = scheduler, workers, gpus
+        self.threads = threads_per_worker
+        self.cluster = self.client = None
+
+    def __enter__(self):
+        from distributed import Client, LocalCluster, Scheduler, SpecCluster
+
+        if self.scheduler is not None:
+            try:
+                self.client = Client(self.scheduler, timeout=f"{SCHEDULER_TIMEOUT}s")
+            except (OSError, TimeoutError) as exc:
+                detail = " ".join(str(exc).split())
+                raise UserError(
+                    f"Cannot reach the dask scheduler at {self.scheduler!r} ({detail}); check the address "
+                    "and that the scheduler is running, or leave --scheduler out to run here."
+                ) from None
+            return self.client
+        if self.gpus is not None:
+            self.cluster = SpecCluster(
+                workers=gpu_worker_specs(self.gpus, threads_per_worker=self.threads),
+                scheduler={"cls": Scheduler, "options": {"dashboard_address": None}},
+            )
+        else:
+            self.cluster = LocalCluster(n_workers=int(self.workers), processes=True,
+                                        threads_per_worker=self.threads, dashboard_address=None)
+        self.client = Client(self.cluster)
+        return self.client
+
+    def __exit__(self, *exc):
+        if self.client is not None:
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+        return False
+
+
+def _threads_per_worker(threads, workers, gpus) -> int:
+    nworkers = len(parse_gpus(gpus)) if gpus is not None else (workers or 1)
+    return threads or max(1, min(8, (os.cpu_count() or 1) // nworkers))
+
+
+def open_cluster(*, scheduler=None, workers=None, gpus=None, threads: int | None = None) -> _Cluster:
+    """A context manager that joins the scheduler at ``scheduler`` or starts ``workers``
+    local worker processes or one per GPU in ``gpus``, yielding the distributed Client
+    (pass it to :func:`execute`); closes what it started on exit. Raises
+    :class:`UserError` when the scheduler cannot be reached within ``SCHEDULER_TIMEOUT``."""
+    return _Cluster(scheduler=scheduler, workers=workers, gpus=gpus,
+                    threads_per_worker=_threads_per_worker(threads, workers, gpus))
+
+
+# ------------------------------------------------------------------------------- execute
+def _shutdown_uninterrupted(pool) -> None:
+    """Wait until every running block of ``pool`` has finished (queued ones are cancelled).
+
+    A second Ctrl-C during the wait would otherwise return while blocks still write, and the
+    caller could then clean up an output that is still being written; so the wait is
+    repeated, and the interrupt is raised once every block has stopped.
+    """
+    interrupted = None
+    while True:
+        try:
+            pool.shutdown(wait=True, cancel_futures=True)
+            break
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+    if interrupted is not None:
+        raise interrupted
+
+
+def _run_threads(job: Job, blocks: list[Block], threads: int, done) -> None:
+    """Run the blocks on ``threads`` threads of this process, calling ``done(summary)`` here
+    as each finishes. A failing block stops the run: the queued blocks are cancelled and the
+    running ones finish (and are recorded) before the error is raised, so nothing writes to
+    the output once this returns or raises (Ctrl-C included)."""
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fastunet-block")
+    try:
+        pending = {pool.submit(run_block, job, b) for b in blocks}
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                done(future.result())
+    finally:
+        _shutdown_uninterrupted(pool)
+
+
+def execute(job: Job, blocks: list[Block], *, scheduler=None, workers=None, gpus=None,
+            threads: int | None = None, progress=None, on_result=None, client=None) -> list[dict]:
+    """Run :func:`run_block` for ``blocks``; returns the per-block summaries.
+
+    Parameters
+    ----------
+    scheduler, workers, gpus
+        None for the threaded scheduler in this process; else a distributed scheduler
+        address, a number of local worker processes, or GPU indices.
+    threads : int, optional
+        Threads of the threaded scheduler (default 2 on the CPU, where one forward runs at a
+        time while the other thread reads and writes; up to 8 with a device runner), or per
+        local worker process (default: the cores shared among the workers, at most 8).
+    progress : callable, optional
+        Called with each block's summary as it completes (from this thread).
+    on_result : callable, optional
+        Like ``progress``, for the summaries that carry arrays (``job.store`` is None).
+    client : distributed.Client, optional
+        An open client (see :func:`open_cluster`) for the scheduler/workers/gpus run;
+        without one, the cluster is joined or started here and closed at the end.
+
+    On the threaded scheduler a failing block stops the run after the blocks already
+    running have finished (and been recorded): nothing writes to the output once this
+    returns or raises.
+    """
+    summaries = []
+
+    def done(summary):
+        if on_result is not None:
+            on_result(summary)
+        summary.pop("labels", None)
+        summary.pop("probs", None)
+        summaries.append(summary)
+        if progress is not None:
+            progress(summary)
+
+    if not blocks:
+        return summaries
+    if scheduler is None and workers is None and gpus is None:
+        _run_threads(job, blocks, threads or (min(8, os.cpu_count() or 1) if job.use_runner else 2), done)
+        return summaries
+    import contextlib
+
+    from distributed import as_completed
+
+    per_worker = _threads_per_worker(threads, workers, gpus)
+    if workers is not None and job.device.startswith("cpu") and job.torch_threads is None:
+        job = dataclasses.replace(job, torch_threads=per_worker)
+    with contextlib.ExitStack() as stack:
+        if client is None:
+            client = stack.enter_context(_Cluster(scheduler=scheduler, workers=workers, gpus=gpus,
+                                                  threads_per_worker=per_worker))
+        [job_future] = client.scatter([job], broadcast=True, hash=False)
+        futures = [client.submit(run_block, job_future, b, key=f"fastunet-block-{b.name}-{uuid.uuid4().hex[:8]}",
+                                 pure=False, retries=0) for b in blocks]
+        try:
+            for fut in as_completed(futures):
+                done(fut.result())
+                fut.release()
+        except BaseException:
+            client.cancel(futures)
+            raise
+    return summaries

@@ -1,0 +1,441 @@
+"""``fastunet.segment`` and ``fastunet.Segmenter``: overlap-tile segmentation of volumes.
+
+>>> labels = fastunet.segment("stack.zarr", "unet.safetensors", "out.zarr", axes="ZYX")
+>>> lazy = fastunet.segment(numpy_image, model, output=None)        # a dask array
+>>> with fastunet.Segmenter("unet.safetensors", device="cuda") as seg:
+...     for path in paths:
+...         seg.segment(path, f"{path}.labels.zarr")
+
+What happens, in order: the input is opened read-only (:func:`fastunet.io.open_volume`) and
+checked against the model; the output is checked and its sink opened
+(:func:`fastunet.segmentation.sinks.open_sink`: a zarr output, resumable, or a TIFF file)
+before anything is computed; the blocks are planned on the global tile grid
+(:func:`fastunet.engine.tiling.plan_layout`) and the normalization statistics taken once from
+a fixed subsample of the whole volume (:func:`fastunet.normalization.normalization_stats`),
+or both reused from the interrupted run being resumed; the cluster is joined (or the network
+loaded) before the sink creates the output; the block tasks run
+(:func:`fastunet.engine.scheduling.execute`), each finished block recorded so an interrupted
+run can be resumed; the sink finishes the output last. With ``output=None`` the result is a
+lazy dask array and nothing is written.
+
+This module imports no dask, zarr or tifffile at import time (``import fastunet`` stays light).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import time
+import warnings
+
+import torch
+
+from .. import geometry
+from ..devices import check_visible, default_dtype, resolve_device
+from ..errors import UserError
+from .memory import default_max_step
+from .progress import PROGRESS_INTERVAL, ProgressBar
+from .sinks import MAX_TIFF_BYTES, TiffSink, open_sink, pick
+
+__all__ = ["segment", "Segmenter", "NonFiniteWarning", "OUTPUT_KINDS"]
+
+OUTPUT_KINDS = ("labels", "probs", "both")
+
+
+class NonFiniteWarning(RuntimeWarning):
+    """The input held NaN/Inf values (ignored by the statistics, set to 0 after normalization)."""
+
+
+# ------------------------------------------------------------------------------ defaults
+def _check_tile(tile, depth: int) -> int | None:
+    if tile is None:
+        return None
+    try:
+        out = geometry.check_tile_size(tile, depth, what="tile size (tile=, the network's input edge)")
+    except (TypeError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    if out < 2**depth:
+        smallest = geometry.input_size_for_output(2**depth, depth)
+        raise UserError(
+            f"Tile {tile} gives a {out}-pixel output, too small to step on the {2**depth}-pixel "
+            f"max-pool grid; the smallest usable tile is {smallest}."
+        )
+    return int(tile)
+
+
+def _check_cluster(scheduler, workers, gpus) -> None:
+    given = [name for name, v in (("scheduler", scheduler), ("workers", workers), ("gpus", gpus)) if v is not None]
+    if len(given) > 1:
+        raise UserError(f"{' and '.join(given)} exclude each other; pass one of them.")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise UserError(f"workers= expects a number of worker processes >= 1; got {workers!r}.")
+
+
+# ----------------------------------------------------------------------------- Segmenter
+class Segmenter:
+    """A network kept loaded for segmenting many volumes (pipelines, notebooks).
+
+    Parameters
+    ----------
+    model : str, path-like, ModelBundle, ReferenceUNet or None
+        A fastunet ``.safetensors`` model file, an in-memory network with its normalization
+        (:class:`~fastunet.modelfile.ModelBundle`, e.g. from :func:`fastunet.read_model`), a
+        bare network (percentile normalization), or None for the bundled default model.
+    tile : int, optional
+        The network's input tile edge (572 gives 388-pixel outputs for the paper's network);
+        by default the largest that fits the device, never larger than a small image needs.
+    batch_size : int, optional
+        Tiles per network call (default 4 on CUDA, 2 on the CPU).
+    device : str, optional
+        ``"cuda:0"``, ``"cpu"``, ...; default CUDA when available.
+    backend : {"auto", "triton", "torch"}
+        ``auto``: the fused Triton network on CUDA, PyTorch elsewhere.
+    dtype : {"bf16", "fp16", "tf32", "fp32"}, optional
+        Default bf16 on CUDA, fp32 on the CPU.
+    """
+
+    def __init__(self, model=None, *, tile: int | None = None, batch_size: int | None = None, device=None,
+                 backend: str = "auto", dtype: str | None = None):
+        from ..engine import DTYPES, ModelHandle, resolve_backend
+        from ..modelfile import default_model_path
+
+        if model is None:
+            model = default_model_path()
+        if isinstance(model, (str, os.PathLike)):
+            self.handle = ModelHandle.from_path(model)
+        else:
+            self.handle = ModelHandle.from_module(model)
+        self.config = self.handle.config
+        self.normalization = self.handle.normalization
+        self.device = resolve_device(device)
+        try:
+            self.backend = resolve_backend(backend, self.device)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        if dtype is None:
+            dtype = default_dtype(self.device)
+        if dtype not in DTYPES:
+            raise UserError(f"dtype= must be one of {', '.join(DTYPES)}; got {dtype!r}.")
+        self.dtype = dtype
+        if batch_size is None:
+            batch_size = 4 if self.device.type == "cuda" else 2
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise UserError(f"batch_size= expects a number of tiles >= 1; got {batch_size!r}.")
+        self.batch_size = batch_size
+        self.tile = _check_tile(tile, self.config.depth)
+        self._network = None
+        self.last_summary: dict | None = None
+
+    # the network in this process -----------------------------------------------------
+    def _check_local_device(self) -> None:
+        check_visible(self.device)
+
+    @property
+    def network(self):
+        """The loaded network on ``device`` (made on first use and kept)."""
+        if self._network is None:
+            from ..engine import LoadedNetwork
+
+            self._check_local_device()
+            self._network = LoadedNetwork(self.handle, device=self.device, backend=self.backend, dtype=self.dtype,
+                                          batch_size=self.batch_size, use_runner=self.device.type == "cuda")
+        return self._network
+
+    def close(self) -> None:
+        """Stop the device runner thread (if any) and drop the loaded network."""
+        if self._network is not None:
+            self._network.close()
+            self._network = None
+
+    def __enter__(self) -> "Segmenter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # planning ------------------------------------------------------------------------------
+    def _check_volume(self, vol) -> None:
+        need = self.config.in_channels
+        if vol.channels != need:
+            hint = (
+                'pass the channel axis with axes= (e.g. axes="CYX" or axes="CZYX")'
+                if need > 1 and "C" not in vol.axes
+                else f"use a model made for {vol.channels} channel(s)"
+            )
+            if getattr(vol, "alt_axes", "") and need == 1:
+                hint += (f", or, if its {vol.channels} planes are z slices (the file reader took them for "
+                         f'RGB channels), pass axes="{vol.alt_axes}"')
+            raise UserError(
+                f"The model expects {need} input channel(s) but the input has {vol.channels} "
+                f"(axes {vol.axes}, shape {vol.shape}); {hint}."
+            )
+
+    def _max_step(self, remote: bool) -> int:
+        if self.device.type == "cuda" and not remote and torch.cuda.is_available():
+            return default_max_step(self.config, self.device, dtype=self.dtype, batch_size=self.batch_size)
+        return 1024 if self.device.type == "cuda" else 512
+
+    def _max_block_voxels(self) -> int:
+        # A block is one task and one step of the progress bar. 8 Mvoxel blocks keep a GPU
+        # busy for a fraction of a second; on a CPU (~0.5 Mpx/s) they would take ~15 s each,
+        # so there blocks are 2 Mvoxel: a bar that moves, and work for every thread.
+        return 8 * 1024 * 1024 if self.device.type == "cuda" else 2 * 1024 * 1024
+
+    def _layout(self, vol, *, chunks, block, tile=None, remote=False):
+        from ..engine import plan_layout
+
+        tile = tile if tile is not None else self.tile
+        try:
+            return plan_layout(vol.spatial_shape, self.config.depth, source_chunks=_spatial_chunks(vol),
+                               tile=tile, max_step=self._max_step(remote), chunks=chunks, block=block,
+                               max_block_voxels=self._max_block_voxels())
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+
+    def _job(self, vol, layout, stats, output_kind, store, remote):
+        from ..engine import Job
+
+        device = self.device
+        return Job(source=vol, model=self.handle, layout=layout, stats=stats, output_kind=output_kind, store=store,
+                   device=str(device), backend=self.backend, dtype=self.dtype, batch_size=self.batch_size,
+                   use_runner=device.type == "cuda", network=None if remote else self.network)
+
+    # the call ------------------------------------------------------------------------------
+    def segment(self, source, output=None, *, axes: str | None = None, output_kind: str = "labels",
+                zarr_format: int = 3, resume: bool = False, overwrite: bool = False, scheduler=None,
+                workers: int | None = None, gpus=None, progress: bool | None = True, chunks=None, block=None,
+                threads: int | None = None, max_tiff_bytes: int = MAX_TIFF_BYTES,
+                progress_interval: float = PROGRESS_INTERVAL):
+        """Segment ``source``; see :func:`segment` for the parameters and what is returned."""
+        from .. import io
+
+        t_start = time.perf_counter()
+        if output_kind not in OUTPUT_KINDS:
+            raise UserError(f"output_kind= must be one of {', '.join(OUTPUT_KINDS)}; got {output_kind!r}.")
+        _check_cluster(scheduler, workers, gpus)
+        remote = scheduler is not None or workers is not None or gpus is not None
+        device = self._run_device(gpus)
+        vol = io.open_volume(source, axes=axes)
+        self._check_volume(vol)
+        if not remote:
+            self._check_local_device()
+        if output is None:
+            return self._lazy(vol, output_kind=output_kind, resume=resume, overwrite=overwrite, remote=remote,
+                              chunks=chunks, block=block)
+
+        sink = open_sink(output, source=vol, output_kind=output_kind, resume=resume, overwrite=overwrite,
+                         zarr_format=zarr_format, expect=self._expect(vol, output_kind, resume, chunks, block),
+                         max_tiff_bytes=max_tiff_bytes)
+        layout, stats = self._plan(vol, sink, chunks=chunks, block=block, remote=remote)
+        if sink.complete:
+            self.last_summary = {**sink.recorded.get("summary", {}), "computed": 0, "skipped": layout.num_blocks}
+            return sink.result()
+        blocks = [b for b in layout.blocks() if b.name not in sink.done]
+        with contextlib.ExitStack() as stack:
+            # Join the cluster / load the network BEFORE creating the output: a setup failure
+            # (unreachable scheduler, broken device) then leaves nothing behind.
+            client = None
+            if remote:
+                from ..engine import open_cluster
+
+                client = stack.enter_context(open_cluster(scheduler=scheduler, workers=workers, gpus=gpus,
+                                                          threads=threads))
+            else:
+                self.network  # noqa: B018 - loads the network now
+            summaries = self._run(sink, vol, layout, stats, blocks, device=device, remote=remote, client=client,
+                                  run=dict(scheduler=scheduler, workers=workers, gpus=gpus, threads=threads),
+                                  progress=progress, progress_interval=progress_interval)
+        summary = self._summary(layout, blocks, summaries, t_start, device=device, scheduler=scheduler,
+                                workers=workers, gpus=gpus)
+        self.last_summary = summary
+        _warn_nonfinite(summary["nonfinite"], sampled=False)
+        return sink.finish(summary, spatial_axes=vol.spatial_axes)
+
+    # the parts of the call ------------------------------------------------------------------
+    def _run_device(self, gpus) -> torch.device:
+        """The device the tasks use: ours, or ``cuda:0`` of each GPU worker (it sees only its GPU)."""
+        if gpus is None:
+            return self.device
+        from ..engine import parse_gpus
+
+        gpu_list = parse_gpus(gpus)
+        if not torch.cuda.is_available() or torch.cuda.device_count() < max(int(g) for g in gpu_list) + 1:
+            raise UserError(
+                f'gpus="{",".join(gpu_list)}" asks for CUDA GPUs this machine does not have '
+                f"({torch.cuda.device_count()} visible); use workers=N for CPU worker processes."
+            )
+        return torch.device("cuda:0")
+
+    def _lazy(self, vol, *, output_kind, resume, overwrite, remote, chunks, block):
+        """``output=None``: dask arrays of the result, computed when they are."""
+        from ..engine import lazy_arrays
+        from ..normalization import normalization_stats
+
+        if resume or overwrite:
+            raise UserError("resume=True and overwrite=True need an output path.")
+        if remote:
+            raise UserError(
+                "With output=None the result is a lazy dask array: compute it on your own "
+                "distributed Client instead of passing scheduler/workers/gpus."
+            )
+        layout = self._layout(vol, chunks=chunks, block=block, remote=remote)
+        stats = normalization_stats(vol, self.normalization)
+        _warn_nonfinite(stats.nonfinite, sampled=True)
+        labels, probs = lazy_arrays(self._job(vol, layout, stats, output_kind, None, remote))
+        return pick(output_kind, labels, probs)
+
+    def _expect(self, vol, output_kind, resume, chunks, block) -> dict:
+        """What a resumed output must have recorded: this input (its fingerprint), shape, kind,
+        classes, model, and the tile, chunks and block when they are given."""
+        from .. import io
+
+        expect = {}
+        if resume:  # the input must be the one the interrupted run read (or the complete output's)
+            expect["input_id"] = io.input_fingerprint(vol)
+        expect.update({"shape": list(vol.spatial_shape), "output": output_kind,
+                       "num_classes": self.config.num_classes, "model": self.handle.key})
+        if self.tile is not None:
+            expect["tile"] = [self.tile, self.tile]
+        for key, value in (("chunks", chunks), ("block", block)):
+            if value is not None:
+                expect[key] = [int(v) for v in value]
+        return expect
+
+    def _plan(self, vol, sink, *, chunks, block, remote):
+        """The layout and normalization constants: those of the run being resumed, or new ones."""
+        import numpy as np
+
+        from ..normalization import NormStats, normalization_stats
+
+        meta = sink.recorded
+        if meta is not None:  # resume: the constants the interrupted run used, not a recomputation
+            layout = self._layout(vol, chunks=meta["chunks"], block=meta["block"], tile=tuple(meta["tile"]),
+                                  remote=remote)
+            if sink.complete:
+                return layout, None
+            return layout, NormStats(np.asarray(meta["norm_offset"], np.float64),
+                                     np.asarray(meta["norm_scale"], np.float64))
+        layout = self._layout(vol, chunks=chunks, block=block, remote=remote)
+        if isinstance(sink, TiffSink):
+            sink.check_size(vol.spatial_shape, self.config.num_classes)
+        return layout, normalization_stats(vol, self.normalization)
+
+    def _run(self, sink, vol, layout, stats, blocks, *, device, remote, client, run, progress, progress_interval):
+        """Create the output, run the block tasks with a progress bar; on a failure the sink
+        decides what is left (an interrupt leaves everything, to be resumed)."""
+        from ..engine import execute
+
+        attrs = {"model": self.handle.key, "model_path": self.handle.path, "tile": list(layout.tile),
+                 "block": list(layout.block), "normalization": self.normalization.to_dict(),
+                 "norm_offset": stats.offset.tolist(), "norm_scale": stats.scale.tolist()}
+        sink.create(source=vol, num_classes=self.config.num_classes, chunks=layout.chunks, attrs=attrs,
+                    **({"layout": layout} if isinstance(sink, TiffSink) else {}))
+        try:
+            job = self._job(vol, layout, stats, sink.output_kind, sink.store, remote)
+            if run["gpus"] is not None:
+                job = dataclasses.replace(job, device=str(device), use_runner=True, network=None)
+            bar = ProgressBar(total=layout.num_blocks, done=layout.num_blocks - len(blocks), enabled=progress,
+                              interval=progress_interval)
+            try:
+                sink.started = True
+                return execute(job, blocks, **run, progress=bar.update, on_result=sink.on_result, client=client)
+            finally:
+                bar.close()
+        except Exception as exc:
+            sink.abort(exc, remote=remote)
+            raise
+
+    def _summary(self, layout, blocks, summaries, t_start, *, device, scheduler, workers, gpus) -> dict:
+        from ..engine import parse_gpus
+
+        seconds = time.perf_counter() - t_start
+        voxels = sum(s["voxels"] for s in summaries)
+        return {
+            "blocks": layout.num_blocks, "computed": len(summaries), "skipped": layout.num_blocks - len(blocks),
+            "megapixels": voxels / 1e6, "seconds": round(seconds, 3),
+            "mpx_per_s": round(voxels / 1e6 / seconds, 3) if seconds > 0 else None,
+            "device": "gpus " + ",".join(parse_gpus(gpus)) if gpus is not None else str(device),
+            "backend": self.backend, "dtype": self.dtype, "tile": list(layout.tile), "block": list(layout.block),
+            "batch_size": self.batch_size, "nonfinite": sum(s["nonfinite"] for s in summaries),
+            "scheduler": scheduler or (f"{workers} local workers" if workers else ("gpus" if gpus else "threads")),
+        }
+
+
+def _spatial_chunks(vol) -> tuple[int, ...]:
+    return tuple(c for a, c in zip(vol.axes, vol.chunks) if a != "C")
+
+
+def _warn_nonfinite(count: int, *, sampled: bool) -> None:
+    if not count:
+        return
+    where = "in the normalization sample" if sampled else "in the input"
+    warnings.warn(
+        f"{count} NaN/Inf values {where}: ignored by the normalization statistics and set to 0 "
+        "after normalization.",
+        NonFiniteWarning,
+        stacklevel=3,
+    )
+
+
+def segment(source, model=None, output=None, *, axes: str | None = None, tile: int | None = None,
+            batch_size: int | None = None, device=None, backend: str = "auto", dtype: str | None = None,
+            output_kind: str = "labels", zarr_format: int = 3, resume: bool = False, overwrite: bool = False,
+            scheduler=None, workers: int | None = None, gpus=None, progress: bool | None = True,
+            chunks=None, block=None, threads: int | None = None, progress_interval: float = PROGRESS_INTERVAL):
+    """Segment a volume with overlap-tile inference (seamless: identical to one pass of the
+    network over the whole mirrored image).
+
+    Parameters
+    ----------
+    source : str, path-like, numpy.ndarray, dask.array.Array or zarr.Array
+        A zarr v2/v3 array or group (OME-Zarr: level 0), a TIFF / OME-TIFF file, or an array.
+    model : str, path-like, ModelBundle, ReferenceUNet or None
+        Model file, in-memory network (see :class:`Segmenter`), or None for the bundled
+        default model.
+    output : str, path-like or None
+        A zarr folder (``.zarr``), a ``.tif``/``.tiff`` file (results that fit in memory),
+        or None for lazy dask arrays (nothing is computed until they are).
+    axes : str, optional
+        Axes of a plain array or zarr array without metadata, e.g. ``"ZYX"``, ``"CYX"``.
+    tile, batch_size, device, backend, dtype
+        See :class:`Segmenter`.
+    output_kind : {"labels", "probs", "both"}
+        uint8 labels (argmax), float16 class probabilities ``(K, ...)``, or both.
+    zarr_format : {3, 2}
+    resume : bool
+        Continue an interrupted run into the same output, skipping recorded blocks. Refused
+        unless the input is the recorded one (path, array, axes, shape, dtype, and a
+        fingerprint: zarr metadata and sampled values, or a TIFF's size and mtime).
+    overwrite : bool
+        Replace an existing fastunet output.
+    scheduler, workers, gpus
+        Run on dask.distributed: join the scheduler at this address, start ``workers`` local
+        worker processes, or one worker process per GPU (``"0,1"``). Default: dask threads.
+    progress : bool or None
+        Progress bar on a terminal; when stderr is not a terminal (a batch job's log), a
+        plain line (blocks done/total, Mpx/s, ETA) every ``progress_interval`` seconds.
+        False: neither.
+    chunks, block : tuple of int, optional
+        Output chunk and block shapes ``((Z,) Y, X)``; by default along the input's chunks.
+    threads : int, optional
+        Threads of the threaded scheduler (or per worker).
+    progress_interval : float
+        Seconds between the plain progress lines (default 30).
+
+    Returns
+    -------
+    zarr.Array, numpy.ndarray, dask.array.Array or a (labels, probs) pair
+        The written labels / probabilities (zarr arrays for a zarr output, numpy arrays for
+        TIFF), or lazy dask arrays when ``output`` is None.
+    """
+    seg = Segmenter(model, tile=tile, batch_size=batch_size, device=device, backend=backend, dtype=dtype)
+    try:
+        result = seg.segment(source, output, axes=axes, output_kind=output_kind, zarr_format=zarr_format,
+                             resume=resume, overwrite=overwrite, scheduler=scheduler, workers=workers, gpus=gpus,
+                             progress=progress, chunks=chunks, block=block, threads=threads,
+                             progress_interval=progress_interval)
+    finally:
+        if output is not None:
+            seg.close()
+    return result
