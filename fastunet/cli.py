@@ -215,8 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="GPU benchmarks vs cuDNN / PyTorch eager / torch.compile (needs CUDA)")
     p.add_argument("--only", help="comma-separated subset, e.g. P1,P2 (default: all)")
-    p.add_argument("--out", metavar="DIR", help="folder for the JSON results (default: ./fastunet-bench-results, "
-                   "in the current directory)")
+    p.add_argument("--out", metavar="DIR", help="folder for the JSON results (default: ./fastunet-bench-results)")
     p.add_argument("--quick", action="store_true", help="smaller sizes, no torch.compile baseline")
     p.add_argument("--cache", metavar="DIR", help="folder for the generated volume of P4/P5 (a few GiB; default: "
                    "~/.cache/fastunet/bench), reused when present")
