@@ -1,8 +1,10 @@
 """Regenerate the results table of benchmarks/README.md from benchmarks/results/*.json.
 
-Every benchmark run writes one JSON file (see ``benchmarks/common.py``); this script reads
-them all and rewrites the part of ``benchmarks/README.md`` between the two marker lines,
-newest run first. Run it after committing a new result::
+Every benchmark run writes one JSON file (:func:`fastunet.bench.results.write_result`); the
+published ones are those in ``benchmarks/results/`` (``fastunet bench --out benchmarks/results``,
+or copied there from ``./fastunet-bench-results``, the default folder). This script reads them
+all and rewrites the part of ``benchmarks/README.md`` between the two marker lines, newest run
+first. Run it after committing a new result::
 
     python benchmarks/report.py
 """

@@ -32,9 +32,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fastunet import geometry  # noqa: E402
-from fastunet.bench import (  # noqa: E402
-    engine_tile_count, geometric_mean, grid_tile_count, same_padded_flops,
-)
+from fastunet.bench.monai_baseline import same_padded_flops  # noqa: E402
+from fastunet.bench.pipeline import engine_tile_count, grid_tile_count  # noqa: E402
+from fastunet.bench.timing import geometric_mean  # noqa: E402
 from fastunet.model import UNetConfig, forward_flops  # noqa: E402
 from fastunet.engine.tiling import plan_layout  # noqa: E402
 

@@ -14,7 +14,8 @@ Environment variables:
 ``FASTUNET_BENCH_QUICK=1``
     the ``--quick`` sizes (:data:`fastunet.bench.QUICK`);
 ``FASTUNET_BENCH_OUT=DIR``
-    where the JSON results go (default ``benchmarks/results``);
+    where the JSON results go (default ``benchmarks/results`` of this checkout, passed to
+    :func:`fastunet.bench.write_result` explicitly);
 ``FASTUNET_BENCH_CACHE=DIR``
     the folder of P4/P5's generated volume (default :func:`fastunet.bench.default_cache_dir`).
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -39,7 +41,7 @@ pytestmark = [
 ]
 
 QUICK = os.environ.get("FASTUNET_BENCH_QUICK", "") not in ("", "0")
-OUT = os.environ.get("FASTUNET_BENCH_OUT") or None
+OUT = Path(os.environ.get("FASTUNET_BENCH_OUT") or Path(__file__).resolve().parent / "results")
 CACHE = os.environ.get("FASTUNET_BENCH_CACHE") or None
 BF16 = torch.bfloat16
 

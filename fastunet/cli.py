@@ -43,10 +43,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
 
-    only = [name.strip().upper() for name in args.only.split(",")] if args.only else None
-    for path in bench.run(only, out_dir=args.out, quick=args.quick, cache_dir=args.cache):
+    for path in bench.run(args.only, out_dir=args.out, quick=args.quick, cache_dir=args.cache):
         print(f"wrote {path}")
-    print("regenerate the table with: python benchmarks/report.py")
+    print("to publish them: copy them to benchmarks/results/ and run python benchmarks/report.py")
     return 0
 
 
@@ -216,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="GPU benchmarks vs cuDNN / PyTorch eager / torch.compile (needs CUDA)")
     p.add_argument("--only", help="comma-separated subset, e.g. P1,P2 (default: all)")
-    p.add_argument("--out", help="folder for the JSON results (default: benchmarks/results)")
+    p.add_argument("--out", metavar="DIR", help="folder for the JSON results (default: ./fastunet-bench-results)")
     p.add_argument("--quick", action="store_true", help="smaller sizes, no torch.compile baseline")
     p.add_argument("--cache", metavar="DIR", help="folder for the generated volume of P4/P5 (a few GiB; default: "
                    "~/.cache/fastunet/bench), reused when present")
@@ -318,7 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Library parameters whose command-line flag is not ``--`` + the name with dashes.
-_PARAMETER_FLAGS = {"segment": {"output": "-o", "output_kind": "--output"}}
+_PARAMETER_FLAGS = {
+    "segment": {"output": "-o", "output_kind": "--output"},
+    "bench": {"out_dir": "--out", "cache_dir": "--cache"},
+}
 
 
 def to_flags(message: str, args: argparse.Namespace) -> str:

@@ -1,14 +1,30 @@
 """The CPU-checkable parts of the benchmark suite (timings themselves need a GPU)."""
 
+import importlib.util
+import inspect
 import json
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+import zarr
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from fastunet import bench, geometry
+from fastunet.bench import timing as bench_timing
+from fastunet.bench.monai_baseline import monai_segment
+from fastunet.bench.pipeline import time_segment
 from fastunet.cli import main
-from fastunet.model import ReferenceUNet, UNetConfig
+from fastunet.errors import UserError
+from fastunet.model import ReferenceUNet, UNetConfig, count_parameters, forward_flops
+from fastunet.normalization import Normalization
+from fastunet.engine.tiling import plan_layout
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_conv_layer_shapes_match_the_network():
@@ -47,7 +63,6 @@ def test_geometric_mean():
 def test_bench_refuses_without_gpu(capsys):
     assert main(["bench", "--only", "P1"]) == 2
     assert "needs a CUDA GPU" in capsys.readouterr().err
-
 
 
 # -- P1/P2/P3/P6 end to end at tiny sizes (CPU: kernels under the Triton interpreter) ---------
@@ -89,7 +104,7 @@ def test_p2_forward_runs_at_tiny_sizes_and_restores_tf32(tmp_path):
                + [f"P2.{d}.{k}" for d in dtypes for k in ("fused_mpx_s", "eager_mpx_s")],
                [f"P2.{d}.vs_eager" for d in dtypes] + ["P2.bf16.flop_bound_fraction"], tmp_path)
     cfg = UNetConfig(base_channels=4, depth=1)
-    assert figures["P2.flops_per_output_px"] == bench.forward_flops(cfg, 18, 18) / 2**2  # output 2 x 2
+    assert figures["P2.flops_per_output_px"] == forward_flops(cfg, 18, 18) / 2**2  # output 2 x 2
 
 
 def test_p2_restores_tf32_flags_when_a_measurement_fails(monkeypatch):
@@ -102,7 +117,7 @@ def test_p2_restores_tf32_flags_when_a_measurement_fails(monkeypatch):
             raise RuntimeError("out of memory")
         return 1.0
 
-    monkeypatch.setattr(bench, "median_ms", failing_timer)
+    monkeypatch.setattr(bench_timing, "median_ms", failing_timer)  # every benchmark times through it
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     try:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = True, True
@@ -151,22 +166,6 @@ def test_p1_p2_p3_p6_default_to_cuda_and_refuse_without_it():
 
 
 # -- P4/P5 and the registry -------------------------------------------------------------------
-import importlib.util
-import inspect
-import sys
-from pathlib import Path
-
-import numpy as np
-import torch.nn.functional as F
-import zarr
-from torch.utils.flop_counter import FlopCounterMode
-
-from fastunet.errors import UserError
-from fastunet.model import count_parameters
-from fastunet.normalization import Normalization
-from fastunet.engine.tiling import plan_layout
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_bench_volume_written_once_then_reused(tmp_path, monkeypatch):
@@ -284,8 +283,8 @@ def test_time_segment_runs_the_engine_disk_to_disk(tmp_path, monkeypatch):
     monkeypatch.setattr(LoadedNetwork, "predict", counting_predict)
     monkeypatch.setattr(Segmenter, "segment", counting_segment)
     out = tmp_path / "out.zarr"
-    timed = bench._time_segment(model, tmp_path / "vol.zarr", out, tile=None, batch=2, device="cpu",
-                                backend="torch", dtype="fp32", repeats=2)
+    timed = time_segment(model, tmp_path / "vol.zarr", out, tile=None, batch=2, device="cpu",
+                         backend="torch", dtype="fp32", repeats=2)
     layout = timed["layout"]
     assert len(timed["seconds"]) == 2 and all(s > 0 for s in timed["seconds"]) and timed["batches"] is None
     assert list(layout.tile) == timed["summary"]["tile"] and layout.shape == (3, 72, 72)
@@ -310,7 +309,7 @@ def test_monai_side_reads_normalizes_and_writes_every_slice(tmp_path):
         calls.append((tuple(x.shape), roi, sw_batch_size, kwargs))
         return predictor(x)
 
-    counts = bench._monai_segment(
+    counts = monai_segment(
         tmp_path / "vol.zarr", tmp_path / "monai.zarr", net, normalization=Normalization(), roi=16, sw_batch_size=4,
         slices_per_call=2, overlap=0.25, device="cpu", autocast_dtype=None, sliding_window=whole_image,
     )
@@ -382,7 +381,7 @@ def test_roofline_script_runs_and_places_windows_like_monai(capsys):
     rows = roofline.conv_rows(cfg, 572, 2)
     assert [r["name"] for r in rows] == [s.name for s in geometry.layer_shapes(cfg, 572, "conv3x3")]
     up_and_head = 2 * forward_flops_of_upconvs_and_head(cfg, 572)
-    assert sum(r["flops"] for r in rows) + up_and_head == 2 * bench.forward_flops(cfg, 572, 572)
+    assert sum(r["flops"] for r in rows) + up_and_head == 2 * forward_flops(cfg, 572, 572)
     roofline.main()
     out = capsys.readouterr().out
     assert "| 64x4096x4096 | 572 | 384 | 9216 | 7744 | 19.0% |" in out
@@ -399,3 +398,50 @@ def forward_flops_of_upconvs_and_head(cfg, tile):
     widths = cfg.widths
     ups = sum(2 * widths[d + 1] * 4 * widths[d] * s * s for d, s in zip(reversed(range(cfg.depth)), sizes))
     return ups + 2 * widths[0] * cfg.num_classes * out.shape[-1] ** 2
+
+
+# -- where results go, what the CLI says, what importing the suite costs -----------------------
+def test_results_default_to_a_folder_in_the_current_directory(tmp_path, monkeypatch):
+    import fastunet
+
+    monkeypatch.chdir(tmp_path)
+    assert bench.default_out_dir() == tmp_path / bench.RESULTS_FOLDER == tmp_path / "fastunet-bench-results"
+    path = bench.write_result("P0", {"x_ms": 1.0}, {"speedup": 2.0})
+    assert path.parent == tmp_path / "fastunet-bench-results" and path.is_file()
+    package = Path(fastunet.__file__).resolve().parent
+    assert package not in path.resolve().parents  # never next to the installed package
+
+
+def test_bench_help_names_the_default_results_folder(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # argparse wraps at hyphens on narrow terminals
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    assert "fastunet-bench-results" in " ".join(capsys.readouterr().out.split())
+
+
+def test_unknown_benchmark_named_as_parameter_and_as_flag(capsys, tmp_path):
+    with pytest.raises(UserError, match='Unknown benchmark.*P9 in only="P1,P9"; choose among P1, P2'):
+        bench.run(["P1", "p9"], out_dir=tmp_path)
+    with pytest.raises(UserError, match='only="P9"'):
+        bench.run("P9", out_dir=tmp_path)
+    assert main(["bench", "--only", "P9", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "in --only P9;" in err and "only=" not in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_cache_folder_hint_reads_as_the_cli_flag():
+    from fastunet.cli import build_parser, to_flags
+
+    args = build_parser().parse_args(["bench"])
+    assert to_flags('choose another cache folder (cache_dir="DIR").', args) == "choose another cache folder (--cache DIR)."
+    assert to_flags('write them elsewhere (out_dir="DIR").', args) == "write them elsewhere (--out DIR)."
+
+
+def test_importing_the_suite_leaves_heavy_libraries_unimported():
+    import subprocess
+
+    code = ("import sys, fastunet.bench; heavy = ('triton', 'monai', 'zarr', 'dask', 'distributed'); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
