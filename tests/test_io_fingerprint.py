@@ -53,6 +53,18 @@ def test_input_fingerprint_tells_inputs_apart(tmp_path, rng):
     assert input_fingerprint(open_volume(data[::-1].copy(), axes="ZYX"))["sample"] != mem["sample"]
 
 
+def test_in_memory_zarr_fingerprint(rng):
+    """A zarr array in a memory store has no path and no chunk files: metadata and values decide."""
+    data = rng.normal(size=(3, 16, 16)).astype(np.float32)
+    arr = zarr.create_array(zarr.storage.MemoryStore(), data=data, chunks=(1, 8, 8))
+    fp = input_fingerprint(open_volume(arr, axes="ZYX"))
+    assert fp["path"] is None and "chunk_files" not in fp and "metadata" in fp
+    same = zarr.create_array(zarr.storage.MemoryStore(), data=data, chunks=(1, 8, 8))
+    assert input_fingerprint(open_volume(same, axes="ZYX")) == fp
+    other = zarr.create_array(zarr.storage.MemoryStore(), data=data[::-1].copy(), chunks=(1, 8, 8))
+    assert input_fingerprint(open_volume(other, axes="ZYX"))["sample"] != fp["sample"]
+
+
 def test_tiff_fingerprint_is_size_and_sample_not_mtime(tmp_path, rng):
     path = tmp_path / "in.tif"
     data = rng.integers(0, 255, size=(20, 30), dtype=np.uint8)

@@ -101,7 +101,9 @@ def _sample_digest(source: VolumeSource, stored) -> str:
 
 def _chunk_files_digest(source: VolumeSource) -> str | None:
     """Digest of the (relative name, size) of every chunk file of a zarr array in a local
-    folder store; None when the array is not such a folder."""
+    folder store; None when the array is not such a folder (or in memory)."""
+    if not source.path:
+        return None
     root = Path(source.path)
     if source.key:
         root = root / source.key
