@@ -68,7 +68,7 @@ def test_cli_zarr_in_zarr_out_with_summary(tmp_path, model, capsys):
                            "--output", "both", "--resume", "--quiet"], capsys)
     assert code == 0 and out == "" and err == ""  # already complete: nothing recomputed, nothing said
     code, _, err = _run([src, "-o", tmp_path / "out.zarr", "--model", model, "--axes", "ZYX", "--resume"], capsys)
-    assert code == 2 and "Cannot resume" in err and "output='both'" in err
+    assert code == 2 and "Cannot resume" in err and "--output both" in err
 
 
 def test_cli_tiff_output(tmp_path, model, capsys):

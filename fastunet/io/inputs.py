@@ -1,0 +1,441 @@
+"""Input volumes for ``fastunet segment``: :func:`open_volume` and :class:`VolumeSource`.
+
+Inputs are presented in *canonical axes*, a subsequence of ``"CZYX"`` (``YX``, ``ZYX``,
+``CYX``, ``CZYX``), through a :class:`VolumeSource`: a small, picklable description (path,
+array key, axes, shape, dtype, chunks) whose :meth:`VolumeSource.read` opens the file lazily
+in each process, read-only, and returns a numpy box in canonical order. Nothing is loaded
+whole and the input is never written.
+
+How the axes are found
+----------------------
+* OME-Zarr (NGFF 0.4 on zarr v2, 0.5 on zarr v3): level 0 of the first multiscale image and
+  the axes of its metadata (:mod:`fastunet.io.ome`).
+* zarr arrays: ``dimension_names`` (zarr v3) or the xarray ``_ARRAY_DIMENSIONS`` attribute
+  (zarr v2) when they are letters from ``TCZYXS``; otherwise a 2-D array is ``YX`` and any
+  other needs ``axes`` (3-D could be ZYX or CYX).
+* TIFF / OME-TIFF (tifffile): the axes of series 0 (ImageJ hyperstacks ``TZCYXS``, OME
+  ``TCZYX``; tifffile drops axes of length 1), see :func:`fastunet.io.axes.tiff_letters`.
+* ``axes`` overrides zarr and TIFF metadata; for OME-Zarr it must agree with it.
+
+Then the stored letters become canonical axes (:func:`fastunet.io.axes.plan_axes`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import zarr
+
+from ..errors import UserError
+from .axes import check_shape_dtype, default_letters, letters_from_names, parse_axes, plan_axes, tiff_letters
+from .ome import find_multiscales, is_bioformats2raw, ngff_section, read_level0
+
+__all__ = ["VolumeSource", "open_volume"]
+
+# The folder of a fastunet output's per-block resume records (see outputs.SegmentationStore):
+# no image, so a group listing of an output read back as input leaves it out.
+DONE_DIR = "_fastunet_done"
+_OPEN_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class VolumeSource:
+    """A read-only input volume, picklable: a dask worker reopens it from path + key.
+
+    Attributes
+    ----------
+    kind : {"zarr", "ome-zarr", "tiff", "array"}
+    path : str or None
+        The zarr store (array or group folder) or TIFF file; None for in-memory arrays.
+    key : str or None
+        Array inside a zarr group (the OME level-0 path, e.g. ``"0"``), or the TIFF series
+        index as a string; None for a zarr array opened directly.
+    axes : str
+        Canonical axes, e.g. ``"ZYX"``.
+    shape, chunks : tuple of int
+        Shape and native chunk shape in canonical order (TIFF: one page per Z, full YX, or
+        the TIFF's tile/strip shape).
+    dtype : str
+        numpy dtype name of the stored data (``read`` returns native byte order).
+    ome : dict or None
+        OME-Zarr metadata of the input: ``version``, ``name``, ``axes`` (level-0 axes in
+        stored order), ``coordinateTransformations`` (level 0) and
+        ``multiscale_coordinateTransformations``; None for other inputs.
+    array : object
+        The in-memory array (numpy, dask, zarr.Array) when ``kind == "array"``.
+    native_axes : str
+        One letter per stored dimension: the canonical axis it becomes, or ``"1"`` for a
+        dropped length-1 axis (T, a singleton C, S). Empty means "same as ``axes``".
+    alt_axes : str
+        When the channel axis is a guess of the file reader (a TIFF whose planes tifffile
+        reads as RGB samples, without ``axes``): the ``axes`` value that reads those
+        planes as Z slices instead, for error messages; else empty.
+    """
+
+    kind: str
+    path: str | None
+    key: str | None
+    axes: str
+    shape: tuple[int, ...]
+    dtype: str
+    chunks: tuple[int, ...]
+    ome: dict | None = field(hash=False)
+    array: object = field(default=None, compare=False, repr=False)
+    native_axes: str = ""
+    alt_axes: str = ""
+
+    # The open handle lives in the instance __dict__ under "_handle" (never pickled).
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_handle"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        """The shape without C: ``(Z,) Y, X``."""
+        return tuple(n for a, n in zip(self.axes, self.shape) if a != "C")
+
+    @property
+    def spatial_axes(self) -> str:
+        """The axes without C: ``"ZYX"`` or ``"YX"``."""
+        return self.axes.replace("C", "")
+
+    @property
+    def channels(self) -> int:
+        """Number of channels (1 when there is no C axis)."""
+        return self.shape[self.axes.index("C")] if "C" in self.axes else 1
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the whole volume in the stored dtype."""
+        return int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize
+
+    def stored(self):
+        """The stored array in native axes (a zarr.Array, or the in-memory array), opened once
+        per process, read-only; :meth:`read` reads boxes in canonical axes."""
+        if self.kind == "array":
+            return self.array
+        cached = self.__dict__.get("_handle")
+        if cached is not None and cached[0] == os.getpid():  # a forked child reopens its own
+            return cached[1]
+        with _OPEN_LOCK:
+            cached = self.__dict__.get("_handle")
+            if cached is not None and cached[0] == os.getpid():
+                return cached[1]
+            if self.kind == "tiff":
+                tif = tifffile.TiffFile(self.path)
+                arr = zarr.open_array(tif.series[int(self.key or 0)].aszarr(level=0), mode="r")
+                handle = (tif, arr)
+                stored = arr
+            elif self.key:
+                stored = zarr.open_array(self.path, path=self.key, mode="r")
+                handle = stored
+            else:
+                stored = zarr.open_array(self.path, mode="r")
+                handle = stored
+            object.__setattr__(self, "_handle", (os.getpid(), stored, handle))
+            return stored
+
+    def read(self, region: tuple[slice, ...]) -> np.ndarray:
+        """Read a box into a new numpy array in canonical order and the stored dtype.
+
+        Parameters
+        ----------
+        region : tuple of slice
+            One basic slice (step 1) per canonical axis, inside the volume.
+
+        Opens the file lazily on first use (per process; the handle is not pickled) and
+        never writes to it. A chunk or page that cannot be read or decoded (a damaged file)
+        raises :class:`UserError` naming the input, the region and, for zarr, the chunk file.
+        """
+        box = self._check_region(region)
+        native = self.native_axes or self.axes
+        index, kept = [], []
+        for letter in native:
+            if letter == "1":
+                index.append(0)
+            else:
+                index.append(box[self.axes.index(letter)])
+                kept.append(letter)
+        try:
+            data = self.stored()[tuple(index)]
+            if hasattr(data, "compute"):  # dask
+                data = data.compute()
+            data = np.asarray(data)
+        except (UserError, MemoryError):
+            raise
+        except Exception as exc:  # codecs raise RuntimeError, ValueError, OSError, struct errors...
+            raise self._read_error(box, tuple(index), exc) from exc
+        data = np.transpose(data, [kept.index(a) for a in self.axes])
+        if self.kind == "array":
+            return np.array(data, dtype=np.dtype(self.dtype), order="C", copy=True)
+        return np.ascontiguousarray(data, dtype=np.dtype(self.dtype))
+
+    def describe(self) -> str:
+        """The input in words, for messages: its path (and array key or TIFF series)."""
+        if self.path is None:
+            return "the in-memory input array"
+        if self.kind == "tiff":
+            series = f" (series {self.key})" if self.key not in (None, "0") else ""
+            return f"the TIFF file {self.path!r}{series}"
+        where = f"{self.path}/{self.key}" if self.key else self.path
+        return f"the zarr array {where!r}"
+
+    def _read_error(self, box, index, exc) -> UserError:
+        region = ", ".join(f"{a} {s.start}:{s.stop}" for a, s in zip(self.axes, box))
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+        if len(detail) > 200:
+            detail = detail[:197] + "..."
+        chunk = self._find_bad_chunk(index)
+        where = f"; the damaged chunk is the file {chunk!r}" if chunk else ""
+        return UserError(
+            f"Cannot read {self.describe()} at {region} ({detail}){where}; the input is damaged or "
+            "incomplete: restore it from a good copy, then run again (with resume=True on a zarr output "
+            "to keep the finished blocks)."
+        )
+
+    def _find_bad_chunk(self, index, limit: int = 64) -> str | None:
+        """The file of the first zarr chunk inside ``index`` (native axes) that fails to
+        read, trying at most ``limit`` chunks; None when not found or not a local zarr."""
+        if self.kind not in ("zarr", "ome-zarr") or not self.path:
+            return None
+        try:
+            arr = self.stored()
+            ranges = []
+            for i, c, n in zip(index, arr.chunks, arr.shape):
+                start, stop = (i, i + 1) if isinstance(i, int) else (i.start or 0, n if i.stop is None else i.stop)
+                ranges.append(range(start // c, -(-stop // c)))
+            for k, coords in enumerate(itertools.product(*ranges)):
+                if k >= limit:
+                    return None
+                sel = tuple(slice(j * c, min((j + 1) * c, n)) for j, c, n in zip(coords, arr.chunks, arr.shape))
+                try:
+                    arr[sel]
+                except Exception:
+                    key = arr.metadata.encode_chunk_key(coords)
+                    return str(Path(self.path, self.key or "", key))
+        except Exception:
+            return None
+        return None
+
+    def _check_region(self, region) -> tuple[slice, ...]:
+        if not isinstance(region, tuple) or len(region) != len(self.axes):
+            raise ValueError(f"Expected a tuple of {len(self.axes)} slices ({self.axes}); got {region!r}.")
+        out = []
+        for s, n, a in zip(region, self.shape, self.axes):
+            if not isinstance(s, slice) or s.step not in (None, 1):
+                raise ValueError(f"Expected basic slices with step 1; got {s!r} for axis {a}.")
+            start = 0 if s.start is None else int(s.start)
+            stop = n if s.stop is None else int(s.stop)
+            if not 0 <= start <= stop <= n:
+                raise ValueError(f"Region {start}:{stop} is outside axis {a} of length {n}.")
+            out.append(slice(start, stop))
+        return tuple(out)
+
+
+# ------------------------------------------------------------------------------- open_volume
+
+
+def open_volume(source, *, axes: str | None = None) -> VolumeSource:
+    """Describe an input volume for the engine, validating it; nothing is loaded.
+
+    Parameters
+    ----------
+    source : str, path-like, numpy.ndarray, dask.array.Array, zarr.Array or VolumeSource
+        A zarr v2/v3 array or group folder (OME-Zarr: level 0 of the first multiscale; a
+        plain group with exactly one array: that array), a TIFF / OME-TIFF file, or an
+        array object.
+    axes : str, optional
+        The stored axes, e.g. ``"ZYX"`` or ``"zcyx"`` (letters from ``TCZYXS``); required
+        where the metadata do not say (3-D and higher plain arrays).
+
+    Returns
+    -------
+    VolumeSource
+
+    Raises
+    ------
+    UserError
+        Missing path, not an array, wrong number of axes, bad axes, zero-size axes,
+        unsupported dtype, time series.
+    """
+    if isinstance(source, VolumeSource):
+        if axes is not None and parse_axes(axes, len(source.axes)) != source.axes:
+            raise UserError(f'This volume has axes {source.axes}; axes="{axes}" disagrees; leave it out.')
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        return _open_path(Path(source).expanduser().absolute(), axes)
+    if isinstance(source, zarr.Array):
+        local = _local_zarr_location(source)
+        if local is not None:
+            return _from_zarr_array(source, str(local), None, axes, kind="zarr")
+        return _from_zarr_array(source, None, None, axes, kind="array", keep=True)
+    if hasattr(source, "shape") and hasattr(source, "dtype") and hasattr(source, "__getitem__"):
+        if not hasattr(source, "compute") and not isinstance(source, np.ndarray):
+            source = np.asarray(source)
+        return _from_array_object(source, axes)
+    raise TypeError(
+        "open_volume expects a path to a zarr store or TIFF file, a numpy/dask array or a "
+        f"zarr.Array; got {type(source).__name__}."
+    )
+
+
+def _local_zarr_location(arr: zarr.Array) -> Path | None:
+    store = arr.store
+    root = getattr(store, "root", None)
+    if isinstance(store, zarr.storage.LocalStore) and root is not None:
+        return Path(root) / arr.path if arr.path else Path(root)
+    return None
+
+
+def _open_path(path: Path, axes: str | None) -> VolumeSource:
+    if not path.exists():
+        raise UserError(f"Input not found: {str(path)!r} does not exist; check the path.")
+    if path.is_file():
+        if is_tiff_file(path):
+            return _open_tiff(path, axes)
+        raise UserError(
+            f"{str(path)!r} is neither a TIFF file nor a zarr store; fastunet reads zarr v2/v3 "
+            "arrays and OME-Zarr folders and .tif/.tiff files."
+        )
+    try:
+        node = zarr.open(store=str(path), mode="r")
+    except (zarr.errors.NodeNotFoundError, FileNotFoundError, NotADirectoryError):
+        raise UserError(
+            f"{str(path)!r} is a folder but not a zarr array or group (no zarr.json, .zarray or "
+            ".zgroup inside); point at a zarr array, an OME-Zarr image or a TIFF file."
+        ) from None
+    if isinstance(node, zarr.Array):
+        return _from_zarr_array(node, str(path), None, axes, kind="zarr")
+    return _open_group(node, path, axes)
+
+
+def _open_group(group: zarr.Group, path: Path, axes: str | None) -> VolumeSource:
+    attrs = group.attrs.asdict()
+    section = ngff_section(attrs)
+    if is_bioformats2raw(attrs, section):
+        if "0" in group.group_keys():  # bioformats2raw: the first image lives in group "0"
+            return _open_group(group["0"], path / "0", axes)
+    multiscales = find_multiscales(attrs, section)
+    if multiscales:
+        return _open_ome(group, path, multiscales, section, axes)
+    arrays = sorted(group.array_keys())
+    if len(arrays) == 1:
+        return _from_zarr_array(group[arrays[0]], str(path), arrays[0], axes, kind="zarr")
+    groups = sorted(k for k in group.group_keys() if k != DONE_DIR)
+    if not arrays:
+        inside = f" (it holds the groups {', '.join(groups)})" if groups else ""
+        raise UserError(
+            f"{str(path)!r} is a zarr group without arrays{inside}; point at an array inside it, "
+            "e.g. path/to/group/arrayname."
+        )
+    raise UserError(
+        f"{str(path)!r} is a zarr group with several arrays ({', '.join(arrays)}); point at one, "
+        f"e.g. {str(path / arrays[0])!r} (path/to/group/arrayname)."
+    )
+
+
+def _open_ome(group, path: Path, multiscales, section, axes: str | None) -> VolumeSource:
+    key, arr, letters, meta = read_level0(group, multiscales, section, axes, repr(str(path)))
+    return _from_zarr_array(arr, str(path), key, None, kind="ome-zarr", letters=letters, ome=meta)
+
+
+def _from_zarr_array(arr, path, key, axes, *, kind, letters=None, ome=None, keep=False) -> VolumeSource:
+    what = repr(path if key is None else f"{path}/{key}") if path else "the zarr array"
+    shape = tuple(int(n) for n in arr.shape)
+    if letters is None:
+        if axes is not None:
+            letters = parse_axes(axes, arr.ndim, what=what)
+        else:
+            meta = arr.metadata
+            names = getattr(meta, "dimension_names", None) or arr.attrs.get("_ARRAY_DIMENSIONS")
+            letters = letters_from_names(names) if names else None
+            if letters is None:
+                letters = default_letters(arr.ndim, shape, what)
+    chunks = tuple(int(c) for c in arr.chunks)
+    return _make_source(kind, path, key, letters, shape, arr.dtype, chunks, what, ome=ome,
+                        array=arr if keep else None)
+
+
+def _make_source(kind, path, key, letters, shape, dtype, chunks, what, *, ome=None, array=None) -> VolumeSource:
+    dtype_name = check_shape_dtype(shape, dtype, what)
+    native, canonical = plan_axes(letters, shape, what)
+    order = [native.index(a) for a in canonical]
+    return VolumeSource(
+        kind=kind,
+        path=None if path is None else str(path),
+        key=key,
+        axes=canonical,
+        shape=tuple(int(shape[i]) for i in order),
+        dtype=dtype_name,
+        chunks=tuple(int(chunks[i]) for i in order),
+        ome=ome,
+        array=array,
+        native_axes=native,
+    )
+
+
+def _from_array_object(arr, axes: str | None) -> VolumeSource:
+    what = f"the {type(arr).__module__.split('.')[0]} array"
+    shape = tuple(int(n) for n in arr.shape)
+    if axes is not None:
+        letters = parse_axes(axes, arr.ndim, what=what)
+    else:
+        letters = default_letters(arr.ndim, shape, what)
+    chunks = tuple(int(c) for c in getattr(arr, "chunksize", shape))
+    return _make_source("array", None, None, letters, shape, arr.dtype, chunks, what, array=arr)
+
+
+# ---------------------------------------------------------------------------------------- TIFF
+
+
+def is_tiff_file(path: Path) -> bool:
+    """Does the file at ``path`` start with a TIFF or BigTIFF header?"""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return head in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def _open_tiff(path: Path, axes: str | None) -> VolumeSource:
+    what = repr(str(path))
+    try:
+        tif = tifffile.TiffFile(str(path))
+    except Exception as exc:  # tifffile raises TiffFileError, ValueError, struct errors...
+        raise UserError(f"{what} is not a readable TIFF file ({exc}); check the file.") from None
+    with tif:
+        if not tif.series:
+            raise UserError(f"{what} holds no image series; check the file.")
+        series = tif.series[0]
+        arr = zarr.open_array(series.aszarr(level=0), mode="r")
+        shape = tuple(int(n) for n in arr.shape)
+        if axes is not None:
+            letters = parse_axes(axes, len(shape), what=f"{what} (tifffile axes {series.axes}, shape {shape})")
+        else:
+            letters = tiff_letters(series.axes, shape, what)
+        source = _make_source("tiff", str(path), "0", letters, shape, arr.dtype,
+                              tuple(int(c) for c in arr.chunks), what)
+        if axes is None and "S" in letters and "Z" not in letters and "C" in source.axes:
+            # tifffile read the planes as RGB samples (its guess for 3 or 4 planes without
+            # axes metadata): they may as well be z slices.
+            alt = letters.replace("S", "Z")
+            if "1" not in alt:
+                source = dataclasses.replace(source, alt_axes=alt)
+        try:  # decode one chunk now, so a codec that needs imagecodecs fails before any compute
+            arr[tuple(slice(0, 1) for _ in shape)]
+        except Exception as exc:
+            fix = " (pip install imagecodecs)" if "imagecodecs" in str(exc) else ""
+            raise UserError(f"{what} cannot be decoded: {exc}{fix}.") from None
+    return source
+

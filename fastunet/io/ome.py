@@ -1,0 +1,239 @@
+"""OME-Zarr (NGFF) metadata in one place: reading the axes and coordinate transforms of an
+input image, and writing the ``multiscales`` / ``image-label`` metadata of an output.
+
+NGFF 0.4 lives on zarr v2 with its entries at the top of a group's attributes; NGFF 0.5
+lives on zarr v3 under ``attrs["ome"]``. An input's axes come from level 0 of its first
+multiscale image (``type`` time -> T, channel -> C, space -> Z/Y/X by name, or by position
+when the names are not z/y/x). An output of an OME-Zarr input is itself an OME-Zarr image
+container: the labels are an image-label under ``labels/<name>`` whose axes and level-0
+transforms are the input's spatial ones, and the probabilities, when written, are the root
+image (a channel axis of the K classes plus the spatial axes).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import zarr
+
+from ..errors import UserError
+from .axes import parse_axes
+
+__all__ = ["LABEL_NAME"]
+
+LABEL_NAME = "segmentation"  # name of the label image under labels/ in OME-Zarr outputs
+# Label colors for OME-Zarr outputs: background transparent, classes from a tab10-like palette.
+_PALETTE = (
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+)
+
+
+# ---------------------------------------------------------------------------- reading inputs
+
+
+def ngff_section(attrs: dict) -> dict | None:
+    """``attrs["ome"]`` of an NGFF 0.5 group, else None (NGFF 0.4 keeps its entries at the top)."""
+    ome = attrs.get("ome")
+    return ome if isinstance(ome, dict) else None
+
+
+def is_bioformats2raw(attrs: dict, section: dict | None) -> bool:
+    """Is this the top group of a bioformats2raw layout (the first image in group ``"0"``)?"""
+    return "bioformats2raw.layout" in attrs or bool(section and "bioformats2raw.layout" in section)
+
+
+def find_multiscales(attrs: dict, section: dict | None) -> list | None:
+    """The ``multiscales`` list of an OME-Zarr image group, or None for a plain group."""
+    return (section or {}).get("multiscales") or attrs.get("multiscales")
+
+
+def axis_letters(axes_meta: list, what: str) -> str:
+    """OME-Zarr axes (dicts, or plain names in NGFF 0.3) -> TCZYX letters."""
+    entries = [a if isinstance(a, dict) else {"name": str(a)} for a in axes_meta]
+    types = []
+    for a in entries:
+        t = a.get("type")
+        if t is None:  # NGFF 0.3: names only
+            n = str(a.get("name", "")).lower()
+            t = {"t": "time", "c": "channel"}.get(n, "space" if n in ("z", "y", "x") else None)
+        types.append(t)
+    space = [i for i, t in enumerate(types) if t == "space"]
+    names = [str(entries[i].get("name", "")).lower() for i in space]
+    if not 2 <= len(space) <= 3:
+        raise UserError(f"{what}: the OME-Zarr metadata list {len(space)} space axes; expected 2 or 3.")
+    if sorted(names) in (["x", "y"], ["x", "y", "z"]):
+        space_letters = [n.upper() for n in names]
+    else:
+        space_letters = list("ZYX"[3 - len(space):])
+    letters = []
+    for i, t in enumerate(types):
+        if t == "space":
+            letters.append(space_letters[space.index(i)])
+        elif t == "time":
+            letters.append("T")
+        else:  # channel, or a custom / null type: the spec puts it where the channel goes
+            letters.append("C")
+    if len(set(letters)) != len(letters):
+        raise UserError(f'{what}: cannot interpret the OME-Zarr axes {names}; pass the axes (axes="...").')
+    return "".join(letters)
+
+
+def read_level0(group: zarr.Group, multiscales: list, section: dict | None, axes: str | None,
+                what: str) -> tuple[str, zarr.Array, str, dict]:
+    """Level 0 of the first multiscale image of an OME-Zarr group.
+
+    Returns ``(key, array, letters, metadata)``: the array's path in the group, the array,
+    its axis letters (``TCZYX``) and the metadata kept in :attr:`VolumeSource.ome`
+    (``version``, ``name``, ``axes``, level-0 ``coordinateTransformations`` and
+    ``multiscale_coordinateTransformations``). User-given ``axes`` must agree with the
+    metadata.
+    """
+    ms = multiscales[0]
+    datasets = ms.get("datasets") or []
+    if not datasets or "path" not in datasets[0]:
+        raise UserError(f"{what}: the OME-Zarr multiscales metadata list no datasets; the image cannot be found.")
+    key = str(datasets[0]["path"])
+    try:
+        arr = group[key]
+    except KeyError:
+        raise UserError(f"{what}: OME-Zarr level 0 {key!r} is missing from the group.") from None
+    if not isinstance(arr, zarr.Array):
+        raise UserError(f"{what}: OME-Zarr level 0 {key!r} is not an array.")
+    axes_meta = ms.get("axes") or [{"name": n} for n in "tczyx"[5 - arr.ndim:]]
+    if len(axes_meta) != arr.ndim:
+        raise UserError(
+            f"{what}: the OME-Zarr metadata list {len(axes_meta)} axes but level 0 has {arr.ndim}."
+        )
+    letters = axis_letters(axes_meta, what)
+    if axes is not None and parse_axes(axes, arr.ndim, what=what) != letters:
+        raise UserError(
+            f'{what} is OME-Zarr with axes {letters} in its metadata; axes="{axes}" disagrees: leave it out.'
+        )
+    version = (section or {}).get("version") or ms.get("version") or ("0.5" if section else "0.4")
+    meta = {
+        "version": str(version),
+        "name": ms.get("name"),
+        "axes": [a if isinstance(a, dict) else {"name": str(a)} for a in axes_meta],
+        "coordinateTransformations": datasets[0].get("coordinateTransformations"),
+        "multiscale_coordinateTransformations": ms.get("coordinateTransformations"),
+    }
+    return key, arr, letters, meta
+
+
+# ---------------------------------------------------------------------------- writing outputs
+
+
+class SpatialMetadata(NamedTuple):
+    """An input's OME axes and transforms, restricted to its spatial axes (canonical order)."""
+
+    axes: list
+    transforms: list
+    multiscale_transforms: list | None
+
+
+def ngff_version(zarr_format: int) -> str:
+    """The NGFF version an output of this zarr format is written in: 0.4 on v2, 0.5 on v3."""
+    return "0.4" if zarr_format == 2 else "0.5"
+
+
+def label_path(label_name: str) -> str:
+    """Path of the labels array in an OME-Zarr output (level 0 of the image-label)."""
+    return f"labels/{label_name}/0"
+
+
+def spatial_metadata(ome: dict | None, native_axes: str, spatial_axes: str) -> SpatialMetadata:
+    """OME axes and level-0 transforms of an input (:attr:`VolumeSource.ome`, its native and
+    spatial axes), restricted to its spatial axes; a scale of 1 when the input has none."""
+    ome = ome or {}
+    idx = [native_axes.index(a) for a in spatial_axes]
+    axes_in = ome.get("axes") or [{"name": a.lower(), "type": "space"} for a in native_axes]
+    axes = [dict(axes_in[i]) for i in idx]
+
+    def subset(transforms, fallback):
+        out = []
+        for t in transforms or []:
+            kind = t.get("type")
+            if kind in ("scale", "translation") and isinstance(t.get(kind), list):
+                out.append({"type": kind, kind: [float(t[kind][i]) for i in idx]})
+        if not any(t["type"] == "scale" for t in out) and fallback:
+            out.insert(0, {"type": "scale", "scale": [1.0] * len(idx)})
+        return out
+
+    transforms = subset(ome.get("coordinateTransformations"), True)
+    ms_transforms = subset(ome.get("multiscale_coordinateTransformations"), False) or None
+    return SpatialMetadata(axes, transforms, ms_transforms)
+
+
+def multiscale(name, axes, path, transforms, ms_transforms, version) -> dict:
+    """One ``multiscales`` entry with a single level at ``path``."""
+    ms = {"name": name, "axes": axes, "datasets": [{"path": path, "coordinateTransformations": transforms}]}
+    if ms_transforms:
+        ms["coordinateTransformations"] = ms_transforms
+    if version == "0.4":
+        ms = {"version": "0.4", **ms}
+    return ms
+
+
+def group_attrs(version: str, **entries) -> dict:
+    """NGFF group attributes: top level for 0.4 (zarr v2), under "ome" for 0.5 (zarr v3)."""
+    if version == "0.4":
+        return entries
+    return {"ome": {"version": "0.5", **entries}}
+
+
+def label_colors(num_classes: int) -> list[dict]:
+    """``image-label`` colors: class 0 transparent, the others from the palette."""
+    colors = [{"label-value": 0, "rgba": [0, 0, 0, 0]}]
+    for k in range(1, num_classes):
+        colors.append({"label-value": k, "rgba": [*_PALETTE[(k - 1) % len(_PALETTE)], 255]})
+    return colors
+
+
+def _with_channel(transform: dict, value: float) -> dict:
+    kind = transform["type"]
+    return {"type": kind, kind: [value, *transform[kind]]}
+
+
+def probs_image_attrs(version: str, channel_name: str, spatial: SpatialMetadata) -> dict:
+    """Root attributes that make the probabilities (``probs``, a channel axis of the classes
+    plus the spatial axes) the output's root image."""
+    def channel_first(transforms):
+        return [_with_channel(t, 1.0 if t["type"] == "scale" else 0.0) for t in transforms]
+
+    return group_attrs(
+        version,
+        multiscales=[
+            multiscale(
+                "probabilities",
+                [{"name": channel_name, "type": "channel"}, *spatial.axes],
+                "probs",
+                channel_first(spatial.transforms),
+                channel_first(spatial.multiscale_transforms) if spatial.multiscale_transforms else None,
+                version,
+            )
+        ],
+    )
+
+
+def create_label_groups(root: zarr.Group, version: str, label_name: str, spatial: SpatialMetadata,
+                        num_classes: int, output: Path, image: str) -> zarr.Group:
+    """Create ``labels/`` (listing ``label_name``) and the image-label group ``labels/<label_name>``
+    of an output at ``output`` whose input image is at ``image``; return the image-label group,
+    where the labels array (level ``0``) goes."""
+    rel = os.path.relpath(Path(image).resolve(), output / "labels" / label_name)
+    labels = root.create_group("labels", attributes=group_attrs(version, labels=[label_name]))
+    label_meta = {"colors": label_colors(num_classes), "source": {"image": rel}}
+    if version == "0.4":
+        label_meta = {"version": "0.4", **label_meta}
+    return labels.create_group(
+        label_name,
+        attributes=group_attrs(
+            version,
+            multiscales=[multiscale(label_name, spatial.axes, "0", spatial.transforms,
+                                    spatial.multiscale_transforms, version)],
+            **{"image-label": label_meta},
+        ),
+    )

@@ -1,0 +1,104 @@
+"""Input fingerprints (fastunet/io/fingerprint.py): what they tell apart, and the refusal of
+a resume on another (or a changed) input.
+"""
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import zarr
+
+from fastunet.errors import UserError
+from fastunet.io import InputMovedWarning, check_output, create_output, input_fingerprint, open_output, open_volume
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(torch.initial_seed())
+
+
+def test_input_fingerprint_tells_inputs_apart(tmp_path, rng):
+    data = rng.normal(size=(3, 40, 36)).astype(np.float32)
+    path = tmp_path / "in.zarr"
+    arr = zarr.create_array(str(path), shape=data.shape, chunks=(1, 8, 8), dtype="float32")
+    arr[:] = data
+    fp = input_fingerprint(open_volume(path, axes="ZYX"))
+    assert fp["path"] == str(path.resolve()) and fp["shape"] == [3, 40, 36] and fp["dtype"] == "float32"
+    assert input_fingerprint(pickle.loads(pickle.dumps(open_volume(path, axes="ZYX")))) == fp
+    # the same values elsewhere: only the path differs
+    copy = zarr.create_array(str(tmp_path / "copy.zarr"), shape=data.shape, chunks=(1, 8, 8), dtype="float32")
+    copy[:] = data
+    other = input_fingerprint(open_volume(tmp_path / "copy.zarr", axes="ZYX"))
+    assert {k for k in fp if fp[k] != other[k]} == {"path"}
+    # one value on the sample lattice changed in place: the sample differs
+    z, y, x = 3 * 1 // 6, 40 * 3 // 8, 36 * 5 // 8  # lattice points (2i + 1) * n // (2k), k = min(4, n)
+    arr[z, y, x] = data[z, y, x] + 1
+    assert input_fingerprint(open_volume(path, axes="ZYX"))["sample"] != fp["sample"]
+    arr[z, y, x] = data[z, y, x]
+    assert input_fingerprint(open_volume(path, axes="ZYX")) == fp
+    # a block edited away from the lattice: the chunk files' sizes tell (compressed noise -> constant)
+    arr[:, 16:24, 8:16] = 5.0
+    edited = input_fingerprint(open_volume(path, axes="ZYX"))
+    assert edited["sample"] == fp["sample"] and edited["chunk_files"] != fp["chunk_files"]
+    arr[:] = data
+    assert input_fingerprint(open_volume(path, axes="ZYX")) == fp
+    arr.attrs["note"] = "edited"  # the metadata document changed
+    assert input_fingerprint(open_volume(path, axes="ZYX"))["metadata"] != fp["metadata"]
+    # in memory: values decide
+    mem = input_fingerprint(open_volume(data, axes="ZYX"))
+    assert mem["path"] is None and input_fingerprint(open_volume(data.copy(), axes="ZYX")) == mem
+    assert input_fingerprint(open_volume(data[::-1].copy(), axes="ZYX"))["sample"] != mem["sample"]
+
+
+def test_in_memory_zarr_fingerprint(rng):
+    """A zarr array in a memory store has no path and no chunk files: metadata and values decide."""
+    data = rng.normal(size=(3, 16, 16)).astype(np.float32)
+    arr = zarr.create_array(zarr.storage.MemoryStore(), data=data, chunks=(1, 8, 8))
+    fp = input_fingerprint(open_volume(arr, axes="ZYX"))
+    assert fp["path"] is None and "chunk_files" not in fp and "metadata" in fp
+    same = zarr.create_array(zarr.storage.MemoryStore(), data=data, chunks=(1, 8, 8))
+    assert input_fingerprint(open_volume(same, axes="ZYX")) == fp
+    other = zarr.create_array(zarr.storage.MemoryStore(), data=data[::-1].copy(), chunks=(1, 8, 8))
+    assert input_fingerprint(open_volume(other, axes="ZYX"))["sample"] != fp["sample"]
+
+
+def test_tiff_fingerprint_is_size_and_sample_not_mtime(tmp_path, rng):
+    path = tmp_path / "in.tif"
+    data = rng.integers(0, 255, size=(20, 30), dtype=np.uint8)
+    tifffile.imwrite(path, data)
+    fp = input_fingerprint(open_volume(path))
+    st = os.stat(path)
+    assert fp["size"] == st.st_size and "mtime_ns" not in fp and "sample" in fp
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched or copied: still the same
+    assert input_fingerprint(open_volume(path)) == fp
+    data[20 // 8, 30 // 8] ^= 1  # a lattice point, same file size (uncompressed)
+    tifffile.imwrite(path, data)
+    assert input_fingerprint(open_volume(path))["sample"] != fp["sample"]
+
+
+def test_resume_of_another_input_is_refused(tmp_path, rng):
+    a = open_volume(rng.normal(size=(4, 16, 16)).astype(np.float32), axes="ZYX")
+    b = open_volume(rng.normal(size=(4, 16, 16)).astype(np.float32), axes="ZYX")
+    store = create_output(tmp_path / "o.zarr", source=a, num_classes=2, output="labels", chunks=(2, 8, 8))
+    assert store.attrs["input_id"] == input_fingerprint(a)
+    check_output(store.path, source=a, overwrite=False, resume=True, expect={"input_id": input_fingerprint(a)})
+    open_output(store.path, expect={"input_id": input_fingerprint(a)})
+    for call in (lambda e: check_output(store.path, source=b, overwrite=False, resume=True, expect=e),
+                 lambda e: open_output(store.path, expect=e)):
+        with pytest.raises(UserError, match="values differ.*mix two inputs.*overwrite=True"):
+            call({"input_id": input_fingerprint(b)})
+    # the same input moved elsewhere: a warning, not a refusal
+    moved = input_fingerprint(a) | {"path": "/elsewhere/in.zarr"}
+    with pytest.warns(InputMovedWarning, match="moved or copied"):
+        open_output(store.path, expect={"input_id": moved})
+    meta = dict(store.attrs)
+    del meta["input_id"]  # an output of an older fastunet
+    zarr.open_group(str(store.path), mode="r+").attrs["fastunet"] = meta
+    with pytest.raises(UserError, match="does not record which input"):
+        open_output(store.path, expect={"input_id": input_fingerprint(a)})
+    meta["complete"] = True  # finished by it: resuming writes nothing, so it is accepted
+    zarr.open_group(str(store.path), mode="r+").attrs["fastunet"] = meta
+    open_output(store.path, expect={"input_id": input_fingerprint(a)})
