@@ -249,11 +249,20 @@ def _check_expected(path: Path, meta: dict, expect: dict) -> None:
                 f"Cannot resume {str(path)!r}: it does not record {key!r}; start over with overwrite=True."
             )
         if meta[key] != want:
-            name = _PARAMETER_NAMES.get(key, key)
+            if key == "model":  # a digest of the weights: no parameter to show
+                was, now = f"the weights {str(meta[key])[:12]}...", f"the weights {str(want)[:12]}..."
+            else:
+                name = _PARAMETER_NAMES.get(key, key)
+                was, now = f"{name}={_shown(meta[key])}", f"{name}={_shown(want)}"
             raise UserError(
-                f"Cannot resume {str(path)!r}: it was created with {name}={meta[key]!r}, this run has "
-                f"{name}={want!r}; rerun with the original settings, or start over with overwrite=True."
+                f"Cannot resume {str(path)!r}: it was created with {was}, this run has {now}; rerun with "
+                "the original settings, or start over with overwrite=True."
             )
+
+
+def _shown(value) -> str:
+    """A recorded value as a parameter would be written: strings double-quoted."""
+    return f'"{value}"' if isinstance(value, str) else repr(value)
 
 
 def jsonable(value):
