@@ -328,7 +328,7 @@ def bench_loss(*, batch: int = 8, classes: int = 2, size: int = 388, large_batch
     The reference bandwidth is a device-to-device copy of ``copy_bytes`` bytes. ``device="cpu"``
     (the kernel under the Triton interpreter) is for tests only.
     """
-    from .loss import weighted_cross_entropy
+    from .train.loss import weighted_cross_entropy
 
     dev = _bench_device(device)
     timing = dict(warmup=warmup, reps=reps, device=dev)
@@ -382,7 +382,7 @@ def bench_train_step(*, tile: int = 572, batch: int = 4, base_channels: int = 64
     feeds them (:func:`fastunet.augment.augment_batch`). ``device="cpu"`` (the loss kernel
     under the Triton interpreter) is for tests only.
     """
-    from .loss import weighted_cross_entropy
+    from .train.loss import weighted_cross_entropy
 
     dev = _bench_device(device)
     config = UNetConfig(base_channels=base_channels, depth=depth)
@@ -461,7 +461,7 @@ def bench_volume(path, shape=(64, 4096, 4096), *, chunks=(1, 1024, 1024), seed: 
     """
     import zarr
 
-    from .data import synthetic_nuclei
+    from .synthetic import synthetic_nuclei
 
     shape = tuple(int(n) for n in shape)
     chunks = tuple(int(c) for c in chunks)
