@@ -106,7 +106,7 @@ def test_P2_forward(benchmark):
 
 def test_P3_loss(benchmark):
     """P3; timed: fused weighted softmax-CE forward + backward, bf16 logits, uint8 target, 8 x 388^2."""
-    from fastunet.loss import weighted_cross_entropy
+    from fastunet.train.loss import weighted_cross_entropy
 
     run_benchmark("P3", benchmark)
 
@@ -146,7 +146,7 @@ def test_P5_vs_monai(benchmark):
 def test_P6_train_step(benchmark):
     """P6; timed: one training step with the fused loss (bf16 autocast forward, backward, SGD), 4 x 572^2,
     uint8 targets."""
-    from fastunet.loss import weighted_cross_entropy
+    from fastunet.train.loss import weighted_cross_entropy
 
     run_benchmark("P6", benchmark)
     model = ReferenceUNet(UNetConfig()).cuda().to(memory_format=torch.channels_last).train()

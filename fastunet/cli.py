@@ -97,8 +97,7 @@ def _train_command(args: argparse.Namespace) -> str:
 
 def _cmd_train(args: argparse.Namespace) -> int:
 
-    from .augment import AugmentConfig
-    from .training import TrainConfig, check_model_name, checkpoint_path, train
+    from .train import AugmentConfig, TrainConfig, check_model_name, checkpoint_path, train
 
     output = check_model_name(args.output)  # before the other checks: a .pt name is wrong whatever exists
     if output.exists() and not (args.overwrite or args.resume):

@@ -2,14 +2,14 @@
 
 ``fastunet segment`` uses ``fastunet/models/default.safetensors`` when no ``--model`` is
 given. It is a compact U-Net (base 16 channels, depth 3, 0.48 M parameters, 1.9 MB)
-trained on synthetic fluorescence nuclei (:mod:`fastunet.data`) with the paper's weighted
+trained on synthetic fluorescence nuclei (:mod:`fastunet.synthetic`) with the paper's weighted
 loss and augmentation. Rebuild it with::
 
     python -m fastunet.default_model build --workdir /tmp/fastunet-default
 
-which writes the training images (seeds :data:`TRAIN_SEEDS`) as TIFF files and runs exactly
-``fastunet train`` with :data:`TRAIN_ARGS` (the command is also stored in the model file's
-metadata); the shipped file is the output of that build at commit 92bc208. Measure it on
+which writes the training images (seeds :data:`TRAIN_SEEDS`) as TIFF files and trains with
+:func:`fastunet.train.train` exactly as ``fastunet train`` with :data:`TRAIN_ARGS` does (that
+command line is stored in the model file's metadata); the shipped file is the output of that build at commit 92bc208. Measure it on
 images it never saw (other seeds) with::
 
     fastunet evaluate --synthetic 16
@@ -19,11 +19,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+import typing
 from pathlib import Path
 
+from .errors import UserError
 from .modelfile import DEFAULT_MODEL
 
-__all__ = ["TRAIN_SEEDS", "IMAGE_SHAPE", "TRAIN_ARGS", "write_training_data", "build"]
+if typing.TYPE_CHECKING:
+    from .train import TrainConfig
+
+__all__ = ["TRAIN_SEEDS", "IMAGE_SHAPE", "TRAIN_ARGS", "write_training_data", "recipe_config", "recipe_command", "build"]
 
 TRAIN_SEEDS = range(10_000, 10_036)  # 36 synthetic images: 32 for training, 4 held out
 IMAGE_SHAPE = (512, 512)
@@ -47,7 +52,7 @@ def write_training_data(workdir: str | Path) -> tuple[Path, Path]:
     """Write the training images and instance labels as TIFF files; returns both folders."""
     import tifffile
 
-    from .data import synthetic_nuclei
+    from .synthetic import synthetic_nuclei
 
     workdir = Path(workdir)
     images, labels = workdir / "images", workdir / "labels"
@@ -60,24 +65,86 @@ def write_training_data(workdir: str | Path) -> tuple[Path, Path]:
     return images, labels
 
 
+def recipe_config() -> TrainConfig:
+    """The :class:`~fastunet.train.TrainConfig` of :data:`TRAIN_ARGS`.
+
+    Each ``--name value`` of the recipe sets the field ``name`` (dashes as underscores), the
+    value read as the field's type, as ``fastunet train`` reads it.
+    """
+    from .train import TrainConfig
+
+    return TrainConfig(**_recipe_options())
+
+
+def _recipe_options() -> dict:
+    from .train import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    options = {}
+    for flag, text in zip(TRAIN_ARGS[::2], TRAIN_ARGS[1::2]):
+        name = flag[2:].replace("-", "_")
+        kind = next(t for t in typing.get_args(hints[name]) or (hints[name],) if t is not type(None))
+        options[name] = kind(text)
+    return options
+
+
+def recipe_command(images: str | Path, labels: str | Path, output: str | Path, *, weight_figure: str | Path,
+                   quiet: bool = False) -> str:
+    """The ``fastunet train`` command line equivalent to :func:`build`'s run (stored in the model file).
+
+    The words are those ``fastunet train`` records for ``IMAGES LABELS -o OUTPUT`` with
+    :data:`TRAIN_ARGS`, ``--overwrite``, ``--weight-figure`` (and ``--quiet``): options sorted
+    by name, values as parsed.
+    """
+    import shlex
+
+    options = {**_recipe_options(), "overwrite": True, "weight_figure": str(weight_figure)}
+    if quiet:
+        options["quiet"] = True
+    words = ["fastunet", "train", str(images), str(labels), "-o", str(output)]
+    for key, value in sorted(options.items()):
+        words += [f"--{key.replace('_', '-')}"] + ([] if value is True else [str(value)])
+    return shlex.join(words)
+
+
 def build(workdir: str | Path, output: str | Path = DEFAULT_MODEL, *, quiet: bool = False) -> int:
-    """Regenerate the training data in ``workdir`` and train the default model into ``output``."""
+    """Regenerate the training data in ``workdir`` and train the default model into ``output``.
+
+    Parameters
+    ----------
+    workdir : path-like
+        Folder for the training images and labels, the trained model with its checkpoint and
+        curve, and the weight-map figure.
+    output : path-like
+        Where the trained model is copied (default: the packaged model file).
+    quiet : bool
+        No progress bar; the notes are printed at the end.
+
+    Returns
+    -------
+    int
+        0 (errors raise :class:`~fastunet.errors.UserError`).
+    """
     import shutil
 
-    from .cli import main
+    from .train import train
 
     workdir = Path(workdir)
     images, labels = write_training_data(workdir)
     trained = workdir / "default.safetensors"  # its checkpoint and curve land beside it
-    argv = ["train", str(images), str(labels), "-o", str(trained), *TRAIN_ARGS, "--overwrite",
-            "--weight-figure", str(workdir / "weights.png")]
+    figure = workdir / "weights.png"
+    command = recipe_command(images, labels, trained, weight_figure=figure, quiet=quiet)
+    result = train(images, labels, trained, config=recipe_config(), progress=not quiet, weight_figure=figure,
+                   command=command)
     if quiet:
-        argv.append("--quiet")
-    status = main(argv)
-    if status == 0:
-        shutil.copyfile(trained, output)
-        print(f"copied {trained} to {output}")
-    return status
+        for message in result.notes:
+            print(f"note: {message}", file=sys.stderr)
+    scores = ", ".join(f"{k} {v:.4f}" for k, v in (result.val or {}).items()) or "no validation images"
+    print(f"trained {result.steps} steps ({result.tiles_per_second:.2f} tiles/s): {scores}")
+    print(f"wrote {result.output} (checkpoint {result.checkpoint}, curve {result.curve}) and {figure}")
+    shutil.copyfile(trained, output)
+    print(f"copied {trained} to {output}")
+    return 0
 
 
 def _main(argv: list[str] | None = None) -> int:
@@ -89,7 +156,11 @@ def _main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--output", default=str(DEFAULT_MODEL), help="model file (default: the packaged one)")
     p.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    return build(args.workdir, args.output, quiet=args.quiet)
+    try:
+        return build(args.workdir, args.output, quiet=args.quiet)
+    except UserError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -53,10 +53,10 @@ def run_demo(folder: str | os.PathLike = "fastunet-demo", *, shape=(8, 1024, 102
     :class:`~fastunet.evaluate.Evaluation` of the segmentation against the truth."""
     import zarr
 
-    from .data import synthetic_volume
-    from .evaluate import score
-    from .preview import overlay_figure
+    from .figures import overlay_figure
+    from .metrics import score
     from .segmentation import Segmenter
+    from .synthetic import synthetic_volume
 
     shape = tuple(int(n) for n in shape)
     if len(shape) != 3 or min(shape) < 1:

@@ -6,16 +6,26 @@ between touching objects, which is what separates them). A predicted and a true 
 match when their intersection over union exceeds the threshold; above 0.5 a match is
 unique by construction (two objects of one image cannot both overlap a third by more than
 half its union), and below 0.5 the matching that maximises the summed IoU is used.
+
+:func:`score` aggregates over 2D slices into an :class:`Evaluation`:
+
+* **foreground IoU**: summed intersections over summed unions of the predicted foreground
+  (any class but 0) and the true foreground (any instance);
+* **instance F1** at IoU 0.5: precision, recall and F1 from the summed matches of
+  :func:`instance_f1`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["foreground_iou", "instance_f1", "InstanceScores", "iou_matrix", "as_instances"]
+from .instances import relabel_sequential
+
+__all__ = ["foreground_iou", "instance_f1", "InstanceScores", "iou_matrix", "as_instances", "Evaluation", "score"]
 
 _DENSE_LIMIT = 1 << 24  # contingency tables up to this many cells are counted densely
 
@@ -54,10 +64,7 @@ def as_instances(labels: np.ndarray) -> np.ndarray:
         raise TypeError(f"Expected integer instance labels or a boolean mask; got {labels.dtype}.")
     if labels.min() < 0:
         raise ValueError("Instance labels must be >= 0 (0 = background).")
-    ids, inverse = np.unique(labels, return_inverse=True)
-    if ids[0] != 0:  # no background pixel: every id is an object
-        inverse = inverse + 1
-    return inverse.reshape(labels.shape).astype(np.int64, copy=False)
+    return relabel_sequential(labels)
 
 
 def iou_matrix(true: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -151,4 +158,69 @@ def instance_f1(pred_instances_or_fg: np.ndarray, true_instances: np.ndarray, *,
         n_pred=n_pred,
         mean_iou=float(matched.mean()) if tp else 0.0,
         iou_threshold=float(iou_threshold),
+    )
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Scores over ``images`` 2D slices (``pixels`` in all)."""
+
+    foreground_iou: float
+    instance_f1: float
+    precision: float
+    recall: float
+    tp: int
+    fp: int
+    fn: int
+    images: int
+    pixels: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return (
+            f"foreground IoU {self.foreground_iou:.4f}  instance F1 {self.instance_f1:.4f} "
+            f"(precision {self.precision:.4f}, recall {self.recall:.4f}; TP {self.tp}, FP {self.fp}, "
+            f"FN {self.fn}) over {self.images} image(s), {self.pixels / 1e6:.2f} Mpx"
+        )
+
+
+def score(predictions: Iterable[np.ndarray], truths: Iterable[np.ndarray], *, iou_threshold: float = 0.5) -> Evaluation:
+    """Scores of predicted foreground masks against true instance labels, 2D slice by slice.
+
+    Parameters
+    ----------
+    predictions : iterable of 2D arrays
+        Predicted foreground (bool) or class maps (anything but 0 is foreground).
+    truths : iterable of 2D int arrays
+        True instance labels (0 = background).
+    iou_threshold : float
+        A predicted and a true object match when their IoU exceeds this.
+
+    Returns
+    -------
+    Evaluation
+        Foreground IoU of the summed intersections and unions; precision, recall and F1 of
+        the summed matches (each 1.0 when its denominator is 0).
+    """
+    inter = union = tp = n_pred = n_true = images = pixels = 0
+    for pred, truth in zip(predictions, truths, strict=True):
+        pred = np.asarray(pred) != 0
+        truth = np.asarray(truth)
+        if pred.shape != truth.shape or pred.ndim != 2:
+            raise ValueError(f"Expected 2D prediction and truth of one shape; got {pred.shape} and {truth.shape}.")
+        true_fg = truth != 0
+        inter += int(np.count_nonzero(pred & true_fg))
+        union += int(np.count_nonzero(pred | true_fg))
+        s = instance_f1(pred, truth, iou_threshold=iou_threshold)
+        tp, n_pred, n_true = tp + s.tp, n_pred + s.n_pred, n_true + s.n_true
+        images += 1
+        pixels += pred.size
+    precision = tp / n_pred if n_pred else 1.0
+    recall = tp / n_true if n_true else 1.0
+    f1 = 2 * tp / (n_pred + n_true) if n_pred + n_true else 1.0
+    return Evaluation(
+        foreground_iou=inter / union if union else 1.0, instance_f1=f1, precision=precision, recall=recall,
+        tp=tp, fp=n_pred - tp, fn=n_true - tp, images=images, pixels=pixels,
     )

@@ -3,7 +3,7 @@
 Ronneberger et al. (2015), eq. (1): ``E = sum_x w(x) log p_{l(x)}(x)`` with ``p`` the
 softmax over classes; the loss is ``-E`` (``reduction="sum"``) or ``-E`` divided by the
 number of pixels whose label is not ``ignore_index`` (``reduction="mean"``), the same as
-:func:`fastunet.loss.weighted_cross_entropy_reference`.
+:func:`fastunet.train.loss.weighted_cross_entropy_reference`.
 
 Design (Liger-Kernel style: kernels, host functions, one ``torch.autograd.Function``):
 

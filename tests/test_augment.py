@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastunet.augment import AugmentConfig, augment_batch, elastic_field, random_center, sample_tile
+from fastunet.train.augment import AugmentConfig, augment_batch, elastic_field, random_center, sample_tile
 
 GEOMETRY_ONLY = AugmentConfig(gamma=(1.0, 1.0), contrast=(1.0, 1.0), brightness=(0.0, 0.0), noise_std=0.0)
 

@@ -142,16 +142,16 @@ def test_p3_loss_runs_at_tiny_sizes(tmp_path):
 
 
 def test_p6_train_step_runs_at_tiny_sizes_with_uint8_targets(tmp_path, monkeypatch):
-    import fastunet.loss
+    import fastunet.train.loss
 
     seen = []
-    original = fastunet.loss.weighted_cross_entropy
+    original = fastunet.train.loss.weighted_cross_entropy
 
     def recording(logits, target, weight, **kwargs):
         seen.append((kwargs["backend"], target.dtype, logits.dtype, tuple(target.shape)))
         return original(logits, target, weight, **kwargs)
 
-    monkeypatch.setattr(fastunet.loss, "weighted_cross_entropy", recording)
+    monkeypatch.setattr(fastunet.train.loss, "weighted_cross_entropy", recording)
     figures, ratios = bench.bench_train_step(tile=18, batch=2, base_channels=4, depth=1, **SMOKE_TIMING)
     _check_run("P6", figures, ratios, ["P6.fused_ms", "P6.eager_amp_ms"], ["P6.vs_eager_amp"], tmp_path)
     assert {s[0] for s in seen} == {"triton", "torch"} and len(seen) == 2 * (1 + 2)
@@ -177,11 +177,11 @@ def test_bench_volume_written_once_then_reused(tmp_path, monkeypatch):
     same = bench.bench_volume(tmp_path / "other.zarr", (3, 40, 50), chunks=(2, 16, 32), seed=5)
     np.testing.assert_array_equal(same[:], data)  # deterministic in the seed
 
-    import fastunet.data
+    import fastunet.synthetic
 
     drawn = []
-    original = fastunet.data.synthetic_nuclei
-    monkeypatch.setattr(fastunet.data, "synthetic_nuclei", lambda *a, **k: drawn.append(1) or original(*a, **k))
+    original = fastunet.synthetic.synthetic_nuclei
+    monkeypatch.setattr(fastunet.synthetic, "synthetic_nuclei", lambda *a, **k: drawn.append(1) or original(*a, **k))
     np.testing.assert_array_equal(bench.bench_volume(path, (3, 40, 50), chunks=(2, 16, 32), seed=5)[:], data)
     assert not drawn  # reused
     # A generation that did not finish (not marked complete) is made again, with the same data.

@@ -9,7 +9,7 @@ from fastunet.cli import main
 from fastunet.default_model import TRAIN_ARGS
 from fastunet.evaluate import evaluate_synthetic
 from fastunet.modelfile import default_model_path
-from fastunet.data import synthetic_nuclei
+from fastunet.synthetic import synthetic_nuclei
 
 
 def test_bundled_model_is_small_and_records_how_it_was_trained():
@@ -40,3 +40,54 @@ def test_bundled_model_segments_fresh_synthetic_nuclei():
     result = evaluate_synthetic(n_images=2, shape=(256, 256), device="cpu")
     assert result.foreground_iou >= 0.9, result
     assert result.instance_f1 >= 0.9, result
+
+
+def test_recipe_is_what_the_bundled_model_recorded():
+    """recipe_config / recipe_command rebuild the recorded config and command line exactly."""
+    import shlex
+
+    from fastunet.default_model import recipe_command, recipe_config
+
+    extra = read_model(default_model_path()).extra
+    assert recipe_config().to_dict() == extra["training_config"]
+    words = shlex.split(extra["trained_with"])
+    figure = words[words.index("--weight-figure") + 1]
+    command = recipe_command(words[2], words[3], words[5], weight_figure=figure, quiet="--quiet" in words)
+    assert command == extra["trained_with"]
+
+
+def test_build_trains_the_recipe_without_the_cli(tmp_path, monkeypatch, capsys):
+    """build() calls fastunet.train.train with the recipe and records the command line that
+    `fastunet train` would record for the same run."""
+    from pathlib import Path
+
+    import pytest
+
+    import fastunet.cli
+    import fastunet.train
+    from fastunet import default_model
+    from fastunet.cli import _train_command, build_parser
+
+    calls = []
+
+    def fake_train(images, labels, output, **kwargs):
+        calls.append((images, labels, output, kwargs))
+        Path(output).write_bytes(b"model")
+        return fastunet.train.TrainResult(
+            model=None, output=Path(output), checkpoint=Path(output).with_suffix(".checkpoint"), curve=None, steps=0,
+            history={"loss": [], "val": []}, val=None, seconds=0.0, tiles_per_second=0.0, notes=["a note"],
+        )  # fmt: skip
+
+    monkeypatch.setattr(fastunet.train, "train", fake_train)
+    monkeypatch.setattr(fastunet.cli, "main", lambda *a, **k: pytest.fail("build() must not go through the CLI"))
+    monkeypatch.setattr(default_model, "TRAIN_SEEDS", range(10_000, 10_002))
+    work = tmp_path / "work"
+    assert default_model.build(work, tmp_path / "copy.safetensors", quiet=True) == 0
+    ((images, labels, output, kwargs),) = calls
+    assert sorted(p.name for p in images.iterdir()) == ["nuclei_10000.tif", "nuclei_10001.tif"]
+    assert kwargs["config"] == default_model.recipe_config() and kwargs["progress"] is False
+    argv = ["train", str(images), str(labels), "-o", str(output), *TRAIN_ARGS, "--overwrite",
+            "--weight-figure", str(work / "weights.png"), "--quiet"]  # fmt: skip
+    assert kwargs["command"] == _train_command(build_parser().parse_args(argv))
+    assert (tmp_path / "copy.safetensors").read_bytes() == b"model"
+    assert "note: a note" in capsys.readouterr().err

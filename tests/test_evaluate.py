@@ -11,10 +11,10 @@ from fastunet import Normalization, ReferenceUNet, UNetConfig, save_model
 from fastunet.cli import main
 from fastunet.demo import run_demo
 from fastunet.errors import UserError
-from fastunet.evaluate import evaluate, evaluate_synthetic, score
-from fastunet.metrics import instance_f1
+from fastunet.evaluate import evaluate, evaluate_synthetic
+from fastunet.figures import overlay_figure
+from fastunet.metrics import instance_f1, score
 from fastunet.modelfile import ModelBundle
-from fastunet.preview import overlay_figure
 
 
 def _rng():

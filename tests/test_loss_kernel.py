@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from fastunet.kernels import loss as lossk
-from fastunet.loss import _use_triton, weighted_cross_entropy
+from fastunet.train.loss import _use_triton, weighted_cross_entropy
 from reference import rel_err
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -195,7 +195,7 @@ def test_uint8_target_with_label_156_is_not_ignored_by_the_reference():
     """A uint8 target never holds ignore_index -100, so the PyTorch path must not count a
     label 156 (what -100 wraps to in uint8) as ignored: it matches F.cross_entropy on the
     int64 labels and the kernel, which counts every pixel."""
-    from fastunet.loss import weighted_cross_entropy_reference
+    from fastunet.train.loss import weighted_cross_entropy_reference
 
     logits, target, weight = make_inputs(1, 200, (3, 4), torch.float32, target_dtype=torch.uint8)
     target[0, 0, :2] = 156

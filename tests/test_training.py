@@ -8,19 +8,19 @@ import zarr
 from scipy import ndimage as ndi
 
 from fastunet import geometry, load_model, read_model, read_model_metadata
-from fastunet.augment import AugmentConfig
 from fastunet.cli import main
-from fastunet.data import synthetic_nuclei, synthetic_volume
 from fastunet.errors import UserError
 from fastunet.normalization import Normalization
-from fastunet.training import (
+from fastunet.synthetic import synthetic_nuclei, synthetic_volume
+from fastunet.train import (
+    AugmentConfig,
     TrainConfig,
-    _normalized_slices,
     checkpoint_path,
     load_checkpoint,
     load_pairs,
     train,
 )
+from fastunet.train.datasets import normalized_slices
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -87,11 +87,11 @@ def test_resume_continues_exactly(tmp_path):
 
 
 def test_interrupt_writes_a_checkpoint_to_resume_from(tmp_path, monkeypatch):
-    from fastunet import training
+    from fastunet.train import loop
 
     image, labels = synthetic_nuclei((120, 120), seed=_seed())
     calls = []
-    real_loss = training.weighted_cross_entropy
+    real_loss = loop.weighted_cross_entropy
 
     def interrupted_loss(*args, **kwargs):
         calls.append(1)
@@ -99,13 +99,13 @@ def test_interrupt_writes_a_checkpoint_to_resume_from(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real_loss(*args, **kwargs)
 
-    monkeypatch.setattr(training, "weighted_cross_entropy", interrupted_loss)
+    monkeypatch.setattr(loop, "weighted_cross_entropy", interrupted_loss)
     out = tmp_path / "m.safetensors"
     config = _tiny(iterations=6, checkpoint_every=100, val_fraction=0.0)
     with pytest.raises(KeyboardInterrupt):
         train(image, labels, out, config=config, progress=False)
     assert load_checkpoint(checkpoint_path(out))["step"] == 3 and not out.exists()
-    monkeypatch.setattr(training, "weighted_cross_entropy", real_loss)
+    monkeypatch.setattr(loop, "weighted_cross_entropy", real_loss)
     result = train(image, labels, out, config=config, resume=True, progress=False)
     assert result.steps == 6 and len(result.history["loss"]) == 6
 
@@ -170,11 +170,11 @@ def test_load_pairs_folders_semantic_stacks_and_zarr(tmp_path):
     lroot.create_array("a", data=vlabels)
     (pair,) = load_pairs(tmp_path / "v.zarr", tmp_path / "l.zarr")
     np.testing.assert_array_equal(pair.image, volume)
-    slices = _normalized_slices(pair, Normalization())
+    slices = normalized_slices(pair, Normalization())
     lo, hi = np.percentile(volume, [1.0, 99.8])
     assert len(slices) == 3
     np.testing.assert_allclose(slices[1][1][0], (volume[1] - lo) / (hi - lo), rtol=1e-5, atol=1e-6)
-    per_slice = _normalized_slices(pair, Normalization(scope="slice"))
+    per_slice = normalized_slices(pair, Normalization(scope="slice"))
     lo, hi = np.percentile(volume[2], [1.0, 99.8])
     np.testing.assert_allclose(per_slice[2][1][0], (volume[2] - lo) / (hi - lo), rtol=1e-5, atol=1e-6)
 
@@ -185,7 +185,7 @@ def test_load_pairs_tiff_stack_axes(tmp_path):
     # Three planes stored as RGB samples (as older tifffile versions do by default).
     tifffile.imwrite(tmp_path / "v.tif", volume, photometric="rgb", planarconfig="separate")
     tifffile.imwrite(tmp_path / "l.tif", vlabels.astype(np.uint16), photometric="minisblack")
-    with pytest.raises(UserError, match="3 channels.*--axes ZYX"):
+    with pytest.raises(UserError, match='3 channels.*axes="ZYX"'):
         load_pairs(tmp_path / "v.tif", tmp_path / "l.tif")
     (pair,) = load_pairs(tmp_path / "v.tif", tmp_path / "l.tif", axes="ZYX")
     np.testing.assert_array_equal(pair.image, volume)
@@ -345,7 +345,7 @@ def test_output_must_be_a_safetensors_name(tmp_path, capsys):
 def test_curve_draws_the_running_mean_only_when_it_averages(tmp_path, monkeypatch):
     from matplotlib.figure import Figure
 
-    from fastunet.training import write_curve
+    from fastunet.figures import write_curve
 
     figures = []
     savefig = Figure.savefig
@@ -362,11 +362,12 @@ def test_adam_bf16_steps_on_cuda_use_the_fused_loss_and_gpu_augmentation(tmp_pat
     """A few Adam steps with bf16 autocast on CUDA: finite losses; every step's loss went
     through the fused Triton kernel (bf16 logits, uint8 targets: no count pass) and its
     tiles were augmented on the GPU."""
-    from fastunet import training
     from fastunet.kernels import loss as lossk
 
+    from fastunet.train import loop
+
     kernel_calls, count_calls, batches = [], [], []
-    real_kernel, real_count, real_augment = lossk.weighted_softmax_ce, lossk._inverse_count, training.augment_batch
+    real_kernel, real_count, real_augment = lossk.weighted_softmax_ce, lossk._inverse_count, loop.augment_batch
 
     def kernel(logits, target, weight, **kwargs):
         kernel_calls.append((logits.dtype, target.dtype, target.device.type))
@@ -380,7 +381,7 @@ def test_adam_bf16_steps_on_cuda_use_the_fused_loss_and_gpu_augmentation(tmp_pat
     # weighted_cross_entropy imports the kernel from its module at each call: patch it there.
     monkeypatch.setattr(lossk, "weighted_softmax_ce", kernel)
     monkeypatch.setattr(lossk, "_inverse_count", lambda *a: (count_calls.append(1), real_count(*a))[1])
-    monkeypatch.setattr(training, "augment_batch", augment)
+    monkeypatch.setattr(loop, "augment_batch", augment)
     image, labels = synthetic_nuclei((160, 160), seed=_seed())
     config = _tiny(iterations=4, batch_size=2, amp="bf16", device="cuda", val_fraction=0.25, val_every=2,
                    seed=_seed())

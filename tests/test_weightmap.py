@@ -9,14 +9,14 @@ import pytest
 import torch
 from scipy import ndimage
 
-from fastunet.weightmap import (
+from fastunet.figures import weight_map_figure
+from fastunet.train.weightmap import (
     border_margin,
     class_weights,
     prepare,
     semantic_target,
     touching_borders,
     weight_map,
-    weight_map_figure,
 )
 
 

@@ -115,7 +115,7 @@ def bench_train_step(*, tile: int = 572, batch: int = 4, base_channels: int = 64
     PyTorch loss.
 
     Both models start from the same weights; targets are uint8, as the trainer feeds them
-    (:func:`fastunet.augment.augment_batch`). ``device="cpu"`` (the loss kernel under the
+    (:func:`fastunet.train.augment.augment_batch`). ``device="cpu"`` (the loss kernel under the
     Triton interpreter) is for tests only.
 
     Parameters
@@ -134,7 +134,7 @@ def bench_train_step(*, tile: int = 572, batch: int = 4, base_channels: int = 64
     figures, ratios : dict
         ``P6.fused_ms``, ``P6.eager_amp_ms``; ``P6.vs_eager_amp``.
     """
-    from ..loss import weighted_cross_entropy
+    from ..train.loss import weighted_cross_entropy
 
     dev = timing.bench_device(device)
     config = UNetConfig(base_channels=base_channels, depth=depth)

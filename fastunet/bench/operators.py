@@ -138,7 +138,7 @@ def bench_loss(*, batch: int = 8, classes: int = 2, size: int = 388, large_batch
         Per target dtype and batch ``P3.<dtype>.batch<n>.*``; the headline ratios
         ``P3.vs_eager``, ``P3.copy_bandwidth_fraction`` and ``P3.int64.copy_bandwidth_fraction``.
     """
-    from ..loss import weighted_cross_entropy
+    from ..train.loss import weighted_cross_entropy
 
     dev = timing.bench_device(device)
     runs = dict(warmup=warmup, reps=reps, device=dev)

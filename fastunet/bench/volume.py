@@ -37,7 +37,7 @@ def bench_volume(path, shape=(64, 4096, 4096), *, chunks=(1, 1024, 1024), seed: 
     """A uint16 zarr volume of synthetic nuclei for P4/P5, written once and then reused.
 
     Drawing a gigavoxel of new nuclei would take long, so ``variants`` planes of
-    :func:`fastunet.data.synthetic_nuclei` of one chunk's ``(Y, X)`` size are drawn once, and
+    :func:`fastunet.synthetic.synthetic_nuclei` of one chunk's ``(Y, X)`` size are drawn once, and
     every chunk of the volume is one of them, cyclically shifted by a random offset, plus a
     randomly shifted pattern of uniform noise in ``[0, 16)`` counts (random choices from
     ``seed``: the same arguments give the same volume). Speed does not depend on the
@@ -64,7 +64,7 @@ def bench_volume(path, shape=(64, 4096, 4096), *, chunks=(1, 1024, 1024), seed: 
     """
     import zarr
 
-    from ..data import synthetic_nuclei
+    from ..synthetic import synthetic_nuclei
 
     shape = tuple(int(n) for n in shape)
     chunks = tuple(int(c) for c in chunks)

@@ -91,7 +91,7 @@ def weighted_cross_entropy(
         Class scores (fp32, bf16 or fp16; the math is fp32).
     target : Tensor (N, H, W), int64, int32 or uint8
         Class per pixel; ``ignore_index`` pixels contribute neither loss nor gradient. The
-        trainer feeds uint8 (:func:`fastunet.augment.augment_batch`): with the default
+        trainer feeds uint8 (:func:`fastunet.train.augment.augment_batch`): with the default
         ``ignore_index=-100``, which uint8 cannot hold, the kernel's ``mean`` needs no pass
         that counts the ignored pixels.
     weight : Tensor (N, H, W), optional
@@ -105,7 +105,7 @@ def weighted_cross_entropy(
     _check(logits, target, weight, reduction)
     weight_needs_grad = weight is not None and weight.requires_grad and torch.is_grad_enabled()
     if _use_triton(backend, on_cuda=logits.is_cuda, reduction=reduction, weight_needs_grad=weight_needs_grad):
-        from .kernels import load
+        from ..kernels import load
 
         (kernel,) = load(logits.device, "loss")
         return kernel.weighted_softmax_ce(logits, target, weight, ignore_index=ignore_index, reduction=reduction)

@@ -3,7 +3,8 @@ import pytest
 import torch
 from scipy import ndimage as ndi
 
-from fastunet.data import save_preview, synthetic_nuclei, synthetic_volume, touching_pairs
+from fastunet.figures import save_preview
+from fastunet.synthetic import synthetic_nuclei, synthetic_volume, touching_pairs
 
 
 def _seed() -> int:

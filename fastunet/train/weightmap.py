@@ -18,6 +18,8 @@ From it come
 - :func:`class_weights` and :func:`weight_map`;
 - :func:`prepare`: target and weight map at once, computed once per training image.
 
+:func:`fastunet.figures.weight_map_figure` draws them like the paper's figure 3.
+
 Distances and their truncation
 ------------------------------
 ``d_k(x)`` is the Euclidean distance (between pixel centres) from ``x`` to the nearest pixel of
@@ -39,11 +41,12 @@ distance transform per object, so images with hundreds of objects take well unde
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage
+
+from ..instances import relabel_sequential
 
 __all__ = [
     "TargetAndWeights",
@@ -53,7 +56,7 @@ __all__ = [
     "semantic_target",
     "touching_borders",
     "weight_map",
-    "weight_map_figure",
+    "compact_instances",
 ]
 
 # 8-neighbourhood: diagonally touching objects are separated too.
@@ -181,10 +184,24 @@ def _sequential(instances: np.ndarray) -> np.ndarray:
     top = int(instances.max()) if instances.size else 0
     if top <= 2 * instances.size:
         return instances
-    values, inverse = np.unique(instances, return_inverse=True)
-    if values[0] != 0:
-        inverse = inverse + 1
-    return inverse.reshape(instances.shape).astype(np.int64)
+    return relabel_sequential(instances)
+
+
+def compact_instances(instances: np.ndarray) -> np.ndarray:
+    """A checked 2D instance label image, its ids renumbered ``1..n`` when they are sparse.
+
+    Parameters
+    ----------
+    instances : ndarray (H, W), integer or bool
+        Instance labels, 0 background.
+
+    Returns
+    -------
+    ndarray (H, W)
+        ``instances`` itself when its largest id is at most twice its pixel count, else the
+        ids renumbered by :func:`fastunet.instances.relabel_sequential`.
+    """
+    return _sequential(_check_instances(instances))
 
 
 def _two_nearest(instances: np.ndarray, margin: int) -> tuple[np.ndarray, np.ndarray]:
@@ -268,81 +285,3 @@ def prepare(
     instances = _check_instances(instances)
     target = semantic_target(instances)
     return TargetAndWeights(target, _weight_map(instances, target, w0, sigma, balance, tol))
-
-
-def _display_image(image: np.ndarray) -> np.ndarray:
-    """(H, W) grey or (H, W, 3) RGB in [0, 1] from (H, W), (C, H, W) or (H, W, C)."""
-    image = np.asarray(image, dtype=np.float32)
-    if image.ndim == 3 and image.shape[-1] not in (1, 3):
-        image = np.moveaxis(image, 0, -1)  # (C, H, W) -> (H, W, C)
-    if image.ndim == 3 and image.shape[-1] != 3:
-        image = image[..., 0]
-    if image.ndim not in (2, 3):
-        raise ValueError(f"Expected an image (H, W), (C, H, W) or (H, W, C); got shape {image.shape}.")
-    lo, hi = float(image.min()), float(image.max())
-    return (image - lo) / (hi - lo) if hi > lo else np.zeros_like(image)
-
-
-def weight_map_figure(
-    path: str | Path,
-    image: np.ndarray,
-    target: np.ndarray,
-    weight: np.ndarray,
-    *,
-    instances: np.ndarray | None = None,
-) -> Path:
-    """Save image, target and weight map side by side as a PNG, like the paper's figure 3.
-
-    Parameters
-    ----------
-    path : str or Path
-        Where to write the PNG.
-    image : ndarray (H, W), (C, H, W) or (H, W, C)
-        The raw image (the first channel is shown unless it has 3 channels).
-    target : ndarray (H, W)
-        Two-class target from :func:`semantic_target`.
-    weight : ndarray (H, W)
-        Weight map from :func:`weight_map`.
-    instances : ndarray (H, W), optional
-        When given, the middle panel shows the instances in colour with their touching
-        borders in white instead of the binary target.
-
-    Returns
-    -------
-    Path
-        ``path``.
-    """
-    from matplotlib.figure import Figure  # no pyplot: no global figure state, Agg canvas
-
-    path = Path(path)
-    target = np.asarray(target)
-    weight = np.asarray(weight)
-    if target.shape != weight.shape:
-        raise ValueError(f"target {target.shape} and weight {weight.shape} must have the same shape.")
-
-    fig = Figure(figsize=(15, 5), dpi=100, layout="constrained")
-    axes = fig.subplots(1, 3)
-    shown = _display_image(image)
-    axes[0].imshow(shown, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-    axes[0].set_title("image")
-    if instances is not None:
-        instances = _sequential(_check_instances(instances))
-        # Shuffle label colours so neighbouring objects differ, background black, borders white.
-        count = int(instances.max()) + 1
-        colours = np.random.default_rng(0).uniform(0.2, 0.9, size=(count, 3))
-        colours[0] = 0.0
-        rgb = colours[instances]
-        rgb[touching_borders(instances)] = 1.0
-        axes[1].imshow(rgb, interpolation="nearest")
-        axes[1].set_title("instances, touching borders white")
-    else:
-        axes[1].imshow(target, cmap="gray", interpolation="nearest")
-        axes[1].set_title("target")
-    shown_weight = axes[2].imshow(weight, cmap="jet", interpolation="nearest")
-    axes[2].set_title("weight map")
-    fig.colorbar(shown_weight, ax=axes[2], fraction=0.046)
-    for ax in axes:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.savefig(path, format="png")
-    return path

@@ -45,7 +45,7 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 
-from .geometry import reflect_index
+from ..geometry import reflect_index
 
 __all__ = ["AugmentConfig", "augment_batch", "elastic_field", "random_center", "sample_tile"]
 
@@ -264,11 +264,11 @@ def sample_tile(
     image : Tensor (C, H, W), float
         Normalized training image.
     target : Tensor (H, W), integer
-        Class per pixel in 0..255 (e.g. :func:`fastunet.weightmap.semantic_target`, uint8);
+        Class per pixel in 0..255 (e.g. :func:`fastunet.train.weightmap.semantic_target`, uint8);
         a target of a wider dtype is checked per tile (a ``ValueError`` for labels outside
         0..255, such as -100).
     weight : Tensor (H, W), float
-        Weight map (e.g. :func:`fastunet.weightmap.weight_map`). All three on one device.
+        Weight map (e.g. :func:`fastunet.train.weightmap.weight_map`). All three on one device.
     center : (float, float)
         Source-image point ``(y, x)`` that the tile centre maps to; with the identity config and
         ``center - (in_size - 1) / 2`` integer the tile is the crop starting at that offset.

@@ -1,0 +1,47 @@
+"""relabel_sequential: the one renumbering to 1..n (synthetic data, weight maps, metrics)."""
+
+import numpy as np
+import pytest
+import torch
+
+from fastunet.instances import relabel_sequential
+
+
+def _rng() -> np.random.Generator:
+    return np.random.default_rng(torch.initial_seed())
+
+
+def _by_unique(labels: np.ndarray, min_size: int = 1) -> np.ndarray:
+    """The definition, written plainly: ids that occur at least min_size times, in order, to 1..n."""
+    ids, counts = np.unique(labels, return_counts=True)
+    kept = [i for i, c in zip(ids, counts) if i != 0 and c >= min_size]
+    out = np.zeros(labels.shape, np.int64)
+    for new, old in enumerate(kept, start=1):
+        out[labels == old] = new
+    return out
+
+
+@pytest.mark.parametrize("top", [5, 40, 10**9])  # dense ids, many gaps, sparse (hash-like) ids
+@pytest.mark.parametrize("background", [True, False])
+def test_matches_the_definition(top, background):
+    rng = _rng()
+    labels = rng.integers(0 if background else 1, top, size=(17, 23)).astype(np.int64)
+    for min_size in (1, 2, 5):
+        out = relabel_sequential(labels, min_size=min_size)
+        np.testing.assert_array_equal(out, _by_unique(labels, min_size))
+        assert out.dtype == np.int64
+
+
+def test_dtype_shapes_and_errors():
+    labels = np.array([[0, 7, 7], [3, 0, 9]], np.uint16)
+    out = relabel_sequential(labels, dtype=np.int32)
+    assert out.dtype == np.int32
+    np.testing.assert_array_equal(out, [[0, 2, 2], [1, 0, 3]])
+    np.testing.assert_array_equal(relabel_sequential(labels[None]), out[None])  # any number of dimensions
+    assert relabel_sequential(np.zeros((0, 4), np.int32)).shape == (0, 4)
+    big = np.array([0, np.iinfo(np.uint64).max], np.uint64)
+    np.testing.assert_array_equal(relabel_sequential(big), [0, 1])
+    with pytest.raises(ValueError, match=">= 0"):
+        relabel_sequential(np.array([0, -1]))
+    with pytest.raises(TypeError, match="integer"):
+        relabel_sequential(np.array([0.5]))
