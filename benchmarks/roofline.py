@@ -35,8 +35,8 @@ from fastunet import geometry  # noqa: E402
 from fastunet.bench.monai_baseline import same_padded_flops  # noqa: E402
 from fastunet.bench.pipeline import engine_tile_count, grid_tile_count  # noqa: E402
 from fastunet.bench.timing import geometric_mean  # noqa: E402
-from fastunet.model import UNetConfig, forward_flops  # noqa: E402
 from fastunet.engine.tiling import plan_layout  # noqa: E402
+from fastunet.model import UNetConfig, forward_flops  # noqa: E402
 
 DEVICES = {"nominal": (989e12, 3.35e12), "recorded": (798e12, 3.0e12)}  # (FLOP/s, B/s)
 E_CUDNN = 0.7  # assumed fraction of the matmul peak cuDNN's bf16 3x3 convs reach (not measured)

@@ -78,8 +78,8 @@ def child(args) -> None:
 
     # The raw network on the same tiles: same count, shape and batch calls (the engine sends
     # each block's tiles in calls of at most batch_size), already in memory.
-    from fastunet.io import SegmentationStore
     from fastunet.engine.tiling import Layout
+    from fastunet.io import SegmentationStore
 
     meta = SegmentationStore(args.output, mode="r").attrs
     layout = Layout(shape=tuple(meta["shape"]), depth=seg.config.depth, tile=tuple(meta["tile"]),

@@ -345,11 +345,31 @@ def to_flags(message: str, args: argparse.Namespace) -> str:
     return re.sub(pattern, flag, message)
 
 
+def configure_process(args: argparse.Namespace) -> None:
+    """The process-wide settings a command's options imply, made here, by the program that
+    owns the process (the library never changes them):
+
+    * ``--backend triton`` on a machine without CUDA runs the kernels under the Triton
+      interpreter, which must be switched on before triton is first imported;
+    * ``--dtype fp32`` / ``tf32`` set PyTorch's TF32 switches for its CUDA convolutions and
+      matmuls (the torch backend checks that they match the dtype).
+    """
+    import os
+
+    import torch
+
+    if getattr(args, "backend", None) == "triton" and not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    if getattr(args, "dtype", None) in ("fp32", "tf32") and torch.cuda.is_available():
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = args.dtype == "tf32"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fastunet`` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        configure_process(args)
         return int(args.func(args) or 0)
     except UserError as exc:
         print(f"fastunet {args.command}: error: {to_flags(str(exc), args)}", file=sys.stderr)

@@ -19,10 +19,10 @@ from fastunet.bench import timing as bench_timing
 from fastunet.bench.monai_baseline import monai_segment
 from fastunet.bench.pipeline import time_segment
 from fastunet.cli import main
+from fastunet.engine.tiling import plan_layout
 from fastunet.errors import UserError
 from fastunet.model import ReferenceUNet, UNetConfig, count_parameters, forward_flops
 from fastunet.normalization import Normalization
-from fastunet.engine.tiling import plan_layout
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -22,7 +22,7 @@ def test_info_lists_tiles_of_a_deep_network(tmp_path, capsys):
     """Depth 7 starts at 1532 px: the tile list must not come out empty."""
     path = save_model(tmp_path / "m.safetensors", ReferenceUNet(UNetConfig(base_channels=1, depth=7)))
     assert main(["info", str(path)]) == 0
-    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("valid tiles"))
+    line = next(s for s in capsys.readouterr().out.splitlines() if s.startswith("valid tiles"))
     assert "1532->4" in line and line.count("->") >= 5
 
 

@@ -23,9 +23,9 @@ import zarr
 
 from fastunet import Normalization, ReferenceUNet, UNetConfig, geometry, save_model
 from fastunet.engine import LoadedNetwork, ModelHandle
-from fastunet.normalization import normalization_stats, sample_indices
 from fastunet.io import open_volume
 from fastunet.modelfile import ModelBundle
+from fastunet.normalization import normalization_stats, sample_indices
 from fastunet.segmentation import NonFiniteWarning, Segmenter, segment
 
 MARGIN = 2e-5  # about 4x the largest fp32 logit difference measured between tile sizes

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from fastunet import geometry
-from fastunet.geometry import reflect_index
 from fastunet.engine.tiling import (
     Block,
     Layout,
@@ -18,6 +17,7 @@ from fastunet.engine.tiling import (
     read_mirrored,
     tile_for_extent,
 )
+from fastunet.geometry import reflect_index
 
 
 def _rng():

@@ -363,7 +363,6 @@ def test_adam_bf16_steps_on_cuda_use_the_fused_loss_and_gpu_augmentation(tmp_pat
     through the fused Triton kernel (bf16 logits, uint8 targets: no count pass) and its
     tiles were augmented on the GPU."""
     from fastunet.kernels import loss as lossk
-
     from fastunet.train import loop
 
     kernel_calls, count_calls, batches = [], [], []

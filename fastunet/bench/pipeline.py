@@ -89,8 +89,8 @@ def time_segment(model_path, volume_path, out_path, *, tile: int | None, batch: 
     """
     import zarr
 
-    from ..segmentation import Segmenter
     from ..engine.tiling import Layout
+    from ..segmentation import Segmenter
 
     options = dict(batch_size=batch, device=device, backend=backend, dtype=dtype)
     source = zarr.open_array(str(volume_path), mode="r")
