@@ -196,7 +196,8 @@ def test_ome_zarr_input_gives_image_label_output(tmp_path):
     net = _net()
     vol = _rng().normal(size=(2, 24, 30)).astype(np.float32)
     _ome_input(tmp_path / "img.ome.zarr", vol)
-    labels = segment(str(tmp_path / "img.ome.zarr"), net, tmp_path / "seg.ome.zarr", tile=52, progress=False)
+    labels = segment(str(tmp_path / "img.ome.zarr"), net, tmp_path / "seg.ome.zarr", tile=52, progress=False,
+                     output_kind="labels")
     group = zarr.open_group(str(tmp_path / "seg.ome.zarr" / "labels"), mode="r")
     assert group.attrs["ome"]["labels"] == ["segmentation"]
     image = zarr.open_group(str(tmp_path / "seg.ome.zarr" / "labels" / "segmentation"), mode="r")
@@ -237,9 +238,9 @@ def test_segmenter_keeps_the_model_loaded(tmp_path):
     with Segmenter(path, tile=52, batch_size=3) as seg:
         a = rng.normal(size=(30, 30)).astype(np.float32)
         b = rng.normal(size=(2, 25, 41)).astype(np.float32)
-        la = seg.segment(a, None).compute()
+        la = seg.segment(a, None, output_kind="labels").compute()
         network = seg.network
-        lb = seg.segment(b, tmp_path / "b.zarr", axes="ZYX", progress=False)
+        lb = seg.segment(b, tmp_path / "b.zarr", axes="ZYX", progress=False, output_kind="labels")
         assert seg.network is network and seg.last_summary["computed"] >= 1
     assert_seamless(la, None, reference_logits(net, _normalize(a, net)[None]))
     for z in range(2):

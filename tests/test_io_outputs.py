@@ -159,7 +159,9 @@ def test_ome_output_is_an_image_label(tmp_path, rng, zarr_format):
     (ms,) = meta["multiscales"]
     assert [a["name"] for a in ms["axes"]] == ["z", "y", "x"]
     assert all(a["type"] == "space" and a["unit"] == "micrometer" for a in ms["axes"])
-    (ds,) = ms["datasets"]
+    ds, ds1 = ms["datasets"]  # as many levels as the input image
+    assert ds1["coordinateTransformations"] == [{"type": "scale", "scale": [1.0, 0.5, 0.5]}]
+    assert label[ds1["path"]].shape == (4, 8, 6)
     assert ds["coordinateTransformations"] == [
         {"type": "scale", "scale": [0.5, 0.25, 0.25]}, {"type": "translation", "translation": [1.0, 2.0, 3.0]}]
     arr = label[ds["path"]]  # found through the metadata path
@@ -171,17 +173,20 @@ def test_ome_output_is_an_image_label(tmp_path, rng, zarr_format):
     assert img["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 0.5, 0.25, 0.25]
     probs = root[img["datasets"][0]["path"]]
     assert probs.shape == (3, 4, 16, 12) and probs.dtype == np.float16
-    assert root.attrs["fastunet"]["arrays"] == {"labels": "labels/segmentation/0", "probs": "probs"}
+    assert root.attrs["fastunet"]["arrays"] == {"labels": "labels/segmentation/0", "probs": "probs/0"}
 
 
-def test_ome_output_labels_only_has_no_root_image(tmp_path, rng):
+def test_ome_output_labels_only_root_image_is_the_labels(tmp_path, rng):
+    """Without probabilities the root image is the label image's own arrays (no copy): the
+    output is still an OME-Zarr image (issue 14: it had no multiscales at the root)."""
     inp = tmp_path / "img.zarr"
     ome_input(inp, rng.integers(0, 9, size=(1, 1, 2, 8, 8), dtype=np.uint8), 3)
     store = create_output(tmp_path / "o.zarr", source=open_volume(inp), num_classes=2, output="labels",
                           chunks=(1, 8, 8))
     root = zarr.open_group(str(tmp_path / "o.zarr"), mode="r")
-    assert "ome" not in root.attrs and store.probs is None
-    assert store.labels.shape == (2, 8, 8)
+    assert store.probs is None and store.labels.shape == (2, 8, 8)
+    (ms,) = root.attrs["ome"]["multiscales"]
+    assert [d["path"] for d in ms["datasets"]] == ["labels/segmentation/0", "labels/segmentation/1"]
 
 
 def _mark_many(args):

@@ -9,13 +9,15 @@ instances      uint16 (ids <= 65535),  ImageJ hyperstack (uint16); uint32 as a p
                else uint32             TIFF with resolution tags (ImageJ opens it as
                                        32-bit)
 labels         uint8                   ImageJ hyperstack
-probs          float32 (ImageJ opens   ImageJ hyperstack, axes ``CYX`` / ``ZCYX``
-               no float16)
+probs          float32 (ImageJ opens   a plain TIFF, pages in ``C(Z)YX`` order (class
+               no float16)             after class), with resolution tags
 =============  ======================  ===============================================
 
 ``*.ome.tif`` outputs are OME-TIFF (any data type) with ``PhysicalSizeX/Y/Z``. ImageJ
 files carry the pixel size as ``XResolution``/``YResolution``, ``spacing`` (Z) and
-``unit``. Files over 4 GiB are BigTIFF (plain TIFF: ImageJ hyperstacks cannot be).
+``unit``; plain TIFFs as ``XResolution``/``YResolution`` in pixels per centimeter. Files
+over 4 GiB are BigTIFF (plain TIFF: ImageJ hyperstacks cannot be); a stack of one slice is
+a plain TIFF too (ImageJ's format would drop its Z axis).
 """
 
 from __future__ import annotations
@@ -82,9 +84,7 @@ def _options(data: np.ndarray, axes: str, kind: str, ome: bool, pixel: PixelSize
                 meta[f"PhysicalSize{a}Unit"] = tiff_unit(unit)
         return data, {"ome": True, "metadata": meta, "software": software, "bigtiff": big}
     resolution = (1.0 / size["X"][0], 1.0 / size["Y"][0]) if known else None
-    if data.dtype.type in _IMAGEJ_DTYPES and not big:
-        if axes == "CZYX":  # ImageJ's order is TZCYXS
-            data, axes = np.moveaxis(data, 0, 1), "ZCYX"
+    if data.dtype.type in _IMAGEJ_DTYPES and kind != "probs" and not big and min(data.shape) > 1:
         meta = {"axes": axes}
         unit = size["X"][1]
         if unit:

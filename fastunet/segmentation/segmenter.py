@@ -37,7 +37,7 @@ from ..errors import UserError
 from ..kinds import pick
 from .memory import default_max_step
 from .progress import PROGRESS_INTERVAL, ProgressBar
-from .sinks import MAX_TIFF_BYTES, TiffSink, open_sink, recorded_kind
+from .sinks import MAX_TIFF_BYTES, TiffSink, open_sink
 
 __all__ = ["segment", "Segmenter", "NonFiniteWarning", "OUTPUT_KINDS"]
 
@@ -217,8 +217,6 @@ class Segmenter:
         from ..kinds import parse_kinds
 
         t_start = time.perf_counter()
-        if resume and output_kind is None and output is not None:
-            output_kind = recorded_kind(output)  # continue what the interrupted run wrote
         kinds = parse_kinds(output_kind, self.config.num_classes)
         options = InstanceOptions(min_size=min_size, split=split, connect_z=connect_z)
         _check_cluster(scheduler, workers, gpus)

@@ -28,22 +28,11 @@ import numpy as np
 from ..errors import UserError
 from ..kinds import kinds_record, pick
 
-__all__ = ["ZarrSink", "TiffSink", "open_sink", "recorded_kind", "TIFF_SUFFIXES", "MAX_TIFF_BYTES"]
+__all__ = ["ZarrSink", "TiffSink", "open_sink", "TIFF_SUFFIXES", "MAX_TIFF_BYTES"]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 MAX_TIFF_BYTES = 4 * 1024**3
 _BYTES = {"instances": 8, "labels": 1}  # per voxel in memory (ids and their block records)
-
-
-def recorded_kind(output) -> str | None:
-    """The kinds recorded in an existing fastunet zarr output (what a resume continues)."""
-    from pathlib import Path
-
-    from ..io.outputs import fastunet_attrs
-
-    path = Path(output).expanduser()
-    meta = fastunet_attrs(path) if path.is_dir() else None
-    return meta.get("output") if meta else None
 
 
 class ZarrSink:
