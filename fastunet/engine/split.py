@@ -23,8 +23,14 @@ SPLIT_H = 2.0  # pixels: how much deeper than the neck between them two seeds mu
 
 def _split_volume(mask: np.ndarray, structure: np.ndarray) -> tuple[np.ndarray, int]:
     from scipy import ndimage
-    from skimage.morphology import h_maxima
-    from skimage.segmentation import watershed
+
+    try:
+        from skimage.morphology import h_maxima
+        from skimage.segmentation import watershed
+    except ImportError:
+        from ..errors import UserError
+
+        raise UserError('split="watershed" needs scikit-image: pip install scikit-image (or fastunet[split]).') from None
 
     dist = ndimage.distance_transform_edt(mask)
     seeds, n = ndimage.label(h_maxima(dist, SPLIT_H), structure=np.ones((3,) * mask.ndim, bool))

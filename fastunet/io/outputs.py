@@ -217,6 +217,8 @@ def check_output(
             'resume=True needs a zarr output (e.g. output="out.zarr"); TIFF outputs are written at once.'
         )
     parent = out.parent
+    if into_input and not parent.exists():  # the input's labels group is created with the label image
+        parent = parent.parent
     if not parent.exists():
         raise UserError(
             f"The output's folder {str(parent)!r} does not exist; create it first or choose another path."
