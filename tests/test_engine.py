@@ -251,7 +251,7 @@ def test_percentile_statistics_once_per_volume():
     norm = Normalization(mode="percentile", low=2.0, high=98.0)
     net = _net(normalization=norm)
     vol = _rng().gamma(2.0, 100.0, size=(2, 36, 44)).astype(np.float32)
-    labels = segment(vol, net, None, axes="ZYX", tile=56, chunks=(1, 12, 12)).compute()
+    labels = segment(vol, net, None, axes="ZYX", tile=56, chunks=(1, 12, 12), output_kind="labels").compute()
     lo, hi = np.percentile(vol.astype(np.float64), [2.0, 98.0])  # small volume: all voxels
     for z in range(2):
         image = ((vol[z] - np.float32(lo)) / np.float32(hi - lo))[None].astype(np.float32)
@@ -296,7 +296,7 @@ def test_nan_and_inf_are_ignored_then_zeroed_and_reported(tmp_path):
     finite = img[np.isfinite(img)].astype(np.float64)
     with pytest.warns(NonFiniteWarning, match="4 NaN/Inf values in the input"):
         seg = Segmenter(net, tile=52)
-        labels = seg.segment(img, tmp_path / "o.zarr", progress=False)
+        labels = seg.segment(img, tmp_path / "o.zarr", progress=False, output_kind="labels")
     assert seg.last_summary["nonfinite"] == 4
     image = (img - np.float32(finite.mean())) / np.float32(finite.std())
     image[~np.isfinite(img)] = 0.0
