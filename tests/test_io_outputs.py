@@ -291,3 +291,38 @@ def test_output_stub_without_its_array_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="unfinished fastunet output without its array 'labels'.*overwrite=True"):
         SegmentationStore(store.path)
     check_output(store.path, source=src, overwrite=True, resume=False)  # overwrite=True may replace it
+
+
+def test_outputs_of_the_previous_layout_still_open_and_newer_ones_are_refused(tmp_path, rng):
+    """Layout 1 (no "layout"/"levels" records, arrays at the root) keeps resuming; a newer
+    layout than this fastunet knows is one clear line."""
+    src = _src()
+    store = create_output(tmp_path / "o.zarr", source=src, num_classes=2, output="both", chunks=(2, 8, 8))
+    root = zarr.open_group(str(store.path), mode="r+")
+    meta = dict(root.attrs["fastunet"])
+    assert meta["layout"] == 2 and meta["arrays"] == {"labels": "labels", "probs": "probs"}
+    old = {k: v for k, v in meta.items() if k not in ("layout", "levels", "mode")}
+    root.attrs["fastunet"] = old
+    again = open_output(store.path, expect={"output": "both", "num_classes": 2})
+    values = rng.integers(0, 2, size=(2, 8, 8), dtype=np.uint8)
+    again.write("labels", (slice(0, 2), slice(0, 8), slice(8, 16)), values)
+    np.testing.assert_array_equal(again.labels[0:2, 0:8, 8:16], values)
+    root.attrs["fastunet"] = {**old, "layout": 99}
+    with pytest.raises(UserError, match="written by a newer fastunet"):
+        SegmentationStore(store.path)
+
+
+def test_instance_arrays_become_uint64_when_needed(tmp_path):
+    from fastunet.io.output_layout import retype_instances
+
+    inp = tmp_path / "img.zarr"
+    ome_input(inp, np.zeros((1, 1, 2, 16, 12), np.uint8), 2)
+    store = create_output(tmp_path / "o.zarr", source=open_volume(inp), num_classes=2, output="instances",
+                          chunks=(1, 8, 8))
+    assert store.instances.dtype == np.uint32 and len(store.levels["instances"]) == 1
+    retype_instances(zarr.open_group(str(store.path), mode="r+"), store.attrs, "uint64")
+    again = SegmentationStore(store.path)
+    assert again.instances.dtype == np.uint64 and again.levels["instances"][0][0].dtype == np.uint64
+    again.write("instances", (slice(0, 2), slice(0, 16), slice(0, 12)), np.full((2, 16, 12), 2**40, np.uint64))
+    assert int(again.levels["instances"][0][0][0, 0, 0]) == 2**40
+    assert (tmp_path / "o.zarr" / "labels" / "segmentation" / "0" / ".zarray").is_file()  # the input's v2

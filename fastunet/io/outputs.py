@@ -136,7 +136,9 @@ def labels_of_input(out: Path, source: VolumeSource | None) -> bool:
     if source is None or source.kind != "ome-zarr" or not source.path:
         return False
     out = Path(out).expanduser().resolve()
-    return out.parent == Path(source.path).expanduser().resolve() / "labels" and not out.name.startswith(".")
+    if out.suffix.lower() in TIFF_SUFFIXES or out.name.startswith("."):
+        return False
+    return out.parent == Path(source.path).expanduser().resolve() / "labels"
 
 
 def _check_not_input(out: Path, source: VolumeSource | None, *, into_input: bool = False) -> None:
