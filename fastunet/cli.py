@@ -231,9 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", dest="out", metavar="OUTPUT", required=True, help="output .zarr folder or .tif file")
     p.add_argument("--axes", help="axes of a plain array, e.g. ZYX, CYX, CZYX (default: from metadata)")
     _add_network_options(p)
-    p.add_argument("--output", dest="output_kind", choices=("labels", "probs", "both"), default="labels",
-                   help="uint8 labels, float16 class probabilities, or both (default labels)")
-    p.add_argument("--zarr-format", type=int, choices=(2, 3), default=3, help="zarr format of the output (default 3)")
+    p.add_argument("--output", dest="output_kind", metavar="KIND[,KIND]", help="instances (object ids), labels, "
+                   "probs, both or several, e.g. instances,probs (default: instances for two-class models)")
+    p.add_argument("--zarr-format", type=int, choices=(2, 3), help="default: the OME-Zarr input's, else 3")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run into the same output")
     p.add_argument("--overwrite", action="store_true", help="replace an existing fastunet output")
     where = p.add_mutually_exclusive_group()

@@ -73,7 +73,7 @@ def run_demo(folder: str | os.PathLike = "fastunet-demo", *, shape=(8, 1024, 102
     print(f"wrote {folder / 'volume.zarr'} {shape} uint16 (synthetic nuclei, seed {seed})")
     with segmenter:
         labels = segmenter.segment(str(folder / "volume.zarr"), str(folder / "labels.zarr"), axes="ZYX",
-                                   progress=progress)
+                                   progress=progress, output_kind="labels")
         from .segmentation import summary_line
 
         print(summary_line(segmenter.last_summary, folder / "labels.zarr"))

@@ -68,7 +68,7 @@ def evaluate(images, labels, model=None, *, axes: str | None = None, device=None
     with Segmenter(model, device=device, backend=backend, dtype=dtype, tile=tile, batch_size=batch_size) as seg:
         for pair in pairs:
             classes = np.asarray(seg.segment(pair.image, None, axes="ZYX" if pair.image.ndim == 3 else "YX",
-                                             progress=False))
+                                             progress=False, output_kind="labels"))
             preds += _slices(classes)
             truths += _slices(pair.labels)
     if preview is not None:

@@ -28,7 +28,8 @@ def test_bundled_model_is_small_and_records_how_it_was_trained():
 def test_segment_without_model_uses_the_bundled_one(tmp_path, capsys):
     image, _ = synthetic_nuclei((96, 120), seed=7, dtype="uint16")
     tifffile.imwrite(tmp_path / "img.tif", image)
-    assert main(["segment", str(tmp_path / "img.tif"), "-o", str(tmp_path / "out.zarr"), "--device", "cpu"]) == 0
+    assert main(["segment", str(tmp_path / "img.tif"), "-o", str(tmp_path / "out.zarr"), "--device", "cpu",
+                 "--output", "labels"]) == 0
     labels = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")["labels"][:]
     assert labels.shape == (96, 120) and set(np.unique(labels)) <= {0, 1}
 

@@ -196,7 +196,8 @@ def test_ome_zarr_input_gives_image_label_output(tmp_path):
     net = _net()
     vol = _rng().normal(size=(2, 24, 30)).astype(np.float32)
     _ome_input(tmp_path / "img.ome.zarr", vol)
-    labels = segment(str(tmp_path / "img.ome.zarr"), net, tmp_path / "seg.ome.zarr", tile=52, progress=False)
+    labels = segment(str(tmp_path / "img.ome.zarr"), net, tmp_path / "seg.ome.zarr", tile=52, progress=False,
+                     output_kind="labels")
     group = zarr.open_group(str(tmp_path / "seg.ome.zarr" / "labels"), mode="r")
     assert group.attrs["ome"]["labels"] == ["segmentation"]
     image = zarr.open_group(str(tmp_path / "seg.ome.zarr" / "labels" / "segmentation"), mode="r")
@@ -237,9 +238,9 @@ def test_segmenter_keeps_the_model_loaded(tmp_path):
     with Segmenter(path, tile=52, batch_size=3) as seg:
         a = rng.normal(size=(30, 30)).astype(np.float32)
         b = rng.normal(size=(2, 25, 41)).astype(np.float32)
-        la = seg.segment(a, None).compute()
+        la = seg.segment(a, None, output_kind="labels").compute()
         network = seg.network
-        lb = seg.segment(b, tmp_path / "b.zarr", axes="ZYX", progress=False)
+        lb = seg.segment(b, tmp_path / "b.zarr", axes="ZYX", progress=False, output_kind="labels")
         assert seg.network is network and seg.last_summary["computed"] >= 1
     assert_seamless(la, None, reference_logits(net, _normalize(a, net)[None]))
     for z in range(2):
@@ -250,7 +251,7 @@ def test_percentile_statistics_once_per_volume():
     norm = Normalization(mode="percentile", low=2.0, high=98.0)
     net = _net(normalization=norm)
     vol = _rng().gamma(2.0, 100.0, size=(2, 36, 44)).astype(np.float32)
-    labels = segment(vol, net, None, axes="ZYX", tile=56, chunks=(1, 12, 12)).compute()
+    labels = segment(vol, net, None, axes="ZYX", tile=56, chunks=(1, 12, 12), output_kind="labels").compute()
     lo, hi = np.percentile(vol.astype(np.float64), [2.0, 98.0])  # small volume: all voxels
     for z in range(2):
         image = ((vol[z] - np.float32(lo)) / np.float32(hi - lo))[None].astype(np.float32)
@@ -295,7 +296,7 @@ def test_nan_and_inf_are_ignored_then_zeroed_and_reported(tmp_path):
     finite = img[np.isfinite(img)].astype(np.float64)
     with pytest.warns(NonFiniteWarning, match="4 NaN/Inf values in the input"):
         seg = Segmenter(net, tile=52)
-        labels = seg.segment(img, tmp_path / "o.zarr", progress=False)
+        labels = seg.segment(img, tmp_path / "o.zarr", progress=False, output_kind="labels")
     assert seg.last_summary["nonfinite"] == 4
     image = (img - np.float32(finite.mean())) / np.float32(finite.std())
     image[~np.isfinite(img)] = 0.0

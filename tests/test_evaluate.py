@@ -71,7 +71,7 @@ def test_evaluate_scores_what_the_engine_predicts(tmp_path):
     truths = [_blobs(rng, (40, 52)) for _ in range(2)]
     images = [(t > 0) * 200.0 + rng.normal(0, 20, t.shape) for t in truths]
     result = evaluate(images, truths, net, device="cpu", preview=tmp_path / "p.png")
-    preds = [np.asarray(segment(im, net, None, device="cpu", progress=False)) for im in images]
+    preds = [np.asarray(segment(im, net, None, device="cpu", progress=False, output_kind="labels")) for im in images]
     assert result == score(preds, truths)
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

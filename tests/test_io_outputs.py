@@ -159,7 +159,9 @@ def test_ome_output_is_an_image_label(tmp_path, rng, zarr_format):
     (ms,) = meta["multiscales"]
     assert [a["name"] for a in ms["axes"]] == ["z", "y", "x"]
     assert all(a["type"] == "space" and a["unit"] == "micrometer" for a in ms["axes"])
-    (ds,) = ms["datasets"]
+    ds, ds1 = ms["datasets"]  # as many levels as the input image
+    assert ds1["coordinateTransformations"] == [{"type": "scale", "scale": [1.0, 0.5, 0.5]}]
+    assert label[ds1["path"]].shape == (4, 8, 6)
     assert ds["coordinateTransformations"] == [
         {"type": "scale", "scale": [0.5, 0.25, 0.25]}, {"type": "translation", "translation": [1.0, 2.0, 3.0]}]
     arr = label[ds["path"]]  # found through the metadata path
@@ -171,17 +173,20 @@ def test_ome_output_is_an_image_label(tmp_path, rng, zarr_format):
     assert img["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 0.5, 0.25, 0.25]
     probs = root[img["datasets"][0]["path"]]
     assert probs.shape == (3, 4, 16, 12) and probs.dtype == np.float16
-    assert root.attrs["fastunet"]["arrays"] == {"labels": "labels/segmentation/0", "probs": "probs"}
+    assert root.attrs["fastunet"]["arrays"] == {"labels": "labels/segmentation/0", "probs": "probs/0"}
 
 
-def test_ome_output_labels_only_has_no_root_image(tmp_path, rng):
+def test_ome_output_labels_only_root_image_is_the_labels(tmp_path, rng):
+    """Without probabilities the root image is the label image's own arrays (no copy): the
+    output is still an OME-Zarr image (issue 14: it had no multiscales at the root)."""
     inp = tmp_path / "img.zarr"
     ome_input(inp, rng.integers(0, 9, size=(1, 1, 2, 8, 8), dtype=np.uint8), 3)
     store = create_output(tmp_path / "o.zarr", source=open_volume(inp), num_classes=2, output="labels",
                           chunks=(1, 8, 8))
     root = zarr.open_group(str(tmp_path / "o.zarr"), mode="r")
-    assert "ome" not in root.attrs and store.probs is None
-    assert store.labels.shape == (2, 8, 8)
+    assert store.probs is None and store.labels.shape == (2, 8, 8)
+    (ms,) = root.attrs["ome"]["multiscales"]
+    assert [d["path"] for d in ms["datasets"]] == ["labels/segmentation/0", "labels/segmentation/1"]
 
 
 def _mark_many(args):
@@ -286,3 +291,38 @@ def test_output_stub_without_its_array_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="unfinished fastunet output without its array 'labels'.*overwrite=True"):
         SegmentationStore(store.path)
     check_output(store.path, source=src, overwrite=True, resume=False)  # overwrite=True may replace it
+
+
+def test_outputs_of_the_previous_layout_still_open_and_newer_ones_are_refused(tmp_path, rng):
+    """Layout 1 (no "layout"/"levels" records, arrays at the root) keeps resuming; a newer
+    layout than this fastunet knows is one clear line."""
+    src = _src()
+    store = create_output(tmp_path / "o.zarr", source=src, num_classes=2, output="both", chunks=(2, 8, 8))
+    root = zarr.open_group(str(store.path), mode="r+")
+    meta = dict(root.attrs["fastunet"])
+    assert meta["layout"] == 2 and meta["arrays"] == {"labels": "labels", "probs": "probs"}
+    old = {k: v for k, v in meta.items() if k not in ("layout", "levels", "mode")}
+    root.attrs["fastunet"] = old
+    again = open_output(store.path, expect={"output": "both", "num_classes": 2})
+    values = rng.integers(0, 2, size=(2, 8, 8), dtype=np.uint8)
+    again.write("labels", (slice(0, 2), slice(0, 8), slice(8, 16)), values)
+    np.testing.assert_array_equal(again.labels[0:2, 0:8, 8:16], values)
+    root.attrs["fastunet"] = {**old, "layout": 99}
+    with pytest.raises(UserError, match="written by a newer fastunet"):
+        SegmentationStore(store.path)
+
+
+def test_instance_arrays_become_uint64_when_needed(tmp_path):
+    from fastunet.io.output_layout import retype_instances
+
+    inp = tmp_path / "img.zarr"
+    ome_input(inp, np.zeros((1, 1, 2, 16, 12), np.uint8), 2)
+    store = create_output(tmp_path / "o.zarr", source=open_volume(inp), num_classes=2, output="instances",
+                          chunks=(1, 8, 8))
+    assert store.instances.dtype == np.uint32 and len(store.levels["instances"]) == 1
+    retype_instances(zarr.open_group(str(store.path), mode="r+"), store.attrs, "uint64")
+    again = SegmentationStore(store.path)
+    assert again.instances.dtype == np.uint64 and again.levels["instances"][0][0].dtype == np.uint64
+    again.write("instances", (slice(0, 2), slice(0, 16), slice(0, 12)), np.full((2, 16, 12), 2**40, np.uint64))
+    assert int(again.levels["instances"][0][0][0, 0, 0]) == 2**40
+    assert (tmp_path / "o.zarr" / "labels" / "segmentation" / "0" / ".zarray").is_file()  # the input's v2

@@ -221,7 +221,7 @@ def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_output(tmp_path, mo
     root = zarr.open_group(str(out), mode="r")
     assert root.attrs["fastunet"]["complete"] is True and not done_dir.exists()
     uninterrupted = segment(src, model, tmp_path / "ref.zarr", axes="ZYX", tile=56, block=(1, 16, 16), progress=False)
-    np.testing.assert_array_equal(root["labels"][:], uninterrupted[:])
+    np.testing.assert_array_equal(root["instances"][:], uninterrupted[:])
 
 
 def _fixed_model(path):
@@ -283,7 +283,7 @@ def test_resume_refuses_another_input(tmp_path, model, capsys, monkeypatch):
     assert code == 0, err
     assert "skipped (resume)" in out_text
     ref = segment(a, model, tmp_path / "ref.zarr", axes="ZYX", tile=52, block=(1, 16, 16), progress=False)
-    np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["labels"][:], ref[:])
+    np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["instances"][:], ref[:])
     # A complete output is refused for another input as well (the "already complete" return).
     code, _, err = _run([b, *common, "--resume"], capsys)
     assert code == 2 and "mix two inputs" in err, err
@@ -417,7 +417,7 @@ def test_damaged_chunk_mid_run_leaves_a_resumable_output(tmp_path, capsys, monke
     assert code == 0, err
     assert f"{len(done)} skipped (resume)" in text
     ref = segment(src, fixed, tmp_path / "ref.zarr", axes="ZYX", tile=52, block=(1, 16, 16), progress=False)
-    np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["labels"][:], ref[:])
+    np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["instances"][:], ref[:])
 
 
 def test_all_nan_input_is_refused(tmp_path, model, capsys):
@@ -487,7 +487,7 @@ def test_ctrl_c_before_any_block_keeps_the_output_to_resume(tmp_path, model, cap
     assert code == 0, err
     reference = tmp_path / "ref.zarr"
     assert _run([src, "-o", reference, *argv[3:]], capsys)[0] == 0
-    assert np.array_equal(zarr.open_group(str(out))["labels"][:], zarr.open_group(str(reference))["labels"][:])
+    assert np.array_equal(zarr.open_group(str(out))["instances"][:], zarr.open_group(str(reference))["instances"][:])
 
 
 def test_second_ctrl_c_still_waits_for_running_blocks():

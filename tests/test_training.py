@@ -136,7 +136,8 @@ def test_validation_scores_the_held_out_rows_as_inference_does(tmp_path):
     from fastunet.segmentation import segment
 
     model = load_model(tmp_path / "m.safetensors")
-    pred = np.asarray(segment(image[90:], model, None, tile=92, device="cpu", progress=False)) == 1
+    pred = np.asarray(segment(image[90:], model, None, tile=92, device="cpu", progress=False,
+                              output_kind="labels")) == 1
     assert result.val["foreground_iou"] == pytest.approx(foreground_iou(pred, labels[90:] > 0), abs=1e-12)
     assert result.val["instance_f1"] == pytest.approx(instance_f1(pred, labels[90:]).f1, abs=1e-12)
 

@@ -98,20 +98,21 @@ def time_segment(model_path, volume_path, out_path, *, tile: int | None, batch: 
     warm_out = Path(out_path).with_name(Path(out_path).stem + "-warmup.zarr")
     if tile is None:
         with Segmenter(model_path, **options) as probe:
-            probe.segment(warm, warm_out, axes="ZYX", overwrite=True, progress=False)
+            probe.segment(warm, warm_out, axes="ZYX", overwrite=True, progress=False, output_kind="labels")
             ty, tx = probe.last_summary["tile"]
         if ty != tx:
             raise ValueError(f"The engine's default tile is {ty}x{tx} here; pass tile= a square tile's edge.")
         tile = ty
     times = []
     with Segmenter(model_path, tile=tile, **options) as seg:
-        seg.segment(warm, warm_out, axes="ZYX", overwrite=True, progress=False)
+        seg.segment(warm, warm_out, axes="ZYX", overwrite=True, progress=False, output_kind="labels")
         runner = seg.network.runner
         before = None if runner is None else runner.batches
         for _ in range(repeats):
             timing.synchronize(device)
             start = time.perf_counter()
-            labels = seg.segment(str(volume_path), str(out_path), axes="ZYX", overwrite=True, progress=False)
+            labels = seg.segment(str(volume_path), str(out_path), axes="ZYX", overwrite=True, progress=False,
+                                 output_kind="labels")
             times.append(time.perf_counter() - start)
         summary = dict(seg.last_summary)
         batches = None if runner is None else (runner.batches - before) / repeats

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..normalization import Normalization, NormStats
+from .instances import InstanceOptions
 from .runtime import LoadedNetwork, ModelHandle, cached_network
 from .tiling import Block, Layout, read_mirrored
 
@@ -51,6 +52,13 @@ class Job:
     use_runner: bool
     torch_threads: int | None = None
     network: LoadedNetwork | None = field(default=None, compare=False, repr=False)
+    # The output side: the kinds written (see fastunet.kinds; empty: those of output_kind),
+    # the instance options and records, and the stage ("predict", or "relabel": the pass
+    # that writes the final object ids, see fastunet.engine.instance_tasks).
+    kinds: tuple = ()
+    instances: InstanceOptions | None = None
+    records: object | None = None
+    stage: str = "predict"
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -60,6 +68,13 @@ class Job:
     def __setstate__(self, state):
         for k, v in state.items():
             object.__setattr__(self, k, v)
+
+    @property
+    def output_kinds(self) -> tuple:
+        """The kinds this job writes or returns."""
+        if self.kinds:
+            return tuple(self.kinds)
+        return ("labels", "probs") if self.output_kind == "both" else (self.output_kind,)
 
     def get_network(self) -> LoadedNetwork:
         if self.network is not None:
@@ -123,20 +138,37 @@ def run_block(job: Job, block: Block) -> dict:
     """Compute one block; write it and record it done (zarr output) or return its arrays.
 
     Returns a small summary ``{"block", "voxels", "nonfinite", "seconds"}`` (plus ``labels``
-    / ``probs`` arrays when ``job.store`` is None).
+    / ``probs`` arrays, and ``objects``, the block's instance record, when ``job.store`` is
+    None). With instances the block's local objects are recorded (``job.records``) before the
+    block is marked done; the relabel stage (``job.stage == "relabel"``) writes the final ids
+    (:func:`fastunet.engine.instance_tasks.relabel_block`).
     """
+    if job.stage == "relabel":
+        from .instance_tasks import relabel_block
+
+        return relabel_block(job, block)
     t0 = time.perf_counter()
     labels, probs, nonfinite = compute_block(job, block)
     summary = {"block": block.name, "voxels": int(math.prod(block.shape)), "nonfinite": nonfinite}
+    kinds = job.output_kinds
+    objects = None
+    if "instances" in kinds:
+        from .instance_tasks import block_objects
+
+        objects = block_objects(job, block, labels)
+    if "labels" not in kinds:
+        labels = None
     if job.store is None:
-        summary.update(labels=labels, probs=probs, index=block.index)
+        summary.update(labels=labels, probs=probs, objects=objects, index=block.index)
     else:
         store = job.store
         region = block.slices
+        if objects is not None:
+            job.records.put(block.name, objects)
         if labels is not None:
-            store.labels[region] = labels if job.layout.ndim == 3 else labels[0]
+            store.write("labels", region, labels if job.layout.ndim == 3 else labels[0])
         if probs is not None:
-            store.probs[(slice(None), *region)] = probs if job.layout.ndim == 3 else probs[:, 0]
+            store.write("probs", region, probs if job.layout.ndim == 3 else probs[:, 0])
         store.mark_done(block.name)
     summary["seconds"] = time.perf_counter() - t0
     return summary

@@ -5,8 +5,8 @@
   join, ``workers=N`` local worker processes, or one worker process per GPU (``gpus="0,1"``).
   Tasks carry the :class:`~fastunet.engine.blocks.Job` (paths, not data); each worker process
   loads the network once (:func:`fastunet.engine.runtime.cached_network`).
-* :func:`lazy_arrays` builds dask arrays of the labels and probabilities, one delayed task per
-  block, computed only when they are.
+* :func:`lazy_arrays` builds dask arrays of the object ids, labels and probabilities, one
+  delayed task per block, computed only when they are.
 """
 
 from __future__ import annotations
@@ -30,18 +30,24 @@ SCHEDULER_TIMEOUT = 20.0  # seconds to reach a dask scheduler before giving up
 # --------------------------------------------------------------------------- lazy arrays
 def _lazy_block(job: Job, block: Block):
     labels, probs, _ = compute_block(job, block)
-    if job.layout.ndim == 2:
-        labels = None if labels is None else labels[0]
-        probs = None if probs is None else probs[:, 0]
     return labels, probs
 
 
-def lazy_arrays(job: Job):
-    """Dask arrays of the labels and probabilities (None for what ``job.output_kind`` leaves
-    out), chunked by blocks; nothing is computed or written until they are.
+def _lazy_part(predicted, i: int, ndim: int):
+    part = predicted[i]
+    if ndim == 2:
+        part = part[0] if i == 0 else part[:, 0]
+    return part
 
-    One delayed task per block computes both (computing the two arrays together runs each
-    block once); the job is one key of the graph, shared by every block task.
+
+def lazy_arrays(job: Job) -> dict:
+    """Dask arrays of the kinds ``job`` asks for (``{"instances": ..., "labels": ..., "probs":
+    ...}``), chunked by blocks; nothing is computed or written until they are.
+
+    One delayed task per block predicts (computing several kinds together runs each block
+    once); the job is one key of the graph, shared by every block task. Instances add a
+    labelling task per block, one merge task and a relabel task per block
+    (:func:`fastunet.engine.instance_tasks.lazy_instances`).
     """
     import dask
     import dask.array as da
@@ -50,17 +56,26 @@ def lazy_arrays(job: Job):
     token = uuid.uuid4().hex
     job_key = dask.delayed(job, name=f"fastunet-job-{token}", traverse=False)
     k = job.model.config.num_classes
-    want = {"labels": job.output_kind in ("labels", "both"), "probs": job.output_kind in ("probs", "both")}
-    parts = {name: np.empty(layout.grid, dtype=object) for name, on in want.items() if on}
+    kinds = job.output_kinds
+    parts = {name: np.empty(layout.grid, dtype=object) for name in ("labels", "probs") if name in kinds}
+    predictions = {}
     for block in layout.blocks():
         pred = dask.delayed(_lazy_block, pure=False)(job_key, block,
                                                       dask_key_name=f"fastunet-predict-{token}-{block.name}")
+        predictions[block.index] = pred
         if "labels" in parts:
-            parts["labels"][block.index] = da.from_delayed(pred[0], block.shape, dtype=np.uint8)
+            part = dask.delayed(_lazy_part, pure=True)(pred, 0, layout.ndim)
+            parts["labels"][block.index] = da.from_delayed(part, block.shape, dtype=np.uint8)
         if "probs" in parts:
-            parts["probs"][block.index] = da.from_delayed(pred[1], (k, *block.shape), dtype=np.float16)
+            part = dask.delayed(_lazy_part, pure=True)(pred, 1, layout.ndim)
+            parts["probs"][block.index] = da.from_delayed(part, (k, *block.shape), dtype=np.float16)
     # da.block joins the innermost lists along the last axis, the next along the one before...
-    return tuple(da.block(parts[name].tolist()) if name in parts else None for name in ("labels", "probs"))
+    out = {name: da.block(p.tolist()) for name, p in parts.items()}
+    if "instances" in kinds:
+        from .instance_tasks import lazy_instances
+
+        out["instances"] = lazy_instances(job, job_key, predictions, token)
+    return out
 
 
 # ------------------------------------------------------------------------------ clusters

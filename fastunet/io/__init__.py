@@ -11,17 +11,24 @@ module             what it holds
                    TIFF / OME-TIFF, in-memory arrays)
 ``fingerprint``    :func:`input_fingerprint`, recorded in an output so that a resume on
                    another input is refused; :class:`InputMovedWarning`
+``physical``       :func:`pixel_size`: the physical pixel size of an input (OME-Zarr,
+                   OME-TIFF, ImageJ and plain TIFF metadata)
+``pyramid``        resolution levels of outputs: the input's pyramid, a block's share of
+                   every level
+``output_layout``  what a zarr output holds: plain, OME-Zarr image, or a label image in
+                   the input's own labels group
 ``outputs``        :func:`check_output`, :func:`create_output`, :func:`open_output`,
                    :func:`discard_output` and :class:`SegmentationStore` (zarr outputs and
                    their resume records)
-``tiff``           :func:`write_tiff` (TIFF outputs)
+``instance_records`` the instance labelling's per-block records in a zarr output
+``tiff``           :func:`write_tiff` (TIFF outputs: ImageJ, OME-TIFF)
 =================  ==========================================================================
 
 Inputs (:func:`open_volume`) are presented in canonical axes, a subsequence of ``"CZYX"``,
 through a picklable :class:`VolumeSource` that reads boxes lazily and never writes. Outputs
 are zarr groups holding ``labels`` and/or ``probs`` with ``attrs["fastunet"]`` describing the
 run, or TIFF files for results that fit in memory. Each module imports only those above it
-in the table's order (axes, ome, inputs, fingerprint, outputs, tiff).
+in the table's order.
 """
 
 from __future__ import annotations
@@ -34,10 +41,20 @@ from .fingerprint import FINGERPRINT_POINTS as FINGERPRINT_POINTS
 from .fingerprint import InputMovedWarning, input_fingerprint
 from .inputs import DONE_DIR as DONE_DIR
 from .inputs import VolumeSource, open_volume
+from .instance_records import InstanceRecords
 from .ome import LABEL_NAME
 from .outputs import TIFF_SUFFIXES as TIFF_SUFFIXES
-from .outputs import SegmentationStore, check_output, create_output, discard_output, open_output
-from .tiff import write_tiff
+from .outputs import (
+    SegmentationStore,
+    check_output,
+    create_output,
+    discard_output,
+    labels_of_input,
+    open_output,
+    tiff_paths,
+)
+from .physical import PixelSize, pixel_size
+from .tiff import is_ome_tiff_name, write_tiff
 
 __all__ = [
     "VolumeSource",
@@ -53,4 +70,10 @@ __all__ = [
     "write_tiff",
     "SUPPORTED_DTYPES",
     "LABEL_NAME",
+    "InstanceRecords",
+    "PixelSize",
+    "pixel_size",
+    "labels_of_input",
+    "tiff_paths",
+    "is_ome_tiff_name",
 ]

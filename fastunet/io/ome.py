@@ -4,16 +4,13 @@ input image, and writing the ``multiscales`` / ``image-label`` metadata of an ou
 NGFF 0.4 lives on zarr v2 with its entries at the top of a group's attributes; NGFF 0.5
 lives on zarr v3 under ``attrs["ome"]``. An input's axes come from level 0 of its first
 multiscale image (``type`` time -> T, channel -> C, space -> Z/Y/X by name, or by position
-when the names are not z/y/x). An output of an OME-Zarr input is itself an OME-Zarr image
-container: the labels are an image-label under ``labels/<name>`` whose axes and level-0
-transforms are the input's spatial ones, and the probabilities, when written, are the root
-image (a channel axis of the K classes plus the spatial axes).
+when the names are not z/y/x). The writing side (:func:`image_attrs`, :func:`label_attrs`,
+:func:`list_label`) serves :mod:`fastunet.io.output_layout`, which decides what an output
+holds.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import NamedTuple
 
 import zarr
@@ -139,11 +136,6 @@ def ngff_version(zarr_format: int) -> str:
     return "0.4" if zarr_format == 2 else "0.5"
 
 
-def label_path(label_name: str) -> str:
-    """Path of the labels array in an OME-Zarr output (level 0 of the image-label)."""
-    return f"labels/{label_name}/0"
-
-
 def spatial_metadata(ome: dict | None, native_axes: str, spatial_axes: str) -> SpatialMetadata:
     """OME axes and level-0 transforms of an input (:attr:`VolumeSource.ome`, its native and
     spatial axes), restricted to its spatial axes; a scale of 1 when the input has none."""
@@ -167,9 +159,10 @@ def spatial_metadata(ome: dict | None, native_axes: str, spatial_axes: str) -> S
     return SpatialMetadata(axes, transforms, ms_transforms)
 
 
-def multiscale(name, axes, path, transforms, ms_transforms, version) -> dict:
-    """One ``multiscales`` entry with a single level at ``path``."""
-    ms = {"name": name, "axes": axes, "datasets": [{"path": path, "coordinateTransformations": transforms}]}
+def multiscale(name, axes, datasets, ms_transforms, version) -> dict:
+    """One ``multiscales`` entry; ``datasets`` lists ``(path, transforms)`` per level."""
+    ms = {"name": name, "axes": axes,
+          "datasets": [{"path": path, "coordinateTransformations": t} for path, t in datasets]}
     if ms_transforms:
         ms["coordinateTransformations"] = ms_transforms
     if version == "0.4":
@@ -184,56 +177,54 @@ def group_attrs(version: str, **entries) -> dict:
     return {"ome": {"version": "0.5", **entries}}
 
 
+def ngff_entries(attrs: dict) -> dict:
+    """The NGFF entries of a group's attributes, whichever the version."""
+    return ngff_section(attrs) or attrs
+
+
 def label_colors(num_classes: int) -> list[dict]:
-    """``image-label`` colors: class 0 transparent, the others from the palette."""
+    """``image-label`` colors of a class map: class 0 transparent, the others from the palette."""
     colors = [{"label-value": 0, "rgba": [0, 0, 0, 0]}]
     for k in range(1, num_classes):
         colors.append({"label-value": k, "rgba": [*_PALETTE[(k - 1) % len(_PALETTE)], 255]})
     return colors
 
 
-def _with_channel(transform: dict, value: float) -> dict:
-    kind = transform["type"]
-    return {"type": kind, kind: [value, *transform[kind]]}
+def instance_colors() -> list[dict]:
+    """``image-label`` colors of object ids: the background transparent (viewers color the objects)."""
+    return [{"label-value": 0, "rgba": [0, 0, 0, 0]}]
 
 
-def probs_image_attrs(version: str, channel_name: str, spatial: SpatialMetadata) -> dict:
-    """Root attributes that make the probabilities (``probs``, a channel axis of the classes
-    plus the spatial axes) the output's root image."""
-    def channel_first(transforms):
-        return [_with_channel(t, 1.0 if t["type"] == "scale" else 0.0) for t in transforms]
-
-    return group_attrs(
-        version,
-        multiscales=[
-            multiscale(
-                "probabilities",
-                [{"name": channel_name, "type": "channel"}, *spatial.axes],
-                "probs",
-                channel_first(spatial.transforms),
-                channel_first(spatial.multiscale_transforms) if spatial.multiscale_transforms else None,
-                version,
-            )
-        ],
-    )
+def with_channel(transforms: list) -> list:
+    """Transforms of the spatial axes with a channel axis (scale 1, translation 0) in front."""
+    return [{"type": t["type"], t["type"]: [1.0 if t["type"] == "scale" else 0.0, *t[t["type"]]]}
+            for t in transforms]
 
 
-def create_label_groups(root: zarr.Group, version: str, label_name: str, spatial: SpatialMetadata,
-                        num_classes: int, output: Path, image: str) -> zarr.Group:
-    """Create ``labels/`` (listing ``label_name``) and the image-label group ``labels/<label_name>``
-    of an output at ``output`` whose input image is at ``image``; return the image-label group,
-    where the labels array (level ``0``) goes."""
-    rel = os.path.relpath(Path(image).resolve(), output / "labels" / label_name)
-    labels = root.create_group("labels", attributes=group_attrs(version, labels=[label_name]))
-    label_meta = {"colors": label_colors(num_classes), "source": {"image": rel}}
+def image_attrs(version: str, name: str, axes: list, datasets: list, ms_transforms) -> dict:
+    """Attributes of a multiscale image group (``datasets``: ``(path, transforms)`` per level)."""
+    return group_attrs(version, multiscales=[multiscale(name, axes, datasets, ms_transforms, version)])
+
+
+def label_attrs(version: str, name: str, axes: list, datasets: list, ms_transforms, colors: list,
+                source_image: str) -> dict:
+    """Attributes of an image-label group: its multiscales and ``image-label`` (colors, and
+    ``source.image``, the relative path to the image it labels)."""
+    label_meta = {"colors": colors, "source": {"image": source_image}}
     if version == "0.4":
         label_meta = {"version": "0.4", **label_meta}
-    return labels.create_group(
-        label_name,
-        attributes=group_attrs(
-            version,
-            multiscales=[multiscale(label_name, spatial.axes, "0", spatial.transforms,
-                                    spatial.multiscale_transforms, version)],
-            **{"image-label": label_meta},
-        ),
-    )
+    return group_attrs(version, multiscales=[multiscale(name, axes, datasets, ms_transforms, version)],
+                       **{"image-label": label_meta})
+
+
+def list_label(labels: zarr.Group, version: str, name: str, *, remove: bool = False) -> list:
+    """Add ``name`` to (or remove it from) the ``labels`` list of a labels group; the new list."""
+    attrs = labels.attrs.asdict()
+    names = [n for n in ngff_entries(attrs).get("labels", []) if n != name]
+    if not remove:
+        names.append(name)
+    if version == "0.4":
+        labels.attrs["labels"] = names
+    else:
+        labels.attrs["ome"] = {**(ngff_section(attrs) or {"version": "0.5"}), "labels": names}
+    return names

@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote
 
@@ -31,15 +30,9 @@ import zarr
 from ..errors import UserError
 from .fingerprint import check_input, input_fingerprint
 from .inputs import DONE_DIR, VolumeSource, is_tiff_file
-from .ome import (
-    LABEL_NAME,
-    SpatialMetadata,
-    create_label_groups,
-    label_path,
-    ngff_version,
-    probs_image_attrs,
-    spatial_metadata,
-)
+from .ome import LABEL_NAME, list_label, ngff_version
+from .output_layout import LAYOUT_VERSION, OutputPlan, create_arrays, is_ome_name, plan_output
+from .pyramid import write_region
 
 __all__ = [
     "check_output",
@@ -59,9 +52,18 @@ _PARAMETER_NAMES = {"output": "output_kind"}
 # ------------------------------------------------------------------------- probing and removal
 
 
+def kind_path(path: Path, kind: str) -> Path:
+    """Where a TIFF output writes a kind other than its first: ``<stem>_<kind>.tif``
+    (``<stem>_probs.ome.tif`` beside ``<stem>.ome.tif``)."""
+    name = path.name
+    suffix = next((s for s in (".ome.tiff", ".ome.tif") if name.lower().endswith(s)), path.suffix or ".tif")
+    return path.with_name(f"{name[: len(name) - len(suffix)] if name.lower().endswith(suffix) else path.stem}"
+                          f"_{kind}{suffix}")
+
+
 def probs_path(path: Path) -> Path:
     """Where a TIFF output writes the probabilities when it writes labels too: ``<stem>_probs.tif``."""
-    return path.with_name(f"{path.stem}_probs{path.suffix or '.tif'}")
+    return kind_path(path, "probs")
 
 
 def fastunet_attrs(path: Path) -> dict | None:
@@ -74,6 +76,9 @@ def fastunet_attrs(path: Path) -> dict | None:
                 for meta in tif.shaped_metadata or ():
                     if isinstance(meta.get("fastunet"), dict):
                         return meta["fastunet"]
+                software = str(tif.pages.first.software or "")
+                if software.startswith("fastunet "):  # ImageJ and OME-TIFF outputs: the Software tag
+                    return {"software": software}
             return None
         meta = zarr.open_group(str(path), mode="r").attrs.get("fastunet")
         return meta if isinstance(meta, dict) else None
@@ -126,14 +131,31 @@ def _inside(a: Path, b: Path) -> bool:
     return a == b or b in a.parents
 
 
-def _check_not_input(out: Path, source: VolumeSource | None) -> None:
+def labels_of_input(out: Path, source: VolumeSource | None) -> bool:
+    """Is ``out`` a label image in the OME-Zarr input's own labels group (``<input>/labels/<name>``)?"""
+    if source is None or source.kind != "ome-zarr" or not source.path:
+        return False
+    out = Path(out).expanduser().resolve()
+    if out.suffix.lower() in TIFF_SUFFIXES or out.name.startswith("."):
+        return False
+    return out.parent == Path(source.path).expanduser().resolve() / "labels"
+
+
+def _check_not_input(out: Path, source: VolumeSource | None, *, into_input: bool = False) -> None:
+    """The input is never written; the one exception is ``into_input``: a label image at
+    ``<OME-Zarr input>/labels/<name>``, and nothing else inside the input."""
     if source is None or not source.path:
         return
     inp = Path(source.path).expanduser().resolve()
+    if into_input and labels_of_input(out, source):
+        return
     if _inside(out, inp):
+        hint = ""
+        if source.kind == "ome-zarr" and out != inp:
+            hint = f" (a label image may go into its labels group: {str(inp / 'labels' / 'NAME')!r})"
         raise UserError(
             f"Output {str(out)!r} is {'the input' if out == inp else 'inside the input'} "
-            f"{str(inp)!r}; the input is never written: choose an output path outside it."
+            f"{str(inp)!r}; the input is never written{hint}: choose an output path outside it."
         )
     if _inside(inp, out):
         raise UserError(
@@ -153,6 +175,7 @@ def check_output(
     resume: bool,
     expect: dict | None = None,
     output_kind: str | None = None,
+    into_input: bool = False,
 ) -> Path:
     """Check an output location before anything is computed; return its resolved path.
 
@@ -168,9 +191,12 @@ def check_output(
     expect : dict, optional
         With ``resume``: recorded parameters the existing output must match (see
         :func:`open_output`).
-    output_kind : {"labels", "probs", "both"}, optional
-        For a TIFF output, ``"both"`` also writes ``<stem>_probs.tif`` (see
+    output_kind : str, optional
+        For a TIFF output, a label kind with ``probs`` also writes ``<stem>_probs.tif`` (see
         :func:`~fastunet.io.tiff.write_tiff`): that file is checked too.
+    into_input : bool
+        ``output`` is a label image in the OME-Zarr input's own labels group
+        (``<input>/labels/<name>``), the one place inside an input that may be written.
 
     Returns
     -------
@@ -186,13 +212,15 @@ def check_output(
     if overwrite and resume:
         raise UserError("overwrite=True and resume=True contradict each other; pass one of them.")
     out = Path(output).expanduser().resolve()
-    _check_not_input(out, source)
+    _check_not_input(out, source, into_input=into_input)
     tiff = out.suffix.lower() in TIFF_SUFFIXES
     if tiff and resume:
         raise UserError(
             'resume=True needs a zarr output (e.g. output="out.zarr"); TIFF outputs are written at once.'
         )
     parent = out.parent
+    if into_input and not parent.exists():  # the input's labels group is created with the label image
+        parent = parent.parent
     if not parent.exists():
         raise UserError(
             f"The output's folder {str(parent)!r} does not exist; create it first or choose another path."
@@ -205,17 +233,31 @@ def check_output(
         _check_existing(out, overwrite=overwrite, resume=resume, expect=expect)
     else:
         _probe_writable(parent)
-    if tiff and output_kind == "both":
-        probs = probs_path(out)
-        _check_not_input(probs, source)
-        if probs.exists() or probs.is_symlink():
+    for kind, extra in (tiff_paths(out, output_kind) if tiff else {}).items():
+        if extra == out:
+            continue
+        _check_not_input(extra, source)
+        if extra.exists() or extra.is_symlink():
             if not overwrite:
                 raise UserError(
-                    f'Output {str(probs)!r} (the probabilities of output_kind="both") already exists; pass '
+                    f"Output {str(extra)!r} (the {kind} written beside {out.name}) already exists; pass "
                     "overwrite=True to replace it or choose another output name."
                 )
-            check_removable(probs)
+            check_removable(extra)
     return out
+
+
+def tiff_paths(path: Path, output_kind) -> dict:
+    """The files of a TIFF output: the first kind (instances, labels, probs) at ``path``, each
+    further one at ``<stem>_<kind>.tif`` beside it."""
+    if output_kind is None:
+        return {}
+    if isinstance(output_kind, str):
+        kinds = ["labels", "probs"] if output_kind == "both" else [k.strip() for k in output_kind.split(",")]
+    else:
+        kinds = list(output_kind)
+    ordered = [k for k in ("instances", "labels", "probs") if k in kinds]
+    return {k: path if i == 0 else kind_path(path, k) for i, k in enumerate(ordered)}
 
 
 def _check_existing(out: Path, *, overwrite: bool, resume: bool, expect: dict | None) -> None:
@@ -283,57 +325,55 @@ def _json_default(obj):
 # ------------------------------------------------------------------------------ create_output
 
 
-@dataclass(frozen=True)
-class _Plan:
-    """What :func:`create_output` writes, decided before anything is written."""
-
-    shape: tuple[int, ...]  # spatial shape of the labels
-    chunks: tuple[int, ...]  # spatial chunk shape
-    num_classes: int
-    zarr_format: int
-    arrays: dict  # "labels" / "probs" -> path of the array in the group, or None
-    names: list  # dimension names of the spatial axes
-    class_name: str  # dimension name of the class axis of probs
-    ngff: SpatialMetadata | None  # the input's NGFF axes and transforms (OME-Zarr inputs)
-    label_name: str
-
-
 def create_output(
     path,
     *,
     source: VolumeSource,
     num_classes: int,
-    output: str,
+    output,
     chunks: tuple[int, ...],
-    zarr_format: int = 3,
+    zarr_format: int | None = None,
     overwrite: bool = False,
     attrs: dict | None = None,
     label_name: str = LABEL_NAME,
+    block: tuple[int, ...] | None = None,
+    ome: bool | None = None,
+    into_input: bool = False,
 ) -> "SegmentationStore":
     """Create the output zarr group for a segmentation of ``source``.
 
     Parameters
     ----------
     path : str or path-like
-        The zarr folder to create (checked with :func:`check_output` first).
+        The zarr folder to create (checked with :func:`check_output` first); with
+        ``into_input``, ``<OME-Zarr input>/labels/<name>``.
     source : VolumeSource
-        The input; its spatial shape is the labels' shape.
+        The input; its spatial shape is the outputs' shape.
     num_classes : int
         Number of classes K of the model (2 to 256 with labels).
-    output : {"labels", "probs", "both"}
-        ``labels``: uint8, shape ``source.spatial_shape``, chunks ``chunks``;
-        ``probs``: float16, shape ``(K, *spatial_shape)``, chunks ``(1, *chunks)``, NaN where
-        nothing was written.
+    output : str or tuple of str
+        The kinds (see :mod:`fastunet.kinds`): ``instances`` (uint32 object ids), ``labels``
+        (uint8), ``probs`` (float16, ``(K, ...)``, chunks ``(1, *chunks)``, NaN where nothing
+        was written), ``"both"`` (labels and probs) or several.
     chunks : tuple of int
         Spatial chunk shape ``((Z,) Y, X)``.
-    zarr_format : {3, 2}
+    zarr_format : {3, 2}, optional
+        Default: the OME-Zarr input's format, else 3.
     overwrite : bool
         Remove an existing fastunet output (or empty folder) at ``path`` first; anything
         else there is refused.
     attrs : dict, optional
         Extra JSON entries for ``attrs["fastunet"]`` (e.g. model, tile, device).
     label_name : str
-        Name of the label image under ``labels/`` for OME-Zarr inputs.
+        Name of the label image under ``labels/`` of OME-Zarr outputs.
+    block : tuple of int, optional
+        The engine's block shape (a multiple of the chunks and of the pyramid's factors);
+        the chunks of the downsampled levels divide it (default: ``chunks``).
+    ome : bool, optional
+        Write an OME-Zarr image (default: for OME-Zarr inputs and ``*.ome.zarr`` outputs).
+    into_input : bool
+        Write one label image into the OME-Zarr input's own ``labels`` group (``path`` is
+        ``<input>/labels/<name>``); nothing else of the input is written.
 
     ``attrs["fastunet"]["input_id"]`` records :func:`input_fingerprint` of ``source``.
 
@@ -343,49 +383,67 @@ def create_output(
 
     Notes
     -----
-    Layout: ``labels`` and ``probs`` arrays at the root. When ``source.kind == "ome-zarr"``
-    the output is an OME-Zarr image container (NGFF 0.4 on zarr v2, 0.5 on zarr v3): labels at
-    ``labels/<label_name>/0`` with ``image-label`` (colors, ``source.image`` = relative path
-    back to the input image) and ``multiscales`` metadata whose axes and level-0 scale are the
-    input's spatial ones, the ``labels`` group listing it; probabilities, when written, are
-    the root image (``probs``, a channel axis ``c`` of the K classes + the spatial axes).
-    Open ``<out>/labels/<label_name>`` in napari (napari-ome-zarr) to see the labels over the
-    input image.
+    The layouts (plain, OME-Zarr image, into the input) are described in
+    :mod:`fastunet.io.output_layout`; ``attrs["fastunet"]`` records ``layout`` (2), the
+    arrays of each kind (``arrays``: level 0, ``levels``: the others with their factors) so
+    that a resumed run finds them. Open ``<out>/labels/<label_name>`` in napari
+    (napari-ome-zarr) to see the labels over the input image.
     """
-    plan = _plan(source, num_classes, output, chunks, zarr_format, label_name)
+    from ..kinds import kinds_record, parse_kinds
+
+    kinds = parse_kinds(output, int(num_classes))
     out = Path(path).expanduser().resolve()
-    _check_not_input(out, source)
+    mode, zarr_format = _output_mode(out, source, ome, into_input, zarr_format)
+    _check_plan_args(source, num_classes, kinds, chunks, zarr_format)
+    chunks = tuple(int(c) for c in chunks)
+    block = tuple(int(b) for b in (block or chunks))
+    plan = plan_output(source, kinds=kinds, num_classes=int(num_classes), chunks=chunks, block=block,
+                       zarr_format=zarr_format, mode=mode, label_name=out.name if mode == "into" else label_name,
+                       output=out)
+    _check_not_input(out, source, into_input=mode == "into")
     input_id = input_fingerprint(source)  # reads a few chunks: fails before anything is written
     if out.exists():
         if not overwrite:
             raise UserError(f"Output {str(out)!r} already exists; pass overwrite=True to replace it.")
         _remove_output(out)
-    root_attrs = {"fastunet": _run_record(plan, source, output, input_id, attrs)}
-    if plan.ngff and plan.arrays["probs"]:
-        root_attrs.update(probs_image_attrs(ngff_version(zarr_format), plan.class_name, plan.ngff))
-    root = zarr.open_group(str(out), mode="w-", zarr_format=zarr_format, attributes=root_attrs)
-    if plan.arrays["labels"]:
-        where = root
-        if plan.ngff:
-            where = create_label_groups(root, ngff_version(zarr_format), plan.label_name, plan.ngff,
-                                        plan.num_classes, out, source.path)
-        _create_array(plan, where, plan.arrays["labels"].rsplit("/", 1)[-1], plan.shape, plan.chunks, "uint8", 0,
-                      plan.names)
-    if plan.arrays["probs"]:
-        _create_array(plan, root, "probs", (plan.num_classes, *plan.shape), (1, *plan.chunks), "float16",
-                      float("nan"), [plan.class_name, *plan.names])
+    record = _run_record(plan, source, kinds_record(kinds), input_id, attrs)
+    if mode == "into":
+        labels = zarr.open_group(str(out.parent), mode="a", zarr_format=zarr_format)
+        list_label(labels, plan.version, out.name)
+    root = zarr.open_group(str(out), mode="w-", zarr_format=zarr_format, attributes={"fastunet": record})
+    arrays, levels = create_arrays(plan, root)
+    root.attrs["fastunet"] = {**record, "arrays": arrays, "levels": levels}
     root.create_group(DONE_DIR)
     return SegmentationStore(out)
 
 
-def _plan(source: VolumeSource, num_classes, output: str, chunks, zarr_format, label_name: str) -> _Plan:
-    """Check the parameters of :func:`create_output` and decide its arrays and names."""
-    if output not in ("labels", "probs", "both"):
-        raise ValueError(f"output must be 'labels', 'probs' or 'both'; got {output!r}.")
+def _output_mode(out: Path, source: VolumeSource, ome, into_input: bool, zarr_format) -> tuple[str, int]:
+    """The layout ("plain", "ome" or "into") and zarr format of an output."""
+    native = None
+    if source.kind == "ome-zarr" and source.path:
+        native = zarr.open_group(source.path, mode="r").metadata.zarr_format
+    if into_input:
+        if source.kind != "ome-zarr" or not source.path or out.parent != Path(source.path).resolve() / "labels":
+            raise UserError(
+                f"into_input=True writes a label image into an OME-Zarr input's labels group, at "
+                f"<input>/labels/<name>; {str(out)!r} is not such a place: choose a separate output instead."
+            )
+        if zarr_format is not None and zarr_format != native:
+            raise UserError(
+                f"The input is zarr v{native}; its labels must be too: leave zarr_format out (got zarr_format="
+                f"{zarr_format})."
+            )
+        return "into", native
+    mode = "ome" if (ome if ome is not None else (native is not None or is_ome_name(out))) else "plain"
+    return mode, zarr_format if zarr_format is not None else (native or 3)
+
+
+def _check_plan_args(source: VolumeSource, num_classes, kinds, chunks, zarr_format) -> None:
+    """Check the parameters of :func:`create_output`."""
     if zarr_format not in (2, 3):
         raise UserError(f"Expected zarr_format=2 or zarr_format=3; got zarr_format={zarr_format!r}.")
     num_classes = int(num_classes)
-    if not 1 <= num_classes <= (256 if output != "probs" else 2**31):
+    if not 1 <= num_classes <= (256 if "labels" in kinds else 2**31):
         raise ValueError(f"num_classes must be 1..256 for uint8 labels; got {num_classes}.")
     spatial = source.spatial_shape
     chunks = tuple(int(c) for c in chunks)
@@ -393,20 +451,9 @@ def _plan(source: VolumeSource, num_classes, output: str, chunks, zarr_format, l
         raise ValueError(
             f"chunks must be {len(spatial)} positive ints for spatial shape {spatial}; got {chunks}."
         )
-    names = [a.lower() for a in source.spatial_axes]
-    ngff = None
-    if source.kind == "ome-zarr":
-        ngff = spatial_metadata(source.ome, source.native_axes or source.axes, source.spatial_axes)
-        names = [str(a.get("name", n)) for a, n in zip(ngff.axes, names)]
-    arrays = {
-        "labels": (label_path(label_name) if ngff else "labels") if output in ("labels", "both") else None,
-        "probs": "probs" if output in ("probs", "both") else None,
-    }
-    return _Plan(shape=spatial, chunks=chunks, num_classes=num_classes, zarr_format=zarr_format, arrays=arrays,
-                 names=names, class_name="c" if "c" not in names else "class", ngff=ngff, label_name=label_name)
 
 
-def _run_record(plan: _Plan, source: VolumeSource, output: str, input_id: dict, attrs: dict | None) -> dict:
+def _run_record(plan: OutputPlan, source: VolumeSource, output: str, input_id: dict, attrs: dict | None) -> dict:
     """``attrs["fastunet"]`` of a new output: the caller's entries, then the run's."""
     from .. import __version__
 
@@ -414,6 +461,8 @@ def _run_record(plan: _Plan, source: VolumeSource, output: str, input_id: dict, 
         {
             **(attrs or {}),
             "version": __version__,
+            "layout": LAYOUT_VERSION,
+            "mode": plan.mode,
             "complete": False,
             "input": source.path,
             "input_kind": source.kind,
@@ -425,16 +474,9 @@ def _run_record(plan: _Plan, source: VolumeSource, output: str, input_id: dict, 
             "num_classes": plan.num_classes,
             "chunks": list(plan.chunks),
             "zarr_format": plan.zarr_format,
-            "arrays": plan.arrays,
+            "arrays": {},
         }
     )
-
-
-def _create_array(plan: _Plan, where: zarr.Group, name: str, shape, chunks, dtype, fill, dims) -> zarr.Array:
-    """An array with dimension names: ``dimension_names`` on zarr v3, xarray's
-    ``_ARRAY_DIMENSIONS`` attribute on v2."""
-    kw = {"dimension_names": dims} if plan.zarr_format == 3 else {"attributes": {"_ARRAY_DIMENSIONS": dims}}
-    return where.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill, **kw)
 
 
 def discard_output(path) -> None:
@@ -442,7 +484,11 @@ def discard_output(path) -> None:
     failed before its first block); refuses anything that is not a fastunet output."""
     out = Path(path).expanduser().resolve()
     if out.exists():
+        meta = fastunet_attrs(out) or {}
         _remove_output(out)
+        if meta.get("mode") == "into":  # a label image in the input's labels group: unlist it
+            labels = zarr.open_group(str(out.parent), mode="r+")
+            list_label(labels, ngff_version(labels.metadata.zarr_format), out.name, remove=True)
 
 
 # ------------------------------------------------------------------------- resume and records
@@ -490,6 +536,8 @@ class SegmentationStore:
     Attributes
     ----------
     path : Path
+    instances : zarr.Array or None
+        uint32 (or uint64) object ids, shape ``(Z,) Y, X``.
     labels : zarr.Array or None
         uint8 labels, shape ``(Z,) Y, X``.
     probs : zarr.Array or None
@@ -507,9 +555,17 @@ class SegmentationStore:
         if not isinstance(meta, dict):
             raise UserError(f"{str(self.path)!r} is not a fastunet output (no attrs['fastunet']).")
         arrays = meta.get("arrays") or {}
+        if int(meta.get("layout", 1)) > LAYOUT_VERSION:
+            raise UserError(f"{str(self.path)!r} was written by a newer fastunet (output layout {meta['layout']}); "
+                            "update fastunet to resume or read it.")
         try:
+            if not arrays:
+                raise KeyError("(none recorded)")
+            self.instances = root[arrays["instances"]] if arrays.get("instances") else None
             self.labels = root[arrays["labels"]] if arrays.get("labels") else None
             self.probs = root[arrays["probs"]] if arrays.get("probs") else None
+            self.levels = {kind: [(root[p], tuple(f)) for p, f in entries]
+                           for kind, entries in (meta.get("levels") or {}).items()}
         except KeyError as exc:  # a run that died while creating the output
             raise UserError(
                 f"{str(self.path)!r} is an unfinished fastunet output without its array {exc}: its run "
@@ -532,6 +588,12 @@ class SegmentationStore:
     def complete(self) -> bool:
         """True once :meth:`mark_complete` ran (read afresh from the store)."""
         return bool(self.attrs.get("complete"))
+
+    def write(self, kind: str, region: tuple[slice, ...], data) -> None:
+        """Write a block of ``kind`` at the spatial ``region``, and its share of every
+        resolution level (:func:`fastunet.io.pyramid.write_region`)."""
+        level0 = {"instances": self.instances, "labels": self.labels, "probs": self.probs}[kind]
+        write_region([(level0, (1,) * len(region)), *self.levels.get(kind, [])], region, data)
 
     def mark_done(self, block: str) -> None:
         """Record that ``block`` is finished; call AFTER its chunks are written.

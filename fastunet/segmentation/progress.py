@@ -16,11 +16,12 @@ class ProgressBar:
     stderr is a terminal, and when it is not (a batch job's log) a plain line every
     ``interval`` seconds: blocks done/total, Mpx/s, ETA."""
 
-    def __init__(self, *, total: int, done: int, enabled, interval: float = PROGRESS_INTERVAL):
+    def __init__(self, *, total: int, done: int, enabled, interval: float = PROGRESS_INTERVAL, desc: str = "segment"):
         self.t0 = time.perf_counter()
         self.voxels = 0
         self.total, self.done, self.start_done = total, done, done
         self.bar = None
+        self.desc = desc
         self._stop = threading.Event()
         self._thread = None
         if enabled is False:
@@ -33,7 +34,7 @@ class ProgressBar:
         if tty:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, initial=done, unit="block", desc="segment", file=stream,
+            self.bar = tqdm(total=total, initial=done, unit="block", desc=desc, file=stream,
                             dynamic_ncols=True)
         elif done < total:
             self.stream = stream
@@ -51,7 +52,7 @@ class ProgressBar:
             eta = _duration(elapsed / computed * (self.total - self.done))
         else:
             eta = "unknown"
-        return (f"segment: {self.done}/{self.total} blocks, {self.rate():.2f} Mpx/s, "
+        return (f"{self.desc}: {self.done}/{self.total} blocks, {self.rate():.2f} Mpx/s, "
                 f"{_duration(elapsed)} elapsed, ETA {eta}")
 
     def _report(self, interval: float) -> None:

@@ -34,13 +34,14 @@ import torch
 from .. import geometry
 from ..devices import check_visible, default_dtype, resolve_device
 from ..errors import UserError
+from ..kinds import pick
 from .memory import default_max_step
 from .progress import PROGRESS_INTERVAL, ProgressBar
-from .sinks import MAX_TIFF_BYTES, TiffSink, open_sink, pick
+from .sinks import MAX_TIFF_BYTES, TiffSink, open_sink
 
 __all__ = ["segment", "Segmenter", "NonFiniteWarning", "OUTPUT_KINDS"]
 
-OUTPUT_KINDS = ("labels", "probs", "both")
+OUTPUT_KINDS = ("instances", "labels", "probs", "both")
 
 
 class NonFiniteWarning(RuntimeWarning):
@@ -193,26 +194,31 @@ class Segmenter:
         except ValueError as exc:
             raise UserError(str(exc)) from None
 
-    def _job(self, vol, layout, stats, output_kind, store, remote):
+    def _job(self, vol, layout, stats, kinds, store, remote):
         from ..engine import Job
+        from ..kinds import network_output
 
         device = self.device
-        return Job(source=vol, model=self.handle, layout=layout, stats=stats, output_kind=output_kind, store=store,
-                   device=str(device), backend=self.backend, dtype=self.dtype, batch_size=self.batch_size,
-                   use_runner=device.type == "cuda", network=None if remote else self.network)
+        return Job(source=vol, model=self.handle, layout=layout, stats=stats, output_kind=network_output(kinds),
+                   store=store, device=str(device), backend=self.backend, dtype=self.dtype,
+                   batch_size=self.batch_size, use_runner=device.type == "cuda",
+                   network=None if remote else self.network, kinds=kinds)
 
     # the call ------------------------------------------------------------------------------
-    def segment(self, source, output=None, *, axes: str | None = None, output_kind: str = "labels",
-                zarr_format: int = 3, resume: bool = False, overwrite: bool = False, scheduler=None,
+    def segment(self, source, output=None, *, axes: str | None = None, output_kind=None,
+                zarr_format: int | None = None, resume: bool = False, overwrite: bool = False, scheduler=None,
                 workers: int | None = None, gpus=None, progress: bool | None = True, chunks=None, block=None,
                 threads: int | None = None, max_tiff_bytes: int = MAX_TIFF_BYTES,
-                progress_interval: float = PROGRESS_INTERVAL):
+                progress_interval: float = PROGRESS_INTERVAL, min_size: int = 0, split: str | None = None,
+                connect_z: bool = False, label_name: str | None = None, into_input: bool = False):
         """Segment ``source``; see :func:`segment` for the parameters and what is returned."""
         from .. import io
+        from ..engine.instances import InstanceOptions
+        from ..kinds import parse_kinds
 
         t_start = time.perf_counter()
-        if output_kind not in OUTPUT_KINDS:
-            raise UserError(f"output_kind= must be one of {', '.join(OUTPUT_KINDS)}; got {output_kind!r}.")
+        kinds = parse_kinds(output_kind, self.config.num_classes)
+        options = InstanceOptions(min_size=min_size, split=split, connect_z=connect_z)
         _check_cluster(scheduler, workers, gpus)
         remote = scheduler is not None or workers is not None or gpus is not None
         device = self._run_device(gpus)
@@ -220,13 +226,16 @@ class Segmenter:
         self._check_volume(vol)
         if not remote:
             self._check_local_device()
+        if output is None and into_input:
+            output = _into_input_path(vol, label_name)
         if output is None:
-            return self._lazy(vol, output_kind=output_kind, resume=resume, overwrite=overwrite, remote=remote,
+            return self._lazy(vol, kinds=kinds, options=options, resume=resume, overwrite=overwrite, remote=remote,
                               chunks=chunks, block=block)
 
-        sink = open_sink(output, source=vol, output_kind=output_kind, resume=resume, overwrite=overwrite,
-                         zarr_format=zarr_format, expect=self._expect(vol, output_kind, resume, chunks, block),
-                         max_tiff_bytes=max_tiff_bytes)
+        sink = open_sink(output, source=vol, kinds=kinds, resume=resume, overwrite=overwrite,
+                         zarr_format=zarr_format, expect=self._expect(vol, kinds, options, resume, chunks, block),
+                         max_tiff_bytes=max_tiff_bytes, options=options, label_name=label_name,
+                         into_input=into_input)
         layout, stats = self._plan(vol, sink, chunks=chunks, block=block, remote=remote)
         if sink.complete:
             self.last_summary = {**sink.recorded.get("summary", {}), "computed": 0, "skipped": layout.num_blocks}
@@ -250,7 +259,9 @@ class Segmenter:
                                 workers=workers, gpus=gpus)
         self.last_summary = summary
         _warn_nonfinite(summary["nonfinite"], sampled=False)
-        return sink.finish(summary, spatial_axes=vol.spatial_axes)
+        if "instances" in kinds:
+            summary.update(objects=sink.count, min_size=options.min_size)
+        return sink.finish(summary, source=vol)
 
     # the parts of the call ------------------------------------------------------------------
     def _run_device(self, gpus) -> torch.device:
@@ -267,7 +278,7 @@ class Segmenter:
             )
         return torch.device("cuda:0")
 
-    def _lazy(self, vol, *, output_kind, resume, overwrite, remote, chunks, block):
+    def _lazy(self, vol, *, kinds, options, resume, overwrite, remote, chunks, block):
         """``output=None``: dask arrays of the result, computed when they are."""
         from ..engine import lazy_arrays
         from ..normalization import normalization_stats
@@ -282,19 +293,24 @@ class Segmenter:
         layout = self._layout(vol, chunks=chunks, block=block, remote=remote)
         stats = normalization_stats(vol, self.normalization)
         _warn_nonfinite(stats.nonfinite, sampled=True)
-        labels, probs = lazy_arrays(self._job(vol, layout, stats, output_kind, None, remote))
-        return pick(output_kind, labels, probs)
+        job = dataclasses.replace(self._job(vol, layout, stats, kinds, None, remote), instances=options)
+        return pick(kinds, lazy_arrays(job))
 
-    def _expect(self, vol, output_kind, resume, chunks, block) -> dict:
-        """What a resumed output must have recorded: this input (its fingerprint), shape, kind,
-        classes, model, and the tile, chunks and block when they are given."""
+    def _expect(self, vol, kinds, options, resume, chunks, block) -> dict:
+        """What a resumed output must have recorded: this input (its fingerprint), shape, kinds,
+        classes, model, the instance options that shape the recorded blocks (split,
+        connect_z; another min_size only redoes the merge), and the tile, chunks and block
+        when they are given."""
         from .. import io
+        from ..kinds import kinds_record
 
         expect = {}
         if resume:  # the input must be the one the interrupted run read (or the complete output's)
             expect["input_id"] = io.input_fingerprint(vol)
-        expect.update({"shape": list(vol.spatial_shape), "output": output_kind,
+        expect.update({"shape": list(vol.spatial_shape), "output": kinds_record(kinds),
                        "num_classes": self.config.num_classes, "model": self.handle.key})
+        if "instances" in kinds:
+            expect.update(split=options.split, connect_z=options.connect_z)
         if self.tile is not None:
             expect["tile"] = [self.tile, self.tile]
         for key, value in (("chunks", chunks), ("block", block)):
@@ -317,6 +333,10 @@ class Segmenter:
             return layout, NormStats(np.asarray(meta["norm_offset"], np.float64),
                                      np.asarray(meta["norm_scale"], np.float64))
         layout = self._layout(vol, chunks=chunks, block=block, remote=remote)
+        if sink.block_multiple and any(m > 1 for m in sink.block_multiple):
+            from ..io.pyramid import aligned_block
+
+            layout = dataclasses.replace(layout, block=aligned_block(layout.block, layout.chunks, sink.block_multiple))
         if isinstance(sink, TiffSink):
             sink.check_size(vol.spatial_shape, self.config.num_classes)
         return layout, normalization_stats(vol, self.normalization)
@@ -329,19 +349,21 @@ class Segmenter:
         attrs = {"model": self.handle.key, "model_path": self.handle.path, "tile": list(layout.tile),
                  "block": list(layout.block), "normalization": self.normalization.to_dict(),
                  "norm_offset": stats.offset.tolist(), "norm_scale": stats.scale.tolist()}
-        sink.create(source=vol, num_classes=self.config.num_classes, chunks=layout.chunks, attrs=attrs,
-                    **({"layout": layout} if isinstance(sink, TiffSink) else {}))
+        sink.create(source=vol, num_classes=self.config.num_classes, chunks=layout.chunks, attrs=attrs, layout=layout)
         try:
-            job = self._job(vol, layout, stats, sink.output_kind, sink.store, remote)
+            job = sink.prepare(self._job(vol, layout, stats, sink.kinds, sink.store, remote))
             if run["gpus"] is not None:
                 job = dataclasses.replace(job, device=str(device), use_runner=True, network=None)
             bar = ProgressBar(total=layout.num_blocks, done=layout.num_blocks - len(blocks), enabled=progress,
                               interval=progress_interval)
             try:
                 sink.started = True
-                return execute(job, blocks, **run, progress=bar.update, on_result=sink.on_result, client=client)
+                summaries = execute(job, blocks, **run, progress=bar.update, on_result=sink.on_result, client=client)
             finally:
                 bar.close()
+            sink.instances_stage(job, lambda stage_job, todo: _relabel(stage_job, todo, run, client, progress,
+                                                                       progress_interval, layout.num_blocks))
+            return summaries
         except Exception as exc:
             sink.abort(exc, remote=remote)
             raise
@@ -362,6 +384,33 @@ class Segmenter:
         }
 
 
+def _relabel(job, blocks, run: dict, client, progress, interval: float, total: int) -> None:
+    """The relabel pass of the instance stage: block tasks on the same scheduler."""
+    from ..engine import execute
+
+    bar = ProgressBar(total=total, done=total - len(blocks), enabled=progress and bool(blocks), interval=interval,
+                      desc="relabel")
+    try:
+        execute(job, blocks, **run, progress=bar.update, client=client)
+    finally:
+        bar.close()
+
+
+def _into_input_path(vol, label_name: str | None):
+    """``into_input=True``: the label image ``<OME-Zarr input>/labels/<label_name>``."""
+    from pathlib import Path
+
+    from ..io import LABEL_NAME
+
+    if vol.kind != "ome-zarr" or not vol.path:
+        raise UserError("into_input=True writes into an OME-Zarr input's labels group; this input is "
+                        f"{vol.describe()}: pass an output path instead.")
+    name = label_name or LABEL_NAME
+    if not name or "/" in name or name.startswith(".") or name in ("labels",):
+        raise UserError(f'label_name= expects a plain name such as "nuclei"; got {label_name!r}.')
+    return Path(vol.path) / "labels" / name
+
+
 def _spatial_chunks(vol) -> tuple[int, ...]:
     return tuple(c for a, c in zip(vol.axes, vol.chunks) if a != "C")
 
@@ -380,9 +429,11 @@ def _warn_nonfinite(count: int, *, sampled: bool) -> None:
 
 def segment(source, model=None, output=None, *, axes: str | None = None, tile: int | None = None,
             batch_size: int | None = None, device=None, backend: str = "auto", dtype: str | None = None,
-            output_kind: str = "labels", zarr_format: int = 3, resume: bool = False, overwrite: bool = False,
+            output_kind=None, zarr_format: int | None = None, resume: bool = False, overwrite: bool = False,
             scheduler=None, workers: int | None = None, gpus=None, progress: bool | None = True,
-            chunks=None, block=None, threads: int | None = None, progress_interval: float = PROGRESS_INTERVAL):
+            chunks=None, block=None, threads: int | None = None, progress_interval: float = PROGRESS_INTERVAL,
+            min_size: int = 0, split: str | None = None, connect_z: bool = False, label_name: str | None = None,
+            into_input: bool = False):
     """Segment a volume with overlap-tile inference (seamless: identical to one pass of the
     network over the whole mirrored image).
 
@@ -394,15 +445,22 @@ def segment(source, model=None, output=None, *, axes: str | None = None, tile: i
         Model file, in-memory network (see :class:`Segmenter`), or None for the bundled
         default model.
     output : str, path-like or None
-        A zarr folder (``.zarr``), a ``.tif``/``.tiff`` file (results that fit in memory),
-        or None for lazy dask arrays (nothing is computed until they are).
+        A zarr folder (``.zarr``; ``.ome.zarr`` or an OME-Zarr input: an OME-Zarr image with
+        label images), ``<OME-Zarr input>/labels/<name>`` (a label image in the input's own
+        labels group), a ``.tif``/``.tiff`` file (ImageJ; ``.ome.tif``: OME-TIFF; results
+        that fit in memory), or None for lazy dask arrays (nothing is computed until they are).
     axes : str, optional
         Axes of a plain array or zarr array without metadata, e.g. ``"ZYX"``, ``"CYX"``.
     tile, batch_size, device, backend, dtype
         See :class:`Segmenter`.
-    output_kind : {"labels", "probs", "both"}
-        uint8 labels (argmax), float16 class probabilities ``(K, ...)``, or both.
-    zarr_format : {3, 2}
+    output_kind : str, tuple of str or None
+        ``"instances"`` (object ids: the connected components of the foreground, unique in
+        the whole volume, uint32 or uint64), ``"labels"`` (the uint8 argmax class map),
+        ``"probs"`` (float16 class probabilities ``(K, ...)``), ``"both"`` (labels and
+        probs), or several (``"instances,probs"``, a tuple). Default: instances for
+        two-class models, labels otherwise (see :mod:`fastunet.kinds`).
+    zarr_format : {3, 2}, optional
+        Default: the OME-Zarr input's format (NGFF 0.4 on v2, 0.5 on v3), else 3.
     resume : bool
         Continue an interrupted run into the same output, skipping recorded blocks. Refused
         unless the input is the recorded one (path, array, axes, shape, dtype, and a
@@ -422,19 +480,33 @@ def segment(source, model=None, output=None, *, axes: str | None = None, tile: i
         Threads of the threaded scheduler (or per worker).
     progress_interval : float
         Seconds between the plain progress lines (default 30).
+    min_size : int
+        Instances: objects of fewer voxels are removed (default 0: none).
+    split : {None, "watershed"}
+        Instances: split touching objects by a seeded watershed on the distance transform.
+    connect_z : bool
+        Instances of ``ZYX`` stacks: join objects across slices (default: each slice on its own).
+    label_name : str, optional
+        Name of the label image under ``labels/`` of an OME-Zarr output (default
+        ``"segmentation"``).
+    into_input : bool
+        With ``output=None``: write the label image into the OME-Zarr input's own labels
+        group (``<input>/labels/<label_name>``), as ``output="<input>/labels/NAME"`` does.
 
     Returns
     -------
-    zarr.Array, numpy.ndarray, dask.array.Array or a (labels, probs) pair
-        The written labels / probabilities (zarr arrays for a zarr output, numpy arrays for
-        TIFF), or lazy dask arrays when ``output`` is None.
+    zarr.Array, numpy.ndarray, dask.array.Array or a tuple of them
+        The written arrays (zarr arrays for a zarr output, numpy arrays for TIFF), or lazy
+        dask arrays when ``output`` is None; several kinds as a tuple in the order instances,
+        labels, probs (``"both"``: labels, probs).
     """
     seg = Segmenter(model, tile=tile, batch_size=batch_size, device=device, backend=backend, dtype=dtype)
     try:
         result = seg.segment(source, output, axes=axes, output_kind=output_kind, zarr_format=zarr_format,
                              resume=resume, overwrite=overwrite, scheduler=scheduler, workers=workers, gpus=gpus,
                              progress=progress, chunks=chunks, block=block, threads=threads,
-                             progress_interval=progress_interval)
+                             progress_interval=progress_interval, min_size=min_size, split=split,
+                             connect_z=connect_z, label_name=label_name, into_input=into_input)
     finally:
         if output is not None:
             seg.close()

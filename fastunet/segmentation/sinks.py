@@ -3,12 +3,14 @@
 A sink is opened once the input is known (:func:`open_sink`); it checks the output location
 before anything is computed, says which blocks are already done (a resumed zarr output) and
 which layout and statistics an interrupted run used, creates the output once the network or
-the cluster is ready, receives the blocks' results, decides what a failure leaves behind,
-and writes what remains at the end.
+the cluster is ready, receives the blocks' results, runs the instance stage (the merge of the
+blocks' objects and the relabel pass), decides what a failure leaves behind, and writes
+what remains at the end.
 
 * :class:`ZarrSink` — block tasks write their chunks and record themselves done; a failure
   before the first recorded block removes an output this run created (an interrupt removes
-  nothing: the output stays, to be resumed); the output is marked complete last.
+  nothing: the output stays, to be resumed); with instances the merge and the relabel pass
+  follow, both resumable; the output is marked complete last.
 * :class:`TiffSink` — results are assembled in memory (refused beyond ``max_bytes``) and the
   TIFF is written at the end, so a failure leaves nothing.
 
@@ -17,21 +19,20 @@ and writes what remains at the end.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import uuid
 
 import numpy as np
 
 from ..errors import UserError
+from ..kinds import kinds_record, pick
 
-__all__ = ["ZarrSink", "TiffSink", "open_sink", "pick", "TIFF_SUFFIXES", "MAX_TIFF_BYTES"]
+__all__ = ["ZarrSink", "TiffSink", "open_sink", "TIFF_SUFFIXES", "MAX_TIFF_BYTES"]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 MAX_TIFF_BYTES = 4 * 1024**3
-
-
-def pick(kind: str, labels, probs):
-    """What a segmentation returns for ``output_kind``: labels, probabilities, or both."""
-    return labels if kind == "labels" else probs if kind == "probs" else (labels, probs)
+_BYTES = {"instances": 8, "labels": 1}  # per voxel in memory (ids and their block records)
 
 
 class ZarrSink:
@@ -42,48 +43,108 @@ class ZarrSink:
     normalization constants, which this run must reuse).
     """
 
-    def __init__(self, path, *, output_kind: str, resume: bool, overwrite: bool, zarr_format: int) -> None:
+    def __init__(self, path, *, kinds: tuple, resume: bool, overwrite: bool, zarr_format: int | None,
+                 options=None, label_name: str | None = None, into_input: bool = False) -> None:
         self.path = path
-        self.output_kind = output_kind
+        self.kinds = kinds
+        self.output_kind = kinds_record(kinds)
         self.resume = resume
         self.overwrite = overwrite
         self.zarr_format = zarr_format
+        self.options = options
+        self.label_name = label_name
+        self.into_input = into_input
         self.store = None
         self.recorded: dict | None = None
         self.done: set[str] = set()
         self.created = False
         self.started = False
+        self.block_multiple: tuple | None = None
+        self.count = 0
 
-    def open(self) -> None:
+    def open(self, source) -> None:
         """Reopen the output of an interrupted run (``resume=True`` on an existing one)."""
         from .. import io
+        from ..io.pyramid import block_multiple, input_levels
 
+        self.block_multiple = block_multiple(input_levels(source), len(source.spatial_shape))
         if self.resume and self.path.exists():
             self.store = io.open_output(self.path, expect={})  # check_output compared the record
             self.recorded = self.store.attrs
             self.done = self.store.done()
+            was = (self.recorded.get("summary") or {}).get("min_size")
+            if self.complete and "instances" in self.kinds and was is not None and was != self.options.min_size:
+                raise UserError(
+                    f"Cannot resume {str(self.path)!r}: it was completed with min_size={was}, this run has "
+                    f"min_size={self.options.min_size}; rerun with min_size={was}, or start over with overwrite=True."
+                )
+            if self.complete:
+                io.InstanceRecords(self.path).remove()  # left by a run stopped right after completing
 
     @property
     def complete(self) -> bool:
         return self.store is not None and bool(self.recorded.get("complete"))
 
     def result(self):
-        return pick(self.output_kind, self.store.labels, self.store.probs)
+        store = self.store
+        return pick(self.kinds, {"instances": store.instances, "labels": store.labels, "probs": store.probs})
 
-    def create(self, *, source, num_classes: int, chunks, attrs: dict) -> None:
+    def create(self, *, source, num_classes: int, chunks, attrs: dict, layout=None) -> None:
         """Create the output (unless resumed); call once the network or cluster is ready, so
         that a failing set-up leaves nothing behind."""
         from .. import io
 
         if self.store is not None:
             return
-        self.store = io.create_output(self.path, source=source, num_classes=num_classes, output=self.output_kind,
+        if "instances" in self.kinds:
+            attrs = {**attrs, **self.options.to_dict()}
+        extra = {"label_name": self.label_name} if self.label_name else {}
+        self.store = io.create_output(self.path, source=source, num_classes=num_classes, output=self.kinds,
                                       chunks=chunks, zarr_format=self.zarr_format, overwrite=self.overwrite,
-                                      attrs=attrs)
+                                      attrs=attrs, block=layout.block if layout is not None else None,
+                                      into_input=self.into_input, **extra)
         self.created = True
+
+    def prepare(self, job):
+        """The job of the predict stage: with instances, the records to write."""
+        if "instances" not in self.kinds:
+            return job
+        from .. import io
+
+        return dataclasses.replace(job, records=io.InstanceRecords(self.store.path), instances=self.options)
 
     def on_result(self, summary: dict) -> None:  # the block task wrote its chunks itself
         pass
+
+    def instances_stage(self, job, run) -> None:
+        """Merge the recorded blocks' objects (once; again for another ``min_size``) and run
+        the relabel pass over the blocks not yet relabelled (``run(job, blocks)``)."""
+        if "instances" not in self.kinds:
+            return
+        from .. import io
+        from ..engine.instance_tasks import merge_recorded, relabel_name
+        from ..io.output_layout import retype_instances
+
+        records, layout = job.records, job.layout
+        info = records.merge_info()
+        if info is None or info["min_size"] != self.options.min_size:
+            try:
+                result = merge_recorded(layout, records, self.options)
+            except UserError as exc:
+                raise UserError(f"{exc} The network's results are kept in {str(self.path)!r}: run again with "
+                                "that min_size and resume=True.") from None
+            if result.lut.dtype != self.store.instances.dtype:
+                import zarr
+
+                retype_instances(zarr.open_group(str(self.store.path), mode="r+"), self.store.attrs,
+                                 str(result.lut.dtype))
+                self.store = io.SegmentationStore(self.store.path)
+            records.put_merge(result, generation=uuid.uuid4().hex[:12])
+            info = records.merge_info()
+        self.count = info["count"]
+        done = self.store.done()
+        todo = [b for b in layout.blocks() if relabel_name(info, b.name) not in done]
+        run(dataclasses.replace(job, stage="relabel", store=self.store), todo)
 
     def abort(self, exc: BaseException, *, remote: bool) -> None:
         """After a failure: remove an output this run created that holds no finished block.
@@ -100,8 +161,11 @@ class ZarrSink:
             except (OSError, UserError) as cleanup:  # keep the original error; say what is left
                 exc.add_note(f"(the unfinished output {str(self.store.path)!r} could not be removed: {cleanup})")
 
-    def finish(self, summary: dict, *, spatial_axes: str):
+    def finish(self, summary: dict, *, source):
+        from .. import io
+
         self.store.mark_complete(summary)
+        io.InstanceRecords(self.store.path).remove()
         return self.result()
 
 
@@ -112,23 +176,29 @@ class TiffSink:
     recorded = None
     done: set = frozenset()
     complete = False
+    block_multiple = None
 
-    def __init__(self, path, *, output_kind: str, overwrite: bool, max_bytes: int = MAX_TIFF_BYTES) -> None:
+    def __init__(self, path, *, kinds: tuple, overwrite: bool, max_bytes: int = MAX_TIFF_BYTES,
+                 options=None) -> None:
         self.path = path
-        self.output_kind = output_kind
+        self.kinds = kinds
+        self.output_kind = kinds_record(kinds)
         self.overwrite = overwrite
         self.max_bytes = max_bytes
+        self.options = options
         self.layout = None
         self.labels = self.probs = None
+        self.objects: dict = {}
         self.started = False
+        self.count = 0
 
-    def open(self) -> None:
+    def open(self, source) -> None:
         pass
 
     def check_size(self, spatial_shape, num_classes: int) -> None:
         """Refuse a result too large to assemble in memory."""
-        nbytes = math.prod(spatial_shape) * (
-            (self.output_kind != "probs") + 2 * num_classes * (self.output_kind != "labels"))
+        per_voxel = sum(_BYTES.get(k, 2 * num_classes) for k in self.kinds)
+        nbytes = math.prod(spatial_shape) * per_voxel
         if nbytes > self.max_bytes:
             raise UserError(
                 f"The result ({nbytes / 1024**3:.1f} GiB) is too large for a TIFF output, which is "
@@ -139,8 +209,11 @@ class TiffSink:
     def create(self, *, source, num_classes: int, chunks, attrs: dict, layout=None) -> None:
         self.layout = layout
         spatial = layout.shape if layout.ndim == 3 else (1, *layout.shape)
-        self.labels = np.zeros(spatial, np.uint8) if self.output_kind != "probs" else None
-        self.probs = np.zeros((num_classes, *spatial), np.float16) if self.output_kind != "labels" else None
+        self.labels = np.zeros(spatial, np.uint8) if "labels" in self.kinds else None
+        self.probs = np.zeros((num_classes, *spatial), np.float16) if "probs" in self.kinds else None
+
+    def prepare(self, job):
+        return dataclasses.replace(job, instances=self.options) if "instances" in self.kinds else job
 
     def on_result(self, summary: dict) -> None:
         """Place one block's arrays (the tasks return them: ``job.store`` is None)."""
@@ -150,33 +223,57 @@ class TiffSink:
             self.labels[region] = summary["labels"]
         if self.probs is not None:
             self.probs[(slice(None), *region)] = summary["probs"]
+        if summary.get("objects") is not None:
+            self.objects[tuple(summary["index"])] = summary["objects"]
+
+    def instances_stage(self, job, run) -> None:
+        """Merge the blocks' objects in memory (the relabel happens in :meth:`finish`)."""
+        if "instances" in self.kinds:
+            from ..engine.instance_tasks import merge_returned
+
+            self.merged = merge_returned(self.layout, self.objects, self.options)
+            self.count = self.merged.count
 
     def abort(self, exc: BaseException, *, remote: bool) -> None:
         pass  # nothing was written
 
-    def finish(self, summary: dict, *, spatial_axes: str):
+    def finish(self, summary: dict, *, source):
         from .. import io
 
-        labels, probs = self.labels, self.probs
+        arrays = {"labels": self.labels, "probs": self.probs}
         if self.layout.ndim == 2:
-            labels = None if labels is None else labels[0]
-            probs = None if probs is None else probs[:, 0]
-        io.write_tiff(self.path, labels=labels, probs=probs, axes=spatial_axes, overwrite=self.overwrite)
-        return pick(self.output_kind, labels, probs)
+            arrays = {k: None if v is None else (v[0] if k == "labels" else v[:, 0]) for k, v in arrays.items()}
+        if "instances" in self.kinds:
+            from ..engine.instance_tasks import relabel_returned
+
+            ids = np.zeros(self.layout.shape, self.merged.lut.dtype)
+            for block in self.layout.blocks():
+                ids[block.slices] = relabel_returned(self.layout, self.objects, self.merged, block)
+            arrays["instances"] = ids
+            self.objects = {}
+        io.write_tiff(self.path, **arrays, axes=source.spatial_axes, overwrite=self.overwrite,
+                      pixel=io.pixel_size(source))
+        return pick(self.kinds, arrays)
 
 
-def open_sink(output, *, source, output_kind: str, resume: bool, overwrite: bool, zarr_format: int,
-              expect: dict, max_tiff_bytes: int = MAX_TIFF_BYTES):
+def open_sink(output, *, source, kinds: tuple, resume: bool, overwrite: bool, zarr_format: int | None,
+              expect: dict, max_tiff_bytes: int = MAX_TIFF_BYTES, options=None, label_name: str | None = None,
+              into_input: bool = False):
     """Check ``output`` for a segmentation of ``source`` (:func:`fastunet.io.check_output`:
     never the input, no overwrite without ``overwrite=True``, a resume only of a matching
-    output ``expect``) and open its sink; nothing is computed or written yet."""
+    output ``expect``) and open its sink; nothing is computed or written yet.
+
+    ``into_input`` (or an ``output`` at ``<OME-Zarr input>/labels/<name>``) writes one label
+    image into the input's own labels group."""
     from .. import io
 
+    into_input = into_input or io.labels_of_input(output, source)
     path = io.check_output(output, source=source, overwrite=overwrite, resume=resume, expect=expect,
-                           output_kind=output_kind)
+                           output_kind=kinds, into_input=into_input)
     if path.suffix.lower() in TIFF_SUFFIXES:
-        sink = TiffSink(path, output_kind=output_kind, overwrite=overwrite, max_bytes=max_tiff_bytes)
+        sink = TiffSink(path, kinds=kinds, overwrite=overwrite, max_bytes=max_tiff_bytes, options=options)
     else:
-        sink = ZarrSink(path, output_kind=output_kind, resume=resume, overwrite=overwrite, zarr_format=zarr_format)
-    sink.open()
+        sink = ZarrSink(path, kinds=kinds, resume=resume, overwrite=overwrite, zarr_format=zarr_format,
+                        options=options, label_name=label_name, into_input=into_input)
+    sink.open(source)
     return sink

@@ -124,7 +124,8 @@ def _validate(model: ReferenceUNet, val, config: TrainConfig, device: torch.devi
         snapshot = ModelBundle(snapshot, config.normalization)
         for _, image, labels in val:
             axes = "ZYX" if image.ndim == 3 else "YX"
-            classes = segment(image, snapshot, None, axes=axes, tile=config.tile, device=str(device), progress=False)
+            classes = segment(image, snapshot, None, axes=axes, tile=config.tile, device=str(device), progress=False,
+                              output_kind="labels")
             classes = np.asarray(classes)
             preds += list(classes == 1) if image.ndim == 3 else [classes == 1]
             truths += list(labels) if labels.ndim == 3 else [labels]

@@ -1,0 +1,244 @@
+"""Instance output through the engine (fastunet/engine/instances.py, instance_tasks.py):
+object ids equal scipy.ndimage.label of the whole foreground for any block and tile size,
+resume after a failure in either stage, a dask.distributed run, the options and bad input.
+"""
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import zarr
+from scipy import ndimage
+
+from fastunet import Normalization, ReferenceUNet, UNetConfig, save_model, segment
+from fastunet.cli import main
+from fastunet.engine.instances import InstanceOptions, face_planes, instance_dtype, label_block, merge
+from fastunet.errors import UserError
+
+
+def _rng():
+    return np.random.default_rng(torch.initial_seed())
+
+
+def _structure(ndim, connect_z):
+    s = ndimage.generate_binary_structure(ndim, 1)
+    if ndim == 3 and not connect_z:
+        s[0] = s[2] = False
+    return s
+
+
+def _blockwise(classes, block, options, num_classes=2):
+    """label_block + merge over a block grid of ``block``, assembled (the engine's algorithm
+    without the network)."""
+    shape, nd = classes.shape, classes.ndim
+    grid = tuple(-(-n // b) for n, b in zip(shape, block))
+    records, boxes = [], []
+    for index in np.ndindex(*grid):
+        box = tuple((i * b, min((i + 1) * b, n)) for i, b, n in zip(index, block, shape))
+        part = classes[tuple(slice(*x) for x in box)]
+        found = label_block(part if nd == 3 else part[None], tuple(x[0] for x in box), shape, num_classes, options)
+        records.append(found.arrays(face_planes(found.ids, box, shape, options.connect_z)))
+        boxes.append(tuple(slice(*x) for x in box))
+    result = merge(grid, lambda b: (records[b]["first"], records[b]["size"], records[b]["cls"]),
+                   lambda b, k: records[b][k], ndim=nd, options=options)
+    out = np.zeros(shape, result.lut.dtype)
+    for b, box in enumerate(boxes):
+        ids = result.block_lut(b)[records[b]["ids"]]
+        out[box] = ids if nd == 3 else ids[0]
+    return out, result
+
+
+@pytest.mark.parametrize("connect_z", [False, True])
+def test_blockwise_ids_equal_scipy_label_of_the_whole_volume(connect_z):
+    rng = _rng()
+    for _ in range(2):
+        classes = (rng.random((4, 29, 33)) < 0.55).astype(np.uint8)
+        expected, _ = ndimage.label(classes, structure=_structure(3, connect_z))
+        for block in [(1, 5, 7), (2, 8, 8), (4, 29, 33), (3, 1, 4), (1, 16, 11)]:
+            got, _ = _blockwise(classes, block, InstanceOptions(connect_z=connect_z))
+            np.testing.assert_array_equal(got, expected, err_msg=str(block))  # the same numbering, not only up to it
+        plane = classes[0]
+        for block in [(5, 7), (8, 8), (1, 33), (29, 1)]:
+            np.testing.assert_array_equal(_blockwise(plane, block, InstanceOptions())[0], ndimage.label(plane)[0])
+
+
+def test_several_classes_are_labelled_each_on_its_own_and_min_size_removes_small_objects():
+    rng = _rng()
+    classes = rng.integers(0, 3, size=(30, 31)).astype(np.uint8)
+    got, _ = _blockwise(classes, (7, 9), InstanceOptions(), num_classes=3)
+    whole, _ = _blockwise(classes, (30, 31), InstanceOptions(), num_classes=3)
+    np.testing.assert_array_equal(got, whole)
+    for c in (1, 2):  # within a class, the objects are scipy's components
+        ref, n = ndimage.label(classes == c)
+        assert len(np.unique(got[classes == c])) == n
+        pairs = np.unique(np.stack([ref[classes == c], got[classes == c]]), axis=1)
+        assert pairs.shape[1] == n  # a bijection between scipy's components and the ids
+    assert not np.isin(got[classes == 1], got[classes == 2]).any()
+    sizes = np.bincount(ndimage.label(classes == 1)[0].ravel())[1:]
+    big, _ = _blockwise(classes, (7, 9), InstanceOptions(min_size=3), num_classes=3)
+    kept = [i for i in np.unique(big) if i]
+    assert kept == list(range(1, len(kept) + 1))  # numbered 1..n without gaps
+    assert np.bincount(big.ravel())[1:].min() >= 3 and (sizes >= 3).sum() <= len(kept)
+    with pytest.raises(UserError, match=r"min_size=10000 removes every object: the largest has \d+ voxels"):
+        _blockwise(classes, (7, 9), InstanceOptions(min_size=10000), num_classes=3)
+
+
+def test_empty_volume_gives_an_empty_label_image_and_dtypes():
+    empty, result = _blockwise(np.zeros((3, 10, 10), np.uint8), (1, 4, 4), InstanceOptions(min_size=5))
+    assert result.count == 0 and not empty.any() and empty.dtype == np.uint32
+    assert instance_dtype(2**32 - 1) == np.uint32 and instance_dtype(2**32) == np.uint64
+    with pytest.raises(UserError, match="min_size= expects a number of voxels >= 0"):
+        InstanceOptions(min_size=-1)
+    with pytest.raises(UserError, match='split= expects None or "watershed"'):
+        InstanceOptions(split="cellpose")
+
+
+def test_watershed_split_separates_two_touching_discs():
+    yy, xx = np.mgrid[:40, :60]
+    discs = ((yy - 20) ** 2 + (xx - 18) ** 2 < 12**2) | ((yy - 20) ** 2 + (xx - 41) ** 2 < 12**2)
+    classes = discs.astype(np.uint8)
+    joined, _ = _blockwise(classes, (40, 60), InstanceOptions())
+    split, _ = _blockwise(classes, (40, 60), InstanceOptions(split="watershed"))
+    assert joined.max() == 1 and split.max() == 2
+    assert split[20, 18] != split[20, 41] and (split > 0).sum() == discs.sum()
+
+
+# ----------------------------------------------------------------------------- the engine
+def _model(path, num_classes=2):
+    """A small network whose foreground covers about half of a noise image (many objects)."""
+    net = ReferenceUNet(UNetConfig(base_channels=4, depth=2, num_classes=num_classes))
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                m.bias.normal_(0.0, 0.1)
+        if num_classes == 2:
+            x = torch.from_numpy(np.random.default_rng(0).normal(size=(1, 1, 92, 92)).astype(np.float32))
+            scores = net(x)
+            net.head.bias[1] -= float(torch.median(scores[:, 1] - scores[:, 0]))
+    return str(save_model(path, net, Normalization(mode="meanstd")))
+
+
+@pytest.fixture
+def model(tmp_path):
+    return _model(tmp_path / "m.safetensors")
+
+
+def _zarr(path, data, chunks):
+    arr = zarr.create_array(str(path), shape=data.shape, chunks=chunks, dtype=data.dtype)
+    arr[:] = data
+    return str(path)
+
+
+def test_engine_instances_equal_scipy_label_for_block_and_tile_sizes(tmp_path, model):
+    vol = _rng().normal(size=(2, 40, 44)).astype(np.float32)
+    src = _zarr(tmp_path / "in.zarr", vol, (1, 8, 8))
+    labels = segment(src, model, None, axes="ZYX", tile=52, output_kind="labels").compute()
+    assert 0.2 < labels.mean() < 0.8
+    for connect_z in (False, True):
+        expected, n = ndimage.label(labels == 1, structure=_structure(3, connect_z))
+        assert n > 10
+        cases = [(52, (1, 16, 8)), (60, (2, 16, 24))] if connect_z else [(44, (2, 40, 48)), (52, (1, 8, 16))]
+        for i, (tile, block) in enumerate(cases):
+            out = segment(src, model, tmp_path / f"o{connect_z}{i}.zarr", axes="ZYX", tile=tile, chunks=(1, 8, 8),
+                          block=block, connect_z=connect_z, progress=False)
+            np.testing.assert_array_equal(out[:], expected)
+        lazy = segment(src, model, None, axes="ZYX", tile=60, chunks=(1, 8, 8), block=(2, 16, 24), connect_z=connect_z)
+        np.testing.assert_array_equal(lazy.compute(), expected)
+    plane = vol[0]
+    both = segment(plane, model, tmp_path / "p.tif", tile=52, chunks=(8, 8), block=(8, 16),
+                   output_kind="instances,labels", progress=False)
+    np.testing.assert_array_equal(both[0], ndimage.label(both[1] == 1)[0])
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "p.tif"), both[0])
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "p_labels.tif"), both[1])
+
+
+def _fail_after(monkeypatch, n):
+    """The (n+1)-th block task raises (predict or relabel stage), as a kill would stop the run."""
+    from fastunet.engine import scheduling
+
+    real, calls = scheduling.run_block, []
+
+    def run_block(job, block):
+        calls.append((job.stage, block.name))
+        if len(calls) > n:
+            raise RuntimeError("injected failure")
+        return real(job, block)
+
+    monkeypatch.setattr(scheduling, "run_block", run_block)
+    return calls
+
+
+@pytest.mark.parametrize("fail_at", [5, 18 + 7])  # in the predict stage; in the relabel pass
+def test_resume_after_a_failure_gives_identical_ids(tmp_path, model, monkeypatch, fail_at):
+    vol = _rng().normal(size=(2, 48, 48)).astype(np.float32)
+    src = _zarr(tmp_path / "in.zarr", vol, (1, 16, 16))
+    kw = dict(axes="ZYX", tile=52, block=(1, 16, 16), progress=False, threads=1, min_size=2)
+    reference = segment(src, model, tmp_path / "ref.zarr", **kw)[:]
+    out = tmp_path / "o.zarr"
+    with monkeypatch.context() as m:
+        calls = _fail_after(m, fail_at)
+        with pytest.raises(RuntimeError, match="injected"):
+            segment(src, model, out, **kw)
+    assert calls[-1][0] == ("predict" if fail_at < 18 else "relabel")
+    assert not zarr.open_group(str(out)).attrs["fastunet"]["complete"]
+    with pytest.raises(UserError, match="already exists"):
+        segment(src, model, out, **kw)
+    with monkeypatch.context() as m:
+        calls = _fail_after(m, 10**6)
+        resumed = segment(src, model, out, resume=True, **kw)
+    predicted = [name for stage, name in calls if stage == "predict"]
+    assert len(predicted) == max(0, 18 - fail_at)  # recorded blocks are not computed again
+    np.testing.assert_array_equal(resumed[:], reference)
+    assert not (out / "_fastunet_instances").exists() and not (out / "_fastunet_done").exists()
+    again = segment(src, model, out, resume=True, **kw)  # complete: nothing to do
+    np.testing.assert_array_equal(again[:], reference)
+
+
+def test_min_size_that_removes_everything_keeps_the_network_results(tmp_path, model):
+    vol = _rng().normal(size=(2, 32, 32)).astype(np.float32)
+    src = _zarr(tmp_path / "in.zarr", vol, (1, 16, 16))
+    kw = dict(axes="ZYX", tile=52, block=(1, 16, 16), progress=False)
+    with pytest.raises(UserError, match=r"min_size=100000 removes every object.*resume=True"):
+        segment(src, model, tmp_path / "o.zarr", min_size=100000, **kw)
+    fixed = segment(src, model, tmp_path / "o.zarr", min_size=3, resume=True, **kw)
+    np.testing.assert_array_equal(fixed[:], segment(src, model, tmp_path / "r.zarr", min_size=3, **kw)[:])
+    with pytest.raises(UserError, match="completed with min_size=3"):
+        segment(src, model, tmp_path / "o.zarr", min_size=4, resume=True, **kw)
+    empty = segment(np.zeros((20, 20), np.float32), model, None, tile=52, min_size=5).compute()
+    assert empty.dtype == np.uint32 and empty.shape == (20, 20)
+
+
+def test_one_class_model_asked_for_instances_is_one_line(tmp_path, capsys):
+    one = _model(tmp_path / "one.safetensors", num_classes=1)
+    src = _zarr(tmp_path / "in.zarr", np.zeros((20, 20), np.float32), (10, 10))
+    code = main(["segment", src, "-o", str(tmp_path / "o.zarr"), "--model", one, "--output", "instances"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "needs a model with at least two classes" in err, err
+    out = segment(src, one, None).compute()  # the default for a one-class model: the class map
+    assert out.dtype == np.uint8
+
+
+def test_distributed_cluster_gives_identical_ids(tmp_path, model):
+    from distributed import LocalCluster
+
+    vol = _rng().normal(size=(2, 32, 40)).astype(np.float32)
+    src = _zarr(tmp_path / "in.zarr", vol, (1, 16, 8))
+    kw = dict(axes="ZYX", tile=52, block=(1, 16, 16), progress=False, connect_z=True)
+    threaded = segment(src, model, tmp_path / "a.zarr", **kw)[:]
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
+        dist = segment(src, model, tmp_path / "b.zarr", scheduler=cluster.scheduler_address, **kw)[:]
+    np.testing.assert_array_equal(dist, threaded)
+    assert threaded.max() > 1
+
+
+def test_cli_two_class_model_writes_instances_by_default(tmp_path, model, capsys):
+    img = (_rng().normal(size=(40, 44)) * 100 + 1000).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "x.tif", img)
+    code = main(["segment", str(tmp_path / "x.tif"), "-o", str(tmp_path / "out.zarr"), "--model", model, "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    root = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")
+    assert root.attrs["fastunet"]["output"] == "instances" and "labels" not in root
+    ids = root["instances"][:]
+    labels = segment(str(tmp_path / "x.tif"), model, None, output_kind="labels").compute()
+    assert ids.dtype == np.uint32 and ids.max() > 1
+    np.testing.assert_array_equal(ids, ndimage.label(labels == 1)[0])
