@@ -66,7 +66,8 @@ def test_build_trains_the_recipe_without_the_cli(tmp_path, monkeypatch, capsys):
     import fastunet.cli
     import fastunet.train
     from fastunet import default_model
-    from fastunet.cli import _train_command, build_parser
+    from fastunet.cli import build_parser
+    from fastunet.cli.train import train_command as _train_command
 
     calls = []
 
