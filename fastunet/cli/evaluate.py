@@ -5,8 +5,15 @@ from __future__ import annotations
 import argparse
 
 from ..errors import UserError
-from .common import add_common_options, add_json_option, add_network_options, epilog, human_stream, model_argument
-from .common import write_json
+from .common import (
+    add_common_options,
+    add_json_option,
+    add_network_options,
+    epilog,
+    human_stream,
+    model_argument,
+    write_json,
+)
 
 __all__ = ["add_parser", "run"]
 
