@@ -129,23 +129,18 @@ def configure_process(args: argparse.Namespace) -> None:
     """The process-wide settings a command's options imply, made here, by the program that
     owns the process (the library never changes them):
 
-    * ``--backend triton`` needs the triton package (``fastunet[gpu]``), checked here in one
-      line; on a machine without CUDA it runs the kernels under the Triton interpreter, which
-      must be switched on before triton is first imported;
+    * ``--backend triton`` on a machine without CUDA runs the kernels under the Triton
+      interpreter, which must be switched on before triton is first imported (without triton
+      installed the library says what to install);
     * ``--dtype fp32`` / ``tf32`` set PyTorch's TF32 switches for its CUDA convolutions and
       matmuls (the torch backend checks that they match the dtype).
     """
-    import importlib.util
     import os
 
     import torch
 
-    if getattr(args, "backend", None) == "triton":
-        if importlib.util.find_spec("triton") is None:
-            raise UserError("--backend triton needs the triton package, which is not installed: "
-                            "pip install 'fastunet[gpu]' (Linux), or use --backend torch.")
-        if not torch.cuda.is_available():
-            os.environ.setdefault("TRITON_INTERPRET", "1")
+    if getattr(args, "backend", None) == "triton" and not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
     if getattr(args, "dtype", None) in ("fp32", "tf32") and torch.cuda.is_available():
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = args.dtype == "tf32"
 
