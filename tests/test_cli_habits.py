@@ -9,28 +9,19 @@ import sys
 import numpy as np
 import pytest
 import tifffile
-import torch
 import zarr
+from test_segment_cli import _model, _rng
 
-from fastunet import Normalization, ReferenceUNet, UNetConfig, save_model, segment
+from fastunet import segment
 from fastunet.cli import build_parser, main
 from fastunet.cli.batch import expand_inputs, output_paths
 from fastunet.cli.segment import library_kind, parse_kinds
 from fastunet.errors import UserError
 
 
-def _rng():
-    return np.random.default_rng(torch.initial_seed())
-
-
 @pytest.fixture
 def model(tmp_path):
-    net = ReferenceUNet(UNetConfig(base_channels=4, depth=2))
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
-                m.bias.normal_(0.0, 0.1)
-    return str(save_model(tmp_path / "m.safetensors", net, Normalization(mode="meanstd")))
+    return str(_model(tmp_path / "m.safetensors"))
 
 
 @pytest.fixture

@@ -7,8 +7,12 @@ import torch
 from ..modelfile import ModelBundle
 from . import architecture
 
-__all__ = ["describe", "preprocessing", "INPUT_ID", "OUTPUT_ID"]
+__all__ = ["describe", "preprocessing", "INPUT_ID", "OUTPUT_ID", "ARCHITECTURE_FILE", "CITATION", "UNET_DOI"]
 
+ARCHITECTURE_FILE = "fastunet_unet.py"  # architecture.py, as the package names it
+CITATION = ("Ronneberger, O., Fischer, P., Brox, T. (2015). U-Net: Convolutional Networks for Biomedical "
+            "Image Segmentation. MICCAI 2015, LNCS 9351, 234-241.")
+UNET_DOI = "10.1007/978-3-319-24574-4_28"
 INPUT_ID = "raw"
 OUTPUT_ID = "probabilities"
 EPS = 1e-6  # bioimage.io's default; fastunet divides by the range or std itself (1 when ~0)
@@ -69,16 +73,10 @@ def _weights(bundle: ModelBundle, files: dict):
     from bioimageio.spec.model import v0_5 as bmz
 
     version = torch.__version__.split("+")[0]
-    arch = bmz.ArchitectureFromFileDescr(source=files[architecture_file()], callable=bmz.Identifier("FastUNetSameSize"),
+    arch = bmz.ArchitectureFromFileDescr(source=files[ARCHITECTURE_FILE], callable=bmz.Identifier("FastUNetSameSize"),
                                          kwargs=bundle.config.to_dict())
     return bmz.WeightsDescr(pytorch_state_dict=bmz.PytorchStateDictWeightsDescr(
         source=files["weights.pt"], architecture=arch, pytorch_version=bmz.Version(version)))
-
-
-def architecture_file() -> str:
-    from .export import ARCHITECTURE_FILE
-
-    return ARCHITECTURE_FILE
 
 
 def describe(bundle: ModelBundle, files: dict, *, name: str, description: str, authors, license: str,
@@ -87,7 +85,6 @@ def describe(bundle: ModelBundle, files: dict, *, name: str, description: str, a
     from bioimageio.spec.model import v0_5 as bmz
 
     from .. import __version__
-    from .export import CITATION, UNET_DOI
 
     cfg = bundle.config
     inputs, outputs = _tensors(bundle, files, min_size)

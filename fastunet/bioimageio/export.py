@@ -32,14 +32,11 @@ import torch
 from ..errors import UserError
 from ..modelfile import ModelBundle, read_model
 from . import architecture
+from .description import ARCHITECTURE_FILE, CITATION, UNET_DOI, describe
 
 __all__ = ["export_package", "ExportResult", "FORMAT_VERSION"]
 
 FORMAT_VERSION = "0.5"
-ARCHITECTURE_FILE = "fastunet_unet.py"
-CITATION = ("Ronneberger, O., Fischer, P., Brox, T. (2015). U-Net: Convolutional Networks for Biomedical "
-            "Image Segmentation. MICCAI 2015, LNCS 9351, 234-241.")
-UNET_DOI = "10.1007/978-3-319-24574-4_28"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,8 +155,6 @@ def export_package(model, output, *, name: str | None = None, description: str |
     overwrite : bool
         Replace an existing ``output``.
     """
-    from .description import describe
-
     output, model_path = Path(output), Path(model)
     _check_output(output, overwrite)
     bundle = read_model(model_path)  # a bad model file is said before bioimageio is looked for
