@@ -94,7 +94,7 @@ def add_json_option(p: argparse.ArgumentParser, what: str) -> None:
 # --------------------------------------------------------------------- library errors -> flags
 # Library parameters whose command-line flag is not ``--`` + the name with dashes.
 _PARAMETER_FLAGS = {
-    "segment": {"output": "-o", "output_kind": "--kind", "source": "INPUT"},
+    "segment": {"output": "-o", "output_kind": "--kind"},
     "bench": {"out_dir": "--out", "cache_dir": "--cache"},
     "evaluate": {"n_images": "--synthetic"},
     "export": {"output": "-o"},
