@@ -77,6 +77,10 @@ def test_two_file_glob_call_loads_the_model_once(tmp_path, model, images, capsys
     assert code == 0, err
     assert out.count("is already complete") == 2 and "2 already complete" in out
     assert [f["status"] for f in json.loads(report.read_text())["files"]] == ["complete", "complete"]
+    # A folder segmented into itself: its outputs are no inputs of the next call.
+    code, _, err = _segment([images, "--output-dir", images, "--model", model, "--quiet"], capsys)
+    assert code == 0, err
+    assert expand_inputs([str(images)]) == [str(images / "a.tif"), str(images / "b.ome.tif")]
 
 
 def test_a_bad_input_among_many_is_reported_and_the_others_are_done(tmp_path, model, images, capsys):

@@ -2,7 +2,7 @@
 
 * :func:`expand_inputs` turns the command line's inputs into a list of images: a zarr store
   (array, group or OME-Zarr) is one image; any other folder stands for the TIFF files and
-  zarr stores in it; a pattern (``dir/*.tif``, quoted so that the shell leaves it) for what
+  zarr stores in it (not those fastunet wrote); a pattern (``dir/*.tif``, quoted so that the shell leaves it) for what
   it matches; URLs pass through untouched.
 * :func:`output_paths` names one output per input from ``-o PATH`` (one input), a template
   (``-o 'out/{stem}.zarr'``) or ``--output-dir DIR`` with ``--output-name TEMPLATE``.
@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import string
 from pathlib import Path
@@ -31,6 +32,8 @@ TEMPLATE_FIELDS = {
 }
 KIND_WORDS = ("labels", "probs", "both", "instances")
 
+log = logging.getLogger(__name__)
+
 
 def _is_url(text: str) -> bool:
     return "://" in text
@@ -41,14 +44,19 @@ def _is_zarr_store(path: Path) -> bool:
 
 
 def _folder_images(folder: Path) -> list[str]:
-    """The TIFF files and zarr stores directly in ``folder``, sorted by name."""
+    """The TIFF files and zarr stores directly in ``folder``, sorted by name, less fastunet's
+    own outputs (a folder segmented into itself is not segmented again on the next call)."""
+    from ..io.outputs import fastunet_attrs
+
     found = []
     for child in sorted(folder.iterdir(), key=lambda p: p.name):
         if child.name.startswith("."):
             continue
-        if child.is_file() and child.name.lower().endswith(TIFF_SUFFIXES):
-            found.append(str(child))
-        elif child.is_dir() and _is_zarr_store(child):
+        image = (child.is_file() and child.name.lower().endswith(TIFF_SUFFIXES)) or (
+            child.is_dir() and _is_zarr_store(child))
+        if image and fastunet_attrs(child) is not None:
+            log.info("%s: skipped, a fastunet output", child)
+        elif image:
             found.append(str(child))
     return found
 

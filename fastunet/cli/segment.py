@@ -70,7 +70,7 @@ def _kind_options(p: argparse.ArgumentParser) -> None:
     group = p.add_argument_group("what to write")
     group.add_argument("--kind", metavar="KIND[,KIND]", help="one or several of instances (object ids), labels "
                        "(uint8 class map), probs (class probabilities), comma-separated; both = labels,probs "
-                       "(default: the library's, labels)")
+                       "(default: what the library picks for the model)")
 
 
 def _run_options(p: argparse.ArgumentParser) -> None:

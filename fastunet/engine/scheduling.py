@@ -164,8 +164,11 @@ class _Cluster:
         self.owns_client = True
 
     def __enter__(self):
-        from distributed import Client, LocalCluster, Scheduler, SpecCluster
-
+        try:
+            from distributed import Client, LocalCluster, Scheduler, SpecCluster
+        except ImportError as exc:
+            raise UserError(f"Running on dask.distributed (scheduler=, workers=, gpus=) needs the distributed "
+                            f"package ({exc}): pip install distributed.") from None
         if self.scheduler is not None:
             kind = check_scheduler(self.scheduler)
             if kind == "client":
