@@ -7,7 +7,7 @@ import torch
 from ..modelfile import ModelBundle
 from . import architecture
 
-__all__ = ["describe", "preprocessing", "INPUT_ID", "OUTPUT_ID", "ARCHITECTURE_FILE", "CITATION", "UNET_DOI"]
+__all__ = ["describe", "preprocessing", "halo_size", "INPUT_ID", "OUTPUT_ID", "ARCHITECTURE_FILE", "CITATION", "UNET_DOI"]
 
 ARCHITECTURE_FILE = "fastunet_unet.py"  # architecture.py, as the package names it
 CITATION = ("Ronneberger, O., Fischer, P., Brox, T. (2015). U-Net: Convolutional Networks for Biomedical "
@@ -36,6 +36,17 @@ def preprocessing(bundle: ModelBundle) -> list:
     return steps
 
 
+def halo_size(depth: int) -> int:
+    """The outputs' halo: the network's context rounded up to its max-pool grid (``2**depth``).
+
+    A consumer pads (or cuts) inputs by the halo and crops it from the outputs; on the grid,
+    the tiles' max-pools line up with one pass over the whole image, so the result is the same
+    (as fastunet's overlap-tile engine gives) whatever the tiling.
+    """
+    step = 2**depth
+    return -(-architecture.context(depth) // step) * step
+
+
 def _class_names(k: int) -> list[str]:
     return ["background", "foreground"] if k == 2 else [f"class{i}" for i in range(k)]
 
@@ -53,9 +64,11 @@ def _tensors(bundle: ModelBundle, files: dict, min_size: int):
               bmz.SpaceInputAxis(id=bmz.AxisId("y"), size=size),
               bmz.SpaceInputAxis(id=bmz.AxisId("x"), size=size)],
         test_tensor=bmz.FileDescr(source=files["test_input.npy"]),
+        pad=bmz.ReflectPadding(mode="reflect"),  # the halo mirrored as the network mirrors (numpy reflect);
+        # mode given: bioimageio.spec writes no unset field, and {} reads back as constant padding
         preprocessing=preprocessing(bundle),
     )
-    halo = architecture.context(cfg.depth)
+    halo = halo_size(cfg.depth)
     outputs = bmz.OutputTensorDescr(
         id=bmz.TensorId(OUTPUT_ID),
         description="class probabilities (softmax), the input's size; channel 0 is the background",

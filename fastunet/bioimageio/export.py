@@ -32,7 +32,7 @@ import torch
 from ..errors import UserError
 from ..modelfile import ModelBundle, read_model
 from . import architecture
-from .description import ARCHITECTURE_FILE, CITATION, UNET_DOI, describe
+from .description import ARCHITECTURE_FILE, CITATION, UNET_DOI, describe, halo_size
 
 __all__ = ["export_package", "ExportResult", "FORMAT_VERSION"]
 
@@ -79,9 +79,9 @@ def _test_shape(depth: int, test_shape) -> tuple[int, int]:
 
 
 def _min_size(depth: int) -> int:
-    # Tiles of at least twice the halo (the context) plus one max-pool step, so that a
-    # consumer's tiles keep a valid center.
-    return 2 * architecture.context(depth) + 2**depth
+    # Tiles of at least twice the halo plus one max-pool step, so that a consumer's tiles keep
+    # a center on the max-pool grid.
+    return 2 * halo_size(depth) + 2**depth
 
 
 def _test_image(shape: tuple[int, int], channels: int, seed: int = 2026) -> np.ndarray:
@@ -212,8 +212,11 @@ of context on each side; `FastUNetSameSize` (in `{ARCHITECTURE_FILE}`) mirrors t
 much (and up to a size the max-pools take), as in the paper's overlap-tile strategy, so the
 output has the input's size: class probabilities (softmax), channel 0 the background.
 
-Tiled prediction: the outputs declare a halo of {c} pixels, the context; tiles cut with that
-halo see real neighbours instead of mirrored ones.
+Tiled prediction: the outputs declare a halo of {halo_size(cfg.depth)} pixels (the context rounded up to the
+max-pool grid of {2**cfg.depth} pixels) and the input a `reflect` padding: tiles cut with that halo
+see real neighbours, the image's borders are mirrored as the network mirrors them, and the
+max-pools of every tile line up with those of one pass over the whole image, so tiled and
+whole predictions agree (and agree with fastunet's overlap-tile engine).
 
 ## Input and preprocessing
 
