@@ -29,11 +29,11 @@ DEMO_FILES = ("volume.zarr", "truth.zarr", "labels.zarr", "preview.png")
 def _prepare(folder: Path, overwrite: bool) -> None:
     """Make ``folder``; an existing one must be empty or hold only a previous demo's files."""
     if folder.exists() and not folder.is_dir():
-        raise UserError(f"{str(folder)!r} exists and is not a folder; choose another --output.")
+        raise UserError(f'{str(folder)!r} exists and is not a folder; choose another, e.g. folder="fastunet-demo-2".')
     if folder.is_dir():
         present = sorted(p.name for p in folder.iterdir())
         if present and not overwrite:
-            raise UserError(f"{str(folder)!r} is not empty; pass --overwrite to replace a previous demo there.")
+            raise UserError(f"{str(folder)!r} is not empty; pass overwrite=True to replace a previous demo there.")
         foreign = [name for name in present if name not in DEMO_FILES]
         if foreign:
             raise UserError(

@@ -86,7 +86,7 @@ def default_model_path() -> Path:
     if not DEFAULT_MODEL.is_file():
         raise ModelFileError(
             f"No default model is bundled with this installation (expected {str(DEFAULT_MODEL)!r}); "
-            "pass a model file with --model."
+            'pass a model file, e.g. model="unet.safetensors".'
         )
     return DEFAULT_MODEL
 

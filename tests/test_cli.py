@@ -43,7 +43,8 @@ def test_info_on_a_folder_names_the_fix(tmp_path, capsys):
 
 
 def test_train_command_records_zero_valued_options():
-    from fastunet.cli import _train_command, build_parser
+    from fastunet.cli import build_parser
+    from fastunet.cli.train import train_command as _train_command
 
     args = build_parser().parse_args(["train", "im", "lb", "-o", "m.safetensors", "--seed", "0", "--lr", "1e-3", "--quiet"])
     command = _train_command(args)
@@ -57,13 +58,13 @@ def test_library_parameters_become_flags_in_cli_errors():
 
     from fastunet.cli import to_flags
 
-    args = argparse.Namespace(command="segment", func=None, out="o.zarr", output_kind="labels", overwrite=False,
+    args = argparse.Namespace(command="segment", func=None, output="o.zarr", kind="labels", overwrite=False,
                               tile=None, axes=None, batch_size=None, block=None)
     assert to_flags("pass overwrite=True to replace it", args) == "pass --overwrite to replace it"
     assert to_flags('e.g. axes="ZYX" for a z-stack', args) == "e.g. --axes ZYX for a z-stack"
     assert to_flags("tile=572 and batch_size=2", args) == "--tile 572 and --batch-size 2"
     assert to_flags("tile= expects a size", args) == "--tile expects a size"
-    assert to_flags('output="x.zarr", output_kind="both"', args) == "-o x.zarr, --output both"
+    assert to_flags('output="x.zarr", output_kind="both"', args) == "-o x.zarr, --kind both"
     assert to_flags('block="1,64,64"', args) == "--block 1,64,64"
     # Recorded values (repr-quoted, lists) are no parameters to translate.
     assert to_flags("created with output='both', tile=[572, 572]", args) == "created with output='both', tile=[572, 572]"

@@ -29,7 +29,7 @@ def test_segment_without_model_uses_the_bundled_one(tmp_path, capsys):
     image, _ = synthetic_nuclei((96, 120), seed=7, dtype="uint16")
     tifffile.imwrite(tmp_path / "img.tif", image)
     assert main(["segment", str(tmp_path / "img.tif"), "-o", str(tmp_path / "out.zarr"), "--device", "cpu",
-                 "--output", "labels"]) == 0
+                 "--kind", "labels"]) == 0
     labels = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")["labels"][:]
     assert labels.shape == (96, 120) and set(np.unique(labels)) <= {0, 1}
 
@@ -67,7 +67,8 @@ def test_build_trains_the_recipe_without_the_cli(tmp_path, monkeypatch, capsys):
     import fastunet.cli
     import fastunet.train
     from fastunet import default_model
-    from fastunet.cli import _train_command, build_parser
+    from fastunet.cli import build_parser
+    from fastunet.cli.train import train_command as _train_command
 
     calls = []
 

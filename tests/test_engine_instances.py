@@ -211,7 +211,7 @@ def test_min_size_that_removes_everything_keeps_the_network_results(tmp_path, mo
 def test_one_class_model_asked_for_instances_is_one_line(tmp_path, capsys):
     one = _model(tmp_path / "one.safetensors", num_classes=1)
     src = _zarr(tmp_path / "in.zarr", np.zeros((20, 20), np.float32), (10, 10))
-    code = main(["segment", src, "-o", str(tmp_path / "o.zarr"), "--model", one, "--output", "instances"])
+    code = main(["segment", src, "-o", str(tmp_path / "o.zarr"), "--model", one, "--kind", "instances"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "needs a model with at least two classes" in err, err
     out = segment(src, one, None).compute()  # the default for a one-class model: the class map

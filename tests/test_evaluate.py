@@ -110,7 +110,7 @@ def test_demo_writes_its_files_and_refuses_to_clobber(tmp_path, capsys):
     assert sorted(p.name for p in folder.iterdir()) == ["labels.zarr", "preview.png", "truth.zarr", "volume.zarr"]
     assert result.images == 2 and result.pixels == 2 * 64 * 80
     assert "scores against the truth" in capsys.readouterr().out
-    with pytest.raises(UserError, match="--overwrite"):
+    with pytest.raises(UserError, match="overwrite=True"):
         run_demo(folder, shape=(2, 64, 80), model=model, device="cpu", progress=False)
     run_demo(folder, shape=(1, 40, 40), model=model, device="cpu", progress=False, overwrite=True)
     (folder / "notes.txt").write_text("mine")

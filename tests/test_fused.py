@@ -7,12 +7,12 @@ import sys
 
 import pytest
 import torch
+from reference import TOL, TOL_PAPER, reference_forward, rel_err
 from torch import nn
 
 from fastunet import ReferenceUNet, UNetConfig
-from fastunet.engine.fused import FusedUNet
 from fastunet.engine import make_predictor
-from reference import TOL, TOL_PAPER, reference_forward, rel_err
+from fastunet.engine.fused import FusedUNet
 
 
 def _poison(net: FusedUNet) -> None:

@@ -5,11 +5,11 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+from reference import STORAGE, TOL, nchw, nhwc, poisoned, rel_err
 
 from fastunet.kernels import conv, head, upconv
 from fastunet.kernels._utils import to_storage, upcast_for_interpreter
 from fastunet.model import center_crop
-from reference import STORAGE, TOL, nchw, nhwc, poisoned, rel_err
 
 DTYPES = ["fp32", "tf32", "fp16", "bf16"]
 

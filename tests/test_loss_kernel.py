@@ -8,10 +8,10 @@ same dtype-rounded logits the kernel reads.
 import pytest
 import torch
 import torch.nn.functional as F
+from reference import rel_err
 
 from fastunet.kernels import loss as lossk
 from fastunet.train.loss import _use_triton, weighted_cross_entropy
-from reference import rel_err
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 GRAD_TOL = {"fp32": 1e-5, "bf16": 1e-2, "fp16": 1e-2}  # the gradient is stored in the logits' dtype

@@ -157,7 +157,7 @@ def test_into_the_inputs_labels_group_touches_nothing_else(tmp_path, model, caps
     # anything else inside the input stays refused; so do probabilities in its labels group
     code = main(["segment", str(inp), "-o", str(inp / "s0" / "x.zarr"), "--model", model])
     assert code == 2 and "the input is never written" in capsys.readouterr().err
-    code = main(["segment", str(inp), "-o", str(inp / "labels" / "p"), "--model", model, "--output", "probs"])
+    code = main(["segment", str(inp), "-o", str(inp / "labels" / "p"), "--model", model, "--kind", "probs"])
     assert code == 2 and "probabilities are no label image" in capsys.readouterr().err
     with pytest.raises(UserError, match="already exists"):
         segment(str(inp), model, None, into_input=True, label_name="nuclei", tile=60)

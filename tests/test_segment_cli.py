@@ -55,7 +55,7 @@ def test_cli_zarr_in_zarr_out_with_summary(tmp_path, model, capsys):
     vol = _rng().normal(size=(2, 40, 36)).astype(np.float32)
     src = _zarr(tmp_path / "in.zarr", vol, (1, 16, 16))
     code, out, err = _run([src, "-o", tmp_path / "out.zarr", "--model", model, "--axes", "ZYX", "--tile", "52",
-                           "--output", "both", "--zarr-format", "2", "--device", "cpu", "--backend", "torch",
+                           "--kind", "both", "--zarr-format", "2", "--device", "cpu", "--backend", "torch",
                            "--dtype", "fp32", "--batch-size", "3"], capsys)
     assert code == 0, err
     assert "segmented" in out and "Mpx/s on cpu (torch, fp32, tile 52x52, batch 3" in out
@@ -65,10 +65,10 @@ def test_cli_zarr_in_zarr_out_with_summary(tmp_path, model, capsys):
     np.testing.assert_array_equal(root["labels"][:], labels.compute())
     np.testing.assert_array_equal(root["probs"][:], probs.compute())
     code, out, err = _run([src, "-o", tmp_path / "out.zarr", "--model", model, "--axes", "ZYX", "--tile", "52",
-                           "--output", "both", "--resume", "--quiet"], capsys)
+                           "--kind", "both", "--resume", "--quiet"], capsys)
     assert code == 0 and out == "" and err == ""  # already complete: nothing recomputed, nothing said
     code, _, err = _run([src, "-o", tmp_path / "out.zarr", "--model", model, "--axes", "ZYX", "--resume"], capsys)
-    assert code == 2 and "Cannot resume" in err and "--output both" in err
+    assert code == 2 and "Cannot resume" in err and "--kind both" in err
 
 
 def test_cli_tiff_output(tmp_path, model, capsys):
@@ -177,7 +177,7 @@ def test_missing_default_model_is_a_clear_error(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(modelfile, "DEFAULT_MODEL", tmp_path / "nothing.safetensors")
     src = _zarr(tmp_path / "in.zarr", np.zeros((20, 20), np.float32), (10, 10))
     code, _, err = _run([src, "-o", tmp_path / "o.zarr"], capsys)
-    assert code == 2 and "pass a model file with --model" in err
+    assert code == 2 and "pass a model file, e.g. --model" in err
 
 
 def test_import_fastunet_stays_light():
@@ -439,7 +439,7 @@ def test_tiff_both_refuses_an_existing_probs_file_before_computing(tmp_path, mod
 
     monkeypatch.setattr(engine, "execute", no_compute)
     monkeypatch.setattr(normalization, "normalization_stats", no_compute)
-    argv = [tmp_path / "in.tif", "-o", tmp_path / "out.tif", "--model", model, "--output", "both"]
+    argv = [tmp_path / "in.tif", "-o", tmp_path / "out.tif", "--model", model, "--kind", "both"]
     code, _, err = _run(argv, capsys)
     assert code == 2 and "out_probs.tif" in err and "already exists; pass --overwrite" in err, err
     code, _, err = _run([*argv, "--overwrite"], capsys)

@@ -220,16 +220,16 @@ def test_block_shape_is_bounded_and_chunk_aligned():
 
 def test_plan_layout_names_the_option_of_a_bad_block():
     n = int(_rng().integers(40, 80))
-    with pytest.raises(ValueError, match=r"^--block 1,30,30 has 3 entries but the image is 2-D.*e\.g\. --block 30,30\.$"):
+    with pytest.raises(ValueError, match=r'^block="1,30,30" has 3 entries but the image is 2-D.*e\.g\. block="30,30"\.$'):
         plan_layout((n, n), 2, source_chunks=(10, 10), block=(1, 30, 30))
-    with pytest.raises(ValueError, match=r"^--block 30,30 has 2 entries but the image is 3-D.*e\.g\. --block 1,30,30\.$"):
+    with pytest.raises(ValueError, match=r'^block="30,30" has 2 entries but the image is 3-D.*e\.g\. block="1,30,30"\.$'):
         plan_layout((2, n, n), 2, source_chunks=(1, 10, 10), block=(30, 30))
-    with pytest.raises(ValueError, match=r"^--block 30 has 1 entries but the image is 2-D.*e\.g\. --block 30,30\.$"):
+    with pytest.raises(ValueError, match=r'^block="30" has 1 entries but the image is 2-D.*e\.g\. block="30,30"\.$'):
         plan_layout((n, n), 2, source_chunks=(10, 10), block=(30,))
-    with pytest.raises(ValueError, match=r"^--block 15,10 must be a multiple of the chunks \(10,10\).*--block 20,10\.$"):
+    with pytest.raises(ValueError, match=r'^block="15,10" must be a multiple of the chunks \(10,10\).*block="20,10"\.$'):
         plan_layout((n, n), 2, source_chunks=(10, 10), block=(15, 10))
-    with pytest.raises(ValueError, match=r"^--block 0,10 has a size below 1"):
+    with pytest.raises(ValueError, match=r'^block="0,10" has a size below 1'):
         plan_layout((n, n), 2, source_chunks=(10, 10), block=(0, 10))
-    with pytest.raises(ValueError, match=r"^chunks=\(1,10,10\) has 3 entries"):
+    with pytest.raises(ValueError, match=r'^chunks="1,10,10" has 3 entries'):
         plan_layout((n, n), 2, source_chunks=(10, 10), chunks=(1, 10, 10))
     assert plan_layout((n, n), 2, source_chunks=(10, 10), block=(20, 30)).block == (20, 30)

@@ -22,7 +22,17 @@ from .blocks import Job, compute_block, run_block
 from .predictor import DTYPES, Prediction, Predictor, TorchPredictor
 from .runner import DeviceRunner
 from .runtime import LoadedNetwork, ModelHandle, cached_network
-from .scheduling import SCHEDULER_TIMEOUT, execute, gpu_worker_specs, lazy_arrays, open_cluster, parse_gpus
+from .scheduling import (
+    SCHEDULER_TIMEOUT,
+    active_client,
+    check_scheduler,
+    describe_scheduler,
+    execute,
+    gpu_worker_specs,
+    lazy_arrays,
+    open_cluster,
+    parse_gpus,
+)
 from .tiling import Block, Layout, plan_layout, read_mirrored
 
 __all__ = [
@@ -37,8 +47,11 @@ __all__ = [
     "Prediction",
     "Predictor",
     "TorchPredictor",
+    "active_client",
     "cached_network",
+    "check_scheduler",
     "compute_block",
+    "describe_scheduler",
     "execute",
     "gpu_worker_specs",
     "lazy_arrays",

@@ -1,8 +1,10 @@
 """Running the block tasks: threads in this process, or a dask.distributed cluster; lazy arrays.
 
 * :func:`execute` runs :func:`~fastunet.engine.blocks.run_block` for a list of blocks on a
-  thread pool here (``concurrent.futures``), or on a dask.distributed cluster: an address to
-  join, ``workers=N`` local worker processes, or one worker process per GPU (``gpus="0,1"``).
+  thread pool here (``concurrent.futures``), or on a dask.distributed cluster: a Client, a
+  Cluster or an address to join (``scheduler=``, :func:`check_scheduler`), ``workers=N`` local
+  worker processes, or one worker process per GPU (``gpus="0,1"``); :func:`active_client` is
+  the Client a user made active, which file outputs use when no scheduler is given.
   Tasks carry the :class:`~fastunet.engine.blocks.Job` (paths, not data); each worker process
   loads the network once (:func:`fastunet.engine.runtime.cached_network`).
 * :func:`lazy_arrays` builds dask arrays of the object ids, labels and probabilities, one
@@ -12,7 +14,9 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import sys
 import uuid
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
@@ -22,9 +26,12 @@ from ..errors import UserError
 from .blocks import Job, compute_block, run_block
 from .tiling import Block
 
-__all__ = ["execute", "lazy_arrays", "open_cluster", "parse_gpus", "gpu_worker_specs", "SCHEDULER_TIMEOUT"]
+__all__ = ["execute", "lazy_arrays", "open_cluster", "parse_gpus", "gpu_worker_specs", "SCHEDULER_TIMEOUT",
+           "active_client", "check_scheduler", "describe_scheduler"]
 
 SCHEDULER_TIMEOUT = 20.0  # seconds to reach a dask scheduler before giving up
+
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- lazy arrays
@@ -91,7 +98,7 @@ def parse_gpus(gpus) -> tuple[str, ...]:
         except TypeError:
             items = []
     if not items or any(not g.isdigit() for g in items) or len(set(items)) != len(items):
-        raise UserError(f"--gpus expects distinct GPU indices separated by commas, e.g. --gpus 0,1; got {gpus!r}.")
+        raise UserError(f'gpus= expects distinct GPU indices separated by commas, e.g. gpus="0,1"; got {gpus!r}.')
     return tuple(str(int(g)) for g in items)
 
 
@@ -109,26 +116,81 @@ def gpu_worker_specs(gpus, *, threads_per_worker: int) -> dict:
     }
 
 
+def active_client():
+    """The dask.distributed Client active in this process (made with ``Client(...)``, or the
+    current one inside ``with Client(...)``), or None.
+
+    Looks only when ``distributed`` is already imported: without it no Client can exist, and
+    ``import fastunet`` stays light.
+    """
+    if "distributed" not in sys.modules:
+        return None
+    from distributed import default_client
+
+    try:
+        client = default_client()
+    except ValueError:  # "No clients found"
+        return None
+    return client if client.status == "running" else None
+
+
+def check_scheduler(scheduler) -> str:
+    """What ``scheduler=`` is: ``"client"`` (a ``distributed.Client``), ``"cluster"`` (a
+    ``LocalCluster``, ``SpecCluster``, ... : anything with a ``scheduler_address``) or
+    ``"address"`` (a string such as ``"tcp://host:8786"``). Raises TypeError otherwise."""
+    if isinstance(scheduler, str):
+        return "address"
+    if "distributed" in sys.modules:
+        from distributed import Client
+        from distributed.deploy import Cluster
+
+        if isinstance(scheduler, Client):
+            return "client"
+        if isinstance(scheduler, Cluster):
+            return "cluster"
+    raise TypeError(
+        "scheduler= expects a dask.distributed Client, a Cluster (e.g. LocalCluster) or a scheduler address "
+        f"such as 'tcp://host:8786'; got {type(scheduler).__name__}."
+    )
+
+
+def describe_scheduler(scheduler) -> str:
+    """A readable name of ``scheduler`` for summaries: its address, said with what it is."""
+    kind = check_scheduler(scheduler)
+    if kind == "client":
+        address = scheduler.scheduler_info().get("address", "?")
+        return f"dask client {address}"
+    if kind == "cluster":
+        return f"dask cluster {scheduler.scheduler_address}"
+    return scheduler
+
+
 class _Cluster:
-    """Context manager yielding a distributed Client for ``scheduler``/``workers``/``gpus``."""
+    """Context manager yielding a distributed Client for ``scheduler``/``workers``/``gpus``.
+
+    ``scheduler`` may be a Client (used as it is and left open: it is the caller's), a
+    Cluster (a Client is made for it and closed on exit) or an address.
+    """
 
     def __init__(self, *, scheduler=None, workers=None, gpus=None, threads_per_worker: int = 1):
         self.scheduler, self.workers, self.gpus = scheduler, workers, gpus
         self.threads = threads_per_worker
         self.cluster = self.client = None
+        self.owns_client = True
 
     def __enter__(self):
-        from distributed import Client, LocalCluster, Scheduler, SpecCluster
-
+        try:
+            from distributed import Client, LocalCluster, Scheduler, SpecCluster
+        except ImportError as exc:
+            raise UserError(f"Running on dask.distributed (scheduler=, workers=, gpus=) needs the distributed "
+                            f"package ({exc}): pip install distributed.") from None
         if self.scheduler is not None:
-            try:
-                self.client = Client(self.scheduler, timeout=f"{SCHEDULER_TIMEOUT}s")
-            except (OSError, TimeoutError) as exc:
-                detail = " ".join(str(exc).split())
-                raise UserError(
-                    f"Cannot reach the dask scheduler at {self.scheduler!r} ({detail}); check the address "
-                    "and that the scheduler is running, or leave --scheduler out to run here."
-                ) from None
+            kind = check_scheduler(self.scheduler)
+            if kind == "client":
+                self.client, self.owns_client = self.scheduler, False
+            else:
+                self.client = self._connect(Client)
+            log.info("running on %s", describe_scheduler(self.scheduler))
             return self.client
         if self.gpus is not None:
             self.cluster = SpecCluster(
@@ -139,10 +201,23 @@ class _Cluster:
             self.cluster = LocalCluster(n_workers=int(self.workers), processes=True,
                                         threads_per_worker=self.threads, dashboard_address=None)
         self.client = Client(self.cluster)
+        log.info("started %s", describe_scheduler(self.cluster))
         return self.client
 
+    def _connect(self, Client):
+        """A Client of the cluster or address in ``scheduler``; one clear line when unreachable."""
+        try:
+            return Client(self.scheduler, timeout=f"{SCHEDULER_TIMEOUT}s")
+        except (OSError, TimeoutError) as exc:
+            detail = " ".join(str(exc).split())
+            where = self.scheduler if isinstance(self.scheduler, str) else describe_scheduler(self.scheduler)
+            raise UserError(
+                f"Cannot reach the dask scheduler at {where!r} ({detail}); check the address "
+                "and that the scheduler is running, or leave scheduler= out to run here."
+            ) from None
+
     def __exit__(self, *exc):
-        if self.client is not None:
+        if self.client is not None and self.owns_client:
             self.client.close()
         if self.cluster is not None:
             self.cluster.close()
@@ -155,10 +230,11 @@ def _threads_per_worker(threads, workers, gpus) -> int:
 
 
 def open_cluster(*, scheduler=None, workers=None, gpus=None, threads: int | None = None) -> _Cluster:
-    """A context manager that joins the scheduler at ``scheduler`` or starts ``workers``
-    local worker processes or one per GPU in ``gpus``, yielding the distributed Client
-    (pass it to :func:`execute`); closes what it started on exit. Raises
-    :class:`UserError` when the scheduler cannot be reached within ``SCHEDULER_TIMEOUT``."""
+    """A context manager that uses the Client in ``scheduler``, joins its Cluster or address,
+    or starts ``workers`` local worker processes or one per GPU in ``gpus``, yielding the
+    distributed Client (pass it to :func:`execute`); closes what it started on exit (never
+    the caller's Client). Raises :class:`UserError` when the scheduler cannot be reached
+    within ``SCHEDULER_TIMEOUT``, TypeError for a ``scheduler`` of another type."""
     return _Cluster(scheduler=scheduler, workers=workers, gpus=gpus,
                     threads_per_worker=_threads_per_worker(threads, workers, gpus))
 
@@ -205,8 +281,8 @@ def execute(job: Job, blocks: list[Block], *, scheduler=None, workers=None, gpus
     Parameters
     ----------
     scheduler, workers, gpus
-        None for the threaded scheduler in this process; else a distributed scheduler
-        address, a number of local worker processes, or GPU indices.
+        None for the threaded scheduler in this process; else a distributed Client, Cluster
+        or scheduler address, a number of local worker processes, or GPU indices.
     threads : int, optional
         Threads of the threaded scheduler (default 2 on the CPU, where one forward runs at a
         time while the other thread reads and writes; up to 8 with a device runner), or per

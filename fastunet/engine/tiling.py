@@ -335,9 +335,9 @@ def block_shape(
 
 def _user_shape(value, nd: int, option: str) -> tuple[int, ...]:
     """A user-given chunks/block shape: one positive int per spatial axis. ``option`` names
-    it in messages: ``"--block"`` (the CLI) or ``"chunks"`` (a Python argument)."""
+    the parameter in messages (``block="1,512,512"``, which the CLI shows as ``--block 1,512,512``)."""
     def show(text):
-        return f"{option} {text}" if option.startswith("--") else f"{option}=({text})"
+        return f'{option}="{text}"'
 
     try:
         out = tuple(int(v) for v in value)
@@ -385,23 +385,23 @@ def plan_layout(
     chunks (see :func:`pick_step`). ``chunks`` default to :func:`output_chunks` of the
     input's chunks, ``block`` to :func:`block_shape`. A ``chunks`` or ``block`` of the
     wrong length, with a size below 1, or a block that is not a multiple of the chunks
-    raises ValueError naming the option (``--block``) and a valid value.
+    raises ValueError naming the parameter (``block=``) and a valid value.
     """
     shape = tuple(int(n) for n in shape)
     nd = len(shape)
     if chunks is not None:
         chunks = _user_shape(chunks, nd, "chunks")
     if block is not None:
-        block = _user_shape(block, nd, "--block")
+        block = _user_shape(block, nd, "block")
     if chunks is None:
         chunks = output_chunks(shape, source_chunks)
     chunks = tuple(int(c) for c in chunks)
     if block is not None and any(b % c for b, c in zip(block, chunks)):
         fixed = ",".join(str(-(-b // c) * c) for b, c in zip(block, chunks))
         raise ValueError(
-            f"--block {','.join(map(str, block))} must be a multiple of the chunks "
+            f'block="{",".join(map(str, block))}" must be a multiple of the chunks '
             f"({','.join(map(str, chunks))}) along every axis, so that no two blocks write one chunk; "
-            f"e.g. --block {fixed}."
+            f'e.g. block="{fixed}".'
         )
     if tile is None:
         tiles = []

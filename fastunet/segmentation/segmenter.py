@@ -69,6 +69,10 @@ def _check_cluster(scheduler, workers, gpus) -> None:
     given = [name for name, v in (("scheduler", scheduler), ("workers", workers), ("gpus", gpus)) if v is not None]
     if len(given) > 1:
         raise UserError(f"{' and '.join(given)} exclude each other; pass one of them.")
+    if scheduler is not None:
+        from ..engine import check_scheduler
+
+        check_scheduler(scheduler)
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise UserError(f"workers= expects a number of worker processes >= 1; got {workers!r}.")
 
@@ -220,6 +224,10 @@ class Segmenter:
         kinds = parse_kinds(output_kind, self.config.num_classes)
         options = InstanceOptions(min_size=min_size, split=split, connect_z=connect_z)
         _check_cluster(scheduler, workers, gpus)
+        if output is not None and scheduler is None and workers is None and gpus is None:
+            from ..engine import active_client
+
+            scheduler = active_client()  # the dask Client the caller made active runs file outputs
         remote = scheduler is not None or workers is not None or gpus is not None
         device = self._run_device(gpus)
         vol = io.open_volume(source, axes=axes)
@@ -369,7 +377,7 @@ class Segmenter:
             raise
 
     def _summary(self, layout, blocks, summaries, t_start, *, device, scheduler, workers, gpus) -> dict:
-        from ..engine import parse_gpus
+        from ..engine import describe_scheduler, parse_gpus
 
         seconds = time.perf_counter() - t_start
         voxels = sum(s["voxels"] for s in summaries)
@@ -380,7 +388,8 @@ class Segmenter:
             "device": "gpus " + ",".join(parse_gpus(gpus)) if gpus is not None else str(device),
             "backend": self.backend, "dtype": self.dtype, "tile": list(layout.tile), "block": list(layout.block),
             "batch_size": self.batch_size, "nonfinite": sum(s["nonfinite"] for s in summaries),
-            "scheduler": scheduler or (f"{workers} local workers" if workers else ("gpus" if gpus else "threads")),
+            "scheduler": describe_scheduler(scheduler) if scheduler is not None else (
+                f"{workers} local workers" if workers else ("gpus" if gpus else "threads")),
         }
 
 
@@ -468,8 +477,10 @@ def segment(source, model=None, output=None, *, axes: str | None = None, tile: i
     overwrite : bool
         Replace an existing fastunet output.
     scheduler, workers, gpus
-        Run on dask.distributed: join the scheduler at this address, start ``workers`` local
-        worker processes, or one worker process per GPU (``"0,1"``). Default: dask threads.
+        Run on dask.distributed: a ``distributed.Client`` (left open), a Cluster such as
+        ``LocalCluster``, or a scheduler address to join; ``workers`` local worker processes;
+        or one worker process per GPU (``"0,1"``). Default: the active Client for a file
+        output when there is one (``distributed.default_client()``), else threads here.
     progress : bool or None
         Progress bar on a terminal; when stderr is not a terminal (a batch job's log), a
         plain line (blocks done/total, Mpx/s, ETA) every ``progress_interval`` seconds.

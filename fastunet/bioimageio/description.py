@@ -1,0 +1,120 @@
+"""The bioimage.io 0.5 model description of a fastunet model (bioimageio.spec objects)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..modelfile import ModelBundle
+from . import architecture
+
+__all__ = ["describe", "preprocessing", "halo_size", "INPUT_ID", "OUTPUT_ID", "ARCHITECTURE_FILE", "CITATION", "UNET_DOI"]
+
+ARCHITECTURE_FILE = "fastunet_unet.py"  # architecture.py, as the package names it
+CITATION = ("Ronneberger, O., Fischer, P., Brox, T. (2015). U-Net: Convolutional Networks for Biomedical "
+            "Image Segmentation. MICCAI 2015, LNCS 9351, 234-241.")
+UNET_DOI = "10.1007/978-3-319-24574-4_28"
+INPUT_ID = "raw"
+OUTPUT_ID = "probabilities"
+EPS = 1e-6  # bioimage.io's default; fastunet divides by the range or std itself (1 when ~0)
+
+
+def preprocessing(bundle: ModelBundle) -> list:
+    """The model's normalization as bioimage.io preprocessing, per image and channel."""
+    from bioimageio.spec.model import v0_5 as bmz
+
+    norm = bundle.normalization
+    steps = [bmz.EnsureDtypeDescr(kwargs=bmz.EnsureDtypeKwargs(dtype="float32"))]
+    axes = [bmz.AxisId("y"), bmz.AxisId("x")]
+    if norm.mode == "percentile":
+        steps.append(bmz.ScaleRangeDescr(kwargs=bmz.ScaleRangeKwargs(
+            axes=axes, min_percentile=norm.low, max_percentile=norm.high, eps=EPS)))
+    elif norm.mode == "meanstd":
+        steps.append(bmz.ZeroMeanUnitVarianceDescr(kwargs=bmz.ZeroMeanUnitVarianceKwargs(axes=axes, eps=EPS)))
+    elif norm.mode == "fixed":
+        steps.append(bmz.ScaleLinearDescr(kwargs=bmz.ScaleLinearKwargs(
+            gain=1.0 / norm.scale, offset=-norm.offset / norm.scale)))
+    return steps
+
+
+def halo_size(depth: int) -> int:
+    """The outputs' halo: the network's context rounded up to its max-pool grid (``2**depth``).
+
+    A consumer pads (or cuts) inputs by the halo and crops it from the outputs; on the grid,
+    the tiles' max-pools line up with one pass over the whole image, so the result is the same
+    (as fastunet's overlap-tile engine gives) whatever the tiling.
+    """
+    step = 2**depth
+    return -(-architecture.context(depth) // step) * step
+
+
+def _class_names(k: int) -> list[str]:
+    return ["background", "foreground"] if k == 2 else [f"class{i}" for i in range(k)]
+
+
+def _tensors(bundle: ModelBundle, files: dict, min_size: int):
+    from bioimageio.spec.model import v0_5 as bmz
+
+    cfg = bundle.config
+    size = bmz.ParameterizedSize(min=min_size, step=2**cfg.depth)
+    inputs = bmz.InputTensorDescr(
+        id=bmz.TensorId(INPUT_ID),
+        description="the image, any gray values (normalized by the preprocessing)",
+        axes=[bmz.BatchAxis(),
+              bmz.ChannelAxis(channel_names=[bmz.Identifier(f"channel{i}") for i in range(cfg.in_channels)]),
+              bmz.SpaceInputAxis(id=bmz.AxisId("y"), size=size),
+              bmz.SpaceInputAxis(id=bmz.AxisId("x"), size=size)],
+        test_tensor=bmz.FileDescr(source=files["test_input.npy"]),
+        pad=bmz.ReflectPadding(mode="reflect"),  # the halo mirrored as the network mirrors (numpy reflect);
+        # mode given: bioimageio.spec writes no unset field, and {} reads back as constant padding
+        preprocessing=preprocessing(bundle),
+    )
+    halo = halo_size(cfg.depth)
+    outputs = bmz.OutputTensorDescr(
+        id=bmz.TensorId(OUTPUT_ID),
+        description="class probabilities (softmax), the input's size; channel 0 is the background",
+        axes=[bmz.BatchAxis(),
+              bmz.ChannelAxis(channel_names=[bmz.Identifier(n) for n in _class_names(cfg.num_classes)]),
+              *[bmz.SpaceOutputAxisWithHalo(id=bmz.AxisId(a), halo=halo, size=bmz.SizeReference(
+                  tensor_id=bmz.TensorId(INPUT_ID), axis_id=bmz.AxisId(a))) for a in ("y", "x")]],
+        test_tensor=bmz.FileDescr(source=files["test_output.npy"]),
+        data=bmz.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)),
+    )
+    return inputs, outputs
+
+
+def _weights(bundle: ModelBundle, files: dict):
+    from bioimageio.spec.model import v0_5 as bmz
+
+    version = torch.__version__.split("+")[0]
+    arch = bmz.ArchitectureFromFileDescr(source=files[ARCHITECTURE_FILE], callable=bmz.Identifier("FastUNetSameSize"),
+                                         kwargs=bundle.config.to_dict())
+    return bmz.WeightsDescr(pytorch_state_dict=bmz.PytorchStateDictWeightsDescr(
+        source=files["weights.pt"], architecture=arch, pytorch_version=bmz.Version(version)))
+
+
+def describe(bundle: ModelBundle, files: dict, *, name: str, description: str, authors, license: str,
+             min_size: int):
+    """The :class:`bioimageio.spec.model.v0_5.ModelDescr` of ``bundle`` whose files are ``files``."""
+    from bioimageio.spec.model import v0_5 as bmz
+
+    from .. import __version__
+
+    cfg = bundle.config
+    inputs, outputs = _tensors(bundle, files, min_size)
+    return bmz.ModelDescr(
+        name=name,
+        description=description,
+        authors=[bmz.Author(name=a) for a in (authors or ["the fastunet developers"])],
+        cite=[bmz.CiteEntry(text=CITATION, doi=bmz.Doi(UNET_DOI))],
+        license=bmz.LicenseId(license),
+        tags=["fastunet", "unet", "segmentation", "2d", "pytorch"],
+        covers=[bmz.FileDescr(source=files["cover.png"])],
+        documentation=bmz.FileDescr(source=files["README.md"]),
+        inputs=[inputs],
+        outputs=[outputs],
+        weights=_weights(bundle, files),
+        attachments=[bmz.FileDescr(source=files["model.safetensors"])],
+        config=bmz.Config(fastunet={"version": __version__, "config": cfg.to_dict(),
+                                    "normalization": bundle.normalization.to_dict(),
+                                    "model_file": "model.safetensors"}),
+    )

@@ -1,0 +1,217 @@
+"""``fastunet segment``: overlap-tile inference on one or many images, one model load."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+from ..errors import UserError
+from .batch import DEFAULT_OUTPUT_NAME, TEMPLATE_FIELDS, expand_inputs, output_paths
+from .common import (
+    EXIT_OK,
+    EXIT_USER,
+    add_common_options,
+    add_json_option,
+    add_network_options,
+    epilog,
+    human_stream,
+    model_argument,
+    parse_sizes,
+    to_flags,
+    write_json,
+)
+
+__all__ = ["add_parser", "run"]
+
+log = logging.getLogger("fastunet.cli.segment")
+
+EXAMPLES = """\
+fastunet segment stack.zarr -o labels.zarr                      # default model, zarr v3 output
+fastunet segment stack.zarr -o seg.zarr --kind labels,probs     # class map and probabilities
+fastunet segment images/ --output-dir seg/                      # every TIFF / zarr in images/
+fastunet segment 'plates/*.tif' --output-dir seg/ --output-name '{stem}.tif'
+fastunet segment stack.zarr -o labels.zarr --resume             # after a kill: skips finished blocks
+fastunet segment big.zarr -o labels.zarr --scheduler tcp://host:8786 --json run.json
+"""
+
+
+# ---------------------------------------------------------------------------------- options
+def _input_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="zarr array/group (OME-Zarr: level 0), TIFF or OME-TIFF file, a folder of them, or a "
+                        "quoted pattern such as 'dir/*.tif'; several inputs share one model load")
+    p.add_argument("--axes", help="axes of a plain array, e.g. ZYX, CYX, CZYX (default: from metadata)")
+
+
+def _output_options(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("output")
+    where = group.add_mutually_exclusive_group()
+    where.add_argument("-o", "--output", metavar="PATH", help="output .zarr folder or .tif file (one input), or a "
+                       "template such as 'seg/{stem}.zarr' (many)")
+    where.add_argument("--output-dir", metavar="DIR", help="folder for the outputs of many inputs (made when "
+                       "missing), named by --output-name")
+    fields = ", ".join("{" + k + "}" for k in TEMPLATE_FIELDS)
+    group.add_argument("--output-name", metavar="TEMPLATE", help=f"output name in --output-dir, with the fields "
+                       f"{fields} (default {DEFAULT_OUTPUT_NAME}); the suffix picks the format (.zarr, .tif)")
+    group.add_argument("--zarr-format", type=int, choices=(2, 3), help="zarr format of the output (default: the "
+                       "OME-Zarr input's, else 3)")
+    group.add_argument("--resume", action="store_true", help="continue interrupted runs into the same outputs; "
+                       "complete ones are skipped")
+    group.add_argument("--overwrite", action="store_true", help="replace existing fastunet outputs")
+    add_json_option(group, "one record per input (output, status, blocks, Mpx/s, error)")
+
+
+def _kind_options(p: argparse.ArgumentParser) -> None:
+    """What is written: the kinds, and (issue 13) how objects are made from the class map."""
+    group = p.add_argument_group("what to write")
+    group.add_argument("--kind", metavar="KIND[,KIND]", help="one or several of instances (object ids), labels "
+                       "(uint8 class map), probs (class probabilities), comma-separated; both = labels,probs "
+                       "(default: instances for two-class models, else labels)")
+    group.add_argument("--min-size", type=int, default=0, metavar="VOXELS", help="instances: remove objects "
+                       "smaller than this (default 0: keep all)")
+    group.add_argument("--split", choices=("watershed",), help="instances: split merged objects by a seeded "
+                       "watershed (needs scikit-image; default: none, as the network separates them)")
+    group.add_argument("--connect-z", action="store_true", help="instances of a ZYX stack: connect objects "
+                       "across slices (default: ids per slice)")
+    group.add_argument("--label-name", metavar="NAME", help="OME-Zarr: the label image's name under labels/ "
+                       "(-o image.ome.zarr/labels/NAME writes into the input image's own labels group)")
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("where it runs")
+    where = group.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDRESS", help="run on this dask.distributed scheduler")
+    where.add_argument("--workers", type=int, metavar="N", help="start N local dask worker processes")
+    where.add_argument("--gpus", metavar="0,1,...", help="one dask worker process per GPU")
+    group.add_argument("--block", metavar="[Z,]Y,X", help="output block shape in pixels, a multiple of the output "
+                       "chunks (default: about 8 Mvoxels on CUDA, 2 on the CPU, along the chunks)")
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "segment",
+        help="segment zarr / OME-Zarr / TIFF images with overlap-tile inference (seamless, resumable)",
+        description="Overlap-tile inference as in the paper: mirrored borders, tiles on the max-pool "
+        "grid (identical to running the network once on the whole image), one dask task per output "
+        "block; output zarr (default v3) or TIFF. Many inputs share one model load; each gets its own "
+        "output, summary line and resume.",
+        epilog=epilog(EXAMPLES),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _input_options(p)
+    _output_options(p)
+    _kind_options(p)
+    add_network_options(p)
+    _run_options(p)
+    add_common_options(p, quiet="no progress bar and no summary lines")
+    p.set_defaults(func=run)
+    return p
+
+
+# -------------------------------------------------------------------------------------- run
+def _options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of :meth:`Segmenter.segment` that every input shares."""
+    options = dict(axes=args.axes, zarr_format=args.zarr_format, resume=args.resume, overwrite=args.overwrite,
+                   scheduler=args.scheduler, workers=args.workers, gpus=args.gpus, progress=not args.quiet,
+                   block=parse_sizes(args.block, "--block", "1,512,512"))
+    options.update(output_kind=args.kind, min_size=args.min_size, split=args.split, connect_z=args.connect_z,
+                   label_name=args.label_name)
+    return options
+
+
+def _segment_one(seg, source: str, output: str, options: dict, args, many: bool) -> dict:
+    """Segment one input; returns its record (status done / complete / failed). A user error
+    is said in one line and recorded; anything else (a bug, Ctrl-C) stops the run."""
+    import warnings
+
+    from ..io import InputMovedWarning
+    from ..segmentation import NonFiniteWarning
+
+    record = {"input": source, "output": output, "status": "failed", "error": None, "summary": None}
+    t0 = time.perf_counter()
+    seg.last_summary = None
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", NonFiniteWarning)
+            warnings.simplefilter("always", InputMovedWarning)
+            try:
+                seg.segment(source, output, **options)
+            finally:
+                _report_warnings(caught, source if many else None)
+    except UserError as exc:
+        message = to_flags(str(exc), args)
+        log.error(f"{source}: {message}" if many else message)
+        record["error"] = message
+        return record
+    summary = seg.last_summary or {}
+    record["summary"] = summary
+    record["status"] = "complete" if summary.get("computed") == 0 and summary.get("skipped") else "done"
+    record["seconds"] = round(time.perf_counter() - t0, 3)
+    return record
+
+
+def _report_warnings(caught, source: str | None) -> None:
+    import warnings
+
+    from ..io import InputMovedWarning
+    from ..segmentation import NonFiniteWarning
+
+    for w in caught:
+        if issubclass(w.category, (NonFiniteWarning, InputMovedWarning)):
+            log.warning(f"{source}: {w.message}" if source else str(w.message))
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``fastunet segment``: every input in turn with one :class:`~fastunet.Segmenter`."""
+    from ..segmentation import Segmenter, summary_line
+
+    inputs = expand_inputs(args.inputs)
+    outputs = output_paths(inputs, output=args.output, output_dir=args.output_dir, output_name=args.output_name)
+    many = len(inputs) > 1
+    options = _options(args)
+    out = human_stream(args)
+    records: list[dict] = []
+    t0 = time.perf_counter()
+    log.info("%d input(s); model %s", len(inputs), args.model or "default (bundled)")
+    try:
+        with Segmenter(model_argument(args.model), tile=args.tile, batch_size=args.batch_size, device=args.device,
+                       backend=args.backend, dtype=args.dtype) as seg:
+            for i, (source, output) in enumerate(zip(inputs, outputs)):
+                log.info("[%d/%d] %s -> %s", i + 1, len(inputs), source, output)
+                record = _segment_one(seg, source, output, options, args, many)
+                records.append(record)
+                if record["summary"] is not None and not args.quiet:
+                    prefix = f"[{i + 1}/{len(inputs)}] " if many else ""
+                    print(prefix + summary_line(record["summary"], output), file=out, flush=True)
+    finally:
+        if args.json:
+            write_json(args.json, _report(records, inputs, outputs, time.perf_counter() - t0))
+    failed = [r for r in records if r["status"] == "failed"]
+    if many and not args.quiet:
+        print(_total_line(records, time.perf_counter() - t0), file=out)
+    return EXIT_USER if failed else EXIT_OK
+
+
+def _report(records: list[dict], inputs: list[str], outputs: list[str], seconds: float) -> dict:
+    """The ``--json`` summary: one record per input, those not reached as ``not run``."""
+    from .. import __version__
+
+    done = {r["input"] for r in records}
+    rest = [{"input": s, "output": o, "status": "not run", "error": None, "summary": None}
+            for s, o in zip(inputs, outputs) if s not in done]
+    files = records + rest
+    counts = {status: sum(r["status"] == status for r in files) for status in ("done", "complete", "failed",
+                                                                               "not run")}
+    return {"command": "segment", "version": __version__, "argv": sys.argv[1:], "seconds": round(seconds, 3),
+            **counts, "files": files}
+
+
+def _total_line(records: list[dict], seconds: float) -> str:
+    n = {s: sum(r["status"] == s for r in records) for s in ("done", "complete", "failed")}
+    mpx = sum((r["summary"] or {}).get("megapixels", 0.0) for r in records if r["status"] == "done")
+    return (f"{len(records)} inputs: {n['done']} segmented, {n['complete']} already complete, {n['failed']} failed; "
+            f"{mpx:.2f} Mpx in {seconds:.1f} s")

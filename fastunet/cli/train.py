@@ -1,0 +1,139 @@
+"""``fastunet train``: train a U-Net as in the paper, resumable, with its curve PNG."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import UserError
+from .common import add_common_options, add_json_option, epilog, human_stream, write_json
+
+__all__ = ["add_parser", "run", "train_command"]
+
+EXAMPLES = """\
+fastunet train images/ labels/ -o nuclei.safetensors --iterations 4000 --optimizer adam
+fastunet train images/ labels/ -o nuclei.safetensors --resume     # after an interruption
+fastunet train im.tif lb.tif -o m.safetensors --weight-figure weights.png --json train.json
+"""
+
+# Options that change what is said, not what is trained: left out of the recorded command.
+_NOT_RECORDED = ("images", "labels", "output", "func", "command", "verbose", "log_file", "json")
+
+
+def _data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", help="a TIFF file, a folder of TIFFs or a zarr array/group: 2D images or (Z, Y, X) stacks")
+    p.add_argument("labels", help="the labels in the same form (instance ids, or 0/1 whose components become objects)")
+    p.add_argument("-o", "--output", required=True, help="model file to write (.safetensors)")
+    p.add_argument("--axes", help="axes of files whose metadata do not say, e.g. ZYX (3D arrays default to ZYX)")
+
+
+def _training_options(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("training")
+    length = group.add_mutually_exclusive_group()
+    length.add_argument("--iterations", type=int, help="optimizer steps (default 2000)")
+    length.add_argument("--epochs", type=float, help="training length in passes over the training pixels")
+    group.add_argument("--tile", type=int, help="input tile edge, a valid size for --depth (default 316)")
+    group.add_argument("--batch-size", type=int, help="tiles per step (default 1, as in the paper)")
+    group.add_argument("--optimizer", choices=("sgd", "adam"),
+                       help="sgd (momentum 0.99, the paper; default) or adam (converges faster)")
+    group.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
+    group.add_argument("--base-channels", type=int, help="feature channels of the first level (default 16)")
+    group.add_argument("--depth", type=int, help="number of 2x2 max-pools (default 3)")
+    group.add_argument("--val-fraction", type=float, help="fraction of the images held out for validation (default 0.2)")
+    group.add_argument("--val-every", type=int, help="steps between validations (default 100)")
+    group.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 500)")
+    group.add_argument("--w0", type=float, help="border weight amplitude (default 10)")
+    group.add_argument("--sigma", type=float, help="border weight width in pixels (default 5)")
+    group.add_argument("--no-augment", action="store_true", help="plain random crops, no deformations or gray-value "
+                       "changes")
+    group.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    group.add_argument("--amp", choices=("none", "bf16"), help="bf16 autocast on CUDA (default none)")
+    group.add_argument("--seed", type=int, help="seed of the split, the weights, the tiles and dropout (default 0)")
+
+
+def _output_options(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("output")
+    group.add_argument("--resume", action="store_true", help="continue from the checkpoint beside the output")
+    group.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    group.add_argument("--curve", help="training-curve PNG (default: <output>.curve.png)")
+    group.add_argument("--weight-figure", help="PNG of the first training image, its target and weight map")
+    add_json_option(group, "the result (steps, tiles/s, validation scores, files)")
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "train",
+        help="train a U-Net on images with instance (or 0/1) labels",
+        description="Train as in the paper: weighted cross-entropy with border weights, elastic "
+        "deformations, SGD with momentum 0.99 (or Adam); resumable checkpoints beside the output.",
+        epilog=epilog(EXAMPLES), formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _data_options(p)
+    _training_options(p)
+    _output_options(p)
+    add_common_options(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def train_command(args: argparse.Namespace) -> str:
+    """The command line of a training run, rebuilt from its arguments (stored in the model)."""
+    import shlex
+
+    words = ["fastunet", "train", args.images, args.labels, "-o", args.output]
+    for key, value in sorted(vars(args).items()):
+        if key in _NOT_RECORDED or value is None or value is False:
+            continue
+        words += [f"--{key.replace('_', '-')}"] + ([] if value is True else [str(value)])
+    return shlex.join(words)
+
+
+_OPTIONS = ("tile", "batch_size", "optimizer", "lr", "base_channels", "depth", "device", "amp", "seed",
+            "val_fraction", "iterations", "epochs", "val_every", "checkpoint_every", "w0", "sigma")
+
+
+def _config(args: argparse.Namespace):
+    from ..train import AugmentConfig, TrainConfig
+
+    options = {k: getattr(args, k) for k in _OPTIONS if getattr(args, k) is not None}
+    if args.no_augment:
+        options["augment"] = AugmentConfig.none()
+    try:
+        return TrainConfig(**options)
+    except (TypeError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..train import check_model_name, checkpoint_path, train
+
+    output = check_model_name(args.output)  # before the other checks: a .pt name is wrong whatever exists
+    if output.exists() and not (args.overwrite or args.resume):
+        raise UserError(f"{str(output)!r} already exists; pass --overwrite to replace it (or --resume to continue).")
+    if not output.parent.is_dir():
+        raise UserError(f"The folder of {str(output)!r} does not exist; create it first.")
+    if args.resume and not checkpoint_path(output).is_file():
+        raise UserError(f"No checkpoint {str(checkpoint_path(output))!r} to resume; run without --resume.")
+    result = train(
+        args.images, args.labels, output, config=_config(args), resume=args.resume, progress=not args.quiet,
+        curve=args.curve, weight_figure=args.weight_figure, axes=args.axes, command=train_command(args),
+    )  # fmt: skip
+    if args.quiet:
+        for message in result.notes:
+            print(f"note: {message}", file=sys.stderr)
+    out = human_stream(args)
+    val = result.val or {}
+    scores = ", ".join(f"{k} {v:.4f}" for k, v in val.items()) or "no validation images"
+    print(f"trained {result.steps} steps ({result.tiles_per_second:.2f} tiles/s): {scores}", file=out)
+    print(f"wrote {result.output} (checkpoint {result.checkpoint}, curve {result.curve})", file=out)
+    if args.weight_figure:
+        print(f"wrote {args.weight_figure}", file=out)
+    if args.json:
+        from .. import __version__
+
+        write_json(args.json, {"command": "train", "version": __version__, "steps": result.steps,
+                               "seconds": result.seconds, "tiles_per_second": result.tiles_per_second,
+                               "val": result.val, "output": str(result.output),
+                               "checkpoint": str(result.checkpoint), "curve": result.curve and str(result.curve),
+                               "notes": result.notes})
+    return 0

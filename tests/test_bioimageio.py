@@ -1,0 +1,141 @@
+"""bioimage.io: the packaged architecture equals the reference, an exported package passes
+bioimageio.core's test_model, and --model PACKAGE runs it through the engine."""
+
+import io
+import zipfile
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import zarr
+
+from fastunet import Normalization, ReferenceUNet, UNetConfig, read_model, save_model, segment
+from fastunet.bioimageio import read_package
+from fastunet.bioimageio.architecture import FastUNetSameSize, context
+from fastunet.cli import main
+from fastunet.errors import ModelFileError
+
+
+def _rng():
+    return np.random.default_rng(torch.initial_seed())
+
+
+def _net(depth=2, in_channels=1):
+    net = ReferenceUNet(UNetConfig(in_channels=in_channels, base_channels=4, depth=depth))
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                m.bias.normal_(0.0, 0.1)
+    return net.eval()
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    return save_model(tmp_path / "nuclei.safetensors", _net(), Normalization(mode="percentile"),
+                      extra={"trained": "in a test"})
+
+
+@pytest.mark.parametrize("shape", [(37, 50), (1, 6), (64, 64)])
+def test_same_size_wrapper_is_the_reference_on_the_mirrored_image(shape):
+    net = _net(depth=2, in_channels=2)
+    wrapper = FastUNetSameSize(**net.config.to_dict())
+    assert wrapper.load_state_dict(net.state_dict()) is not None  # same parameter names
+    x = torch.from_numpy(_rng().normal(size=(2, 2, *shape)).astype(np.float32))
+    with torch.no_grad():
+        got = wrapper.eval()(x)
+        c = context(2)
+        # the reference on the image mirrored (numpy's reflect) up to a valid size
+        from fastunet import geometry
+
+        pads = [(c, geometry.input_size_for_output(n, 2) - n - c) for n in shape]
+        big = np.pad(x.numpy(), [(0, 0), (0, 0), *pads], mode="reflect")
+        want = torch.softmax(net(torch.from_numpy(big)), dim=1)[..., : shape[0], : shape[1]]
+    assert got.shape == (2, 2, *shape)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_same_size_wrapper_matches_the_engine(model_file):
+    """One pass of the wrapper = the overlap-tile engine's probabilities (float16 there)."""
+    bundle = read_model(model_file)
+    image = _rng().normal(size=(45, 70)).astype(np.float32)
+    probs = segment(image, model_file, None, output_kind="probs", tile=44).compute()
+    norm = bundle.normalization
+    offset, scale = norm.stats(image)
+    wrapper = FastUNetSameSize(**bundle.config.to_dict())
+    wrapper.load_state_dict(bundle.module.state_dict())
+    with torch.no_grad():
+        got = wrapper.eval()(torch.from_numpy(norm.apply(image, offset, scale))[None, None])[0].numpy()
+    np.testing.assert_allclose(got, probs.astype(np.float32), atol=2e-3)
+
+
+def test_export_passes_test_model_and_runs_through_the_engine(tmp_path, model_file, capsys):
+    pytest.importorskip("bioimageio.core", reason="needs the fastunet[bioimageio] extra")
+    from bioimageio.core import test_model
+
+    package = tmp_path / "nuclei.bmz.zip"
+    assert main(["export", str(model_file), "-o", str(package), "--test-shape", "96,80"]) == 0
+    assert "passed bioimageio.core's test_model" in capsys.readouterr().out
+    summary = test_model(str(package))  # the written zip, as a consumer gets it
+    assert summary.status == "passed", summary.format()
+    with zipfile.ZipFile(package) as zf:
+        names = set(zf.namelist())
+        assert {"rdf.yaml", "weights.pt", "fastunet_unet.py", "model.safetensors", "test_input.npy",
+                "test_output.npy", "cover.png", "README.md"} <= names
+        state = torch.load(io.BytesIO(zf.read("weights.pt")), weights_only=True)
+        assert np.load(io.BytesIO(zf.read("test_input.npy"))).shape == (1, 1, 96, 80)
+        assert np.load(io.BytesIO(zf.read("test_output.npy"))).shape == (1, 2, 96, 80)
+    bundle = read_model(model_file)
+    assert state.keys() == bundle.module.state_dict().keys()
+    # A consumer's prediction has the input's size (off the size grid too) and fastunet's values
+    # (bioimageio.core takes the percentiles over the input mirrored by the halo: not bit-exact).
+    from bioimageio.core import Tensor, load_model_description, predict
+
+    image = _rng().integers(0, 4000, size=(50, 61)).astype(np.uint16)
+    descr = load_model_description(str(package))
+    got = predict(model=descr, inputs={"raw": Tensor.from_numpy(image[None, None].astype(np.float32),
+                                                                dims=("batch", "channel", "y", "x"))})
+    got = np.asarray(got.members["probabilities"].data)[0]
+    want = segment(image, model_file, None, output_kind="probs").compute().astype(np.float32)
+    assert got.shape == want.shape == (2, 50, 61)
+    np.testing.assert_allclose(got, want, atol=2e-3)  # 3.7e-4 seen (the engine's probabilities are float16)
+    # --model PACKAGE: the same labels as the model file.
+    tifffile.imwrite(tmp_path / "in.tif", image)
+    for name, model in (("a", model_file), ("b", package)):
+        assert main(["segment", str(tmp_path / "in.tif"), "-o", str(tmp_path / f"{name}.zarr"), "--model", str(model),
+                     "--quiet"]) == 0
+    a, b = (zarr.open_group(str(tmp_path / f"{n}.zarr"))["labels"][:] for n in "ab")
+    np.testing.assert_array_equal(a, b)
+    # Refused without --overwrite; replaced with it.
+    assert main(["export", str(model_file), "-o", str(package), "--no-test"]) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+
+
+def test_read_package_without_bioimageio_and_its_fallback(tmp_path, model_file):
+    """A package is read from its model.safetensors; without it, from weights.pt through
+    torch.load(weights_only=True) and the description's config."""
+    from fastunet.bioimageio.export import _write_files
+
+    bundle = read_model(model_file)
+    files = _write_files(tmp_path, model_file, bundle, (44, 44))
+    rdf = {"type": "model", "config": {"fastunet": {"config": bundle.config.to_dict(),
+                                                    "normalization": bundle.normalization.to_dict()}},
+           "weights": {"pytorch_state_dict": {"source": "weights.pt"}}}
+    import json
+
+    for name, members in (("full", ("model.safetensors", "weights.pt")), ("fallback", ("weights.pt",))):
+        with zipfile.ZipFile(tmp_path / f"{name}.zip", "w") as zf:
+            zf.writestr("rdf.yaml", json.dumps(rdf))
+            for member in members:
+                zf.write(files[member], member)
+        got = read_package(tmp_path / f"{name}.zip")
+        assert got.config == bundle.config and got.normalization == bundle.normalization
+        for key, value in bundle.module.state_dict().items():
+            torch.testing.assert_close(got.module.state_dict()[key], value, rtol=0, atol=0)
+    (tmp_path / "plain.zip").write_bytes(b"PK\x05\x06" + bytes(18))  # an empty zip
+    (tmp_path / "text.zip").write_text("hello")
+    for path, message in ((tmp_path / "plain.zip", "no bioimage.io package"),
+                          (tmp_path / "text.zip", "not a readable zip file"),
+                          (tmp_path / "none.zip", "does not exist")):
+        with pytest.raises(ModelFileError, match=message):
+            read_package(path)
