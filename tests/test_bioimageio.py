@@ -104,7 +104,7 @@ def test_export_passes_test_model_and_runs_through_the_engine(tmp_path, model_fi
     for name, model in (("a", model_file), ("b", package)):
         assert main(["segment", str(tmp_path / "in.tif"), "-o", str(tmp_path / f"{name}.zarr"), "--model", str(model),
                      "--quiet"]) == 0
-    a, b = (zarr.open_group(str(tmp_path / f"{n}.zarr"))["labels"][:] for n in "ab")
+    a, b = (zarr.open_group(str(tmp_path / f"{n}.zarr"))["instances"][:] for n in "ab")
     np.testing.assert_array_equal(a, b)
     # Refused without --overwrite; replaced with it.
     assert main(["export", str(model_file), "-o", str(package), "--no-test"]) == 2
