@@ -17,6 +17,7 @@ __all__ = [
     "check_contiguous",
     "compute_dtype",
     "select",
+    "size_class",
     "tuning_configs",
     "launch",
     "prune_by_shared_memory",
@@ -88,6 +89,13 @@ def tuning_configs(configs: list[triton.Config], small: triton.Config, *,
     if INTERPRET:
         return [small]
     return configs if AUTOTUNE or pruned else configs[:1]
+
+
+def size_class(pixels: int) -> int:
+    """The autotune key's size class of a launch over ``pixels`` output pixels (about log4 of
+    it: ``bit_length // 2``), so a layer 4x smaller or larger is tuned on its own (block shapes that fill the GPU at
+    batch 8 x 572^2 leave it idle at 2 x 30^2), while nearby sizes share a choice."""
+    return max(int(pixels), 1).bit_length() // 2
 
 
 def select(configs: list[triton.Config], key=None) -> list[triton.Config]:
