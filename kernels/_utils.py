@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import torch
 import triton
 import triton.language as tl
 
-from . import interpreting
+from . import autotune_cache, interpreting
 
 __all__ = [
     "INTERPRET",
@@ -128,13 +129,69 @@ def prune_by_shared_memory(configs: list[triton.Config], stage_bytes, device=Non
     return [c for c in configs if need[id(c)] <= limit] or [min(configs, key=lambda c: need[id(c)])]
 
 
-def launch(kernel, grid, args: tuple, meta: dict, config: triton.Config | None = None) -> None:
+def launch(kernel, grid, args: tuple, meta: dict, config: triton.Config | None = None, *,
+           cache: bool = False) -> triton.Config | None:
     """Launch an autotuned ``kernel``, or, with ``config``, its plain JIT function with that
-    config forced (the GPU tests run every autotune config against the reference)."""
-    if config is None:
+    config forced (the GPU tests run every autotune config against the reference).
+
+    ``cache``: keep the autotuner's choice on disk (:mod:`fastunet.kernels.autotune_cache`)
+    and reuse it in later processes instead of benchmarking every config again; only while
+    autotuning (not with FASTUNET_AUTOTUNE=0, not under the interpreter). Returns the config
+    that ran when known (forced, cached, or the autotuner's ``best_config``), else None.
+    """
+    if config is not None:
+        _launch_config(kernel, grid, args, meta, config)
+        return config
+    folder = autotune_cache.cache_dir() if cache and AUTOTUNE and not INTERPRET else None
+    if folder is None:
         kernel[grid](*args, **meta)
-    else:
-        kernel.fn[grid](*args, **meta, **config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
+        return None
+    fields = tuning_fields(kernel, args, meta)
+    memo = json.dumps(fields, sort_keys=True, default=str)
+    chosen = _CHOSEN.get(memo) or autotune_cache.load(folder, fields, kernel.configs)
+    if chosen is not None:
+        _CHOSEN[memo] = chosen
+        _launch_config(kernel, grid, args, meta, chosen)
+        return chosen
+    kernel[grid](*args, **meta)
+    chosen = _CHOSEN[memo] = kernel.best_config
+    timings = getattr(kernel, "configs_timings", None) or {}
+    autotune_cache.store(folder, fields, chosen,
+                         {str(c): _first_number(t) for c, t in timings.items()})
+    return chosen
+
+
+# Configs chosen in this process (from the disk cache or by tuning), by tuning key.
+_CHOSEN: dict[str, triton.Config] = {}
+
+
+def _launch_config(kernel, grid, args, meta, config: triton.Config) -> None:
+    kernel.fn[grid](*args, **meta, **config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
+
+
+def _first_number(t):
+    t = t[0] if isinstance(t, (list, tuple)) and t else t
+    return float(t) if isinstance(t, (int, float)) else None
+
+
+def device_name(device) -> str:
+    """The name of a CUDA device (the disk cache keys tuning results by it)."""
+    return torch.cuda.get_device_name(device)
+
+
+def tuning_fields(kernel, args: tuple, meta: dict) -> dict:
+    """The disk-cache key of a launch: device name, triton version, kernel name and source
+    hash, and the autotuner's own key (the values of its ``key`` arguments, which include a
+    size class, then the dtypes of the tensor arguments, as triton builds it)."""
+    named = {**dict(zip(kernel.fn.arg_names, args)), **meta}
+    tensors = [a for a in args if hasattr(a, "dtype")]
+    return dict(
+        kernel=kernel.fn.__name__,
+        source=kernel.fn.cache_key,
+        device=device_name(tensors[0].device),
+        triton=triton.__version__,
+        key=[named[k] for k in kernel.keys if k in named] + [str(t.dtype) for t in tensors],
+    )
 
 
 def check_nhwc(x: torch.Tensor, name: str, channels: int | None = None) -> None:

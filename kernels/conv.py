@@ -296,17 +296,20 @@ def conv3x3_kernel(
         stride_an, stride_ah, stride_aw, stride_bn, stride_bh, stride_bw, off_ah, off_aw,
         RELU, HAS_B, K_PACKED, INTERP_BF16, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
     )
+    # Rounded to the storage dtype once: the pool takes the max of the rounded values, which
+    # equals the rounded max (rounding is monotonic) and holds half the registers in 16 bits.
+    y = to_storage(acc, y_ptr.dtype.element_ty, INTERP_BF16)
     if WRITE_Y:
         y_ptrs = y_ptr + n * stride_yn + (oh * stride_yh + ow * stride_yw)[:, None] + offs_n[None, :]
-        tl.store(y_ptrs, to_storage(acc, y_ptr.dtype.element_ty, INTERP_BF16), mask=mask_m[:, None] & mask_n[None, :])
+        tl.store(y_ptrs, y, mask=mask_m[:, None] & mask_n[None, :])
     if POOL:
-        pooled = tl.max(tl.reshape(acc, (BLOCK_M // 4, 4, BLOCK_N)), axis=1)
+        pooled = tl.max(tl.reshape(y, (BLOCK_M // 4, 4, BLOCK_N)), axis=1)
         offs_q = tl.arange(0, BLOCK_M // 4)
         ph = tile_h * (BLOCK_H // 2) + offs_q // HALF_W
         pw = tile_w * HALF_W + offs_q % HALF_W
         mask_q = (ph < H_OUT // 2) & (pw < W_OUT // 2)
         p_ptrs = p_ptr + n * stride_pn + (ph * stride_ph + pw * stride_pw)[:, None] + offs_n[None, :]
-        tl.store(p_ptrs, to_storage(pooled, p_ptr.dtype.element_ty, INTERP_BF16), mask=mask_q[:, None] & mask_n[None, :])
+        tl.store(p_ptrs, pooled.to(p_ptr.dtype.element_ty), mask=mask_q[:, None] & mask_n[None, :])
 
 
 def pack_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -440,5 +443,6 @@ def conv3x3(
             PRECISION=precision if storage == torch.float32 or upcast else "tf32",  # 16-bit: unused
         ),
         config,
+        cache=True,
     )
     return (out if write_full else None), (pooled if pool else None)

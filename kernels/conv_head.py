@@ -206,4 +206,5 @@ def conv3x3_head(
             BLOCK_N=_block_n(c_mid), BLOCK_C=max(16, triton.next_power_of_2(k)),
         ),
         config,
+        cache=True,
     )

@@ -188,4 +188,5 @@ def head(
             BLOCK_C=max(16, triton.next_power_of_2(k)),
         ),
         config,
+        cache=True,
     )

@@ -163,5 +163,6 @@ def upconv2x2(
             PRECISION=precision if storage == torch.float32 or upcast else "tf32",  # 16-bit: unused
         ),
         config,
+        cache=True,
     )
     return out

@@ -31,6 +31,10 @@ def _check(actual, expected, dtype):
         (2, 5, 12, 21, 19, True, True),  # odd sizes, 2x2 tiles, channels not multiples of 16
         (1, 20, 3, 9, 24, False, False),  # two channel blocks in K, no ReLU
         (3, 1, 20, 8, 7, True, False),  # first layer: one input channel; two output blocks
+        (2, 20, 12, 14, 19, True, True),  # the K loop (two channel blocks a tap) with pooling
+        (1, 3, 17, 11, 10, True, True),  # RGB: K = 27 packed into one dot, with pooling
+        (1, 7, 5, 6, 9, True, False),  # the widest packed K: 9 * 7 = 63 of 64
+        (1, 8, 5, 6, 9, False, False),  # 9 * 8 = 72: back to the K loop
     ],
 )
 def test_conv3x3_against_conv2d(dtype, n, c_in, c_out, h, w, relu, pool):
@@ -62,6 +66,43 @@ def test_conv3x3_two_sources_is_crop_concat(dtype):
     conv.conv3x3(nhwc(skip, st), conv.pack_weight(weight, st), bias, up=nhwc(up, st), out=out, dtype=dtype)
     cat = torch.cat([center_crop(skip, 19, 13), up], dim=1)
     _check(nchw(out), torch.relu(F.conv2d(_q(cat, dtype), _q(weight, dtype), bias)), dtype)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("c_skip, c_up", [(20, 16), (3, 33)])
+def test_conv3x3_two_sources_channel_blocks(dtype, c_skip, c_up):
+    """Each source's loop walks its own channel blocks (a partial last block in either one)."""
+    n, c_out = 1, 9
+    skip = torch.randn(n, c_skip, 15, 16)
+    up = torch.randn(n, c_up, 9, 12)
+    weight = torch.randn(c_out, c_skip + c_up, 3, 3) * 0.1
+    bias = torch.randn(c_out)
+    st = STORAGE[dtype]
+    out = poisoned((n, 7, 10, c_out), st)
+    conv.conv3x3(nhwc(skip, st), conv.pack_weight(weight, st), bias, up=nhwc(up, st), out=out, dtype=dtype)
+    cat = torch.cat([center_crop(skip, 9, 12), up], dim=1)
+    _check(nchw(out), torch.relu(F.conv2d(_q(cat, dtype), _q(weight, dtype), bias)), dtype)
+
+
+def test_packed_k_is_chosen_for_small_channel_counts():
+    assert [conv.packed_k(c) for c in (1, 2, 3, 4, 7, 8, 64)] == [16, 32, 32, 64, 64, 0, 0]
+    assert conv.packed_k(3, 3) == 0  # two sources: the K loop
+
+
+def test_every_conv_config_on_the_interpreter():
+    """Each GPU config (block shapes, K steps larger than the channels) on a tiny two-source
+    conv with pooling, fp32, under the interpreter."""
+    skip, up = torch.randn(1, 20, 14, 13), torch.randn(1, 12, 10, 11)
+    weight, bias = torch.randn(7, 32, 3, 3) * 0.1, torch.randn(7)
+    cat = torch.cat([center_crop(skip, 10, 11), up], dim=1)
+    expected = torch.relu(F.conv2d(cat, weight, bias))
+    for cfg in conv.get_autotune_config():
+        assert cfg.num_warps <= conv.MAX_WARPS  # the flattened loop's known miscompile is at 8 warps
+        out, pooled = poisoned((1, 8, 9, 7), torch.float32), poisoned((1, 4, 4, 7), torch.float32)
+        conv.conv3x3(nhwc(skip, torch.float32), conv.pack_weight(weight, torch.float32), bias, up=nhwc(up, torch.float32),
+                     pool=True, out=out, pooled=pooled, config=cfg)
+        _check(nchw(out), expected, "fp32")
+        _check(nchw(pooled), F.max_pool2d(expected, 2), "fp32")
 
 
 def test_conv3x3_pool_only_and_strided_skip_view():
@@ -257,6 +298,29 @@ def test_every_autotune_config_passes_gpu(dtype):
         logits = poisoned((2, 2, 96, 96), torch.float32, "cuda")
         head.head(nhwc(feats, st), head.pack_weight(wh, st), bh, logits=logits, dtype=dtype, config=cfg)
         _check(logits, F.conv2d(_q(feats, dtype), _q(wh, dtype), bh), dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.timeout(600)
+@pytest.mark.xfail(reason="probe: the flattened conv loop was reported to miscompile at 8 warps "
+                          "(triton-lang/triton#1254, pytorch/pytorch#173068); the kept configs use 4", strict=False)
+def test_flattened_conv_loop_at_8_warps_gpu():
+    """Not a kept config: an XPASS on the GPU's triton is the evidence wanted before 8-warp
+    tiles (256 x 128, two warp groups) join conv.get_autotune_config()."""
+    g = torch.Generator(device="cuda").manual_seed(8)
+    skip = torch.randn(2, 64, 140, 140, device="cuda", generator=g)
+    up = torch.randn(2, 64, 100, 100, device="cuda", generator=g)
+    weight = torch.randn(128, 128, 3, 3, device="cuda", generator=g) * (2 / (9 * 128)) ** 0.5
+    bias = torch.randn(128, device="cuda", generator=g)
+    expected = torch.relu(F.conv2d(_q(torch.cat([center_crop(skip, 100, 100), up], 1), "bf16"), _q(weight, "bf16"), bias))
+    for cfg in [triton.Config(dict(BLOCK_H=16, BLOCK_W=16, BLOCK_N=128, BLOCK_K=64), num_warps=8, num_stages=3),
+                triton.Config(dict(BLOCK_H=8, BLOCK_W=32, BLOCK_N=128, BLOCK_K=32), num_warps=8, num_stages=4)]:
+        out = poisoned((2, 98, 98, 128), torch.bfloat16, "cuda")
+        pooled = poisoned((2, 49, 49, 128), torch.bfloat16, "cuda")
+        conv.conv3x3(nhwc(skip, torch.bfloat16), conv.pack_weight(weight, torch.bfloat16), bias,
+                     up=nhwc(up, torch.bfloat16), pool=True, out=out, pooled=pooled, dtype="bf16", config=cfg)
+        _check(nchw(out), expected, "bf16")
+        _check(nchw(pooled), F.max_pool2d(_q(expected, "bf16"), 2), "bf16")
 
 
 @triton.jit
