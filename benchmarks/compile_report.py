@@ -294,8 +294,8 @@ def parse_ptxas(log: str) -> dict:
 
 
 def _init_worker() -> None:
-    """Each worker compiles into its own empty cache (every compile is timed from scratch, and
-    ptxas runs, so its log can be read) and warms triton up on a trivial kernel."""
+    """Each worker compiles without a cache hit (every compile is timed from scratch, and ptxas
+    runs, so its log can be read) and warms triton up on a trivial kernel first."""
     os.environ.pop("TRITON_INTERPRET", None)
     os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastunet-compile-")
     os.environ["TRITON_DUMP_PTXAS_LOG"] = "1"
@@ -320,6 +320,7 @@ def compile_variant(spec: dict) -> dict:
     import triton
     from triton.backends.compiler import GPUTarget
 
+    os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastunet-compile-")  # never a cache hit
     kernel = getattr(importlib.import_module(spec["module"]), spec["kernel"])
     fn = getattr(kernel, "fn", kernel)
     attrs = {(int(i),): v for i, v in spec["attrs"].items()}

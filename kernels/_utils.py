@@ -30,6 +30,31 @@ __all__ = [
 # Read as Triton reads it, once: Triton fixes it per kernel when the kernel is defined.
 INTERPRET = interpreting()
 
+
+def _version(text: str) -> tuple[int, int]:
+    major, minor = (text.split("+")[0].split(".") + ["0"])[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
+def interpreter_problem(triton_version: str, numpy_version: str) -> str | None:
+    """Why this triton's interpreter cannot run the kernels with this numpy, or None.
+
+    Triton 3.6's interpreter turns a loop bound such as ``range(0, C, BLOCK_K)`` into a Python
+    int with ``int()`` of a one-element array, which numpy 2.4 refuses (triton-lang/triton#9171,
+    fixed in later triton; 3.9 works). Compiling for the GPU is not affected."""
+    if _version(triton_version) <= (3, 6) and _version(numpy_version) >= (2, 4):
+        return (f"The Triton interpreter of triton {triton_version} cannot run these kernels with numpy "
+                f"{numpy_version} (triton-lang/triton#9171): install numpy<2.4, or a newer triton (3.9 works).")
+    return None
+
+
+if INTERPRET:
+    import numpy
+
+    _problem = interpreter_problem(triton.__version__, numpy.__version__)
+    if _problem:
+        raise RuntimeError(_problem)
+
 # Name of a dtype path -> (storage dtype of activations and weights, tl.dot input_precision).
 DTYPE_MODES = {
     "fp32": (torch.float32, "ieee"),

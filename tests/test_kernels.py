@@ -406,3 +406,13 @@ def test_tuning_configs_interpreter_single_and_full(monkeypatch):
         assert key(every[0]) in [key(c) for c in conv.configs_for(dtype, "tf32", shared_memory=232448)]
     first_up = upconv.get_autotune_config()[0]
     assert key(first_up) in [key(c) for c in upconv.configs_for(torch.float32, shared_memory=232448)]
+
+
+def test_interpreter_numpy_combination_is_named():
+    """triton 3.6's interpreter with numpy >= 2.4 is refused with a message, not a numpy error."""
+    from fastunet.kernels._utils import interpreter_problem
+
+    assert "numpy<2.4" in interpreter_problem("3.6.0", "2.4.6")
+    assert interpreter_problem("3.6.0", "2.3.5") is None
+    assert interpreter_problem("3.9.0", "2.4.6") is None
+    assert interpreter_problem("3.10.0+git1234", "2.5.0") is None
