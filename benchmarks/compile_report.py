@@ -165,11 +165,12 @@ def kept_configs(kernel, args: dict, meta: dict) -> list:
     conv, upconv, head, conv_head = _kernels()
     dt = next(a.dtype for a in args.values() if hasattr(a, "dtype"))
     if kernel is conv.conv3x3_kernel:
-        return conv.configs_for(dt, meta["PRECISION"], shared_memory=H200_SHARED_MEMORY, packed=bool(meta["K_PACKED"]))
+        return conv.configs_for(dt, meta["PRECISION"], shared_memory=H200_SHARED_MEMORY, packed=bool(meta["K_PACKED"]),
+                                pool=meta["POOL"])
     if kernel is conv_head.conv3x3_head_kernel:
         return conv_head.configs_for(dt, args["C_MID"], meta["PRECISION"], shared_memory=H200_SHARED_MEMORY)
     if kernel is upconv.upconv2x2_kernel:
-        return upconv.configs_for(dt, shared_memory=H200_SHARED_MEMORY)
+        return upconv.configs_for(dt, shared_memory=H200_SHARED_MEMORY, precision=meta["PRECISION"])
     if kernel is head.head_kernel:
         return head.configs_for()
     raise ValueError(f"no config rule for {kernel.fn.__name__}")
@@ -297,7 +298,6 @@ def _init_worker() -> None:
     """Each worker compiles without a cache hit (every compile is timed from scratch, and ptxas
     runs, so its log can be read) and warms triton up on a trivial kernel first."""
     os.environ.pop("TRITON_INTERPRET", None)
-    os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastunet-compile-")
     os.environ["TRITON_DUMP_PTXAS_LOG"] = "1"
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # triton 3.9 warns when unset; 1 is its default
     import triton
@@ -309,7 +309,8 @@ def _init_worker() -> None:
         tl.store(x_ptr, 1.0)
 
     src = triton.compiler.ASTSource(fn=_warm, signature={"x_ptr": "*fp32"})
-    with contextlib.redirect_stdout(io.StringIO()):
+    with tempfile.TemporaryDirectory(prefix="fastunet-compile-") as cache, contextlib.redirect_stdout(io.StringIO()):
+        os.environ["TRITON_CACHE_DIR"] = cache
         triton.compile(src, target=GPUTarget("cuda", 90, 32))
 
 
@@ -320,19 +321,20 @@ def compile_variant(spec: dict) -> dict:
     import triton
     from triton.backends.compiler import GPUTarget
 
-    os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastunet-compile-")  # never a cache hit
     kernel = getattr(importlib.import_module(spec["module"]), spec["kernel"])
     fn = getattr(kernel, "fn", kernel)
     attrs = {(int(i),): v for i, v in spec["attrs"].items()}
     src = triton.compiler.ASTSource(fn=fn, signature=spec["signature"], constexprs=spec["constexprs"], attrs=attrs)
     log = io.StringIO()
-    wall, cpu = time.perf_counter(), _cpu_seconds()
-    with contextlib.redirect_stdout(log):
-        compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                                  options=dict(num_warps=spec["num_warps"], num_stages=spec["num_stages"]))
+    with tempfile.TemporaryDirectory(prefix="fastunet-compile-") as cache:  # an empty cache: never a hit
+        os.environ["TRITON_CACHE_DIR"] = cache
+        wall, cpu = time.perf_counter(), _cpu_seconds()
+        with contextlib.redirect_stdout(log):
+            compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                                      options=dict(num_warps=spec["num_warps"], num_stages=spec["num_stages"]))
+        wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
     return dict(inspect_ttgir(compiled.asm["ttgir"]), **parse_ptxas(log.getvalue()),
-                shared_bytes=compiled.metadata.shared, compile_seconds=round(time.perf_counter() - wall, 2),
-                compile_cpu_seconds=round(_cpu_seconds() - cpu, 2))
+                shared_bytes=compiled.metadata.shared, compile_seconds=round(wall, 2), compile_cpu_seconds=round(cpu, 2))
 
 
 def _cpu_seconds() -> float:

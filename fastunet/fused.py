@@ -134,7 +134,7 @@ class FusedUNet:
             h, w = 2 * h, 2 * w
             plan.up.append(empty(n, h, w, c))
             plan.dec_mid.append(empty(n, h - 2, w - 2, c))
-            last = level == 0 and self.fuse_head  # the fused head reads it from registers
+            last = level == 0 and self.fuse_head  # fused head: this conv output stays in registers
             plan.dec_out.append(None if last else empty(n, h - 4, w - 4, c))
             h, w = h - 4, w - 4
         assert (h, w) == (out_h, out_w)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import torch
@@ -171,23 +170,32 @@ def launch(kernel, grid, args: tuple, meta: dict, config: triton.Config | None =
     if folder is None:
         kernel[grid](*args, **meta)
         return None
+    named = {**dict(zip(kernel.fn.arg_names, args)), **meta}
+    tensors = [a for a in args if hasattr(a, "dtype")]
+    memo = (id(kernel), str(tensors[0].device), *(named[k] for k in kernel.keys if k in named),
+            *(str(t.dtype) for t in tensors))  # cheap: computed at every launch
+    chosen = _CHOSEN.get(memo)
+    if chosen is not None:
+        _launch_config(kernel, grid, args, meta, chosen)
+        return chosen
     fields = tuning_fields(kernel, args, meta)
-    memo = json.dumps(fields, sort_keys=True, default=str)
-    chosen = _CHOSEN.get(memo) or autotune_cache.load(folder, fields, kernel.configs)
+    chosen = autotune_cache.load(folder, fields, kernel.configs)
     if chosen is not None:
         _CHOSEN[memo] = chosen
         _launch_config(kernel, grid, args, meta, chosen)
         return chosen
+    earlier = getattr(kernel, "configs_timings", None)
     kernel[grid](*args, **meta)
     chosen = _CHOSEN[memo] = kernel.best_config
-    timings = getattr(kernel, "configs_timings", None) or {}
-    autotune_cache.store(folder, fields, chosen,
-                         {str(c): _first_number(t) for c, t in timings.items()})
+    timings = getattr(kernel, "configs_timings", None)  # this launch's, if it benchmarked
+    timings = {str(c): _first_number(t) for c, t in timings.items()} if timings is not earlier and timings else None
+    autotune_cache.store(folder, fields, chosen, timings)
     return chosen
 
 
-# Configs chosen in this process (from the disk cache or by tuning), by tuning key.
-_CHOSEN: dict[str, triton.Config] = {}
+# Configs chosen in this process (from the disk cache or by tuning), by kernel, device and
+# the autotuner's key.
+_CHOSEN: dict[tuple, triton.Config] = {}
 
 
 def _launch_config(kernel, grid, args, meta, config: triton.Config) -> None:

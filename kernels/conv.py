@@ -110,12 +110,15 @@ def _tile_macs(config: triton.Config) -> int:
 
 
 def _kept(configs: list[triton.Config], dtype: torch.dtype, precision: str | None, device=None,
-          limit: int | None = None) -> list[triton.Config]:
+          limit: int | None = None, pool: bool = False) -> list[triton.Config]:
     """``configs`` that fit the shared memory for activations of ``dtype``; for "ieee" fp32
-    only the smaller tiles."""
+    only the smaller tiles; with ``pool`` and 4-byte storage at most 128 pixels a tile (ptxas
+    for sm_90: the 256-pixel tf32 tile spills 44 bytes in the pool epilogue)."""
+    size = torch.empty((), dtype=dtype).element_size()
     if dtype == torch.float32 and precision == "ieee":
         configs = [c for c in configs if _tile_macs(c) <= _IEEE_MAX_TILE] or configs
-    size = torch.empty((), dtype=dtype).element_size()
+    if pool and size == 4:
+        configs = [c for c in configs if c.kwargs["BLOCK_H"] * c.kwargs["BLOCK_W"] <= 128] or configs
     return prune_by_shared_memory(configs, lambda c: _stage_bytes(c, size), device, limit=limit)
 
 
@@ -132,18 +135,19 @@ def unique_for_packed(configs: list[triton.Config]) -> list[triton.Config]:
 
 
 def configs_for(dtype: torch.dtype, precision: str = "tf32", device=None, *,
-                shared_memory: int | None = None, packed: bool = False) -> list[triton.Config]:
+                shared_memory: int | None = None, packed: bool = False, pool: bool = False) -> list[triton.Config]:
     """The autotune configs kept for activations of ``dtype`` (``precision`` of fp32 dots:
     "tf32" or "ieee"): those that fit the device's shared memory, and for "ieee" fp32 the
-    smaller tiles; ``packed``: for a layer with a packed K (:func:`packed_k`)."""
-    kept = _kept(get_autotune_config(), dtype, precision, device, shared_memory)
+    smaller tiles; ``packed``: for a layer with a packed K (:func:`packed_k`); ``pool``: for
+    a conv that also writes the max-pooled output."""
+    kept = _kept(get_autotune_config(), dtype, precision, device, shared_memory, pool)
     return unique_for_packed(kept) if packed else kept
 
 
 def _prune(configs: list[triton.Config], named_args: dict, **meta) -> list[triton.Config]:
     a = named_args["a_ptr"]
     ieee = a.dtype == torch.float32 and meta.get("PRECISION") == "ieee"
-    kept = _kept(configs, a.dtype, meta.get("PRECISION"), a.device)
+    kept = _kept(configs, a.dtype, meta.get("PRECISION"), a.device, pool=bool(meta.get("POOL")))
     if meta.get("K_PACKED"):
         kept = unique_for_packed(kept)
     # With FASTUNET_AUTOTUNE=0 one config is kept: the first, or for ieee the quickest to compile.
@@ -176,7 +180,8 @@ def accumulate_source(
     C_SRC, C_IN, C_OUT, W_ROW0, stride_sh, stride_sw,
     INTERP_BF16: tl.constexpr, PRECISION: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """acc += sum over taps t = (kh, kw) and channels c of src[pix + kh, + kw, c] * W[t * C_IN + W_ROW0 + c, :].
+    """acc[m, :] += sum over taps t = (kh, kw) and channels c < C_SRC of
+    src[oh_m + kh, ow_m + kw, c] * W[(3 * kh + kw) * C_IN + W_ROW0 + c, :]  (``pix`` = offsets of (oh, ow)).
 
     One flattened loop over ``9 * cdiv(C_SRC, BLOCK_K)`` (tap, channel block) steps; the
     pointers of step 0 are built once, a step adds the scalar offset of its tap and block.

@@ -41,16 +41,18 @@ class FakeAutotuner:
     keys = ["C", "SIZE_CLASS", "FLAG"]
     configs = CONFIGS
 
-    def __init__(self, winner):
+    def __init__(self, winner, benchmarks=True):
         self.calls = []
         self.fn = FakeJIT(self.calls)
         self.winner = winner
+        self.benchmarks = benchmarks  # False: one config was left after pruning, nothing timed
 
     def __getitem__(self, grid):
         def run(*args, **kw):
             self.calls.append(("tuned", args, kw))
             self.best_config = self.winner
-            self.configs_timings = {c: [0.5 if c is self.winner else 0.9] for c in CONFIGS}
+            if self.benchmarks:
+                self.configs_timings = {c: [0.5 if c is self.winner else 0.9] for c in CONFIGS}
         return run
 
 
@@ -136,6 +138,15 @@ def test_second_process_reuses_the_choice_without_tuning(gpu_like):
     assert [c[0] for c in second.calls] == ["forced"]
     _, args, kw = second.calls[0]
     assert kw == dict(FLAG=True, BLOCK_M=128, BLOCK_K=64, num_warps=4, num_stages=4)
+
+
+def test_timings_of_an_earlier_key_are_not_stored(gpu_like):
+    kernel = FakeAutotuner(winner=CONFIGS[0])
+    _launch(kernel, c=64)
+    kernel.benchmarks = False  # the next key: pruned to one config, so the old timings remain
+    _launch(kernel, c=128)
+    entries = [json.loads(p.read_text()) for p in gpu_like.iterdir()]
+    assert sorted("timings_ms" in e for e in entries) == [False, True]
 
 
 def test_other_size_class_or_channels_tune_again(gpu_like):

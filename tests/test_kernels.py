@@ -277,7 +277,7 @@ def test_every_autotune_config_passes_gpu(dtype):
     weight = torch.randn(64, 128, 3, 3, device="cuda") * (2 / (9 * 128)) ** 0.5
     bias = torch.randn(64, device="cuda")
     expected = torch.relu(F.conv2d(_q(torch.cat([center_crop(skip, 100, 100), up], 1), dtype), _q(weight, dtype), bias))
-    configs = conv.configs_for(st, precision)
+    configs = conv.configs_for(st, precision, pool=True)
     assert configs, "every conv config was pruned"
     for cfg in configs:
         out = poisoned((2, 98, 98, 64), st, "cuda")
@@ -288,7 +288,7 @@ def test_every_autotune_config_passes_gpu(dtype):
         _check(nchw(pooled), F.max_pool2d(_q(expected, dtype), 2), dtype)
     x = torch.randn(2, 128, 50, 50, device="cuda")
     wu, bu = torch.randn(128, 64, 2, 2, device="cuda") * 0.1, torch.randn(64, device="cuda")
-    for cfg in upconv.configs_for(st):
+    for cfg in upconv.configs_for(st, precision=precision):
         out = poisoned((2, 100, 100, 64), st, "cuda")
         upconv.upconv2x2(nhwc(x, st), upconv.pack_weight(wu, st), bu, out=out, dtype=dtype, config=cfg)
         _check(nchw(out), F.conv_transpose2d(_q(x, dtype), _q(wu, dtype), bu, stride=2), dtype)
@@ -416,3 +416,23 @@ def test_interpreter_numpy_combination_is_named():
     assert interpreter_problem("3.6.0", "2.3.5") is None
     assert interpreter_problem("3.9.0", "2.4.6") is None
     assert interpreter_problem("3.10.0+git1234", "2.5.0") is None
+
+
+def test_configs_that_spilled_on_sm90_are_pruned():
+    """The compile report found spills (ptxas for sm_90a) in: the 256-pixel conv tile with
+    pooling in 4-byte storage, fp32 FMA up-conv tiles above 128 x 64 x 32, fp32 FMA conv+head
+    tiles above 64 x 64 accumulators. The autotuners keep none of them."""
+    from fastunet.kernels import conv_head
+
+    hopper = 232448
+    for dtype, precision in ((torch.float32, "tf32"), (torch.float32, "ieee")):
+        kept = conv.configs_for(dtype, precision, shared_memory=hopper, pool=True)
+        assert kept and all(c.kwargs["BLOCK_H"] * c.kwargs["BLOCK_W"] <= 128 for c in kept)
+    assert any(c.kwargs["BLOCK_H"] * c.kwargs["BLOCK_W"] == 256
+               for c in conv.configs_for(torch.bfloat16, shared_memory=hopper, pool=True))  # 16-bit: kept
+    ieee_up = upconv.configs_for(torch.float32, shared_memory=hopper, precision="ieee")
+    assert len(ieee_up) >= 2 and all(c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"] <= 128 * 64 * 32
+                                     for c in ieee_up)
+    ieee_head = conv_head.configs_for(torch.float32, 64, "ieee", shared_memory=hopper)
+    assert ieee_head and all(c.kwargs["BLOCK_H"] * c.kwargs["BLOCK_W"] * 64 <= 64 * 64 for c in ieee_head)
+    assert len(conv_head.configs_for(torch.bfloat16, 64, shared_memory=hopper)) == len(conv_head.get_autotune_config())
