@@ -456,6 +456,13 @@ def summary(records: list[dict]) -> dict:
     )
 
 
+def to_json(result: dict) -> str:
+    """The result as JSON text, one variant a line (compact, and a diff shows what changed)."""
+    head = json.dumps({k: v for k, v in result.items() if k != "variants"}, indent=1)
+    lines = ",\n".join("  " + json.dumps(v) for v in result["variants"])
+    return f'{head[:-2]},\n "variants": [\n{lines}\n ]\n}}\n'
+
+
 def update_readme(readme: Path, table: str, header: str) -> None:
     text = readme.read_text()
     if BEGIN not in text or END not in text:
@@ -507,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"compile-{now.strftime('%Y%m%d-%H%M%S')}-{mode}-triton{triton.__version__}.json"
-    path.write_text(json.dumps(result, indent=1) + "\n")
+    path.write_text(to_json(result))
     print(f"wrote {path} ({wall:.0f} s)", file=sys.stderr)
     table = render_table(records)
     if not args.no_readme:
