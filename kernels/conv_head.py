@@ -185,21 +185,18 @@ def conv3x3_head(
         if b.shape != (size,) or b.dtype != torch.float32:
             raise ValueError(f"Expected a float32 {name} of shape ({size},); got {b.dtype} {tuple(b.shape)}.")
     check_contiguous(weight=weight, bias=bias, head_weight=head_weight, head_bias=head_bias)
-    lg, pr, lb = check_head_outputs(logits, probs, labels, n, k, h_out, w_out)
-    check_image_offsets(x, lg, pr)
-    l_strides = lg.stride() if logits is not None else (0, 0, 0, 0)
-    p_strides = pr.stride() if probs is not None else (0, 0, 0, 0)
-    y_strides = lb.stride() if labels is not None else (0, 0, 0)
+    outputs = check_head_outputs(logits, probs, labels, n, k, h_out, w_out)
+    check_image_offsets(x, logits, probs, labels)
     upcast = upcast_for_interpreter(storage)
     grid = lambda META: (n * triton.cdiv(h_out, META["BLOCK_H"]) * triton.cdiv(w_out, META["BLOCK_W"]),)  # noqa: E731
     launch(
         conv3x3_head_kernel,
         grid,
         (
-            x, weight, bias, head_weight, head_bias, lg, pr, lb,
+            x, weight, bias, head_weight, head_bias, *outputs[:3],
             h_out, w_out, c_in, c_mid, k, size_class(n * h_out * w_out),
             x.stride(0), x.stride(1), x.stride(2),
-            *l_strides, *p_strides, *y_strides[:3],
+            *outputs[3:],
         ),
         dict(
             RELU=relu, WRITE_LOGITS=logits is not None, WRITE_PROBS=probs is not None,

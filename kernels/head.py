@@ -123,8 +123,9 @@ def _check_out(t: torch.Tensor | None, name: str, shape: tuple, dtypes: tuple) -
 
 
 def check_head_outputs(logits, probs, labels, n: int, k: int, h: int, w: int) -> tuple:
-    """Check the head outputs asked for (at least one); return the three tensors to pass to a
-    kernel, an absent one replaced by a present one (never written: its WRITE_* is False)."""
+    """Check the head outputs asked for (at least one); return the kernel arguments: the three
+    tensors, an absent one replaced by a present one (never written: its WRITE_* is False),
+    then their strides (N, K, H, W of logits and probs, N, H, W of labels; 0 when absent)."""
     floats = (torch.float32, torch.float16, torch.bfloat16)
     _check_out(logits, "logits", (n, k, h, w), floats)
     _check_out(probs, "probs", (n, k, h, w), floats)
@@ -132,7 +133,9 @@ def check_head_outputs(logits, probs, labels, n: int, k: int, h: int, w: int) ->
     if logits is None and probs is None and labels is None:
         raise ValueError("Nothing to write: pass logits, probs and/or labels.")
     dummy = next(t for t in (logits, probs, labels) if t is not None)
-    return tuple(t if t is not None else dummy for t in (logits, probs, labels))
+    tensors = tuple(t if t is not None else dummy for t in (logits, probs, labels))
+    strides = [t.stride() if t is not None else (0,) * rank for t, rank in ((logits, 4), (probs, 4), (labels, 3))]
+    return (*tensors, *strides[0], *strides[1], *strides[2])
 
 
 def head(
@@ -165,10 +168,7 @@ def head(
     if bias.shape != (k,) or bias.dtype != torch.float32:
         raise ValueError(f"Expected a float32 bias of shape ({k},); got {bias.dtype} {tuple(bias.shape)}.")
     check_contiguous(weight=weight, bias=bias)
-    lg, pr, lb = check_head_outputs(logits, probs, labels, n, k, h, w)
-    l_strides = lg.stride() if logits is not None else (0, 0, 0, 0)
-    p_strides = pr.stride() if probs is not None else (0, 0, 0, 0)
-    y_strides = lb.stride() if labels is not None else (0, 0, 0)
+    outputs = check_head_outputs(logits, probs, labels, n, k, h, w)
     upcast = upcast_for_interpreter(storage)
     m = n * h * w
     grid = lambda META: (triton.cdiv(m, META["BLOCK_M"]),)  # noqa: E731
@@ -176,10 +176,10 @@ def head(
         head_kernel,
         grid,
         (
-            x, weight, bias, lg, pr, lb,
+            x, weight, bias, *outputs[:3],
             m, h, w, c_in, k, size_class(m),
             x.stride(0), x.stride(1), x.stride(2),
-            *l_strides, *p_strides, *y_strides[:3],
+            *outputs[3:],
         ),
         dict(
             WRITE_LOGITS=logits is not None, WRITE_PROBS=probs is not None, WRITE_LABELS=labels is not None,
