@@ -117,9 +117,9 @@ def tuning_configs(configs: list[triton.Config], small: triton.Config, *,
 
 
 def size_class(pixels: int) -> int:
-    """The autotune key's size class of a launch over ``pixels`` output pixels (about log4 of
-    it: ``bit_length // 2``), so a layer 4x smaller or larger is tuned on its own (block shapes that fill the GPU at
-    batch 8 x 572^2 leave it idle at 2 x 30^2), while nearby sizes share a choice."""
+    """The autotune key's size class of a launch over ``pixels`` output pixels: about log4 of
+    it (``bit_length // 2``), so that a layer 4x smaller or larger is tuned on its own (tiles
+    that fill the GPU at batch 8 x 572^2 leave it idle at 2 x 30^2), nearby sizes share one."""
     return max(int(pixels), 1).bit_length() // 2
 
 
@@ -170,10 +170,8 @@ def launch(kernel, grid, args: tuple, meta: dict, config: triton.Config | None =
     if folder is None:
         kernel[grid](*args, **meta)
         return None
-    named = {**dict(zip(kernel.fn.arg_names, args)), **meta}
-    tensors = [a for a in args if hasattr(a, "dtype")]
-    memo = (id(kernel), str(tensors[0].device), *(named[k] for k in kernel.keys if k in named),
-            *(str(t.dtype) for t in tensors))  # cheap: computed at every launch
+    device = next(a.device for a in args if hasattr(a, "dtype"))
+    memo = (id(kernel), str(device), *autotuner_key(kernel, args, meta))  # cheap: computed at every launch
     chosen = _CHOSEN.get(memo)
     if chosen is not None:
         _launch_config(kernel, grid, args, meta, chosen)
@@ -212,18 +210,22 @@ def device_name(device) -> str:
     return torch.cuda.get_device_name(device)
 
 
+def autotuner_key(kernel, args: tuple, meta: dict) -> tuple:
+    """The autotuner's own key of a launch, as triton builds it: the values of its ``key``
+    arguments (which include a size class), then the dtypes of the tensor arguments."""
+    named = {**dict(zip(kernel.fn.arg_names, args)), **meta}
+    return (*(named[k] for k in kernel.keys if k in named), *(str(a.dtype) for a in args if hasattr(a, "dtype")))
+
+
 def tuning_fields(kernel, args: tuple, meta: dict) -> dict:
     """The disk-cache key of a launch: device name, triton version, kernel name and source
-    hash, and the autotuner's own key (the values of its ``key`` arguments, which include a
-    size class, then the dtypes of the tensor arguments, as triton builds it)."""
-    named = {**dict(zip(kernel.fn.arg_names, args)), **meta}
-    tensors = [a for a in args if hasattr(a, "dtype")]
+    hash, and the autotuner's own key (:func:`autotuner_key`)."""
     return dict(
         kernel=kernel.fn.__name__,
         source=kernel.fn.cache_key,
-        device=device_name(tensors[0].device),
+        device=device_name(next(a.device for a in args if hasattr(a, "dtype"))),
         triton=triton.__version__,
-        key=[named[k] for k in kernel.keys if k in named] + [str(t.dtype) for t in tensors],
+        key=list(autotuner_key(kernel, args, meta)),
     )
 
 
