@@ -8,7 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import interpreting
+from . import autotune_cache, interpreting
 
 __all__ = [
     "INTERPRET",
@@ -17,6 +17,7 @@ __all__ = [
     "check_contiguous",
     "compute_dtype",
     "select",
+    "size_class",
     "tuning_configs",
     "launch",
     "prune_by_shared_memory",
@@ -27,6 +28,31 @@ __all__ = [
 # Under TRITON_INTERPRET=1 kernels run on the CPU through numpy (about 1000x slower than a GPU).
 # Read as Triton reads it, once: Triton fixes it per kernel when the kernel is defined.
 INTERPRET = interpreting()
+
+
+def _version(text: str) -> tuple[int, int]:
+    major, minor = (text.split("+")[0].split(".") + ["0"])[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
+def interpreter_problem(triton_version: str, numpy_version: str) -> str | None:
+    """Why this triton's interpreter cannot run the kernels with this numpy, or None.
+
+    Triton 3.6's interpreter turns a loop bound such as ``range(0, C, BLOCK_K)`` into a Python
+    int with ``int()`` of a one-element array, which numpy 2.4 refuses (triton-lang/triton#9171,
+    fixed in later triton; 3.9 works). Compiling for the GPU is not affected."""
+    if _version(triton_version) <= (3, 6) and _version(numpy_version) >= (2, 4):
+        return (f"The Triton interpreter of triton {triton_version} cannot run these kernels with numpy "
+                f"{numpy_version} (triton-lang/triton#9171): install numpy<2.4, or a newer triton (3.9 works).")
+    return None
+
+
+if INTERPRET:
+    import numpy
+
+    _problem = interpreter_problem(triton.__version__, numpy.__version__)
+    if _problem:
+        raise RuntimeError(_problem)
 
 # Name of a dtype path -> (storage dtype of activations and weights, tl.dot input_precision).
 DTYPE_MODES = {
@@ -90,6 +116,13 @@ def tuning_configs(configs: list[triton.Config], small: triton.Config, *,
     return configs if AUTOTUNE or pruned else configs[:1]
 
 
+def size_class(pixels: int) -> int:
+    """The autotune key's size class of a launch over ``pixels`` output pixels: about log4 of
+    it (``bit_length // 2``), so that a layer 4x smaller or larger is tuned on its own (tiles
+    that fill the GPU at batch 8 x 572^2 leave it idle at 2 x 30^2), nearby sizes share one."""
+    return max(int(pixels), 1).bit_length() // 2
+
+
 def select(configs: list[triton.Config], key=None) -> list[triton.Config]:
     """What a pruning function returns: all ``configs``, or with FASTUNET_AUTOTUNE=0 one of
     them (the first, or the smallest by ``key``)."""
@@ -120,13 +153,80 @@ def prune_by_shared_memory(configs: list[triton.Config], stage_bytes, device=Non
     return [c for c in configs if need[id(c)] <= limit] or [min(configs, key=lambda c: need[id(c)])]
 
 
-def launch(kernel, grid, args: tuple, meta: dict, config: triton.Config | None = None) -> None:
+def launch(kernel, grid, args: tuple, meta: dict, config: triton.Config | None = None, *,
+           cache: bool = False) -> triton.Config | None:
     """Launch an autotuned ``kernel``, or, with ``config``, its plain JIT function with that
-    config forced (the GPU tests run every autotune config against the reference)."""
-    if config is None:
+    config forced (the GPU tests run every autotune config against the reference).
+
+    ``cache``: keep the autotuner's choice on disk (:mod:`fastunet.kernels.autotune_cache`)
+    and reuse it in later processes instead of benchmarking every config again; only while
+    autotuning (not with FASTUNET_AUTOTUNE=0, not under the interpreter). Returns the config
+    that ran when known (forced, cached, or the autotuner's ``best_config``), else None.
+    """
+    if config is not None:
+        _launch_config(kernel, grid, args, meta, config)
+        return config
+    folder = autotune_cache.cache_dir() if cache and AUTOTUNE and not INTERPRET else None
+    if folder is None:
         kernel[grid](*args, **meta)
-    else:
-        kernel.fn[grid](*args, **meta, **config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
+        return None
+    device = next(a.device for a in args if hasattr(a, "dtype"))
+    memo = (id(kernel), str(device), *autotuner_key(kernel, args, meta))  # cheap: computed at every launch
+    chosen = _CHOSEN.get(memo)
+    if chosen is not None:
+        _launch_config(kernel, grid, args, meta, chosen)
+        return chosen
+    fields = tuning_fields(kernel, args, meta)
+    chosen = autotune_cache.load(folder, fields, kernel.configs)
+    if chosen is not None:
+        _CHOSEN[memo] = chosen
+        _launch_config(kernel, grid, args, meta, chosen)
+        return chosen
+    earlier = getattr(kernel, "configs_timings", None)
+    kernel[grid](*args, **meta)
+    chosen = _CHOSEN[memo] = kernel.best_config
+    timings = getattr(kernel, "configs_timings", None)  # this launch's, if it benchmarked
+    timings = {str(c): _first_number(t) for c, t in timings.items()} if timings is not earlier and timings else None
+    autotune_cache.store(folder, fields, chosen, timings)
+    return chosen
+
+
+# Configs chosen in this process (from the disk cache or by tuning), by kernel, device and
+# the autotuner's key.
+_CHOSEN: dict[tuple, triton.Config] = {}
+
+
+def _launch_config(kernel, grid, args, meta, config: triton.Config) -> None:
+    kernel.fn[grid](*args, **meta, **config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
+
+
+def _first_number(t):
+    t = t[0] if isinstance(t, (list, tuple)) and t else t
+    return float(t) if isinstance(t, (int, float)) else None
+
+
+def device_name(device) -> str:
+    """The name of a CUDA device (the disk cache keys tuning results by it)."""
+    return torch.cuda.get_device_name(device)
+
+
+def autotuner_key(kernel, args: tuple, meta: dict) -> tuple:
+    """The autotuner's own key of a launch, as triton builds it: the values of its ``key``
+    arguments (which include a size class), then the dtypes of the tensor arguments."""
+    named = {**dict(zip(kernel.fn.arg_names, args)), **meta}
+    return (*(named[k] for k in kernel.keys if k in named), *(str(a.dtype) for a in args if hasattr(a, "dtype")))
+
+
+def tuning_fields(kernel, args: tuple, meta: dict) -> dict:
+    """The disk-cache key of a launch: device name, triton version, kernel name and source
+    hash, and the autotuner's own key (:func:`autotuner_key`)."""
+    return dict(
+        kernel=kernel.fn.__name__,
+        source=kernel.fn.cache_key,
+        device=device_name(next(a.device for a in args if hasattr(a, "dtype"))),
+        triton=triton.__version__,
+        key=list(autotuner_key(kernel, args, meta)),
+    )
 
 
 def check_nhwc(x: torch.Tensor, name: str, channels: int | None = None) -> None:

@@ -17,12 +17,14 @@ from ._utils import (
     check_nhwc,
     compute_dtype,
     launch,
+    size_class,
     to_storage,
     tuning_configs,
     upcast_for_interpreter,
 )
+from .rowgemm import pixel_rows, row_gemm
 
-__all__ = ["head", "pack_weight", "get_autotune_config"]
+__all__ = ["head", "pack_weight", "get_autotune_config", "configs_for", "write_head", "check_head_outputs"]
 
 
 def get_autotune_config() -> list[triton.Config]:
@@ -36,16 +38,47 @@ def get_autotune_config() -> list[triton.Config]:
 _INTERPRETER_CONFIG = triton.Config(dict(BLOCK_M=256, BLOCK_K=16), num_warps=4, num_stages=1)
 
 
+def configs_for() -> list[triton.Config]:
+    """The autotune configs (none is pruned: the tiles are small)."""
+    return get_autotune_config()
+
+
+@triton.jit
+def write_head(
+    scores, mask_m, offs_c, mask_c,
+    logits_ptr, l_row, stride_lk, probs_ptr, p_row, stride_pk, labels_ptr, y_row,
+    WRITE_LOGITS: tl.constexpr, WRITE_PROBS: tl.constexpr, WRITE_LABELS: tl.constexpr,
+    INTERP_BF16: tl.constexpr,
+):
+    """Write the class scores ``s`` (BLOCK_M pixels x BLOCK_C classes, fp32, classes past K
+    masked by ``mask_c``) of pixel rows ``*_row`` (offsets from each output's base): scores,
+    p = softmax(s) and label = argmax(s) (the first maximum on ties), whichever is asked for."""
+    mask_mc = mask_m[:, None] & mask_c[None, :]
+    if WRITE_LOGITS:
+        l_ptrs = logits_ptr + l_row[:, None] + offs_c[None, :] * stride_lk
+        tl.store(l_ptrs, to_storage(scores, logits_ptr.dtype.element_ty, INTERP_BF16), mask=mask_mc)
+    masked = tl.where(mask_c[None, :], scores, float("-inf"))
+    if WRITE_PROBS:
+        row_max = tl.max(masked, axis=1)
+        e = tl.exp(masked - row_max[:, None])
+        p = e / tl.sum(e, axis=1)[:, None]
+        p_ptrs = probs_ptr + p_row[:, None] + offs_c[None, :] * stride_pk
+        tl.store(p_ptrs, to_storage(p, probs_ptr.dtype.element_ty, INTERP_BF16), mask=mask_mc)
+    if WRITE_LABELS:
+        label = tl.argmax(masked, axis=1)
+        tl.store(labels_ptr + y_row, label.to(tl.uint8), mask=mask_m)
+
+
 @triton.autotune(
     configs=tuning_configs(get_autotune_config(), _INTERPRETER_CONFIG),
-    key=["C_IN", "K", "WRITE_LOGITS", "WRITE_PROBS", "WRITE_LABELS", "PRECISION"],
+    key=["C_IN", "K", "SIZE_CLASS", "WRITE_LOGITS", "WRITE_PROBS", "WRITE_LABELS", "PRECISION"],
 )
-@triton.jit
+@triton.jit(do_not_specialize=["SIZE_CLASS"])
 def head_kernel(
     # pointers
     x_ptr, w_ptr, bias_ptr, logits_ptr, probs_ptr, labels_ptr,
     # sizes
-    M, H, W, C_IN, K,
+    M, H, W, C_IN, K, SIZE_CLASS,
     # strides (x channel stride is 1)
     stride_xn, stride_xh, stride_xw,
     stride_ln, stride_lk, stride_lh, stride_lw,
@@ -57,43 +90,20 @@ def head_kernel(
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """s = x @ W + b per pixel; p = softmax(s); label = argmax(s) (first maximum on ties)."""
-    pid = tl.program_id(0)
-    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_m = offs_m < M
-    n = (offs_m // (H * W)).to(tl.int64)  # 64-bit: batch offsets can pass 2**31
-    i = (offs_m // W) % H
-    j = offs_m % W
+    mask_m, n, i, j = pixel_rows(tl.program_id(0), M, H, W, BLOCK_M)
     offs_c = tl.arange(0, BLOCK_C)
     mask_c = offs_c < K
-    offs_k = tl.arange(0, BLOCK_K)
     x_row = n * stride_xn + i * stride_xh + j * stride_xw
-
-    acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
-    for k0 in range(0, C_IN, BLOCK_K):
-        kk = k0 + offs_k
-        mask_k = kk < C_IN
-        x = tl.load(x_ptr + x_row[:, None] + kk[None, :], mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        w = tl.load(w_ptr + kk[:, None] * K + offs_c[None, :], mask=mask_k[:, None] & mask_c[None, :], other=0.0)
-        if INTERP_BF16:  # interpreter only: its bf16 dot is wrong, so multiply in fp32 there
-            x = x.to(tl.float32)
-            w = w.to(tl.float32)
-        acc = tl.dot(x, w, acc, input_precision=PRECISION)
+    acc = row_gemm(x_ptr, x_row, mask_m, w_ptr, offs_c, mask_c, C_IN, K,
+                   INTERP_BF16, PRECISION, BLOCK_M, BLOCK_C, BLOCK_K)
     acc = acc + tl.load(bias_ptr + offs_c, mask=mask_c, other=0.0)[None, :]
-    scores = tl.where(mask_c[None, :], acc, float("-inf"))
-    mask_mc = mask_m[:, None] & mask_c[None, :]
-
-    if WRITE_LOGITS:
-        l_ptrs = logits_ptr + (n * stride_ln + i * stride_lh + j * stride_lw)[:, None] + offs_c[None, :] * stride_lk
-        tl.store(l_ptrs, to_storage(acc, logits_ptr.dtype.element_ty, INTERP_BF16), mask=mask_mc)
-    if WRITE_PROBS:
-        row_max = tl.max(scores, axis=1)
-        e = tl.exp(scores - row_max[:, None])
-        p = e / tl.sum(e, axis=1)[:, None]
-        p_ptrs = probs_ptr + (n * stride_pn + i * stride_ph + j * stride_pw)[:, None] + offs_c[None, :] * stride_pk
-        tl.store(p_ptrs, to_storage(p, probs_ptr.dtype.element_ty, INTERP_BF16), mask=mask_mc)
-    if WRITE_LABELS:
-        label = tl.argmax(scores, axis=1)
-        tl.store(labels_ptr + n * stride_yn + i * stride_yh + j * stride_yw, label.to(tl.uint8), mask=mask_m)
+    write_head(
+        acc, mask_m, offs_c, mask_c,
+        logits_ptr, n * stride_ln + i * stride_lh + j * stride_lw, stride_lk,
+        probs_ptr, n * stride_pn + i * stride_ph + j * stride_pw, stride_pk,
+        labels_ptr, n * stride_yn + i * stride_yh + j * stride_yw,
+        WRITE_LOGITS, WRITE_PROBS, WRITE_LABELS, INTERP_BF16,
+    )
 
 
 def pack_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -110,6 +120,22 @@ def _check_out(t: torch.Tensor | None, name: str, shape: tuple, dtypes: tuple) -
         raise ValueError(f"Expected {name} of shape {shape}; got {tuple(t.shape)}.")
     if t.dtype not in dtypes:
         raise ValueError(f"Expected {name} with dtype in {dtypes}; got {t.dtype}.")
+
+
+def check_head_outputs(logits, probs, labels, n: int, k: int, h: int, w: int) -> tuple:
+    """Check the head outputs asked for (at least one); return the kernel arguments: the three
+    tensors, an absent one replaced by a present one (never written: its WRITE_* is False),
+    then their strides (N, K, H, W of logits and probs, N, H, W of labels; 0 when absent)."""
+    floats = (torch.float32, torch.float16, torch.bfloat16)
+    _check_out(logits, "logits", (n, k, h, w), floats)
+    _check_out(probs, "probs", (n, k, h, w), floats)
+    _check_out(labels, "labels", (n, h, w), (torch.uint8,))
+    if logits is None and probs is None and labels is None:
+        raise ValueError("Nothing to write: pass logits, probs and/or labels.")
+    dummy = next(t for t in (logits, probs, labels) if t is not None)
+    tensors = tuple(t if t is not None else dummy for t in (logits, probs, labels))
+    strides = [t.stride() if t is not None else (0,) * rank for t, rank in ((logits, 4), (probs, 4), (labels, 3))]
+    return (*tensors, *strides[0], *strides[1], *strides[2])
 
 
 def head(
@@ -142,19 +168,7 @@ def head(
     if bias.shape != (k,) or bias.dtype != torch.float32:
         raise ValueError(f"Expected a float32 bias of shape ({k},); got {bias.dtype} {tuple(bias.shape)}.")
     check_contiguous(weight=weight, bias=bias)
-    floats = (torch.float32, torch.float16, torch.bfloat16)
-    _check_out(logits, "logits", (n, k, h, w), floats)
-    _check_out(probs, "probs", (n, k, h, w), floats)
-    _check_out(labels, "labels", (n, h, w), (torch.uint8,))
-    if logits is None and probs is None and labels is None:
-        raise ValueError("Nothing to write: pass logits, probs and/or labels.")
-    dummy = next(t for t in (logits, probs, labels) if t is not None)
-    lg = logits if logits is not None else dummy
-    pr = probs if probs is not None else dummy
-    lb = labels if labels is not None else dummy
-    l_strides = lg.stride() if logits is not None else (0, 0, 0, 0)
-    p_strides = pr.stride() if probs is not None else (0, 0, 0, 0)
-    y_strides = lb.stride() if labels is not None else (0, 0, 0)
+    outputs = check_head_outputs(logits, probs, labels, n, k, h, w)
     upcast = upcast_for_interpreter(storage)
     m = n * h * w
     grid = lambda META: (triton.cdiv(m, META["BLOCK_M"]),)  # noqa: E731
@@ -162,10 +176,10 @@ def head(
         head_kernel,
         grid,
         (
-            x, weight, bias, lg, pr, lb,
-            m, h, w, c_in, k,
+            x, weight, bias, *outputs[:3],
+            m, h, w, c_in, k, size_class(m),
             x.stride(0), x.stride(1), x.stride(2),
-            *l_strides, *p_strides, *y_strides[:3],
+            *outputs[3:],
         ),
         dict(
             WRITE_LOGITS=logits is not None, WRITE_PROBS=probs is not None, WRITE_LABELS=labels is not None,
@@ -174,4 +188,5 @@ def head(
             BLOCK_C=max(16, triton.next_power_of_2(k)),
         ),
         config,
+        cache=True,
     )

@@ -19,10 +19,12 @@ from ._utils import (
     launch,
     prune_by_shared_memory,
     select,
+    size_class,
     to_storage,
     tuning_configs,
     upcast_for_interpreter,
 )
+from .rowgemm import pixel_rows, row_gemm
 
 __all__ = ["upconv2x2", "pack_weight", "get_autotune_config", "configs_for"]
 
@@ -37,6 +39,7 @@ def get_autotune_config() -> list[triton.Config]:
             (64, 128, 64, 4, 4),
             (128, 128, 32, 4, 4),
             (64, 64, 64, 4, 3),
+            (128, 64, 32, 4, 3),
         ]
     ]
 
@@ -48,32 +51,43 @@ def _stage_bytes(config: triton.Config, element_size: int) -> int:
     return (config.kwargs["BLOCK_M"] + config.kwargs["BLOCK_N"]) * config.kwargs["BLOCK_K"] * element_size
 
 
-def _kept(configs: list[triton.Config], dtype: torch.dtype, device=None, limit: int | None = None):
+# fp32 "ieee" dots are FMAs: ptxas for sm_90 spills 88-180 bytes at 128 x 64 x 64 and
+# 128 x 128 x 32 with 4 warps, none at 128 x 64 x 32 or 64 x 64 x 64.
+_IEEE_MAX_TILE = 128 * 64 * 32
+
+
+def _kept(configs: list[triton.Config], dtype: torch.dtype, precision: str | None = None, device=None,
+          limit: int | None = None):
+    if dtype == torch.float32 and precision == "ieee":
+        macs = lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"]  # noqa: E731
+        configs = [c for c in configs if macs(c) <= _IEEE_MAX_TILE] or configs
     size = torch.empty((), dtype=dtype).element_size()
     return prune_by_shared_memory(configs, lambda c: _stage_bytes(c, size), device, limit=limit)
 
 
-def configs_for(dtype: torch.dtype, device=None, *, shared_memory: int | None = None) -> list[triton.Config]:
-    """The autotune configs that fit the device's shared memory for activations of ``dtype``."""
-    return _kept(get_autotune_config(), dtype, device, shared_memory)
+def configs_for(dtype: torch.dtype, device=None, *, shared_memory: int | None = None,
+                precision: str = "tf32") -> list[triton.Config]:
+    """The autotune configs that fit the device's shared memory for activations of ``dtype``
+    (``precision`` of fp32 dots: "ieee" keeps the smaller FMA tiles)."""
+    return _kept(get_autotune_config(), dtype, precision, device, shared_memory)
 
 
 def _prune(configs: list[triton.Config], named_args: dict, **meta) -> list[triton.Config]:
     x = named_args["x_ptr"]
-    return select(_kept(configs, x.dtype, x.device))  # FASTUNET_AUTOTUNE=0: the first that fits
+    return select(_kept(configs, x.dtype, meta.get("PRECISION"), x.device))  # FASTUNET_AUTOTUNE=0: the first that fits
 
 
 @triton.autotune(
     configs=tuning_configs(get_autotune_config(), _INTERPRETER_CONFIG, pruned=True),
-    key=["C_IN", "C_OUT", "PRECISION"],  # tensor dtypes join the key by themselves
+    key=["C_IN", "C_OUT", "SIZE_CLASS", "PRECISION"],  # tensor dtypes join the key by themselves
     prune_configs_by={"early_config_prune": _prune},
 )
-@triton.jit
+@triton.jit(do_not_specialize=["SIZE_CLASS"])
 def upconv2x2_kernel(
     # pointers
     x_ptr, w_ptr, bias_ptr, y_ptr,
     # sizes
-    M, H, W, C_IN, C_OUT,
+    M, H, W, C_IN, C_OUT, SIZE_CLASS,
     # strides (channel stride 1)
     stride_xn, stride_xh, stride_xw,
     stride_yn, stride_yh, stride_yw,
@@ -85,27 +99,12 @@ def upconv2x2_kernel(
     pid = tl.program_id(0)
     num_n = tl.cdiv(4 * C_OUT, BLOCK_N)
     pid_n = pid % num_n
-    pid_m = pid // num_n
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_m = offs_m < M
-    n = (offs_m // (H * W)).to(tl.int64)  # 64-bit: batch offsets can pass 2**31
-    i = (offs_m // W) % H
-    k = offs_m % W
+    mask_m, n, i, k = pixel_rows(pid // num_n, M, H, W, BLOCK_M)
     offs_j = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_j = offs_j < 4 * C_OUT
-    offs_c = tl.arange(0, BLOCK_K)
     x_row = n * stride_xn + i * stride_xh + k * stride_xw
-
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for c0 in range(0, C_IN, BLOCK_K):
-        cc = c0 + offs_c
-        mask_c = cc < C_IN
-        x = tl.load(x_ptr + x_row[:, None] + cc[None, :], mask=mask_m[:, None] & mask_c[None, :], other=0.0)
-        w = tl.load(w_ptr + cc[:, None] * (4 * C_OUT) + offs_j[None, :], mask=mask_c[:, None] & mask_j[None, :], other=0.0)
-        if INTERP_BF16:  # interpreter only: its bf16 dot is wrong, so multiply in fp32 there
-            x = x.to(tl.float32)
-            w = w.to(tl.float32)
-        acc = tl.dot(x, w, acc, input_precision=PRECISION)
+    acc = row_gemm(x_ptr, x_row, mask_m, w_ptr, offs_j, mask_j, C_IN, 4 * C_OUT,
+                   INTERP_BF16, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
 
     sub = offs_j // C_OUT
     co = offs_j % C_OUT
@@ -167,7 +166,7 @@ def upconv2x2(
         grid,
         (
             x, weight, bias, out,
-            m, h, w, c_in, c_out,
+            m, h, w, c_in, c_out, size_class(m),
             x.stride(0), x.stride(1), x.stride(2),
             out.stride(0), out.stride(1), out.stride(2),
         ),
@@ -176,5 +175,6 @@ def upconv2x2(
             PRECISION=precision if storage == torch.float32 or upcast else "tf32",  # 16-bit: unused
         ),
         config,
+        cache=True,
     )
     return out

@@ -8,7 +8,9 @@ kernels' layouts and runs a batch of tiles through them:
 * bottom: two ``conv3x3`` (dropout is the identity at inference);
 * decoder level: ``upconv2x2``, then a ``conv3x3`` reading the center-cropped skip and the
   up-conv output as two sources (the concatenation is never materialized), then ``conv3x3``;
-* head: 1x1 conv fused with softmax/argmax.
+* head: 1x1 conv fused with softmax/argmax, in the epilogue of the last decoder conv when
+  that conv's output channels fit one tile (``conv_head.can_fuse``: the paper's 64 do), so
+  the full-resolution top-level features are never written; else a separate head kernel.
 
 Activations are channels-last. The buffers of one ``(batch, height, width)`` are planned
 once and reused by every later call with that shape (a small LRU keeps a few shapes); on
@@ -77,10 +79,11 @@ class FusedUNet:
         self.device = torch.device(device)
         from ..kernels import load
 
-        self.conv, self.upconv, self.head = load(self.device, "conv", "upconv", "head")
+        self.conv, self.upconv, self.head, self.conv_head = load(self.device, "conv", "upconv", "head", "conv_head")
         from ..kernels._utils import compute_dtype
 
         self.config = model.config
+        self.fuse_head = self.conv_head.can_fuse(model.config.widths[0], model.config.num_classes)
         self.dtype = dtype
         self.storage, _ = compute_dtype(dtype)
         self.cuda_graph = bool(cuda_graph) and self.device.type == "cuda"
@@ -113,15 +116,19 @@ class FusedUNet:
             self._plans.move_to_end(key)
             return plan
         plan = _Plan(x=torch.empty((n, h, w, self.config.in_channels), device=self.device, dtype=self.storage))
-        # One NHWC buffer per layer output of the table (the head's outputs follow below).
+        # One NHWC buffer per layer output of the table (the head's outputs follow below); with
+        # the fused head the last decoder conv's output stays in registers and gets none.
         where = {("enc", "conv1"): plan.enc_mid, ("enc", "conv2"): plan.enc_out, ("enc", "pool"): plan.pooled,
                  ("dec", "up"): plan.up, ("dec", "conv1"): plan.dec_mid, ("dec", "conv2"): plan.dec_out}
         for layer in geometry.layer_shapes(self.config, (h, w)):
             if layer.kind == "head":
                 h, w = layer.out_size
                 continue
-            buf = torch.empty((n, *layer.out_size, layer.c_out), device=self.device, dtype=self.storage)
             part, step = layer.name.split(".")
+            if layer.name == "dec0.conv2" and self.fuse_head:
+                plan.dec_out.append(None)
+                continue
+            buf = torch.empty((n, *layer.out_size, layer.c_out), device=self.device, dtype=self.storage)
             if part == "bottom":
                 setattr(plan, f"bottom_{'mid' if step == 'conv1' else 'out'}", buf)
             else:
@@ -151,17 +158,21 @@ class FusedUNet:
             level = self.config.depth - 1 - j
             self.upconv.upconv2x2(x, wu, bu, out=plan.up[j], dtype=dt)
             conv(plan.enc_out[level], w1, b1, up=plan.up[j], out=plan.dec_mid[j], dtype=dt)
+            if plan.dec_out[j] is None:  # last level with the head fused: conv2 runs below
+                break
             conv(plan.dec_mid[j], w2, b2, out=plan.dec_out[j], dtype=dt)
             x = plan.dec_out[j]
-        self.head.head(
-            x,
-            self.head_w,
-            self.head_b,
+        outputs = dict(
             logits=plan.logits if output == "logits" else None,
             probs=plan.probs if output in ("probs", "both") else None,
             labels=plan.labels if output in ("labels", "both") else None,
             dtype=dt,
         )
+        if plan.dec_out[-1] is None:  # the last decoder conv2 and the head as one kernel
+            (w2, b2) = self.dec[-1][1]
+            self.conv_head.conv3x3_head(plan.dec_mid[-1], w2, b2, self.head_w, self.head_b, **outputs)
+        else:
+            self.head.head(x, self.head_w, self.head_b, **outputs)
 
     def _forward(self, tiles: torch.Tensor, output: str) -> _Plan:
         if tiles.ndim != 4 or tiles.shape[1] != self.config.in_channels:
