@@ -8,10 +8,17 @@ does, and :func:`load` imports them for the device their tensors live on.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
 
-__all__ = ["load", "interpreting"]
+__all__ = ["load", "interpreting", "available"]
+
+
+def available() -> bool:
+    """Whether the triton package is installed (an optional dependency: ``fastunet[gpu]``),
+    found without importing it."""
+    return importlib.util.find_spec("triton") is not None
 
 
 def interpreting() -> bool:
@@ -29,12 +36,13 @@ def interpreting() -> bool:
 def load(device, *names: str) -> tuple:
     """Import the kernel modules ``names`` (e.g. ``"conv", "head"``) for tensors on ``device``.
 
-    On a machine without CUDA, a CPU device switches the Triton interpreter on (about 1000x
-    slower than a GPU, but the kernels can be checked end to end without one). Triton decides
-    between compiling and interpreting when a kernel is defined, i.e. when its module is
-    first imported, so this must happen before that import, and it holds for the whole
-    process: on a machine with CUDA the kernels are compiled for the GPU, and running them
-    on the CPU there needs a process started with ``TRITON_INTERPRET=1``.
+    A CPU device needs the Triton interpreter (about 1000x slower than a GPU, but the kernels
+    can be checked end to end without one), which Triton reads from ``TRITON_INTERPRET=1``
+    when a kernel is defined, i.e. when its module is first imported: it is a setting of the
+    whole process, so this library never makes it; the program does (the ``fastunet``
+    command for ``--backend triton`` on a machine without CUDA, the test suite's conftest),
+    and without it a CPU device is refused with the fix. On a machine with CUDA the kernels
+    are compiled for the GPU.
     """
     import torch
 
@@ -42,12 +50,13 @@ def load(device, *names: str) -> tuple:
     if device.type not in ("cuda", "cpu"):
         raise ValueError(f"The Triton kernels run on 'cuda' (or 'cpu' under the interpreter); got {device}.")
     if device.type == "cpu" and not interpreting():
-        if "triton" in sys.modules or torch.cuda.is_available():
-            raise RuntimeError(
-                "Triton was set up to compile for the GPU in this process, so the kernels cannot run on the "
-                "CPU here: use a CUDA device, the torch backend, or a new process with TRITON_INTERPRET=1."
-            )
-        os.environ["TRITON_INTERPRET"] = "1"  # before the first kernel is defined
-    elif device.type == "cuda" and not torch.cuda.is_available():
+        from ..errors import UserError
+
+        raise UserError(
+            "The Triton kernels run on the CPU only under Triton's interpreter, a setting of the whole process: "
+            "start it with TRITON_INTERPRET=1 (the fastunet command does so itself for --backend triton on a "
+            'machine without CUDA), use a CUDA device, or backend="torch".'
+        )
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("A CUDA device was asked for, but none is visible; use device 'cpu'.")
     return tuple(importlib.import_module(f"{__name__}.{name}") for name in names)

@@ -89,23 +89,41 @@ def test_fused_network_matches_reference(dtype, cfg):
     assert rel_err(logits, model(x).detach()) <= loose
 
 
-def test_triton_backend_on_a_cpu_runs_the_interpreter_by_itself(tmp_path):
-    """`backend="triton"` on a CPU machine needs no TRITON_INTERPRET from the user."""
+def test_the_cli_switches_the_interpreter_on_the_library_never_does(tmp_path):
+    """The interpreter is a setting of the whole process: the library refuses a CPU device
+    without it (one line with the fix), the fastunet command (the process's owner) sets it for
+    --backend triton on a machine without CUDA."""
+    import numpy as np
+    import tifffile
+
+    from fastunet import save_model
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     script = """
 import os, torch
-assert "TRITON_INTERPRET" not in os.environ
-from fastunet import ReferenceUNet, UNetConfig
+from fastunet import ReferenceUNet, UNetConfig, UserError
 from fastunet.engine import make_predictor
 model = ReferenceUNet(UNetConfig(base_channels=4, depth=1)).eval()
-x = torch.randn(1, 1, 28, 30)
-fused = make_predictor(model, backend="triton", device="cpu").logits(x)
-torch.testing.assert_close(fused, model(x).detach(), rtol=1e-5, atol=1e-5)
-print("ok", os.environ["TRITON_INTERPRET"])
+try:
+    make_predictor(model, backend="triton", device="cpu")
+except UserError as exc:
+    print(exc)
+print("TRITON_INTERPRET" in os.environ)
 """
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip() == "ok 1"
+    message, touched = proc.stdout.strip().splitlines()
+    assert "TRITON_INTERPRET=1" in message and touched == "False"
+    model = ReferenceUNet(UNetConfig(base_channels=4, depth=1)).eval()
+    save_model(tmp_path / "m.safetensors", model)
+    image = np.random.default_rng(torch.initial_seed()).random((30, 30)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "in.tif", image)
+    argv = [sys.executable, "-m", "fastunet", "segment", str(tmp_path / "in.tif"), "-o", str(tmp_path / "out.tif"),
+            "--model", str(tmp_path / "m.safetensors"), "--backend", "triton", "--device", "cpu", "--kind", "labels",
+            "--tile", "28", "--quiet"]
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert tifffile.imread(tmp_path / "out.tif").shape == (30, 30)
 
 
 def test_buffers_are_planned_once_and_shape_changes_work():
@@ -153,13 +171,13 @@ from fastunet import ReferenceUNet, UNetConfig
 from fastunet.engine.fused import FusedUNet
 try:
     FusedUNet(ReferenceUNet(UNetConfig(base_channels=4, depth=1)), device="cpu", dtype="fp32")
-except RuntimeError as exc:
-    print(exc)
+except Exception as exc:
+    print(type(exc).__name__, exc)
 """
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "new process with TRITON_INTERPRET=1" in proc.stdout, proc.stdout
+    assert proc.stdout.startswith("UserError ") and "start it with TRITON_INTERPRET=1" in proc.stdout, proc.stdout
 
 
 GPU_CASES = [

@@ -14,10 +14,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 
+from .. import kernels
 from ..devices import default_dtype
 from ..model import ReferenceUNet
 from .predictor import Predictor, TorchPredictor
@@ -27,19 +26,14 @@ __all__ = ["BACKENDS", "resolve_backend", "make_predictor"]
 BACKENDS = ("auto", "triton", "torch")
 
 
-def has_triton() -> bool:
-    """Whether the triton package is installed (without importing it)."""
-    return importlib.util.find_spec("triton") is not None
-
-
 def resolve_backend(backend: str, device: torch.device | str) -> str:
     """``auto`` -> ``triton`` on CUDA when triton is installed, ``torch`` elsewhere; checks the
     name, and that triton is there for ``triton`` (ValueError naming the fix otherwise)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be 'auto', 'triton' or 'torch'; got {backend!r}.")
     if backend == "auto":
-        return "triton" if torch.device(device).type == "cuda" and has_triton() else "torch"
-    if backend == "triton" and not has_triton():
+        return "triton" if torch.device(device).type == "cuda" and kernels.available() else "torch"
+    if backend == "triton" and not kernels.available():
         raise ValueError('backend="triton" needs the triton package, which is not installed: pip install '
                          "'fastunet[gpu]' (Linux), or use backend=\"torch\".")
     return backend

@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .. import kernels
+
 __all__ = ["weighted_cross_entropy", "weighted_cross_entropy_reference"]
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -64,15 +66,16 @@ def weighted_cross_entropy_reference(
 def _use_triton(backend: str, *, on_cuda: bool, reduction: str, weight_needs_grad: bool) -> bool:
     """Whether :func:`weighted_cross_entropy` runs the fused kernel.
 
-    ``auto``: on CUDA, unless the reduction is ``none`` (the kernel reduces) or a gradient
-    w.r.t. the weight map is needed (the kernel gives none). ``triton``: always except for
-    ``none``; the kernel then refuses a weight map that needs a gradient.
+    ``auto``: on CUDA with triton installed, unless the reduction is ``none`` (the kernel
+    reduces) or a gradient w.r.t. the weight map is needed (the kernel gives none).
+    ``triton``: always except for ``none``; the kernel then refuses a weight map that needs a
+    gradient.
     """
     if backend not in ("auto", "triton", "torch"):
         raise ValueError(f"backend must be 'auto', 'triton' or 'torch'; got {backend!r}.")
     if reduction == "none" or backend == "torch":
         return False
-    return backend == "triton" or (on_cuda and not weight_needs_grad)
+    return backend == "triton" or (on_cuda and not weight_needs_grad and kernels.available())
 
 
 def weighted_cross_entropy(
