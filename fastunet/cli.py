@@ -71,7 +71,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             seg.segment(
                 args.input, args.out, axes=args.axes, output_kind=args.output_kind, zarr_format=args.zarr_format,
                 resume=args.resume, overwrite=args.overwrite, scheduler=args.scheduler, workers=args.workers,
-                gpus=args.gpus, progress=not args.quiet, block=block,
+                gpus=args.gpus, progress=not args.quiet, block=block, break_lock=args.break_lock,
+                storage_options=_storage_options(args.storage_option),
             )  # fmt: skip
     for w in caught:
         if issubclass(w.category, (NonFiniteWarning, InputMovedWarning)):
@@ -81,6 +82,23 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(summary_line(seg.last_summary, args.out))
     return 0
+
+
+def _storage_options(items) -> dict | None:
+    """``--storage-option key=value`` (repeated) as a dict; values are JSON when they parse
+    (``anon=true`` -> True, ``default_cache_type=none`` stays a string)."""
+    import json
+
+    options = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--storage-option expects KEY=VALUE, e.g. --storage-option anon=true; got {item!r}.")
+        try:
+            options[key.strip()] = json.loads(value)
+        except ValueError:
+            options[key.strip()] = value
+    return options or None
 
 
 def _train_command(args: argparse.Namespace) -> str:
@@ -227,8 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
         "grid (identical to running the network once on the whole image), one dask task per output "
         "block; output zarr (default v3) or TIFF.",
     )
-    p.add_argument("input", help="zarr array/group (OME-Zarr: level 0), TIFF or OME-TIFF file")
-    p.add_argument("-o", dest="out", metavar="OUTPUT", required=True, help="output .zarr folder or .tif file")
+    p.add_argument("input", help="zarr array/group (OME-Zarr: level 0) or its URL (s3://, gs://, https://), TIFF or "
+                   "OME-TIFF file")
+    p.add_argument("-o", dest="out", metavar="OUTPUT", required=True, help="output .zarr folder or URL, or .tif file")
     p.add_argument("--axes", help="axes of a plain array, e.g. ZYX, CYX, CZYX (default: from metadata)")
     _add_network_options(p)
     p.add_argument("--output", dest="output_kind", choices=("labels", "probs", "both"), default="labels",
@@ -236,6 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zarr-format", type=int, choices=(2, 3), default=3, help="zarr format of the output (default 3)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run into the same output")
     p.add_argument("--overwrite", action="store_true", help="replace an existing fastunet output")
+    p.add_argument("--break-lock", action="store_true", help="take over the output's lock from a run that is gone "
+                   "(one run at a time writes an output)")
+    p.add_argument("--storage-option", action="append", metavar="KEY=VALUE", help="an option of the file system "
+                   "of s3:// gs:// ... URLs, e.g. endpoint_url=http://host:9000 or anon=true (repeatable; "
+                   "credentials come from the usual environment variables, e.g. AWS_ACCESS_KEY_ID)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--scheduler", metavar="ADDRESS", help="run on this dask.distributed scheduler")
     where.add_argument("--workers", type=int, metavar="N", help="start N local dask worker processes")
@@ -317,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Library parameters whose command-line flag is not ``--`` + the name with dashes.
 _PARAMETER_FLAGS = {
-    "segment": {"output": "-o", "output_kind": "--output"},
+    "segment": {"output": "-o", "output_kind": "--output", "storage_options": "--storage-option"},
     "bench": {"out_dir": "--out", "cache_dir": "--cache"},
 }
 
@@ -364,23 +388,46 @@ def configure_process(args: argparse.Namespace) -> None:
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = args.dtype == "tf32"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch system's stop, ``kill``), handled as Ctrl-C is: the running blocks
+    finish and are recorded, the output stays resumable; the exit status is 143."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``fastunet`` command; returns the exit status."""
+    """Entry point of the ``fastunet`` command; returns the exit status.
+
+    The command owns the process: while it runs, SIGTERM raises :class:`Terminated` (a
+    ``KeyboardInterrupt``) in the main thread, so a terminated run stops as an interrupted one
+    does (exit 143 instead of 130)."""
+    import signal
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread (main() called from a thread): leave signals alone
+        previous = None
     try:
         configure_process(args)
         return int(args.func(args) or 0)
     except UserError as exc:
         print(f"fastunet {args.command}: error: {to_flags(str(exc), args)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         hint = {
             "segment": "; the finished blocks are kept: run the same command with --resume to continue",
             "train": "; run the same command with --resume to continue from the checkpoint",
         }.get(args.command, "")
-        print(f"fastunet {args.command}: interrupted{hint}", file=sys.stderr)
-        return 130
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"fastunet {args.command}: {what}{hint}", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

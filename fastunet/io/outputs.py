@@ -6,9 +6,12 @@ An output is a zarr group (v3 by default, v2 on request) holding ``labels`` (uin
 ``probs`` (float16, ``(K, ...)``) with ``attrs["fastunet"]`` describing the run; for an
 OME-Zarr input the labels follow the NGFF image-label layout (``labels/segmentation/0``, see
 :mod:`fastunet.io.ome`). Finished blocks are recorded by :meth:`SegmentationStore.mark_done`
-(one file per block under ``_fastunet_done/``, written atomically) so a killed run can be
-resumed; ``attrs["fastunet"]["input_id"]`` (:func:`~fastunet.io.fingerprint.input_fingerprint`)
-records which input it was made from, so a resume on another input is refused.
+(one empty key per block under ``_fastunet_done/``, written through the store's file system)
+so a killed run can be resumed; ``attrs["fastunet"]["input_id"]``
+(:func:`~fastunet.io.fingerprint.input_fingerprint`) records which input it was made from, so
+a resume on another input is refused. Outputs may be URLs (``s3://``, ``gs://``,
+``memory://``; :mod:`fastunet.io.stores`); one run at a time writes an output
+(:mod:`fastunet.io.lock`).
 
 Only fastunet outputs and empty folders are ever replaced or removed; the input is never
 written.
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
+import stat
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +43,8 @@ from .ome import (
     probs_image_attrs,
     spatial_metadata,
 )
+from .retry import is_permanent, retry_call, storage_error, wait_for_writes
+from .stores import filesystem, is_remote, listdir, location, remove_tree, zarr_store
 
 __all__ = [
     "check_output",
@@ -51,6 +56,7 @@ __all__ = [
 ]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
+ZARR_SUFFIXES = ("", ".zarr")  # a zarr folder: out.zarr, out.ome.zarr, or a name without extension
 _DONE_SUFFIX = ".done"
 # Recorded entries that a caller passes under another name (segment's output_kind).
 _PARAMETER_NAMES = {"output": "output_kind"}
@@ -75,7 +81,7 @@ def fastunet_attrs(path: Path) -> dict | None:
                     if isinstance(meta.get("fastunet"), dict):
                         return meta["fastunet"]
             return None
-        meta = zarr.open_group(str(path), mode="r").attrs.get("fastunet")
+        meta = zarr.open_group(zarr_store(path, read_only=True, retry=False), mode="r").attrs.get("fastunet")
         return meta if isinstance(meta, dict) else None
     except Exception:
         return None
@@ -84,7 +90,12 @@ def fastunet_attrs(path: Path) -> dict | None:
 def _describe(path: Path) -> str:
     if path.is_file():
         return f"a file of {path.stat().st_size} bytes"
-    names = sorted(os.listdir(path))
+    if not is_remote(path) and not path.is_dir():
+        mode = path.lstat().st_mode
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            return "a device file"
+        return "a named pipe" if stat.S_ISFIFO(mode) else "a link to nothing" if stat.S_ISLNK(mode) else "a special file"
+    names = listdir(path)
     shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
     return f"a folder with {len(names)} entries ({shown})"
 
@@ -104,17 +115,18 @@ def check_removable(path: Path) -> None:
 
 def _remove_output(path: Path) -> None:
     check_removable(path)
-    if path.is_dir():
-        shutil.rmtree(path)
-    else:
-        path.unlink()
+    remove_tree(path)
 
 
 def _probe_writable(folder: Path) -> None:
     probe = folder / f".fastunet-probe-{os.getpid()}-{uuid.uuid4().hex}"
     try:
-        probe.write_bytes(b"")
-        probe.unlink()
+        if is_remote(folder):
+            probe.fs.pipe_file(probe.path, b"")
+            probe.fs.rm_file(probe.path)
+        else:
+            probe.write_bytes(b"")
+            probe.unlink()
     except OSError as exc:
         raise UserError(
             f"Cannot write to {str(folder)!r} ({exc.strerror or exc}); choose a writable output location."
@@ -123,13 +135,16 @@ def _probe_writable(folder: Path) -> None:
 
 def _inside(a: Path, b: Path) -> bool:
     """Is ``a`` equal to ``b`` or inside it?"""
+    if is_remote(a) or is_remote(b):
+        a, b = str(a).rstrip("/"), str(b).rstrip("/")
+        return a == b or a.startswith(b + "/")
     return a == b or b in a.parents
 
 
 def _check_not_input(out: Path, source: VolumeSource | None) -> None:
     if source is None or not source.path:
         return
-    inp = Path(source.path).expanduser().resolve()
+    inp = location(source.path, source.storage_options, what="source")
     if _inside(out, inp):
         raise UserError(
             f"Output {str(out)!r} is {'the input' if out == inp else 'inside the input'} "
@@ -153,13 +168,15 @@ def check_output(
     resume: bool,
     expect: dict | None = None,
     output_kind: str | None = None,
+    storage_options: dict | None = None,
 ) -> Path:
     """Check an output location before anything is computed; return its resolved path.
 
     Parameters
     ----------
     output : str or path-like
-        A zarr folder (e.g. ``out.zarr``) or a ``.tif``/``.tiff`` file.
+        A zarr folder (e.g. ``out.zarr``, or a URL: ``s3://bucket/out.zarr``) or a
+        ``.tif``/``.tiff`` file (local).
     source : VolumeSource or None
         The input, so that the output is never the input, inside it, or around it.
     overwrite, resume : bool
@@ -171,10 +188,12 @@ def check_output(
     output_kind : {"labels", "probs", "both"}, optional
         For a TIFF output, ``"both"`` also writes ``<stem>_probs.tif`` (see
         :func:`~fastunet.io.tiff.write_tiff`): that file is checked too.
+    storage_options : dict, optional
+        Options of a URL's file system (see :func:`fastunet.io.stores.location`).
 
     Returns
     -------
-    Path
+    Path or upath.UPath
 
     Raises
     ------
@@ -185,13 +204,17 @@ def check_output(
     """
     if overwrite and resume:
         raise UserError("overwrite=True and resume=True contradict each other; pass one of them.")
-    out = Path(output).expanduser().resolve()
+    out = location(output, storage_options)
     _check_not_input(out, source)
+    _check_suffix(out)
     tiff = out.suffix.lower() in TIFF_SUFFIXES
     if tiff and resume:
         raise UserError(
             'resume=True needs a zarr output (e.g. output="out.zarr"); TIFF outputs are written at once.'
         )
+    if is_remote(out):
+        _check_remote(out, tiff=tiff, overwrite=overwrite, resume=resume, expect=expect)
+        return out
     parent = out.parent
     if not parent.exists():
         raise UserError(
@@ -216,6 +239,32 @@ def check_output(
                 )
             check_removable(probs)
     return out
+
+
+def _check_suffix(out) -> None:
+    suffix = out.suffix.lower()
+    if suffix not in ZARR_SUFFIXES + TIFF_SUFFIXES:
+        raise UserError(
+            f"Output {str(out)!r} has the extension {out.suffix!r}, which fastunet does not write; write a zarr "
+            f"folder ({str(out.with_suffix('.zarr'))!r}) or a TIFF file ({str(out.with_suffix('.tif'))!r})."
+        )
+
+
+def _check_remote(out, *, tiff: bool, overwrite: bool, resume: bool, expect: dict | None) -> None:
+    """An output URL: zarr only, never an http(s) URL; an existing one as for local outputs."""
+    from .stores import READ_ONLY_PROTOCOLS
+
+    if tiff:
+        raise UserError(f"Output {str(out)!r}: TIFF outputs are written to local files; write a zarr output to "
+                        f"{str(out.with_suffix('.zarr'))!r} instead.")
+    if out.protocol in READ_ONLY_PROTOCOLS:
+        raise UserError(f"Output {str(out)!r} is an {out.protocol}:// URL, which is read-only; write to a local "
+                        "path or an object store (s3://, gs://).")
+    out.fs.invalidate_cache()
+    if out.exists():
+        _check_existing(out, overwrite=overwrite, resume=resume, expect=expect)
+    else:
+        _probe_writable(out.parent)
 
 
 def _check_existing(out: Path, *, overwrite: bool, resume: bool, expect: dict | None) -> None:
@@ -309,6 +358,7 @@ def create_output(
     overwrite: bool = False,
     attrs: dict | None = None,
     label_name: str = LABEL_NAME,
+    storage_options: dict | None = None,
 ) -> "SegmentationStore":
     """Create the output zarr group for a segmentation of ``source``.
 
@@ -334,6 +384,8 @@ def create_output(
         Extra JSON entries for ``attrs["fastunet"]`` (e.g. model, tile, device).
     label_name : str
         Name of the label image under ``labels/`` for OME-Zarr inputs.
+    storage_options : dict, optional
+        Options of a URL's file system (see :func:`fastunet.io.stores.location`).
 
     ``attrs["fastunet"]["input_id"]`` records :func:`input_fingerprint` of ``source``.
 
@@ -353,7 +405,7 @@ def create_output(
     input image.
     """
     plan = _plan(source, num_classes, output, chunks, zarr_format, label_name)
-    out = Path(path).expanduser().resolve()
+    out = location(path, storage_options)
     _check_not_input(out, source)
     input_id = input_fingerprint(source)  # reads a few chunks: fails before anything is written
     if out.exists():
@@ -363,19 +415,34 @@ def create_output(
     root_attrs = {"fastunet": _run_record(plan, source, output, input_id, attrs)}
     if plan.ngff and plan.arrays["probs"]:
         root_attrs.update(probs_image_attrs(ngff_version(zarr_format), plan.class_name, plan.ngff))
-    root = zarr.open_group(str(out), mode="w-", zarr_format=zarr_format, attributes=root_attrs)
-    if plan.arrays["labels"]:
-        where = root
-        if plan.ngff:
-            where = create_label_groups(root, ngff_version(zarr_format), plan.label_name, plan.ngff,
-                                        plan.num_classes, out, source.path)
-        _create_array(plan, where, plan.arrays["labels"].rsplit("/", 1)[-1], plan.shape, plan.chunks, "uint8", 0,
-                      plan.names)
-    if plan.arrays["probs"]:
-        _create_array(plan, root, "probs", (plan.num_classes, *plan.shape), (1, *plan.chunks), "float16",
-                      float("nan"), [plan.class_name, *plan.names])
-    root.create_group(DONE_DIR)
+    try:  # a failure part-way (a full disk) removes the part written: never a stub no run accepts
+        root = zarr.open_group(zarr_store(out, read_only=False), mode="w-", zarr_format=zarr_format,
+                               attributes=root_attrs)
+        if plan.arrays["labels"]:
+            where = root
+            if plan.ngff:
+                where = create_label_groups(root, ngff_version(zarr_format), plan.label_name, plan.ngff,
+                                            plan.num_classes, out, source.path)
+            _create_array(plan, where, plan.arrays["labels"].rsplit("/", 1)[-1], plan.shape, plan.chunks, "uint8",
+                          0, plan.names)
+        if plan.arrays["probs"]:
+            _create_array(plan, root, "probs", (plan.num_classes, *plan.shape), (1, *plan.chunks), "float16",
+                          float("nan"), [plan.class_name, *plan.names])
+        root.create_group(DONE_DIR)
+    except BaseException:
+        _remove_partial(out)
+        raise
     return SegmentationStore(out)
+
+
+def _remove_partial(out) -> None:
+    """Remove what a failed :func:`create_output` wrote (it did not exist before)."""
+    wait_for_writes()
+    try:
+        if out.exists():
+            remove_tree(out)
+    except OSError:
+        pass
 
 
 def _plan(source: VolumeSource, num_classes, output: str, chunks, zarr_format, label_name: str) -> _Plan:
@@ -437,10 +504,15 @@ def _create_array(plan: _Plan, where: zarr.Group, name: str, shape, chunks, dtyp
     return where.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill, **kw)
 
 
-def discard_output(path) -> None:
+def discard_output(path, *, storage_options: dict | None = None) -> None:
     """Remove an output that this run created and that holds no finished block (a run that
-    failed before its first block); refuses anything that is not a fastunet output."""
-    out = Path(path).expanduser().resolve()
+    failed before its first block); refuses anything that is not a fastunet output.
+
+    Waits first until no write of this process to a store is in flight (zarr writes a
+    block's chunks concurrently and one failing chunk raises while others still write), so a
+    late write cannot recreate part of the removed output."""
+    out = location(path, storage_options)
+    wait_for_writes()
     if out.exists():
         _remove_output(out)
 
@@ -448,7 +520,7 @@ def discard_output(path) -> None:
 # ------------------------------------------------------------------------- resume and records
 
 
-def open_output(path, *, expect: dict) -> "SegmentationStore":
+def open_output(path, *, expect: dict, storage_options: dict | None = None) -> "SegmentationStore":
     """Reopen an existing fastunet output read-write, for ``resume=True``.
 
     Parameters
@@ -457,6 +529,8 @@ def open_output(path, *, expect: dict) -> "SegmentationStore":
     expect : dict
         Entries that must equal the recorded ones in ``attrs["fastunet"]``, e.g.
         ``{"shape": (64, 64), "output": "labels", "num_classes": 2, "chunks": (32, 32)}``.
+    storage_options : dict, optional
+        Options of a URL's file system (see :func:`fastunet.io.stores.location`).
 
     Returns
     -------
@@ -467,7 +541,7 @@ def open_output(path, *, expect: dict) -> "SegmentationStore":
     UserError
         Missing, not a fastunet output, or created with other parameters.
     """
-    out = Path(path).expanduser().resolve()
+    out = location(path, storage_options)
     if not out.is_dir():
         raise UserError(f"Cannot resume {str(out)!r}: it does not exist (or is not a zarr folder).")
     meta = fastunet_attrs(out)
@@ -477,19 +551,19 @@ def open_output(path, *, expect: dict) -> "SegmentationStore":
             "output of the interrupted run."
         )
     _check_expected(out, meta, expect or {})
-    store = SegmentationStore(out)
-    os.makedirs(store._done_dir, exist_ok=True)
-    return store
+    return SegmentationStore(out)
 
 
 class SegmentationStore:
     """A fastunet output: the zarr arrays plus the run's bookkeeping.
 
-    Picklable: a worker process reopens it from its path.
+    Picklable: a worker process reopens it from its path (or URL, with its storage options).
+    The block records are empty keys ``_fastunet_done/<block>.done`` written through the
+    store's file system (fsspec): no rename, no listing of the arrays.
 
     Attributes
     ----------
-    path : Path
+    path : Path or upath.UPath
     labels : zarr.Array or None
         uint8 labels, shape ``(Z,) Y, X``.
     probs : zarr.Array or None
@@ -497,10 +571,10 @@ class SegmentationStore:
     """
 
     def __init__(self, path, *, mode: str = "r+"):
-        self.path = Path(path)
+        self.path = location(path, resolve=False)
         self._mode = mode
         try:
-            root = zarr.open_group(str(self.path), mode=mode)
+            root = zarr.open_group(zarr_store(self.path, read_only=mode == "r"), mode=mode)
         except (zarr.errors.NodeNotFoundError, FileNotFoundError):
             raise UserError(f"{str(self.path)!r} is not a zarr group; not a fastunet output.") from None
         meta = root.attrs.get("fastunet")
@@ -518,7 +592,7 @@ class SegmentationStore:
         self._done_dir = self.path / DONE_DIR
 
     def __reduce__(self):
-        return (_reopen_store, (str(self.path), self._mode))
+        return (_reopen_store, (self.path, self._mode))
 
     def __repr__(self) -> str:
         return f"SegmentationStore({str(self.path)!r}, complete={self.complete})"
@@ -526,7 +600,7 @@ class SegmentationStore:
     @property
     def attrs(self) -> dict:
         """``attrs["fastunet"]`` as stored now (read afresh)."""
-        return dict(zarr.open_group(str(self.path), mode="r").attrs["fastunet"])
+        return dict(zarr.open_group(zarr_store(self.path, read_only=True), mode="r").attrs["fastunet"])
 
     @property
     def complete(self) -> bool:
@@ -536,32 +610,43 @@ class SegmentationStore:
     def mark_done(self, block: str) -> None:
         """Record that ``block`` is finished; call AFTER its chunks are written.
 
-        One small file per block, written under a temporary name and renamed (atomic), so
-        any number of processes may record blocks at the same time.
+        One empty key per block (an object-store PUT, or an empty file), so any number of
+        processes may record blocks at the same time; transient errors are retried, a full
+        disk or a refused write is one :class:`UserError` line.
         """
-        name = quote(str(block), safe="") + _DONE_SUFFIX
-        os.makedirs(self._done_dir, exist_ok=True)
-        tmp = self._done_dir / f".tmp-{os.getpid()}-{uuid.uuid4().hex}"
-        tmp.write_bytes(b"")
-        os.replace(tmp, self._done_dir / name)
+        fs, root = filesystem(self._done_dir)
+        key = f"{root}/{quote(str(block), safe='')}{_DONE_SUFFIX}"
+        try:
+            retry_call(lambda: fs.pipe_file(key, b""), what=f"recording block {block} in {self.path}")
+        except OSError as exc:
+            if is_permanent(exc):
+                raise storage_error(exc, writing=True, where=str(self.path), key=f"{DONE_DIR}/{block}") from exc
+            raise
 
     def done(self) -> set[str]:
-        """Names of the blocks recorded by :meth:`mark_done`."""
+        """Names of the blocks recorded by :meth:`mark_done` (one listing of the records)."""
+        fs, root = filesystem(self._done_dir)
+        fs.invalidate_cache(root)
         try:
-            entries = os.listdir(self._done_dir)
+            entries = retry_call(lambda: fs.ls(root, detail=False), what=f"listing the records of {self.path}")
         except FileNotFoundError:
             return set()
-        return {unquote(e[: -len(_DONE_SUFFIX)]) for e in entries if e.endswith(_DONE_SUFFIX)}
+        names = (str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries)
+        return {unquote(e[: -len(_DONE_SUFFIX)]) for e in names if e.endswith(_DONE_SUFFIX)}
 
     def mark_complete(self, summary: dict) -> None:
         """Mark the output complete (``attrs["fastunet"]["complete"] = True`` and ``summary``)
         and remove the per-block records."""
-        root = zarr.open_group(str(self.path), mode="r+")
+        root = zarr.open_group(zarr_store(self.path, read_only=False), mode="r+")
         meta = dict(root.attrs["fastunet"])
         meta.update(complete=True, summary=jsonable(summary))
         root.attrs["fastunet"] = meta
-        shutil.rmtree(self._done_dir, ignore_errors=True)
+        fs, done = filesystem(self._done_dir)
+        try:
+            fs.rm(done, recursive=True)
+        except OSError:
+            pass
 
 
-def _reopen_store(path: str, mode: str) -> SegmentationStore:
+def _reopen_store(path, mode: str) -> SegmentationStore:
     return SegmentationStore(path, mode=mode)

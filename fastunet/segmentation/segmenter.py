@@ -206,7 +206,8 @@ class Segmenter:
                 zarr_format: int = 3, resume: bool = False, overwrite: bool = False, scheduler=None,
                 workers: int | None = None, gpus=None, progress: bool | None = True, chunks=None, block=None,
                 threads: int | None = None, max_tiff_bytes: int = MAX_TIFF_BYTES,
-                progress_interval: float = PROGRESS_INTERVAL):
+                progress_interval: float = PROGRESS_INTERVAL, storage_options: dict | None = None,
+                break_lock: bool = False):
         """Segment ``source``; see :func:`segment` for the parameters and what is returned."""
         from .. import io
 
@@ -216,7 +217,7 @@ class Segmenter:
         _check_cluster(scheduler, workers, gpus)
         remote = scheduler is not None or workers is not None or gpus is not None
         device = self._run_device(gpus)
-        vol = io.open_volume(source, axes=axes)
+        vol = io.open_volume(source, axes=axes, storage_options=storage_options)
         self._check_volume(vol)
         if not remote:
             self._check_local_device()
@@ -226,31 +227,34 @@ class Segmenter:
 
         sink = open_sink(output, source=vol, output_kind=output_kind, resume=resume, overwrite=overwrite,
                          zarr_format=zarr_format, expect=self._expect(vol, output_kind, resume, chunks, block),
-                         max_tiff_bytes=max_tiff_bytes)
-        layout, stats = self._plan(vol, sink, chunks=chunks, block=block, remote=remote)
-        if sink.complete:
-            self.last_summary = {**sink.recorded.get("summary", {}), "computed": 0, "skipped": layout.num_blocks}
-            return sink.result()
-        blocks = [b for b in layout.blocks() if b.name not in sink.done]
-        with contextlib.ExitStack() as stack:
-            # Join the cluster / load the network BEFORE creating the output: a setup failure
-            # (unreachable scheduler, broken device) then leaves nothing behind.
-            client = None
-            if remote:
-                from ..engine import open_cluster
+                         max_tiff_bytes=max_tiff_bytes, storage_options=storage_options, break_lock=break_lock)
+        try:  # the sink holds the output's lock until the run ends, however it ends
+            layout, stats = self._plan(vol, sink, chunks=chunks, block=block, remote=remote)
+            if sink.complete:
+                self.last_summary = {**sink.recorded.get("summary", {}), "computed": 0, "skipped": layout.num_blocks}
+                return sink.result()
+            blocks = [b for b in layout.blocks() if b.name not in sink.done]
+            with contextlib.ExitStack() as stack:
+                # Join the cluster / load the network BEFORE creating the output: a setup failure
+                # (unreachable scheduler, broken device) then leaves nothing behind.
+                client = None
+                if remote:
+                    from ..engine import open_cluster
 
-                client = stack.enter_context(open_cluster(scheduler=scheduler, workers=workers, gpus=gpus,
-                                                          threads=threads))
-            else:
-                self.network  # noqa: B018 - loads the network now
-            summaries = self._run(sink, vol, layout, stats, blocks, device=device, remote=remote, client=client,
-                                  run=dict(scheduler=scheduler, workers=workers, gpus=gpus, threads=threads),
-                                  progress=progress, progress_interval=progress_interval)
-        summary = self._summary(layout, blocks, summaries, t_start, device=device, scheduler=scheduler,
-                                workers=workers, gpus=gpus)
-        self.last_summary = summary
-        _warn_nonfinite(summary["nonfinite"], sampled=False)
-        return sink.finish(summary, spatial_axes=vol.spatial_axes)
+                    client = stack.enter_context(open_cluster(scheduler=scheduler, workers=workers, gpus=gpus,
+                                                              threads=threads))
+                else:
+                    self.network  # noqa: B018 - loads the network now
+                summaries = self._run(sink, vol, layout, stats, blocks, device=device, remote=remote, client=client,
+                                      run=dict(scheduler=scheduler, workers=workers, gpus=gpus, threads=threads),
+                                      progress=progress, progress_interval=progress_interval)
+            summary = self._summary(layout, blocks, summaries, t_start, device=device, scheduler=scheduler,
+                                    workers=workers, gpus=gpus)
+            self.last_summary = summary
+            _warn_nonfinite(summary["nonfinite"], sampled=False)
+            return sink.finish(summary, spatial_axes=vol.spatial_axes)
+        finally:
+            sink.close()
 
     # the parts of the call ------------------------------------------------------------------
     def _run_device(self, gpus) -> torch.device:
@@ -382,20 +386,23 @@ def segment(source, model=None, output=None, *, axes: str | None = None, tile: i
             batch_size: int | None = None, device=None, backend: str = "auto", dtype: str | None = None,
             output_kind: str = "labels", zarr_format: int = 3, resume: bool = False, overwrite: bool = False,
             scheduler=None, workers: int | None = None, gpus=None, progress: bool | None = True,
-            chunks=None, block=None, threads: int | None = None, progress_interval: float = PROGRESS_INTERVAL):
+            chunks=None, block=None, threads: int | None = None, progress_interval: float = PROGRESS_INTERVAL,
+            storage_options: dict | None = None, break_lock: bool = False):
     """Segment a volume with overlap-tile inference (seamless: identical to one pass of the
     network over the whole mirrored image).
 
     Parameters
     ----------
     source : str, path-like, numpy.ndarray, dask.array.Array or zarr.Array
-        A zarr v2/v3 array or group (OME-Zarr: level 0), a TIFF / OME-TIFF file, or an array.
+        A zarr v2/v3 array or group (OME-Zarr: level 0) or its URL (``s3://``, ``gs://``,
+        ``https://``, ``memory://``), a TIFF / OME-TIFF file, or an array.
     model : str, path-like, ModelBundle, ReferenceUNet or None
         Model file, in-memory network (see :class:`Segmenter`), or None for the bundled
         default model.
     output : str, path-like or None
-        A zarr folder (``.zarr``), a ``.tif``/``.tiff`` file (results that fit in memory),
-        or None for lazy dask arrays (nothing is computed until they are).
+        A zarr folder (``.zarr``) or URL (``s3://bucket/out.zarr``), a local ``.tif``/``.tiff``
+        file (results that fit in memory), or None for lazy dask arrays (nothing is computed
+        until they are). Other extensions are refused.
     axes : str, optional
         Axes of a plain array or zarr array without metadata, e.g. ``"ZYX"``, ``"CYX"``.
     tile, batch_size, device, backend, dtype
@@ -422,6 +429,14 @@ def segment(source, model=None, output=None, *, axes: str | None = None, tile: i
         Threads of the threaded scheduler (or per worker).
     progress_interval : float
         Seconds between the plain progress lines (default 30).
+    storage_options : dict, optional
+        Options of the file system of URL inputs and outputs (fsspec), e.g.
+        ``{"endpoint_url": "http://127.0.0.1:9000"}`` or ``{"anon": True}``; credentials
+        otherwise come from the usual environment variables (``AWS_ACCESS_KEY_ID``,
+        ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``, ``GOOGLE_APPLICATION_CREDENTIALS``...).
+    break_lock : bool
+        Take the output's lock from another run that holds it (one whose process is gone):
+        one run at a time writes a zarr output (:mod:`fastunet.io.lock`).
 
     Returns
     -------
@@ -434,7 +449,8 @@ def segment(source, model=None, output=None, *, axes: str | None = None, tile: i
         result = seg.segment(source, output, axes=axes, output_kind=output_kind, zarr_format=zarr_format,
                              resume=resume, overwrite=overwrite, scheduler=scheduler, workers=workers, gpus=gpus,
                              progress=progress, chunks=chunks, block=block, threads=threads,
-                             progress_interval=progress_interval)
+                             progress_interval=progress_interval, storage_options=storage_options,
+                             break_lock=break_lock)
     finally:
         if output is not None:
             seg.close()

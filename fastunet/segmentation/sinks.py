@@ -42,8 +42,11 @@ class ZarrSink:
     normalization constants, which this run must reuse).
     """
 
-    def __init__(self, path, *, output_kind: str, resume: bool, overwrite: bool, zarr_format: int) -> None:
+    def __init__(self, path, *, output_kind: str, resume: bool, overwrite: bool, zarr_format: int,
+                 break_lock: bool = False) -> None:
         self.path = path
+        self.break_lock = break_lock
+        self.lock = None
         self.output_kind = output_kind
         self.resume = resume
         self.overwrite = overwrite
@@ -55,13 +58,26 @@ class ZarrSink:
         self.started = False
 
     def open(self) -> None:
-        """Reopen the output of an interrupted run (``resume=True`` on an existing one)."""
+        """Take the output's lock (one writer per output, :mod:`fastunet.io.lock`; released by
+        :meth:`close`), and reopen the output of an interrupted run (``resume=True``)."""
         from .. import io
+        from ..io.lock import lock_output
 
-        if self.resume and self.path.exists():
-            self.store = io.open_output(self.path, expect={})  # check_output compared the record
-            self.recorded = self.store.attrs
-            self.done = self.store.done()
+        self.lock = lock_output(self.path, break_lock=self.break_lock)
+        try:
+            if self.resume and self.path.exists():
+                self.store = io.open_output(self.path, expect={})  # check_output compared the record
+                self.recorded = self.store.attrs
+                self.done = self.store.done()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the output's lock (after the run, however it ended)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     @property
     def complete(self) -> bool:
@@ -125,6 +141,9 @@ class TiffSink:
     def open(self) -> None:
         pass
 
+    def close(self) -> None:
+        pass
+
     def check_size(self, spatial_shape, num_classes: int) -> None:
         """Refuse a result too large to assemble in memory."""
         nbytes = math.prod(spatial_shape) * (
@@ -166,17 +185,19 @@ class TiffSink:
 
 
 def open_sink(output, *, source, output_kind: str, resume: bool, overwrite: bool, zarr_format: int,
-              expect: dict, max_tiff_bytes: int = MAX_TIFF_BYTES):
+              expect: dict, max_tiff_bytes: int = MAX_TIFF_BYTES, storage_options: dict | None = None,
+              break_lock: bool = False):
     """Check ``output`` for a segmentation of ``source`` (:func:`fastunet.io.check_output`:
     never the input, no overwrite without ``overwrite=True``, a resume only of a matching
     output ``expect``) and open its sink; nothing is computed or written yet."""
     from .. import io
 
     path = io.check_output(output, source=source, overwrite=overwrite, resume=resume, expect=expect,
-                           output_kind=output_kind)
+                           output_kind=output_kind, storage_options=storage_options)
     if path.suffix.lower() in TIFF_SUFFIXES:
         sink = TiffSink(path, output_kind=output_kind, overwrite=overwrite, max_bytes=max_tiff_bytes)
     else:
-        sink = ZarrSink(path, output_kind=output_kind, resume=resume, overwrite=overwrite, zarr_format=zarr_format)
+        sink = ZarrSink(path, output_kind=output_kind, resume=resume, overwrite=overwrite, zarr_format=zarr_format,
+                        break_lock=break_lock)
     sink.open()
     return sink
