@@ -118,10 +118,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .train import AugmentConfig, TrainConfig, check_model_name, checkpoint_path, train
 
     output = check_model_name(args.output)  # before the other checks: a .pt name is wrong whatever exists
-    if output.exists() and not (args.overwrite or args.resume):
-        raise UserError(f"{str(output)!r} already exists; pass --overwrite to replace it (or --resume to continue).")
-    if not output.parent.is_dir():
-        raise UserError(f"The folder of {str(output)!r} does not exist; create it first.")
     if args.resume and not checkpoint_path(output).is_file():
         raise UserError(f"No checkpoint {str(checkpoint_path(output))!r} to resume; run without --resume.")
     options = {
@@ -152,6 +148,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     result = train(
         args.images, args.labels, output, config=config, resume=args.resume, progress=not args.quiet,
         curve=args.curve, weight_figure=args.weight_figure, axes=args.axes, command=_train_command(args),
+        overwrite=args.overwrite,
     )  # fmt: skip
     if args.quiet:
         for message in result.notes:
@@ -169,9 +166,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
     from .evaluate import evaluate, evaluate_synthetic
+    from .paths import check_output_file
 
+    inputs = (args.images, args.labels)
+    if args.json:  # before the scores are computed (the library checks the preview)
+        check_output_file(args.json, what="--json file", suffixes=(".json",), inputs=inputs,
+                          others={"--preview": args.preview}, overwrite=args.overwrite)
     common = dict(device=args.device, backend=args.backend, dtype=args.dtype, tile=args.tile,
-                  batch_size=args.batch_size, preview=args.preview)
+                  batch_size=args.batch_size, preview=args.preview, overwrite=args.overwrite)
     if args.synthetic is not None:
         if args.images or args.labels:
             raise UserError("Pass either IMAGES LABELS or --synthetic N, not both.")
@@ -231,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("bench", help="GPU benchmarks vs cuDNN / PyTorch eager / torch.compile (needs CUDA)")
-    p.add_argument("--only", help="comma-separated subset, e.g. P1,P2 (default: all)")
+    p.add_argument("--only", help="comma-separated subset, e.g. P1,P2 (default: all P benchmarks); S1: the scale "
+                   "benchmark (a local dask cluster, CPU too)")
     p.add_argument("--out", metavar="DIR", help="folder for the JSON results (default: ./fastunet-bench-results)")
     p.add_argument("--quick", action="store_true", help="smaller sizes, no torch.compile baseline")
     p.add_argument("--cache", metavar="DIR", help="folder for the generated volume of P4/P5 (a few GiB; default: "
@@ -321,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_network_options(p)
     p.add_argument("--json", help="also write the scores to this JSON file")
     p.add_argument("--preview", help="PNG of the first image: prediction overlaid, truth outlines")
+    p.add_argument("--overwrite", action="store_true", help="replace existing --json / --preview files")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser(

@@ -34,7 +34,7 @@ import torch
 from .. import geometry
 from ..devices import check_visible, default_dtype, resolve_device
 from ..errors import UserError
-from .memory import default_max_step
+from .memory import check_tile_memory, default_max_step
 from .progress import PROGRESS_INTERVAL, ProgressBar
 from .sinks import MAX_TIFF_BYTES, TiffSink, open_sink, pick
 
@@ -172,7 +172,7 @@ class Segmenter:
             )
 
     def _max_step(self, remote: bool) -> int:
-        if self.device.type == "cuda" and not remote and torch.cuda.is_available():
+        if not remote and (self.device.type == "cpu" or torch.cuda.is_available()):
             return default_max_step(self.config, self.device, dtype=self.dtype, batch_size=self.batch_size)
         return 1024 if self.device.type == "cuda" else 512
 
@@ -187,11 +187,15 @@ class Segmenter:
 
         tile = tile if tile is not None else self.tile
         try:
-            return plan_layout(vol.spatial_shape, self.config.depth, source_chunks=_spatial_chunks(vol),
-                               tile=tile, max_step=self._max_step(remote), chunks=chunks, block=block,
-                               max_block_voxels=self._max_block_voxels())
+            layout = plan_layout(vol.spatial_shape, self.config.depth, source_chunks=_spatial_chunks(vol),
+                                 tile=tile, max_step=self._max_step(remote), chunks=chunks, block=block,
+                                 max_block_voxels=self._max_block_voxels())
         except ValueError as exc:
             raise UserError(str(exc)) from None
+        if not remote:  # a tile that cannot fit is refused now, not after minutes of work
+            check_tile_memory(self.config, layout.tile, device=self.device, dtype=self.dtype,
+                              batch_size=self.batch_size)
+        return layout
 
     def _job(self, vol, layout, stats, output_kind, store, remote):
         from ..engine import Job
