@@ -22,6 +22,7 @@ nothing), then the weights for NaN/Inf.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from safetensors.torch import save_file
 
 from .devices import check_visible, resolve_device
 from .errors import ModelFileError, UserError
-from .model import ReferenceUNet, UNetConfig
+from .model import ReferenceUNet, UNetConfig, parameter_count
 from .normalization import Normalization
 
 __all__ = [
@@ -236,12 +237,22 @@ def _check_limits(path: Path, config: UNetConfig) -> None:
         )
 
 
-def _check_tensors(path: Path, config: UNetConfig, f) -> None:
-    """The header's tensor names and shapes against the config (nothing allocated: a network
-    on the ``meta`` device)."""
-    with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in ReferenceUNet(config).state_dict().items()}
-    shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+def _check_weight_count(path: Path, config: UNetConfig, f) -> None:
+    """The number of weights in the header against the config's, before a network is built
+    (so a small file that claims a huge network allocates nothing)."""
+    need = parameter_count(config)
+    have = sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())
+    if have != need:
+        raise ModelFileError(
+            f"{str(path)!r}: its tensors' shapes do not match its config {config} (they hold {have:,} weights, the "
+            f"config needs {need:,}); the file is damaged or its metadata do not describe it."
+        )
+
+
+def _check_tensors(path: Path, expected: dict, tensors: dict, config: UNetConfig) -> None:
+    """The tensors' names and shapes against the network's."""
+    shapes = {key: tuple(value.shape) for key, value in tensors.items()}
+    expected = {key: tuple(value.shape) for key, value in expected.items()}
     missing = sorted(set(expected) - set(shapes))
     unexpected = sorted(set(shapes) - set(expected))
     if missing or unexpected:
@@ -269,7 +280,7 @@ def read_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> M
     config, normalization, extra = read_model_metadata(path)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
-            _check_tensors(path, config, f)  # before anything is allocated
+            _check_weight_count(path, config, f)  # before anything is allocated
             tensors = {key: f.get_tensor(key) for key in f.keys()}
     except ModelFileError:
         raise
@@ -282,6 +293,7 @@ def read_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> M
             "(the training diverged, or the file is damaged); retrain, or use another model file."
         )
     model = ReferenceUNet(config)
+    _check_tensors(path, model.state_dict(), tensors, config)
     model.load_state_dict(tensors)
     return ModelBundle(model.to(device).eval(), normalization, extra)
 

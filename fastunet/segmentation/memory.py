@@ -105,11 +105,10 @@ def training_bytes(config, tile: int, batch_size: int, *, optimizer: str = "sgd"
     """About how much memory training needs: the weights, their gradients and the optimizer's
     state (one buffer for SGD with momentum, two for Adam), and the activations of a batch of
     tiles, kept for the backward pass (with their gradients, twice :func:`activation_bytes`).
-    The parameters are counted on the ``meta`` device: nothing is allocated."""
-    from ..model import ReferenceUNet, count_parameters
+    The parameters are counted from the layer table: nothing is allocated."""
+    from ..model import parameter_count
 
-    with torch.device("meta"):
-        params = count_parameters(ReferenceUNet(config))
+    params = parameter_count(config)
     buffers = 4 if optimizer == "adam" else 3
     return int(4 * params * buffers + 2 * batch_size * activation_bytes(config, tile))
 
