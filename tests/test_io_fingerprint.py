@@ -103,3 +103,24 @@ def test_resume_of_another_input_is_refused(tmp_path, rng):
     meta["complete"] = True  # finished by it: resuming writes nothing, so it is accepted
     zarr.open_group(str(store.path), mode="r+").attrs["fastunet"] = meta
     open_output(store.path, expect={"input_id": input_fingerprint(a)})
+
+
+def test_outputs_of_an_older_fastunet_still_resume(tmp_path, rng):
+    """An older fastunet recorded the chunk files' names and sizes (a walk of the store) and no
+    content hash; its outputs resume, checked on what both record."""
+    data = rng.normal(size=(3, 16, 16)).astype(np.float32)
+    path = tmp_path / "in.zarr"
+    zarr.create_array(str(path), data=data, chunks=(1, 8, 8))
+    vol = open_volume(path, axes="ZYX")
+    store = create_output(tmp_path / "o.zarr", source=vol, num_classes=2, output="labels", chunks=(1, 8, 8))
+    store.mark_done("z0-1_y0-16_x0-16")
+    meta = dict(store.attrs)
+    old = {k: v for k, v in meta["input_id"].items() if k != "chunks"} | {"chunk_files": "0123456789abcdef"}
+    zarr.open_group(str(store.path), mode="r+").attrs["fastunet"] = meta | {"input_id": old}
+    (store.path / "_fastunet_done" / ".tmp-123-abc").write_bytes(b"")  # a rename the old writer never made
+    resumed = open_output(store.path, expect={"input_id": input_fingerprint(vol)})
+    assert resumed.done() == {"z0-1_y0-16_x0-16"}
+    arr = zarr.open_array(str(path), mode="r+")
+    arr[1, 2, 6] = data[1, 2, 6] + 1  # on the lattice: still refused
+    with pytest.raises(UserError, match="values differ"):
+        open_output(store.path, expect={"input_id": input_fingerprint(open_volume(path, axes="ZYX"))})

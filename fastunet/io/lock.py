@@ -1,8 +1,9 @@
 """One writer per output: a lock held while a run creates or resumes a zarr output.
 
 * **Local outputs**: an OS file lock (:class:`filelock.FileLock`) on ``.<name>.fastunet-lock``
-  beside the output (inside it when its folder refuses writes). The operating system
-  releases it when the holder's process ends, however it ends.
+  beside the output (inside it when its folder refuses writes), removed when the run ends.
+  The operating system releases the lock when the holder's process ends, however it ends
+  (a killed run leaves the file, which the next run simply takes).
 * **Object stores** (``s3://``, ``gs://``, ``memory://``, ...): a lease object at the same
   name, created only if absent (a conditional write), holding its expiry; the holder renews
   it every ``LEASE_SECONDS / 5`` seconds from a thread and deletes it when done. A lease that
@@ -120,11 +121,15 @@ class OutputLock:
         if self.break_lock and self.where.exists():
             log.warning("breaking the lock %s of %s (break_lock=True)", self.where, self.path)
             self.where.unlink()
-        lock = filelock.FileLock(str(self.where), timeout=0)
-        try:
-            lock.acquire()
-        except filelock.Timeout:
-            raise _refusal(self.path, self.where, _read_json(self.where.read_bytes)) from None
+        for _ in range(3):
+            lock = filelock.FileLock(str(self.where), timeout=0)
+            try:
+                lock.acquire()
+            except filelock.Timeout:
+                raise _refusal(self.path, self.where, _read_json(self.where.read_bytes)) from None
+            if self.where.exists():  # not a file its last holder removed while we opened it
+                break
+            lock.release()
         self._file_lock = lock
         with open(self.where, "r+b") as f:  # the holder, for the message of a refused run
             f.truncate(0)
@@ -171,13 +176,13 @@ class OutputLock:
 
     # -------------------------------------------------------------------- release
     def release(self) -> None:
-        """Give the lock up (the lease object is deleted; the local lock file is emptied)."""
+        """Give the lock up (the lock file or lease object is removed)."""
         if not self.held:
             return
         self.held = False
         if self._file_lock is not None:
             try:
-                os.truncate(self.where, 0)
+                self.where.unlink()  # while still holding it: a run that opened it then retries
             except OSError:
                 pass
             self._file_lock.release()

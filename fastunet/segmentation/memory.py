@@ -125,6 +125,6 @@ def check_train_memory(config, tile: int, batch_size: int, *, device, optimizer:
     raise UserError(
         f"Training base_channels={config.base_channels}, depth={config.depth} on tiles of {tile} (batch_size="
         f"{batch_size}) needs about {need / gib:,.1f} GiB (weights, gradients, optimizer state, activations), but "
-        f"{free / gib:.1f} GiB are free on {torch.device(device)}; use a smaller base_channels, depth, tile or "
-        "batch_size (the paper: base_channels=64, depth=4)."
+        f"{free / gib:.1f} GiB are free on {torch.device(device)}; use a smaller base_channels=, depth=, tile= or "
+        "batch_size= (the paper: base_channels=64, depth=4)."
     )
