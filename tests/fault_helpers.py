@@ -29,3 +29,24 @@ class KillOnce:
             open(self.marker, "w").close()
             os.kill(os.getpid(), signal.SIGKILL)
         return self.data[index]
+
+
+def small_net(depth: int = 2):
+    """A tiny U-Net (base 4) with random biases, so that its output is not constant."""
+    import torch
+
+    from fastunet import ReferenceUNet, UNetConfig
+
+    net = ReferenceUNet(UNetConfig(base_channels=4, depth=depth))
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                m.bias.normal_(0.0, 0.1)
+    return net
+
+
+def small_model(path, depth: int = 2) -> str:
+    """:func:`small_net` saved with mean/std normalization; its path as a string."""
+    from fastunet import Normalization, save_model
+
+    return str(save_model(path, small_net(depth), Normalization(mode="meanstd")))

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from fault_helpers import small_model
 
-from fastunet import Normalization, ReferenceUNet, UNetConfig, save_model, segment
+from fastunet import segment
 from fastunet.cli import main
 from fastunet.errors import UserError
 from fastunet.io import SegmentationStore
@@ -30,12 +31,7 @@ def _rng():
 
 
 def _model(path, depth=2):
-    net = ReferenceUNet(UNetConfig(base_channels=4, depth=depth))
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
-                m.bias.normal_(0.0, 0.1)
-    return str(save_model(path, net, Normalization(mode="meanstd")))
+    return small_model(path, depth)
 
 
 def _zarr(path, data, chunks):

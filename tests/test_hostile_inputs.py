@@ -10,9 +10,10 @@ import pytest
 import tifffile
 import torch
 import zarr
+from fault_helpers import small_net
 from safetensors.torch import save_file
 
-from fastunet import Normalization, ReferenceUNet, UNetConfig, load_model, save_model, segment
+from fastunet import Normalization, UNetConfig, load_model, save_model, segment
 from fastunet.cli import main
 from fastunet.errors import ModelFileError, UserError
 from fastunet.synthetic import synthetic_nuclei
@@ -24,12 +25,7 @@ def _rng():
 
 
 def _net(depth=2):
-    net = ReferenceUNet(UNetConfig(base_channels=4, depth=depth))
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
-                m.bias.normal_(0.0, 0.1)
-    return net
+    return small_net(depth)
 
 
 @pytest.fixture

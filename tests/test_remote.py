@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from fault_helpers import small_model
 
-from fastunet import Normalization, ReferenceUNet, UNetConfig, save_model, segment
+from fastunet import segment
 from fastunet.cli import main
 from fastunet.errors import UserError
 from fastunet.io import input_fingerprint, open_volume
@@ -60,12 +61,7 @@ def _rng():
 
 
 def _model(path):
-    net = ReferenceUNet(UNetConfig(base_channels=4, depth=2))
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
-                m.bias.normal_(0.0, 0.1)
-    return str(save_model(path, net, Normalization(mode="meanstd")))
+    return small_model(path)
 
 
 def _put(url, data, chunks):

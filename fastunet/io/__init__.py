@@ -15,13 +15,18 @@ module             what it holds
                    :func:`discard_output` and :class:`SegmentationStore` (zarr outputs and
                    their resume records)
 ``tiff``           :func:`write_tiff` (TIFF outputs)
+``stores``         local paths and URLs (fsspec, ``upath``): the zarr store of a location
+``retry``          transient storage errors retried (bounded, logged), full disks and refused
+                   writes as one line: :class:`~fastunet.io.retry.RetryingStore`
+``lock``           one writer per output: a file lock, or a lease object in an object store
 =================  ==========================================================================
 
 Inputs (:func:`open_volume`) are presented in canonical axes, a subsequence of ``"CZYX"``,
 through a picklable :class:`VolumeSource` that reads boxes lazily and never writes. Outputs
 are zarr groups holding ``labels`` and/or ``probs`` with ``attrs["fastunet"]`` describing the
 run, or TIFF files for results that fit in memory. Each module imports only those above it
-in the table's order (axes, ome, inputs, fingerprint, outputs, tiff).
+in the table's order (axes, ome, inputs, fingerprint, outputs, tiff); ``stores``, ``retry`` and
+``lock`` import none of those (``inputs`` and ``outputs`` import them).
 """
 
 from __future__ import annotations

@@ -211,14 +211,14 @@ def check_train_outputs(output: Path, *, curve: Path, weight_figure, inputs, res
         raise UserError("resume=True and overwrite=True contradict each other; pass one of them.")
     ckpt = checkpoint_path(output)
     if not (resume or overwrite):
-        if ckpt.exists():
+        if output.exists():
+            raise UserError(f"{str(output)!r} already exists; pass overwrite=True to replace it (or resume=True "
+                            "to continue).")
+        if ckpt.exists():  # a run that was killed before it wrote the model
             raise UserError(
                 f"{str(ckpt)!r} holds the checkpoint of an earlier run; pass resume=True to continue it, or "
                 "overwrite=True to start over (and replace it)."
             )
-        if output.exists():
-            raise UserError(f"{str(output)!r} already exists; pass overwrite=True to replace it (or resume=True "
-                            "to continue).")
     mine = resume or overwrite
     check_output_file(output, what="model file", suffixes=(".safetensors",), inputs=inputs, own=mine)
     check_output_file(ckpt, what="checkpoint", suffixes=(".safetensors",), inputs=inputs, own=mine)
