@@ -63,6 +63,10 @@ def run_demo(folder: str | os.PathLike = "fastunet-demo", *, shape=(8, 1024, 102
         raise UserError(f"Expected a demo shape Z,Y,X of positive sizes; got {shape}.")
     folder = Path(folder)
     segmenter = Segmenter(model, device=device, backend=backend, dtype=dtype)  # model errors before any work
+    if not folder.exists():  # where the demo's folder goes must take writes (fastunet.paths)
+        from .paths import check_writable_folder
+
+        check_writable_folder(folder.absolute().parent, what="demo folder")
     _prepare(folder, overwrite)
     image, truth = synthetic_volume(shape, seed=seed, dtype="uint16")
     chunks = (1, min(512, shape[1]), min(512, shape[2]))

@@ -36,7 +36,7 @@ def _slices(a: np.ndarray) -> list[np.ndarray]:
 
 def evaluate(images, labels, model=None, *, axes: str | None = None, device=None, backend: str = "auto",
              dtype: str | None = None, tile: int | None = None, batch_size: int | None = None,
-             preview: str | os.PathLike | None = None) -> Evaluation:
+             preview: str | os.PathLike | None = None, overwrite: bool = False) -> Evaluation:
     """Segment ``images`` with ``model`` (default: the bundled one) and score against ``labels``.
 
     Parameters
@@ -53,15 +53,22 @@ def evaluate(images, labels, model=None, *, axes: str | None = None, device=None
         How the network runs, as for :class:`fastunet.Segmenter`.
     preview : path-like, optional
         Write a PNG of the first image with its prediction and the truth
-        (:func:`fastunet.figures.overlay_figure`).
+        (:func:`fastunet.figures.overlay_figure`); checked before any work
+        (:func:`fastunet.paths.check_output_file`).
+    overwrite : bool
+        Replace an existing ``preview`` file.
 
     Returns
     -------
     Evaluation
         The scores over every 2D slice (:func:`fastunet.metrics.score`).
     """
+    from .paths import check_output_file
     from .segmentation import Segmenter
     from .train.datasets import load_pairs
+
+    if preview is not None:
+        check_output_file(preview, what="preview=", suffixes=(".png",), inputs=(images, labels), overwrite=overwrite)
 
     pairs = load_pairs(images, labels, axes=axes)
     preds, truths = [], []
@@ -80,7 +87,8 @@ def evaluate(images, labels, model=None, *, axes: str | None = None, device=None
 
 def evaluate_synthetic(model=None, *, n_images: int = 16, seed: int = SYNTHETIC_SEED, shape=(512, 512),
                        device=None, backend: str = "auto", dtype: str | None = None, tile: int | None = None,
-                       batch_size: int | None = None, preview: str | os.PathLike | None = None) -> Evaluation:
+                       batch_size: int | None = None, preview: str | os.PathLike | None = None,
+                       overwrite: bool = False) -> Evaluation:
     """Score a model on ``n_images`` freshly generated synthetic nuclei images.
 
     Parameters
@@ -94,7 +102,7 @@ def evaluate_synthetic(model=None, *, n_images: int = 16, seed: int = SYNTHETIC_
         default model was trained on (:data:`fastunet.default_model.TRAIN_SEEDS`).
     shape : (H, W)
         Size of each image.
-    device, backend, dtype, tile, batch_size, preview
+    device, backend, dtype, tile, batch_size, preview, overwrite
         As for :func:`evaluate`.
 
     Returns
@@ -115,4 +123,4 @@ def evaluate_synthetic(model=None, *, n_images: int = 16, seed: int = SYNTHETIC_
         )
     pairs = [synthetic_nuclei(tuple(shape), seed=s, dtype="uint16") for s in seeds]
     return evaluate([p[0] for p in pairs], [p[1] for p in pairs], model, device=device, backend=backend,
-                    dtype=dtype, tile=tile, batch_size=batch_size, preview=preview)
+                    dtype=dtype, tile=tile, batch_size=batch_size, preview=preview, overwrite=overwrite)

@@ -32,6 +32,7 @@ __all__ = [
     "ReferenceUNet",
     "center_crop",
     "count_parameters",
+    "parameter_count",
     "forward_flops",
 ]
 
@@ -227,3 +228,12 @@ def forward_flops(config: UNetConfig, height: int, width: int) -> int:
     ``width`` must be valid input sizes; divide by the output area for FLOPs per output pixel.
     """
     return sum(layer.flops for layer in geometry.layer_shapes(config, (height, width)))
+
+
+def parameter_count(config: UNetConfig) -> int:
+    """Number of weights and biases of the network ``config`` describes, computed from
+    :func:`fastunet.geometry.layer_shapes` (nothing is built or allocated): equal to
+    ``count_parameters(ReferenceUNet(config))``."""
+    taps = {"conv3x3": 9, "upconv": 4, "head": 1}
+    layers = geometry.layer_shapes(config, geometry.min_input_size(config.depth))
+    return sum(taps[ly.kind] * ly.c_in * ly.c_out + ly.c_out for ly in layers if ly.kind in taps)

@@ -12,11 +12,17 @@ user's weights file cannot run code. The header's ``__metadata__`` holds::
 A model in memory is a :class:`ModelBundle`: the network with the normalization it expects
 and the file's free-form metadata. :func:`read_model` gives one; :func:`load_model` gives
 only the network.
+
+Reading a file checks it before anything is allocated: the config against limits
+(:data:`LIMITS`: a hostile header cannot ask for terabytes), then every tensor's name and
+shape in the header against the config (a network on the ``meta`` device, which allocates
+nothing), then the weights for NaN/Inf.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from dataclasses import dataclass, field
@@ -26,8 +32,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .devices import check_visible, resolve_device
 from .errors import ModelFileError, UserError
-from .model import ReferenceUNet, UNetConfig
+from .model import ReferenceUNet, UNetConfig, parameter_count
 from .normalization import Normalization
 
 __all__ = [
@@ -38,11 +45,14 @@ __all__ = [
     "read_model_metadata",
     "default_model_path",
     "FORMAT_VERSION",
+    "LIMITS",
 ]
 
 FORMAT_NAME = "fastunet"
 FORMAT_VERSION = "1"
 _MAX_HEADER = 100 * 1024 * 1024
+# Largest configs a model file may claim (the paper's network: depth 4, base 64, widest 1024).
+LIMITS = {"depth": 8, "base_channels": 1024, "widest": 16384, "in_channels": 1024, "num_classes": 65536}
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default.safetensors"
 
 
@@ -211,38 +221,79 @@ def read_model_metadata(path: str | os.PathLike) -> tuple[UNetConfig, Normalizat
         extra = json.loads(meta.get("extra", "{}"))
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFileError(f"{str(path)!r} has broken fastunet metadata: {exc}") from None
+    _check_limits(path, config)
     return config, normalization, extra
+
+
+def _check_limits(path: Path, config: UNetConfig) -> None:
+    """Refuse a config beyond :data:`LIMITS` (before any network is built)."""
+    values = {"depth": config.depth, "base_channels": config.base_channels, "in_channels": config.in_channels,
+              "num_classes": config.num_classes, "widest": config.base_channels * 2**config.depth}
+    over = [f"{k} {v} (at most {LIMITS[k]})" for k, v in values.items() if v > LIMITS[k]]
+    if over:
+        raise ModelFileError(
+            f"{str(path)!r} claims a network beyond fastunet's limits: {', '.join(over)}; the file is damaged or "
+            "not made by fastunet."
+        )
+
+
+def _check_weight_count(path: Path, config: UNetConfig, f) -> None:
+    """The number of weights in the header against the config's, before a network is built
+    (so a small file that claims a huge network allocates nothing)."""
+    need = parameter_count(config)
+    have = sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())
+    if have != need:
+        raise ModelFileError(
+            f"{str(path)!r}: its tensors' shapes do not match its config {config} (they hold {have:,} weights, the "
+            f"config needs {need:,}); the file is damaged or its metadata do not describe it."
+        )
+
+
+def _check_tensors(path: Path, expected: dict, tensors: dict, config: UNetConfig) -> None:
+    """The tensors' names and shapes against the network's."""
+    shapes = {key: tuple(value.shape) for key, value in tensors.items()}
+    expected = {key: tuple(value.shape) for key, value in expected.items()}
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    if missing or unexpected:
+        raise ModelFileError(
+            f"{str(path)!r} does not match its own config {config}: missing {missing[:4]}, "
+            f"unexpected {unexpected[:4]}."
+        )
+    for key, shape in shapes.items():
+        if shape != expected[key]:
+            raise ModelFileError(
+                f"{str(path)!r}: tensor {key!r} has shape {shape}, the config needs {expected[key]}."
+            )
 
 
 def read_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> ModelBundle:
     """Read a model file into a :class:`ModelBundle`: the network in eval mode on ``device``,
     its normalization and its metadata.
 
-    Raises :class:`ModelFileError` for a missing, truncated, foreign or inconsistent file;
-    never unpickles anything.
+    Raises :class:`ModelFileError` for a missing, truncated, foreign or inconsistent file
+    (a config beyond :data:`LIMITS`, tensors that do not match it, NaN/Inf weights), and
+    :class:`UserError` for a device this machine does not have; never unpickles anything.
     """
     path = Path(path)
+    device = check_visible(resolve_device(device))
     config, normalization, extra = read_model_metadata(path)
-    model = ReferenceUNet(config)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
+            _check_weight_count(path, config, f)  # before anything is allocated
             tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except ModelFileError:
+        raise
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise ModelFileError(f"{str(path)!r} could not be read (truncated or corrupt?): {exc}") from None
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
+    bad = [key for key, value in tensors.items() if value.is_floating_point() and not torch.isfinite(value).all()]
+    if bad:
         raise ModelFileError(
-            f"{str(path)!r} does not match its own config {config}: missing {missing[:4]}, "
-            f"unexpected {unexpected[:4]}."
+            f"{str(path)!r}: the weights {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} hold NaN or Inf values "
+            "(the training diverged, or the file is damaged); retrain, or use another model file."
         )
-    for key, value in tensors.items():
-        if value.shape != expected[key].shape:
-            raise ModelFileError(
-                f"{str(path)!r}: tensor {key!r} has shape {tuple(value.shape)}, the config needs "
-                f"{tuple(expected[key].shape)}."
-            )
+    model = ReferenceUNet(config)
+    _check_tensors(path, model.state_dict(), tensors, config)
     model.load_state_dict(tensors)
     return ModelBundle(model.to(device).eval(), normalization, extra)
 

@@ -92,17 +92,28 @@ class Normalization:
         if self.mode == "percentile":
             lo, hi = np.percentile(values, [self.low, self.high])
             offset, scale = float(lo), float(hi - lo)
-        else:
-            offset, scale = float(values.mean()), float(values.std())
+        else:  # in units of the largest magnitude: no overflow for values near the float64 range
+            unit = float(np.abs(values).max()) or 1.0
+            offset, scale = float(np.mean(values / unit) * unit), float(np.std(values / unit) * unit)
         return offset, (scale if scale > 1e-12 else 1.0)
 
     @staticmethod
     def apply(x: np.ndarray, offset, scale) -> np.ndarray:
         """``(x - offset) / scale`` as float32; ``offset`` and ``scale`` are numbers or
-        arrays broadcastable to ``x`` (e.g. :meth:`NormStats.for_slices`)."""
-        offset = np.asarray(offset, dtype=np.float32)
-        scale = np.asarray(scale, dtype=np.float32)
-        return ((np.asarray(x, dtype=np.float32) - offset) / scale).astype(np.float32, copy=False)
+        arrays broadcastable to ``x`` (e.g. :meth:`NormStats.for_slices`).
+
+        Inputs that float32 cannot hold exactly (integers of more than 16 bits, float64) are
+        normalized in float64 and then cast, so that a large offset (an image + 2**40) keeps
+        its contrast and values beyond the float32 range do not overflow; results beyond the
+        float32 range are clipped to it."""
+        x = np.asarray(x)
+        wide = x.dtype == np.float64 or (x.dtype.kind in "iu" and x.dtype.itemsize > 2)
+        work = np.float64 if wide else np.float32
+        out = (np.asarray(x, dtype=work) - np.asarray(offset, dtype=work)) / np.asarray(scale, dtype=work)
+        if wide:
+            limit = np.finfo(np.float32).max
+            np.clip(out, -limit, limit, out=out)
+        return out.astype(np.float32, copy=False)
 
 
 

@@ -39,10 +39,11 @@ def test_input_fingerprint_tells_inputs_apart(tmp_path, rng):
     assert input_fingerprint(open_volume(path, axes="ZYX"))["sample"] != fp["sample"]
     arr[z, y, x] = data[z, y, x]
     assert input_fingerprint(open_volume(path, axes="ZYX")) == fp
-    # a block edited away from the lattice: the chunk files' sizes tell (compressed noise -> constant)
-    arr[:, 16:24, 8:16] = 5.0
+    # a block edited away from the lattice, inside a chunk that holds a lattice point (y 15, x 13): the
+    # content hash of the sampled chunks tells (O(1) requests: the store is never listed)
+    arr[:, 8:12, 8:12] = 5.0
     edited = input_fingerprint(open_volume(path, axes="ZYX"))
-    assert edited["sample"] == fp["sample"] and edited["chunk_files"] != fp["chunk_files"]
+    assert edited["sample"] == fp["sample"] and edited["chunks"] != fp["chunks"]
     arr[:] = data
     assert input_fingerprint(open_volume(path, axes="ZYX")) == fp
     arr.attrs["note"] = "edited"  # the metadata document changed
@@ -58,7 +59,7 @@ def test_in_memory_zarr_fingerprint(rng):
     data = rng.normal(size=(3, 16, 16)).astype(np.float32)
     arr = zarr.create_array(zarr.storage.MemoryStore(), data=data, chunks=(1, 8, 8))
     fp = input_fingerprint(open_volume(arr, axes="ZYX"))
-    assert fp["path"] is None and "chunk_files" not in fp and "metadata" in fp
+    assert fp["path"] is None and "chunk_files" not in fp and "metadata" in fp and "chunks" in fp
     same = zarr.create_array(zarr.storage.MemoryStore(), data=data, chunks=(1, 8, 8))
     assert input_fingerprint(open_volume(same, axes="ZYX")) == fp
     other = zarr.create_array(zarr.storage.MemoryStore(), data=data[::-1].copy(), chunks=(1, 8, 8))
@@ -102,3 +103,24 @@ def test_resume_of_another_input_is_refused(tmp_path, rng):
     meta["complete"] = True  # finished by it: resuming writes nothing, so it is accepted
     zarr.open_group(str(store.path), mode="r+").attrs["fastunet"] = meta
     open_output(store.path, expect={"input_id": input_fingerprint(a)})
+
+
+def test_outputs_of_an_older_fastunet_still_resume(tmp_path, rng):
+    """An older fastunet recorded the chunk files' names and sizes (a walk of the store) and no
+    content hash; its outputs resume, checked on what both record."""
+    data = rng.normal(size=(3, 16, 16)).astype(np.float32)
+    path = tmp_path / "in.zarr"
+    zarr.create_array(str(path), data=data, chunks=(1, 8, 8))
+    vol = open_volume(path, axes="ZYX")
+    store = create_output(tmp_path / "o.zarr", source=vol, num_classes=2, output="labels", chunks=(1, 8, 8))
+    store.mark_done("z0-1_y0-16_x0-16")
+    meta = dict(store.attrs)
+    old = {k: v for k, v in meta["input_id"].items() if k != "chunks"} | {"chunk_files": "0123456789abcdef"}
+    zarr.open_group(str(store.path), mode="r+").attrs["fastunet"] = meta | {"input_id": old}
+    (store.path / "_fastunet_done" / ".tmp-123-abc").write_bytes(b"")  # a rename the old writer never made
+    resumed = open_output(store.path, expect={"input_id": input_fingerprint(vol)})
+    assert resumed.done() == {"z0-1_y0-16_x0-16"}
+    arr = zarr.open_array(str(path), mode="r+")
+    arr[1, 2, 6] = data[1, 2, 6] + 1  # on the lattice: still refused
+    with pytest.raises(UserError, match="values differ"):
+        open_output(store.path, expect={"input_id": input_fingerprint(open_volume(path, axes="ZYX"))})

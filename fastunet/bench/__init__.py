@@ -16,13 +16,17 @@ P3     :mod:`.operators`           the weighted softmax-CE forward+backward vs e
 P4     :mod:`.pipeline`            ``segment`` zarr to zarr vs the raw fused forward
 P5     :mod:`.monai_baseline`      ``segment`` vs MONAI ``sliding_window_inference``
 P6     :mod:`.network`             a training step vs eager with bf16 autocast
+S1     :mod:`.scale`               ``segment`` on a local dask cluster of 1, 2 and 4 worker
+                                   processes with a memory limit each, over a volume 16x that
+                                   limit: throughput and peak memory per worker (CPU or GPU)
 =====  ==========================  =============================================================
 
 :mod:`.timing` holds the timer and the device check, :mod:`.results` the result files,
 :mod:`.volume` the generated volume and random model of P4/P5.
 
-``fastunet bench`` and :func:`run` refuse without a CUDA device: a benchmark on the CPU
-would only time the Triton interpreter. P1, P2, P3 and P6 take ``device="cpu"`` (kernels
+``fastunet bench`` and :func:`run` refuse the P benchmarks without a CUDA device: a benchmark
+on the CPU would only time the Triton interpreter. S1 (:data:`SCALE`, run by name only:
+``fastunet bench --only S1``) measures the engine's scaling and memory and runs on the CPU too. P1, P2, P3 and P6 take ``device="cpu"`` (kernels
 under the interpreter, :func:`median_ms` then times with ``time.perf_counter``) and small
 sizes so that the tests can run them end to end on the CPU; those figures mean nothing.
 The non-timing parts (FLOPs, tile counts, result files, the volume) are plain functions,
@@ -39,6 +43,7 @@ from .network import bench_forward, bench_train_step
 from .operators import bench_conv_layers, bench_loss
 from .pipeline import bench_segment, engine_tile_count, grid_tile_count
 from .results import RESULTS_FOLDER, default_out_dir, environment, write_result
+from .scale import bench_scale
 from .timing import cuda_median_ms, geometric_mean, measured_peak_tflops, median_ms, require_cuda
 from .volume import VOLUME_ATTR, bench_volume, default_cache_dir, random_model_file
 
@@ -51,6 +56,7 @@ __all__ = [
     "bench_conv_layers",
     "bench_forward",
     "bench_loss",
+    "bench_scale",
     "bench_segment",
     "bench_train_step",
     "bench_volume",
@@ -87,8 +93,14 @@ QUICK = {
     "P5": dict(shape=(8, 2048, 2048)),
 }
 
+# Benchmarks that also run without a GPU, by name only (not part of the default suite).
+SCALE = {"S1": bench_scale}
+# Smaller sizes of SCALE for quick=True: a volume of a quarter of one worker's 1 GiB (the size of the
+# CPU run in benchmarks/NOTES.md, which used a random base-8, depth-3 model).
+SCALE_QUICK = {"S1": dict(memory_limit="1GiB", factor=0.25, chunk=256)}
+
 # Benchmarks that keep a generated volume in a cache folder.
-_CACHED = ("P4", "P5")
+_CACHED = ("P4", "P5", "S1")
 
 
 def _benchmark_names(only) -> list[str]:
@@ -98,11 +110,11 @@ def _benchmark_names(only) -> list[str]:
         return list(BENCHMARKS)
     items = only.split(",") if isinstance(only, str) else list(only)
     names = [str(name).strip().upper() for name in items]
-    unknown = [name for name in names if name not in BENCHMARKS]
+    unknown = [name for name in names if name not in BENCHMARKS and name not in SCALE]
     if unknown:
         raise UserError(
             f'Unknown benchmark(s) {", ".join(unknown)} in only="{",".join(names)}"; '
-            f'choose among {", ".join(BENCHMARKS)}.'
+            f'choose among {", ".join([*BENCHMARKS, *SCALE])}.'
         )
     return names
 
@@ -129,14 +141,15 @@ def run(only: list[str] | str | None = None, *, out_dir: Path | None = None, qui
         The result files written, one per benchmark, in the order run.
     """
     names = _benchmark_names(only)
-    require_cuda()
+    if any(name in BENCHMARKS for name in names):
+        require_cuda()
     if "P5" in names:
         import_monai()  # refuse before hours of other benchmarks, not after
     paths = []
     for name in names:
-        kwargs = dict(QUICK.get(name, {})) if quick else {}
+        kwargs = dict({**QUICK, **SCALE_QUICK}.get(name, {})) if quick else {}
         if name in _CACHED and cache_dir is not None:
             kwargs["cache_dir"] = cache_dir
-        figures, ratios = BENCHMARKS[name](**kwargs)
+        figures, ratios = {**BENCHMARKS, **SCALE}[name](**kwargs)
         paths.append(write_result(name, figures, ratios, out_dir=out_dir, extra={"quick": quick}))
     return paths

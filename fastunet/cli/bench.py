@@ -18,7 +18,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="GPU benchmarks vs cuDNN / PyTorch eager / torch.compile (needs CUDA)",
                        description="GPU benchmarks of the kernels and the engine; one JSON result per benchmark.",
                        epilog=epilog(EXAMPLES), formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", help="comma-separated subset, e.g. P1,P2 (default: all)")
+    p.add_argument("--only", help="comma-separated subset, e.g. P1,P2 (default: all P benchmarks); S1: the scale "
+                   "benchmark (a local dask cluster, CPU too)")
     p.add_argument("--out", metavar="DIR", help="folder for the JSON results (default: ./fastunet-bench-results)")
     p.add_argument("--quick", action="store_true", help="smaller sizes, no torch.compile baseline")
     p.add_argument("--cache", metavar="DIR", help="folder for the generated volume of P4/P5 (a few GiB; default: "

@@ -94,7 +94,7 @@ def add_json_option(p: argparse.ArgumentParser, what: str) -> None:
 # --------------------------------------------------------------------- library errors -> flags
 # Library parameters whose command-line flag is not ``--`` + the name with dashes.
 _PARAMETER_FLAGS = {
-    "segment": {"output": "-o", "output_kind": "--kind"},
+    "segment": {"output": "-o", "output_kind": "--kind", "storage_options": "--storage-option"},
     "bench": {"out_dir": "--out", "cache_dir": "--cache"},
     "evaluate": {"n_images": "--synthetic"},
     "export": {"output": "-o"},

@@ -45,6 +45,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     add_network_options(p)
     add_json_option(p, "the scores")
     p.add_argument("--preview", help="PNG of the first image: prediction overlaid, truth outlines")
+    p.add_argument("--overwrite", action="store_true", help="replace existing --json / --preview files")
     add_common_options(p, quiet="(no effect: evaluate shows no progress bar)")
     p.set_defaults(func=run)
     return p
@@ -52,10 +53,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ..evaluate import evaluate, evaluate_synthetic
+    from ..paths import check_output_file
 
     model = model_argument(args.model)
+    if args.json and args.json != "-":  # before the scores are computed (the library checks the preview)
+        check_output_file(args.json, what="--json file", suffixes=(".json",), inputs=(args.images, args.labels),
+                          others={"--preview": args.preview}, overwrite=args.overwrite)
     common = dict(device=args.device, backend=args.backend, dtype=args.dtype, tile=args.tile,
-                  batch_size=args.batch_size, preview=args.preview)
+                  batch_size=args.batch_size, preview=args.preview, overwrite=args.overwrite)
     if args.synthetic is not None:
         if args.images or args.labels:
             raise UserError("Pass either IMAGES LABELS or --synthetic N, not both.")

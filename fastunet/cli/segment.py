@@ -60,6 +60,11 @@ def _output_options(p: argparse.ArgumentParser) -> None:
     group.add_argument("--resume", action="store_true", help="continue interrupted runs into the same outputs; "
                        "complete ones are skipped")
     group.add_argument("--overwrite", action="store_true", help="replace existing fastunet outputs")
+    group.add_argument("--break-lock", action="store_true", help="take over an output's lock from a run that is "
+                       "gone (one run at a time writes an output)")
+    group.add_argument("--storage-option", action="append", metavar="KEY=VALUE", help="an option of the file "
+                       "system of s3:// gs:// ... URLs, e.g. endpoint_url=http://host:9000 or anon=true (repeatable; "
+                       "credentials come from the usual environment variables, e.g. AWS_ACCESS_KEY_ID)")
     add_json_option(group, "one record per input (output, status, blocks, Mpx/s, error)")
 
 
@@ -117,8 +122,26 @@ def _options(args: argparse.Namespace) -> dict:
                    scheduler=args.scheduler, workers=args.workers, gpus=args.gpus, progress=not args.quiet,
                    block=parse_sizes(args.block, "--block", "1,512,512"))
     options.update(output_kind=args.kind, min_size=args.min_size, split=args.split, connect_z=args.connect_z,
-                   label_name=args.label_name)
+                   label_name=args.label_name, break_lock=args.break_lock,
+                   storage_options=_storage_options(args.storage_option))
     return options
+
+
+def _storage_options(items) -> dict | None:
+    """``--storage-option key=value`` (repeated) as a dict; values are JSON when they parse
+    (``anon=true`` -> True, ``default_cache_type=none`` stays a string)."""
+    import json
+
+    options = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--storage-option expects KEY=VALUE, e.g. --storage-option anon=true; got {item!r}.")
+        try:
+            options[key.strip()] = json.loads(value)
+        except ValueError:
+            options[key.strip()] = value
+    return options or None
 
 
 def _segment_one(seg, source: str, output: str, options: dict, args, many: bool) -> dict:

@@ -108,15 +108,12 @@ def run(args: argparse.Namespace) -> int:
     from ..train import check_model_name, checkpoint_path, train
 
     output = check_model_name(args.output)  # before the other checks: a .pt name is wrong whatever exists
-    if output.exists() and not (args.overwrite or args.resume):
-        raise UserError(f"{str(output)!r} already exists; pass --overwrite to replace it (or --resume to continue).")
-    if not output.parent.is_dir():
-        raise UserError(f"The folder of {str(output)!r} does not exist; create it first.")
     if args.resume and not checkpoint_path(output).is_file():
         raise UserError(f"No checkpoint {str(checkpoint_path(output))!r} to resume; run without --resume.")
     result = train(
         args.images, args.labels, output, config=_config(args), resume=args.resume, progress=not args.quiet,
         curve=args.curve, weight_figure=args.weight_figure, axes=args.axes, command=train_command(args),
+        overwrite=args.overwrite,
     )  # fmt: skip
     if args.quiet:
         for message in result.notes:

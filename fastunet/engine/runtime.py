@@ -5,6 +5,12 @@ safetensors bytes: never a pickled module). :func:`cached_network` loads it once
 and settings into a :class:`LoadedNetwork`, which runs batches of normalized tiles on its
 device: in the calling thread on the CPU (one forward at a time), or through a
 :class:`~fastunet.engine.runner.DeviceRunner` on CUDA, which batches tiles across blocks.
+
+The predictor is wrapped in :class:`~fastunet.engine.oom.OOMBackoff` (an out-of-memory error
+halves the batch, then the tile). Under the Triton interpreter (``backend="triton"`` on the
+CPU, minutes per block) the network runs in a helper thread and the block waits for it
+interruptibly: after Ctrl-C (:data:`cancel_predictions` set by the scheduler) the block gives
+up at once, unrecorded, instead of holding the run for minutes.
 """
 
 from __future__ import annotations
@@ -19,9 +25,18 @@ import torch
 
 from ..model import ReferenceUNet, UNetConfig
 from ..normalization import Normalization
+from .oom import OOMBackoff
 from .runner import DeviceRunner
 
-__all__ = ["ModelHandle", "LoadedNetwork", "cached_network"]
+__all__ = ["ModelHandle", "LoadedNetwork", "cached_network", "cancel_predictions", "PredictionCancelled"]
+
+# Set (by the scheduler, on Ctrl-C or SIGTERM) to make blocks waiting on an interruptible
+# network give up; cleared once the run has stopped.
+cancel_predictions = threading.Event()
+
+
+class PredictionCancelled(Exception):
+    """A block gave up waiting for the network because the run was interrupted."""
 
 
 class ModelHandle:
@@ -69,9 +84,16 @@ class ModelHandle:
             model = ModelBundle(model)
         if not isinstance(model, ModelBundle):
             raise TypeError(
-                f"Expected a ModelBundle, a ReferenceUNet or a model file path; got {type(model).__name__}."
+                "model= expects a fastunet model file path, a ModelBundle or a ReferenceUNet (or None for the "
+                f"bundled model); got {type(model).__module__}.{type(model).__qualname__}."
             )
         tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.module.state_dict().items()}
+        bad = [k for k, v in tensors.items() if not torch.isfinite(v).all()]
+        if bad:
+            from ..errors import UserError
+
+            raise UserError(f"The network's weights {', '.join(bad[:3])} hold NaN or Inf values (the training "
+                            "diverged?); segmenting with them would give nothing but background.")
         data = save(tensors)
         return cls(config=model.config, normalization=model.normalization, key=hashlib.sha256(data).hexdigest(),
                    data=data, module=model.module)
@@ -109,10 +131,13 @@ class LoadedNetwork:
         from .backends import make_predictor
 
         self.handle = handle
-        self.predictor = make_predictor(handle.load(), backend=backend, device=device, dtype=dtype)
+        self.predictor = OOMBackoff(make_predictor(handle.load(), backend=backend, device=device, dtype=dtype),
+                                    depth=handle.config.depth)
         self.device = str(self.predictor.device)
         self.backend = self.predictor.backend
         self.dtype = self.predictor.dtype
+        # The Triton interpreter takes minutes per block: wait for it interruptibly.
+        self.interruptible = self.backend == "triton" and self.predictor.device.type == "cpu"
         self.batch_size = int(batch_size)
         self.runner = DeviceRunner(self.predictor, batch_size=batch_size) if use_runner else None
         self._lock = threading.Lock()
@@ -121,6 +146,11 @@ class LoadedNetwork:
         """Labels (N, h, w) uint8 and/or probabilities (N, K, h, w) float16 of ``tiles``."""
         if self.runner is not None:
             return self.runner.submit(tiles, output).result()
+        if self.interruptible:
+            return _wait_interruptibly(lambda: self._predict(tiles, output))
+        return self._predict(tiles, output)
+
+    def _predict(self, tiles: np.ndarray, output: str) -> tuple[np.ndarray | None, np.ndarray | None]:
         labels, probs = [], []
         with self._lock:
             for i in range(0, tiles.shape[0], self.batch_size):
@@ -134,6 +164,29 @@ class LoadedNetwork:
     def close(self) -> None:
         if self.runner is not None:
             self.runner.close()
+
+
+def _wait_interruptibly(call):
+    """``call()`` in a helper thread, waited for until it returns or :data:`cancel_predictions`
+    is set (then :class:`PredictionCancelled`; the helper finishes on its own, unused)."""
+    from concurrent.futures import Future
+    from concurrent.futures import TimeoutError as Waiting
+
+    future: Future = Future()
+
+    def work():
+        try:
+            future.set_result(call())
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting block
+            future.set_exception(exc)
+
+    threading.Thread(target=work, name="fastunet-interpreter", daemon=True).start()
+    while True:
+        try:
+            return future.result(timeout=0.1)
+        except Waiting:
+            if cancel_predictions.is_set():
+                raise PredictionCancelled("the run was interrupted; this block is left for resume") from None
 
 
 # One loaded network per (model, device, backend, dtype, batch size, runner) and process:

@@ -9,6 +9,13 @@
   loads the network once (:func:`fastunet.engine.runtime.cached_network`).
 * :func:`lazy_arrays` builds dask arrays of the object ids, labels and probabilities, one
   delayed task per block, computed only when they are.
+
+Faults on a cluster: a block whose task fails with a transient error (a storage timeout, a
+dropped connection; :func:`fastunet.io.retry.is_transient`) is submitted again, at most
+``TASK_RETRIES`` times, each retry logged on the ``fastunet.engine`` logger; a worker that
+dies (killed, out of memory) has its running blocks recomputed by the other workers, also
+logged. A block records itself done only after all its chunks are written, so a block cut
+short is never recorded: it is recomputed, here or by ``resume=True``.
 """
 
 from __future__ import annotations
@@ -24,14 +31,16 @@ import numpy as np
 
 from ..errors import UserError
 from .blocks import Job, compute_block, run_block
+from .runtime import cancel_predictions
 from .tiling import Block
 
 __all__ = ["execute", "lazy_arrays", "open_cluster", "parse_gpus", "gpu_worker_specs", "SCHEDULER_TIMEOUT",
            "active_client", "check_scheduler", "describe_scheduler"]
 
 SCHEDULER_TIMEOUT = 20.0  # seconds to reach a dask scheduler before giving up
+TASK_RETRIES = 3  # submissions again of a block whose task failed with a transient error
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("fastunet.engine")
 
 
 # --------------------------------------------------------------------------- lazy arrays
@@ -270,8 +279,14 @@ def _run_threads(job: Job, blocks: list[Block], threads: int, done) -> None:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in finished:
                 done(future.result())
+    except KeyboardInterrupt:
+        cancel_predictions.set()  # blocks waiting on the Triton interpreter give up (not recorded)
+        raise
     finally:
-        _shutdown_uninterrupted(pool)
+        try:
+            _shutdown_uninterrupted(pool)
+        finally:
+            cancel_predictions.clear()
 
 
 def execute(job: Job, blocks: list[Block], *, scheduler=None, workers=None, gpus=None,
@@ -326,14 +341,64 @@ def execute(job: Job, blocks: list[Block], *, scheduler=None, workers=None, gpus
         if client is None:
             client = stack.enter_context(_Cluster(scheduler=scheduler, workers=workers, gpus=gpus,
                                                   threads_per_worker=per_worker))
-        [job_future] = client.scatter([job], broadcast=True, hash=False)
-        futures = [client.submit(run_block, job_future, b, key=f"fastunet-block-{b.name}-{uuid.uuid4().hex[:8]}",
-                                 pure=False, retries=0) for b in blocks]
-        try:
-            for fut in as_completed(futures):
-                done(fut.result())
-                fut.release()
-        except BaseException:
-            client.cancel(futures)
-            raise
+        _run_cluster(client, job, blocks, done, as_completed)
     return summaries
+
+
+def _log_lost_worker(event) -> None:
+    """A scheduler event (``client.subscribe_topic("all")``): log a worker that left while
+    running fastunet blocks."""
+    msg = event[1] if isinstance(event, tuple) and len(event) == 2 else event
+    if not isinstance(msg, dict) or msg.get("action") != "remove-worker" or msg.get("expected"):
+        return
+    keys = [str(k) for k in msg.get("processing-tasks") or () if str(k).startswith("fastunet-block-")]
+    if keys:
+        names = ", ".join(k[len("fastunet-block-"):].rsplit("-", 1)[0] for k in sorted(keys))
+        log.warning("worker %s was lost while running blocks %s; they are recomputed on the other workers",
+                    msg.get("worker"), names)
+
+
+def _run_cluster(client, job: Job, blocks: list[Block], done, as_completed) -> None:
+    """Submit the blocks to the cluster and hand each summary to ``done``; a block that fails
+    with a transient error is submitted again (at most ``TASK_RETRIES`` times, logged)."""
+    from distributed import KilledWorker
+
+    from ..io.retry import is_transient
+
+    [job_future] = client.scatter([job], broadcast=True, hash=False)
+
+    def submit(b):
+        return client.submit(run_block, job_future, b, key=f"fastunet-block-{b.name}-{uuid.uuid4().hex[:8]}",
+                             pure=False, retries=0)
+
+    owner = {submit(b): b for b in blocks}
+    tries = dict.fromkeys((b.name for b in blocks), 0)
+    client.subscribe_topic("all", _log_lost_worker)
+    try:
+        running = as_completed(list(owner))
+        for fut in running:
+            block = owner.pop(fut)
+            try:
+                summary = fut.result()
+            except KilledWorker:
+                raise UserError(
+                    f"Block {block.name} killed the workers that ran it (out of memory?); give the workers more "
+                    "memory, or use a smaller tile= or block=; the finished blocks are recorded (resume=True)."
+                ) from None
+            except Exception as exc:
+                if not is_transient(exc) or tries[block.name] >= TASK_RETRIES:
+                    raise
+                tries[block.name] += 1
+                log.warning("block %s failed (%s: %s); retry %d of %d", block.name, type(exc).__name__, exc,
+                            tries[block.name], TASK_RETRIES)
+                again = submit(block)
+                owner[again] = block
+                running.add(again)
+                continue
+            done(summary)
+            fut.release()
+    except BaseException:
+        client.cancel(list(owner))
+        raise
+    finally:
+        client.unsubscribe_topic("all")

@@ -3,12 +3,16 @@
 =================  ==========================================================================
 module             what it holds
 =================  ==========================================================================
+``retry``          transient storage errors retried (bounded, logged), full disks and refused
+                   writes as one line: :class:`~fastunet.io.retry.RetryingStore`
+``stores``         local paths and URLs (fsspec, ``upath``): the zarr store of a location
+``lock``           one writer per output: a file lock, or a lease object in an object store
 ``axes``           :func:`parse_axes`, the planning of stored axes into canonical ``CZYX``
                    order, shape and dtype checks, TIFF axis letters
 ``ome``            OME-Zarr (NGFF) metadata: axes and transforms of inputs, ``multiscales``
                    and ``image-label`` metadata of outputs
 ``inputs``         :class:`VolumeSource` and :func:`open_volume` (zarr, OME-Zarr level 0,
-                   TIFF / OME-TIFF, in-memory arrays)
+                   TIFF / OME-TIFF, in-memory arrays; local paths and URLs)
 ``fingerprint``    :func:`input_fingerprint`, recorded in an output so that a resume on
                    another input is refused; :class:`InputMovedWarning`
 ``physical``       :func:`pixel_size`: the physical pixel size of an input (OME-Zarr,
@@ -17,18 +21,20 @@ module             what it holds
                    every level
 ``output_layout``  what a zarr output holds: plain, OME-Zarr image, or a label image in
                    the input's own labels group
+``store``          :class:`SegmentationStore`: an open zarr output, its arrays and the
+                   records that make a run resumable
 ``outputs``        :func:`check_output`, :func:`create_output`, :func:`open_output`,
-                   :func:`discard_output` and :class:`SegmentationStore` (zarr outputs and
-                   their resume records)
+                   :func:`discard_output` (zarr outputs)
 ``instance_records`` the instance labelling's per-block records in a zarr output
 ``tiff``           :func:`write_tiff` (TIFF outputs: ImageJ, OME-TIFF)
 =================  ==========================================================================
 
 Inputs (:func:`open_volume`) are presented in canonical axes, a subsequence of ``"CZYX"``,
 through a picklable :class:`VolumeSource` that reads boxes lazily and never writes. Outputs
-are zarr groups holding ``labels`` and/or ``probs`` with ``attrs["fastunet"]`` describing the
-run, or TIFF files for results that fit in memory. Each module imports only those above it
-in the table's order.
+are zarr groups holding ``instances``, ``labels`` and/or ``probs`` with ``attrs["fastunet"]``
+describing the run (OME-Zarr images with label images where asked or where the input is
+one), or TIFF files for results that fit in memory. Each module imports only modules above
+it in the table.
 """
 
 from __future__ import annotations
@@ -45,7 +51,6 @@ from .instance_records import InstanceRecords
 from .ome import LABEL_NAME
 from .outputs import TIFF_SUFFIXES as TIFF_SUFFIXES
 from .outputs import (
-    SegmentationStore,
     check_output,
     create_output,
     discard_output,
@@ -54,6 +59,7 @@ from .outputs import (
     tiff_paths,
 )
 from .physical import PixelSize, pixel_size
+from .store import SegmentationStore
 from .tiff import is_ome_tiff_name, write_tiff
 
 __all__ = [

@@ -2,6 +2,10 @@
 ``attrs["fastunet"]["input_id"]`` of a zarr output, and the check of a resume against it
 (:func:`check_input`), which refuses another input (or one changed since) and warns
 (:class:`InputMovedWarning`) when the same input was moved or copied.
+
+The fingerprint costs O(1) requests in the number of chunks (an object store holds millions):
+the array's metadata document and one read of the chunks around a fixed lattice of points,
+never a listing of the store.
 """
 
 from __future__ import annotations
@@ -18,10 +22,13 @@ import zarr
 
 from ..errors import UserError
 from .inputs import VolumeSource
+from .stores import is_url
 
-__all__ = ["input_fingerprint", "InputMovedWarning", "FINGERPRINT_POINTS"]
+__all__ = ["input_fingerprint", "InputMovedWarning", "FINGERPRINT_POINTS", "CHUNK_SAMPLE_BYTES", "FULL_HASH_BYTES"]
 
 FINGERPRINT_POINTS = 4  # sample positions per spatial axis
+CHUNK_SAMPLE_BYTES = 32 * 1024**2  # decoded bytes of the chunks around the sample points that are hashed
+FULL_HASH_BYTES = 256 * 1024**2  # TIFF files up to this size are hashed whole
 
 
 class InputMovedWarning(UserWarning):
@@ -44,16 +51,19 @@ def input_fingerprint(source: VolumeSource) -> dict:
 
     Notes
     -----
-    Always: the resolved path (None in memory), array key / TIFF series, kind, axes, shape
-    and dtype. TIFF: the file's size. zarr: a digest of the array's metadata document
-    (``zarr.json`` / ``.zarray``) and, in a local store, of its chunk files' names and sizes
-    (an edited chunk usually compresses to another size). All: a digest of the values at a
-    fixed lattice of at most ``FINGERPRINT_POINTS`` positions per spatial axis (every
-    channel), which depends on the shape only; a zarr array decodes each chunk of it once.
-    Modification times are left out: a copy of an unchanged file still matches.
+    Always: the resolved path or the URL (None in memory), array key / TIFF series, kind,
+    axes, shape and dtype. TIFF: the file's size and, up to ``FULL_HASH_BYTES``, the SHA-256
+    of the whole file. zarr: a digest of the array's metadata document (``zarr.json`` /
+    ``.zarray``). All: a digest of the values at a fixed lattice of at most
+    ``FINGERPRINT_POINTS`` positions per spatial axis (every channel), which depends on the
+    shape only (``sample``); zarr and TIFF: a content hash of the chunks (pages, tiles) that
+    hold those points (``chunks``; at most ``CHUNK_SAMPLE_BYTES`` decoded bytes, else windows
+    around the points inside those chunks), read in one request per chunk. An edit of a
+    chunk that holds no sample point is not seen. Modification times are left out: a copy of
+    an unchanged file still matches.
     """
     fp = {
-        "path": os.path.realpath(source.path) if source.path else None,
+        "path": (source.path if is_url(source.path) else os.path.realpath(source.path)) if source.path else None,
         "key": source.key,
         "kind": source.kind,
         "axes": source.axes,
@@ -64,13 +74,16 @@ def input_fingerprint(source: VolumeSource) -> dict:
     stored = source.stored()
     if source.kind == "tiff":
         fp["size"] = int(os.stat(source.path).st_size)
+        if fp["size"] <= FULL_HASH_BYTES:
+            with open(source.path, "rb") as f:
+                fp["sha256"] = hashlib.file_digest(f, "sha256").hexdigest()[:32]
     elif isinstance(stored, zarr.Array):
         doc = json.dumps(stored.metadata.to_dict(), sort_keys=True, default=str)
         fp["metadata"] = hashlib.sha256(doc.encode()).hexdigest()[:32]
-        chunks = _chunk_files_digest(source)
-        if chunks is not None:
-            fp["chunk_files"] = chunks
-    fp["sample"] = _sample_digest(source, stored)
+    if isinstance(stored, zarr.Array):
+        fp["sample"], fp["chunks"] = _chunk_digests(source, stored)
+    else:
+        fp["sample"] = _sample_digest(source)
     return fp
 
 
@@ -79,48 +92,64 @@ def _lattice(n: int) -> list[int]:
     return sorted({(2 * i + 1) * n // (2 * k) for i in range(k)})
 
 
-def _sample_digest(source: VolumeSource, stored) -> str:
+def _add(digest, values: np.ndarray) -> None:
+    """Hash ``values`` as little-endian bytes: the same digest on any machine."""
+    digest.update(np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<")).tobytes())
+
+
+def _sample_digest(source: VolumeSource) -> str:
+    """Digest of the values at the lattice points of an in-memory array (read point by point)."""
     digest = hashlib.sha256()
-
-    def add(values: np.ndarray) -> None:  # little-endian bytes: the same digest on any machine
-        digest.update(np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<")).tobytes())
-
-    if isinstance(stored, zarr.Array):  # one orthogonal selection in native axes: each chunk decoded once
-        native = source.native_axes or source.axes
-        selection = tuple(slice(None) if a == "C" else _lattice(n) for a, n in zip(native, stored.shape))
-        try:
-            add(np.asarray(stored.get_orthogonal_selection(selection)))
-        except Exception as exc:
-            raise UserError(f"The input {source.path!r} cannot be read for its fingerprint: {exc}.") from None
-        return digest.hexdigest()[:32]
     grids = [[None] if a == "C" else _lattice(n) for a, n in zip(source.axes, source.shape)]
     for point in itertools.product(*grids):
-        add(source.read(tuple(slice(0, n) if p is None else slice(p, p + 1) for p, n in zip(point, source.shape))))
+        _add(digest, source.read(tuple(slice(0, n) if p is None else slice(p, p + 1)
+                                       for p, n in zip(point, source.shape))))
     return digest.hexdigest()[:32]
 
 
-def _chunk_files_digest(source: VolumeSource) -> str | None:
-    """Digest of the (relative name, size) of every chunk file of a zarr array in a local
-    folder store; None when the array is not such a folder (or in memory)."""
-    if not source.path:
-        return None
-    root = Path(source.path)
-    if source.key:
-        root = root / source.key
-    if not root.is_dir():
-        return None
-    entries = []
-    for folder, dirs, files in os.walk(root):
-        dirs.sort()
-        rel = os.path.relpath(folder, root)
-        for name in files:
-            if name in ("zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"):
-                continue
-            if name.startswith("."):  # hidden files (editor or OS droppings) are no chunks
-                continue
-            entries.append((os.path.join(rel, name), os.stat(os.path.join(folder, name)).st_size))
-    entries.sort()
-    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:32]
+def _windows(n: int, chunk: int, half: int | None) -> np.ndarray:
+    """Indices along one axis: around each lattice point, its chunk (``half`` None) or the
+    part of its chunk within ``half`` of the point."""
+    picked = set()
+    for p in _lattice(n):
+        lo = p // chunk * chunk
+        hi = min(lo + chunk, n)
+        if half is not None:
+            lo, hi = max(lo, p - half), min(hi, p + half + 1)
+        picked.update(range(lo, hi))
+    return np.array(sorted(picked), dtype=np.int64)
+
+
+def _chunk_digests(source: VolumeSource, stored: zarr.Array) -> tuple[str, str]:
+    """``(sample, chunks)``: digests of the values at the lattice points and of the chunks
+    around them, from one orthogonal selection in native axes (each chunk decoded once)."""
+    native = source.native_axes or source.axes
+    spatial = [i for i, a in enumerate(native) if a != "C"]
+    itemsize = np.dtype(stored.dtype).itemsize
+    channels = int(np.prod([stored.shape[i] for i, a in enumerate(native) if a == "C"]))
+    half = None
+    while True:
+        index = {i: _windows(stored.shape[i], stored.chunks[i], half) for i in spatial}
+        if itemsize * channels * int(np.prod([len(v) for v in index.values()])) <= CHUNK_SAMPLE_BYTES or half == 0:
+            break
+        edge = max(stored.chunks[i] for i in spatial) if half is None else half
+        half = edge // 2
+    selection = tuple(index[i] if i in index else slice(None) for i in range(len(native)))
+    try:
+        block = np.asarray(stored.get_orthogonal_selection(selection))
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"The input {source.path!r} cannot be read for its fingerprint: {exc}.") from None
+    points = tuple(np.searchsorted(index[i], _lattice(stored.shape[i])) if i in index else slice(None)
+                   for i in range(len(native)))
+    sample, chunks = hashlib.sha256(), hashlib.sha256()
+    _add(sample, block[np.ix_(*[p if isinstance(p, np.ndarray) else np.arange(block.shape[i])
+                                for i, p in enumerate(points)])])
+    for i in spatial:
+        _add(chunks, index[i])
+    _add(chunks, block)
+    return sample.hexdigest()[:32], chunks.hexdigest()[:32]
 
 
 def describe_mismatch(path: Path, old: dict, new: dict) -> str:
@@ -145,6 +174,11 @@ def describe_mismatch(path: Path, old: dict, new: dict) -> str:
         reason = "the input array's metadata changed since it was started"
     elif differs("sample"):
         reason = "the input's values differ from those it was started on (a sample at fixed positions)"
+    elif differs("chunks"):
+        reason = ("the input's values differ from those it was started on (a content hash of the chunks around "
+                  "fixed positions)")
+    elif differs("sha256"):
+        reason = "the input file's contents changed since it was started (its SHA-256 differs)"
     else:
         reason = "the input array's chunk files changed since it was started (names or sizes differ)"
     return (
@@ -165,6 +199,8 @@ def check_input(path: Path, meta: dict, want: dict) -> None:
             f"Cannot resume {str(path)!r}: it does not record which input it was made from (an "
             "output of an older fastunet), so resuming could mix two inputs; start over with overwrite=True."
         )
+    if isinstance(old, dict):  # an older fastunet recorded other entries: compare those both have
+        old, want = ({k: v for k, v in d.items() if k in old and k in want} for d in (old, want))
     if old == want:
         return
     if isinstance(old, dict) and {k: v for k, v in old.items() if k != "path"} == {

@@ -17,6 +17,11 @@ How the axes are found
   ``TCZYX``; tifffile drops axes of length 1), see :func:`fastunet.io.axes.tiff_letters`.
 * ``axes`` overrides zarr and TIFF metadata; for OME-Zarr it must agree with it.
 
+zarr inputs may be URLs (``s3://``, ``gs://``, ``https://``, ``memory://``, see
+:mod:`fastunet.io.stores`), read through zarr's fsspec store; TIFF inputs are local files.
+Every chunk read goes through a :class:`~fastunet.io.retry.RetryingStore` (transient errors
+retried, bounded and logged).
+
 Then the stored letters become canonical axes (:func:`fastunet.io.axes.plan_axes`).
 """
 
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import os
 import threading
 from dataclasses import dataclass, field
@@ -36,6 +42,7 @@ import zarr
 from ..errors import UserError
 from .axes import check_shape_dtype, default_letters, letters_from_names, parse_axes, plan_axes, tiff_letters
 from .ome import find_multiscales, is_bioformats2raw, ngff_section, read_level0
+from .stores import is_remote, location, zarr_store
 
 __all__ = ["VolumeSource", "open_volume"]
 
@@ -53,7 +60,8 @@ class VolumeSource:
     ----------
     kind : {"zarr", "ome-zarr", "tiff", "array"}
     path : str or None
-        The zarr store (array or group folder) or TIFF file; None for in-memory arrays.
+        The zarr store (array or group folder, or its URL) or TIFF file; None for in-memory
+        arrays.
     key : str or None
         Array inside a zarr group (the OME level-0 path, e.g. ``"0"``), or the TIFF series
         index as a string; None for a zarr array opened directly.
@@ -77,6 +85,8 @@ class VolumeSource:
         When the channel axis is a guess of the file reader (a TIFF whose planes tifffile
         reads as RGB samples, without ``axes``): the ``axes`` value that reads those
         planes as Z slices instead, for error messages; else empty.
+    storage_options : dict or None
+        The file system's options of a URL ``path`` (see :func:`open_volume`).
     """
 
     kind: str
@@ -90,6 +100,7 @@ class VolumeSource:
     array: object = field(default=None, compare=False, repr=False)
     native_axes: str = ""
     alt_axes: str = ""
+    storage_options: dict | None = field(default=None, hash=False, compare=False, repr=False)
 
     # The open handle lives in the instance __dict__ under "_handle" (never pickled).
 
@@ -132,18 +143,24 @@ class VolumeSource:
             if cached is not None and cached[0] == os.getpid():
                 return cached[1]
             if self.kind == "tiff":
+                from .retry import RetryingStore
+
                 tif = tifffile.TiffFile(self.path)
-                arr = zarr.open_array(tif.series[int(self.key or 0)].aszarr(level=0), mode="r")
-                handle = (tif, arr)
-                stored = arr
-            elif self.key:
-                stored = zarr.open_array(self.path, path=self.key, mode="r")
-                handle = stored
+                store = RetryingStore(tif.series[int(self.key or 0)].aszarr(level=0), where=self.path)
+                stored = zarr.open_array(store, mode="r")
+                handle = (tif, stored)
             else:
-                stored = zarr.open_array(self.path, mode="r")
+                store = zarr_store(self.location(), read_only=True)
+                stored = zarr.open_array(store, path=self.key or "", mode="r")
                 handle = stored
             object.__setattr__(self, "_handle", (os.getpid(), stored, handle))
             return stored
+
+    def location(self):
+        """The input's :class:`~pathlib.Path` or URL (:class:`upath.UPath`); None in memory."""
+        if self.path is None:
+            return None
+        return location(self.path, self.storage_options, what="source", resolve=False)
 
     def read(self, region: tuple[slice, ...]) -> np.ndarray:
         """Read a box into a new numpy array in canonical order and the stored dtype.
@@ -222,7 +239,7 @@ class VolumeSource:
                     arr[sel]
                 except Exception:
                     key = arr.metadata.encode_chunk_key(coords)
-                    return str(Path(self.path, self.key or "", key))
+                    return "/".join([self.path.rstrip("/")] + [p.strip("/") for p in (self.key, key) if p])
         except Exception:
             return None
         return None
@@ -245,18 +262,22 @@ class VolumeSource:
 # ------------------------------------------------------------------------------- open_volume
 
 
-def open_volume(source, *, axes: str | None = None) -> VolumeSource:
+def open_volume(source, *, axes: str | None = None, storage_options: dict | None = None) -> VolumeSource:
     """Describe an input volume for the engine, validating it; nothing is loaded.
 
     Parameters
     ----------
     source : str, path-like, numpy.ndarray, dask.array.Array, zarr.Array or VolumeSource
         A zarr v2/v3 array or group folder (OME-Zarr: level 0 of the first multiscale; a
-        plain group with exactly one array: that array), a TIFF / OME-TIFF file, or an
-        array object.
+        plain group with exactly one array: that array), or its URL (``s3://``, ``gs://``,
+        ``https://``, ``memory://``, ``file://``), a TIFF / OME-TIFF file, or an array object.
     axes : str, optional
         The stored axes, e.g. ``"ZYX"`` or ``"zcyx"`` (letters from ``TCZYXS``); required
         where the metadata do not say (3-D and higher plain arrays).
+    storage_options : dict, optional
+        Options of a URL's file system (fsspec), e.g. ``{"anon": True}`` or
+        ``{"endpoint_url": "http://127.0.0.1:9000"}``; credentials otherwise come from the
+        usual environment variables (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``, ...).
 
     Returns
     -------
@@ -272,8 +293,11 @@ def open_volume(source, *, axes: str | None = None) -> VolumeSource:
         if axes is not None and parse_axes(axes, len(source.axes)) != source.axes:
             raise UserError(f'This volume has axes {source.axes}; axes="{axes}" disagrees; leave it out.')
         return source
-    if isinstance(source, (str, os.PathLike)):
-        return _open_path(Path(source).expanduser().absolute(), axes)
+    if isinstance(source, (str, os.PathLike)) and not isinstance(source, bytes):
+        where = location(source, storage_options, what="source", resolve=False)
+        if is_remote(where):
+            return _open_url(where, axes, storage_options)
+        return _open_path(where, axes)
     if isinstance(source, zarr.Array):
         local = _local_zarr_location(source)
         if local is not None:
@@ -307,19 +331,57 @@ def _open_path(path: Path, axes: str | None) -> VolumeSource:
             f"{str(path)!r} is neither a TIFF file nor a zarr store; fastunet reads zarr v2/v3 "
             "arrays and OME-Zarr folders and .tif/.tiff files."
         )
-    try:
-        node = zarr.open(store=str(path), mode="r")
-    except (zarr.errors.NodeNotFoundError, FileNotFoundError, NotADirectoryError):
-        raise UserError(
-            f"{str(path)!r} is a folder but not a zarr array or group (no zarr.json, .zarray or "
-            ".zgroup inside); point at a zarr array, an OME-Zarr image or a TIFF file."
-        ) from None
+    node = _open_node(path, f"{str(path)!r} is a folder but not")
     if isinstance(node, zarr.Array):
         return _from_zarr_array(node, str(path), None, axes, kind="zarr")
     return _open_group(node, path, axes)
 
 
-def _open_group(group: zarr.Group, path: Path, axes: str | None) -> VolumeSource:
+def _open_url(url, axes: str | None, storage_options: dict | None) -> VolumeSource:
+    """A zarr array or group at a URL (read through zarr's fsspec store)."""
+    import dataclasses as dc
+
+    if url.suffix.lower() in (".tif", ".tiff"):
+        raise UserError(
+            f"{str(url)!r}: TIFF inputs are read from local files; copy it here, or convert it to zarr "
+            "(which is read in chunks from object stores)."
+        )
+    node = _open_node(url, f"{str(url)!r} is not")
+    if isinstance(node, zarr.Array):
+        source = _from_zarr_array(node, str(url), None, axes, kind="zarr")
+    else:
+        source = _open_group(node, url, axes)
+    return dc.replace(source, storage_options=dict(storage_options or {}) or None)
+
+
+def _open_node(path, not_zarr: str):
+    """The zarr array or group at ``path``, or one line saying why it cannot be opened."""
+    try:
+        return zarr.open(store=zarr_store(path, read_only=True), mode="r")
+    except (zarr.errors.NodeNotFoundError, FileNotFoundError, NotADirectoryError):
+        raise UserError(
+            f"{not_zarr} a zarr array or group (no zarr.json, .zarray or .zgroup inside); point at a zarr "
+            "array, an OME-Zarr image or a TIFF file."
+        ) from None
+    except UserError:
+        raise
+    except ValueError as exc:  # JSONDecodeError, a data type or codec zarr does not know
+        detail = " ".join(str(exc).split())[:200]
+        if isinstance(exc, json.JSONDecodeError):
+            raise UserError(
+                f"{str(path)!r}: its zarr metadata (zarr.json / .zarray / .zgroup) is not valid JSON ({detail}); "
+                "the store is damaged: restore it from a good copy."
+            ) from None
+        raise UserError(
+            f"{str(path)!r} cannot be opened as zarr ({detail}); fastunet reads numeric arrays (object arrays "
+            "and pickle codecs are refused: they could run code)."
+        ) from None
+    except Exception as exc:  # an unreachable server, refused credentials...
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        raise UserError(f"Cannot open {str(path)!r} ({detail}); check the path or URL and the credentials.") from None
+
+
+def _open_group(group: zarr.Group, path, axes: str | None) -> VolumeSource:
     attrs = group.attrs.asdict()
     section = ngff_section(attrs)
     if is_bioformats2raw(attrs, section):
@@ -344,8 +406,22 @@ def _open_group(group: zarr.Group, path: Path, axes: str | None) -> VolumeSource
     )
 
 
-def _open_ome(group, path: Path, multiscales, section, axes: str | None) -> VolumeSource:
-    key, arr, letters, meta = read_level0(group, multiscales, section, axes, repr(str(path)))
+def _open_ome(group, path, multiscales, section, axes: str | None) -> VolumeSource:
+    what = repr(str(path))
+    if not isinstance(multiscales, list) or not all(isinstance(m, dict) for m in multiscales):
+        raise UserError(
+            f"{what}: its OME-Zarr 'multiscales' metadata is a {type(multiscales).__name__}, not a list of "
+            "images (NGFF); fix the metadata, or point at the level-0 array inside (e.g. path/0)."
+        )
+    try:
+        key, arr, letters, meta = read_level0(group, multiscales, section, axes, what)
+    except UserError:
+        raise
+    except (TypeError, AttributeError, KeyError, IndexError, ValueError) as exc:
+        raise UserError(
+            f"{what}: its OME-Zarr metadata are malformed ({type(exc).__name__}: {exc}); fix them, or point at "
+            "the level-0 array inside (e.g. path/0)."
+        ) from None
     return _from_zarr_array(arr, str(path), key, None, kind="ome-zarr", letters=letters, ome=meta)
 
 

@@ -2,68 +2,90 @@
 
 Under ``<output>/_fastunet_instances/``:
 
-* ``<block>.npz``: one file per block (written under a temporary name and renamed, so a
-  killed task leaves none or a whole one): the block's local ids, its per-object tables and
-  face planes (see :mod:`fastunet.engine.instances`);
+* ``<block>.npz``: one record per block (written whole or not at all: a local file under a
+  temporary name and renamed, an object-store key in one PUT), the block's local ids, its
+  per-object tables and face planes (see :mod:`fastunet.engine.instances`);
 * ``merge-lut.npy``, ``merge-offsets.npy`` and ``merge.json`` (written last, the mark that
   the merge is complete): the result of the merge, which the relabel pass reads.
 
-The relabel pass reads the ids from these files and writes the final ids, so it can be run
-again any number of times (a resumed run repeats the blocks it had not recorded). The
-folder is removed once the output is marked complete.
+The records go through the output's file system (fsspec: a local folder or an object store,
+:func:`fastunet.io.stores.filesystem`), like the block records of
+:class:`~fastunet.io.outputs.SegmentationStore`. The relabel pass reads the ids from these
+records and writes the final ids, so it can be run again any number of times (a resumed run
+repeats the blocks it had not recorded). The records are removed once the output is marked
+complete.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import shutil
 import uuid
-from pathlib import Path
 
 import numpy as np
+
+from .stores import filesystem, is_remote, location
 
 __all__ = ["InstanceRecords", "RECORDS_DIR"]
 
 RECORDS_DIR = "_fastunet_instances"
 
 
-def _atomic(target: Path, write) -> None:
-    tmp = target.with_name(f".tmp-{os.getpid()}-{uuid.uuid4().hex}{target.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 class InstanceRecords:
-    """Per-block instance records of the output at ``path`` (picklable: a path)."""
+    """Per-block instance records of the output at ``path`` (a local path or a URL location;
+    picklable)."""
 
     def __init__(self, path):
-        self.path = Path(path) / RECORDS_DIR
+        self.root = location(path, resolve=False) if isinstance(path, str) else path
+        self.path = self.root / RECORDS_DIR
+        self._merge = None  # an object store's merge tables, read once per process
+
+    def __getstate__(self):
+        return {**self.__dict__, "_merge": None}
 
     def __repr__(self) -> str:
         return f"InstanceRecords({str(self.path)!r})"
 
-    def _block(self, name: str) -> Path:
-        return self.path / f"{name}.npz"
+    def _key(self, name: str) -> tuple:
+        fs, root = filesystem(self.path)
+        return fs, f"{root}/{name}"
+
+    def _put(self, name: str, data: bytes) -> None:
+        fs, key = self._key(name)
+        if is_remote(self.path):  # one PUT: the key holds the whole record or nothing
+            fs.pipe_file(key, data)
+            return
+        os.makedirs(os.path.dirname(key), exist_ok=True)
+        tmp = f"{os.path.dirname(key)}/.tmp-{os.getpid()}-{uuid.uuid4().hex}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, key)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def _get(self, name: str) -> bytes:
+        fs, key = self._key(name)
+        return fs.cat_file(key)
+
+    @staticmethod
+    def _npy(array: np.ndarray) -> bytes:
+        buffer = io.BytesIO()
+        np.save(buffer, array)
+        return buffer.getvalue()
 
     # blocks -------------------------------------------------------------------------
     def put(self, name: str, arrays: dict) -> None:
         """Record one block's arrays (call before the block is marked done)."""
-        os.makedirs(self.path, exist_ok=True)
-
-        def write(tmp):
-            with open(tmp, "wb") as f:
-                np.savez_compressed(f, **arrays)
-
-        _atomic(self._block(name), write)
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **arrays)
+        self._put(f"{name}.npz", buffer.getvalue())
 
     def get(self, name: str, *keys: str) -> tuple:
         """The arrays ``keys`` of one block's record; an absent face key gives an empty plane."""
-        with np.load(self._block(name)) as z:
+        with np.load(io.BytesIO(self._get(f"{name}.npz"))) as z:
             return tuple(z[k] if k in z.files else np.zeros((0, 0), np.uint32) for k in keys)
 
     # the merge ------------------------------------------------------------------------
@@ -71,28 +93,37 @@ class InstanceRecords:
         """Record a :class:`~fastunet.engine.instances.Merge` (``merge.json`` last) under a
         new ``generation`` name (the relabel pass records its blocks under it, so a new
         merge relabels every block again)."""
-        os.makedirs(self.path, exist_ok=True)
-        _atomic(self.path / "merge-lut.npy", lambda tmp: np.save(tmp, merge.lut))
-        _atomic(self.path / "merge-offsets.npy", lambda tmp: np.save(tmp, merge.offsets))
+        self._put("merge-lut.npy", self._npy(merge.lut))
+        self._put("merge-offsets.npy", self._npy(merge.offsets))
         info = {"count": merge.count, "largest": merge.largest, "min_size": merge.min_size,
                 "dtype": str(merge.lut.dtype), "generation": generation}
-        _atomic(self.path / "merge.json", lambda tmp: tmp.write_text(json.dumps(info)))
+        self._put("merge.json", json.dumps(info).encode())
 
     def merge_info(self) -> dict | None:
         """The recorded merge's count, largest object, min_size and dtype; None if none."""
         try:
-            return json.loads((self.path / "merge.json").read_text())
+            return json.loads(self._get("merge.json"))
         except FileNotFoundError:
             return None
 
     def drop_merge(self) -> None:
         """Forget the recorded merge (another ``min_size``: the merge runs again)."""
-        (self.path / "merge.json").unlink(missing_ok=True)
+        fs, key = self._key("merge.json")
+        if fs.exists(key):
+            fs.rm(key)
 
     def block_lut(self, b: int) -> np.ndarray:
-        """Local id -> final id of block ``b`` (C order of the block grid), memory-mapped."""
-        offsets = np.load(self.path / "merge-offsets.npy", mmap_mode="r")
-        lut = np.load(self.path / "merge-lut.npy", mmap_mode="r")
+        """Local id -> final id of block ``b`` (C order of the block grid); memory-mapped
+        from a local output, read whole from an object store."""
+        if is_remote(self.path):
+            generation = (self.merge_info() or {}).get("generation")
+            if self._merge is None or self._merge[0] != generation:
+                self._merge = (generation, np.load(io.BytesIO(self._get("merge-offsets.npy"))),
+                               np.load(io.BytesIO(self._get("merge-lut.npy"))))
+            _, offsets, lut = self._merge
+        else:
+            offsets = np.load(self.path / "merge-offsets.npy", mmap_mode="r")
+            lut = np.load(self.path / "merge-lut.npy", mmap_mode="r")
         start, stop = int(offsets[b]), int(offsets[b + 1])
         out = np.zeros(stop - start + 1, lut.dtype)
         out[1:] = lut[start:stop]
@@ -100,4 +131,8 @@ class InstanceRecords:
 
     def remove(self) -> None:
         """Remove the records (the output is complete)."""
-        shutil.rmtree(self.path, ignore_errors=True)
+        fs, root = filesystem(self.path)
+        try:
+            fs.rm(root, recursive=True)
+        except (FileNotFoundError, OSError):
+            pass

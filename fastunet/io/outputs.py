@@ -6,9 +6,12 @@ An output is a zarr group (v3 by default, v2 on request) holding ``labels`` (uin
 ``probs`` (float16, ``(K, ...)``) with ``attrs["fastunet"]`` describing the run; for an
 OME-Zarr input the labels follow the NGFF image-label layout (``labels/segmentation/0``, see
 :mod:`fastunet.io.ome`). Finished blocks are recorded by :meth:`SegmentationStore.mark_done`
-(one file per block under ``_fastunet_done/``, written atomically) so a killed run can be
-resumed; ``attrs["fastunet"]["input_id"]`` (:func:`~fastunet.io.fingerprint.input_fingerprint`)
-records which input it was made from, so a resume on another input is refused.
+(one empty key per block under ``_fastunet_done/``, written through the store's file system)
+so a killed run can be resumed; ``attrs["fastunet"]["input_id"]``
+(:func:`~fastunet.io.fingerprint.input_fingerprint`) records which input it was made from, so
+a resume on another input is refused. Outputs may be URLs (``s3://``, ``gs://``,
+``memory://``; :mod:`fastunet.io.stores`); one run at a time writes an output
+(:mod:`fastunet.io.lock`).
 
 Only fastunet outputs and empty folders are ever replaced or removed; the input is never
 written.
@@ -16,14 +19,11 @@ written.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
+import stat
 import uuid
 from pathlib import Path
-from urllib.parse import quote, unquote
 
-import numpy as np
 import tifffile
 import zarr
 
@@ -32,18 +32,20 @@ from .fingerprint import check_input, input_fingerprint
 from .inputs import DONE_DIR, VolumeSource, is_tiff_file
 from .ome import LABEL_NAME, list_label, ngff_version
 from .output_layout import LAYOUT_VERSION, OutputPlan, create_arrays, is_ome_name, plan_output
-from .pyramid import write_region
+from .retry import wait_for_writes
+from .store import SegmentationStore, jsonable
+from .stores import is_remote, listdir, location, remove_tree, zarr_store
 
 __all__ = [
     "check_output",
     "create_output",
     "discard_output",
     "open_output",
-    "SegmentationStore",
     "TIFF_SUFFIXES",
 ]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
+ZARR_SUFFIXES = ("", ".zarr")  # a zarr folder: out.zarr, out.ome.zarr, or a name without extension
 _DONE_SUFFIX = ".done"
 # Recorded entries that a caller passes under another name (segment's output_kind).
 _PARAMETER_NAMES = {"output": "output_kind"}
@@ -80,7 +82,7 @@ def fastunet_attrs(path: Path) -> dict | None:
                 if software.startswith("fastunet "):  # ImageJ and OME-TIFF outputs: the Software tag
                     return {"software": software}
             return None
-        meta = zarr.open_group(str(path), mode="r").attrs.get("fastunet")
+        meta = zarr.open_group(zarr_store(path, read_only=True, retry=False), mode="r").attrs.get("fastunet")
         return meta if isinstance(meta, dict) else None
     except Exception:
         return None
@@ -89,7 +91,12 @@ def fastunet_attrs(path: Path) -> dict | None:
 def _describe(path: Path) -> str:
     if path.is_file():
         return f"a file of {path.stat().st_size} bytes"
-    names = sorted(os.listdir(path))
+    if not is_remote(path) and not path.is_dir():
+        mode = path.lstat().st_mode
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            return "a device file"
+        return "a named pipe" if stat.S_ISFIFO(mode) else "a link to nothing" if stat.S_ISLNK(mode) else "a special file"
+    names = listdir(path)
     shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
     return f"a folder with {len(names)} entries ({shown})"
 
@@ -109,17 +116,18 @@ def check_removable(path: Path) -> None:
 
 def _remove_output(path: Path) -> None:
     check_removable(path)
-    if path.is_dir():
-        shutil.rmtree(path)
-    else:
-        path.unlink()
+    remove_tree(path)
 
 
 def _probe_writable(folder: Path) -> None:
     probe = folder / f".fastunet-probe-{os.getpid()}-{uuid.uuid4().hex}"
     try:
-        probe.write_bytes(b"")
-        probe.unlink()
+        if is_remote(folder):
+            probe.fs.pipe_file(probe.path, b"")
+            probe.fs.rm_file(probe.path)
+        else:
+            probe.write_bytes(b"")
+            probe.unlink()
     except OSError as exc:
         raise UserError(
             f"Cannot write to {str(folder)!r} ({exc.strerror or exc}); choose a writable output location."
@@ -128,6 +136,9 @@ def _probe_writable(folder: Path) -> None:
 
 def _inside(a: Path, b: Path) -> bool:
     """Is ``a`` equal to ``b`` or inside it?"""
+    if is_remote(a) or is_remote(b):
+        a, b = str(a).rstrip("/"), str(b).rstrip("/")
+        return a == b or a.startswith(b + "/")
     return a == b or b in a.parents
 
 
@@ -146,7 +157,7 @@ def _check_not_input(out: Path, source: VolumeSource | None, *, into_input: bool
     ``<OME-Zarr input>/labels/<name>``, and nothing else inside the input."""
     if source is None or not source.path:
         return
-    inp = Path(source.path).expanduser().resolve()
+    inp = location(source.path, source.storage_options, what="source")
     if into_input and labels_of_input(out, source):
         return
     if _inside(out, inp):
@@ -176,13 +187,15 @@ def check_output(
     expect: dict | None = None,
     output_kind: str | None = None,
     into_input: bool = False,
+    storage_options: dict | None = None,
 ) -> Path:
     """Check an output location before anything is computed; return its resolved path.
 
     Parameters
     ----------
     output : str or path-like
-        A zarr folder (e.g. ``out.zarr``) or a ``.tif``/``.tiff`` file.
+        A zarr folder (e.g. ``out.zarr``, or a URL: ``s3://bucket/out.zarr``) or a
+        ``.tif``/``.tiff`` file (local).
     source : VolumeSource or None
         The input, so that the output is never the input, inside it, or around it.
     overwrite, resume : bool
@@ -197,10 +210,12 @@ def check_output(
     into_input : bool
         ``output`` is a label image in the OME-Zarr input's own labels group
         (``<input>/labels/<name>``), the one place inside an input that may be written.
+    storage_options : dict, optional
+        Options of a URL's file system (see :func:`fastunet.io.stores.location`).
 
     Returns
     -------
-    Path
+    Path or upath.UPath
 
     Raises
     ------
@@ -211,13 +226,17 @@ def check_output(
     """
     if overwrite and resume:
         raise UserError("overwrite=True and resume=True contradict each other; pass one of them.")
-    out = Path(output).expanduser().resolve()
+    out = location(output, storage_options)
     _check_not_input(out, source, into_input=into_input)
+    _check_suffix(out)
     tiff = out.suffix.lower() in TIFF_SUFFIXES
     if tiff and resume:
         raise UserError(
             'resume=True needs a zarr output (e.g. output="out.zarr"); TIFF outputs are written at once.'
         )
+    if is_remote(out):
+        _check_remote(out, tiff=tiff, overwrite=overwrite, resume=resume, expect=expect)
+        return out
     parent = out.parent
     if into_input and not parent.exists():  # the input's labels group is created with the label image
         parent = parent.parent
@@ -258,6 +277,32 @@ def tiff_paths(path: Path, output_kind) -> dict:
         kinds = list(output_kind)
     ordered = [k for k in ("instances", "labels", "probs") if k in kinds]
     return {k: path if i == 0 else kind_path(path, k) for i, k in enumerate(ordered)}
+
+
+def _check_suffix(out) -> None:
+    suffix = out.suffix.lower()
+    if suffix not in ZARR_SUFFIXES + TIFF_SUFFIXES:
+        raise UserError(
+            f"Output {str(out)!r} has the extension {out.suffix!r}, which fastunet does not write; write a zarr "
+            f"folder ({str(out.with_suffix('.zarr'))!r}) or a TIFF file ({str(out.with_suffix('.tif'))!r})."
+        )
+
+
+def _check_remote(out, *, tiff: bool, overwrite: bool, resume: bool, expect: dict | None) -> None:
+    """An output URL: zarr only, never an http(s) URL; an existing one as for local outputs."""
+    from .stores import READ_ONLY_PROTOCOLS
+
+    if tiff:
+        raise UserError(f"Output {str(out)!r}: TIFF outputs are written to local files; write a zarr output to "
+                        f"{str(out.with_suffix('.zarr'))!r} instead.")
+    if out.protocol in READ_ONLY_PROTOCOLS:
+        raise UserError(f"Output {str(out)!r} is an {out.protocol}:// URL, which is read-only; write to a local "
+                        "path or an object store (s3://, gs://).")
+    out.fs.invalidate_cache()
+    if out.exists():
+        _check_existing(out, overwrite=overwrite, resume=resume, expect=expect)
+    else:
+        _probe_writable(out.parent)
 
 
 def _check_existing(out: Path, *, overwrite: bool, resume: bool, expect: dict | None) -> None:
@@ -307,24 +352,6 @@ def _shown(value) -> str:
     return f'"{value}"' if isinstance(value, str) else repr(value)
 
 
-def jsonable(value):
-    """tuples -> lists, numpy scalars -> Python, Paths -> str (what JSON attrs can hold)."""
-    return json.loads(json.dumps(value, default=_json_default))
-
-
-def _json_default(obj):
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    raise TypeError(f"Cannot store {type(obj).__name__} in the output's attributes.")
-
-
-# ------------------------------------------------------------------------------ create_output
-
-
 def create_output(
     path,
     *,
@@ -339,6 +366,7 @@ def create_output(
     block: tuple[int, ...] | None = None,
     ome: bool | None = None,
     into_input: bool = False,
+    storage_options: dict | None = None,
 ) -> "SegmentationStore":
     """Create the output zarr group for a segmentation of ``source``.
 
@@ -374,6 +402,8 @@ def create_output(
     into_input : bool
         Write one label image into the OME-Zarr input's own ``labels`` group (``path`` is
         ``<input>/labels/<name>``); nothing else of the input is written.
+    storage_options : dict, optional
+        Options of a URL's file system (see :func:`fastunet.io.stores.location`).
 
     ``attrs["fastunet"]["input_id"]`` records :func:`input_fingerprint` of ``source``.
 
@@ -392,7 +422,7 @@ def create_output(
     from ..kinds import kinds_record, parse_kinds
 
     kinds = parse_kinds(output, int(num_classes))
-    out = Path(path).expanduser().resolve()
+    out = location(path, storage_options)
     mode, zarr_format = _output_mode(out, source, ome, into_input, zarr_format)
     _check_plan_args(source, num_classes, kinds, chunks, zarr_format)
     chunks = tuple(int(c) for c in chunks)
@@ -408,22 +438,38 @@ def create_output(
         _remove_output(out)
     record = _run_record(plan, source, kinds_record(kinds), input_id, attrs)
     if mode == "into":
-        labels = zarr.open_group(str(out.parent), mode="a", zarr_format=zarr_format)
+        labels = zarr.open_group(zarr_store(out.parent, read_only=False), mode="a", zarr_format=zarr_format)
         list_label(labels, plan.version, out.name)
-    root = zarr.open_group(str(out), mode="w-", zarr_format=zarr_format, attributes={"fastunet": record})
-    arrays, levels = create_arrays(plan, root)
-    root.attrs["fastunet"] = {**record, "arrays": arrays, "levels": levels}
-    root.create_group(DONE_DIR)
+    try:  # a failure part-way (a full disk) removes the part written: never a stub no run accepts
+        root = zarr.open_group(zarr_store(out, read_only=False), mode="w-", zarr_format=zarr_format,
+                               attributes={"fastunet": record})
+        arrays, levels = create_arrays(plan, root)
+        root.attrs["fastunet"] = {**record, "arrays": arrays, "levels": levels}
+        root.create_group(DONE_DIR)
+    except BaseException:
+        _remove_partial(out)
+        raise
     return SegmentationStore(out)
 
 
-def _output_mode(out: Path, source: VolumeSource, ome, into_input: bool, zarr_format) -> tuple[str, int]:
+def _remove_partial(out) -> None:
+    """Remove what a failed :func:`create_output` wrote (it did not exist before)."""
+    wait_for_writes()
+    try:
+        if out.exists():
+            remove_tree(out)
+    except OSError:
+        pass
+
+
+def _output_mode(out, source: VolumeSource, ome, into_input: bool, zarr_format) -> tuple[str, int]:
     """The layout ("plain", "ome" or "into") and zarr format of an output."""
     native = None
     if source.kind == "ome-zarr" and source.path:
-        native = zarr.open_group(source.path, mode="r").metadata.zarr_format
+        native = zarr.open_group(zarr_store(location(source.path, source.storage_options), read_only=True),
+                                 mode="r").metadata.zarr_format
     if into_input:
-        if source.kind != "ome-zarr" or not source.path or out.parent != Path(source.path).resolve() / "labels":
+        if not labels_of_input(out, source):
             raise UserError(
                 f"into_input=True writes a label image into an OME-Zarr input's labels group, at "
                 f"<input>/labels/<name>; {str(out)!r} is not such a place: choose a separate output instead."
@@ -479,10 +525,15 @@ def _run_record(plan: OutputPlan, source: VolumeSource, output: str, input_id: d
     )
 
 
-def discard_output(path) -> None:
+def discard_output(path, *, storage_options: dict | None = None) -> None:
     """Remove an output that this run created and that holds no finished block (a run that
-    failed before its first block); refuses anything that is not a fastunet output."""
-    out = Path(path).expanduser().resolve()
+    failed before its first block); refuses anything that is not a fastunet output.
+
+    Waits first until no write of this process to a store is in flight (zarr writes a
+    block's chunks concurrently and one failing chunk raises while others still write), so a
+    late write cannot recreate part of the removed output."""
+    out = location(path, storage_options)
+    wait_for_writes()
     if out.exists():
         meta = fastunet_attrs(out) or {}
         _remove_output(out)
@@ -494,7 +545,7 @@ def discard_output(path) -> None:
 # ------------------------------------------------------------------------- resume and records
 
 
-def open_output(path, *, expect: dict) -> "SegmentationStore":
+def open_output(path, *, expect: dict, storage_options: dict | None = None) -> "SegmentationStore":
     """Reopen an existing fastunet output read-write, for ``resume=True``.
 
     Parameters
@@ -503,6 +554,8 @@ def open_output(path, *, expect: dict) -> "SegmentationStore":
     expect : dict
         Entries that must equal the recorded ones in ``attrs["fastunet"]``, e.g.
         ``{"shape": (64, 64), "output": "labels", "num_classes": 2, "chunks": (32, 32)}``.
+    storage_options : dict, optional
+        Options of a URL's file system (see :func:`fastunet.io.stores.location`).
 
     Returns
     -------
@@ -513,7 +566,7 @@ def open_output(path, *, expect: dict) -> "SegmentationStore":
     UserError
         Missing, not a fastunet output, or created with other parameters.
     """
-    out = Path(path).expanduser().resolve()
+    out = location(path, storage_options)
     if not out.is_dir():
         raise UserError(f"Cannot resume {str(out)!r}: it does not exist (or is not a zarr folder).")
     meta = fastunet_attrs(out)
@@ -523,107 +576,4 @@ def open_output(path, *, expect: dict) -> "SegmentationStore":
             "output of the interrupted run."
         )
     _check_expected(out, meta, expect or {})
-    store = SegmentationStore(out)
-    os.makedirs(store._done_dir, exist_ok=True)
-    return store
-
-
-class SegmentationStore:
-    """A fastunet output: the zarr arrays plus the run's bookkeeping.
-
-    Picklable: a worker process reopens it from its path.
-
-    Attributes
-    ----------
-    path : Path
-    instances : zarr.Array or None
-        uint32 (or uint64) object ids, shape ``(Z,) Y, X``.
-    labels : zarr.Array or None
-        uint8 labels, shape ``(Z,) Y, X``.
-    probs : zarr.Array or None
-        float16 class probabilities, shape ``(K, (Z,) Y, X)``.
-    """
-
-    def __init__(self, path, *, mode: str = "r+"):
-        self.path = Path(path)
-        self._mode = mode
-        try:
-            root = zarr.open_group(str(self.path), mode=mode)
-        except (zarr.errors.NodeNotFoundError, FileNotFoundError):
-            raise UserError(f"{str(self.path)!r} is not a zarr group; not a fastunet output.") from None
-        meta = root.attrs.get("fastunet")
-        if not isinstance(meta, dict):
-            raise UserError(f"{str(self.path)!r} is not a fastunet output (no attrs['fastunet']).")
-        arrays = meta.get("arrays") or {}
-        if int(meta.get("layout", 1)) > LAYOUT_VERSION:
-            raise UserError(f"{str(self.path)!r} was written by a newer fastunet (output layout {meta['layout']}); "
-                            "update fastunet to resume or read it.")
-        try:
-            if not arrays:
-                raise KeyError("(none recorded)")
-            self.instances = root[arrays["instances"]] if arrays.get("instances") else None
-            self.labels = root[arrays["labels"]] if arrays.get("labels") else None
-            self.probs = root[arrays["probs"]] if arrays.get("probs") else None
-            self.levels = {kind: [(root[p], tuple(f)) for p, f in entries]
-                           for kind, entries in (meta.get("levels") or {}).items()}
-        except KeyError as exc:  # a run that died while creating the output
-            raise UserError(
-                f"{str(self.path)!r} is an unfinished fastunet output without its array {exc}: its run "
-                "stopped while creating it; start over with overwrite=True."
-            ) from None
-        self._done_dir = self.path / DONE_DIR
-
-    def __reduce__(self):
-        return (_reopen_store, (str(self.path), self._mode))
-
-    def __repr__(self) -> str:
-        return f"SegmentationStore({str(self.path)!r}, complete={self.complete})"
-
-    @property
-    def attrs(self) -> dict:
-        """``attrs["fastunet"]`` as stored now (read afresh)."""
-        return dict(zarr.open_group(str(self.path), mode="r").attrs["fastunet"])
-
-    @property
-    def complete(self) -> bool:
-        """True once :meth:`mark_complete` ran (read afresh from the store)."""
-        return bool(self.attrs.get("complete"))
-
-    def write(self, kind: str, region: tuple[slice, ...], data) -> None:
-        """Write a block of ``kind`` at the spatial ``region``, and its share of every
-        resolution level (:func:`fastunet.io.pyramid.write_region`)."""
-        level0 = {"instances": self.instances, "labels": self.labels, "probs": self.probs}[kind]
-        write_region([(level0, (1,) * len(region)), *self.levels.get(kind, [])], region, data)
-
-    def mark_done(self, block: str) -> None:
-        """Record that ``block`` is finished; call AFTER its chunks are written.
-
-        One small file per block, written under a temporary name and renamed (atomic), so
-        any number of processes may record blocks at the same time.
-        """
-        name = quote(str(block), safe="") + _DONE_SUFFIX
-        os.makedirs(self._done_dir, exist_ok=True)
-        tmp = self._done_dir / f".tmp-{os.getpid()}-{uuid.uuid4().hex}"
-        tmp.write_bytes(b"")
-        os.replace(tmp, self._done_dir / name)
-
-    def done(self) -> set[str]:
-        """Names of the blocks recorded by :meth:`mark_done`."""
-        try:
-            entries = os.listdir(self._done_dir)
-        except FileNotFoundError:
-            return set()
-        return {unquote(e[: -len(_DONE_SUFFIX)]) for e in entries if e.endswith(_DONE_SUFFIX)}
-
-    def mark_complete(self, summary: dict) -> None:
-        """Mark the output complete (``attrs["fastunet"]["complete"] = True`` and ``summary``)
-        and remove the per-block records."""
-        root = zarr.open_group(str(self.path), mode="r+")
-        meta = dict(root.attrs["fastunet"])
-        meta.update(complete=True, summary=jsonable(summary))
-        root.attrs["fastunet"] = meta
-        shutil.rmtree(self._done_dir, ignore_errors=True)
-
-
-def _reopen_store(path: str, mode: str) -> SegmentationStore:
-    return SegmentationStore(path, mode=mode)
+    return SegmentationStore(out)

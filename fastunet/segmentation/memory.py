@@ -1,12 +1,21 @@
-"""How much memory a tile needs, and the largest tile step that fits a device."""
+"""How much memory a tile needs, and the largest tile step that fits a device.
+
+Before a run the tile and batch are checked against the memory free on the device (the
+CPU's available RAM, or the GPU's free memory): a tile whose batch cannot fit is refused with
+the largest one that does (:func:`check_tile_memory`), instead of running out of memory
+minutes later. (On a GPU an out-of-memory error that happens anyway halves the batch, then
+the tile: :class:`fastunet.engine.oom.OOMBackoff`.)
+"""
 
 from __future__ import annotations
 
 import torch
 
 from .. import geometry
+from ..errors import UserError
 
-__all__ = ["activation_bytes", "default_max_step"]
+__all__ = ["activation_bytes", "default_max_step", "available_bytes", "check_tile_memory", "training_bytes",
+           "check_train_memory"]
 
 
 def activation_bytes(config, tile: int, *, dtype: str = "fp32") -> int:
@@ -15,7 +24,8 @@ def activation_bytes(config, tile: int, *, dtype: str = "fp32") -> int:
     of them earlier), the concatenation after each up-convolution and the softmax and argmax
     beside the scores."""
     size = 2 if dtype in ("bf16", "fp16") else 4
-    total = config.in_channels * tile * tile
+    h, w = (tile, tile) if isinstance(tile, int) else tile
+    total = config.in_channels * int(h) * int(w)
     for layer in geometry.layer_shapes(config, tile):
         total += layer.out_values
         if layer.kind == "upconv":  # torch.cat([crop(skip), up]): twice the up-conv's output
@@ -28,17 +38,93 @@ def activation_bytes(config, tile: int, *, dtype: str = "fp32") -> int:
 def default_max_step(config, device: torch.device, *, dtype: str, batch_size: int) -> int:
     """Largest tile step (output edge, about) the default tile may use.
 
-    CPU: 512 (moderate tiles, a forward of a few seconds for the paper's network). CUDA: the
-    largest step up to 2048 whose ``batch_size`` tiles need at most half of the free device
-    memory by :func:`activation_bytes`.
+    CPU: up to 512 (moderate tiles, a forward of a few seconds for the paper's network). CUDA:
+    up to 2048. Either: the largest step whose ``batch_size`` tiles need at most half of the
+    free memory (:func:`available_bytes`) by :func:`activation_bytes`.
     """
     q = 2**config.depth
-    if device.type != "cuda":
-        return 512
-    free, _ = torch.cuda.mem_get_info(device)
+    free = available_bytes(device)
     best = q
-    for step in range(q, 2049, q):
+    for step in range(q, (2049 if device.type == "cuda" else 513), q):
         tile = geometry.input_size_for_output(step, config.depth)
         if batch_size * activation_bytes(config, tile, dtype=dtype) <= free // 2:
             best = step
     return best
+
+
+def available_bytes(device: torch.device) -> int:
+    """Memory free for the network on ``device``: the GPU's free memory, or the RAM available
+    to new allocations (``psutil.virtual_memory().available``) on the CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def check_tile_memory(config, tile, *, device, dtype: str, batch_size: int, available: int | None = None) -> None:
+    """Refuse a tile whose ``batch_size`` tiles need more memory than ``device`` has free.
+
+    Parameters
+    ----------
+    config : UNetConfig
+    tile : int or (int, int)
+        The input tile edge(s).
+    device : torch.device
+    dtype : str
+        The compute dtype (bf16/fp16 halve the activations).
+    batch_size : int
+    available : int, optional
+        Free bytes (default :func:`available_bytes`).
+
+    Raises
+    ------
+    UserError
+        Naming the memory needed and free, and the largest tile that fits.
+    """
+    ty, tx = (tile, tile) if isinstance(tile, int) else tile
+    need = batch_size * activation_bytes(config, (int(ty), int(tx)), dtype=dtype)
+    free = available_bytes(device) if available is None else int(available)
+    if need <= free:
+        return
+    fits = [t for t in geometry.valid_input_sizes(config.depth, max_size=max(ty, tx))
+            if geometry.output_size(t, config.depth) >= 2**config.depth
+            and batch_size * activation_bytes(config, t, dtype=dtype) <= free]
+    hint = f"use tile={fits[-1]} or smaller" if fits else "free some memory or use a smaller model"
+    gib = 1024**3
+    raise UserError(
+        f"tile={max(ty, tx)} with batch_size={batch_size} needs about {need / gib:.1f} GiB for the network's "
+        f"activations on {torch.device(device)}, but {free / gib:.1f} GiB are free; {hint}"
+        f"{', or batch_size=1' if batch_size > 1 else ''}."
+    )
+
+
+def training_bytes(config, tile: int, batch_size: int, *, optimizer: str = "sgd") -> int:
+    """About how much memory training needs: the weights, their gradients and the optimizer's
+    state (one buffer for SGD with momentum, two for Adam), and the activations of a batch of
+    tiles, kept for the backward pass (with their gradients, twice :func:`activation_bytes`).
+    The parameters are counted from the layer table: nothing is allocated."""
+    from ..model import parameter_count
+
+    params = parameter_count(config)
+    buffers = 4 if optimizer == "adam" else 3
+    return int(4 * params * buffers + 2 * batch_size * activation_bytes(config, tile))
+
+
+def check_train_memory(config, tile: int, batch_size: int, *, device, optimizer: str = "sgd",
+                       available: int | None = None) -> None:
+    """Refuse a training run whose network cannot fit ``device`` (:func:`training_bytes`),
+    naming the memory it would need."""
+    need = training_bytes(config, tile, batch_size, optimizer=optimizer)
+    free = available_bytes(device) if available is None else int(available)
+    if need <= free:
+        return
+    gib = 1024**3
+    raise UserError(
+        f"Training base_channels={config.base_channels}, depth={config.depth} on tiles of {tile} (batch_size="
+        f"{batch_size}) needs about {need / gib:,.1f} GiB (weights, gradients, optimizer state, activations), but "
+        f"{free / gib:.1f} GiB are free on {torch.device(device)}; use a smaller base_channels=, depth=, tile= or "
+        "batch_size= (the paper: base_channels=64, depth=4)."
+    )

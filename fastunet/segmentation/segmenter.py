@@ -35,7 +35,7 @@ from .. import geometry
 from ..devices import check_visible, default_dtype, resolve_device
 from ..errors import UserError
 from ..kinds import pick
-from .memory import default_max_step
+from .memory import check_tile_memory, default_max_step
 from .progress import PROGRESS_INTERVAL, ProgressBar
 from .sinks import MAX_TIFF_BYTES, TiffSink, open_sink
 
@@ -177,7 +177,7 @@ class Segmenter:
             )
 
     def _max_step(self, remote: bool) -> int:
-        if self.device.type == "cuda" and not remote and torch.cuda.is_available():
+        if not remote and (self.device.type == "cpu" or torch.cuda.is_available()):
             return default_max_step(self.config, self.device, dtype=self.dtype, batch_size=self.batch_size)
         return 1024 if self.device.type == "cuda" else 512
 
@@ -192,11 +192,15 @@ class Segmenter:
 
         tile = tile if tile is not None else self.tile
         try:
-            return plan_layout(vol.spatial_shape, self.config.depth, source_chunks=_spatial_chunks(vol),
-                               tile=tile, max_step=self._max_step(remote), chunks=chunks, block=block,
-                               max_block_voxels=self._max_block_voxels())
+            layout = plan_layout(vol.spatial_shape, self.config.depth, source_chunks=_spatial_chunks(vol),
+                                 tile=tile, max_step=self._max_step(remote), chunks=chunks, block=block,
+                                 max_block_voxels=self._max_block_voxels())
         except ValueError as exc:
             raise UserError(str(exc)) from None
+        if not remote:  # a tile that cannot fit is refused now, not after minutes of work
+            check_tile_memory(self.config, layout.tile, device=self.device, dtype=self.dtype,
+                              batch_size=self.batch_size)
+        return layout
 
     def _job(self, vol, layout, stats, kinds, store, remote):
         from ..engine import Job
@@ -214,7 +218,8 @@ class Segmenter:
                 workers: int | None = None, gpus=None, progress: bool | None = True, chunks=None, block=None,
                 threads: int | None = None, max_tiff_bytes: int = MAX_TIFF_BYTES,
                 progress_interval: float = PROGRESS_INTERVAL, min_size: int = 0, split: str | None = None,
-                connect_z: bool = False, label_name: str | None = None, into_input: bool = False):
+                connect_z: bool = False, label_name: str | None = None, into_input: bool = False,
+                storage_options: dict | None = None, break_lock: bool = False):
         """Segment ``source``; see :func:`segment` for the parameters and what is returned."""
         from .. import io
         from ..engine.instances import InstanceOptions
@@ -230,7 +235,7 @@ class Segmenter:
             scheduler = active_client()  # the dask Client the caller made active runs file outputs
         remote = scheduler is not None or workers is not None or gpus is not None
         device = self._run_device(gpus)
-        vol = io.open_volume(source, axes=axes)
+        vol = io.open_volume(source, axes=axes, storage_options=storage_options)
         self._check_volume(vol)
         if not remote:
             self._check_local_device()
@@ -243,7 +248,17 @@ class Segmenter:
         sink = open_sink(output, source=vol, kinds=kinds, resume=resume, overwrite=overwrite,
                          zarr_format=zarr_format, expect=self._expect(vol, kinds, options, resume, chunks, block),
                          max_tiff_bytes=max_tiff_bytes, options=options, label_name=label_name,
-                         into_input=into_input)
+                         into_input=into_input, storage_options=storage_options, break_lock=break_lock)
+        try:  # the sink holds the output's lock until the run ends, however it ends
+            return self._write(sink, vol, kinds, options, t_start, device=device, remote=remote,
+                               run=dict(scheduler=scheduler, workers=workers, gpus=gpus, threads=threads),
+                               chunks=chunks, block=block, progress=progress, progress_interval=progress_interval)
+        finally:
+            sink.close()
+
+    def _write(self, sink, vol, kinds, options, t_start, *, device, remote, run, chunks, block, progress,
+               progress_interval):
+        """Plan, set up, create the output, run the block tasks and finish the sink."""
         layout, stats = self._plan(vol, sink, chunks=chunks, block=block, remote=remote)
         if sink.complete:
             self.last_summary = {**sink.recorded.get("summary", {}), "computed": 0, "skipped": layout.num_blocks}
@@ -256,15 +271,13 @@ class Segmenter:
             if remote:
                 from ..engine import open_cluster
 
-                client = stack.enter_context(open_cluster(scheduler=scheduler, workers=workers, gpus=gpus,
-                                                          threads=threads))
+                client = stack.enter_context(open_cluster(**run))
             else:
                 self.network  # noqa: B018 - loads the network now
             summaries = self._run(sink, vol, layout, stats, blocks, device=device, remote=remote, client=client,
-                                  run=dict(scheduler=scheduler, workers=workers, gpus=gpus, threads=threads),
-                                  progress=progress, progress_interval=progress_interval)
-        summary = self._summary(layout, blocks, summaries, t_start, device=device, scheduler=scheduler,
-                                workers=workers, gpus=gpus)
+                                  run=run, progress=progress, progress_interval=progress_interval)
+        summary = self._summary(layout, blocks, summaries, t_start, device=device, scheduler=run["scheduler"],
+                                workers=run["workers"], gpus=run["gpus"])
         self.last_summary = summary
         _warn_nonfinite(summary["nonfinite"], sampled=False)
         if "instances" in kinds:
@@ -442,22 +455,24 @@ def segment(source, model=None, output=None, *, axes: str | None = None, tile: i
             scheduler=None, workers: int | None = None, gpus=None, progress: bool | None = True,
             chunks=None, block=None, threads: int | None = None, progress_interval: float = PROGRESS_INTERVAL,
             min_size: int = 0, split: str | None = None, connect_z: bool = False, label_name: str | None = None,
-            into_input: bool = False):
+            into_input: bool = False, storage_options: dict | None = None, break_lock: bool = False):
     """Segment a volume with overlap-tile inference (seamless: identical to one pass of the
     network over the whole mirrored image).
 
     Parameters
     ----------
     source : str, path-like, numpy.ndarray, dask.array.Array or zarr.Array
-        A zarr v2/v3 array or group (OME-Zarr: level 0), a TIFF / OME-TIFF file, or an array.
+        A zarr v2/v3 array or group (OME-Zarr: level 0) or its URL (``s3://``, ``gs://``,
+        ``https://``, ``memory://``), a TIFF / OME-TIFF file, or an array.
     model : str, path-like, ModelBundle, ReferenceUNet or None
         Model file, in-memory network (see :class:`Segmenter`), or None for the bundled
         default model.
     output : str, path-like or None
         A zarr folder (``.zarr``; ``.ome.zarr`` or an OME-Zarr input: an OME-Zarr image with
-        label images), ``<OME-Zarr input>/labels/<name>`` (a label image in the input's own
-        labels group), a ``.tif``/``.tiff`` file (ImageJ; ``.ome.tif``: OME-TIFF; results
-        that fit in memory), or None for lazy dask arrays (nothing is computed until they are).
+        label images) or URL (``s3://bucket/out.zarr``), ``<OME-Zarr input>/labels/<name>`` (a
+        label image in the input's own labels group), a local ``.tif``/``.tiff`` file (ImageJ;
+        ``.ome.tif``: OME-TIFF; results that fit in memory), or None for lazy dask arrays
+        (nothing is computed until they are). Other extensions are refused.
     axes : str, optional
         Axes of a plain array or zarr array without metadata, e.g. ``"ZYX"``, ``"CYX"``.
     tile, batch_size, device, backend, dtype
@@ -503,6 +518,14 @@ def segment(source, model=None, output=None, *, axes: str | None = None, tile: i
     into_input : bool
         With ``output=None``: write the label image into the OME-Zarr input's own labels
         group (``<input>/labels/<label_name>``), as ``output="<input>/labels/NAME"`` does.
+    storage_options : dict, optional
+        Options of the file system of URL inputs and outputs (fsspec), e.g.
+        ``{"endpoint_url": "http://127.0.0.1:9000"}`` or ``{"anon": True}``; credentials
+        otherwise come from the usual environment variables (``AWS_ACCESS_KEY_ID``,
+        ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``, ``GOOGLE_APPLICATION_CREDENTIALS``...).
+    break_lock : bool
+        Take the output's lock from another run that holds it (one whose process is gone):
+        one run at a time writes a zarr output (:mod:`fastunet.io.lock`).
 
     Returns
     -------
@@ -517,7 +540,8 @@ def segment(source, model=None, output=None, *, axes: str | None = None, tile: i
                              resume=resume, overwrite=overwrite, scheduler=scheduler, workers=workers, gpus=gpus,
                              progress=progress, chunks=chunks, block=block, threads=threads,
                              progress_interval=progress_interval, min_size=min_size, split=split,
-                             connect_z=connect_z, label_name=label_name, into_input=into_input)
+                             connect_z=connect_z, label_name=label_name, into_input=into_input,
+                             storage_options=storage_options, break_lock=break_lock)
     finally:
         if output is not None:
             seg.close()

@@ -44,10 +44,13 @@ class ZarrSink:
     """
 
     def __init__(self, path, *, kinds: tuple, resume: bool, overwrite: bool, zarr_format: int | None,
-                 options=None, label_name: str | None = None, into_input: bool = False) -> None:
+                 options=None, label_name: str | None = None, into_input: bool = False,
+                 break_lock: bool = False) -> None:
         self.path = path
         self.kinds = kinds
         self.output_kind = kinds_record(kinds)
+        self.break_lock = break_lock
+        self.lock = None
         self.resume = resume
         self.overwrite = overwrite
         self.zarr_format = zarr_format
@@ -63,23 +66,40 @@ class ZarrSink:
         self.count = 0
 
     def open(self, source) -> None:
-        """Reopen the output of an interrupted run (``resume=True`` on an existing one)."""
-        from .. import io
+        """Take the output's lock (one writer per output, :mod:`fastunet.io.lock`; released by
+        :meth:`close`), and reopen the output of an interrupted run (``resume=True``)."""
+        from ..io.lock import lock_output
         from ..io.pyramid import block_multiple, input_levels
 
         self.block_multiple = block_multiple(input_levels(source), len(source.spatial_shape))
-        if self.resume and self.path.exists():
-            self.store = io.open_output(self.path, expect={})  # check_output compared the record
-            self.recorded = self.store.attrs
-            self.done = self.store.done()
-            was = (self.recorded.get("summary") or {}).get("min_size")
-            if self.complete and "instances" in self.kinds and was is not None and was != self.options.min_size:
-                raise UserError(
-                    f"Cannot resume {str(self.path)!r}: it was completed with min_size={was}, this run has "
-                    f"min_size={self.options.min_size}; rerun with min_size={was}, or start over with overwrite=True."
-                )
-            if self.complete:
-                io.InstanceRecords(self.path).remove()  # left by a run stopped right after completing
+        self.lock = lock_output(self.path, break_lock=self.break_lock)
+        try:
+            if self.resume and self.path.exists():
+                self._reopen()
+        except BaseException:
+            self.close()
+            raise
+
+    def _reopen(self) -> None:
+        from .. import io
+
+        self.store = io.open_output(self.path, expect={})  # check_output compared the record
+        self.recorded = self.store.attrs
+        self.done = self.store.done()
+        was = (self.recorded.get("summary") or {}).get("min_size")
+        if self.complete and "instances" in self.kinds and was is not None and was != self.options.min_size:
+            raise UserError(
+                f"Cannot resume {str(self.path)!r}: it was completed with min_size={was}, this run has "
+                f"min_size={self.options.min_size}; rerun with min_size={was}, or start over with overwrite=True."
+            )
+        if self.complete:
+            io.InstanceRecords(self.path).remove()  # left by a run stopped right after completing
+
+    def close(self) -> None:
+        """Release the output's lock (after the run, however it ended)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     @property
     def complete(self) -> bool:
@@ -195,6 +215,9 @@ class TiffSink:
     def open(self, source) -> None:
         pass
 
+    def close(self) -> None:
+        pass
+
     def check_size(self, spatial_shape, num_classes: int) -> None:
         """Refuse a result too large to assemble in memory."""
         per_voxel = sum(_BYTES.get(k, 2 * num_classes) for k in self.kinds)
@@ -258,7 +281,7 @@ class TiffSink:
 
 def open_sink(output, *, source, kinds: tuple, resume: bool, overwrite: bool, zarr_format: int | None,
               expect: dict, max_tiff_bytes: int = MAX_TIFF_BYTES, options=None, label_name: str | None = None,
-              into_input: bool = False):
+              into_input: bool = False, storage_options: dict | None = None, break_lock: bool = False):
     """Check ``output`` for a segmentation of ``source`` (:func:`fastunet.io.check_output`:
     never the input, no overwrite without ``overwrite=True``, a resume only of a matching
     output ``expect``) and open its sink; nothing is computed or written yet.
@@ -269,11 +292,11 @@ def open_sink(output, *, source, kinds: tuple, resume: bool, overwrite: bool, za
 
     into_input = into_input or io.labels_of_input(output, source)
     path = io.check_output(output, source=source, overwrite=overwrite, resume=resume, expect=expect,
-                           output_kind=kinds, into_input=into_input)
+                           output_kind=kinds, into_input=into_input, storage_options=storage_options)
     if path.suffix.lower() in TIFF_SUFFIXES:
         sink = TiffSink(path, kinds=kinds, overwrite=overwrite, max_bytes=max_tiff_bytes, options=options)
     else:
         sink = ZarrSink(path, kinds=kinds, resume=resume, overwrite=overwrite, zarr_format=zarr_format,
-                        options=options, label_name=label_name, into_input=into_input)
+                        options=options, label_name=label_name, into_input=into_input, break_lock=break_lock)
     sink.open(source)
     return sink

@@ -1,17 +1,22 @@
 """Training checkpoints: resumable state in safetensors (no pickle), beside the model file.
 
 A checkpoint holds the model weights, the optimizer state, the random-number generators'
-states, the loss and validation history, the config and a description of the data; a run
-resumes only with the same settings and data (:func:`check_resume`).
+states, the loss and validation history, the config and a description of the data (names,
+shapes and a digest of the images' and labels' contents, :func:`data_digest`); a run resumes
+only with the same settings and data (:func:`check_resume`). Before a run starts,
+:func:`check_train_outputs` checks every file it will write, and refuses to start over an
+interrupted run's checkpoint unless told to resume or overwrite.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..errors import UserError
@@ -26,6 +31,8 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "check_resume",
+    "check_train_outputs",
+    "data_digest",
 ]
 
 CHECKPOINT_FORMAT = "fastunet-checkpoint"
@@ -165,8 +172,58 @@ def check_resume(saved: TrainConfig, config: TrainConfig, saved_data: dict, data
             f"The checkpoint {str(path)!r} was made with other settings ({', '.join(differ)}); resume with the "
             "same settings, or start afresh without resume=True."
         )
-    if saved_data != data:
+    common = [k for k in data if k in saved_data]  # a checkpoint of an older fastunet has no digest
+    if any(saved_data[k] != data[k] for k in common):
+        what = "other training data" if saved_data.get("train") != data.get("train") or saved_data.get(
+            "val") != data.get("val") else "other training data (same names and shapes, other contents)"
         raise UserError(
-            f"The checkpoint {str(path)!r} was made with other training data; resume with the same images and "
-            "labels, or start afresh without resume=True."
+            f"The checkpoint {str(path)!r} was made with {what}; resume with the same images and labels, or "
+            "start afresh without resume=True."
         )
+
+
+def data_digest(*groups) -> str:
+    """A digest of the contents of training data: ``groups`` of ``(name, image, labels)``
+    (images and labels as numpy arrays), in order."""
+    digest = hashlib.sha256()
+    for group in groups:
+        for name, image, labels in group:
+            digest.update(str(name).encode())
+            for a in (image, labels):
+                a = np.ascontiguousarray(a)
+                digest.update(f"{a.dtype.str}{a.shape}".encode())
+                digest.update(a.tobytes())
+    return digest.hexdigest()[:32]
+
+
+def check_train_outputs(output: Path, *, curve: Path, weight_figure, inputs, resume: bool,
+                        overwrite: bool) -> None:
+    """Check every file a training run writes, before it starts (:func:`fastunet.paths.check_output_file`).
+
+    The model file, its checkpoint, the curve and the weight figure: the right extension,
+    not a folder, not an input, not each other, a writable folder. Without ``resume`` or
+    ``overwrite``, an existing model file or checkpoint (an interrupted run) is refused; with
+    ``resume`` the run's own files are replaced.
+    """
+    from ..paths import check_output_file
+
+    if resume and overwrite:
+        raise UserError("resume=True and overwrite=True contradict each other; pass one of them.")
+    ckpt = checkpoint_path(output)
+    if not (resume or overwrite):
+        if output.exists():
+            raise UserError(f"{str(output)!r} already exists; pass overwrite=True to replace it (or resume=True "
+                            "to continue).")
+        if ckpt.exists():  # a run that was killed before it wrote the model
+            raise UserError(
+                f"{str(ckpt)!r} holds the checkpoint of an earlier run; pass resume=True to continue it, or "
+                "overwrite=True to start over (and replace it)."
+            )
+    mine = resume or overwrite
+    check_output_file(output, what="model file", suffixes=(".safetensors",), inputs=inputs, own=mine)
+    check_output_file(ckpt, what="checkpoint", suffixes=(".safetensors",), inputs=inputs, own=mine)
+    check_output_file(curve, what="curve=", suffixes=(".png",), inputs=inputs, own=mine,
+                      others={"model file": output, "checkpoint": ckpt})
+    if weight_figure is not None:
+        check_output_file(weight_figure, what="weight_figure=", suffixes=(".png",), inputs=inputs, own=mine,
+                          others={"model file": output, "checkpoint": ckpt, "curve": curve})

@@ -26,8 +26,17 @@ from ..errors import UserError
 from ..figures import weight_map_figure, write_curve
 from ..metrics import score
 from ..model import ReferenceUNet
+from ..segmentation.memory import check_train_memory
 from .augment import augment_batch
-from .checkpoint import check_model_name, check_resume, checkpoint_path, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    check_model_name,
+    check_resume,
+    check_train_outputs,
+    checkpoint_path,
+    data_digest,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .config import TrainConfig
 from .datasets import load_pairs, validation_split
 from .loss import weighted_cross_entropy
@@ -258,6 +267,7 @@ def _load_data(images, labels, config: TrainConfig, axes: str | None, note: Call
     data = {
         "train": [[n, list(im.shape)] for n, im, _ in train_slices],
         "val": [[n, list(im.shape)] for n, im, _ in val_images],
+        "digest": data_digest(train_slices, val_images),
     }
     return train_slices, val_images, data
 
@@ -292,6 +302,7 @@ def train(
     weight_figure: str | os.PathLike | None = None,
     axes: str | None = None,
     command: str | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train a U-Net on images with instance (or semantic) labels and save it.
 
@@ -320,6 +331,9 @@ def train(
         Axes of the image and label files, see :func:`~fastunet.train.datasets.load_pairs`.
     command : str, optional
         The command line that started the run, stored in the model file.
+    overwrite : bool
+        Start afresh over an existing model file or checkpoint (an earlier run's); without
+        it (or ``resume``) they are refused, before any work.
 
     Returns
     -------
@@ -330,7 +344,11 @@ def train(
     output = check_model_name(output)
     ckpt = checkpoint_path(output)
     curve = Path(output.with_name(output.name[: -len(".safetensors")] + ".curve.png") if curve is None else curve)
+    check_train_outputs(output, curve=curve, weight_figure=weight_figure, inputs=(images, labels), resume=resume,
+                        overwrite=overwrite)
     device = check_visible(resolve_device(config.device))
+    check_train_memory(config.unet_config(), config.tile, config.batch_size, device=device,
+                       optimizer=config.optimizer)  # before anything is read or allocated
     amp = config.amp == "bf16"
     if amp and device.type != "cuda":
         raise UserError("amp='bf16' needs a CUDA device; train in fp32 on the CPU (amp='none').")
