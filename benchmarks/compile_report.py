@@ -457,12 +457,12 @@ def to_json(result: dict) -> str:
 
 
 def update_readme(readme: Path, table: str, header: str) -> None:
-    text = readme.read_text()
-    if BEGIN not in text or END not in text:
-        text = text.rstrip("\n") + f"\n\n## Compiled code (sm_90a, from the CPU)\n\n{BEGIN}\n{END}\n"
-    before, rest = text.split(BEGIN, 1)
-    _, after = rest.split(END, 1)
-    readme.write_text(f"{before}{BEGIN}\n{header}\n\n{table}\n{END}{after}")
+    """The compile table of ``benchmarks/README.md`` (between its own markers), through
+    ``report.update_readme``."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from report import update_readme as replace_between
+
+    replace_between(readme, f"{header}\n\n{table}", begin=BEGIN, end=END, heading="Compiled code (sm_90a, from the CPU)")
 
 
 def main(argv: list[str] | None = None) -> int:

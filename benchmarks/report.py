@@ -29,9 +29,11 @@ def _fmt(value) -> str:
 
 
 def load_results(results_dir: Path) -> list[dict]:
-    """All result files, newest first (by the ``date`` they record, then by file name)."""
+    """All benchmark result files, newest first (by the ``date`` they record, then by file
+    name); the compile reports (``compile-*.json``) have their own table
+    (``benchmarks/compile_report.py``)."""
     results = []
-    for path in sorted(results_dir.glob("*.json")):
+    for path in sorted(p for p in results_dir.glob("*.json") if not p.name.startswith("compile-")):
         data = json.loads(path.read_text())
         data["_file"] = path.name
         results.append(data)
@@ -54,13 +56,15 @@ def render_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def update_readme(readme: Path, table: str) -> None:
+def update_readme(readme: Path, table: str, *, begin: str = BEGIN, end: str = END, heading: str = "Results") -> None:
+    """Replace what lies between the marker lines ``begin`` and ``end`` of ``readme`` with
+    ``table`` (a section ``heading`` with the markers is appended when they are missing)."""
     text = readme.read_text()
-    if BEGIN not in text or END not in text:
-        text = text.rstrip("\n") + f"\n\n## Results\n\n{BEGIN}\n{END}\n"
-    before, rest = text.split(BEGIN, 1)
-    _, after = rest.split(END, 1)
-    readme.write_text(f"{before}{BEGIN}\n{table}\n{END}{after}")
+    if begin not in text or end not in text:
+        text = text.rstrip("\n") + f"\n\n## {heading}\n\n{begin}\n{end}\n"
+    before, rest = text.split(begin, 1)
+    _, after = rest.split(end, 1)
+    readme.write_text(f"{before}{begin}\n{table}\n{end}{after}")
 
 
 def main(argv: list[str] | None = None) -> int:
