@@ -125,10 +125,11 @@ def time_segment(model_path, volume_path, out_path, *, tile: int | None, batch: 
 
 def _raw_batch_ms(model, tile: tuple[int, int], batch: int) -> float:
     """Median milliseconds of :meth:`FusedUNet.predict` (labels) of ``model`` in bf16 on
-    ``batch`` fresh random tiles already on the GPU; the fused network lives only here."""
+    ``batch`` fresh random tiles already on the GPU, as a CUDA graph (as the engine runs it);
+    the fused network lives only here."""
     from ..engine.fused import FusedUNet
 
-    net = FusedUNet(model, device="cuda", dtype="bf16")
+    net = FusedUNet(model, device="cuda", dtype="bf16", cuda_graph=True)
     return timing.cuda_median_ms(lambda x: net.predict(x, "labels"),
                                  make_inputs=lambda: (torch.randn(batch, 1, *tile, device="cuda"),))
 
@@ -142,8 +143,9 @@ def bench_segment(*, shape=(64, 4096, 4096), tile: int | None = None, batch: int
     engine's default tile on this GPU. The segment time is the median of ``repeats`` runs
     (wall clock, see :func:`time_segment`; the volume was just written or read, so the
     OS page cache may hold it: reads are not cold-disk reads). The raw forward is
-    :meth:`FusedUNet.predict` (labels, as the engine asks) on ``batch`` fresh random tiles
-    already on the GPU, timed with CUDA events; its time for the volume is that median times
+    :meth:`FusedUNet.predict` (labels, as the engine asks; replayed as a CUDA graph, as in the
+    engine) on ``batch`` fresh random tiles already on the GPU, timed with CUDA events; its
+    time for the volume is that median times
     the batches needed: ``ceil(tiles / batch)`` for the tiles the engine computed
     (``P4.segment_vs_raw``, the goal >= 0.9) and for the global tile grid counted once
     (``P4.segment_vs_raw_grid``: also charges the engine for tiles computed twice on

@@ -39,10 +39,14 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
     return backend
 
 
-def make_predictor(model: ReferenceUNet, backend: str = "auto", device="cpu", dtype: str | None = None) -> Predictor:
+def make_predictor(model: ReferenceUNet, backend: str = "auto", device="cpu", dtype: str | None = None, *,
+                   cuda_graph: bool = False) -> Predictor:
     """A :class:`Predictor` for ``model`` on ``device``.
 
-    ``dtype`` defaults to ``bf16`` on CUDA and ``fp32`` on the CPU.
+    ``dtype`` defaults to ``bf16`` on CUDA and ``fp32`` on the CPU. ``cuda_graph``: the fused
+    network (``triton`` on CUDA) captures its forward of each input shape in a CUDA graph
+    (for callers whose batches keep one shape, like the padded batches of
+    :class:`~fastunet.engine.runner.DeviceRunner`); the ``torch`` backend ignores it.
     """
     device = torch.device(device)
     if dtype is None:
@@ -51,5 +55,5 @@ def make_predictor(model: ReferenceUNet, backend: str = "auto", device="cpu", dt
     if backend == "triton":
         from .fused import FusedPredictor  # imports the Triton kernels: only when asked for
 
-        return FusedPredictor(model, device=device, dtype=dtype)
+        return FusedPredictor(model, device=device, dtype=dtype, cuda_graph=cuda_graph)
     return TorchPredictor(model, device=device, dtype=dtype)

@@ -1,11 +1,13 @@
 """One output block of the overlap-tile engine: read, normalize, predict, assemble, write.
 
 A block task (:func:`run_block`) reads its input slab with the mirrored context
-(:func:`fastunet.engine.tiling.read_mirrored`), normalizes it with the statistics computed once
-for the whole volume (:func:`fastunet.normalization.normalization_stats`), cuts the tiles of
-the global tile grid, runs the network, assembles the block, writes its output chunks and
-records the block as done (:meth:`fastunet.io.SegmentationStore.mark_done`). It returns a small
-summary, never the data, so memory is bounded by the blocks in flight whatever the volume size.
+(:func:`fastunet.engine.tiling.read_mirrored`), cuts the tiles of the global tile grid,
+normalizes them with the statistics computed once for the whole volume
+(:func:`fastunet.normalization.normalization_stats`; here on the CPU, on the device when a
+device runner takes the tiles in their stored dtype), runs the network, assembles the block,
+writes its output chunks and records the block as done
+(:meth:`fastunet.io.SegmentationStore.mark_done`). It returns a small summary, never the data,
+so memory is bounded by the blocks in flight whatever the volume size.
 
 NaN/Inf in the input: ignored by the normalization statistics, set to 0 after normalization
 (the value of the normalization offset), counted per block (``nonfinite`` in the summary).
@@ -105,21 +107,27 @@ def compute_block(job: Job, block: Block) -> tuple[np.ndarray | None, np.ndarray
         core = raw[:, :, y0:y0 + by, x0:x0 + bx]
         nonfinite = int(core.size - np.count_nonzero(np.isfinite(core)))
     z0, z1 = (block.box[0] if nd == 3 else (0, 1))
-    x = Normalization.apply(raw, *job.stats.for_slices(z0, z1))
+    offset, scale = job.stats.for_slices(z0, z1)
+    network = job.get_network()
+    # A device runner takes the tiles in their stored dtype and normalizes them on the device.
+    raw_tiles = network.takes_raw_tiles
+    x = raw if raw_tiles else Normalization.apply(raw, offset, scale, zero_nonfinite=is_float)
     del raw
-    if is_float:
-        np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     ty, tx = layout.tile
     tiles = layout.block_tiles(block)
     bz = x.shape[1]
-    batch = np.empty((bz * len(tiles), x.shape[0], ty, tx), np.float32)
+    batch = np.empty((bz * len(tiles), x.shape[0], ty, tx), x.dtype)
     i = 0
     for z in range(bz):
         for (oy, ox), _, _ in tiles:
             batch[i] = x[:, z, oy:oy + ty, ox:ox + tx]
             i += 1
     del x
-    labels, probs = job.get_network().predict(batch, job.output_kind)
+    if raw_tiles:
+        norm = tuple(_per_tile(v, bz, len(tiles)) for v in (offset, scale))
+        labels, probs = network.predict_raw(batch, job.output_kind, *norm)
+    else:
+        labels, probs = network.predict(batch, job.output_kind)
     del batch
     out_labels = None if labels is None else np.empty((bz, by, bx), np.uint8)
     out_probs = None if probs is None else np.empty((probs.shape[1], bz, by, bx), np.float16)
@@ -132,6 +140,13 @@ def compute_block(job: Job, block: Block) -> tuple[np.ndarray | None, np.ndarray
                 out_probs[:, z, dy, dx] = probs[i, :, sy, sx]
             i += 1
     return out_labels, out_probs, nonfinite
+
+
+def _per_tile(constants: np.ndarray, bz: int, tiles: int) -> np.ndarray:
+    """A slab's normalization constants ``(C, 1 or bz, 1, 1)`` per tile of its batch: ``(bz *
+    tiles, C)``, in the batch's order (slice by slice, the tiles of each)."""
+    per_slice = np.broadcast_to(constants[:, :, 0, 0], (constants.shape[0], bz)).T
+    return np.repeat(per_slice, tiles, axis=0)
 
 
 def run_block(job: Job, block: Block) -> dict:

@@ -19,6 +19,7 @@ CUDA the forward can be captured in a CUDA graph.
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -29,6 +30,8 @@ from ..model import ReferenceUNet
 from .predictor import DTYPES, Prediction, Predictor
 
 __all__ = ["FusedUNet", "FusedPredictor"]
+
+log = logging.getLogger("fastunet.engine")
 
 
 @dataclass
@@ -87,6 +90,7 @@ class FusedUNet:
         self.dtype = dtype
         self.storage, _ = compute_dtype(dtype)
         self.cuda_graph = bool(cuda_graph) and self.device.type == "cuda"
+        self.captures = 0  # CUDA graphs captured (one per input shape and output kind in use)
         self.max_plans = max_plans
         self._plans: OrderedDict[tuple, _Plan] = OrderedDict()
         self._pack(model)
@@ -187,17 +191,35 @@ class FusedUNet:
         plan.graph = graphs
         graph = graphs.get(output)
         if graph is None:
-            stream = torch.cuda.Stream(self.device)
-            stream.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(stream):
-                self._run(plan, output)  # warm-up: autotuning and compilation happen here
-            torch.cuda.current_stream(self.device).wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self._run(plan, output)
-            graphs[output] = graph
-        graph.replay()
+            graph = graphs[output] = self._capture(plan, output)
+        if graph is False:  # capture failed for this shape: eager
+            self._run(plan, output)
+        else:
+            graph.replay()
         return plan
+
+    def _capture(self, plan: _Plan, output: str):
+        """A warm-up run (autotuning, compilation and module loading happen here, never under
+        capture), then the capture of :meth:`_run` in a CUDA graph. Errors are those of this
+        thread only (``thread_local``: other threads may use CUDA meanwhile). A capture that
+        fails for another reason than memory is logged and this shape runs eagerly (False)."""
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            self._run(plan, output)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                self._run(plan, output)
+        except torch.OutOfMemoryError:
+            raise  # OOMBackoff's to handle; the next call of this shape tries again
+        except RuntimeError as exc:
+            log.warning("CUDA graph capture of the fused network failed for tiles %s (%s); running them "
+                        "without a graph", tuple(plan.x.shape), exc)
+            return False
+        self.captures += 1
+        return graph
 
     @torch.no_grad()
     def __call__(self, tiles: torch.Tensor) -> torch.Tensor:

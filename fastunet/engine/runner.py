@@ -1,9 +1,15 @@
-"""Batching tiles from many blocks onto one device.
+"""Batching tiles from many blocks onto one device, and feeding it.
 
-Block tasks hand their normalized tiles to the process's :class:`DeviceRunner` and wait; one
-thread per process and device gathers tiles across requests into full batches, stages them in
-pinned host memory, copies them on a side stream while the previous batch computes, and hands
-each request its rows back.
+Block tasks hand their tiles to the process's :class:`DeviceRunner` and wait; one thread per
+process and device gathers tiles across requests into batches of one shape and dtype. On
+CUDA a batch is staged in one of two pinned host buffers *in the tiles' stored dtype*
+(uint8, uint16, float32...: no per-pixel float work on the CPU, and 1-2 bytes a pixel to
+copy for 8- and 16-bit images instead of float32's 4), copied on a side stream while the
+previous batch computes, normalized on the device by :meth:`fastunet.normalization.Normalization.apply`
+(the same function, and the same values, as the CPU path) with each tile's constants, and
+padded to ``batch_size`` tiles, so the network sees one shape for the whole run (the fused
+network captures it once in a CUDA graph). Each request gets its rows back: labels as uint8,
+probabilities (only when asked) as float16, through reused pinned buffers.
 """
 
 from __future__ import annotations
@@ -13,42 +19,71 @@ import queue
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
+from ..normalization import Normalization
+
 __all__ = ["DeviceRunner"]
+
+_OUTPUT_DTYPES = {"labels": torch.uint8, "probs": torch.float16}
 
 
 class DeviceRunner:
     """One thread per process and device that batches tiles from many blocks.
 
-    Block tasks call :meth:`submit` with their normalized tiles and wait on the returned
-    future; the runner thread gathers up to ``batch_size`` tiles across requests, runs the
-    predictor and hands each request its rows back. On CUDA each batch is staged in one of
-    two pinned host buffers, copied on a side stream and padded to ``batch_size`` tiles (one
-    shape for the whole run); the next batch is gathered and its copy issued while the
-    previous one computes.
+    Block tasks call :meth:`submit` with their tiles and wait on the returned future; the
+    runner thread gathers up to ``batch_size`` tiles across requests (of one output kind,
+    dtype and shape), runs the predictor and hands each request its rows back. Two host
+    staging buffers (pinned on CUDA) are reused batch after batch: the next batch is
+    gathered and its copy issued while the previous one computes.
+
+    Parameters
+    ----------
+    predictor : Predictor
+        The network on its device (``predict(tiles, output) -> Prediction``).
+    batch_size : int
+        Tiles per network call.
+    pad : bool, optional
+        Pad every batch to ``batch_size`` tiles (one shape for the whole run); default: on
+        CUDA only.
     """
 
-    def __init__(self, predictor, *, batch_size: int):
+    def __init__(self, predictor, *, batch_size: int, pad: bool | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
         self.predictor = predictor
         self.batch_size = int(batch_size)
         self.device = torch.device(predictor.device)
         self.cuda = self.device.type == "cuda"
+        self.pad = self.cuda if pad is None else bool(pad)
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
-        self._staging: dict = {}
+        self._slots = (_Staging(), _Staging())  # double buffering: the batch computing, the next one
         self._slot = 0
         self._copy_stream = None
         self.batches = 0
 
     # public -------------------------------------------------------------------------
-    def submit(self, tiles: np.ndarray, output: str) -> Future:
-        """Queue ``tiles`` (N, C, H, W) float32; the future gives ``(labels, probs)`` numpy."""
+    def submit(self, tiles: np.ndarray, output: str, norm: tuple | None = None) -> Future:
+        """Queue ``tiles`` (N, C, H, W); the future gives ``(labels, probs)`` numpy.
+
+        ``norm=None``: the tiles are the network's input already (float32). Else
+        ``norm=(offset, scale)``, each (N, C), the normalization constants of each tile and
+        channel: the tiles are in their stored dtype and are normalized on the device.
+        """
+        tiles = np.asarray(tiles)
+        if tiles.ndim != 4:
+            raise ValueError(f"Expected tiles (N, C, H, W); got shape {tiles.shape}.")
+        offset = scale = None
+        if norm is not None:
+            offset, scale = (np.asarray(v, np.float64) for v in norm)
+            if offset.shape != tiles.shape[:2] or scale.shape != tiles.shape[:2]:
+                raise ValueError(f"Expected normalization constants of shape {tiles.shape[:2]} (tiles, channels); "
+                                 f"got offset {offset.shape} and scale {scale.shape}.")
         fut: Future = Future()
         if len(tiles) == 0:
             fut.set_result((None, None))
@@ -57,7 +92,7 @@ class DeviceRunner:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._loop, name="fastunet-device-runner", daemon=True)
                 self._thread.start()
-        self._queue.put(_Request(tiles=tiles, output=output, future=fut))
+        self._queue.put(_Request(tiles=tiles, output=output, future=fut, offset=offset, scale=scale))
         return fut
 
     def close(self) -> None:
@@ -95,11 +130,12 @@ class DeviceRunner:
                     launched = self._launch(batch)
                 except BaseException as exc:  # noqa: BLE001 - handed to the waiting tasks
                     self._fail(batch, exc)
+                    self._settle()
             if inflight is not None:
                 try:
                     self._finish(inflight)
                 except BaseException as exc:  # noqa: BLE001
-                    self._fail(inflight[0], exc)
+                    self._fail(inflight.batch, exc)
             inflight = launched
 
     def _gather(self, pending, *, wait: bool, inflight) -> bool:
@@ -107,17 +143,20 @@ class DeviceRunner:
         def have():
             return sum(r.tiles.shape[0] - r.taken for r in pending)
 
+        def busy():
+            return inflight is not None and inflight.done is not None and not inflight.done.query()
+
         while have() < self.batch_size:
             try:
                 if wait:
                     item = self._queue.get()
                     wait = False
-                elif inflight is not None and self.cuda and not inflight[3].query():
+                elif busy():
                     item = self._queue.get(timeout=0.001)  # the GPU is busy: wait for more tiles
                 else:
                     item = self._queue.get_nowait()
             except queue.Empty:
-                if inflight is not None and self.cuda and not inflight[3].query():
+                if busy():
                     continue
                 return False
             if item is None:
@@ -126,11 +165,12 @@ class DeviceRunner:
         return False
 
     def _take(self, pending) -> list:
-        """Up to ``batch_size`` tiles from the front of ``pending``, one output kind."""
+        """Up to ``batch_size`` tiles from the front of ``pending``, of one output kind,
+        dtype and shape (the front request's)."""
         batch, n = [], 0
         while pending and n < self.batch_size:
             req = pending[0]
-            if batch and req.output != batch[0][0].output:
+            if batch and req.key != batch[0][0].key:
                 break
             k = min(self.batch_size - n, req.tiles.shape[0] - req.taken)
             batch.append((req, req.taken, req.taken + k))
@@ -140,53 +180,57 @@ class DeviceRunner:
                 pending.popleft()
         return batch
 
-    def _launch(self, batch):
-        output = batch[0][0].output
-        shape = batch[0][0].tiles.shape[1:]
+    def _launch(self, batch) -> "_Launched":
+        """Stage ``batch`` in the next slot, run it (asynchronously on CUDA)."""
+        first = batch[0][0]
+        slot = self._slots[self._slot]
+        self._slot ^= 1  # this slot's previous batch was finished (synchronized) before we got here
+        n = slot.stage(batch, self.batch_size, pin=self.cuda)
+        rows = self.batch_size if self.pad else n
         if not self.cuda:
-            tiles = np.concatenate([r.tiles[a:b] for r, a, b in batch]) if len(batch) > 1 else batch[0][0].tiles[batch[0][1]:batch[0][2]]
-            pred = self.predictor.predict(torch.from_numpy(np.ascontiguousarray(tiles)), output)
-            return batch, pred.labels, pred.probs, None
-        key = (tuple(shape), self._slot)
-        host = self._staging.get(key)
-        if host is None:
-            host = torch.zeros((self.batch_size, *shape), dtype=torch.float32, pin_memory=True)
-            self._staging[key] = host
-            if self._copy_stream is None:
-                self._copy_stream = torch.cuda.Stream(self.device)
-        self._slot ^= 1
-        view = host.numpy()
-        i = 0
-        for r, a, b in batch:
-            view[i:i + b - a] = r.tiles[a:b]
-            i += b - a
+            pred = self.predictor.predict(_network_input(slot.tiles[:rows], slot.consts[:rows], first), first.output)
+            outputs = {name: t[:n].to(dtype) for name, dtype in _OUTPUT_DTYPES.items()
+                       if (t := getattr(pred, name)) is not None}
+            return _Launched(batch, n, outputs, None)
+        if self._copy_stream is None:
+            self._copy_stream = torch.cuda.Stream(self.device)
         compute = torch.cuda.current_stream(self.device)
-        with torch.cuda.stream(self._copy_stream):
-            dev = host.to(self.device, non_blocking=True)  # always batch_size tiles: one shape
+        with torch.cuda.stream(self._copy_stream):  # overlaps the previous batch's compute
+            tiles = slot.tiles[:rows].to(self.device, non_blocking=True)
+            consts = slot.consts[:rows].to(self.device, non_blocking=True)
             copied = torch.cuda.Event()
             copied.record(self._copy_stream)
         compute.wait_event(copied)
-        dev.record_stream(compute)
+        tiles.record_stream(compute)
+        consts.record_stream(compute)
         with torch.cuda.stream(compute):
-            pred = self.predictor.predict(dev, output)
-            labels = probs = None
-            if pred.labels is not None:
-                labels = torch.empty(pred.labels.shape, dtype=pred.labels.dtype, pin_memory=True)
-                labels.copy_(pred.labels, non_blocking=True)
-            if pred.probs is not None:
-                probs = torch.empty(pred.probs.shape, dtype=pred.probs.dtype, pin_memory=True)
-                probs.copy_(pred.probs, non_blocking=True)
+            pred = self.predictor.predict(_network_input(tiles, consts, first), first.output)
+            outputs = {}
+            for name, dtype in _OUTPUT_DTYPES.items():
+                result = getattr(pred, name)
+                if result is not None:
+                    result = result[:n].to(dtype)
+                    outputs[name] = slot.output(name, result, pin=True)
+                    outputs[name][:n].copy_(result, non_blocking=True)
             done = torch.cuda.Event()
             done.record(compute)
-        return batch, labels, probs, done
+        return _Launched(batch, n, outputs, done)
 
-    def _finish(self, inflight) -> None:
-        batch, labels, probs, done = inflight
+    def _settle(self) -> None:
+        """After a failed launch on CUDA: wait for what it issued, so that its slot can be reused."""
+        if self.cuda:
+            try:
+                torch.cuda.synchronize(self.device)
+            except Exception:  # noqa: BLE001 - the failure itself was already handed on
+                pass
+
+    def _finish(self, launched: "_Launched") -> None:
+        batch, n, outputs, done = launched
         if done is not None:
             done.synchronize()
         self.batches += 1
-        labels = None if labels is None else labels.numpy()
-        probs = None if probs is None else probs.numpy()
+        labels = outputs["labels"][:n].numpy() if "labels" in outputs else None
+        probs = outputs["probs"][:n].numpy() if "probs" in outputs else None
         i = 0
         for req, a, b in batch:
             k = b - a
@@ -210,12 +254,79 @@ class DeviceRunner:
                 req.future.set_exception(exc)
 
 
+def _network_input(tiles: torch.Tensor, consts: torch.Tensor, request: "_Request") -> torch.Tensor:
+    """The network's input from staged tiles: as they are (already normalized), or normalized
+    with their constants ``consts`` (rows, 2, C): offset and scale per tile and channel."""
+    if request.offset is None:
+        return tiles
+    return Normalization.apply(tiles, consts[:, 0, :, None, None], consts[:, 1, :, None, None],
+                               zero_nonfinite=tiles.dtype.is_floating_point)
+
+
+class _Staging:
+    """The host buffers of one batch in flight, reused while the batches keep one dtype and
+    shape (reallocated when they change: memory stays bounded): tiles ``(batch_size, C, H, W)``
+    in their dtype, their constants ``(batch_size, 2, C)`` float64, and the outputs copied
+    back; pinned on CUDA."""
+
+    def __init__(self):
+        self.key = None
+        self.tiles: torch.Tensor | None = None
+        self.consts: torch.Tensor | None = None
+        self.outputs: dict = {}
+
+    def stage(self, batch, batch_size: int, *, pin: bool) -> int:
+        """Copy the rows of ``batch`` to the front of the buffers; returns how many. The rows
+        behind them keep an earlier batch's tiles (or zeros, scale 1): padding, computed and
+        dropped."""
+        first = batch[0][0]
+        if first.key != self.key:
+            self.tiles = self.consts = None  # free before allocating
+            self.outputs = {}
+            dtype = torch.from_numpy(np.empty(0, first.tiles.dtype.newbyteorder("="))).dtype
+            self.tiles = torch.zeros((batch_size, *first.tiles.shape[1:]), dtype=dtype, pin_memory=pin)
+            self.consts = torch.zeros((batch_size, 2, first.tiles.shape[1]), dtype=torch.float64, pin_memory=pin)
+            self.consts[:, 1] = 1.0
+            self.key = first.key
+        tiles, consts = self.tiles.numpy(), self.consts.numpy()
+        i = 0
+        for req, a, b in batch:
+            tiles[i:i + b - a] = req.tiles[a:b]
+            if req.offset is not None:
+                consts[i:i + b - a, 0] = req.offset[a:b]
+                consts[i:i + b - a, 1] = req.scale[a:b]
+            i += b - a
+        return i
+
+    def output(self, name: str, like: torch.Tensor, *, pin: bool) -> torch.Tensor:
+        """The host buffer for output ``name``: ``batch_size`` rows shaped and typed as ``like``'s."""
+        shape = (self.tiles.shape[0], *like.shape[1:])
+        buf = self.outputs.get(name)
+        if buf is None or tuple(buf.shape) != shape or buf.dtype != like.dtype:
+            buf = self.outputs[name] = torch.empty(shape, dtype=like.dtype, pin_memory=pin)
+        return buf
+
+
+class _Launched(NamedTuple):
+    batch: list
+    rows: int
+    outputs: dict
+    done: object  # a CUDA event, or None on the CPU
+
+
 @dataclass(eq=False)
 class _Request:
     tiles: np.ndarray
     output: str
     future: Future
+    offset: np.ndarray | None = None  # (N, C) per tile and channel; None: tiles already normalized
+    scale: np.ndarray | None = None
     taken: int = 0
     delivered: int = 0
     labels: np.ndarray | None = None
     probs: np.ndarray | None = None
+
+    @property
+    def key(self) -> tuple:
+        """Requests of one key can share a batch."""
+        return self.output, self.tiles.dtype.newbyteorder("="), self.tiles.shape[1:], self.offset is None

@@ -2,15 +2,17 @@
 
 A :class:`ModelHandle` travels with every block task (a model file's path, or the weights as
 safetensors bytes: never a pickled module). :func:`cached_network` loads it once per process
-and settings into a :class:`LoadedNetwork`, which runs batches of normalized tiles on its
-device: in the calling thread on the CPU (one forward at a time), or through a
-:class:`~fastunet.engine.runner.DeviceRunner` on CUDA, which batches tiles across blocks.
+and settings into a :class:`LoadedNetwork`, which runs batches of tiles on its device: normalized
+tiles in the calling thread on the CPU (one forward at a time), or tiles in their stored dtype
+through a :class:`~fastunet.engine.runner.DeviceRunner` on CUDA, which batches tiles across
+blocks and normalizes them on the device.
 
 The predictor is wrapped in :class:`~fastunet.engine.oom.OOMBackoff` (an out-of-memory error
 halves the batch, then the tile). Under the Triton interpreter (``backend="triton"`` on the
 CPU, minutes per block) the network runs in a helper thread and the block waits for it
 interruptibly: after Ctrl-C (:data:`cancel_predictions` set by the scheduler) the block gives
-up at once, unrecorded, instead of holding the run for minutes.
+up at once, unrecorded, instead of holding the run for minutes; a block waits for the device
+runner in the same way.
 """
 
 from __future__ import annotations
@@ -123,7 +125,10 @@ class LoadedNetwork:
 
     Without a runner the predictor is called in the calling thread, one call at a time
     (a lock: a CPU forward already uses all cores); with ``use_runner`` the tiles go to a
-    :class:`DeviceRunner` that batches them across blocks.
+    :class:`DeviceRunner` that batches them across blocks, takes them in their stored dtype
+    and normalizes them on the device (:meth:`predict_raw`; :attr:`takes_raw_tiles`), and
+    pads every batch to ``batch_size`` tiles on CUDA, where the fused network then runs as a
+    CUDA graph captured once per tile shape.
     """
 
     def __init__(self, handle: ModelHandle, *, device, backend: str, dtype: str | None,
@@ -131,8 +136,9 @@ class LoadedNetwork:
         from .backends import make_predictor
 
         self.handle = handle
-        self.predictor = OOMBackoff(make_predictor(handle.load(), backend=backend, device=device, dtype=dtype),
-                                    depth=handle.config.depth)
+        predictor = make_predictor(handle.load(), backend=backend, device=device, dtype=dtype,
+                                   cuda_graph=use_runner)  # the runner's batches have one shape
+        self.predictor = OOMBackoff(predictor, depth=handle.config.depth)
         self.device = str(self.predictor.device)
         self.backend = self.predictor.backend
         self.dtype = self.predictor.dtype
@@ -142,13 +148,31 @@ class LoadedNetwork:
         self.runner = DeviceRunner(self.predictor, batch_size=batch_size) if use_runner else None
         self._lock = threading.Lock()
 
+    @property
+    def takes_raw_tiles(self) -> bool:
+        """Whether tiles should come in their stored dtype, to :meth:`predict_raw` (a runner
+        normalizes them on its device), rather than normalized, to :meth:`predict`."""
+        return self.runner is not None
+
     def predict(self, tiles: np.ndarray, output: str) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """Labels (N, h, w) uint8 and/or probabilities (N, K, h, w) float16 of ``tiles``."""
+        """Labels (N, h, w) uint8 and/or probabilities (N, K, h, w) float16 of ``tiles``
+        (normalized, float32)."""
         if self.runner is not None:
-            return self.runner.submit(tiles, output).result()
+            return _result_interruptibly(self.runner.submit(tiles, output))
         if self.interruptible:
             return _wait_interruptibly(lambda: self._predict(tiles, output))
         return self._predict(tiles, output)
+
+    def predict_raw(self, tiles: np.ndarray, output: str, offset: np.ndarray, scale: np.ndarray):
+        """As :meth:`predict`, for ``tiles`` (N, C, H, W) in their stored dtype with the
+        normalization constants of each tile and channel, ``offset`` and ``scale`` (N, C)
+        (:meth:`fastunet.normalization.Normalization.apply`; NaN/Inf of float inputs become 0):
+        normalized by the runner on its device, or here without one."""
+        if self.runner is not None:
+            return _result_interruptibly(self.runner.submit(tiles, output, norm=(offset, scale)))
+        x = Normalization.apply(tiles, np.asarray(offset)[:, :, None, None], np.asarray(scale)[:, :, None, None],
+                                zero_nonfinite=tiles.dtype.kind == "f")
+        return self.predict(x, output)
 
     def _predict(self, tiles: np.ndarray, output: str) -> tuple[np.ndarray | None, np.ndarray | None]:
         labels, probs = [], []
@@ -170,7 +194,6 @@ def _wait_interruptibly(call):
     """``call()`` in a helper thread, waited for until it returns or :data:`cancel_predictions`
     is set (then :class:`PredictionCancelled`; the helper finishes on its own, unused)."""
     from concurrent.futures import Future
-    from concurrent.futures import TimeoutError as Waiting
 
     future: Future = Future()
 
@@ -181,6 +204,14 @@ def _wait_interruptibly(call):
             future.set_exception(exc)
 
     threading.Thread(target=work, name="fastunet-interpreter", daemon=True).start()
+    return _result_interruptibly(future)
+
+
+def _result_interruptibly(future):
+    """``future.result()``, given up (:class:`PredictionCancelled`) once :data:`cancel_predictions`
+    is set."""
+    from concurrent.futures import TimeoutError as Waiting
+
     while True:
         try:
             return future.result(timeout=0.1)
