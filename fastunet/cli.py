@@ -111,6 +111,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "optimizer": args.optimizer,
         "lr": args.lr,
+        "lr_schedule": args.lr_schedule,
+        "lr_period": args.lr_period,
         "base_channels": args.base_channels,
         "depth": args.depth,
         "device": args.device,
@@ -249,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="train a U-Net on images with instance (or 0/1) labels",
         description="Train as in the paper: weighted cross-entropy with border weights, elastic "
-        "deformations, SGD with momentum 0.99 (or Adam); resumable checkpoints beside the output.",
+        "deformations; Adam (or the paper's SGD with momentum 0.99) on a cosine learning-rate schedule, "
+        "the best validation's weights kept; resumable checkpoints beside the output.",
     )
     p.add_argument("images", help="a TIFF file, a folder of TIFFs or a zarr array/group: 2D images or (Z, Y, X) stacks")
     p.add_argument("labels", help="the labels in the same form (instance ids, or 0/1 whose components become objects)")
@@ -260,9 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, help="input tile edge, a valid size for --depth (default 316)")
     p.add_argument("--batch-size", type=int, help="tiles per step (default 1, as in the paper)")
     p.add_argument(
-        "--optimizer", choices=("sgd", "adam"), help="sgd (momentum 0.99, the paper; default) or adam (converges faster)"
+        "--optimizer", choices=("sgd", "adam"), help="adam (default: converges faster) or sgd (momentum 0.99, the paper)"
     )
     p.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
+    p.add_argument("--lr-schedule", choices=("cosine", "constant"),
+                   help="cosine (default): from --lr down to 1%% of it over --lr-period steps, then again; or constant")
+    p.add_argument("--lr-period", type=int, help="steps of one cosine cycle (default 2000)")
     p.add_argument("--base-channels", type=int, help="feature channels of the first level (default 16)")
     p.add_argument("--depth", type=int, help="number of 2x2 max-pools (default 3)")
     p.add_argument("--val-fraction", type=float, help="fraction of the images held out for validation (default 0.2)")
