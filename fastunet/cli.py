@@ -71,7 +71,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             seg.segment(
                 args.input, args.out, axes=args.axes, output_kind=args.output_kind, zarr_format=args.zarr_format,
                 resume=args.resume, overwrite=args.overwrite, scheduler=args.scheduler, workers=args.workers,
-                gpus=args.gpus, progress=not args.quiet, block=block,
+                gpus=args.gpus, progress=not args.quiet, block=block, object_size=_object_size(args.object_size),
             )  # fmt: skip
     for w in caught:
         if issubclass(w.category, (NonFiniteWarning, InputMovedWarning)):
@@ -149,28 +149,40 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _object_size(text: str | None):
+    """--object-size: a number of pixels, or a word (auto, truth) the library checks."""
+    try:
+        return None if text is None else float(text)
+    except ValueError:
+        return text
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from .evaluate import evaluate, evaluate_synthetic
+    from .evaluate import evaluate, evaluate_styles, parse_styles, style_table
 
     common = dict(device=args.device, backend=args.backend, dtype=args.dtype, tile=args.tile,
-                  batch_size=args.batch_size, preview=args.preview)
+                  batch_size=args.batch_size, preview=args.preview, object_size=_object_size(args.object_size))
     if args.synthetic is not None:
         if args.images or args.labels:
             raise UserError("Pass either IMAGES LABELS or --synthetic N, not both.")
-        result = evaluate_synthetic(args.model, n_images=args.synthetic, seed=args.seed, **common)
-        what = f"{args.synthetic} synthetic images (seeds {args.seed}..{args.seed + args.synthetic - 1})"
+        results = evaluate_styles(args.model, styles=parse_styles(args.style), n_images=args.synthetic,
+                                  seed=args.seed, **common)
+        what = f"{args.synthetic} synthetic images per style (seeds {args.seed}..{args.seed + args.synthetic - 1})"
+        result = next(iter(results.values())) if len(results) == 1 else None
     else:
         if not (args.images and args.labels):
             raise UserError("Pass IMAGES and LABELS (TIFF files, folders of TIFFs or zarr), or --synthetic N.")
         result = evaluate(args.images, args.labels, args.model, axes=args.axes, **common)
         what = f"{args.images}"
-    print(f"model {args.model or 'default (bundled)'} on {what}:")
-    print(f"  {result}")
+    size = f" at object size {args.object_size}" if args.object_size else ""
+    print(f"model {args.model or 'default (bundled)'} on {what}{size}:")
+    print(f"  {result}" if result is not None else style_table(results))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(result.to_dict(), f, indent=2)
+            data = result.to_dict() if result is not None else {"styles": {k: v.to_dict() for k, v in results.items()}}
+            json.dump(data, f, indent=2)
         print(f"wrote {args.json}")
     if args.preview:
         print(f"wrote {args.preview}")
@@ -244,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--gpus", metavar="0,1,...", help="one dask worker process per GPU")
     p.add_argument("--block", metavar="[Z,]Y,X", help="output block shape in pixels, a multiple of the output "
                    "chunks (default: about 8 Mvoxels on CUDA, 2 on the CPU, along the chunks)")
+    p.add_argument("--object-size", metavar="PIXELS|auto", help="typical object diameter in the input: rescale "
+                   "it to the model's training object size (auto: estimate it; default: the input's own scale)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary line")
     p.set_defaults(func=_cmd_segment)
 
@@ -297,7 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("images", nargs="?", help="TIFF file, folder of TIFFs or zarr: 2D images or (Z, Y, X) stacks")
     p.add_argument("labels", nargs="?", help="their instance labels in the same form")
-    p.add_argument("--synthetic", type=int, metavar="N", help="score on N fresh synthetic nuclei images instead")
+    p.add_argument("--synthetic", type=int, metavar="N", help="score on N fresh synthetic images per style instead")
+    p.add_argument("--style", help="synthetic styles: all (default), held-out, train, or names separated by commas")
+    p.add_argument("--object-size", metavar="PIXELS|auto|truth", help="typical object diameter of the images (see "
+                   "segment); truth: each synthetic image's true one")
     p.add_argument("--seed", type=int, default=2026, help="first seed of the synthetic images (default 2026)")
     p.add_argument("--axes", help="axes of files whose metadata do not say, e.g. ZYX")
     _add_network_options(p)

@@ -58,19 +58,9 @@ def style_of(seed: int) -> str:
 
 def write_training_data(workdir: str | Path) -> tuple[Path, Path]:
     """Write the training images and instance labels as TIFF files; returns both folders."""
-    import tifffile
+    from .synthetic_styles import write_style_images
 
-    from .synthetic_styles import style_image
-
-    workdir = Path(workdir)
-    images, labels = workdir / "images", workdir / "labels"
-    images.mkdir(parents=True, exist_ok=True)
-    labels.mkdir(parents=True, exist_ok=True)
-    for seed in TRAIN_SEEDS:
-        drawn = style_image(style_of(seed), IMAGE_SHAPE, seed=seed)
-        tifffile.imwrite(images / f"nuclei_{seed}.tif", drawn.image)
-        tifffile.imwrite(labels / f"nuclei_{seed}.tif", drawn.labels)
-    return images, labels
+    return write_style_images(workdir, TRAIN_SEEDS, style_of, IMAGE_SHAPE)
 
 
 def recipe_config() -> TrainConfig:

@@ -166,6 +166,7 @@ def _place_objects(
     center = np.zeros((total, 3))  # (y, x, z)
     placed = np.zeros(total, bool)
     attach = rng.random(total) < shapes.touching
+    grid = _Grid(2.02 * float(major.max(initial=1.0)))
     for i in range(total):
         for _ in range(_ATTEMPTS):
             done = np.flatnonzero(placed)
@@ -187,9 +188,10 @@ def _place_objects(
                     rng.uniform(-rmin, width + rmin),
                     rng.uniform(-0.5 * c[i], depth_px + 0.5 * c[i]) if depth_px > 0 else 0.0,
                 ])  # fmt: skip
-            if _fits(candidate, i, done, center, major, minor, c, phi):
+            if _fits(candidate, i, grid.near(candidate), center, major, minor, c, phi):
                 center[i] = candidate
                 placed[i] = True
+                grid.add(i, candidate)
                 break
     amp = np.zeros((total, _HARMONICS))
     phase = np.zeros((total, _HARMONICS))
@@ -202,6 +204,27 @@ def _place_objects(
 
 _MIN_GAP = 0.8
 _ATTEMPTS = 12
+
+
+class _Grid:
+    """Placed objects by square cells of ``cell`` px (at least the largest interaction
+    distance), so that a candidate is checked against its neighbours only."""
+
+    def __init__(self, cell: float):
+        self.cell = cell
+        self.cells: dict[tuple[int, int], list[int]] = {}
+
+    def _key(self, point) -> tuple[int, int]:
+        return int(np.floor(point[0] / self.cell)), int(np.floor(point[1] / self.cell))
+
+    def add(self, index: int, point) -> None:
+        self.cells.setdefault(self._key(point), []).append(index)
+
+    def near(self, point) -> np.ndarray:
+        """The placed objects in the 3 x 3 cells around ``point`` (sorted indices)."""
+        ky, kx = self._key(point)
+        found = [i for dy in (-1, 0, 1) for dx in (-1, 0, 1) for i in self.cells.get((ky + dy, kx + dx), ())]
+        return np.array(sorted(found), dtype=np.intp)
 
 
 def _fits(candidate, i, done, center, major, minor, c, phi) -> bool:

@@ -28,7 +28,7 @@ import numpy as np
 from .objectsize import median_diameter
 from .synthetic import synthetic_nuclei
 
-__all__ = ["Style", "STYLES", "StyleImage", "style_names", "style_image", "get_style"]
+__all__ = ["Style", "STYLES", "StyleImage", "style_names", "style_image", "get_style", "write_style_images"]
 
 Range = tuple[float, float]
 
@@ -175,3 +175,23 @@ def style_image(style: str | Style, shape: tuple[int, int] = (512, 512), *, seed
     options.setdefault("dtype", "uint16")
     image, labels = synthetic_nuclei(tuple(shape), rng=rng, **options)
     return StyleImage(image, labels, options, median_diameter(labels))
+
+
+def write_style_images(folder, seeds, style, shape: tuple[int, int] = (512, 512)):
+    """Write images of ``style`` (a name, or a function of the seed giving one) drawn from
+    ``seeds`` as ``folder/images/nuclei_<seed>.tif`` and their instance labels as
+    ``folder/labels/nuclei_<seed>.tif`` (what ``fastunet train`` and ``evaluate`` read);
+    returns both folders."""
+    from pathlib import Path
+
+    import tifffile
+
+    folder = Path(folder)
+    images, labels = folder / "images", folder / "labels"
+    images.mkdir(parents=True, exist_ok=True)
+    labels.mkdir(parents=True, exist_ok=True)
+    for seed in seeds:
+        drawn = style_image(style(seed) if callable(style) else style, tuple(shape), seed=int(seed))
+        tifffile.imwrite(images / f"nuclei_{seed}.tif", drawn.image)
+        tifffile.imwrite(labels / f"nuclei_{seed}.tif", drawn.labels)
+    return images, labels
