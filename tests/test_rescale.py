@@ -166,3 +166,28 @@ def test_estimate_measures_the_predicted_objects_and_refines_once():
     assert calls[0] is None and calls[1] is not None and calls[1] < size
     assert size == pytest.approx(median_diameter(ndi.label(truth > 0)[0]))
     assert estimate_object_size(lambda crop, s: np.zeros(crop.shape, np.uint8), vol) is None
+
+
+def test_cli_segment_object_size(tmp_path, capsys):
+    import tifffile
+    import zarr
+
+    from fastunet import save_model
+    from fastunet.cli import main
+
+    net = _sized_net()
+    model = tmp_path / "m.safetensors"
+    save_model(model, net.module, normalization=net.normalization, extra={"object_size": MODEL_SIZE})
+    image = (_rng().random((48, 56)) * 1000).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    args = ["segment", str(tmp_path / "img.tif"), "-o", str(tmp_path / "out.zarr"), "--model", str(model),
+            "--device", "cpu", "--quiet"]
+    assert main([*args, "--object-size", "30"]) == 0
+    assert zarr.open_group(str(tmp_path / "out.zarr"), mode="r")["labels"].shape == (48, 56)
+    assert main([*args[:-1], "--object-size", "25", "--overwrite"]) == 0
+    assert "object size 25.0 px, rescaled by 0.8" in capsys.readouterr().out
+    for bad, message in (("0", "--object-size must be a positive diameter"), ("900", "larger than the image"),
+                         ("wide", 'expects a diameter in pixels or "auto"')):
+        assert main([*args, "--object-size", bad, "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
