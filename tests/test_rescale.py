@@ -191,3 +191,27 @@ def test_cli_segment_object_size(tmp_path, capsys):
         assert main([*args, "--object-size", bad, "--overwrite"]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_auto_runs_at_the_size_it_estimates(tmp_path, monkeypatch):
+    """object_size="auto": the estimate (recorded in the summary) is then used as if it had been
+    given; the estimate sees the middle plane's central crop through the segmenter."""
+    from fastunet.segmentation import scaling
+
+    seen = []
+
+    def estimate(segment_crop, vol):
+        crop = scaling._crop(vol)
+        seen.append((crop.shape, np.asarray(segment_crop(crop, None)).shape))
+        return 27.5
+
+    monkeypatch.setattr(scaling, "estimate_object_size", estimate)
+    net = _sized_net()
+    image = _rng().normal(0.5, 1.0, size=(3, 40, 52)).astype(np.float32)
+    with Segmenter(net) as seg:
+        auto = seg.segment(image, str(tmp_path / "a.zarr"), axes="ZYX", object_size="auto", progress=False)[:]
+        summary = seg.last_summary
+        given = seg.segment(image, None, axes="ZYX", object_size=27.5).compute()
+    assert summary["object_size_estimated"] is True and summary["object_size"] == 27.5
+    assert seen == [((40, 52), (40, 52))]
+    np.testing.assert_array_equal(auto, given)
