@@ -3,16 +3,16 @@
 The reference is independent of the engine: smooth the whole image (``np.pad`` reflect, then
 ``scipy.ndimage.gaussian_filter``), sample it at the rescaled pixels with
 ``scipy.ndimage.map_coordinates`` (order 1), run the network once on the whole rescaled image
-(test_engine's ``reference_logits``), and sample the result back: the nearest rescaled pixel's
-class, the linear interpolation of the probabilities. Labels must agree wherever the
-reference's top-2 logit margin at that rescaled pixel exceeds test_engine's ``MARGIN``.
+(test_engine's ``reference_logits``), interpolate the probabilities linearly at the input
+pixels and take their argmax. The engine's probabilities are float16 on the rescaled grid, so
+labels must agree wherever the two classes are further apart than that rounding.
 """
 
 import numpy as np
 import pytest
 import torch
 from scipy import ndimage as ndi
-from test_engine import MARGIN, _net, _normalize, reference_logits
+from test_engine import _net, _normalize, reference_logits
 
 from fastunet.engine.rescale import Rescale, RescaledSource
 from fastunet.errors import UserError
@@ -49,28 +49,27 @@ def _rescaled_reference(image, factor):
 
 
 def _back(values, n, axis):
-    """Nearest (int64 index) and linear (index pair, weight) maps from n input pixels to the rescaled axis."""
+    """Linear maps (index pair, weight) from n input pixels to the rescaled axis."""
     m = values.shape[axis]
-    t = (np.arange(n) + 0.5) * (m / n)
-    nearest = np.clip(np.floor(t), 0, m - 1).astype(int)
-    j0 = np.floor(t - 0.5)
-    w = (t - 0.5 - j0)
-    return nearest, np.clip(j0, 0, m - 1).astype(int), np.clip(j0 + 1, 0, m - 1).astype(int), w
+    t = (np.arange(n) + 0.5) * (m / n) - 0.5
+    j0 = np.floor(t)
+    return np.clip(j0, 0, m - 1).astype(int), np.clip(j0 + 1, 0, m - 1).astype(int), t - j0
 
 
 def _assert_like_reference(labels, probs, image, net, factor):
+    """Probabilities within fp16 rounding of the interpolated reference; labels their argmax
+    wherever the two classes are not within that rounding of a tie."""
     rescaled = _rescaled_reference(image, factor)
     logits = reference_logits(net, _normalize(rescaled, net)[None])  # (K, h, w) on the rescaled grid
-    (ny, y0, y1, wy), (nx, x0, x1, wx) = (_back(logits[0], n, a) for a, n in enumerate(image.shape))
-    top2 = np.sort(logits, axis=0)[-2:]
-    exempt = ((top2[1] - top2[0]) < MARGIN)[ny][:, nx]
-    assert exempt.mean() < 0.1
-    want = logits.argmax(0)[ny][:, nx]
-    assert not ((np.asarray(labels) != want) & ~exempt).any(), "labels differ from the rescaled reference"
+    (y0, y1, wy), (x0, x1, wx) = (_back(logits[0], n, a) for a, n in enumerate(image.shape))
     ref = torch.softmax(torch.from_numpy(logits), 0).numpy()
     ref = ref[:, y0] * (1 - wy)[:, None] + ref[:, y1] * wy[:, None]
     ref = ref[..., x0] * (1 - wx) + ref[..., x1] * wx
     assert np.abs(np.asarray(probs).astype(np.float32) - ref).max() < 2e-3
+    top2 = np.sort(ref, axis=0)[-2:]
+    exempt = (top2[1] - top2[0]) < 2e-3
+    assert exempt.mean() < 0.1
+    assert not ((np.asarray(labels) != ref.argmax(0)) & ~exempt).any(), "labels differ from the rescaled reference"
 
 
 @pytest.mark.parametrize("object_size, block", [(34.0, (16, 24)), (34.0, None), (11.0, (16, 24)), (13.0, (40, 8))])

@@ -18,12 +18,16 @@ block task, so it streams and stays seamless:
 * **the network** runs on the rescaled grid exactly as on any input: the global tile grid,
   mirrored beyond the rescaled image's edges (:func:`predict_rescaled` hands the block task a
   block of the rescaled grid).
-* **back to the input grid**: each input pixel takes the class of the nearest rescaled pixel
-  (class maps) or the linear interpolation of the probabilities (clamped at the edges).
+* **back to the input grid**: each input pixel takes the linear interpolation of the class
+  probabilities of the rescaled pixels around it (clamped at the edges), and its class is
+  their argmax. (Taking the class of the nearest rescaled pixel instead moves every
+  boundary by up to half a rescaled pixel: measured with the default model at each image's
+  true object size, 4 images per style, foreground IoU classic 0.898 -> 0.910, large 0.886 ->
+  0.898, huge 0.908 -> 0.923 with the interpolated probabilities.)
 
 Reference semantics (what the tests compare against): smooth the whole input (mirrored),
 sample it at the rescaled grid (``scipy.ndimage.map_coordinates``, order 1), segment that image
-as usual, and sample the result back at the input pixels.
+as usual, interpolate its probabilities at the input pixels and take their argmax.
 """
 
 from __future__ import annotations
@@ -83,12 +87,6 @@ class Rescale:
         return (np.arange(start, stop, dtype=np.float64) + 0.5) * self.step(axis) - 0.5
 
     # --- rescaled grid -> input grid -------------------------------------------------------
-    def nearest(self, axis: int, start: int, stop: int) -> np.ndarray:
-        """The rescaled pixel nearest to each input pixel ``[start, stop)`` (int64)."""
-        ratio = self.rescaled[axis] / self.shape[axis]
-        j = np.floor((np.arange(start, stop, dtype=np.float64) + 0.5) * ratio).astype(np.int64)
-        return np.clip(j, 0, self.rescaled[axis] - 1)
-
     def linear(self, axis: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """For input pixels ``[start, stop)``: the two rescaled pixels around each (clamped to
         the grid) and the weight of the second (float32)."""
@@ -100,16 +98,10 @@ class Rescale:
         last = self.rescaled[axis] - 1
         return np.clip(j0, 0, last), np.clip(j0 + 1, 0, last), w
 
-    def needed(self, axis: int, start: int, stop: int, *, labels: bool, probs: bool) -> tuple[int, int]:
+    def needed(self, axis: int, start: int, stop: int) -> tuple[int, int]:
         """The rescaled range whose prediction input pixels ``[start, stop)`` sample."""
-        picks = []
-        if labels:
-            picks.append(self.nearest(axis, start, stop))
-        if probs:
-            j0, j1, _ = self.linear(axis, start, stop)
-            picks += [j0, j1]
-        everything = np.concatenate(picks)
-        return int(everything.min()), int(everything.max()) + 1
+        j0, j1, _ = self.linear(axis, start, stop)
+        return int(j0.min()), int(j1.max()) + 1
 
 
 def _interpolate(data: np.ndarray, coords: np.ndarray, base: int, axis: int) -> np.ndarray:
@@ -179,23 +171,26 @@ class RescaledSource:
         return _interpolate(data, coords[1], box[-1][0], data.ndim - 1)
 
 
-def _sample_back(job, block: Block, ranges, labels, probs):
-    """The rescaled prediction over ``ranges`` sampled at the block's input pixels."""
+def _sample_back(job, block: Block, ranges, probs):
+    """The rescaled probabilities ``(K, bz, h, w)`` over ``ranges``, interpolated at the block's
+    input pixels: the labels (their argmax) and/or the probabilities, as the job asks."""
     rs = job.rescale
     (y0, y1), (x0, x1) = block.box[-2:]
-    out_labels = out_probs = None
-    if labels is not None:
-        iy = rs.nearest(0, y0, y1) - ranges[0][0]
-        ix = rs.nearest(1, x0, x1) - ranges[1][0]
-        out_labels = labels[:, iy][:, :, ix]
-    if probs is not None:
-        p = probs.astype(np.float32)
-        (a, b, w) = rs.linear(0, y0, y1)
-        p = p[:, :, a - ranges[0][0]] * (1 - w)[:, None] + p[:, :, b - ranges[0][0]] * w[:, None]
-        (a, b, w) = rs.linear(1, x0, x1)
-        p = p[..., a - ranges[1][0]] * (1 - w) + p[..., b - ranges[1][0]] * w
-        out_probs = p.astype(np.float16)
-    return out_labels, out_probs
+    p = probs.astype(np.float32)
+    (a, b, w) = rs.linear(0, y0, y1)
+    p = p[:, :, a - ranges[0][0]] * (1 - w)[:, None] + p[:, :, b - ranges[0][0]] * w[:, None]
+    (a, b, w) = rs.linear(1, x0, x1)
+    p = p[..., a - ranges[1][0]] * (1 - w) + p[..., b - ranges[1][0]] * w
+    kinds = _kinds(job.output_kind)
+    labels = p.argmax(axis=0).astype(np.uint8) if kinds - {"probs"} else None  # any kind made from classes
+    return labels, (p.astype(np.float16) if "probs" in kinds else None)
+
+
+def _kinds(output_kind) -> set[str]:
+    """The output kinds asked for: one name, ``"both"``, several (a tuple or "a,b")."""
+    names = output_kind.split(",") if isinstance(output_kind, str) else list(output_kind)
+    kinds = {n.strip() for n in names}
+    return (kinds - {"both"}) | ({"labels", "probs"} if "both" in kinds else set())
 
 
 def predict_rescaled(job, block: Block, compute):
@@ -204,15 +199,14 @@ def predict_rescaled(job, block: Block, compute):
     ``compute(job, block)`` is the block task's computation at scale 1
     (:func:`fastunet.engine.blocks.compute_block`): it runs here on a block of the rescaled
     grid (the range the block's input pixels sample) of a job whose source is the
-    :class:`RescaledSource`. Returns what it returns, sampled back onto ``block``.
+    :class:`RescaledSource`, asked for the probabilities. Returns ``(labels, probs, nonfinite)``
+    as it does, the probabilities interpolated onto ``block`` and the labels their argmax.
     """
     rs = job.rescale
-    want_labels = job.output_kind in ("labels", "both")
-    want_probs = job.output_kind in ("probs", "both")
-    ranges = [rs.needed(axis, *block.box[-2 + axis], labels=want_labels, probs=want_probs) for axis in (0, 1)]
+    ranges = [rs.needed(axis, *block.box[-2 + axis]) for axis in (0, 1)]
     inner = Block(index=block.index, box=(*block.box[:-2], *ranges))
     rjob = dataclasses.replace(job, source=RescaledSource(job.source, rs), layout=rs.layout(job.layout),
-                               rescale=None)
-    labels, probs, nonfinite = compute(rjob, inner)
-    labels, probs = _sample_back(job, block, ranges, labels, probs)
+                               rescale=None, output_kind="probs")
+    _, probs, nonfinite = compute(rjob, inner)
+    labels, probs = _sample_back(job, block, ranges, probs)
     return labels, probs, nonfinite
