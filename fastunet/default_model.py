@@ -28,9 +28,10 @@ from .modelfile import DEFAULT_MODEL
 if typing.TYPE_CHECKING:
     from .train import TrainConfig
 
-__all__ = ["TRAIN_SEEDS", "IMAGE_SHAPE", "TRAIN_ARGS", "write_training_data", "recipe_config", "recipe_command", "build"]
+__all__ = ["TRAIN_STYLES", "TRAIN_SEEDS", "style_of", "IMAGE_SHAPE", "TRAIN_ARGS", "write_training_data", "recipe_config", "recipe_command", "build"]
 
-TRAIN_SEEDS = range(10_000, 10_036)  # 36 synthetic images: 32 for training, 4 held out
+TRAIN_STYLES = ("classic", "small", "textured", "clumped", "mitotic", "widefield", "large")
+TRAIN_SEEDS = range(10_000, 10_056)  # 56 synthetic images, 8 per style: 50 for training, 6 for validation
 IMAGE_SHAPE = (512, 512)
 TRAIN_ARGS = (
     "--base-channels", "16",
@@ -39,8 +40,10 @@ TRAIN_ARGS = (
     "--batch-size", "1",
     "--optimizer", "adam",
     "--lr", "1e-3",
-    "--iterations", "8000",
-    "--val-fraction", "0.11",
+    "--lr-schedule", "cosine",
+    "--lr-period", "6000",
+    "--iterations", "6000",
+    "--val-fraction", "0.1",
     "--val-every", "500",
     "--checkpoint-every", "500",
     "--seed", "0",
@@ -48,21 +51,16 @@ TRAIN_ARGS = (
 )
 
 
+def style_of(seed: int) -> str:
+    """The training style of the image drawn from ``seed`` (the styles take turns)."""
+    return TRAIN_STYLES[(seed - TRAIN_SEEDS.start) % len(TRAIN_STYLES)]
+
+
 def write_training_data(workdir: str | Path) -> tuple[Path, Path]:
     """Write the training images and instance labels as TIFF files; returns both folders."""
-    import tifffile
+    from .synthetic_styles import write_style_images
 
-    from .synthetic import synthetic_nuclei
-
-    workdir = Path(workdir)
-    images, labels = workdir / "images", workdir / "labels"
-    images.mkdir(parents=True, exist_ok=True)
-    labels.mkdir(parents=True, exist_ok=True)
-    for seed in TRAIN_SEEDS:
-        image, instances = synthetic_nuclei(IMAGE_SHAPE, seed=seed, dtype="uint16")
-        tifffile.imwrite(images / f"nuclei_{seed}.tif", image)
-        tifffile.imwrite(labels / f"nuclei_{seed}.tif", instances)
-    return images, labels
+    return write_style_images(workdir, TRAIN_SEEDS, style_of, IMAGE_SHAPE)
 
 
 def recipe_config() -> TrainConfig:

@@ -12,8 +12,12 @@ by :func:`fastunet.metrics.score`:
   the summed matches.
 
 ``fastunet evaluate IMAGES LABELS`` scores a model on your data;
-``fastunet evaluate --synthetic 16`` on freshly generated synthetic nuclei (seeds the default
-model was never trained on).
+``fastunet evaluate --synthetic 16`` on 16 freshly generated synthetic images of every style of
+:mod:`fastunet.synthetic_styles` (seeds the default model was never trained on), one row per
+style: the training styles, and the held-out ones that no training recipe draws (other size
+ranges, textures and noise). ``object_size`` segments at a given object size (see
+:func:`fastunet.segment`); for synthetic images also ``"truth"``, each image's true typical
+object diameter.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import numpy as np
 from .errors import UserError
 from .metrics import Evaluation, score
 
-__all__ = ["evaluate", "evaluate_synthetic", "SYNTHETIC_SEED"]
+__all__ = ["evaluate", "evaluate_synthetic", "evaluate_styles", "style_table", "parse_styles", "SYNTHETIC_SEED"]
 
 SYNTHETIC_SEED = 2026  # first seed of `evaluate --synthetic` (the default model trained on 10000..)
 
@@ -36,7 +40,7 @@ def _slices(a: np.ndarray) -> list[np.ndarray]:
 
 def evaluate(images, labels, model=None, *, axes: str | None = None, device=None, backend: str = "auto",
              dtype: str | None = None, tile: int | None = None, batch_size: int | None = None,
-             preview: str | os.PathLike | None = None, overwrite: bool = False) -> Evaluation:
+             preview: str | os.PathLike | None = None, object_size=None, overwrite: bool = False) -> Evaluation:
     """Segment ``images`` with ``model`` (default: the bundled one) and score against ``labels``.
 
     Parameters
@@ -55,6 +59,9 @@ def evaluate(images, labels, model=None, *, axes: str | None = None, device=None
         Write a PNG of the first image with its prediction and the truth
         (:func:`fastunet.figures.overlay_figure`); checked before any work
         (:func:`fastunet.paths.check_output_file`).
+    object_size : float, "auto" or a list of them, optional
+        The typical object diameter of the images (one for all, or one per image), as for
+        :func:`fastunet.segment`; default: the images' own scale.
     overwrite : bool
         Replace an existing ``preview`` file.
 
@@ -64,18 +71,26 @@ def evaluate(images, labels, model=None, *, axes: str | None = None, device=None
         The scores over every 2D slice (:func:`fastunet.metrics.score`).
     """
     from .paths import check_output_file
-    from .segmentation import Segmenter
     from .train.datasets import load_pairs
 
     if preview is not None:
         check_output_file(preview, what="preview=", suffixes=(".png",), inputs=(images, labels), overwrite=overwrite)
-
     pairs = load_pairs(images, labels, axes=axes)
+    sizes = object_size if isinstance(object_size, (list, tuple)) else [object_size] * len(pairs)
+    if len(sizes) != len(pairs):
+        raise UserError(f"Got {len(sizes)} object sizes for {len(pairs)} images; give one, or one per image.")
+    return _score(pairs, sizes, model, dict(device=device, backend=backend, dtype=dtype, tile=tile,
+                                            batch_size=batch_size), preview)
+
+
+def _score(pairs, sizes, model, network: dict, preview) -> Evaluation:
+    from .segmentation import Segmenter
+
     preds, truths = [], []
-    with Segmenter(model, device=device, backend=backend, dtype=dtype, tile=tile, batch_size=batch_size) as seg:
-        for pair in pairs:
+    with Segmenter(model, **network) as seg:
+        for pair, size in zip(pairs, sizes):
             classes = np.asarray(seg.segment(pair.image, None, axes="ZYX" if pair.image.ndim == 3 else "YX",
-                                             progress=False, output_kind="labels"))
+                                             progress=False, output_kind="labels", object_size=size))
             preds += _slices(classes)
             truths += _slices(pair.labels)
     if preview is not None:
@@ -85,32 +100,8 @@ def evaluate(images, labels, model=None, *, axes: str | None = None, device=None
     return score(preds, truths)
 
 
-def evaluate_synthetic(model=None, *, n_images: int = 16, seed: int = SYNTHETIC_SEED, shape=(512, 512),
-                       device=None, backend: str = "auto", dtype: str | None = None, tile: int | None = None,
-                       batch_size: int | None = None, preview: str | os.PathLike | None = None,
-                       overwrite: bool = False) -> Evaluation:
-    """Score a model on ``n_images`` freshly generated synthetic nuclei images.
-
-    Parameters
-    ----------
-    model : path, ModelBundle or ReferenceUNet, optional
-        The network (default: the bundled model).
-    n_images : int
-        How many images (:func:`fastunet.synthetic.synthetic_nuclei`, uint16).
-    seed : int
-        The images use seeds ``seed, seed + 1, ...``, which must not overlap the seeds the
-        default model was trained on (:data:`fastunet.default_model.TRAIN_SEEDS`).
-    shape : (H, W)
-        Size of each image.
-    device, backend, dtype, tile, batch_size, preview, overwrite
-        As for :func:`evaluate`.
-
-    Returns
-    -------
-    Evaluation
-    """
+def _check_seeds(n_images: int, seed: int) -> range:
     from .default_model import TRAIN_SEEDS
-    from .synthetic import synthetic_nuclei
 
     if n_images < 1:
         raise UserError(f"Expected at least one synthetic image; got {n_images}.")
@@ -121,6 +112,94 @@ def evaluate_synthetic(model=None, *, n_images: int = 16, seed: int = SYNTHETIC_
             f"Seeds {overlap[0]}..{overlap[-1]} were used to train the default model; pick a seed outside "
             f"{TRAIN_SEEDS.start}..{TRAIN_SEEDS.stop - 1} (e.g. seed={SYNTHETIC_SEED})."
         )
-    pairs = [synthetic_nuclei(tuple(shape), seed=s, dtype="uint16") for s in seeds]
-    return evaluate([p[0] for p in pairs], [p[1] for p in pairs], model, device=device, backend=backend,
-                    dtype=dtype, tile=tile, batch_size=batch_size, preview=preview, overwrite=overwrite)
+    return seeds
+
+
+def evaluate_synthetic(model=None, *, n_images: int = 16, seed: int = SYNTHETIC_SEED, shape=(512, 512),
+                       style: str = "classic", object_size=None, device=None, backend: str = "auto",
+                       dtype: str | None = None, tile: int | None = None, batch_size: int | None = None,
+                       preview: str | os.PathLike | None = None, overwrite: bool = False) -> Evaluation:
+    """Score a model on ``n_images`` freshly generated synthetic images of one style.
+
+    Parameters
+    ----------
+    model : path, ModelBundle or ReferenceUNet, optional
+        The network (default: the bundled model).
+    n_images : int
+        How many images (:func:`fastunet.synthetic_styles.style_image`).
+    seed : int
+        The images use seeds ``seed, seed + 1, ...``, which must not overlap the seeds the
+        default model was trained on (:data:`fastunet.default_model.TRAIN_SEEDS`).
+    shape : (H, W)
+        Size of each image.
+    style : str
+        A style of :data:`fastunet.synthetic_styles.STYLES`; ``"classic"`` (the default) gives
+        the images of earlier fastunet versions, ``synthetic_nuclei(shape, seed=s, dtype="uint16")``.
+    object_size : float, "auto" or "truth", optional
+        As for :func:`evaluate`; ``"truth"``: each image's true typical object diameter
+        (:attr:`fastunet.synthetic_styles.StyleImage.object_size`).
+    device, backend, dtype, tile, batch_size, preview, overwrite
+        As for :func:`evaluate`.
+
+    Returns
+    -------
+    Evaluation
+    """
+    from .paths import check_output_file
+    from .synthetic_styles import get_style, style_image
+    from .train.datasets import TrainingPair
+
+    if preview is not None:
+        check_output_file(preview, what="preview=", suffixes=(".png",), overwrite=overwrite)
+    try:
+        get_style(style)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    drawn = [style_image(style, tuple(shape), seed=s) for s in _check_seeds(n_images, seed)]
+    pairs = [TrainingPair(f"{style}[seed={s}]", d.image, d.labels) for s, d in zip(range(seed, seed + n_images), drawn)]
+    sizes = [d.object_size for d in drawn] if object_size == "truth" else [object_size] * len(drawn)
+    return _score(pairs, sizes, model, dict(device=device, backend=backend, dtype=dtype, tile=tile,
+                                            batch_size=batch_size), preview)
+
+
+def parse_styles(text: str | None) -> list[str]:
+    """Style names from ``"all"`` (or None), ``"held-out"``, ``"train"`` or names separated by commas."""
+    from .synthetic_styles import STYLES, style_names
+
+    if text is None or text == "all":
+        return list(STYLES)
+    if text in ("held-out", "train"):
+        return style_names(held_out=text == "held-out")
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in STYLES]
+    if unknown or not names:
+        raise UserError(f"Unknown style {', '.join(unknown) or repr(text)}; expected all, held-out, train or names "
+                        f"among {', '.join(STYLES)}.")
+    return names
+
+
+def evaluate_styles(model=None, *, styles=None, progress=None, **options) -> dict[str, Evaluation]:
+    """:func:`evaluate_synthetic` for each of ``styles`` (names; default all), as a dict by name.
+
+    ``progress(name, evaluation)`` is called after each style; the other options are those of
+    :func:`evaluate_synthetic` (``preview`` is drawn from the first style).
+    """
+    results = {}
+    for index, name in enumerate(styles or parse_styles(None)):
+        extra = {} if index == 0 else {"preview": None}
+        results[name] = evaluate_synthetic(model, style=name, **{**options, **extra})
+        if progress is not None:
+            progress(name, results[name])
+    return results
+
+
+def style_table(results: dict[str, Evaluation]) -> str:
+    """A plain-text table of per-style scores (foreground IoU, instance F1, precision, recall)."""
+    from .synthetic_styles import STYLES
+
+    lines = [f"{'style':<10} {'held out':<8} {'images':>6} {'objects':>7} {'fg IoU':>7} {'inst F1':>7} "
+             f"{'prec':>6} {'recall':>6}"]
+    for name, r in results.items():
+        lines.append(f"{name:<10} {'yes' if STYLES[name].held_out else 'no':<8} {r.images:>6} {r.tp + r.fn:>7} "
+                     f"{r.foreground_iou:>7.4f} {r.instance_f1:>7.4f} {r.precision:>6.3f} {r.recall:>6.3f}")
+    return "\n".join(lines)

@@ -3,16 +3,23 @@
 The generator imitates a widefield image of stained nuclei (DAPI/Hoechst-like):
 
 * **objects**: ellipses (2D) or ellipsoids sliced at each plane (3D) of varied size
-  (semi-axes ``radius`` px), orientation and brightness, a fraction of them dim; about
-  ``touching`` of them are placed against an earlier one so that they touch or overlap
-  slightly, forming clusters. Where objects overlap, each pixel goes to the object whose
-  normalised ellipse distance is smallest (a watershed-like split along the line where the
-  two shapes meet), so touching nuclei share a border and every instance stays one
-  connected piece.
-* **intensity**: a projected-thickness profile (brighter in the middle, dimmer at the rim,
-  as for a flattened ellipsoid), multiplied by a smooth random texture (chromatin);
-* **optics and camera**: Gaussian PSF blur, a smooth background with a gradient and an
-  offset, Poisson shot noise, Gaussian read noise and a camera offset.
+  (semi-axes ``radius`` px), elongation (``aspect``), orientation and brightness, a fraction of
+  them dim; optionally irregular outlines (a few random radial harmonics, ``irregularity``)
+  and small, bright, compact bodies (mitotic figures and apoptotic fragments, ``bodies``).
+  About ``touching`` of them are placed against an earlier one so that they touch or
+  overlap slightly, forming clusters. Where objects overlap, each pixel goes to the object
+  whose normalised distance is smallest (a watershed-like split along the line where the two
+  shapes meet), so touching nuclei share a border and every instance stays one connected
+  piece.
+* **stain, optics and camera** (:mod:`fastunet.synthetic_optics`): a thickness profile,
+  chromatin texture of a given grain with optional foci and nucleoli, Gaussian PSF blur,
+  optional out-of-focus haze, a smooth background with a gradient, optional vignetting,
+  Poisson shot noise, Gaussian read noise, a camera offset and the file's bit depth
+  (``float32``, ``uint16``, ``uint12`` in uint16, ``uint8``).
+
+Named parameter distributions ("styles": sizes from about 8 to 100 px, textures, noise,
+bit depths) are in :mod:`fastunet.synthetic_styles`. With the default options the images
+are those of earlier fastunet versions, seed for seed.
 
 Everything is vectorised with numpy / scipy.ndimage except one small loop over objects
 that works on each object's bounding box (a 1024x1024 image with ~600 nuclei takes a
@@ -27,8 +34,11 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .instances import relabel_sequential
+from .synthetic_optics import Optics, background, finish, render
 
-__all__ = ["synthetic_nuclei", "synthetic_volume", "touching_pairs"]
+__all__ = ["Shapes", "synthetic_nuclei", "synthetic_volume", "touching_pairs"]
+
+_HARMONICS = 4  # radial harmonics 2..5 of an irregular outline
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,8 @@ class _Objects:
     c: np.ndarray  # semi-axis along z (px; inf for 2D)
     phi: np.ndarray  # orientation (rad)
     brightness: np.ndarray  # relative brightness (1 = typical nucleus)
+    amp: np.ndarray  # (n, _HARMONICS) relative amplitudes of the outline's radial harmonics
+    phase: np.ndarray  # (n, _HARMONICS) their phases
 
     def __len__(self) -> int:
         return len(self.cy)
@@ -50,6 +62,42 @@ class _Objects:
     def subset(self, keep: np.ndarray) -> "_Objects":
         return _Objects(**{k: getattr(self, k)[keep] for k in self.__dataclass_fields__})
 
+
+@dataclass(frozen=True)
+class Shapes:
+    """What the objects of a synthetic image look like (see :func:`synthetic_nuclei`)."""
+
+    radius: tuple[float, float] = (6.0, 20.0)
+    aspect: tuple[float, float] = (1.0, 1.6)
+    irregularity: float = 0.0
+    touching: float = 0.5
+    dim_fraction: float = 0.15
+    dim_level: tuple[float, float] = (0.15, 0.35)
+    brightness_sigma: float = 0.3
+    bodies: float = 0.0
+    body_radius: tuple[float, float] = (1.5, 4.0)
+
+    def __post_init__(self) -> None:
+        for name in ("radius", "body_radius"):
+            lo, hi = (float(r) for r in getattr(self, name))
+            if not 1.0 <= lo <= hi:
+                raise ValueError(f"{name} must be (min, max) with 1 <= min <= max; got {getattr(self, name)!r}.")
+            object.__setattr__(self, name, (lo, hi))
+        lo, hi = (float(r) for r in self.aspect)
+        if not 1.0 <= lo <= hi:
+            raise ValueError(f"aspect must be (min, max) with 1 <= min <= max; got {self.aspect!r}.")
+        object.__setattr__(self, "aspect", (lo, hi))
+        lo, hi = (float(r) for r in self.dim_level)
+        if not 0.0 < lo <= hi:
+            raise ValueError(f"dim_level must be (min, max) with 0 < min <= max; got {self.dim_level!r}.")
+        object.__setattr__(self, "dim_level", (lo, hi))
+        for name in ("touching", "dim_fraction", "bodies"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1]; got {getattr(self, name)}.")
+        if not 0.0 <= self.irregularity <= 0.3:
+            raise ValueError(f"irregularity must lie in [0, 0.3]; got {self.irregularity}.")
+        if not self.brightness_sigma >= 0:
+            raise ValueError(f"brightness_sigma must be >= 0; got {self.brightness_sigma}.")
 
 def _rng(seed, rng) -> np.random.Generator:
     if rng is not None and seed is not None:
@@ -79,36 +127,47 @@ def _radius_along(a, b, c, phi, dy, dx, dz):
     return 1.0 / np.sqrt((u / a) ** 2 + (v / b) ** 2 + (dz / c) ** 2)
 
 
+def _draw_objects(rng: np.random.Generator, n: int, shapes: Shapes, depth_px: float):
+    """Sizes, orientations and brightnesses of ``n`` nuclei plus ``bodies * n`` small bright bodies."""
+    rmin, rmax = shapes.radius
+    # Sizes: the major semi-axis uniform in [rmin, rmax], the minor one ``aspect`` times shorter.
+    major = rng.uniform(rmin, rmax, n)
+    floor = rmin * 0.8 if shapes.aspect[1] <= 1.6 else max(1.0, rmin * 0.8 * 1.6 / shapes.aspect[1])
+    minor = np.maximum(major / rng.uniform(*shapes.aspect, n), floor)
+    phi = rng.uniform(0.0, np.pi, n)
+    brightness = rng.lognormal(0.0, shapes.brightness_sigma, n)
+    dim = rng.random(n) < shapes.dim_fraction
+    brightness[dim] = rng.uniform(*shapes.dim_level, dim.sum())
+    n_bodies = int(round(shapes.bodies * n))
+    if n_bodies:  # mitotic figures (elongated) and apoptotic fragments: small, compact, bright
+        body = rng.uniform(*shapes.body_radius, n_bodies)
+        major = np.concatenate([major, body])
+        minor = np.concatenate([minor, np.maximum(body / rng.uniform(1.0, 2.5, n_bodies), 1.0)])
+        phi = np.concatenate([phi, rng.uniform(0.0, np.pi, n_bodies)])
+        brightness = np.concatenate([brightness, rng.uniform(2.0, 4.0, n_bodies)])
+    c = np.full(len(major), np.inf) if depth_px <= 0 else rng.uniform(0.8, 1.2, len(major)) * major
+    return major, minor, phi, brightness, c
+
+
 def _place_objects(
-    rng: np.random.Generator,
-    height: int,
-    width: int,
-    depth_px: float,
-    n: int,
-    radius: tuple[float, float],
-    touching: float,
-    dim_fraction: float,
+    rng: np.random.Generator, height: int, width: int, depth_px: float, n: int, shapes: Shapes
 ) -> _Objects:
-    """Draw up to ``n`` objects; a fraction ``touching`` is placed against an earlier object.
+    """Draw up to ``n`` objects (plus the bodies); a fraction ``touching`` is placed against an
+    earlier object.
 
     Two objects may overlap only a little: along the line joining their centers, the
     center distance must be at least ``_MIN_GAP`` times the sum of their radii in that
     direction (so no nucleus swallows another). A candidate that breaks this is redrawn a
     few times, then skipped.
     """
-    rmin, rmax = radius
-    # Sizes: the major semi-axis uniform in [rmin, rmax], aspect ratio 1..1.6.
-    major = rng.uniform(rmin, rmax, n)
-    minor = np.maximum(major / rng.uniform(1.0, 1.6, n), rmin * 0.8)
-    phi = rng.uniform(0.0, np.pi, n)
-    brightness = rng.lognormal(0.0, 0.3, n)
-    dim = rng.random(n) < dim_fraction
-    brightness[dim] = rng.uniform(0.15, 0.35, dim.sum())
-    c = np.full(n, np.inf) if depth_px <= 0 else rng.uniform(0.8, 1.2, n) * major
-    center = np.zeros((n, 3))  # (y, x, z)
-    placed = np.zeros(n, bool)
-    attach = rng.random(n) < touching
-    for i in range(n):
+    rmin = shapes.radius[0]
+    major, minor, phi, brightness, c = _draw_objects(rng, n, shapes, depth_px)
+    total = len(major)
+    center = np.zeros((total, 3))  # (y, x, z)
+    placed = np.zeros(total, bool)
+    attach = rng.random(total) < shapes.touching
+    grid = _Grid(2.02 * float(major.max(initial=1.0)))
+    for i in range(total):
         for _ in range(_ATTEMPTS):
             done = np.flatnonzero(placed)
             if attach[i] and len(done):
@@ -129,18 +188,43 @@ def _place_objects(
                     rng.uniform(-rmin, width + rmin),
                     rng.uniform(-0.5 * c[i], depth_px + 0.5 * c[i]) if depth_px > 0 else 0.0,
                 ])  # fmt: skip
-            if _fits(candidate, i, done, center, major, minor, c, phi):
+            if _fits(candidate, i, grid.near(candidate), center, major, minor, c, phi):
                 center[i] = candidate
                 placed[i] = True
+                grid.add(i, candidate)
                 break
-    objects = _Objects(
-        cy=center[:, 0], cx=center[:, 1], cz=center[:, 2], a=major, b=minor, c=c, phi=phi, brightness=brightness
-    )
+    amp = np.zeros((total, _HARMONICS))
+    phase = np.zeros((total, _HARMONICS))
+    if shapes.irregularity > 0:  # harmonics 2..5 with amplitudes falling as 1/order
+        amp = shapes.irregularity * rng.uniform(0.3, 1.0, (total, _HARMONICS)) / np.arange(1, _HARMONICS + 1)
+        phase = rng.uniform(0.0, 2 * np.pi, (total, _HARMONICS))
+    objects = _Objects(cy=center[:, 0], cx=center[:, 1], cz=center[:, 2], a=major, b=minor, c=c, phi=phi,
+                       brightness=brightness, amp=amp, phase=phase)
     return objects.subset(placed)
-
 
 _MIN_GAP = 0.8
 _ATTEMPTS = 12
+
+
+class _Grid:
+    """Placed objects by square cells of ``cell`` px (at least the largest interaction
+    distance), so that a candidate is checked against its neighbours only."""
+
+    def __init__(self, cell: float):
+        self.cell = cell
+        self.cells: dict[tuple[int, int], list[int]] = {}
+
+    def _key(self, point) -> tuple[int, int]:
+        return int(np.floor(point[0] / self.cell)), int(np.floor(point[1] / self.cell))
+
+    def add(self, index: int, point) -> None:
+        self.cells.setdefault(self._key(point), []).append(index)
+
+    def near(self, point) -> np.ndarray:
+        """The placed objects in the 3 x 3 cells around ``point`` (sorted indices)."""
+        ky, kx = self._key(point)
+        found = [i for dy in (-1, 0, 1) for dx in (-1, 0, 1) for i in self.cells.get((ky + dy, kx + dx), ())]
+        return np.array(sorted(found), dtype=np.intp)
 
 
 def _fits(candidate, i, done, center, major, minor, c, phi) -> bool:
@@ -162,11 +246,24 @@ def _fits(candidate, i, done, center, major, minor, c, phi) -> bool:
     return bool((dist[near] >= _MIN_GAP * reach).all())
 
 
+def _outline(objects: _Objects, k: int, u: np.ndarray, v: np.ndarray, a: float, b: float) -> np.ndarray | None:
+    """The relative radius ``r(theta)`` of object ``k``'s irregular outline (None for an ellipse)."""
+    amp = objects.amp[k]
+    if not amp.any():
+        return None
+    theta = np.arctan2(v / np.float32(b), u / np.float32(a))
+    r = np.ones_like(theta)
+    for j in range(_HARMONICS):
+        r += np.float32(amp[j]) * np.cos((j + 2) * theta + np.float32(objects.phase[k, j]))
+    return np.maximum(r, np.float32(0.3))
+
+
 def _rasterize(objects: _Objects, height: int, width: int, z: float | None) -> tuple[np.ndarray, np.ndarray]:
     """Label image (object index + 1, 0 = background) and the normalised squared distance.
 
-    ``q = (u/a)^2 + (v/b)^2 (+ ((z - cz)/c)^2)`` is below 1 inside an object; each pixel goes
-    to the object of smallest ``q``. Works on each object's bounding box only.
+    ``q = ((u/a)^2 + (v/b)^2) / r(theta)^2 (+ ((z - cz)/c)^2)`` is below 1 inside an object
+    (``r = 1`` for an ellipse, a sum of radial harmonics for an irregular outline); each pixel
+    goes to the object of smallest ``q``. Works on each object's bounding box only.
     """
     labels = np.zeros((height, width), np.int32)
     best = np.full((height, width), np.inf, np.float32)
@@ -177,7 +274,7 @@ def _rasterize(objects: _Objects, height: int, width: int, z: float | None) -> t
         shrink = np.sqrt(1.0 - dz2)  # the ellipsoid's cross-section at this plane
         a, b = objects.a[k] * shrink, objects.b[k] * shrink
         cy, cx, phi = objects.cy[k], objects.cx[k], objects.phi[k]
-        r = max(a, b) + 1
+        r = max(a, b) * (1.0 + objects.amp[k].sum()) + 1
         y0, y1 = max(int(cy - r), 0), min(int(cy + r) + 2, height)
         x0, x1 = max(int(cx - r), 0), min(int(cx + r) + 2, width)
         if y0 >= y1 or x0 >= x1:
@@ -188,13 +285,15 @@ def _rasterize(objects: _Objects, height: int, width: int, z: float | None) -> t
         u = xx * cos + yy * sin
         v = -xx * sin + yy * cos
         q = (u / np.float32(a)) ** 2 + (v / np.float32(b)) ** 2
+        outline = _outline(objects, k, u, v, a, b)
+        if outline is not None:
+            q = q / outline**2
         q = q * np.float32(1.0 - dz2) + np.float32(dz2)  # back to the 3D normalised distance
         window = best[y0:y1, x0:x1]
         claim = (q < 1.0) & (q < window)
         window[claim] = q[claim]
         labels[y0:y1, x0:x1][claim] = k + 1
     return labels, best
-
 
 def _keep_largest_pieces(labels: np.ndarray) -> np.ndarray:
     """Keep each label's largest 4-connected piece; stray slivers become background."""
@@ -210,57 +309,6 @@ def _keep_largest_pieces(labels: np.ndarray) -> np.ndarray:
     return labels
 
 
-def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
-    """Zero-mean, unit-variance Gaussian random field with correlation length ``sigma``."""
-    field = ndi.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma, mode="wrap")
-    return field / max(float(field.std()), 1e-6)
-
-
-def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """Smooth background: a linear gradient plus a coarse random field (upsampled, cheap)."""
-    gy, gx = rng.normal(0.0, 0.5, 2)
-    yy = np.linspace(-0.5, 0.5, height, dtype=np.float32)[:, None]
-    xx = np.linspace(-0.5, 0.5, width, dtype=np.float32)[None, :]
-    coarse = rng.normal(0.0, 0.3, (4, 4)).astype(np.float32)
-    blobs = ndi.zoom(coarse, (height / 4, width / 4), order=3, mode="nearest", grid_mode=True)[:height, :width]
-    return np.clip(1.0 + gy * yy + gx * xx + blobs, 0.2, None)
-
-
-def _render(
-    rng: np.random.Generator,
-    labels: np.ndarray,
-    q: np.ndarray,
-    brightness: np.ndarray,
-    background: np.ndarray,
-    *,
-    photons: float,
-    background_level: float,
-    psf_sigma: float,
-    read_noise: float,
-    camera_offset: float,
-    texture: float,
-) -> np.ndarray:
-    """Expected photons -> blur -> Poisson + read noise + offset, for one plane."""
-    inside = labels > 0
-    # Projected thickness of an ellipsoid is proportional to sqrt(1 - q): bright middle, dim rim.
-    profile = np.zeros(labels.shape, np.float32)
-    profile[inside] = 0.35 + 0.65 * np.sqrt(1.0 - q[inside])
-    chromatin = 1.0 + texture * (0.7 * _smooth_noise(rng, labels.shape, 1.5) + 0.3 * _smooth_noise(rng, labels.shape, 4.0))
-    signal = profile * np.clip(chromatin, 0.2, None) * brightness[labels]
-    expected = photons * (ndi.gaussian_filter(signal, psf_sigma) + background_level * background)
-    counts = rng.poisson(np.clip(expected, 0.0, None)).astype(np.float32)
-    return counts + rng.normal(camera_offset, read_noise, labels.shape).astype(np.float32)
-
-
-def _finish(image: np.ndarray, dtype) -> np.ndarray:
-    dtype = np.dtype(dtype)
-    if dtype == np.uint16:
-        return np.clip(np.rint(image), 0, 65535).astype(np.uint16)
-    if dtype == np.float32:
-        return image.astype(np.float32, copy=False)
-    raise ValueError(f"dtype must be float32 or uint16; got {dtype}.")
-
-
 def _object_count(n_objects, density, height, width) -> int:
     if n_objects is not None:
         if int(n_objects) < 0:
@@ -271,14 +319,29 @@ def _object_count(n_objects, density, height, width) -> int:
     return int(round(density * height * width / 1e4))
 
 
-def _check_options(radius, touching, dim_fraction) -> tuple[float, float]:
-    rmin, rmax = (float(r) for r in radius)
-    if not 1.0 <= rmin <= rmax:
-        raise ValueError(f"radius must be (min, max) with 1 <= min <= max; got {radius!r}.")
-    for name, value in (("touching", touching), ("dim_fraction", dim_fraction)):
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"{name} must lie in [0, 1]; got {value}.")
-    return rmin, rmax
+def _specs(options: dict) -> tuple[Shapes, Optics, int, str]:
+    """The :class:`Shapes`, :class:`~fastunet.synthetic_optics.Optics`, ``min_area`` and
+    ``dtype`` of the generators' keyword options (checked)."""
+    from .synthetic_optics import DTYPES
+
+    dtype = options.pop("dtype")
+    name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype}.")
+    min_area = int(options.pop("min_area"))
+    shapes = Shapes(**{k: options.pop(k) for k in Shapes.__dataclass_fields__})
+    return shapes, Optics(**options), min_area, name
+
+
+def _plane(gen, objects: _Objects, height: int, width: int, z: float | None, back: np.ndarray, optics: Optics,
+           min_area: int, radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """One plane's labels (object index + 1; pieces and objects below ``min_area`` dropped) and image."""
+    labels, q = _rasterize(objects, height, width, z)
+    labels = _keep_largest_pieces(labels)
+    areas = np.bincount(labels.ravel(), minlength=len(objects) + 1)
+    labels[(areas < min_area)[labels]] = 0  # dropped before rendering: they become background
+    brightness = np.concatenate([[0.0], objects.brightness]).astype(np.float32)
+    return labels, render(gen, labels, q, brightness, back, optics, radius=radius)
 
 
 def synthetic_nuclei(
@@ -289,14 +352,25 @@ def synthetic_nuclei(
     n_objects: int | None = None,
     density: float = 5.0,
     radius: tuple[float, float] = (6.0, 20.0),
+    aspect: tuple[float, float] = (1.0, 1.6),
+    irregularity: float = 0.0,
     touching: float = 0.5,
     dim_fraction: float = 0.15,
+    dim_level: tuple[float, float] = (0.15, 0.35),
+    brightness_sigma: float = 0.3,
+    bodies: float = 0.0,
+    body_radius: tuple[float, float] = (1.5, 4.0),
     photons: float = 300.0,
     background_level: float = 0.08,
     psf_sigma: float = 1.5,
     read_noise: float = 3.0,
     camera_offset: float = 100.0,
     texture: float = 0.25,
+    texture_scale: float = 1.5,
+    foci: float = 0.0,
+    nucleoli: float = 0.0,
+    illumination: float = 0.0,
+    haze: float = 0.0,
     min_area: int = 20,
     dtype="float32",
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -309,17 +383,27 @@ def synthetic_nuclei(
     seed, rng : int or numpy.random.Generator, optional
         Source of randomness (one or the other); the same seed gives the same image.
     n_objects : int, optional
-        Number of objects to draw; by default ``density`` per 100x100 px.
+        Number of nuclei to draw; by default ``density`` per 100x100 px.
     density : float
-        Objects per 100x100 px when ``n_objects`` is not given (5 covers about a quarter
-        of the image).
+        Nuclei per 100x100 px when ``n_objects`` is not given (5 covers about a quarter
+        of the image with the default radii).
     radius : (min, max)
-        Range of the major semi-axis in px; the minor one is 1 to 1.6 times shorter.
+        Range of the major semi-axis in px (uniform).
+    aspect : (min, max)
+        Range of the ratio major / minor semi-axis (elongation).
+    irregularity : float
+        Amplitude (0..0.3) of the random radial harmonics (orders 2-5) that make outlines
+        irregular; 0 gives ellipses.
     touching : float
         Fraction of objects placed against an earlier one (touching or overlapping it a
         little), which makes clusters.
-    dim_fraction : float
-        Fraction of objects at 15-35 % of the typical brightness.
+    dim_fraction, dim_level : float, (min, max)
+        Fraction of nuclei drawn dim, at ``dim_level`` of the typical brightness.
+    brightness_sigma : float
+        Spread (lognormal sigma) of the other nuclei's brightness.
+    bodies, body_radius : float, (min, max)
+        Small, compact, bright bodies (mitotic figures, apoptotic fragments) added, as a
+        fraction of the nuclei, with major semi-axes in ``body_radius`` px, 2-4x as bright.
     photons : float
         Expected photons at the middle of a typical nucleus (sets the shot noise).
     background_level : float
@@ -328,36 +412,36 @@ def synthetic_nuclei(
         Standard deviation of the Gaussian PSF in px.
     read_noise, camera_offset : float
         Gaussian read noise (standard deviation) and the camera's constant offset, in counts.
-    texture : float
-        Strength of the smooth intensity texture inside nuclei.
+    texture, texture_scale : float
+        Strength and grain (correlation length, px) of the smooth chromatin texture.
+    foci, nucleoli : float
+        Strength of bright chromatin foci and of dark nucleoli (0..1); 0: none.
+    illumination : float
+        Vignetting: the illumination falls by this fraction (0..1) towards the far corner.
+    haze : float
+        Out-of-focus light: the nuclei blurred far more, relative to the in-focus signal.
     min_area : int
         Objects smaller than this (cut by the border or by neighbours) are dropped.
-    dtype : {"float32", "uint16"}
-        Type of the returned image (camera counts either way).
+    dtype : {"float32", "uint16", "uint12", "uint8"}
+        Type of the returned image: camera counts (float32, or uint16 clipped to 16 or 12 bits),
+        or an 8-bit export (uint8, stretched between the 0.5th and 99.9th percentiles).
 
     Returns
     -------
-    image : ndarray (H, W), float32 or uint16
+    image : ndarray (H, W), float32, uint16 or uint8
     instances : ndarray (H, W), int32
         0 for background, objects numbered 1..n; each is one 4-connected piece, and
         objects that touch share a border.
     """
+    options = {k: v for k, v in locals().items() if k not in ("shape", "seed", "rng", "n_objects", "density")}
+    shapes, optics, min_area, dtype = _specs(options)
     height, width = _check_shape(shape, 2)
     gen = _rng(seed, rng)
-    rmin, rmax = _check_options(radius, touching, dim_fraction)
     n = _object_count(n_objects, density, height, width)
-    objects = _place_objects(gen, height, width, 0.0, n, (rmin, rmax), touching, dim_fraction)
-    labels, q = _rasterize(objects, height, width, None)
-    labels = _keep_largest_pieces(labels)
-    areas = np.bincount(labels.ravel(), minlength=n + 1)
-    labels[(areas < min_area)[labels]] = 0  # dropped before rendering: they become background
-    brightness = np.concatenate([[0.0], objects.brightness]).astype(np.float32)
-    image = _render(
-        gen, labels, q, brightness, _background(gen, height, width),
-        photons=photons, background_level=background_level, psf_sigma=psf_sigma,
-        read_noise=read_noise, camera_offset=camera_offset, texture=texture,
-    )  # fmt: skip
-    return _finish(image, dtype), relabel_sequential(labels, dtype=np.int32)
+    objects = _place_objects(gen, height, width, 0.0, n, shapes)
+    back = background(gen, height, width)
+    labels, image = _plane(gen, objects, height, width, None, back, optics, min_area, float(np.mean(shapes.radius)))
+    return finish(image, dtype), relabel_sequential(labels, dtype=np.int32)
 
 
 def synthetic_volume(
@@ -368,56 +452,43 @@ def synthetic_volume(
     z_step: float = 2.0,
     n_objects: int | None = None,
     density: float = 5.0,
-    radius: tuple[float, float] = (6.0, 20.0),
-    touching: float = 0.5,
-    dim_fraction: float = 0.15,
-    photons: float = 300.0,
-    background_level: float = 0.08,
-    psf_sigma: float = 1.5,
-    read_noise: float = 3.0,
-    camera_offset: float = 100.0,
-    texture: float = 0.25,
     min_area: int = 20,
     dtype="float32",
+    **options,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A synthetic stack of nuclei: ellipsoids cut by ``Z`` planes ``z_step`` px apart.
 
     The planes vary slowly (each ellipsoid's cross-section grows and shrinks from plane to
-    plane) and every plane looks like :func:`synthetic_nuclei`. Parameters are those of
-    :func:`synthetic_nuclei`; ``density`` counts objects per 100x100 px over the stack.
+    plane) and every plane looks like :func:`synthetic_nuclei`. The other keyword options
+    (``radius``, ``touching``, ``photons``, ...) are those of :func:`synthetic_nuclei`;
+    ``density`` counts objects per 100x100 px over the stack.
 
     Returns
     -------
-    image : ndarray (Z, H, W), float32 or uint16
+    image : ndarray (Z, H, W), float32, uint16 or uint8
     instances : ndarray (Z, H, W), int32
         One id per ellipsoid across planes (numbered 1..n over the stack); in each plane an
         object is one 4-connected piece of at least ``min_area`` px.
     """
+    unknown = sorted(set(options) - set(Shapes.__dataclass_fields__) - set(Optics.__dataclass_fields__))
+    if unknown:
+        raise TypeError(f"synthetic_volume() got unexpected keyword argument(s) {', '.join(unknown)}.")
+    defaults = {**Shapes().__dict__, **Optics().__dict__}
+    shapes, optics, min_area, dtype = _specs({**defaults, **options, "min_area": min_area, "dtype": dtype})
     depth, height, width = _check_shape(shape, 3)
     gen = _rng(seed, rng)
-    rmin, rmax = _check_options(radius, touching, dim_fraction)
     if not z_step > 0:
         raise ValueError(f"z_step must be positive; got {z_step}.")
     n = _object_count(n_objects, density, height, width)
     extent = max((depth - 1) * z_step, 1e-6)
-    objects = _place_objects(gen, height, width, extent, n, (rmin, rmax), touching, dim_fraction)
-    brightness = np.concatenate([[0.0], objects.brightness]).astype(np.float32)
-    background = _background(gen, height, width)
+    objects = _place_objects(gen, height, width, extent, n, shapes)
+    back = background(gen, height, width)
     images = np.empty((depth, height, width), np.float32)
     labels = np.empty((depth, height, width), np.int32)
+    radius = float(np.mean(shapes.radius))
     for z in range(depth):
-        plane, q = _rasterize(objects, height, width, z * z_step)
-        plane = _keep_largest_pieces(plane)
-        areas = np.bincount(plane.ravel(), minlength=n + 1)
-        plane[(areas < min_area)[plane]] = 0
-        labels[z] = plane
-        images[z] = _render(
-            gen, plane, q, brightness, background,
-            photons=photons, background_level=background_level, psf_sigma=psf_sigma,
-            read_noise=read_noise, camera_offset=camera_offset, texture=texture,
-        )  # fmt: skip
-    return _finish(images, dtype), relabel_sequential(labels, dtype=np.int32)
-
+        labels[z], images[z] = _plane(gen, objects, height, width, z * z_step, back, optics, min_area, radius)
+    return finish(images, dtype), relabel_sequential(labels, dtype=np.int32)
 
 def touching_pairs(instances: np.ndarray) -> np.ndarray:
     """Pairs ``(i, j)``, ``i < j``, of objects that are 4-adjacent somewhere (sorted, unique).

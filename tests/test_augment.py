@@ -349,3 +349,62 @@ def test_config_round_trips_through_json():
     config = AugmentConfig(rotation=(-30, 45), gamma=[0.9, 1.1], noise_std=0.05)
     assert config.rotation == (-30.0, 45.0) and config.gamma == (0.9, 1.1)
     assert AugmentConfig(**json.loads(json.dumps(config.to_dict()))) == config
+
+
+@pytest.mark.parametrize("zoom", [2.0, 0.5])
+def test_scale_zooms_the_tile_about_its_centre_with_mirrored_borders(zoom):
+    """scale=(z, z): the tile samples the source every 1/z pixels around the centre; on a
+    ramp image (bilinear weights exact) that is the ramp at those coordinates, reflected like
+    np.pad beyond the border; the target takes the nearest source pixel."""
+    height, width = 40, 50
+    yy, xx = np.mgrid[:height, :width].astype(np.float32)
+    image = torch.from_numpy(np.stack([yy, xx]))
+    target = torch.from_numpy((xx.astype(np.int64) % 7).astype(np.uint8))
+    weight = torch.from_numpy(yy.copy())
+    in_size, out_size, center = 24, 10, (20.0, 26.5)
+    config = AugmentConfig(**{**AugmentConfig.none().to_dict(), "scale": (zoom, zoom)})
+    tile, target_tile, weight_tile = sample_tile(image, target, weight, center=center, in_size=in_size,
+                                                 out_size=out_size, config=config)
+    u = (np.arange(in_size) - (in_size - 1) / 2) / zoom
+
+    def reflect(p, n):  # numpy "reflect" for real coordinates
+        period = 2 * (n - 1)
+        p = np.mod(p, period)
+        return np.where(p > n - 1, period - p, p)
+
+    ys, xs = reflect(center[0] + u, height), reflect(center[1] + u, width)
+    # PyTorch's bicubic kernel (a = -0.75) follows a ramp to within 0.05 px 2 px or more from the
+    # mirror's kinks; the bilinear weight map and the nearest-neighbour target are exact.
+    iy, ix = (np.abs(p - np.clip(p, 2, n - 3)) == 0 for p, n in ((center[0] + u, height), (center[1] + u, width)))
+    assert iy.sum() >= 10 and ix.sum() >= 10 and (not iy.all() or zoom > 1)
+    np.testing.assert_allclose(tile[0].numpy()[iy, 0], ys[iy], atol=0.06)
+    np.testing.assert_allclose(tile[1].numpy()[0, ix], xs[ix], atol=0.06)
+    o = (in_size - out_size) // 2
+    cols = reflect(np.round(center[1] + u[o:o + out_size]), width).astype(int)
+    np.testing.assert_array_equal(target_tile.numpy(), np.broadcast_to(cols % 7, (out_size, out_size)))
+    np.testing.assert_allclose(weight_tile.numpy()[:, 0], ys[o:o + out_size], atol=1e-3)
+
+
+def test_scale_range_is_drawn_log_uniformly_and_only_when_asked():
+    image, target, weight = _data(height=64, width=64)
+    base = AugmentConfig.none().to_dict()
+    zooms = []
+    for k in range(200):
+        config = AugmentConfig(**{**base, "scale": (0.5, 2.0)})
+        tile = sample_tile(image, target, weight, center=(32.0, 32.0), in_size=9, out_size=9, config=config,
+                           generator=torch.Generator().manual_seed(k))[0]
+        ramp = sample_tile(torch.arange(64.0).expand(1, 64, 64).contiguous(), target, weight, center=(32.0, 32.0),
+                           in_size=9, out_size=9, config=config, generator=torch.Generator().manual_seed(k))[0]
+        assert tile.shape == (2, 9, 9)
+        zooms.append(1.0 / float(ramp[0, 0, 5] - ramp[0, 0, 4]))
+    logs = np.log(zooms)
+    assert logs.min() >= np.log(0.5) - 1e-3 and logs.max() <= np.log(2.0) + 1e-3
+    assert abs(np.mean(logs)) < 0.15 and np.std(logs) > 0.3  # log-uniform: mean 0, std 0.40
+    # The default draws nothing: the random stream is that of a config without scale.
+    default = AugmentConfig()
+    a = augment_batch([(image, target, weight)], 2, in_size=20, out_size=12, config=default, generator=_generator())
+    b = augment_batch([(image, target, weight)], 2, in_size=20, out_size=12,
+                      config=AugmentConfig(**{**default.to_dict(), "scale": (1.0, 1.0)}), generator=_generator())
+    assert all(torch.equal(x, y) for x, y in zip(a, b)) and default.scale == (1.0, 1.0)
+    with pytest.raises(ValueError, match="scale"):
+        AugmentConfig(scale=(0.0, 1.0))

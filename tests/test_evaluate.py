@@ -85,7 +85,8 @@ def test_cli_evaluate_synthetic_writes_json(tmp_path, capsys):
     model = tmp_path / "m.safetensors"
     _tiny_model(model)
     out = tmp_path / "scores.json"
-    args = ["evaluate", "--synthetic", "1", "--model", str(model), "--device", "cpu", "--json", str(out)]
+    args = ["evaluate", "--synthetic", "1", "--style", "classic", "--model", str(model), "--device", "cpu",
+            "--json", str(out)]
     assert main(args) == 0
     assert "foreground IoU" in capsys.readouterr().out
     data = json.loads(out.read_text())
@@ -118,3 +119,34 @@ def test_demo_writes_its_files_and_refuses_to_clobber(tmp_path, capsys):
         run_demo(folder, shape=(1, 40, 40), model=model, device="cpu", progress=False, overwrite=True)
     assert (folder / "notes.txt").read_text() == "mine"
     assert main(["demo", "-o", str(tmp_path / "d2"), "--shape", "2,x", "--model", str(model)]) == 2
+
+
+def test_cli_evaluate_synthetic_reports_every_style_in_a_table(tmp_path, capsys):
+    """By default every style, training and held-out, one row each; the JSON holds them by name."""
+    from fastunet.synthetic_styles import STYLES, style_image
+
+    model = tmp_path / "m.safetensors"
+    _tiny_model(model)
+    out = tmp_path / "scores.json"
+    args = ["evaluate", "--synthetic", "1", "--model", str(model), "--device", "cpu", "--json", str(out)]
+    assert main([*args[:3], "--style", "lowlight,huge", *args[3:]]) == 0
+    printed = capsys.readouterr().out
+    rows = [line.split() for line in printed.splitlines()[2:4]]
+    assert [r[:2] for r in rows] == [["lowlight", "yes"], ["huge", "yes"]]
+    data = json.loads(out.read_text())["styles"]
+    assert sorted(data) == ["huge", "lowlight"] and data["huge"]["images"] == 1
+    truth = style_image("huge", seed=2026).labels
+    assert data["huge"]["tp"] + data["huge"]["fn"] == len(np.unique(truth)) - 1
+    assert set(STYLES) > {"lowlight", "huge"} and any(s.held_out for s in STYLES.values())
+    assert main([*args, "--style", "nope", "--overwrite"]) == 2
+    assert "Unknown style nope" in capsys.readouterr().err
+
+
+def test_evaluate_synthetic_classic_is_the_old_image_set():
+    """style="classic" scores exactly the images evaluate --synthetic used before styles existed."""
+    from fastunet.synthetic import synthetic_nuclei
+
+    net = _tiny_model()
+    old = [synthetic_nuclei((96, 96), seed=s, dtype="uint16") for s in (2026, 2027)]
+    assert evaluate_synthetic(net, n_images=2, shape=(96, 96), device="cpu") == evaluate(
+        [p[0] for p in old], [p[1] for p in old], net, device="cpu")

@@ -114,3 +114,58 @@ def test_save_preview(tmp_path):
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="same shape"):
         save_preview(tmp_path / "q.png", image, labels[:10])
+
+
+def test_styles_are_reproducible_and_draw_their_own_ranges():
+    from fastunet.synthetic_styles import STYLES, style_image, style_names
+
+    assert style_names(held_out=True) and style_names(held_out=False)
+    assert set(style_names(held_out=True)).isdisjoint(style_names(held_out=False))
+    seed = _seed()
+    for name in ("small", "mitotic", "large", "tiny"):
+        a, b = style_image(name, (128, 128), seed=seed), style_image(name, (128, 128), seed=seed)
+        np.testing.assert_array_equal(a.image, b.image)
+        np.testing.assert_array_equal(a.labels, b.labels)
+        assert a.options["dtype"] in STYLES[name].dtypes
+        lo, hi = STYLES[name].diameter
+        assert lo / 2 <= a.options["radius"][0] <= a.options["radius"][1] <= hi / 2 * 1.31
+        if a.labels.max() >= 5:
+            assert 0.4 * lo <= a.object_size <= 1.3 * hi, (name, a.object_size)
+    classic = style_image("classic", (96, 96), seed=seed)
+    np.testing.assert_array_equal(classic.image, synthetic_nuclei((96, 96), seed=seed, dtype="uint16")[0])
+
+
+def test_bit_depths_and_new_features():
+    seed = _seed()
+    for dtype, top in (("uint8", 255), ("uint12", 4095), ("uint16", 65535)):
+        image, _ = synthetic_nuclei((96, 96), seed=seed, dtype=dtype, photons=20000.0)
+        assert image.dtype == (np.uint8 if dtype == "uint8" else np.uint16) and 0 < image.max() <= top
+    assert synthetic_nuclei((96, 96), seed=seed, dtype="uint12", photons=20000.0)[0].max() == 4095  # saturates
+    # Irregular outlines: objects fill their ellipse less well than ellipses do.
+    plain = synthetic_nuclei((200, 200), seed=seed, n_objects=20, touching=0.0, radius=(15, 20))[1]
+    bumpy = synthetic_nuclei((200, 200), seed=seed, n_objects=20, touching=0.0, radius=(15, 20), irregularity=0.3)[1]
+    _check_instances(bumpy)
+
+    def solidity(labels):
+        from scipy.spatial import ConvexHull
+
+        out = []
+        for index, box in enumerate(ndi.find_objects(labels), start=1):
+            points = np.argwhere(labels[box] == index)
+            if len(points) > 50:
+                out.append(len(points) / ConvexHull(points).volume)
+        return np.median(out)
+
+    assert solidity(bumpy) < solidity(plain) - 0.02
+    # Bright bodies: small objects, brighter than the nuclei.
+    image, labels = synthetic_nuclei((256, 256), seed=seed, n_objects=30, bodies=0.5, radius=(10, 14),
+                                     body_radius=(2.0, 3.0), min_area=6, touching=0.0)
+    areas = np.bincount(labels.ravel())[1:]
+    small = np.flatnonzero(areas < 60) + 1
+    assert len(small) >= 5
+    means = ndi.mean(image, labels, np.arange(1, labels.max() + 1))
+    assert np.median(means[small - 1]) > np.median(means[areas >= 200])
+    with pytest.raises(ValueError, match="irregularity"):
+        synthetic_nuclei((64, 64), irregularity=0.5)
+    with pytest.raises(ValueError, match="aspect"):
+        synthetic_nuclei((64, 64), aspect=(0.5, 1.0))

@@ -394,3 +394,61 @@ def test_adam_bf16_steps_on_cuda_use_the_fused_loss_and_gpu_augmentation(tmp_pat
     assert next(result.model.parameters()).device.type == "cuda"
     assert [v["step"] for v in result.history["val"]] == [2, 4]
     assert 0.0 <= result.val["foreground_iou"] <= 1.0
+
+
+def test_cosine_schedule_depends_on_the_step_only():
+    config = TrainConfig(lr=1e-3, lr_period=100)
+    assert config.lr_at(0) == pytest.approx(1e-3) and config.lr_at(100) == pytest.approx(1e-3)  # warm restart
+    assert config.lr_at(50) == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5))
+    assert config.lr_at(99) == pytest.approx(1e-3 * 0.01, rel=0.03)
+    assert all(config.lr_at(s) > config.lr_at(s + 1) for s in range(99))
+    assert TrainConfig(lr=1e-3, lr_schedule="constant").lr_at(57) == 1e-3
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(lr_schedule="step")
+
+
+def test_the_model_file_keeps_the_best_validation_even_across_a_resume(tmp_path, monkeypatch):
+    """Validation scores 0.5, 0.9, 0.3, 0.2 at steps 1-4: the file holds step 2's weights, also
+    when the run stops after step 3 and resumes; TrainResult.model is the last step's network."""
+    from fastunet.train import loop
+
+    image, labels = synthetic_nuclei((100, 100), seed=_seed())
+    merit = {1: 0.5, 2: 0.9, 3: 0.3, 4: 0.2}
+    calls = []
+
+    def fake_validate(model, val, config, device):  # the k-th validation of a run scores merit[step k]
+        calls.append(1)
+        return {"foreground_iou": 0.0, "instance_f1": merit[len(calls)]}
+
+    monkeypatch.setattr(loop, "_validate", fake_validate)
+    config = _tiny(iterations=4, val_every=1, val_fraction=0.25, seed=_seed())
+    two = train(image, labels, tmp_path / "two.safetensors", config=TrainConfig(**{**config.__dict__, "iterations": 2}),
+                progress=False)
+    calls.clear()
+    full = train(image, labels, tmp_path / "full.safetensors", config=config, progress=False)
+    assert full.best_step == 2 and full.val["instance_f1"] == 0.9
+    saved = read_model(tmp_path / "full.safetensors")
+    assert saved.extra["best_step"] == 2 and saved.extra["val_metrics"]["instance_f1"] == 0.9
+    for key, value in two.model.state_dict().items():
+        torch.testing.assert_close(saved.module.state_dict()[key], value, rtol=0, atol=0)
+        assert key.endswith("num_batches_tracked") or not torch.equal(full.model.state_dict()[key], value)
+    calls.clear()
+    out = tmp_path / "resumed.safetensors"
+    train(image, labels, out, config=TrainConfig(**{**config.__dict__, "iterations": 3}), progress=False)
+    resumed = train(image, labels, out, config=config, resume=True, progress=False)  # validates step 4 only
+    assert resumed.best_step == 2
+    for key, value in saved.module.state_dict().items():
+        torch.testing.assert_close(read_model(out).module.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_one_or_two_images_hold_out_rows_of_each_and_the_object_size_is_recorded(tmp_path):
+    from fastunet.objectsize import median_diameter
+
+    data = [synthetic_nuclei((120, 100), seed=_seed() + k, dtype="uint16") for k in range(2)]
+    result = train([d[0] for d in data], [d[1] for d in data], tmp_path / "m.safetensors", progress=False,
+                   config=_tiny(iterations=2, val_fraction=0.25, val_every=2, seed=_seed()))
+    assert any("bottom rows of each of the 2 images (30 of 120, 30 of 120)" in n for n in result.notes)
+    extra = read_model(tmp_path / "m.safetensors").extra
+    assert extra["training_data"]["val"] == ["images[0][90:]", "images[1][90:]"]
+    expected = np.median([median_diameter(d[1][:90]) for d in data])
+    assert extra["object_size"] == pytest.approx(expected, abs=0.01)

@@ -28,6 +28,7 @@ __all__ = [
     "configure_process",
     "cli_logging",
     "parse_sizes",
+    "object_size_argument",
     "model_argument",
     "write_json",
     "human_stream",
@@ -204,6 +205,14 @@ def parse_sizes(text: str | None, flag: str, example: str) -> tuple[int, ...] | 
         return tuple(int(v) for v in text.split(","))
     except ValueError:
         raise UserError(f"{flag} expects pixel counts separated by commas, e.g. {example}; got {text!r}.") from None
+
+
+def object_size_argument(text: str | None):
+    """``--object-size``: a number of pixels, or a word (auto, truth) the library checks."""
+    try:
+        return None if text is None else float(text)
+    except ValueError:
+        return text
 
 
 def model_argument(path: str | None):

@@ -12,6 +12,7 @@ from .common import (
     epilog,
     human_stream,
     model_argument,
+    object_size_argument,
     write_json,
 )
 
@@ -19,15 +20,19 @@ __all__ = ["add_parser", "run"]
 
 EXAMPLES = """\
 fastunet evaluate images/ labels/ --model nuclei.safetensors    # your data
-fastunet evaluate --synthetic 16                                 # fresh synthetic nuclei
-fastunet evaluate --synthetic 4 --json - | jq .f1
+fastunet evaluate --synthetic 16                                 # 16 fresh images of every synthetic style
+fastunet evaluate --synthetic 16 --style held-out --object-size auto
+fastunet evaluate --synthetic 4 --style classic --json - | jq .f1
 """
 
 
 def _data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="?", help="TIFF file, folder of TIFFs or zarr: 2D images or (Z, Y, X) stacks")
     p.add_argument("labels", nargs="?", help="their instance labels in the same form")
-    p.add_argument("--synthetic", type=int, metavar="N", help="score on N fresh synthetic nuclei images instead")
+    p.add_argument("--synthetic", type=int, metavar="N", help="score on N fresh synthetic images per style instead")
+    p.add_argument("--style", help="synthetic styles: all (default), held-out, train, or names separated by commas")
+    p.add_argument("--object-size", metavar="PIXELS|auto|truth", help="typical object diameter of the images (see "
+                   "segment); truth: each synthetic image's true one")
     p.add_argument("--seed", type=int, default=2026, help="first seed of the synthetic images (default 2026)")
     p.add_argument("--axes", help="axes of files whose metadata do not say, e.g. ZYX")
 
@@ -38,7 +43,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="score a model against ground truth: foreground IoU and instance F1 (IoU 0.5)",
         description="Segment images with the engine and score them against instance labels, 2D slice by "
         "slice: foreground IoU, and instance F1 at IoU 0.5 with the predicted objects taken as the "
-        "connected components of the foreground. --synthetic N scores freshly generated nuclei images.",
+        "connected components of the foreground. --synthetic N scores freshly generated images of each "
+        "synthetic style (the training styles and held-out ones), one row per style.",
         epilog=epilog(EXAMPLES), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _data_options(p)
@@ -52,7 +58,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluate import evaluate, evaluate_synthetic
+    from ..evaluate import evaluate, evaluate_styles, parse_styles, style_table
     from ..paths import check_output_file
 
     model = model_argument(args.model)
@@ -60,22 +66,28 @@ def run(args: argparse.Namespace) -> int:
         check_output_file(args.json, what="--json file", suffixes=(".json",), inputs=(args.images, args.labels),
                           others={"--preview": args.preview}, overwrite=args.overwrite)
     common = dict(device=args.device, backend=args.backend, dtype=args.dtype, tile=args.tile,
-                  batch_size=args.batch_size, preview=args.preview, overwrite=args.overwrite)
+                  batch_size=args.batch_size, preview=args.preview, overwrite=args.overwrite,
+                  object_size=object_size_argument(args.object_size))
+    results = None
     if args.synthetic is not None:
         if args.images or args.labels:
             raise UserError("Pass either IMAGES LABELS or --synthetic N, not both.")
-        result = evaluate_synthetic(model, n_images=args.synthetic, seed=args.seed, **common)
-        what = f"{args.synthetic} synthetic images (seeds {args.seed}..{args.seed + args.synthetic - 1})"
+        results = evaluate_styles(model, styles=parse_styles(args.style), n_images=args.synthetic,
+                                  seed=args.seed, **common)
+        what = f"{args.synthetic} synthetic images per style (seeds {args.seed}..{args.seed + args.synthetic - 1})"
+        result = next(iter(results.values())) if len(results) == 1 else None
     else:
         if not (args.images and args.labels):
             raise UserError("Pass IMAGES and LABELS (TIFF files, folders of TIFFs or zarr), or --synthetic N.")
         result = evaluate(args.images, args.labels, model, axes=args.axes, **common)
         what = f"{args.images}"
     out = human_stream(args)
-    print(f"model {args.model or 'default (bundled)'} on {what}:", file=out)
-    print(f"  {result}", file=out)
+    size = f" at object size {args.object_size}" if args.object_size else ""
+    print(f"model {args.model or 'default (bundled)'} on {what}{size}:", file=out)
+    print(f"  {result}" if result is not None else style_table(results), file=out)
     if args.json:
-        write_json(args.json, result.to_dict())
+        write_json(args.json, result.to_dict() if result is not None
+                   else {"styles": {name: r.to_dict() for name, r in results.items()}})
         if args.json != "-":
             print(f"wrote {args.json}", file=out)
     if args.preview:

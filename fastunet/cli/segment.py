@@ -18,6 +18,7 @@ from .common import (
     epilog,
     human_stream,
     model_argument,
+    object_size_argument,
     parse_sizes,
     to_flags,
     write_json,
@@ -92,6 +93,8 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     where.add_argument("--gpus", metavar="0,1,...", help="one dask worker process per GPU")
     group.add_argument("--block", metavar="[Z,]Y,X", help="output block shape in pixels, a multiple of the output "
                        "chunks (default: about 8 Mvoxels on CUDA, 2 on the CPU, along the chunks)")
+    group.add_argument("--object-size", metavar="PIXELS|auto", help="typical object diameter in the input: rescale "
+                       "it to the model's training object size (auto: estimate it; default: the input's own scale)")
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -123,7 +126,8 @@ def _options(args: argparse.Namespace) -> dict:
                    block=parse_sizes(args.block, "--block", "1,512,512"))
     options.update(output_kind=args.kind, min_size=args.min_size, split=args.split, connect_z=args.connect_z,
                    label_name=args.label_name, break_lock=args.break_lock,
-                   storage_options=_storage_options(args.storage_option))
+                   storage_options=_storage_options(args.storage_option),
+                   object_size=object_size_argument(args.object_size))
     return options
 
 

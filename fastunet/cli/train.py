@@ -11,7 +11,7 @@ from .common import add_common_options, add_json_option, epilog, human_stream, w
 __all__ = ["add_parser", "run", "train_command"]
 
 EXAMPLES = """\
-fastunet train images/ labels/ -o nuclei.safetensors --iterations 4000 --optimizer adam
+fastunet train images/ labels/ -o nuclei.safetensors --iterations 4000
 fastunet train images/ labels/ -o nuclei.safetensors --resume     # after an interruption
 fastunet train im.tif lb.tif -o m.safetensors --weight-figure weights.png --json train.json
 """
@@ -35,8 +35,12 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     group.add_argument("--tile", type=int, help="input tile edge, a valid size for --depth (default 316)")
     group.add_argument("--batch-size", type=int, help="tiles per step (default 1, as in the paper)")
     group.add_argument("--optimizer", choices=("sgd", "adam"),
-                       help="sgd (momentum 0.99, the paper; default) or adam (converges faster)")
+                       help="adam (default: converges faster) or sgd (momentum 0.99, the paper)")
     group.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
+    group.add_argument("--lr-schedule", choices=("cosine", "constant"),
+                       help="cosine (default): from --lr down to 1%% of it over --lr-period steps, then again; "
+                       "or constant")
+    group.add_argument("--lr-period", type=int, help="steps of one cosine cycle (default 2000)")
     group.add_argument("--base-channels", type=int, help="feature channels of the first level (default 16)")
     group.add_argument("--depth", type=int, help="number of 2x2 max-pools (default 3)")
     group.add_argument("--val-fraction", type=float, help="fraction of the images held out for validation (default 0.2)")
@@ -65,7 +69,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "train",
         help="train a U-Net on images with instance (or 0/1) labels",
         description="Train as in the paper: weighted cross-entropy with border weights, elastic "
-        "deformations, SGD with momentum 0.99 (or Adam); resumable checkpoints beside the output.",
+        "deformations; Adam (or the paper's SGD with momentum 0.99) on a cosine learning-rate schedule, "
+        "the best validation's weights kept; resumable checkpoints beside the output.",
         epilog=epilog(EXAMPLES), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _data_options(p)
@@ -88,7 +93,7 @@ def train_command(args: argparse.Namespace) -> str:
     return shlex.join(words)
 
 
-_OPTIONS = ("tile", "batch_size", "optimizer", "lr", "base_channels", "depth", "device", "amp", "seed",
+_OPTIONS = ("tile", "batch_size", "optimizer", "lr", "lr_schedule", "lr_period", "base_channels", "depth", "device", "amp", "seed",
             "val_fraction", "iterations", "epochs", "val_every", "checkpoint_every", "w0", "sigma")
 
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..normalization import Normalization, NormStats
 from .instances import InstanceOptions
+from .rescale import Rescale, predict_rescaled
 from .runtime import LoadedNetwork, ModelHandle, cached_network
 from .tiling import Block, Layout, read_mirrored
 
@@ -54,6 +55,7 @@ class Job:
     use_runner: bool
     torch_threads: int | None = None
     network: LoadedNetwork | None = field(default=None, compare=False, repr=False)
+    rescale: Rescale | None = None  # object_size: run on a rescaled grid (engine/rescale.py)
     # The output side: the kinds written (see fastunet.kinds; empty: those of output_kind),
     # the instance options and records, and the stage ("predict", or "relabel": the pass
     # that writes the final object ids, see fastunet.engine.instance_tasks).
@@ -89,6 +91,8 @@ class Job:
 def compute_block(job: Job, block: Block) -> tuple[np.ndarray | None, np.ndarray | None, int]:
     """Labels ``(bz, by, bx)`` uint8 and/or probabilities ``(K, bz, by, bx)`` float16 of one
     block (``bz = 1`` for YX volumes), and the number of NaN/Inf input values in it."""
+    if job.rescale is not None:  # predict on the rescaled grid, sample back onto this block
+        return predict_rescaled(job, block, compute_block)
     layout = job.layout
     nd = layout.ndim
     box = layout.input_box(block)

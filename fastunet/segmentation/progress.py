@@ -98,4 +98,7 @@ def summary_line(summary: dict, output) -> str:
     )
     if s.get("nonfinite"):
         line += f"; {s['nonfinite']} NaN/Inf input values set to 0"
+    if s.get("object_size"):
+        how = "estimated " if s.get("object_size_estimated") else ""
+        line += f"; {how}object size {s['object_size']:.1f} px, rescaled by {s['scale']:.3g} for the model"
     return line

@@ -37,6 +37,7 @@ from ..errors import UserError
 from ..kinds import pick
 from .memory import check_tile_memory, default_max_step
 from .progress import PROGRESS_INTERVAL, ProgressBar
+from .scaling import check_resumed, make_rescale, model_size_of, resolve, stats_source
 from .sinks import MAX_TIFF_BYTES, TiffSink, open_sink
 
 __all__ = ["segment", "Segmenter", "NonFiniteWarning", "OUTPUT_KINDS"]
@@ -129,6 +130,7 @@ class Segmenter:
             raise UserError(f"batch_size= expects a number of tiles >= 1; got {batch_size!r}.")
         self.batch_size = batch_size
         self.tile = _check_tile(tile, self.config.depth)
+        self.model_object_size = model_size_of(model)  # the training object diameter, if recorded
         self._network = None
         self.last_summary: dict | None = None
 
@@ -187,14 +189,15 @@ class Segmenter:
         # so there blocks are 2 Mvoxel: a bar that moves, and work for every thread.
         return 8 * 1024 * 1024 if self.device.type == "cuda" else 2 * 1024 * 1024
 
-    def _layout(self, vol, *, chunks, block, tile=None, remote=False):
+    def _layout(self, vol, *, chunks, block, tile=None, remote=False, scale=None):
         from ..engine import plan_layout
 
         tile = tile if tile is not None else self.tile
+        grow = max(1.0, scale.factor**2) if scale is not None else 1.0  # enlarged blocks: fewer input pixels
         try:
             layout = plan_layout(vol.spatial_shape, self.config.depth, source_chunks=_spatial_chunks(vol),
                                  tile=tile, max_step=self._max_step(remote), chunks=chunks, block=block,
-                                 max_block_voxels=self._max_block_voxels())
+                                 max_block_voxels=int(self._max_block_voxels() / grow))
         except ValueError as exc:
             raise UserError(str(exc)) from None
         if not remote:  # a tile that cannot fit is refused now, not after minutes of work
@@ -202,7 +205,7 @@ class Segmenter:
                               batch_size=self.batch_size)
         return layout
 
-    def _job(self, vol, layout, stats, kinds, store, remote):
+    def _job(self, vol, layout, stats, kinds, store, remote, rescale=None):
         from ..engine import Job
         from ..kinds import network_output
 
@@ -210,7 +213,13 @@ class Segmenter:
         return Job(source=vol, model=self.handle, layout=layout, stats=stats, output_kind=network_output(kinds),
                    store=store, device=str(device), backend=self.backend, dtype=self.dtype,
                    batch_size=self.batch_size, use_runner=device.type == "cuda",
-                   network=None if remote else self.network, kinds=kinds)
+                   network=None if remote else self.network, kinds=kinds, rescale=rescale)
+
+    def _segment_crop(self, image, object_size):
+        """The class map of a 2D image (``(Y, X)`` or ``(C, Y, X)``) at ``object_size``, for the estimate."""
+        axes = "CYX" if image.ndim == 3 else "YX"
+        return self.segment(image, None, axes=axes, output_kind="labels", object_size=object_size,
+                            progress=False).compute()
 
     # the call ------------------------------------------------------------------------------
     def segment(self, source, output=None, *, axes: str | None = None, output_kind=None,
@@ -219,7 +228,7 @@ class Segmenter:
                 threads: int | None = None, max_tiff_bytes: int = MAX_TIFF_BYTES,
                 progress_interval: float = PROGRESS_INTERVAL, min_size: int = 0, split: str | None = None,
                 connect_z: bool = False, label_name: str | None = None, into_input: bool = False,
-                storage_options: dict | None = None, break_lock: bool = False):
+                storage_options: dict | None = None, break_lock: bool = False, object_size=None):
         """Segment ``source``; see :func:`segment` for the parameters and what is returned."""
         from .. import io
         from ..engine.instances import InstanceOptions
@@ -239,11 +248,12 @@ class Segmenter:
         self._check_volume(vol)
         if not remote:
             self._check_local_device()
+        scale = resolve(self._segment_crop, vol, object_size, self.model_object_size)  # None: scale 1
         if output is None and into_input:
             output = _into_input_path(vol, label_name)
         if output is None:
             return self._lazy(vol, kinds=kinds, options=options, resume=resume, overwrite=overwrite, remote=remote,
-                              chunks=chunks, block=block)
+                              chunks=chunks, block=block, scale=scale)
 
         sink = open_sink(output, source=vol, kinds=kinds, resume=resume, overwrite=overwrite,
                          zarr_format=zarr_format, expect=self._expect(vol, kinds, options, resume, chunks, block),
@@ -252,14 +262,15 @@ class Segmenter:
         try:  # the sink holds the output's lock until the run ends, however it ends
             return self._write(sink, vol, kinds, options, t_start, device=device, remote=remote,
                                run=dict(scheduler=scheduler, workers=workers, gpus=gpus, threads=threads),
-                               chunks=chunks, block=block, progress=progress, progress_interval=progress_interval)
+                               chunks=chunks, block=block, progress=progress, progress_interval=progress_interval,
+                               scale=scale)
         finally:
             sink.close()
 
     def _write(self, sink, vol, kinds, options, t_start, *, device, remote, run, chunks, block, progress,
-               progress_interval):
+               progress_interval, scale=None):
         """Plan, set up, create the output, run the block tasks and finish the sink."""
-        layout, stats = self._plan(vol, sink, chunks=chunks, block=block, remote=remote)
+        layout, stats, rescale = self._plan(vol, sink, chunks=chunks, block=block, remote=remote, scale=scale)
         if sink.complete:
             self.last_summary = {**sink.recorded.get("summary", {}), "computed": 0, "skipped": layout.num_blocks}
             return sink.result()
@@ -275,9 +286,11 @@ class Segmenter:
             else:
                 self.network  # noqa: B018 - loads the network now
             summaries = self._run(sink, vol, layout, stats, blocks, device=device, remote=remote, client=client,
-                                  run=run, progress=progress, progress_interval=progress_interval)
+                                  run=run, progress=progress, progress_interval=progress_interval,
+                                  rescale=rescale, scale=scale)
         summary = self._summary(layout, blocks, summaries, t_start, device=device, scheduler=run["scheduler"],
                                 workers=run["workers"], gpus=run["gpus"])
+        summary.update(scale.record() if scale is not None else {})
         self.last_summary = summary
         _warn_nonfinite(summary["nonfinite"], sampled=False)
         if "instances" in kinds:
@@ -299,7 +312,7 @@ class Segmenter:
             )
         return torch.device("cuda:0")
 
-    def _lazy(self, vol, *, kinds, options, resume, overwrite, remote, chunks, block):
+    def _lazy(self, vol, *, kinds, options, resume, overwrite, remote, chunks, block, scale=None):
         """``output=None``: dask arrays of the result, computed when they are."""
         from ..engine import lazy_arrays
         from ..normalization import normalization_stats
@@ -311,10 +324,12 @@ class Segmenter:
                 "With output=None the result is a lazy dask array: compute it on your own "
                 "distributed Client instead of passing scheduler/workers/gpus."
             )
-        layout = self._layout(vol, chunks=chunks, block=block, remote=remote)
-        stats = normalization_stats(vol, self.normalization)
+        layout = self._layout(vol, chunks=chunks, block=block, remote=remote, scale=scale)
+        rescale = None if scale is None else make_rescale(vol, self.config.depth, scale, tile=self.tile,
+                                                          max_step=self._max_step(remote))
+        stats = normalization_stats(stats_source(vol, rescale), self.normalization)
         _warn_nonfinite(stats.nonfinite, sampled=True)
-        job = dataclasses.replace(self._job(vol, layout, stats, kinds, None, remote), instances=options)
+        job = dataclasses.replace(self._job(vol, layout, stats, kinds, None, remote, rescale), instances=options)
         return pick(kinds, lazy_arrays(job))
 
     def _expect(self, vol, kinds, options, resume, chunks, block) -> dict:
@@ -339,40 +354,50 @@ class Segmenter:
                 expect[key] = [int(v) for v in value]
         return expect
 
-    def _plan(self, vol, sink, *, chunks, block, remote):
-        """The layout and normalization constants: those of the run being resumed, or new ones."""
+    def _plan(self, vol, sink, *, chunks, block, remote, scale=None):
+        """The layout, normalization constants and rescaling (None at scale 1): those of the run
+        being resumed, or new ones."""
         import numpy as np
 
         from ..normalization import NormStats, normalization_stats
 
         meta = sink.recorded
+        rescale = None
         if meta is not None:  # resume: the constants the interrupted run used, not a recomputation
+            check_resumed(meta, scale, sink.path)
             layout = self._layout(vol, chunks=meta["chunks"], block=meta["block"], tile=tuple(meta["tile"]),
-                                  remote=remote)
+                                  remote=remote, scale=scale)
+            if scale is not None:
+                rescale = make_rescale(vol, self.config.depth, scale, tile=meta["rescale_tile"], max_step=0)
             if sink.complete:
-                return layout, None
+                return layout, None, rescale
             return layout, NormStats(np.asarray(meta["norm_offset"], np.float64),
-                                     np.asarray(meta["norm_scale"], np.float64))
-        layout = self._layout(vol, chunks=chunks, block=block, remote=remote)
+                                     np.asarray(meta["norm_scale"], np.float64)), rescale
+        layout = self._layout(vol, chunks=chunks, block=block, remote=remote, scale=scale)
         if sink.block_multiple and any(m > 1 for m in sink.block_multiple):
             from ..io.pyramid import aligned_block
 
             layout = dataclasses.replace(layout, block=aligned_block(layout.block, layout.chunks, sink.block_multiple))
         if isinstance(sink, TiffSink):
             sink.check_size(vol.spatial_shape, self.config.num_classes)
-        return layout, normalization_stats(vol, self.normalization)
+        if scale is not None:
+            rescale = make_rescale(vol, self.config.depth, scale, tile=self.tile, max_step=self._max_step(remote))
+        return layout, normalization_stats(stats_source(vol, rescale), self.normalization), rescale
 
-    def _run(self, sink, vol, layout, stats, blocks, *, device, remote, client, run, progress, progress_interval):
+    def _run(self, sink, vol, layout, stats, blocks, *, device, remote, client, run, progress, progress_interval,
+             rescale=None, scale=None):
         """Create the output, run the block tasks with a progress bar; on a failure the sink
         decides what is left (an interrupt leaves everything, to be resumed)."""
         from ..engine import execute
 
         attrs = {"model": self.handle.key, "model_path": self.handle.path, "tile": list(layout.tile),
                  "block": list(layout.block), "normalization": self.normalization.to_dict(),
-                 "norm_offset": stats.offset.tolist(), "norm_scale": stats.scale.tolist()}
+                 "norm_offset": stats.offset.tolist(), "norm_scale": stats.scale.tolist(), "object_size": None}
+        if scale is not None:
+            attrs.update(scale.record(), rescale_tile=list(rescale.tile))
         sink.create(source=vol, num_classes=self.config.num_classes, chunks=layout.chunks, attrs=attrs, layout=layout)
         try:
-            job = sink.prepare(self._job(vol, layout, stats, sink.kinds, sink.store, remote))
+            job = sink.prepare(self._job(vol, layout, stats, sink.kinds, sink.store, remote, rescale))
             if run["gpus"] is not None:
                 job = dataclasses.replace(job, device=str(device), use_runner=True, network=None)
             bar = ProgressBar(total=layout.num_blocks, done=layout.num_blocks - len(blocks), enabled=progress,
@@ -455,7 +480,8 @@ def segment(source, model=None, output=None, *, axes: str | None = None, tile: i
             scheduler=None, workers: int | None = None, gpus=None, progress: bool | None = True,
             chunks=None, block=None, threads: int | None = None, progress_interval: float = PROGRESS_INTERVAL,
             min_size: int = 0, split: str | None = None, connect_z: bool = False, label_name: str | None = None,
-            into_input: bool = False, storage_options: dict | None = None, break_lock: bool = False):
+            into_input: bool = False, storage_options: dict | None = None, break_lock: bool = False,
+            object_size=None):
     """Segment a volume with overlap-tile inference (seamless: identical to one pass of the
     network over the whole mirrored image).
 
@@ -526,6 +552,13 @@ def segment(source, model=None, output=None, *, axes: str | None = None, tile: i
     break_lock : bool
         Take the output's lock from another run that holds it (one whose process is gone):
         one run at a time writes a zarr output (:mod:`fastunet.io.lock`).
+    object_size : float or "auto", optional
+        The typical object diameter in the input, in pixels (like cellpose's diameter): the
+        input is rescaled so that its objects match the size the model was trained on (its
+        file records it, ``extra["object_size"]``) and the results are mapped back to the input
+        grid, block by block (:mod:`fastunet.engine.rescale`). ``"auto"`` estimates it from a
+        first pass over a central crop (:mod:`fastunet.segmentation.scaling`). Default: the
+        input's own scale. A model that records no training object size refuses it.
 
     Returns
     -------
@@ -541,7 +574,7 @@ def segment(source, model=None, output=None, *, axes: str | None = None, tile: i
                              progress=progress, chunks=chunks, block=block, threads=threads,
                              progress_interval=progress_interval, min_size=min_size, split=split,
                              connect_z=connect_z, label_name=label_name, into_input=into_input,
-                             storage_options=storage_options, break_lock=break_lock)
+                             storage_options=storage_options, break_lock=break_lock, object_size=object_size)
     finally:
         if output is not None:
             seg.close()

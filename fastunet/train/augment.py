@@ -8,11 +8,14 @@ computed using bicubic interpolation."
 One training sample (:func:`sample_tile`) is drawn through a single sampling grid that maps each
 pixel of the input tile to a point of the source image::
 
-    source = center + flip(rotate(u + elastic(u)))
+    source = center + flip(rotate((u + elastic(u)) / zoom))
 
 where ``u`` is the pixel's offset from the tile centre, ``elastic`` the displacement field of
-:func:`elastic_field` over the input tile, ``rotate`` a rotation by a random angle and ``flip``
-random mirrorings of either axis. Shifts come from the random tile centre. The image is sampled
+:func:`elastic_field` over the input tile, ``zoom`` a random isotropic rescale (objects appear
+``zoom`` times larger; drawn log-uniformly from ``AugmentConfig.scale``, 1 by default: a model
+then sees the object sizes of its training data and a range around them), ``rotate`` a rotation
+by a random angle and ``flip`` random mirrorings of either axis. Shifts come from the random
+tile centre. The image is sampled
 bicubically, the weight map bilinearly and the target by nearest neighbour, the labels on the
 central ``out_size x out_size`` part of the same grid, so input and labels stay aligned exactly
 as the valid-convolution network sees them. Gray-value variations then act on the image only.
@@ -86,6 +89,10 @@ class AugmentConfig:
         Range of the offset added to all intensities (in normalized intensity units).
     noise_std : float
         Standard deviation of additive Gaussian noise (normalized intensity units).
+    scale : (float, float)
+        Range of the random isotropic rescale of the tile (objects appear this many times
+        larger), drawn log-uniformly; ``(1, 1)`` (the default) draws nothing. Beyond the
+        image the rescaled tile is mirrored like the rest.
     """
 
     elastic_sigma: float = 10.0
@@ -96,6 +103,7 @@ class AugmentConfig:
     contrast: tuple[float, float] = (0.85, 1.15)
     brightness: tuple[float, float] = (-0.1, 0.1)
     noise_std: float = 0.02
+    scale: tuple[float, float] = (1.0, 1.0)
 
     def __post_init__(self) -> None:
         if not self.elastic_sigma >= 0:
@@ -113,6 +121,10 @@ class AugmentConfig:
         object.__setattr__(self, "gamma", gamma)
         object.__setattr__(self, "contrast", _parse_range("contrast", self.contrast, minimum=0.0))
         object.__setattr__(self, "brightness", _parse_range("brightness", self.brightness))
+        scale = _parse_range("scale", self.scale)
+        if scale[0] <= 0:
+            raise ValueError(f"scale must be > 0; got {self.scale!r}.")
+        object.__setattr__(self, "scale", scale)
 
     @classmethod
     def none(cls) -> AugmentConfig:
@@ -125,6 +137,7 @@ class AugmentConfig:
             contrast=(1.0, 1.0),
             brightness=(0.0, 0.0),
             noise_std=0.0,
+            scale=(1.0, 1.0),
         )
 
     def to_dict(self) -> dict:
@@ -309,6 +322,11 @@ def sample_tile(
             sy = -sy
         if _uniform(generator, 0.0, 1.0) < 0.5:
             sx = -sx
+    if config.scale[0] != config.scale[1]:  # log-uniform zoom; (1, 1) draws nothing
+        zoom = math.exp(_uniform(generator, math.log(config.scale[0]), math.log(config.scale[1])))
+        sy, sx = sy / zoom, sx / zoom
+    elif config.scale[0] != 1.0:
+        sy, sx = sy / config.scale[0], sx / config.scale[0]
 
     # grid_sample's normalized coordinates (align_corners=True: -1 and 1 are the centres of the
     # border pixels); the large part (the centre) is normalized in double precision.

@@ -70,14 +70,17 @@ def save_checkpoint(
     history: dict,
     rng: dict[str, torch.Tensor],
     data: dict,
+    best: dict[str, torch.Tensor] | None = None,
+    best_step: int | None = None,
 ) -> Path:
     """Write a resumable checkpoint atomically (temporary file, then rename), with the mode
     of an ordinary new file (``0o666 & ~umask``, :func:`fastunet.modelfile.write_safetensors`).
 
     Tensors: the model weights (``model/<name>``), the optimizer state (momentum buffers or
     Adam moments, ``optim/<param index>/<key>``), the RNG states (``rng/<name>``, uint8) and the
-    loss history (``history/loss``). JSON metadata: the step, the config, the optimizer's
-    hyper-parameters, the validation history and a description of the data.
+    loss history (``history/loss``), and the best validation's weights (``best/<name>``) when
+    given. JSON metadata: the step, the config, the optimizer's hyper-parameters, the
+    validation history, a description of the data and the best validation's step.
     """
     path = Path(path)
     tensors = {f"model/{k}": v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
@@ -92,6 +95,8 @@ def save_checkpoint(
     for name, state in rng.items():
         tensors[f"rng/{name}"] = state.to("cpu").contiguous()
     tensors["history/loss"] = torch.tensor(history["loss"], dtype=torch.float32)
+    for k, v in (best or {}).items():
+        tensors[f"best/{k}"] = v.detach().to("cpu", torch.float32).contiguous()
     metadata = {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_VERSION,
@@ -101,6 +106,7 @@ def save_checkpoint(
         "optim_scalars": json.dumps(scalars),
         "val_history": json.dumps(history["val"]),
         "data": json.dumps(data),
+        "best_step": json.dumps(best_step),
     }
     return write_safetensors(path, tensors, metadata)
 
@@ -110,7 +116,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 
     Returns a dict with ``step``, ``config`` (TrainConfig), ``model`` (state dict), ``optimizer``
     (state dict for ``Optimizer.load_state_dict``), ``rng`` (name -> uint8 tensor),
-    ``history`` ({"loss": [...], "val": [...]}) and ``data``.
+    ``history`` ({"loss": [...], "val": [...]}), ``data``, and ``best`` (the best validation's
+    state dict, or None) with ``best_step``.
     """
     from safetensors import SafetensorError, safe_open
 
@@ -141,6 +148,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         "rng": {k[len("rng/") :]: v for k, v in tensors.items() if k.startswith("rng/")},
         "history": {"loss": tensors["history/loss"].tolist(), "val": json.loads(meta["val_history"])},
         "data": json.loads(meta["data"]),
+        "best": {k[len("best/") :]: v for k, v in tensors.items() if k.startswith("best/")} or None,
+        "best_step": json.loads(meta.get("best_step", "null")),
     }
 
 

@@ -234,12 +234,16 @@ def normalized_slices(pair: TrainingPair, normalization: Normalization) -> list[
     return [(n, p[None], lab) for n, p, lab in zip(names, planes, labels)]
 
 
+_WHOLE_IMAGES_FROM = 4  # with fewer images, validation takes the bottom rows of each
+
+
 def validation_split(pairs: list[TrainingPair], config: TrainConfig):
     """Training slices (normalized) and validation images (raw, whole), split by image.
 
-    With two or more images, ``round(val_fraction * n)`` of them (at least one, at most
-    ``n - 1``, drawn with ``config.seed``) are held out; of a single image (or stack) the bottom
-    ``val_fraction`` of its rows.
+    With four or more images, ``round(val_fraction * n)`` of them (at least one, at most
+    ``n - 1``, drawn with ``config.seed``) are held out; with fewer (one or two annotated
+    images, say) the bottom ``val_fraction`` of the rows of each, so that training sees every
+    image.
 
     Parameters
     ----------
@@ -260,24 +264,34 @@ def validation_split(pairs: list[TrainingPair], config: TrainConfig):
     """
     if config.val_fraction == 0:
         return [s for p in pairs for s in normalized_slices(p, config.normalization)], [], "none held out"
-    if len(pairs) >= 2:
+    if len(pairs) >= _WHOLE_IMAGES_FROM:
         n_val = min(max(1, round(config.val_fraction * len(pairs))), len(pairs) - 1)
         order = np.random.default_rng(config.seed).permutation(len(pairs))
         val_ids = set(order[:n_val].tolist())
         train = [s for i, p in enumerate(pairs) if i not in val_ids for s in normalized_slices(p, config.normalization)]
         val = [(p.name, p.image, p.labels) for i, p in enumerate(pairs) if i in val_ids]
         return train, val, f"{n_val} of {len(pairs)} images held out for validation"
-    # A single image (or stack): hold out its bottom rows.
-    (pair,) = pairs
+    train, val, what = [], [], []
+    for pair in pairs:
+        top, bottom, rows = _split_rows(pair, config.val_fraction)
+        train += normalized_slices(top, config.normalization)
+        val.append(bottom)
+        what.append(rows)
+    if len(pairs) == 1:
+        stack = pairs[0].image.ndim == 3
+        where = f"of every slice of the single stack ({pairs[0].image.shape[0]} slices)" if stack else "of the single image"
+        return train, val, f"the bottom {what[0]} rows {where} held out for validation"
+    return train, val, f"the bottom rows of each of the {len(pairs)} images ({', '.join(what)}) held out for validation"
+
+
+def _split_rows(pair: TrainingPair, fraction: float):
+    """The top part of a pair (a TrainingPair), its bottom ``fraction`` of rows (a validation
+    image) and ``"k of H"`` in words. Of a stack, the same rows of every slice: neighbouring
+    slices are alike, so holding out whole slices would validate on near-copies of training data."""
     height = pair.image.shape[-2]
-    cut = height - max(1, round(config.val_fraction * height))
+    cut = height - max(1, round(fraction * height))
     if cut < 1:
         raise UserError(f"Image {pair.name!r} is too small to hold out a validation part; use val_fraction=0.")
     top = TrainingPair(f"{pair.name}[:{cut}]", pair.image[..., :cut, :], pair.labels[..., :cut, :], pair.semantic)
-    val = [(f"{pair.name}[{cut}:]", pair.image[..., cut:, :], pair.labels[..., cut:, :])]
-    # Of a stack, the same rows of every slice: neighbouring slices are alike, so holding out
-    # whole slices would validate on near-copies of training data.
-    stack = pair.image.ndim == 3
-    what = f"of every slice of the single stack ({pair.image.shape[0]} slices)" if stack else "of the single image"
-    description = f"the bottom {height - cut} of {height} rows {what} held out for validation"
-    return normalized_slices(top, config.normalization), val, description
+    bottom = (f"{pair.name}[{cut}:]", pair.image[..., cut:, :], pair.labels[..., cut:, :])
+    return top, bottom, f"{height - cut} of {height}"

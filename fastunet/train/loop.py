@@ -49,9 +49,11 @@ __all__ = ["TrainResult", "train"]
 class TrainResult:
     """What :func:`train` did: the trained model (eval mode) and where it wrote things.
 
-    ``seconds`` is the wall time of this call's training loop (validation and checkpoints
-    included); ``tiles_per_second`` counts the training steps only (sampling, forward,
-    backward, update).
+    ``model`` is the network after the last step; the model file holds the weights of the
+    best validation (``best_step``, whose scores are ``val``), or the last ones when nothing
+    was validated (``best_step`` None). ``seconds`` is the wall time of this call's training
+    loop (validation and checkpoints included); ``tiles_per_second`` counts the training
+    steps only (sampling, forward, backward, update).
     """
 
     model: ReferenceUNet
@@ -64,6 +66,7 @@ class TrainResult:
     seconds: float
     tiles_per_second: float
     notes: list[str]
+    best_step: int | None = None
 
 
 def _make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -160,6 +163,8 @@ class _Run:
         self.history: dict = {"loss": [], "val": []}
         self.step = 0
         self.consistent = True
+        self.best: dict | None = None  # the best validation's weights (CPU copies) and its step
+        self.best_step: int | None = None
 
     def resume(self) -> None:
         """Continue from the checkpoint (same settings and data, :func:`check_resume`)."""
@@ -172,6 +177,7 @@ class _Run:
         if self.device.type == "cuda" and "torch_cuda" in saved["rng"]:
             torch.cuda.set_rng_state(saved["rng"]["torch_cuda"], self.device)
         self.step, self.history = saved["step"], saved["history"]
+        self.best, self.best_step = saved.get("best"), saved.get("best_step")
 
     def rng_state(self) -> dict:
         state = {"augment": self.generator.get_state(), "torch_cpu": torch.get_rng_state()}
@@ -182,14 +188,24 @@ class _Run:
     def checkpoint(self) -> None:
         save_checkpoint(
             self.ckpt, model=self.model, optimizer=self.optimizer, step=self.step, config=self.config,
-            history=self.history, rng=self.rng_state(), data=self.data,
+            history=self.history, rng=self.rng_state(), data=self.data, best=self.best, best_step=self.best_step,
         )  # fmt: skip
 
     def validate(self, val_images) -> dict:
-        """Score the network now, record it in the history at this step and return it."""
+        """Score the network now, record it in the history at this step and return it; keep
+        a copy of the weights when this is the best validation so far."""
         scores = {"step": self.step, **_validate(self.model, val_images, self.config, self.device)}
         self.history["val"].append(scores)
+        best = next((v for v in self.history["val"] if v["step"] == self.best_step), None)
+        if best is None or _merit(scores) > _merit(best):
+            self.best = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+            self.best_step = self.step
         return scores
+
+
+def _merit(scores: dict) -> float:
+    """What "best validation" maximises: foreground IoU + instance F1."""
+    return scores["foreground_iou"] + scores["instance_f1"]
 
 
 def _step(run: _Run, samples: list[tuple], amp: bool) -> float:
@@ -208,6 +224,8 @@ def _step(run: _Run, samples: list[tuple], amp: bool) -> float:
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     run.consistent = False
+    for group in run.optimizer.param_groups:  # the schedule depends on the step only
+        group["lr"] = config.lr_at(run.step)
     run.optimizer.step()
     value = float(loss.detach())
     if not math.isfinite(value):
@@ -272,12 +290,21 @@ def _load_data(images, labels, config: TrainConfig, axes: str | None, note: Call
     return train_slices, val_images, data
 
 
-def _save(run: _Run, output: Path, curve: Path, command: str | None) -> tuple[dict | None, Path]:
-    """Write the model file (with the run's config, data and last scores) and the curve PNG."""
+def _save(run: _Run, output: Path, curve: Path, command: str | None,
+          object_size: float | None) -> tuple[dict | None, Path]:
+    """Write the model file (the best validation's weights, or the last; with the run's config,
+    data, scores and training object size) and the curve PNG."""
+    import copy
+
     from ..modelfile import save_model
 
     history = run.history
-    val = {k: v for k, v in history["val"][-1].items() if k != "step"} if history["val"] else None
+    model = run.model
+    best = next((v for v in history["val"] if v["step"] == run.best_step), None) if run.best is not None else None
+    if best is not None:
+        model = copy.deepcopy(run.model)  # no new random weights drawn
+        model.load_state_dict(run.best)
+    val = {k: v for k, v in best.items() if k != "step"} if best is not None else None
     extra = {
         "trained_with": command or "fastunet.train.train",
         "training_config": run.config.to_dict(),
@@ -286,8 +313,21 @@ def _save(run: _Run, output: Path, curve: Path, command: str | None) -> tuple[di
     }
     if val:
         extra["val_metrics"] = val
-    save_model(output, run.model, normalization=run.config.normalization, extra=extra)
+        extra["best_step"] = run.best_step
+    if object_size is not None:
+        extra["object_size"] = round(object_size, 2)
+    save_model(output, model, normalization=run.config.normalization, extra=extra)
     return val, write_curve(curve, history, title=f"{output.name}: {run.step} steps")
+
+
+def _training_object_size(train_slices) -> float | None:
+    """The training data's typical object diameter: the median over the training slices of
+    each slice's median equivalent diameter (:func:`fastunet.objectsize.median_diameter`)."""
+    from ..objectsize import median_diameter
+
+    sizes = [median_diameter(labels) for _, _, labels in train_slices]
+    sizes = [s for s in sizes if np.isfinite(s)]
+    return float(np.median(sizes)) if sizes else None
 
 
 def train(
@@ -372,7 +412,7 @@ def train(
         if run.step == start_step and val_images and not run.history["val"]:
             run.validate(val_images)
     run.model.eval()
-    val, curve_path = _save(run, output, curve, command)
+    val, curve_path = _save(run, output, curve, command, _training_object_size(train_slices))
     return TrainResult(
         model=run.model,
         output=output,
@@ -384,4 +424,5 @@ def train(
         seconds=seconds,
         tiles_per_second=(run.step - start_step) * config.batch_size / busy if busy > 0 else 0.0,
         notes=notes,
+        best_step=run.best_step if val is not None else None,
     )

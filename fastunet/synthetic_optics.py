@@ -1,0 +1,145 @@
+"""How the synthetic nuclei of :mod:`fastunet.synthetic` look through a widefield microscope.
+
+From a label image and each object's brightness to camera counts, for one plane:
+
+* **stain** (:func:`stain`): a projected-thickness profile (bright middle, dim rim), a smooth
+  random chromatin texture of a given grain, optionally bright chromatin foci and dark
+  nucleoli;
+* **optics** (:func:`render`): Gaussian PSF blur, optional out-of-focus haze (the nuclei
+  blurred far more, as light from other planes), a smooth background with a gradient, and an
+  uneven illumination (vignetting) multiplying everything;
+* **camera**: Poisson shot noise, Gaussian read noise, a constant offset, and the bit depth
+  of the file (:func:`finish`: 8-bit exports, 12-bit cameras in uint16, 16-bit, float).
+
+Every optional effect draws random numbers only when it is switched on, so the defaults give
+the same image for the same seed as before the effects existed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+
+__all__ = ["DTYPES", "Optics", "background", "finish", "render"]
+
+DTYPES = ("float32", "uint16", "uint12", "uint8")
+
+
+@dataclass(frozen=True)
+class Optics:
+    """Stain, microscope and camera settings of one synthetic image (see :func:`render`)."""
+
+    photons: float = 300.0
+    background_level: float = 0.08
+    psf_sigma: float = 1.5
+    read_noise: float = 3.0
+    camera_offset: float = 100.0
+    texture: float = 0.25
+    texture_scale: float = 1.5
+    foci: float = 0.0
+    nucleoli: float = 0.0
+    illumination: float = 0.0
+    haze: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("photons", "psf_sigma", "texture_scale"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive; got {getattr(self, name)}.")
+        for name in ("background_level", "read_noise", "camera_offset", "texture", "foci", "haze"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0; got {getattr(self, name)}.")
+        for name in ("nucleoli", "illumination"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1]; got {getattr(self, name)}.")
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
+    """Zero-mean, unit-variance Gaussian random field with correlation length ``sigma``."""
+    field = ndi.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma, mode="wrap")
+    return field / max(float(field.std()), 1e-6)
+
+
+def _spots(rng: np.random.Generator, shape: tuple[int, int], per_pixel: float, sigma: float) -> np.ndarray:
+    """Gaussian spots of width ``sigma`` at random points (``per_pixel`` of them per pixel), peak 1."""
+    points = (rng.random(shape) < per_pixel).astype(np.float32)
+    return ndi.gaussian_filter(points, sigma, mode="wrap") * np.float32(2 * np.pi * sigma**2)
+
+
+def background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """Smooth background: a linear gradient plus a coarse random field (upsampled, cheap)."""
+    gy, gx = rng.normal(0.0, 0.5, 2)
+    yy = np.linspace(-0.5, 0.5, height, dtype=np.float32)[:, None]
+    xx = np.linspace(-0.5, 0.5, width, dtype=np.float32)[None, :]
+    coarse = rng.normal(0.0, 0.3, (4, 4)).astype(np.float32)
+    blobs = ndi.zoom(coarse, (height / 4, width / 4), order=3, mode="nearest", grid_mode=True)[:height, :width]
+    return np.clip(1.0 + gy * yy + gx * xx + blobs, 0.2, None)
+
+
+def _illumination(rng: np.random.Generator, shape: tuple[int, int], strength: float) -> np.ndarray:
+    """Vignetting: 1 at a random point near the middle, falling to ``1 - strength`` at the far corner."""
+    height, width = shape
+    cy, cx = rng.uniform(0.3, 0.7, 2) * (height, width)
+    yy = (np.arange(height, dtype=np.float32)[:, None] - np.float32(cy)) / np.float32(max(height, width))
+    xx = (np.arange(width, dtype=np.float32)[None, :] - np.float32(cx)) / np.float32(max(height, width))
+    r2 = yy**2 + xx**2
+    return 1.0 - np.float32(strength) * r2 / max(float(r2.max()), 1e-6)
+
+
+def stain(rng: np.random.Generator, labels: np.ndarray, q: np.ndarray, brightness: np.ndarray, optics: Optics,
+          radius: float) -> np.ndarray:
+    """The dye's density per pixel: thickness profile x chromatin texture x brightness.
+
+    ``q`` is each pixel's normalised squared distance from its object's centre (below 1
+    inside), ``brightness`` the brightness per label (index 0 is the background, 0), ``radius``
+    the typical object radius (sets the size of the nucleoli).
+    """
+    inside = labels > 0
+    # Projected thickness of an ellipsoid is proportional to sqrt(1 - q): bright middle, dim rim.
+    profile = np.zeros(labels.shape, np.float32)
+    profile[inside] = 0.35 + 0.65 * np.sqrt(np.clip(1.0 - q[inside], 0.0, 1.0))
+    fine, coarse = optics.texture_scale, optics.texture_scale * 4.0 / 1.5
+    chromatin = 1.0 + optics.texture * (0.7 * _smooth_noise(rng, labels.shape, fine)
+                                        + 0.3 * _smooth_noise(rng, labels.shape, coarse))
+    if optics.foci > 0:  # bright heterochromatin foci, about one per 40 px^2
+        chromatin = chromatin * (1.0 + optics.foci * _spots(rng, labels.shape, 1 / 40, 0.8))
+    if optics.nucleoli > 0:  # dark nucleoli, about two per nucleus
+        sigma = max(0.8, 0.18 * radius)
+        holes = _spots(rng, labels.shape, 2.0 / (np.pi * radius**2), sigma)
+        chromatin = chromatin * np.clip(1.0 - optics.nucleoli * holes, 0.05, None)
+    return profile * np.clip(chromatin, 0.2, None) * brightness[labels]
+
+
+def render(rng: np.random.Generator, labels: np.ndarray, q: np.ndarray, brightness: np.ndarray,
+           back: np.ndarray, optics: Optics, *, radius: float) -> np.ndarray:
+    """Expected photons -> blur (+ haze) -> illumination -> Poisson + read noise + offset, for one plane."""
+    signal = stain(rng, labels, q, brightness, optics, radius)
+    expected = ndi.gaussian_filter(signal, optics.psf_sigma) + optics.background_level * back
+    if optics.haze > 0:
+        expected = expected + optics.haze * ndi.gaussian_filter(signal, 3.0 * radius + optics.psf_sigma)
+    if optics.illumination > 0:
+        expected = expected * _illumination(rng, labels.shape, optics.illumination)
+    counts = rng.poisson(np.clip(optics.photons * expected, 0.0, None)).astype(np.float32)
+    return counts + rng.normal(optics.camera_offset, optics.read_noise, labels.shape).astype(np.float32)
+
+
+def finish(image: np.ndarray, dtype) -> np.ndarray:
+    """Camera counts as the file stores them.
+
+    ``float32`` the counts; ``uint16`` rounded and clipped to 0..65535; ``uint12`` a 12-bit
+    camera in uint16 (clipped to 0..4095: bright nuclei may saturate); ``uint8`` an 8-bit
+    export, stretched so that the 0.5th percentile maps to 10 and the 99.9th to 245.
+    """
+    name = str(dtype) if isinstance(dtype, str) else np.dtype(dtype).name
+    if name == "uint16":
+        return np.clip(np.rint(image), 0, 65535).astype(np.uint16)
+    if name == "uint12":
+        return np.clip(np.rint(image), 0, 4095).astype(np.uint16)
+    if name == "float32":
+        return image.astype(np.float32, copy=False)
+    if name == "uint8":
+        lo, hi = np.percentile(image, [0.5, 99.9])
+        scaled = (image - lo) * (235.0 / max(hi - lo, 1e-6)) + 10.0
+        return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype}.")

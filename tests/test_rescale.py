@@ -1,0 +1,236 @@
+"""object_size=: segmenting on a rescaled grid inside the block tasks (fastunet.engine.rescale).
+
+The reference is independent of the engine: smooth the whole image (``np.pad`` reflect, then
+``scipy.ndimage.gaussian_filter``), sample it at the rescaled pixels with
+``scipy.ndimage.map_coordinates`` (order 1), run the network once on the whole rescaled image
+(test_engine's ``reference_logits``), interpolate the probabilities linearly at the input
+pixels and take their argmax. The engine's probabilities are float16 on the rescaled grid, so
+labels must agree wherever the two classes are further apart than that rounding.
+"""
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage as ndi
+from test_engine import _net, _normalize, reference_logits
+
+from fastunet.engine.rescale import Rescale, RescaledSource
+from fastunet.errors import UserError
+from fastunet.io import open_volume
+from fastunet.modelfile import ModelBundle
+from fastunet.objectsize import check_object_size, median_diameter
+from fastunet.segmentation import Segmenter, segment
+from fastunet.segmentation.scaling import estimate_object_size
+
+MODEL_SIZE = 20.0
+
+
+def _rng():
+    return np.random.default_rng(torch.initial_seed())
+
+
+def _sized_net(**kwargs):
+    """A tiny network whose file would record a training object size of MODEL_SIZE px."""
+    net = _net(**kwargs)
+    return ModelBundle(net.module, net.normalization, {"object_size": MODEL_SIZE})
+
+
+def _rescaled_reference(image, factor):
+    """The whole image smoothed (when shrinking) and sampled at the rescaled pixel centres."""
+    shape = image.shape
+    new = tuple(max(1, round(n * factor)) for n in shape)
+    steps = [n / m for n, m in zip(shape, new)]
+    sigmas = [max(0.0, (s - 1) / 2) for s in steps]
+    pad = max(int(4 * s + 0.5) for s in sigmas) + 2
+    smooth = ndi.gaussian_filter(np.pad(image.astype(np.float32), pad, mode="reflect"), sigmas)
+    axes = [(np.arange(m) + 0.5) * s - 0.5 + pad for m, s in zip(new, steps)]
+    coords = np.stack(np.meshgrid(*axes, indexing="ij"))
+    return ndi.map_coordinates(smooth, coords, order=1).astype(np.float32)
+
+
+def _back(values, n, axis):
+    """Linear maps (index pair, weight) from n input pixels to the rescaled axis."""
+    m = values.shape[axis]
+    t = (np.arange(n) + 0.5) * (m / n) - 0.5
+    j0 = np.floor(t)
+    return np.clip(j0, 0, m - 1).astype(int), np.clip(j0 + 1, 0, m - 1).astype(int), t - j0
+
+
+def _assert_like_reference(labels, probs, image, net, factor):
+    """Probabilities within fp16 rounding of the interpolated reference; labels their argmax
+    wherever the two classes are not within that rounding of a tie."""
+    rescaled = _rescaled_reference(image, factor)
+    logits = reference_logits(net, _normalize(rescaled, net)[None])  # (K, h, w) on the rescaled grid
+    (y0, y1, wy), (x0, x1, wx) = (_back(logits[0], n, a) for a, n in enumerate(image.shape))
+    ref = torch.softmax(torch.from_numpy(logits), 0).numpy()
+    ref = ref[:, y0] * (1 - wy)[:, None] + ref[:, y1] * wy[:, None]
+    ref = ref[..., x0] * (1 - wx) + ref[..., x1] * wx
+    assert np.abs(np.asarray(probs).astype(np.float32) - ref).max() < 2e-3
+    top2 = np.sort(ref, axis=0)[-2:]
+    exempt = (top2[1] - top2[0]) < 2e-3
+    assert exempt.mean() < 0.1
+    assert not ((np.asarray(labels) != ref.argmax(0)) & ~exempt).any(), "labels differ from the rescaled reference"
+
+
+@pytest.mark.parametrize("object_size, block", [(34.0, (16, 24)), (34.0, None), (11.0, (16, 24)), (13.0, (40, 8))])
+def test_rescaled_blocks_equal_the_whole_image_reference(object_size, block):
+    """Shrinking (34 px objects -> 20) and enlarging (11 -> 20), blocks that cut everything."""
+    net = _sized_net()
+    image = ndi.gaussian_filter(_rng().normal(0.5, 1.0, size=(45, 61)), 1.0).astype(np.float32)
+    labels, probs = segment(image, net, None, object_size=object_size, output_kind="both", tile=52,
+                            chunks=None if block is None else (8, 8), block=block)
+    labels, probs = labels.compute(), probs.compute()
+    assert labels.shape == image.shape and probs.shape == (2, *image.shape)
+    _assert_like_reference(labels, probs, image, net, MODEL_SIZE / object_size)
+
+
+def test_rescaled_result_is_seamless_across_block_sizes():
+    net = _sized_net()
+    image = ndi.gaussian_filter(_rng().normal(0.5, 1.0, size=(70, 50)), 1.5).astype(np.float32)
+    runs = [segment(image, net, None, object_size=29.0, output_kind="both", tile=tile, chunks=chunks, block=block)
+            for tile, chunks, block in ((52, (10, 10), (10, 20)), (64, (7, 9), (21, 9)), (None, None, None))]
+    runs = [(a.compute(), b.compute()) for a, b in runs]
+    for labels, probs in runs[1:]:
+        assert (labels != runs[0][0]).mean() < 0.01  # only near-ties may differ (other conv algorithms)
+        assert np.abs(probs.astype(np.float32) - runs[0][1].astype(np.float32)).max() < 2e-3
+
+
+def test_scale_one_is_bit_identical_to_no_object_size():
+    net = _sized_net()
+    image = _rng().normal(0.5, 1.0, size=(40, 52)).astype(np.float32)
+    plain = segment(image, net, None, output_kind="both", tile=52)
+    same = segment(image, net, None, output_kind="both", tile=52, object_size=MODEL_SIZE)
+    for a, b in zip(plain, same):
+        np.testing.assert_array_equal(a.compute(), b.compute())
+
+
+def test_rescaled_reads_are_the_same_pixels_whichever_block_reads_them():
+    image = _rng().normal(100.0, 20.0, size=(2, 37, 53)).astype(np.float32)
+    vol = open_volume(image, axes="ZYX")
+    for factor in (0.45, 1.8):
+        source = RescaledSource(vol, Rescale.make((37, 53), factor, (52, 52)))
+        whole = source.read((slice(0, 2), slice(0, source.shape[1]), slice(0, source.shape[2])))
+        for z in range(2):
+            np.testing.assert_allclose(whole[z], _rescaled_reference(image[z], factor), rtol=1e-5, atol=1e-4)
+        part = source.read((slice(1, 2), slice(3, 11), slice(5, source.shape[2] - 2)))
+        np.testing.assert_array_equal(part, whole[1:2, 3:11, 5:-2])
+
+
+def test_zarr_output_records_the_object_size_and_resume_checks_it(tmp_path):
+    net = _sized_net()
+    image = _rng().normal(0.5, 1.0, size=(30, 40)).astype(np.float32)
+    out = tmp_path / "o.zarr"
+    with Segmenter(net) as seg:
+        seg.segment(image, str(out), object_size=25, output_kind="labels", progress=False)
+        assert seg.last_summary["object_size"] == 25 and seg.last_summary["scale"] == 0.8
+        lazy = seg.segment(image, None, object_size=25, output_kind="labels").compute()
+        import zarr
+
+        np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["labels"][:], lazy)
+        with pytest.raises(UserError, match="object_size=25.0, this run has object_size=None"):
+            seg.segment(image, str(out), resume=True, output_kind="labels", progress=False)
+
+
+def test_object_ids_at_another_object_size_are_the_components_of_its_class_map(tmp_path):
+    """Instances at object_size=: labelled on the input grid from the class map sampled back,
+    identical whatever the block, in a file and lazily."""
+    from test_engine_instances import _model
+
+    from fastunet.modelfile import read_model
+
+    plain = read_model(_model(tmp_path / "m.safetensors"))  # its foreground: about half of a noise image
+    net = ModelBundle(plain.module, plain.normalization, {"object_size": MODEL_SIZE})
+    image = _rng().normal(size=(70, 90)).astype(np.float32)
+    ids, labels = segment(image, net, str(tmp_path / "o.zarr"), object_size=31, output_kind="instances,labels",
+                          tile=52, chunks=(16, 16), block=(32, 32), progress=False)
+    ids, labels = ids[:], labels[:]
+    lazy = segment(image, net, None, object_size=31, output_kind="instances", tile=52).compute()
+    expected, n = ndi.label(labels > 0)
+    assert n > 5 and ids.max() == n
+    np.testing.assert_array_equal(ids, expected)  # both number objects by their first voxel
+    np.testing.assert_array_equal(lazy, expected)
+
+
+@pytest.mark.parametrize("size, message", [
+    (0, "positive diameter"), (-3, "positive diameter"), (float("nan"), "positive diameter"),
+    (500, "larger than the image"), ("big", 'diameter in pixels or "auto"'), (True, 'diameter in pixels or "auto"'),
+])
+def test_bad_object_sizes_are_one_line_errors(size, message):
+    image = np.zeros((30, 40), np.float32)
+    with pytest.raises(UserError, match=message) as info:
+        segment(image, _sized_net(), None, object_size=size)
+    assert "\n" not in str(info.value)
+
+
+def test_a_model_without_a_training_object_size_refuses_object_size():
+    with pytest.raises(UserError, match="records no training object size"):
+        segment(np.zeros((30, 40), np.float32), _net(), None, object_size=12)
+    assert check_object_size("auto") == "auto" and check_object_size(12) == 12.0
+
+
+def test_estimate_measures_the_predicted_objects_and_refines_once():
+    """The estimate segments a central crop at the input's scale, then at the size it found."""
+    from fastunet.synthetic import synthetic_nuclei
+
+    image, truth = synthetic_nuclei((200, 180), seed=int(torch.initial_seed() % 2**31), n_objects=40)
+    calls = []
+
+    def segment_crop(crop, size):  # a perfect "network": the truth, eroded at the native scale
+        calls.append(size)
+        fg = truth > 0
+        return ndi.binary_erosion(fg, iterations=2) if size is None else fg
+
+    vol = open_volume(image, axes="YX")
+    size = estimate_object_size(segment_crop, vol)
+    assert calls[0] is None and calls[1] is not None and calls[1] < size
+    assert size == pytest.approx(median_diameter(ndi.label(truth > 0)[0]))
+    assert estimate_object_size(lambda crop, s: np.zeros(crop.shape, np.uint8), vol) is None
+
+
+def test_cli_segment_object_size(tmp_path, capsys):
+    import tifffile
+    import zarr
+
+    from fastunet import save_model
+    from fastunet.cli import main
+
+    net = _sized_net()
+    model = tmp_path / "m.safetensors"
+    save_model(model, net.module, normalization=net.normalization, extra={"object_size": MODEL_SIZE})
+    image = (_rng().random((48, 56)) * 1000).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    args = ["segment", str(tmp_path / "img.tif"), "-o", str(tmp_path / "out.zarr"), "--model", str(model),
+            "--device", "cpu", "--quiet"]
+    assert main([*args, "--object-size", "30"]) == 0
+    assert zarr.open_group(str(tmp_path / "out.zarr"), mode="r")["instances"].shape == (48, 56)
+    assert main([*args[:-1], "--object-size", "25", "--overwrite"]) == 0
+    assert "object size 25.0 px, rescaled by 0.8" in capsys.readouterr().out
+    for bad, message in (("0", "--object-size must be a positive diameter"), ("900", "larger than the image"),
+                         ("wide", 'expects a diameter in pixels or "auto"')):
+        assert main([*args, "--object-size", bad, "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_auto_runs_at_the_size_it_estimates(tmp_path, monkeypatch):
+    """object_size="auto": the estimate (recorded in the summary) is then used as if it had been
+    given; the estimate sees the middle plane's central crop through the segmenter."""
+    from fastunet.segmentation import scaling
+
+    seen = []
+
+    def estimate(segment_crop, vol):
+        crop = scaling._crop(vol)
+        seen.append((crop.shape, np.asarray(segment_crop(crop, None)).shape))
+        return 27.5
+
+    monkeypatch.setattr(scaling, "estimate_object_size", estimate)
+    net = _sized_net()
+    image = _rng().normal(0.5, 1.0, size=(3, 40, 52)).astype(np.float32)
+    with Segmenter(net) as seg:
+        auto = seg.segment(image, str(tmp_path / "a.zarr"), axes="ZYX", object_size="auto", progress=False)[:]
+        summary = seg.last_summary
+        given = seg.segment(image, None, axes="ZYX", object_size=27.5).compute()
+    assert summary["object_size_estimated"] is True and summary["object_size"] == 27.5
+    assert seen == [((40, 52), (40, 52))]
+    np.testing.assert_array_equal(auto, given)
