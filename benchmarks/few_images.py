@@ -1,0 +1,93 @@
+"""Training from one or two annotated images: what ``fastunet train``'s defaults reach, and in how long.
+
+For each count N (default 1 and 2) the script draws N synthetic 512 x 512 images of one style
+(seeds 3000.., never used by the default model's recipe nor by ``fastunet evaluate``), trains
+a model on them with the defaults of ``fastunet train`` (no option but ``--device``), and
+scores it on freshly drawn images of the same style that it never saw (``fastunet evaluate
+--synthetic``, seeds 2026..), next to the bundled default model on the same images. It records
+the wall time and the CPU time of each training run (validation and checkpoints included).
+
+    python benchmarks/few_images.py --out few-images            # styles textured, counts 1 and 2
+    python benchmarks/few_images.py --style classic --counts 1 --eval-images 4
+
+The result is a JSON file in ``--out`` and a Markdown table on standard output. A CPU
+measurement on whatever else the machine is doing: the times say what this machine did.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+FIRST_SEED = 3000  # training images: outside the default model's 10000.. and evaluate's 2026..
+
+
+def _cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def run_count(count: int, *, style: str, out: Path, device: str, eval_images: int, iterations: int | None) -> dict:
+    """Draw ``count`` images, train with the defaults, score on fresh images of ``style``."""
+    import torch
+
+    from fastunet.evaluate import evaluate_synthetic
+    from fastunet.synthetic_styles import write_style_images
+    from fastunet.train import TrainConfig, train
+
+    folder = out / f"{style}-{count}"
+    images, labels = write_style_images(folder, range(FIRST_SEED, FIRST_SEED + count), style)
+    config = TrainConfig(device=device, **({} if iterations is None else {"iterations": iterations}))
+    wall, cpu = time.perf_counter(), _cpu_seconds()
+    result = train(images, labels, folder / "model.safetensors", config=config, progress=False, overwrite=True)
+    wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
+    scores = evaluate_synthetic(result.output, n_images=eval_images, style=style, device=device)
+    return {
+        "images": count, "style": style, "seeds": [FIRST_SEED, FIRST_SEED + count - 1],
+        "steps": result.steps, "best_step": result.best_step, "val": result.val,
+        "train_wall_s": round(wall, 1), "train_cpu_s": round(cpu, 1), "torch_threads": torch.get_num_threads(),
+        "test": scores.to_dict(), "model": str(result.output),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="few-images", help="folder for the images, models and the JSON")
+    parser.add_argument("--style", default="textured", help="synthetic style (fastunet/synthetic_styles.py)")
+    parser.add_argument("--counts", default="1,2", help="numbers of training images, e.g. 1,2")
+    parser.add_argument("--eval-images", type=int, default=8, help="fresh test images of the style")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--iterations", type=int, help="training steps (default: fastunet train's; for a smoke run)")
+    args = parser.parse_args(argv)
+
+    from fastunet import __version__
+    from fastunet.evaluate import evaluate_synthetic
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [run_count(int(n), style=args.style, out=out, device=args.device, eval_images=args.eval_images,
+                          iterations=args.iterations)
+            for n in args.counts.split(",")]
+    default = evaluate_synthetic(n_images=args.eval_images, style=args.style, device=args.device).to_dict()
+    record = {"benchmark": "few-images", "version": __version__, "machine": platform.machine(),
+              "cpus": os.cpu_count(), "device": args.device, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+              "iterations": args.iterations, "rows": rows, "default_model": default, "eval_images": args.eval_images}
+    path = out / f"few-images-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(record, indent=2))
+    print(f"| training images ({args.style}) | steps (best) | train wall / CPU | fg IoU | instance F1 |")
+    print("| --- | --- | --- | --- | --- |")
+    for r in rows:
+        t = r["test"]
+        print(f"| {r['images']} | {r['steps']} ({r['best_step']}) | {r['train_wall_s'] / 60:.1f} / "
+              f"{r['train_cpu_s'] / 60:.1f} min | {t['foreground_iou']:.4f} | {t['instance_f1']:.4f} |")
+    print(f"| bundled default model | | | {default['foreground_iou']:.4f} | {default['instance_f1']:.4f} |")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
