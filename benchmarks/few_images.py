@@ -10,7 +10,9 @@ the wall time and the CPU time of each training run (validation and checkpoints 
     python benchmarks/few_images.py --out few-images            # styles textured, counts 1 and 2
     python benchmarks/few_images.py --style classic --counts 1 --eval-images 4
 
-The result is a JSON file in ``--out`` and a Markdown table on standard output. A CPU
+The result is a JSON file in ``--out`` (its ``figures`` as the results table of
+``benchmarks/README.md`` shows them; copy it to ``benchmarks/results/``) and a Markdown table
+on standard output. A CPU
 measurement on whatever else the machine is doing: the times say what this machine did.
 """
 
@@ -50,8 +52,22 @@ def run_count(count: int, *, style: str, out: Path, device: str, eval_images: in
         "images": count, "style": style, "seeds": [FIRST_SEED, FIRST_SEED + count - 1],
         "steps": result.steps, "best_step": result.best_step, "val": result.val,
         "train_wall_s": round(wall, 1), "train_cpu_s": round(cpu, 1), "torch_threads": torch.get_num_threads(),
-        "test": scores.to_dict(), "model": str(result.output),
+        "test": scores.to_dict(), "model": os.path.relpath(result.output, out),
     }
+
+
+def figures(rows: list[dict], default: dict) -> dict:
+    """The record's headline numbers, named as the results table of benchmarks/README.md shows them."""
+    out = {}
+    for r in rows:
+        key = f"{r['images']}img"
+        out.update({f"{key}.test_fg_iou": round(r["test"]["foreground_iou"], 4),
+                    f"{key}.test_instance_f1": round(r["test"]["instance_f1"], 4),
+                    f"{key}.train_wall_min": round(r["train_wall_s"] / 60, 2),
+                    f"{key}.train_cpu_min": round(r["train_cpu_s"] / 60, 2)})
+    out.update({"default_model.test_fg_iou": round(default["foreground_iou"], 4),
+                "default_model.test_instance_f1": round(default["instance_f1"], 4)})
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,8 +90,10 @@ def main(argv: list[str] | None = None) -> int:
             for n in args.counts.split(",")]
     default = evaluate_synthetic(n_images=args.eval_images, style=args.style, device=args.device).to_dict()
     record = {"benchmark": "few-images", "version": __version__, "machine": platform.machine(),
-              "cpus": os.cpu_count(), "device": args.device, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-              "iterations": args.iterations, "rows": rows, "default_model": default, "eval_images": args.eval_images}
+              "cpus": os.cpu_count(), "device": f"{args.device} ({os.cpu_count()} cores)",
+              "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "style": args.style, "iterations": args.iterations,
+              "eval_images": args.eval_images, "figures": figures(rows, default), "rows": rows,
+              "default_model": default}
     path = out / f"few-images-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(record, indent=2))
     print(f"| training images ({args.style}) | steps (best) | train wall / CPU | fg IoU | instance F1 |")

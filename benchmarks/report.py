@@ -68,8 +68,12 @@ def update_readme(readme: Path, table: str, *, begin: str = BEGIN, end: str = EN
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    root = Path(argv[0]) if argv else HERE
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Regenerate the results table of benchmarks/README.md "
+                                     "from the JSON files in benchmarks/results/.")
+    parser.add_argument("root", nargs="?", default=str(HERE), help="the benchmarks folder (default: this one)")
+    root = Path(parser.parse_args(argv).root)
     update_readme(root / "README.md", render_table(load_results(root / "results")))
     return 0
 

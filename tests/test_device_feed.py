@@ -254,6 +254,9 @@ def test_runner_pads_batches_keeps_requests_apart_and_reuses_its_buffers():
         np.testing.assert_array_equal(labels, want.labels.numpy())
         np.testing.assert_array_equal(probs, want.probs.numpy())
     # one dtype and shape for a while: the two staging buffers are reused, not reallocated
+    # (after two batches, one per slot, have given both slots this dtype and shape)
+    for _ in range(2):
+        runner.submit(_values("uint16", (4, 1, 52, 52), rng), "labels", norm=(np.zeros((4, 1)), np.ones((4, 1)))).result()
     pointers = set()
     for _ in range(6):
         tiles = _values("uint16", (4, 1, 52, 52), rng)

@@ -280,14 +280,15 @@ class _Staging:
         behind them keep an earlier batch's tiles (or zeros, scale 1): padding, computed and
         dropped."""
         first = batch[0][0]
-        if first.key != self.key:
+        key = (first.tiles.dtype.newbyteorder("="), first.tiles.shape[1:])  # the output kind does not matter here
+        if key != self.key:
             self.tiles = self.consts = None  # free before allocating
             self.outputs = {}
             dtype = torch.from_numpy(np.empty(0, first.tiles.dtype.newbyteorder("="))).dtype
             self.tiles = torch.zeros((batch_size, *first.tiles.shape[1:]), dtype=dtype, pin_memory=pin)
             self.consts = torch.zeros((batch_size, 2, first.tiles.shape[1]), dtype=torch.float64, pin_memory=pin)
             self.consts[:, 1] = 1.0
-            self.key = first.key
+            self.key = key
         tiles, consts = self.tiles.numpy(), self.consts.numpy()
         i = 0
         for req, a, b in batch:
