@@ -234,3 +234,19 @@ def test_auto_runs_at_the_size_it_estimates(tmp_path, monkeypatch):
     assert summary["object_size_estimated"] is True and summary["object_size"] == 27.5
     assert seen == [((40, 52), (40, 52))]
     np.testing.assert_array_equal(auto, given)
+
+
+@pytest.mark.parametrize("estimate, used", [(2.0, MODEL_SIZE / 4), (300.0, MODEL_SIZE * 4), (33.0, 33.0)])
+def test_auto_estimate_is_bounded_to_four_times_the_model_size(monkeypatch, caplog, estimate, used):
+    """An estimate far from the training size (a prediction of specks, or one blob) would make
+    the rescaled run 16x or more as costly: it is brought back to 4x either way, with a warning;
+    a size given explicitly is taken as it is."""
+    from fastunet.segmentation import scaling
+
+    monkeypatch.setattr(scaling, "estimate_object_size", lambda segment_crop, vol: estimate)
+    vol = open_volume(np.zeros((400, 400), np.float32), axes="YX")
+    with caplog.at_level("WARNING", logger="fastunet.segmentation"):
+        plan = scaling.resolve(None, vol, "auto", MODEL_SIZE)
+    assert plan.object_size == used and plan.estimated
+    assert ("more than 4 times the model's training size" in caplog.text) == (estimate != used)
+    assert scaling.resolve(None, vol, 2.0, MODEL_SIZE).object_size == 2.0

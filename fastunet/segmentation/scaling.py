@@ -11,11 +11,16 @@ middle plane, at most ``ESTIMATE_CROP`` pixels square around its centre) at the 
 scale, measures the median equivalent diameter of the predicted objects
 (:func:`fastunet.objectsize.median_diameter`), then segments the crop again at that size and
 measures once more (a network that fragments or merges objects far from its training size
-measures them better the second time).
+measures them better the second time). An estimate more than :data:`MAX_AUTO_FACTOR` times
+smaller or larger than the model's training size is brought back to that bound, with a
+warning: such an estimate comes from a prediction that fragments noise into specks or merges
+everything (the cost of a rescaled run grows with the square of the factor), and a size
+given explicitly is taken as it is.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -25,9 +30,11 @@ from scipy import ndimage as ndi
 from ..errors import UserError
 from ..objectsize import MIN_OBJECTS, check_object_size, median_diameter, model_object_size
 
-__all__ = ["ScalePlan", "resolve", "estimate_object_size", "model_size_of", "ESTIMATE_CROP"]
+__all__ = ["ScalePlan", "resolve", "estimate_object_size", "model_size_of", "ESTIMATE_CROP", "MAX_AUTO_FACTOR"]
 
 ESTIMATE_CROP = 1024  # the automatic estimate looks at a crop of at most this many pixels square
+MAX_AUTO_FACTOR = 4.0  # the automatic estimate rescales by at most this factor either way
+log = logging.getLogger("fastunet.segmentation")
 _ROUNDS = 2  # native scale, then at the first estimate
 
 
@@ -86,8 +93,21 @@ def resolve(segment_crop, vol, object_size, model_size: float | None) -> ScalePl
         object_size = estimate_object_size(segment_crop, vol)
         if object_size is None:
             return None
+        object_size = _bounded(object_size, float(model_size))
     plan = ScalePlan(float(object_size), float(model_size), estimated)
     return None if math.isclose(plan.factor, 1.0, rel_tol=1e-9, abs_tol=0.0) else plan
+
+
+def _bounded(estimate: float, model_size: float) -> float:
+    """The estimate within MAX_AUTO_FACTOR of the model's size, with a warning when it was not."""
+    low, high = model_size / MAX_AUTO_FACTOR, model_size * MAX_AUTO_FACTOR
+    if low <= estimate <= high:
+        return estimate
+    bounded = min(max(estimate, low), high)
+    log.warning("object_size=\"auto\" estimated %.1f px, more than %g times the model's training size (%.1f px); "
+                "using %.1f px. Give object_size= explicitly if the objects really are that size.",
+                estimate, MAX_AUTO_FACTOR, model_size, bounded)
+    return bounded
 
 
 def _crop(vol) -> np.ndarray:
