@@ -276,7 +276,10 @@ def _run_threads(job: Job, blocks: list[Block], threads: int, done) -> None:
     try:
         pending = {pool.submit(run_block, job, b) for b in blocks}
         while pending:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            # A timeout, so that this thread runs Python code every 0.2 s: the kernel may hand
+            # Ctrl-C (SIGINT) to any thread, and Python raises KeyboardInterrupt only here, in
+            # the main thread, once it runs again, not while it sleeps in an untimed wait.
+            finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
             for future in finished:
                 done(future.result())
     except KeyboardInterrupt:
