@@ -274,7 +274,7 @@ def test_a_tile_that_cannot_fit_is_refused_before_any_work(tmp_path, capsys, mon
 
 
 # ---------------------------------------------------------------- interrupts, SIGTERM
-def test_ctrl_c_under_the_triton_interpreter_stops_at_once(tmp_path, model):
+def test_ctrl_c_under_the_triton_interpreter_stops_at_once(tmp_path, model, request):
     """Blocks wait for the interpreter interruptibly: Ctrl-C does not wait for a forward of
     minutes; the block left running is not recorded and resume computes it."""
     from fastunet.segmentation import Segmenter
@@ -282,7 +282,10 @@ def test_ctrl_c_under_the_triton_interpreter_stops_at_once(tmp_path, model):
     data = _rng().normal(size=(2, 32, 32)).astype(np.float32)
     src = _zarr(tmp_path / "in.zarr", data, (1, 32, 32))
     release, finished = threading.Event(), []
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # no earlier test replaced it
+    # Ctrl-C as in an interactive shell: a job started in the background by a script inherits
+    # SIGINT ignored (POSIX), and then no Ctrl-C would reach the run at all.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     with Segmenter(model, backend="triton", device="cpu", tile=52) as seg:
         net = seg.network
         assert net.interruptible
