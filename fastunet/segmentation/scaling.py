@@ -28,7 +28,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..errors import UserError
-from ..objectsize import MIN_OBJECTS, check_object_size, median_diameter, model_object_size
+from ..objectsize import MIN_OBJECTS, check_object_size, median_diameter, model_object_size, scale_for
 
 __all__ = ["ScalePlan", "resolve", "estimate_object_size", "model_size_of", "ESTIMATE_CROP", "MAX_AUTO_FACTOR"]
 
@@ -48,7 +48,7 @@ class ScalePlan:
 
     @property
     def factor(self) -> float:
-        return self.model_size / self.object_size
+        return scale_for(self.object_size, self.model_size)
 
     def record(self) -> dict:
         """What the output's attributes and the run summary keep."""

@@ -215,6 +215,13 @@ class Segmenter:
                    batch_size=self.batch_size, use_runner=device.type == "cuda",
                    network=None if remote else self.network, kinds=kinds, rescale=rescale)
 
+    def _new_rescale(self, vol, scale, remote):
+        """The rescaled grid of a new run at ``scale`` (None at scale 1), its tile planned as
+        for any input (a resumed run uses the tile it recorded)."""
+        if scale is None:
+            return None
+        return make_rescale(vol, self.config.depth, scale, tile=self.tile, max_step=self._max_step(remote))
+
     def _segment_crop(self, image, object_size):
         """The class map of a 2D image (``(Y, X)`` or ``(C, Y, X)``) at ``object_size``, for the estimate."""
         axes = "CYX" if image.ndim == 3 else "YX"
@@ -325,8 +332,7 @@ class Segmenter:
                 "distributed Client instead of passing scheduler/workers/gpus."
             )
         layout = self._layout(vol, chunks=chunks, block=block, remote=remote, scale=scale)
-        rescale = None if scale is None else make_rescale(vol, self.config.depth, scale, tile=self.tile,
-                                                          max_step=self._max_step(remote))
+        rescale = self._new_rescale(vol, scale, remote)
         stats = normalization_stats(stats_source(vol, rescale), self.normalization)
         _warn_nonfinite(stats.nonfinite, sampled=True)
         job = dataclasses.replace(self._job(vol, layout, stats, kinds, None, remote, rescale), instances=options)
@@ -362,13 +368,12 @@ class Segmenter:
         from ..normalization import NormStats, normalization_stats
 
         meta = sink.recorded
-        rescale = None
         if meta is not None:  # resume: the constants the interrupted run used, not a recomputation
             check_resumed(meta, scale, sink.path)
             layout = self._layout(vol, chunks=meta["chunks"], block=meta["block"], tile=tuple(meta["tile"]),
                                   remote=remote, scale=scale)
-            if scale is not None:
-                rescale = make_rescale(vol, self.config.depth, scale, tile=meta["rescale_tile"], max_step=0)
+            rescale = None if scale is None else make_rescale(vol, self.config.depth, scale,
+                                                              tile=meta["rescale_tile"], max_step=0)
             if sink.complete:
                 return layout, None, rescale
             return layout, NormStats(np.asarray(meta["norm_offset"], np.float64),
@@ -380,8 +385,7 @@ class Segmenter:
             layout = dataclasses.replace(layout, block=aligned_block(layout.block, layout.chunks, sink.block_multiple))
         if isinstance(sink, TiffSink):
             sink.check_size(vol.spatial_shape, self.config.num_classes)
-        if scale is not None:
-            rescale = make_rescale(vol, self.config.depth, scale, tile=self.tile, max_step=self._max_step(remote))
+        rescale = self._new_rescale(vol, scale, remote)
         return layout, normalization_stats(stats_source(vol, rescale), self.normalization), rescale
 
     def _run(self, sink, vol, layout, stats, blocks, *, device, remote, client, run, progress, progress_interval,
