@@ -31,6 +31,7 @@ import numpy as np
 
 from ..errors import UserError
 from .blocks import Job, compute_block, run_block
+from .interrupts import interrupts_held
 from .runtime import cancel_predictions
 from .tiling import Block
 
@@ -274,7 +275,8 @@ def _run_threads(job: Job, blocks: list[Block], threads: int, done) -> None:
     the output once this returns or raises (Ctrl-C included)."""
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fastunet-block")
     try:
-        pending = {pool.submit(run_block, job, b) for b in blocks}
+        with interrupts_held():  # submit starts the threads: an interrupt there would lose one
+            pending = {pool.submit(run_block, job, b) for b in blocks}
         while pending:
             # A timeout, so that this thread runs Python code every 0.2 s: the kernel may hand
             # Ctrl-C (SIGINT) to any thread, and Python raises KeyboardInterrupt only here, in
