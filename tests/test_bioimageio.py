@@ -69,6 +69,27 @@ def test_same_size_wrapper_matches_the_engine(model_file):
     np.testing.assert_allclose(got, probs.astype(np.float32), atol=2e-3)
 
 
+@pytest.mark.parametrize("depth", [1, 2, 3, 4])
+def test_halo_covers_what_an_output_pixel_depends_on(depth):
+    """A consumer pads the input by the halo (reflect) and crops the outputs: on off-grid
+    sizes that must give the wrapper's own whole-image result (a halo of the context rounded
+    up to the grid left up to 0.013 at the last row and column)."""
+    from fastunet.bioimageio.description import halo_size
+
+    net = ReferenceUNet(UNetConfig(base_channels=2, depth=depth)).eval()
+    wrapper = FastUNetSameSize(**net.config.to_dict()).eval()
+    wrapper.load_state_dict(net.state_dict())
+    h = halo_size(depth)
+    assert h % 2**depth == 0 and h >= context(depth) + 2**depth - 1
+    for shape in [(45, 47), (50, 61), (57, 70)]:
+        x = _rng().normal(size=(1, 1, *shape)).astype(np.float32)
+        padded = np.pad(x, ((0, 0), (0, 0), (h, h), (h, h)), mode="reflect")
+        with torch.no_grad():
+            whole = wrapper(torch.from_numpy(x))
+            cropped = wrapper(torch.from_numpy(padded))[..., h:-h, h:-h]
+        torch.testing.assert_close(cropped, whole, atol=1e-5, rtol=0)
+
+
 def test_export_passes_test_model_and_runs_through_the_engine(tmp_path, model_file, capsys):
     pytest.importorskip("bioimageio.core", reason="needs the fastunet[bioimageio] extra")
     from bioimageio.core import test_model
@@ -87,18 +108,21 @@ def test_export_passes_test_model_and_runs_through_the_engine(tmp_path, model_fi
         assert np.load(io.BytesIO(zf.read("test_output.npy"))).shape == (1, 2, 96, 80)
     bundle = read_model(model_file)
     assert state.keys() == bundle.module.state_dict().keys()
-    # A consumer's prediction has the input's size (off the size grid too) and fastunet's values
-    # (bioimageio.core takes the percentiles over the input mirrored by the halo: not bit-exact).
+    # A consumer's prediction has the input's size (off the size grid too) and fastunet's values:
+    # to the engine's float16 rounding with fixed normalization constants; with percentiles
+    # nearly (bioimageio.core takes them over the input mirrored by the halo).
     from bioimageio.core import Tensor, load_model_description, predict
 
     image = _rng().integers(0, 4000, size=(50, 61)).astype(np.uint16)
-    descr = load_model_description(str(package))
-    got = predict(model=descr, inputs={"raw": Tensor.from_numpy(image[None, None].astype(np.float32),
-                                                                dims=("batch", "channel", "y", "x"))})
-    got = np.asarray(got.members["probabilities"].data)[0]
-    want = segment(image, model_file, None, output_kind="probs").compute().astype(np.float32)
-    assert got.shape == want.shape == (2, 50, 61)
-    np.testing.assert_allclose(got, want, atol=2e-3)  # 3.7e-4 seen (the engine's probabilities are float16)
+    fixed = save_model(tmp_path / "fixed.safetensors", _net(), Normalization(mode="fixed", offset=100.0, scale=3000.0))
+    assert main(["export", str(fixed), "-o", str(tmp_path / "fixed.bmz.zip"), "--no-test"]) == 0
+    for path, model, atol in ((tmp_path / "fixed.bmz.zip", fixed, 5e-4), (package, model_file, 5e-3)):
+        got = predict(model=load_model_description(str(path)), inputs={"raw": Tensor.from_numpy(
+            image[None, None].astype(np.float32), dims=("batch", "channel", "y", "x"))})
+        got = np.asarray(got.members["probabilities"].data)[0]
+        want = segment(image, model, None, output_kind="probs").compute().astype(np.float32)
+        assert got.shape == want.shape == (2, 50, 61)
+        np.testing.assert_allclose(got, want, atol=atol, rtol=0)
     # --model PACKAGE: the same labels as the model file.
     tifffile.imwrite(tmp_path / "in.tif", image)
     for name, model in (("a", model_file), ("b", package)):

@@ -37,14 +37,19 @@ def preprocessing(bundle: ModelBundle) -> list:
 
 
 def halo_size(depth: int) -> int:
-    """The outputs' halo: the network's context rounded up to its max-pool grid (``2**depth``).
+    """The outputs' halo: the pixels beyond its own that an output pixel depends on, on the
+    max-pool grid (``2**depth``): ``context + 2**depth - 1`` rounded up to that grid.
 
-    A consumer pads (or cuts) inputs by the halo and crops it from the outputs; on the grid,
-    the tiles' max-pools line up with one pass over the whole image, so the result is the same
-    (as fastunet's overlap-tile engine gives) whatever the tiling.
+    The reach is the context plus up to ``2**depth - 1`` pixels, because the max-pool cells an
+    output pixel falls in are aligned to the grid, not centred on it (with the context alone
+    rounded up, the wrapper's own mirror at the padded edge leaked into the last pixels of
+    off-grid inputs: up to 0.013 in probability). A consumer pads (or cuts) inputs by the halo
+    and crops it from the outputs; on the grid, the tiles' max-pools line up with one pass
+    over the whole image, so the result is the same (as fastunet's overlap-tile engine gives)
+    whatever the tiling.
     """
     step = 2**depth
-    return -(-architecture.context(depth) // step) * step
+    return -(-(architecture.context(depth) + step - 1) // step) * step
 
 
 def _class_names(k: int) -> list[str]:

@@ -212,8 +212,8 @@ of context on each side; `FastUNetSameSize` (in `{ARCHITECTURE_FILE}`) mirrors t
 much (and up to a size the max-pools take), as in the paper's overlap-tile strategy, so the
 output has the input's size: class probabilities (softmax), channel 0 the background.
 
-Tiled prediction: the outputs declare a halo of {halo_size(cfg.depth)} pixels (the context rounded up to the
-max-pool grid of {2**cfg.depth} pixels) and the input a `reflect` padding: tiles cut with that halo
+Tiled prediction: the outputs declare a halo of {halo_size(cfg.depth)} pixels (the context plus one max-pool
+cell, on the max-pool grid of {2**cfg.depth} pixels) and the input a `reflect` padding: tiles cut with that halo
 see real neighbours, the image's borders are mirrored as the network mirrors them, and the
 max-pools of every tile line up with those of one pass over the whole image, so tiled and
 whole predictions agree (and agree with fastunet's overlap-tile engine).
