@@ -105,12 +105,15 @@ def test_watershed_split_separates_two_touching_discs():
 
 # ----------------------------------------------------------------------------- the engine
 def _model(path, num_classes=2):
-    """A small network whose foreground covers about half of a noise image (many objects)."""
-    net = ReferenceUNet(UNetConfig(base_channels=4, depth=2, num_classes=num_classes))
-    with torch.no_grad():
+    """A small network whose foreground covers about half of a noise image (many objects);
+    its weights are fixed (not drawn from the test's seed), the inputs vary."""
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(0)
+        net = ReferenceUNet(UNetConfig(base_channels=4, depth=2, num_classes=num_classes))
         for m in net.modules():
             if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
                 m.bias.normal_(0.0, 0.1)
+    with torch.no_grad():
         if num_classes == 2:
             x = torch.from_numpy(np.random.default_rng(0).normal(size=(1, 1, 92, 92)).astype(np.float32))
             scores = net(x)

@@ -127,8 +127,11 @@ def test_styles_are_reproducible_and_draw_their_own_ranges():
         np.testing.assert_array_equal(a.image, b.image)
         np.testing.assert_array_equal(a.labels, b.labels)
         assert a.options["dtype"] in STYLES[name].dtypes
-        lo, hi = STYLES[name].diameter
-        assert lo / 2 <= a.options["radius"][0] <= a.options["radius"][1] <= hi / 2 * 1.31
+        (lo, hi), spread = STYLES[name].diameter, STYLES[name].spread
+        # radii within 1 +- spread of the image's typical diameter, itself within the range
+        assert lo / 2 * (1 - spread) - 1e-9 <= a.options["radius"][0] <= a.options["radius"][1]
+        assert a.options["radius"][1] <= hi / 2 * (1 + spread) + 1e-9
+        assert a.options["radius"][1] / a.options["radius"][0] == pytest.approx((1 + spread) / (1 - spread))
         if a.labels.max() >= 5:
             assert 0.4 * lo <= a.object_size <= 1.3 * hi, (name, a.object_size)
     classic = style_image("classic", (96, 96), seed=seed)
