@@ -164,7 +164,7 @@ def test_load_pairs_folders_semantic_stacks_and_zarr(tmp_path):
     np.testing.assert_array_equal(pair.labels, ndi.label(mask)[0])
 
     # A zarr group of stacks; stacks are sets of slices normalized over the whole volume.
-    volume, vlabels = synthetic_volume((3, 48, 56), seed=seed)
+    volume, vlabels = synthetic_volume((3, 48, 56), seed=seed, n_objects=12)  # the default density may draw none
     root = zarr.open_group(str(tmp_path / "v.zarr"), mode="w")
     root.create_array("a", data=volume)
     lroot = zarr.open_group(str(tmp_path / "l.zarr"), mode="w")
@@ -182,7 +182,7 @@ def test_load_pairs_folders_semantic_stacks_and_zarr(tmp_path):
 
 def test_load_pairs_tiff_stack_axes(tmp_path):
     # n_objects: a 40 x 48 crop of the default density may hold no object at all.
-    volume, vlabels = synthetic_volume((3, 40, 48), seed=_seed(), dtype="uint16", n_objects=3)
+    volume, vlabels = synthetic_volume((3, 40, 48), seed=_seed(), dtype="uint16", n_objects=12)
     # Three planes stored as RGB samples (as older tifffile versions do by default).
     tifffile.imwrite(tmp_path / "v.tif", volume, photometric="rgb", planarconfig="separate")
     tifffile.imwrite(tmp_path / "l.tif", vlabels.astype(np.uint16), photometric="minisblack")
@@ -191,7 +191,7 @@ def test_load_pairs_tiff_stack_axes(tmp_path):
     (pair,) = load_pairs(tmp_path / "v.tif", tmp_path / "l.tif", axes="ZYX")
     np.testing.assert_array_equal(pair.image, volume)
     np.testing.assert_array_equal(pair.labels, vlabels)
-    volume5, labels5 = synthetic_volume((5, 40, 48), seed=_seed(), dtype="uint16", n_objects=3)
+    volume5, labels5 = synthetic_volume((5, 40, 48), seed=_seed(), dtype="uint16", n_objects=12)
     tifffile.imwrite(tmp_path / "v5.tif", volume5)  # 5 pages: a plain stack, Z
     tifffile.imwrite(tmp_path / "l5.tif", labels5.astype(np.uint16))
     (pair,) = load_pairs(tmp_path / "v5.tif", tmp_path / "l5.tif")
