@@ -280,11 +280,11 @@ class _Staging:
         behind them keep an earlier batch's tiles (or zeros, scale 1): padding, computed and
         dropped."""
         first = batch[0][0]
-        key = (first.tiles.dtype.newbyteorder("="), first.tiles.shape[1:])  # the output kind does not matter here
+        key = first.staging_key  # the output kind does not matter here
         if key != self.key:
             self.tiles = self.consts = None  # free before allocating
             self.outputs = {}
-            dtype = torch.from_numpy(np.empty(0, first.tiles.dtype.newbyteorder("="))).dtype
+            dtype = torch.from_numpy(np.empty(0, key[0])).dtype
             self.tiles = torch.zeros((batch_size, *first.tiles.shape[1:]), dtype=dtype, pin_memory=pin)
             self.consts = torch.zeros((batch_size, 2, first.tiles.shape[1]), dtype=torch.float64, pin_memory=pin)
             self.consts[:, 1] = 1.0
@@ -328,6 +328,11 @@ class _Request:
     probs: np.ndarray | None = None
 
     @property
+    def staging_key(self) -> tuple:
+        """Requests of one staging key can share the pinned buffers: native-order dtype and tile shape."""
+        return self.tiles.dtype.newbyteorder("="), self.tiles.shape[1:]
+
+    @property
     def key(self) -> tuple:
         """Requests of one key can share a batch."""
-        return self.output, self.tiles.dtype.newbyteorder("="), self.tiles.shape[1:], self.offset is None
+        return self.output, *self.staging_key, self.offset is None
