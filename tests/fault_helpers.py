@@ -31,13 +31,13 @@ class KillOnce:
         return self.data[index]
 
 
-def small_net(depth: int = 2):
+def small_net(depth: int = 2, num_classes: int = 2):
     """A tiny U-Net (base 4) with random biases, so that its output is not constant."""
     import torch
 
     from fastunet import ReferenceUNet, UNetConfig
 
-    net = ReferenceUNet(UNetConfig(base_channels=4, depth=depth))
+    net = ReferenceUNet(UNetConfig(base_channels=4, depth=depth, num_classes=num_classes))
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
@@ -45,18 +45,24 @@ def small_net(depth: int = 2):
     return net
 
 
-def balanced_net(image=None, depth: int = 2, seed: int = 0):
-    """:func:`small_net` with weights drawn from ``seed`` (not from the test's seed) and its
-    head bias set so that about half of ``image`` (2D; default: a noise image) is
-    foreground: a network whose output is neither empty nor full whatever the test's inputs."""
+def balanced_net(image=None, depth: int = 2, seed: int = 0, num_classes: int = 2):
+    """:func:`small_net` with weights drawn from ``seed`` (not from the test's seed) and, for
+    two classes, its head bias set so that about half of ``image`` (2D, normalized here by its
+    mean and standard deviation; default: a standard normal noise image) is foreground: a
+    network whose output is neither empty nor full whatever the test's inputs."""
     import numpy as np
     import torch
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = small_net(depth).eval()
-    x = np.random.default_rng(0).normal(size=(92, 92)) if image is None else np.asarray(image, np.float64)
-    x = (x - x.mean()) / (x.std() or 1.0)
+        net = small_net(depth, num_classes).eval()
+    if num_classes != 2:
+        return net
+    if image is None:
+        x = np.random.default_rng(0).normal(size=(92, 92))
+    else:
+        x = np.asarray(image, np.float64)
+        x = (x - x.mean()) / (x.std() or 1.0)
     with torch.no_grad():
         scores = net(torch.from_numpy(x.astype(np.float32))[None, None])
         net.head.bias[1] -= float(torch.median(scores[:, 1] - scores[:, 0]))

@@ -8,9 +8,10 @@ import pytest
 import tifffile
 import torch
 import zarr
+from fault_helpers import balanced_net
 from scipy import ndimage
 
-from fastunet import Normalization, ReferenceUNet, UNetConfig, save_model, segment
+from fastunet import Normalization, save_model, segment
 from fastunet.cli import main
 from fastunet.engine.instances import InstanceOptions, face_planes, instance_dtype, label_block, merge
 from fastunet.errors import UserError
@@ -107,18 +108,7 @@ def test_watershed_split_separates_two_touching_discs():
 def _model(path, num_classes=2):
     """A small network whose foreground covers about half of a noise image (many objects);
     its weights are fixed (not drawn from the test's seed), the inputs vary."""
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(0)
-        net = ReferenceUNet(UNetConfig(base_channels=4, depth=2, num_classes=num_classes))
-        for m in net.modules():
-            if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
-                m.bias.normal_(0.0, 0.1)
-    with torch.no_grad():
-        if num_classes == 2:
-            x = torch.from_numpy(np.random.default_rng(0).normal(size=(1, 1, 92, 92)).astype(np.float32))
-            scores = net(x)
-            net.head.bias[1] -= float(torch.median(scores[:, 1] - scores[:, 0]))
-    return str(save_model(path, net, Normalization(mode="meanstd")))
+    return str(save_model(path, balanced_net(num_classes=num_classes), Normalization(mode="meanstd")))
 
 
 @pytest.fixture
