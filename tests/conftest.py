@@ -32,6 +32,23 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
+def _torch_backend_unless_openvino(request, monkeypatch, tmp_path_factory):
+    """``backend="auto"`` on the CPU picks OpenVINO where the openvino package is installed
+    (``fastunet[openvino]`` or ``[bench]``): the suite runs the same PyTorch path with or
+    without it, except in tests marked ``openvino`` (skipped without the package), whose
+    converted models go to a temporary cache folder."""
+    from fastunet.engine import openvino_backend
+
+    if "openvino" not in request.keywords:
+        monkeypatch.setenv("FASTUNET_OPENVINO", "0")  # this process and the commands the test starts
+        return
+    if not openvino_backend.available():
+        pytest.skip("needs the openvino package (pip install 'fastunet[openvino]')")
+    monkeypatch.delenv("FASTUNET_OPENVINO", raising=False)
+    monkeypatch.setenv("FASTUNET_CACHE", str(tmp_path_factory.mktemp("fastunet-cache")))
+
+
+@pytest.fixture(autouse=True)
 def _no_tf32_in_references():
     """On CUDA, PyTorch may run fp32 convolutions and matmuls in TF32 (cuDNN's default):
     then an "fp32" reference would carry ~1e-3 errors. The references here are true fp32;

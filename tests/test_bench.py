@@ -268,11 +268,15 @@ def test_time_segment_runs_the_engine_disk_to_disk(tmp_path, monkeypatch):
     model = bench.random_model_file(tmp_path / "m.safetensors", UNetConfig(base_channels=2, depth=2))
     volume = bench.bench_volume(tmp_path / "vol.zarr", (3, 72, 72), chunks=(1, 32, 32))
     tiles, per_call = [0], []
-    predict, segment = LoadedNetwork.predict, Segmenter.segment
+    predict, predict_raw, segment = LoadedNetwork.predict, LoadedNetwork.predict_raw, Segmenter.segment
 
     def counting_predict(self, batch, output):
         tiles[0] += batch.shape[0]
         return predict(self, batch, output)
+
+    def counting_predict_raw(self, batch, *args):  # the device runner's path (CUDA and the CPU)
+        tiles[0] += batch.shape[0]
+        return predict_raw(self, batch, *args)
 
     def counting_segment(self, *args, **kwargs):
         before = tiles[0]
@@ -281,17 +285,20 @@ def test_time_segment_runs_the_engine_disk_to_disk(tmp_path, monkeypatch):
         return result
 
     monkeypatch.setattr(LoadedNetwork, "predict", counting_predict)
+    monkeypatch.setattr(LoadedNetwork, "predict_raw", counting_predict_raw)
     monkeypatch.setattr(Segmenter, "segment", counting_segment)
     out = tmp_path / "out.zarr"
     timed = time_segment(model, tmp_path / "vol.zarr", out, tile=None, batch=2, device="cpu",
                          backend="torch", dtype="fp32", repeats=2)
     layout = timed["layout"]
-    assert len(timed["seconds"]) == 2 and all(s > 0 for s in timed["seconds"]) and timed["batches"] is None
+    assert len(timed["seconds"]) == 2 and all(s > 0 for s in timed["seconds"])
     assert list(layout.tile) == timed["summary"]["tile"] and layout.shape == (3, 72, 72)
     assert len(per_call) == 4  # the default-tile probe, the warm-up and two timed runs
     assert per_call[-1] == per_call[-2] == bench.engine_tile_count(layout)
+    # the runner's batches of at most 2 tiles, gathered across blocks
+    assert -(-per_call[-1] // 2) <= timed["batches"] <= per_call[-1]
     assert not (tmp_path / "out-warmup.zarr").exists()
-    expected = fastunet.segment(volume[:], model, None, axes="ZYX", device="cpu", progress=False,
+    expected = fastunet.segment(volume[:], model, None, axes="ZYX", device="cpu", dtype="fp32", progress=False,
                                output_kind="labels").compute()
     np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["labels"][:], expected)
 

@@ -272,7 +272,10 @@ def test_runner_refuses_constants_of_the_wrong_shape():
         runner.submit(np.zeros((3, 1, 52, 52), np.uint8), "labels", norm=(np.zeros(3), np.ones(3)))
 
 
-def test_a_block_waiting_for_the_runner_gives_up_on_ctrl_c():
+@pytest.mark.parametrize("gives_up", [True, False])
+def test_a_block_waiting_for_the_runner_on_ctrl_c(gives_up):
+    """On CUDA (``gives_up_on_interrupt``) a block waiting for the runner gives up at once;
+    on the CPU (the default here) it waits for its tiles, so that it goes on to be recorded."""
     handle = _handle()
     entered, release = threading.Event(), threading.Event()
 
@@ -283,12 +286,15 @@ def test_a_block_waiting_for_the_runner_gives_up_on_ctrl_c():
             return super().predict(tiles, output)
 
     net = _network(handle, Stuck(handle.config), runner=True, batch_size=2)
+    assert not net.gives_up_on_interrupt  # a CPU network
+    net.gives_up_on_interrupt = gives_up
     outcome = []
 
     def block():
         try:
-            net.predict_raw(np.zeros((2, 1, 52, 52), np.uint16), "labels", np.zeros((2, 1)), np.ones((2, 1)))
-            outcome.append("returned")
+            labels, _ = net.predict_raw(np.zeros((2, 1, 52, 52), np.uint16), "labels", np.zeros((2, 1)),
+                                        np.ones((2, 1)))
+            outcome.append(labels.shape)
         except PredictionCancelled:
             outcome.append("cancelled")
 
@@ -297,13 +303,16 @@ def test_a_block_waiting_for_the_runner_gives_up_on_ctrl_c():
         thread.start()
         assert entered.wait(30)
         cancel_predictions.set()  # what the scheduler does on Ctrl-C
+        if gives_up:
+            thread.join(30)
+            assert outcome == ["cancelled"]  # while the forward is still stuck
+        release.set()
         thread.join(30)
-        assert outcome == ["cancelled"]  # while the forward is still stuck
+        assert outcome == (["cancelled"] if gives_up else [(2, 12, 12)])
     finally:
         cancel_predictions.clear()
         release.set()
         thread.join(30)
-        net.close()
 
 
 def test_out_of_memory_back_off_with_raw_tiles_on_the_runner(caplog):

@@ -107,7 +107,7 @@ def test_misaligned_tiles_would_show_seams():
 def test_seamless_2d_against_whole_image(shape, tile, chunks, block):
     net = _net()
     img = _rng().normal(0.5, 1.0, size=shape).astype(np.float32)
-    labels, probs = segment(img, net, None, tile=tile, chunks=chunks, block=block, output_kind="both")
+    labels, probs = segment(img, net, None, tile=tile, chunks=chunks, block=block, output_kind="both", dtype="fp32")
     labels, probs = labels.compute(), probs.compute()
     assert labels.shape == shape and labels.dtype == np.uint8
     assert probs.shape == (2, *shape) and probs.dtype == np.float16
@@ -117,7 +117,7 @@ def test_seamless_2d_against_whole_image(shape, tile, chunks, block):
 def test_zyx_runs_the_2d_network_slice_by_slice():
     net = _net(num_classes=3, normalization=Normalization(mode="fixed", offset=128.0, scale=64.0))
     vol = _rng().integers(0, 255, size=(3, 30, 41)).astype(np.uint8)
-    labels = segment(vol, net, None, axes="ZYX", tile=56, chunks=(2, 9, 16), block=(2, 18, 16)).compute()
+    labels = segment(vol, net, None, axes="ZYX", tile=56, chunks=(2, 9, 16), block=(2, 18, 16), dtype="fp32").compute()
     for z in range(3):
         assert_seamless(labels[z], None, reference_logits(net, _normalize(vol[z], net)[None]))
 
@@ -127,7 +127,7 @@ def test_channel_inputs(axes, shape):
     net = _net(in_channels=2)
     data = _rng().normal(size=shape).astype(np.float32)
     labels, probs = segment(data, net, None, axes=axes, tile=52, chunks=(8, 8) if len(shape) == 3 else (1, 8, 8),
-                            output_kind="both")
+                            output_kind="both", dtype="fp32")
     labels, probs = labels.compute(), probs.compute()
     canon = np.moveaxis(data, 1, 0) if axes == "ZCYX" else data  # -> C first
     if canon.ndim == 3:
@@ -147,8 +147,9 @@ def test_zarr_round_trip_equals_lazy(tmp_path, zarr_format):
     path = save_model(tmp_path / "m.safetensors", net)
     out = tmp_path / "out.zarr"
     labels, probs = segment(str(tmp_path / "in.zarr"), path, out, axes="ZYX", tile=52, output_kind="both",
-                            zarr_format=zarr_format, progress=False)
-    lazy_labels, lazy_probs = segment(str(tmp_path / "in.zarr"), path, None, axes="ZYX", tile=52, output_kind="both")
+                            zarr_format=zarr_format, progress=False, dtype="fp32")
+    lazy_labels, lazy_probs = segment(str(tmp_path / "in.zarr"), path, None, axes="ZYX", tile=52, output_kind="both",
+                                      dtype="fp32")
     root = zarr.open_group(str(out), mode="r")
     assert root.metadata.zarr_format == zarr_format
     meta = root.attrs["fastunet"]
@@ -165,7 +166,7 @@ def test_tiff_in_tiff_out(tmp_path):
     vol = _rng().integers(0, 4000, size=(2, 30, 35)).astype(np.uint16)
     tifffile.imwrite(tmp_path / "in.tif", vol)
     labels, probs = segment(str(tmp_path / "in.tif"), net, tmp_path / "out.tif", tile=52, output_kind="both",
-                            progress=False)
+                            progress=False, dtype="fp32")
     back = tifffile.imread(tmp_path / "out.tif")
     back_probs = tifffile.imread(tmp_path / "out_probs.tif")
     np.testing.assert_array_equal(back, labels)
@@ -197,7 +198,7 @@ def test_ome_zarr_input_gives_image_label_output(tmp_path):
     vol = _rng().normal(size=(2, 24, 30)).astype(np.float32)
     _ome_input(tmp_path / "img.ome.zarr", vol)
     labels = segment(str(tmp_path / "img.ome.zarr"), net, tmp_path / "seg.ome.zarr", tile=52, progress=False,
-                     output_kind="labels")
+                     output_kind="labels", dtype="fp32")
     group = zarr.open_group(str(tmp_path / "seg.ome.zarr" / "labels"), mode="r")
     assert group.attrs["ome"]["labels"] == ["segmentation"]
     image = zarr.open_group(str(tmp_path / "seg.ome.zarr" / "labels" / "segmentation"), mode="r")
@@ -235,7 +236,7 @@ def test_segmenter_keeps_the_model_loaded(tmp_path):
     net = _net()
     path = save_model(tmp_path / "m.safetensors", net)
     rng = _rng()
-    with Segmenter(path, tile=52, batch_size=3) as seg:
+    with Segmenter(path, tile=52, batch_size=3, dtype="fp32") as seg:
         a = rng.normal(size=(30, 30)).astype(np.float32)
         b = rng.normal(size=(2, 25, 41)).astype(np.float32)
         la = seg.segment(a, None, output_kind="labels").compute()
@@ -251,7 +252,8 @@ def test_percentile_statistics_once_per_volume():
     norm = Normalization(mode="percentile", low=2.0, high=98.0)
     net = _net(normalization=norm)
     vol = _rng().gamma(2.0, 100.0, size=(2, 36, 44)).astype(np.float32)
-    labels = segment(vol, net, None, axes="ZYX", tile=56, chunks=(1, 12, 12), output_kind="labels").compute()
+    labels = segment(vol, net, None, axes="ZYX", tile=56, chunks=(1, 12, 12), output_kind="labels",
+                     dtype="fp32").compute()
     lo, hi = np.percentile(vol.astype(np.float64), [2.0, 98.0])  # small volume: all voxels
     for z in range(2):
         image = ((vol[z] - np.float32(lo)) / np.float32(hi - lo))[None].astype(np.float32)

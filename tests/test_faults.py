@@ -266,7 +266,8 @@ def test_a_tile_that_cannot_fit_is_refused_before_any_work(tmp_path, capsys, mon
     monkeypatch.setattr(memory, "available_bytes", lambda device: 8 * 1024**3)
     img = _rng().random((384, 384)).astype(np.float32)
     src = _zarr(tmp_path / "in.zarr", img, (384, 384))
-    code = main(["segment", src, "-o", str(tmp_path / "o.zarr"), "--tile", "4092", "--device", "cpu"])
+    code = main(["segment", src, "-o", str(tmp_path / "o.zarr"), "--tile", "4092", "--device", "cpu", "--dtype",
+                 "fp32"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
     assert "--tile 4092 with --batch-size 2 needs about 25.9 GiB" in err and "8.0 GiB are free" in err

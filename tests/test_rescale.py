@@ -78,7 +78,7 @@ def test_rescaled_blocks_equal_the_whole_image_reference(object_size, block):
     net = _sized_net()
     image = ndi.gaussian_filter(_rng().normal(0.5, 1.0, size=(45, 61)), 1.0).astype(np.float32)
     labels, probs = segment(image, net, None, object_size=object_size, output_kind="both", tile=52,
-                            chunks=None if block is None else (8, 8), block=block)
+                            chunks=None if block is None else (8, 8), block=block, dtype="fp32")
     labels, probs = labels.compute(), probs.compute()
     assert labels.shape == image.shape and probs.shape == (2, *image.shape)
     _assert_like_reference(labels, probs, image, net, MODEL_SIZE / object_size)

@@ -61,7 +61,7 @@ def test_cli_zarr_in_zarr_out_with_summary(tmp_path, model, capsys):
     assert "segmented" in out and "Mpx/s on cpu (torch, fp32, tile 52x52, batch 3" in out
     root = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")
     assert root.metadata.zarr_format == 2 and root.attrs["fastunet"]["complete"]
-    labels, probs = segment(src, model, None, axes="ZYX", tile=52, output_kind="both")
+    labels, probs = segment(src, model, None, axes="ZYX", tile=52, output_kind="both", dtype="fp32")
     np.testing.assert_array_equal(root["labels"][:], labels.compute())
     np.testing.assert_array_equal(root["probs"][:], probs.compute())
     code, out, err = _run([src, "-o", tmp_path / "out.zarr", "--model", model, "--axes", "ZYX", "--tile", "52",

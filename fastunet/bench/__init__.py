@@ -1,4 +1,4 @@
-"""The GPU benchmark suite behind ``fastunet bench``.
+"""The benchmark suite behind ``fastunet bench``: the GPU benchmarks, and P7 and S1, which run on the CPU.
 
 Each benchmark measures fastunet against the PyTorch op or pipeline it replaces, in one
 run on one device, with warm-up, CUDA-event timing, medians and fresh inputs per
@@ -16,6 +16,9 @@ P3     :mod:`.operators`           the weighted softmax-CE forward+backward vs e
 P4     :mod:`.pipeline`            ``segment`` zarr to zarr vs the raw fused forward
 P5     :mod:`.monai_baseline`      ``segment`` vs MONAI ``sliding_window_inference``
 P6     :mod:`.network`             a training step vs eager with bf16 autocast
+P7     :mod:`.cpu`                 the CPU: ``segment`` vs MONAI as whole processes, the engine
+                                   vs its raw network, PyTorch / OpenVINO / torch.compile, the
+                                   convolutions vs the measured matmul peak, threads (CPU only)
 S1     :mod:`.scale`               ``segment`` on a local dask cluster of 1, 2 and 4 worker
                                    processes with a memory limit each, over a volume 16x that
                                    limit: throughput and peak memory per worker (CPU or GPU)
@@ -24,9 +27,10 @@ S1     :mod:`.scale`               ``segment`` on a local dask cluster of 1, 2 a
 :mod:`.timing` holds the timer and the device check, :mod:`.results` the result files,
 :mod:`.volume` the generated volume and random model of P4/P5.
 
-``fastunet bench`` and :func:`run` refuse the P benchmarks without a CUDA device: a benchmark
-on the CPU would only time the Triton interpreter. S1 (:data:`SCALE`, run by name only:
-``fastunet bench --only S1``) measures the engine's scaling and memory and runs on the CPU too. P1, P2, P3 and P6 take ``device="cpu"`` (kernels
+``fastunet bench`` and :func:`run` refuse P1-P6 without a CUDA device: a benchmark on the CPU
+would only time the Triton interpreter. P7 (:data:`CPU`, run by name only: ``fastunet bench
+--only P7``) measures the CPU path and needs no GPU; S1 (:data:`SCALE`, by name only too)
+measures the engine's scaling and memory and runs on the CPU too. P1, P2, P3 and P6 take ``device="cpu"`` (kernels
 under the interpreter, :func:`median_ms` then times with ``time.perf_counter``) and small
 sizes so that the tests can run them end to end on the CPU; those figures mean nothing.
 The non-timing parts (FLOPs, tile counts, result files, the volume) are plain functions,
@@ -38,6 +42,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
+from .cpu import bench_cpu
 from .monai_baseline import SamePaddedUNet, bench_vs_monai, import_monai, same_padded_flops
 from .network import bench_forward, bench_train_step
 from .operators import bench_conv_layers, bench_loss
@@ -54,6 +59,7 @@ __all__ = [
     "SamePaddedUNet",
     "VOLUME_ATTR",
     "bench_conv_layers",
+    "bench_cpu",
     "bench_forward",
     "bench_loss",
     "bench_scale",
@@ -95,12 +101,15 @@ QUICK = {
 
 # Benchmarks that also run without a GPU, by name only (not part of the default suite).
 SCALE = {"S1": bench_scale}
+# The CPU benchmark (no GPU needed), by name only.
+CPU = {"P7": bench_cpu}
+CPU_QUICK = {"P7": dict(shape=(2, 1024, 1024), repeats=1, threads=False, compiled=False, agreement=0)}
 # Smaller sizes of SCALE for quick=True: a volume of a quarter of one worker's 1 GiB (the size of the
 # CPU run in benchmarks/NOTES.md, which used a random base-8, depth-3 model).
 SCALE_QUICK = {"S1": dict(memory_limit="1GiB", factor=0.25, chunk=256)}
 
 # Benchmarks that keep a generated volume in a cache folder.
-_CACHED = ("P4", "P5", "S1")
+_CACHED = ("P4", "P5", "P7", "S1")
 
 
 def _benchmark_names(only) -> list[str]:
@@ -110,11 +119,11 @@ def _benchmark_names(only) -> list[str]:
         return list(BENCHMARKS)
     items = only.split(",") if isinstance(only, str) else list(only)
     names = [str(name).strip().upper() for name in items]
-    unknown = [name for name in names if name not in BENCHMARKS and name not in SCALE]
+    unknown = [name for name in names if name not in BENCHMARKS and name not in SCALE and name not in CPU]
     if unknown:
         raise UserError(
             f'Unknown benchmark(s) {", ".join(unknown)} in only="{",".join(names)}"; '
-            f'choose among {", ".join([*BENCHMARKS, *SCALE])}.'
+            f'choose among {", ".join([*BENCHMARKS, *CPU, *SCALE])}.'
         )
     return names
 
@@ -143,13 +152,13 @@ def run(only: list[str] | str | None = None, *, out_dir: Path | None = None, qui
     names = _benchmark_names(only)
     if any(name in BENCHMARKS for name in names):
         require_cuda()
-    if "P5" in names:
+    if "P5" in names or "P7" in names:
         import_monai()  # refuse before hours of other benchmarks, not after
     paths = []
     for name in names:
-        kwargs = dict({**QUICK, **SCALE_QUICK}.get(name, {})) if quick else {}
+        kwargs = dict({**QUICK, **SCALE_QUICK, **CPU_QUICK}.get(name, {})) if quick else {}
         if name in _CACHED and cache_dir is not None:
             kwargs["cache_dir"] = cache_dir
-        figures, ratios = {**BENCHMARKS, **SCALE}[name](**kwargs)
+        figures, ratios = {**BENCHMARKS, **SCALE, **CPU}[name](**kwargs)
         paths.append(write_result(name, figures, ratios, out_dir=out_dir, extra={"quick": quick}))
     return paths

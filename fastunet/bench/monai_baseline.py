@@ -5,6 +5,9 @@ P5  ``segment`` vs MONAI ``sliding_window_inference`` (overlap 0.25, gaussian bl
     bf16 autocast, channels_last, on the same volume and GPU; both sides disk to disk (see
     :func:`bench_vs_monai` for what each side's time includes). MONAI is a benchmark-only
     dependency (``pip install 'fastunet[bench]'``), imported when P5 runs.
+
+``python -m fastunet.bench.monai_baseline VOLUME OUT --dtype fp32`` (:func:`main`) is MONAI's
+side of P7 as a whole process on the CPU (:mod:`fastunet.bench.cpu`).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from . import timing
 from .pipeline import engine_tile_count, time_segment
 from .volume import bench_volume, cache_volume_path, default_cache_dir, random_model_file
 
-__all__ = ["SamePaddedUNet", "bench_vs_monai", "import_monai", "monai_segment", "same_padded_flops"]
+__all__ = ["SamePaddedUNet", "bench_vs_monai", "import_monai", "monai_segment", "same_padded_flops", "main"]
 
 
 def import_monai():
@@ -282,3 +285,41 @@ def bench_vs_monai(*, shape=(64, 4096, 4096), tile: int | None = None, batch: in
         "P5.monai_flops_per_voxel": same_padded_flops(config, roi, roi) * counts["windows"] / voxels,
     }
     return figures, {"P5.fastunet_vs_monai": monai_s / ours_s}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """MONAI's side of P7 as one process on the CPU: the labels of a zarr ``(Z, Y, X)`` volume
+    by ``sliding_window_inference`` on :class:`SamePaddedUNet` with a fastunet model's weights
+    (default: the bundled model), channels-last, in fp32 or under bf16 autocast, zarr to zarr
+    (:func:`monai_segment`, one slice per call); prints one JSON line (seconds of the run
+    after the imports and the model load, windows)."""
+    import argparse
+    import json
+
+    from ..modelfile import default_model_path, read_model
+
+    p = argparse.ArgumentParser(prog="python -m fastunet.bench.monai_baseline", description=main.__doc__)
+    p.add_argument("volume")
+    p.add_argument("out")
+    p.add_argument("--model", help="fastunet model file (default: the bundled model)")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--roi", type=int, default=512)
+    p.add_argument("--overlap", type=float, default=0.25)
+    p.add_argument("--sw-batch", type=int, default=4)
+    args = p.parse_args(argv)
+    sliding_window = import_monai()
+    reference = read_model(args.model or default_model_path())
+    net = SamePaddedUNet(reference.config)
+    net.load_state_dict(reference.module.state_dict())
+    net = net.eval().to(memory_format=torch.channels_last)
+    start = time.perf_counter()
+    counts = monai_segment(args.volume, args.out, net, normalization=reference.normalization, roi=args.roi,
+                           sw_batch_size=args.sw_batch, slices_per_call=1, overlap=args.overlap, device="cpu",
+                           autocast_dtype=torch.bfloat16 if args.dtype == "bf16" else None,
+                           sliding_window=sliding_window)
+    print(json.dumps({"seconds": time.perf_counter() - start, **counts}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -40,19 +41,30 @@ def environment() -> dict:
     Returns
     -------
     dict
-        ``date`` (UTC, ISO 8601), ``python``, ``torch``, ``triton``, ``cuda``, ``device``
-        (the GPU's name, or ``"cpu"``) and ``driver`` (from ``nvidia-smi``; None when it
+        ``date`` (UTC, ISO 8601), ``python``, ``torch``, ``triton``, ``openvino``, ``monai``
+        (None when not installed), ``cuda``, ``device`` (the GPU's name, or ``"cpu"``), ``cpu``
+        (its model name) and ``cores``, and ``driver`` (from ``nvidia-smi``; None when it
         cannot tell).
     """
-    import triton
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
 
     env = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "triton": triton.__version__,
+        "triton": installed("triton"),
+        "openvino": installed("openvino"),
+        "monai": installed("monai"),
         "cuda": torch.version.cuda,
         "device": "cpu",
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count(),
         "driver": None,
     }
     if torch.cuda.is_available():
@@ -66,6 +78,13 @@ def environment() -> dict:
         except (OSError, subprocess.SubprocessError, IndexError):
             env["driver"] = None
     return env
+
+
+def _cpu_name() -> str:
+    """The CPU's model name, as torch reports it (else the platform's processor string)."""
+    get = getattr(torch.cpu, "get_capabilities", None)
+    name = get().get("cpu_name") if get is not None else None
+    return str(name or platform.processor() or platform.machine())
 
 
 def write_result(benchmark: str, figures: dict, ratios: dict, *, out_dir: Path | None = None,

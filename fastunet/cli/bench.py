@@ -1,4 +1,4 @@
-"""``fastunet bench``: the GPU benchmarks (fastunet.bench), one JSON result each."""
+"""``fastunet bench``: the benchmarks (fastunet.bench), one JSON result each."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ __all__ = ["add_parser", "run"]
 EXAMPLES = """\
 fastunet bench --out bench-results          # all benchmarks (needs CUDA)
 fastunet bench --only P1,P2 --quick
+fastunet bench --only P7 --out benchmarks/results   # the CPU path (no GPU needed)
 """
 
 
@@ -18,11 +19,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="GPU benchmarks vs cuDNN / PyTorch eager / torch.compile (needs CUDA)",
                        description="GPU benchmarks of the kernels and the engine; one JSON result per benchmark.",
                        epilog=epilog(EXAMPLES), formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", help="comma-separated subset, e.g. P1,P2 (default: all P benchmarks); S1: the scale "
-                   "benchmark (a local dask cluster, CPU too)")
+    p.add_argument("--only", help="comma-separated subset, e.g. P1,P2 (default: P1-P6, which need CUDA); P7: the "
+                   "CPU benchmark (vs MONAI, no GPU needed); S1: the scale benchmark (a local dask cluster, CPU too)")
     p.add_argument("--out", metavar="DIR", help="folder for the JSON results (default: ./fastunet-bench-results)")
     p.add_argument("--quick", action="store_true", help="smaller sizes, no torch.compile baseline")
-    p.add_argument("--cache", metavar="DIR", help="folder for the generated volume of P4/P5 (a few GiB; default: "
+    p.add_argument("--cache", metavar="DIR", help="folder for the generated volume of P4/P5/P7 (a few GiB; default: "
                    "~/.cache/fastunet/bench), reused when present")
     add_common_options(p)
     p.set_defaults(func=run)

@@ -79,12 +79,13 @@ def add_network_options(p: argparse.ArgumentParser, *, tile: bool = True) -> Non
                            "default: the largest that fits the device")
         group.add_argument("--batch-size", type=int, help="tiles per network call (default 4 on CUDA, 2 on the CPU)")
     group.add_argument("--device", help="cuda:N or cpu (default: cuda when available)")
-    group.add_argument("--backend", choices=("auto", "triton", "torch"), default="auto",
-                       help="auto: fused Triton kernels on CUDA when triton is installed, PyTorch elsewhere; "
-                            "triton on the CPU runs the kernels under the Triton interpreter (about 1000x "
-                            "slower: for checking them)")
-    group.add_argument("--dtype", choices=("bf16", "fp16", "tf32", "fp32"),
-                       help="default bf16 on CUDA, fp32 on the CPU")
+    group.add_argument("--backend", choices=("auto", "triton", "torch", "openvino"), default="auto",
+                       help="auto: fused Triton kernels on CUDA when triton is installed, OpenVINO on the CPU when "
+                            "openvino is installed (fastunet[openvino]), PyTorch otherwise; triton on the CPU runs "
+                            "the kernels under the Triton interpreter (about 1000x slower: for checking them)")
+    group.add_argument("--dtype", choices=("auto", "bf16", "fp16", "tf32", "fp32"), default="auto",
+                       help="auto (default): bf16 on CUDA and on CPUs with bf16 matrix units (AMX-BF16, "
+                            "AVX512-BF16), fp32 on other CPUs; -v says which")
 
 
 def add_json_option(p: argparse.ArgumentParser, what: str) -> None:

@@ -92,7 +92,7 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     where.add_argument("--workers", type=int, metavar="N", help="start N local dask worker processes")
     where.add_argument("--gpus", metavar="0,1,...", help="one dask worker process per GPU")
     group.add_argument("--block", metavar="[Z,]Y,X", help="output block shape in pixels, a multiple of the output "
-                       "chunks (default: about 8 Mvoxels on CUDA, 2 on the CPU, along the chunks)")
+                       "chunks (default: about 8 Mvoxels on CUDA, 1 on the CPU, along the chunks)")
     group.add_argument("--object-size", metavar="PIXELS|auto", help="typical object diameter in the input: rescale "
                        "it to the model's training object size (auto: estimate it; default: the input's own scale)")
 
@@ -207,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with Segmenter(model_argument(args.model), tile=args.tile, batch_size=args.batch_size, device=args.device,
                        backend=args.backend, dtype=args.dtype) as seg:
+            log.info("network on %s: %s backend, %s", seg.device, seg.backend, seg.dtype_choice)
             for i, (source, output) in enumerate(zip(inputs, outputs)):
                 log.info("[%d/%d] %s -> %s", i + 1, len(inputs), source, output)
                 record = _segment_one(seg, source, output, options, args, many)

@@ -9,15 +9,16 @@ picks one.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
 
+from ..devices import DTYPES
 from ..model import ReferenceUNet
 
 __all__ = ["Prediction", "Predictor", "TorchPredictor", "DTYPES", "OUTPUTS"]
 
-DTYPES = ("fp32", "tf32", "bf16", "fp16")
 OUTPUTS = ("labels", "probs", "both")
 
 
@@ -78,26 +79,39 @@ def check_tf32_setting(dtype: str) -> None:
 class TorchPredictor(Predictor):
     """The reference network in PyTorch (the CPU path, and the baseline on CUDA).
 
-    bf16 and fp16 run under autocast (bf16 on the CPU too); fp32 and tf32 on CUDA run with
-    PyTorch's TF32 setting, which must match the dtype (:func:`check_tf32_setting`)."""
+    On CUDA bf16 and fp16 run under autocast; fp32 and tf32 run with PyTorch's TF32 setting,
+    which must match the dtype (:func:`check_tf32_setting`). On the CPU the network runs on a
+    copy of the module in the channels-last memory format (oneDNN's fast convolutions:
+    measured about 2x faster than contiguous NCHW here), its weights cast once to bf16 for
+    ``dtype="bf16"`` (rather than by autocast on every call); fp16, tf32 and fp32 run in
+    fp32 there, one tile per call. The caller's module is left as it is."""
 
     backend = "torch"
 
     def __init__(self, model: ReferenceUNet, device="cpu", dtype: str = "fp32") -> None:
         super().__init__(model, device, dtype)
         self._autocast = None
-        if self.device.type == "cuda" and dtype in ("bf16", "fp16"):
-            self._autocast = torch.bfloat16 if dtype == "bf16" else torch.float16
-        elif self.device.type == "cpu" and dtype == "bf16":
-            self._autocast = torch.bfloat16
+        self._input_dtype = torch.float32
+        self._memory_format = torch.contiguous_format
         if self.device.type == "cuda":
+            if dtype in ("bf16", "fp16"):
+                self._autocast = torch.bfloat16 if dtype == "bf16" else torch.float16
             check_tf32_setting(dtype)
-        self.model = model.to(self.device).eval()
+            self.model = model.to(self.device).eval()
+        else:
+            self._input_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
+            self._memory_format = torch.channels_last
+            self.model = copy.deepcopy(model).eval().to(self.device, self._input_dtype,
+                                                        memory_format=self._memory_format)
 
     @torch.no_grad()
     def logits(self, tiles: torch.Tensor) -> torch.Tensor:
-        tiles = tiles.to(self.device, torch.float32, non_blocking=True)
+        tiles = tiles.to(self.device, self._input_dtype, non_blocking=True, memory_format=self._memory_format)
         if self.device.type == "cuda":
             check_tf32_setting(self.dtype)  # the setting is the process's: it may have changed
-        with torch.autocast(self.device.type, dtype=self._autocast, enabled=self._autocast is not None):
-            return self.model(tiles)
+            with torch.autocast("cuda", dtype=self._autocast, enabled=self._autocast is not None):
+                return self.model(tiles)
+        # One tile per call on the CPU: oneDNN may pick another kernel for another batch size
+        # (fp32 results then differ in the last bits), and the runner's batches mix tiles of
+        # whichever blocks are waiting; so a tile's result depends on nothing but the tile.
+        return torch.cat([self.model(tiles[i:i + 1]) for i in range(tiles.shape[0])])

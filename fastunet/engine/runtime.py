@@ -2,17 +2,18 @@
 
 A :class:`ModelHandle` travels with every block task (a model file's path, or the weights as
 safetensors bytes: never a pickled module). :func:`cached_network` loads it once per process
-and settings into a :class:`LoadedNetwork`, which runs batches of tiles on its device: normalized
-tiles in the calling thread on the CPU (one forward at a time), or tiles in their stored dtype
-through a :class:`~fastunet.engine.runner.DeviceRunner` on CUDA, which batches tiles across
-blocks and normalizes them on the device.
+and settings into a :class:`LoadedNetwork`, which runs batches of tiles on its device: tiles in
+their stored dtype through a :class:`~fastunet.engine.runner.DeviceRunner`, one thread that
+batches tiles across blocks and normalizes them where the network runs (CUDA, and the CPU,
+where it keeps the network busy while the block tasks read, label and write), or, without a
+runner, normalized tiles in the calling thread (one forward at a time).
 
 The predictor is wrapped in :class:`~fastunet.engine.oom.OOMBackoff` (an out-of-memory error
 halves the batch, then the tile). Under the Triton interpreter (``backend="triton"`` on the
-CPU, minutes per block) the network runs in a helper thread and the block waits for it
-interruptibly: after Ctrl-C (:data:`cancel_predictions` set by the scheduler) the block gives
-up at once, unrecorded, instead of holding the run for minutes; a block waits for the device
-runner in the same way.
+CPU, minutes per block, no runner) the network runs in a helper thread and the block waits for
+it interruptibly: after Ctrl-C (:data:`cancel_predictions` set by the scheduler) the block
+gives up at once, unrecorded, instead of holding the run for minutes; a block waits for a
+CUDA device runner in the same way.
 """
 
 from __future__ import annotations
@@ -128,7 +129,8 @@ class LoadedNetwork:
     :class:`DeviceRunner` that batches them across blocks, takes them in their stored dtype
     and normalizes them on the device (:meth:`predict_raw`; :attr:`takes_raw_tiles`), and
     pads every batch to ``batch_size`` tiles on CUDA, where the fused network then runs as a
-    CUDA graph captured once per tile shape.
+    CUDA graph captured once per tile shape (on the CPU the batches are not padded: a tile's
+    result does not depend on the batch it runs in there).
     """
 
     def __init__(self, handle: ModelHandle, *, device, backend: str, dtype: str | None,
@@ -144,6 +146,9 @@ class LoadedNetwork:
         self.dtype = self.predictor.dtype
         # The Triton interpreter takes minutes per block: wait for it interruptibly.
         self.interruptible = self.backend == "triton" and self.predictor.device.type == "cpu"
+        # After Ctrl-C a block waiting for the network gives up (unrecorded) under the
+        # interpreter and on CUDA's runner; on the CPU it waits (seconds) and is recorded.
+        self.gives_up_on_interrupt = self.interruptible or self.predictor.device.type == "cuda"
         self.batch_size = int(batch_size)
         self.runner = DeviceRunner(self.predictor, batch_size=batch_size) if use_runner else None
         self._lock = threading.Lock()
@@ -158,7 +163,7 @@ class LoadedNetwork:
         """Labels (N, h, w) uint8 and/or probabilities (N, K, h, w) float16 of ``tiles``
         (normalized, float32)."""
         if self.runner is not None:
-            return _result_interruptibly(self.runner.submit(tiles, output))
+            return self._runner_result(self.runner.submit(tiles, output))
         if self.interruptible:
             return _wait_interruptibly(lambda: self._predict(tiles, output))
         return self._predict(tiles, output)
@@ -169,10 +174,18 @@ class LoadedNetwork:
         (:meth:`fastunet.normalization.Normalization.apply`; NaN/Inf of float inputs become 0):
         normalized by the runner on its device, or here without one."""
         if self.runner is not None:
-            return _result_interruptibly(self.runner.submit(tiles, output, norm=(offset, scale)))
+            return self._runner_result(self.runner.submit(tiles, output, norm=(offset, scale)))
         x = Normalization.apply(tiles, np.asarray(offset)[:, :, None, None], np.asarray(scale)[:, :, None, None],
                                 zero_nonfinite=tiles.dtype.kind == "f")
         return self.predict(x, output)
+
+    def _runner_result(self, future):
+        """The runner's answer: given up once the run is interrupted where
+        :attr:`gives_up_on_interrupt` (CUDA), else waited for (the CPU: a block's tiles take
+        seconds there, and a block that has started finishes and is recorded)."""
+        if self.gives_up_on_interrupt:
+            return _result_interruptibly(future)
+        return future.result()
 
     def _predict(self, tiles: np.ndarray, output: str) -> tuple[np.ndarray | None, np.ndarray | None]:
         labels, probs = [], []

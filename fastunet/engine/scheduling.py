@@ -35,7 +35,7 @@ from .interrupts import interrupts_held
 from .runtime import cancel_predictions
 from .tiling import Block
 
-__all__ = ["execute", "lazy_arrays", "open_cluster", "parse_gpus", "gpu_worker_specs", "SCHEDULER_TIMEOUT",
+__all__ = ["execute", "default_threads", "lazy_arrays", "open_cluster", "parse_gpus", "gpu_worker_specs", "SCHEDULER_TIMEOUT",
            "active_client", "check_scheduler", "describe_scheduler"]
 
 SCHEDULER_TIMEOUT = 20.0  # seconds to reach a dask scheduler before giving up
@@ -294,6 +294,25 @@ def _run_threads(job: Job, blocks: list[Block], threads: int, done) -> None:
             cancel_predictions.clear()
 
 
+def default_threads(job: Job) -> int:
+    """Block threads of the threaded scheduler when none are asked for.
+
+    With a device runner (CUDA, and the CPU) one thread runs the network and the block threads
+    mostly wait for it while they read, label and write: on CUDA as many as the cores (at most
+    8); on the CPU, where the network takes all the cores (torch's intra-op threads, OpenVINO's
+    threads), one more than the cores (at least 3, at most 8), so that the next blocks are read
+    and queued while one is labelled and written (measured on 2 cores: 3 block threads x 2
+    intra-op threads was the fastest of 1-4 x 1-2, see benchmarks P7). Without a runner
+    (the Triton interpreter), 2: one forward at a time while the other reads and writes.
+    """
+    cores = os.cpu_count() or 1
+    if not job.use_runner:
+        return 2
+    if job.device.startswith("cuda"):
+        return min(8, cores)
+    return max(3, min(8, cores + 1))
+
+
 def execute(job: Job, blocks: list[Block], *, scheduler=None, workers=None, gpus=None,
             threads: int | None = None, progress=None, on_result=None, client=None) -> list[dict]:
     """Run :func:`run_block` for ``blocks``; returns the per-block summaries.
@@ -304,9 +323,8 @@ def execute(job: Job, blocks: list[Block], *, scheduler=None, workers=None, gpus
         None for the threaded scheduler in this process; else a distributed Client, Cluster
         or scheduler address, a number of local worker processes, or GPU indices.
     threads : int, optional
-        Threads of the threaded scheduler (default 2 on the CPU, where one forward runs at a
-        time while the other thread reads and writes; up to 8 with a device runner), or per
-        local worker process (default: the cores shared among the workers, at most 8).
+        Threads of the threaded scheduler (default :func:`default_threads`), or per local
+        worker process (default: the cores shared among the workers, at most 8).
     progress : callable, optional
         Called with each block's summary as it completes (from this thread).
     on_result : callable, optional
@@ -333,7 +351,7 @@ def execute(job: Job, blocks: list[Block], *, scheduler=None, workers=None, gpus
     if not blocks:
         return summaries
     if scheduler is None and workers is None and gpus is None:
-        _run_threads(job, blocks, threads or (min(8, os.cpu_count() or 1) if job.use_runner else 2), done)
+        _run_threads(job, blocks, threads or default_threads(job), done)
         return summaries
     import contextlib
 

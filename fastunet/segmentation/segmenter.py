@@ -32,7 +32,7 @@ import warnings
 import torch
 
 from .. import geometry
-from ..devices import check_visible, default_dtype, resolve_device
+from ..devices import check_visible, describe_dtype, resolve_device, resolve_dtype
 from ..errors import UserError
 from ..kinds import pick
 from .memory import check_tile_memory, default_max_step
@@ -95,15 +95,18 @@ class Segmenter:
         Tiles per network call (default 4 on CUDA, 2 on the CPU).
     device : str, optional
         ``"cuda:0"``, ``"cpu"``, ...; default CUDA when available.
-    backend : {"auto", "triton", "torch"}
-        ``auto``: the fused Triton network on CUDA, PyTorch elsewhere.
-    dtype : {"bf16", "fp16", "tf32", "fp32"}, optional
-        Default bf16 on CUDA, fp32 on the CPU.
+    backend : {"auto", "triton", "torch", "openvino"}
+        ``auto``: the fused Triton network on CUDA (with ``fastunet[gpu]``), OpenVINO on the
+        CPU (with ``fastunet[openvino]``), PyTorch otherwise.
+    dtype : {"auto", "bf16", "fp16", "tf32", "fp32"}, optional
+        ``auto`` (the default): bf16 on CUDA and on CPUs with bf16 matrix units (AMX-BF16,
+        AVX512-BF16), fp32 on other CPUs (:func:`fastunet.devices.resolve_dtype`); which one,
+        and why, is :attr:`dtype_choice`, also recorded in a zarr output's attributes.
     """
 
     def __init__(self, model=None, *, tile: int | None = None, batch_size: int | None = None, device=None,
                  backend: str = "auto", dtype: str | None = None):
-        from ..engine import DTYPES, ModelHandle, resolve_backend
+        from ..engine import ModelHandle, resolve_backend
         from ..modelfile import default_model_path
 
         if model is None:
@@ -119,11 +122,9 @@ class Segmenter:
             self.backend = resolve_backend(backend, self.device)
         except ValueError as exc:
             raise UserError(str(exc)) from None
-        if dtype is None:
-            dtype = default_dtype(self.device)
-        if dtype not in DTYPES:
-            raise UserError(f"dtype= must be one of {', '.join(DTYPES)}; got {dtype!r}.")
-        self.dtype = dtype
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.dtype_asked = "auto" if dtype is None else dtype
+        self.dtype_choice = describe_dtype(dtype, self.dtype, self.device)
         if batch_size is None:
             batch_size = 4 if self.device.type == "cuda" else 2
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -146,8 +147,15 @@ class Segmenter:
 
             self._check_local_device()
             self._network = LoadedNetwork(self.handle, device=self.device, backend=self.backend, dtype=self.dtype,
-                                          batch_size=self.batch_size, use_runner=self.device.type == "cuda")
+                                          batch_size=self.batch_size, use_runner=self._use_runner(self.device))
         return self._network
+
+    def _use_runner(self, device) -> bool:
+        """Whether the tiles go through a :class:`~fastunet.engine.runner.DeviceRunner`: one
+        thread that keeps the network busy with the tiles of every block while the block
+        tasks read, label and write (CUDA, and the CPU); not under the Triton interpreter,
+        whose minutes-long batches a queue would only hold up after Ctrl-C."""
+        return torch.device(device).type == "cuda" or self.backend != "triton"
 
     def close(self) -> None:
         """Stop the device runner thread (if any) and drop the loaded network."""
@@ -185,9 +193,10 @@ class Segmenter:
 
     def _max_block_voxels(self) -> int:
         # A block is one task and one step of the progress bar. 8 Mvoxel blocks keep a GPU
-        # busy for a fraction of a second; on a CPU (~0.5 Mpx/s) they would take ~15 s each,
-        # so there blocks are 2 Mvoxel: a bar that moves, and work for every thread.
-        return 8 * 1024 * 1024 if self.device.type == "cuda" else 2 * 1024 * 1024
+        # busy for a fraction of a second; on a CPU (1-2 Mpx/s) they would take seconds each,
+        # so there blocks are 1 Mvoxel: a bar that moves, and blocks enough for the device
+        # runner to compute one while the block threads read the next and write the last.
+        return 8 * 1024 * 1024 if self.device.type == "cuda" else 1024 * 1024
 
     def _layout(self, vol, *, chunks, block, tile=None, remote=False, scale=None):
         from ..engine import plan_layout
@@ -211,8 +220,9 @@ class Segmenter:
 
         device = self.device
         return Job(source=vol, model=self.handle, layout=layout, stats=stats, output_kind=network_output(kinds),
-                   store=store, device=str(device), backend=self.backend, dtype=self.dtype,
-                   batch_size=self.batch_size, use_runner=device.type == "cuda",
+                   store=store, device=str(device), backend=self.backend,
+                   dtype=self.dtype_asked if remote else self.dtype,  # "auto": each worker's own CPU decides
+                   batch_size=self.batch_size, use_runner=self._use_runner(device),
                    network=None if remote else self.network, kinds=kinds, rescale=rescale)
 
     def _new_rescale(self, vol, scale, remote):
@@ -396,7 +406,8 @@ class Segmenter:
 
         attrs = {"model": self.handle.key, "model_path": self.handle.path, "tile": list(layout.tile),
                  "block": list(layout.block), "normalization": self.normalization.to_dict(),
-                 "norm_offset": stats.offset.tolist(), "norm_scale": stats.scale.tolist(), "object_size": None}
+                 "norm_offset": stats.offset.tolist(), "norm_scale": stats.scale.tolist(), "object_size": None,
+                 "backend": self.backend, "dtype": self._dtype_record(remote)}
         if scale is not None:
             attrs.update(scale.record(), rescale_tile=list(rescale.tile))
         sink.create(source=vol, num_classes=self.config.num_classes, chunks=layout.chunks, attrs=attrs, layout=layout)
@@ -418,6 +429,13 @@ class Segmenter:
             sink.abort(exc, remote=remote)
             raise
 
+    def _dtype_record(self, remote) -> str:
+        """What the output records of the dtype: the choice and its reason, or, for a cluster
+        whose workers choose for their own CPUs, that."""
+        if remote and self.dtype_asked == "auto" and self.device.type == "cpu":
+            return "auto (each worker: bf16 on CPUs with bf16 matrix units, else fp32)"
+        return self.dtype_choice
+
     def _summary(self, layout, blocks, summaries, t_start, *, device, scheduler, workers, gpus) -> dict:
         from ..engine import describe_scheduler, parse_gpus
 
@@ -428,7 +446,8 @@ class Segmenter:
             "megapixels": voxels / 1e6, "seconds": round(seconds, 3),
             "mpx_per_s": round(voxels / 1e6 / seconds, 3) if seconds > 0 else None,
             "device": "gpus " + ",".join(parse_gpus(gpus)) if gpus is not None else str(device),
-            "backend": self.backend, "dtype": self.dtype, "tile": list(layout.tile), "block": list(layout.block),
+            "backend": self.backend, "dtype": self.dtype, "dtype_choice": self._dtype_record(scheduler is not None or workers is not None or gpus is not None),
+            "tile": list(layout.tile), "block": list(layout.block),
             "batch_size": self.batch_size, "nonfinite": sum(s["nonfinite"] for s in summaries),
             "scheduler": describe_scheduler(scheduler) if scheduler is not None else (
                 f"{workers} local workers" if workers else ("gpus" if gpus else "threads")),

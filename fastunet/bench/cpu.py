@@ -1,0 +1,345 @@
+"""P7: the CPU path, in one run: ``fastunet segment`` against MONAI as whole processes, the engine
+against its raw network, the network's backends and the convolutions against the CPU's
+measured matmul peak.
+
+P7  on the CPU (no GPU needed), on a uint16 zarr volume of synthetic nuclei
+    (:func:`~fastunet.bench.volume.bench_volume`, chunks ``(1, 1024, 1024)``, default
+    ``2 x 2048 x 2048``) with the bundled default model:
+
+    * **whole processes**, in ``repeats`` interleaved rounds (each round runs every side once, in
+      turn, so that a busy spell of the machine hits all sides alike): ``fastunet segment VOLUME
+      -o OUT.zarr --axes ZYX`` with its defaults (object ids; backend and dtype ``auto``), the
+      same with ``--backend torch``, and MONAI's ``sliding_window_inference`` (roi 512, overlap
+      0.25, gaussian blending, the same weights in :class:`~fastunet.bench.monai_baseline.SamePaddedUNet`,
+      channels-last) in fp32 and under bf16 autocast (``python -m fastunet.bench.monai_baseline``,
+      zarr to zarr uint8 labels). Each time is the process's wall clock, start to exit (Python,
+      imports, model load, reading, writing: what a user waits for); medians per side.
+      ``P7.segment_vs_monai`` is MONAI's best median over fastunet's (the goal is >= 4).
+    * **engine vs raw network** in one process (:func:`engine_vs_raw`): ``Segmenter.segment``
+      (warm) against the same predictor on as many tiles of the same shape, interleaved;
+      ``P7.engine_vs_raw`` is the median of the per-round ratios (the goal is >= 0.9).
+    * **backends**: the raw network per tile (median ms) under PyTorch eager (fp32 and bf16,
+      channels-last, as the engine runs it), OpenVINO (fp32 and bf16), and, for the record,
+      ``torch.compile`` (inductor, freezing) and frozen TorchScript in bf16 with their
+      preparation times (:func:`backend_times`).
+    * **the CPU's limit**: each 3x3 convolution of the network alone (``F.conv2d``,
+      channels-last) in fp32 and bf16, and an fp32 and a bf16 matrix product (``torch.mm``), all
+      measured in this run: the convolutions' GFLOP/s as a fraction of the matmul peak.
+    * **threads**: ``segment`` in one process with 1, 2, 3 and 4 block threads x 1 and all
+      intra-op threads (:func:`thread_grid`).
+    * **the auto dtype's accuracy**: bf16 against fp32 on synthetic images of every style, per
+      backend (:func:`fastunet.bench.dtypes.style_agreement`): the largest and mean probability
+      difference, the identical labels, the instance F1 difference; the worst style of each.
+
+MONAI (``pip install 'fastunet[bench]'``) runs in its own processes; OpenVINO is measured when
+it is installed. Timings on a shared machine vary: the result records the machine's load
+average before and after.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from .. import geometry
+from ..model import forward_flops
+from . import timing
+from .volume import bench_volume, cache_volume_path, default_cache_dir
+
+__all__ = ["bench_cpu", "matmul_gflops", "conv_layer_gflops", "engine_vs_raw", "backend_times", "thread_grid",
+           "whole_process_times", "segment_command", "monai_command"]
+
+
+# ------------------------------------------------------------------------- the CPU's limit
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
+    """GFLOP/s of one ``n x n`` by ``n x n`` ``torch.mm`` on the CPU in ``dtype`` (median of ``reps``)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    ms = timing.median_ms(lambda: torch.mm(a, b), warmup=2, reps=reps, device="cpu")
+    return 2 * n**3 / (ms * 1e-3) / 1e9
+
+
+def conv_layer_gflops(config, tile: int, dtype: torch.dtype, reps: int = 5) -> list[dict]:
+    """Each 3x3 convolution of the network at input ``tile`` alone: ``F.conv2d`` on a
+    channels-last input of the layer's shape in ``dtype`` (oneDNN, as the engine runs it),
+    median of ``reps``; one row per layer with its GFLOP/s."""
+    rows = []
+    for layer in geometry.layer_shapes(config, tile, "conv3x3"):
+        x = torch.randn(1, layer.c_in, *layer.in_size, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(layer.c_out, layer.c_in, 3, 3, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        bias = torch.randn(layer.c_out, dtype=dtype)
+        with torch.no_grad():
+            ms = timing.median_ms(lambda: torch.nn.functional.conv2d(x, w, bias), warmup=1, reps=reps, device="cpu")
+        rows.append({"layer": layer.name, "c_in": layer.c_in, "c_out": layer.c_out, "size": layer.in_size[0],
+                     "ms": ms, "gflop_s": layer.flops / (ms * 1e-3) / 1e9})
+    return rows
+
+
+# ------------------------------------------------------------------------------ backends
+def _tile_time(predictor, tile: int, batch: int, reps: int) -> float:
+    x = torch.randn(batch, predictor.config.in_channels, tile, tile)
+    return timing.median_ms(lambda: predictor.predict(x, "labels"), warmup=1, reps=reps, device="cpu") / batch
+
+
+def _compiled_time(model, tile: int, how: str, reps: int) -> tuple[float, float]:
+    """(preparation seconds, ms per tile) of the bf16 channels-last network under
+    ``torch.compile`` (inductor, freezing) or frozen TorchScript."""
+    net = copy.deepcopy(model).eval().to(torch.bfloat16, memory_format=torch.channels_last)
+    x = torch.randn(1, model.config.in_channels, tile, tile, dtype=torch.bfloat16)
+    x = x.contiguous(memory_format=torch.channels_last)
+    start = time.perf_counter()
+    with torch.no_grad():
+        if how == "compile":
+            fn = torch.compile(net, options={"freezing": True})  # weights as constants, prepacked for oneDNN
+            fn(x)
+        else:
+            fn = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(net, x, check_trace=False)))
+            fn(x)
+        prep = time.perf_counter() - start
+        ms = timing.median_ms(lambda: fn(x), warmup=1, reps=reps, device="cpu")
+    return prep, ms
+
+
+def backend_times(model, tile: int, *, reps: int = 5, compiled: bool = True) -> dict:
+    """The raw network per tile (median ms, labels) on the CPU: PyTorch eager in fp32 and
+    bf16, OpenVINO in fp32 and bf16 (when installed; with its conversion and compile time),
+    and, with ``compiled``, ``torch.compile`` and frozen TorchScript in bf16 (with their
+    preparation time)."""
+    from ..engine import openvino_backend
+    from ..engine.predictor import TorchPredictor
+
+    out = {}
+    for dtype in ("fp32", "bf16"):
+        out[f"torch_{dtype}_ms"] = _tile_time(TorchPredictor(model, "cpu", dtype), tile, 1, reps)
+        if openvino_backend.available():
+            with tempfile.TemporaryDirectory() as cache:
+                start = time.perf_counter()
+                predictor = openvino_backend.OpenVINOPredictor(model, "cpu", dtype, cache=cache)
+                predictor.predict(torch.zeros(1, model.config.in_channels, tile, tile), "labels")
+                out[f"openvino_{dtype}_first_s"] = time.perf_counter() - start  # convert + compile, no cache
+                out[f"openvino_{dtype}_ms"] = _tile_time(predictor, tile, 1, reps)
+    if compiled:
+        for how in ("compile", "torchscript"):
+            out[f"{how}_bf16_prep_s"], out[f"{how}_bf16_ms"] = _compiled_time(model, tile, how, reps)
+    return out
+
+
+# ------------------------------------------------------------------------ engine vs raw
+def engine_vs_raw(volume, *, backend: str = "auto", rounds: int = 3, threads: int | None = None) -> dict:
+    """``Segmenter.segment`` of the zarr ``volume`` (default model, defaults: object ids, warm)
+    against its own predictor on as many tiles of the same shape (batches of the batch
+    size, one call at a time, fresh random tiles), in ``rounds`` interleaved pairs."""
+    from ..engine.tiling import Layout
+    from ..segmentation import Segmenter
+    from .pipeline import engine_tile_count
+
+    with tempfile.TemporaryDirectory() as tmp, Segmenter(device="cpu", backend=backend) as seg:
+        out = Path(tmp) / "out.zarr"
+
+        def run():
+            start = time.perf_counter()
+            seg.segment(str(volume), str(out), axes="ZYX", overwrite=True, progress=False, threads=threads)
+            return time.perf_counter() - start
+
+        run()  # warm-up: loads and prepares the network, plans the layout
+        s = seg.last_summary
+        import zarr
+
+        shape = tuple(zarr.open_array(str(volume), mode="r").shape)
+        layout = Layout(shape=shape, depth=seg.config.depth, tile=tuple(s["tile"]), chunks=tuple(s["block"]),
+                        block=tuple(s["block"]))  # the tiles depend on the blocks, not on the chunks
+        tiles, predictor, batch = engine_tile_count(layout), seg.network.predictor, seg.batch_size
+        x = torch.randn(batch, seg.config.in_channels, *layout.tile)
+
+        def raw():
+            start = time.perf_counter()
+            for i in range(0, tiles, batch):
+                predictor.predict(x[:min(batch, tiles - i)], "labels")
+            return time.perf_counter() - start
+
+        seg_s, raw_s = [], []
+        for _ in range(rounds):
+            raw_s.append(raw())
+            seg_s.append(run())
+    return {"segment_s": seg_s, "raw_s": raw_s, "ratios": [r / s for r, s in zip(raw_s, seg_s)], "tiles": tiles,
+            "tile": layout.tile[0], "block": list(layout.block), "blocks": layout.num_blocks,
+            "backend": s["backend"], "dtype": s["dtype"], "batch": batch,
+            "flops": forward_flops(seg.config, *layout.tile) * tiles}
+
+
+def thread_grid(volume, *, block_threads=(1, 2, 3, 4), intra_op=(1, None), rounds: int = 2) -> list[dict]:
+    """``segment`` (in this process, warm, default backend and dtype) with each number of block
+    threads x intra-op threads (None: all cores), interleaved over ``rounds``; median seconds each."""
+    from ..segmentation import Segmenter
+
+    cores = os.cpu_count() or 1
+    saved = torch.get_num_threads()
+    times: dict = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for r in range(rounds + 1):  # round 0 warms each setting up, untimed
+                for t in intra_op:
+                    torch.set_num_threads(t or cores)
+                    with Segmenter(device="cpu") as seg:  # the network takes its threads when it is made
+                        for b in block_threads:
+                            start = time.perf_counter()
+                            seg.segment(str(volume), str(Path(tmp) / "out.zarr"), axes="ZYX", overwrite=True,
+                                        progress=False, threads=b)
+                            if r:
+                                times.setdefault((b, t or cores), []).append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(saved)
+    return [{"block_threads": b, "intra_op_threads": t, "seconds": statistics.median(v)} for (b, t), v in times.items()]
+
+
+# ---------------------------------------------------------------------- whole processes
+def segment_command(volume, out, *extra: str) -> list[str]:
+    """``fastunet segment VOLUME -o OUT --axes ZYX --overwrite -q`` (plus ``extra``) as a process."""
+    return [sys.executable, "-m", "fastunet", "segment", str(volume), "-o", str(out), "--axes", "ZYX",
+            "--overwrite", "-q", *extra]
+
+
+def monai_command(volume, out, dtype: str, *, roi: int = 512, overlap: float = 0.25, sw_batch: int = 4) -> list[str]:
+    """MONAI's side of P7 as a process (:func:`fastunet.bench.monai_baseline.main`)."""
+    return [sys.executable, "-m", "fastunet.bench.monai_baseline", str(volume), str(out), "--dtype", dtype,
+            "--roi", str(roi), "--overlap", str(overlap), "--sw-batch", str(sw_batch)]
+
+
+def whole_process_times(commands: dict, *, rounds: int) -> dict:
+    """Wall-clock seconds of each command (``name -> argv``), run ``rounds`` times in turn
+    (round-robin); a failing command raises with its standard error."""
+    times = {name: [] for name in commands}
+    for _ in range(rounds):
+        for name, argv in commands.items():
+            start = time.perf_counter()
+            done = subprocess.run(argv, capture_output=True, text=True)
+            seconds = time.perf_counter() - start
+            if done.returncode:
+                raise RuntimeError(f"P7: {name} failed ({' '.join(argv)}):\n{done.stderr[-2000:]}")
+            times[name].append(seconds)
+    return times
+
+
+def _startup_seconds(rounds: int) -> float:
+    """Median seconds of a process that only imports the command line (``fastunet --version``)."""
+    times = whole_process_times({"start": [sys.executable, "-m", "fastunet", "--version"]}, rounds=rounds)
+    return statistics.median(times["start"])
+
+
+# ----------------------------------------------------------------------------------- P7
+def bench_cpu(*, shape=(2, 2048, 2048), repeats: int = 3, cache_dir=None, threads: bool = True,
+              compiled: bool = True, agreement: int = 2) -> tuple[dict, dict]:
+    """P7 (see the module's docstring): figures and ratios.
+
+    Parameters
+    ----------
+    shape : (Z, Y, X)
+        The volume (at least 2 x 1024 x 1024 for a published result).
+    repeats : int
+        Rounds of the whole-process runs and of engine vs raw.
+    cache_dir : path-like, optional
+        The folder of the volume (default :func:`~fastunet.bench.volume.default_cache_dir`).
+    threads, compiled : bool
+        Measure the thread grid, and ``torch.compile`` / TorchScript (both slow to prepare).
+    agreement : int
+        Synthetic images per style of the bf16-vs-fp32 check (0: none).
+
+    Returns
+    -------
+    figures, ratios : dict
+    """
+    from ..devices import cpu_bf16_units, default_dtype
+    from ..engine import openvino_backend
+    from ..modelfile import default_model_path, read_model
+    from .monai_baseline import import_monai
+
+    import_monai()  # refuse before minutes of other work
+    load_before = os.getloadavg()
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    volume = cache_volume_path(cache, shape)
+    bench_volume(volume, shape)
+    voxels = math.prod(shape)
+    bundle = read_model(default_model_path())
+    figures = {"P7.volume_shape": "x".join(map(str, shape)), "P7.volume_voxels": voxels, "P7.repeats": repeats,
+               "P7.cores": os.cpu_count(), "P7.bf16_units": cpu_bf16_units(), "P7.auto_dtype": default_dtype("cpu"),
+               "P7.openvino_installed": openvino_backend.available(),
+               "P7.model": f"default (base {bundle.config.base_channels}, depth {bundle.config.depth})"}
+    with tempfile.TemporaryDirectory() as tmp:
+        commands = {"segment": segment_command(volume, Path(tmp) / "a.zarr"),
+                    "segment_torch": segment_command(volume, Path(tmp) / "b.zarr", "--backend", "torch"),
+                    "monai_fp32": monai_command(volume, Path(tmp) / "m.zarr", "fp32"),
+                    "monai_bf16": monai_command(volume, Path(tmp) / "m.zarr", "bf16")}
+        whole_process_times(commands, rounds=1)  # warm-up: OS file cache, OpenVINO's converted-model cache
+        times = whole_process_times(commands, rounds=repeats)
+    medians = {name: statistics.median(v) for name, v in times.items()}
+    for name, v in times.items():
+        figures[f"P7.{name}_process_s"] = medians[name]
+        figures[f"P7.{name}_process_s_all"] = [round(t, 3) for t in v]
+    figures["P7.startup_s"] = _startup_seconds(repeats)
+    monai_best = min(medians["monai_fp32"], medians["monai_bf16"])
+    figures["P7.monai_best_dtype"] = "fp32" if medians["monai_fp32"] <= medians["monai_bf16"] else "bf16"
+    ratios = {"P7.segment_vs_monai": monai_best / medians["segment"],
+              "P7.segment_torch_vs_monai": monai_best / medians["segment_torch"]}
+
+    engine = engine_vs_raw(volume, rounds=repeats)
+    figures.update({f"P7.engine_{k}": v for k, v in engine.items() if k != "ratios"})
+    figures["P7.engine_raw_gflop_s"] = engine["flops"] / statistics.median(engine["raw_s"]) / 1e9
+    ratios["P7.engine_vs_raw"] = statistics.median(engine["ratios"])
+    ratios.update(_limits(bundle, engine["tile"], figures, compiled=compiled))
+    if threads:
+        figures["P7.thread_grid"] = thread_grid(volume)
+    if agreement:
+        figures.update(_agreement(agreement, openvino_backend.available()))
+    figures["P7.loadavg_before"], figures["P7.loadavg_after"] = list(load_before), list(os.getloadavg())
+    return figures, ratios
+
+
+def _agreement(images: int, openvino: bool) -> dict:
+    """bf16 against fp32 on ``images`` synthetic images of every style (the auto dtype's check,
+    :func:`fastunet.bench.dtypes.style_agreement`): per backend and style, and the worst of the styles."""
+    from .dtypes import style_agreement
+
+    results = style_agreement(images=images, backends=("torch", "openvino") if openvino else ("torch",))
+    out = {"P7.bf16_agreement_images_per_style": images}
+    for backend, styles in results.items():
+        out[f"P7.bf16_agreement_{backend}"] = {name: {k: round(v, 5) for k, v in r.items()} for name, r in styles.items()}
+        rows = list(styles.values())
+        out[f"P7.bf16_{backend}_worst_max_prob_diff"] = max(r["max_prob_diff"] for r in rows)
+        out[f"P7.bf16_{backend}_worst_mean_prob_diff"] = max(r["mean_prob_diff"] for r in rows)
+        out[f"P7.bf16_{backend}_worst_labels_identical"] = min(r["labels_identical"] for r in rows)
+        out[f"P7.bf16_{backend}_worst_f1_diff"] = max(r["f1_diff"] for r in rows)
+    return out
+
+
+def _limits(bundle, tile: int, figures: dict, *, compiled: bool) -> dict:
+    """The backends' raw times, the conv layers and the matmul peaks: figures (in place) and ratios."""
+    ratios = {}
+    raw = backend_times(bundle.module, tile, compiled=compiled)
+    flops = forward_flops(bundle.config, tile, tile)
+    for key, value in raw.items():
+        figures[f"P7.raw_{key}"] = value
+        if key.endswith("_ms"):
+            figures[f"P7.raw_{key[:-3]}_gflop_s"] = flops / (value * 1e-3) / 1e9
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        peak = matmul_gflops(dtype)
+        layers = conv_layer_gflops(bundle.config, tile, dtype)
+        total = sum(r["ms"] for r in layers) * 1e-3
+        conv = sum(r["gflop_s"] * r["ms"] * 1e-3 for r in layers) / total
+        figures[f"P7.matmul_{name}_gflop_s"] = peak
+        figures[f"P7.conv3x3_{name}_gflop_s"] = conv
+        figures[f"P7.conv3x3_{name}_layers"] = [{k: (round(v, 3) if isinstance(v, float) else v)
+                                                 for k, v in r.items()} for r in layers]
+        ratios[f"P7.conv3x3_{name}_vs_matmul_peak"] = conv / peak
+        if f"P7.raw_openvino_{name}_gflop_s" in figures:
+            ratios[f"P7.openvino_{name}_network_vs_matmul_peak"] = figures[f"P7.raw_openvino_{name}_gflop_s"] / peak
+        ratios[f"P7.torch_{name}_network_vs_matmul_peak"] = figures[f"P7.raw_torch_{name}_gflop_s"] / peak
+    return ratios
+

@@ -1,0 +1,216 @@
+"""The CPU path: the auto dtype policy (capability detection forced both ways), the PyTorch
+predictor's CPU layout, the OpenVINO backend (with the openvino package only), bf16 against
+fp32 on a small image, and the parts of P7 that are not timings."""
+
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from fastunet import devices, save_model
+from fastunet.bench import cpu as p7
+from fastunet.bench.dtypes import TOLERANCES, compare_dtypes
+from fastunet.engine import backends, openvino_backend
+from fastunet.engine.predictor import TorchPredictor
+from fastunet.errors import UserError
+from fastunet.model import ReferenceUNet, UNetConfig
+from fastunet.normalization import Normalization
+
+
+def _rng():
+    return np.random.default_rng(torch.initial_seed())
+
+
+@pytest.fixture
+def cpu_features(monkeypatch):
+    """Set what the CPU reports (``cpu_features({"avx512_bf16": True})``); the cache is cleared
+    before and after."""
+    devices.cpu_bf16_units.cache_clear()
+
+    def set_features(caps, *, mkldnn=True):
+        devices.cpu_bf16_units.cache_clear()
+        monkeypatch.setattr(devices, "_cpu_capabilities", lambda: dict(caps))
+        monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: mkldnn)
+
+    yield set_features
+    devices.cpu_bf16_units.cache_clear()
+
+
+# ------------------------------------------------------------------------- the dtype policy
+@pytest.mark.parametrize("caps,units,dtype", [
+    ({"amx_bf16": True, "avx512_bf16": True}, "AMX-BF16", "bf16"),
+    ({"amx_bf16": False, "avx512_bf16": True}, "AVX512-BF16", "bf16"),
+    ({"avx512_f": True, "avx2": True}, None, "fp32"),  # AVX-512 without BF16: emulated, slower than fp32
+    ({}, None, "fp32"),  # a CPU torch says nothing about (e.g. an ARM one)
+])
+def test_auto_dtype_follows_the_cpus_bf16_units(cpu_features, caps, units, dtype):
+    cpu_features(caps)
+    assert devices.cpu_bf16_units() == units
+    assert devices.resolve_dtype("auto", "cpu") == devices.resolve_dtype(None, "cpu") == dtype
+    assert devices.resolve_dtype("fp32", "cpu") == "fp32" and devices.resolve_dtype("bf16", "cpu") == "bf16"
+    reason = devices.describe_dtype("auto", dtype, "cpu")
+    assert reason.startswith(f"{dtype} (auto: ") and (units or "no bf16 matrix units") in reason
+    assert devices.describe_dtype("fp32", "fp32", "cpu") == "fp32 (asked for)"
+    assert devices.resolve_dtype(None, "cuda") == "bf16"  # CUDA: bf16 whatever the CPU
+
+
+def test_no_bf16_without_onednn(cpu_features):
+    cpu_features({"amx_bf16": True}, mkldnn=False)
+    assert devices.cpu_bf16_units() is None and devices.default_dtype(torch.device("cpu")) == "fp32"
+
+
+def test_unknown_dtype_is_refused():
+    with pytest.raises(UserError, match="dtype= must be one of auto, fp32"):
+        devices.resolve_dtype("int8", "cpu")
+
+
+@pytest.mark.parametrize("caps,dtype", [({"avx512_bf16": True}, "bf16"), ({}, "fp32")])
+def test_segment_runs_and_records_the_auto_dtype(tmp_path, cpu_features, caps, dtype):
+    from fastunet.segmentation import Segmenter
+
+    cpu_features(caps)
+    net = ReferenceUNet(UNetConfig(base_channels=2, depth=1))
+    with Segmenter(net, device="cpu", backend="torch") as seg:
+        assert seg.dtype == dtype and seg.network.predictor.dtype == dtype
+        seg.segment(_rng().normal(size=(20, 24)).astype(np.float32), tmp_path / "o.zarr", progress=False,
+                    output_kind="labels")
+        assert seg.last_summary["dtype"] == dtype and seg.last_summary["dtype_choice"].startswith(f"{dtype} (auto")
+    meta = zarr.open_group(str(tmp_path / "o.zarr"), mode="r").attrs["fastunet"]
+    assert meta["dtype"] == seg.dtype_choice and meta["backend"] == "torch"
+    assert meta["summary"]["dtype"] == dtype
+
+
+def test_verbose_segment_says_the_dtype_and_why(tmp_path, cpu_features, capsys):
+    from fastunet.cli import main
+
+    cpu_features({"avx512_bf16": True})
+    model = save_model(tmp_path / "m.safetensors", ReferenceUNet(UNetConfig(base_channels=2, depth=1)))
+    z = zarr.create_array(str(tmp_path / "in.zarr"), shape=(24, 24), chunks=(24, 24), dtype="float32")
+    z[:] = _rng().normal(size=(24, 24)).astype(np.float32)
+    code = main(["segment", str(tmp_path / "in.zarr"), "-o", str(tmp_path / "o.zarr"), "--model", str(model),
+                 "--device", "cpu", "--backend", "torch", "-v", "--kind", "labels"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "network on cpu: torch backend, bf16 (auto: the CPU has AVX512-BF16 units)" in err
+
+
+# ------------------------------------------------------------------ the PyTorch predictor
+@pytest.mark.parametrize("dtype,atol", [("fp32", 1e-4), ("bf16", 0.5)])
+def test_cpu_predictor_runs_channels_last_on_a_copy(dtype, atol):
+    net = ReferenceUNet(UNetConfig(base_channels=4, depth=2)).eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    predictor = TorchPredictor(net, "cpu", dtype)
+    weight = predictor.model.down[0].conv2.weight
+    assert weight.dtype == (torch.bfloat16 if dtype == "bf16" else torch.float32)
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    assert all(torch.equal(v, net.state_dict()[k]) and v.dtype == torch.float32 for k, v in before.items())
+    x = torch.randn(3, 1, 60, 60)
+    with torch.no_grad():
+        want = net(x)
+    got = predictor.logits(x).float()
+    torch.testing.assert_close(got, want, atol=atol, rtol=0)
+    # one tile per call: a tile's result does not depend on the batch it comes in
+    torch.testing.assert_close(predictor.logits(x[1:2]), predictor.logits(x)[1:2], atol=0, rtol=0)
+
+
+def test_bf16_agrees_with_fp32_on_a_small_image():
+    """The auto dtype's promise (TOLERANCES) with the bundled model on a small synthetic image."""
+    from fastunet.synthetic_styles import style_image
+
+    drawn = style_image("classic", (160, 160), seed=2026)
+    result = compare_dtypes([drawn.image], [drawn.labels])
+    assert result["max_prob_diff"] <= TOLERANCES["max_prob"] and result["mean_prob_diff"] <= TOLERANCES["mean_prob"]
+    assert result["labels_identical"] >= TOLERANCES["labels"]
+    assert result["f1_diff"] <= TOLERANCES["f1"] and result["f1_fp32"] > 0.5
+
+
+# --------------------------------------------------------------------------- backends
+def test_auto_backend_on_the_cpu_picks_openvino_when_installed(monkeypatch):
+    monkeypatch.delenv("FASTUNET_OPENVINO", raising=False)
+    monkeypatch.setattr(openvino_backend, "available", lambda: True)
+    assert backends.resolve_backend("auto", "cpu") == "openvino"
+    monkeypatch.setenv("FASTUNET_OPENVINO", "0")
+    assert backends.resolve_backend("auto", "cpu") == "torch"
+    monkeypatch.setattr(openvino_backend, "available", lambda: False)
+    monkeypatch.delenv("FASTUNET_OPENVINO")
+    assert backends.resolve_backend("auto", "cpu") == "torch"
+    with pytest.raises(ValueError, match=r"pip install 'fastunet\[openvino\]'"):
+        backends.resolve_backend("openvino", "cpu")
+    with pytest.raises(ValueError, match="runs on the CPU"):
+        backends.resolve_backend("openvino", "cuda")
+
+
+@pytest.mark.openvino
+def test_openvino_backend_matches_the_reference_at_every_tile_from_one_conversion(tmp_path, monkeypatch):
+    net = ReferenceUNet(UNetConfig(base_channels=4, depth=2)).eval()
+    predictor = openvino_backend.OpenVINOPredictor(net, "cpu", "fp32", cache=tmp_path)
+    for shape in ((2, 1, 60, 60), (1, 1, 44, 76)):  # two tile shapes, one converted model
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            torch.testing.assert_close(predictor.logits(x), net(x), atol=1e-4, rtol=1e-4)
+    assert len(list(tmp_path.glob("unet-*.xml"))) == 1
+    # a second predictor reads the converted model from the cache instead of converting
+    monkeypatch.setattr(openvino_backend, "_convert", lambda *a: pytest.fail("converted again"))
+    again = openvino_backend.OpenVINOPredictor(net, "cpu", "bf16", cache=tmp_path)
+    x = torch.randn(1, 1, 60, 60)
+    with torch.no_grad():
+        want = net(x).argmax(1)
+    assert (again.predict(x).labels.long() == want).float().mean() > 0.99
+    with pytest.raises(UserError, match='runs in bf16, fp32, tf32; got dtype="fp16"'):
+        openvino_backend.OpenVINOPredictor(net, "cpu", "fp16", cache=False)
+
+
+# --------------------------------------------------------------------------------- P7
+def test_p7_commands_are_whole_processes(tmp_path):
+    seg = p7.segment_command(tmp_path / "v.zarr", tmp_path / "o.zarr", "--backend", "torch")
+    assert seg[:4] == [sys.executable, "-m", "fastunet", "segment"] and seg[-2:] == ["--backend", "torch"]
+    assert "--kind" not in seg  # the defaults: object ids
+    monai = p7.monai_command(tmp_path / "v.zarr", tmp_path / "m.zarr", "bf16")
+    assert monai[1:3] == ["-m", "fastunet.bench.monai_baseline"] and monai[monai.index("--roi") + 1] == "512"
+    times = p7.whole_process_times({"ok": [sys.executable, "-c", "pass"]}, rounds=2)
+    assert len(times["ok"]) == 2 and all(t > 0 for t in times["ok"])
+    with pytest.raises(RuntimeError, match="P7: bad failed"):
+        p7.whole_process_times({"bad": [sys.executable, "-c", "raise SystemExit(3)"]}, rounds=1)
+
+
+def test_monai_process_writes_labels_of_every_slice(tmp_path, monkeypatch, capsys):
+    from fastunet.bench import monai_baseline
+
+    model = save_model(tmp_path / "m.safetensors", ReferenceUNet(UNetConfig(base_channels=2, depth=2)),
+                       Normalization(mode="meanstd"))
+    vol = zarr.create_array(str(tmp_path / "v.zarr"), shape=(2, 32, 32), chunks=(1, 32, 32), dtype="uint16")
+    vol[:] = _rng().integers(0, 4000, size=(2, 32, 32)).astype(np.uint16)
+
+    def whole_image(x, roi, sw_batch_size, predictor, **kwargs):  # stands in for MONAI's
+        return predictor(x)
+
+    monkeypatch.setattr(monai_baseline, "import_monai", lambda: whole_image)
+    assert monai_baseline.main([str(tmp_path / "v.zarr"), str(tmp_path / "o.zarr"), "--model", str(model),
+                                "--dtype", "bf16", "--roi", "16"]) == 0
+    line = json.loads(capsys.readouterr().out)
+    assert line["calls"] == 2 and line["seconds"] > 0
+    labels = zarr.open_array(str(tmp_path / "o.zarr"), mode="r")
+    assert labels.shape == (2, 32, 32) and labels.dtype == np.uint8
+
+
+def test_matmul_and_conv_layer_rates_are_positive():
+    assert p7.matmul_gflops(torch.float32, n=64, reps=2) > 0
+    rows = p7.conv_layer_gflops(types.SimpleNamespace(in_channels=1, num_classes=2, depth=1, widths=(2, 4)), 20,
+                                torch.bfloat16, reps=1)
+    assert [r["layer"] for r in rows] == ["enc0.conv1", "enc0.conv2", "bottom.conv1", "bottom.conv2",
+                                          "dec0.conv1", "dec0.conv2"]
+    assert all(r["gflop_s"] > 0 for r in rows)
+
+
+def test_p7_is_a_cpu_benchmark_run_by_name(monkeypatch):
+    from fastunet import bench
+
+    assert "P7" in bench.CPU and "P7" not in bench.BENCHMARKS  # not part of the GPU suite
+    monkeypatch.setitem(sys.modules, "monai", None)
+    monkeypatch.setitem(sys.modules, "monai.inferers", None)
+    with pytest.raises(UserError, match="pip install monai"):
+        bench.run("P7")
