@@ -41,7 +41,8 @@ def load_results(results_dir: Path) -> list[dict]:
 
 
 def render_table(results: list[dict]) -> str:
-    """A Markdown table: one row per figure or ratio of each run, newest run first."""
+    """A Markdown table: one row per figure or ratio of each run (numbers and words; the lists and
+    tables a result also holds stay in its file), its ``note`` first, newest run first."""
     if not results:
         return "No results recorded yet."
     lines = [
@@ -50,7 +51,10 @@ def render_table(results: list[dict]) -> str:
     ]
     for r in results:
         head = f"| {r.get('date', '?')} | {r.get('benchmark', '?')} | {r.get('device', '?')} "
-        rows = [(k, v) for section in ("figures", "ratios") for k, v in sorted((r.get(section) or {}).items())]
+        rows = [(k, v) for section in ("figures", "ratios") for k, v in sorted((r.get(section) or {}).items())
+                if not isinstance(v, (dict, list))]  # tables and lists (per layer, per style...) stay in the file
+        if r.get("note"):
+            rows.insert(0, ("note", r["note"]))
         for name, value in rows or [("-", "-")]:
             lines.append(f"{head}| {name} | {_fmt(value)} | {r['_file']} |")
     return "\n".join(lines)

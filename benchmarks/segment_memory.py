@@ -6,10 +6,12 @@ its resident memory after a warm-up run on a small volume (imports and first all
 done) and its peak resident memory (``VmHWM`` of ``/proc/self/status``, reset after the
 warm-up) during the run.
 The same process then times the raw network on the same number of tiles of the same shape
-(pre-normalized, in memory, the same predictor calls: each block's tiles in calls of at most
-the batch size), ``--repeats`` times, and keeps the median:
-segment Mpx/s next to raw network Mpx/s shows what reading, normalizing, cutting, assembling
-and writing cost on top of the network.
+(pre-normalized, in memory, the same predictor, one call at a time as the engine's device
+runner makes them, in calls of at most the batch size), ``--repeats`` times, and keeps the
+median: segment Mpx/s next to raw network Mpx/s shows what reading, normalizing, cutting,
+assembling and writing cost on top of the network. The network runs with the engine's
+defaults (``--backend auto --dtype auto``: bf16 on CPUs with bf16 units, OpenVINO when
+installed) unless asked otherwise.
 
 Every row uses the same tile (``--tile``; by default the tile of the engine's CPU default
 512-pixel step for large images, whatever the image size; the engine's own default would
@@ -41,7 +43,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 
@@ -62,11 +63,11 @@ def child(args) -> None:
     from fastunet.segmentation import Segmenter
 
     block = None if args.block == "default" else tuple(int(v) for v in args.block.split(","))
-    seg = Segmenter(args.model, tile=args.tile, device="cpu", backend="torch", dtype="fp32")
+    seg = Segmenter(args.model, tile=args.tile, device="cpu", backend=args.backend, dtype=args.dtype)
     # Warm up on a small volume (imports, the first forward's allocations), then reset the
     # peak (Linux: writing 5 to clear_refs sets VmHWM to the current RSS).
     warm = np.random.default_rng(1).normal(size=(1, 300, 300)).astype(np.float32)
-    seg.segment(warm, args.output + ".warm", axes="ZYX", progress=False)
+    seg.segment(warm, args.output[:-len(".zarr")] + "-warm.zarr", axes="ZYX", progress=False)
     before = _vm("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
@@ -84,28 +85,21 @@ def child(args) -> None:
     meta = SegmentationStore(args.output, mode="r").attrs
     layout = Layout(shape=tuple(meta["shape"]), depth=seg.config.depth, tile=tuple(meta["tile"]),
                     chunks=tuple(meta["chunks"]), block=tuple(meta["block"]))
-    per_block = [b.shape[0] * len(layout.block_tiles(b)) for b in layout.blocks()]
-    ntiles = sum(per_block)
+    ntiles = sum(b.shape[0] * len(layout.block_tiles(b)) for b in layout.blocks())
     bs = seg.batch_size
     rng = np.random.default_rng(0)
     batch = torch.from_numpy(rng.normal(size=(bs, 1, *layout.tile)).astype(np.float32))
     predictor = seg.network.predictor
     predictor.predict(batch, "labels")  # warm-up
 
-    def run_block(n):
-        for i in range(0, n, bs):
-            predictor.predict(batch[: min(bs, n - i)], "labels")
-
-    # As many blocks at once as the engine's threaded scheduler runs on the CPU (2): one
-    # block after the other would leave cores idle that the engine uses, and the "raw"
-    # figure would then be no ceiling.
-    raw_threads = 2
+    # One call at a time, as the engine's device runner calls the network (on all the cores).
+    raw_threads = 1
     raw_times = []
-    with ThreadPoolExecutor(raw_threads) as pool:
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            list(pool.map(run_block, per_block))
-            raw_times.append(time.perf_counter() - t0)
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        for i in range(0, ntiles, bs):
+            predictor.predict(batch[: min(bs, ntiles - i)], "labels")
+        raw_times.append(time.perf_counter() - t0)
     raw_seconds = statistics.median(raw_times)
     voxels = math.prod(layout.shape)
     input_mib = voxels * 4 / 2**20  # float32
@@ -115,7 +109,7 @@ def child(args) -> None:
         "raw_mpx_s": voxels / 1e6 / raw_seconds, "raw_repeats": len(raw_times),
         "raw_spread": (max(raw_times) - min(raw_times)) / raw_seconds, "tiles": ntiles, "tile": summary["tile"],
         "block": summary["block"], "blocks": summary["blocks"], "batch_size": bs, "raw_threads": raw_threads,
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads(), "backend": summary["backend"], "dtype": summary["dtype"],
     }))
 
 
@@ -143,6 +137,8 @@ def main() -> None:
                    "(default 5)")
     p.add_argument("--block", default="1,512,512",
                    help="output block shape Z,Y,X, or 'default' for the engine's (about 8 Mvoxels)")
+    p.add_argument("--backend", default="auto", help="the engine's backend (default auto)")
+    p.add_argument("--dtype", default="auto", help="the engine's dtype (default auto)")
     p.add_argument("--base-channels", type=int, default=8)
     p.add_argument("--depth", type=int, default=3)
     p.add_argument("--child", nargs=3, metavar=("INPUT", "MODEL", "OUTPUT"), help=argparse.SUPPRESS)
@@ -173,7 +169,8 @@ def main() -> None:
             vol = tmp / f"v{f}.zarr"
             make_volume(vol, args.slices, edge, seed=f)
             cmd = [sys.executable, __file__, "--block", args.block, "--tile", str(args.tile), "--repeats",
-                   str(args.repeats), "--child", str(vol), str(model), str(tmp / f"o{f}.zarr")]
+                   str(args.repeats), "--backend", args.backend, "--dtype", args.dtype,
+                   "--child", str(vol), str(model), str(tmp / f"o{f}.zarr")]
             env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
             out = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if out.returncode:
@@ -184,9 +181,9 @@ def main() -> None:
             print(f"  {f}x done: {row['shape']} in {row['seconds']:.1f} s", file=sys.stderr)
     r0 = rows[0]
     malloc = os.environ.get("MALLOC_MMAP_THRESHOLD_")
-    print(f"tiny U-Net (base_channels {args.base_channels}, depth {args.depth}), CPU, torch fp32, "
+    print(f"tiny U-Net (base_channels {args.base_channels}, depth {args.depth}), CPU, {r0['backend']} {r0['dtype']}, "
           f"batch {r0['batch_size']}, block {args.block}, {r0['torch_threads']} torch threads, raw net: median of "
-          f"{args.repeats}, {r0['raw_threads']} blocks at once (as the engine), "
+          f"{args.repeats}, one call at a time (as the engine's runner), "
           + (f"MALLOC_MMAP_THRESHOLD_={malloc}" if malloc else "default glibc malloc"))
     head = ("size", "volume (Z,Y,X)", "tile", "input MiB", "RSS before MiB", "peak RSS MiB", "peak - before",
             "blocks", "tiles", "segment Mpx/s", "raw net Mpx/s", "raw spread", "segment/raw")

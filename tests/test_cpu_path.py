@@ -144,6 +144,18 @@ def test_auto_backend_on_the_cpu_picks_openvino_when_installed(monkeypatch):
         backends.resolve_backend("openvino", "cuda")
 
 
+def test_openvino_cache_keeps_the_most_recently_used_models(tmp_path):
+    import os
+
+    for i in range(5):
+        for suffix in (".xml", ".bin"):
+            (tmp_path / f"unet-{i}{suffix}").write_text("x")
+        os.utime(tmp_path / f"unet-{i}.xml", (1000 + i, 1000 + i))
+    os.utime(tmp_path / "unet-0.xml", (2000, 2000))  # the oldest, used again since
+    openvino_backend._prune(tmp_path, keep=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"unet-{i}{s}" for i in (0, 3, 4) for s in (".bin", ".xml")]
+
+
 @pytest.mark.openvino
 def test_openvino_backend_matches_the_reference_at_every_tile_from_one_conversion(tmp_path, monkeypatch):
     net = ReferenceUNet(UNetConfig(base_channels=4, depth=2)).eval()

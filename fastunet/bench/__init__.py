@@ -129,7 +129,7 @@ def _benchmark_names(only) -> list[str]:
 
 
 def run(only: list[str] | str | None = None, *, out_dir: Path | None = None, quick: bool = False,
-        cache_dir: Path | None = None) -> list[Path]:
+        cache_dir: Path | None = None, note: str | None = None) -> list[Path]:
     """Run the chosen benchmarks (all by default) and write one JSON result per benchmark.
 
     Parameters
@@ -142,7 +142,9 @@ def run(only: list[str] | str | None = None, *, out_dir: Path | None = None, qui
     quick : bool
         The smaller sizes of :data:`QUICK` (no ``torch.compile`` baseline).
     cache_dir : path-like, optional
-        The folder of P4/P5's generated volume (default :func:`default_cache_dir`).
+        The folder of P4/P5/P7's generated volume (default :func:`default_cache_dir`).
+    note : str, optional
+        Recorded in every result file (e.g. what else the machine was doing).
 
     Returns
     -------
@@ -160,5 +162,6 @@ def run(only: list[str] | str | None = None, *, out_dir: Path | None = None, qui
         if name in _CACHED and cache_dir is not None:
             kwargs["cache_dir"] = cache_dir
         figures, ratios = {**BENCHMARKS, **SCALE, **CPU}[name](**kwargs)
-        paths.append(write_result(name, figures, ratios, out_dir=out_dir, extra={"quick": quick}))
+        extra = {"quick": quick, **({"note": note} if note else {})}
+        paths.append(write_result(name, figures, ratios, out_dir=out_dir, extra=extra))
     return paths

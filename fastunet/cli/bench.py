@@ -25,6 +25,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smaller sizes, no torch.compile baseline")
     p.add_argument("--cache", metavar="DIR", help="folder for the generated volume of P4/P5/P7 (a few GiB; default: "
                    "~/.cache/fastunet/bench), reused when present")
+    p.add_argument("--note", help="a note recorded in every result file, e.g. 'shared machine: load 7 on 2 cores'")
     add_common_options(p)
     p.set_defaults(func=run)
     return p
@@ -33,7 +34,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from .. import bench
 
-    for path in bench.run(args.only, out_dir=args.out, quick=args.quick, cache_dir=args.cache):
+    for path in bench.run(args.only, out_dir=args.out, quick=args.quick, cache_dir=args.cache, note=args.note):
         print(f"wrote {path}")
     print("to publish them: copy them to benchmarks/results/ and run python benchmarks/report.py")
     return 0

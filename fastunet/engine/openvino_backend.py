@@ -3,12 +3,13 @@
 The reference network (:class:`~fastunet.model.ReferenceUNet`) is traced once by
 ``torch.jit.trace`` on the smallest valid tile and converted by ``openvino.convert_model``;
 the trace records the crops from the tensors' sizes, so the one converted model serves every
-tile shape. It is kept in OpenVINO's IR format in a disk cache (:func:`cache_dir`), keyed by
-the weights and the versions of torch and OpenVINO, so that later processes skip the
-conversion (seconds) and only compile it (OpenVINO's own compiled-model cache,
-``CACHE_DIR``, is in the same folder). Each tile shape is compiled once per process for the
-CPU plugin with the dtype as its inference precision (``bf16``, or ``f32`` for fp32/tf32),
-one stream on all the cores (the engine calls the network from one thread at a time).
+tile shape. It is kept in OpenVINO's IR format in a disk cache (:func:`cache_dir`; the
+:data:`CACHE_ENTRIES` most recently used models), keyed by the weights and the versions of
+torch and OpenVINO, so that later processes skip the conversion (seconds) and only compile
+it (a fraction of a second). Each tile shape is compiled once per process for the CPU plugin
+with the dtype as its inference precision (``bf16``, or ``f32`` for fp32/tf32; weights
+prepacked once, at compile time), one stream on torch's intra-op threads (the engine calls
+the network from one thread at a time).
 
 OpenVINO is imported only here, when this backend is made (``import fastunet`` stays light).
 """
@@ -34,6 +35,7 @@ __all__ = ["OpenVINOPredictor", "import_openvino", "available", "picked_by_auto"
 
 # fastunet's dtype -> the CPU plugin's inference precision
 PRECISIONS = {"bf16": "bf16", "fp32": "f32", "tf32": "f32"}
+CACHE_ENTRIES = 8  # converted models kept on disk (the most recently used)
 
 
 def available() -> bool:
@@ -114,8 +116,10 @@ def converted_model(ov, core, model: ReferenceUNet, folder: Path | None):
     path = folder / f"unet-{_model_key(model, ov.get_version())}.xml"
     if path.exists() and path.with_suffix(".bin").exists():
         try:
-            return core.read_model(str(path))
-        except RuntimeError:  # a damaged entry: convert again, and replace it below
+            found = core.read_model(str(path))
+            os.utime(path)  # used now: the last entry the pruning removes
+            return found
+        except (RuntimeError, OSError):  # a damaged entry: convert again, and replace it below
             pass
     converted = _convert(ov, model)
     try:
@@ -124,9 +128,19 @@ def converted_model(ov, core, model: ReferenceUNet, folder: Path | None):
             ov.save_model(converted, str(Path(tmp) / path.name), compress_to_fp16=False)
             os.replace(Path(tmp) / path.with_suffix(".bin").name, path.with_suffix(".bin"))
             os.replace(Path(tmp) / path.name, path)  # the .xml last: the mark of a complete entry
+        _prune(folder)
     except OSError:
         pass
     return converted
+
+
+def _prune(folder: Path, keep: int = CACHE_ENTRIES) -> None:
+    """Keep the ``keep`` most recently used converted models in ``folder`` (each new set of
+    weights, e.g. a model in training, adds one)."""
+    entries = sorted(folder.glob("unet-*.xml"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in entries[keep:]:
+        for part in (old, old.with_suffix(".bin")):
+            part.unlink(missing_ok=True)
 
 
 class OpenVINOPredictor(Predictor):
@@ -154,8 +168,6 @@ class OpenVINOPredictor(Predictor):
         ov = import_openvino()
         self._core = ov.Core()
         folder = None if cache is False else Path(cache) if cache is not None else cache_dir()
-        if folder is not None:
-            self._core.set_property({"CACHE_DIR": str(folder / "compiled")})
         self._model = converted_model(ov, self._core, model.eval(), folder)
         self._config = {"INFERENCE_PRECISION_HINT": PRECISIONS[dtype], "PERFORMANCE_HINT": "LATENCY",
                         "INFERENCE_NUM_THREADS": torch.get_num_threads()}

@@ -136,8 +136,11 @@ def _validate(model: ReferenceUNet, val, config: TrainConfig, device: torch.devi
         snapshot = ModelBundle(snapshot, config.normalization)
         for _, image, labels in val:
             axes = "ZYX" if image.ndim == 3 else "YX"
+            # On the CPU in fp32 with PyTorch whatever the CPU's bf16 units or extras: the best
+            # step a validation picks must not depend on the machine that trains.
+            cpu = device.type == "cpu"
             classes = segment(image, snapshot, None, axes=axes, tile=config.tile, device=str(device), progress=False,
-                              output_kind="labels")
+                              output_kind="labels", dtype="fp32" if cpu else None, backend="torch" if cpu else "auto")
             classes = np.asarray(classes)
             preds += list(classes == 1) if image.ndim == 3 else [classes == 1]
             truths += list(labels) if labels.ndim == 3 else [labels]
