@@ -57,7 +57,7 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
 
 
 def make_predictor(model: ReferenceUNet, backend: str = "auto", device="cpu", dtype: str | None = None, *,
-                   cuda_graph: bool = False) -> Predictor:
+                   cuda_graph: bool = False, batch_size: int | None = None) -> Predictor:
     """A :class:`Predictor` for ``model`` on ``device``.
 
     ``dtype`` (None or ``"auto"``: :func:`fastunet.devices.resolve_dtype`) is bf16 on CUDA and
@@ -65,6 +65,8 @@ def make_predictor(model: ReferenceUNet, backend: str = "auto", device="cpu", dt
     network (``triton`` on CUDA) captures its forward of each input shape in a CUDA graph
     (for callers whose batches keep one shape, like the padded batches of
     :class:`~fastunet.engine.runner.DeviceRunner`); the ``torch`` backend ignores it.
+    ``batch_size``: OpenVINO runs that many tiles side by side (its streams, each on its share
+    of torch's intra-op threads); the other backends ignore it.
     """
     device = torch.device(device)
     dtype = resolve_dtype(dtype, device)
@@ -74,5 +76,5 @@ def make_predictor(model: ReferenceUNet, backend: str = "auto", device="cpu", dt
 
         return FusedPredictor(model, device=device, dtype=dtype, cuda_graph=cuda_graph)
     if backend == "openvino":
-        return openvino_backend.OpenVINOPredictor(model, device=device, dtype=dtype)
+        return openvino_backend.OpenVINOPredictor(model, device=device, dtype=dtype, streams=batch_size)
     return TorchPredictor(model, device=device, dtype=dtype)

@@ -139,7 +139,8 @@ class LoadedNetwork:
 
         self.handle = handle
         predictor = make_predictor(handle.load(), backend=backend, device=device, dtype=dtype,
-                                   cuda_graph=use_runner)  # the runner's batches have one shape
+                                   cuda_graph=use_runner,  # the runner's batches have one shape
+                                   batch_size=batch_size)  # OpenVINO: the tiles run side by side
         self.predictor = OOMBackoff(predictor, depth=handle.config.depth)
         self.device = str(self.predictor.device)
         self.backend = self.predictor.backend

@@ -92,7 +92,8 @@ class Segmenter:
         The network's input tile edge (572 gives 388-pixel outputs for the paper's network);
         by default the largest that fits the device, never larger than a small image needs.
     batch_size : int, optional
-        Tiles per network call (default 4 on CUDA, 2 on the CPU).
+        Tiles per network call (default 4 on CUDA, 2 on the CPU; with OpenVINO they run side
+        by side, each on its share of the cores).
     device : str, optional
         ``"cuda:0"``, ``"cpu"``, ...; default CUDA when available.
     backend : {"auto", "triton", "torch", "openvino"}
