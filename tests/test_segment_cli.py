@@ -363,7 +363,7 @@ def test_unwritable_output_folder_is_one_line(tmp_path, model, capsys, deny_outp
     code, out, err = _run([src, "-o", tmp_path / "o.zarr", "--model", model], capsys)
     assert code == 2 and out == "" and err.count("\n") == 1, err
     assert err == (f"fastunet segment: error: Cannot write to {str(tmp_path)!r} (Permission denied); choose a "
-                   "writable output location.\n")
+                   "writable place for the output.\n")
     assert not (tmp_path / "o.zarr").exists()
 
 
