@@ -213,6 +213,7 @@ def check_output_file(path, *, what: str, suffixes: tuple[str, ...] | None = Non
     if model is not None and isinstance(model, (str, os.PathLike)):
         protected.append(("model file", Path(model).expanduser().resolve()))
     _check_protected(out, protected, what, shown, exempt, input_hint)
+    _check_others(out, others, what, shown)
     kind = special_kind(out)
     if kind is not None:
         raise UserError(f"The {what} {shown!r} is {kind}, not a file fastunet writes; choose another path.")
@@ -222,15 +223,6 @@ def check_output_file(path, *, what: str, suffixes: tuple[str, ...] | None = Non
     if suffixes is not None and out.suffix.lower() not in suffixes:
         raise UserError(f"The {what} {shown!r} should end in {' or '.join(suffixes)}, e.g. "
                         f"{str(out.with_suffix(suffixes[0]))!r}.")
-    for name, other in (others or {}).items():
-        if other is None:
-            continue
-        other = _location(other) if not isinstance(other, str) or "://" not in other else other
-        if out == other or str(out) == str(other):
-            raise UserError(f"The {what} {shown!r} is also the {name}; give them different names.")
-        if inside(out, other) or inside(other, out):
-            raise UserError(f"The {what} {shown!r} and the {name} {str(other)!r} lie inside one another; give them "
-                            "separate places.")
     exists = out.exists() or (_is_local(out) and out.is_symlink())
     if exists and not own:
         if not overwrite:
@@ -243,6 +235,19 @@ def check_output_file(path, *, what: str, suffixes: tuple[str, ...] | None = Non
                             "another path.")
     check_writable_folder(out.parent, what=what, make=make_parents)
     return out
+
+
+def _check_others(out, others, what: str, shown: str) -> None:
+    """``out`` is none of the command's other outputs (``{name: path}`` or ``(name, path)`` pairs)."""
+    for name, other in others.items() if isinstance(others, dict) else others or ():
+        if other is None:
+            continue
+        other = other if not isinstance(other, (str, os.PathLike)) or "://" in str(other) else _location(other)
+        if out == other or str(out) == str(other):
+            raise UserError(f"The {what} {shown!r} is also the {name}; give them different names.")
+        if inside(out, other) or inside(other, out):
+            raise UserError(f"The {what} {shown!r} and the {name} {str(other)!r} lie inside one another; give them "
+                            "separate places.")
 
 
 def _protected_inputs(inputs) -> list:

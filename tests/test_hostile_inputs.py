@@ -257,7 +257,7 @@ def test_evaluate_checks_json_and_preview_before_scoring(tmp_path, capsys):
                            (["--json", tmp_path / "img.tif"], "is the input"),
                            (["--json", tmp_path / "s.txt"], "should end in .json"),
                            (["--preview", tmp_path / "missing" / "p.png"], "does not exist"),
-                           (["--preview", tmp_path / "s.json", "--json", tmp_path / "s.json"], "is also the --preview")):
+                           (["--preview", tmp_path / "s.json", "--json", tmp_path / "s.json"], "is also the --json file")):
         err = _one_line(capsys, [*base, *extra])
         assert pattern in err and "foreground IoU" not in err, err
     (tmp_path / "s.json").write_text("{}")

@@ -5,7 +5,9 @@
   zarr stores in it (not those fastunet wrote); a pattern (``dir/*.tif``, quoted so that the shell leaves it) for what
   it matches; URLs pass through untouched.
 * :func:`output_paths` names one output per input from ``-o PATH`` (one input), a template
-  (``-o 'out/{stem}.zarr'``) or ``--output-dir DIR`` with ``--output-name TEMPLATE``.
+  (``-o 'out/{stem}.zarr'``) or ``--output-dir DIR`` with ``--output-name TEMPLATE``; it makes
+  no folder: :func:`make_folders` makes an output's missing folders once the run is accepted
+  (and :func:`remove_made` removes them again, empty, when that input then fails).
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from pathlib import Path
 
 from ..errors import UserError
 
-__all__ = ["expand_inputs", "output_paths", "image_stem", "TEMPLATE_FIELDS", "DEFAULT_OUTPUT_NAME",
-           "IMAGE_SUFFIXES"]
+__all__ = ["expand_inputs", "output_paths", "image_stem", "check_template", "make_folders", "remove_made",
+           "TEMPLATE_FIELDS", "DEFAULT_OUTPUT_NAME", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr")
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -121,8 +123,50 @@ def _fill(template: str, source: str, index: int) -> str:
     if unknown:
         raise UserError(f"Unknown field {{{unknown[0]}}} in the output name template {template!r}; the fields are "
                         + ", ".join("{" + k + "}" for k in TEMPLATE_FIELDS) + ".")
-    path = Path(source.rstrip("/")) if not _is_url(source) else Path(source.split("://", 1)[1].rstrip("/"))
-    return template.format(name=path.name, stem=image_stem(path.name), parent=path.parent.name, index=index)
+    if _is_url(source):
+        path = Path(source.split("://", 1)[1].rstrip("/"))
+        parent = path.parent.name
+    else:
+        path = Path(source.rstrip("/"))
+        parent = path.expanduser().resolve().parent.name  # "../x.tif": the folder's real name, never ".."
+    try:
+        return template.format(name=path.name, stem=image_stem(path.name), parent=parent, index=index)
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
+        raise UserError(f"Cannot fill the output name template {template!r} ({exc}); write fields as {{stem}}, "
+                        "{name}, {parent} or {index}, e.g. {index:03d} for 001.") from None
+
+
+def check_template(template: str, flag: str = "-o") -> None:
+    """Refuse a name template that cannot be filled (an unknown field, a bad format code),
+    before any work: filled once with example values."""
+    try:
+        _fill(template, "folder/example.ome.tif", 1)
+    except UserError as exc:
+        raise UserError(f"{flag}: {exc}") from None
+
+
+def make_folders(output: str) -> list[Path]:
+    """Make the missing folders of a local output (a template's or --output-dir's); returns
+    those made, outermost first."""
+    if _is_url(output):
+        return []
+    made = []
+    folder = Path(output).expanduser().absolute().parent
+    while not folder.exists():
+        made.insert(0, folder)
+        folder = folder.parent
+    for f in made:
+        f.mkdir()
+    return made
+
+
+def remove_made(made: list[Path]) -> None:
+    """Remove folders :func:`make_folders` made, innermost first, as long as they are empty."""
+    for folder in reversed(made):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def output_paths(inputs: list[str], *, output: str | None, output_dir: str | None,
@@ -130,7 +174,8 @@ def output_paths(inputs: list[str], *, output: str | None, output_dir: str | Non
     """One output path per input; raises :class:`UserError` when they cannot be told apart.
 
     ``output``: a path (one input only) or a template with ``{...}`` fields; ``output_dir``:
-    a folder (made when missing) for ``output_name`` (default :data:`DEFAULT_OUTPUT_NAME`).
+    a folder (made by :func:`make_folders` when the run starts) for ``output_name`` (default
+    :data:`DEFAULT_OUTPUT_NAME`), and the outputs stay inside it.
     """
     if output is not None and output_dir is not None:
         raise UserError("Pass either -o OUTPUT or --output-dir DIR, not both.")
@@ -158,8 +203,13 @@ def output_paths(inputs: list[str], *, output: str | None, output_dir: str | Non
         folder = Path(output_dir)
         if folder.exists() and not folder.is_dir():
             raise UserError(f"--output-dir {output_dir!r} is a file; pass a folder.")
-        folder.mkdir(parents=True, exist_ok=True)
     outputs = [_fill(template, src, i + 1) for i, src in enumerate(inputs)]
+    if output_dir is not None:
+        root = Path(output_dir).expanduser().resolve()
+        for out in outputs:
+            if root not in Path(out).expanduser().resolve().parents:
+                raise UserError(f"--output-name {output_name!r} puts the output {out!r} outside --output-dir "
+                                f"{output_dir!r}; name a file inside it (no '..', no absolute path).")
     seen: dict[str, str] = {}
     for src, out in zip(inputs, outputs):
         key = os.path.normpath(out)
