@@ -171,7 +171,7 @@ def test_verbose_and_log_file(tmp_path, model, images, capsys):
     assert " ERROR fastunet.cli.segment: The output " in last and last.endswith(err.split(": error: ", 1)[1].strip())
     code, _, err = _segment([images / "a.tif", "-o", tmp_path / "x.zarr", "--log-file", tmp_path / "no" / "l.txt"],
                             capsys)
-    assert code == 2 and "Cannot write the log file" in err and "--log-file" in err
+    assert code == 2 and "The folder of the --log-file" in err and "does not exist" in err
 
 
 def test_version_help_epilogs_and_exit_codes(capsys):
