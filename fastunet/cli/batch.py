@@ -20,7 +20,8 @@ from pathlib import Path
 
 from ..errors import UserError
 
-__all__ = ["expand_inputs", "output_paths", "image_stem", "check_template", "make_folders", "remove_made",
+__all__ = ["expand_inputs", "output_paths", "image_stem", "check_template", "make_folders", "makes_folders",
+           "remove_made",
            "TEMPLATE_FIELDS", "DEFAULT_OUTPUT_NAME", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr")
@@ -134,6 +135,12 @@ def _fill(template: str, source: str, index: int) -> str:
     except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
         raise UserError(f"Cannot fill the output name template {template!r} ({exc}); write fields as {{stem}}, "
                         "{name}, {parent} or {index}, e.g. {index:03d} for 001.") from None
+
+
+def makes_folders(output: str | None, output_dir: str | None) -> bool:
+    """Whether the outputs' missing folders are made: for ``--output-dir`` and ``-o`` templates
+    (a plain ``-o PATH`` needs its folder to exist: a mistyped path is not created)."""
+    return output_dir is not None or (output is not None and bool(_fields(output)))
 
 
 def check_template(template: str, flag: str = "-o") -> None:

@@ -39,6 +39,8 @@ class Write:
     suffixes: tuple[str, ...] | None = None
     kind: str = "file"
     folder: bool = False
+    exempt: bool = False  # a label image in its OME-Zarr input's own labels group (the library checks it)
+    make: bool = False  # its missing folders are made once the run is accepted
 
 
 def is_fastunet_log(path) -> bool:
@@ -72,15 +74,17 @@ def command_files(args: argparse.Namespace) -> tuple[list, list[Write]]:
     reads: list = []
     writes: list[Write] = []
     if command == "segment":
-        from .batch import expand_inputs, output_paths
+        from .batch import expand_inputs, makes_folders, output_paths
 
         reads = expand_inputs(args.inputs)
         outputs = output_paths(reads, output=args.output, output_dir=args.output_dir, output_name=args.output_name)
         from ..io.outputs import TIFF_SUFFIXES, tiff_paths
 
-        for out in outputs:
+        for source, out in zip(reads, outputs):
             tiff = out.lower().endswith(TIFF_SUFFIXES)
-            writes.append(Write("output", out, folder=not tiff))
+            into = "://" not in source + out and Path(out).resolve().parent == Path(source).resolve() / "labels"
+            writes.append(Write("output", out, folder=not tiff, exempt=into,
+                                make=makes_folders(args.output, args.output_dir)))
             if tiff and "://" not in out:
                 for kind, extra in tiff_paths(Path(out), args.kind or "instances").items():
                     if str(extra) != out:
@@ -128,7 +132,8 @@ def check_files(args: argparse.Namespace) -> None:
             continue  # an object store: the library checks it (it needs the store's credentials)
         others = [(o.flag, o.path) for o in writes
                   if o is not w and (o.kind in ("report", "log") or w.kind in ("report", "log"))]
-        common = dict(what=w.flag, suffixes=w.suffixes, inputs=reads, model=model, others=others, folder=w.folder)
+        common = dict(what=w.flag, suffixes=w.suffixes, inputs=reads, model=model, others=others, folder=w.folder,
+                      exempt=Path(w.path).resolve() if w.exempt else None)
         if w.kind == "report":
             check_output_file(w.path, overwrite=overwrite, own=resume and is_fastunet_report(w.path, args.command),
                               **common)
@@ -143,4 +148,4 @@ def check_files(args: argparse.Namespace) -> None:
         elif w.kind == "folder":
             check_output_file(w.path, own=True, make_parents=True, **common)
         else:  # its existence is the library's to judge (resume, overwrite), with the same rule
-            check_output_file(w.path, own=True, make_parents="://" not in w.path, **common)
+            check_output_file(w.path, own=True, make_parents=w.make, **common)

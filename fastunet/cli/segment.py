@@ -199,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
     run is accepted, each just before its input, and removed again (empty) when that input
     fails."""
     from ..segmentation import Segmenter, summary_line
-    from .batch import make_folders, remove_made
+    from .batch import make_folders, makes_folders, remove_made
     from .signals import set_kept
 
     inputs = expand_inputs(args.inputs)
@@ -209,6 +209,7 @@ def run(args: argparse.Namespace) -> int:
     out = human_stream(args)
     records: list[dict] = []
     set_kept(lambda: _kept(outputs, records))
+    make = makes_folders(args.output, args.output_dir)
     t0 = time.perf_counter()
     log.info("%d input(s); model %s", len(inputs), args.model or "default (bundled)")
     try:
@@ -216,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
                        backend=args.backend, dtype=args.dtype) as seg:
             for i, (source, output) in enumerate(zip(inputs, outputs)):
                 log.info("[%d/%d] %s -> %s", i + 1, len(inputs), source, output)
-                made = make_folders(output)
+                made = make_folders(output) if make else []
                 record = _segment_one(seg, source, output, options, args, many)
                 if record["status"] == "failed":
                     remove_made(made)

@@ -27,7 +27,7 @@ import zarr
 
 from ..errors import UserError
 from ..paths import check_output_file, check_writable_folder, special_kind
-from .fingerprint import check_input, input_fingerprint
+from .fingerprint import check_input, input_fingerprint, write_files_record
 from .inputs import DONE_DIR, VolumeSource, is_tiff_file
 from .ome import LABEL_NAME, list_label, ngff_version
 from .output_layout import LAYOUT_VERSION, OutputPlan, create_arrays, is_ome_name, plan_output
@@ -253,7 +253,7 @@ def check_output(
                           input_hint=_input_hint(source, inp))
         if own:
             if expect:
-                _check_expected(out, fastunet_attrs(out), expect)
+                _check_expected(out, fastunet_attrs(out), expect, source=source)
             check_writable_folder(out, what="output")
     for kind, extra in (tiff_paths(out, output_kind) if tiff else {}).items():
         if extra != out:
@@ -296,10 +296,10 @@ def _check_remote(out, *, tiff: bool) -> None:
                         "path or an object store (s3://, gs://).")
 
 
-def _check_expected(path: Path, meta: dict, expect: dict) -> None:
+def _check_expected(path: Path, meta: dict, expect: dict, source: VolumeSource | None = None) -> None:
     for key, want in jsonable(expect).items():
         if key == "input_id":
-            check_input(path, meta, want)
+            check_input(path, meta, want, source=source)
             continue
         if key not in meta:
             raise UserError(
@@ -416,6 +416,7 @@ def create_output(
         arrays, levels = create_arrays(plan, root)
         root.attrs["fastunet"] = {**record, "arrays": arrays, "levels": levels}
         root.create_group(DONE_DIR)
+        write_files_record(out, source)  # so that a refused resume names the chunks that changed
     except BaseException:
         _remove_partial(out)
         raise
