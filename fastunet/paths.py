@@ -217,6 +217,8 @@ def check_output_file(path, *, what: str, suffixes: tuple[str, ...] | None = Non
     kind = special_kind(out)
     if kind is not None:
         raise UserError(f"The {what} {shown!r} is {kind}, not a file fastunet writes; choose another path.")
+    if folder and own and _is_local(out) and out.is_file():
+        raise UserError(f"The {what} {shown!r} is a file, and a folder goes there; choose another path.")
     if not folder and _is_local(out) and out.is_dir():
         example = out / ("output" + (suffixes[0] if suffixes else ""))
         raise UserError(f"The {what} {shown!r} is a folder; name a file in it, e.g. {str(example)!r}.")

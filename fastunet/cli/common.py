@@ -47,7 +47,8 @@ exit status:
   {EXIT_INTERNAL:<4} internal error: a bug (the traceback is printed; please report it)
   {EXIT_USER:<4} usage or input error, said in one line with the fix; with several inputs:
        at least one of them failed (the others were done)
-  {EXIT_INTERRUPTED:<4} interrupted (Ctrl-C); segment and train: rerun with --resume to continue
+  {EXIT_INTERRUPTED:<4} interrupted (Ctrl-C): the line says what was kept (a zarr output's finished
+       blocks, train's checkpoint: rerun with --resume); a second Ctrl-C stops at once
   {EXIT_TERMINATED:<4} terminated (SIGTERM, e.g. a batch system's time limit); as for 130
 """
 

@@ -148,4 +148,4 @@ def check_files(args: argparse.Namespace) -> None:
         elif w.kind == "folder":
             check_output_file(w.path, own=True, make_parents=True, **common)
         else:  # its existence is the library's to judge (resume, overwrite), with the same rule
-            check_output_file(w.path, own=True, make_parents=w.make, **common)
+            check_output_file(w.path, own=True, make_parents=w.make or w.exempt, **common)
