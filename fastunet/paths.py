@@ -157,7 +157,7 @@ def _default_replaceable(out) -> None:
 def check_output_file(path, *, what: str, suffixes: tuple[str, ...] | None = None, inputs=(), model=None,
                       others: dict | None = None, overwrite: bool = False, own: bool = False, folder: bool = False,
                       replaceable=None, make_parents: bool = False, resumable: bool = False, exempt=None,
-                      input_hint: str = "") -> Path:
+                      input_hint: str = "", within=None) -> Path:
     """Check a file (or folder) a command will write, before its work starts; return its
     resolved location (a :class:`~pathlib.Path`, or the :class:`upath.UPath` given).
 
@@ -196,6 +196,8 @@ def check_output_file(path, *, what: str, suffixes: tuple[str, ...] | None = Non
         The one place inside an input that may be written (an OME-Zarr input's own label image).
     input_hint : str
         Added to the refusal of a place inside an input.
+    within : tuple, optional
+        ``(name, folder)``: the file must lie inside that folder (``("--output-dir", "seg/")``).
 
     Raises
     ------
@@ -213,6 +215,9 @@ def check_output_file(path, *, what: str, suffixes: tuple[str, ...] | None = Non
     if model is not None and isinstance(model, (str, os.PathLike)):
         protected.append(("model file", Path(model).expanduser().resolve()))
     _check_protected(out, protected, what, shown, exempt, input_hint)
+    if within is not None and (out == _location(within[1]) or not inside(out, _location(within[1]))):
+        raise UserError(f"The {what} {shown!r} lies outside {within[0]} {str(within[1])!r}; name a file inside it "
+                        "(no '..', no absolute path).")
     _check_others(out, others, what, shown)
     kind = special_kind(out)
     if kind is not None:

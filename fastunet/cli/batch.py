@@ -182,7 +182,8 @@ def output_paths(inputs: list[str], *, output: str | None, output_dir: str | Non
 
     ``output``: a path (one input only) or a template with ``{...}`` fields; ``output_dir``:
     a folder (made by :func:`make_folders` when the run starts) for ``output_name`` (default
-    :data:`DEFAULT_OUTPUT_NAME`), and the outputs stay inside it.
+    :data:`DEFAULT_OUTPUT_NAME`); that the outputs stay inside it is checked with the other
+    rules of written files (:func:`fastunet.cli.files.check_files`).
     """
     if output is not None and output_dir is not None:
         raise UserError("Pass either -o OUTPUT or --output-dir DIR, not both.")
@@ -211,12 +212,6 @@ def output_paths(inputs: list[str], *, output: str | None, output_dir: str | Non
         if folder.exists() and not folder.is_dir():
             raise UserError(f"--output-dir {output_dir!r} is a file; pass a folder.")
     outputs = [_fill(template, src, i + 1) for i, src in enumerate(inputs)]
-    if output_dir is not None:
-        root = Path(output_dir).expanduser().resolve()
-        for out in outputs:
-            if root not in Path(out).expanduser().resolve().parents:
-                raise UserError(f"--output-name {output_name!r} puts the output {out!r} outside --output-dir "
-                                f"{output_dir!r}; name a file inside it (no '..', no absolute path).")
     seen: dict[str, str] = {}
     for src, out in zip(inputs, outputs):
         key = os.path.normpath(out)

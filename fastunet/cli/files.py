@@ -134,6 +134,8 @@ def check_files(args: argparse.Namespace) -> None:
                   if o is not w and (o.kind in ("report", "log") or w.kind in ("report", "log"))]
         common = dict(what=w.flag, suffixes=w.suffixes, inputs=reads, model=model, others=others, folder=w.folder,
                       exempt=Path(w.path).resolve() if w.exempt else None)
+        if w.flag == "output" and getattr(args, "output_dir", None):
+            common["within"] = ("--output-dir", args.output_dir)
         if w.kind == "report":
             check_output_file(w.path, overwrite=overwrite, own=resume and is_fastunet_report(w.path, args.command),
                               **common)
