@@ -58,8 +58,9 @@ class DemoEstimate:
         minutes = self.cpu_seconds / 60
         when = f"{self.cpu_seconds:.0f} s" if minutes < 2 else f"{minutes:.0f} min" if minutes < 120 else \
             f"{minutes / 60:.0f} h"
-        return (f"{' x '.join(map(str, self.shape))} voxels: about {self.memory / 1e9:.1f} GB of memory, "
-                f"{self.disk / 1e6:.0f} MB on disk, {when} on a 2-core CPU (estimates)")
+        disk = f"{self.disk / 1e6:.0f} MB" if self.disk < 1e10 else f"{self.disk / 1e9:.0f} GB"
+        return (f"{' x '.join(map(str, self.shape))} voxels: about {self.memory / 1e9:.1f} GB of memory, {disk} on "
+                f"disk and {when} on a 2-core CPU (estimates)")
 
 
 def check_demo_size(shape, *, device=None, folder=None) -> DemoEstimate:
@@ -79,16 +80,16 @@ def check_demo_size(shape, *, device=None, folder=None) -> DemoEstimate:
                             voxels / _CPU_VOXELS_PER_S)
     free = psutil.virtual_memory().available
     if estimate.memory > free:
-        raise UserError(f"A demo of {estimate} needs more memory than is free ({free / 1e9:.1f} GB); choose a "
-                        "smaller shape, e.g. shape=(8, 1024, 1024).")
+        raise UserError(f"A demo needs more memory than is free ({free / 1e9:.1f} GB): {estimate}; choose a "
+                        "smaller shape, e.g. shape=8,1024,1024.")
     if folder is not None:
         place = Path(folder).absolute()
         while not place.exists() and place.parent != place:
             place = place.parent
         disk = shutil.disk_usage(place).free
         if estimate.disk > disk:
-            raise UserError(f"A demo of {estimate} needs more disk than is free in {str(place)!r} "
-                            f"({disk / 1e6:.0f} MB); choose a smaller shape or another folder.")
+            raise UserError(f"A demo needs more disk than is free in {str(place)!r} ({disk / 1e6:.0f} MB): "
+                            f"{estimate}; choose a smaller shape or another folder.")
     return estimate
 
 

@@ -253,9 +253,10 @@ def _kept(outputs: list[str], records: list[dict]) -> str:
         else:
             meta = fastunet_attrs(location(current)) if "://" not in current else None
             if meta is not None and not meta.get("complete"):
+                from ..engine.instance_tasks import RELABEL_PREFIX
                 from ..io import SegmentationStore
 
-                done = len(SegmentationStore(location(current)).done())
+                done = sum(not n.startswith(RELABEL_PREFIX) for n in SegmentationStore(location(current)).done())
                 parts.append(f"{current} is kept with {done} finished block{'s' if done != 1 else ''}: run the same "
                              "command with --resume to continue")
             elif "://" in current:
