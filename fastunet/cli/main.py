@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv:
         parser.print_help()
         return EXIT_OK
-    command = next((a for a in argv if not a.startswith("-")), None)
+    command = argv[0] if argv[0] in {c.__name__.rsplit(".", 1)[1] for c in COMMANDS} else None
     hint = foreign_flag(argv)
     if hint is not None:
         return _error(command, hint)
