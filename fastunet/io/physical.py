@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["PixelSize", "pixel_size", "ngff_unit", "tiff_unit"]
+__all__ = ["PixelSize", "pixel_size", "ngff_unit", "tiff_unit", "ome_xml_image"]
 
 _UNITS = {
     "micrometer": ("µm", "um", "micron", "microns", "\\u00B5m", "micrometer", "micrometers", "μm"),
@@ -76,7 +76,7 @@ def pixel_size(source) -> PixelSize:
         if source.kind == "ome-zarr":
             return _from_ome_zarr(source, axes)
         if source.kind == "tiff":
-            return _from_tiff(source.path, axes)
+            return _from_tiff(source.path, axes, int(source.key or 0))
     except (KeyError, ValueError, TypeError, IndexError, OSError, AttributeError):
         pass  # unreadable metadata: no pixel size rather than no output
     return PixelSize.unknown(axes)
@@ -95,15 +95,15 @@ def _from_ome_zarr(source, axes: str) -> PixelSize:
     return PixelSize(axes, tuple(size), tuple(unit))
 
 
-def _from_tiff(path, axes: str) -> PixelSize:
+def _from_tiff(path, axes: str, series: int = 0) -> PixelSize:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
         if tif.is_ome and tif.ome_metadata:
-            found = _from_ome_xml(tif.ome_metadata, axes)
+            found = _from_ome_xml(tif.ome_metadata, axes, series)
             if found is not None:
                 return found
-        page = tif.pages.first
+        page = tif.series[series].keyframe if series < len(tif.series) else tif.pages.first
         tags = page.tags
         xy = {}
         for a, tag in (("X", "XResolution"), ("Y", "YResolution")):
@@ -124,11 +124,18 @@ def _from_tiff(path, axes: str) -> PixelSize:
         return PixelSize(axes, size, unit)
 
 
-def _from_ome_xml(xml: str, axes: str) -> PixelSize | None:
+def ome_xml_image(xml: str, series: int = 0):
+    """The ``Image`` element of OME-XML for image ``series`` (0 first), or None."""
     import xml.etree.ElementTree as ET
 
-    root = ET.fromstring(xml)
-    pixels = next((el for el in root.iter() if el.tag.endswith("}Pixels") or el.tag == "Pixels"), None)
+    images = [el for el in ET.fromstring(xml).iter() if el.tag.rpartition("}")[2] == "Image"]
+    return images[series] if series < len(images) else None
+
+
+def _from_ome_xml(xml: str, axes: str, series: int = 0) -> PixelSize | None:
+    image = ome_xml_image(xml, series)
+    pixels = None if image is None else next((el for el in image.iter() if el.tag.rpartition("}")[2] == "Pixels"),
+                                             None)
     if pixels is None:
         return None
     size, unit = [], []
