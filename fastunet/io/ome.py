@@ -197,8 +197,29 @@ def instance_colors() -> list[dict]:
 
 def with_channel(transforms: list) -> list:
     """Transforms of the spatial axes with a channel axis (scale 1, translation 0) in front."""
-    return [{"type": t["type"], t["type"]: [1.0 if t["type"] == "scale" else 0.0, *t[t["type"]]]}
+    return with_axis(transforms)
+
+
+def with_axis(transforms: list, scale: float = 1.0, translation: float = 0.0) -> list:
+    """Transforms with one more axis in front (a channel axis, or the time axis: its ``scale``
+    and ``translation``)."""
+    return [{"type": t["type"], t["type"]: [scale if t["type"] == "scale" else translation, *t[t["type"]]]}
             for t in transforms]
+
+
+def time_axis(ome: dict | None, native_axes: str) -> tuple[dict, float, float]:
+    """The NGFF time axis of an input (its entry, level-0 scale and translation); an axis
+    ``t`` with scale 1 when the input is not OME-Zarr."""
+    ome = ome or {}
+    axes = ome.get("axes") or []
+    i = native_axes.index("T") if "T" in native_axes else -1
+    if not 0 <= i < len(axes):
+        return {"name": "t", "type": "time"}, 1.0, 0.0
+    value = {"scale": 1.0, "translation": 0.0}
+    for t in ome.get("coordinateTransformations") or []:
+        if t.get("type") in value and isinstance(t.get(t["type"]), list):
+            value[t["type"]] = float(t[t["type"]][i])
+    return dict(axes[i]), value["scale"], value["translation"]
 
 
 def image_attrs(version: str, name: str, axes: list, datasets: list, ms_transforms) -> dict:
