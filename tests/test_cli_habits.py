@@ -63,7 +63,7 @@ def test_two_file_glob_call_loads_the_model_once(tmp_path, model, images, capsys
     assert lines[2].startswith("2 inputs: 2 segmented, 0 already complete, 0 failed")
     for name in ("a", "b"):
         source = images / ("a.tif" if name == "a" else "b.ome.tif")
-        expected = segment(source, model, None).compute()
+        expected = np.asarray(segment(source, model, None))
         np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "seg" / f"{name}_seg.zarr"))["instances"][:],
                                       expected)
     record = json.loads(report.read_text())
@@ -93,7 +93,7 @@ def test_a_bad_input_among_many_is_reported_and_the_others_are_done(tmp_path, mo
         ("a.tif", "done"), ("b.ome.tif", "done"), ("broken.tif", "failed")]
     assert record["files"][2]["error"] and not (tmp_path / "broken.tif").exists()
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "a.tif"),
-                                  segment(images / "a.tif", model, None).compute())
+                                  np.asarray(segment(images / "a.tif", model, None)))
 
 
 def test_expanding_inputs(tmp_path, images):
