@@ -218,3 +218,24 @@ def test_the_api_returns_what_it_was_given(model):
     lazy_x = segment(arr.chunk({"y": 20}), model, None, channels=1, tile=TILE, progress=False)
     assert isinstance(lazy_x, xr.DataArray) and isinstance(lazy_x.data, da.Array)
     np.testing.assert_array_equal(lazy_x.values, ids)
+
+
+def test_the_public_functions_are_fully_annotated():
+    """Every parameter and return of the public API carries a type (mypy checks them in CI:
+    [tool.mypy] in pyproject.toml, tests/typing_api.py)."""
+    import inspect
+
+    import fastunet
+    from fastunet import io
+
+    functions = {n: getattr(fastunet, n) for n in fastunet.__all__ if inspect.isfunction(getattr(fastunet, n))}
+    for cls in (getattr(fastunet, n) for n in fastunet.__all__ if inspect.isclass(getattr(fastunet, n))):
+        functions.update({f"{cls.__name__}.{m}": f for m, f in vars(cls).items()
+                          if inspect.isfunction(f) and (not m.startswith("_") or m == "__init__")})
+    functions.update({n: getattr(io, n) for n in ("open_volume", "pixel_size", "plate_fields")})
+    assert "segment" in functions and "Segmenter.segment" in functions
+    untyped = {name: [p for p, v in inspect.signature(f).parameters.items()
+                      if p not in ("self", "cls") and v.annotation is inspect.Parameter.empty]
+               + (["return"] if inspect.signature(f).return_annotation is inspect.Signature.empty else [])
+               for name, f in functions.items()}
+    assert {name: missing for name, missing in untyped.items() if missing} == {}

@@ -34,6 +34,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tifffile
@@ -43,7 +44,7 @@ from ..errors import UserError
 from .axes import check_shape_dtype, default_letters, letters_from_names, parse_axes, plan_axes, tiff_letters
 from .channels import RGB_NAMES, ChannelSpec, omero_names, pick_channels
 from .images import image_info, is_image_file, read_image
-from .ome import find_multiscales, is_bioformats2raw, ngff_section, read_level0
+from .ome import find_multiscales, is_bioformats2raw, ngff_section, ome_xml_image, read_level0
 from .stores import is_remote, location, zarr_store
 
 __all__ = ["VolumeSource", "open_volume"]
@@ -211,7 +212,8 @@ class VolumeSource:
         if self.timepoints > 1:
             raise UserError(f"{self.describe()} is a time series (T={self.timepoints}); pick a time point first "
                             "(VolumeSource.at_time): fastunet.segment segments each time point in turn.")
-        index, kept = [], []
+        index: list = []
+        kept: list[str] = []
         for i, letter in enumerate(native):
             pick = self.select[i] if self.select else None
             if isinstance(pick, int):
@@ -306,7 +308,7 @@ class VolumeSource:
 # ------------------------------------------------------------------------------- open_volume
 
 
-def open_volume(source, *, axes: str | None = None, storage_options: dict | None = None,
+def open_volume(source: Any, *, axes: str | None = None, storage_options: dict | None = None,
                 channels: ChannelSpec = None, series: int | None = None, timepoints: bool = False) -> VolumeSource:
     """Describe an input volume for the engine, validating it; nothing is loaded.
 
@@ -502,8 +504,9 @@ def _open_group(group: zarr.Group, path, axes: str | None, series: int | None = 
     if is_bioformats2raw(attrs, section):
         images = sorted((k for k in group.group_keys() if k.isdigit()), key=int)
         key = str(series or 0)
-        if key in images:  # bioformats2raw: image N lives in group "N"
-            return _open_group(group[key], path / key, axes)
+        image = group[key] if key in images else None
+        if isinstance(image, zarr.Group):  # bioformats2raw: image N lives in group "N"
+            return _open_group(image, path / key, axes)
         if series:
             raise UserError(f"{str(path)!r} holds {len(images)} image series (0..{len(images) - 1}); series={series} "
                             "is not one of them.")
@@ -668,8 +671,6 @@ def _tiff_channel_names(tif, series: int, letters: str) -> tuple[str, ...]:
     if "S" in letters and "C" not in letters:
         return RGB_NAMES[: tif.series[series].shape[letters.index("S")]]
     if tif.is_ome and tif.ome_metadata:
-        from .physical import ome_xml_image
-
         image = ome_xml_image(tif.ome_metadata, series)
         if image is not None:
             names = tuple(el.get("Name", "") for el in image.iter() if el.tag.rpartition("}")[2] == "Channel")

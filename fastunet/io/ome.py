@@ -6,7 +6,7 @@ lives on zarr v3 under ``attrs["ome"]``. An input's axes come from level 0 of it
 multiscale image (``type`` time -> T, channel -> C, space -> Z/Y/X by name, or by position
 when the names are not z/y/x). The writing side (:func:`image_attrs`, :func:`label_attrs`,
 :func:`list_label`) serves :mod:`fastunet.io.output_layout`, which decides what an output
-holds.
+holds. :func:`ome_xml_image` finds one image of an OME-TIFF's OME-XML.
 """
 
 from __future__ import annotations
@@ -249,3 +249,14 @@ def list_label(labels: zarr.Group, version: str, name: str, *, remove: bool = Fa
     else:
         labels.attrs["ome"] = {**(ngff_section(attrs) or {"version": "0.5"}), "labels": names}
     return names
+
+
+# ---------------------------------------------------------------------------- OME-TIFF (OME-XML)
+
+
+def ome_xml_image(xml: str, series: int = 0):
+    """The ``Image`` element of OME-XML for image ``series`` (0 first), or None."""
+    import xml.etree.ElementTree as ET
+
+    images = [el for el in ET.fromstring(xml).iter() if el.tag.rpartition("}")[2] == "Image"]
+    return images[series] if series < len(images) else None

@@ -15,8 +15,14 @@ gives the short form ImageJ and OME-TIFF write (``"µm"``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-__all__ = ["PixelSize", "pixel_size", "ngff_unit", "tiff_unit", "ome_xml_image"]
+from .ome import ome_xml_image
+
+if TYPE_CHECKING:
+    from .inputs import VolumeSource
+
+__all__ = ["PixelSize", "pixel_size", "ngff_unit", "tiff_unit"]
 
 _UNITS = {
     "micrometer": ("µm", "um", "micron", "microns", "\\u00B5m", "micrometer", "micrometers", "μm"),
@@ -69,7 +75,7 @@ class PixelSize:
         return any(u is not None for u in self.unit) or any(s != 1.0 for s in self.size)
 
 
-def pixel_size(source) -> PixelSize:
+def pixel_size(source: VolumeSource) -> PixelSize:
     """The physical pixel size of ``source``'s spatial axes (1 and no unit where unknown)."""
     axes = source.spatial_axes
     try:
@@ -122,14 +128,6 @@ def _from_tiff(path, axes: str, series: int = 0) -> PixelSize:
         size = tuple(float(known.get(a, (1.0, None))[0]) for a in axes)
         unit = tuple(known.get(a, (1.0, None))[1] for a in axes)
         return PixelSize(axes, size, unit)
-
-
-def ome_xml_image(xml: str, series: int = 0):
-    """The ``Image`` element of OME-XML for image ``series`` (0 first), or None."""
-    import xml.etree.ElementTree as ET
-
-    images = [el for el in ET.fromstring(xml).iter() if el.tag.rpartition("}")[2] == "Image"]
-    return images[series] if series < len(images) else None
 
 
 def _from_ome_xml(xml: str, axes: str, series: int = 0) -> PixelSize | None:

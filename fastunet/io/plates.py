@@ -27,7 +27,7 @@ def _group(where):
     return node if isinstance(node, zarr.Group) else None
 
 
-def plate_fields(source, storage_options: dict | None = None) -> list[str] | None:
+def plate_fields(source: object, storage_options: dict | None = None) -> list[str] | None:
     """The field images (paths or URLs, in the metadata's order) of an HCS plate or well at
     ``source``; None when ``source`` is not one (another path, or an array object)."""
     if not isinstance(source, (str, os.PathLike)) or isinstance(source, bytes):

@@ -113,8 +113,8 @@ class Segmenter:
         Default bf16 on CUDA, fp32 on the CPU.
     """
 
-    def __init__(self, model=None, *, tile: int | None = None, batch_size: int | None = None, device=None,
-                 backend: str = "auto", dtype: str | None = None):
+    def __init__(self, model: Any = None, *, tile: int | None = None, batch_size: int | None = None,
+                 device: str | torch.device | None = None, backend: str = "auto", dtype: str | None = None) -> None:
         from ..engine import DTYPES, ModelHandle, resolve_backend
         from ..modelfile import default_model_path
 
@@ -425,7 +425,7 @@ class Segmenter:
         from .. import io
         from ..kinds import kinds_record
 
-        expect = {}
+        expect: dict[str, Any] = {}
         if resume:  # the input must be the one the interrupted run read (or the complete output's)
             expect["input_id"] = io.input_fingerprint(vol)
         expect.update({"shape": list(vol.spatial_shape), "output": kinds_record(kinds),
