@@ -116,8 +116,12 @@ def test_a_t3_series_is_segmented_time_point_by_time_point_and_resumed_per_time_
     assert [a["name"] for a in ms["axes"]] == ["t", "y", "x"] and ms["axes"][0]["unit"] == "second"
     assert ms["datasets"][1]["coordinateTransformations"][0]["scale"] == [60.0, 1.0, 1.0]
     assert [d.shape for d in _nodes(out)["segmentation"].data] == [(3, 40, 44), (3, 20, 22)]
-    # the same series in memory: numpy in, numpy out, a leading time axis
+    # the same series in memory: numpy in, numpy out, a leading time axis; and as ImageJ frames in a TIFF
     np.testing.assert_array_equal(segment(data, model, None, axes="TYX", tile=TILE, progress=False), ids[:])
+    segment(data, model, tmp_path / "movie.tif", axes="TYX", tile=TILE, progress=False)
+    with tifffile.TiffFile(tmp_path / "movie.tif") as tif:
+        assert tif.is_imagej and tif.series[0].axes == "TYX" and tif.imagej_metadata["frames"] == 3
+        np.testing.assert_array_equal(tif.asarray(), ids[:])
 
 
 def test_a_plate_with_two_wells_is_segmented_field_by_field_into_each_labels_group(tmp_path, model):

@@ -328,6 +328,9 @@ class Segmenter:
                progress_interval, scale=None):
         """Plan, set up, create the output, run the block tasks and finish the sink (a time
         series: each time point in turn, :meth:`_write_series`)."""
+        if isinstance(sink, TiffSink) and sink.complete:  # resume=True: a TIFF written by an earlier run
+            self.last_summary = {"blocks": 1, "computed": 0, "skipped": 1}
+            return sink.result()
         if vol.timepoints > 1:
             return self._write_series(sink, vol, kinds, options, t_start, device=device, remote=remote, run=run,
                                       chunks=chunks, block=block, progress=progress,
@@ -364,7 +367,8 @@ class Segmenter:
         plan, normalization and block records: a resumed run skips the finished time points
         and blocks), then the series' output is finished."""
         if sink.complete:
-            self.last_summary = {**sink.recorded.get("summary", {}), "computed": 0}
+            done = sink.recorded.get("summary") or {}
+            self.last_summary = {**done, "computed": 0, "skipped": done.get("blocks")}
             return sink.result()
         parts = []
         for t in range(vol.timepoints):

@@ -12,7 +12,9 @@ what remains at the end.
   nothing: the output stays, to be resumed); with instances the merge and the relabel pass
   follow, both resumable; the output is marked complete last.
 * :class:`TiffSink` — results are assembled in memory (refused beyond ``max_bytes``) and the
-  TIFF is written at the end, so a failure leaves nothing.
+  TIFF is written at the end, so a failure leaves nothing; so with ``resume=True`` a TIFF
+  output that exists is finished (:func:`finished_tiff`: read back, nothing computed) and
+  one that does not is made.
 
 A time series (T > 1) is one output with a leading ``t`` axis, written one time point after
 the other: :meth:`ZarrSink.at_time` / :meth:`TiffSink.at_time` give the sink of one time point
@@ -319,6 +321,45 @@ class TiffSink:
         return {k: v for k, v in arrays.items() if v is not None}
 
 
+class _FinishedTiff(TiffSink):
+    """A TIFF output that a previous run wrote (``resume=True``): its arrays, read back."""
+
+    complete = True
+    recorded = {"summary": {}}
+
+    def __init__(self, path, *, kinds: tuple, arrays: dict) -> None:
+        super().__init__(path, kinds=kinds, overwrite=False)
+        self.arrays = arrays
+
+    def result(self):
+        return pick(self.kinds, self.arrays)
+
+
+def finished_tiff(path, *, kinds: tuple, source) -> TiffSink:
+    """The TIFF output at ``path`` of a finished run, for ``resume=True``: refused unless it is
+    fastunet's and holds every kind with this input's shape."""
+    import tifffile
+
+    from .. import io
+    from ..io.outputs import fastunet_attrs
+
+    shape = ((source.timepoints,) if source.timepoints > 1 else ()) + source.spatial_shape
+    arrays = {}
+    for kind, target in io.tiff_paths(path, kinds).items():
+        if fastunet_attrs(target) is None:
+            raise UserError(f"Cannot resume {str(target)!r}: it is not a fastunet output (or missing); choose the "
+                            "output of the earlier run, or start over with overwrite=True.")
+        with tifffile.TiffFile(str(target)) as tif:
+            data, axes = tif.series[0].asarray(), tif.series[0].axes
+        if "C" in axes:  # probabilities: classes first, as returned
+            data = np.moveaxis(data, axes.index("C"), 0)
+        if data.shape[-len(shape):] != shape or data.ndim != len(shape) + (kind == "probs"):
+            raise UserError(f"Cannot resume {str(target)!r}: it holds a {data.shape} result, this input's would be "
+                            f"{shape}; it was made from another input: start over with overwrite=True.")
+        arrays[kind] = data
+    return _FinishedTiff(path, kinds=kinds, arrays=arrays)
+
+
 class _ZarrTimePoint(ZarrSink):
     """Time point ``t`` of a time-series zarr output: the series sink's output, lock and
     options; its own view of the store (:meth:`~fastunet.io.SegmentationStore.at_time`)."""
@@ -377,6 +418,12 @@ def open_sink(output, *, source, kinds: tuple, resume: bool, overwrite: bool, za
     from .. import io
 
     into_input = into_input or io.labels_of_input(output, source)
+    if resume and str(output).lower().endswith(TIFF_SUFFIXES) and "://" not in str(output):
+        from pathlib import Path
+
+        if Path(output).expanduser().exists():
+            return finished_tiff(Path(output).expanduser(), kinds=kinds, source=source)
+        resume = False  # TIFF outputs are written at once: one that is missing is made
     path = io.check_output(output, source=source, overwrite=overwrite, resume=resume, expect=expect,
                            output_kind=kinds, into_input=into_input, storage_options=storage_options)
     if path.suffix.lower() in TIFF_SUFFIXES:
