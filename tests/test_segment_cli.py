@@ -99,6 +99,11 @@ def _bad_inputs(tmp_path, model):
     del zero, boolean, cplx
     m = ["--model", model]
     o = ["-o", str(tmp_path / "o.zarr")]
+
+    def _foreign_tiff(folder):  # a TIFF that no fastunet run wrote: --resume does not take it as finished
+        tifffile.imwrite(folder / "foreign.tif", np.zeros((4, 4), np.uint8))
+        return folder / "foreign.tif"
+
     return [
         ("missing path", [tmp_path / "nope.zarr", *o, *m], "Input not found"),
         ("not an array (text file)", [tmp_path / "notes.txt", *o, *m], "neither a TIFF file nor a zarr store"),
@@ -126,7 +131,8 @@ def _bad_inputs(tmp_path, model):
         ("zero workers", [good, *o, *m, "--workers", "0"], "--workers expects"),
         ("bad batch size", [good, *o, *m, "--batch-size", "0"], "--batch-size expects"),
         ("bad block", [good, *o, *m, "--block", "15,10"], "multiple of the chunks"),
-        ("TIFF resume", [good, "-o", tmp_path / "o.tif", *m, "--resume"], "--resume needs a zarr output"),
+        ("TIFF resume of another file", [good, "-o", _foreign_tiff(tmp_path), *m, "--resume"],
+         "not a fastunet output"),
         ("unknown device", [good, *o, *m, "--device", "tpu"], "device"),
     ]
 

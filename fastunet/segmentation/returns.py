@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import UserError
 
-__all__ = ["wants_lazy", "returned", "stack_time"]
+__all__ = ["wants_lazy", "returned", "stack_time", "is_lazy"]
 
 
 def _is_xarray(obj) -> bool:
@@ -29,6 +29,16 @@ def wants_lazy(source, lazy: bool | None) -> bool:
         return lazy
     data = source.data if _is_xarray(source) else source
     return not isinstance(data, np.ndarray)
+
+
+def is_lazy(result) -> bool:
+    """Does ``result`` (an array, a tuple, a plate's dict of them) hold a dask graph still to compute?"""
+    if isinstance(result, dict):
+        return any(is_lazy(r) for r in result.values())
+    if isinstance(result, tuple):
+        return any(is_lazy(r) for r in result)
+    graph = getattr(result, "__dask_graph__", None)
+    return graph is not None and graph() is not None
 
 
 def stack_time(results: list, kinds: tuple[str, ...]):

@@ -41,7 +41,7 @@ from ..kinds import pick
 from .memory import check_tile_memory, default_max_step
 from .options import OutputKind, SegmentOptions, SegmentResult, Source
 from .progress import PROGRESS_INTERVAL, ProgressBar
-from .returns import returned, stack_time, wants_lazy
+from .returns import is_lazy, returned, stack_time, wants_lazy
 from .scaling import check_resumed, make_rescale, model_size_of, resolve, stats_source
 from .sinks import MAX_TIFF_BYTES, TiffSink, open_sink
 
@@ -605,8 +605,10 @@ def segment(source: Source, model: Any = None, output: str | os.PathLike | None 
         a dict by field path.
     """
     seg = Segmenter(model, tile=tile, batch_size=batch_size, device=device, backend=backend, dtype=dtype)
+    result: SegmentResult = None
     try:
-        return seg.segment(source, output, **options)
+        result = seg.segment(source, output, **options)
+        return result
     finally:
-        if output is not None:
+        if not is_lazy(result):  # lazy arrays keep the network for their computation
             seg.close()
