@@ -80,15 +80,15 @@ def command_files(args: argparse.Namespace) -> tuple[list, list[Write]]:
         outputs = output_paths(reads, output=args.output, output_dir=args.output_dir, output_name=args.output_name)
         from ..io.outputs import TIFF_SUFFIXES, tiff_paths
 
+        make = makes_folders(args.output, args.output_dir)
         for source, out in zip(reads, outputs):
             tiff = out.lower().endswith(TIFF_SUFFIXES)
             into = "://" not in source + out and Path(out).resolve().parent == Path(source).resolve() / "labels"
-            writes.append(Write("output", out, folder=not tiff, exempt=into,
-                                make=makes_folders(args.output, args.output_dir)))
+            writes.append(Write("output", out, folder=not tiff, exempt=into, make=make))
             if tiff and "://" not in out:
                 for kind, extra in tiff_paths(Path(out), args.kind or "instances").items():
                     if str(extra) != out:
-                        writes.append(Write(f"{kind} output", str(extra)))
+                        writes.append(Write(f"{kind} output", str(extra), make=make))
     elif command in ("train", "evaluate"):
         reads = [args.images, args.labels]
         if command == "train":
