@@ -454,6 +454,7 @@ def test_a_second_ctrl_c_stops_at_once_without_an_abort(user, capsys):
     assert "Traceback" not in err and "terminate called" not in err, err
     assert re.fullmatch(r"fastunet segment: interrupted again: stopped at once; o.zarr is kept with [01] finished "
                         r"blocks?: run the same command with --resume to continue", err.strip().splitlines()[-1]), err
+    assert not Path(".o.zarr.fastunet-lock").exists()  # the lock was given back (a lease would refuse for minutes)
     assert _cli([*argv, "--resume"], capsys)[0] == 0  # the block cut short was not recorded: computed now
     assert zarr.open_group("o.zarr", mode="r").attrs["fastunet"]["complete"]
 

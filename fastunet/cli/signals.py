@@ -5,8 +5,9 @@ The command owns the process while :func:`fastunet.cli.main` runs. The first sig
 Python's own handler does: a segmentation lets its running blocks finish and be recorded, a
 training writes its checkpoint, and ``main`` ends with one line saying what was kept (status
 130, or 143). A second signal does not wait: it prints that line at once, removes the
-temporary file of a write in progress (:func:`fastunet.paths.remove_partial_files`) and ends
-the process with :func:`os._exit` (130 / 143) — no interpreter shutdown, so no thread still
+temporary file of a write in progress (:func:`fastunet.paths.remove_partial_files`), gives the
+output's lock back (:func:`fastunet.io.lock.release_held`, at most 2 s: an object store's lease
+would refuse the next run until it expires) and ends the process with :func:`os._exit` (130 / 143) — no interpreter shutdown, so no thread still
 inside PyTorch is torn down under it (which aborted the process). Blocks cut short that way
 are not recorded; ``--resume`` computes them again.
 
@@ -95,4 +96,6 @@ class CommandSignals:
             pass
         os.write(2, (line + "\n").encode())
         remove_partial_files()
+        if "fastunet.io.lock" in sys.modules:  # an object store's lease would refuse the next run for minutes
+            sys.modules["fastunet.io.lock"].release_held(timeout=2.0)
         os._exit(143 if signum == signal.SIGTERM else 130)
