@@ -44,9 +44,9 @@ def compare_dtypes(images, truths, *, model=None, backend: str = "torch", dtype:
     runs = {}
     for name in ("fp32", dtype):
         with Segmenter(model, device="cpu", backend=backend, dtype=name) as seg:
-            runs[name] = [seg.segment(np.asarray(image), None, axes="YX", output_kind=("instances", "probs"),
-                                      progress=False) for image in images]
-            runs[name] = [(ids.compute(), probs.compute().astype(np.float32)) for ids, probs in runs[name]]
+            results = [seg.segment(np.asarray(image), None, axes="YX", output_kind=("instances", "probs"),
+                                   progress=False) for image in images]
+            runs[name] = [(np.asarray(ids), np.asarray(probs, np.float32)) for ids, probs in results]
     diffs = [np.abs(a[1] - b[1]) for a, b in zip(runs["fp32"], runs[dtype])]
     same = sum(int((a[1].argmax(0) == b[1].argmax(0)).sum()) for a, b in zip(runs["fp32"], runs[dtype]))
     pixels = sum(int(np.prod(t.shape)) for t in truths)
