@@ -165,6 +165,7 @@ def _network(handle, fake, *, runner: bool, batch_size=3):
     if runner:
         net.runner.close()
         net.runner = DeviceRunner(fake, batch_size=batch_size, pad=True)
+        net.raw_tiles = True  # as on CUDA: the runner normalizes (on the CPU the block task does)
     return net
 
 

@@ -2,11 +2,11 @@
 
 A :class:`ModelHandle` travels with every block task (a model file's path, or the weights as
 safetensors bytes: never a pickled module). :func:`cached_network` loads it once per process
-and settings into a :class:`LoadedNetwork`, which runs batches of tiles on its device: tiles in
-their stored dtype through a :class:`~fastunet.engine.runner.DeviceRunner`, one thread that
-batches tiles across blocks and normalizes them where the network runs (CUDA, and the CPU,
-where it keeps the network busy while the block tasks read, label and write), or, without a
-runner, normalized tiles in the calling thread (one forward at a time).
+and settings into a :class:`LoadedNetwork`, which runs batches of tiles on its device through a
+:class:`~fastunet.engine.runner.DeviceRunner`, one thread that batches tiles across blocks and
+keeps the network busy while the block tasks read, label and write (on CUDA the tiles come in
+their stored dtype and are normalized on the device; on the CPU the task normalizes them), or,
+without a runner, in the calling thread (one forward at a time).
 
 The predictor is wrapped in :class:`~fastunet.engine.oom.OOMBackoff` (an out-of-memory error
 halves the batch, then the tile). Under the Triton interpreter (``backend="triton"`` on the
@@ -152,13 +152,16 @@ class LoadedNetwork:
         self.gives_up_on_interrupt = self.interruptible or self.predictor.device.type == "cuda"
         self.batch_size = int(batch_size)
         self.runner = DeviceRunner(self.predictor, batch_size=batch_size) if use_runner else None
+        self.raw_tiles = self.predictor.device.type == "cuda"  # see takes_raw_tiles
         self._lock = threading.Lock()
 
     @property
     def takes_raw_tiles(self) -> bool:
-        """Whether tiles should come in their stored dtype, to :meth:`predict_raw` (a runner
-        normalizes them on its device), rather than normalized, to :meth:`predict`."""
-        return self.runner is not None
+        """Whether tiles should come in their stored dtype, to :meth:`predict_raw` (a CUDA
+        runner normalizes them on its device), rather than normalized, to :meth:`predict`. On
+        the CPU the block task normalizes them (numpy: extended precision for 64-bit integers,
+        and the work is done beside the network, not in the runner's thread)."""
+        return self.runner is not None and self.raw_tiles
 
     def predict(self, tiles: np.ndarray, output: str) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Labels (N, h, w) uint8 and/or probabilities (N, K, h, w) float16 of ``tiles``
