@@ -53,7 +53,7 @@ def test_segment_widget_adds_labels_with_the_image_scale(make_napari_viewer, qtb
     assert type(labels).__name__ == "Labels"
     assert tuple(labels.scale) == (0.5, 0.25) and tuple(labels.translate) == (10.0, -4.0)
     assert tuple(str(u) for u in labels.units) == tuple(str(u) for u in layer.units)
-    np.testing.assert_array_equal(labels.data, segment(image, None, None, axes="YX", progress=False).compute())
+    np.testing.assert_array_equal(labels.data, segment(image, None, None, axes="YX", progress=False))
     assert labels.data.max() > 0 and widget.progress.value == 100 and seen and seen[-1] == 1.0
     assert "objects" in widget.status.value
     # A model file that is not there: one line, no worker, the labels left as they were.
@@ -86,7 +86,7 @@ def test_train_widget_writes_a_model_the_segment_widget_runs(make_napari_viewer,
     widget.model_file.value = tmp_path / "mine.safetensors"
     assert widget.model_file.enabled and widget.run() is not None
     qtbot.waitUntil(lambda: "cells labels" in viewer.layers and widget.run_button.enabled, timeout=TIMEOUT_MS)
-    want = segment(image, str(tmp_path / "mine.safetensors"), None, axes="YX", progress=False).compute()
+    want = segment(image, str(tmp_path / "mine.safetensors"), None, axes="YX", progress=False)
     np.testing.assert_array_equal(viewer.layers["cells labels"].data, want)
 
 

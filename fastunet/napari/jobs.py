@@ -120,7 +120,7 @@ def segment_steps(data, *, model=None, axes: str | None = None, object_size=None
 
     spatial = [n for a, n in zip(axes or "ZYX"[-np.ndim(data):], np.shape(data)) if a in "ZYX"]
     block = tuple(min(n, BLOCK) if i >= len(spatial) - 2 else 1 for i, n in enumerate(spatial))  # YX planes
-    lazy = segment(data, model, None, axes=axes, progress=False, object_size=object_size, block=block,
+    lazy = segment(data, model, None, axes=axes, progress=False, object_size=object_size, block=block, lazy=True,
                    chunks=block)
     yield 0.0
     counter = _TaskCounter()
