@@ -115,6 +115,17 @@ def test_reader_opens_an_output_with_its_image_and_pixel_size(make_napari_viewer
     from fastunet.napari.reader import get_reader
 
     assert get_reader(str(tmp_path / "cells.tif")) is None  # not an output: left to other readers
+    # A zarr output with probabilities: one hidden, lazy image per class but the background; a
+    # TIFF output (which records no input): its labels, at its own pixel size.
+    assert main(["segment", str(tmp_path / "cells.tif"), "-o", str(tmp_path / "p.zarr"), "--kind", "instances,probs",
+                 "--quiet"]) == 0
+    assert main(["segment", str(tmp_path / "cells.tif"), "-o", str(tmp_path / "seg.tif"), "--quiet"]) == 0
+    (_, _, a), (_, _, b), (probs, meta, kind) = get_reader(str(tmp_path / "p.zarr"))(str(tmp_path / "p.zarr"))
+    assert (a, b, kind) == ("image", "labels", "image") and not meta["visible"] and hasattr(probs, "dask")
+    assert probs.shape == image.shape and meta["scale"] == (0.5, 0.5)
+    ((ids, meta, kind),) = get_reader(str(tmp_path / "seg.tif"))(str(tmp_path / "seg.tif"))
+    assert kind == "labels" and meta["scale"] == (0.5, 0.5)
+    np.testing.assert_array_equal(ids, np.asarray(labels.data))
 
 
 def test_layer_axes():

@@ -1,8 +1,8 @@
 """napari reader: a fastunet output opened as a biologist expects to see it.
 
-The image it was made from (the recorded input, read lazily, when it is still there) at the
-bottom, the objects as a Labels layer on top of it, the probabilities as hidden images; all
-with the input's pixel size. Other readers (napari-ome-zarr) show an OME-Zarr output's uint32
+The image it was made from (the input a zarr output records, read lazily, when it is still
+there; TIFF outputs record none) at the bottom, the objects as a Labels layer on top of it,
+the probabilities as hidden images; all with the input's pixel size (or the output's own). Other readers (napari-ome-zarr) show an OME-Zarr output's uint32
 ids as a grayscale image and hide its labels, without the raw image.
 
 Only fastunet outputs are claimed (a zarr group, OME-Zarr or TIFF whose metadata says fastunet
@@ -141,10 +141,12 @@ def _placement(scale, units, *, ndim: int) -> dict:
 
 def _probability_layers(data, name: str, meta: dict) -> list[tuple]:
     """Class probabilities ``(K, ...)``: one hidden image per class but the background (0)."""
-    first = data[0] if isinstance(data, list) else data
+    import dask.array as da
+
+    levels = [da.from_array(d, chunks=d.chunks) for d in (data if isinstance(data, list) else [data])]
     layers = []
-    for k in range(1, first.shape[0]):
-        data_k = [d[k] for d in data] if isinstance(data, list) else data[k]
+    for k in range(1, levels[0].shape[0]):
+        data_k = [d[k] for d in levels] if len(levels) > 1 else levels[0][k]  # lazy: one class at a time
         layers.append((data_k, {"name": f"{name} probability {k}", **meta, "visible": False, "colormap": "magma",
                                 "contrast_limits": (0.0, 1.0)}, "image"))
     return layers
