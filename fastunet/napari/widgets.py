@@ -121,9 +121,11 @@ class SegmentWidget(Container):
         return worker
 
     def _show(self, layer, axes: str, labels) -> None:
+        from napari.layers import Labels
+
         name = f"{layer.name} labels"
         placement = labels_placement(layer, axes)
-        if name in self.viewer.layers and self.viewer.layers[name].__class__.__name__ == "Labels":
+        if name in self.viewer.layers and isinstance(self.viewer.layers[name], Labels):
             target = self.viewer.layers[name]
             target.data = labels
             for key, value in placement.items():
