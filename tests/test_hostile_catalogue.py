@@ -275,6 +275,28 @@ def test_numerics_at_the_dtypes_edges():
         assert np.abs(got - want).max() <= 0.5 / ref_stats.scale[0] + 1e-6
 
 
+def test_an_extended_precision_offset_survives_the_outputs_record():
+    """A resumed run reads the normalization constants back from the output's JSON metadata:
+    the far int64 offset (extended precision) must come back to its last bit, not rounded
+    to float64 (2**-8 at 2**44, whole units beyond 2**53)."""
+    import json
+
+    from fastunet.io import open_volume
+    from fastunet.normalization import NormStats, normalization_stats
+
+    image, _ = synthetic_nuclei((32, 32), seed=int(torch.initial_seed() % 2**31), dtype="uint16")
+    far = image.astype(np.int64) + 2**62 + 1
+    stats = normalization_stats(open_volume(far, axes="YX"), Normalization(mode="meanstd"))
+    assert stats.offset.dtype == np.longdouble
+    back = NormStats.from_record(json.loads(json.dumps(stats.record())))
+    assert back.offset.dtype == np.longdouble and np.array_equal(back.offset, stats.offset)
+    assert np.array_equal(back.scale, stats.scale)
+    near = normalization_stats(open_volume(image, axes="YX"), Normalization(mode="meanstd"))
+    record = json.loads(json.dumps(near.record()))
+    assert record["norm_offset_lo"] is None and NormStats.from_record(record).offset.dtype == np.float64
+    assert NormStats.from_record(dict.fromkeys(NormStats.RECORD_KEYS)) is None
+
+
 def test_resume_refuses_an_input_edited_between_the_samples(user, capsys, monkeypatch):
     from fastunet.engine import scheduling
 
