@@ -183,8 +183,18 @@ def test_the_flag_validator_catches_every_flag_case(user, capsys):
 
 
 FOREIGN = [("--use_gpu", "--device"), ("--diameter", "--object-size"), ("--savedir", "--output-dir"),
-           ("-i", "fastunet segment IMAGE"), ("--chan", "--axes CYX"), ("--pretrained_model", "--model"),
+           ("-i", "fastunet segment IMAGE"), ("--chan", "--channel"), ("--pretrained_model", "--model"),
            ("--save_tif", "-o out.tif"), ("--n_tiles", "--tile")]
+
+
+def test_the_library_checks_a_scheduler_address_before_any_work(user):
+    """segment(scheduler=...) refuses what is no address with one line naming scheduler= (the
+    check the CLI's --scheduler goes through), not distributed's error when joining."""
+    image = np.zeros((64, 64), np.uint8)
+    for address in ("not a url", "tcp://host", "http://host:8786", "tcp://host:0"):
+        with pytest.raises(ValueError, match=r"^scheduler= expects a dask scheduler's address"):
+            segment(image, M[1], "o.zarr", scheduler=address)
+    assert not Path("o.zarr").exists()
 
 
 def test_foreign_flags_get_the_fastunet_equivalent(user, capsys):
