@@ -158,8 +158,10 @@ def kept_configs(kernel, args: dict, meta: dict) -> list:
     conv, upconv, head, conv_head = _kernels()
     dt = next(a.dtype for a in args.values() if hasattr(a, "dtype"))
     if kernel is conv.conv3x3_kernel:
-        return conv.configs_for(dt, meta["PRECISION"], shared_memory=H200_SHARED_MEMORY, packed=bool(meta["K_PACKED"]),
-                                pool=meta["POOL"])
+        return conv.pointer_configs_for(conv_shape_of(kernel, args, meta), dt, meta["PRECISION"],
+                                        shared_memory=H200_SHARED_MEMORY)
+    if kernel is conv.conv3x3_rowrun_kernel:
+        return conv.rowrun_configs_for(conv_shape_of(kernel, args, meta))
     if kernel is conv_head.conv3x3_head_kernel:
         return conv_head.configs_for(dt, args["C_MID"], meta["PRECISION"], shared_memory=H200_SHARED_MEMORY)
     if kernel is upconv.upconv2x2_kernel:
@@ -167,6 +169,15 @@ def kept_configs(kernel, args: dict, meta: dict) -> list:
     if kernel is head.head_kernel:
         return head.configs_for()
     raise ValueError(f"no config rule for {kernel.fn.__name__}")
+
+
+def conv_shape_of(kernel, args: dict, meta: dict):
+    """The :class:`~fastunet.kernels.conv.ConvShape` of a recorded conv launch (either main loop)."""
+    conv = _kernels()[0]
+    x = args["a_desc"].base if "a_desc" in args else args["a_ptr"]
+    return conv.ConvShape(x.shape[0], args["H_OUT"] + 2, args["W_OUT"] + 2, args["C_A"], args["C_B"], args["C_OUT"],
+                          bool(meta["POOL"]), bool(meta["WRITE_Y"]), args["y_ptr"].element_size(),
+                          meta.get("K_PACKED", 0))
 
 
 def variant_spec(kernel, args: tuple, meta: dict, config) -> dict:
@@ -177,6 +188,8 @@ def variant_spec(kernel, args: tuple, meta: dict, config) -> dict:
 
     fn = kernel.fn
     names = fn.arg_names
+    if config.pre_hook is not None:  # the descriptors' boxes follow the config (the JIT mangles them)
+        config.pre_hook({**dict(zip(names, args)), **meta, **config.kwargs})
     keep_generic = set(getattr(fn, "do_not_specialize", ()) or ())
     signature, constexprs, attrs = {}, {}, {}
     for i, (name, value) in enumerate(zip(names, args)):
@@ -200,9 +213,10 @@ def variant_key(spec: dict) -> str:
                                          "num_stages")], sort_keys=True, default=str)
 
 
-def collect_variants(networks: dict, dtypes, outputs) -> list[dict]:
+def collect_variants(networks: dict, dtypes, outputs, first_only: bool = False) -> list[dict]:
     """Unique variants over networks, tiles, dtype paths and head outputs, each with the layers
-    that launch it."""
+    that launch it; ``first_only``: each launch's first kept config (the one it runs with
+    ``FASTUNET_AUTOTUNE=0``: the model's first for the row-run conv)."""
     from fastunet import UNetConfig
 
     found: dict[str, dict] = {}
@@ -213,7 +227,8 @@ def collect_variants(networks: dict, dtypes, outputs) -> list[dict]:
                 for output in outputs:
                     for layer, kernel, args, meta in record_launches(config, tile, batch, dtype, OUTPUTS[output]):
                         named = dict(zip(kernel.fn.arg_names, args))
-                        for config_ in kept_configs(kernel, named, meta):
+                        kept = kept_configs(kernel, named, meta)
+                        for config_ in kept[:1] if first_only else kept:
                             spec = variant_spec(kernel, args, meta, config_)
                             entry = found.setdefault(variant_key(spec), dict(spec=spec, dtype=dtype, layers=[]))
                             where = f"{net}@{tile}:{layer}"
@@ -356,10 +371,11 @@ def group_of(spec: dict) -> str:
     """A short name for the code path of a variant (its flags, not its block shapes)."""
     c, kernel = spec["constexprs"], spec["kernel"]
     outputs = "+".join(o for o in ("logits", "probs", "labels") if c.get(f"WRITE_{o.upper()}"))
-    if kernel == "conv3x3_kernel":
+    if kernel in ("conv3x3_kernel", "conv3x3_rowrun_kernel"):
         name = "conv, 2 sources" if c["HAS_B"] else "conv"
+        name = ("TMA " if kernel == "conv3x3_rowrun_kernel" else "") + name
         name += ", pool" if c["POOL"] else ""
-        name += f", packed K {c['K_PACKED']}" if c["K_PACKED"] else ""
+        name += f", packed K {c['K_PACKED']}" if c.get("K_PACKED") else ""
         return name + ("" if c["RELU"] else ", no ReLU") + ("" if c["WRITE_Y"] else ", pooled only")
     if kernel == "conv3x3_head_kernel":
         return f"conv + head ({outputs})"
@@ -370,7 +386,9 @@ def group_of(spec: dict) -> str:
 
 def config_of(spec: dict) -> str:
     c = spec["constexprs"]
-    if "BLOCK_H" in c:
+    if "R" in c:
+        shape = f"R{c['R']}x{c['BW']}x{c['BN']}x{c['BK']}"
+    elif "BLOCK_H" in c:
         shape = f"{c['BLOCK_H']}x{c['BLOCK_W']}x{c.get('BLOCK_N', '?')}x{c['BLOCK_K']}"
     else:
         shape = f"{c['BLOCK_M']}x{c.get('BLOCK_N', c.get('BLOCK_C'))}x{c['BLOCK_K']}"
@@ -484,13 +502,11 @@ def main(argv: list[str] | None = None) -> int:
 
     dtypes = args.dtypes.split(",") if args.dtypes else (["bf16"] if args.quick else list(DTYPE_PATHS))
     nets = args.networks.split(",") if args.networks else (["paper"] if args.quick else list(NETWORKS))
-    variants = collect_variants({k: NETWORKS[k] for k in nets}, dtypes, list(OUTPUTS))
+    variants = collect_variants({k: NETWORKS[k] for k in nets}, dtypes, list(OUTPUTS), args.first_config)
     if args.layers:
         wanted = set(args.layers.split(","))
         variants = [dict(v, layers=[w for w in v["layers"] if w.split(":", 1)[1] in wanted]) for v in variants]
         variants = [v for v in variants if v["layers"]]
-    if args.first_config:
-        variants = _first_configs(variants)
     start = time.perf_counter()
     print(f"compiling {len(variants)} variants for sm_90a with {args.jobs} processes ...", file=sys.stderr)
     records = [record(v) for v in compile_all(variants, args.jobs)]
@@ -519,19 +535,6 @@ def main(argv: list[str] | None = None) -> int:
         update_readme(args.readme, table, header)
     print(table)
     return 0
-
-
-def _first_configs(variants: list[dict]) -> list[dict]:
-    """Keep, per (kernel, flags, specialisation), the variant of the first kept config."""
-    seen, out = set(), []
-    for v in variants:
-        s = v["spec"]
-        flags = {k: x for k, x in s["constexprs"].items() if not k.startswith("BLOCK_")}
-        key = json.dumps([s["kernel"], flags, s["attrs"], s["signature"], v["dtype"]], sort_keys=True, default=str)
-        if key not in seen:
-            seen.add(key)
-            out.append(v)
-    return out
 
 
 if __name__ == "__main__":

@@ -154,15 +154,22 @@ def prune_by_shared_memory(configs: list[triton.Config], stage_bytes, device=Non
 
 
 def launch(kernel, grid, args: tuple, meta: dict, config: triton.Config | None = None, *,
-           cache: bool = False) -> triton.Config | None:
+           cache: bool = False, choose=None) -> triton.Config | None:
     """Launch an autotuned ``kernel``, or, with ``config``, its plain JIT function with that
     config forced (the GPU tests run every autotune config against the reference).
+
+    Without autotuning (``FASTUNET_AUTOTUNE=0``) the config is ``choose()`` (the kernel's
+    ranking by :mod:`fastunet.kernels.perfmodel`; without ``choose`` its first config), and
+    under the interpreter the kernel's one interpreter config: both launch the plain JIT
+    function, so triton's autotuner never runs and nothing is benchmarked.
 
     ``cache``: keep the autotuner's choice on disk (:mod:`fastunet.kernels.autotune_cache`)
     and reuse it in later processes instead of benchmarking every config again; only while
     autotuning (not with FASTUNET_AUTOTUNE=0, not under the interpreter). Returns the config
-    that ran when known (forced, cached, or the autotuner's ``best_config``), else None.
+    that ran when known (forced, chosen, cached, or the autotuner's ``best_config``), else None.
     """
+    if config is None and (INTERPRET or not AUTOTUNE):
+        config = kernel.configs[0] if INTERPRET or choose is None else choose()
     if config is not None:
         _launch_config(kernel, grid, args, meta, config)
         return config
@@ -197,6 +204,8 @@ _CHOSEN: dict[tuple, triton.Config] = {}
 
 
 def _launch_config(kernel, grid, args, meta, config: triton.Config) -> None:
+    if config.pre_hook is not None:  # e.g. the TMA descriptors' boxes follow the block sizes
+        config.pre_hook({**dict(zip(kernel.fn.arg_names, args)), **meta, **config.kwargs})
     kernel.fn[grid](*args, **meta, **config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
 
 
