@@ -46,12 +46,13 @@ from pathlib import Path
 os.environ.pop("TRITON_INTERPRET", None)  # compile, never interpret (set before triton is imported)
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # model_report, roofline (also in the compiling processes)
 BEGIN, END = "<!-- compile-table:begin -->", "<!-- compile-table:end -->"
 H200_SHARED_MEMORY = 232448  # bytes a block may use on Hopper (227 KiB, opt-in)
 DTYPE_PATHS = ("bf16", "fp16", "tf32", "fp32")
 OUTPUTS = {"logits": ("logits",), "labels": ("labels",), "both": ("probs", "labels")}
-NETWORKS = {  # name: (UNetConfig kwargs, tiles, batch); batch only sets the (unspecialised) size class
-    "paper": (dict(in_channels=1, num_classes=2, base_channels=64, depth=4), (572, 1052), 8),
+NETWORKS = {  # name: (UNetConfig kwargs, tiles, batch): the engine's batch on CUDA (the model's config depends on it)
+    "paper": (dict(in_channels=1, num_classes=2, base_channels=64, depth=4), (572, 1052), 4),
     # the default model's training tile, and the tile of the engine's 512-pixel step
     "default": (dict(in_channels=1, num_classes=2, base_channels=16, depth=3), (316, 604), 8),
 }
@@ -160,8 +161,12 @@ def kept_configs(kernel, args: dict, meta: dict) -> list:
     if kernel is conv.conv3x3_kernel:
         return conv.pointer_configs_for(conv_shape_of(kernel, args, meta), dt, meta["PRECISION"],
                                         shared_memory=H200_SHARED_MEMORY)
-    if kernel is conv.conv3x3_rowrun_kernel:
-        return conv.rowrun_configs_for(conv_shape_of(kernel, args, meta))
+    if kernel is conv.conv3x3_rowrun_kernel:  # the autotuner times the model's best few
+        return conv.rowrun_configs_for(conv_shape_of(kernel, args, meta))[:conv.AUTOTUNE_TOP]
+    if kernel is conv_head.conv3x3_head_rowrun_kernel:
+        x = args["x_desc"].base
+        s = conv.ConvShape(x.shape[0], x.shape[1], x.shape[2], args["C_IN"], 0, args["C_MID"])
+        return conv_head.rowrun_configs_for(s)[:conv.AUTOTUNE_TOP]
     if kernel is conv_head.conv3x3_head_kernel:
         return conv_head.configs_for(dt, args["C_MID"], meta["PRECISION"], shared_memory=H200_SHARED_MEMORY)
     if kernel is upconv.upconv2x2_kernel:
@@ -325,12 +330,19 @@ def _init_worker() -> None:
 def compile_variant(spec: dict) -> dict:
     """Compile one variant for sm_90a; its TTGIR facts, ptxas figures, shared memory, seconds."""
     import importlib
+    import importlib.util
 
     import triton
     from triton.backends.compiler import GPUTarget
 
-    kernel = getattr(importlib.import_module(spec["module"]), spec["kernel"])
-    fn = getattr(kernel, "fn", kernel)
+    if spec.get("file"):  # a kernel outside the package (the calibration's tutorial kernel)
+        module_spec = importlib.util.spec_from_file_location(spec["module"], spec["file"])
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(spec["module"])
+    kernel = getattr(module, spec["kernel"])
+    fn = kernel if hasattr(kernel, "arg_names") else kernel.fn  # a JITFunction, or the autotuner's
     attrs = {(int(i),): v for i, v in spec["attrs"].items()}
     src = triton.compiler.ASTSource(fn=fn, signature=spec["signature"], constexprs=spec["constexprs"], attrs=attrs)
     log = io.StringIO()
@@ -341,7 +353,10 @@ def compile_variant(spec: dict) -> dict:
             compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32),
                                       options=dict(num_warps=spec["num_warps"], num_stages=spec["num_stages"]))
         wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
+    from model_report import ptx_loops
+
     return dict(inspect_ttgir(compiled.asm["ttgir"]), **parse_ptxas(log.getvalue()),
+                ptx_loops=ptx_loops(compiled.asm["ptx"], spec["num_warps"]),
                 shared_bytes=compiled.metadata.shared, compile_seconds=round(wall, 2), compile_cpu_seconds=round(cpu, 2))
 
 
@@ -377,8 +392,8 @@ def group_of(spec: dict) -> str:
         name += ", pool" if c["POOL"] else ""
         name += f", packed K {c['K_PACKED']}" if c.get("K_PACKED") else ""
         return name + ("" if c["RELU"] else ", no ReLU") + ("" if c["WRITE_Y"] else ", pooled only")
-    if kernel == "conv3x3_head_kernel":
-        return f"conv + head ({outputs})"
+    if kernel in ("conv3x3_head_kernel", "conv3x3_head_rowrun_kernel"):
+        return ("TMA " if "rowrun" in kernel else "") + f"conv + head ({outputs})"
     if kernel == "head_kernel":
         return f"head ({outputs})"
     return kernel.removesuffix("_kernel")
@@ -387,7 +402,7 @@ def group_of(spec: dict) -> str:
 def config_of(spec: dict) -> str:
     c = spec["constexprs"]
     if "R" in c:
-        shape = f"R{c['R']}x{c['BW']}x{c['BN']}x{c['BK']}"
+        shape = f"R{c['R']}x{c['BW']}x{c.get('BN', c.get('BLOCK_N'))}x{c['BK']}"
     elif "BLOCK_H" in c:
         shape = f"{c['BLOCK_H']}x{c['BLOCK_W']}x{c.get('BLOCK_N', '?')}x{c['BLOCK_K']}"
     else:
@@ -408,7 +423,8 @@ def record(v: dict) -> dict:
         **{k: v[k] for k in ("loops", "k_loops", "loop_async_copies", "loop_tma_loads", "loop_sync_loads", "loop_wgmma",
                              "loop_dots", "wgmma", "dots", "async_copies", "tma_loads", "waits", "registers",
                              "spill_stores", "spill_loads", "stack_frame", "shared_bytes", "compile_seconds",
-                             "compile_cpu_seconds")},
+                             "compile_cpu_seconds", "ptx_loops")},
+        num_warps=spec["num_warps"], num_stages=spec["num_stages"],
     )
 
 
@@ -495,6 +511,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=HERE / "results", help="folder of the JSON file")
     parser.add_argument("--readme", type=Path, default=HERE / "README.md", help="README whose table is rewritten")
     parser.add_argument("--no-readme", action="store_true", help="leave the README alone")
+    parser.add_argument("--calibration", type=Path, default=None,
+                        help="a copy of triton's python/tutorials/09-persistent-matmul.py: compile its persistent TMA "
+                             "matmul at 8192^3 bf16 and report what the model predicts for it")
     args = parser.parse_args(argv)
 
     import torch
@@ -510,6 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     print(f"compiling {len(variants)} variants for sm_90a with {args.jobs} processes ...", file=sys.stderr)
     records = [record(v) for v in compile_all(variants, args.jobs)]
+    model = model_sections(records, nets, dtypes, args)
     wall = time.perf_counter() - start
     now = datetime.datetime.now(datetime.timezone.utc)
     mode = "quick" if args.quick else ("full" if not (args.dtypes or args.networks or args.layers or args.first_config)
@@ -519,13 +539,13 @@ def main(argv: list[str] | None = None) -> int:
         device="sm_90a, compiled on a CPU (no GPU)", triton=triton.__version__, torch=torch.__version__,
         host=f"{platform.machine()}, {os.cpu_count()} CPUs, {args.jobs} compiling processes",
         networks={k: NETWORKS[k] for k in nets}, dtypes=dtypes, wall_seconds=round(wall, 1),
-        figures=summary(records), variants=records,
+        figures=summary(records), **model, variants=records,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"compile-{now.strftime('%Y%m%d-%H%M%S')}-{mode}-triton{triton.__version__}.json"
     path.write_text(to_json(result))
     print(f"wrote {path} ({wall:.0f} s)", file=sys.stderr)
-    table = render_table(records)
+    table = render_table(records) + render_model(model)
     if not args.no_readme:
         header = (f"From `{path.relative_to(HERE.parent) if path.is_relative_to(HERE.parent) else path}` "
                   f"({mode}, triton {triton.__version__}, {result['date']} UTC; regenerate with "
@@ -535,6 +555,41 @@ def main(argv: list[str] | None = None) -> int:
         update_readme(args.readme, table, header)
     print(table)
     return 0
+
+
+def model_sections(records: list[dict], nets, dtypes, args) -> dict:
+    """The performance model's part of the report (``model_report``): per variant its K step
+    and ceilings; for the bf16 paper network every layer at the engine's batch and the P1/P2
+    predictions; with ``--calibration``, the tutorial matmul."""
+    import model_report
+
+    from fastunet import UNetConfig
+
+    model_report.attach_models(records)
+    out = {}
+    if "paper" in nets and "bf16" in dtypes and not args.layers:
+        cfg, tiles, batch = NETWORKS["paper"]
+        config = UNetConfig(**cfg)
+        out["layers"] = model_report.compiled_layer_rows(records, config, tiles, batch)
+        out["predictions"] = model_report.network_predictions(config)
+    if args.calibration is not None:
+        out["calibration"] = model_report.calibrate(args.calibration, compile_all, args.jobs)
+    return out
+
+
+def render_model(model: dict) -> str:
+    """The model's tables (per layer, predictions), Markdown, or nothing."""
+    import model_report
+
+    parts = []
+    if "layers" in model:
+        parts.append("\n\nPredicted, per layer of the paper network at the engine's batch (4), bf16, with the config "
+                     "launched without autotuning (the model's first); the K step read from the PTX; `low`-`high`: "
+                     "the two scenarios of `benchmarks/NOTES.md` v4. Predictions, not measurements.\n\n"
+                     + model_report.render_layers(model["layers"]))
+    if "predictions" in model:
+        parts.append("\n\n" + model_report.render_predictions(model["predictions"], model.get("calibration")))
+    return "".join(parts)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,8 @@ from ._utils import (
 )
 
 __all__ = ["conv3x3", "pack_weight", "get_autotune_config", "configs_for", "packed_k", "MAX_WARPS",
-           "get_rowrun_config", "rowrun_configs_for", "ConvShape", "conv_shape", "predict", "rank", "uses_rowrun"]
+           "get_rowrun_config", "rowrun_configs_for", "pointer_configs_for", "ConvShape", "conv_shape", "model_layer",
+           "predict", "rank", "uses_rowrun", "AUTOTUNE_TOP"]
 
 # The pointer loop (tap and channel block derived from the step index by division) was
 # reported to miscompile with 8 warps (see the module docstring): its configs keep at most
@@ -342,7 +343,6 @@ def get_rowrun_config() -> list[triton.Config]:
         (4, 64, 64, 32, 4, 4),
         (4, 64, 64, 32, 4, 3),
         (2, 64, 64, 64, 4, 3),
-        (2, 64, 256, 32, 8, 3),
         (2, 64, 128, 32, 4, 4),
         (2, 64, 128, 64, 4, 2),
         (1, 256, 128, 64, 8, 4),
@@ -414,7 +414,7 @@ def _registers(acc_elements: int, num_warps: int) -> int:
     return min(255, acc_elements // (32 * num_warps) + 48)
 
 
-def _model_layer(config: triton.Config, s: ConvShape) -> perfmodel.Layer:
+def model_layer(config: triton.Config, s: ConvShape) -> perfmodel.Layer:
     """The model's view of one launch of ``config`` on ``s`` (either main loop)."""
     kw, e, warps, stages = config.kwargs, s.element_size, config.num_warps, config.num_stages
     bk = kw.get("BK", kw.get("BLOCK_K"))
@@ -446,7 +446,7 @@ def predict(config: triton.Config, s: ConvShape, scenario: str = "low") -> dict:
     """The model's prediction for ``config`` on ``s``: seconds, bound, ceilings, fraction of
     the matmul rate (:func:`fastunet.kernels.perfmodel.launch_time`). A prediction, not a
     measurement."""
-    return perfmodel.launch_time(_model_layer(config, s), perfmodel.device(scenario))
+    return perfmodel.launch_time(model_layer(config, s), perfmodel.device(scenario))
 
 
 def _fits(config: triton.Config, s: ConvShape) -> bool:

@@ -367,6 +367,7 @@ def conv3x3_head(
         flags,
         config,
         cache=True,
+        choose=lambda: _kept(get_autotune_config(), x.dtype, flags["PRECISION"], flags["BLOCK_N"], x.device)[0],
     )
 
 

@@ -177,6 +177,7 @@ class Layer:
     num_warps: int
     num_stages: int
     registers: int
+    fills_per_tile: float = 1.0  # a persistent kernel that flattens its tile loop fills once a program
 
 
 def launch_time(layer: Layer, dev: Device) -> dict:
@@ -192,7 +193,7 @@ def launch_time(layer: Layer, dev: Device) -> dict:
         "latency": dev.latency_s / (max(layer.num_stages - 1, 1) * c) if layer.steps > 1 else 0.0,
     }
     t_step = max(limits.values())
-    overhead = dev.fill_s / c
+    overhead = dev.fill_s * layer.fills_per_tile / c
     t_tile = layer.steps * t_step + overhead
     full, rest = divmod(layer.tiles, dev.sms * c)
     waves = full + (rest > 0)
@@ -203,7 +204,7 @@ def launch_time(layer: Layer, dev: Device) -> dict:
         l2_share = dev.l2_bytes_per_s / active
         t_last = max(limits["tensor"], limits["smem"], limits["latency"] * c / per_cta,
                      (s.l2_bytes + layer.out_bytes_per_tile / layer.steps) / l2_share)
-        t_compute += per_cta * (layer.steps * t_last) + dev.fill_s
+        t_compute += per_cta * (layer.steps * t_last) + dev.fill_s * min(layer.fills_per_tile * per_cta, 1.0)
     t_hbm = layer.hbm_bytes / dev.hbm_bytes_per_s
     bound = max(limits, key=limits.get) if t_compute >= t_hbm else "hbm"
     seconds = max(t_compute, t_hbm) + dev.launch_s
