@@ -331,7 +331,7 @@ def compiled_layer_rows(records: list[dict], config_net, tiles, batch: int) -> l
     from fastunet.kernels import conv, perfmodel
 
     rows = layer_rows(config_net, tiles, batch)
-    layers = {(t, l.name): l for t in tiles for l in geometry.layer_shapes(config_net, t, "conv3x3")}
+    layers = {(t, s.name): s for t in tiles for s in geometry.layer_shapes(config_net, t, "conv3x3")}
     for row in rows:
         layer = layers[(row["tile"], row["layer"])]
         kernel, cfg, s = engine_config(layer, batch)
