@@ -342,7 +342,9 @@ def compile_variant(spec: dict) -> dict:
     else:
         module = importlib.import_module(spec["module"])
     kernel = getattr(module, spec["kernel"])
-    fn = kernel if hasattr(kernel, "arg_names") else kernel.fn  # a JITFunction, or the autotuner's
+    from triton.runtime.jit import JITFunction
+
+    fn = kernel if isinstance(kernel, JITFunction) else kernel.fn  # a JITFunction, or the autotuner's
     attrs = {(int(i),): v for i, v in spec["attrs"].items()}
     src = triton.compiler.ASTSource(fn=fn, signature=spec["signature"], constexprs=spec["constexprs"], attrs=attrs)
     log = io.StringIO()
@@ -414,7 +416,8 @@ def record(v: dict) -> dict:
     """One variant as it goes into the JSON file."""
     spec = v["spec"]
     named = list(spec["signature"])
-    flags = {k: val for k, val in spec["constexprs"].items() if not k.startswith("BLOCK_")}
+    flags = {k: val for k, val in spec["constexprs"].items()
+             if not k.startswith("BLOCK_") and k not in ("R", "BW", "BN", "BK")}
     return dict(
         kernel=spec["kernel"], dtype=v["dtype"], group=group_of(spec), config=config_of(spec),
         constexprs=flags,
@@ -425,6 +428,7 @@ def record(v: dict) -> dict:
                              "spill_stores", "spill_loads", "stack_frame", "shared_bytes", "compile_seconds",
                              "compile_cpu_seconds", "ptx_loops")},
         num_warps=spec["num_warps"], num_stages=spec["num_stages"],
+        blocks={k: val for k, val in spec["constexprs"].items() if k.startswith("BLOCK_") or k in ("R", "BW", "BN", "BK")},
     )
 
 
@@ -469,7 +473,8 @@ def render_table(records: list[dict]) -> str:
 
 def summary(records: list[dict]) -> dict:
     """The figures of the run (what benchmarks/report.py shows in the results table)."""
-    convs = [r for r in records if r["kernel"] == "conv3x3_kernel" and not r["constexprs"].get("K_PACKED")]
+    convs = [r for r in records if r["kernel"] in ("conv3x3_kernel", "conv3x3_rowrun_kernel")
+             and not r["constexprs"].get("K_PACKED")]
     sources = lambda r: 2 if r["constexprs"].get("HAS_B") else 1  # noqa: E731
     return dict(
         variants=len(records),
@@ -478,6 +483,8 @@ def summary(records: list[dict]) -> dict:
         variants_with_spills=sum(bool((r["spill_stores"] or 0) + (r["spill_loads"] or 0)) for r in records),
         max_registers=max((r["registers"] or 0) for r in records),
         max_shared_kib=round(max(r["shared_bytes"] for r in records) / 1024, 1),
+        variants_step_matches_model=sum(bool((r.get("model") or {}).get("step_matches_formula")) for r in records),
+        variants_with_model_formula=sum((r.get("model") or {}).get("step_matches_formula") is not None for r in records),
         compile_cpu_seconds_total=round(sum(r["compile_cpu_seconds"] for r in records), 1),
         compile_cpu_seconds_max=max(r["compile_cpu_seconds"] for r in records),
     )

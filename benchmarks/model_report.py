@@ -85,6 +85,24 @@ def step_ceilings(step, scenario: str) -> dict:
     return {k: round(v, 1) for k, v in out.items()}
 
 
+def formula_step(record: dict):
+    """The model's step for a compiled variant from its config alone (what the launchers rank
+    with), or None where the model has no formula (the head kernel's plain weight loads)."""
+    from fastunet.kernels import perfmodel
+
+    c, kernel, warps = record.get("constexprs", {}), record.get("kernel"), record.get("num_warps")
+    blocks = record.get("blocks") or {}
+    e = 4 if record.get("dtype") in ("fp32", "tf32") else 2
+    if kernel in ("conv3x3_rowrun_kernel", "conv3x3_head_rowrun_kernel"):
+        return perfmodel.rowrun_step(blocks["R"], blocks["BW"], blocks.get("BN", blocks.get("BLOCK_N")), blocks["BK"], warps, e)
+    if kernel in ("conv3x3_kernel", "conv3x3_head_kernel") and not c.get("K_PACKED"):
+        return perfmodel.pointer_step(blocks["BLOCK_H"] * blocks["BLOCK_W"], blocks["BLOCK_N"],
+                                      blocks["BLOCK_K"], warps, e)
+    if kernel == "upconv2x2_kernel":
+        return perfmodel.pointer_step(blocks["BLOCK_M"], blocks["BLOCK_N"], blocks["BLOCK_K"], warps, e)
+    return None
+
+
 def variant_model(record: dict) -> dict | None:
     """The model columns of a compiled variant: its K step (FLOPs, bytes from L2 and through
     shared memory, FLOP per byte), each limit's ceiling in both scenarios and which binds."""
@@ -93,7 +111,11 @@ def variant_model(record: dict) -> dict | None:
         return None
     step = step_of(loops[0])
     low, high = step_ceilings(step, "low"), step_ceilings(step, "high")
+    formula = formula_step(record) if record.get("blocks") else None
+    matches = None if formula is None else all(math.isclose(getattr(step, k), getattr(formula, k), rel_tol=1e-6)
+                                               for k in ("flops", "l2_bytes", "smem_read"))
     return dict(
+        step_matches_formula=matches,
         step_mflop=round(step.flops / 1e6, 3), step_l2_kb=round(step.l2_bytes / 1024, 1),
         step_smem_kb=round(step.smem_bytes / 1024, 1),
         flop_per_l2_byte=round(step.flops / step.l2_bytes, 1) if step.l2_bytes else None,

@@ -145,12 +145,17 @@ def prune_by_shared_memory(configs: list[triton.Config], stage_bytes, device=Non
     if limit is None:
         if INTERPRET:
             return configs
-        index = torch.device(device).index if device is not None else None
-        limit = triton.runtime.driver.active.utils.get_device_properties(
-            torch.cuda.current_device() if index is None else index
-        )["max_shared_mem"]
+        limit = shared_memory_limit(device)
     need = {id(c): stage_bytes(c) * max(c.num_stages, 1) for c in configs}
     return [c for c in configs if need[id(c)] <= limit] or [min(configs, key=lambda c: need[id(c)])]
+
+
+def shared_memory_limit(device=None) -> int:
+    """Bytes of shared memory a block may use on a CUDA ``device`` (the current one by default)."""
+    index = torch.device(device).index if device is not None else None
+    return triton.runtime.driver.active.utils.get_device_properties(
+        torch.cuda.current_device() if index is None else index
+    )["max_shared_mem"]
 
 
 def launch(kernel, grid, args: tuple, meta: dict, config: triton.Config | None = None, *,
