@@ -27,7 +27,7 @@ _LABEL = re.compile(r"^(\$L__BB\d+_\d+):")
 _BRANCH = re.compile(r"\bbra(?:\.uni)?\s+(\$L__BB\d+_\d+);")
 _WGMMA = re.compile(r"wgmma\.mma_async\.sync\.aligned\.m(\d+)n(\d+)k(\d+)\.f32\.(\w+)\.\w+\s+\{[^}]*\},\s*(\{|%rd)")
 _EXPECT = re.compile(r"mbarrier\.arrive\.expect_tx\.\S+\s+_,\s*\[[^\]]*\],\s*(\d+);")
-_CP_ASYNC = re.compile(r"cp\.async\.c[ag]\.shared\.global(?:\.\w+)*\s+\[[^\]]*\],\s*\[[^\]]*\],\s*(\d+)")
+_CP_ASYNC = re.compile(r"cp\.async\.c[ag]\.shared\.global(?:\.\w+)*\s+\[[^\]]*\],\s*\[[^\]]*\],\s*(0x[0-9a-fA-F]+|\d+)")
 _ELEMENT = {"bf16": 2, "f16": 2, "tf32": 4, "e4m3": 1, "e5m2": 1}
 
 
@@ -59,7 +59,7 @@ def ptx_loops(ptx: str, num_warps: int) -> list[dict]:
         smem_read = sum((m * k if a_smem else 0) * _ELEMENT.get(kind, 2) + k * n * _ELEMENT.get(kind, 2)
                         for m, n, k, kind, a_smem in dots) * groups
         tma = sum(int(b) for b in _EXPECT.findall(body))
-        cp_async = sum(int(b) for b in _CP_ASYNC.findall(body)) * threads
+        cp_async = sum(int(b, 0) for b in _CP_ASYNC.findall(body)) * threads
         loops.append(dict(start=start, end=end, wgmma=len(dots),
                           shapes=sorted({f"m{m}n{n}k{k}" + ("" if a else " A:regs") for m, n, k, _, a in dots}),
                           tma_bytes=tma, cp_async_bytes=cp_async, flops=flops, l2_bytes=tma + cp_async,

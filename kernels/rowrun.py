@@ -3,10 +3,10 @@
 An output tile is ``R`` runs of ``BW`` consecutive output pixels on ``R`` consecutive image
 rows (``R`` = 1, 2 or 4), times ``BN`` output channels. The input of a source is viewed as a
 2-D ``[pixels, C]`` matrix (NHWC with dense pixels: row ``(n * H + h) * W + w``), so the
-input of one run under one tap is a contiguous box of that matrix: one TMA load
-(``tl.make_tensor_descriptor`` on the host, :func:`descriptor`), which lands in shared
-memory in the layout the warp-group dot reads (no register round trip; a 3-D box
-reshaped to 2-D would go through registers).
+input of one run under one tap is a contiguous box of that matrix: one TMA load (a host-side
+``TensorDescriptor``, :func:`descriptor`, its box set per config by :func:`set_block_shapes`),
+which lands in shared memory in the layout the warp-group dot reads (no register round trip;
+in triton 3.9 a 3-D or 4-D box reshaped to 2-D goes through registers).
 
 * ``R = 1`` (a "flat" tile when ``BW`` runs past the image row: the pixels of several rows
   in a row, the two columns past the valid output computed and dropped): one loop over

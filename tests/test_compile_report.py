@@ -143,7 +143,7 @@ $L__BB0_1:
 $L__BB0_2:                              // =>This Inner Loop Header: Depth=1
     @%p5 mbarrier.arrive.expect_tx.shared::cta.b64 _, [%r11], 32768;
     @%p6 cp.async.bulk.tensor.2d.shared::cta.global.mbarrier::complete_tx::bytes [%r15], [%rd2, {%r1, %r2}], [%r11];
-    cp.async.cg.shared.global [ %r20 + 0 ], [ %rd9 + 0 ], 16, %r21;
+    cp.async.cg.shared.global [ %r20 + 0 ], [ %rd9 + 0 ], 0x10, %r21;
     wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%r1,%r2}, %rd6, %rd15, %p36, 1, 1, 0, 1;
     wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%r1,%r2}, {%r3,%r4,%r5,%r6}, %rd15, %p36, 1, 1, 1;
     @%p18 bra $L__BB0_2;
