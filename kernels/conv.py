@@ -33,13 +33,11 @@ checks that they fit); the batch offset is added to the base pointer in 64 bits.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import triton
 import triton.language as tl
 
-from . import perfmodel, rowrun
+from . import rowrun
 from ._utils import (
     check_contiguous,
     check_nhwc,
@@ -52,6 +50,7 @@ from ._utils import (
     tuning_configs,
     upcast_for_interpreter,
 )
+from .convmodel import ConvShape, conv_shape, model_layer, predict, rank
 
 __all__ = ["conv3x3", "pack_weight", "get_autotune_config", "configs_for", "packed_k", "MAX_WARPS",
            "get_rowrun_config", "rowrun_configs_for", "pointer_configs_for", "ConvShape", "conv_shape", "model_layer",
@@ -361,111 +360,6 @@ _ROWRUN_INTERPRETER_CONFIG = triton.Config(dict(R=2, BW=16, BN=16, BK=16), num_w
                                            pre_hook=rowrun.set_block_shapes)
 
 
-@dataclass(frozen=True)
-class ConvShape:
-    """What the model needs of a conv launch: batch, input grid (of the second source with
-    two), channels of each source, output channels, flags, bytes a value."""
-
-    n: int
-    h_in: int
-    w_in: int
-    c_a: int
-    c_b: int
-    c_out: int
-    pool: bool = False
-    write_y: bool = True
-    element_size: int = 2
-    packed: int = 0
-
-    @property
-    def h_out(self) -> int:
-        return self.h_in - 2
-
-    @property
-    def w_out(self) -> int:
-        return self.w_in - 2
-
-    def useful_flops(self) -> float:
-        return 2.0 * self.n * self.h_out * self.w_out * 9 * (self.c_a + self.c_b) * self.c_out
-
-    def hbm_bytes(self) -> float:
-        out_px = self.n * self.h_out * self.w_out
-        written = out_px * self.c_out * (int(self.write_y) + (0.25 if self.pool else 0.0))
-        c_in = self.c_a + self.c_b
-        return (self.n * self.h_in * self.w_in * c_in + 9 * c_in * self.c_out + written) * self.element_size
-
-
-def conv_shape(x: torch.Tensor, up: torch.Tensor | None, c_out: int, *, pool: bool = False, write_y: bool = True,
-               packed: int = 0) -> ConvShape:
-    """The :class:`ConvShape` of a launch (``x``: the input, or the skip with ``up``)."""
-    grid = up if up is not None else x
-    return ConvShape(x.shape[0], grid.shape[1], grid.shape[2], x.shape[3], 0 if up is None else up.shape[3], c_out,
-                     pool, write_y, x.element_size(), packed)
-
-
-def _rowrun_smem(kw: dict, stages: int, element_size: int) -> int:
-    r, bw, bn, bk = kw["R"], kw["BW"], kw["BN"], kw["BK"]
-    a_boxes, w_boxes = (1, 1) if r == 1 else (r + 2, 3)
-    return stages * (a_boxes * bw + w_boxes * bn) * bk * element_size
-
-
-def _registers(acc_elements: int, num_warps: int) -> int:
-    """Registers a thread, estimated: the fp32 accumulators plus ~48 for addresses, counters
-    and the epilogue (ptxas's figure is in the compile report)."""
-    return min(255, acc_elements // (32 * num_warps) + 48)
-
-
-def model_layer(config: triton.Config, s: ConvShape) -> perfmodel.Layer:
-    """The model's view of one launch of ``config`` on ``s`` (either main loop)."""
-    kw, e, warps, stages = config.kwargs, s.element_size, config.num_warps, config.num_stages
-    bk = kw.get("BK", kw.get("BLOCK_K"))
-    blocks = sum(-(-c // bk) for c in (s.c_a, s.c_b) if c)
-    if "R" in kw:  # row runs
-        r, bw, bn = kw["R"], kw["BW"], kw["BN"]
-        if r == 1:
-            tiles_m, steps = -(-(s.n * s.h_in * s.w_in) // bw), 9 * blocks
-        else:
-            tiles_m, steps = s.n * -(-s.h_out // r) * -(-s.w_out // bw), 3 * blocks
-        step = perfmodel.rowrun_step(r, bw, bn, kw["BK"], warps, e)
-        smem, acc = _rowrun_smem(kw, stages, e), r * bw * bn
-    else:  # the pointer loop
-        bm, bn = kw["BLOCK_H"] * kw["BLOCK_W"], kw["BLOCK_N"]
-        tiles_m = s.n * -(-s.h_out // kw["BLOCK_H"]) * -(-s.w_out // kw["BLOCK_W"])
-        k = s.packed or kw["BLOCK_K"]
-        steps = 1 if s.packed else 9 * blocks
-        step = perfmodel.pointer_step(bm, bn, k, warps, e)
-        smem, acc = (bm + bn) * k * e * (1 if s.packed else stages), bm * bn
-        r, bw = bm, 1
-    tiles = tiles_m * -(-s.c_out // bn)
-    out_bytes = r * bw * bn * e * (int(s.write_y) + (0.25 if s.pool else 0.0))
-    return perfmodel.Layer(tiles=tiles, steps=steps, step=step, out_bytes_per_tile=out_bytes,
-                           hbm_bytes=s.hbm_bytes(), useful_flops=s.useful_flops(), smem_bytes=smem,
-                           num_warps=warps, num_stages=stages, registers=_registers(acc, warps))
-
-
-def predict(config: triton.Config, s: ConvShape, scenario: str = "low") -> dict:
-    """The model's prediction for ``config`` on ``s``: seconds, bound, ceilings, fraction of
-    the matmul rate (:func:`fastunet.kernels.perfmodel.launch_time`). A prediction, not a
-    measurement."""
-    return perfmodel.launch_time(model_layer(config, s), perfmodel.device(scenario))
-
-
-def _fits(config: triton.Config, s: ConvShape) -> bool:
-    kw = config.kwargs
-    if "R" not in kw:
-        return True
-    if kw["R"] == 1:
-        return not (s.pool or s.c_b)  # a flat tile wraps rows: one uncropped source, no pool
-    return _rowrun_smem(kw, config.num_stages, s.element_size) + 1024 <= perfmodel.H200.smem_per_block
-
-
-def rank(configs: list[triton.Config], s: ConvShape) -> list[triton.Config]:
-    """``configs`` that can run ``s``, fastest first by the model (pessimistic scenario;
-    ties keep the list's order). ``FASTUNET_AUTOTUNE=0`` launches the first."""
-    usable = [c for c in configs if _fits(c, s)]
-    return sorted(usable, key=lambda c: predict(c, s)["seconds"])
-
-
 # Configs the autotuner times for a launch when it is on: the model's best few.
 AUTOTUNE_TOP = 4
 
@@ -493,57 +387,6 @@ def _prune_rowrun(configs: list[triton.Config], named_args: dict, **meta) -> lis
     s = ConvShape(a["PIXELS_A"] // (a["HS_A"] * a["WS_A"]), a["H_OUT"] + 2, a["W_OUT"] + 2, a["C_A"], a["C_B"],
                   a["C_OUT"], bool(meta.get("POOL")), bool(meta.get("WRITE_Y", True)), a["y_ptr"].element_size())
     return select(rank(configs, s)[:AUTOTUNE_TOP] or configs[:1])
-
-
-@triton.jit
-def _store_run(acc, bias, y_ptr, y_base, oh, ow, mask_w, offs_n, mask_n, stride_yh, stride_yw, H_OUT,
-               RELU: tl.constexpr, WRITE_Y: tl.constexpr, INTERP_BF16: tl.constexpr):
-    """One output run: bias, ReLU, rounded to the storage dtype (returned for the pool),
-    written at row ``oh`` (scalar), columns ``ow`` of the image at ``y_base``."""
-    acc = acc + bias[None, :]
-    if RELU:
-        acc = tl.maximum(acc, 0.0)
-    y = to_storage(acc, y_ptr.dtype.element_ty, INTERP_BF16)
-    if WRITE_Y:
-        ptrs = y_base + oh * stride_yh + (ow * stride_yw)[:, None] + offs_n[None, :]
-        mask_m = mask_w & (ow * 0 + oh < H_OUT)  # a vector: the interpreter refuses a scalar in a mask
-        tl.store(ptrs, y, mask=mask_m[:, None] & mask_n[None, :])
-    return y
-
-
-@triton.jit
-def _pool_runs(y0, y1, p_base, ph, ow0, offs_n, mask_n, stride_ph, stride_pw, H_OUT, W_OUT,
-               BW: tl.constexpr, BN: tl.constexpr):
-    """2x2 max-pool of two output runs (rows 2 ph and 2 ph + 1, even first column ``ow0``)."""
-    pooled = tl.max(tl.reshape(tl.maximum(y0, y1), (BW // 2, 2, BN)), axis=1)
-    pw = ow0 // 2 + tl.arange(0, BW // 2)
-    mask = ((pw < W_OUT // 2) & (pw * 0 + ph < H_OUT // 2))[:, None] & mask_n[None, :]
-    tl.store(p_base + ph * stride_ph + (pw * stride_pw)[:, None] + offs_n[None, :], pooled, mask=mask)
-
-
-@triton.jit
-def rowrun_tile(
-    a_desc, b_desc, w_desc, t, n0, H_OUT, W_OUT, C_A, C_B, HS_A, WS_A, HS_B, WS_B, off_ah, off_aw,
-    HAS_B: tl.constexpr, INTERP_BF16: tl.constexpr, R: tl.constexpr, BW: tl.constexpr, BN: tl.constexpr,
-    BK: tl.constexpr,
-):
-    """The accumulators of row-run tile ``t`` (``R >= 2``): image ``n``, first output row
-    ``oh0`` and column ``ow0``, and one K loop per source."""
-    tiles_w = tl.cdiv(W_OUT, BW)
-    tiles_h = tl.cdiv(H_OUT, R)
-    n = t // (tiles_h * tiles_w)
-    t = t % (tiles_h * tiles_w)
-    oh0 = (t // tiles_w) * R
-    ow0 = (t % tiles_w) * BW
-    zero = tl.zeros((BW, BN), dtype=tl.float32)
-    q_a = (n * HS_A + oh0 + off_ah) * WS_A + ow0 + off_aw
-    acc0, acc1, acc2, acc3 = rowrun.rowrun_source(zero, zero, zero, zero, a_desc, w_desc, q_a, WS_A, C_A, C_A + C_B,
-                                                  0, n0, INTERP_BF16, R, BK)
-    if HAS_B:  # second source of a decoder conv: the up-convolution output, uncropped
-        q_b = (n * HS_B + oh0) * WS_B + ow0
-        acc0, acc1, acc2, acc3 = rowrun.rowrun_source(acc0, acc1, acc2, acc3, b_desc, w_desc, q_b, WS_B, C_B,
-                                                      C_A + C_B, C_A, n0, INTERP_BF16, R, BK)
-    return acc0, acc1, acc2, acc3, n.to(tl.int64), oh0, ow0
 
 
 @triton.autotune(
@@ -600,26 +443,26 @@ def conv3x3_rowrun_kernel(
         tl.store(y_ptr + rows[:, None] + offs_n[None, :], to_storage(acc, y_ptr.dtype.element_ty, INTERP_BF16),
                  mask=mask_m[:, None] & mask_n[None, :])
     else:
-        acc0, acc1, acc2, acc3, n, oh0, ow0 = rowrun_tile(
+        acc0, acc1, acc2, acc3, n, oh0, ow0 = rowrun.rowrun_tile(
             a_desc, b_desc, w_desc, t, n0, H_OUT, W_OUT, C_A, C_B, HS_A, WS_A, HS_B, WS_B, off_ah, off_aw,
             HAS_B, INTERP_BF16, R, BW, BN, BK)
         ow = ow0 + tl.arange(0, BW)
         mask_w = ow < W_OUT
         y_base = y_ptr + n * stride_yn
         p_base = p_ptr + n * stride_pn
-        y0 = _store_run(acc0, bias, y_ptr, y_base, oh0, ow, mask_w, offs_n, mask_n, stride_yh, stride_yw, H_OUT,
+        y0 = rowrun.store_run(acc0, bias, y_ptr, y_base, oh0, ow, mask_w, offs_n, mask_n, stride_yh, stride_yw, H_OUT,
                         RELU, WRITE_Y, INTERP_BF16)
-        y1 = _store_run(acc1, bias, y_ptr, y_base, oh0 + 1, ow, mask_w, offs_n, mask_n, stride_yh, stride_yw,
+        y1 = rowrun.store_run(acc1, bias, y_ptr, y_base, oh0 + 1, ow, mask_w, offs_n, mask_n, stride_yh, stride_yw,
                         H_OUT, RELU, WRITE_Y, INTERP_BF16)
         if POOL:
-            _pool_runs(y0, y1, p_base, oh0 // 2, ow0, offs_n, mask_n, stride_ph, stride_pw, H_OUT, W_OUT, BW, BN)
+            rowrun.pool_runs(y0, y1, p_base, oh0 // 2, ow0, offs_n, mask_n, stride_ph, stride_pw, H_OUT, W_OUT, BW, BN)
         if R == 4:
-            y2 = _store_run(acc2, bias, y_ptr, y_base, oh0 + 2, ow, mask_w, offs_n, mask_n, stride_yh, stride_yw,
+            y2 = rowrun.store_run(acc2, bias, y_ptr, y_base, oh0 + 2, ow, mask_w, offs_n, mask_n, stride_yh, stride_yw,
                             H_OUT, RELU, WRITE_Y, INTERP_BF16)
-            y3 = _store_run(acc3, bias, y_ptr, y_base, oh0 + 3, ow, mask_w, offs_n, mask_n, stride_yh, stride_yw,
+            y3 = rowrun.store_run(acc3, bias, y_ptr, y_base, oh0 + 3, ow, mask_w, offs_n, mask_n, stride_yh, stride_yw,
                             H_OUT, RELU, WRITE_Y, INTERP_BF16)
             if POOL:
-                _pool_runs(y2, y3, p_base, oh0 // 2 + 1, ow0, offs_n, mask_n, stride_ph, stride_pw, H_OUT, W_OUT,
+                rowrun.pool_runs(y2, y3, p_base, oh0 // 2 + 1, ow0, offs_n, mask_n, stride_ph, stride_pw, H_OUT, W_OUT,
                            BW, BN)
 
 

@@ -39,7 +39,6 @@ from .conv import (
     conv_tile,
     packed_k,
     rank,
-    rowrun_tile,
     tile_pixels,
 )
 from .head import check_head_outputs, write_head
@@ -276,7 +275,7 @@ def conv3x3_head_rowrun_kernel(
                   labels_ptr, n * stride_yn + oh * stride_yh + ow * stride_yw,
                   RELU, WRITE_LOGITS, WRITE_PROBS, WRITE_LABELS, INTERP_BF16)
     else:
-        acc0, acc1, acc2, acc3, n, oh0, ow0 = rowrun_tile(
+        acc0, acc1, acc2, acc3, n, oh0, ow0 = rowrun.rowrun_tile(
             x_desc, x_desc, w_desc, t, 0, H_OUT, W_OUT, C_IN, 0, H_IN, W_IN, H_IN, W_IN, 0, 0,
             False, INTERP_BF16, R, BW, BLOCK_N, BK)
         ow = ow0 + tl.arange(0, BW)

@@ -38,7 +38,10 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["eligible", "descriptor", "set_block_shapes", "rowrun_source", "MAX_RUNS"]
+from ._utils import to_storage
+
+__all__ = ["eligible", "descriptor", "set_block_shapes", "rowrun_source", "rowrun_tile", "store_run", "pool_runs",
+           "MAX_RUNS"]
 
 MAX_RUNS = 4  # R: output rows a tile covers
 
@@ -154,3 +157,54 @@ def rowrun_source(
             c0 = tl.where(wrap, 0, c0)
             kw = tl.where(wrap, kw + 1, kw)
     return acc0, acc1, acc2, acc3
+
+
+@triton.jit
+def store_run(acc, bias, y_ptr, y_base, oh, ow, mask_w, offs_n, mask_n, stride_yh, stride_yw, H_OUT,
+               RELU: tl.constexpr, WRITE_Y: tl.constexpr, INTERP_BF16: tl.constexpr):
+    """One output run: bias, ReLU, rounded to the storage dtype (returned for the pool),
+    written at row ``oh`` (scalar), columns ``ow`` of the image at ``y_base``."""
+    acc = acc + bias[None, :]
+    if RELU:
+        acc = tl.maximum(acc, 0.0)
+    y = to_storage(acc, y_ptr.dtype.element_ty, INTERP_BF16)
+    if WRITE_Y:
+        ptrs = y_base + oh * stride_yh + (ow * stride_yw)[:, None] + offs_n[None, :]
+        mask_m = mask_w & (ow * 0 + oh < H_OUT)  # a vector: the interpreter refuses a scalar in a mask
+        tl.store(ptrs, y, mask=mask_m[:, None] & mask_n[None, :])
+    return y
+
+
+@triton.jit
+def pool_runs(y0, y1, p_base, ph, ow0, offs_n, mask_n, stride_ph, stride_pw, H_OUT, W_OUT,
+               BW: tl.constexpr, BN: tl.constexpr):
+    """2x2 max-pool of two output runs (rows 2 ph and 2 ph + 1, even first column ``ow0``)."""
+    pooled = tl.max(tl.reshape(tl.maximum(y0, y1), (BW // 2, 2, BN)), axis=1)
+    pw = ow0 // 2 + tl.arange(0, BW // 2)
+    mask = ((pw < W_OUT // 2) & (pw * 0 + ph < H_OUT // 2))[:, None] & mask_n[None, :]
+    tl.store(p_base + ph * stride_ph + (pw * stride_pw)[:, None] + offs_n[None, :], pooled, mask=mask)
+
+
+@triton.jit
+def rowrun_tile(
+    a_desc, b_desc, w_desc, t, n0, H_OUT, W_OUT, C_A, C_B, HS_A, WS_A, HS_B, WS_B, off_ah, off_aw,
+    HAS_B: tl.constexpr, INTERP_BF16: tl.constexpr, R: tl.constexpr, BW: tl.constexpr, BN: tl.constexpr,
+    BK: tl.constexpr,
+):
+    """The accumulators of row-run tile ``t`` (``R >= 2``): image ``n``, first output row
+    ``oh0`` and column ``ow0``, and one K loop per source."""
+    tiles_w = tl.cdiv(W_OUT, BW)
+    tiles_h = tl.cdiv(H_OUT, R)
+    n = t // (tiles_h * tiles_w)
+    t = t % (tiles_h * tiles_w)
+    oh0 = (t // tiles_w) * R
+    ow0 = (t % tiles_w) * BW
+    zero = tl.zeros((BW, BN), dtype=tl.float32)
+    q_a = (n * HS_A + oh0 + off_ah) * WS_A + ow0 + off_aw
+    acc0, acc1, acc2, acc3 = rowrun_source(zero, zero, zero, zero, a_desc, w_desc, q_a, WS_A, C_A, C_A + C_B,
+                                                  0, n0, INTERP_BF16, R, BK)
+    if HAS_B:  # second source of a decoder conv: the up-convolution output, uncropped
+        q_b = (n * HS_B + oh0) * WS_B + ow0
+        acc0, acc1, acc2, acc3 = rowrun_source(acc0, acc1, acc2, acc3, b_desc, w_desc, q_b, WS_B, C_B,
+                                                      C_A + C_B, C_A, n0, INTERP_BF16, R, BK)
+    return acc0, acc1, acc2, acc3, n.to(tl.int64), oh0, ow0
