@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -151,7 +152,7 @@ class ReferenceUNet(nn.Module):
     being the context the network consumes per side (92 for the paper's network).
     """
 
-    def __init__(self, config: UNetConfig | None = None, **kwargs) -> None:
+    def __init__(self, config: UNetConfig | None = None, **kwargs: Any) -> None:
         super().__init__()
         if config is None:
             config = UNetConfig(**kwargs)

@@ -59,7 +59,7 @@ def test_same_size_wrapper_matches_the_engine(model_file):
     """One pass of the wrapper = the overlap-tile engine's probabilities (float16 there)."""
     bundle = read_model(model_file)
     image = _rng().normal(size=(45, 70)).astype(np.float32)
-    probs = segment(image, model_file, None, output_kind="probs", tile=44).compute()
+    probs = np.asarray(segment(image, model_file, None, output_kind="probs", tile=44))
     norm = bundle.normalization
     offset, scale = norm.stats(image)
     wrapper = FastUNetSameSize(**bundle.config.to_dict())
@@ -120,7 +120,7 @@ def test_export_passes_test_model_and_runs_through_the_engine(tmp_path, model_fi
         got = predict(model=load_model_description(str(path)), inputs={"raw": Tensor.from_numpy(
             image[None, None].astype(np.float32), dims=("batch", "channel", "y", "x"))})
         got = np.asarray(got.members["probabilities"].data)[0]
-        want = segment(image, model, None, output_kind="probs").compute().astype(np.float32)
+        want = np.asarray(segment(image, model, None, output_kind="probs")).astype(np.float32)
         assert got.shape == want.shape == (2, 50, 61)
         np.testing.assert_allclose(got, want, atol=atol, rtol=0)
     # --model PACKAGE: the same labels as the model file.

@@ -123,22 +123,22 @@ def test_unknown_extensions_and_device_files_are_refused(tmp_path, model, capsys
 def test_a_large_offset_keeps_the_contrast(dtype, offset):
     image, _ = synthetic_nuclei((96, 96), seed=int(torch.initial_seed() % 2**31), dtype="uint16")
     net = balanced_net(image)  # neither empty nor full on this image
-    reference = segment(image, net, None, tile=52).compute()
+    reference = np.asarray(segment(image, net, None, tile=52))
     assert reference.any() and not reference.all()
     shifted = image.astype(dtype) + np.array(offset, dtype)
-    np.testing.assert_array_equal(segment(shifted, net, None, tile=52).compute(), reference)
+    np.testing.assert_array_equal(np.asarray(segment(shifted, net, None, tile=52)), reference)
 
 
 def test_float64_beyond_the_float32_range_without_overflow(tmp_path):
     image, _ = synthetic_nuclei((96, 96), seed=int(torch.initial_seed() % 2**31), dtype="uint16")
     net = balanced_net(image)  # neither empty nor full on this image
-    reference = segment(image, net, None, tile=52).compute()
+    reference = np.asarray(segment(image, net, None, tile=52))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no overflow RuntimeWarning
         for normalization in ("percentile", "meanstd"):
             bundle_net = save_model(tmp_path / f"{normalization}.safetensors", net, Normalization(mode=normalization))
-            want = segment(image, bundle_net, None, tile=52, output_kind="probs").compute()
-            got = segment(image.astype(np.float64) * 1e300, bundle_net, None, tile=52, output_kind="probs").compute()
+            want = np.asarray(segment(image, bundle_net, None, tile=52, output_kind="probs"))
+            got = np.asarray(segment(image.astype(np.float64) * 1e300, bundle_net, None, tile=52, output_kind="probs"))
             # the same to rounding (the scaled image's constants differ in the last bits, which
             # can flip a pixel whose two classes tie)
             np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), atol=2e-3, rtol=0)

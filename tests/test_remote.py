@@ -75,7 +75,7 @@ def test_s3_input_and_output_match_a_local_run_and_resume(s3, prefix, tmp_path, 
     data = _rng().normal(size=(3, 32, 36)).astype(np.float32)
     src = _put(f"{prefix}/in.zarr", data, (1, 32, 36))
     out = f"{prefix}/out.zarr"
-    local = segment(data, model, None, axes="ZYX", tile=52).compute()
+    local = np.asarray(segment(data, model, None, axes="ZYX", tile=52))
     # an interrupted run: the 2nd block task fails, 1 block is recorded in the object store
     from fastunet.engine import scheduling
 
@@ -153,7 +153,7 @@ def test_s3_storage_options_and_cli_flag(s3, prefix, tmp_path, capsys, monkeypat
                  "--storage-option", f"endpoint_url={s3}", "--storage-option", "use_listings_cache=false"])
     assert code == 0, capsys.readouterr().err
     got = zarr.open_group(out, mode="r", storage_options={"endpoint_url": s3})["labels"][:]
-    np.testing.assert_array_equal(got, segment(data, model, None, tile=52, output_kind="labels").compute())
+    np.testing.assert_array_equal(got, np.asarray(segment(data, model, None, tile=52, output_kind="labels")))
     code = main(["segment", src, "-o", f"{prefix}/x.zarr", "--model", model, "--storage-option", "novalue"])
     assert code == 2 and "--storage-option expects KEY=VALUE" in capsys.readouterr().err
 
@@ -188,7 +188,7 @@ def test_memory_urls_http_and_unknown_protocols(tmp_path, monkeypatch):
     data = _rng().normal(size=(36, 40)).astype(np.float32)
     src = _put("memory://fastunet-test/in.zarr", data, (18, 20))
     out = segment(src, model, "memory://fastunet-test/out.zarr", tile=52, progress=False)
-    np.testing.assert_array_equal(out[:], segment(data, model, None, tile=52).compute())
+    np.testing.assert_array_equal(out[:], np.asarray(segment(data, model, None, tile=52)))
     with pytest.raises(UserError, match="read-only"):
         segment(src, model, "https://example.invalid/out.zarr", tile=52, progress=False)
     with pytest.raises(UserError, match="TIFF outputs are written to local files"):

@@ -62,8 +62,8 @@ def test_cli_zarr_in_zarr_out_with_summary(tmp_path, model, capsys):
     root = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")
     assert root.metadata.zarr_format == 2 and root.attrs["fastunet"]["complete"]
     labels, probs = segment(src, model, None, axes="ZYX", tile=52, output_kind="both")
-    np.testing.assert_array_equal(root["labels"][:], labels.compute())
-    np.testing.assert_array_equal(root["probs"][:], probs.compute())
+    np.testing.assert_array_equal(root["labels"][:], np.asarray(labels))
+    np.testing.assert_array_equal(root["probs"][:], np.asarray(probs))
     code, out, err = _run([src, "-o", tmp_path / "out.zarr", "--model", model, "--axes", "ZYX", "--tile", "52",
                            "--kind", "both", "--resume", "--quiet"], capsys)
     assert code == 0 and out == "" and err == ""  # already complete: nothing recomputed, nothing said
@@ -76,7 +76,7 @@ def test_cli_tiff_output(tmp_path, model, capsys):
     tifffile.imwrite(tmp_path / "in.tif", img)
     code, _, err = _run([tmp_path / "in.tif", "-o", tmp_path / "out.tif", "--model", model, "--quiet"], capsys)
     assert code == 0, err
-    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out.tif"), segment(img, model, None).compute())
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out.tif"), np.asarray(segment(img, model, None)))
 
 
 def _bad_inputs(tmp_path, model):
@@ -99,6 +99,11 @@ def _bad_inputs(tmp_path, model):
     del zero, boolean, cplx
     m = ["--model", model]
     o = ["-o", str(tmp_path / "o.zarr")]
+
+    def _foreign_tiff(folder):  # a TIFF that no fastunet run wrote: --resume does not take it as finished
+        tifffile.imwrite(folder / "foreign.tif", np.zeros((4, 4), np.uint8))
+        return folder / "foreign.tif"
+
     return [
         ("missing path", [tmp_path / "nope.zarr", *o, *m], "Input not found"),
         ("not an array (text file)", [tmp_path / "notes.txt", *o, *m], "neither a TIFF file nor a zarr store"),
@@ -126,7 +131,8 @@ def _bad_inputs(tmp_path, model):
         ("zero workers", [good, *o, *m, "--workers", "0"], "--workers expects"),
         ("bad batch size", [good, *o, *m, "--batch-size", "0"], "--batch-size expects"),
         ("bad block", [good, *o, *m, "--block", "15,10"], "multiple of the chunks"),
-        ("TIFF resume", [good, "-o", tmp_path / "o.tif", *m, "--resume"], "--resume needs a zarr output"),
+        ("TIFF resume of another file", [good, "-o", _foreign_tiff(tmp_path), *m, "--resume"],
+         "not a fastunet output"),
         ("unknown device", [good, *o, *m, "--device", "tpu"], "device"),
     ]
 

@@ -5,7 +5,11 @@
   zarr stores in it (not those fastunet wrote); a pattern (``dir/*.tif``, quoted so that the shell leaves it) for what
   it matches; URLs pass through untouched.
 * :func:`output_paths` names one output per input from ``-o PATH`` (one input), a template
-  (``-o 'out/{stem}.zarr'``) or ``--output-dir DIR`` with ``--output-name TEMPLATE``.
+  (``-o 'out/{stem}.zarr'``) or ``--output-dir DIR`` with ``--output-name TEMPLATE``; by
+  default (:func:`default_output_name`) the output follows the input: ``{stem}_seg.tif``
+  beside a TIFF, PNG or JPEG (``{stem}_seg.ome.tif`` for an OME-TIFF; a zarr output for a TIFF
+  too large to assemble in memory), ``{stem}_seg.ome.zarr`` for an OME-Zarr,
+  ``{stem}_seg.zarr`` for other zarr stores.
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ from pathlib import Path
 from ..errors import UserError
 
 __all__ = ["expand_inputs", "output_paths", "image_stem", "TEMPLATE_FIELDS", "DEFAULT_OUTPUT_NAME",
-           "IMAGE_SUFFIXES"]
+           "IMAGE_SUFFIXES", "default_output_name"]
 
-IMAGE_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr")
+IMAGE_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr", ".png", ".jpg", ".jpeg")
 TIFF_SUFFIXES = (".tif", ".tiff")
-DEFAULT_OUTPUT_NAME = "{stem}_seg.zarr"
+FILE_SUFFIXES = (*TIFF_SUFFIXES, ".png", ".jpg", ".jpeg")  # image files a folder stands for
+DEFAULT_OUTPUT_NAME = "{stem}_seg.zarr"  # a zarr input's; see default_output_name
+TIFF_OUTPUT_LIMIT = 512 * 1024**2  # TIFF inputs larger than this get a zarr output by default
 TEMPLATE_FIELDS = {
     "name": "the input's file or folder name (cells.ome.tif)",
     "stem": "the name without its image suffix (.ome.tif, .tif, .tiff, .ome.zarr, .zarr): cells",
@@ -52,7 +58,7 @@ def _folder_images(folder: Path) -> list[str]:
     for child in sorted(folder.iterdir(), key=lambda p: p.name):
         if child.name.startswith("."):
             continue
-        image = (child.is_file() and child.name.lower().endswith(TIFF_SUFFIXES)) or (
+        image = (child.is_file() and child.name.lower().endswith(FILE_SUFFIXES)) or (
             child.is_dir() and _is_zarr_store(child))
         if image and fastunet_attrs(child) is not None:
             log.info("%s: skipped, a fastunet output", child)
@@ -108,6 +114,31 @@ def image_stem(name: str) -> str:
     return name
 
 
+def default_output_name(source: str) -> str:
+    """The output name of an input when none is given: the input's own kind of file.
+
+    A TIFF gives an ImageJ TIFF (an OME-TIFF an OME-TIFF), with the input's pixel size, unless
+    the file is over 512 MiB (its results are assembled in memory: then a zarr output); a PNG or
+    JPEG gives a TIFF (object ids need more than 8 bits); an OME-Zarr an OME-Zarr with label
+    images; anything else a zarr output.
+    """
+    name = source.rstrip("/").rsplit("/", 1)[-1].lower()
+    if name.endswith((".ome.tif", ".ome.tiff")) and not _too_large(source):
+        return "{stem}_seg.ome.tif"
+    if name.endswith(FILE_SUFFIXES) and not (name.endswith(TIFF_SUFFIXES) and _too_large(source)):
+        return "{stem}_seg.tif"
+    if name.endswith(".ome.zarr"):
+        return "{stem}_seg.ome.zarr"
+    return DEFAULT_OUTPUT_NAME
+
+
+def _too_large(source: str) -> bool:
+    try:
+        return os.path.getsize(source) > TIFF_OUTPUT_LIMIT
+    except OSError:
+        return False
+
+
 def _fields(template: str) -> list[str]:
     try:
         return [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
@@ -130,13 +161,14 @@ def output_paths(inputs: list[str], *, output: str | None, output_dir: str | Non
     """One output path per input; raises :class:`UserError` when they cannot be told apart.
 
     ``output``: a path (one input only) or a template with ``{...}`` fields; ``output_dir``:
-    a folder (made when missing) for ``output_name`` (default :data:`DEFAULT_OUTPUT_NAME`).
+    a folder (made when missing) for ``output_name`` (default: :func:`default_output_name`).
     """
     if output is not None and output_dir is not None:
         raise UserError("Pass either -o OUTPUT or --output-dir DIR, not both.")
     if output is None and output_dir is None:
         raise UserError("Pass -o OUTPUT (one input: a .zarr folder or a .tif file), or --output-dir DIR for "
-                        f"outputs named {DEFAULT_OUTPUT_NAME!r} there (--output-name TEMPLATE to change it).")
+                        "outputs named {stem}_seg in the input's format there (.tif for a TIFF, .zarr for zarr; "
+                        "--output-name TEMPLATE to change it).")
     if output_name is not None and output_dir is None:
         raise UserError("--output-name names outputs inside --output-dir DIR; pass --output-dir too "
                         "(or give the template to -o, e.g. -o 'out/{stem}.zarr').")
@@ -151,15 +183,16 @@ def output_paths(inputs: list[str], *, output: str | None, output_dir: str | Non
                                 "--output-dir DIR, or a template such as -o 'out/{stem}_seg.zarr'.")
             return [output]
     else:
-        template = os.path.join(output_dir, output_name or DEFAULT_OUTPUT_NAME)
-        if not _fields(output_name or DEFAULT_OUTPUT_NAME) and len(inputs) > 1:
+        template = os.path.join(output_dir, output_name) if output_name else None
+        if output_name and not _fields(output_name) and len(inputs) > 1:
             raise UserError(f"--output-name {output_name!r} has no field, so {len(inputs)} inputs would share "
                             "one output; use {stem} (or {name}, {parent}, {index}) in it.")
         folder = Path(output_dir)
         if folder.exists() and not folder.is_dir():
             raise UserError(f"--output-dir {output_dir!r} is a file; pass a folder.")
         folder.mkdir(parents=True, exist_ok=True)
-    outputs = [_fill(template, src, i + 1) for i, src in enumerate(inputs)]
+    outputs = [_fill(template or os.path.join(output_dir, default_output_name(src)), src, i + 1)
+               for i, src in enumerate(inputs)]
     seen: dict[str, str] = {}
     for src, out in zip(inputs, outputs):
         key = os.path.normpath(out)

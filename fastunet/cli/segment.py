@@ -43,7 +43,12 @@ def _input_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="zarr array/group (OME-Zarr: level 0), TIFF or OME-TIFF file, a folder of them, or a "
                         "quoted pattern such as 'dir/*.tif'; several inputs share one model load")
-    p.add_argument("--axes", help="axes of a plain array, e.g. ZYX, CYX, CZYX (default: from metadata)")
+    p.add_argument("--axes", help="axes of a plain array, e.g. ZYX, CYX, CZYX, TYX (default: from metadata)")
+    p.add_argument("--channel", metavar="CH[,CH]", help="the channel(s) the model reads: an index (0 first) or a "
+                   "name from the metadata (OME channel names, red/green/blue of RGB), e.g. --channel 1 or "
+                   "--channel DAPI; several for multi-channel models (default: every channel)")
+    p.add_argument("--series", type=int, metavar="N", help="the image of a multi-series TIFF or bioformats2raw "
+                   "OME-Zarr (0 first; default 0)")
 
 
 def _output_options(p: argparse.ArgumentParser) -> None:
@@ -55,7 +60,8 @@ def _output_options(p: argparse.ArgumentParser) -> None:
                        "missing), named by --output-name")
     fields = ", ".join("{" + k + "}" for k in TEMPLATE_FIELDS)
     group.add_argument("--output-name", metavar="TEMPLATE", help=f"output name in --output-dir, with the fields "
-                       f"{fields} (default {DEFAULT_OUTPUT_NAME}); the suffix picks the format (.zarr, .tif)")
+                       f"{fields} (default: {{stem}}_seg in the input's format: .tif beside a TIFF/PNG, .ome.zarr "
+                       f"for an OME-Zarr, {DEFAULT_OUTPUT_NAME} for zarr); the suffix picks the format (.zarr, .tif)")
     group.add_argument("--zarr-format", type=int, choices=(2, 3), help="zarr format of the output (default: the "
                        "OME-Zarr input's, else 3)")
     group.add_argument("--resume", action="store_true", help="continue interrupted runs into the same outputs; "
@@ -121,7 +127,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
 # -------------------------------------------------------------------------------------- run
 def _options(args: argparse.Namespace) -> dict:
     """The keyword arguments of :meth:`Segmenter.segment` that every input shares."""
-    options = dict(axes=args.axes, zarr_format=args.zarr_format, resume=args.resume, overwrite=args.overwrite,
+    from ..io.channels import parse_channels
+
+    options = dict(axes=args.axes, channels=parse_channels(args.channel), series=args.series,
+                   zarr_format=args.zarr_format, resume=args.resume, overwrite=args.overwrite,
                    scheduler=args.scheduler, workers=args.workers, gpus=args.gpus, progress=not args.quiet,
                    block=parse_sizes(args.block, "--block", "1,512,512"))
     options.update(output_kind=args.kind, min_size=args.min_size, split=args.split, connect_z=args.connect_z,

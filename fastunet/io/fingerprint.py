@@ -71,8 +71,12 @@ def input_fingerprint(source: VolumeSource) -> dict:
         "shape": [int(n) for n in source.shape],
         "dtype": source.dtype,
     }
+    if source.select:  # the channels (and time point) read
+        fp["select"] = [list(p) if isinstance(p, tuple) else p for p in source.select]
+    if source.timepoints > 1:
+        fp["timepoints"] = source.timepoints
     stored = source.stored()
-    if source.kind == "tiff":
+    if source.kind in ("tiff", "image"):
         fp["size"] = int(os.stat(source.path).st_size)
         if fp["size"] <= FULL_HASH_BYTES:
             with open(source.path, "rb") as f:
@@ -101,9 +105,11 @@ def _sample_digest(source: VolumeSource) -> str:
     """Digest of the values at the lattice points of an in-memory array (read point by point)."""
     digest = hashlib.sha256()
     grids = [[None] if a == "C" else _lattice(n) for a, n in zip(source.axes, source.shape)]
-    for point in itertools.product(*grids):
-        _add(digest, source.read(tuple(slice(0, n) if p is None else slice(p, p + 1)
-                                       for p, n in zip(point, source.shape))))
+    times = [source] if source.timepoints <= 1 else [source.at_time(t) for t in _lattice(source.timepoints)]
+    for volume in times:
+        for point in itertools.product(*grids):
+            _add(digest, volume.read(tuple(slice(0, n) if p is None else slice(p, p + 1)
+                                           for p, n in zip(point, source.shape))))
     return digest.hexdigest()[:32]
 
 
@@ -168,6 +174,9 @@ def describe_mismatch(path: Path, old: dict, new: dict) -> str:
         reason = (f"it was started on an input with axes {old.get('native_axes')} -> {old.get('axes')}, shape "
                   f"{old.get('shape')}, dtype {old.get('dtype')}; this run's input has axes "
                   f"{new.get('native_axes')} -> {new.get('axes')}, shape {new.get('shape')}, dtype {new.get('dtype')}")
+    elif differs("select"):
+        reason = (f"it was started on the channels (and time point) {old.get('select')} of its stored axes "
+                  f"{old.get('native_axes')}, this run reads {new.get('select')}")
     elif differs("size"):
         reason = "the input file changed since it was started (its size differs)"
     elif differs("metadata"):

@@ -6,7 +6,7 @@ lives on zarr v3 under ``attrs["ome"]``. An input's axes come from level 0 of it
 multiscale image (``type`` time -> T, channel -> C, space -> Z/Y/X by name, or by position
 when the names are not z/y/x). The writing side (:func:`image_attrs`, :func:`label_attrs`,
 :func:`list_label`) serves :mod:`fastunet.io.output_layout`, which decides what an output
-holds.
+holds. :func:`ome_xml_image` finds one image of an OME-TIFF's OME-XML.
 """
 
 from __future__ import annotations
@@ -197,8 +197,29 @@ def instance_colors() -> list[dict]:
 
 def with_channel(transforms: list) -> list:
     """Transforms of the spatial axes with a channel axis (scale 1, translation 0) in front."""
-    return [{"type": t["type"], t["type"]: [1.0 if t["type"] == "scale" else 0.0, *t[t["type"]]]}
+    return with_axis(transforms)
+
+
+def with_axis(transforms: list, scale: float = 1.0, translation: float = 0.0) -> list:
+    """Transforms with one more axis in front (a channel axis, or the time axis: its ``scale``
+    and ``translation``)."""
+    return [{"type": t["type"], t["type"]: [scale if t["type"] == "scale" else translation, *t[t["type"]]]}
             for t in transforms]
+
+
+def time_axis(ome: dict | None, native_axes: str) -> tuple[dict, float, float]:
+    """The NGFF time axis of an input (its entry, level-0 scale and translation); an axis
+    ``t`` with scale 1 when the input is not OME-Zarr."""
+    ome = ome or {}
+    axes = ome.get("axes") or []
+    i = native_axes.index("T") if "T" in native_axes else -1
+    if not 0 <= i < len(axes):
+        return {"name": "t", "type": "time"}, 1.0, 0.0
+    value = {"scale": 1.0, "translation": 0.0}
+    for t in ome.get("coordinateTransformations") or []:
+        if t.get("type") in value and isinstance(t.get(t["type"]), list):
+            value[t["type"]] = float(t[t["type"]][i])
+    return dict(axes[i]), value["scale"], value["translation"]
 
 
 def image_attrs(version: str, name: str, axes: list, datasets: list, ms_transforms) -> dict:
@@ -228,3 +249,14 @@ def list_label(labels: zarr.Group, version: str, name: str, *, remove: bool = Fa
     else:
         labels.attrs["ome"] = {**(ngff_section(attrs) or {"version": "0.5"}), "labels": names}
     return names
+
+
+# ---------------------------------------------------------------------------- OME-TIFF (OME-XML)
+
+
+def ome_xml_image(xml: str, series: int = 0):
+    """The ``Image`` element of OME-XML for image ``series`` (0 first), or None."""
+    import xml.etree.ElementTree as ET
+
+    images = [el for el in ET.fromstring(xml).iter() if el.tag.rpartition("}")[2] == "Image"]
+    return images[series] if series < len(images) else None

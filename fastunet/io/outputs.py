@@ -500,9 +500,13 @@ def _check_plan_args(source: VolumeSource, num_classes, kinds, chunks, zarr_form
 
 
 def _run_record(plan: OutputPlan, source: VolumeSource, output: str, input_id: dict, attrs: dict | None) -> dict:
-    """``attrs["fastunet"]`` of a new output: the caller's entries, then the run's."""
+    """``attrs["fastunet"]`` of a new output: the caller's entries, then the run's (with the
+    input's pixel size, and a time series' number of time points)."""
     from .. import __version__
+    from .physical import pixel_size
 
+    px = pixel_size(source)
+    extra = {"timepoints": source.timepoints, "time_points": {}} if source.timepoints > 1 else {}
     return jsonable(
         {
             **(attrs or {}),
@@ -520,7 +524,9 @@ def _run_record(plan: OutputPlan, source: VolumeSource, output: str, input_id: d
             "num_classes": plan.num_classes,
             "chunks": list(plan.chunks),
             "zarr_format": plan.zarr_format,
+            "pixel_size": {"axes": px.axes, "size": list(px.size), "unit": list(px.unit)},
             "arrays": {},
+            **extra,
         }
     )
 

@@ -25,9 +25,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import time
 import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -36,11 +39,20 @@ from ..devices import check_visible, default_dtype, resolve_device
 from ..errors import UserError
 from ..kinds import pick
 from .memory import check_tile_memory, default_max_step
+from .options import OutputKind, SegmentOptions, SegmentResult, Source
 from .progress import PROGRESS_INTERVAL, ProgressBar
+from .returns import is_lazy, returned, stack_time, wants_lazy
 from .scaling import check_resumed, make_rescale, model_size_of, resolve, stats_source
 from .sinks import MAX_TIFF_BYTES, TiffSink, open_sink
 
-__all__ = ["segment", "Segmenter", "NonFiniteWarning", "OUTPUT_KINDS"]
+if TYPE_CHECKING:
+    from typing import Unpack
+
+    from ..io.channels import ChannelSpec
+
+__all__ = ["segment", "Segmenter", "NonFiniteWarning", "OUTPUT_KINDS", "SegmentOptions"]
+
+log = logging.getLogger("fastunet.segmentation")
 
 OUTPUT_KINDS = ("instances", "labels", "probs", "both")
 
@@ -101,8 +113,8 @@ class Segmenter:
         Default bf16 on CUDA, fp32 on the CPU.
     """
 
-    def __init__(self, model=None, *, tile: int | None = None, batch_size: int | None = None, device=None,
-                 backend: str = "auto", dtype: str | None = None):
+    def __init__(self, model: Any = None, *, tile: int | None = None, batch_size: int | None = None,
+                 device: str | torch.device | None = None, backend: str = "auto", dtype: str | None = None) -> None:
         from ..engine import DTYPES, ModelHandle, resolve_backend
         from ..modelfile import default_model_path
 
@@ -165,11 +177,16 @@ class Segmenter:
     def _check_volume(self, vol) -> None:
         need = self.config.in_channels
         if vol.channels != need:
-            hint = (
-                'pass the channel axis with axes= (e.g. axes="CYX" or axes="CZYX")'
-                if need > 1 and "C" not in vol.axes
-                else f"use a model made for {vol.channels} channel(s)"
-            )
+            if need > 1 and "C" not in vol.axes:
+                hint = 'pass the channel axis with axes= (e.g. axes="CYX" or axes="CZYX")'
+            elif vol.channels > need:
+                names = f" ({', '.join(vol.channel_names)})" if vol.channel_names else ""
+                example = ", ".join(str(i) for i in range(need)) if need > 1 else "1"
+                hint = (f"pick the channel(s) the model reads with channels= by index or name{names}, e.g. "
+                        f"channels={example if need == 1 else '[' + example + ']'}, or use a model made for "
+                        f"{vol.channels} channel(s)")
+            else:
+                hint = f"use a model made for {vol.channels} channel(s)"
             if getattr(vol, "alt_axes", "") and need == 1:
                 hint += (f", or, if its {vol.channels} planes are z slices (the file reader took them for "
                          f'RGB channels), pass axes="{vol.alt_axes}"')
@@ -226,21 +243,30 @@ class Segmenter:
         """The class map of a 2D image (``(Y, X)`` or ``(C, Y, X)``) at ``object_size``, for the estimate."""
         axes = "CYX" if image.ndim == 3 else "YX"
         return self.segment(image, None, axes=axes, output_kind="labels", object_size=object_size,
-                            progress=False).compute()
+                            progress=False, lazy=False)
 
     # the call ------------------------------------------------------------------------------
-    def segment(self, source, output=None, *, axes: str | None = None, output_kind=None,
-                zarr_format: int | None = None, resume: bool = False, overwrite: bool = False, scheduler=None,
-                workers: int | None = None, gpus=None, progress: bool | None = True, chunks=None, block=None,
-                threads: int | None = None, max_tiff_bytes: int = MAX_TIFF_BYTES,
-                progress_interval: float = PROGRESS_INTERVAL, min_size: int = 0, split: str | None = None,
-                connect_z: bool = False, label_name: str | None = None, into_input: bool = False,
-                storage_options: dict | None = None, break_lock: bool = False, object_size=None):
-        """Segment ``source``; see :func:`segment` for the parameters and what is returned."""
+    def segment(self, source: Source, output: str | os.PathLike | None = None, *, axes: str | None = None,
+                channels: ChannelSpec = None, series: int | None = None, output_kind: OutputKind = None,
+                lazy: bool | None = None, zarr_format: int | None = None, resume: bool = False,
+                overwrite: bool = False, scheduler: Any = None, workers: int | None = None,
+                gpus: str | Sequence[int | str] | None = None, progress: bool | None = True,
+                chunks: Sequence[int] | None = None, block: Sequence[int] | None = None, threads: int | None = None,
+                max_tiff_bytes: int = MAX_TIFF_BYTES, progress_interval: float = PROGRESS_INTERVAL,
+                min_size: int = 0, split: Literal["watershed"] | None = None, connect_z: bool = False,
+                label_name: str | None = None, into_input: bool = False, storage_options: dict | None = None,
+                break_lock: bool = False, object_size: float | Literal["auto"] | None = None) -> SegmentResult:
+        """Segment ``source``; the options are :class:`~fastunet.segmentation.options.SegmentOptions`,
+        the result is what :func:`segment` returns."""
         from .. import io
         from ..engine.instances import InstanceOptions
         from ..kinds import parse_kinds
 
+        call = {k: v for k, v in locals().items() if k not in ("self", "source", "output", "io", "InstanceOptions",
+                                                              "parse_kinds")}
+        fields = io.plate_fields(source, storage_options)
+        if fields is not None:
+            return self._segment_plate(source, fields, output, call)
         t_start = time.perf_counter()
         kinds = parse_kinds(output_kind, self.config.num_classes)
         options = InstanceOptions(min_size=min_size, split=split, connect_z=connect_z)
@@ -251,16 +277,20 @@ class Segmenter:
             scheduler = active_client()  # the dask Client the caller made active runs file outputs
         remote = scheduler is not None or workers is not None or gpus is not None
         device = self._run_device(gpus)
-        vol = io.open_volume(source, axes=axes, storage_options=storage_options)
+        vol = io.open_volume(source, axes=axes, storage_options=storage_options, channels=channels, series=series,
+                             timepoints=True)
         self._check_volume(vol)
         if not remote:
             self._check_local_device()
-        scale = resolve(self._segment_crop, vol, object_size, self.model_object_size)  # None: scale 1
+        first = vol.at_time(0) if vol.timepoints > 1 else vol
+        scale = resolve(self._segment_crop, first, object_size, self.model_object_size)  # None: scale 1
         if output is None and into_input:
             output = _into_input_path(vol, label_name)
         if output is None:
-            return self._lazy(vol, kinds=kinds, options=options, resume=resume, overwrite=overwrite, remote=remote,
-                              chunks=chunks, block=block, scale=scale)
+            eager = not wants_lazy(source, lazy)
+            result = self._lazy(vol, kinds=kinds, options=options, resume=resume, overwrite=overwrite, remote=remote,
+                                chunks=chunks, block=block, scale=scale)
+            return returned(result, source, vol, kinds, lazy=not eager, threads=threads)
 
         sink = open_sink(output, source=vol, kinds=kinds, resume=resume, overwrite=overwrite,
                          zarr_format=zarr_format, expect=self._expect(vol, kinds, options, resume, chunks, block),
@@ -274,9 +304,37 @@ class Segmenter:
         finally:
             sink.close()
 
+    def _segment_plate(self, plate, fields: list[str], output, call: dict) -> dict[str, Any]:
+        """An HCS plate or well: every field into its own labels group (``into_input``, or an
+        ``output`` at ``<plate>/labels/<name>``), or lazily (``output=None``): a dict by field."""
+        from pathlib import Path
+
+        into = call["into_input"]
+        if output is not None:
+            out = Path(output)
+            if out.parent.name != "labels" or out.parent.parent.resolve() != Path(plate).resolve():
+                raise UserError(f"{str(plate)!r} is an OME-Zarr HCS plate (or well) of {len(fields)} field images: "
+                                "each is segmented into its own labels group; pass into_input=True (or output="
+                                f"{str(Path(plate) / 'labels' / 'NAME')!r}), or output=None for the arrays.")
+            into, call = True, {**call, "label_name": call["label_name"] or out.name}
+        root = str(plate).rstrip("/")
+        results = {}
+        for i, field in enumerate(fields):
+            log.info("field %d/%d: %s", i + 1, len(fields), field)
+            results[field[len(root):].strip("/")] = self.segment(field, None, **{**call, "into_input": into})
+        return results
+
     def _write(self, sink, vol, kinds, options, t_start, *, device, remote, run, chunks, block, progress,
                progress_interval, scale=None):
-        """Plan, set up, create the output, run the block tasks and finish the sink."""
+        """Plan, set up, create the output, run the block tasks and finish the sink (a time
+        series: each time point in turn, :meth:`_write_series`)."""
+        if isinstance(sink, TiffSink) and sink.complete:  # resume=True: a TIFF written by an earlier run
+            self.last_summary = {"blocks": 1, "computed": 0, "skipped": 1}
+            return sink.result()
+        if vol.timepoints > 1:
+            return self._write_series(sink, vol, kinds, options, t_start, device=device, remote=remote, run=run,
+                                      chunks=chunks, block=block, progress=progress,
+                                      progress_interval=progress_interval, scale=scale)
         layout, stats, rescale = self._plan(vol, sink, chunks=chunks, block=block, remote=remote, scale=scale)
         if sink.complete:
             self.last_summary = {**sink.recorded.get("summary", {}), "computed": 0, "skipped": layout.num_blocks}
@@ -302,6 +360,27 @@ class Segmenter:
         _warn_nonfinite(summary["nonfinite"], sampled=False)
         if "instances" in kinds:
             summary.update(objects=sink.count, min_size=options.min_size)
+        return sink.finish(summary, source=vol)
+
+    def _write_series(self, sink, vol, kinds, options, t_start, **run):
+        """A time series: each time point is a run of its own into the series' output (its own
+        plan, normalization and block records: a resumed run skips the finished time points
+        and blocks), then the series' output is finished."""
+        if sink.complete:
+            done = sink.recorded.get("summary") or {}
+            self.last_summary = {**done, "computed": 0, "skipped": done.get("blocks")}
+            return sink.result()
+        parts = []
+        for t in range(vol.timepoints):
+            log.info("time point %d/%d", t + 1, vol.timepoints)
+            self._write(sink.at_time(t), vol.at_time(t), kinds, options, time.perf_counter(), **run)
+            parts.append(self.last_summary or {})
+        summary = {**parts[-1], "timepoints": vol.timepoints, "seconds": round(time.perf_counter() - t_start, 3)}
+        for key in ("blocks", "computed", "skipped", "megapixels", "nonfinite", "objects"):
+            if all(key in p for p in parts):
+                summary[key] = sum(p[key] for p in parts)
+        summary["mpx_per_s"] = round(summary.get("megapixels", 0) / summary["seconds"], 3) if summary["seconds"] else None
+        self.last_summary = summary
         return sink.finish(summary, source=vol)
 
     # the parts of the call ------------------------------------------------------------------
@@ -331,6 +410,10 @@ class Segmenter:
                 "With output=None the result is a lazy dask array: compute it on your own "
                 "distributed Client instead of passing scheduler/workers/gpus."
             )
+        if vol.timepoints > 1:  # each time point on its own, stacked along a leading axis
+            return stack_time([self._lazy(vol.at_time(t), kinds=kinds, options=options, resume=resume,
+                                          overwrite=overwrite, remote=remote, chunks=chunks, block=block, scale=scale)
+                               for t in range(vol.timepoints)], kinds)
         layout = self._layout(vol, chunks=chunks, block=block, remote=remote, scale=scale)
         rescale = self._new_rescale(vol, scale, remote)
         stats = normalization_stats(stats_source(vol, rescale), self.normalization)
@@ -346,7 +429,7 @@ class Segmenter:
         from .. import io
         from ..kinds import kinds_record
 
-        expect = {}
+        expect: dict[str, Any] = {}
         if resume:  # the input must be the one the interrupted run read (or the complete output's)
             expect["input_id"] = io.input_fingerprint(vol)
         expect.update({"shape": list(vol.spatial_shape), "output": kinds_record(kinds),
@@ -376,6 +459,8 @@ class Segmenter:
                                                               tile=meta["rescale_tile"], max_step=0)
             if sink.complete:
                 return layout, None, rescale
+            if meta.get("norm_offset") is None:  # a time point of a series not started yet
+                return layout, normalization_stats(stats_source(vol, rescale), self.normalization), rescale
             return layout, NormStats(np.asarray(meta["norm_offset"], np.float64),
                                      np.asarray(meta["norm_scale"], np.float64)), rescale
         layout = self._layout(vol, chunks=chunks, block=block, remote=remote, scale=scale)
@@ -478,108 +563,52 @@ def _warn_nonfinite(count: int, *, sampled: bool) -> None:
     )
 
 
-def segment(source, model=None, output=None, *, axes: str | None = None, tile: int | None = None,
-            batch_size: int | None = None, device=None, backend: str = "auto", dtype: str | None = None,
-            output_kind=None, zarr_format: int | None = None, resume: bool = False, overwrite: bool = False,
-            scheduler=None, workers: int | None = None, gpus=None, progress: bool | None = True,
-            chunks=None, block=None, threads: int | None = None, progress_interval: float = PROGRESS_INTERVAL,
-            min_size: int = 0, split: str | None = None, connect_z: bool = False, label_name: str | None = None,
-            into_input: bool = False, storage_options: dict | None = None, break_lock: bool = False,
-            object_size=None):
+def segment(source: Source, model: Any = None, output: str | os.PathLike | None = None, *, tile: int | None = None,
+            batch_size: int | None = None, device: str | torch.device | None = None, backend: str = "auto",
+            dtype: str | None = None, **options: Unpack[SegmentOptions]) -> SegmentResult:
     """Segment a volume with overlap-tile inference (seamless: identical to one pass of the
     network over the whole mirrored image).
 
     Parameters
     ----------
-    source : str, path-like, numpy.ndarray, dask.array.Array or zarr.Array
-        A zarr v2/v3 array or group (OME-Zarr: level 0) or its URL (``s3://``, ``gs://``,
-        ``https://``, ``memory://``), a TIFF / OME-TIFF file, or an array.
+    source : str, path-like, numpy.ndarray, dask.array.Array, xarray.DataArray or zarr.Array
+        A zarr v2/v3 array or group (OME-Zarr: level 0; an HCS plate or well: every field) or
+        its URL (``s3://``, ``gs://``, ``https://``, ``memory://``), a TIFF / OME-TIFF file
+        (``series=`` picks an image of a multi-series file), a PNG or JPEG file, or an array.
+        A time axis (T > 1) is segmented one time point after the other.
     model : str, path-like, ModelBundle, ReferenceUNet or None
         Model file, in-memory network (see :class:`Segmenter`), or None for the bundled
         default model.
     output : str, path-like or None
         A zarr folder (``.zarr``; ``.ome.zarr`` or an OME-Zarr input: an OME-Zarr image with
         label images) or URL (``s3://bucket/out.zarr``), ``<OME-Zarr input>/labels/<name>`` (a
-        label image in the input's own labels group), a local ``.tif``/``.tiff`` file (ImageJ;
-        ``.ome.tif``: OME-TIFF; results that fit in memory), or None for lazy dask arrays
-        (nothing is computed until they are). Other extensions are refused.
-    axes : str, optional
-        Axes of a plain array or zarr array without metadata, e.g. ``"ZYX"``, ``"CYX"``.
+        label image in the input's own labels group; a plate: every field's), a local
+        ``.tif``/``.tiff`` file (ImageJ; ``.ome.tif``: OME-TIFF; results that fit in memory),
+        or None: arrays returned, nothing written. Other extensions are refused.
     tile, batch_size, device, backend, dtype
         See :class:`Segmenter`.
-    output_kind : str, tuple of str or None
-        ``"instances"`` (object ids: the connected components of the foreground, unique in
-        the whole volume, uint32 or uint64), ``"labels"`` (the uint8 argmax class map),
-        ``"probs"`` (float16 class probabilities ``(K, ...)``), ``"both"`` (labels and
-        probs), or several (``"instances,probs"``, a tuple). Default: instances for
-        two-class models, labels otherwise (see :mod:`fastunet.kinds`).
-    zarr_format : {3, 2}, optional
-        Default: the OME-Zarr input's format (NGFF 0.4 on v2, 0.5 on v3), else 3.
-    resume : bool
-        Continue an interrupted run into the same output, skipping recorded blocks. Refused
-        unless the input is the recorded one (path, array, axes, shape, dtype, and a
-        fingerprint: zarr metadata and sampled values, or a TIFF's size and mtime).
-    overwrite : bool
-        Replace an existing fastunet output.
-    scheduler, workers, gpus
-        Run on dask.distributed: a ``distributed.Client`` (left open), a Cluster such as
-        ``LocalCluster``, or a scheduler address to join; ``workers`` local worker processes;
-        or one worker process per GPU (``"0,1"``). Default: the active Client for a file
-        output when there is one (``distributed.default_client()``), else threads here.
-    progress : bool or None
-        Progress bar on a terminal; when stderr is not a terminal (a batch job's log), a
-        plain line (blocks done/total, Mpx/s, ETA) every ``progress_interval`` seconds.
-        False: neither.
-    chunks, block : tuple of int, optional
-        Output chunk and block shapes ``((Z,) Y, X)``; by default along the input's chunks.
-    threads : int, optional
-        Threads of the threaded scheduler (or per worker).
-    progress_interval : float
-        Seconds between the plain progress lines (default 30).
-    min_size : int
-        Instances: objects of fewer voxels are removed (default 0: none).
-    split : {None, "watershed"}
-        Instances: split touching objects by a seeded watershed on the distance transform.
-    connect_z : bool
-        Instances of ``ZYX`` stacks: join objects across slices (default: each slice on its own).
-    label_name : str, optional
-        Name of the label image under ``labels/`` of an OME-Zarr output (default
-        ``"segmentation"``).
-    into_input : bool
-        With ``output=None``: write the label image into the OME-Zarr input's own labels
-        group (``<input>/labels/<label_name>``), as ``output="<input>/labels/NAME"`` does.
-    storage_options : dict, optional
-        Options of the file system of URL inputs and outputs (fsspec), e.g.
-        ``{"endpoint_url": "http://127.0.0.1:9000"}`` or ``{"anon": True}``; credentials
-        otherwise come from the usual environment variables (``AWS_ACCESS_KEY_ID``,
-        ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``, ``GOOGLE_APPLICATION_CREDENTIALS``...).
-    break_lock : bool
-        Take the output's lock from another run that holds it (one whose process is gone):
-        one run at a time writes a zarr output (:mod:`fastunet.io.lock`).
-    object_size : float or "auto", optional
-        The typical object diameter in the input, in pixels (like cellpose's diameter): the
-        input is rescaled so that its objects match the size the model was trained on (its
-        file records it, ``extra["object_size"]``) and the results are mapped back to the input
-        grid, block by block (:mod:`fastunet.engine.rescale`). ``"auto"`` estimates it from a
-        first pass over a central crop (:mod:`fastunet.segmentation.scaling`). Default: the
-        input's own scale. A model that records no training object size refuses it.
+    **options
+        The options of the call (:class:`~fastunet.segmentation.options.SegmentOptions`):
+        ``axes``, ``channels``, ``series``, ``output_kind``, ``lazy``, ``resume``,
+        ``overwrite``, ``zarr_format``, ``label_name``, ``into_input``, ``object_size``,
+        ``min_size``, ``split``, ``connect_z``, ``scheduler``, ``workers``, ``gpus``,
+        ``threads``, ``progress``, ``chunks``, ``block``, ``storage_options``, ``break_lock``...
 
     Returns
     -------
-    zarr.Array, numpy.ndarray, dask.array.Array or a tuple of them
-        The written arrays (zarr arrays for a zarr output, numpy arrays for TIFF), or lazy
-        dask arrays when ``output`` is None; several kinds as a tuple in the order instances,
-        labels, probs (``"both"``: labels, probs).
+    zarr.Array, numpy.ndarray, dask.array.Array, xarray.DataArray, a tuple of them, or a dict
+        The written arrays (zarr arrays for a zarr output, numpy arrays for TIFF); with
+        ``output=None``, what came in: numpy arrays for a numpy input, a ``DataArray`` (its
+        dims, coordinates and attrs) for an xarray input, lazy dask arrays otherwise
+        (``lazy=`` chooses). Several kinds: a tuple in the order instances, labels, probs
+        (``"both"``: labels, probs). A time series has a leading time axis; an HCS plate gives
+        a dict by field path.
     """
     seg = Segmenter(model, tile=tile, batch_size=batch_size, device=device, backend=backend, dtype=dtype)
+    result: SegmentResult = None
     try:
-        result = seg.segment(source, output, axes=axes, output_kind=output_kind, zarr_format=zarr_format,
-                             resume=resume, overwrite=overwrite, scheduler=scheduler, workers=workers, gpus=gpus,
-                             progress=progress, chunks=chunks, block=block, threads=threads,
-                             progress_interval=progress_interval, min_size=min_size, split=split,
-                             connect_z=connect_z, label_name=label_name, into_input=into_input,
-                             storage_options=storage_options, break_lock=break_lock, object_size=object_size)
+        result = seg.segment(source, output, **options)
+        return result
     finally:
-        if output is not None:
+        if not is_lazy(result):  # lazy arrays keep the network for their computation
             seg.close()
-    return result
