@@ -97,11 +97,12 @@ def to_storage(x, dtype: tl.constexpr, INTERP_BF16: tl.constexpr):
     return x.to(dtype)
 
 
-# FASTUNET_AUTOTUNE=0: each kernel keeps one config (the first of its list that fits the
-# dtype's shared memory; for the fp32 "ieee" conv the quickest to compile). Autotuning compiles every config for every layer signature
-# (the paper network has ~18 conv signatures per dtype path, some configs take tens of
-# seconds in ptxas), which is what a benchmark wants and what a correctness run cannot
-# afford; the GPU tests set it and check every config separately (forced configs).
+# FASTUNET_AUTOTUNE=0: each launch runs one config, the one the performance model ranks first
+# for its shape and dtype (kernels/perfmodel.py; for the fp32 "ieee" FMA paths the quickest to
+# compile), through the plain JIT function: nothing is benchmarked (see launch()). Autotuning
+# compiles and times several configs for every layer signature, which is what a benchmark
+# wants and what a correctness run cannot afford; the GPU tests set it and check every config
+# separately (forced configs).
 AUTOTUNE = os.environ.get("FASTUNET_AUTOTUNE", "1").lower() not in ("0", "off", "false", "no")
 
 
