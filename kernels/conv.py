@@ -355,8 +355,9 @@ def get_rowrun_config() -> list[triton.Config]:
     return configs
 
 
-# The interpreter's row-run tile (dots need 16 rows, columns and K at least).
-_ROWRUN_INTERPRETER_CONFIG = triton.Config(dict(R=2, BW=16, BN=16, BK=16), num_warps=4, num_stages=1,
+# The interpreter's row-run tile (dots need 16 rows, columns and K at least; 128 pixels a
+# program: fewer, larger programs run faster under the interpreter).
+_ROWRUN_INTERPRETER_CONFIG = triton.Config(dict(R=4, BW=32, BN=16, BK=16), num_warps=4, num_stages=1,
                                            pre_hook=rowrun.set_block_shapes)
 
 

@@ -181,7 +181,7 @@ def _set_blocks(args: dict) -> None:
     rowrun.set_block_shapes({**args, "BN": args["BLOCK_N"]})
 
 
-_ROWRUN_INTERPRETER_CONFIG = triton.Config(dict(R=2, BW=16, BK=16), num_warps=4, num_stages=1, pre_hook=_set_blocks)
+_ROWRUN_INTERPRETER_CONFIG = triton.Config(dict(R=4, BW=32, BK=16), num_warps=4, num_stages=1, pre_hook=_set_blocks)
 
 
 def _as_conv_config(config: triton.Config, block_n: int) -> triton.Config:
