@@ -114,7 +114,8 @@ class Segmenter:
     model : str, path-like, ModelBundle, ReferenceUNet or None
         A fastunet ``.safetensors`` model file, an in-memory network with its normalization
         (:class:`~fastunet.modelfile.ModelBundle`, e.g. from :func:`fastunet.read_model`), a
-        bare network (percentile normalization), or None for the bundled default model.
+        bare network (percentile normalization), None for the bundled default model, or
+        ``"3d"`` for the bundled 3D model (volumes segmented as volumes).
     tile : int or (int, int, int), optional
         The network's input tile edge (572 gives 388-pixel outputs for the paper's network);
         by default the largest that fits the device, never larger than a small image needs.
@@ -132,10 +133,11 @@ class Segmenter:
     def __init__(self, model: Any = None, *, tile: int | None = None, batch_size: int | None = None,
                  device: str | torch.device | None = None, backend: str = "auto", dtype: str | None = None) -> None:
         from ..engine import DTYPES, ModelHandle, resolve_backend
-        from ..modelfile import default_model_path
+        from ..modelfile import bundled_model, default_model_path
 
         if model is None:
             model = default_model_path()
+        model = bundled_model(model)  # "3d": the bundled 3D model
         if isinstance(model, (str, os.PathLike)):
             self.handle = ModelHandle.from_path(model)
         else:
