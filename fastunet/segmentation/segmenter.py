@@ -220,6 +220,9 @@ class Segmenter:
     def _check_dims(self, vol, object_size) -> None:
         """A 3D network needs a volume (Z, Y, X); object_size= rescales in 2D only."""
         if self.config.spatial_dims != 3:
+            if len(vol.spatial_shape) == 3 and vol.spatial_shape[0] > 1:
+                log.info("a 2D model segments this stack slice by slice; model=\"3d\" (--model 3d) segments it as "
+                         "a volume")
             return
         if len(vol.spatial_shape) != 3:
             raise UserError(

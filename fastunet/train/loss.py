@@ -113,10 +113,7 @@ def weighted_cross_entropy(
 
         (kernel,) = load(logits.device, "loss")
         if logits.ndim == 5:  # a 3D network's (N, C, D, H, W) as the kernel's (N, C, D * H, W), unchanged
-            shape = target.shape
+            logits, target = logits.flatten(2, 3), target.flatten(1, 2)
             weight = None if weight is None else weight.flatten(1, 2)
-            out = kernel.weighted_softmax_ce(logits.flatten(2, 3), target.flatten(1, 2), weight,
-                                             ignore_index=ignore_index, reduction=reduction)
-            return out.view(shape) if reduction == "none" else out
         return kernel.weighted_softmax_ce(logits, target, weight, ignore_index=ignore_index, reduction=reduction)
     return weighted_cross_entropy_reference(logits, target, weight, ignore_index, reduction)
