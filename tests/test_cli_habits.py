@@ -113,7 +113,7 @@ def test_naming_outputs(tmp_path):
     inputs = ["x/a.ome.tif", "y/b.zarr", "y/c.tiff"]
     assert output_paths(inputs, output=None, output_dir=str(tmp_path / "o"), output_name=None) == [
         str(tmp_path / "o" / n) for n in ("a_seg.ome.tif", "b_seg.zarr", "c_seg.tif")]  # each input's format
-    assert (tmp_path / "o").is_dir()
+    assert not (tmp_path / "o").exists()  # made by the run once it is accepted (make_folders)
     assert output_paths(inputs, output="out/{parent}-{index}-{name}.tif", output_dir=None, output_name=None) == [
         "out/x-1-a.ome.tif.tif", "out/y-2-b.zarr.tif", "out/y-3-c.tiff.tif"]
     assert output_paths(inputs[:1], output="one.zarr", output_dir=None, output_name=None) == ["one.zarr"]
@@ -168,10 +168,10 @@ def test_verbose_and_log_file(tmp_path, model, images, capsys):
                             capsys)
     assert code == 2 and err.count("\n") == 1  # one line on the terminal, and the same in the log
     last = log.read_text().splitlines()[-1]
-    assert " ERROR fastunet.cli.segment: Output " in last and last.endswith(err.split(": error: ", 1)[1].strip())
+    assert " ERROR fastunet.cli.segment: The output " in last and last.endswith(err.split(": error: ", 1)[1].strip())
     code, _, err = _segment([images / "a.tif", "-o", tmp_path / "x.zarr", "--log-file", tmp_path / "no" / "l.txt"],
                             capsys)
-    assert code == 2 and "Cannot write the log file" in err and "--log-file" in err
+    assert code == 2 and "The folder of the --log-file" in err and "does not exist" in err
 
 
 def test_version_help_epilogs_and_exit_codes(capsys):

@@ -79,8 +79,10 @@ def test_torch_normalization_matches_numpy_bit_for_bit(dtype, scope):
     before = vol.copy()
     for zero in (False, True):
         want = Normalization.apply(vol, offset, scale, zero_nonfinite=zero)
-        got = Normalization.apply(torch.from_numpy(vol), torch.from_numpy(offset), torch.from_numpy(scale),
-                                  zero_nonfinite=zero)
+        # int64 offsets beyond 2**44 are extended precision (numpy.longdouble), which torch has
+        # not: they reach the tensor path as numpy arrays (split into two float64 parts there)
+        t_offset = offset if offset.dtype == np.longdouble else torch.from_numpy(offset)
+        got = Normalization.apply(torch.from_numpy(vol), t_offset, torch.from_numpy(scale), zero_nonfinite=zero)
         assert got.dtype == torch.float32 and want.dtype == np.float32
         assert _bits_equal(got.numpy(), want), dtype
         assert zero is False or np.isfinite(want).all()

@@ -115,29 +115,32 @@ def test_s3_input_and_output_match_a_local_run_and_resume(s3, prefix, tmp_path, 
         segment(other, model, out, axes="ZYX", tile=52, progress=False, resume=True)
 
 
-def test_s3_fingerprint_reads_a_bounded_number_of_keys_and_never_lists(s3, prefix, monkeypatch):
+def test_s3_fingerprint_reads_a_bounded_number_of_keys_and_lists_once(s3, prefix, monkeypatch):
+    """The values: the chunks around a fixed lattice only; the chunk files: one listing (with
+    each object's size and ETag; one request per 1000 objects), never a read of every chunk."""
     data = _rng().integers(0, 1000, size=(2, 96, 96)).astype(np.uint16)
     src = _put(f"{prefix}/many.zarr", data, (1, 8, 8))  # 288 chunks
     vol = open_volume(src, axes="ZYX")
     import s3fs
 
-    seen = []
-    real_cat = s3fs.S3FileSystem._cat_file
+    seen, listings = [], []
+    real_cat, real_find = s3fs.S3FileSystem._cat_file, s3fs.S3FileSystem.find
 
     async def counting(self, path, *args, **kwargs):
         seen.append(path)
         return await real_cat(self, path, *args, **kwargs)
 
-    def no_listing(*args, **kwargs):
-        raise AssertionError("the fingerprint listed the store")
+    def listing(self, path, *args, **kwargs):
+        listings.append(path)
+        return real_find(self, path, *args, **kwargs)
 
     monkeypatch.setattr(s3fs.S3FileSystem, "_cat_file", counting)
-    monkeypatch.setattr(s3fs.S3FileSystem, "_ls", no_listing)
-    monkeypatch.setattr(s3fs.S3FileSystem, "_find", no_listing)
+    monkeypatch.setattr(s3fs.S3FileSystem, "find", listing)
     fp = input_fingerprint(vol)
     chunks = [p for p in seen if "/c/" in p]
     assert fp["path"] == src and "chunks" in fp and "metadata" in fp
     assert 0 < len(chunks) <= 2 * 4 * 4  # the chunks around a 2x4x4 lattice, not the 288 chunks
+    assert len(listings) == 1 and int(fp["chunk_sizes"].split(":")[0]) >= 288  # each chunk's size and ETag
 
 
 def test_s3_storage_options_and_cli_flag(s3, prefix, tmp_path, capsys, monkeypatch):

@@ -280,10 +280,13 @@ def test_resume_refuses_another_input(tmp_path, model, capsys, monkeypatch):
     # Same path, values changed in place since: refused too.
     arr = zarr.open_array(a, mode="r+")
     original = arr[:]
+    times = {p: p.stat().st_mtime_ns for p in Path(a).rglob("*") if p.is_file()}
     arr[:] = original + 1
     code, _, err = _run([a, *common, "--resume"], capsys)
     assert code == 2 and "values differ" in err, err
-    arr[:] = original
+    arr[:] = original  # restored as from a backup that keeps the files' times (cp -p): the input it was
+    for p, t in times.items():
+        os.utime(p, ns=(t, t))
     # The original input: resumes, and equals an uninterrupted run.
     code, out_text, err = _run([a, *[c for c in common if c != "--quiet"], "--resume"], capsys)
     assert code == 0, err
@@ -369,7 +372,7 @@ def test_unwritable_output_folder_is_one_line(tmp_path, model, capsys, deny_outp
     code, out, err = _run([src, "-o", tmp_path / "o.zarr", "--model", model], capsys)
     assert code == 2 and out == "" and err.count("\n") == 1, err
     assert err == (f"fastunet segment: error: Cannot write to {str(tmp_path)!r} (Permission denied); choose a "
-                   "writable output location.\n")
+                   "writable place for the output.\n")
     assert not (tmp_path / "o.zarr").exists()
 
 
@@ -399,7 +402,7 @@ def test_damaged_chunk_mid_run_leaves_a_resumable_output(tmp_path, capsys, monke
     out = tmp_path / "o.zarr"
     argv = [src, "-o", out, "--model", fixed, "--axes", "ZYX", "--tile", "52", "--block", "1,16,16", "--quiet"]
     files = sorted(p for p in Path(src, "c").rglob("*") if p.is_file())
-    saved = {p: p.read_bytes() for p in files}
+    saved = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
     real, calls = engine.run_block, []
 
     def run_block(job, block):  # the input gets damaged (every chunk) as the 5th block starts
@@ -416,8 +419,9 @@ def test_damaged_chunk_mid_run_leaves_a_resumable_output(tmp_path, capsys, monke
     assert meta["complete"] is False
     done = list((out / "_fastunet_done").glob("*.done"))
     assert 3 <= len(done) < 18  # 2 threads: blocks 1-3 at least finished before the damage
-    for p, data in saved.items():  # restored
+    for p, (data, mtime) in saved.items():  # restored with the files' times (cp -p): the input it was
         p.write_bytes(data)
+        os.utime(p, ns=(mtime, mtime))
     monkeypatch.setattr(engine, "run_block", real)
     code, text, err = _run([*argv[:-1], "--resume"], capsys)
     assert code == 0, err

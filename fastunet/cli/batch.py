@@ -9,7 +9,9 @@
   default (:func:`default_output_name`) the output follows the input: ``{stem}_seg.tif``
   beside a TIFF, PNG or JPEG (``{stem}_seg.ome.tif`` for an OME-TIFF; a zarr output for a TIFF
   too large to assemble in memory), ``{stem}_seg.ome.zarr`` for an OME-Zarr,
-  ``{stem}_seg.zarr`` for other zarr stores.
+  ``{stem}_seg.zarr`` for other zarr stores. It makes no folder: :func:`make_folders` makes an
+  output's missing folders once the run is accepted (and :func:`remove_made` removes them
+  again, empty, when that input then fails).
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from pathlib import Path
 
 from ..errors import UserError
 
-__all__ = ["expand_inputs", "output_paths", "image_stem", "TEMPLATE_FIELDS", "DEFAULT_OUTPUT_NAME",
-           "IMAGE_SUFFIXES", "default_output_name"]
+__all__ = ["expand_inputs", "output_paths", "image_stem", "check_template", "make_folders", "makes_folders",
+           "remove_made", "TEMPLATE_FIELDS", "DEFAULT_OUTPUT_NAME", "IMAGE_SUFFIXES", "default_output_name"]
 
 IMAGE_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr", ".png", ".jpg", ".jpeg")
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -152,8 +154,56 @@ def _fill(template: str, source: str, index: int) -> str:
     if unknown:
         raise UserError(f"Unknown field {{{unknown[0]}}} in the output name template {template!r}; the fields are "
                         + ", ".join("{" + k + "}" for k in TEMPLATE_FIELDS) + ".")
-    path = Path(source.rstrip("/")) if not _is_url(source) else Path(source.split("://", 1)[1].rstrip("/"))
-    return template.format(name=path.name, stem=image_stem(path.name), parent=path.parent.name, index=index)
+    if _is_url(source):
+        path = Path(source.split("://", 1)[1].rstrip("/"))
+        parent = path.parent.name
+    else:
+        path = Path(source.rstrip("/"))
+        parent = path.expanduser().resolve().parent.name  # "../x.tif": the folder's real name, never ".."
+    try:
+        return template.format(name=path.name, stem=image_stem(path.name), parent=parent, index=index)
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
+        raise UserError(f"Cannot fill the output name template {template!r} ({exc}); write fields as {{stem}}, "
+                        "{name}, {parent} or {index}, e.g. {index:03d} for 001.") from None
+
+
+def makes_folders(output: str | None, output_dir: str | None) -> bool:
+    """Whether the outputs' missing folders are made: for ``--output-dir`` and ``-o`` templates
+    (a plain ``-o PATH`` needs its folder to exist: a mistyped path is not created)."""
+    return output_dir is not None or (output is not None and bool(_fields(output)))
+
+
+def check_template(template: str, flag: str = "-o") -> None:
+    """Refuse a name template that cannot be filled (an unknown field, a bad format code),
+    before any work: filled once with example values."""
+    try:
+        _fill(template, "folder/example.ome.tif", 1)
+    except UserError as exc:
+        raise UserError(f"{flag}: {exc}") from None
+
+
+def make_folders(output: str) -> list[Path]:
+    """Make the missing folders of a local output (a template's or --output-dir's); returns
+    those made, outermost first."""
+    if _is_url(output):
+        return []
+    made = []
+    folder = Path(output).expanduser().absolute().parent
+    while not folder.exists():
+        made.insert(0, folder)
+        folder = folder.parent
+    for f in made:
+        f.mkdir()
+    return made
+
+
+def remove_made(made: list[Path]) -> None:
+    """Remove folders :func:`make_folders` made, innermost first, as long as they are empty."""
+    for folder in reversed(made):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def output_paths(inputs: list[str], *, output: str | None, output_dir: str | None,
@@ -161,7 +211,9 @@ def output_paths(inputs: list[str], *, output: str | None, output_dir: str | Non
     """One output path per input; raises :class:`UserError` when they cannot be told apart.
 
     ``output``: a path (one input only) or a template with ``{...}`` fields; ``output_dir``:
-    a folder (made when missing) for ``output_name`` (default: :func:`default_output_name`).
+    a folder (made by :func:`make_folders` when the run starts) for ``output_name`` (default:
+    :func:`default_output_name`); that the outputs stay inside it is checked with the other
+    rules of written files (:func:`fastunet.cli.files.check_files`).
     """
     if output is not None and output_dir is not None:
         raise UserError("Pass either -o OUTPUT or --output-dir DIR, not both.")
@@ -190,7 +242,6 @@ def output_paths(inputs: list[str], *, output: str | None, output_dir: str | Non
         folder = Path(output_dir)
         if folder.exists() and not folder.is_dir():
             raise UserError(f"--output-dir {output_dir!r} is a file; pass a folder.")
-        folder.mkdir(parents=True, exist_ok=True)
     outputs = [_fill(template or os.path.join(output_dir, default_output_name(src)), src, i + 1)
                for i, src in enumerate(inputs)]
     seen: dict[str, str] = {}

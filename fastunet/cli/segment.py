@@ -202,8 +202,14 @@ def _report_warnings(caught, source: str | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``fastunet segment``: every input in turn with one :class:`~fastunet.Segmenter`."""
+    """``fastunet segment``: every input in turn with one :class:`~fastunet.Segmenter`.
+
+    The outputs' missing folders (of ``--output-dir`` or a template) are made only once the
+    run is accepted, each just before its input, and removed again (empty) when that input
+    fails."""
     from ..segmentation import Segmenter, summary_line
+    from .batch import make_folders, makes_folders, remove_made
+    from .signals import set_kept
 
     inputs = expand_inputs(args.inputs)
     outputs = output_paths(inputs, output=args.output, output_dir=args.output_dir, output_name=args.output_name)
@@ -211,6 +217,8 @@ def run(args: argparse.Namespace) -> int:
     options = _options(args)
     out = human_stream(args)
     records: list[dict] = []
+    set_kept(lambda: _kept(outputs, records))
+    make = makes_folders(args.output, args.output_dir)
     t0 = time.perf_counter()
     log.info("%d input(s); model %s", len(inputs), args.model or "default (bundled)")
     try:
@@ -218,7 +226,10 @@ def run(args: argparse.Namespace) -> int:
                        backend=args.backend, dtype=args.dtype) as seg:
             for i, (source, output) in enumerate(zip(inputs, outputs)):
                 log.info("[%d/%d] %s -> %s", i + 1, len(inputs), source, output)
+                made = make_folders(output) if make else []
                 record = _segment_one(seg, source, output, options, args, many)
+                if record["status"] == "failed":
+                    remove_made(made)
                 records.append(record)
                 if record["summary"] is not None and not args.quiet:
                     prefix = f"[{i + 1}/{len(inputs)}] " if many else ""
@@ -230,6 +241,39 @@ def run(args: argparse.Namespace) -> int:
     if many and not args.quiet:
         print(_total_line(records, time.perf_counter() - t0), file=out)
     return EXIT_USER if failed else EXIT_OK
+
+
+def _kept(outputs: list[str], records: list[dict]) -> str:
+    """What an interrupted run kept: the finished outputs, and of the one being written its
+    recorded blocks (a zarr output, resumable) or nothing (a TIFF, written whole at the end)."""
+    from ..io.outputs import TIFF_SUFFIXES, fastunet_attrs
+    from ..io.stores import location
+
+    parts = []
+    finished = sum(r["status"] in ("done", "complete") for r in records)
+    if finished:
+        parts.append(f"{finished} of {len(outputs)} outputs are complete" if len(outputs) > 1
+                     else "the output is complete")
+    if len(records) < len(outputs):
+        current = outputs[len(records)]
+        if current.lower().endswith(TIFF_SUFFIXES):
+            parts.append(f"nothing of {current} was kept (a TIFF is written whole, at the end): run the command "
+                         "again for it")
+        else:
+            meta = fastunet_attrs(location(current)) if "://" not in current else None
+            if meta is not None and not meta.get("complete"):
+                from ..engine.instance_tasks import RELABEL_PREFIX
+                from ..io import SegmentationStore
+
+                done = sum(not n.startswith(RELABEL_PREFIX) for n in SegmentationStore(location(current)).done())
+                parts.append(f"{current} is kept with {done} finished block{'s' if done != 1 else ''}: run the same "
+                             "command with --resume to continue")
+            elif "://" in current:
+                parts.append(f"the finished blocks of {current}, if any, are kept: run the same command with "
+                             "--resume to continue")
+            else:
+                parts.append(f"nothing of {current} was written yet")
+    return "; ".join(parts) or "nothing was written"
 
 
 def _report(records: list[dict], inputs: list[str], outputs: list[str], seconds: float) -> dict:

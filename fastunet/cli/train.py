@@ -135,23 +135,35 @@ def _config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    import contextlib
+    import time
+
     from ..train import check_model_name, checkpoint_path, train
+    from .common import plain_progress
+    from .signals import set_kept
 
     output = check_model_name(args.output)  # before the other checks: a .pt name is wrong whatever exists
     if args.resume and not checkpoint_path(output).is_file():
         raise UserError(f"No checkpoint {str(checkpoint_path(output))!r} to resume; run without --resume.")
-    result = train(
-        args.images, args.labels, output, config=_config(args), resume=args.resume, progress=not args.quiet,
-        curve=args.curve, weight_figure=args.weight_figure, axes=args.axes, command=train_command(args),
-        overwrite=args.overwrite,
-    )  # fmt: skip
+    started = time.time()
+    set_kept(lambda: _kept(checkpoint_path(output), started))
+    lines = plain_progress() if not args.quiet and not sys.stderr.isatty() else contextlib.nullcontext()
+    with lines:  # a log or a pipe gets a plain line every 30 s, not a bar redrawn with carriage returns
+        result = train(
+            args.images, args.labels, output, config=_config(args), resume=args.resume, progress=not args.quiet,
+            curve=args.curve, weight_figure=args.weight_figure, axes=args.axes, command=train_command(args),
+            overwrite=args.overwrite,
+        )  # fmt: skip
     if args.quiet:
         for message in result.notes:
             print(f"note: {message}", file=sys.stderr)
     out = human_stream(args)
     val = result.val or {}
     scores = ", ".join(f"{k} {v:.4f}" for k, v in val.items()) or "no validation images"
-    print(f"trained {result.steps} steps ({result.tiles_per_second:.2f} tiles/s): {scores}", file=out)
+    if result.tiles_per_second > 0:
+        print(f"trained {result.steps} steps ({result.tiles_per_second:.2f} tiles/s): {scores}", file=out)
+    else:  # a finished run resumed: no step left to take
+        print(f"already trained {result.steps} steps (nothing left to do): {scores}", file=out)
     print(f"wrote {result.output} (checkpoint {result.checkpoint}, curve {result.curve})", file=out)
     if args.weight_figure:
         print(f"wrote {args.weight_figure}", file=out)
@@ -164,3 +176,14 @@ def run(args: argparse.Namespace) -> int:
                                "checkpoint": str(result.checkpoint), "curve": result.curve and str(result.curve),
                                "notes": result.notes})
     return 0
+
+
+def _kept(checkpoint, started: float) -> str:
+    """What an interrupted training kept: the checkpoint this run wrote (it writes one when
+    interrupted after a step), or nothing."""
+    if checkpoint.is_file() and checkpoint.stat().st_mtime >= started - 1:
+        return f"the checkpoint {checkpoint} is kept: run the same command with --resume to continue"
+    if checkpoint.is_file():
+        return (f"this run wrote no checkpoint; {checkpoint} is the earlier run's: --resume continues from it, "
+                "--overwrite starts over")
+    return "nothing was kept (no training step was finished): run the command again"

@@ -41,11 +41,12 @@ import tifffile
 import zarr
 
 from ..errors import UserError
+from ..paths import check_readable_input
 from .axes import check_shape_dtype, default_letters, letters_from_names, parse_axes, plan_axes, tiff_letters
 from .channels import RGB_NAMES, ChannelSpec, omero_names, pick_channels
 from .images import image_info, is_image_file, read_image
 from .ome import find_multiscales, is_bioformats2raw, ngff_section, ome_xml_image, read_level0
-from .stores import is_remote, location, zarr_store
+from .stores import is_remote, location, remote_error, zarr_store
 
 __all__ = ["VolumeSource", "open_volume"]
 
@@ -420,6 +421,7 @@ def _local_zarr_location(arr: zarr.Array) -> Path | None:
 def _open_path(path: Path, axes: str | None, series: int | None = None) -> VolumeSource:
     if not path.exists():
         raise UserError(f"Input not found: {str(path)!r} does not exist; check the path.")
+    check_readable_input(path)  # a named pipe, a device, no permission: said as such
     if path.is_file():
         if is_tiff_file(path):
             return _open_tiff(path, axes, series)
@@ -494,6 +496,9 @@ def _open_node(path, not_zarr: str):
             "and pickle codecs are refused: they could run code)."
         ) from None
     except Exception as exc:  # an unreachable server, refused credentials...
+        named = remote_error(exc, path)
+        if named is not None:
+            raise named from None
         detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
         raise UserError(f"Cannot open {str(path)!r} ({detail}); check the path or URL and the credentials.") from None
 

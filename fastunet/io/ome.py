@@ -105,6 +105,8 @@ def read_level0(group: zarr.Group, multiscales: list, section: dict | None, axes
             f"{what}: the OME-Zarr metadata list {len(axes_meta)} axes but level 0 has {arr.ndim}."
         )
     letters = axis_letters(axes_meta, what)
+    check_ngff_order(letters, arr.shape, what)
+    check_transforms(ms, arr.ndim, what)
     if axes is not None and parse_axes(axes, arr.ndim, what=what) != letters:
         raise UserError(
             f'{what} is OME-Zarr with axes {letters} in its metadata; axes="{axes}" disagrees: leave it out.'
@@ -118,6 +120,39 @@ def read_level0(group: zarr.Group, multiscales: list, section: dict | None, axes
         "multiscale_coordinateTransformations": ms.get("coordinateTransformations"),
     }
     return key, arr, letters, meta
+
+
+def check_ngff_order(letters: str, shape, what: str) -> None:
+    """NGFF lists the axes as time, channel, then space with z before y before x; a list in
+    another order describes another array (its sizes go to the wrong axes), so it is refused."""
+    canonical = "".join(a for a in "TCZYX" if a in letters)
+    if letters != canonical:
+        raise UserError(
+            f"{what}: the OME-Zarr metadata list the axes in the order {','.join(letters.lower())} for an array of "
+            f"shape {tuple(shape)}; NGFF orders them {','.join(canonical.lower())} (time, channel, z, y, x), so "
+            "the metadata do not describe this array: fix the axes list (ome-zarr-models validates it)."
+        )
+
+
+def check_transforms(ms: dict, ndim: int, what: str) -> None:
+    """Every ``scale`` and ``translation`` of the multiscale image has one entry per axis, and
+    every scale is a positive number."""
+    entries = [("multiscale", t) for t in ms.get("coordinateTransformations") or []]
+    for i, ds in enumerate(ms.get("datasets") or []):
+        entries += [(f"level {ds.get('path', i)}", t) for t in (ds.get("coordinateTransformations") or [])]
+    for where, t in entries:
+        kind = t.get("type") if isinstance(t, dict) else None
+        values = t.get(kind) if kind in ("scale", "translation") else None
+        if kind not in ("scale", "translation") or "path" in t:
+            continue
+        if not isinstance(values, list) or len(values) != ndim:
+            count = len(values) if isinstance(values, list) else type(values).__name__
+            raise UserError(f"{what}: the OME-Zarr {kind} of {where} has {count} entries for {ndim} axes; give "
+                            f"one per axis (fix the metadata).")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+                   for v in values) or (kind == "scale" and min(values) <= 0):
+            raise UserError(f"{what}: the OME-Zarr {kind} of {where} is {values}; expected {ndim} "
+                            f"{'positive ' if kind == 'scale' else ''}numbers (fix the metadata).")
 
 
 # ---------------------------------------------------------------------------- writing outputs

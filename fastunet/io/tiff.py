@@ -23,14 +23,13 @@ axis (ImageJ frames, OME ``T``).
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 import tifffile
 
 from ..errors import UserError
+from ..paths import atomic_path
 from .outputs import check_removable, kind_path
 from .physical import PixelSize, tiff_unit
 
@@ -166,12 +165,12 @@ def write_tiff(
     written = []
     for target, data, ax, kind in targets:
         data, options = _options(data, ax, kind, is_ome_tiff_name(target), pixel)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}-{uuid.uuid4().hex}.tmp")
-        try:
-            tifffile.imwrite(str(tmp), data, **options)
-            os.replace(tmp, target)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        try:  # a temporary name renamed into place: an interrupted or failed write leaves nothing
+            with atomic_path(target) as tmp:
+                tifffile.imwrite(str(tmp), data, **options)
+        except OSError as exc:  # a full disk, a quota: one line; a TIFF is written whole, so nothing is kept
+            raise UserError(f"Cannot write {str(target)!r} ({exc.strerror or exc}); nothing of it was kept (a TIFF "
+                            "is written whole, at the end): free some space, or write a zarr output (written "
+                            "block by block, resumable), and run the command again.") from None
         written.append(target)
     return written

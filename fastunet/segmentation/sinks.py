@@ -425,7 +425,8 @@ def open_sink(output, *, source, kinds: tuple, resume: bool, overwrite: bool, za
             return finished_tiff(Path(output).expanduser(), kinds=kinds, source=source)
         resume = False  # TIFF outputs are written at once: one that is missing is made
     path = io.check_output(output, source=source, overwrite=overwrite, resume=resume, expect=expect,
-                           output_kind=kinds, into_input=into_input, storage_options=storage_options)
+                           output_kind=kinds, into_input=into_input, storage_options=storage_options,
+                           label_name=label_name)
     if path.suffix.lower() in TIFF_SUFFIXES:
         sink = TiffSink(path, kinds=kinds, overwrite=overwrite, max_bytes=max_tiff_bytes, options=options)
     else:
