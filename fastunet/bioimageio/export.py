@@ -185,6 +185,9 @@ def export_package(model, output, *, name: str | None = None, description: str |
     output, model_path = Path(output), Path(model)
     _check_output(output, overwrite)
     bundle = read_model(model_path)  # a bad model file is said before bioimageio is looked for
+    if bundle.config.spatial_dims != 2:
+        raise UserError(f"{str(model_path)!r} holds a 3D network ({bundle.config.describe()}); fastunet exports 2D "
+                        "models to bioimage.io so far. Segment volumes with fastunet itself (--model).")
     _import_bioimageio()
     from bioimageio.spec import save_bioimageio_package
 
