@@ -48,6 +48,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"context        {ctx} px per side")
     print(f"normalization  {bundle.normalization.to_dict()}")
     print("valid tiles    " + ", ".join(f"{s}->{geometry.output_size(s, cfg.depth)}" for s in shown))
+    if cfg.spatial_dims == 3:  # Z has its own context and tile sizes where it is pooled by 1
+        z = cfg.axis_pools[0]
+        z_sizes = geometry.valid_input_sizes(z, max_size=geometry.min_input_size(z) + 8 * geometry.grid_step(z))
+        print(f"network        {cfg.describe()}")
+        print(f"context Z      {geometry.context(z)} voxels per side")
+        print("valid tiles Z  " + ", ".join(f"{s}->{geometry.output_size(s, z)}" for s in z_sizes))
     if bundle.extra:
         for key, value in bundle.extra.items():
             print(f"{key:<14} {value}")

@@ -32,9 +32,10 @@ __all__ = ["BACKENDS", "resolve_backend", "make_predictor"]
 BACKENDS = ("auto", "triton", "torch", "openvino")
 
 
-def resolve_backend(backend: str, device: torch.device | str) -> str:
+def resolve_backend(backend: str, device: torch.device | str, spatial_dims: int = 2) -> str:
     """``auto`` -> ``triton`` on CUDA when triton is installed, ``openvino`` on the CPU when
-    openvino is installed (:func:`~fastunet.engine.openvino_backend.picked_by_auto`), ``torch`` elsewhere; checks the name, that triton or openvino is
+    openvino is installed (:func:`~fastunet.engine.openvino_backend.picked_by_auto`) and the
+    network is 2D (``spatial_dims``), ``torch`` elsewhere; checks the name, that triton or openvino is
     there when named, and that openvino is asked for on the CPU (ValueError naming the fix
     otherwise)."""
     if backend not in BACKENDS:
@@ -43,7 +44,7 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
     if backend == "auto":
         if cuda:
             return "triton" if kernels.available() else "torch"
-        return "openvino" if openvino_backend.picked_by_auto() else "torch"
+        return "openvino" if openvino_backend.picked_by_auto() and spatial_dims == 2 else "torch"
     if backend == "triton" and not kernels.available():
         raise ValueError('backend="triton" needs the triton package, which is not installed: pip install '
                          "'fastunet[gpu]' (Linux), or use backend=\"torch\".")
@@ -53,6 +54,8 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
         if not openvino_backend.available():
             raise ValueError('backend="openvino" needs the openvino package, which is not installed: pip install '
                              "'fastunet[openvino]', or use backend=\"torch\".")
+        if spatial_dims != 2:
+            raise ValueError('backend="openvino" runs 2D networks; this one is 3D: use backend="torch".')
     return backend
 
 
@@ -70,7 +73,7 @@ def make_predictor(model: ReferenceUNet, backend: str = "auto", device="cpu", dt
     """
     device = torch.device(device)
     dtype = resolve_dtype(dtype, device)
-    backend = resolve_backend(backend, device)
+    backend = resolve_backend(backend, device, model.config.spatial_dims)
     if backend == "triton":
         from .fused import FusedPredictor  # imports the Triton kernels: only when asked for
 

@@ -100,7 +100,7 @@ class TorchPredictor(Predictor):
             self.model = model.to(self.device).eval()
         else:
             self._input_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
-            self._memory_format = torch.channels_last
+            self._memory_format = torch.channels_last if model.config.spatial_dims == 2 else torch.channels_last_3d
             self.model = copy.deepcopy(model).eval().to(self.device, self._input_dtype,
                                                         memory_format=self._memory_format)
 

@@ -62,20 +62,35 @@ class NonFiniteWarning(RuntimeWarning):
 
 
 # ------------------------------------------------------------------------------ defaults
-def _check_tile(tile, depth: int) -> int | None:
+def _check_tile(tile, config) -> int | tuple[int, ...] | None:
+    """``tile=`` checked against the network: an edge (square; a cube for a 3D network), or
+    for a 3D network one edge per axis ``(Tz, Ty, Tx)``."""
     if tile is None:
         return None
-    try:
-        out = geometry.check_tile_size(tile, depth, what="tile size (tile=, the network's input edge)")
-    except (TypeError, ValueError) as exc:
-        raise UserError(str(exc)) from None
-    if out < 2**depth:
-        smallest = geometry.input_size_for_output(2**depth, depth)
-        raise UserError(
-            f"Tile {tile} gives a {out}-pixel output, too small to step on the {2**depth}-pixel "
-            f"max-pool grid; the smallest usable tile is {smallest}."
-        )
-    return int(tile)
+    if config.spatial_dims == 2 or isinstance(tile, (int, float, str, bool)):
+        edges: tuple = (tile,) * config.spatial_dims
+    else:
+        try:
+            edges = tuple(tile)
+        except TypeError:
+            edges = ()
+        if len(edges) != 3:
+            raise UserError(f"tile= expects an edge or three edges (Z, Y, X) for this 3D network; got {tile!r}.")
+    names = ("tile size (tile=, the network's input edge)",) * 2 if len(edges) == 2 else tuple(
+        f"tile {axis} edge (tile=, the network's input edge along {axis})" for axis in "ZYX")
+    for edge, axis_depth, what in zip(edges, config.axis_pools, names):
+        try:
+            out = geometry.check_tile_size(edge, axis_depth, what=what)
+        except (TypeError, ValueError) as exc:
+            raise UserError(str(exc)) from None
+        q = geometry.grid_step(axis_depth)
+        if out < q:
+            smallest = geometry.input_size_for_output(q, axis_depth)
+            raise UserError(
+                f"Tile {edge} gives a {out}-pixel output, too small to step on the {q}-pixel "
+                f"max-pool grid; the smallest usable tile is {smallest}."
+            )
+    return int(tile) if config.spatial_dims == 2 else tuple(int(e) for e in edges)
 
 
 def _check_cluster(scheduler, workers, gpus) -> None:
@@ -99,10 +114,12 @@ class Segmenter:
     model : str, path-like, ModelBundle, ReferenceUNet or None
         A fastunet ``.safetensors`` model file, an in-memory network with its normalization
         (:class:`~fastunet.modelfile.ModelBundle`, e.g. from :func:`fastunet.read_model`), a
-        bare network (percentile normalization), or None for the bundled default model.
-    tile : int, optional
+        bare network (percentile normalization), None for the bundled default model, or
+        ``"3d"`` for the bundled 3D model (volumes segmented as volumes).
+    tile : int or (int, int, int), optional
         The network's input tile edge (572 gives 388-pixel outputs for the paper's network);
         by default the largest that fits the device, never larger than a small image needs.
+        A 3D network takes a cube's edge or one edge per axis ``(Tz, Ty, Tx)``.
     batch_size : int, optional
         Tiles per network call (default 4 on CUDA, 2 on the CPU; with OpenVINO they run side
         by side, each on its share of the cores).
@@ -120,10 +137,11 @@ class Segmenter:
     def __init__(self, model: Any = None, *, tile: int | None = None, batch_size: int | None = None,
                  device: str | torch.device | None = None, backend: str = "auto", dtype: str | None = None) -> None:
         from ..engine import ModelHandle, resolve_backend
-        from ..modelfile import default_model_path
+        from ..modelfile import bundled_model, default_model_path
 
         if model is None:
             model = default_model_path()
+        model = bundled_model(model)  # "3d": the bundled 3D model
         if isinstance(model, (str, os.PathLike)):
             self.handle = ModelHandle.from_path(model)
         else:
@@ -132,7 +150,7 @@ class Segmenter:
         self.normalization = self.handle.normalization
         self.device = resolve_device(device)
         try:
-            self.backend = resolve_backend(backend, self.device)
+            self.backend = resolve_backend(backend, self.device, self.config.spatial_dims)
         except ValueError as exc:
             raise UserError(str(exc)) from None
         self.dtype = resolve_dtype(dtype, self.device)
@@ -143,7 +161,7 @@ class Segmenter:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise UserError(f"batch_size= expects a number of tiles >= 1; got {batch_size!r}.")
         self.batch_size = batch_size
-        self.tile = _check_tile(tile, self.config.depth)
+        self.tile = _check_tile(tile, self.config)
         self.model_object_size = model_size_of(model)  # the training object diameter, if recorded
         self._network = None
         self.last_summary: dict | None = None
@@ -160,14 +178,17 @@ class Segmenter:
 
             self._check_local_device()
             self._network = LoadedNetwork(self.handle, device=self.device, backend=self.backend, dtype=self.dtype,
-                                          batch_size=self.batch_size, use_runner=self._use_runner(self.device))
+                                          batch_size=self.batch_size, use_runner=self._uses_runner(self.device))
         return self._network
 
-    def _use_runner(self, device) -> bool:
+    def _uses_runner(self, device) -> bool:
         """Whether the tiles go through a :class:`~fastunet.engine.runner.DeviceRunner`: one
-        thread that keeps the network busy with the tiles of every block while the block
-        tasks read, label and write (CUDA, and the CPU); not under the Triton interpreter,
-        whose minutes-long batches a queue would only hold up after Ctrl-C."""
+        thread that keeps the network busy with the tiles of every block while the block tasks
+        read, label and write (CUDA, and the CPU); not for a 3D network's tiles (called
+        directly), nor under the Triton interpreter, whose minutes-long batches a queue would
+        only hold up after Ctrl-C."""
+        if self.config.spatial_dims != 2:
+            return False
         return torch.device(device).type == "cuda" or self.backend != "triton"
 
     def close(self) -> None:
@@ -204,9 +225,28 @@ class Segmenter:
                 f"(axes {vol.axes}, shape {vol.shape}); {hint}."
             )
 
+    def _check_dims(self, vol, object_size) -> None:
+        """A 3D network needs a volume (Z, Y, X); object_size= rescales in 2D only."""
+        if self.config.spatial_dims != 3:
+            if len(vol.spatial_shape) == 3 and vol.spatial_shape[0] > 1:
+                log.info("a 2D model segments this stack slice by slice; model=\"3d\" (--model 3d) segments it as "
+                         "a volume")
+            return
+        if len(vol.spatial_shape) != 3:
+            raise UserError(
+                f"This model is a 3D network ({self.config.describe()}): it segments volumes (Z, Y, X), but the input "
+                f"is a 2D image (axes {vol.axes}, shape {vol.shape}); use a 2D model (the default model), or pass "
+                'the stack with its Z axis (axes="ZYX").'
+            )
+        if object_size is not None:
+            raise UserError("object_size= rescales images for 2D models; a 3D model segments the volume at its "
+                            "own voxel size: leave object_size out.")
+
     def _max_step(self, remote: bool) -> int:
         if not remote and (self.device.type == "cpu" or torch.cuda.is_available()):
             return default_max_step(self.config, self.device, dtype=self.dtype, batch_size=self.batch_size)
+        if self.config.spatial_dims == 3:
+            return 256 if self.device.type == "cuda" else 128
         return 1024 if self.device.type == "cuda" else 512
 
     def _max_block_voxels(self) -> int:
@@ -221,10 +261,11 @@ class Segmenter:
 
         tile = tile if tile is not None else self.tile
         grow = max(1.0, scale.factor**2) if scale is not None else 1.0  # enlarged blocks: fewer input pixels
+        pools = self.config.axis_pools if self.config.spatial_dims == 3 else None
         try:
             layout = plan_layout(vol.spatial_shape, self.config.depth, source_chunks=_spatial_chunks(vol),
                                  tile=tile, max_step=self._max_step(remote), chunks=chunks, block=block,
-                                 max_block_voxels=int(self._max_block_voxels() / grow))
+                                 max_block_voxels=int(self._max_block_voxels() / grow), pools=pools)
         except ValueError as exc:
             raise UserError(str(exc)) from None
         if not remote:  # a tile that cannot fit is refused now, not after minutes of work
@@ -240,7 +281,7 @@ class Segmenter:
         return Job(source=vol, model=self.handle, layout=layout, stats=stats, output_kind=network_output(kinds),
                    store=store, device=str(device), backend=self.backend,
                    dtype=self.dtype_asked if remote else self.dtype,  # "auto": each worker's own CPU decides
-                   batch_size=self.batch_size, use_runner=self._use_runner(device),
+                   batch_size=self.batch_size, use_runner=self._uses_runner(device),
                    network=None if remote else self.network, kinds=kinds, rescale=rescale)
 
     def _new_rescale(self, vol, scale, remote):
@@ -280,7 +321,8 @@ class Segmenter:
             return self._segment_plate(source, fields, output, call)
         t_start = time.perf_counter()
         kinds = parse_kinds(output_kind, self.config.num_classes)
-        options = InstanceOptions(min_size=min_size, split=split, connect_z=connect_z)
+        # A 3D network's objects are volumes: they join across Z whatever connect_z says.
+        options = InstanceOptions(min_size=min_size, split=split, connect_z=connect_z or self.config.spatial_dims == 3)
         _check_cluster(scheduler, workers, gpus)
         if output is not None and scheduler is None and workers is None and gpus is None:
             from ..engine import active_client
@@ -291,6 +333,7 @@ class Segmenter:
         vol = io.open_volume(source, axes=axes, storage_options=storage_options, channels=channels, series=series,
                              timepoints=True)
         self._check_volume(vol)
+        self._check_dims(vol, object_size)
         if not remote:
             self._check_local_device()
         first = vol.at_time(0) if vol.timepoints > 1 else vol
@@ -448,7 +491,7 @@ class Segmenter:
         if "instances" in kinds:
             expect.update(split=options.split, connect_z=options.connect_z)
         if self.tile is not None:
-            expect["tile"] = [self.tile, self.tile]
+            expect["tile"] = list(geometry.tile_edges(self.config, self.tile))
         for key, value in (("chunks", chunks), ("block", block)):
             if value is not None:
                 expect[key] = [int(v) for v in value]
@@ -457,7 +500,6 @@ class Segmenter:
     def _plan(self, vol, sink, *, chunks, block, remote, scale=None):
         """The layout, normalization constants and rescaling (None at scale 1): those of the run
         being resumed, or new ones."""
-        import numpy as np
 
         from ..normalization import NormStats, normalization_stats
 
@@ -470,10 +512,10 @@ class Segmenter:
                                                               tile=meta["rescale_tile"], max_step=0)
             if sink.complete:
                 return layout, None, rescale
-            if meta.get("norm_offset") is None:  # a time point of a series not started yet
+            stats = NormStats.from_record(meta)
+            if stats is None:  # a time point of a series not started yet
                 return layout, normalization_stats(stats_source(vol, rescale), self.normalization), rescale
-            return layout, NormStats(np.asarray(meta["norm_offset"], np.float64),
-                                     np.asarray(meta["norm_scale"], np.float64)), rescale
+            return layout, stats, rescale
         layout = self._layout(vol, chunks=chunks, block=block, remote=remote, scale=scale)
         if sink.block_multiple and any(m > 1 for m in sink.block_multiple):
             from ..io.pyramid import aligned_block
@@ -492,15 +534,15 @@ class Segmenter:
 
         attrs = {"model": self.handle.key, "model_path": self.handle.path, "tile": list(layout.tile),
                  "block": list(layout.block), "normalization": self.normalization.to_dict(),
-                 "norm_offset": stats.offset.tolist(), "norm_scale": stats.scale.tolist(), "object_size": None,
-                 "backend": self.backend, "dtype": self._dtype_record(remote)}
+                 **stats.record(), "object_size": None, "backend": self.backend,
+                 "dtype": self._dtype_record(remote)}
         if scale is not None:
             attrs.update(scale.record(), rescale_tile=list(rescale.tile))
         sink.create(source=vol, num_classes=self.config.num_classes, chunks=layout.chunks, attrs=attrs, layout=layout)
         try:
             job = sink.prepare(self._job(vol, layout, stats, sink.kinds, sink.store, remote, rescale))
             if run["gpus"] is not None:
-                job = dataclasses.replace(job, device=str(device), use_runner=True, network=None)
+                job = dataclasses.replace(job, device=str(device), use_runner=self._uses_runner(device), network=None)
             bar = ProgressBar(total=layout.num_blocks, done=layout.num_blocks - len(blocks), enabled=progress,
                               interval=progress_interval)
             try:
