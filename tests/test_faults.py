@@ -376,6 +376,7 @@ def run_block(job, block):
             time.sleep(0.01)
     return real(job, block)
 scheduling.run_block = run_block
+scheduling.default_threads = lambda job: 2  # two blocks at a time, whatever the cores: some stay queued
 from fastunet.cli import main
 sys.exit(main(sys.argv[2:]))
 """
