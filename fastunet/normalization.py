@@ -232,6 +232,27 @@ class NormStats:
     sampled: int = 0
     nonfinite: int = 0
 
+    RECORD_KEYS = ("norm_offset", "norm_offset_lo", "norm_scale")
+
+    def record(self) -> dict:
+        """The constants as JSON for an output's metadata (:data:`RECORD_KEYS`): the offset as
+        float64 ``norm_offset`` plus, for an extended-precision offset (far int64 data), the part
+        float64 does not hold as ``norm_offset_lo`` (else None), so a resumed run subtracts the
+        very same offset."""
+        hi, lo = _split(self.offset)
+        return {"norm_offset": hi.tolist(), "norm_offset_lo": lo.tolist() if self.offset.dtype == np.longdouble else None,
+                "norm_scale": self.scale.tolist()}
+
+    @classmethod
+    def from_record(cls, meta: dict) -> "NormStats | None":
+        """The constants :meth:`record` wrote into ``meta``; None where none are recorded yet."""
+        if meta.get("norm_offset") is None:
+            return None
+        offset = np.asarray(meta["norm_offset"], np.float64)
+        if meta.get("norm_offset_lo") is not None:
+            offset = offset.astype(np.longdouble) + np.asarray(meta["norm_offset_lo"], np.longdouble)
+        return cls(offset, np.asarray(meta["norm_scale"], np.float64))
+
     def for_slices(self, z0: int, z1: int) -> tuple[np.ndarray, np.ndarray]:
         """Constants broadcastable to a (C, Z, Y, X) slab of slices ``[z0, z1)``."""
         if self.offset.ndim == 1:

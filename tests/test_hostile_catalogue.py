@@ -183,8 +183,18 @@ def test_the_flag_validator_catches_every_flag_case(user, capsys):
 
 
 FOREIGN = [("--use_gpu", "--device"), ("--diameter", "--object-size"), ("--savedir", "--output-dir"),
-           ("-i", "fastunet segment IMAGE"), ("--chan", "--axes CYX"), ("--pretrained_model", "--model"),
+           ("-i", "fastunet segment IMAGE"), ("--chan", "--channel"), ("--pretrained_model", "--model"),
            ("--save_tif", "-o out.tif"), ("--n_tiles", "--tile")]
+
+
+def test_the_library_checks_a_scheduler_address_before_any_work(user):
+    """segment(scheduler=...) refuses what is no address with one line naming scheduler= (the
+    check the CLI's --scheduler goes through), not distributed's error when joining."""
+    image = np.zeros((64, 64), np.uint8)
+    for address in ("not a url", "tcp://host", "http://host:8786", "tcp://host:0"):
+        with pytest.raises(ValueError, match=r"^scheduler= expects a dask scheduler's address"):
+            segment(image, M[1], "o.zarr", scheduler=address)
+    assert not Path("o.zarr").exists()
 
 
 def test_foreign_flags_get_the_fastunet_equivalent(user, capsys):
@@ -273,6 +283,28 @@ def test_numerics_at_the_dtypes_edges():
         got = Normalization.apply(far, stats.offset[0], stats.scale[0])
         # extended precision (64 significant bits) holds 2**62 + x to 0.5: the normalized values to 0.5 / scale
         assert np.abs(got - want).max() <= 0.5 / ref_stats.scale[0] + 1e-6
+
+
+def test_an_extended_precision_offset_survives_the_outputs_record():
+    """A resumed run reads the normalization constants back from the output's JSON metadata:
+    the far int64 offset (extended precision) must come back to its last bit, not rounded
+    to float64 (2**-8 at 2**44, whole units beyond 2**53)."""
+    import json
+
+    from fastunet.io import open_volume
+    from fastunet.normalization import NormStats, normalization_stats
+
+    image, _ = synthetic_nuclei((32, 32), seed=int(torch.initial_seed() % 2**31), dtype="uint16")
+    far = image.astype(np.int64) + 2**62 + 1
+    stats = normalization_stats(open_volume(far, axes="YX"), Normalization(mode="meanstd"))
+    assert stats.offset.dtype == np.longdouble
+    back = NormStats.from_record(json.loads(json.dumps(stats.record())))
+    assert back.offset.dtype == np.longdouble and np.array_equal(back.offset, stats.offset)
+    assert np.array_equal(back.scale, stats.scale)
+    near = normalization_stats(open_volume(image, axes="YX"), Normalization(mode="meanstd"))
+    record = json.loads(json.dumps(near.record()))
+    assert record["norm_offset_lo"] is None and NormStats.from_record(record).offset.dtype == np.float64
+    assert NormStats.from_record(dict.fromkeys(NormStats.RECORD_KEYS)) is None
 
 
 def test_resume_refuses_an_input_edited_between_the_samples(user, capsys, monkeypatch):

@@ -12,7 +12,6 @@ with ``..``, a demo too large for this machine, labels that are the images) is r
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
 from ..errors import UserError
@@ -33,8 +32,8 @@ FOREIGN_FLAGS = {
     "-i": "pass the inputs as arguments: fastunet segment IMAGE [IMAGE ...] (files, folders or quoted patterns)",
     "--input": "pass the inputs as arguments: fastunet segment IMAGE [IMAGE ...]",
     "--img_filter": "pass a quoted pattern as the input, e.g. 'images/*_dapi.tif'",
-    "--chan": "the model reads the channel(s) it was trained on; pass a multi-channel image's axes with --axes CYX",
-    "--chan2": "the model reads the channel(s) it was trained on; pass a multi-channel image's axes with --axes CYX",
+    "--chan": "use --channel (an index or an OME channel name, e.g. --channel DAPI)",
+    "--chan2": "use --channel with several channels (e.g. --channel 0,1) for a model trained on more than one",
     "--pretrained_model": "use --model PATH (a fastunet .safetensors file or a bioimage.io package)",
     "--model_type": "use --model PATH; without it the bundled nuclei model is used",
     "--add_model": "models are files: pass --model PATH",
@@ -99,17 +98,13 @@ def _count(minimum: int):
     return check
 
 
-_ADDRESS = re.compile(r"(?:(?P<scheme>[a-z][a-z0-9+.-]*)://)?(?P<host>\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(?P<port>\d+)/?")
-_SCHEMES = ("tcp", "tls", "ucx", "ws", "wss")
-
-
 def _scheduler(value: str, args) -> None:
-    if value.startswith("inproc://"):
-        return
-    match = _ADDRESS.fullmatch(value.strip())
-    if match is None or (match["scheme"] and match["scheme"] not in _SCHEMES) or not 0 < int(match["port"]) < 65536:
-        raise UserError(f"--scheduler expects a dask scheduler's address, e.g. tcp://host:8786 (a scheme among "
-                        f"{', '.join(_SCHEMES)}, a host and a port); got {value!r}.")
+    from ..engine.scheduling import check_scheduler_address
+
+    try:
+        check_scheduler_address(value)
+    except ValueError as exc:
+        raise UserError(str(exc).replace("scheduler=", "--scheduler", 1)) from None
 
 
 def _template(value: str, args) -> None:

@@ -117,7 +117,8 @@ class SegmentationStore:
         if self.time is None:
             return meta
         own = (meta.get("time_points") or {}).get(str(self.time)) or {}
-        return {**meta, "norm_offset": None, "norm_scale": None, "complete": False, "summary": None, **own}
+        return {**meta, "norm_offset": None, "norm_offset_lo": None, "norm_scale": None, "complete": False,
+                "summary": None, **own}
 
     def record_time_point(self, entries: dict) -> None:
         """Add ``entries`` to this time point's record (``attrs["fastunet"]["time_points"][t]``)."""

@@ -490,7 +490,6 @@ class Segmenter:
     def _plan(self, vol, sink, *, chunks, block, remote, scale=None):
         """The layout, normalization constants and rescaling (None at scale 1): those of the run
         being resumed, or new ones."""
-        import numpy as np
 
         from ..normalization import NormStats, normalization_stats
 
@@ -503,10 +502,10 @@ class Segmenter:
                                                               tile=meta["rescale_tile"], max_step=0)
             if sink.complete:
                 return layout, None, rescale
-            if meta.get("norm_offset") is None:  # a time point of a series not started yet
+            stats = NormStats.from_record(meta)
+            if stats is None:  # a time point of a series not started yet
                 return layout, normalization_stats(stats_source(vol, rescale), self.normalization), rescale
-            return layout, NormStats(np.asarray(meta["norm_offset"], np.float64),
-                                     np.asarray(meta["norm_scale"], np.float64)), rescale
+            return layout, stats, rescale
         layout = self._layout(vol, chunks=chunks, block=block, remote=remote, scale=scale)
         if sink.block_multiple and any(m > 1 for m in sink.block_multiple):
             from ..io.pyramid import aligned_block
@@ -525,7 +524,7 @@ class Segmenter:
 
         attrs = {"model": self.handle.key, "model_path": self.handle.path, "tile": list(layout.tile),
                  "block": list(layout.block), "normalization": self.normalization.to_dict(),
-                 "norm_offset": stats.offset.tolist(), "norm_scale": stats.scale.tolist(), "object_size": None}
+                 **stats.record(), "object_size": None}
         if scale is not None:
             attrs.update(scale.record(), rescale_tile=list(rescale.tile))
         sink.create(source=vol, num_classes=self.config.num_classes, chunks=layout.chunks, attrs=attrs, layout=layout)

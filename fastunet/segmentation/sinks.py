@@ -35,6 +35,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..kinds import kinds_record, pick
+from ..normalization import NormStats
 
 __all__ = ["ZarrSink", "TiffSink", "open_sink", "TIFF_SUFFIXES", "MAX_TIFF_BYTES"]
 
@@ -379,10 +380,10 @@ class _ZarrTimePoint(ZarrSink):
         parent = self.parent
         if parent.store is None:
             parent.create(source=parent.series, num_classes=num_classes, chunks=chunks,
-                          attrs={**attrs, "norm_offset": None, "norm_scale": None}, layout=layout)
+                          attrs={**attrs, **dict.fromkeys(NormStats.RECORD_KEYS)}, layout=layout)
             self.created = True
         self.store = parent.store.at_time(self.time)
-        self.store.record_time_point({k: attrs[k] for k in ("norm_offset", "norm_scale")})
+        self.store.record_time_point({k: attrs[k] for k in NormStats.RECORD_KEYS})
 
     def prepare(self, job):
         if "instances" not in self.kinds:
