@@ -52,8 +52,8 @@ def _imported(path: Path) -> set[str]:
 def test_gpu_stages_import_only_what_the_gpu_machine_has():
     """Every third-party module imported by the package, the stage driver and the GPU test files
     is listed in benchmarks/device_packages.txt (the GPU machine's packages and wheels). The
-    exceptions run in no GPU stage: bioimageio (the model export) and xarray (imported only
-    when an xarray input comes)."""
+    exceptions run in no GPU stage: bioimageio (the model export), xarray (imported only
+    when an xarray input comes), napari and magicgui (the napari plugin's widgets, loaded by napari)."""
     listed = {line.strip() for line in (ROOT / "benchmarks" / "device_packages.txt").read_text().splitlines()
               if line.strip() and not line.startswith("#")}
     files = [*(ROOT / "fastunet").rglob("*.py"), *(ROOT / "kernels").rglob("*.py"),
@@ -62,6 +62,6 @@ def test_gpu_stages_import_only_what_the_gpu_machine_has():
     local = {"fastunet", "reference", "fault_helpers", "io_samples", "conftest"}
     unknown = {}
     for path in files:
-        for name in _imported(path) - set(sys.stdlib_module_names) - local - listed - {"bioimageio", "xarray"}:
+        for name in _imported(path) - set(sys.stdlib_module_names) - local - listed - {"bioimageio", "xarray", "napari", "magicgui"}:
             unknown.setdefault(name, []).append(str(path.relative_to(ROOT)))
     assert not unknown, f"not on the GPU machine (add its wheel to ../shared/device/wheels): {unknown}"

@@ -73,7 +73,8 @@ class SamePaddedUNet(ReferenceUNet):
             axes = "H, W" if dims == 2 else "D, H, W"
             raise ValueError(f"Expected input of shape (N, {self.config.in_channels}, {axes}); got {tuple(x.shape)}.")
         if any(n % q for n, q in zip(x.shape[2:], grid)):
-            raise ValueError(f"Expected sizes that are multiples of {grid}; got {tuple(x.shape[2:])}.")
+            raise ValueError(f"Expected sizes that are multiples of {' x '.join(map(str, grid))} (the pools per axis); "
+                             f"got {' x '.join(map(str, x.shape[2:]))}.")
         return self._layers(x)  # not super().forward: its valid-convolution size check does not apply
 
 
