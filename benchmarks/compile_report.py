@@ -55,7 +55,14 @@ NETWORKS = {  # name: (UNetConfig kwargs, tiles, batch): the engine's batch on C
     "paper": (dict(in_channels=1, num_classes=2, base_channels=64, depth=4), (572, 1052), 4),
     # the default model's training tile, and the tile of the engine's 512-pixel step
     "default": (dict(in_channels=1, num_classes=2, base_channels=16, depth=3), (316, 604), 8),
+    # 3D networks (their tiles: one edge per axis; on CUDA the engine calls a 3D network without batching)
+    # the bundled 3D model: its training tile, and the tile of a 128-voxel step
+    "3d": (dict(in_channels=1, num_classes=2, base_channels=16, depth=2, spatial_dims=3, pools=((1, 2, 2), (2, 2, 2))),
+           ((42, 76, 76), (90, 164, 164)), 4),
+    # Cicek et al. (2016): 3 channels in, 3 classes, 132 x 132 x 116 -> 44 x 44 x 28 (fastunet's widths)
+    "cicek": (dict(in_channels=3, num_classes=3, base_channels=32, depth=3, spatial_dims=3), ((116, 132, 132),), 1),
 }
+BEGIN_3D, END_3D = "<!-- compile3d-table:begin -->", "<!-- compile3d-table:end -->"
 
 
 # -- the launches of one forward pass -----------------------------------------------------------
@@ -90,6 +97,77 @@ def _kernels():
     return conv, upconv, head, conv_head
 
 
+def _kernels_3d():
+    from fastunet.kernels import conv3d, upconv3d
+
+    return conv3d, upconv3d
+
+
+def network_layers_3d(config, tile: tuple) -> list[dict]:
+    """The kernel launches of a FusedUNet3D forward at input ``tile`` (Z, Y, X), as
+    :func:`network_layers` reads them off :func:`fastunet.geometry.layer_shapes`."""
+    from fastunet import geometry
+
+    layers = []
+    for layer in geometry.layer_shapes(config, tile):
+        size = layer.in_size
+        if layer.kind == "upconv":
+            layers.append(dict(kind="upconv", name=f"up{layer.level}", size=size, c_a=layer.c_in, c_out=layer.c_out,
+                               factor=layer.factor))
+        elif layer.kind != "conv3x3":
+            continue
+        elif layer.c_skip:
+            layers.append(dict(kind="conv", name=layer.name, size=size, c_a=layer.c_skip,
+                               c_b=layer.c_in - layer.c_skip, c_out=layer.c_out, skip=layer.skip_size))
+        elif layer.name == "dec0.conv2":
+            layers.append(dict(kind="head", name=layer.name, size=size, c_a=layer.c_in, c_out=layer.c_out,
+                               classes=config.num_classes))
+        else:
+            layers.append(dict(kind="conv", name=layer.name, size=size, c_a=layer.c_in, c_out=layer.c_out,
+                               pool=layer.factor if layer.pool else None))
+    return layers
+
+
+def record_launches_3d(config, tile: tuple, batch: int, dtype: str, outputs: tuple[str, ...]) -> list[tuple]:
+    """(layer name, kernel, args, meta) of every launch of one 3D forward, with meta tensors."""
+    import torch
+
+    from fastunet.kernels import head as head_module
+    from fastunet.kernels._utils import compute_dtype
+
+    conv3d, upconv3d = _kernels_3d()
+    st, _ = compute_dtype(dtype)
+    meta = lambda *shape, dt=st: torch.empty(shape, device="meta", dtype=dt)  # noqa: E731
+    out = []
+    for layer in network_layers_3d(config, tile):
+        n, s, c_a, c_out = batch, layer["size"], layer["c_a"], layer["c_out"]
+        with recording() as rec:
+            if layer["kind"] == "upconv":
+                f = layer["factor"]
+                upconv3d.upconv3d(meta(n, *s, c_a), meta(c_a, 4 * f[0] * c_out), meta(c_out, dt=torch.float32),
+                                  factor=f, dtype=dtype)
+            elif layer["kind"] == "head" and conv3d.can_fuse_head(c_out, layer["classes"]):
+                k, o = layer["classes"], tuple(v - 2 for v in s)
+                conv3d.conv3x3x3_head(
+                    meta(n, *s, c_a), meta(27 * c_a, c_out), meta(c_out, dt=torch.float32), meta(c_out, k),
+                    meta(k, dt=torch.float32), dtype=dtype,
+                    **{name: meta(n, *o, dt=torch.uint8) if name == "labels" else
+                       meta(n, k, *o, dt=torch.float32 if name == "logits" else torch.float16) for name in outputs})
+            else:
+                c_b, skip = layer.get("c_b", 0), layer.get("skip")
+                x = meta(n, *(skip or s), c_a)
+                up = meta(n, *s, c_b) if c_b else None
+                conv3d.conv3x3x3(x, meta(27 * (c_a + c_b), c_out), meta(c_out, dt=torch.float32), up=up,
+                                 pool=layer.get("pool"), dtype=dtype)
+                if layer["kind"] == "head":  # more classes or channels than one tile: the 2D head on a view
+                    k, o = layer["classes"], tuple(v - 2 for v in s)
+                    head_module.head(meta(n, o[0] * o[1], o[2], c_out), meta(c_out, k), meta(k, dt=torch.float32),
+                                     dtype=dtype, **{name: meta(n, o[0] * o[1], o[2], dt=torch.uint8) if name == "labels"
+                                                     else meta(n, k, o[0] * o[1], o[2]) for name in outputs})
+        out += [(layer["name"], kernel, args, kmeta) for kernel, args, kmeta in rec.calls]
+    return out
+
+
 class _Recorder:
     """Stands in for ``_utils.launch`` in the kernel modules: records instead of launching."""
 
@@ -103,7 +181,7 @@ class _Recorder:
 @contextlib.contextmanager
 def recording():
     rec = _Recorder()
-    modules = _kernels()
+    modules = (*_kernels(), *_kernels_3d())
     saved = [m.launch for m in modules]
     for m in modules:
         m.launch = rec
@@ -173,6 +251,13 @@ def kept_configs(kernel, args: dict, meta: dict) -> list:
         return upconv.configs_for(dt, shared_memory=H200_SHARED_MEMORY, precision=meta["PRECISION"])
     if kernel is head.head_kernel:
         return head.configs_for()
+    conv3d, upconv3d = _kernels_3d()
+    if kernel is conv3d.conv3x3x3_kernel:
+        return conv3d.configs_for(dt, meta["PRECISION"], shared_memory=H200_SHARED_MEMORY, packed=meta["K_PACKED"])
+    if kernel is conv3d.conv3x3x3_head_kernel:
+        return conv3d.head_configs_for(dt, args["C_MID"], meta["PRECISION"], shared_memory=H200_SHARED_MEMORY)
+    if kernel is upconv3d.upconv3d_kernel:
+        return upconv3d.configs_for(dt, meta["PRECISION"], shared_memory=H200_SHARED_MEMORY)
     raise ValueError(f"no config rule for {kernel.fn.__name__}")
 
 
@@ -227,16 +312,17 @@ def collect_variants(networks: dict, dtypes, outputs, first_only: bool = False) 
     found: dict[str, dict] = {}
     for net, (cfg, tiles, batch) in networks.items():
         config = UNetConfig(**cfg)
+        launches = record_launches_3d if config.spatial_dims == 3 else record_launches
         for tile in tiles:
             for dtype in dtypes:
                 for output in outputs:
-                    for layer, kernel, args, meta in record_launches(config, tile, batch, dtype, OUTPUTS[output]):
+                    for layer, kernel, args, meta in launches(config, tile, batch, dtype, OUTPUTS[output]):
                         named = dict(zip(kernel.fn.arg_names, args))
                         kept = kept_configs(kernel, named, meta)
                         for config_ in kept[:1] if first_only else kept:
                             spec = variant_spec(kernel, args, meta, config_)
                             entry = found.setdefault(variant_key(spec), dict(spec=spec, dtype=dtype, layers=[]))
-                            where = f"{net}@{tile}:{layer}"
+                            where = f"{net}@{'x'.join(map(str, tile)) if isinstance(tile, tuple) else tile}:{layer}"
                             if where not in entry["layers"]:
                                 entry["layers"].append(where)
     return list(found.values())
@@ -398,6 +484,14 @@ def group_of(spec: dict) -> str:
         return ("TMA " if "rowrun" in kernel else "") + f"conv + head ({outputs})"
     if kernel == "head_kernel":
         return f"head ({outputs})"
+    if kernel == "conv3x3x3_kernel":
+        name = "conv 3x3x3, 2 sources" if c["HAS_B"] else "conv 3x3x3"
+        name += f", pool {c['POOL_D']}x2x2" if c["POOL"] else ""
+        return name + (f", packed K {c['K_PACKED']}" if c.get("K_PACKED") else "")
+    if kernel == "conv3x3x3_head_kernel":
+        return f"conv 3x3x3 + head ({outputs})" + (f", packed K {c['K_PACKED']}" if c.get("K_PACKED") else "")
+    if kernel == "upconv3d_kernel":
+        return f"upconv {c['FD']}x2x2"
     return kernel.removesuffix("_kernel")
 
 
@@ -405,6 +499,8 @@ def config_of(spec: dict) -> str:
     c = spec["constexprs"]
     if "R" in c:
         shape = f"R{c['R']}x{c['BW']}x{c.get('BN', c.get('BLOCK_N'))}x{c['BK']}"
+    elif "BLOCK_D" in c:
+        shape = f"{c['BLOCK_D']}x{c['BLOCK_H']}x{c['BLOCK_W']}x{c.get('BLOCK_N', '?')}x{c['BLOCK_K']}"
     elif "BLOCK_H" in c:
         shape = f"{c['BLOCK_H']}x{c['BLOCK_W']}x{c.get('BLOCK_N', '?')}x{c['BLOCK_K']}"
     else:
@@ -473,7 +569,7 @@ def render_table(records: list[dict]) -> str:
 
 def summary(records: list[dict]) -> dict:
     """The figures of the run (what benchmarks/report.py shows in the results table)."""
-    convs = [r for r in records if r["kernel"] in ("conv3x3_kernel", "conv3x3_rowrun_kernel")
+    convs = [r for r in records if r["kernel"] in ("conv3x3_kernel", "conv3x3_rowrun_kernel", "conv3x3x3_kernel")
              and not r["constexprs"].get("K_PACKED")]
     sources = lambda r: 2 if r["constexprs"].get("HAS_B") else 1  # noqa: E731
     return dict(
@@ -497,12 +593,16 @@ def to_json(result: dict) -> str:
     return f'{head[:-2]},\n "variants": [\n{lines}\n ]\n}}\n'
 
 
-def update_readme(readme: Path, table: str, header: str) -> None:
-    """The compile table of ``benchmarks/README.md`` (between its own markers), through
-    ``report.update_readme``."""
+def update_readme(readme: Path, table: str, header: str, *, three_d: bool = False) -> None:
+    """The compile table of ``benchmarks/README.md`` (between its own markers; the 3D
+    networks' between theirs), through ``report.update_readme``."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from report import update_readme as replace_between
 
+    if three_d:
+        replace_between(readme, f"{header}\n\n{table}", begin=BEGIN_3D, end=END_3D,
+                        heading="Compiled code of the 3D kernels (sm_90a, from the CPU)")
+        return
     replace_between(readme, f"{header}\n\n{table}", begin=BEGIN, end=END, heading="Compiled code (sm_90a, from the CPU)")
 
 
@@ -556,10 +656,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_readme:
         header = (f"From `{path.relative_to(HERE.parent) if path.is_relative_to(HERE.parent) else path}` "
                   f"({mode}, triton {triton.__version__}, {result['date']} UTC; regenerate with "
-                  f"`python benchmarks/compile_report.py{' --quick' if args.quick else ''}`). "
+                  f"`python benchmarks/compile_report.py{' --quick' if args.quick else ''}"
+                  f"{' --networks ' + args.networks if args.networks else ''}`). "
                   "Ranges are over the variants of a row (autotune configs and argument specialisations); "
                   "compile CPU seconds include ptxas, on this CPU.")
-        update_readme(args.readme, table, header)
+        three_d = all(NETWORKS[k][0].get("spatial_dims", 2) == 3 for k in nets)
+        update_readme(args.readme, table, header, three_d=three_d)
     print(table)
     return 0
 

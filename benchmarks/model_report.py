@@ -98,7 +98,10 @@ def formula_step(record: dict):
     if kernel in ("conv3x3_kernel", "conv3x3_head_kernel") and not c.get("K_PACKED"):
         return perfmodel.pointer_step(blocks["BLOCK_H"] * blocks["BLOCK_W"], blocks["BLOCK_N"],
                                       blocks["BLOCK_K"], warps, e)
-    if kernel == "upconv2x2_kernel":
+    if kernel in ("conv3x3x3_kernel", "conv3x3x3_head_kernel") and not c.get("K_PACKED"):
+        return perfmodel.pointer_step(blocks["BLOCK_D"] * blocks["BLOCK_H"] * blocks["BLOCK_W"], blocks["BLOCK_N"],
+                                      blocks["BLOCK_K"], warps, e)
+    if kernel in ("upconv2x2_kernel", "upconv3d_kernel"):
         return perfmodel.pointer_step(blocks["BLOCK_M"], blocks["BLOCK_N"], blocks["BLOCK_K"], warps, e)
     return None
 

@@ -102,3 +102,25 @@ def test_every_autotuned_kernel_keys_on_a_size_class():
                loss.softmax_ce_fwd_kernel)
     for kernel in kernels:
         assert "SIZE_CLASS" in kernel.keys, kernel.fn.__name__
+
+
+def test_3d_network_forward_launches_the_models_first_configs_without_benchmarks(untuned):
+    from fastunet.engine.fused3d import FusedUNet3D
+    from fastunet.kernels import conv3d, upconv3d
+
+    launched, benchmarks = untuned
+    model = ReferenceUNet(UNetConfig(base_channels=16, depth=2, spatial_dims=3, pools=((1, 2, 2), (2, 2, 2)))).eval()
+    FusedUNet3D(model, device="cpu", dtype="bf16").predict(torch.zeros(1, 1, 42, 76, 76), "labels")
+    assert benchmarks == []
+    names = [fn.__name__ for fn, _ in launched]
+    assert names.count("conv3x3x3_kernel") == 9 and names.count("conv3x3x3_head_kernel") == 1
+    assert names.count("upconv3d_kernel") == 2
+    for fn, a in launched:
+        if fn.__name__ == "conv3x3x3_kernel":
+            shape = (1, a["D_OUT"], a["H_OUT"], a["W_OUT"])
+            kept = conv3d.configs_for(torch.bfloat16, shared_memory=232448, packed=a["K_PACKED"])
+            _same(a, conv3d.rank(kept, shape, a["C_A"] + a["C_B"], a["C_OUT"], 2, a["K_PACKED"])[0])
+        elif fn.__name__ == "upconv3d_kernel":
+            _same(a, upconv3d.ranked_configs(a["M"], a["C_IN"], 4 * a["FD"] * a["C_OUT"], torch.bfloat16, "tf32")[0])
+    for kernel in (conv3d.conv3x3x3_kernel, conv3d.conv3x3x3_head_kernel, upconv3d.upconv3d_kernel):
+        assert "SIZE_CLASS" in kernel.keys, kernel.fn.__name__

@@ -221,3 +221,19 @@ def test_3d_model_refuses_a_2d_image_and_object_size():
         segment(np.zeros((4, 40, 40), np.float32), bundle, None, axes="ZYX", object_size=20)
     with pytest.raises(UserError, match="tile depth|tile Z edge"):
         segment(np.zeros((4, 40, 40), np.float32), bundle, None, axes="ZYX", tile=(27, 52, 52))
+
+
+def test_cli_segments_a_stack_with_the_bundled_3d_model(tmp_path, capsys):
+    import tifffile
+
+    from fastunet.cli.main import main
+    from fastunet.synthetic3d import synthetic_nuclei_3d
+
+    image, truth = synthetic_nuclei_3d((6, 40, 36), seed=5, n_objects=6, dtype="uint16")
+    tifffile.imwrite(tmp_path / "stack.tif", image, imagej=True, metadata={"axes": "ZYX", "spacing": 2.0})
+    assert main(["segment", str(tmp_path / "stack.tif"), "-o", str(tmp_path / "ids.tif"), "--model", "3d",
+                 "--quiet"]) == 0
+    ids = tifffile.imread(tmp_path / "ids.tif")
+    assert ids.shape == image.shape and ids.max() >= 1
+    assert main(["info", "3d"]) == 0
+    assert "3D U-Net, depth 2, base 16, pools 1x2x2, 2x2x2" in capsys.readouterr().out

@@ -11,6 +11,7 @@ __all__ = ["add_parser", "run"]
 EXAMPLES = """\
 fastunet info model.safetensors
 fastunet info model.bmz.zip        # a bioimage.io package written by fastunet export
+fastunet info 3d                   # the bundled 3D model
 """
 
 
@@ -27,10 +28,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from .. import geometry
     from ..model import count_parameters
-    from ..modelfile import ModelBundle, read_model
+    from ..modelfile import ModelBundle, bundled_model, read_model
 
     loaded = model_argument(args.model)
-    bundle = loaded if isinstance(loaded, ModelBundle) else read_model(args.model)
+    bundle = loaded if isinstance(loaded, ModelBundle) else read_model(bundled_model(args.model))  # "3d": bundled
     model, cfg = bundle.module, bundle.config
     ctx = geometry.context(cfg.depth)
     # A few sizes from the smallest valid one up to ~1100 px (more than one GPU tile's worth
