@@ -95,7 +95,9 @@ class Normalization:
         if self.mode == "fixed":
             return float(self.offset), float(self.scale)
         values = np.asarray(sample, dtype=np.float64).ravel()
-        values = values[np.isfinite(values)]
+        finite = np.isfinite(values)
+        if not finite.all():  # (a copy only when there is something to drop)
+            values = values[finite]
         if values.size == 0:
             return 0.0, 1.0
         unit = float(np.abs(values).max()) or 1.0
@@ -320,15 +322,21 @@ def _read_lattice(source, z: int | None, ys: np.ndarray, xs: np.ndarray, *, band
                   pivot: np.ndarray | None = None) -> np.ndarray:
     """Values of one plane at the lattice rows ``ys`` and columns ``xs``: (C, len(ys), len(xs)),
     relative to ``pivot`` when given (see :func:`_pivot`). Reads bands of rows of at most
-    ``band_voxels`` voxels per channel."""
+    ``band_voxels`` voxels per channel, or of whole rows of the input's chunks where a row of
+    chunks holds at most ``4 * band_voxels`` (each chunk is then decoded once)."""
     ny, nx = source.spatial_shape[-2:]
     rows = max(1, band_voxels // nx)
+    unit = int(source.chunks[-2]) if len(source.chunks) >= 2 else 1  # the chunks' height (Y is next to last)
+    aligned = 1 < unit < ny and unit * nx <= 4 * band_voxels
+    if aligned:
+        rows = unit * max(1, rows // unit)
     c = source.channels
     out = np.empty((c, len(ys), len(xs)), np.float64)
     i = 0
     while i < len(ys):
         y0 = int(ys[i])
-        j = int(np.searchsorted(ys, y0 + rows, side="left"))
+        stop = (y0 // rows + 1) * rows if aligned else y0 + rows  # aligned: the band ends where its chunks do
+        j = int(np.searchsorted(ys, stop, side="left"))
         j = max(j, i + 1)
         y1 = int(ys[j - 1]) + 1
         data = np.asarray(source.read(_region(source, z, slice(y0, y1), slice(0, nx))))

@@ -147,7 +147,10 @@ def label_block(classes: np.ndarray, origin: tuple[int, ...], shape: tuple[int, 
         else:
             local, n = ndimage.label(mask, structure=structure, output=np.uint32)
         if n:
-            ids[mask] = local[mask] + np.uint32(count)
+            if count == 0 and options.split is None and local.dtype == np.uint32:
+                ids = local  # the first class with objects: its labels are the ids (0 outside its mask)
+            else:
+                ids[mask] = local[mask] + np.uint32(count)
             cls_list.append(np.full(n, c, np.uint8))
             count += n
     flat = ids.ravel()

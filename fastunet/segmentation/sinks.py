@@ -74,6 +74,7 @@ class ZarrSink:
         self.block_multiple: tuple | None = None
         self.series = None
         self.count = 0
+        self._fingerprint = None  # (source, future of its fingerprint), taken while the statistics are
 
     def at_time(self, t: int) -> "ZarrSink":
         """The sink of time point ``t`` of a time series (see the module)."""
@@ -94,6 +95,20 @@ class ZarrSink:
         except BaseException:
             self.close()
             raise
+        if self.store is None:
+            self._start_fingerprint(source)
+
+    def _start_fingerprint(self, source) -> None:
+        """Take the input's fingerprint, which :meth:`create` records, in a thread of its own: it
+        reads and hashes chunks of the input while the segmenter plans the run and takes the
+        normalization statistics (an error it meets is raised by :meth:`create`)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from .. import io
+
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastunet-fingerprint")
+        self._fingerprint = (source, pool.submit(io.input_fingerprint, source))
+        pool.shutdown(wait=False)
 
     def _reopen(self) -> None:
         from .. import io
@@ -134,6 +149,8 @@ class ZarrSink:
         if "instances" in self.kinds:
             attrs = {**attrs, **self.options.to_dict()}
         extra = {"label_name": self.label_name} if self.label_name else {}
+        if self._fingerprint is not None and self._fingerprint[0] is source:
+            extra["input_id"] = self._fingerprint[1].result()
         self.store = io.create_output(self.path, source=source, num_classes=num_classes, output=self.kinds,
                                       chunks=chunks, zarr_format=self.zarr_format, overwrite=self.overwrite,
                                       attrs=attrs, block=layout.block if layout is not None else None,
