@@ -82,6 +82,14 @@ class OOMBackoff:
     def config(self):
         return self.predictor.config
 
+    @property
+    def start(self):
+        """The predictor's asynchronous call, ``start(tiles, output)`` -> a pending prediction
+        (``query()``, ``result()``), where it has one (OpenVINO, which raises no
+        ``torch.OutOfMemoryError``) and no out-of-memory error has made the calls smaller; else None."""
+        start = getattr(self.predictor, "start", None)
+        return start if self.max_batch is None and self.max_tiles is None else None
+
     def predict(self, tiles: torch.Tensor, output: str = "labels") -> Prediction:
         """As :meth:`Predictor.predict`, in smaller calls after an out-of-memory error."""
         while True:

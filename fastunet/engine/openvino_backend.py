@@ -180,6 +180,7 @@ class OpenVINOPredictor(Predictor):
                         "INFERENCE_NUM_THREADS": threads}
         self._compiled: dict = {}
         self._lock = threading.Lock()
+        self._starting = threading.Lock()
 
     def _queue(self, shape: tuple):
         """The infer requests (one per stream) of one input shape ``(1, C, H, W)``, compiled on first use."""
@@ -190,35 +191,88 @@ class OpenVINOPredictor(Predictor):
                 model.reshape(list(shape))
                 compiled = self._core.compile_model(model, "CPU", self._config)
                 queue = self._compiled[shape] = self._ov.AsyncInferQueue(compiled, self.streams)
+                queue.set_callback(_Pending.done)  # each tile's user data: (its call, its index)
             return queue
+
+    def start(self, tiles: torch.Tensor, output: str = "labels") -> "_Pending":
+        """Start the inference of ``tiles`` ``(N, C, H, W)`` and return once every tile is
+        queued (waiting only for a free infer request): one tile per inference (one compiled
+        shape serves every batch, and a tile's result depends on nothing else), the tiles
+        spread over the streams, each on one thread (measured on 2 cores: 2 streams x 1 thread
+        used less CPU per tile than 1 x 2, see benchmarks P7). The inputs are copied before
+        this returns. :meth:`_Pending.result` gives the :class:`Prediction`; calls may
+        overlap, so that a stream that finishes its tile starts the next call's at once
+        (the device runner's next batch: no stream waits for the other at the end of a batch)."""
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}; got {output!r}.")
+        x = np.ascontiguousarray(tiles.to("cpu", torch.float32).numpy())
+        queue = self._queue((1, *x.shape[1:]))
+        pending = _Pending(x.shape[0], output, queue)
+        with self._starting:  # one call's tiles queued after the other's
+            for i in range(x.shape[0]):
+                queue.start_async([x[i:i + 1]], (pending, i), share_inputs=False)
+        return pending
 
     @torch.no_grad()
     def logits(self, tiles: torch.Tensor) -> torch.Tensor:
-        """Scores ``(N, K, h, w)`` float32 of ``tiles`` ``(N, C, H, W)``: one tile per inference
-        (one compiled shape serves every batch, and a tile's result depends on nothing else), the
-        tiles spread over the streams, each on one thread (measured on 2 cores: 2 streams x 1
-        thread used less CPU per tile than 1 x 2, see benchmarks P7)."""
-        x = np.ascontiguousarray(tiles.to("cpu", torch.float32).numpy())
-        queue = self._queue((1, *x.shape[1:]))
-        out: list = [None] * x.shape[0]
-
-        def done(request, i):
-            out[i] = request.get_output_tensor(0).data[0].copy()
-
-        with self._lock:  # one batch at a time on the queue (its callback is per queue)
-            queue.set_callback(done)
-            for i in range(x.shape[0]):
-                queue.start_async([x[i:i + 1]], i)
-            queue.wait_all()
-        return torch.from_numpy(np.stack(out))
+        """Scores ``(N, K, h, w)`` float32 of ``tiles`` ``(N, C, H, W)`` (see :meth:`start`)."""
+        return torch.from_numpy(self.start(tiles).scores())
 
     def predict(self, tiles: torch.Tensor, output: str = "labels") -> Prediction:
         """As :meth:`Predictor.predict` (softmax probabilities as float16, argmax labels as
-        uint8), computed with numpy from OpenVINO's scores: torch's intra-op threads, which
-        spin for a while after each parallel operation, then never compete with OpenVINO's."""
-        if output not in OUTPUTS:
-            raise ValueError(f"output must be one of {OUTPUTS}; got {output!r}.")
-        scores = self.logits(tiles).numpy()
+        uint8), computed with numpy from OpenVINO's scores (:meth:`start`)."""
+        return self.start(tiles, output).result()
+
+
+class _Pending:
+    """One call's tiles in OpenVINO's queue: :meth:`query` (all done?), :meth:`scores`,
+    :meth:`result` (both wait)."""
+
+    def __init__(self, count: int, output: str, queue):
+        self.output = output
+        self._queue = queue
+        self._out: list = [None] * count
+        self._left = count
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._event = threading.Event()
+        if not count:
+            self._event.set()
+
+    @staticmethod
+    def done(request, userdata) -> None:
+        """The queue's callback (in OpenVINO's thread): keep the tile's scores."""
+        pending, i = userdata
+        try:
+            pending._out[i] = request.get_output_tensor(0).data[0].copy()
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+            pending._error = exc
+        with pending._lock:
+            pending._left -= 1
+            if pending._left == 0:
+                pending._event.set()
+
+    def query(self) -> bool:
+        return self._event.is_set()
+
+    def scores(self) -> np.ndarray:
+        """``(N, K, h, w)`` float32, once every tile is done."""
+        while not self._event.wait(timeout=1.0):
+            # OpenVINO calls no callback for a failed inference: once every request of the
+            # queue is idle (wait_all raises the failure, where it keeps one), ours is lost
+            self._queue.wait_all()
+            if not self._event.is_set():
+                raise RuntimeError("OpenVINO's inference of a tile failed without an error message.")
+        if self._error is not None:
+            raise self._error
+        return np.stack(self._out)
+
+    def result(self) -> Prediction:
+        """The :class:`Prediction`: softmax probabilities as float16, argmax labels as uint8,
+        computed with numpy (torch's intra-op threads, which spin for a while after each
+        parallel operation, then never compete with OpenVINO's)."""
+        scores = self.scores()
+        output = self.output
         probs = labels = None
         if output in ("probs", "both"):
             e = np.exp(scores - scores.max(axis=1, keepdims=True))

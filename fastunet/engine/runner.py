@@ -188,10 +188,11 @@ class DeviceRunner:
         n = slot.stage(batch, self.batch_size, pin=self.cuda)
         rows = self.batch_size if self.pad else n
         if not self.cuda:
-            pred = self.predictor.predict(_network_input(slot.tiles[:rows], slot.consts[:rows], first), first.output)
-            outputs = {name: t[:n].to(dtype) for name, dtype in _OUTPUT_DTYPES.items()
-                       if (t := getattr(pred, name)) is not None}
-            return _Launched(batch, n, outputs, None)
+            x = _network_input(slot.tiles[:rows], slot.consts[:rows], first)
+            start = getattr(self.predictor, "start", None)
+            if start is not None:  # OpenVINO: queued; the next batch is queued behind it before this one is done
+                return _Launched(batch, n, None, start(x, first.output))
+            return _Launched(batch, n, _host_outputs(self.predictor.predict(x, first.output), n), None)
         if self._copy_stream is None:
             self._copy_stream = torch.cuda.Stream(self.device)
         compute = torch.cuda.current_stream(self.device)
@@ -226,7 +227,9 @@ class DeviceRunner:
 
     def _finish(self, launched: "_Launched") -> None:
         batch, n, outputs, done = launched
-        if done is not None:
+        if outputs is None:  # an asynchronous CPU call (OpenVINO): its prediction, waited for
+            outputs = _host_outputs(done.result(), n)
+        elif done is not None:
             done.synchronize()
         self.batches += 1
         labels = outputs["labels"][:n].numpy() if "labels" in outputs else None
@@ -252,6 +255,11 @@ class DeviceRunner:
         for req, _, _ in batch:
             if not req.future.done():
                 req.future.set_exception(exc)
+
+
+def _host_outputs(pred, n: int) -> dict:
+    """The first ``n`` rows of a CPU prediction's outputs, as the runner hands them on."""
+    return {name: t[:n].to(dtype) for name, dtype in _OUTPUT_DTYPES.items() if (t := getattr(pred, name)) is not None}
 
 
 def _network_input(tiles: torch.Tensor, consts: torch.Tensor, request: "_Request") -> torch.Tensor:
@@ -312,7 +320,7 @@ class _Launched(NamedTuple):
     batch: list
     rows: int
     outputs: dict
-    done: object  # a CUDA event, or None on the CPU
+    done: object  # a CUDA event; on the CPU None, or the pending call (outputs None)
 
 
 @dataclass(eq=False)
