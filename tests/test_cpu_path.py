@@ -15,7 +15,7 @@ from fastunet import devices, save_model
 from fastunet.bench import cpu as p7
 from fastunet.bench.dtypes import TOLERANCES, compare_dtypes
 from fastunet.engine import backends, openvino_backend
-from fastunet.engine.predictor import TorchPredictor
+from fastunet.engine.predictor import TorchPredictor, class_labels
 from fastunet.errors import UserError
 from fastunet.model import ReferenceUNet, UNetConfig
 from fastunet.normalization import Normalization
@@ -144,6 +144,20 @@ def test_auto_backend_on_the_cpu_picks_openvino_when_installed(monkeypatch):
         backends.resolve_backend("openvino", "cuda")
 
 
+@pytest.mark.parametrize("classes", [1, 2, 3])
+def test_class_labels_are_numpys_argmax(classes):
+    """OpenVINO's labels: numpy's argmax over the classes, ties (first class), +-Inf and NaN (first NaN) included."""
+    rng = _rng()
+    for trial in range(40):
+        scores = rng.integers(-2, 3, size=(2, classes, 5, 6)).astype(np.float32)  # many ties
+        scores[rng.random(scores.shape) < 0.05] = np.inf if trial % 2 else -np.inf
+        if trial % 4 == 0:
+            scores[rng.random(scores.shape) < 0.1] = np.nan
+        got = class_labels(scores)
+        assert got.dtype == np.uint8
+        np.testing.assert_array_equal(got, scores.argmax(axis=1))
+
+
 def test_openvino_cache_keeps_the_most_recently_used_models(tmp_path):
     import os
 
@@ -181,6 +195,13 @@ assert (again.predict(x).labels.long() == want).float().mean() > 0.99
 torch.testing.assert_close(again.logits(x[1:2]), again.logits(x)[1:2], atol=0, rtol=0)  # streams: per tile
 with pytest.raises(UserError, match='runs in bf16, fp32, tf32; got dtype="fp16"'):
     openvino_backend.OpenVINOPredictor(net, "cpu", "fp16", cache=False)
+# OpenVINO's compiled models are kept (CACHE_DIR); a predictor that imports one computes the same bits
+from pathlib import Path
+assert len(list((Path(cache) / "compiled").glob("*.blob"))) == 3  # fp32 at two shapes, bf16 at one
+x = torch.randn(2, 1, 60, 60)
+imported = openvino_backend.OpenVINOPredictor(net, "cpu", "fp32", cache=cache)
+torch.testing.assert_close(imported.logits(x), predictor.logits(x), atol=0, rtol=0)
+assert len(list((Path(cache) / "compiled").glob("*.blob"))) == 3
 """
 
 
