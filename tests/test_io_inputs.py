@@ -77,6 +77,37 @@ def test_zarr_array_round_trip(tmp_path, rng, zarr_format):
     _check_reads(src, data.transpose(1, 0, 2, 3), rng)
 
 
+class _Counting:
+    """A zarr array that counts its reads (the chunk cache's decodes)."""
+
+    def __init__(self, array):
+        self.array, self.chunks, self.shape, self.dtype, self.reads = array, array.chunks, array.shape, array.dtype, 0
+
+    def __getitem__(self, index):
+        self.reads += 1
+        return self.array[index]
+
+
+def test_chunk_cache_reads_each_chunk_once_while_it_is_kept(tmp_path, rng):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fastunet.io.chunk_cache import ChunkCache
+
+    data = rng.integers(0, 60000, size=(3, 20, 22), dtype=np.uint16)
+    arr = zarr.create_array(str(tmp_path / "a.zarr"), data=data, chunks=(1, 8, 8))
+    counting = _Counting(arr)
+    cache = ChunkCache(counting, max_bytes=36 * 8 * 8 * 2)  # every chunk (3 x 3 x 3 = 27) fits
+    boxes = [b for _ in range(6) for b in _regions(data.shape, rng)] + [(1, slice(3, 17), 5)]
+    with ThreadPoolExecutor(4) as pool:  # threads asking for the same chunks: each read once
+        for box, got in zip(boxes, pool.map(cache.read, boxes)):
+            np.testing.assert_array_equal(got, data[box])
+    assert counting.reads == 27
+    small = ChunkCache(_Counting(arr), max_bytes=4 * 8 * 8 * 2)  # four chunks kept: older ones read again
+    for box in boxes:
+        np.testing.assert_array_equal(small.read(box), data[box])
+    assert small.array.reads > 27 and small._bytes <= small.max_bytes
+
+
 def test_zarr_dimension_names_and_array_dimensions(tmp_path, rng):
     data = rng.standard_normal((3, 9, 11)).astype(np.float32)
     v3 = tmp_path / "v3.zarr"

@@ -44,6 +44,7 @@ from ..errors import UserError
 from ..paths import check_readable_input
 from .axes import check_shape_dtype, default_letters, letters_from_names, parse_axes, plan_axes, tiff_letters
 from .channels import RGB_NAMES, ChannelSpec, omero_names, pick_channels
+from .chunk_cache import ChunkCache
 from .images import image_info, is_image_file, read_image
 from .ome import find_multiscales, is_bioformats2raw, ngff_section, ome_xml_image, read_level0
 from .stores import is_remote, location, remote_error, zarr_store
@@ -125,7 +126,7 @@ class VolumeSource:
     # The open handle lives in the instance __dict__ under "_handle" (never pickled).
 
     def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k != "_handle"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_handle", "_chunk_cache")}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
@@ -190,6 +191,24 @@ class VolumeSource:
             object.__setattr__(self, "_handle", (os.getpid(), stored, handle))
             return stored
 
+    def _chunks(self, index) -> ChunkCache | None:
+        """The process's cache of this input's decoded chunks (:mod:`fastunet.io.chunk_cache`:
+        the engine's reads overlap their neighbours' chunks), for a stored zarr array read
+        with ints and slices; None otherwise (in-memory arrays, channel lists)."""
+        if self.kind == "array" or not all(isinstance(i, (int, slice)) for i in index):
+            return None
+        cached = self.__dict__.get("_chunk_cache")
+        if cached is not None and cached[0] == os.getpid():
+            return cached[1]
+        stored = self.stored()
+        with _OPEN_LOCK:
+            cached = self.__dict__.get("_chunk_cache")
+            if cached is None or cached[0] != os.getpid():
+                cache = ChunkCache(stored) if isinstance(stored, zarr.Array) else None
+                cached = (os.getpid(), cache if cache is not None and cache.useful else None)
+                object.__setattr__(self, "_chunk_cache", cached)
+        return cached[1]
+
     def location(self):
         """The input's :class:`~pathlib.Path` or URL (:class:`upath.UPath`); None in memory."""
         if self.path is None:
@@ -228,7 +247,8 @@ class VolumeSource:
                 index.append(box[self.axes.index(letter)])
                 kept.append(letter)
         try:
-            data = self.stored()[tuple(index)]
+            cache = self._chunks(index)
+            data = cache.read(tuple(index)) if cache is not None else self.stored()[tuple(index)]
             if hasattr(data, "compute"):  # dask
                 data = data.compute()
             data = np.asarray(data)
