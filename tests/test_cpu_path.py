@@ -84,6 +84,31 @@ def test_segment_runs_and_records_the_auto_dtype(tmp_path, cpu_features, caps, d
     assert meta["summary"]["dtype"] == dtype
 
 
+def test_network_is_prepared_in_a_helper_thread_and_its_failure_leaves_no_output(tmp_path, monkeypatch):
+    """On the CPU a new Segmenter loads the network and prepares the run's tile (OpenVINO compiles
+    it) in a thread while the statistics are taken; what that raises is raised before the output is made."""
+    import threading
+
+    from fastunet.engine import LoadedNetwork
+    from fastunet.segmentation import Segmenter
+
+    seen = []
+    monkeypatch.setattr(LoadedNetwork, "prepare", lambda self, tile: seen.append((tile, threading.current_thread().name)))
+    net = ReferenceUNet(UNetConfig(base_channels=2, depth=1))
+    image = _rng().normal(size=(20, 24)).astype(np.float32)
+    with Segmenter(net, device="cpu", backend="torch", tile=28) as seg:
+        seg.segment(image, tmp_path / "a.zarr", progress=False, output_kind="labels")
+    assert seen == [((28, 28), "fastunet-warmup")]
+
+    def broken(self, tile):
+        raise RuntimeError("the network cannot be compiled")
+
+    monkeypatch.setattr(LoadedNetwork, "prepare", broken)
+    with Segmenter(net, device="cpu", backend="torch") as seg, pytest.raises(RuntimeError, match="cannot be compiled"):
+        seg.segment(image, tmp_path / "b.zarr", progress=False, output_kind="labels")
+    assert not (tmp_path / "b.zarr").exists()
+
+
 def test_verbose_segment_says_the_dtype_and_why(tmp_path, cpu_features, capsys):
     from fastunet.cli import main
 

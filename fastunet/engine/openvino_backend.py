@@ -219,6 +219,10 @@ class OpenVINOPredictor(Predictor):
                 queue.set_callback(_Pending.done)  # each tile's user data: (its call, its index)
             return queue
 
+    def prepare(self, tile: tuple) -> None:
+        """Compile the network for input tiles ``tile`` (their spatial edges) now, not at the first call."""
+        self._queue((1, self.config.in_channels, *tile))
+
     def start(self, tiles: torch.Tensor, output: str = "labels") -> "_Pending":
         """Start the inference of ``tiles`` ``(N, C, H, W)`` and return once every tile is
         queued (waiting only for a free infer request): one tile per inference (one compiled

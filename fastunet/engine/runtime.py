@@ -155,6 +155,13 @@ class LoadedNetwork:
         self.raw_tiles = self.predictor.device.type == "cuda"  # see takes_raw_tiles
         self._lock = threading.Lock()
 
+    def prepare(self, tile: tuple) -> None:
+        """Make the network ready for tiles of spatial edges ``tile`` (OpenVINO compiles it for
+        that shape; other backends prepare on their first call)."""
+        prepare = getattr(self.predictor.predictor, "prepare", None)
+        if prepare is not None:
+            prepare(tuple(int(t) for t in tile))
+
     @property
     def takes_raw_tiles(self) -> bool:
         """Whether tiles should come in their stored dtype, to :meth:`predict_raw` (a CUDA

@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import threading
 import time
 import warnings
 from collections.abc import Sequence
@@ -44,6 +45,7 @@ from .progress import PROGRESS_INTERVAL, ProgressBar
 from .returns import is_lazy, returned, stack_time, wants_lazy
 from .scaling import check_resumed, make_rescale, model_size_of, resolve, stats_source
 from .sinks import MAX_TIFF_BYTES, TiffSink, open_sink
+from .warmup import Warmup
 
 if TYPE_CHECKING:
     from typing import Unpack
@@ -164,6 +166,7 @@ class Segmenter:
         self.tile = _check_tile(tile, self.config)
         self.model_object_size = model_size_of(model)  # the training object diameter, if recorded
         self._network = None
+        self._network_lock = threading.Lock()  # the network may be loaded in a helper thread (Warmup)
         self.last_summary: dict | None = None
 
     # the network in this process -----------------------------------------------------
@@ -173,13 +176,15 @@ class Segmenter:
     @property
     def network(self):
         """The loaded network on ``device`` (made on first use and kept)."""
-        if self._network is None:
-            from ..engine import LoadedNetwork
+        with self._network_lock:
+            if self._network is None:
+                from ..engine import LoadedNetwork
 
-            self._check_local_device()
-            self._network = LoadedNetwork(self.handle, device=self.device, backend=self.backend, dtype=self.dtype,
-                                          batch_size=self.batch_size, use_runner=self._uses_runner(self.device))
-        return self._network
+                self._check_local_device()
+                self._network = LoadedNetwork(self.handle, device=self.device, backend=self.backend,
+                                              dtype=self.dtype, batch_size=self.batch_size,
+                                              use_runner=self._uses_runner(self.device))
+            return self._network
 
     def _uses_runner(self, device) -> bool:
         """Whether the tiles go through a :class:`~fastunet.engine.runner.DeviceRunner`: one
@@ -389,7 +394,17 @@ class Segmenter:
             return self._write_series(sink, vol, kinds, options, t_start, device=device, remote=remote, run=run,
                                       chunks=chunks, block=block, progress=progress,
                                       progress_interval=progress_interval, scale=scale)
-        layout, stats, rescale = self._plan(vol, sink, chunks=chunks, block=block, remote=remote, scale=scale)
+        # On the CPU the network is loaded and compiled for the tile while the statistics are taken
+        warmup = Warmup(self) if not remote and scale is None and self.device.type == "cpu" else None
+        try:
+            layout, stats, rescale = self._plan(vol, sink, chunks=chunks, block=block, remote=remote, scale=scale,
+                                                on_layout=warmup and warmup.start)
+        except BaseException:
+            if warmup is not None:
+                warmup.join(raising=False)
+            raise
+        if warmup is not None:
+            warmup.join()  # a loading error is raised here, before the output is made
         if sink.complete:
             self.last_summary = {**sink.recorded.get("summary", {}), "computed": 0, "skipped": layout.num_blocks}
             return sink.result()
@@ -497,9 +512,10 @@ class Segmenter:
                 expect[key] = [int(v) for v in value]
         return expect
 
-    def _plan(self, vol, sink, *, chunks, block, remote, scale=None):
+    def _plan(self, vol, sink, *, chunks, block, remote, scale=None, on_layout=None):
         """The layout, normalization constants and rescaling (None at scale 1): those of the run
-        being resumed, or new ones."""
+        being resumed, or new ones; ``on_layout(layout)`` is called once the layout is known,
+        before the statistics are taken."""
 
         from ..normalization import NormStats, normalization_stats
 
@@ -512,6 +528,8 @@ class Segmenter:
                                                               tile=meta["rescale_tile"], max_step=0)
             if sink.complete:
                 return layout, None, rescale
+            if on_layout is not None:
+                on_layout(layout)
             stats = NormStats.from_record(meta)
             if stats is None:  # a time point of a series not started yet
                 return layout, normalization_stats(stats_source(vol, rescale), self.normalization), rescale
@@ -524,6 +542,8 @@ class Segmenter:
         if isinstance(sink, TiffSink):
             sink.check_size(vol.spatial_shape, self.config.num_classes)
         rescale = self._new_rescale(vol, scale, remote)
+        if on_layout is not None:
+            on_layout(layout)
         return layout, normalization_stats(stats_source(vol, rescale), self.normalization), rescale
 
     def _run(self, sink, vol, layout, stats, blocks, *, device, remote, client, run, progress, progress_interval,
