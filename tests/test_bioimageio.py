@@ -140,7 +140,7 @@ def test_onnx_and_torchscript_weights_give_the_engines_probabilities(tmp_path, m
             assert got.shape == (shape[0], 2, *shape[2:])
             np.testing.assert_allclose(got, want, atol=1e-5, rtol=0, err_msg=f"{fmt} {shape}")
     image = _rng().normal(size=(45, 70)).astype(np.float32)
-    engine = segment(image, model_file, None, output_kind="probs", tile=44).astype(np.float32)
+    engine = segment(image, model_file, None, output_kind="probs", tile=44, dtype="fp32").astype(np.float32)
     offset, scale = bundle.normalization.stats(image)
     onnx = predict_with("onnx", paths["onnx"], bundle.normalization.apply(image, offset, scale)[None, None])[0]
     assert np.isfinite(engine).all() and onnx.shape == engine.shape == (2, 45, 70)
