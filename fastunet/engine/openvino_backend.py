@@ -286,9 +286,10 @@ class _Pending:
 
     def scores(self) -> np.ndarray:
         """``(N, K, h, w)`` float32, once every tile is done."""
-        while not self._event.wait(timeout=1.0):
+        while not self._event.wait(timeout=30.0):
             # OpenVINO calls no callback for a failed inference: once every request of the
-            # queue is idle (wait_all raises the failure, where it keeps one), ours is lost
+            # queue is idle (wait_all raises the failure, where it keeps one), ours is lost. Not
+            # sooner: wait_all also waits for the next call's tiles, queued behind these.
             self._queue.wait_all()
             if not self._event.is_set():
                 raise RuntimeError("OpenVINO's inference of a tile failed without an error message.")
