@@ -32,8 +32,9 @@ if typing.TYPE_CHECKING:
 
 __all__ = ["TRAIN_STYLES", "TRAIN_SEEDS", "style_of", "IMAGE_SHAPE", "TRAIN_ARGS", "write_training_data", "recipe_config", "recipe_command", "build"]
 
-TRAIN_STYLES = ("classic", "small", "textured", "clumped", "mitotic", "widefield", "large")
-TRAIN_SEEDS = range(10_000, 10_056)  # 56 synthetic images, 8 per style: 50 for training, 6 for validation
+TRAIN_STYLES = ("classic", "small", "textured", "clumped", "mitotic", "widefield", "large", "debris", "autofluorescent",
+                "saturated", "dividing", "dim")
+TRAIN_SEEDS = range(10_000, 10_096)  # 96 synthetic images, 8 per style: 86 for training, 10 for validation
 IMAGE_SHAPE = (512, 512)
 TRAIN_ARGS = (
     "--base-channels", "16",

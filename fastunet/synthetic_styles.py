@@ -12,7 +12,11 @@ The styles come in two groups (:data:`STYLES`):
   (:mod:`fastunet.default_model`);
 * **held-out styles** (``held_out=True``), which no training recipe draws: other size
   ranges (tiny, huge), other textures (speckled), other noise (low light) and other shapes
-  (elongated). ``fastunet evaluate --synthetic N`` scores a model on each style, so the
+  (elongated).
+
+The last five training styles carry what real images hold besides clean nuclei (debris,
+specks, autofluorescence, vignetting, ghosts, saturation, mitoses, fragments, very low light,
+the camera's defects; :mod:`fastunet.synthetic_clutter`, :mod:`fastunet.synthetic_optics`). ``fastunet evaluate --synthetic N`` scores a model on each style, so the
   held-out rows say how it does on data unlike anything it saw.
 
 ``classic`` is the generator's default (the images of earlier fastunet versions, seed for
@@ -67,6 +71,19 @@ class Style:
     illumination: Range = (0.0, 0.0)
     haze: Range = (0.0, 0.0)
     dtypes: tuple[str, ...] = field(default=("uint16",))
+    dim_level: Range = (0.15, 0.35)  # passed as it is: each dim nucleus draws from it
+    mitoses: Range = (0.0, 0.0)
+    fragments: Range = (0.0, 0.0)
+    defocus: Range = (0.0, 0.0)
+    autofluorescence: Range = (0.0, 0.0)
+    cytoplasm: Range = (0.0, 0.0)
+    ghosts: Range = (0.0, 0.0)
+    debris: Range = (0.0, 0.0)
+    fibers: Range = (0.0, 0.0)
+    specks: Range = (0.0, 0.0)
+    hot_pixels: Range = (0.0, 0.0)
+    pattern_noise: Range = (0.0, 0.0)
+    saturation: Range = (0.0, 0.0)
 
 
 STYLES: dict[str, Style] = {s.name: s for s in (
@@ -92,6 +109,24 @@ STYLES: dict[str, Style] = {s.name: s for s in (
     Style("large", "large irregular, elongated nuclei (35-60 px), 12- and 16-bit",
           diameter=(35.0, 60.0), aspect=(1.0, 2.0), irregularity=(0.05, 0.2), texture=(0.2, 0.4),
           nucleoli=(0.0, 0.3), psf_sigma=(1.5, 3.0), dtypes=("uint16", "uint12")),
+    # what real images hold besides clean nuclei (synthetic_clutter, the camera's defects)
+    Style("debris", "nuclei (12-36 px) among debris, fibers and bright specks; hot pixels, column pattern noise",
+          diameter=(12.0, 36.0), debris=(0.3, 1.5), fibers=(0.05, 0.3), specks=(0.5, 3.0),
+          hot_pixels=(1e-4, 2e-3), pattern_noise=(0.5, 3.0), photons=(50.0, 1500.0), dtypes=("uint8", "uint16")),
+    Style("autofluorescent", "textured autofluorescent background and cytoplasm, vignetting, haze, "
+          "out-of-focus and ghost nuclei (14-40 px)",
+          diameter=(14.0, 40.0), autofluorescence=(0.05, 0.3), cytoplasm=(0.05, 0.35), ghosts=(0.2, 1.0),
+          defocus=(0.1, 0.3), illumination=(0.3, 0.8), haze=(0.1, 0.5), background_level=(0.03, 0.15),
+          photons=(40.0, 1500.0), dtypes=("uint16", "float32")),
+    Style("saturated", "saturated bright nuclei beside very dim ones (14-36 px), 8- and 12-bit",
+          diameter=(14.0, 36.0), saturation=(0.1, 0.4), dim_fraction=(0.2, 0.4), dim_level=(0.06, 0.25),
+          brightness_sigma=(0.5, 0.8), photons=(100.0, 3000.0), dtypes=("uint8", "uint12")),
+    Style("dividing", "mitotic figures, anaphase pairs and fragmented nuclei among irregular, lobed nuclei (16-40 px)",
+          diameter=(16.0, 40.0), mitoses=(0.05, 0.2), fragments=(0.03, 0.1), bodies=(0.0, 0.1),
+          irregularity=(0.05, 0.25), aspect=(1.0, 1.8), texture=(0.2, 0.45), dtypes=("uint16", "uint8")),
+    Style("dim", "very low light (3-40 photons), strong read noise, hot pixels and pattern noise (12-40 px)",
+          diameter=(12.0, 40.0), photons=(3.0, 40.0), read_noise=(3.0, 10.0), hot_pixels=(0.0, 5e-4),
+          pattern_noise=(0.0, 0.6), dtypes=("uint16", "float32")),
     # --- held out: never drawn by a training recipe -----------------------------------------
     Style("tiny", "held out: tiny nuclei (5-8 px), 8-bit", held_out=True,
           diameter=(5.0, 8.0), coverage=(0.15, 0.3), psf_sigma=(0.6, 1.0), photons=(80.0, 400.0),
@@ -151,7 +186,17 @@ def draw_options(style: Style, rng: np.random.Generator, shape: tuple[int, int])
         options[name] = _uniform(rng, getattr(style, name))
     options["photons"] = _loguniform(rng, style.photons)
     options["dtype"] = style.dtypes[int(rng.integers(0, len(style.dtypes)))]
+    # drawn after the rest (and only when a style has them), so older styles keep their images
+    for name in _CLUTTER:
+        if getattr(style, name) != (0.0, 0.0):
+            options[name] = _uniform(rng, getattr(style, name))
+    if style.dim_level != Style.dim_level:
+        options["dim_level"] = style.dim_level
     return options
+
+
+_CLUTTER = ("mitoses", "fragments", "defocus", "autofluorescence", "cytoplasm", "ghosts", "debris", "fibers", "specks",
+            "hot_pixels", "pattern_noise", "saturation")
 
 
 @dataclass(frozen=True)

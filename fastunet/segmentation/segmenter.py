@@ -223,19 +223,24 @@ class Segmenter:
         return make_rescale(vol, self.config.depth, scale, tile=self.tile, max_step=self._max_step(remote))
 
     def _segment_crop(self, image, object_size):
-        """The class map of a 2D image (``(Y, X)`` or ``(C, Y, X)``) at ``object_size``, for the estimate."""
+        """The class map and the foreground probability of a 2D image (``(Y, X)`` or
+        ``(C, Y, X)``) at ``object_size``, for the estimate."""
+        import dask
+
         axes = "CYX" if image.ndim == 3 else "YX"
-        return self.segment(image, None, axes=axes, output_kind="labels", object_size=object_size,
-                            progress=False).compute()
+        labels, probs = dask.compute(*self.segment(image, None, axes=axes, output_kind="labels,probs",
+                                                   object_size=object_size, progress=False))
+        return labels, 1.0 - probs[0].astype("float32")
 
     # the call ------------------------------------------------------------------------------
     def segment(self, source, output=None, *, axes: str | None = None, output_kind=None,
                 zarr_format: int | None = None, resume: bool = False, overwrite: bool = False, scheduler=None,
                 workers: int | None = None, gpus=None, progress: bool | None = True, chunks=None, block=None,
                 threads: int | None = None, max_tiff_bytes: int = MAX_TIFF_BYTES,
-                progress_interval: float = PROGRESS_INTERVAL, min_size: int = 0, split: str | None = None,
-                connect_z: bool = False, label_name: str | None = None, into_input: bool = False,
-                storage_options: dict | None = None, break_lock: bool = False, object_size=None):
+                progress_interval: float = PROGRESS_INTERVAL, min_size: int | str = "auto",
+                split: str | None = None, connect_z: bool = False, label_name: str | None = None,
+                into_input: bool = False, storage_options: dict | None = None, break_lock: bool = False,
+                object_size=None, fill_holes: bool = True):
         """Segment ``source``; see :func:`segment` for the parameters and what is returned."""
         from .. import io
         from ..engine.instances import InstanceOptions
@@ -243,7 +248,7 @@ class Segmenter:
 
         t_start = time.perf_counter()
         kinds = parse_kinds(output_kind, self.config.num_classes)
-        options = InstanceOptions(min_size=min_size, split=split, connect_z=connect_z)
+        options = InstanceOptions(min_size=min_size, split=split, connect_z=connect_z, fill_holes=fill_holes)
         _check_cluster(scheduler, workers, gpus)
         if output is not None and scheduler is None and workers is None and gpus is None:
             from ..engine import active_client
@@ -256,6 +261,7 @@ class Segmenter:
         if not remote:
             self._check_local_device()
         scale = resolve(self._segment_crop, vol, object_size, self.model_object_size)  # None: scale 1
+        options = dataclasses.replace(options, typical_size=scale.object_size if scale else self.model_object_size)
         if output is None and into_input:
             output = _into_input_path(vol, label_name)
         if output is None:
@@ -301,7 +307,8 @@ class Segmenter:
         self.last_summary = summary
         _warn_nonfinite(summary["nonfinite"], sampled=False)
         if "instances" in kinds:
-            summary.update(objects=sink.count, min_size=options.min_size)
+            summary.update(objects=sink.count, min_size=options.min_size, fill_holes=options.fill_holes,
+                           **sink.cleanup)
         return sink.finish(summary, source=vol)
 
     # the parts of the call ------------------------------------------------------------------
@@ -352,7 +359,7 @@ class Segmenter:
         expect.update({"shape": list(vol.spatial_shape), "output": kinds_record(kinds),
                        "num_classes": self.config.num_classes, "model": self.handle.key})
         if "instances" in kinds:
-            expect.update(split=options.split, connect_z=options.connect_z)
+            expect.update(split=options.split, connect_z=options.connect_z, fill_holes=options.fill_holes)
         if self.tile is not None:
             expect["tile"] = [self.tile, self.tile]
         for key, value in (("chunks", chunks), ("block", block)):
@@ -483,9 +490,9 @@ def segment(source, model=None, output=None, *, axes: str | None = None, tile: i
             output_kind=None, zarr_format: int | None = None, resume: bool = False, overwrite: bool = False,
             scheduler=None, workers: int | None = None, gpus=None, progress: bool | None = True,
             chunks=None, block=None, threads: int | None = None, progress_interval: float = PROGRESS_INTERVAL,
-            min_size: int = 0, split: str | None = None, connect_z: bool = False, label_name: str | None = None,
-            into_input: bool = False, storage_options: dict | None = None, break_lock: bool = False,
-            object_size=None):
+            min_size: int | str = "auto", split: str | None = None, connect_z: bool = False,
+            label_name: str | None = None, into_input: bool = False, storage_options: dict | None = None,
+            break_lock: bool = False, object_size=None, fill_holes: bool = True):
     """Segment a volume with overlap-tile inference (seamless: identical to one pass of the
     network over the whole mirrored image).
 
@@ -536,8 +543,16 @@ def segment(source, model=None, output=None, *, axes: str | None = None, tile: i
         Threads of the threaded scheduler (or per worker).
     progress_interval : float
         Seconds between the plain progress lines (default 30).
-    min_size : int
-        Instances: objects of fewer voxels are removed (default 0: none).
+    min_size : int or "auto"
+        Instances: objects of fewer voxels are removed; ``"auto"`` (the default): those
+        smaller than 1/16 of the volume's typical object (a quarter of its diameter;
+        :func:`fastunet.objectsize.auto_min_size`; the model's training object size when the
+        volume has fewer than 5 objects), 0: none. Specks, not nuclei: the run's summary says
+        how many were removed (``objects_removed``, ``min_size_used``).
+    fill_holes : bool
+        Instances: fill the background that one object encloses with that object (default
+        True; ``holes_filled`` in the summary). ``min_size=0, fill_holes=False`` gives the
+        connected components of the class map as they are.
     split : {None, "watershed"}
         Instances: split touching objects by a seeded watershed on the distance transform.
     connect_z : bool
@@ -578,7 +593,8 @@ def segment(source, model=None, output=None, *, axes: str | None = None, tile: i
                              progress=progress, chunks=chunks, block=block, threads=threads,
                              progress_interval=progress_interval, min_size=min_size, split=split,
                              connect_z=connect_z, label_name=label_name, into_input=into_input,
-                             storage_options=storage_options, break_lock=break_lock, object_size=object_size)
+                             storage_options=storage_options, break_lock=break_lock, object_size=object_size,
+                             fill_holes=fill_holes)
     finally:
         if output is not None:
             seg.close()

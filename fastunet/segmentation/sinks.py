@@ -64,6 +64,7 @@ class ZarrSink:
         self.started = False
         self.block_multiple: tuple | None = None
         self.count = 0
+        self.cleanup: dict = {}
 
     def open(self, source) -> None:
         """Take the output's lock (one writer per output, :mod:`fastunet.io.lock`; released by
@@ -162,6 +163,7 @@ class ZarrSink:
             records.put_merge(result, generation=uuid.uuid4().hex[:12])
             info = records.merge_info()
         self.count = info["count"]
+        self.cleanup = {k: info[k] for k in ("min_size_used", "objects_removed", "holes_filled") if k in info}
         done = self.store.done()
         todo = [b for b in layout.blocks() if relabel_name(info, b.name) not in done]
         run(dataclasses.replace(job, stage="relabel", store=self.store), todo)
@@ -211,6 +213,7 @@ class TiffSink:
         self.objects: dict = {}
         self.started = False
         self.count = 0
+        self.cleanup: dict = {}
 
     def open(self, source) -> None:
         pass
@@ -256,6 +259,7 @@ class TiffSink:
 
             self.merged = merge_returned(self.layout, self.objects, self.options)
             self.count = self.merged.count
+            self.cleanup = self.merged.summary()
 
     def abort(self, exc: BaseException, *, remote: bool) -> None:
         pass  # nothing was written
