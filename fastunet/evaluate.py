@@ -27,6 +27,7 @@ object diameter.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -92,21 +93,29 @@ def evaluate(images, labels, model=None, *, axes: str | None = None, device=None
 
 
 def _score(pairs, sizes, model, network: dict, preview, cleanup: dict) -> Evaluation:
+    """Scores of the cleaned-up objects; with a clean-up, ``raw`` holds those of the class map's
+    own components (the same network pass: segment writes both from one prediction)."""
+    import dask
+
     from .segmentation import Segmenter
 
-    preds, truths = [], []
+    cleaned, classes, truths = [], [], []
+    raw = cleanup.get("min_size") != 0 or cleanup.get("fill_holes")
     with Segmenter(model, **network) as seg:
         for pair, size in zip(pairs, sizes):
             # the objects as segment writes them (cleaned up), scored as connected components
-            ids = seg.segment(pair.image, None, axes="ZYX" if pair.image.ndim == 3 else "YX", progress=False,
-                              output_kind="instances", object_size=size, **cleanup)
-            preds += _slices(np.asarray(ids))
+            out = seg.segment(pair.image, None, axes="ZYX" if pair.image.ndim == 3 else "YX", progress=False,
+                              output_kind="instances,labels" if raw else "instances", object_size=size, **cleanup)
+            ids, labels = dask.compute(*out) if raw else (out.compute(), None)
+            cleaned += _slices(np.asarray(ids))
+            classes += _slices(np.asarray(labels)) if raw else []
             truths += _slices(pair.labels)
     if preview is not None:
         from .figures import overlay_figure
 
-        overlay_figure(preview, _slices(pairs[0].image)[0], preds[0], truth=truths[0], title=pairs[0].name)
-    return score(preds, truths)
+        overlay_figure(preview, _slices(pairs[0].image)[0], cleaned[0], truth=truths[0], title=pairs[0].name)
+    result = score(cleaned, truths)
+    return dataclasses.replace(result, raw=score(classes, truths).to_dict()) if raw else result
 
 
 def _check_seeds(n_images: int, seed: int) -> range:
@@ -205,14 +214,17 @@ def evaluate_styles(model=None, *, styles=None, progress=None, **options) -> dic
 
 def style_table(results: dict[str, Evaluation]) -> str:
     """A plain-text table of per-style scores (foreground IoU, instance F1, precision, recall,
-    and the specks as a fraction of the predicted objects)."""
+    and the specks as a fraction of the predicted objects), and the instance F1 and specks of
+    the network's objects before the clean-up ("raw")."""
     from .synthetic_styles import STYLES
 
     lines = [f"{'style':<15} {'held out':<8} {'images':>6} {'objects':>7} {'fg IoU':>7} {'inst F1':>7} "
-             f"{'prec':>6} {'recall':>6} {'specks':>6}"]
+             f"{'prec':>6} {'recall':>6} {'specks':>6} {'raw F1':>7} {'specks':>6}"]
     for name, r in results.items():
-        specks = r.specks / max(r.tp + r.fp, 1)
+        raw = r.raw or {}
+        raw_f1 = f"{raw['instance_f1']:>7.4f}" if raw else f"{'':>7}"
+        raw_specks = f"{raw['specks'] / max(raw['tp'] + raw['fp'], 1):>6.1%}" if raw else f"{'':>6}"
         lines.append(f"{name:<15} {'yes' if STYLES[name].held_out else 'no':<8} {r.images:>6} {r.tp + r.fn:>7} "
                      f"{r.foreground_iou:>7.4f} {r.instance_f1:>7.4f} {r.precision:>6.3f} {r.recall:>6.3f} "
-                     f"{specks:>6.1%}")
+                     f"{r.specks / max(r.tp + r.fp, 1):>6.1%} {raw_f1} {raw_specks}")
     return "\n".join(lines)

@@ -177,6 +177,7 @@ class Evaluation:
     images: int
     pixels: int
     specks: int = 0
+    raw: dict | None = None  # evaluate: the scores before the clean-up of the objects
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -32,7 +32,8 @@ import numpy as np
 from .objectsize import median_diameter
 from .synthetic import synthetic_nuclei
 
-__all__ = ["Style", "STYLES", "StyleImage", "style_names", "style_image", "get_style", "write_style_images"]
+__all__ = ["Style", "STYLES", "StyleImage", "style_names", "style_image", "get_style", "write_style_images",
+           "DEGRADATIONS", "degrade"]
 
 Range = tuple[float, float]
 
@@ -241,3 +242,55 @@ def write_style_images(folder, seeds, style, shape: tuple[int, int] = (512, 512)
         tifffile.imwrite(images / f"nuclei_{seed}.tif", drawn.image)
         tifffile.imwrite(labels / f"nuclei_{seed}.tif", drawn.labels)
     return images, labels
+
+
+DEGRADATIONS = {
+    "none": "the image as drawn",
+    "noisy": "Gaussian noise of a quarter of the image's range added",
+    "blurred": "blurred by a Gaussian of 2 px",
+    "uneven": "illumination falling to 30 % towards one corner",
+    "cluttered": "bright specks (1 per 1000 px) and hot pixels (1 per 1000 px)",
+    "hazy": "a bright haze of out-of-focus light, twice the image blurred by 10 px",
+    "8bit": "an 8-bit export of low contrast (the range in 40 gray levels)",
+    "half": "downsampled by 2 (objects half as large)",
+}
+
+
+def degrade(drawn: StyleImage, how: str, *, seed: int) -> StyleImage:
+    """``drawn`` made worse in one of the ways of :data:`DEGRADATIONS` (known truth kept; for
+    ``"half"`` the labels and their size are downsampled too), for testing what depends on the
+    image's look, such as the object-size estimate."""
+    from scipy import ndimage as ndi
+
+    if how not in DEGRADATIONS:
+        raise ValueError(f"Unknown degradation {how!r}; expected one of {', '.join(DEGRADATIONS)}.")
+    rng = np.random.default_rng(seed)
+    image = drawn.image.astype(np.float32)
+    labels = drawn.labels
+    low, high = np.percentile(image, [1.0, 99.8])
+    span = max(float(high - low), 1e-6)
+    if how == "noisy":
+        image = image + rng.normal(0.0, 0.25 * span, image.shape).astype(np.float32)
+    elif how == "blurred":
+        image = ndi.gaussian_filter(image, 2.0)
+    elif how == "uneven":
+        yy, xx = np.mgrid[: image.shape[0], : image.shape[1]].astype(np.float32)
+        r2 = (yy**2 + xx**2) / float(image.shape[0] ** 2 + image.shape[1] ** 2)
+        image = low + (image - low) * (1.0 - 0.7 * r2)
+    elif how == "cluttered":
+        specks = np.zeros(image.shape, np.float32)
+        count = image.size // 1000
+        specks[rng.integers(0, image.shape[0], count), rng.integers(0, image.shape[1], count)] = 4 * span * 2 * np.pi
+        image = image + ndi.gaussian_filter(specks, 1.0)
+        hot = rng.random(image.shape) < 1e-3
+        image[hot] = high + 3 * span
+    elif how == "hazy":
+        image = image + 2.0 * ndi.gaussian_filter(image - low, 10.0)
+    elif how == "8bit":
+        return StyleImage(np.clip(np.rint((image - low) / span * 40 + 10), 0, 255).astype(np.uint8), labels,
+                          {**drawn.options, "degraded": how}, drawn.object_size)
+    elif how == "half":
+        image = ndi.zoom(ndi.gaussian_filter(image, 0.5), 0.5, order=1)
+        labels = labels[::2, ::2][: image.shape[0], : image.shape[1]]
+        return StyleImage(image, labels, {**drawn.options, "degraded": how}, median_diameter(labels))
+    return StyleImage(image.astype(np.float32), labels, {**drawn.options, "degraded": how}, drawn.object_size)

@@ -301,3 +301,24 @@ def test_cli_two_class_model_writes_instances_by_default(tmp_path, model, capsys
     labels = segment(str(tmp_path / "x.tif"), model, None, output_kind="labels").compute()
     assert ids.dtype == np.uint32 and ids.max() > 1
     np.testing.assert_array_equal(ids, clean_reference(labels, min_size="auto", fill_holes=True))
+
+
+def test_cli_cleanup_flags_and_the_summary_line(tmp_path, model, capsys):
+    img = (_rng().normal(size=(40, 44)) * 100 + 1000).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "x.tif", img)
+    labels = segment(str(tmp_path / "x.tif"), model, None, output_kind="labels").compute()
+    base = ["segment", str(tmp_path / "x.tif"), "--model", model]
+    cases = {"raw": (["--no-cleanup"], dict(min_size=0, fill_holes=False)),
+             "three": (["--min-size", "3", "--keep-holes"], dict(min_size=3, fill_holes=False)),
+             "auto": ([], dict(min_size="auto", fill_holes=True))}
+    for name, (flags, options) in cases.items():
+        assert main([*base, "-o", str(tmp_path / f"{name}.tif"), *flags]) == 0
+        np.testing.assert_array_equal(tifffile.imread(tmp_path / f"{name}.tif"), clean_reference(labels, **options))
+        line = capsys.readouterr().out.strip().splitlines()[-1]
+        assert f"; {clean_reference(labels, **options).max()} objects" in line, line
+        assert ("removed" in line) == (name != "raw"), line  # the clean-up is shown
+    with pytest.raises(SystemExit) as exit_code:
+        main([*base, "-o", str(tmp_path / "bad.tif"), "--min-size", "big"])
+    assert exit_code.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --min-size: expected auto or a number of voxels >= 0" in err.strip().splitlines()[-1]

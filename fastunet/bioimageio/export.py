@@ -197,7 +197,7 @@ def _run_test_model(descr) -> None:
 def _readme(bundle: ModelBundle, name: str, description: str) -> str:
     cfg, norm = bundle.config, bundle.normalization
     c = architecture.context(cfg.depth)
-    extra = "".join(f"- {key}: {value}\n" for key, value in bundle.extra.items())
+    extra = "".join(f"- {key}: {value}\n" for key, value in bundle.extra.items() if key != "card")
     extra = extra or "- (no training record in the model file)\n"
     return f"""# {name}
 
@@ -230,6 +230,15 @@ stacks; here each image is one sample.
 
 reads `model.safetensors` from the package (never unpickling anything) and runs the
 overlap-tile engine over volumes of any size.
+
+## Post-processing
+
+The package's output is the class probabilities. fastunet makes objects of them and cleans
+them up by default: the connected components of the argmax, objects smaller than 1/16 of the
+typical object's area removed (specks), holes filled (`config.fastunet.postprocessing` records
+the rule). bioimage.io's named postprocessing operations cannot label objects, remove small
+ones or fill holes, so a bioimage.io consumer gets the probabilities and does this itself (or
+runs fastunet on the package, as above).
 
 ## Training
 

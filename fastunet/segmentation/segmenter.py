@@ -232,6 +232,20 @@ class Segmenter:
                                                    object_size=object_size, progress=False))
         return labels, 1.0 - probs[0].astype("float32")
 
+    def estimate_object_size(self, source, *, axes: str | None = None, storage_options: dict | None = None):
+        """What ``object_size="auto"`` would find in ``source``: a
+        :class:`~fastunet.segmentation.scaling.Measure` (``size`` in pixels, or None and the
+        ``reason`` it is unsure; ``rounds``: each round's measure). Nothing is written."""
+        from .. import io
+        from .scaling import estimate_object_size
+
+        if self.model_object_size is None:
+            raise UserError("This model records no training object size, so there is no object size to estimate; "
+                            "retrain it with fastunet train (which records it in the model file).")
+        vol = io.open_volume(source, axes=axes, storage_options=storage_options)
+        self._check_volume(vol)
+        return estimate_object_size(self._segment_crop, vol, float(self.model_object_size))
+
     # the call ------------------------------------------------------------------------------
     def segment(self, source, output=None, *, axes: str | None = None, output_kind=None,
                 zarr_format: int | None = None, resume: bool = False, overwrite: bool = False, scheduler=None,
