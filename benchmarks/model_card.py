@@ -58,10 +58,14 @@ def scores(args) -> dict:
 
     models = {"new": args.model, **({"previous": args.previous} if args.previous else {})}
     record = {**_header("model-card", args), "models": {k: _model_record(v) for k, v in models.items()}, "styles": {}}
+    reused = _reused(args, record["models"].get("previous"))
     for name in _styles(args):
         style = STYLES[name]
         row = {"held_out": style.held_out, "description": style.description}
         for key, path in models.items():
+            if key == "previous" and name in reused:
+                row[key] = reused[name]
+                continue
             t0 = time.perf_counter()
             result = evaluate_synthetic(path, style=name, n_images=args.images, seed=args.seed)
             row[key] = {"on": {k: v for k, v in result.to_dict().items() if k != "raw"}, "off": result.raw,
@@ -72,6 +76,19 @@ def scores(args) -> dict:
         record["styles"][name] = row
     record["figures"] = _score_figures(record)
     return record
+
+
+def _reused(args, previous: dict | None) -> dict:
+    """The previous model's rows of an earlier ``scores`` run of that model on the same images
+    (``--reuse FILE``: its ``new`` model must be this ``--previous``, by content)."""
+    if not getattr(args, "reuse", None) or previous is None:
+        return {}
+    earlier = json.loads(Path(args.reuse).read_text())
+    if earlier["models"]["new"]["sha256"] != previous["sha256"] or (earlier["images"], earlier["seed"]) != (
+            args.images, args.seed):
+        raise SystemExit(f"{args.reuse} scored another model or other images than --previous on these")
+    previous["reused_from"] = Path(args.reuse).name
+    return {name: row["new"] for name, row in earlier["styles"].items()}
 
 
 def _styles(args) -> list[str]:
@@ -220,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--styles", help="all (default), held-out, train or names separated by commas")
         if name == "scores":
             p.add_argument("--previous", help="an earlier model file to score on the same images")
+            p.add_argument("--reuse", help="an earlier scores JSON of the --previous model (as --model) on the same "
+                           "images: its rows are taken instead of scoring it again")
     p = sub.add_parser("readme")
     p.add_argument("--readme", default=str(HERE.parent / "README.md"))
     args = parser.parse_args(argv)

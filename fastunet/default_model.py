@@ -35,7 +35,7 @@ __all__ = ["TRAIN_STYLES", "TRAIN_SEEDS", "style_of", "IMAGE_SHAPE", "TRAIN_ARGS
 
 TRAIN_STYLES = ("classic", "small", "textured", "clumped", "mitotic", "widefield", "large", "debris", "autofluorescent",
                 "saturated", "dividing", "dim")
-TRAIN_SEEDS = range(10_000, 10_096)  # 96 synthetic images, 8 per style: 86 for training, 10 for validation
+TRAIN_SEEDS = range(10_000, 10_120)  # 120 synthetic images, 10 per style: 108 for training, 12 for validation
 IMAGE_SHAPE = (512, 512)
 TRAIN_ARGS = (
     "--base-channels", "16",
@@ -45,10 +45,10 @@ TRAIN_ARGS = (
     "--optimizer", "adam",
     "--lr", "1e-3",
     "--lr-schedule", "cosine",
-    "--lr-period", "6000",
-    "--iterations", "6000",
+    "--lr-period", "12000",
+    "--iterations", "12000",
     "--val-fraction", "0.1",
-    "--val-every", "500",
+    "--val-every", "1000",
     "--checkpoint-every", "500",
     "--seed", "0",
     "--device", "cpu",

@@ -43,7 +43,7 @@ from .instances import relabel_sequential
 from .synthetic_optics import Optics, background, finish, render
 from .synthetic_shapes import Shapes, draw_objects, partner_offset
 
-__all__ = ["Shapes", "synthetic_nuclei", "synthetic_volume", "touching_pairs"]
+__all__ = ["Shapes", "SyntheticImage", "synthetic_nuclei", "synthetic_image", "synthetic_volume", "touching_pairs"]
 
 _HARMONICS = 4  # radial harmonics 2..5 of an irregular outline
 
@@ -63,6 +63,7 @@ class _Objects:
     amp: np.ndarray  # (n, _HARMONICS) relative amplitudes of the outline's radial harmonics
     phase: np.ndarray  # (n, _HARMONICS) their phases
     defocused: np.ndarray  # out of focus (blurred more)
+    nucleus: np.ndarray  # a nucleus (not a body, a mitotic bar or a fragment)
 
     def __len__(self) -> int:
         return len(self.cy)
@@ -155,7 +156,8 @@ def _place_objects(
         phase = rng.uniform(0.0, 2 * np.pi, (total, _HARMONICS))
     defocused = rng.random(total) < shapes.defocus if shapes.defocus > 0 else np.zeros(total, bool)
     objects = _Objects(cy=center[:, 0], cx=center[:, 1], cz=center[:, 2], a=major, b=minor, c=c, phi=phi,
-                       brightness=drawn.brightness, amp=amp, phase=phase, defocused=defocused)
+                       brightness=drawn.brightness, amp=amp, phase=phase, defocused=defocused,
+                       nucleus=np.arange(total) < n)
     return objects.subset(placed)
 
 
@@ -422,14 +424,43 @@ def synthetic_nuclei(
         objects that touch share a border.
     """
     options = {k: v for k, v in locals().items() if k not in ("shape", "seed", "rng", "n_objects", "density")}
-    shapes, optics, min_area, dtype = _specs(options)
+    drawn = _generate(shape, _rng(seed, rng), n_objects, density, options)
+    return drawn.image, drawn.labels
+
+
+@dataclass(frozen=True)
+class SyntheticImage:
+    """A synthetic image, its instance labels, and how many of them are nuclei: labels
+    ``1..nuclei`` are nuclei, the later ones small bodies, mitotic bars and fragments."""
+
+    image: np.ndarray
+    labels: np.ndarray
+    nuclei: int
+
+
+def synthetic_image(shape: tuple[int, int] = (512, 512), *, seed: int | None = None,
+                    rng: np.random.Generator | None = None, n_objects: int | None = None, density: float = 5.0,
+                    **options) -> SyntheticImage:
+    """:func:`synthetic_nuclei` (the same options, the same image for the same seed), saying
+    which objects are nuclei (:class:`SyntheticImage`)."""
+    defaults = {k: v for k, v in synthetic_nuclei.__kwdefaults__.items()
+                if k not in ("seed", "rng", "n_objects", "density")}
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise TypeError(f"synthetic_image() got unexpected keyword argument(s) {', '.join(unknown)}.")
+    return _generate(shape, _rng(seed, rng), n_objects, density, {**defaults, **options})
+
+
+def _generate(shape, gen: np.random.Generator, n_objects, density, options: dict) -> SyntheticImage:
+    shapes, optics, min_area, dtype = _specs(dict(options))
     height, width = _check_shape(shape, 2)
-    gen = _rng(seed, rng)
     n = _object_count(n_objects, density, height, width)
     objects = _place_objects(gen, height, width, 0.0, n, shapes)
     back = background(gen, height, width)
     labels, image = _plane(gen, objects, height, width, None, back, optics, min_area, float(np.mean(shapes.radius)))
-    return finish(image, dtype), relabel_sequential(labels, dtype=np.int32)
+    kept = np.unique(labels)
+    nuclei = int(objects.nucleus[kept[kept > 0] - 1].sum())
+    return SyntheticImage(finish(image, dtype), relabel_sequential(labels, dtype=np.int32), nuclei)
 
 
 def synthetic_volume(

@@ -51,14 +51,14 @@ def autofluorescence(rng: np.random.Generator, labels: np.ndarray, level: float,
 
 
 def ghosts(rng: np.random.Generator, shape: tuple[int, int], count: int, radius: float) -> np.ndarray:
-    """``count`` out-of-focus nuclei: blobs of width ~``radius`` and peak 0.1-0.5."""
+    """``count`` out-of-focus nuclei: Gaussian blobs of width ``radius`` and peak 0.05-0.3."""
     if count <= 0:
         return np.zeros(shape, np.float32)
     field = np.zeros(shape, np.float32)
     ys = rng.integers(0, shape[0], count)
     xs = rng.integers(0, shape[1], count)
-    sigma = 0.8 * radius
-    np.add.at(field, (ys, xs), rng.uniform(0.1, 0.5, count).astype(np.float32) * np.float32(2 * np.pi * sigma**2))
+    sigma = radius
+    np.add.at(field, (ys, xs), rng.uniform(0.05, 0.3, count).astype(np.float32) * np.float32(2 * np.pi * sigma**2))
     return ndi.gaussian_filter(field, sigma, mode="wrap")
 
 

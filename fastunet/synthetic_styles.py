@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .objectsize import median_diameter
-from .synthetic import synthetic_nuclei
+from .synthetic import synthetic_image
 
 __all__ = ["Style", "STYLES", "StyleImage", "style_names", "style_image", "get_style", "write_style_images",
            "DEGRADATIONS", "degrade"]
@@ -112,12 +112,12 @@ STYLES: dict[str, Style] = {s.name: s for s in (
           nucleoli=(0.0, 0.3), psf_sigma=(1.5, 3.0), dtypes=("uint16", "uint12")),
     # what real images hold besides clean nuclei (synthetic_clutter, the camera's defects)
     Style("debris", "nuclei (12-36 px) among debris, fibers and bright specks; hot pixels, column pattern noise",
-          diameter=(12.0, 36.0), debris=(0.3, 1.5), fibers=(0.05, 0.3), specks=(0.5, 3.0),
+          diameter=(12.0, 36.0), debris=(0.3, 1.5), fibers=(0.05, 0.3), specks=(0.3, 2.0),
           hot_pixels=(1e-4, 2e-3), pattern_noise=(0.5, 3.0), photons=(50.0, 1500.0), dtypes=("uint8", "uint16")),
     Style("autofluorescent", "textured autofluorescent background and cytoplasm, vignetting, haze, "
           "out-of-focus and ghost nuclei (14-40 px)",
-          diameter=(14.0, 40.0), autofluorescence=(0.05, 0.3), cytoplasm=(0.05, 0.35), ghosts=(0.2, 1.0),
-          defocus=(0.1, 0.3), illumination=(0.3, 0.8), haze=(0.1, 0.5), background_level=(0.03, 0.15),
+          diameter=(14.0, 40.0), autofluorescence=(0.03, 0.15), cytoplasm=(0.03, 0.15), ghosts=(0.2, 0.8),
+          defocus=(0.05, 0.2), illumination=(0.2, 0.7), haze=(0.1, 0.4), background_level=(0.03, 0.15),
           photons=(40.0, 1500.0), dtypes=("uint16", "float32")),
     Style("saturated", "saturated bright nuclei beside very dim ones (14-36 px), 8- and 12-bit",
           diameter=(14.0, 36.0), saturation=(0.1, 0.4), dim_fraction=(0.2, 0.4), dim_level=(0.06, 0.25),
@@ -203,12 +203,14 @@ _CLUTTER = ("mitoses", "fragments", "defocus", "autofluorescence", "cytoplasm", 
 @dataclass(frozen=True)
 class StyleImage:
     """One image of a style: the image, its instance labels, the options drawn and the true
-    typical object size (median equivalent diameter of the objects away from the border)."""
+    typical object size: the median equivalent diameter of the nuclei away from the border
+    (not counting the small bodies, mitotic bars and fragments some styles draw too)."""
 
     image: np.ndarray
     labels: np.ndarray
     options: dict
     object_size: float
+    nuclei: int | None = None  # labels 1..nuclei are nuclei (None: all)
 
 
 def style_image(style: str | Style, shape: tuple[int, int] = (512, 512), *, seed: int) -> StyleImage:
@@ -220,8 +222,12 @@ def style_image(style: str | Style, shape: tuple[int, int] = (512, 512), *, seed
     rng = np.random.default_rng(seed)
     options = draw_options(style, rng, tuple(shape))
     options.setdefault("dtype", "uint16")
-    image, labels = synthetic_nuclei(tuple(shape), rng=rng, **options)
-    return StyleImage(image, labels, options, median_diameter(labels))
+    drawn = synthetic_image(tuple(shape), rng=rng, **options)
+    return StyleImage(drawn.image, drawn.labels, options, _nucleus_size(drawn.labels, drawn.nuclei), drawn.nuclei)
+
+
+def _nucleus_size(labels: np.ndarray, nuclei: int | None) -> float:
+    return median_diameter(labels if nuclei is None else np.where(labels <= nuclei, labels, 0))
 
 
 def write_style_images(folder, seeds, style, shape: tuple[int, int] = (512, 512)):
@@ -288,9 +294,11 @@ def degrade(drawn: StyleImage, how: str, *, seed: int) -> StyleImage:
         image = image + 2.0 * ndi.gaussian_filter(image - low, 10.0)
     elif how == "8bit":
         return StyleImage(np.clip(np.rint((image - low) / span * 40 + 10), 0, 255).astype(np.uint8), labels,
-                          {**drawn.options, "degraded": how}, drawn.object_size)
+                          {**drawn.options, "degraded": how}, drawn.object_size, drawn.nuclei)
     elif how == "half":
         image = ndi.zoom(ndi.gaussian_filter(image, 0.5), 0.5, order=1)
         labels = labels[::2, ::2][: image.shape[0], : image.shape[1]]
-        return StyleImage(image, labels, {**drawn.options, "degraded": how}, median_diameter(labels))
-    return StyleImage(image.astype(np.float32), labels, {**drawn.options, "degraded": how}, drawn.object_size)
+        return StyleImage(image, labels, {**drawn.options, "degraded": how}, _nucleus_size(labels, drawn.nuclei),
+                          drawn.nuclei)
+    return StyleImage(image.astype(np.float32), labels, {**drawn.options, "degraded": how}, drawn.object_size,
+                      drawn.nuclei)

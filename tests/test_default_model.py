@@ -124,3 +124,25 @@ def test_a_model_card_is_kept_in_the_model_file_and_shown_by_info(tmp_path, caps
     assert "model card" in out and NOT_FOR[0][:40] in out and "16 fresh 512 x 512 images per style" in out
     row = next(line for line in out.splitlines() if "tiny" in line)
     assert "held out" in row and "0.910" in row and "1.0%" in row and "0.800" in row and "30.6%" in row
+
+
+def test_the_size_estimate_is_right_or_says_it_is_unsure():
+    """object_size="auto" with the bundled model, on a few styles and degraded copies: within
+    25 % of the true median diameter, or unsure (with a reason). The full measurement, every
+    style and degradation: benchmarks/model_card.py sizes (README, "The default model")."""
+    from fastunet.segmentation import Segmenter
+    from fastunet.synthetic_styles import degrade, style_image
+
+    cases = [("classic", "none"), ("classic", "noisy"), ("debris", "cluttered"), ("large", "uneven"),
+             ("small", "8bit"), ("lowlight", "none")]
+    sure = 0
+    with Segmenter(device="cpu") as seg:
+        for style, how in cases:
+            drawn = degrade(style_image(style, (320, 320), seed=2026), how, seed=2026)
+            measure = seg.estimate_object_size(drawn.image)
+            if measure.size is None:
+                assert measure.reason, (style, how)
+                continue
+            sure += 1
+            assert abs(measure.size / drawn.object_size - 1) <= 0.25, (style, how, measure, drawn.object_size)
+    assert sure >= 3

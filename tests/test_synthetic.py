@@ -212,6 +212,13 @@ def test_mitoses_fragments_and_defocus_are_objects():
     assert len(small) >= 6
     means = ndi.mean(image, labels, np.arange(1, labels.max() + 1))
     assert np.median(means[small - 1]) > np.median(means[areas >= 200])  # condensed: brighter
+    from fastunet.synthetic import synthetic_image
+
+    drawn = synthetic_image((220, 220), seed=seed, **base, mitoses=0.5, fragments=0.25)  # which are nuclei
+    np.testing.assert_array_equal(drawn.image, image)
+    np.testing.assert_array_equal(drawn.labels, labels)
+    assert 0.7 * plain.max() <= drawn.nuclei <= plain.max() + 3 < labels.max()
+    assert np.median(areas[: drawn.nuclei]) > 2 * np.median(areas[drawn.nuclei:])
     sharp = synthetic_nuclei((160, 160), seed=seed, **base)
     soft = synthetic_nuclei((160, 160), seed=seed, **base, defocus=1.0)
     np.testing.assert_array_equal(sharp[1], soft[1])
