@@ -26,7 +26,7 @@ __all__ = ["median_diameter", "check_object_size", "model_object_size", "scale_f
 
 MIN_OBJECTS = 5  # fewer objects than this give no size estimate
 AUTO_MIN_FRACTION = 1 / 16  # min_size="auto": objects under 1/16 of the typical area (1/4 of its diameter)
-_BAND = 8.0  # typical_size: a population of objects spans sizes within this factor either way
+_BAND = 4.0  # typical_size: a population spans sizes within this factor either way (16x: as min_size="auto")
 
 
 def _diameters(labels: np.ndarray, *, exclude_border: bool) -> np.ndarray:
@@ -121,8 +121,10 @@ def typical_size(sizes) -> float | None:
     """The typical size (voxels) of objects of the given sizes; None for fewer than :data:`MIN_OBJECTS`.
 
     The median size of the population of objects that holds the most foreground: of every
-    band of sizes from 1/8 to 8 times one object's size that holds at least
-    :data:`MIN_OBJECTS` objects, the band with the largest summed size. Many specks hold
+    band of sizes from 1/4 to 4 times one object's size that holds at least
+    :data:`MIN_OBJECTS` objects, the band with the largest summed size (a band spans a factor
+    16, so specks under 1/16 of the objects' size, those ``min_size="auto"`` removes, never
+    share one with them). Many specks hold
     little of the foreground, and a few merged clumps are not a population, so neither
     moves it far from the size of the objects that make up the image.
     """
@@ -135,7 +137,7 @@ def typical_size(sizes) -> float | None:
     high = np.searchsorted(sizes, sizes * _BAND, side="right")
     held = np.where(high - low >= MIN_OBJECTS, cumulative[high] - cumulative[low], -1.0)
     best = int(np.argmax(held))
-    if held[best] < 0:  # no five objects within a factor 64 of each other
+    if held[best] < 0:  # no five objects within a factor 16 of each other
         return float(np.median(sizes))
     return float(np.median(sizes[low[best]:high[best]]))
 
