@@ -70,6 +70,9 @@ def scores(args) -> dict:
             result = evaluate_synthetic(path, style=name, n_images=args.images, seed=args.seed)
             row[key] = {"on": {k: v for k, v in result.to_dict().items() if k != "raw"}, "off": result.raw,
                         "seconds": round(time.perf_counter() - t0, 1)}
+            if key == "new" and args.auto:  # object_size="auto": the estimate, then the run at its size
+                auto = evaluate_synthetic(path, style=name, n_images=args.images, seed=args.seed, object_size="auto")
+                row[key]["auto"] = {k: v for k, v in auto.to_dict().items() if k != "raw"}
             print(f"{name:<15} {key:<8} F1 {result.instance_f1:.4f} (raw {result.raw['instance_f1']:.4f}) "
                   f"specks {result.specks} (raw {result.raw['specks']})", file=sys.stderr, flush=True)
         row["nuclei"] = row["new"]["on"]["tp"] + row["new"]["on"]["fn"]
@@ -166,7 +169,10 @@ def _f(value: float) -> str:
 def render_scores(record: dict) -> str:
     """The README's score table: both models, cleaned up and raw, per style."""
     prev = "previous" in next(iter(record["styles"].values()))
+    auto = "auto" in next(iter(record["styles"].values()))["new"]
     head = "| style | | nuclei | fg IoU | instance F1 | precision | recall | specks | F1 raw | specks raw |"
+    if auto:
+        head += " F1 `--object-size auto` |"
     if prev:
         head += " previous F1 | previous F1 raw |"
     lines = [head, "| " + " | ".join(["---"] * (head.count("|") - 1)) + " |"]
@@ -175,6 +181,8 @@ def render_scores(record: dict) -> str:
         cells = [f"`{name}`", "held out" if r["held_out"] else "training", str(r["nuclei"]), _f(on["foreground_iou"]),
                  f"**{_f(on['instance_f1'])}**", _f(on["precision"]), _f(on["recall"]), f"{_speck_rate(on):.1%}",
                  _f(off["instance_f1"]), f"{_speck_rate(off):.1%}"]
+        if auto:
+            cells.append(_f(r["new"]["auto"]["instance_f1"]))
         if prev:
             cells += [_f(r["previous"]["on"]["instance_f1"]), _f(r["previous"]["off"]["instance_f1"])]
         lines.append("| " + " | ".join(cells) + " |")
@@ -239,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--previous", help="an earlier model file to score on the same images")
             p.add_argument("--reuse", help="an earlier scores JSON of the --previous model (as --model) on the same "
                            "images: its rows are taken instead of scoring it again")
+            p.add_argument("--auto", action="store_true", help="also score the model with object_size=auto")
     p = sub.add_parser("readme")
     p.add_argument("--readme", default=str(HERE.parent / "README.md"))
     args = parser.parse_args(argv)
