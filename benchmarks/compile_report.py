@@ -46,15 +46,23 @@ from pathlib import Path
 os.environ.pop("TRITON_INTERPRET", None)  # compile, never interpret (set before triton is imported)
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # model_report, roofline (also in the compiling processes)
 BEGIN, END = "<!-- compile-table:begin -->", "<!-- compile-table:end -->"
 H200_SHARED_MEMORY = 232448  # bytes a block may use on Hopper (227 KiB, opt-in)
 DTYPE_PATHS = ("bf16", "fp16", "tf32", "fp32")
 OUTPUTS = {"logits": ("logits",), "labels": ("labels",), "both": ("probs", "labels")}
-NETWORKS = {  # name: (UNetConfig kwargs, tiles, batch); batch only sets the (unspecialised) size class
-    "paper": (dict(in_channels=1, num_classes=2, base_channels=64, depth=4), (572, 1052), 8),
+NETWORKS = {  # name: (UNetConfig kwargs, tiles, batch): the engine's batch on CUDA (the model's config depends on it)
+    "paper": (dict(in_channels=1, num_classes=2, base_channels=64, depth=4), (572, 1052), 4),
     # the default model's training tile, and the tile of the engine's 512-pixel step
     "default": (dict(in_channels=1, num_classes=2, base_channels=16, depth=3), (316, 604), 8),
+    # 3D networks (their tiles: one edge per axis; on CUDA the engine calls a 3D network without batching)
+    # the bundled 3D model: its training tile, and the tile of a 128-voxel step
+    "3d": (dict(in_channels=1, num_classes=2, base_channels=16, depth=2, spatial_dims=3, pools=((1, 2, 2), (2, 2, 2))),
+           ((42, 76, 76), (90, 164, 164)), 4),
+    # Cicek et al. (2016): 3 channels in, 3 classes, 132 x 132 x 116 -> 44 x 44 x 28 (fastunet's widths)
+    "cicek": (dict(in_channels=3, num_classes=3, base_channels=32, depth=3, spatial_dims=3), ((116, 132, 132),), 1),
 }
+BEGIN_3D, END_3D = "<!-- compile3d-table:begin -->", "<!-- compile3d-table:end -->"
 
 
 # -- the launches of one forward pass -----------------------------------------------------------
@@ -89,6 +97,77 @@ def _kernels():
     return conv, upconv, head, conv_head
 
 
+def _kernels_3d():
+    from fastunet.kernels import conv3d, upconv3d
+
+    return conv3d, upconv3d
+
+
+def network_layers_3d(config, tile: tuple) -> list[dict]:
+    """The kernel launches of a FusedUNet3D forward at input ``tile`` (Z, Y, X), as
+    :func:`network_layers` reads them off :func:`fastunet.geometry.layer_shapes`."""
+    from fastunet import geometry
+
+    layers = []
+    for layer in geometry.layer_shapes(config, tile):
+        size = layer.in_size
+        if layer.kind == "upconv":
+            layers.append(dict(kind="upconv", name=f"up{layer.level}", size=size, c_a=layer.c_in, c_out=layer.c_out,
+                               factor=layer.factor))
+        elif layer.kind != "conv3x3":
+            continue
+        elif layer.c_skip:
+            layers.append(dict(kind="conv", name=layer.name, size=size, c_a=layer.c_skip,
+                               c_b=layer.c_in - layer.c_skip, c_out=layer.c_out, skip=layer.skip_size))
+        elif layer.name == "dec0.conv2":
+            layers.append(dict(kind="head", name=layer.name, size=size, c_a=layer.c_in, c_out=layer.c_out,
+                               classes=config.num_classes))
+        else:
+            layers.append(dict(kind="conv", name=layer.name, size=size, c_a=layer.c_in, c_out=layer.c_out,
+                               pool=layer.factor if layer.pool else None))
+    return layers
+
+
+def record_launches_3d(config, tile: tuple, batch: int, dtype: str, outputs: tuple[str, ...]) -> list[tuple]:
+    """(layer name, kernel, args, meta) of every launch of one 3D forward, with meta tensors."""
+    import torch
+
+    from fastunet.kernels import head as head_module
+    from fastunet.kernels._utils import compute_dtype
+
+    conv3d, upconv3d = _kernels_3d()
+    st, _ = compute_dtype(dtype)
+    meta = lambda *shape, dt=st: torch.empty(shape, device="meta", dtype=dt)  # noqa: E731
+    out = []
+    for layer in network_layers_3d(config, tile):
+        n, s, c_a, c_out = batch, layer["size"], layer["c_a"], layer["c_out"]
+        with recording() as rec:
+            if layer["kind"] == "upconv":
+                f = layer["factor"]
+                upconv3d.upconv3d(meta(n, *s, c_a), meta(c_a, 4 * f[0] * c_out), meta(c_out, dt=torch.float32),
+                                  factor=f, dtype=dtype)
+            elif layer["kind"] == "head" and conv3d.can_fuse_head(c_out, layer["classes"]):
+                k, o = layer["classes"], tuple(v - 2 for v in s)
+                conv3d.conv3x3x3_head(
+                    meta(n, *s, c_a), meta(27 * c_a, c_out), meta(c_out, dt=torch.float32), meta(c_out, k),
+                    meta(k, dt=torch.float32), dtype=dtype,
+                    **{name: meta(n, *o, dt=torch.uint8) if name == "labels" else
+                       meta(n, k, *o, dt=torch.float32 if name == "logits" else torch.float16) for name in outputs})
+            else:
+                c_b, skip = layer.get("c_b", 0), layer.get("skip")
+                x = meta(n, *(skip or s), c_a)
+                up = meta(n, *s, c_b) if c_b else None
+                conv3d.conv3x3x3(x, meta(27 * (c_a + c_b), c_out), meta(c_out, dt=torch.float32), up=up,
+                                 pool=layer.get("pool"), dtype=dtype)
+                if layer["kind"] == "head":  # more classes or channels than one tile: the 2D head on a view
+                    k, o = layer["classes"], tuple(v - 2 for v in s)
+                    head_module.head(meta(n, o[0] * o[1], o[2], c_out), meta(c_out, k), meta(k, dt=torch.float32),
+                                     dtype=dtype, **{name: meta(n, o[0] * o[1], o[2], dt=torch.uint8) if name == "labels"
+                                                     else meta(n, k, o[0] * o[1], o[2]) for name in outputs})
+        out += [(layer["name"], kernel, args, kmeta) for kernel, args, kmeta in rec.calls]
+    return out
+
+
 class _Recorder:
     """Stands in for ``_utils.launch`` in the kernel modules: records instead of launching."""
 
@@ -102,7 +181,7 @@ class _Recorder:
 @contextlib.contextmanager
 def recording():
     rec = _Recorder()
-    modules = _kernels()
+    modules = (*_kernels(), *_kernels_3d())
     saved = [m.launch for m in modules]
     for m in modules:
         m.launch = rec
@@ -158,15 +237,37 @@ def kept_configs(kernel, args: dict, meta: dict) -> list:
     conv, upconv, head, conv_head = _kernels()
     dt = next(a.dtype for a in args.values() if hasattr(a, "dtype"))
     if kernel is conv.conv3x3_kernel:
-        return conv.configs_for(dt, meta["PRECISION"], shared_memory=H200_SHARED_MEMORY, packed=bool(meta["K_PACKED"]),
-                                pool=meta["POOL"])
+        return conv.pointer_configs_for(conv_shape_of(kernel, args, meta), dt, meta["PRECISION"],
+                                        shared_memory=H200_SHARED_MEMORY)
+    if kernel is conv.conv3x3_rowrun_kernel:  # the autotuner times the model's best few
+        return conv.rowrun_configs_for(conv_shape_of(kernel, args, meta))[:conv.AUTOTUNE_TOP]
+    if kernel is conv_head.conv3x3_head_rowrun_kernel:
+        x = args["x_desc"].base
+        s = conv.ConvShape(x.shape[0], x.shape[1], x.shape[2], args["C_IN"], 0, args["C_MID"])
+        return conv_head.rowrun_configs_for(s)[:conv.AUTOTUNE_TOP]
     if kernel is conv_head.conv3x3_head_kernel:
         return conv_head.configs_for(dt, args["C_MID"], meta["PRECISION"], shared_memory=H200_SHARED_MEMORY)
     if kernel is upconv.upconv2x2_kernel:
         return upconv.configs_for(dt, shared_memory=H200_SHARED_MEMORY, precision=meta["PRECISION"])
     if kernel is head.head_kernel:
         return head.configs_for()
+    conv3d, upconv3d = _kernels_3d()
+    if kernel is conv3d.conv3x3x3_kernel:
+        return conv3d.configs_for(dt, meta["PRECISION"], shared_memory=H200_SHARED_MEMORY, packed=meta["K_PACKED"])
+    if kernel is conv3d.conv3x3x3_head_kernel:
+        return conv3d.head_configs_for(dt, args["C_MID"], meta["PRECISION"], shared_memory=H200_SHARED_MEMORY)
+    if kernel is upconv3d.upconv3d_kernel:
+        return upconv3d.configs_for(dt, meta["PRECISION"], shared_memory=H200_SHARED_MEMORY)
     raise ValueError(f"no config rule for {kernel.fn.__name__}")
+
+
+def conv_shape_of(kernel, args: dict, meta: dict):
+    """The :class:`~fastunet.kernels.conv.ConvShape` of a recorded conv launch (either main loop)."""
+    conv = _kernels()[0]
+    x = args["a_desc"].base if "a_desc" in args else args["a_ptr"]
+    return conv.ConvShape(x.shape[0], args["H_OUT"] + 2, args["W_OUT"] + 2, args["C_A"], args["C_B"], args["C_OUT"],
+                          bool(meta["POOL"]), bool(meta["WRITE_Y"]), args["y_ptr"].element_size(),
+                          meta.get("K_PACKED", 0))
 
 
 def variant_spec(kernel, args: tuple, meta: dict, config) -> dict:
@@ -177,6 +278,8 @@ def variant_spec(kernel, args: tuple, meta: dict, config) -> dict:
 
     fn = kernel.fn
     names = fn.arg_names
+    if config.pre_hook is not None:  # the descriptors' boxes follow the config (the JIT mangles them)
+        config.pre_hook({**dict(zip(names, args)), **meta, **config.kwargs})
     keep_generic = set(getattr(fn, "do_not_specialize", ()) or ())
     signature, constexprs, attrs = {}, {}, {}
     for i, (name, value) in enumerate(zip(names, args)):
@@ -200,23 +303,26 @@ def variant_key(spec: dict) -> str:
                                          "num_stages")], sort_keys=True, default=str)
 
 
-def collect_variants(networks: dict, dtypes, outputs) -> list[dict]:
+def collect_variants(networks: dict, dtypes, outputs, first_only: bool = False) -> list[dict]:
     """Unique variants over networks, tiles, dtype paths and head outputs, each with the layers
-    that launch it."""
+    that launch it; ``first_only``: each launch's first kept config (the one it runs with
+    ``FASTUNET_AUTOTUNE=0``: the model's first for the row-run conv)."""
     from fastunet import UNetConfig
 
     found: dict[str, dict] = {}
     for net, (cfg, tiles, batch) in networks.items():
         config = UNetConfig(**cfg)
+        launches = record_launches_3d if config.spatial_dims == 3 else record_launches
         for tile in tiles:
             for dtype in dtypes:
                 for output in outputs:
-                    for layer, kernel, args, meta in record_launches(config, tile, batch, dtype, OUTPUTS[output]):
+                    for layer, kernel, args, meta in launches(config, tile, batch, dtype, OUTPUTS[output]):
                         named = dict(zip(kernel.fn.arg_names, args))
-                        for config_ in kept_configs(kernel, named, meta):
+                        kept = kept_configs(kernel, named, meta)
+                        for config_ in kept[:1] if first_only else kept:
                             spec = variant_spec(kernel, args, meta, config_)
                             entry = found.setdefault(variant_key(spec), dict(spec=spec, dtype=dtype, layers=[]))
-                            where = f"{net}@{tile}:{layer}"
+                            where = f"{net}@{'x'.join(map(str, tile)) if isinstance(tile, tuple) else tile}:{layer}"
                             if where not in entry["layers"]:
                                 entry["layers"].append(where)
     return list(found.values())
@@ -310,12 +416,21 @@ def _init_worker() -> None:
 def compile_variant(spec: dict) -> dict:
     """Compile one variant for sm_90a; its TTGIR facts, ptxas figures, shared memory, seconds."""
     import importlib
+    import importlib.util
 
     import triton
     from triton.backends.compiler import GPUTarget
 
-    kernel = getattr(importlib.import_module(spec["module"]), spec["kernel"])
-    fn = getattr(kernel, "fn", kernel)
+    if spec.get("file"):  # a kernel outside the package (the calibration's tutorial kernel)
+        module_spec = importlib.util.spec_from_file_location(spec["module"], spec["file"])
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(spec["module"])
+    kernel = getattr(module, spec["kernel"])
+    from triton.runtime.jit import JITFunction
+
+    fn = kernel if isinstance(kernel, JITFunction) else kernel.fn  # a JITFunction, or the autotuner's
     attrs = {(int(i),): v for i, v in spec["attrs"].items()}
     src = triton.compiler.ASTSource(fn=fn, signature=spec["signature"], constexprs=spec["constexprs"], attrs=attrs)
     log = io.StringIO()
@@ -326,7 +441,10 @@ def compile_variant(spec: dict) -> dict:
             compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32),
                                       options=dict(num_warps=spec["num_warps"], num_stages=spec["num_stages"]))
         wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
+    from model_report import ptx_loops
+
     return dict(inspect_ttgir(compiled.asm["ttgir"]), **parse_ptxas(log.getvalue()),
+                ptx_loops=ptx_loops(compiled.asm["ptx"], spec["num_warps"]),
                 shared_bytes=compiled.metadata.shared, compile_seconds=round(wall, 2), compile_cpu_seconds=round(cpu, 2))
 
 
@@ -356,21 +474,34 @@ def group_of(spec: dict) -> str:
     """A short name for the code path of a variant (its flags, not its block shapes)."""
     c, kernel = spec["constexprs"], spec["kernel"]
     outputs = "+".join(o for o in ("logits", "probs", "labels") if c.get(f"WRITE_{o.upper()}"))
-    if kernel == "conv3x3_kernel":
+    if kernel in ("conv3x3_kernel", "conv3x3_rowrun_kernel"):
         name = "conv, 2 sources" if c["HAS_B"] else "conv"
+        name = ("TMA " if kernel == "conv3x3_rowrun_kernel" else "") + name
         name += ", pool" if c["POOL"] else ""
-        name += f", packed K {c['K_PACKED']}" if c["K_PACKED"] else ""
+        name += f", packed K {c['K_PACKED']}" if c.get("K_PACKED") else ""
         return name + ("" if c["RELU"] else ", no ReLU") + ("" if c["WRITE_Y"] else ", pooled only")
-    if kernel == "conv3x3_head_kernel":
-        return f"conv + head ({outputs})"
+    if kernel in ("conv3x3_head_kernel", "conv3x3_head_rowrun_kernel"):
+        return ("TMA " if "rowrun" in kernel else "") + f"conv + head ({outputs})"
     if kernel == "head_kernel":
         return f"head ({outputs})"
+    if kernel == "conv3x3x3_kernel":
+        name = "conv 3x3x3, 2 sources" if c["HAS_B"] else "conv 3x3x3"
+        name += f", pool {c['POOL_D']}x2x2" if c["POOL"] else ""
+        return name + (f", packed K {c['K_PACKED']}" if c.get("K_PACKED") else "")
+    if kernel == "conv3x3x3_head_kernel":
+        return f"conv 3x3x3 + head ({outputs})" + (f", packed K {c['K_PACKED']}" if c.get("K_PACKED") else "")
+    if kernel == "upconv3d_kernel":
+        return f"upconv {c['FD']}x2x2"
     return kernel.removesuffix("_kernel")
 
 
 def config_of(spec: dict) -> str:
     c = spec["constexprs"]
-    if "BLOCK_H" in c:
+    if "R" in c:
+        shape = f"R{c['R']}x{c['BW']}x{c.get('BN', c.get('BLOCK_N'))}x{c['BK']}"
+    elif "BLOCK_D" in c:
+        shape = f"{c['BLOCK_D']}x{c['BLOCK_H']}x{c['BLOCK_W']}x{c.get('BLOCK_N', '?')}x{c['BLOCK_K']}"
+    elif "BLOCK_H" in c:
         shape = f"{c['BLOCK_H']}x{c['BLOCK_W']}x{c.get('BLOCK_N', '?')}x{c['BLOCK_K']}"
     else:
         shape = f"{c['BLOCK_M']}x{c.get('BLOCK_N', c.get('BLOCK_C'))}x{c['BLOCK_K']}"
@@ -381,7 +512,8 @@ def record(v: dict) -> dict:
     """One variant as it goes into the JSON file."""
     spec = v["spec"]
     named = list(spec["signature"])
-    flags = {k: val for k, val in spec["constexprs"].items() if not k.startswith("BLOCK_")}
+    flags = {k: val for k, val in spec["constexprs"].items()
+             if not k.startswith("BLOCK_") and k not in ("R", "BW", "BN", "BK")}
     return dict(
         kernel=spec["kernel"], dtype=v["dtype"], group=group_of(spec), config=config_of(spec),
         constexprs=flags,
@@ -390,7 +522,9 @@ def record(v: dict) -> dict:
         **{k: v[k] for k in ("loops", "k_loops", "loop_async_copies", "loop_tma_loads", "loop_sync_loads", "loop_wgmma",
                              "loop_dots", "wgmma", "dots", "async_copies", "tma_loads", "waits", "registers",
                              "spill_stores", "spill_loads", "stack_frame", "shared_bytes", "compile_seconds",
-                             "compile_cpu_seconds")},
+                             "compile_cpu_seconds", "ptx_loops")},
+        num_warps=spec["num_warps"], num_stages=spec["num_stages"],
+        blocks={k: val for k, val in spec["constexprs"].items() if k.startswith("BLOCK_") or k in ("R", "BW", "BN", "BK")},
     )
 
 
@@ -435,7 +569,8 @@ def render_table(records: list[dict]) -> str:
 
 def summary(records: list[dict]) -> dict:
     """The figures of the run (what benchmarks/report.py shows in the results table)."""
-    convs = [r for r in records if r["kernel"] == "conv3x3_kernel" and not r["constexprs"].get("K_PACKED")]
+    convs = [r for r in records if r["kernel"] in ("conv3x3_kernel", "conv3x3_rowrun_kernel", "conv3x3x3_kernel")
+             and not r["constexprs"].get("K_PACKED")]
     sources = lambda r: 2 if r["constexprs"].get("HAS_B") else 1  # noqa: E731
     return dict(
         variants=len(records),
@@ -444,6 +579,8 @@ def summary(records: list[dict]) -> dict:
         variants_with_spills=sum(bool((r["spill_stores"] or 0) + (r["spill_loads"] or 0)) for r in records),
         max_registers=max((r["registers"] or 0) for r in records),
         max_shared_kib=round(max(r["shared_bytes"] for r in records) / 1024, 1),
+        variants_step_matches_model=sum(bool((r.get("model") or {}).get("step_matches_formula")) for r in records),
+        variants_with_model_formula=sum((r.get("model") or {}).get("step_matches_formula") is not None for r in records),
         compile_cpu_seconds_total=round(sum(r["compile_cpu_seconds"] for r in records), 1),
         compile_cpu_seconds_max=max(r["compile_cpu_seconds"] for r in records),
     )
@@ -456,12 +593,16 @@ def to_json(result: dict) -> str:
     return f'{head[:-2]},\n "variants": [\n{lines}\n ]\n}}\n'
 
 
-def update_readme(readme: Path, table: str, header: str) -> None:
-    """The compile table of ``benchmarks/README.md`` (between its own markers), through
-    ``report.update_readme``."""
+def update_readme(readme: Path, table: str, header: str, *, three_d: bool = False) -> None:
+    """The compile table of ``benchmarks/README.md`` (between its own markers; the 3D
+    networks' between theirs), through ``report.update_readme``."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from report import update_readme as replace_between
 
+    if three_d:
+        replace_between(readme, f"{header}\n\n{table}", begin=BEGIN_3D, end=END_3D,
+                        heading="Compiled code of the 3D kernels (sm_90a, from the CPU)")
+        return
     replace_between(readme, f"{header}\n\n{table}", begin=BEGIN, end=END, heading="Compiled code (sm_90a, from the CPU)")
 
 
@@ -477,6 +618,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=HERE / "results", help="folder of the JSON file")
     parser.add_argument("--readme", type=Path, default=HERE / "README.md", help="README whose table is rewritten")
     parser.add_argument("--no-readme", action="store_true", help="leave the README alone")
+    parser.add_argument("--calibration", type=Path, default=None,
+                        help="a copy of triton's python/tutorials/09-persistent-matmul.py: compile its persistent TMA "
+                             "matmul at 8192^3 bf16 and report what the model predicts for it")
     args = parser.parse_args(argv)
 
     import torch
@@ -484,16 +628,15 @@ def main(argv: list[str] | None = None) -> int:
 
     dtypes = args.dtypes.split(",") if args.dtypes else (["bf16"] if args.quick else list(DTYPE_PATHS))
     nets = args.networks.split(",") if args.networks else (["paper"] if args.quick else list(NETWORKS))
-    variants = collect_variants({k: NETWORKS[k] for k in nets}, dtypes, list(OUTPUTS))
+    variants = collect_variants({k: NETWORKS[k] for k in nets}, dtypes, list(OUTPUTS), args.first_config)
     if args.layers:
         wanted = set(args.layers.split(","))
         variants = [dict(v, layers=[w for w in v["layers"] if w.split(":", 1)[1] in wanted]) for v in variants]
         variants = [v for v in variants if v["layers"]]
-    if args.first_config:
-        variants = _first_configs(variants)
     start = time.perf_counter()
     print(f"compiling {len(variants)} variants for sm_90a with {args.jobs} processes ...", file=sys.stderr)
     records = [record(v) for v in compile_all(variants, args.jobs)]
+    model = model_sections(records, nets, dtypes, args)
     wall = time.perf_counter() - start
     now = datetime.datetime.now(datetime.timezone.utc)
     mode = "quick" if args.quick else ("full" if not (args.dtypes or args.networks or args.layers or args.first_config)
@@ -503,35 +646,59 @@ def main(argv: list[str] | None = None) -> int:
         device="sm_90a, compiled on a CPU (no GPU)", triton=triton.__version__, torch=torch.__version__,
         host=f"{platform.machine()}, {os.cpu_count()} CPUs, {args.jobs} compiling processes",
         networks={k: NETWORKS[k] for k in nets}, dtypes=dtypes, wall_seconds=round(wall, 1),
-        figures=summary(records), variants=records,
+        figures=summary(records), **model, variants=records,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"compile-{now.strftime('%Y%m%d-%H%M%S')}-{mode}-triton{triton.__version__}.json"
     path.write_text(to_json(result))
     print(f"wrote {path} ({wall:.0f} s)", file=sys.stderr)
-    table = render_table(records)
+    table = render_table(records) + render_model(model)
     if not args.no_readme:
         header = (f"From `{path.relative_to(HERE.parent) if path.is_relative_to(HERE.parent) else path}` "
                   f"({mode}, triton {triton.__version__}, {result['date']} UTC; regenerate with "
-                  f"`python benchmarks/compile_report.py{' --quick' if args.quick else ''}`). "
+                  f"`python benchmarks/compile_report.py{' --quick' if args.quick else ''}"
+                  f"{' --networks ' + args.networks if args.networks else ''}`). "
                   "Ranges are over the variants of a row (autotune configs and argument specialisations); "
                   "compile CPU seconds include ptxas, on this CPU.")
-        update_readme(args.readme, table, header)
+        three_d = all(NETWORKS[k][0].get("spatial_dims", 2) == 3 for k in nets)
+        update_readme(args.readme, table, header, three_d=three_d)
     print(table)
     return 0
 
 
-def _first_configs(variants: list[dict]) -> list[dict]:
-    """Keep, per (kernel, flags, specialisation), the variant of the first kept config."""
-    seen, out = set(), []
-    for v in variants:
-        s = v["spec"]
-        flags = {k: x for k, x in s["constexprs"].items() if not k.startswith("BLOCK_")}
-        key = json.dumps([s["kernel"], flags, s["attrs"], s["signature"], v["dtype"]], sort_keys=True, default=str)
-        if key not in seen:
-            seen.add(key)
-            out.append(v)
+def model_sections(records: list[dict], nets, dtypes, args) -> dict:
+    """The performance model's part of the report (``model_report``): per variant its K step
+    and ceilings; for the bf16 paper network every layer at the engine's batch and the P1/P2
+    predictions; with ``--calibration``, the tutorial matmul."""
+    import model_report
+
+    from fastunet import UNetConfig
+
+    model_report.attach_models(records)
+    out = {}
+    if "paper" in nets and "bf16" in dtypes and not args.layers:
+        cfg, tiles, batch = NETWORKS["paper"]
+        config = UNetConfig(**cfg)
+        out["layers"] = model_report.compiled_layer_rows(records, config, tiles, batch)
+        out["predictions"] = model_report.network_predictions(config)
+    if args.calibration is not None:
+        out["calibration"] = model_report.calibrate(args.calibration, compile_all, args.jobs)
     return out
+
+
+def render_model(model: dict) -> str:
+    """The model's tables (per layer, predictions), Markdown, or nothing."""
+    import model_report
+
+    parts = []
+    if "layers" in model:
+        parts.append("\n\nPredicted, per layer of the paper network at the engine's batch (4), bf16, with the config "
+                     "launched without autotuning (the model's first); the K step read from the PTX; `low`-`high`: "
+                     "the two scenarios of `benchmarks/NOTES.md` v4. Predictions, not measurements.\n\n"
+                     + model_report.render_layers(model["layers"]))
+    if "predictions" in model:
+        parts.append("\n\n" + model_report.render_predictions(model["predictions"], model.get("calibration")))
+    return "".join(parts)
 
 
 if __name__ == "__main__":

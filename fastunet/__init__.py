@@ -8,7 +8,7 @@ Public API::
 
 from __future__ import annotations
 
-from . import geometry
+from . import command_start, geometry  # noqa: F401 - command_start first: Ctrl-C while the command loads
 from .errors import ModelFileError, UserError
 from .model import ReferenceUNet, UNetConfig, count_parameters
 from .modelfile import ModelBundle, load_model, read_model, read_model_metadata, save_model

@@ -191,11 +191,12 @@ class Evaluation:
 
 
 def score(predictions: Iterable[np.ndarray], truths: Iterable[np.ndarray], *, iou_threshold: float = 0.5) -> Evaluation:
-    """Scores of predicted foreground masks against true instance labels, 2D slice by slice.
+    """Scores of predicted foreground masks against true instance labels, 2D slice by slice
+    (or volume by volume: a 3D array is scored with 3D objects).
 
     Parameters
     ----------
-    predictions : iterable of 2D arrays
+    predictions : iterable of 2D (or 3D) arrays
         Predicted foreground (bool) or class maps (anything but 0 is foreground).
     truths : iterable of 2D int arrays
         True instance labels (0 = background).
@@ -212,8 +213,9 @@ def score(predictions: Iterable[np.ndarray], truths: Iterable[np.ndarray], *, io
     for pred, truth in zip(predictions, truths, strict=True):
         pred = np.asarray(pred) != 0
         truth = np.asarray(truth)
-        if pred.shape != truth.shape or pred.ndim != 2:
-            raise ValueError(f"Expected 2D prediction and truth of one shape; got {pred.shape} and {truth.shape}.")
+        if pred.shape != truth.shape or pred.ndim not in (2, 3):
+            raise ValueError(f"Expected 2D prediction and truth (or 3D volumes) of one shape; got {pred.shape} "
+                             f"and {truth.shape}.")
         true_fg = truth != 0
         inter += int(np.count_nonzero(pred & true_fg))
         union += int(np.count_nonzero(pred | true_fg))

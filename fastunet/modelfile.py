@@ -44,6 +44,8 @@ __all__ = [
     "read_model",
     "read_model_metadata",
     "default_model_path",
+    "bundled_model",
+    "BUNDLED_MODELS",
     "FORMAT_VERSION",
     "LIMITS",
 ]
@@ -54,6 +56,9 @@ _MAX_HEADER = 100 * 1024 * 1024
 # Largest configs a model file may claim (the paper's network: depth 4, base 64, widest 1024).
 LIMITS = {"depth": 8, "base_channels": 1024, "widest": 16384, "in_channels": 1024, "num_classes": 65536}
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default.safetensors"
+DEFAULT_MODEL_3D = Path(__file__).resolve().parent / "models" / "default3d.safetensors"
+# model="2d" / model="3d" (--model 3d): the bundled models by name.
+BUNDLED_MODELS = {"2d": DEFAULT_MODEL, "3d": DEFAULT_MODEL_3D}
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,18 @@ def default_model_path() -> Path:
             'pass a model file, e.g. model="unet.safetensors".'
         )
     return DEFAULT_MODEL
+
+
+def bundled_model(model):
+    """``model`` itself, or the bundled model a name stands for: ``"2d"`` (the default
+    model) or ``"3d"`` (the default 3D model, for volumes), unless a file of that name exists."""
+    if isinstance(model, str) and model.lower() in BUNDLED_MODELS and not Path(model).exists():
+        path = BUNDLED_MODELS[model.lower()]
+        if not path.is_file():
+            raise ModelFileError(f"No bundled {model.lower()} model in this installation (expected {str(path)!r}); "
+                                 'pass a model file, e.g. model="unet.safetensors".')
+        return path
+    return model
 
 
 def _umask() -> int:

@@ -6,6 +6,14 @@ lattice of samples (:func:`sample_indices`) that depends on the volume's shape o
 once (:func:`normalization_stats`) into per-channel constants (:class:`NormStats`). The
 model file stores a :class:`Normalization` in its metadata; training, inference and the
 benchmarks share it and these functions.
+
+Numerics at the dtypes' edges: the statistics are float64; 64-bit integer samples are taken
+relative to one of their values (exact differences, so an image + 2**60 has the statistics of
+the image, shifted); a spread is "no spread" (scale 1) only when it is zero to float64's
+resolution at the data's magnitude, so a float32 image scaled to 1e-30 keeps its contrast;
+and :meth:`Normalization.apply` subtracts an offset beyond 2**53 from int64 data in integers
+first. What remains is the offset's own rounding to float64 (half a unit in its last place:
+at most 2**-54 of it, 64 at 2**60).
 """
 
 from __future__ import annotations
@@ -90,13 +98,15 @@ class Normalization:
         values = values[np.isfinite(values)]
         if values.size == 0:
             return 0.0, 1.0
+        unit = float(np.abs(values).max()) or 1.0
         if self.mode == "percentile":
             lo, hi = np.percentile(values, [self.low, self.high])
             offset, scale = float(lo), float(hi - lo)
         else:  # in units of the largest magnitude: no overflow for values near the float64 range
-            unit = float(np.abs(values).max()) or 1.0
             offset, scale = float(np.mean(values / unit) * unit), float(np.std(values / unit) * unit)
-        return offset, (scale if scale > 1e-12 else 1.0)
+        # No spread only when it is nothing at float64's resolution for values of this size (an
+        # absolute threshold would flatten an image whose values are all ~1e-30).
+        return offset, (scale if np.isfinite(scale) and scale > 64 * np.spacing(unit) else 1.0)
 
     @staticmethod
     def apply(x, offset, scale, *, zero_nonfinite: bool = False):
@@ -118,7 +128,11 @@ class Normalization:
         x = np.asarray(x)
         wide = is_wide(x.dtype)
         work = np.float64 if wide else np.float32
-        out = (np.asarray(x, dtype=work) - np.asarray(offset, dtype=work)) / np.asarray(scale, dtype=work)
+        if x.dtype == np.int64 and _far(offset):
+            hi, lo = _split(offset)
+            out = _minus_far_offset(np, x, hi, lo) / np.asarray(scale, np.float64)
+        else:
+            out = (np.asarray(x, dtype=work) - np.asarray(offset, dtype=work)) / np.asarray(scale, dtype=work)
         if wide:
             if zero_nonfinite and x.dtype.kind == "f":
                 out[~np.isfinite(x)] = 0.0  # before the clip, which would make +-Inf the float32 extremes
@@ -129,6 +143,46 @@ class Normalization:
 
 
 _F32_MAX = float(np.finfo(np.float32).max)
+_EXACT = 2.0**53  # float64 holds every integer of smaller magnitude exactly
+_FAR = 2.0**44  # offsets from here on are kept in extended precision (float64: 2**-8 resolution here)
+_INT64_RANGE = (-(2.0**63), 2.0**63 - 2**10)  # the float64 values that convert to int64
+
+
+def _far(offset) -> bool:
+    """Is ``offset`` one that int64 data must subtract exactly (extended precision, or beyond 2**53)?"""
+    offset = np.asarray(offset) if not hasattr(offset, "abs") else offset
+    if isinstance(offset, np.ndarray):
+        return offset.dtype == np.longdouble or bool(np.any(np.abs(offset) >= _EXACT))
+    return bool((offset.abs() >= _EXACT).any())
+
+
+def _split(offset) -> tuple[np.ndarray, np.ndarray]:
+    """An offset as float64 ``hi + lo`` (``lo`` the part of an extended-precision offset that
+    float64 does not hold; 0 for float64 offsets)."""
+    offset = np.asarray(offset)
+    hi = offset.astype(np.float64)
+    lo = (offset - hi).astype(np.float64) if offset.dtype == np.longdouble else np.zeros_like(hi)
+    return hi, lo
+
+
+def _minus_far_offset(xp, x, hi, lo):
+    """``x - (hi + lo)`` in float64 for int64 ``x`` and a far offset: its integer part is
+    subtracted in int64 (exact, where the difference does not overflow), its fraction and
+    ``lo`` in float64, so that the data's own differences survive (float64(x) would round x to
+    a multiple of 2**(e - 52)). The same operations for numpy (``xp`` = numpy) and torch."""
+    if xp is np:
+        base = np.clip(np.floor(hi), *_INT64_RANGE)
+        base_int = base.astype(np.int64)
+        d = x - base_int
+        overflow = ((x ^ base_int) & (x ^ d)) < 0
+        near = (d.astype(np.float64) - (hi - base)) - lo
+        return np.where(overflow, x.astype(np.float64) - hi, near)
+    base = xp.floor(hi).clamp(*_INT64_RANGE)
+    base_int = base.to(xp.int64)
+    d = x - base_int
+    overflow = ((x ^ base_int) & (x ^ d)) < 0
+    near = (d.to(xp.float64) - (hi - base)) - lo
+    return xp.where(overflow, x.to(xp.float64) - hi, near)
 
 
 def is_wide(dtype) -> bool:
@@ -148,9 +202,16 @@ def _apply_torch(torch, x, offset, scale, zero_nonfinite: bool):
     device (a CPU-scalar divisor would make CUDA multiply by its reciprocal instead: other
     bits than numpy's division)."""
     work = torch.float64 if is_wide(x.dtype) else torch.float32
+    lo = None
+    if isinstance(offset, np.ndarray) and offset.dtype == np.longdouble:  # torch has no extended precision
+        offset, lo = _split(offset)
     offset = torch.as_tensor(offset, dtype=torch.float64).to(x.device, work)  # numbers as numpy takes them
     scale = torch.as_tensor(scale, dtype=torch.float64).to(x.device, work)
-    out = (x.to(work) - offset) / scale
+    if x.dtype == torch.int64 and (lo is not None or _far(offset)):
+        lo = torch.zeros_like(offset) if lo is None else torch.as_tensor(lo).to(x.device)
+        out = _minus_far_offset(torch, x, offset, lo) / scale
+    else:
+        out = (x.to(work) - offset) / scale
     if work == torch.float64:
         if zero_nonfinite and x.dtype.is_floating_point:
             out = out.masked_fill_(~torch.isfinite(x), 0.0)
@@ -170,6 +231,27 @@ class NormStats:
     scale: np.ndarray
     sampled: int = 0
     nonfinite: int = 0
+
+    RECORD_KEYS = ("norm_offset", "norm_offset_lo", "norm_scale")
+
+    def record(self) -> dict:
+        """The constants as JSON for an output's metadata (:data:`RECORD_KEYS`): the offset as
+        float64 ``norm_offset`` plus, for an extended-precision offset (far int64 data), the part
+        float64 does not hold as ``norm_offset_lo`` (else None), so a resumed run subtracts the
+        very same offset."""
+        hi, lo = _split(self.offset)
+        return {"norm_offset": hi.tolist(), "norm_offset_lo": lo.tolist() if self.offset.dtype == np.longdouble else None,
+                "norm_scale": self.scale.tolist()}
+
+    @classmethod
+    def from_record(cls, meta: dict) -> "NormStats | None":
+        """The constants :meth:`record` wrote into ``meta``; None where none are recorded yet."""
+        if meta.get("norm_offset") is None:
+            return None
+        offset = np.asarray(meta["norm_offset"], np.float64)
+        if meta.get("norm_offset_lo") is not None:
+            offset = offset.astype(np.longdouble) + np.asarray(meta["norm_offset_lo"], np.longdouble)
+        return cls(offset, np.asarray(meta["norm_scale"], np.float64))
 
     def for_slices(self, z0: int, z1: int) -> tuple[np.ndarray, np.ndarray]:
         """Constants broadcastable to a (C, Z, Y, X) slab of slices ``[z0, z1)``."""
@@ -205,9 +287,40 @@ def sample_indices(shape: tuple[int, ...], *, max_samples: int, max_planes: int 
     return idx
 
 
-def _read_lattice(source, z: int | None, ys: np.ndarray, xs: np.ndarray, *, band_voxels: int) -> np.ndarray:
-    """Values of one plane at the lattice rows ``ys`` and columns ``xs``: (C, len(ys), len(xs)).
-    Reads bands of rows of at most ``band_voxels`` voxels per channel."""
+def _region(source, z: int | None, rows: slice, cols: slice) -> tuple:
+    region = [rows, cols]
+    if z is not None:
+        region.insert(0, slice(z, z + 1))
+    if source.axes.startswith("C"):
+        region.insert(0, slice(0, source.channels))
+    return tuple(region)
+
+
+def _pivot(source) -> np.ndarray | None:
+    """For 64-bit integer data, one value per channel (at the lattice's first point) that the
+    samples are taken relative to, so that their differences are exact in float64; None for
+    every other dtype."""
+    dtype = np.dtype(source.dtype)
+    if dtype.kind not in "iu" or dtype.itemsize < 8:
+        return None
+    z = 0 if len(source.spatial_shape) == 3 else None
+    value = np.asarray(source.read(_region(source, z, slice(0, 1), slice(0, 1))))
+    return value.reshape(source.channels).astype(dtype)
+
+
+def _relative(data: np.ndarray, pivot: np.ndarray) -> np.ndarray:
+    """``data - pivot`` (per channel, first axis) in float64, exact for differences below 2**53."""
+    pivot = pivot.reshape(-1, *([1] * (data.ndim - 1)))
+    if data.dtype.kind == "u":  # wraps to the signed difference
+        return (data - pivot).view(np.int64).astype(np.float64)
+    return (data - pivot).astype(np.float64)
+
+
+def _read_lattice(source, z: int | None, ys: np.ndarray, xs: np.ndarray, *, band_voxels: int,
+                  pivot: np.ndarray | None = None) -> np.ndarray:
+    """Values of one plane at the lattice rows ``ys`` and columns ``xs``: (C, len(ys), len(xs)),
+    relative to ``pivot`` when given (see :func:`_pivot`). Reads bands of rows of at most
+    ``band_voxels`` voxels per channel."""
     ny, nx = source.spatial_shape[-2:]
     rows = max(1, band_voxels // nx)
     c = source.channels
@@ -218,14 +331,9 @@ def _read_lattice(source, z: int | None, ys: np.ndarray, xs: np.ndarray, *, band
         j = int(np.searchsorted(ys, y0 + rows, side="left"))
         j = max(j, i + 1)
         y1 = int(ys[j - 1]) + 1
-        region = [slice(y0, y1), slice(0, nx)]
-        if z is not None:
-            region.insert(0, slice(z, z + 1))
-        if source.axes.startswith("C"):
-            region.insert(0, slice(0, c))
-        data = source.read(tuple(region))
-        data = data.reshape(c, y1 - y0, nx)
-        out[:, i:j] = data[:, ys[i:j] - y0][:, :, xs]
+        data = np.asarray(source.read(_region(source, z, slice(y0, y1), slice(0, nx))))
+        data = data.reshape(c, y1 - y0, nx)[:, ys[i:j] - y0][:, :, xs]
+        out[:, i:j] = data if pivot is None else _relative(data, pivot)
         i = j
     return out
 
@@ -259,7 +367,8 @@ def normalization_stats(source, normalization: Normalization, *, max_samples: in
     else:
         ys, xs = sample_indices(spatial, max_samples=max_samples)
         planes = [(None, ys, xs)]
-    read = partial(_read_lattice, source, band_voxels=band_voxels)
+    pivot = _pivot(source)  # 64-bit integers: samples relative to it, offsets shifted back below
+    read = partial(_read_lattice, source, band_voxels=band_voxels, pivot=pivot)
 
     def plane(p):
         sample = read(*p)
@@ -282,7 +391,21 @@ def normalization_stats(source, normalization: Normalization, *, max_samples: in
         )
     if per_slice:
         stats = np.array([r[1] for r in results], np.float64).transpose(1, 0, 2)  # (C, Z, 2)
-        return NormStats(stats[..., 0], stats[..., 1], sampled, nonfinite)
+        return NormStats(_shifted(stats[..., 0], pivot), stats[..., 1], sampled, nonfinite)
     samples = [r[1] for r in results]
     stats = np.array([normalization.stats(np.concatenate([s[ch].ravel() for s in samples])) for ch in range(c)])
-    return NormStats(stats[:, 0].astype(np.float64), stats[:, 1].astype(np.float64), sampled, nonfinite)
+    return NormStats(_shifted(stats[:, 0], pivot), stats[:, 1].astype(np.float64), sampled, nonfinite)
+
+
+def _shifted(offsets: np.ndarray, pivot: np.ndarray | None) -> np.ndarray:
+    """Offsets taken relative to ``pivot`` (per channel, first axis) as absolute values: float64,
+    or, for 64-bit integers whose offset float64 cannot hold to the unit, the platform's extended
+    precision (``numpy.longdouble``: 64 significant bits on x86-64 Linux, every int64 exactly),
+    which :meth:`Normalization.apply` then subtracts in."""
+    offsets = np.asarray(offsets, np.float64)
+    if pivot is None:
+        return offsets
+    out = np.array([int(p) for p in pivot], np.longdouble).reshape(-1, *([1] * (offsets.ndim - 1))) + offsets
+    if np.all(np.abs(out) < _FAR):
+        return out.astype(np.float64)
+    return out

@@ -97,11 +97,12 @@ def to_storage(x, dtype: tl.constexpr, INTERP_BF16: tl.constexpr):
     return x.to(dtype)
 
 
-# FASTUNET_AUTOTUNE=0: each kernel keeps one config (the first of its list that fits the
-# dtype's shared memory; for the fp32 "ieee" conv the quickest to compile). Autotuning compiles every config for every layer signature
-# (the paper network has ~18 conv signatures per dtype path, some configs take tens of
-# seconds in ptxas), which is what a benchmark wants and what a correctness run cannot
-# afford; the GPU tests set it and check every config separately (forced configs).
+# FASTUNET_AUTOTUNE=0: each launch runs one config, the one the performance model ranks first
+# for its shape and dtype (kernels/perfmodel.py; for the fp32 "ieee" FMA paths the quickest to
+# compile), through the plain JIT function: nothing is benchmarked (see launch()). Autotuning
+# compiles and times several configs for every layer signature, which is what a benchmark
+# wants and what a correctness run cannot afford; the GPU tests set it and check every config
+# separately (forced configs).
 AUTOTUNE = os.environ.get("FASTUNET_AUTOTUNE", "1").lower() not in ("0", "off", "false", "no")
 
 
@@ -145,24 +146,36 @@ def prune_by_shared_memory(configs: list[triton.Config], stage_bytes, device=Non
     if limit is None:
         if INTERPRET:
             return configs
-        index = torch.device(device).index if device is not None else None
-        limit = triton.runtime.driver.active.utils.get_device_properties(
-            torch.cuda.current_device() if index is None else index
-        )["max_shared_mem"]
+        limit = shared_memory_limit(device)
     need = {id(c): stage_bytes(c) * max(c.num_stages, 1) for c in configs}
     return [c for c in configs if need[id(c)] <= limit] or [min(configs, key=lambda c: need[id(c)])]
 
 
+def shared_memory_limit(device=None) -> int:
+    """Bytes of shared memory a block may use on a CUDA ``device`` (the current one by default)."""
+    index = torch.device(device).index if device is not None else None
+    return triton.runtime.driver.active.utils.get_device_properties(
+        torch.cuda.current_device() if index is None else index
+    )["max_shared_mem"]
+
+
 def launch(kernel, grid, args: tuple, meta: dict, config: triton.Config | None = None, *,
-           cache: bool = False) -> triton.Config | None:
+           cache: bool = False, choose=None) -> triton.Config | None:
     """Launch an autotuned ``kernel``, or, with ``config``, its plain JIT function with that
     config forced (the GPU tests run every autotune config against the reference).
+
+    Without autotuning (``FASTUNET_AUTOTUNE=0``) the config is ``choose()`` (the kernel's
+    ranking by :mod:`fastunet.kernels.perfmodel`; without ``choose`` its first config), and
+    under the interpreter the kernel's one interpreter config: both launch the plain JIT
+    function, so triton's autotuner never runs and nothing is benchmarked.
 
     ``cache``: keep the autotuner's choice on disk (:mod:`fastunet.kernels.autotune_cache`)
     and reuse it in later processes instead of benchmarking every config again; only while
     autotuning (not with FASTUNET_AUTOTUNE=0, not under the interpreter). Returns the config
-    that ran when known (forced, cached, or the autotuner's ``best_config``), else None.
+    that ran when known (forced, chosen, cached, or the autotuner's ``best_config``), else None.
     """
+    if config is None and (INTERPRET or not AUTOTUNE):
+        config = kernel.configs[0] if INTERPRET or choose is None else choose()
     if config is not None:
         _launch_config(kernel, grid, args, meta, config)
         return config
@@ -197,6 +210,8 @@ _CHOSEN: dict[tuple, triton.Config] = {}
 
 
 def _launch_config(kernel, grid, args, meta, config: triton.Config) -> None:
+    if config.pre_hook is not None:  # e.g. the TMA descriptors' boxes follow the block sizes
+        config.pre_hook({**dict(zip(kernel.fn.arg_names, args)), **meta, **config.kwargs})
     kernel.fn[grid](*args, **meta, **config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
 
 

@@ -37,6 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import rowrun
 from ._utils import (
     check_contiguous,
     check_nhwc,
@@ -49,11 +50,15 @@ from ._utils import (
     tuning_configs,
     upcast_for_interpreter,
 )
+from .convmodel import ConvShape, conv_shape, model_layer, predict, rank
 
-__all__ = ["conv3x3", "pack_weight", "get_autotune_config", "configs_for", "packed_k", "MAX_WARPS"]
+__all__ = ["conv3x3", "pack_weight", "get_autotune_config", "configs_for", "packed_k", "MAX_WARPS",
+           "get_rowrun_config", "rowrun_configs_for", "pointer_configs_for", "ConvShape", "conv_shape", "model_layer",
+           "predict", "rank", "uses_rowrun", "AUTOTUNE_TOP"]
 
-# The flattened (tap, channel block) loop was reported to miscompile with 8 warps (see the
-# module docstring); every conv config keeps at most this many. A GPU test probes 8 warps.
+# The pointer loop (tap and channel block derived from the step index by division) was
+# reported to miscompile with 8 warps (see the module docstring): its configs keep at most
+# this many. The row-run loop (rowrun.py: counters, descriptor loads) runs 4 or 8.
 MAX_WARPS = 4
 
 
@@ -317,6 +322,151 @@ def conv3x3_kernel(
         tl.store(p_ptrs, pooled.to(p_ptr.dtype.element_ty), mask=mask_q[:, None] & mask_n[None, :])
 
 
+# -- the row-run (TMA) path: 16-bit storage, channels multiples of 8 -------------------------
+def get_rowrun_config() -> list[triton.Config]:
+    """Tiles of the row-run loop (rowrun.py): ``R`` output rows x ``BW`` pixels x ``BN``
+    channels, K steps of ``BK`` channels, two consumer warp groups (8 warps) for the large
+    tiles. ``R = 1`` is a flat tile (its pixels may wrap image rows; single source, no pool).
+    Each config's shared memory (stages x ((R + 2) BW + 3 BN) BK x 2 bytes, or (BW + BN) BK x 2
+    for R = 1) fits 227 KiB; its fp32 accumulators (R BW BN) fill at most 128 registers a
+    thread. :func:`rank` orders them for a launch with :mod:`fastunet.kernels.perfmodel`.
+    Left out because ptxas for sm_90a spilled them (the compile report): R = 4 x 64 x 128 at 8
+    warps (84-164 bytes at 255 registers), R = 2 x 64 x 256 at 8 warps (1.6 KB)."""
+    configs = []
+    for r, bw, bn, bk, warps, stages in [
+        (2, 128, 128, 32, 8, 3),
+        (2, 128, 128, 64, 8, 2),
+        (2, 128, 64, 64, 8, 2),
+        (2, 128, 64, 32, 8, 4),
+        (2, 128, 64, 32, 8, 2),
+        (4, 64, 64, 64, 4, 3),
+        (4, 64, 64, 32, 4, 4),
+        (4, 64, 64, 32, 4, 3),
+        (2, 64, 64, 64, 4, 3),
+        (2, 64, 128, 32, 4, 4),
+        (2, 64, 128, 64, 4, 2),
+        (1, 256, 128, 64, 8, 4),
+        (1, 256, 64, 64, 8, 4),
+        (1, 128, 128, 64, 8, 3),
+        (1, 128, 64, 64, 4, 4),
+    ]:
+        configs.append(triton.Config(dict(R=r, BW=bw, BN=bn, BK=bk), num_warps=warps, num_stages=stages,
+                                     pre_hook=rowrun.set_block_shapes))
+    return configs
+
+
+# The interpreter's row-run tile (dots need 16 rows, columns and K at least; 128 pixels a
+# program: fewer, larger programs run faster under the interpreter).
+_ROWRUN_INTERPRETER_CONFIG = triton.Config(dict(R=4, BW=32, BN=16, BK=16), num_warps=4, num_stages=1,
+                                           pre_hook=rowrun.set_block_shapes)
+
+
+# Configs the autotuner times for a launch when it is on: the model's best few.
+AUTOTUNE_TOP = 4
+
+
+def pointer_configs_for(s: ConvShape, dtype: torch.dtype, precision: str | None, device=None, *,
+                        shared_memory: int | None = None) -> list[triton.Config]:
+    """The pointer-loop configs kept for ``s`` (:func:`configs_for`), ranked by the model;
+    for the fp32 "ieee" path (FMA dots, which the model does not cover) the quickest to
+    compile first."""
+    kept = configs_for(dtype, precision or "tf32", device, shared_memory=shared_memory, packed=bool(s.packed),
+                       pool=s.pool)
+    if dtype == torch.float32 and precision == "ieee":
+        return sorted(kept, key=_tile_macs)
+    return rank(kept, s)
+
+
+def rowrun_configs_for(s: ConvShape) -> list[triton.Config]:
+    """The row-run configs that can run ``s``, ranked by the model."""
+    return rank(get_rowrun_config(), s)
+
+
+def _prune_rowrun(configs: list[triton.Config], named_args: dict, **meta) -> list[triton.Config]:
+    """The autotuner times the model's best few configs for the launch (see :func:`rank`)."""
+    a = named_args
+    s = ConvShape(a["PIXELS_A"] // (a["HS_A"] * a["WS_A"]), a["H_OUT"] + 2, a["W_OUT"] + 2, a["C_A"], a["C_B"],
+                  a["C_OUT"], bool(meta.get("POOL")), bool(meta.get("WRITE_Y", True)), a["y_ptr"].element_size())
+    return select(rank(configs, s)[:AUTOTUNE_TOP] or configs[:1])
+
+
+@triton.autotune(
+    configs=tuning_configs(get_rowrun_config(), _ROWRUN_INTERPRETER_CONFIG, pruned=True),
+    key=["C_A", "C_B", "C_OUT", "SIZE_CLASS", "POOL", "RELU", "WRITE_Y", "HAS_B"],
+    prune_configs_by={"early_config_prune": _prune_rowrun},
+)
+@triton.jit(do_not_specialize=["SIZE_CLASS"])
+def conv3x3_rowrun_kernel(
+    # descriptors ([pixels, C] views of the sources, the packed weight) and pointers
+    a_desc, b_desc, w_desc, bias_ptr, y_ptr, p_ptr,
+    # sizes
+    H_OUT, W_OUT, C_A, C_B, C_OUT, SIZE_CLASS,
+    # the sources' grids (rows an image, pixels a row) and the pixels of source a
+    HS_A, WS_A, HS_B, WS_B, PIXELS_A,
+    # center-crop offset of source a
+    off_ah, off_aw,
+    # output strides (the channel stride is 1)
+    stride_yn, stride_yh, stride_yw,
+    stride_pn, stride_ph, stride_pw,
+    # meta-parameters
+    RELU: tl.constexpr, POOL: tl.constexpr, WRITE_Y: tl.constexpr, HAS_B: tl.constexpr,
+    INTERP_BF16: tl.constexpr,
+    R: tl.constexpr, BW: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+):
+    """The conv of :func:`conv3x3_kernel` (same outputs) on the row-run TMA main loop.
+
+    ``R == 1``: a flat tile of ``BW`` consecutive pixels of source a's grid (output pixel
+    ``(oh, ow)`` at grid pixel ``(oh, ow)``; the two last columns and rows of each image are
+    computed and dropped). ``R >= 2``: ``R`` runs of ``BW`` pixels on consecutive rows."""
+    pid = tl.program_id(0)
+    num_n = tl.cdiv(C_OUT, BN)  # channel tiles vary fastest: tiles side by side share their input in L2
+    pid_n = pid % num_n
+    t = pid // num_n
+    n0 = pid_n * BN
+    offs_n = n0 + tl.arange(0, BN)
+    mask_n = offs_n < C_OUT
+    bias = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0)
+    if R == 1:
+        zero = tl.zeros((BW, BN), dtype=tl.float32)
+        q0 = t * BW
+        acc, _, _, _ = rowrun.rowrun_source(zero, zero, zero, zero, a_desc, w_desc, q0, WS_A, C_A, C_A, 0, n0,
+                                            INTERP_BF16, 1, BK)
+        p = q0 + tl.arange(0, BW)
+        image = HS_A * WS_A
+        n = p // image
+        oh = (p - n * image) // WS_A
+        ow = p - n * image - oh * WS_A
+        mask_m = (p < PIXELS_A) & (oh < H_OUT) & (ow < W_OUT)
+        acc = acc + bias[None, :]
+        if RELU:
+            acc = tl.maximum(acc, 0.0)
+        rows = n.to(tl.int64) * stride_yn + oh * stride_yh + ow * stride_yw
+        tl.store(y_ptr + rows[:, None] + offs_n[None, :], to_storage(acc, y_ptr.dtype.element_ty, INTERP_BF16),
+                 mask=mask_m[:, None] & mask_n[None, :])
+    else:
+        acc0, acc1, acc2, acc3, n, oh0, ow0 = rowrun.rowrun_tile(
+            a_desc, b_desc, w_desc, t, n0, H_OUT, W_OUT, C_A, C_B, HS_A, WS_A, HS_B, WS_B, off_ah, off_aw,
+            HAS_B, INTERP_BF16, R, BW, BN, BK)
+        ow = ow0 + tl.arange(0, BW)
+        mask_w = ow < W_OUT
+        y_base = y_ptr + n * stride_yn
+        p_base = p_ptr + n * stride_pn
+        y0 = rowrun.store_run(acc0, bias, y_ptr, y_base, oh0, ow, mask_w, offs_n, mask_n, stride_yh, stride_yw, H_OUT,
+                        RELU, WRITE_Y, INTERP_BF16)
+        y1 = rowrun.store_run(acc1, bias, y_ptr, y_base, oh0 + 1, ow, mask_w, offs_n, mask_n, stride_yh, stride_yw,
+                        H_OUT, RELU, WRITE_Y, INTERP_BF16)
+        if POOL:
+            rowrun.pool_runs(y0, y1, p_base, oh0 // 2, ow0, offs_n, mask_n, stride_ph, stride_pw, H_OUT, W_OUT, BW, BN)
+        if R == 4:
+            y2 = rowrun.store_run(acc2, bias, y_ptr, y_base, oh0 + 2, ow, mask_w, offs_n, mask_n, stride_yh, stride_yw,
+                            H_OUT, RELU, WRITE_Y, INTERP_BF16)
+            y3 = rowrun.store_run(acc3, bias, y_ptr, y_base, oh0 + 3, ow, mask_w, offs_n, mask_n, stride_yh, stride_yw,
+                            H_OUT, RELU, WRITE_Y, INTERP_BF16)
+            if POOL:
+                rowrun.pool_runs(y2, y3, p_base, oh0 // 2 + 1, ow0, offs_n, mask_n, stride_ph, stride_pw, H_OUT, W_OUT,
+                           BW, BN)
+
+
 def pack_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``nn.Conv2d`` weight ``(C_out, C_in, 3, 3)`` -> the kernel's ``(9 * C_in, C_out)`` matrix."""
     if weight.ndim != 4 or weight.shape[2:] != (3, 3):
@@ -356,6 +506,93 @@ def check_conv_input(x: torch.Tensor, up: torch.Tensor | None, weight: torch.Ten
             f"Expected a packed weight (9 * {c_a + c_b}, C_out); got {tuple(weight.shape)}. Use pack_weight()."
         )
     return n, h_in, w_in, c_a, c_b, weight.shape[1], h_out, w_out
+
+
+def _outputs(x, out, pooled, shape: tuple, storage, write_full: bool, pool: bool):
+    """The outputs asked for, allocated where not given, their shapes checked."""
+    n, h_out, w_out, c_out = shape
+    if write_full:
+        if out is None:
+            out = torch.empty((n, h_out, w_out, c_out), device=x.device, dtype=storage)
+        check_nhwc(out, "out", c_out)
+        if tuple(out.shape[:3]) != (n, h_out, w_out):
+            raise ValueError(f"Expected out of shape {(n, h_out, w_out, c_out)}; got {tuple(out.shape)}.")
+    if pool:
+        if pooled is None:
+            pooled = torch.empty((n, h_out // 2, w_out // 2, c_out), device=x.device, dtype=storage)
+        check_nhwc(pooled, "pooled", c_out)
+        if tuple(pooled.shape[:3]) != (n, h_out // 2, w_out // 2):
+            raise ValueError(f"Expected pooled of shape {(n, h_out // 2, w_out // 2, c_out)}; got {tuple(pooled.shape)}.")
+    if not write_full and not pool:
+        raise ValueError("Nothing to write: pass write_full=True or pool=True.")
+    return out, pooled
+
+
+def uses_rowrun(s: ConvShape, storage: torch.dtype, weight: torch.Tensor, x: torch.Tensor, up: torch.Tensor | None,
+                config: triton.Config | None = None) -> bool:
+    """Whether a launch runs the row-run (TMA) main loop: a forced config says which; else
+    every 16-bit conv with a looped K whose tensors suit TMA (:func:`rowrun.eligible`)."""
+    if config is not None:
+        if "R" in config.kwargs and not rowrun.eligible(storage, weight, x, up):
+            raise ValueError("A row-run config was forced on tensors the TMA path cannot read "
+                             "(16-bit storage, channels multiples of 8, dense 16-byte aligned pixels).")
+        return "R" in config.kwargs
+    return not s.packed and rowrun.eligible(storage, weight, x, up)
+
+
+def _launch_pointer(x, up, weight, bias, y, p, s: ConvShape, flags: dict, config) -> None:
+    b = up if up is not None else x
+    grid = lambda META: (  # noqa: E731
+        triton.cdiv(s.c_out, META["BLOCK_N"])
+        * s.n * triton.cdiv(s.h_out, META["BLOCK_H"]) * triton.cdiv(s.w_out, META["BLOCK_W"]),
+    )
+
+    launch(
+        conv3x3_kernel,
+        grid,
+        (
+            x, b, weight, bias, y, p,
+            s.h_out, s.w_out, s.c_a, s.c_b, s.c_out, size_class(s.n * s.h_out * s.w_out),
+            x.stride(0), x.stride(1), x.stride(2),
+            b.stride(0), b.stride(1), b.stride(2),
+            y.stride(0), y.stride(1), y.stride(2),
+            p.stride(0), p.stride(1), p.stride(2),
+            (x.shape[1] - s.h_in) // 2, (x.shape[2] - s.w_in) // 2,
+        ),
+        flags,
+        config,
+        cache=True,
+        choose=lambda: pointer_configs_for(s, x.dtype, flags["PRECISION"], x.device)[0],
+    )
+
+
+def _launch_rowrun(x, up, weight, bias, y, p, s: ConvShape, flags: dict, config) -> None:
+    b = up if up is not None else x
+    block = [16, 16]  # placeholders: each config's pre_hook sets its boxes
+    descs = rowrun.descriptor(x, block), rowrun.descriptor(b, block), rowrun.descriptor(weight, block)
+    pixels_a = x.shape[0] * x.shape[1] * x.shape[2]
+
+    def grid(META):
+        r, bw = META["R"], META["BW"]
+        tiles_m = triton.cdiv(pixels_a, bw) if r == 1 else s.n * triton.cdiv(s.h_out, r) * triton.cdiv(s.w_out, bw)
+        return (triton.cdiv(s.c_out, META["BN"]) * tiles_m,)
+
+    launch(
+        conv3x3_rowrun_kernel,
+        grid,
+        (
+            *descs, bias, y, p,
+            s.h_out, s.w_out, s.c_a, s.c_b, s.c_out, size_class(s.n * s.h_out * s.w_out),
+            x.shape[1], x.shape[2], b.shape[1], b.shape[2], pixels_a,
+            (x.shape[1] - s.h_in) // 2, (x.shape[2] - s.w_in) // 2,
+            y.stride(0), y.stride(1), y.stride(2),
+            p.stride(0), p.stride(1), p.stride(2),
+        ),
+        flags,
+        config,
+        cache=True,
+        choose=lambda: rowrun_configs_for(s)[0],
+    )
 
 
 def conv3x3(
@@ -406,48 +643,17 @@ def conv3x3(
     if bias.shape != (c_out,) or bias.dtype != torch.float32:
         raise ValueError(f"Expected a float32 bias of shape ({c_out},); got {bias.dtype} {tuple(bias.shape)}.")
     check_contiguous(weight=weight, bias=bias)
-    if write_full:
-        if out is None:
-            out = torch.empty((n, h_out, w_out, c_out), device=x.device, dtype=storage)
-        check_nhwc(out, "out", c_out)
-        if tuple(out.shape[:3]) != (n, h_out, w_out):
-            raise ValueError(f"Expected out of shape {(n, h_out, w_out, c_out)}; got {tuple(out.shape)}.")
-    if pool:
-        if pooled is None:
-            pooled = torch.empty((n, h_out // 2, w_out // 2, c_out), device=x.device, dtype=storage)
-        check_nhwc(pooled, "pooled", c_out)
-        if tuple(pooled.shape[:3]) != (n, h_out // 2, w_out // 2):
-            raise ValueError(f"Expected pooled of shape {(n, h_out // 2, w_out // 2, c_out)}; got {tuple(pooled.shape)}.")
-    if not write_full and not pool:
-        raise ValueError("Nothing to write: pass write_full=True or pool=True.")
+    out, pooled = _outputs(x, out, pooled, (n, h_out, w_out, c_out), storage, write_full, pool)
     check_image_offsets(x, up, out, pooled)
-
-    b = up if up is not None else x
-    upcast = upcast_for_interpreter(storage)
     y = out if write_full else pooled
     p = pooled if pool else y
-    grid = lambda META: (  # noqa: E731
-        triton.cdiv(c_out, META["BLOCK_N"])
-        * n * triton.cdiv(h_out, META["BLOCK_H"]) * triton.cdiv(w_out, META["BLOCK_W"]),
-    )
-    launch(
-        conv3x3_kernel,
-        grid,
-        (
-            x, b, weight, bias, y, p,
-            h_out, w_out, c_a, c_b, c_out, size_class(n * h_out * w_out),
-            x.stride(0), x.stride(1), x.stride(2),
-            b.stride(0), b.stride(1), b.stride(2),
-            y.stride(0), y.stride(1), y.stride(2),
-            p.stride(0), p.stride(1), p.stride(2),
-            (x.shape[1] - h_in) // 2, (x.shape[2] - w_in) // 2,
-        ),
-        dict(
-            RELU=relu, POOL=pool, WRITE_Y=write_full, HAS_B=up is not None, K_PACKED=packed_k(c_a, c_b),
-            INTERP_BF16=upcast,
-            PRECISION=precision if storage == torch.float32 or upcast else "tf32",  # 16-bit: unused
-        ),
-        config,
-        cache=True,
-    )
+    flags = dict(RELU=relu, POOL=pool, WRITE_Y=write_full, HAS_B=up is not None,
+                 INTERP_BF16=upcast_for_interpreter(storage))
+    shape = conv_shape(x, up, c_out, pool=pool, write_y=write_full, packed=packed_k(c_a, c_b))
+    if uses_rowrun(shape, storage, weight, x, up, config):
+        _launch_rowrun(x, up, weight, bias, y, p, shape, flags, config)
+    else:
+        flags.update(K_PACKED=shape.packed,
+                     PRECISION=precision if storage == torch.float32 or flags["INTERP_BF16"] else "tf32")  # 16-bit: unused
+        _launch_pointer(x, up, weight, bias, y, p, shape, flags, config)
     return (out if write_full else None), (pooled if pool else None)

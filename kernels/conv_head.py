@@ -19,6 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import rowrun
 from ._utils import (
     check_contiguous,
     compute_dtype,
@@ -30,7 +31,16 @@ from ._utils import (
     tuning_configs,
     upcast_for_interpreter,
 )
-from .conv import MAX_WARPS, check_conv_input, check_image_offsets, conv_tile, packed_k, tile_pixels
+from .conv import (
+    MAX_WARPS,
+    ConvShape,
+    check_conv_input,
+    check_image_offsets,
+    conv_tile,
+    packed_k,
+    rank,
+    tile_pixels,
+)
 from .head import check_head_outputs, write_head
 
 __all__ = ["conv3x3_head", "can_fuse", "get_autotune_config", "configs_for", "MAX_CHANNELS", "MAX_CLASSES"]
@@ -148,6 +158,148 @@ def conv3x3_head_kernel(
     )
 
 
+# -- the row-run (TMA) path: 16-bit storage, channels multiples of 8 -------------------------
+def get_rowrun_config() -> list[triton.Config]:
+    """Row-run tiles (:func:`fastunet.kernels.conv.get_rowrun_config`) for the conv + head:
+    BN is C_MID padded (the launcher's), so a config sets R, BW, BK, warps and stages."""
+    return [
+        triton.Config(dict(R=r, BW=bw, BK=bk), num_warps=warps, num_stages=stages, pre_hook=_set_blocks)
+        for r, bw, bk, warps, stages in [
+            (4, 64, 64, 4, 3),
+            (4, 64, 32, 4, 4),
+            (4, 64, 32, 4, 3),
+            (2, 128, 32, 8, 2),
+            (2, 128, 64, 8, 2),
+            (2, 128, 32, 8, 4),
+            (1, 256, 64, 8, 4),
+            (1, 128, 64, 4, 4),
+        ]
+    ]
+
+
+def _set_blocks(args: dict) -> None:
+    rowrun.set_block_shapes({**args, "BN": args["BLOCK_N"]})
+
+
+_ROWRUN_INTERPRETER_CONFIG = triton.Config(dict(R=4, BW=32, BK=16), num_warps=4, num_stages=1, pre_hook=_set_blocks)
+
+
+def _as_conv_config(config: triton.Config, block_n: int) -> triton.Config:
+    """The conv config with the same tile (the model ranks conv configs)."""
+    return triton.Config(dict(config.kwargs, BN=block_n), num_warps=config.num_warps, num_stages=config.num_stages)
+
+
+def rowrun_configs_for(s: ConvShape) -> list[triton.Config]:
+    """The row-run configs that can run the conv of ``s`` (its C_out padded to one tile),
+    ranked by the model (the head's dot, one per output run, is not counted)."""
+    block_n = _block_n(s.c_out)
+    # fp32 accumulators: at most 128 registers a thread
+    configs = [c for c in get_rowrun_config() if c.kwargs["R"] * c.kwargs["BW"] * block_n <= 4096 * c.num_warps]
+    ranked = rank([_as_conv_config(c, block_n) for c in configs], s)
+    by_tile = {(tuple(sorted(c.kwargs.items())), c.num_warps, c.num_stages): c for c in configs}
+    return [by_tile[(tuple(sorted((k, v) for k, v in r.kwargs.items() if k != "BN")), r.num_warps, r.num_stages)]
+            for r in ranked]
+
+
+def _prune_rowrun(configs: list[triton.Config], named_args: dict, **meta) -> list[triton.Config]:
+    a = named_args
+    s = ConvShape(a["PIXELS"] // ((a["H_OUT"] + 2) * (a["W_OUT"] + 2)), a["H_OUT"] + 2, a["W_OUT"] + 2, a["C_IN"], 0,
+                  a["C_MID"], element_size=a["w_desc"].base.element_size())
+    return select(rowrun_configs_for(s)[:4] or configs[:1])
+
+
+@triton.jit
+def _head_run(acc, bias, hw, hb, mask_m, offs_c, mask_c, l_base, l_row, stride_lk, p_base, p_row, stride_pk,
+              y_base, y_row, RELU: tl.constexpr, WRITE_LOGITS: tl.constexpr, WRITE_PROBS: tl.constexpr,
+              WRITE_LABELS: tl.constexpr, INTERP_BF16: tl.constexpr):
+    """The head of one output run: features rounded as the unfused path stores them, scores,
+    then logits / probabilities / labels."""
+    feats = acc + bias[None, :]
+    if RELU:
+        feats = tl.maximum(feats, 0.0)
+    feats = to_storage(feats, hw.dtype, INTERP_BF16)
+    if INTERP_BF16:  # interpreter only: its bf16 dot is wrong, so multiply in fp32 there
+        feats = feats.to(tl.float32)
+        hw = hw.to(tl.float32)
+    scores = tl.dot(feats, hw) + hb[None, :]
+    write_head(scores, mask_m, offs_c, mask_c, l_base, l_row, stride_lk, p_base, p_row, stride_pk, y_base, y_row,
+               WRITE_LOGITS, WRITE_PROBS, WRITE_LABELS, INTERP_BF16)
+
+
+@triton.autotune(
+    configs=tuning_configs(get_rowrun_config(), _ROWRUN_INTERPRETER_CONFIG, pruned=True),
+    key=["C_IN", "C_MID", "K", "SIZE_CLASS", "RELU", "WRITE_LOGITS", "WRITE_PROBS", "WRITE_LABELS"],
+    prune_configs_by={"early_config_prune": _prune_rowrun},
+)
+@triton.jit(do_not_specialize=["SIZE_CLASS"])
+def conv3x3_head_rowrun_kernel(
+    # descriptors ([pixels, C] view of x, the packed conv weight) and pointers
+    x_desc, w_desc, bias_ptr, hw_ptr, hb_ptr, logits_ptr, probs_ptr, labels_ptr,
+    # sizes; PIXELS = N * H_in * W_in
+    H_OUT, W_OUT, C_IN, C_MID, K, SIZE_CLASS, PIXELS,
+    # output strides (N, K, H, W) and (N, H, W)
+    stride_ln, stride_lk, stride_lh, stride_lw,
+    stride_pn, stride_pk, stride_ph, stride_pw,
+    stride_yn, stride_yh, stride_yw,
+    # meta-parameters
+    RELU: tl.constexpr, WRITE_LOGITS: tl.constexpr, WRITE_PROBS: tl.constexpr, WRITE_LABELS: tl.constexpr,
+    INTERP_BF16: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+    R: tl.constexpr, BW: tl.constexpr, BK: tl.constexpr,
+):
+    """The outputs of :func:`conv3x3_head_kernel` on the row-run TMA main loop (one tile
+    holds every conv channel; ``R == 1``: a flat tile, see ``conv3x3_rowrun_kernel``)."""
+    t = tl.program_id(0)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_n = offs_n < C_MID
+    bias = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0)
+    offs_c = tl.arange(0, BLOCK_C)
+    mask_c = offs_c < K
+    hw = tl.load(hw_ptr + offs_n[:, None] * K + offs_c[None, :], mask=mask_n[:, None] & mask_c[None, :], other=0.0)
+    hb = tl.load(hb_ptr + offs_c, mask=mask_c, other=0.0)
+    H_IN = H_OUT + 2
+    W_IN = W_OUT + 2
+    if R == 1:
+        zero = tl.zeros((BW, BLOCK_N), dtype=tl.float32)
+        q0 = t * BW
+        acc, _, _, _ = rowrun.rowrun_source(zero, zero, zero, zero, x_desc, w_desc, q0, W_IN, C_IN, C_IN, 0, 0,
+                                            INTERP_BF16, 1, BK)
+        p = q0 + tl.arange(0, BW)
+        n = p // (H_IN * W_IN)
+        oh = (p - n * (H_IN * W_IN)) // W_IN
+        ow = p - n * (H_IN * W_IN) - oh * W_IN
+        mask_m = (p < PIXELS) & (oh < H_OUT) & (ow < W_OUT)
+        n = n.to(tl.int64)
+        _head_run(acc, bias, hw, hb, mask_m, offs_c, mask_c,
+                  logits_ptr, n * stride_ln + oh * stride_lh + ow * stride_lw, stride_lk,
+                  probs_ptr, n * stride_pn + oh * stride_ph + ow * stride_pw, stride_pk,
+                  labels_ptr, n * stride_yn + oh * stride_yh + ow * stride_yw,
+                  RELU, WRITE_LOGITS, WRITE_PROBS, WRITE_LABELS, INTERP_BF16)
+    else:
+        acc0, acc1, acc2, acc3, n, oh0, ow0 = rowrun.rowrun_tile(
+            x_desc, x_desc, w_desc, t, 0, H_OUT, W_OUT, C_IN, 0, H_IN, W_IN, H_IN, W_IN, 0, 0,
+            False, INTERP_BF16, R, BW, BLOCK_N, BK)
+        ow = ow0 + tl.arange(0, BW)
+        l_base = logits_ptr + n * stride_ln
+        p_base = probs_ptr + n * stride_pn
+        y_base = labels_ptr + n * stride_yn
+        for i in tl.static_range(R):
+            if i == 0:
+                acc = acc0
+            elif i == 1:
+                acc = acc1
+            elif i == 2:
+                acc = acc2
+            else:
+                acc = acc3
+            oh = oh0 + i
+            mask_m = (ow < W_OUT) & (ow * 0 + oh < H_OUT)
+            _head_run(acc, bias, hw, hb, mask_m, offs_c, mask_c,
+                      l_base, oh * stride_lh + ow * stride_lw, stride_lk,
+                      p_base, oh * stride_ph + ow * stride_pw, stride_pk,
+                      y_base, oh * stride_yh + ow * stride_yw,
+                      RELU, WRITE_LOGITS, WRITE_PROBS, WRITE_LABELS, INTERP_BF16)
+
+
 def conv3x3_head(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -188,6 +340,19 @@ def conv3x3_head(
     outputs = check_head_outputs(logits, probs, labels, n, k, h_out, w_out)
     check_image_offsets(x, logits, probs, labels)
     upcast = upcast_for_interpreter(storage)
+    flags = dict(RELU=relu, WRITE_LOGITS=logits is not None, WRITE_PROBS=probs is not None,
+                 WRITE_LABELS=labels is not None, INTERP_BF16=upcast,
+                 BLOCK_N=_block_n(c_mid), BLOCK_C=max(16, triton.next_power_of_2(k)))
+    shape = ConvShape(n, h_in, w_in, c_in, 0, c_mid, element_size=x.element_size(), packed=packed_k(c_in))
+    tma_ok = not shape.packed and rowrun.eligible(storage, weight, x)
+    rowrun_path = "R" in config.kwargs if config is not None else tma_ok
+    if rowrun_path and not tma_ok:
+        raise ValueError("A row-run config was forced on tensors the TMA path cannot read "
+                         "(16-bit storage, channels multiples of 8, dense 16-byte aligned pixels).")
+    if rowrun_path:
+        _launch_rowrun(x, weight, bias, head_weight, head_bias, outputs, shape, flags, config)
+        return
+    flags.update(K_PACKED=shape.packed, PRECISION=precision if storage == torch.float32 or upcast else "tf32")
     grid = lambda META: (n * triton.cdiv(h_out, META["BLOCK_H"]) * triton.cdiv(w_out, META["BLOCK_W"]),)  # noqa: E731
     launch(
         conv3x3_head_kernel,
@@ -198,13 +363,31 @@ def conv3x3_head(
             x.stride(0), x.stride(1), x.stride(2),
             *outputs[3:],
         ),
-        dict(
-            RELU=relu, WRITE_LOGITS=logits is not None, WRITE_PROBS=probs is not None,
-            WRITE_LABELS=labels is not None, K_PACKED=packed_k(c_in),
-            INTERP_BF16=upcast,
-            PRECISION=precision if storage == torch.float32 or upcast else "tf32",  # 16-bit: unused
-            BLOCK_N=_block_n(c_mid), BLOCK_C=max(16, triton.next_power_of_2(k)),
-        ),
+        flags,
         config,
         cache=True,
+        choose=lambda: _kept(get_autotune_config(), x.dtype, flags["PRECISION"], flags["BLOCK_N"], x.device)[0],
+    )
+
+
+def _launch_rowrun(x, weight, bias, head_weight, head_bias, outputs, s: ConvShape, flags: dict, config) -> None:
+    pixels = s.n * s.h_in * s.w_in
+
+    def grid(META):
+        r, bw = META["R"], META["BW"]
+        return (triton.cdiv(pixels, bw) if r == 1 else s.n * triton.cdiv(s.h_out, r) * triton.cdiv(s.w_out, bw),)
+
+    launch(
+        conv3x3_head_rowrun_kernel,
+        grid,
+        (
+            rowrun.descriptor(x, [16, 16]), rowrun.descriptor(weight, [16, 16]), bias, head_weight, head_bias,
+            *outputs[:3],
+            s.h_out, s.w_out, s.c_a, s.c_out, head_weight.shape[1], size_class(s.n * s.h_out * s.w_out), pixels,
+            *outputs[3:],
+        ),
+        flags,
+        config,
+        cache=True,
+        choose=lambda: rowrun_configs_for(s)[0],
     )

@@ -65,7 +65,8 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from ._utils import INTERPRET, launch, to_storage, tuning_configs, upcast_for_interpreter
+from . import perfmodel
+from ._utils import INTERPRET, launch, size_class, to_storage, tuning_configs, upcast_for_interpreter
 
 __all__ = [
     "weighted_softmax_ce",
@@ -74,6 +75,8 @@ __all__ = [
     "ignore_index_can_occur",
     "WeightedSoftmaxCE",
     "get_autotune_config",
+    "default_config",
+    "predict_fraction",
     "MAX_CLASSES",
 ]
 
@@ -91,11 +94,40 @@ _REDUCE_BLOCK = 1024  # partials summed per step by the one-program kernels
 
 def get_autotune_config() -> list[triton.Config]:
     """Pixels per program and warps tried on the GPU (the op is bandwidth-bound); configs
-    holding more than ``_MAX_TILE`` logits are pruned for many classes."""
+    holding more than ``_MAX_TILE`` logits are pruned for many classes. Without autotuning
+    the launch takes :func:`default_config` (large blocks, by the model)."""
     return [
         triton.Config(dict(BLOCK_P=p), num_warps=w, num_stages=1)
-        for p, w in [(32, 4), (128, 4), (256, 4), (512, 4), (1024, 4), (1024, 8), (2048, 8), (4096, 8)]
+        for p, w in [(4096, 8), (2048, 8), (1024, 8), (1024, 4), (512, 4), (256, 4), (128, 4), (32, 4)]
     ]
+
+
+def predict_fraction(config: triton.Config, n: int, pixels: int, classes: int, logit_bytes: int = 2,
+                     target_bytes: int = 1, weight_bytes: int = 4, scenario: str = "low") -> float:
+    """The model's fraction of the copy bandwidth for the forward kernel (loss and gradient
+    in one pass) with ``config`` (:func:`fastunet.kernels.perfmodel.streaming_fraction`):
+    the loads a program has in flight, the programs an SM holds (threads, and registers at
+    about 6 a logit plus 32), the backward's scaling kernel and the finishing kernel as two
+    more launch gaps. A prediction, not a measurement."""
+    block_p, warps = config.kwargs["BLOCK_P"], config.num_warps
+    block_c = max(2, triton.next_power_of_2(classes))
+    threads = 32 * warps
+    registers = min(255, 32 + 6 * block_p * block_c // threads)
+    resident = min(2048 // threads, 65536 // (registers * threads), 32)
+    per_pixel_read = classes * logit_bytes + target_bytes + weight_bytes
+    total = n * pixels * (per_pixel_read + classes * logit_bytes)
+    programs = n * triton.cdiv(pixels, block_p)
+    return perfmodel.streaming_fraction(perfmodel.device(scenario), total, block_p * per_pixel_read, programs,
+                                        resident, kernels=3)
+
+
+def default_config(n: int, pixels: int, classes: int, logit_bytes: int = 2, target_bytes: int = 1,
+                   weight_bytes: int = 4) -> triton.Config:
+    """The config launched without autotuning: of those whose tile fits the registers, the
+    one the model predicts fastest (the first of the list on ties: the largest block)."""
+    fits = [c for c in get_autotune_config() if c.kwargs["BLOCK_P"] * max(2, triton.next_power_of_2(classes)) <= _MAX_TILE]
+    fits = fits or [min(get_autotune_config(), key=lambda c: c.kwargs["BLOCK_P"])]
+    return max(fits, key=lambda c: predict_fraction(c, n, pixels, classes, logit_bytes, target_bytes, weight_bytes))
 
 
 _INTERPRETER_CONFIG = triton.Config(dict(BLOCK_P=32), num_warps=4, num_stages=1)
@@ -149,15 +181,15 @@ def softmax_ce_inv_count_kernel(partial_count_ptr, scale_ptr, num_partials, BLOC
 
 @triton.autotune(
     configs=_CONFIGS,
-    key=["C", "HAS_WEIGHT", "WRITE_GRAD", "FLAT"],
+    key=["C", "SIZE_CLASS", "HAS_WEIGHT", "WRITE_GRAD", "FLAT"],
     prune_configs_by={"early_config_prune": _prune},
 )
-@triton.jit
+@triton.jit(do_not_specialize=["SIZE_CLASS"])
 def softmax_ce_fwd_kernel(
     # pointers
     logits_ptr, target_ptr, weight_ptr, grad_ptr, scale_ptr, partial_loss_ptr,
     # sizes and scalars
-    P, W, C, ignore_index, scale_value,
+    P, W, C, SIZE_CLASS, ignore_index, scale_value,
     # strides
     stride_ln, stride_lc, stride_lh, stride_lw,
     stride_tn, stride_th, stride_tw,
@@ -409,7 +441,8 @@ def softmax_ce_forward(
 
     # Room for the partials of the smallest block (autotuning tries them all); only the
     # first ``num_partials``, those of the block that ran last, are summed.
-    min_block = min(cfg.kwargs["BLOCK_P"] for cfg in (*_CONFIGS, *([config] if config is not None else [])))
+    every = (*get_autotune_config(), _INTERPRETER_CONFIG, *([config] if config is not None else []))
+    min_block = min(cfg.kwargs["BLOCK_P"] for cfg in every)
     partial_loss = _empty((n * triton.cdiv(pixels, min_block),), torch.float32, device)
     loss = _empty((), torch.float32, device)
 
@@ -420,12 +453,12 @@ def softmax_ce_forward(
         g_strides = gr.stride() if gr is not None else (0, 0, 0, 0)
         tiles = lambda block_p: triton.cdiv(pixels, block_p)  # noqa: E731
         grid = lambda META: (n * tiles(META["BLOCK_P"]),)  # noqa: E731
-        launch(
+        used = launch(
             softmax_ce_fwd_kernel,
             grid,
             (
                 lg, tg, wt if wt is not None else lg, gr if gr is not None else lg, scale, partial_loss,
-                pixels, w, c, ignore_index if has_ignore else 0, scale_value,
+                pixels, w, c, size_class(n * pixels), ignore_index if has_ignore else 0, scale_value,
                 *lg.stride(),
                 *tg.stride(),
                 *w_strides,
@@ -439,8 +472,10 @@ def softmax_ce_forward(
                 BLOCK_C=max(2, triton.next_power_of_2(c)),
             ),
             config,
+            choose=lambda: default_config(n, pixels, c, logits.element_size(), target.element_size(),
+                                          4 if weight is not None else 0),
         )
-        used = config if config is not None else softmax_ce_fwd_kernel.best_config
+        used = used or softmax_ce_fwd_kernel.best_config
         num_partials = n * tiles(used.kwargs["BLOCK_P"])
     softmax_ce_finish_kernel[(1,)](
         partial_loss, scale, loss, num_partials, scale_value, SCALE_IN_MEMORY=scale_in_memory, BLOCK=_REDUCE_BLOCK,

@@ -12,6 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import perfmodel
 from ._utils import (
     check_contiguous,
     check_nhwc,
@@ -26,7 +27,7 @@ from ._utils import (
 )
 from .rowgemm import pixel_rows, row_gemm
 
-__all__ = ["upconv2x2", "pack_weight", "get_autotune_config", "configs_for"]
+__all__ = ["upconv2x2", "pack_weight", "get_autotune_config", "configs_for", "predict", "ranked_configs"]
 
 
 def get_autotune_config() -> list[triton.Config]:
@@ -70,6 +71,32 @@ def configs_for(dtype: torch.dtype, device=None, *, shared_memory: int | None = 
     """The autotune configs that fit the device's shared memory for activations of ``dtype``
     (``precision`` of fp32 dots: "ieee" keeps the smaller FMA tiles)."""
     return _kept(get_autotune_config(), dtype, precision, device, shared_memory)
+
+
+def predict(config: triton.Config, m: int, c_in: int, c_out: int, element_size: int = 2,
+            scenario: str = "low") -> dict:
+    """The model's prediction (:mod:`fastunet.kernels.perfmodel`) for ``config`` on ``m``
+    input pixels: a ``[m, c_in] x [c_in, 4 c_out]`` GEMM. A prediction, not a measurement."""
+    kw, e = config.kwargs, element_size
+    bm, bn, bk = kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"]
+    layer = perfmodel.Layer(
+        tiles=-(-m // bm) * -(-4 * c_out // bn), steps=-(-c_in // bk),
+        step=perfmodel.pointer_step(bm, bn, bk, config.num_warps, e), out_bytes_per_tile=bm * bn * e,
+        hbm_bytes=(m * c_in + c_in * 4 * c_out + m * 4 * c_out) * e, useful_flops=2.0 * m * c_in * 4 * c_out,
+        smem_bytes=_stage_bytes(config, e) * config.num_stages, num_warps=config.num_warps,
+        num_stages=config.num_stages, registers=min(255, bm * bn // (32 * config.num_warps) + 48))
+    return perfmodel.launch_time(layer, perfmodel.device(scenario))
+
+
+def ranked_configs(m: int, c_in: int, c_out: int, dtype: torch.dtype, precision: str | None = "tf32", device=None, *,
+                   shared_memory: int | None = None) -> list[triton.Config]:
+    """The configs kept for ``dtype`` (:func:`configs_for`), fastest first by the model (for
+    fp32 "ieee", whose FMA dots it does not cover, the smallest tile first)."""
+    kept = _kept(get_autotune_config(), dtype, precision, device, shared_memory)
+    if dtype == torch.float32 and precision == "ieee":
+        return sorted(kept, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"])
+    size = torch.empty((), dtype=dtype).element_size()
+    return sorted(kept, key=lambda c: predict(c, m, c_in, c_out, size)["seconds"])
 
 
 def _prune(configs: list[triton.Config], named_args: dict, **meta) -> list[triton.Config]:
@@ -176,5 +203,6 @@ def upconv2x2(
         ),
         config,
         cache=True,
+        choose=lambda: ranked_configs(m, c_in, c_out, storage, precision, x.device)[0],
     )
     return out

@@ -160,8 +160,10 @@ def test_other_size_class_or_channels_tune_again(gpu_like):
 
 @pytest.mark.parametrize("setting", ["interpreter", "autotune_off", "cache_off", "not_asked"])
 def test_cache_not_used(gpu_like, monkeypatch, setting):
-    """Under the interpreter, with FASTUNET_AUTOTUNE=0 (one config), with the cache switched
-    off, or for a launcher that does not ask for it: the plain autotuned launch, no file."""
+    """Under the interpreter or with FASTUNET_AUTOTUNE=0 the plain JIT function runs one config
+    (the interpreter's, or the one ``choose`` gives: the model's first), the autotuner never;
+    with the cache switched off, or for a launcher that does not ask for it, the plain
+    autotuned launch. No file in any case."""
     if setting == "interpreter":
         monkeypatch.setattr(_utils, "INTERPRET", True)
     elif setting == "autotune_off":
@@ -170,8 +172,12 @@ def test_cache_not_used(gpu_like, monkeypatch, setting):
         monkeypatch.setenv("FASTUNET_AUTOTUNE_CACHE", "0")
     kernel = FakeAutotuner(winner=CONFIGS[1])
     for _ in range(2):
-        _utils.launch(kernel, (1,), (FakeTensor(), 64, 10), dict(FLAG=True), cache=setting != "not_asked")
-    assert [c[0] for c in kernel.calls] == ["tuned", "tuned"]
+        ran = _utils.launch(kernel, (1,), (FakeTensor(), 64, 10), dict(FLAG=True), cache=setting != "not_asked",
+                            choose=lambda: CONFIGS[1])
+    direct = setting in ("interpreter", "autotune_off")
+    assert [c[0] for c in kernel.calls] == ["forced", "forced"] if direct else ["tuned", "tuned"]
+    if direct:  # the interpreter: the kernel's first (its one interpreter config); untuned: choose()
+        assert ran is (CONFIGS[0] if setting == "interpreter" else CONFIGS[1])
     assert not gpu_like.exists() or not any(gpu_like.iterdir())
 
 

@@ -59,7 +59,7 @@ def test_same_size_wrapper_matches_the_engine(model_file):
     """One pass of the wrapper = the overlap-tile engine's probabilities (float16 there)."""
     bundle = read_model(model_file)
     image = _rng().normal(size=(45, 70)).astype(np.float32)
-    probs = segment(image, model_file, None, output_kind="probs", tile=44).compute()
+    probs = np.asarray(segment(image, model_file, None, output_kind="probs", tile=44))
     norm = bundle.normalization
     offset, scale = norm.stats(image)
     wrapper = FastUNetSameSize(**bundle.config.to_dict())
@@ -90,19 +90,86 @@ def test_halo_covers_what_an_output_pixel_depends_on(depth):
         torch.testing.assert_close(cropped, whole, atol=1e-5, rtol=0)
 
 
+def test_packaged_sizes_are_geometrys():
+    """The package's file cannot import fastunet: its closed-form sizes equal geometry's."""
+    from fastunet import geometry
+    from fastunet.bioimageio.architecture import valid_size
+
+    for depth in range(7):
+        assert context(depth) == geometry.context(depth)
+        for output in range(1, 300):
+            assert valid_size(output, depth) == geometry.input_size_for_output(output, depth), (output, depth)
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_packaged_network_scripts_and_runs_at_every_size(depth):
+    """torch.jit.script compiles FastUNetSameSize (a trace would freeze the mirror widths and
+    the crop offsets to one size): the scripted network is the eager one on sizes off the
+    max-pool grid, one pixel wide, batches of 2."""
+    net = _net(depth=depth, in_channels=2)
+    wrapper = FastUNetSameSize(**net.config.to_dict())
+    wrapper.load_state_dict(net.state_dict())
+    scripted = torch.jit.script(wrapper.eval())
+    for shape in [(1, 1), (1, 6), (37, 50), (64, 64), (97, 31)]:
+        x = torch.from_numpy(_rng().normal(size=(2, 2, *shape)).astype(np.float32))
+        with torch.no_grad():
+            got, want = scripted(x), wrapper(x)
+        assert got.shape == (2, 2, *shape)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+def test_onnx_and_torchscript_weights_give_the_engines_probabilities(tmp_path, model_file):
+    """The exported files, run as consumers run them (onnxruntime, torch.jit.load), give the
+    eager network's probabilities at every size (fp32: 1e-5), and on one image the overlap-tile
+    engine's (stored as float16: half a float16 step below 1 is 2.4e-4)."""
+    pytest.importorskip("onnx", reason="needs the fastunet[bioimageio] extra")
+    pytest.importorskip("onnxruntime", reason="needs the fastunet[bioimageio] extra")
+    from fastunet.bioimageio.export import same_size_network
+    from fastunet.bioimageio.weights import predict_with, write_weights
+
+    bundle = read_model(model_file)
+    net = same_size_network(bundle)
+    paths = write_weights(net, tmp_path, ["torchscript", "onnx"], torch.zeros(1, 1, 40, 40))
+    assert sorted(paths) == ["onnx", "pytorch_state_dict", "torchscript"]
+    for shape in [(2, 1, 1, 6), (1, 1, 37, 50), (3, 1, 64, 64), (1, 1, 97, 31)]:
+        x = _rng().normal(size=shape).astype(np.float32)
+        with torch.no_grad():
+            want = net(torch.from_numpy(x)).numpy()
+        for fmt in ("onnx", "torchscript"):
+            got = predict_with(fmt, paths[fmt], x)
+            assert got.shape == (shape[0], 2, *shape[2:])
+            np.testing.assert_allclose(got, want, atol=1e-5, rtol=0, err_msg=f"{fmt} {shape}")
+    image = _rng().normal(size=(45, 70)).astype(np.float32)
+    engine = segment(image, model_file, None, output_kind="probs", tile=44).astype(np.float32)
+    offset, scale = bundle.normalization.stats(image)
+    onnx = predict_with("onnx", paths["onnx"], bundle.normalization.apply(image, offset, scale)[None, None])[0]
+    assert np.isfinite(engine).all() and onnx.shape == engine.shape == (2, 45, 70)
+    np.testing.assert_allclose(onnx, engine, atol=2.5e-4, rtol=0)
+
+
 def test_export_passes_test_model_and_runs_through_the_engine(tmp_path, model_file, capsys):
+    """The package's three weight formats pass bioimageio.core's test_model (run by the export
+    on the written zip), without the FAIR warnings, and a consumer's prediction is fastunet's."""
     pytest.importorskip("bioimageio.core", reason="needs the fastunet[bioimageio] extra")
-    from bioimageio.core import test_model
+    from fastunet.bioimageio import export_package
 
     package = tmp_path / "nuclei.bmz.zip"
-    assert main(["export", str(model_file), "-o", str(package), "--test-shape", "96,80"]) == 0
-    assert "passed bioimageio.core's test_model" in capsys.readouterr().out
-    summary = test_model(str(package))  # the written zip, as a consumer gets it
-    assert summary.status == "passed", summary.format()
+    result = export_package(model_file, package, test_shape=(96, 80))
+    summary = result.test_summary
+    assert result.tested and summary.status == "passed", summary.format()
+    assert result.weight_formats == ("pytorch_state_dict", "torchscript", "onnx")
+    assert sorted(result.max_abs_diff) == ["onnx", "torchscript"] and max(result.max_abs_diff.values()) < 1e-5
+    for fmt in result.weight_formats:
+        tests = [d for d in summary.details if d.name.endswith(f"({fmt})") or f" {fmt} inference" in d.name]
+        assert len(tests) == 7 and all(d.status == "passed" for d in tests), fmt  # reproduce + 3 sizes x 2 batches
+    warned = " ".join(w.msg for d in summary.details for w in d.warnings)
+    assert "Validation" not in warned and "FAIR" not in warned, warned  # the FAIR warnings are gone
     with zipfile.ZipFile(package) as zf:
         names = set(zf.namelist())
-        assert {"rdf.yaml", "weights.pt", "fastunet_unet.py", "model.safetensors", "test_input.npy",
-                "test_output.npy", "cover.png", "README.md"} <= names
+        assert {"rdf.yaml", "weights.pt", "weights_torchscript.pt", "weights.onnx", "fastunet_unet.py",
+                "model.safetensors", "test_input.npy", "test_output.npy", "sample_input.tif", "sample_output.tif",
+                "cover.png", "README.md"} <= names
+        assert "\n## Validation\n" in zf.read("README.md").decode()
         state = torch.load(io.BytesIO(zf.read("weights.pt")), weights_only=True)
         assert np.load(io.BytesIO(zf.read("test_input.npy"))).shape == (1, 1, 96, 80)
         assert np.load(io.BytesIO(zf.read("test_output.npy"))).shape == (1, 2, 96, 80)
@@ -118,12 +185,14 @@ def test_export_passes_test_model_and_runs_through_the_engine(tmp_path, model_fi
 
     image = _rng().integers(0, 4000, size=(50, 61)).astype(np.uint16)
     fixed = save_model(tmp_path / "fixed.safetensors", _net(), Normalization(mode="fixed", offset=100.0, scale=3000.0))
-    assert main(["export", str(fixed), "-o", str(tmp_path / "fixed.bmz.zip"), "--no-test"]) == 0
+    assert main(["export", str(fixed), "-o", str(tmp_path / "fixed.bmz.zip"), "--no-test", "--weights",
+                 "pytorch_state_dict"]) == 0
+    assert "pytorch_state_dict weights): not tested" in capsys.readouterr().out
     for path, model, atol in ((tmp_path / "fixed.bmz.zip", fixed, 5e-4), (package, model_file, 5e-3)):
         got = predict(model=load_model_description(str(path)), inputs={"raw": Tensor.from_numpy(
             image[None, None].astype(np.float32), dims=("batch", "channel", "y", "x"))})
         got = np.asarray(got.members["probabilities"].data)[0]
-        want = segment(image, model, None, output_kind="probs").compute().astype(np.float32)
+        want = np.asarray(segment(image, model, None, output_kind="probs")).astype(np.float32)
         assert got.shape == want.shape == (2, 50, 61)
         np.testing.assert_allclose(got, want, atol=atol, rtol=0)
     # --model PACKAGE: the same labels as the model file.
@@ -133,9 +202,11 @@ def test_export_passes_test_model_and_runs_through_the_engine(tmp_path, model_fi
                      "--quiet"]) == 0
     a, b = (zarr.open_group(str(tmp_path / f"{n}.zarr"))["instances"][:] for n in "ab")
     np.testing.assert_array_equal(a, b)
-    # Refused without --overwrite; replaced with it.
+    # Refused without --overwrite; an unknown weight format is named.
     assert main(["export", str(model_file), "-o", str(package), "--no-test"]) == 2
     assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert main(["export", str(model_file), "-o", str(tmp_path / "x.zip"), "--weights", "keras"]) == 2
+    assert "among pytorch_state_dict, torchscript, onnx" in capsys.readouterr().err
 
 
 def test_read_package_without_bioimageio_and_its_fallback(tmp_path, model_file):
@@ -144,7 +215,7 @@ def test_read_package_without_bioimageio_and_its_fallback(tmp_path, model_file):
     from fastunet.bioimageio.export import _write_files
 
     bundle = read_model(model_file)
-    files = _write_files(tmp_path, model_file, bundle, (44, 44))
+    files, _ = _write_files(tmp_path, model_file, bundle, (44, 44), ["pytorch_state_dict"])
     rdf = {"type": "model", "config": {"fastunet": {"config": bundle.config.to_dict(),
                                                     "normalization": bundle.normalization.to_dict()}},
            "weights": {"pytorch_state_dict": {"source": "weights.pt"}}}

@@ -58,18 +58,18 @@ def test_two_file_glob_call_loads_the_model_once(tmp_path, model, images, capsys
     assert code == 0, err
     assert len(loads) == 1
     lines = out.splitlines()
-    assert lines[0].startswith("[1/2] segmented") and "a_seg.zarr" in lines[0]
-    assert lines[1].startswith("[2/2] segmented") and "b_seg.zarr" in lines[1]
+    assert lines[0].startswith("[1/2] segmented") and "a_seg.tif" in lines[0]  # the output follows the input
+    assert lines[1].startswith("[2/2] segmented") and "b_seg.ome.tif" in lines[1]
     assert lines[2].startswith("2 inputs: 2 segmented, 0 already complete, 0 failed")
     for name in ("a", "b"):
         source = images / ("a.tif" if name == "a" else "b.ome.tif")
-        expected = segment(source, model, None).compute()
-        np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "seg" / f"{name}_seg.zarr"))["instances"][:],
-                                      expected)
+        expected = np.asarray(segment(source, model, None))
+        output = tmp_path / "seg" / (f"{name}_seg.tif" if name == "a" else f"{name}_seg.ome.tif")
+        np.testing.assert_array_equal(tifffile.imread(output), expected)
     record = json.loads(report.read_text())
     assert record["command"] == "segment" and record["done"] == 2 and record["failed"] == 0
     assert [f["status"] for f in record["files"]] == ["done", "done"]
-    assert record["files"][0]["summary"]["blocks"] >= 1 and record["files"][0]["output"].endswith("a_seg.zarr")
+    assert record["files"][0]["summary"]["blocks"] >= 1 and record["files"][0]["output"].endswith("a_seg.tif")
     # Per-file resume: both complete, nothing recomputed; the summary says so per file.
     code, out, err = _segment([images, "--output-dir", tmp_path / "seg", "--model", model, "--resume",
                                "--json", report], capsys)
@@ -93,7 +93,7 @@ def test_a_bad_input_among_many_is_reported_and_the_others_are_done(tmp_path, mo
         ("a.tif", "done"), ("b.ome.tif", "done"), ("broken.tif", "failed")]
     assert record["files"][2]["error"] and not (tmp_path / "broken.tif").exists()
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "a.tif"),
-                                  segment(images / "a.tif", model, None).compute())
+                                  np.asarray(segment(images / "a.tif", model, None)))
 
 
 def test_expanding_inputs(tmp_path, images):
@@ -112,8 +112,8 @@ def test_expanding_inputs(tmp_path, images):
 def test_naming_outputs(tmp_path):
     inputs = ["x/a.ome.tif", "y/b.zarr", "y/c.tiff"]
     assert output_paths(inputs, output=None, output_dir=str(tmp_path / "o"), output_name=None) == [
-        str(tmp_path / "o" / n) for n in ("a_seg.zarr", "b_seg.zarr", "c_seg.zarr")]
-    assert (tmp_path / "o").is_dir()
+        str(tmp_path / "o" / n) for n in ("a_seg.ome.tif", "b_seg.zarr", "c_seg.tif")]  # each input's format
+    assert not (tmp_path / "o").exists()  # made by the run once it is accepted (make_folders)
     assert output_paths(inputs, output="out/{parent}-{index}-{name}.tif", output_dir=None, output_name=None) == [
         "out/x-1-a.ome.tif.tif", "out/y-2-b.zarr.tif", "out/y-3-c.tiff.tif"]
     assert output_paths(inputs[:1], output="one.zarr", output_dir=None, output_name=None) == ["one.zarr"]
@@ -168,10 +168,10 @@ def test_verbose_and_log_file(tmp_path, model, images, capsys):
                             capsys)
     assert code == 2 and err.count("\n") == 1  # one line on the terminal, and the same in the log
     last = log.read_text().splitlines()[-1]
-    assert " ERROR fastunet.cli.segment: Output " in last and last.endswith(err.split(": error: ", 1)[1].strip())
+    assert " ERROR fastunet.cli.segment: The output " in last and last.endswith(err.split(": error: ", 1)[1].strip())
     code, _, err = _segment([images / "a.tif", "-o", tmp_path / "x.zarr", "--log-file", tmp_path / "no" / "l.txt"],
                             capsys)
-    assert code == 2 and "Cannot write the log file" in err and "--log-file" in err
+    assert code == 2 and "The folder of the --log-file" in err and "does not exist" in err
 
 
 def test_version_help_epilogs_and_exit_codes(capsys):

@@ -48,16 +48,22 @@ def _convs(result, group_start):
 
 
 def test_conv_main_loop_is_one_pipelined_loop_per_source(compiled):
-    looped = [v for v in compiled["variants"] if v["kernel"] == "conv3x3_kernel" and not v["constexprs"]["K_PACKED"]]
+    """The row-run convs: one K loop per source, every load in it a TMA box (no cp.async, no
+    plain load), warp-group dots reading both operands from shared memory, and the step the
+    PTX does is the one the model ranks configs with."""
+    looped = [v for v in compiled["variants"] if v["kernel"] == "conv3x3_rowrun_kernel"]
     assert {v["dtype"] for v in looped} == {"bf16", "fp16"}
-    assert {v["group"] for v in looped} == {"conv, pool", "conv, 2 sources"}
+    assert {v["group"] for v in looped} == {"TMA conv, pool", "TMA conv, 2 sources"}
     for v in looped:
         sources = 2 if v["constexprs"]["HAS_B"] else 1
         assert v["k_loops"] == sources, v
-        assert v["loop_wgmma"] == sources and v["wgmma"] == sources, v  # warp-group dots, one per loop
-        assert v["loop_async_copies"] + v["loop_tma_loads"] >= 2 * sources, v  # A and B tiles, asynchronous
-        assert v["loop_sync_loads"] == 0, v  # no synchronous load left in the loop
-        assert v["async_copies"] + v["tma_loads"] > v["loop_async_copies"] + v["loop_tma_loads"], v  # prologue
+        assert v["loop_wgmma"] >= sources and v["loop_tma_loads"] >= 2 * sources, v  # A and weight boxes
+        assert v["loop_async_copies"] == 0 and v["loop_sync_loads"] == 0, v
+        assert v["tma_loads"] > v["loop_tma_loads"], v  # the pipeline's prologue
+        [loop] = {json.dumps(lp) for lp in v["ptx_loops"]}  # the sources' loops do the same step
+        loop = json.loads(loop)
+        assert loop["tma_bytes"] > 0 and loop["cp_async_bytes"] == 0 and "A:regs" not in " ".join(loop["shapes"])
+        assert v["model"]["step_matches_formula"], v["model"]
 
 
 def test_small_channel_count_is_one_dot(compiled):
@@ -68,11 +74,12 @@ def test_small_channel_count_is_one_dot(compiled):
 
 
 def test_fused_head_runs_the_conv_loop_and_the_head_dot(compiled):
-    heads = [v for v in compiled["variants"] if v["kernel"] == "conv3x3_head_kernel"]
+    heads = [v for v in compiled["variants"] if v["kernel"] == "conv3x3_head_rowrun_kernel"]
     assert heads and all(v["layers"][0].endswith("dec0.conv2") for v in heads)
     for v in heads:
-        assert v["k_loops"] == 1 and v["loop_wgmma"] == 1 and v["loop_sync_loads"] == 0, v
-        assert v["wgmma"] == 2, v  # the conv's and the 1x1 head's
+        assert v["k_loops"] == 1 and v["loop_tma_loads"] >= 2 and v["loop_sync_loads"] == 0, v
+        assert v["wgmma"] > v["loop_wgmma"] >= 1, v  # the conv's dots, and the 1x1 head's after the loop
+        assert v["model"]["step_matches_formula"], v["model"]
 
 
 def test_no_spills_and_shared_memory_fits_an_h200(compiled):
@@ -119,6 +126,36 @@ def test_ttgir_loop_census():
     assert (facts["loops"], facts["k_loops"]) == (2, 1)
     assert facts["loop_async_copies"] == 2 and facts["loop_sync_loads"] == 1 and facts["loop_wgmma"] == 1
     assert facts["wgmma"] == 2 and facts["async_copies"] == 3 and facts["waits"] == 1
+
+
+def test_ptx_loop_reader():
+    """A K loop of the PTX (a label and a later branch back to it): its wgmma (A from shared
+    memory or registers), the TMA bytes it expects and its cp.async bytes, and the step's
+    FLOPs and bytes over all warp groups; a loop without dots is ignored."""
+    report = _report_module()
+    import model_report
+
+    ptx = """
+    mbarrier.arrive.expect_tx.shared::cta.b64 _, [%r1], 4096;
+$L__BB0_1:
+    add.s32 %r2, %r2, 1;
+    @%p1 bra $L__BB0_1;
+$L__BB0_2:                              // =>This Inner Loop Header: Depth=1
+    @%p5 mbarrier.arrive.expect_tx.shared::cta.b64 _, [%r11], 32768;
+    @%p6 cp.async.bulk.tensor.2d.shared::cta.global.mbarrier::complete_tx::bytes [%r15], [%rd2, {%r1, %r2}], [%r11];
+    cp.async.cg.shared.global [ %r20 + 0 ], [ %rd9 + 0 ], 0x10, %r21;
+    wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%r1,%r2}, %rd6, %rd15, %p36, 1, 1, 0, 1;
+    wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%r1,%r2}, {%r3,%r4,%r5,%r6}, %rd15, %p36, 1, 1, 1;
+    @%p18 bra $L__BB0_2;
+    wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%r1,%r2}, %rd6, %rd15, %p36, 1, 1, 0, 1;
+    """
+    [loop] = model_report.ptx_loops(ptx, num_warps=8)
+    assert loop["wgmma"] == 2 and loop["shapes"] == ["m64n128k16", "m64n64k16 A:regs"]
+    assert loop["tma_bytes"] == 32768 and loop["cp_async_bytes"] == 16 * 256
+    assert loop["flops"] == 2 * (2 * 64 * 128 * 16 + 2 * 64 * 64 * 16)  # two warp groups
+    assert loop["smem_read"] == 2 * (64 * 16 * 2 + 16 * 128 * 2 + 16 * 64 * 2)  # the second's A is in registers
+    assert loop["l2_bytes"] == 32768 + 16 * 256
+    assert report.parse_ptxas("")["registers"] is None
 
 
 def test_ptxas_log_parsing():

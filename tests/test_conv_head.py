@@ -4,6 +4,7 @@ rounding -> 1x1 conv -> softmax/argmax in PyTorch (interpreter on CPU, tiny shap
 import pytest
 import torch
 import torch.nn.functional as F
+import triton
 from reference import STORAGE, TOL, nhwc, poisoned, rel_err
 
 from fastunet import ReferenceUNet, UNetConfig
@@ -102,6 +103,31 @@ def test_every_conv_head_config_on_the_interpreter():
         assert rel_err(logits, expected) <= TOL["fp32"][0], cfg
 
 
+def _rowrun(r, bw, bk):
+    return triton.Config(dict(R=r, BW=bw, BK=bk), num_warps=4, num_stages=1, pre_hook=conv_head._set_blocks)
+
+
+@pytest.mark.parametrize("dtype, n, c_in, c_mid, k, h, w, cfg", [
+    ("bf16", 2, 16, 24, 3, 11, 13, _rowrun(2, 16, 16)),  # two runs a tile, C_MID padded to 32
+    ("fp16", 1, 16, 16, 2, 14, 9, _rowrun(4, 16, 16)),  # four runs
+    ("bf16", 2, 8, 16, 2, 9, 10, _rowrun(1, 32, 16)),  # a flat tile across rows and images
+])
+def test_conv3x3_head_rowrun_against_reference(dtype, n, c_in, c_mid, k, h, w, cfg):
+    """The conv + head on the TMA row-run loop: scores, probabilities and labels of every run."""
+    x, wc, bc, wh, bh = _inputs(n, c_in, c_mid, k, h, w, seed=c_in + 7 * k)
+    st = STORAGE[dtype]
+    logits = poisoned((n, k, h - 2, w - 2), torch.float32)
+    probs = poisoned((n, k, h - 2, w - 2), torch.float16)
+    labels = poisoned((n, h - 2, w - 2), torch.uint8)
+    conv_head.conv3x3_head(nhwc(x, st), conv.pack_weight(wc, st), bc, head.pack_weight(wh, st), bh,
+                           logits=logits, probs=probs, labels=labels, dtype=dtype, config=cfg)
+    expected = _expected(x, wc, bc, wh, bh, dtype)
+    assert not torch.isnan(logits).any() and not torch.isnan(probs.float()).any() and (labels != 255).all()
+    assert rel_err(logits, expected) <= TOL[dtype][0], rel_err(logits, expected)
+    torch.testing.assert_close(probs.float(), logits.softmax(1), atol=2e-3, rtol=1e-2)
+    assert torch.equal(labels.long(), logits.argmax(1))
+
+
 def test_fused_unet_runs_the_head_in_the_last_conv():
     """FusedUNet fuses the head when it can (no full-resolution top-level buffer) and gives
     the same scores and labels as the unfused path."""
@@ -164,3 +190,21 @@ def test_every_conv_head_config_gpu(dtype):
         conv_head.conv3x3_head(nhwc(x, st), conv.pack_weight(wc, st), bc, head.pack_weight(wh, st), bh,
                                logits=logits, dtype=dtype, config=cfg)
         assert rel_err(logits, expected) <= TOL[dtype][0], (cfg, rel_err(logits, expected))
+
+
+@pytest.mark.gpu
+@pytest.mark.timeout(600)
+def test_every_conv_head_rowrun_config_gpu():
+    """Every row-run config of the conv + head (8 warps included), bf16, the paper's 64 channels."""
+    g = torch.Generator(device="cuda").manual_seed(6)
+    x = torch.randn(2, 64, 102, 102, device="cuda", generator=g)
+    wc = torch.randn(64, 64, 3, 3, device="cuda", generator=g) * (2 / (9 * 64)) ** 0.5
+    bc, wh = torch.randn(64, device="cuda", generator=g) * 0.1, torch.randn(2, 64, 1, 1, device="cuda", generator=g) * 0.125
+    bh = torch.randn(2, device="cuda", generator=g)
+    expected = _expected(x, wc, bc, wh, bh, "bf16")
+    st = torch.bfloat16
+    for cfg in conv_head.get_rowrun_config():
+        logits = poisoned((2, 2, 100, 100), torch.float32, "cuda")
+        conv_head.conv3x3_head(nhwc(x, st), conv.pack_weight(wc, st), bc, head.pack_weight(wh, st), bh,
+                               logits=logits, dtype="bf16", config=cfg)
+        assert rel_err(logits, expected) <= TOL["bf16"][0], (cfg, rel_err(logits, expected))

@@ -79,8 +79,10 @@ def test_torch_normalization_matches_numpy_bit_for_bit(dtype, scope):
     before = vol.copy()
     for zero in (False, True):
         want = Normalization.apply(vol, offset, scale, zero_nonfinite=zero)
-        got = Normalization.apply(torch.from_numpy(vol), torch.from_numpy(offset), torch.from_numpy(scale),
-                                  zero_nonfinite=zero)
+        # int64 offsets beyond 2**44 are extended precision (numpy.longdouble), which torch has
+        # not: they reach the tensor path as numpy arrays (split into two float64 parts there)
+        t_offset = offset if offset.dtype == np.longdouble else torch.from_numpy(offset)
+        got = Normalization.apply(torch.from_numpy(vol), t_offset, torch.from_numpy(scale), zero_nonfinite=zero)
         assert got.dtype == torch.float32 and want.dtype == np.float32
         assert _bits_equal(got.numpy(), want), dtype
         assert zero is False or np.isfinite(want).all()
@@ -441,9 +443,9 @@ def test_segment_on_cuda_matches_the_cpu_path_gpu():
     rng = _rng()
     vol = (rng.integers(0, 600, size=(3, 150, 170)) * np.array([1, 10, 100])[:, None, None]).astype(np.uint16)
     with Segmenter(bundle, device="cuda", backend="triton", dtype="bf16", tile=92, batch_size=4) as seg:
-        gpu = seg.segment(vol, None, axes="ZYX", output_kind="labels", progress=False).compute()
+        gpu = np.asarray(seg.segment(vol, None, axes="ZYX", output_kind="labels", progress=False))
         assert seg.network.takes_raw_tiles and seg.network.predictor.predictor.net.captures == 1
     with Segmenter(bundle, device="cpu", backend="torch", dtype="fp32", tile=92) as seg:
-        cpu = seg.segment(vol, None, axes="ZYX", output_kind="labels", progress=False).compute()
+        cpu = np.asarray(seg.segment(vol, None, axes="ZYX", output_kind="labels", progress=False))
     for z in range(3):
         assert (gpu[z] == cpu[z]).mean() > 0.98, z

@@ -112,7 +112,8 @@ def test_demo_writes_its_files_and_refuses_to_clobber(tmp_path, capsys):
     _tiny_model(model)
     folder = tmp_path / "demo"
     result = run_demo(folder, shape=(2, 64, 80), model=model, device="cpu", progress=False)
-    assert sorted(p.name for p in folder.iterdir()) == ["labels.zarr", "preview.png", "truth.zarr", "volume.zarr"]
+    assert sorted(p.name for p in folder.iterdir()) == ["fastunet-demo.json", "labels.zarr", "preview.png",
+                                                        "truth.zarr", "volume.zarr"]
     assert result.images == 2 and result.pixels == 2 * 64 * 80
     assert "scores against the truth" in capsys.readouterr().out
     with pytest.raises(UserError, match="overwrite=True"):

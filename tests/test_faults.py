@@ -69,7 +69,7 @@ def test_chunk_reads_and_writes_that_fail_at_first_are_retried(tmp_path, model, 
 
     data = _rng().normal(size=(2, 32, 36)).astype(np.float32)
     src = _zarr(tmp_path / "in.zarr", data, (1, 16, 18))
-    reference = segment(data, model, None, axes="ZYX", tile=52, output_kind="labels").compute()
+    reference = np.asarray(segment(data, model, None, axes="ZYX", tile=52, output_kind="labels"))
     failures = {"in.zarr/c/1/1/0": 2, "o.zarr/labels/c/0/0/1": 3}  # transient EIO, then fine
     real_get, real_set = LocalStore.get, LocalStore.set
 
@@ -130,7 +130,7 @@ def test_disk_full_mid_run_is_one_line_and_resume_completes_after_space_is_freed
     assert {"z0-1_y0-32_x0-32", "z1-2_y0-32_x0-32"} <= done and not any(n.startswith(("z2", "z3")) for n in done)
     assert main([*argv, "--resume"]) == 0  # space freed
     np.testing.assert_array_equal(zarr.open_group(str(out))["labels"][:],
-                                  segment(data, model, None, axes="ZYX", tile=52, output_kind="labels").compute())
+                                  np.asarray(segment(data, model, None, axes="ZYX", tile=52, output_kind="labels")))
 
 
 def test_disk_full_before_the_first_block_leaves_nothing_even_with_writes_in_flight(tmp_path, model, capsys,
@@ -239,9 +239,9 @@ def test_out_of_memory_halves_the_batch_then_the_tile_and_goes_on(tmp_path, mode
     monkeypatch.setattr(backends, "make_predictor", make_predictor)
     with caplog.at_level(logging.WARNING, logger="fastunet.engine"):
         labels, probs = segment(data, model, None, axes="ZYX", tile=92, batch_size=2, output_kind="both")
-        labels, probs = labels.compute(), probs.compute()
-    np.testing.assert_array_equal(labels, reference[0].compute())
-    np.testing.assert_allclose(probs.astype(np.float32), reference[1].compute().astype(np.float32), atol=2e-3)
+        labels, probs = np.asarray(labels), np.asarray(probs)
+    np.testing.assert_array_equal(labels, np.asarray(reference[0]))
+    np.testing.assert_allclose(probs.astype(np.float32), np.asarray(reference[1]).astype(np.float32), atol=2e-3)
     assert caplog.text.count("with 2 tiles per call; going on with 1") == 1
     assert caplog.text.count("with one tile of 92 pixels; going on with tiles of 64") == 1
     assert max(shape[-1] for shape in made[0].calls[-3:]) == 64
@@ -304,7 +304,7 @@ def test_ctrl_c_under_the_triton_interpreter_stops_at_once(tmp_path, model, requ
         release.set()
     assert SegmentationStore(tmp_path / "o.zarr").done() == set()
     out = segment(src, model, tmp_path / "o.zarr", axes="ZYX", tile=52, progress=False, resume=True)
-    np.testing.assert_array_equal(out[:], segment(data, model, None, axes="ZYX", tile=52).compute())
+    np.testing.assert_array_equal(out[:], np.asarray(segment(data, model, None, axes="ZYX", tile=52)))
 
 
 def test_interrupts_held_defers_ctrl_c_to_the_end_of_the_section(request):
@@ -405,4 +405,4 @@ def test_sigterm_lets_running_blocks_finish_and_exits_143_resumable(tmp_path, mo
     assert main([*argv, "--resume"]) == 0
     capsys.readouterr()
     np.testing.assert_array_equal(zarr.open_group(str(out))["labels"][:],
-                                  segment(data, model, None, axes="ZYX", tile=52, output_kind="labels").compute())
+                                  np.asarray(segment(data, model, None, axes="ZYX", tile=52, output_kind="labels")))

@@ -115,7 +115,7 @@ def test_unknown_extensions_and_device_files_are_refused(tmp_path, model, capsys
     assert "extension '.png', which fastunet does not write" in err and "out.zarr" in err and "out.tif" in err
     assert not (tmp_path / "out.png").exists()
     err = _one_line(capsys, ["segment", tmp_path / "in.zarr", "-o", "/dev/null", "--overwrite", "--model", model])
-    assert "'/dev/null' exists and is not a fastunet output (a device file)" in err
+    assert "The output '/dev/null' is a device file, not a file fastunet writes" in err
 
 
 # ------------------------------------------------------------------------ intensities
@@ -123,22 +123,22 @@ def test_unknown_extensions_and_device_files_are_refused(tmp_path, model, capsys
 def test_a_large_offset_keeps_the_contrast(dtype, offset):
     image, _ = synthetic_nuclei((96, 96), seed=int(torch.initial_seed() % 2**31), dtype="uint16")
     net = balanced_net(image)  # neither empty nor full on this image
-    reference = segment(image, net, None, tile=52).compute()
+    reference = np.asarray(segment(image, net, None, tile=52))
     assert reference.any() and not reference.all()
     shifted = image.astype(dtype) + np.array(offset, dtype)
-    np.testing.assert_array_equal(segment(shifted, net, None, tile=52).compute(), reference)
+    np.testing.assert_array_equal(np.asarray(segment(shifted, net, None, tile=52)), reference)
 
 
 def test_float64_beyond_the_float32_range_without_overflow(tmp_path):
     image, _ = synthetic_nuclei((96, 96), seed=int(torch.initial_seed() % 2**31), dtype="uint16")
     net = balanced_net(image)  # neither empty nor full on this image
-    reference = segment(image, net, None, tile=52).compute()
+    reference = np.asarray(segment(image, net, None, tile=52))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no overflow RuntimeWarning
         for normalization in ("percentile", "meanstd"):
             bundle_net = save_model(tmp_path / f"{normalization}.safetensors", net, Normalization(mode=normalization))
-            want = segment(image, bundle_net, None, tile=52, output_kind="probs").compute()
-            got = segment(image.astype(np.float64) * 1e300, bundle_net, None, tile=52, output_kind="probs").compute()
+            want = np.asarray(segment(image, bundle_net, None, tile=52, output_kind="probs"))
+            got = np.asarray(segment(image.astype(np.float64) * 1e300, bundle_net, None, tile=52, output_kind="probs"))
             # the same to rounding (the scaled image's constants differ in the last bits, which
             # can flip a pixel whose two classes tie)
             np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), atol=2e-3, rtol=0)
@@ -188,7 +188,7 @@ def test_training_output_paths_are_checked_before_any_work(tmp_path, capsys, den
     base = ["train", tmp_path / "img.tif", tmp_path / "lab.tif", "-o", tmp_path / "m.safetensors",
             "--iterations", "1", "--base-channels", "4", "--depth", "2", "--tile", "92", "--quiet"]
     err = _one_line(capsys, base)  # the folder refuses writes (deny_output_writes)
-    assert "Cannot write the model file into" in err and "Permission denied" in err
+    assert "Cannot write to" in err and "(Permission denied); choose a writable place for the model file" in err
 
 
 def test_training_refuses_bad_figure_and_curve_paths(tmp_path, capsys):
@@ -203,7 +203,7 @@ def test_training_refuses_bad_figure_and_curve_paths(tmp_path, capsys):
         (["--curve", tmp_path / "missing" / "c.png"], "The folder of the --curve, .*missing', does not exist"),
         (["--weight-figure", tmp_path / "m.safetensors"], "should end in .png"),
         (["--weight-figure", tmp_path / "m.png", "--curve", tmp_path / "m.png"], "is also the curve"),
-        (["--weight-figure", tmp_path / "img.tif"], "should end in .png"),
+        (["--weight-figure", tmp_path / "img.tif"], "img.tif' is the input .*; the input is never written"),
         (["--base-channels", "100000"], r"needs about [\d,.]+ GiB .*use a smaller --base-channels"),
     ]
     import re
@@ -219,7 +219,7 @@ def test_training_refuses_bad_figure_and_curve_paths(tmp_path, capsys):
     png.write_bytes(b"not a figure")
     from fastunet.paths import check_output_file
 
-    with pytest.raises(UserError, match="is an input"):
+    with pytest.raises(UserError, match="is the input"):
         check_output_file(png, what="weight_figure=", suffixes=(".png",), inputs=([str(png)], None))
     assert png.read_bytes() == b"not a figure"
 
@@ -254,9 +254,10 @@ def test_evaluate_checks_json_and_preview_before_scoring(tmp_path, capsys):
     (tmp_path / "folder.json").mkdir()
     base = ["evaluate", tmp_path / "img.tif", tmp_path / "lab.tif", "--model", model, "--device", "cpu"]
     for extra, pattern in ((["--json", tmp_path / "folder.json"], "is a folder"),
-                           (["--json", tmp_path / "img.tif"], "should end in .json"),
+                           (["--json", tmp_path / "img.tif"], "is the input"),
+                           (["--json", tmp_path / "s.txt"], "should end in .json"),
                            (["--preview", tmp_path / "missing" / "p.png"], "does not exist"),
-                           (["--preview", tmp_path / "s.json", "--json", tmp_path / "s.json"], "is also the --preview")):
+                           (["--preview", tmp_path / "s.json", "--json", tmp_path / "s.json"], "is also the --json file")):
         err = _one_line(capsys, [*base, *extra])
         assert pattern in err and "foreground IoU" not in err, err
     (tmp_path / "s.json").write_text("{}")

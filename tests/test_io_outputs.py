@@ -160,7 +160,9 @@ def test_ome_output_is_an_image_label(tmp_path, rng, zarr_format):
     assert [a["name"] for a in ms["axes"]] == ["z", "y", "x"]
     assert all(a["type"] == "space" and a["unit"] == "micrometer" for a in ms["axes"])
     ds, ds1 = ms["datasets"]  # as many levels as the input image
-    assert ds1["coordinateTransformations"] == [{"type": "scale", "scale": [1.0, 0.5, 0.5]}]
+    # level 1 is level 0 sampled at [::1, ::2, ::2]: its scale doubles in y and x, the translation is level 0's
+    assert ds1["coordinateTransformations"] == [
+        {"type": "scale", "scale": [0.5, 0.5, 0.5]}, {"type": "translation", "translation": [1.0, 2.0, 3.0]}]
     assert label[ds1["path"]].shape == (4, 8, 6)
     assert ds["coordinateTransformations"] == [
         {"type": "scale", "scale": [0.5, 0.25, 0.25]}, {"type": "translation", "translation": [1.0, 2.0, 3.0]}]
@@ -241,8 +243,8 @@ def test_write_tiff(tmp_path, rng):
     with tifffile.TiffFile(path) as tif:
         assert tif.series[0].axes == "ZYX" and len(tif.pages) == 3  # pages, not RGB planes
     with tifffile.TiffFile(written[1]) as tif:
-        assert tif.series[0].axes == "CZYX" and len(tif.pages) == 9
-        np.testing.assert_array_equal(tif.asarray(), probs)
+        assert tif.series[0].axes == "ZCYX" and len(tif.pages) == 9 and tif.is_imagej  # classes as channels
+        np.testing.assert_array_equal(np.moveaxis(tif.asarray(), 1, 0), probs)
     assert open_volume(path).axes == "ZYX"  # it reads back through fastunet too
     with pytest.raises(UserError, match="already exists; pass overwrite=True"):
         write_tiff(path, labels=labels, probs=None, axes="ZYX")

@@ -7,7 +7,7 @@ import triton
 import triton.language as tl
 from reference import STORAGE, TOL, nchw, nhwc, poisoned, rel_err
 
-from fastunet.kernels import conv, head, upconv
+from fastunet.kernels import conv, head, rowrun, upconv
 from fastunet.kernels._utils import to_storage, upcast_for_interpreter
 from fastunet.model import center_crop
 
@@ -201,6 +201,102 @@ def test_forcing_a_config_runs_that_config(module):
         _check(logits, F.conv2d(x, w, b), "fp32")
 
 
+# -- the row-run (TMA) main loop: 16-bit storage, channels multiples of 8 ---------------------
+def _rowrun(r, bw, bn, bk):
+    return triton.Config(dict(R=r, BW=bw, BN=bn, BK=bk), num_warps=4, num_stages=1, pre_hook=rowrun.set_block_shapes)
+
+
+@pytest.mark.parametrize(
+    "dtype, n, c_in, c_out, h, w, relu, pool, cfg",
+    [
+        ("bf16", 2, 16, 24, 13, 15, True, True, _rowrun(2, 16, 16, 16)),  # odd sizes, two channel tiles, pool
+        ("fp16", 1, 24, 16, 12, 21, False, False, _rowrun(4, 16, 16, 16)),  # a partial channel block in K, no ReLU
+        ("bf16", 2, 8, 8, 9, 10, True, False, _rowrun(1, 32, 16, 16)),  # a flat tile across rows and images
+        ("fp16", 1, 16, 16, 14, 11, True, True, _rowrun(4, 16, 16, 16)),  # four rows, two pooled rows a tile
+        ("bf16", 1, 16, 8, 10, 9, True, True, None),  # the interpreter's default row-run tile
+    ],
+)
+def test_rowrun_conv_against_conv2d(dtype, n, c_in, c_out, h, w, relu, pool, cfg):
+    """The TMA row-run loop (descriptor boxes, runs shared by the taps kh) against F.conv2d."""
+    x = torch.randn(n, c_in, h, w)
+    weight = torch.randn(c_out, c_in, 3, 3) * (2 / (9 * c_in)) ** 0.5
+    bias = torch.randn(c_out)
+    st = STORAGE[dtype]
+    xs, ws = nhwc(x, st), conv.pack_weight(weight, st)
+    shape = conv.conv_shape(xs, None, c_out, pool=pool)
+    assert conv.uses_rowrun(shape, st, ws, xs, None, cfg)
+    out = poisoned((n, h - 2, w - 2, c_out), st)
+    pooled = poisoned((n, (h - 2) // 2, (w - 2) // 2, c_out), st) if pool else None
+    conv.conv3x3(xs, ws, bias, relu=relu, pool=pool, out=out, pooled=pooled, dtype=dtype, config=cfg)
+    expected = F.conv2d(_q(x, dtype), _q(weight, dtype), bias)
+    expected = torch.relu(expected) if relu else expected
+    _check(nchw(out), expected, dtype)
+    if pool:
+        _check(nchw(pooled), F.max_pool2d(_q(expected, dtype), 2), dtype)
+
+
+@pytest.mark.parametrize("dtype, r", [("bf16", 2), ("fp16", 4)])
+def test_rowrun_two_sources_is_crop_concat(dtype, r):
+    """Decoder conv on the row-run loop: the cropped skip and the up-conv output, one loop each."""
+    n, c_skip, c_up, c_out = 2, 16, 8, 16
+    skip, up = torch.randn(n, c_skip, 15, 17), torch.randn(n, c_up, 9, 11)  # crop offsets (3, 3)
+    weight, bias = torch.randn(c_out, c_skip + c_up, 3, 3) * 0.2, torch.randn(c_out)
+    st = STORAGE[dtype]
+    out = poisoned((n, 7, 9, c_out), st)
+    conv.conv3x3(nhwc(skip, st), conv.pack_weight(weight, st), bias, up=nhwc(up, st), out=out, dtype=dtype,
+                 config=_rowrun(r, 16, 16, 16))
+    cat = torch.cat([center_crop(skip, 9, 11), up], dim=1)
+    _check(nchw(out), torch.relu(F.conv2d(_q(cat, dtype), _q(weight, dtype), bias)), dtype)
+
+
+def test_rowrun_pool_only():
+    x, weight, bias = torch.randn(1, 16, 12, 14), torch.randn(8, 16, 3, 3) * 0.2, torch.randn(8)
+    pooled = poisoned((1, 5, 6, 8), torch.bfloat16)
+    out, p = conv.conv3x3(nhwc(x, torch.bfloat16), conv.pack_weight(weight, torch.bfloat16), bias, pool=True,
+                          write_full=False, pooled=pooled, dtype="bf16", config=_rowrun(2, 16, 16, 16))
+    assert out is None
+    expected = torch.relu(F.conv2d(_q(x, "bf16"), _q(weight, "bf16"), bias))
+    _check(nchw(p), F.max_pool2d(_q(expected, "bf16"), 2), "bf16")
+
+
+def test_rowrun_is_chosen_only_where_tma_can_read_the_tensors():
+    bf = torch.bfloat16
+    w16 = conv.pack_weight(torch.randn(16, 16, 3, 3), bf)
+
+    def chosen(x, weight=w16, up=None, st=bf, pool=False):
+        return conv.uses_rowrun(conv.conv_shape(x, up, weight.shape[1], pool=pool,
+                                                packed=conv.packed_k(x.shape[3], 0 if up is None else up.shape[3])),
+                                st, weight, x, up)
+
+    assert chosen(torch.zeros(1, 8, 8, 16, dtype=bf))
+    assert not chosen(torch.zeros(1, 8, 8, 20, dtype=bf), conv.pack_weight(torch.randn(16, 20, 3, 3), bf))  # C % 8
+    assert not chosen(torch.zeros(1, 8, 8, 16), conv.pack_weight(torch.randn(16, 16, 3, 3), torch.float32),
+                      st=torch.float32)  # 4-byte storage: the pointer loop
+    assert not chosen(torch.zeros(1, 8, 8, 3, dtype=bf), conv.pack_weight(torch.randn(16, 3, 3, 3), bf))  # packed K
+    assert not chosen(torch.zeros(1, 8, 10, 16, dtype=bf)[:, :, 1:9])  # rows not dense: stride_h != W * stride_w
+    assert chosen(torch.zeros(1, 8, 8, 32, dtype=bf)[..., :16])  # a channel slice: dense pixels, 64-byte rows
+    with pytest.raises(ValueError, match="row-run config was forced"):
+        conv.conv3x3(torch.zeros(1, 8, 8, 20), conv.pack_weight(torch.randn(16, 20, 3, 3), torch.float32),
+                     torch.zeros(16), config=_rowrun(2, 16, 16, 16))
+
+
+def test_rowrun_configs_fit_shared_memory_registers_and_the_model_ranks_them():
+    """Every row-run config fits 227 KiB and holds at most 128 fp32 accumulators a thread; the
+    model ranks for a layer only configs that can run it (no flat tile with a pool or two sources)."""
+    for c in conv.get_rowrun_config():
+        kw = c.kwargs
+        boxes = (kw["BW"] + kw["BN"]) if kw["R"] == 1 else ((kw["R"] + 2) * kw["BW"] + 3 * kw["BN"])
+        assert c.num_stages * boxes * kw["BK"] * 2 + 1024 <= 232448, c
+        assert kw["R"] * kw["BW"] * kw["BN"] // (32 * c.num_warps) <= 128, c
+        assert kw["R"] in (1, 2, 4) and kw["BW"] >= 64 and c.pre_hook is rowrun.set_block_shapes
+    pool = conv.ConvShape(4, 570, 570, 64, 0, 64, pool=True)
+    two = conv.ConvShape(4, 392, 392, 64, 64, 64)
+    assert all(c.kwargs["R"] > 1 for c in conv.rowrun_configs_for(pool) + conv.rowrun_configs_for(two))
+    ranked = conv.rowrun_configs_for(conv.ConvShape(4, 140, 140, 128, 0, 256))
+    times = [conv.predict(c, conv.ConvShape(4, 140, 140, 128, 0, 256))["seconds"] for c in ranked]
+    assert times == sorted(times) and any(c.num_warps == 8 for c in ranked[:3])
+
+
 # -- GPU: real shapes, the real bf16 dot, every autotune config ------------------------------
 GPU_LAYERS = [  # (n, c_a, c_b, c_out, size, skip, pool): shapes of the paper network
     (2, 1, 0, 64, 572, 0, False),
@@ -321,6 +417,39 @@ def test_flattened_conv_loop_at_8_warps_gpu():
                      up=nhwc(up, torch.bfloat16), pool=True, out=out, pooled=pooled, dtype="bf16", config=cfg)
         _check(nchw(out), expected, "bf16")
         _check(nchw(pooled), F.max_pool2d(_q(expected, "bf16"), 2), "bf16")
+
+
+@pytest.mark.gpu
+@pytest.mark.timeout(600)
+def test_every_rowrun_config_gpu():
+    """Every row-run config (8 warps included: the loop form the 8-warp miscompile reports
+    warned about) against the reference: a 2-source decoder conv, an encoder conv with the
+    pool, and a single-source conv for the flat tiles, bf16, sizes that leave partial tiles."""
+    g = torch.Generator(device="cuda").manual_seed(19)
+    st = torch.bfloat16
+    skip = torch.randn(2, 64, 150, 150, device="cuda", generator=g)
+    up = torch.randn(2, 64, 102, 102, device="cuda", generator=g)
+    w2 = torch.randn(128, 128, 3, 3, device="cuda", generator=g) * (2 / (9 * 128)) ** 0.5
+    w1 = torch.randn(128, 64, 3, 3, device="cuda", generator=g) * (2 / (9 * 64)) ** 0.5
+    bias = torch.randn(128, device="cuda", generator=g)
+    cat = torch.cat([center_crop(skip, 102, 102), up], 1)
+    expected2 = torch.relu(F.conv2d(_q(cat, "bf16"), _q(w2, "bf16"), bias))
+    expected1 = torch.relu(F.conv2d(_q(skip, "bf16"), _q(w1, "bf16"), bias))
+    for cfg in conv.get_rowrun_config():
+        if cfg.kwargs["R"] == 1:
+            out = poisoned((2, 148, 148, 128), st, "cuda")
+            conv.conv3x3(nhwc(skip, st), conv.pack_weight(w1, st), bias, out=out, dtype="bf16", config=cfg)
+            _check(nchw(out), expected1, "bf16")
+            continue
+        out = poisoned((2, 100, 100, 128), st, "cuda")
+        conv.conv3x3(nhwc(skip, st), conv.pack_weight(w2, st), bias, up=nhwc(up, st), out=out, dtype="bf16",
+                     config=cfg)
+        _check(nchw(out), expected2, "bf16")
+        out, pooled = poisoned((2, 148, 148, 128), st, "cuda"), poisoned((2, 74, 74, 128), st, "cuda")
+        conv.conv3x3(nhwc(skip, st), conv.pack_weight(w1, st), bias, pool=True, out=out, pooled=pooled,
+                     dtype="bf16", config=cfg)
+        _check(nchw(out), expected1, "bf16")
+        _check(nchw(pooled), F.max_pool2d(_q(expected1, "bf16"), 2), "bf16")
 
 
 @triton.jit

@@ -199,7 +199,8 @@ def test_tiff_outputs_carry_the_pixel_size(tmp_path, model):
     assert pixel_size(open_volume(tmp_path / "out.tif")).size == pytest.approx((1.5, 0.5, 0.25))
     with tifffile.TiffFile(tmp_path / "out_probs.tif") as tif:
         assert tif.pages.first.dtype == np.float32  # ImageJ opens no float16
-        np.testing.assert_array_equal(tif.asarray(), probs)
+        assert tif.is_imagej and tif.series[0].axes == "ZCYX" and tif.imagej_metadata["spacing"] == 1.5  # a hyperstack
+        np.testing.assert_array_equal(np.moveaxis(tif.asarray(), 1, 0), probs)
     # OME-TIFF in, OME-TIFF out
     tifffile.imwrite(tmp_path / "in.ome.tif", img, ome=True,
                      metadata={"axes": "ZYX", "PhysicalSizeX": 0.3, "PhysicalSizeY": 0.3, "PhysicalSizeZ": 2.0})

@@ -75,7 +75,7 @@ def test_s3_input_and_output_match_a_local_run_and_resume(s3, prefix, tmp_path, 
     data = _rng().normal(size=(3, 32, 36)).astype(np.float32)
     src = _put(f"{prefix}/in.zarr", data, (1, 32, 36))
     out = f"{prefix}/out.zarr"
-    local = segment(data, model, None, axes="ZYX", tile=52).compute()
+    local = np.asarray(segment(data, model, None, axes="ZYX", tile=52))
     # an interrupted run: the 2nd block task fails, 1 block is recorded in the object store
     from fastunet.engine import scheduling
 
@@ -115,29 +115,32 @@ def test_s3_input_and_output_match_a_local_run_and_resume(s3, prefix, tmp_path, 
         segment(other, model, out, axes="ZYX", tile=52, progress=False, resume=True)
 
 
-def test_s3_fingerprint_reads_a_bounded_number_of_keys_and_never_lists(s3, prefix, monkeypatch):
+def test_s3_fingerprint_reads_a_bounded_number_of_keys_and_lists_once(s3, prefix, monkeypatch):
+    """The values: the chunks around a fixed lattice only; the chunk files: one listing (with
+    each object's size and ETag; one request per 1000 objects), never a read of every chunk."""
     data = _rng().integers(0, 1000, size=(2, 96, 96)).astype(np.uint16)
     src = _put(f"{prefix}/many.zarr", data, (1, 8, 8))  # 288 chunks
     vol = open_volume(src, axes="ZYX")
     import s3fs
 
-    seen = []
-    real_cat = s3fs.S3FileSystem._cat_file
+    seen, listings = [], []
+    real_cat, real_find = s3fs.S3FileSystem._cat_file, s3fs.S3FileSystem.find
 
     async def counting(self, path, *args, **kwargs):
         seen.append(path)
         return await real_cat(self, path, *args, **kwargs)
 
-    def no_listing(*args, **kwargs):
-        raise AssertionError("the fingerprint listed the store")
+    def listing(self, path, *args, **kwargs):
+        listings.append(path)
+        return real_find(self, path, *args, **kwargs)
 
     monkeypatch.setattr(s3fs.S3FileSystem, "_cat_file", counting)
-    monkeypatch.setattr(s3fs.S3FileSystem, "_ls", no_listing)
-    monkeypatch.setattr(s3fs.S3FileSystem, "_find", no_listing)
+    monkeypatch.setattr(s3fs.S3FileSystem, "find", listing)
     fp = input_fingerprint(vol)
     chunks = [p for p in seen if "/c/" in p]
     assert fp["path"] == src and "chunks" in fp and "metadata" in fp
     assert 0 < len(chunks) <= 2 * 4 * 4  # the chunks around a 2x4x4 lattice, not the 288 chunks
+    assert len(listings) == 1 and int(fp["chunk_sizes"].split(":")[0]) >= 288  # each chunk's size and ETag
 
 
 def test_s3_storage_options_and_cli_flag(s3, prefix, tmp_path, capsys, monkeypatch):
@@ -153,7 +156,7 @@ def test_s3_storage_options_and_cli_flag(s3, prefix, tmp_path, capsys, monkeypat
                  "--storage-option", f"endpoint_url={s3}", "--storage-option", "use_listings_cache=false"])
     assert code == 0, capsys.readouterr().err
     got = zarr.open_group(out, mode="r", storage_options={"endpoint_url": s3})["labels"][:]
-    np.testing.assert_array_equal(got, segment(data, model, None, tile=52, output_kind="labels").compute())
+    np.testing.assert_array_equal(got, np.asarray(segment(data, model, None, tile=52, output_kind="labels")))
     code = main(["segment", src, "-o", f"{prefix}/x.zarr", "--model", model, "--storage-option", "novalue"])
     assert code == 2 and "--storage-option expects KEY=VALUE" in capsys.readouterr().err
 
@@ -188,7 +191,7 @@ def test_memory_urls_http_and_unknown_protocols(tmp_path, monkeypatch):
     data = _rng().normal(size=(36, 40)).astype(np.float32)
     src = _put("memory://fastunet-test/in.zarr", data, (18, 20))
     out = segment(src, model, "memory://fastunet-test/out.zarr", tile=52, progress=False)
-    np.testing.assert_array_equal(out[:], segment(data, model, None, tile=52).compute())
+    np.testing.assert_array_equal(out[:], np.asarray(segment(data, model, None, tile=52)))
     with pytest.raises(UserError, match="read-only"):
         segment(src, model, "https://example.invalid/out.zarr", tile=52, progress=False)
     with pytest.raises(UserError, match="TIFF outputs are written to local files"):

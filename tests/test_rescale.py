@@ -79,7 +79,7 @@ def test_rescaled_blocks_equal_the_whole_image_reference(object_size, block):
     image = ndi.gaussian_filter(_rng().normal(0.5, 1.0, size=(45, 61)), 1.0).astype(np.float32)
     labels, probs = segment(image, net, None, object_size=object_size, output_kind="both", tile=52,
                             chunks=None if block is None else (8, 8), block=block)
-    labels, probs = labels.compute(), probs.compute()
+    labels, probs = np.asarray(labels), np.asarray(probs)
     assert labels.shape == image.shape and probs.shape == (2, *image.shape)
     _assert_like_reference(labels, probs, image, net, MODEL_SIZE / object_size)
 
@@ -89,7 +89,7 @@ def test_rescaled_result_is_seamless_across_block_sizes():
     image = ndi.gaussian_filter(_rng().normal(0.5, 1.0, size=(70, 50)), 1.5).astype(np.float32)
     runs = [segment(image, net, None, object_size=29.0, output_kind="both", tile=tile, chunks=chunks, block=block)
             for tile, chunks, block in ((52, (10, 10), (10, 20)), (64, (7, 9), (21, 9)), (None, None, None))]
-    runs = [(a.compute(), b.compute()) for a, b in runs]
+    runs = [(np.asarray(a), np.asarray(b)) for a, b in runs]
     for labels, probs in runs[1:]:
         assert (labels != runs[0][0]).mean() < 0.01  # only near-ties may differ (other conv algorithms)
         assert np.abs(probs.astype(np.float32) - runs[0][1].astype(np.float32)).max() < 2e-3
@@ -101,7 +101,7 @@ def test_scale_one_is_bit_identical_to_no_object_size():
     plain = segment(image, net, None, output_kind="both", tile=52)
     same = segment(image, net, None, output_kind="both", tile=52, object_size=MODEL_SIZE)
     for a, b in zip(plain, same):
-        np.testing.assert_array_equal(a.compute(), b.compute())
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_rescaled_reads_are_the_same_pixels_whichever_block_reads_them():
@@ -123,7 +123,7 @@ def test_zarr_output_records_the_object_size_and_resume_checks_it(tmp_path):
     with Segmenter(net) as seg:
         seg.segment(image, str(out), object_size=25, output_kind="labels", progress=False)
         assert seg.last_summary["object_size"] == 25 and seg.last_summary["scale"] == 0.8
-        lazy = seg.segment(image, None, object_size=25, output_kind="labels").compute()
+        lazy = np.asarray(seg.segment(image, None, object_size=25, output_kind="labels"))
         import zarr
 
         np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["labels"][:], lazy)
@@ -145,7 +145,7 @@ def test_object_ids_at_another_object_size_are_the_components_of_its_class_map(t
     ids, labels = segment(image, net, str(tmp_path / "o.zarr"), object_size=31, output_kind="instances,labels",
                           tile=52, chunks=(16, 16), block=(32, 32), progress=False)
     ids, labels = ids[:], labels[:]
-    lazy = segment(image, net, None, object_size=31, output_kind="instances", tile=52).compute()
+    lazy = np.asarray(segment(image, net, None, object_size=31, output_kind="instances", tile=52))
     expected = clean_reference(labels, min_size="auto", fill_holes=True, diameter=31)
     assert expected.max() > 5 and ids.max() == expected.max()
     np.testing.assert_array_equal(ids, expected)  # both number objects by their first voxel
@@ -285,7 +285,7 @@ def test_auto_runs_at_the_size_it_estimates(tmp_path, monkeypatch):
     with Segmenter(net) as seg:
         auto = seg.segment(image, str(tmp_path / "a.zarr"), axes="ZYX", object_size="auto", progress=False)[:]
         summary = seg.last_summary
-        given = seg.segment(image, None, axes="ZYX", object_size=27.5).compute()
+        given = np.asarray(seg.segment(image, None, axes="ZYX", object_size=27.5))
     assert summary["object_size_estimated"] is True and summary["object_size"] == 27.5
     assert seen == [((40, 52), (40, 52), (40, 52), MODEL_SIZE)]
     np.testing.assert_array_equal(auto, given)

@@ -62,8 +62,8 @@ def test_cli_zarr_in_zarr_out_with_summary(tmp_path, model, capsys):
     root = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")
     assert root.metadata.zarr_format == 2 and root.attrs["fastunet"]["complete"]
     labels, probs = segment(src, model, None, axes="ZYX", tile=52, output_kind="both")
-    np.testing.assert_array_equal(root["labels"][:], labels.compute())
-    np.testing.assert_array_equal(root["probs"][:], probs.compute())
+    np.testing.assert_array_equal(root["labels"][:], np.asarray(labels))
+    np.testing.assert_array_equal(root["probs"][:], np.asarray(probs))
     code, out, err = _run([src, "-o", tmp_path / "out.zarr", "--model", model, "--axes", "ZYX", "--tile", "52",
                            "--kind", "both", "--resume", "--quiet"], capsys)
     assert code == 0 and out == "" and err == ""  # already complete: nothing recomputed, nothing said
@@ -76,7 +76,7 @@ def test_cli_tiff_output(tmp_path, model, capsys):
     tifffile.imwrite(tmp_path / "in.tif", img)
     code, _, err = _run([tmp_path / "in.tif", "-o", tmp_path / "out.tif", "--model", model, "--quiet"], capsys)
     assert code == 0, err
-    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out.tif"), segment(img, model, None).compute())
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out.tif"), np.asarray(segment(img, model, None)))
 
 
 def _bad_inputs(tmp_path, model):
@@ -99,6 +99,11 @@ def _bad_inputs(tmp_path, model):
     del zero, boolean, cplx
     m = ["--model", model]
     o = ["-o", str(tmp_path / "o.zarr")]
+
+    def _foreign_tiff(folder):  # a TIFF that no fastunet run wrote: --resume does not take it as finished
+        tifffile.imwrite(folder / "foreign.tif", np.zeros((4, 4), np.uint8))
+        return folder / "foreign.tif"
+
     return [
         ("missing path", [tmp_path / "nope.zarr", *o, *m], "Input not found"),
         ("not an array (text file)", [tmp_path / "notes.txt", *o, *m], "neither a TIFF file nor a zarr store"),
@@ -126,7 +131,8 @@ def _bad_inputs(tmp_path, model):
         ("zero workers", [good, *o, *m, "--workers", "0"], "--workers expects"),
         ("bad batch size", [good, *o, *m, "--batch-size", "0"], "--batch-size expects"),
         ("bad block", [good, *o, *m, "--block", "15,10"], "multiple of the chunks"),
-        ("TIFF resume", [good, "-o", tmp_path / "o.tif", *m, "--resume"], "--resume needs a zarr output"),
+        ("TIFF resume of another file", [good, "-o", _foreign_tiff(tmp_path), *m, "--resume"],
+         "not a fastunet output"),
         ("unknown device", [good, *o, *m, "--device", "tpu"], "device"),
     ]
 
@@ -274,10 +280,13 @@ def test_resume_refuses_another_input(tmp_path, model, capsys, monkeypatch):
     # Same path, values changed in place since: refused too.
     arr = zarr.open_array(a, mode="r+")
     original = arr[:]
+    times = {p: p.stat().st_mtime_ns for p in Path(a).rglob("*") if p.is_file()}
     arr[:] = original + 1
     code, _, err = _run([a, *common, "--resume"], capsys)
     assert code == 2 and "values differ" in err, err
-    arr[:] = original
+    arr[:] = original  # restored as from a backup that keeps the files' times (cp -p): the input it was
+    for p, t in times.items():
+        os.utime(p, ns=(t, t))
     # The original input: resumes, and equals an uninterrupted run.
     code, out_text, err = _run([a, *[c for c in common if c != "--quiet"], "--resume"], capsys)
     assert code == 0, err
@@ -363,7 +372,7 @@ def test_unwritable_output_folder_is_one_line(tmp_path, model, capsys, deny_outp
     code, out, err = _run([src, "-o", tmp_path / "o.zarr", "--model", model], capsys)
     assert code == 2 and out == "" and err.count("\n") == 1, err
     assert err == (f"fastunet segment: error: Cannot write to {str(tmp_path)!r} (Permission denied); choose a "
-                   "writable output location.\n")
+                   "writable place for the output.\n")
     assert not (tmp_path / "o.zarr").exists()
 
 
@@ -393,7 +402,7 @@ def test_damaged_chunk_mid_run_leaves_a_resumable_output(tmp_path, capsys, monke
     out = tmp_path / "o.zarr"
     argv = [src, "-o", out, "--model", fixed, "--axes", "ZYX", "--tile", "52", "--block", "1,16,16", "--quiet"]
     files = sorted(p for p in Path(src, "c").rglob("*") if p.is_file())
-    saved = {p: p.read_bytes() for p in files}
+    saved = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
     real, calls = engine.run_block, []
 
     def run_block(job, block):  # the input gets damaged (every chunk) as the 5th block starts
@@ -410,8 +419,9 @@ def test_damaged_chunk_mid_run_leaves_a_resumable_output(tmp_path, capsys, monke
     assert meta["complete"] is False
     done = list((out / "_fastunet_done").glob("*.done"))
     assert 3 <= len(done) < 18  # 2 threads: blocks 1-3 at least finished before the damage
-    for p, data in saved.items():  # restored
+    for p, (data, mtime) in saved.items():  # restored with the files' times (cp -p): the input it was
         p.write_bytes(data)
+        os.utime(p, ns=(mtime, mtime))
     monkeypatch.setattr(engine, "run_block", real)
     code, text, err = _run([*argv[:-1], "--resume"], capsys)
     assert code == 0, err

@@ -169,7 +169,7 @@ def test_rejects_bad_label_images():
     with pytest.raises(TypeError, match="integer"):
         weight_map(np.zeros((5, 5), dtype=np.float32))
     with pytest.raises(ValueError, match="2D"):
-        weight_map(np.zeros((2, 5, 5), dtype=np.int32))
+        weight_map(np.zeros((2, 2, 5, 5), dtype=np.int32))  # 2D or a 3D volume
     with pytest.raises(ValueError, match=">= 0"):
         weight_map(-np.ones((5, 5), dtype=np.int32))
     with pytest.raises(ValueError, match="sigma"):

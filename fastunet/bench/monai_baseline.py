@@ -65,40 +65,45 @@ class SamePaddedUNet(ReferenceUNet):
     def __init__(self, config: UNetConfig | None = None, **kwargs) -> None:
         super().__init__(config, **kwargs)
         for block in (*self.down, self.bottom, *self.dec):
-            block.conv1.padding = block.conv2.padding = (1, 1)
+            block.conv1.padding = block.conv2.padding = (1,) * self.config.spatial_dims
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q = 2**self.config.depth
-        if x.ndim != 4 or x.shape[1] != self.config.in_channels:
-            raise ValueError(f"Expected input of shape (N, {self.config.in_channels}, H, W); got {tuple(x.shape)}.")
-        if x.shape[-2] % q or x.shape[-1] % q:
-            raise ValueError(f"Expected a height and width that are multiples of {q}; got {tuple(x.shape[-2:])}.")
+        grid, dims = self.config.grid, self.config.spatial_dims  # 2**depth per axis (less where a 3D net keeps Z)
+        if x.ndim != 2 + dims or x.shape[1] != self.config.in_channels:
+            axes = "H, W" if dims == 2 else "D, H, W"
+            raise ValueError(f"Expected input of shape (N, {self.config.in_channels}, {axes}); got {tuple(x.shape)}.")
+        if any(n % q for n, q in zip(x.shape[2:], grid)):
+            raise ValueError(f"Expected sizes that are multiples of {' x '.join(map(str, grid))} (the pools per axis); "
+                             f"got {' x '.join(map(str, x.shape[2:]))}.")
         return self._layers(x)  # not super().forward: its valid-convolution size check does not apply
 
 
-def same_padded_flops(config: UNetConfig, height: int, width: int) -> int:
-    """FLOPs (2 per multiply-add) of one :class:`SamePaddedUNet` forward on a ``height x
-    width`` window: the 3x3 convs, up-convolutions and the head, as :func:`forward_flops`
-    counts them for the valid network.
+def same_padded_flops(config: UNetConfig, *window: int) -> int:
+    """FLOPs (2 per multiply-add) of one :class:`SamePaddedUNet` forward on a window
+    (``height, width``, or ``depth, height, width`` for a 3D network): the 3x3 convs,
+    up-convolutions and the head, as :func:`forward_flops` counts them for the valid network.
 
     The layers and channels are those of :func:`fastunet.geometry.layer_shapes`; only the
-    sizes differ: padded by 1, every layer of level ``l`` puts out ``(height >> l, width >> l)``.
+    sizes differ: padded by 1, every layer of level ``l`` puts out the window divided by
+    the pools above it (``(height >> l, width >> l)`` in 2D).
 
     Parameters
     ----------
     config : UNetConfig
-    height, width : int
-        The window, multiples of ``2**depth``.
+    *window : int
+        The window, multiples of the max-pool grid (``2**depth``) along each axis.
 
     Returns
     -------
     int
     """
-    q = 2**config.depth
-    if height % q or width % q:
-        raise ValueError(f"Expected a height and width that are multiples of {q}; got {(height, width)}.")
-    valid = geometry.layer_shapes(config, geometry.min_input_size(config.depth))  # the channels of each layer
-    return sum(dataclasses.replace(layer, out_size=(height >> layer.level, width >> layer.level)).flops
+    if any(n % q for n, q in zip(window, config.grid)):
+        raise ValueError(f"Expected a window whose sizes are multiples of {config.grid}; got {window}.")
+    smallest = tuple(geometry.min_input_size(p) for p in config.axis_pools)
+    valid = geometry.layer_shapes(config, smallest)  # the channels of each layer
+    scale = [tuple(math.prod(f[a] for f in config.pool_factors[:level]) for a in range(len(window)))
+             for level in range(config.depth + 1)]  # each level's size divisor per axis
+    return sum(dataclasses.replace(layer, out_size=tuple(n // s for n, s in zip(window, scale[layer.level]))).flops
                for layer in valid)
 
 

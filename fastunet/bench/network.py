@@ -42,7 +42,8 @@ def _eager_forward(model: torch.nn.Module, device: torch.device, amp: torch.dtyp
 
 
 def bench_forward(*, tile: int = 572, batch: int = 8, compile_baseline: bool = True, base_channels: int = 64,
-                  depth: int = 4, device="cuda", peak_n: int = 8192, warmup: int = 5, reps: int = 25) -> tuple[dict, dict]:
+                  depth: int = 4, device="cuda", peak_n: int = 8192, warmup: int = 5, reps: int = 25,
+                  dtypes=("bf16", "fp16", "tf32")) -> tuple[dict, dict]:
     """P2: the whole forward (bf16, fp16, tf32) fused vs eager (and ``torch.compile``), and
     the bf16 FLOP-bound fraction against a ``peak_n``-sized bf16 matmul measured now.
 
@@ -64,6 +65,8 @@ def bench_forward(*, tile: int = 572, batch: int = 8, compile_baseline: bool = T
         Edge of the matmul that measures the peak (:func:`~fastunet.bench.timing.measured_peak_tflops`).
     warmup, reps : int
         Untimed and timed calls of each measurement.
+    dtypes : sequence of str
+        The dtype paths timed (``benchmarks/device_check.sh`` times bf16 alone first).
 
     Returns
     -------
@@ -88,7 +91,7 @@ def bench_forward(*, tile: int = 572, batch: int = 8, compile_baseline: bool = T
     cl = model.to(memory_format=torch.channels_last)
     saved_tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     try:
-        for dtype in ("bf16", "fp16", "tf32"):
+        for dtype in dtypes:
             t_fused = _fused_forward_ms(model, dtype, inputs, runs)
             torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
             t_eager = timing.median_ms(_eager_forward(cl, dev, _AUTOCAST.get(dtype)), make_inputs=inputs, **runs)

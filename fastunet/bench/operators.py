@@ -54,7 +54,7 @@ def _time_conv_layer(s: geometry.Layer, batch: int, runs: dict) -> tuple[float, 
 
 
 def bench_conv_layers(*, tiles=(572, 1052), batches=(8, 2), base_channels: int = 64, depth: int = 4,
-                      device="cuda", warmup: int = 5, reps: int = 25) -> tuple[dict, dict]:
+                      device="cuda", warmup: int = 5, reps: int = 25, layers=None) -> tuple[dict, dict]:
     """P1: every 3x3 conv layer shape, fused kernel vs ``F.conv2d`` + bias + ReLU (+ pool, +
     crop/cat) in eager bf16 channels_last, at each ``tiles[i]`` with batch ``batches[i]``.
 
@@ -72,6 +72,9 @@ def bench_conv_layers(*, tiles=(572, 1052), batches=(8, 2), base_channels: int =
         ``"cuda"``, or ``"cpu"`` for tests.
     warmup, reps : int
         Untimed and timed calls of each measurement.
+    layers : sequence of str, optional
+        Only these layer names (``benchmarks/device_check.sh`` times one shape a call, so
+        each is written as soon as it is measured).
 
     Returns
     -------
@@ -87,6 +90,8 @@ def bench_conv_layers(*, tiles=(572, 1052), batches=(8, 2), base_channels: int =
     runs = dict(warmup=warmup, reps=reps, device=dev)
     for tile, batch in zip(tiles, batches):
         for s in geometry.layer_shapes(config, tile, "conv3x3"):
+            if layers is not None and s.name not in layers:
+                continue
             key = f"{tile}.{s.name}"
             t_fused, t_eager = _time_conv_layer(s, batch, runs)
             figures[f"P1.{key}.fused_ms"] = t_fused

@@ -24,43 +24,28 @@ __all__ = ["FastUNetSameSize", "context", "valid_size"]
 
 def context(depth: int) -> int:
     """Pixels the valid convolutions consume on each side (92 for depth 4)."""
-    return 6 * 2**depth - 4
-
-
-def _output(size: int, depth: int) -> int | None:
-    """The output edge for an input edge, or None when a layer cannot take it."""
-    for _ in range(depth):
-        size -= 4
-        if size < 2 or size % 2:
-            return None
-        size //= 2
-    size -= 4
-    if size < 1:
-        return None
-    for _ in range(depth):
-        size = 2 * size - 4
-    return size
+    return 6 * (1 << depth) - 4  # integer arithmetic: TorchScript's 2**depth is a float
 
 
 def valid_size(output: int, depth: int) -> int:
-    """The smallest input edge the network takes whose output covers ``output`` pixels."""
-    size = output + 2 * context(depth)
-    while _output(size, depth) is None or _output(size, depth) < output:
-        size += 1
-    return size
+    """The smallest input edge the network takes whose output covers ``output >= 1`` pixels.
+
+    The valid input edges are ``2**depth * m - 4`` (every max-pool sees an even size), and an
+    input edge ``n`` gives ``n - 2 * context`` output pixels, so the answer is
+    ``output + 2 * context`` rounded up to that grid (``fastunet.geometry.input_size_for_output``
+    in closed form: no loop, so TorchScript and ONNX keep it a function of the input's size).
+    """
+    return output + 2 * context(depth) + (4 - output) % (1 << depth)
 
 
 def _mirror(x: torch.Tensor, dim: int, before: int, after: int) -> torch.Tensor:
     """Pad ``dim`` by mirroring at the edges (numpy's ``reflect``: the edge pixel is not
-    repeated), as wide as needed (the mirror repeats with period ``2 (n - 1)``)."""
+    repeated), as wide as needed (the mirror repeats with period ``2 (n - 1)``; 1 for ``n = 1``,
+    written ``+ 1 // n`` rather than as a branch, so that an exported graph keeps it)."""
     n = x.shape[dim]
     idx = torch.arange(-before, n + after, device=x.device)
-    if n == 1:
-        idx = idx * 0
-    else:
-        period = 2 * (n - 1)
-        m = idx % period
-        idx = m - 2 * (m - (n - 1)).clamp(min=0)
+    m = idx % (2 * (n - 1) + 1 // n)
+    idx = m - 2 * (m - (n - 1)).clamp(min=0)
     return x.index_select(dim, idx)
 
 
@@ -108,13 +93,14 @@ class FastUNetSameSize(nn.Module):
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """The valid network: class scores of the center, ``context`` smaller on each side."""
-        skips = []
+        skips: list[torch.Tensor] = []
         for block in self.down:
             x = block(x)
             skips.append(x)
             x = self.pool(x)
         x = self.bottom(x)
-        for up, dec, skip in zip(self.up, self.dec, reversed(skips)):
+        for up, dec in zip(self.up, self.dec):  # from the deepest level up
+            skip = skips.pop()
             x = up(x)
             top = (skip.shape[-2] - x.shape[-2]) // 2
             left = (skip.shape[-1] - x.shape[-1]) // 2

@@ -84,6 +84,7 @@ def _tensors(bundle: ModelBundle, files: dict, min_size: int):
               bmz.SpaceInputAxis(id=bmz.AxisId("y"), size=size),
               bmz.SpaceInputAxis(id=bmz.AxisId("x"), size=size)],
         test_tensor=bmz.FileDescr(source=files["test_input.npy"]),
+        sample_tensor=bmz.FileDescr(source=files["sample_input.tif"]),  # the test image, as a TIFF to look at
         pad=bmz.ReflectPadding(mode="reflect"),  # the halo mirrored as the network mirrors (numpy reflect);
         # mode given: bioimageio.spec writes no unset field, and {} reads back as constant padding
         preprocessing=preprocessing(bundle),
@@ -97,24 +98,37 @@ def _tensors(bundle: ModelBundle, files: dict, min_size: int):
               *[bmz.SpaceOutputAxisWithHalo(id=bmz.AxisId(a), halo=halo, size=bmz.SizeReference(
                   tensor_id=bmz.TensorId(INPUT_ID), axis_id=bmz.AxisId(a))) for a in ("y", "x")]],
         test_tensor=bmz.FileDescr(source=files["test_output.npy"]),
+        sample_tensor=bmz.FileDescr(source=files["sample_output.tif"]),
         data=bmz.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)),
     )
     return inputs, outputs
 
 
-def _weights(bundle: ModelBundle, files: dict):
+def _weights(bundle: ModelBundle, files: dict, formats):
+    """The weights entry: the state dict, and TorchScript and ONNX converted from it (their parent)."""
     from bioimageio.spec.model import v0_5 as bmz
 
-    version = torch.__version__.split("+")[0]
+    from .weights import ONNX_OPSET, WEIGHT_FILES
+
+    version = bmz.Version(torch.__version__.split("+")[0])
     arch = bmz.ArchitectureFromFileDescr(source=files[ARCHITECTURE_FILE], callable=bmz.Identifier("FastUNetSameSize"),
                                          kwargs=bundle.config.to_dict())
-    return bmz.WeightsDescr(pytorch_state_dict=bmz.PytorchStateDictWeightsDescr(
-        source=files["weights.pt"], architecture=arch, pytorch_version=bmz.Version(version)))
+    source = {fmt: files[WEIGHT_FILES[fmt]] for fmt in formats}
+    parent = "pytorch_state_dict"
+    return bmz.WeightsDescr(
+        pytorch_state_dict=bmz.PytorchStateDictWeightsDescr(source=source[parent], architecture=arch,
+                                                            pytorch_version=version),
+        torchscript=bmz.TorchscriptWeightsDescr(source=source["torchscript"], pytorch_version=version, parent=parent)
+        if "torchscript" in source else None,
+        onnx=bmz.OnnxWeightsDescr(source=source["onnx"], opset_version=ONNX_OPSET, parent=parent)
+        if "onnx" in source else None,
+    )
 
 
 def describe(bundle: ModelBundle, files: dict, *, name: str, description: str, authors, license: str,
-             min_size: int):
-    """The :class:`bioimageio.spec.model.v0_5.ModelDescr` of ``bundle`` whose files are ``files``."""
+             min_size: int, weight_formats=("pytorch_state_dict",)):
+    """The :class:`bioimageio.spec.model.v0_5.ModelDescr` of ``bundle`` whose files are ``files``
+    (by file name), with the weights in ``weight_formats``."""
     from bioimageio.spec.model import v0_5 as bmz
 
     from .. import __version__
@@ -127,12 +141,13 @@ def describe(bundle: ModelBundle, files: dict, *, name: str, description: str, a
         authors=[bmz.Author(name=a) for a in (authors or ["the fastunet developers"])],
         cite=[bmz.CiteEntry(text=CITATION, doi=bmz.Doi(UNET_DOI))],
         license=bmz.LicenseId(license),
-        tags=["fastunet", "unet", "segmentation", "2d", "pytorch"],
+        tags=["fastunet", "unet", "segmentation", "2d", "pytorch", *(["torchscript"] if "torchscript" in weight_formats
+                                                                   else []), *(["onnx"] if "onnx" in weight_formats else [])],
         covers=[bmz.FileDescr(source=files["cover.png"])],
         documentation=bmz.FileDescr(source=files["README.md"]),
         inputs=[inputs],
         outputs=[outputs],
-        weights=_weights(bundle, files),
+        weights=_weights(bundle, files, weight_formats),
         attachments=[bmz.FileDescr(source=files["model.safetensors"])],
         config=bmz.Config(fastunet={"version": __version__, "config": cfg.to_dict(),
                                     "normalization": bundle.normalization.to_dict(),

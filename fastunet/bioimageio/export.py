@@ -6,13 +6,17 @@ The package holds:
   (``fastunet_unet.py``, :mod:`fastunet.bioimageio.architecture`: torch only) whose
   :class:`~fastunet.bioimageio.architecture.FastUNetSameSize` mirrors the borders as the paper
   does, so consumers get class probabilities of the input's size;
+* the same network as ``torchscript`` (``weights_torchscript.pt``) and ``onnx``
+  (``weights.onnx``) weights (:mod:`~fastunet.bioimageio.weights`), which deepImageJ, QuPath
+  and other tools run without Python; each is run on the test image at export and its largest
+  difference from the state dict's output written into the documentation's Validation section;
 * ``model.safetensors``: the fastunet model file itself (config and normalization in its
   metadata), what ``--model PACKAGE`` reads back without unpickling
   (:func:`fastunet.bioimageio.read_package`);
 * the normalization as preprocessing (``scale_range`` for percentiles,
   ``zero_mean_unit_variance``, ``scale_linear``), per image and channel;
-* test input and output tensors (a synthetic nuclei image and what the network gives),
-  a cover image and a README.
+* test input and output tensors (a synthetic nuclei image and what the network gives), the
+  same as ImageJ TIFF sample tensors for people to look at, a cover image and a README.
 
 bioimageio.spec and bioimageio.core (the ``fastunet[bioimageio]`` extra) are imported here
 only, when a package is written.
@@ -21,6 +25,7 @@ only, when a package is written.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -32,7 +37,9 @@ import torch
 from ..errors import UserError
 from ..modelfile import ModelBundle, read_model
 from . import architecture
-from .description import ARCHITECTURE_FILE, CITATION, UNET_DOI, describe, halo_size
+from .description import ARCHITECTURE_FILE, describe, halo_size
+from .readme import package_readme, validation_section
+from .weights import parse_formats, predict_with, write_weights
 
 __all__ = ["export_package", "ExportResult", "FORMAT_VERSION"]
 
@@ -41,13 +48,20 @@ FORMAT_VERSION = "0.5"
 
 @dataclasses.dataclass(frozen=True)
 class ExportResult:
-    """What :func:`export_package` wrote: the package ``path``, its ``size`` in bytes, and
-    whether bioimageio.core's ``test_model`` passed on it (``tested``; False when skipped)."""
+    """What :func:`export_package` wrote: the package ``path``, its ``size`` in bytes, whether
+    bioimageio.core's ``test_model`` passed on it for every weight format (``tested``; False
+    when skipped), the ``weight_formats`` in it, and for each besides the state dict the largest
+    absolute difference of its probabilities from the state dict's on the test image
+    (``max_abs_diff``), and bioimageio.core's report (``test_summary``, a ``ValidationSummary``;
+    None when not tested)."""
 
     path: Path
     size: int
     tested: bool
     format_version: str = FORMAT_VERSION
+    weight_formats: tuple[str, ...] = ("pytorch_state_dict",)
+    max_abs_diff: dict = dataclasses.field(default_factory=dict)
+    test_summary: object = dataclasses.field(default=None, repr=False, compare=False)
 
 
 def _import_bioimageio():
@@ -110,28 +124,37 @@ def same_size_network(bundle: ModelBundle) -> architecture.FastUNetSameSize:
     return net.eval()
 
 
-def _write_files(folder: Path, model_path: Path, bundle: ModelBundle, test_shape) -> dict:
-    """Everything the description points to, written into ``folder``; returns the paths."""
+def _write_files(folder: Path, model_path: Path, bundle: ModelBundle, test_shape, formats=None) -> dict:
+    """Everything the description points to, written into ``folder``; returns the paths, by
+    file name, and the weights' largest differences from the state dict's test output."""
+    import tifffile
+
     from .figures import cover_figure
 
-    files = {name: folder / name for name in ("weights.pt", ARCHITECTURE_FILE, "model.safetensors",
-                                              "test_input.npy", "test_output.npy", "cover.png", "README.md")}
-    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in bundle.module.state_dict().items()}
-    torch.save(state, files["weights.pt"])
+    names = (ARCHITECTURE_FILE, "model.safetensors", "test_input.npy", "test_output.npy", "sample_input.tif",
+             "sample_output.tif", "cover.png", "README.md")
+    files = {name: folder / name for name in names}
     shutil.copyfile(Path(architecture.__file__), files[ARCHITECTURE_FILE])
     shutil.copyfile(model_path, files["model.safetensors"])
     image = _test_image(test_shape, bundle.config.in_channels)
+    net, normalized = same_size_network(bundle), torch.from_numpy(_normalized(image, bundle))
     with torch.no_grad():
-        probs = same_size_network(bundle)(torch.from_numpy(_normalized(image, bundle))).numpy()
+        probs = net(normalized).numpy()
+    weights = write_weights(net, folder, formats, normalized)
+    files.update({path.name: path for path in weights.values()})
+    diffs = {fmt: float(np.abs(predict_with(fmt, path, normalized.numpy()) - probs).max())
+             for fmt, path in weights.items() if fmt != "pytorch_state_dict"}
     np.save(files["test_input.npy"], image)
     np.save(files["test_output.npy"], probs)
+    for name, data in (("sample_input.tif", image[0]), ("sample_output.tif", probs[0])):
+        tifffile.imwrite(files[name], data, imagej=True, metadata={"axes": "CYX"})
     cover_figure(files["cover.png"], image[0, 0], probs[0])
-    return files
+    return files, diffs
 
 
 def export_package(model, output, *, name: str | None = None, description: str | None = None,
                    authors=None, license: str = "BSD-3-Clause", test_shape=None, test: bool = True,
-                   overwrite: bool = False) -> ExportResult:
+                   weight_formats=None, overwrite: bool = False) -> ExportResult:
     """Write ``model`` as a bioimage.io 0.5 model package.
 
     Parameters
@@ -150,33 +173,57 @@ def export_package(model, output, *, name: str | None = None, description: str |
     test_shape : (Y, X), optional
         Size of the test image (rounded up to the sizes the package declares; default ~256).
     test : bool
-        Run bioimageio.core's ``test_model`` on the package; a failure raises RuntimeError
-        with its report and leaves no package.
+        Run bioimageio.core's ``test_model`` on the package, for every weight format; a failure
+        raises RuntimeError with its report and leaves no package.
+    weight_formats : sequence of str or str, optional
+        Among ``pytorch_state_dict``, ``torchscript``, ``onnx`` (default: all three; the state
+        dict is always written, as the others' parent). ONNX needs the ``onnx`` package to
+        write and onnxruntime to check (both in the ``fastunet[bioimageio]`` extra).
     overwrite : bool
         Replace an existing ``output``.
     """
     output, model_path = Path(output), Path(model)
     _check_output(output, overwrite)
     bundle = read_model(model_path)  # a bad model file is said before bioimageio is looked for
+    if bundle.config.spatial_dims != 2:
+        raise UserError(f"{str(model_path)!r} holds a 3D network ({bundle.config.describe()}); fastunet exports 2D "
+                        "models to bioimage.io so far. Segment volumes with fastunet itself (--model).")
     _import_bioimageio()
     from bioimageio.spec import save_bioimageio_package
 
+    formats = _weight_formats(weight_formats)
     shape = _test_shape(bundle.config.depth, test_shape)
     with tempfile.TemporaryDirectory(prefix="fastunet-export-") as tmp:
-        files = _write_files(Path(tmp), model_path, bundle, shape)
+        files, diffs = _write_files(Path(tmp), model_path, bundle, shape, formats)
         name = name or "fastunet " + model_path.name.removesuffix(".safetensors").replace("_", " ").replace("-", " ")
         description = description or _default_description(bundle)
-        files["README.md"].write_text(_readme(bundle, name, description))
+        files["README.md"].write_text(package_readme(bundle, name, description, validation_section(
+            bundle, shape, diffs, tested=test), formats))
         descr = describe(bundle, files, name=name, description=description, authors=authors, license=license,
-                         min_size=_min_size(bundle.config.depth))
-        tested = False
-        if test:
-            _run_test_model(descr)
-            tested = True
+                         min_size=_min_size(bundle.config.depth), weight_formats=formats)
+        package = Path(tmp) / "package.zip"
+        save_bioimageio_package(descr, output_path=package)
+        summary = _run_test_model(package) if test else None  # the zip, as consumers get it
         partial = output.with_name(output.name + ".partial")
-        save_bioimageio_package(descr, output_path=partial)
+        shutil.copyfile(package, partial)
         os.replace(partial, output)
-    return ExportResult(path=output, size=output.stat().st_size, tested=tested)
+    return ExportResult(path=output, size=output.stat().st_size, tested=test, weight_formats=formats,
+                        max_abs_diff=diffs, test_summary=summary)
+
+
+def _weight_formats(weight_formats) -> tuple[str, ...]:
+    """The formats to write, after checking that what writes and runs them is installed."""
+    try:
+        formats = parse_formats(weight_formats)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if "onnx" in formats:
+        missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise UserError(f"ONNX weights need {' and '.join(missing)} (to write and to check them): pip install "
+                            "'fastunet[bioimageio]', or leave ONNX out (weight_formats=\"pytorch_state_dict,"
+                            "torchscript\").")
+    return formats
 
 
 def _default_description(bundle: ModelBundle) -> str:
@@ -185,65 +232,11 @@ def _default_description(bundle: ModelBundle) -> str:
             f"{cfg.num_classes}-class segmentation, trained with fastunet.")
 
 
-def _run_test_model(descr) -> None:
+def _run_test_model(package: Path):
     from bioimageio.core import test_model
 
-    summary = test_model(descr, weight_format="pytorch_state_dict")
+    summary = test_model(str(package))  # every weight format in the description
     if summary.status != "passed":
         failures = [f"{d.name}: {e.msg}" for d in summary.details for e in d.errors]
         raise RuntimeError("bioimageio.core's test_model failed on the package: " + "; ".join(failures[:5]))
-
-
-def _readme(bundle: ModelBundle, name: str, description: str) -> str:
-    cfg, norm = bundle.config, bundle.normalization
-    c = architecture.context(cfg.depth)
-    extra = "".join(f"- {key}: {value}\n" for key, value in bundle.extra.items() if key != "card")
-    extra = extra or "- (no training record in the model file)\n"
-    return f"""# {name}
-
-{description}
-
-## Network
-
-The U-Net of Ronneberger, Fischer & Brox (2015), trained with fastunet: valid 3x3
-convolutions, {cfg.depth} 2x2 max-pools, {cfg.base_channels} feature channels at the first level,
-{cfg.in_channels} input channel(s), {cfg.num_classes} classes. Its valid convolutions consume {c} pixels
-of context on each side; `FastUNetSameSize` (in `{ARCHITECTURE_FILE}`) mirrors the input by that
-much (and up to a size the max-pools take), as in the paper's overlap-tile strategy, so the
-output has the input's size: class probabilities (softmax), channel 0 the background.
-
-Tiled prediction: the outputs declare a halo of {halo_size(cfg.depth)} pixels (the context plus one max-pool
-cell, on the max-pool grid of {2**cfg.depth} pixels) and the input a `reflect` padding: tiles cut with that halo
-see real neighbours, the image's borders are mirrored as the network mirrors them, and the
-max-pools of every tile line up with those of one pass over the whole image, so tiled and
-whole predictions agree (and agree with fastunet's overlap-tile engine).
-
-## Input and preprocessing
-
-Normalization as in training ({norm.mode}; fastunet settings {norm.to_dict()}), per image and
-channel. fastunet itself takes the statistics once per volume (`scope` volume) when it segments
-stacks; here each image is one sample.
-
-## Use with fastunet
-
-    fastunet segment stack.zarr -o labels.zarr --model this-package.bmz.zip
-
-reads `model.safetensors` from the package (never unpickling anything) and runs the
-overlap-tile engine over volumes of any size.
-
-## Post-processing
-
-The package's output is the class probabilities. fastunet makes objects of them and cleans
-them up by default: the connected components of the argmax, objects smaller than 1/16 of the
-typical object's area removed (specks), holes filled (`config.fastunet.postprocessing` records
-the rule). bioimage.io's named postprocessing operations cannot label objects, remove small
-ones or fill holes, so a bioimage.io consumer gets the probabilities and does this itself (or
-runs fastunet on the package, as above).
-
-## Training
-
-{extra}
-## Citation
-
-{CITATION} doi:{UNET_DOI}
-"""
+    return summary

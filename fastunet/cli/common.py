@@ -32,6 +32,7 @@ __all__ = [
     "model_argument",
     "write_json",
     "human_stream",
+    "plain_progress",
 ]
 
 EXIT_OK = 0
@@ -46,7 +47,8 @@ exit status:
   {EXIT_INTERNAL:<4} internal error: a bug (the traceback is printed; please report it)
   {EXIT_USER:<4} usage or input error, said in one line with the fix; with several inputs:
        at least one of them failed (the others were done)
-  {EXIT_INTERRUPTED:<4} interrupted (Ctrl-C); segment and train: rerun with --resume to continue
+  {EXIT_INTERRUPTED:<4} interrupted (Ctrl-C): the line says what was kept (a zarr output's finished
+       blocks, train's checkpoint: rerun with --resume); a second Ctrl-C stops at once
   {EXIT_TERMINATED:<4} terminated (SIGTERM, e.g. a batch system's time limit); as for 130
 """
 
@@ -162,10 +164,11 @@ class _CommandFormatter(logging.Formatter):
 
 
 @contextlib.contextmanager
-def cli_logging(command: str, *, verbose: int = 0, log_file: str | None = None):
+def cli_logging(command: str, *, verbose: int = 0, log_file: str | None = None, mode: str = "a"):
     """Send the ``fastunet`` loggers' records to standard error (warnings and errors; info
-    with ``-v``, debug with ``-vv``) and, with ``log_file``, everything to that file; restores
-    the loggers on exit (``main`` may run many times in one process)."""
+    with ``-v``, debug with ``-vv``) and, with ``log_file``, everything to that file (appended,
+    ``mode="a"``, or replacing it, ``"w"``: :func:`fastunet.cli.files.check_files` decides);
+    restores the loggers on exit (``main`` may run many times in one process)."""
     logger = logging.getLogger("fastunet")
     saved = (logger.level, logger.propagate)
     console = logging.StreamHandler(sys.stderr)
@@ -174,7 +177,7 @@ def cli_logging(command: str, *, verbose: int = 0, log_file: str | None = None):
     handlers: list[logging.Handler] = [console]
     if log_file:
         try:
-            handler = logging.FileHandler(log_file, mode="a", encoding="utf-8")
+            handler = logging.FileHandler(log_file, mode=mode, encoding="utf-8")
         except OSError as exc:
             raise UserError(f"Cannot write the log file {log_file!r} ({exc.strerror or exc}); "
                             "choose a writable --log-file path.") from None
@@ -226,14 +229,19 @@ def model_argument(path: str | None):
 
 
 def write_json(dest: str, data) -> None:
-    """Write ``data`` as JSON to the file ``dest``, or to standard output for ``-``."""
+    """Write ``data`` as JSON to the file ``dest`` (under a temporary name renamed into place:
+    never half a report), or to standard output for ``-``. ``dest`` was checked before the
+    command's work (:func:`fastunet.cli.files.check_files`)."""
+    from ..paths import atomic_path
+
     text = json.dumps(data, indent=2, default=str)
     if dest == "-":
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
         return
     try:
-        Path(dest).write_text(text + "\n")
+        with atomic_path(dest) as tmp:
+            Path(tmp).write_text(text + "\n")
     except OSError as exc:
         raise UserError(f"Cannot write the JSON summary {dest!r} ({exc.strerror or exc}); "
                         "choose a writable --json path.") from None
@@ -244,3 +252,52 @@ def human_stream(args: argparse.Namespace):
     """Where the human-readable lines go: standard output, or standard error when the JSON
     summary takes standard output (``--json -``)."""
     return sys.stderr if getattr(args, "json", None) == "-" else sys.stdout
+
+
+class _PlainLines:
+    """A stream in place of standard error for a progress bar that redraws itself with
+    carriage returns (tqdm): in a log or a pipe, the bar's latest state becomes one plain line
+    every ``interval`` seconds; complete lines (notes, warnings) pass as they are."""
+
+    def __init__(self, stream, interval: float):
+        import time
+
+        self.stream, self.interval, self.clock = stream, interval, time.monotonic
+        self.line, self.status, self.shown = "", "", self.clock()
+
+    def write(self, text: str) -> int:
+        for piece in re.split(r"([\r\n])", text):
+            if piece == "\r":
+                self.status = self.line.strip() or self.status
+                self.line = ""
+                if self.status and self.clock() - self.shown >= self.interval:
+                    self.stream.write(self.status + "\n")
+                    self.shown, self.status = self.clock(), ""
+            elif piece == "\n":
+                if self.line.strip():
+                    self.stream.write(self.line.strip() + "\n")
+                self.line = ""
+            else:
+                self.line += piece
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+
+@contextlib.contextmanager
+def plain_progress(interval: float = 30.0):
+    """While the block runs, a progress bar on standard error becomes plain lines (see
+    :class:`_PlainLines`): what a log file or a pipe should receive."""
+    saved = sys.stderr
+    sys.stderr = _PlainLines(saved, interval)
+    try:
+        yield
+    finally:
+        sys.stderr = saved

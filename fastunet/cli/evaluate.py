@@ -61,13 +61,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .. import __version__
     from ..evaluate import evaluate, evaluate_styles, parse_styles, style_table
-    from ..paths import check_output_file
 
-    model = model_argument(args.model)
-    if args.json and args.json != "-":  # before the scores are computed (the library checks the preview)
-        check_output_file(args.json, what="--json file", suffixes=(".json",), inputs=(args.images, args.labels),
-                          others={"--preview": args.preview}, overwrite=args.overwrite)
+    model = model_argument(args.model)  # --json and --preview were checked before (fastunet.cli.files)
     common = dict(device=args.device, backend=args.backend, dtype=args.dtype, tile=args.tile,
                   batch_size=args.batch_size, preview=args.preview, overwrite=args.overwrite,
                   object_size=object_size_argument(args.object_size), **cleanup_options(args))
@@ -89,8 +86,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"model {args.model or 'default (bundled)'} on {what}{size}:", file=out)
     print(f"  {result}" if result is not None else style_table(results), file=out)
     if args.json:
-        write_json(args.json, result.to_dict() if result is not None
-                   else {"styles": {name: r.to_dict() for name, r in results.items()}})
+        scores = result.to_dict() if result is not None else {"styles": {n: r.to_dict() for n, r in results.items()}}
+        write_json(args.json, {"command": "evaluate", "version": __version__, **scores})
         if args.json != "-":
             print(f"wrote {args.json}", file=out)
     if args.preview:

@@ -21,7 +21,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="write a model as a bioimage.io model package (needs fastunet[bioimageio])",
         description="Write a bioimage.io 0.5 model package: pytorch_state_dict weights with the architecture "
         "as a source file (a same-size wrapper: mirrored borders as in the paper, output the size of the "
-        "input), the normalization as preprocessing, test input and output tensors, a cover image and "
+        "input), the same network as TorchScript and ONNX weights (deepImageJ, QuPath), the normalization as preprocessing, test input and output tensors, a cover image and "
         "documentation; the safetensors model travels inside too, so that --model PACKAGE reads it back "
         "without unpickling. The package is checked with bioimageio.core's test_model unless --no-test.",
         epilog=epilog(EXAMPLES), formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -34,6 +34,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="an author (repeat for several; default: the fastunet developers)")
     p.add_argument("--license", default="BSD-3-Clause", help="SPDX license of the weights (default BSD-3-Clause)")
     p.add_argument("--test-shape", metavar="Y,X", help="size of the test image (default: a valid size near 256)")
+    p.add_argument("--weights", metavar="FORMATS",
+                   help="weight formats to write, comma-separated, among pytorch_state_dict, torchscript, onnx "
+                   "(default: all three; the state dict is always written)")
     p.add_argument("--no-test", action="store_true", help="skip bioimageio.core's test_model on the package")
     p.add_argument("--overwrite", action="store_true", help="replace an existing package")
     add_common_options(p, quiet="no summary line")
@@ -49,8 +52,9 @@ def run(args: argparse.Namespace) -> int:
     model = args.model if args.model is not None else default_model_path()
     result = export_package(model, args.output, name=args.name, description=args.description, authors=args.author,
                             license=args.license, test_shape=parse_sizes(args.test_shape, "--test-shape", "256,256"),
-                            test=not args.no_test, overwrite=args.overwrite)
+                            test=not args.no_test, weight_formats=args.weights, overwrite=args.overwrite)
     if not args.quiet:
         checked = "passed bioimageio.core's test_model" if result.tested else "not tested (--no-test)"
-        print(f"wrote {result.path} (bioimage.io {result.format_version}, {result.size / 1e6:.1f} MB): {checked}")
+        print(f"wrote {result.path} (bioimage.io {result.format_version}, {result.size / 1e6:.1f} MB, "
+              f"{', '.join(result.weight_formats)} weights): {checked}")
     return 0

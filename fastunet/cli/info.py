@@ -12,6 +12,7 @@ __all__ = ["add_parser", "run"]
 EXAMPLES = """\
 fastunet info model.safetensors
 fastunet info model.bmz.zip        # a bioimage.io package written by fastunet export
+fastunet info 3d                   # the bundled 3D model
 """
 
 
@@ -28,10 +29,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from .. import geometry
     from ..model import count_parameters
-    from ..modelfile import ModelBundle, read_model
+    from ..modelfile import ModelBundle, bundled_model, read_model
 
     loaded = model_argument(args.model)
-    bundle = loaded if isinstance(loaded, ModelBundle) else read_model(args.model)
+    bundle = loaded if isinstance(loaded, ModelBundle) else read_model(bundled_model(args.model))  # "3d": bundled
     model, cfg = bundle.module, bundle.config
     ctx = geometry.context(cfg.depth)
     # A few sizes from the smallest valid one up to ~1100 px (more than one GPU tile's worth
@@ -49,6 +50,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"context        {ctx} px per side")
     print(f"normalization  {bundle.normalization.to_dict()}")
     print("valid tiles    " + ", ".join(f"{s}->{geometry.output_size(s, cfg.depth)}" for s in shown))
+    if cfg.spatial_dims == 3:  # Z has its own context and tile sizes where it is pooled by 1
+        z = cfg.axis_pools[0]
+        z_sizes = geometry.valid_input_sizes(z, max_size=geometry.min_input_size(z) + 8 * geometry.grid_step(z))
+        print(f"network        {cfg.describe()}")
+        print(f"context Z      {geometry.context(z)} voxels per side")
+        print("valid tiles Z  " + ", ".join(f"{s}->{geometry.output_size(s, z)}" for s in z_sizes))
     for key, value in (bundle.extra or {}).items():
         if key != "card":
             print(f"{key:<14} {value}")

@@ -11,24 +11,21 @@ from . import bench, demo, evaluate, export, info, segment, train
 from .common import (
     EXIT_CODES,
     EXIT_INTERRUPTED,
+    EXIT_OK,
     EXIT_TERMINATED,
     EXIT_USER,
     cli_logging,
     configure_process,
     to_flags,
 )
+from .signals import CommandSignals, Terminated, kept
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "Terminated"]
 
 log = logging.getLogger("fastunet.cli")
 
 # One module per sub-command, each with add_parser(sub) and run(args); in the order of --help.
 COMMANDS = (segment, train, evaluate, demo, export, info, bench)
-
-_RESUME_HINTS = {
-    "segment": "; the finished blocks are kept: run the same command with --resume to continue",
-    "train": "; run the same command with --resume to continue from the checkpoint",
-}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastunet",
         description="U-Net segmentation of huge biomedical images (Ronneberger et al. 2015).",
-        epilog="'fastunet COMMAND --help' shows a command's options and examples.\n\n" + EXIT_CODES,
+        epilog="'fastunet COMMAND --help' shows a command's options and examples; 'fastunet' alone prints this "
+        "help (status 0).\n\n" + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"fastunet {__version__}")
@@ -47,42 +45,66 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a batch system's stop, ``kill``), handled as Ctrl-C is: the running blocks
-    finish and are recorded, the output stays resumable; the exit status is 143."""
-
-
-def _terminate(signum, frame) -> None:
-    raise Terminated()
+def _error(command: str | None, message: str) -> int:
+    print(f"fastunet{' ' + command if command else ''}: error: {message}", file=sys.stderr)
+    return EXIT_USER
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fastunet`` command; returns the exit status (see ``--help``).
 
-    User errors are one line on standard error (status 2), an interrupt says how to resume
-    (130); any other exception is a bug and propagates with its traceback (status 1). The
-    command owns the process: while it runs, SIGTERM raises :class:`Terminated` (a
-    ``KeyboardInterrupt``) in the main thread, so a terminated run stops as an interrupted
-    one does (status 143).
+    ``fastunet`` alone prints the help (status 0); a flag of cellpose, StarDist or nnU-Net is
+    answered with fastunet's own (:func:`~fastunet.cli.validate.foreign_flag`, status 2).
+    Before any work every flag is checked (:func:`~fastunet.cli.validate.validate_flags`) and
+    every file the command will write (:func:`~fastunet.cli.files.check_files`: the rule of
+    :func:`fastunet.paths.check_output_file`). User errors are one line on standard error
+    (status 2); an interrupt says what was kept (130, SIGTERM 143; a second one stops at once,
+    :mod:`fastunet.cli.signals`); any other exception is a bug and propagates with its
+    traceback (status 1).
     """
-    import signal
+    from .files import check_files
+    from .validate import foreign_flag, validate_flags
 
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     parser = build_parser()
+    if not argv:
+        parser.print_help()
+        return EXIT_OK
+    command = argv[0] if argv[0] in {c.__name__.rsplit(".", 1)[1] for c in COMMANDS} else None
+    hint = foreign_flag(argv)
+    if hint is not None:
+        return _error(command, hint)
     args = parser.parse_args(argv)
-    try:
-        previous = signal.signal(signal.SIGTERM, _terminate)
-    except ValueError:  # not the main thread (main() called from a thread): leave signals alone
-        previous = None
-    try:
-        with cli_logging(args.command, verbose=args.verbose, log_file=args.log_file):
-            log.debug("fastunet %s", " ".join(sys.argv[1:] if argv is None else argv))
-            return _run(args)
-    except UserError as exc:  # the log file itself could not be opened
-        print(f"fastunet {args.command}: error: {to_flags(str(exc), args)}", file=sys.stderr)
-        return EXIT_USER
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+    with CommandSignals(args.command):
+        try:
+            try:
+                validate_flags(args)
+                check_files(args)
+            except UserError as exc:  # before the log file is opened: the terminal only
+                return _error(args.command, to_flags(str(exc), args))
+            with cli_logging(args.command, verbose=args.verbose, log_file=args.log_file,
+                             mode=getattr(args, "log_mode", "a")):
+                log.debug("fastunet %s", " ".join(argv))
+                return _run(args)
+        except UserError as exc:  # the log file itself could not be opened
+            return _error(args.command, to_flags(str(exc), args))
+        except KeyboardInterrupt as exc:  # while the log file opened or closed
+            return _interrupted(args, exc, logged=False)
+        finally:
+            if "zarr.core.sync" in sys.modules:  # store requests still in flight end before the exit
+                from ..io.stores import settle_pending_io
+
+                settle_pending_io()
+
+
+def _interrupted(args: argparse.Namespace, exc: KeyboardInterrupt, *, logged: bool = True) -> int:
+    what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+    line = f"{what}; {kept()}"
+    if logged:
+        log.error("%s", line, extra={"plain": True})
+    else:
+        print(f"fastunet {args.command}: {line}", file=sys.stderr)
+    return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -93,9 +115,7 @@ def _run(args: argparse.Namespace) -> int:
         log.error("%s", to_flags(str(exc), args))
         return EXIT_USER
     except KeyboardInterrupt as exc:
-        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-        log.error("%s%s", what, _RESUME_HINTS.get(args.command, ""), extra={"plain": True})
-        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+        return _interrupted(args, exc)
     except Exception:
         log.debug("internal error", exc_info=True)  # into the log file; Python prints the traceback
         raise

@@ -43,7 +43,12 @@ def _input_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="zarr array/group (OME-Zarr: level 0), TIFF or OME-TIFF file, a folder of them, or a "
                         "quoted pattern such as 'dir/*.tif'; several inputs share one model load")
-    p.add_argument("--axes", help="axes of a plain array, e.g. ZYX, CYX, CZYX (default: from metadata)")
+    p.add_argument("--axes", help="axes of a plain array, e.g. ZYX, CYX, CZYX, TYX (default: from metadata)")
+    p.add_argument("--channel", metavar="CH[,CH]", help="the channel(s) the model reads: an index (0 first) or a "
+                   "name from the metadata (OME channel names, red/green/blue of RGB), e.g. --channel 1 or "
+                   "--channel DAPI; several for multi-channel models (default: every channel)")
+    p.add_argument("--series", type=int, metavar="N", help="the image of a multi-series TIFF or bioformats2raw "
+                   "OME-Zarr (0 first; default 0)")
 
 
 def _output_options(p: argparse.ArgumentParser) -> None:
@@ -55,7 +60,8 @@ def _output_options(p: argparse.ArgumentParser) -> None:
                        "missing), named by --output-name")
     fields = ", ".join("{" + k + "}" for k in TEMPLATE_FIELDS)
     group.add_argument("--output-name", metavar="TEMPLATE", help=f"output name in --output-dir, with the fields "
-                       f"{fields} (default {DEFAULT_OUTPUT_NAME}); the suffix picks the format (.zarr, .tif)")
+                       f"{fields} (default: {{stem}}_seg in the input's format: .tif beside a TIFF/PNG, .ome.zarr "
+                       f"for an OME-Zarr, {DEFAULT_OUTPUT_NAME} for zarr); the suffix picks the format (.zarr, .tif)")
     group.add_argument("--zarr-format", type=int, choices=(2, 3), help="zarr format of the output (default: the "
                        "OME-Zarr input's, else 3)")
     group.add_argument("--resume", action="store_true", help="continue interrupted runs into the same outputs; "
@@ -150,7 +156,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
 # -------------------------------------------------------------------------------------- run
 def _options(args: argparse.Namespace) -> dict:
     """The keyword arguments of :meth:`Segmenter.segment` that every input shares."""
-    options = dict(axes=args.axes, zarr_format=args.zarr_format, resume=args.resume, overwrite=args.overwrite,
+    from ..io.channels import parse_channels
+
+    options = dict(axes=args.axes, channels=parse_channels(args.channel), series=args.series,
+                   zarr_format=args.zarr_format, resume=args.resume, overwrite=args.overwrite,
                    scheduler=args.scheduler, workers=args.workers, gpus=args.gpus, progress=not args.quiet,
                    block=parse_sizes(args.block, "--block", "1,512,512"))
     options.update(output_kind=args.kind, **cleanup_options(args), split=args.split, connect_z=args.connect_z,
@@ -222,8 +231,14 @@ def _report_warnings(caught, source: str | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``fastunet segment``: every input in turn with one :class:`~fastunet.Segmenter`."""
+    """``fastunet segment``: every input in turn with one :class:`~fastunet.Segmenter`.
+
+    The outputs' missing folders (of ``--output-dir`` or a template) are made only once the
+    run is accepted, each just before its input, and removed again (empty) when that input
+    fails."""
     from ..segmentation import Segmenter, summary_line
+    from .batch import make_folders, makes_folders, remove_made
+    from .signals import set_kept
 
     inputs = expand_inputs(args.inputs)
     outputs = output_paths(inputs, output=args.output, output_dir=args.output_dir, output_name=args.output_name)
@@ -231,6 +246,8 @@ def run(args: argparse.Namespace) -> int:
     options = _options(args)
     out = human_stream(args)
     records: list[dict] = []
+    set_kept(lambda: _kept(outputs, records))
+    make = makes_folders(args.output, args.output_dir)
     t0 = time.perf_counter()
     log.info("%d input(s); model %s", len(inputs), args.model or "default (bundled)")
     try:
@@ -238,7 +255,10 @@ def run(args: argparse.Namespace) -> int:
                        backend=args.backend, dtype=args.dtype) as seg:
             for i, (source, output) in enumerate(zip(inputs, outputs)):
                 log.info("[%d/%d] %s -> %s", i + 1, len(inputs), source, output)
+                made = make_folders(output) if make else []
                 record = _segment_one(seg, source, output, options, args, many)
+                if record["status"] == "failed":
+                    remove_made(made)
                 records.append(record)
                 if record["summary"] is not None and not args.quiet:
                     prefix = f"[{i + 1}/{len(inputs)}] " if many else ""
@@ -250,6 +270,39 @@ def run(args: argparse.Namespace) -> int:
     if many and not args.quiet:
         print(_total_line(records, time.perf_counter() - t0), file=out)
     return EXIT_USER if failed else EXIT_OK
+
+
+def _kept(outputs: list[str], records: list[dict]) -> str:
+    """What an interrupted run kept: the finished outputs, and of the one being written its
+    recorded blocks (a zarr output, resumable) or nothing (a TIFF, written whole at the end)."""
+    from ..io.outputs import TIFF_SUFFIXES, fastunet_attrs
+    from ..io.stores import location
+
+    parts = []
+    finished = sum(r["status"] in ("done", "complete") for r in records)
+    if finished:
+        parts.append(f"{finished} of {len(outputs)} outputs are complete" if len(outputs) > 1
+                     else "the output is complete")
+    if len(records) < len(outputs):
+        current = outputs[len(records)]
+        if current.lower().endswith(TIFF_SUFFIXES):
+            parts.append(f"nothing of {current} was kept (a TIFF is written whole, at the end): run the command "
+                         "again for it")
+        else:
+            meta = fastunet_attrs(location(current)) if "://" not in current else None
+            if meta is not None and not meta.get("complete"):
+                from ..engine.instance_tasks import RELABEL_PREFIX
+                from ..io import SegmentationStore
+
+                done = sum(not n.startswith(RELABEL_PREFIX) for n in SegmentationStore(location(current)).done())
+                parts.append(f"{current} is kept with {done} finished block{'s' if done != 1 else ''}: run the same "
+                             "command with --resume to continue")
+            elif "://" in current:
+                parts.append(f"the finished blocks of {current}, if any, are kept: run the same command with "
+                             "--resume to continue")
+            else:
+                parts.append(f"nothing of {current} was written yet")
+    return "; ".join(parts) or "nothing was written"
 
 
 def _report(records: list[dict], inputs: list[str], outputs: list[str], seconds: float) -> dict:

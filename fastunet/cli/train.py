@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from ..errors import UserError
@@ -10,10 +11,13 @@ from .common import add_common_options, add_json_option, epilog, human_stream, w
 
 __all__ = ["add_parser", "run", "train_command"]
 
+log = logging.getLogger("fastunet.cli")
+
 EXAMPLES = """\
 fastunet train images/ labels/ -o nuclei.safetensors --iterations 4000
 fastunet train images/ labels/ -o nuclei.safetensors --resume     # after an interruption
 fastunet train im.tif lb.tif -o m.safetensors --weight-figure weights.png --json train.json
+fastunet train stacks/ labels/ -o nuclei3d.safetensors --dims 3 --voxel-size 2,1,1 --tile 92 --tile-z 50
 """
 
 # Options that change what is said, not what is trained: left out of the recorded command.
@@ -43,6 +47,14 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     group.add_argument("--lr-period", type=int, help="steps of one cosine cycle (default 2000)")
     group.add_argument("--base-channels", type=int, help="feature channels of the first level (default 16)")
     group.add_argument("--depth", type=int, help="number of 2x2 max-pools (default 3)")
+    group.add_argument("--dims", "--spatial-dims", type=int, choices=(2, 3), dest="spatial_dims",
+                       help="2 (default): the 2D network, stacks trained slice by slice; 3: the 3D U-Net on (Z, Y, X) "
+                       "stacks (objects that span slices)")
+    group.add_argument("--tile-z", type=int, help="--dims 3: the tile's Z edge (default: about --tile's physical "
+                       "extent)")
+    group.add_argument("--voxel-size", metavar="Z,Y,X", help="--dims 3: the stacks' voxel size in any one unit, "
+                       "e.g. 2,1,1 (pools keep Z where it is coarse; default: the first image's metadata, else "
+                       "isotropic)")
     group.add_argument("--val-fraction", type=float, help="fraction of the images held out for validation (default 0.2)")
     group.add_argument("--val-every", type=int, help="steps between validations (default 100)")
     group.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 500)")
@@ -94,7 +106,8 @@ def train_command(args: argparse.Namespace) -> str:
 
 
 _OPTIONS = ("tile", "batch_size", "optimizer", "lr", "lr_schedule", "lr_period", "base_channels", "depth", "device", "amp", "seed",
-            "val_fraction", "iterations", "epochs", "val_every", "checkpoint_every", "w0", "sigma")
+            "val_fraction", "iterations", "epochs", "val_every", "checkpoint_every", "w0", "sigma", "spatial_dims",
+            "tile_z")
 
 
 def _config(args: argparse.Namespace):
@@ -103,6 +116,18 @@ def _config(args: argparse.Namespace):
     options = {k: getattr(args, k) for k in _OPTIONS if getattr(args, k) is not None}
     if args.no_augment:
         options["augment"] = AugmentConfig.none()
+    if args.voxel_size is not None:
+        try:
+            options["spacing"] = tuple(float(v) for v in args.voxel_size.split(","))
+        except ValueError:
+            raise UserError(f"--voxel-size expects three numbers Z,Y,X, e.g. 2,1,1; got {args.voxel_size!r}.") from None
+    elif args.spatial_dims == 3:
+        from ..train.datasets import voxel_size
+
+        found = voxel_size(args.images, args.axes)  # the pools follow the data's own voxel size
+        if found is not None:
+            options["spacing"] = found
+            log.info("voxel size %s (z, y, x) read from %s's metadata", ",".join(f"{v:g}" for v in found), args.images)
     try:
         return TrainConfig(**options)
     except (TypeError, ValueError) as exc:
@@ -110,23 +135,35 @@ def _config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    import contextlib
+    import time
+
     from ..train import check_model_name, checkpoint_path, train
+    from .common import plain_progress
+    from .signals import set_kept
 
     output = check_model_name(args.output)  # before the other checks: a .pt name is wrong whatever exists
     if args.resume and not checkpoint_path(output).is_file():
         raise UserError(f"No checkpoint {str(checkpoint_path(output))!r} to resume; run without --resume.")
-    result = train(
-        args.images, args.labels, output, config=_config(args), resume=args.resume, progress=not args.quiet,
-        curve=args.curve, weight_figure=args.weight_figure, axes=args.axes, command=train_command(args),
-        overwrite=args.overwrite,
-    )  # fmt: skip
+    started = time.time()
+    set_kept(lambda: _kept(checkpoint_path(output), started))
+    lines = plain_progress() if not args.quiet and not sys.stderr.isatty() else contextlib.nullcontext()
+    with lines:  # a log or a pipe gets a plain line every 30 s, not a bar redrawn with carriage returns
+        result = train(
+            args.images, args.labels, output, config=_config(args), resume=args.resume, progress=not args.quiet,
+            curve=args.curve, weight_figure=args.weight_figure, axes=args.axes, command=train_command(args),
+            overwrite=args.overwrite,
+        )  # fmt: skip
     if args.quiet:
         for message in result.notes:
             print(f"note: {message}", file=sys.stderr)
     out = human_stream(args)
     val = result.val or {}
     scores = ", ".join(f"{k} {v:.4f}" for k, v in val.items()) or "no validation images"
-    print(f"trained {result.steps} steps ({result.tiles_per_second:.2f} tiles/s): {scores}", file=out)
+    if result.tiles_per_second > 0:
+        print(f"trained {result.steps} steps ({result.tiles_per_second:.2f} tiles/s): {scores}", file=out)
+    else:  # a finished run resumed: no step left to take
+        print(f"already trained {result.steps} steps (nothing left to do): {scores}", file=out)
     print(f"wrote {result.output} (checkpoint {result.checkpoint}, curve {result.curve})", file=out)
     if args.weight_figure:
         print(f"wrote {args.weight_figure}", file=out)
@@ -139,3 +176,14 @@ def run(args: argparse.Namespace) -> int:
                                "checkpoint": str(result.checkpoint), "curve": result.curve and str(result.curve),
                                "notes": result.notes})
     return 0
+
+
+def _kept(checkpoint, started: float) -> str:
+    """What an interrupted training kept: the checkpoint this run wrote (it writes one when
+    interrupted after a step), or nothing."""
+    if checkpoint.is_file() and checkpoint.stat().st_mtime >= started - 1:
+        return f"the checkpoint {checkpoint} is kept: run the same command with --resume to continue"
+    if checkpoint.is_file():
+        return (f"this run wrote no checkpoint; {checkpoint} is the earlier run's: --resume continues from it, "
+                "--overwrite starts over")
+    return "nothing was kept (no training step was finished): run the command again"

@@ -55,5 +55,9 @@ def make_predictor(model: ReferenceUNet, backend: str = "auto", device="cpu", dt
     if backend == "triton":
         from .fused import FusedPredictor  # imports the Triton kernels: only when asked for
 
+        if model.config.spatial_dims == 3:  # the 3D network on the 3x3x3 kernels
+            from .fused3d import FusedPredictor3D
+
+            return FusedPredictor3D(model, device=device, dtype=dtype, cuda_graph=cuda_graph)
         return FusedPredictor(model, device=device, dtype=dtype, cuda_graph=cuda_graph)
     return TorchPredictor(model, device=device, dtype=dtype)

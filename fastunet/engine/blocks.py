@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..geometry import reflect_index
 from ..normalization import Normalization, NormStats
 from .instances import InstanceOptions
 from .rescale import Rescale, predict_rescaled
@@ -90,67 +91,88 @@ class Job:
 
 def compute_block(job: Job, block: Block) -> tuple[np.ndarray | None, np.ndarray | None, int]:
     """Labels ``(bz, by, bx)`` uint8 and/or probabilities ``(K, bz, by, bx)`` float16 of one
-    block (``bz = 1`` for YX volumes), and the number of NaN/Inf input values in it."""
+    block (``bz = 1`` for YX volumes), and the number of NaN/Inf input values in it.
+
+    A 2D tile runs on each Z slice of the block's slab (the slices are a batch); a 3D tile
+    (a 3D network) runs on the slab as a volume."""
     if job.rescale is not None:  # predict on the rescaled grid, sample back onto this block
         return predict_rescaled(job, block, compute_block)
     layout = job.layout
-    nd = layout.ndim
+    nd, nt = layout.ndim, layout.tiled
     box = layout.input_box(block)
     raw = read_mirrored(job.source, box)
     if not job.source.axes.startswith("C"):
         raw = raw[None]
-    if nd == 2:
+    if nd == 2 or nt == 3:
         raw = raw[:, None]
-    # raw: (C, bz, Y', X'); the block's own pixels start at (block start - input start).
-    y0 = block.box[-2][0] - box[-2][0]
-    x0 = block.box[-1][0] - box[-1][0]
-    by, bx = block.shape[-2:]
+    # raw: (C, planes, *tiled): the slices of a 2D tile, or one plane of a 3D slab; the
+    # block's own pixels start at (block start - input start) along the tiled axes.
+    origin = tuple(block.box[a][0] - box[a][0] for a in range(nd - nt, nd))
+    own = tuple(block.shape[-nt:])
+    core_index = (slice(None), slice(None), *(slice(o, o + n) for o, n in zip(origin, own)))
     nonfinite = 0
     is_float = np.dtype(job.source.dtype).name in _FLOAT_DTYPES
     if is_float:
-        core = raw[:, :, y0:y0 + by, x0:x0 + bx]
+        core = raw[core_index]
         nonfinite = int(core.size - np.count_nonzero(np.isfinite(core)))
-    z0, z1 = (block.box[0] if nd == 3 else (0, 1))
-    offset, scale = job.stats.for_slices(z0, z1)
+    offset, scale = _constants(job, block, box)
     network = job.get_network()
-    # A device runner takes the tiles in their stored dtype and normalizes them on the device.
-    raw_tiles = network.takes_raw_tiles
+    # A device runner takes the tiles in their stored dtype and normalizes them on the device,
+    # with one set of constants per tile (a 3D slab with constants per slice is normalized here).
+    raw_tiles = network.takes_raw_tiles and (nt == 2 or offset.shape[2] == 1)
     x = raw if raw_tiles else Normalization.apply(raw, offset, scale, zero_nonfinite=is_float)
     del raw
-    ty, tx = layout.tile
     tiles = layout.block_tiles(block)
-    bz = x.shape[1]
-    batch = np.empty((bz * len(tiles), x.shape[0], ty, tx), x.dtype)
+    planes = x.shape[1]
+    batch = np.empty((planes * len(tiles), x.shape[0], *layout.tile), x.dtype)
     i = 0
-    for z in range(bz):
-        for (oy, ox), _, _ in tiles:
-            batch[i] = x[:, z, oy:oy + ty, ox:ox + tx]
+    for p in range(planes):
+        for start, _, _ in tiles:
+            batch[i] = x[(slice(None), p, *(slice(o, o + t) for o, t in zip(start, layout.tile)))]
             i += 1
     del x
     if raw_tiles:
-        norm = tuple(_per_tile(v, bz, len(tiles)) for v in (offset, scale))
+        norm = tuple(_per_tile(v, planes, len(tiles)) for v in (offset, scale))
         labels, probs = network.predict_raw(batch, job.output_kind, *norm)
     else:
         labels, probs = network.predict(batch, job.output_kind)
     del batch
-    out_labels = None if labels is None else np.empty((bz, by, bx), np.uint8)
-    out_probs = None if probs is None else np.empty((probs.shape[1], bz, by, bx), np.float16)
+    out_labels = None if labels is None else np.empty((planes, *own), np.uint8)
+    out_probs = None if probs is None else np.empty((probs.shape[1], planes, *own), np.float16)
     i = 0
-    for z in range(bz):
-        for _, (sy, sx), (dy, dx) in tiles:
+    for p in range(planes):
+        for _, src, dst in tiles:
             if out_labels is not None:
-                out_labels[z, dy, dx] = labels[i, sy, sx]
+                out_labels[(p, *dst)] = labels[(i, *src)]
             if out_probs is not None:
-                out_probs[:, z, dy, dx] = probs[i, :, sy, sx]
+                out_probs[(slice(None), p, *dst)] = probs[(i, slice(None), *src)]
             i += 1
+    if nt == 3:  # one plane: the block itself
+        out_labels = None if out_labels is None else out_labels[0]
+        out_probs = None if out_probs is None else out_probs[:, 0]
     return out_labels, out_probs, nonfinite
 
 
-def _per_tile(constants: np.ndarray, bz: int, tiles: int) -> np.ndarray:
-    """A slab's normalization constants ``(C, 1 or bz, 1, 1)`` per tile of its batch: ``(bz *
-    tiles, C)``, in the batch's order (slice by slice, the tiles of each)."""
-    per_slice = np.broadcast_to(constants[:, :, 0, 0], (constants.shape[0], bz)).T
-    return np.repeat(per_slice, tiles, axis=0)
+def _constants(job: Job, block: Block, box) -> tuple[np.ndarray, np.ndarray]:
+    """The normalization constants broadcastable to the block's raw slab ``(C, planes,
+    *tiled)``: per slice of a 2D tile's slab, or for a 3D slab ``(C, 1, Z', 1, 1)`` with each
+    slice's constants (slice scope) at its mirrored Z, or ``(C, 1, 1, 1, 1)``."""
+    layout = job.layout
+    if layout.tiled == 2:
+        z0, z1 = (block.box[0] if layout.ndim == 3 else (0, 1))
+        return job.stats.for_slices(z0, z1)
+    offset, scale = job.stats.offset, job.stats.scale
+    if offset.ndim == 1:
+        return offset[:, None, None, None, None], scale[:, None, None, None, None]
+    z = reflect_index(np.arange(*box[0]), layout.shape[0])
+    return offset[:, None, z, None, None], scale[:, None, z, None, None]
+
+
+def _per_tile(constants: np.ndarray, planes: int, tiles: int) -> np.ndarray:
+    """A slab's normalization constants ``(C, 1 or planes, 1, ...)`` per tile of its batch:
+    ``(planes * tiles, C)``, in the batch's order (plane by plane, the tiles of each)."""
+    per_plane = np.broadcast_to(constants.reshape(constants.shape[0], -1), (constants.shape[0], planes)).T
+    return np.repeat(per_plane, tiles, axis=0)
 
 
 def run_block(job: Job, block: Block) -> dict:

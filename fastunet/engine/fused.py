@@ -113,20 +113,22 @@ class FusedUNet:
         self.head_b = model.head.bias.detach().to(dev, torch.float32).contiguous()
 
     # -- buffers -------------------------------------------------------------------------
-    def _plan(self, n: int, h: int, w: int) -> _Plan:
-        key = (n, h, w)
+    def _plan(self, n: int, *size: int) -> _Plan:
+        """The buffers of ``n`` tiles of ``size`` (``h, w``; ``d, h, w`` for a 3D network)."""
+        key = (n, *size)
         plan = self._plans.get(key)
         if plan is not None:
             self._plans.move_to_end(key)
             return plan
-        plan = _Plan(x=torch.empty((n, h, w, self.config.in_channels), device=self.device, dtype=self.storage))
+        plan = _Plan(x=torch.empty((n, *size, self.config.in_channels), device=self.device, dtype=self.storage))
+        out = size
         # One NHWC buffer per layer output of the table (the head's outputs follow below); with
         # the fused head the last decoder conv's output stays in registers and gets none.
         where = {("enc", "conv1"): plan.enc_mid, ("enc", "conv2"): plan.enc_out, ("enc", "pool"): plan.pooled,
                  ("dec", "up"): plan.up, ("dec", "conv1"): plan.dec_mid, ("dec", "conv2"): plan.dec_out}
-        for layer in geometry.layer_shapes(self.config, (h, w)):
+        for layer in geometry.layer_shapes(self.config, size):
             if layer.kind == "head":
-                h, w = layer.out_size
+                out = layer.out_size
                 continue
             part, step = layer.name.split(".")
             if layer.name == "dec0.conv2" and self.fuse_head:
@@ -138,45 +140,61 @@ class FusedUNet:
             else:
                 where[(part[:3], step)].append(buf)
         k = self.config.num_classes
-        plan.logits = torch.empty((n, k, h, w), device=self.device, dtype=torch.float32)
-        plan.probs = torch.empty((n, k, h, w), device=self.device, dtype=torch.float16)
-        plan.labels = torch.empty((n, h, w), device=self.device, dtype=torch.uint8)
+        plan.logits = torch.empty((n, k, *out), device=self.device, dtype=torch.float32)
+        plan.probs = torch.empty((n, k, *out), device=self.device, dtype=torch.float16)
+        plan.labels = torch.empty((n, *out), device=self.device, dtype=torch.uint8)
         self._plans[key] = plan
         while len(self._plans) > self.max_plans:
             self._plans.popitem(last=False)
         return plan
 
     # -- forward -------------------------------------------------------------------------
+    # the network's operations (FusedUNet3D runs the same forward on its 3D kernels)
+    def _conv(self, x, w, b, **options) -> None:
+        self.conv.conv3x3(x, w, b, dtype=self.dtype, **options)
+
+    def _pool(self, level: int):
+        """What the conv before level ``level``'s max-pool is told to pool."""
+        return True
+
+    def _upconv(self, x, w, b, level: int, out) -> None:
+        self.upconv.upconv2x2(x, w, b, out=out, dtype=self.dtype)
+
+    def _conv_head(self, x, w, b, **outputs) -> None:
+        self.conv_head.conv3x3_head(x, w, b, self.head_w, self.head_b, dtype=self.dtype, **outputs)
+
+    def _head(self, x, **outputs) -> None:
+        self.head.head(x, self.head_w, self.head_b, dtype=self.dtype, **outputs)
+
     def _run(self, plan: _Plan, output: str) -> None:
-        conv, dt = self.conv.conv3x3, self.dtype
+        conv = self._conv
         x = plan.x
         for level, ((w1, b1), (w2, b2)) in enumerate(self.enc):
-            conv(x, w1, b1, out=plan.enc_mid[level], dtype=dt)
-            conv(plan.enc_mid[level], w2, b2, pool=True, out=plan.enc_out[level], pooled=plan.pooled[level], dtype=dt)
+            conv(x, w1, b1, out=plan.enc_mid[level])
+            conv(plan.enc_mid[level], w2, b2, pool=self._pool(level), out=plan.enc_out[level], pooled=plan.pooled[level])
             x = plan.pooled[level]
         (w1, b1), (w2, b2) = self.bottom
-        conv(x, w1, b1, out=plan.bottom_mid, dtype=dt)
-        conv(plan.bottom_mid, w2, b2, out=plan.bottom_out, dtype=dt)
+        conv(x, w1, b1, out=plan.bottom_mid)
+        conv(plan.bottom_mid, w2, b2, out=plan.bottom_out)
         x = plan.bottom_out
         for j, ((wu, bu), ((w1, b1), (w2, b2))) in enumerate(zip(self.ups, self.dec)):
             level = self.config.depth - 1 - j
-            self.upconv.upconv2x2(x, wu, bu, out=plan.up[j], dtype=dt)
-            conv(plan.enc_out[level], w1, b1, up=plan.up[j], out=plan.dec_mid[j], dtype=dt)
+            self._upconv(x, wu, bu, level, plan.up[j])
+            conv(plan.enc_out[level], w1, b1, up=plan.up[j], out=plan.dec_mid[j])
             if plan.dec_out[j] is None:  # last level with the head fused: conv2 runs below
                 break
-            conv(plan.dec_mid[j], w2, b2, out=plan.dec_out[j], dtype=dt)
+            conv(plan.dec_mid[j], w2, b2, out=plan.dec_out[j])
             x = plan.dec_out[j]
         outputs = dict(
             logits=plan.logits if output == "logits" else None,
             probs=plan.probs if output in ("probs", "both") else None,
             labels=plan.labels if output in ("labels", "both") else None,
-            dtype=dt,
         )
         if plan.dec_out[-1] is None:  # the last decoder conv2 and the head as one kernel
             (w2, b2) = self.dec[-1][1]
-            self.conv_head.conv3x3_head(plan.dec_mid[-1], w2, b2, self.head_w, self.head_b, **outputs)
+            self._conv_head(plan.dec_mid[-1], w2, b2, **outputs)
         else:
-            self.head.head(x, self.head_w, self.head_b, **outputs)
+            self._head(x, **outputs)
 
     def _forward(self, tiles: torch.Tensor, output: str) -> _Plan:
         if tiles.ndim != 4 or tiles.shape[1] != self.config.in_channels:
@@ -184,6 +202,11 @@ class FusedUNet:
         n, _, h, w = tiles.shape
         plan = self._plan(n, h, w)
         plan.x.copy_(tiles.permute(0, 2, 3, 1))  # NCHW float32 -> NHWC storage dtype, one pass
+        return self._replay(plan, output)
+
+    def _replay(self, plan: _Plan, output: str) -> _Plan:
+        """Run the forward of ``plan`` (its input filled): eagerly, or its CUDA graph (captured
+        on first use of this shape and output)."""
         if not self.cuda_graph:
             self._run(plan, output)
             return plan
@@ -223,7 +246,8 @@ class FusedUNet:
 
     @torch.no_grad()
     def __call__(self, tiles: torch.Tensor) -> torch.Tensor:
-        """Class scores ``(N, K, H - 2c, W - 2c)`` float32 for NCHW tiles (a view of a reused buffer)."""
+        """Class scores ``(N, K, H - 2c, W - 2c)`` float32 for NCHW tiles (a view of a reused buffer;
+        ``(N, K, D', H', W')`` for the NCDHW tiles of a 3D network)."""
         return self._forward(tiles, "logits").logits
 
     @torch.no_grad()
@@ -245,7 +269,9 @@ class FusedPredictor(Predictor):
 
     def __init__(self, model: ReferenceUNet, device="cuda", dtype: str = "bf16", *, cuda_graph: bool = False) -> None:
         super().__init__(model, device, dtype)
-        self.net = FusedUNet(model, device=self.device, dtype=dtype, cuda_graph=cuda_graph)
+        self.net = self.network(model, device=self.device, dtype=dtype, cuda_graph=cuda_graph)
+
+    network = FusedUNet  # the fused network it runs (fastunet.engine.fused3d: the 3D one)
 
     def logits(self, tiles: torch.Tensor) -> torch.Tensor:
         return self.net(tiles.to(self.device, non_blocking=True)).clone()

@@ -11,6 +11,7 @@ logger and kept for the rest of the run; out of memory with a single tile whose 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 
@@ -30,7 +31,7 @@ def subtile_origins(out: int, sub_out: int, depth: int) -> list[int]:
     ``sub_out`` that cover a tile's output edge ``out``: steps on the ``2**depth`` grid,
     the last one ending at ``out`` (valid output sizes share their remainder mod ``2**depth``,
     so ``out - sub_out`` is on the grid too)."""
-    q = 2**depth
+    q = geometry.grid_step(depth)
     step = sub_out - sub_out % q
     if step < q or (out - sub_out) % q:
         raise ValueError(f"Cannot cover an output of {out} with sub-tiles of {sub_out} on the {q}-pixel grid.")
@@ -47,14 +48,23 @@ class OOMBackoff:
         The network on its device (``predict(tiles, output) -> Prediction``).
     depth : int
         The network's number of max-pools (the sub-tile grid is ``2**depth``).
+    pools : tuple, optional
+        The network's pools per spatial axis (``UNetConfig.axis_pools``): three for a 3D
+        network, whose tiles are then cut along Z too; default ``depth`` along Y and X.
     """
 
-    def __init__(self, predictor, *, depth: int):
+    def __init__(self, predictor, *, depth: int, pools: tuple | None = None):
         self.predictor = predictor
         self.depth = int(depth)
+        self.pools = tuple(pools) if pools is not None else (self.depth, self.depth)
         self.max_batch: int | None = None  # tiles per call, once an OOM asked for fewer
-        self.max_tile: int | None = None  # input tile edge, once an OOM asked for smaller
+        self.max_tiles: tuple[int, ...] | None = None  # input tile edges, once an OOM asked for smaller
         self._lock = threading.Lock()
+
+    @property
+    def max_tile(self) -> int | None:
+        """The largest input tile edge allowed since an out-of-memory error (None before)."""
+        return None if self.max_tiles is None else max(self.max_tiles)
 
     @property
     def device(self):
@@ -85,24 +95,21 @@ class OOMBackoff:
     def _shrink(self, tiles: torch.Tensor, exc: BaseException) -> None:
         with self._lock:
             batch = self.max_batch or tiles.shape[0]
-            tile = self.max_tile or max(tiles.shape[-2:])
+            edges = self.max_tiles or tuple(int(n) for n in tiles.shape[-len(self.pools):])
             if batch > 1:
                 self.max_batch = batch // 2
                 log.warning("out of memory on %s with %d tiles per call; going on with %d", self.device, batch,
                             self.max_batch)
                 return
-            out = geometry.output_size(tile, self.depth)
-            q = 2**self.depth
-            half = max(q, out // 2)
-            sub_out = max((o for o in range(q, half + 1) if (out - o) % q == 0), default=None)
-            if sub_out is None or sub_out >= out:
+            smaller = tuple(_half_tile(edge, p) for edge, p in zip(edges, self.pools))
+            if smaller == edges:
                 raise UserError(
-                    f"Out of memory on {self.device} even for one tile of {tile} pixels ({exc}); free the device "
-                    "(other processes?), use a smaller model, or run on another device."
+                    f"Out of memory on {self.device} even for one tile of {_edges(edges)} pixels ({exc}); free the "
+                    "device (other processes?), use a smaller model, or run on another device."
                 ) from None
-            self.max_tile = geometry.input_size_for_output(sub_out, self.depth)
-            log.warning("out of memory on %s with one tile of %d pixels; going on with tiles of %d", self.device,
-                        tile, self.max_tile)
+            self.max_tiles = smaller
+            log.warning("out of memory on %s with one tile of %s pixels; going on with tiles of %s", self.device,
+                        _edges(edges), _edges(smaller))
 
     def _predict(self, tiles: torch.Tensor, output: str) -> Prediction:
         batch = self.max_batch or tiles.shape[0]
@@ -115,25 +122,41 @@ class OOMBackoff:
         )
 
     def _call(self, tiles: torch.Tensor, output: str) -> Prediction:
-        ty, tx = tiles.shape[-2:]
-        if self.max_tile is None or (ty <= self.max_tile and tx <= self.max_tile):
+        edges = tuple(int(n) for n in tiles.shape[-len(self.pools):])
+        if self.max_tiles is None or all(e <= m for e, m in zip(edges, self.max_tiles)):
             return self.predictor.predict(tiles, output)
-        oy, ox = geometry.output_size(ty, self.depth), geometry.output_size(tx, self.depth)
-        sub = min(geometry.output_size(self.max_tile, self.depth), oy, ox)
-        sy = sub if sub < oy else oy
-        sx = sub if sub < ox else ox
+        outs = [geometry.output_size(e, p) for e, p in zip(edges, self.pools)]
+        subs = [min(geometry.output_size(m, p), o) for m, o, p in zip(self.max_tiles, outs, self.pools)]
+        origins = [subtile_origins(o, s, p) if s < o else [0] for o, s, p in zip(outs, subs, self.pools)]
         labels = probs = None
-        for y in subtile_origins(oy, sy, self.depth) if sy < oy else [0]:
-            for x in subtile_origins(ox, sx, self.depth) if sx < ox else [0]:
-                piece = tiles[..., y:y + geometry.input_size_for_output(sy, self.depth),
-                              x:x + geometry.input_size_for_output(sx, self.depth)]
-                pred = self.predictor.predict(piece, output)
-                if pred.labels is not None:
-                    if labels is None:
-                        labels = pred.labels.new_empty((tiles.shape[0], oy, ox))
-                    labels[:, y:y + sy, x:x + sx] = pred.labels
-                if pred.probs is not None:
-                    if probs is None:
-                        probs = pred.probs.new_empty((tiles.shape[0], pred.probs.shape[1], oy, ox))
-                    probs[:, :, y:y + sy, x:x + sx] = pred.probs
+        for corner in itertools.product(*origins):
+            piece = tiles[(..., *(slice(c, c + geometry.input_size_for_output(s, p))
+                                  for c, s, p in zip(corner, subs, self.pools)))]
+            pred = self.predictor.predict(piece, output)
+            where = tuple(slice(c, c + s) for c, s in zip(corner, subs))
+            if pred.labels is not None:
+                if labels is None:
+                    labels = pred.labels.new_empty((tiles.shape[0], *outs))
+                labels[(slice(None), *where)] = pred.labels
+            if pred.probs is not None:
+                if probs is None:
+                    probs = pred.probs.new_empty((tiles.shape[0], pred.probs.shape[1], *outs))
+                probs[(slice(None), slice(None), *where)] = pred.probs
         return Prediction(probs=probs, labels=labels)
+
+
+def _half_tile(edge: int, depth) -> int:
+    """The input edge of about half ``edge``'s output on the max-pool grid (``edge`` itself
+    when its output is already one grid cell)."""
+    out = geometry.output_size(edge, depth)
+    q = geometry.grid_step(depth)
+    half = max(q, out // 2)
+    sub_out = max((o for o in range(q, half + 1) if (out - o) % q == 0), default=None)
+    if sub_out is None or sub_out >= out:
+        return edge
+    return geometry.input_size_for_output(sub_out, depth)
+
+
+def _edges(edges: tuple[int, ...]) -> str:
+    """``"92"`` for a square (cubic) tile, ``"20x92x92"`` otherwise."""
+    return str(edges[0]) if len(set(edges)) == 1 else "x".join(map(str, edges))

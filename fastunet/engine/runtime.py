@@ -138,7 +138,7 @@ class LoadedNetwork:
         self.handle = handle
         predictor = make_predictor(handle.load(), backend=backend, device=device, dtype=dtype,
                                    cuda_graph=use_runner)  # the runner's batches have one shape
-        self.predictor = OOMBackoff(predictor, depth=handle.config.depth)
+        self.predictor = OOMBackoff(predictor, depth=handle.config.depth, pools=handle.config.axis_pools)
         self.device = str(self.predictor.device)
         self.backend = self.predictor.backend
         self.dtype = self.predictor.dtype
@@ -170,8 +170,9 @@ class LoadedNetwork:
         normalized by the runner on its device, or here without one."""
         if self.runner is not None:
             return _result_interruptibly(self.runner.submit(tiles, output, norm=(offset, scale)))
-        x = Normalization.apply(tiles, np.asarray(offset)[:, :, None, None], np.asarray(scale)[:, :, None, None],
-                                zero_nonfinite=tiles.dtype.kind == "f")
+        spatial = (1,) * (tiles.ndim - 2)  # (N, C) constants over (N, C, *tile)
+        x = Normalization.apply(tiles, np.asarray(offset).reshape(*np.shape(offset), *spatial),
+                                np.asarray(scale).reshape(*np.shape(scale), *spatial), zero_nonfinite=tiles.dtype.kind == "f")
         return self.predict(x, output)
 
     def _predict(self, tiles: np.ndarray, output: str) -> tuple[np.ndarray | None, np.ndarray | None]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import sys
 import uuid
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -144,11 +145,29 @@ def active_client():
     return client if client.status == "running" else None
 
 
+_ADDRESS = re.compile(r"(?:(?P<scheme>[a-z][a-z0-9+.-]*)://)?(?P<host>\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(?P<port>\d+)/?")
+_SCHEMES = ("tcp", "tls", "ucx", "ws", "wss")
+
+
+def check_scheduler_address(address: str) -> None:
+    """Raise ValueError unless ``address`` reads as a dask scheduler's address: a scheme among
+    :data:`_SCHEMES` (or none), a host and a port (``tcp://host:8786``), or ``inproc://...``.
+    Checked before any work, where distributed would refuse it only when joining."""
+    if address.startswith("inproc://"):
+        return
+    match = _ADDRESS.fullmatch(address.strip())
+    if match is None or (match["scheme"] and match["scheme"] not in _SCHEMES) or not 0 < int(match["port"]) < 65536:
+        raise ValueError(f"scheduler= expects a dask scheduler's address, e.g. tcp://host:8786 (a scheme among "
+                         f"{', '.join(_SCHEMES)}, a host and a port); got {address!r}.")
+
+
 def check_scheduler(scheduler) -> str:
     """What ``scheduler=`` is: ``"client"`` (a ``distributed.Client``), ``"cluster"`` (a
     ``LocalCluster``, ``SpecCluster``, ... : anything with a ``scheduler_address``) or
-    ``"address"`` (a string such as ``"tcp://host:8786"``). Raises TypeError otherwise."""
+    ``"address"`` (a string such as ``"tcp://host:8786"``, checked by
+    :func:`check_scheduler_address`). Raises TypeError or ValueError otherwise."""
     if isinstance(scheduler, str):
+        check_scheduler_address(scheduler)
         return "address"
     if "distributed" in sys.modules:
         from distributed import Client

@@ -4,17 +4,20 @@ The engine cuts a volume ``(Z,) Y, X`` into **output blocks** (unions of output 
 no two blocks ever write the same chunk) and each block into **tiles**, the network's input
 windows. Seamlessness rests on two rules:
 
-* Tile origins lie on one **global grid** whose step along Y and X is a multiple of
-  ``2**depth`` (the largest one not above the tile's output edge), independent of block and
-  chunk sizes. Every max-pool window then falls on the same pixels as when the network runs
-  once on the whole mirrored image, so each output pixel sees exactly the same arithmetic.
+* Tile origins lie on one **global grid** whose step along each tiled axis is a multiple of
+  ``2**depth`` (the largest one not above the tile's output edge; along a Z axis that a 3D
+  network pools by 1 at some levels, a multiple of its smaller max-pool grid), independent
+  of block and chunk sizes. Every max-pool window then falls on the same pixels as when the
+  network runs once on the whole mirrored image, so each output pixel sees exactly the same
+  arithmetic.
 * Beyond the volume's edge the context is **mirrored** with numpy ``reflect`` semantics
   (the edge pixel is not repeated; wider pads keep reflecting, as ``np.pad`` does), see
   :func:`fastunet.geometry.reflect_index`. :func:`read_mirrored` reads the bounding slab of the in-volume
   pixels a block needs once and fancy-indexes the mirror from it.
 
-Z (for ``ZYX`` volumes) is never tiled: the 2D network runs slice by slice, so blocks take
-whole chunks along Z and need no context there.
+Z (for ``ZYX`` volumes) is tiled only for a 3D network (a tile of three edges, ``pools``
+per axis): then it has its tile grid and its mirrored context like Y and X. The 2D network
+runs slice by slice, so its blocks take whole chunks along Z and need no context there.
 
 Reference semantics (what the tests compare against): pad the whole image by the context
 ``c`` on every side (plus extra pixels at the bottom/right so the padded size is a valid
@@ -23,6 +26,7 @@ input size) with ``np.pad(mode="reflect")``, run the network once, crop to the i
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Iterator
@@ -130,19 +134,27 @@ class Layout:
         Spatial shape ``(Z,) Y, X``.
     depth : int
         The network's number of max-pools.
-    tile : (int, int)
-        Input tile edges ``(Ty, Tx)``; valid sizes whose output is at least ``2**depth``.
+    tile : (int, int) or (int, int, int)
+        Input tile edges ``(Ty, Tx)`` (the 2D network; a ``ZYX`` volume slice by slice) or
+        ``(Tz, Ty, Tx)`` (a 3D network); valid sizes whose output is at least the max-pool grid.
     chunks : tuple of int
         Output chunk shape, one per spatial axis.
     block : tuple of int
         Output block shape, a multiple of ``chunks`` along every axis.
+    pools : tuple, optional
+        Per tiled axis, the network's pools along it as :mod:`fastunet.geometry` takes them
+        (``UNetConfig.axis_pools``); default ``depth`` pools by 2 along every tiled axis.
+
+    Methods that take an ``axis`` count the tiled axes: 0 is Y and 1 is X for a 2D tile, 0
+    is Z, 1 is Y and 2 is X for a 3D one.
     """
 
     shape: tuple[int, ...]
     depth: int
-    tile: tuple[int, int]
+    tile: tuple[int, ...]
     chunks: tuple[int, ...]
     block: tuple[int, ...]
+    pools: tuple | None = None
 
     def __post_init__(self) -> None:
         nd = len(self.shape)
@@ -150,18 +162,24 @@ class Layout:
             raise ValueError(f"Expected a spatial shape (Y, X) or (Z, Y, X); got {self.shape}.")
         if any(int(n) < 1 for n in self.shape):
             raise ValueError(f"Expected a non-empty volume; got shape {self.shape}.")
-        if len(self.tile) != 2 or len(self.chunks) != nd or len(self.block) != nd:
+        if len(self.tile) not in (2, nd) or len(self.chunks) != nd or len(self.block) != nd:
             raise ValueError(
-                f"Expected a (Ty, Tx) tile and chunks/block with {nd} entries; got tile {self.tile}, "
-                f"chunks {self.chunks}, block {self.block}."
+                f"Expected a (Ty, Tx) tile (or (Tz, Ty, Tx) for a 3D network) and chunks/block with {nd} entries; "
+                f"got tile {self.tile}, chunks {self.chunks}, block {self.block}."
             )
-        for t in self.tile:
-            out = geometry.check_tile_size(int(t), self.depth)
-            if out < 2**self.depth:
+        if self.pools is None:
+            object.__setattr__(self, "pools", (self.depth,) * len(self.tile))
+        elif len(self.pools) != len(self.tile):
+            raise ValueError(f"Expected pools for each of the {len(self.tile)} tiled axes; got {self.pools}.")
+        for t, p in zip(self.tile, self.pools):
+            out = geometry.check_tile_size(int(t), p)
+            q = geometry.grid_step(p)
+            if out < q:
+                what = "2**depth" if not isinstance(p, tuple) else "the max-pool grid"
                 raise ValueError(
-                    f"Expected a tile whose output ({out}) is at least 2**depth = {2**self.depth}, "
+                    f"Expected a tile whose output ({out}) is at least {what} = {q}, "
                     f"so that tiles can step on the max-pool grid; got {t}. Smallest usable: "
-                    f"{geometry.input_size_for_output(2**self.depth, self.depth)}."
+                    f"{geometry.input_size_for_output(q, p)}."
                 )
         for c, b in zip(self.chunks, self.block):
             if c < 1 or b < c or b % c:
@@ -173,39 +191,56 @@ class Layout:
         return len(self.shape)
 
     @property
+    def tiled(self) -> int:
+        """Number of tiled axes: 2 (Y, X), or 3 for a 3D network."""
+        return len(self.tile)
+
+    def _n(self, axis: int) -> int:
+        return self.shape[self.ndim - self.tiled + axis]
+
+    @property
     def context(self) -> int:
         """Pixels of context per side along Y and X."""
-        return geometry.context(self.depth)
+        return geometry.context(self.pools[-1])
 
     @property
-    def out(self) -> tuple[int, int]:
-        """Output tile edges ``(oy, ox)``."""
-        return tuple(geometry.output_size(int(t), self.depth) for t in self.tile)
+    def contexts(self) -> tuple[int, ...]:
+        """Pixels of context per side along each tiled axis."""
+        return tuple(geometry.context(p) for p in self.pools)
 
     @property
-    def step(self) -> tuple[int, int]:
-        """Tile grid step ``(sy, sx)``: the largest multiple of ``2**depth`` <= the output edge."""
-        q = 2**self.depth
-        return tuple(o - o % q for o in self.out)
+    def grid_steps(self) -> tuple[int, ...]:
+        """The max-pool grid along each tiled axis (``2**depth``)."""
+        return tuple(geometry.grid_step(p) for p in self.pools)
+
+    @property
+    def out(self) -> tuple[int, ...]:
+        """Output tile edges ``(oy, ox)`` (``(oz, oy, ox)``)."""
+        return tuple(geometry.output_size(int(t), p) for t, p in zip(self.tile, self.pools))
+
+    @property
+    def step(self) -> tuple[int, ...]:
+        """Tile grid step per tiled axis: the largest multiple of the max-pool grid <= the output edge."""
+        return tuple(o - o % q for o, q in zip(self.out, self.grid_steps))
 
     def last_tile(self, axis: int) -> int:
-        """Index of the last tile along Y (``axis=0``) or X (``axis=1``)."""
-        n = self.shape[self.ndim - 2 + axis]
+        """Index of the last tile along tiled ``axis`` (Y: 0, X: 1 for a 2D tile)."""
+        n = self._n(axis)
         o, s = self.out[axis], self.step[axis]
         return max(0, -(-(n - o) // s))
 
     def tile_of(self, axis: int, g: int) -> int:
-        """The tile whose output supplies pixel ``g`` along Y (0) or X (1)."""
+        """The tile whose output supplies pixel ``g`` along tiled ``axis``."""
         return min(g // self.step[axis], self.last_tile(axis))
 
     def tile_range(self, axis: int, start: int, stop: int) -> range:
-        """Tiles along Y (0) or X (1) that supply the output range ``[start, stop)``."""
+        """Tiles along tiled ``axis`` that supply the output range ``[start, stop)``."""
         return range(self.tile_of(axis, start), self.tile_of(axis, stop - 1) + 1)
 
     def assigned(self, axis: int, k: int) -> tuple[int, int]:
         """The output range tile ``k`` supplies (tiles overlap by ``out - step`` pixels; each
         pixel is taken from exactly one tile)."""
-        n = self.shape[self.ndim - 2 + axis]
+        n = self._n(axis)
         s = self.step[axis]
         stop = n if k == self.last_tile(axis) else (k + 1) * s
         return k * s, min(stop, n)
@@ -230,27 +265,27 @@ class Layout:
             yield self.block_at(index)
 
     def input_box(self, block: Block) -> tuple[tuple[int, int], ...]:
-        """The input range a block reads (global coordinates; Y/X reach into the mirror)."""
-        box = list(block.box[:-2])
-        c = self.context
-        for axis in (0, 1):
-            start, stop = block.box[self.ndim - 2 + axis]
+        """The input range a block reads (global coordinates; tiled axes reach into the mirror)."""
+        nt = self.tiled
+        box = list(block.box[:self.ndim - nt])
+        for axis in range(nt):
+            start, stop = block.box[self.ndim - nt + axis]
             ks = self.tile_range(axis, start, stop)
-            s, t = self.step[axis], self.tile[axis]
+            s, t, c = self.step[axis], self.tile[axis], self.contexts[axis]
             box.append((ks[0] * s - c, ks[-1] * s - c + t))
         return tuple(box)
 
-    def block_tiles(self, block: Block) -> list[tuple[tuple[int, int], tuple[slice, slice], tuple[slice, slice]]]:
-        """The tiles of one block (per Z slice), as ``(origin, src, dst)`` triples.
+    def block_tiles(self, block: Block) -> list[tuple[tuple[int, ...], tuple[slice, ...], tuple[slice, ...]]]:
+        """The tiles of one block (per Z slice for a 2D tile), as ``(origin, src, dst)`` triples.
 
-        ``origin`` is the tile's ``(y, x)`` offset inside the block's input slab (see
-        :meth:`input_box`), ``src`` the part of the tile's output to keep and ``dst`` where
-        it goes inside the block.
+        ``origin`` is the tile's offset along the tiled axes inside the block's input slab
+        (see :meth:`input_box`), ``src`` the part of the tile's output to keep and ``dst``
+        where it goes inside the block.
         """
-        tiles = []
+        nt = self.tiled
         per_axis = []
-        for axis in (0, 1):
-            start, stop = block.box[self.ndim - 2 + axis]
+        for axis in range(nt):
+            start, stop = block.box[self.ndim - nt + axis]
             ks = self.tile_range(axis, start, stop)
             s = self.step[axis]
             entries = []
@@ -259,25 +294,23 @@ class Layout:
                 a0, a1 = max(a0, start), min(a1, stop)
                 entries.append(((k - ks[0]) * s, slice(a0 - k * s, a1 - k * s), slice(a0 - start, a1 - start)))
             per_axis.append(entries)
-        for oy, src_y, dst_y in per_axis[0]:
-            for ox, src_x, dst_x in per_axis[1]:
-                tiles.append(((oy, ox), (src_y, src_x), (dst_y, dst_x)))
-        return tiles
+        return [tuple(zip(*combo)) for combo in itertools.product(*per_axis)]
 
 
 # --- defaults -----------------------------------------------------------------------
-def tile_for_extent(extent: int, depth: int) -> int:
-    """The smallest usable input tile whose single tile covers an axis of ``extent`` pixels."""
-    return geometry.input_size_for_output(max(int(extent), 2**depth), depth)
+def tile_for_extent(extent: int, depth) -> int:
+    """The smallest usable input tile whose single tile covers an axis of ``extent`` pixels
+    (``depth``: the pools along the axis, as :mod:`fastunet.geometry` takes them)."""
+    return geometry.input_size_for_output(max(int(extent), geometry.grid_step(depth)), depth)
 
 
-def pick_step(depth: int, *, chunk: int, max_step: int, min_step: int | None = None) -> int:
-    """A tile grid step (multiple of ``2**depth``) no larger than ``max_step``.
+def pick_step(depth, *, chunk: int, max_step: int, min_step: int | None = None) -> int:
+    """A tile grid step (multiple of ``2**depth``, the max-pool grid) no larger than ``max_step``.
 
     Prefers steps that divide the chunk or that the chunk divides, so that blocks (unions of
     chunks) hold whole tiles and no tile is computed twice by two blocks.
     """
-    q = 2**depth
+    q = geometry.grid_step(depth)
     top = max(q, max_step - max_step % q)
     low = max(q, min_step if min_step is not None else top // 2)
     for s in range(top, low - 1, -q):
@@ -312,8 +345,11 @@ def block_shape(
 ) -> tuple[int, ...]:
     """A block shape: a multiple of ``chunks``, a multiple of the tile step along Y/X where
     the least common multiple stays reasonable, about ``target_yx`` along Y/X and at most
-    ``max_voxels`` voxels (never below one chunk)."""
+    ``max_voxels`` voxels (never below one chunk). With a step along Z too (a 3D network),
+    every axis is treated so, about the cube root of ``max_voxels`` along each."""
     nd = len(shape)
+    if len(step) == 3:
+        return _block_3d(shape, chunks, step, max_voxels)
     cz = chunks[0] if nd == 3 else 1
     target = max(1, min(target_yx, int(math.sqrt(max_voxels / cz))))
     yx = []
@@ -331,6 +367,20 @@ def block_shape(
     kz = max(1, max_voxels // (per_slice * cz))
     bz = min(cz * kz, -(-shape[0] // cz) * cz)
     return (bz, *yx)
+
+
+def _block_3d(shape, chunks, step, max_voxels: int) -> tuple[int, ...]:
+    """A 3D network's block: per axis a multiple of the chunk (and of the step where their
+    least common multiple is not above the target), about ``max_voxels ** (1/3)`` along each."""
+    target = max(1, round(max_voxels ** (1 / 3)))
+    block = []
+    for n, c, s in zip(shape, chunks, step):
+        unit = math.lcm(c, s)
+        if unit > max(target, s):
+            unit = c
+        b = unit * max(1, target // unit)
+        block.append(min(b, -(-n // c) * c))
+    return tuple(block)
 
 
 def _user_shape(value, nd: int, option: str) -> tuple[int, ...]:
@@ -372,23 +422,32 @@ def plan_layout(
     depth: int,
     *,
     source_chunks: tuple[int, ...],
-    tile: int | tuple[int, int] | None = None,
-    max_step: int = 512,
+    tile: int | tuple[int, ...] | None = None,
+    max_step: int | tuple[int, ...] = 512,
     chunks: tuple[int, ...] | None = None,
     block: tuple[int, ...] | None = None,
     max_block_voxels: int = 8 * 1024 * 1024,
+    pools: tuple | None = None,
 ) -> Layout:
     """Pick tile, output chunks and blocks for a volume.
 
-    ``tile`` given: used as is (an int is square). Otherwise per axis the smallest tile that
-    covers the axis when it is short, else a step of at most ``max_step`` aligned with the
-    chunks (see :func:`pick_step`). ``chunks`` default to :func:`output_chunks` of the
-    input's chunks, ``block`` to :func:`block_shape`. A ``chunks`` or ``block`` of the
-    wrong length, with a size below 1, or a block that is not a multiple of the chunks
-    raises ValueError naming the parameter (``block=``) and a valid value.
+    ``tile`` given: used as is (an int is square, or a cube for a 3D network). Otherwise per
+    axis the smallest tile that covers the axis when it is short, else a step of at most
+    ``max_step`` (one for every tiled axis, or one per axis) aligned with the chunks (see
+    :func:`pick_step`). ``chunks`` default to :func:`output_chunks` of the input's chunks,
+    ``block`` to :func:`block_shape`. A ``chunks`` or ``block`` of the wrong length, with a
+    size below 1, or a block that is not a multiple of the chunks raises ValueError naming
+    the parameter (``block=``) and a valid value.
+
+    ``pools``: a 3D network's pools per spatial axis (``UNetConfig.axis_pools``, three
+    entries) tile Z too; None (the 2D network) tiles Y and X with ``depth`` pools.
     """
     shape = tuple(int(n) for n in shape)
     nd = len(shape)
+    pools = tuple(pools) if pools is not None else (depth, depth)
+    if len(pools) > nd:
+        raise ValueError(f"A {len(pools)}D network needs a volume of {len(pools)} spatial axes; got shape {shape}.")
+    nt = len(pools)
     if chunks is not None:
         chunks = _user_shape(chunks, nd, "chunks")
     if block is not None:
@@ -403,21 +462,24 @@ def plan_layout(
             f"({','.join(map(str, chunks))}) along every axis, so that no two blocks write one chunk; "
             f'e.g. block="{fixed}".'
         )
+    steps = (max_step,) * nt if isinstance(max_step, int) else tuple(max_step)
     if tile is None:
         tiles = []
-        for axis in (0, 1):
-            n, c = shape[nd - 2 + axis], chunks[nd - 2 + axis]
-            if n <= max_step:  # one tile covers the axis: never larger than needed
-                tiles.append(tile_for_extent(n, depth))
+        for axis, p, most in zip(range(nt), pools, steps):
+            n, c = shape[nd - nt + axis], chunks[nd - nt + axis]
+            if n <= most:  # one tile covers the axis: never larger than needed
+                tiles.append(tile_for_extent(n, p))
             else:
-                s = pick_step(depth, chunk=c, max_step=max_step)
-                tiles.append(geometry.input_size_for_output(s, depth))
+                s = pick_step(p, chunk=c, max_step=most)
+                tiles.append(geometry.input_size_for_output(s, p))
         tile = tuple(tiles)
     elif isinstance(tile, int):
-        tile = (tile, tile)
+        tile = (tile,) * nt
     tile = tuple(int(t) for t in tile)
+    layout_pools = None if nt == 2 and pools == (depth, depth) else pools
     if block is None:
-        q = 2**depth
-        step = tuple(o - o % q for o in (geometry.output_size(t, depth) for t in tile))
+        grid = [geometry.grid_step(p) for p in pools]
+        step = tuple(o - o % q for o, q in ((geometry.output_size(t, p), q) for t, p, q in zip(tile, pools, grid)))
         block = block_shape(shape, chunks, step, max_voxels=max_block_voxels)
-    return Layout(shape=shape, depth=depth, tile=tile, chunks=chunks, block=tuple(int(b) for b in block))
+    return Layout(shape=shape, depth=depth, tile=tile, chunks=chunks, block=tuple(int(b) for b in block),
+                  pools=layout_pools)

@@ -11,8 +11,12 @@ module             what it holds
                    order, shape and dtype checks, TIFF axis letters
 ``ome``            OME-Zarr (NGFF) metadata: axes and transforms of inputs, ``multiscales``
                    and ``image-label`` metadata of outputs
+``channels``       ``channels=``: picking channels by index or name
+``images``         PNG and JPEG files (Pillow)
 ``inputs``         :class:`VolumeSource` and :func:`open_volume` (zarr, OME-Zarr level 0,
-                   TIFF / OME-TIFF, in-memory arrays; local paths and URLs)
+                   TIFF / OME-TIFF (multi-series), PNG/JPEG, in-memory arrays (numpy,
+                   dask, xarray); local paths and URLs; time series on request)
+``plates``         :func:`plate_fields`: the field images of an OME-Zarr HCS plate or well
 ``fingerprint``    :func:`input_fingerprint`, recorded in an output so that a resume on
                    another input is refused; :class:`InputMovedWarning`
 ``physical``       :func:`pixel_size`: the physical pixel size of an input (OME-Zarr,
@@ -59,6 +63,7 @@ from .outputs import (
     tiff_paths,
 )
 from .physical import PixelSize, pixel_size
+from .plates import plate_fields
 from .store import SegmentationStore
 from .tiff import is_ome_tiff_name, write_tiff
 
@@ -82,4 +87,5 @@ __all__ = [
     "labels_of_input",
     "tiff_paths",
     "is_ome_tiff_name",
+    "plate_fields",
 ]

@@ -4,7 +4,8 @@ the canonical order the engine reads in.
 Every input ends up with *canonical axes*, a subsequence of ``"CZYX"``. The stored axes are
 named by letters from ``"TCZYXS"`` (T time, C channel, Z, Y, X, S RGB samples); then ``T`` of
 length 1 is dropped (T > 1 is an error), RGB samples ``S`` become ``C``, and a ``C`` of length 1
-is dropped (one channel either way): :func:`plan_axes`.
+is dropped (one channel either way): :func:`plan_axes`. A time axis of length > 1 stays
+(native letter ``T``) for the callers that segment time points one by one.
 """
 
 from __future__ import annotations
@@ -84,16 +85,11 @@ def example_axes(ndim: int) -> str:
 def plan_axes(letters: str, shape: tuple[int, ...], what: str) -> tuple[str, str]:
     """Map native per-dimension letters (``TCZYXS``, or ``1`` for a dropped length-1 axis) to
     canonical axes. Returns ``(native_axes, canonical_axes)`` where ``native_axes`` has one
-    letter per stored dimension: the canonical letter it becomes, or ``1`` when dropped."""
+    letter per stored dimension: the canonical letter it becomes, ``1`` when dropped, or ``T``
+    for a time axis of length > 1 (not canonical: its time points are read one at a time)."""
     out = list(letters)
     size = dict(zip(letters, shape))
-    if "T" in size:
-        if size["T"] > 1:
-            raise UserError(
-                f"{what} is a time series (T={size['T']}); time series are not supported: select one "
-                "time point first (e.g. `volume[t]` in Python, or save it as its own file) and pass "
-                "it without the T axis."
-            )
+    if "T" in size and size["T"] == 1:
         out[letters.index("T")] = "1"
     if "S" in size:
         s = letters.index("S")

@@ -3,9 +3,14 @@
 (:func:`check_input`), which refuses another input (or one changed since) and warns
 (:class:`InputMovedWarning`) when the same input was moved or copied.
 
-The fingerprint costs O(1) requests in the number of chunks (an object store holds millions):
-the array's metadata document and one read of the chunks around a fixed lattice of points,
-never a listing of the store.
+The fingerprint reads the array's metadata document and the chunks around a fixed lattice of
+points (O(1) requests), and lists the array's chunk files once (:func:`chunk_files`: each
+file's size and modification time, or its ETag on an object store; one listing request per
+1000 objects there, small beside a run that reads every chunk). An edit of any chunk since the
+interrupted run — even one between the sampled points, even one that keeps the file's size —
+then refuses ``resume=True``, naming the chunks that changed (the listing is kept in the
+output, :data:`FILES_RECORD`). Modification times count only for the same path: a copy or a
+move of an unchanged input (new times, same sizes and values) is accepted with a warning.
 """
 
 from __future__ import annotations
@@ -24,11 +29,14 @@ from ..errors import UserError
 from .inputs import VolumeSource
 from .stores import is_url
 
-__all__ = ["input_fingerprint", "InputMovedWarning", "FINGERPRINT_POINTS", "CHUNK_SAMPLE_BYTES", "FULL_HASH_BYTES"]
+__all__ = ["input_fingerprint", "InputMovedWarning", "chunk_files", "write_files_record", "FINGERPRINT_POINTS",
+           "CHUNK_SAMPLE_BYTES", "FULL_HASH_BYTES", "FILES_RECORD"]
 
 FINGERPRINT_POINTS = 4  # sample positions per spatial axis
 CHUNK_SAMPLE_BYTES = 32 * 1024**2  # decoded bytes of the chunks around the sample points that are hashed
 FULL_HASH_BYTES = 256 * 1024**2  # TIFF files up to this size are hashed whole
+FILES_RECORD = "_fastunet_input_files.json"  # in the output: the input's chunk files when it was started
+_VOLATILE = ("chunk_times", "mtime_ns")  # entries that a copy of the same input changes
 
 
 class InputMovedWarning(UserWarning):
@@ -59,8 +67,11 @@ def input_fingerprint(source: VolumeSource) -> dict:
     shape only (``sample``); zarr and TIFF: a content hash of the chunks (pages, tiles) that
     hold those points (``chunks``; at most ``CHUNK_SAMPLE_BYTES`` decoded bytes, else windows
     around the points inside those chunks), read in one request per chunk. An edit of a
-    chunk that holds no sample point is not seen. Modification times are left out: a copy of
-    an unchanged file still matches.
+    chunk that holds no sample point is not seen by these. zarr: a digest of the chunk files'
+    names and sizes (``chunk_sizes``) and of their modification times or ETags
+    (``chunk_times``), from one listing (:func:`chunk_files`); a TIFF too large to hash: its
+    modification time (``mtime_ns``). Those two count only for the same path (a copy has new
+    times).
     """
     fp = {
         "path": (source.path if is_url(source.path) else os.path.realpath(source.path)) if source.path else None,
@@ -71,20 +82,96 @@ def input_fingerprint(source: VolumeSource) -> dict:
         "shape": [int(n) for n in source.shape],
         "dtype": source.dtype,
     }
+    if source.select:  # the channels (and time point) read
+        fp["select"] = [list(p) if isinstance(p, tuple) else p for p in source.select]
+    if source.timepoints > 1:
+        fp["timepoints"] = source.timepoints
     stored = source.stored()
-    if source.kind == "tiff":
-        fp["size"] = int(os.stat(source.path).st_size)
+    if source.kind in ("tiff", "image"):
+        st = os.stat(source.path)
+        fp["size"] = int(st.st_size)
         if fp["size"] <= FULL_HASH_BYTES:
             with open(source.path, "rb") as f:
                 fp["sha256"] = hashlib.file_digest(f, "sha256").hexdigest()[:32]
+        else:  # too large to hash: an edit in place shows in its modification time
+            fp["mtime_ns"] = int(st.st_mtime_ns)
     elif isinstance(stored, zarr.Array):
         doc = json.dumps(stored.metadata.to_dict(), sort_keys=True, default=str)
         fp["metadata"] = hashlib.sha256(doc.encode()).hexdigest()[:32]
+        files = chunk_files(source)
+        if files is not None:
+            fp["chunk_sizes"] = _digest(len(files), sorted((k, v[0]) for k, v in files.items()))
+            fp["chunk_times"] = _digest(len(files), sorted((k, v[1]) for k, v in files.items()))
     if isinstance(stored, zarr.Array):
         fp["sample"], fp["chunks"] = _chunk_digests(source, stored)
     else:
         fp["sample"] = _sample_digest(source)
     return fp
+
+
+def _digest(count: int, items) -> str:
+    return f"{count}:" + hashlib.sha256(json.dumps(items).encode()).hexdigest()[:32]
+
+
+def _array_location(source: VolumeSource):
+    from .stores import location
+
+    root = location(source.path, source.storage_options, what="source")
+    return root / source.key if source.key else root
+
+
+def chunk_files(source: VolumeSource) -> dict | None:
+    """The files of a zarr input's array, ``{name: [size, stamp]}`` (names relative to the
+    array; stamp: the modification time in ns, or an object store's ETag), from one listing;
+    None for inputs that are not zarr stores."""
+    if source.kind not in ("zarr", "ome-zarr") or not source.path:
+        return None
+    from .stores import is_remote
+
+    root = _array_location(source)
+    files = {}
+    if not is_remote(root):
+        for folder, _, names in os.walk(root):
+            for name in names:
+                st = os.stat(os.path.join(folder, name))
+                files[os.path.relpath(os.path.join(folder, name), root)] = [int(st.st_size), int(st.st_mtime_ns)]
+        return files
+    fs, key = root.fs, root.path.rstrip("/")
+    for name, info in fs.find(key, detail=True).items():
+        stamp = next((str(info[k]) for k in ("ETag", "etag", "md5Hash", "mtime", "LastModified", "updated")
+                      if info.get(k) is not None), "")
+        files[name[len(key):].lstrip("/")] = [int(info.get("size") or 0), stamp.strip('"')]
+    return files
+
+
+def write_files_record(out, source: VolumeSource) -> None:
+    """Keep the input's chunk files (:func:`chunk_files`) in the output ``out``, so that a
+    refused resume can name the chunks that changed."""
+    from .stores import filesystem
+
+    files = chunk_files(source)
+    if files is None:
+        return
+    fs, key = filesystem(out)
+    fs.pipe_file(f"{key.rstrip('/')}/{FILES_RECORD}", json.dumps(files).encode())
+
+
+def _changed_chunks(out, source: VolumeSource | None, *, times: bool) -> list[str]:
+    """The chunk files of ``source`` that differ from those recorded in the output ``out``
+    (sizes, and with ``times`` modification times or ETags); empty when unknown."""
+    from .stores import filesystem
+
+    if source is None:
+        return []
+    try:
+        fs, key = filesystem(out)
+        old = json.loads(fs.cat_file(f"{key.rstrip('/')}/{FILES_RECORD}"))
+        new = chunk_files(source) or {}
+    except (OSError, ValueError):
+        return []
+    index = 1 if times else 0
+    return sorted(n for n in set(old) | set(new)
+                  if n not in old or n not in new or old[n][0] != new[n][0] or old[n][index] != new[n][index])
 
 
 def _lattice(n: int) -> list[int]:
@@ -101,9 +188,11 @@ def _sample_digest(source: VolumeSource) -> str:
     """Digest of the values at the lattice points of an in-memory array (read point by point)."""
     digest = hashlib.sha256()
     grids = [[None] if a == "C" else _lattice(n) for a, n in zip(source.axes, source.shape)]
-    for point in itertools.product(*grids):
-        _add(digest, source.read(tuple(slice(0, n) if p is None else slice(p, p + 1)
-                                       for p, n in zip(point, source.shape))))
+    times = [source] if source.timepoints <= 1 else [source.at_time(t) for t in _lattice(source.timepoints)]
+    for volume in times:
+        for point in itertools.product(*grids):
+            _add(digest, volume.read(tuple(slice(0, n) if p is None else slice(p, p + 1)
+                                           for p, n in zip(point, source.shape))))
     return digest.hexdigest()[:32]
 
 
@@ -152,11 +241,15 @@ def _chunk_digests(source: VolumeSource, stored: zarr.Array) -> tuple[str, str]:
     return sample.hexdigest()[:32], chunks.hexdigest()[:32]
 
 
-def describe_mismatch(path: Path, old: dict, new: dict) -> str:
-    """Why a resume's input is not the recorded one, in words (the message of the refusal)."""
+def describe_mismatch(path: Path, old: dict, new: dict, changed: list[str] | None = None) -> str:
+    """Why a resume's input is not the recorded one, in words (the message of the refusal);
+    ``changed`` names chunk files that differ."""
     def differs(*keys):
         return any(old.get(k) != new.get(k) for k in keys)
 
+    named = ""
+    if changed:
+        named = f" ({len(changed)} chunk file(s): {', '.join(changed[:5])}{', ...' if len(changed) > 5 else ''})"
     if not isinstance(old, dict):
         reason = "its input record is unreadable"
     elif differs("path"):
@@ -168,6 +261,9 @@ def describe_mismatch(path: Path, old: dict, new: dict) -> str:
         reason = (f"it was started on an input with axes {old.get('native_axes')} -> {old.get('axes')}, shape "
                   f"{old.get('shape')}, dtype {old.get('dtype')}; this run's input has axes "
                   f"{new.get('native_axes')} -> {new.get('axes')}, shape {new.get('shape')}, dtype {new.get('dtype')}")
+    elif differs("select"):
+        reason = (f"it was started on the channels (and time point) {old.get('select')} of its stored axes "
+                  f"{old.get('native_axes')}, this run reads {new.get('select')}")
     elif differs("size"):
         reason = "the input file changed since it was started (its size differs)"
     elif differs("metadata"):
@@ -179,18 +275,24 @@ def describe_mismatch(path: Path, old: dict, new: dict) -> str:
                   "fixed positions)")
     elif differs("sha256"):
         reason = "the input file's contents changed since it was started (its SHA-256 differs)"
+    elif differs("chunk_sizes"):
+        reason = f"the input's chunk files changed since it was started (names or sizes){named}"
+    elif differs("chunk_times"):
+        reason = f"the input's chunk files were modified since it was started (times or ETags){named}"
+    elif differs("mtime_ns"):
+        reason = "the input file was modified since it was started (its modification time differs)"
     else:
-        reason = "the input array's chunk files changed since it was started (names or sizes differ)"
+        reason = "the input array's chunk files changed since it was started (names or sizes)"
     return (
         f"Cannot resume {str(path)!r}: {reason}; resuming would mix two inputs in one output. Resume with "
         "the same, unchanged input, or start over with overwrite=True."
     )
 
 
-
-def check_input(path: Path, meta: dict, want: dict) -> None:
+def check_input(path: Path, meta: dict, want: dict, *, source: VolumeSource | None = None) -> None:
     """The resumed output's recorded input (``meta["input_id"]``) against this run's ``want``
-    (see :func:`input_fingerprint`): refuse another or changed input, warn when it moved."""
+    (see :func:`input_fingerprint`): refuse another or changed input, naming the chunk files
+    that changed when ``source`` is given; warn when the same input moved."""
     old = meta.get("input_id")
     if old is None:
         if meta.get("complete"):
@@ -203,15 +305,20 @@ def check_input(path: Path, meta: dict, want: dict) -> None:
         old, want = ({k: v for k, v in d.items() if k in old and k in want} for d in (old, want))
     if old == want:
         return
-    if isinstance(old, dict) and {k: v for k, v in old.items() if k != "path"} == {
-        k: v for k, v in want.items() if k != "path"
-    }:
+
+    def lasting(d):  # what a copy keeps: not the path, not modification times
+        return {k: v for k, v in d.items() if k != "path" and k not in _VOLATILE}
+
+    if isinstance(old, dict) and old.get("path") != want.get("path") and lasting(old) == lasting(want):
         warnings.warn(
             f"Resuming {str(path)!r}, started on {old.get('path')!r}, with {want.get('path')!r}: the same "
-            "array (shape, dtype, metadata and sampled values agree), so the input was moved or copied.",
+            "array (shape, dtype, metadata, sampled values and chunk sizes agree), so the input was moved or copied.",
             InputMovedWarning,
             stacklevel=3,
         )
         return
-    raise UserError(describe_mismatch(path, old, want))
-
+    changed = []
+    if isinstance(old, dict) and old.get("path") == want.get("path") and (
+            old.get("chunk_sizes") != want.get("chunk_sizes") or old.get("chunk_times") != want.get("chunk_times")):
+        changed = _changed_chunks(path, source, times=old.get("chunk_sizes") == want.get("chunk_sizes"))
+    raise UserError(describe_mismatch(path, old, want, changed))

@@ -34,15 +34,19 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tifffile
 import zarr
 
 from ..errors import UserError
+from ..paths import check_readable_input
 from .axes import check_shape_dtype, default_letters, letters_from_names, parse_axes, plan_axes, tiff_letters
-from .ome import find_multiscales, is_bioformats2raw, ngff_section, read_level0
-from .stores import is_remote, location, zarr_store
+from .channels import RGB_NAMES, ChannelSpec, omero_names, pick_channels
+from .images import image_info, is_image_file, read_image
+from .ome import find_multiscales, is_bioformats2raw, ngff_section, ome_xml_image, read_level0
+from .stores import is_remote, location, remote_error, zarr_store
 
 __all__ = ["VolumeSource", "open_volume"]
 
@@ -87,6 +91,18 @@ class VolumeSource:
         planes as Z slices instead, for error messages; else empty.
     storage_options : dict or None
         The file system's options of a URL ``path`` (see :func:`open_volume`).
+    select : tuple
+        Per stored dimension (empty: none): None (read by the box), an int (that index only:
+        a time point, or the one channel picked; the dimension is dropped), or a tuple of
+        ints (the channels picked, in order: the C axis holds them).
+    timepoints : int
+        Time points of a time series whose T axis is not picked yet (native letter ``T``);
+        1 otherwise. :meth:`at_time` picks one; :meth:`read` refuses a series.
+    time : int or None
+        The time point this volume is, when picked from a series.
+    channel_names : tuple of str
+        Names of the stored channels (OME-Zarr ``omero``, OME-TIFF ``Channel``, xarray
+        coordinates, RGB), for ``channels=`` and messages; empty when unknown.
     """
 
     kind: str
@@ -101,6 +117,10 @@ class VolumeSource:
     native_axes: str = ""
     alt_axes: str = ""
     storage_options: dict | None = field(default=None, hash=False, compare=False, repr=False)
+    select: tuple = ()
+    timepoints: int = 1
+    time: int | None = None
+    channel_names: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
     # The open handle lives in the instance __dict__ under "_handle" (never pickled).
 
@@ -130,6 +150,17 @@ class VolumeSource:
         """Bytes of the whole volume in the stored dtype."""
         return int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize
 
+    def at_time(self, t: int) -> "VolumeSource":
+        """Time point ``t`` of a time series (``timepoints > 1``) as a volume of its own."""
+        native = self.native_axes
+        if self.timepoints <= 1 or "T" not in native:
+            raise ValueError(f"{self.describe()} is not a time series.")
+        if not 0 <= t < self.timepoints:
+            raise ValueError(f"time point {t} is outside 0..{self.timepoints - 1}.")
+        select = list(self.select or (None,) * len(native))
+        select[native.index("T")] = int(t)
+        return dataclasses.replace(self, select=tuple(select), timepoints=1, time=int(t))
+
     def stored(self):
         """The stored array in native axes (a zarr.Array, or the in-memory array), opened once
         per process, read-only; :meth:`read` reads boxes in canonical axes."""
@@ -142,7 +173,10 @@ class VolumeSource:
             cached = self.__dict__.get("_handle")
             if cached is not None and cached[0] == os.getpid():
                 return cached[1]
-            if self.kind == "tiff":
+            if self.kind == "image":
+                stored = read_image(self.path)
+                handle = stored
+            elif self.kind == "tiff":
                 from .retry import RetryingStore
 
                 tif = tifffile.TiffFile(self.path)
@@ -176,10 +210,20 @@ class VolumeSource:
         """
         box = self._check_region(region)
         native = self.native_axes or self.axes
-        index, kept = [], []
-        for letter in native:
-            if letter == "1":
+        if self.timepoints > 1:
+            raise UserError(f"{self.describe()} is a time series (T={self.timepoints}); pick a time point first "
+                            "(VolumeSource.at_time): fastunet.segment segments each time point in turn.")
+        index: list = []
+        kept: list[str] = []
+        for i, letter in enumerate(native):
+            pick = self.select[i] if self.select else None
+            if isinstance(pick, int):
+                index.append(pick)
+            elif letter == "1":
                 index.append(0)
+            elif isinstance(pick, tuple):  # the channels picked, in order
+                index.append(list(pick[box[self.axes.index(letter)]]))
+                kept.append(letter)
             else:
                 index.append(box[self.axes.index(letter)])
                 kept.append(letter)
@@ -201,11 +245,14 @@ class VolumeSource:
         """The input in words, for messages: its path (and array key or TIFF series)."""
         if self.path is None:
             return "the in-memory input array"
+        when = f" (time point {self.time})" if self.time is not None else ""
         if self.kind == "tiff":
             series = f" (series {self.key})" if self.key not in (None, "0") else ""
-            return f"the TIFF file {self.path!r}{series}"
+            return f"the TIFF file {self.path!r}{series}{when}"
+        if self.kind == "image":
+            return f"the image file {self.path!r}{when}"
         where = f"{self.path}/{self.key}" if self.key else self.path
-        return f"the zarr array {where!r}"
+        return f"the zarr array {where!r}{when}"
 
     def _read_error(self, box, index, exc) -> UserError:
         region = ", ".join(f"{a} {s.start}:{s.stop}" for a, s in zip(self.axes, box))
@@ -262,15 +309,17 @@ class VolumeSource:
 # ------------------------------------------------------------------------------- open_volume
 
 
-def open_volume(source, *, axes: str | None = None, storage_options: dict | None = None) -> VolumeSource:
+def open_volume(source: Any, *, axes: str | None = None, storage_options: dict | None = None,
+                channels: ChannelSpec = None, series: int | None = None, timepoints: bool = False) -> VolumeSource:
     """Describe an input volume for the engine, validating it; nothing is loaded.
 
     Parameters
     ----------
-    source : str, path-like, numpy.ndarray, dask.array.Array, zarr.Array or VolumeSource
+    source : str, path-like, numpy.ndarray, dask.array.Array, xarray.DataArray, zarr.Array or VolumeSource
         A zarr v2/v3 array or group folder (OME-Zarr: level 0 of the first multiscale; a
         plain group with exactly one array: that array), or its URL (``s3://``, ``gs://``,
-        ``https://``, ``memory://``, ``file://``), a TIFF / OME-TIFF file, or an array object.
+        ``https://``, ``memory://``, ``file://``), a TIFF / OME-TIFF file, a PNG or JPEG
+        file, or an array object (an xarray ``DataArray``'s dims are its axes).
     axes : str, optional
         The stored axes, e.g. ``"ZYX"`` or ``"zcyx"`` (letters from ``TCZYXS``); required
         where the metadata do not say (3-D and higher plain arrays).
@@ -278,6 +327,13 @@ def open_volume(source, *, axes: str | None = None, storage_options: dict | None
         Options of a URL's file system (fsspec), e.g. ``{"anon": True}`` or
         ``{"endpoint_url": "http://127.0.0.1:9000"}``; credentials otherwise come from the
         usual environment variables (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``, ...).
+    channels : int, str or a sequence of them, optional
+        The channels to read, by index or by name (:func:`fastunet.io.channels.pick_channels`).
+    series : int, optional
+        The image of a multi-series TIFF or a bioformats2raw OME-Zarr (default 0).
+    timepoints : bool
+        Accept a time series (T > 1): the volume's :attr:`~VolumeSource.timepoints` says how
+        many, :meth:`VolumeSource.at_time` picks one. Default: refused.
 
     Returns
     -------
@@ -287,8 +343,20 @@ def open_volume(source, *, axes: str | None = None, storage_options: dict | None
     ------
     UserError
         Missing path, not an array, wrong number of axes, bad axes, zero-size axes,
-        unsupported dtype, time series.
+        unsupported dtype, time series (unless ``timepoints``), an unknown channel or series.
     """
+    if series is not None and (isinstance(series, bool) or not isinstance(series, int) or series < 0):
+        raise UserError(f"series= expects the index of an image in the file (0 first); got {series!r}.")
+    volume = _open_any(source, axes, storage_options, series)
+    if volume.timepoints > 1 and not timepoints:
+        raise UserError(
+            f"{volume.describe()} is a time series (T={volume.timepoints}); fastunet.segment and `fastunet "
+            "segment` segment each time point in turn, elsewhere select one time point first (e.g. `volume[t]`)."
+        )
+    return pick_channels(volume, channels)
+
+
+def _open_any(source, axes: str | None, storage_options: dict | None, series: int | None) -> VolumeSource:
     if isinstance(source, VolumeSource):
         if axes is not None and parse_axes(axes, len(source.axes)) != source.axes:
             raise UserError(f'This volume has axes {source.axes}; axes="{axes}" disagrees; leave it out.')
@@ -296,21 +364,50 @@ def open_volume(source, *, axes: str | None = None, storage_options: dict | None
     if isinstance(source, (str, os.PathLike)) and not isinstance(source, bytes):
         where = location(source, storage_options, what="source", resolve=False)
         if is_remote(where):
-            return _open_url(where, axes, storage_options)
-        return _open_path(where, axes)
+            return _open_url(where, axes, storage_options, series)
+        return _open_path(where, axes, series)
+    if series not in (None, 0):
+        raise UserError(f"series={series} picks an image of a multi-series file; this input is an array.")
     if isinstance(source, zarr.Array):
         local = _local_zarr_location(source)
         if local is not None:
             return _from_zarr_array(source, str(local), None, axes, kind="zarr")
         return _from_zarr_array(source, None, None, axes, kind="array", keep=True)
+    if is_xarray(source):
+        return _from_xarray(source, axes)
     if hasattr(source, "shape") and hasattr(source, "dtype") and hasattr(source, "__getitem__"):
         if not hasattr(source, "compute") and not isinstance(source, np.ndarray):
             source = np.asarray(source)
         return _from_array_object(source, axes)
     raise TypeError(
-        "open_volume expects a path to a zarr store or TIFF file, a numpy/dask array or a "
+        "open_volume expects a path to a zarr store, TIFF or PNG/JPEG file, a numpy/dask/xarray array or a "
         f"zarr.Array; got {type(source).__name__}."
     )
+
+
+def is_xarray(obj) -> bool:
+    """Is ``obj`` an xarray ``DataArray`` (checked without importing xarray)?"""
+    return type(obj).__name__ == "DataArray" and type(obj).__module__.startswith("xarray")
+
+
+def _from_xarray(arr, axes: str | None) -> VolumeSource:
+    """An xarray ``DataArray``: its dims (``t``, ``c``, ``z``, ``y``, ``x``, any case) are its axes,
+    the labels of its ``c`` coordinate its channel names; the data (numpy or dask) is read."""
+    dims = [str(d) for d in arr.dims]
+    if axes is None:
+        axes = letters_from_names(dims)
+        if axes is None:
+            raise UserError(f"The xarray DataArray has dims {tuple(dims)}; fastunet reads dims named t, c, z, y, x "
+                            "(any case): rename them (DataArray.rename) or pass axes=.")
+    data = arr.data
+    if not hasattr(data, "compute") and not isinstance(data, np.ndarray):
+        data = np.asarray(data)
+    source = _from_array_object(data, axes)
+    c = [d for d, a in zip(dims, parse_axes(axes, len(dims))) if a == "C"]
+    if c and c[0] in arr.coords:
+        names = tuple(str(v) for v in np.asarray(arr.coords[c[0]].values).tolist())
+        source = dataclasses.replace(source, channel_names=names)
+    return source
 
 
 def _local_zarr_location(arr: zarr.Array) -> Path | None:
@@ -321,23 +418,44 @@ def _local_zarr_location(arr: zarr.Array) -> Path | None:
     return None
 
 
-def _open_path(path: Path, axes: str | None) -> VolumeSource:
+def _open_path(path: Path, axes: str | None, series: int | None = None) -> VolumeSource:
     if not path.exists():
         raise UserError(f"Input not found: {str(path)!r} does not exist; check the path.")
+    check_readable_input(path)  # a named pipe, a device, no permission: said as such
     if path.is_file():
         if is_tiff_file(path):
-            return _open_tiff(path, axes)
+            return _open_tiff(path, axes, series)
+        if is_image_file(path):
+            return _open_image(path, axes, series)
         raise UserError(
-            f"{str(path)!r} is neither a TIFF file nor a zarr store; fastunet reads zarr v2/v3 "
-            "arrays and OME-Zarr folders and .tif/.tiff files."
+            f"{str(path)!r} is neither a TIFF file nor a zarr store (nor a PNG/JPEG image); fastunet reads zarr v2/v3 "
+            "arrays and OME-Zarr folders, .tif/.tiff files and .png/.jpg images."
         )
     node = _open_node(path, f"{str(path)!r} is a folder but not")
     if isinstance(node, zarr.Array):
+        _no_series(series, path)
         return _from_zarr_array(node, str(path), None, axes, kind="zarr")
-    return _open_group(node, path, axes)
+    return _open_group(node, path, axes, series)
 
 
-def _open_url(url, axes: str | None, storage_options: dict | None) -> VolumeSource:
+def _no_series(series: int | None, path) -> None:
+    if series not in (None, 0):
+        raise UserError(f"{str(path)!r} holds one image; series={series} picks an image of a multi-series TIFF "
+                        "or a bioformats2raw OME-Zarr.")
+
+
+def _open_image(path: Path, axes: str | None, series: int | None) -> VolumeSource:
+    """A PNG or JPEG file (decoded whole when first read, :mod:`fastunet.io.images`)."""
+    _no_series(series, path)
+    what = repr(str(path))
+    letters, shape, dtype, names = image_info(path)
+    if axes is not None:
+        letters = parse_axes(axes, len(shape), what=f"{what} (shape {shape})")
+    source = _make_source("image", str(path), None, letters, shape, dtype, shape, what)
+    return dataclasses.replace(source, channel_names=names if source.channels == len(names) else ())
+
+
+def _open_url(url, axes: str | None, storage_options: dict | None, series: int | None = None) -> VolumeSource:
     """A zarr array or group at a URL (read through zarr's fsspec store)."""
     import dataclasses as dc
 
@@ -348,9 +466,10 @@ def _open_url(url, axes: str | None, storage_options: dict | None) -> VolumeSour
         )
     node = _open_node(url, f"{str(url)!r} is not")
     if isinstance(node, zarr.Array):
+        _no_series(series, url)
         source = _from_zarr_array(node, str(url), None, axes, kind="zarr")
     else:
-        source = _open_group(node, url, axes)
+        source = _open_group(node, url, axes, series)
     return dc.replace(source, storage_options=dict(storage_options or {}) or None)
 
 
@@ -377,19 +496,34 @@ def _open_node(path, not_zarr: str):
             "and pickle codecs are refused: they could run code)."
         ) from None
     except Exception as exc:  # an unreachable server, refused credentials...
+        named = remote_error(exc, path)
+        if named is not None:
+            raise named from None
         detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
         raise UserError(f"Cannot open {str(path)!r} ({detail}); check the path or URL and the credentials.") from None
 
 
-def _open_group(group: zarr.Group, path, axes: str | None) -> VolumeSource:
+def _open_group(group: zarr.Group, path, axes: str | None, series: int | None = None) -> VolumeSource:
     attrs = group.attrs.asdict()
     section = ngff_section(attrs)
     if is_bioformats2raw(attrs, section):
-        if "0" in group.group_keys():  # bioformats2raw: the first image lives in group "0"
-            return _open_group(group["0"], path / "0", axes)
+        images = sorted((k for k in group.group_keys() if k.isdigit()), key=int)
+        key = str(series or 0)
+        image = group[key] if key in images else None
+        if isinstance(image, zarr.Group):  # bioformats2raw: image N lives in group "N"
+            return _open_group(image, path / key, axes)
+        if series:
+            raise UserError(f"{str(path)!r} holds {len(images)} image series (0..{len(images) - 1}); series={series} "
+                            "is not one of them.")
     multiscales = find_multiscales(attrs, section)
+    _no_series(series, path)
     if multiscales:
-        return _open_ome(group, path, multiscales, section, axes)
+        source = _open_ome(group, path, multiscales, section, axes)
+        names = omero_names(section or attrs)
+        if names and len(names) == source.channels:
+            source = dataclasses.replace(source, channel_names=names)
+        return source
+    _reject_plate(attrs, section, path)
     arrays = sorted(group.array_keys())
     if len(arrays) == 1:
         return _from_zarr_array(group[arrays[0]], str(path), arrays[0], axes, kind="zarr")
@@ -404,6 +538,16 @@ def _open_group(group: zarr.Group, path, axes: str | None) -> VolumeSource:
         f"{str(path)!r} is a zarr group with several arrays ({', '.join(arrays)}); point at one, "
         f"e.g. {str(path / arrays[0])!r} (path/to/group/arrayname)."
     )
+
+
+def _reject_plate(attrs: dict, section: dict | None, path) -> None:
+    """An HCS plate or well is many images: say how fastunet segments them."""
+    entries = section or attrs
+    kind = "plate" if "plate" in entries else "well" if "well" in entries else None
+    if kind is not None:
+        raise UserError(f"{str(path)!r} is an OME-Zarr HCS {kind}: many images, each segmented on its own; "
+                        "pass it to fastunet.segment / `fastunet segment`, which segment every field into its own "
+                        "labels group, or point at one field image (e.g. path/A/1/0).")
 
 
 def _open_ome(group, path, multiscales, section, axes: str | None) -> VolumeSource:
@@ -457,6 +601,7 @@ def _make_source(kind, path, key, letters, shape, dtype, chunks, what, *, ome=No
         ome=ome,
         array=array,
         native_axes=native,
+        timepoints=int(shape[native.index("T")]) if "T" in native else 1,
     )
 
 
@@ -484,7 +629,7 @@ def is_tiff_file(path: Path) -> bool:
     return head in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
-def _open_tiff(path: Path, axes: str | None) -> VolumeSource:
+def _open_tiff(path: Path, axes: str | None, series: int | None = None) -> VolumeSource:
     what = repr(str(path))
     try:
         tif = tifffile.TiffFile(str(path))
@@ -493,14 +638,21 @@ def _open_tiff(path: Path, axes: str | None) -> VolumeSource:
     with tif:
         if not tif.series:
             raise UserError(f"{what} holds no image series; check the file.")
-        series = tif.series[0]
-        arr = zarr.open_array(series.aszarr(level=0), mode="r")
+        index = series or 0
+        if index >= len(tif.series):
+            listed = ", ".join(f"{i}: {s.axes} {tuple(s.shape)}" for i, s in enumerate(tif.series[:8]))
+            raise UserError(f"{what} holds {len(tif.series)} image series ({listed}); series={index} is not one "
+                            "of them (series=N, 0 first).")
+        if len(tif.series) > 1:
+            what = f"{what} (series {index} of {len(tif.series)})"
+        tseries = tif.series[index]
+        arr = zarr.open_array(tseries.aszarr(level=0), mode="r")
         shape = tuple(int(n) for n in arr.shape)
         if axes is not None:
-            letters = parse_axes(axes, len(shape), what=f"{what} (tifffile axes {series.axes}, shape {shape})")
+            letters = parse_axes(axes, len(shape), what=f"{what} (tifffile axes {tseries.axes}, shape {shape})")
         else:
-            letters = tiff_letters(series.axes, shape, what)
-        source = _make_source("tiff", str(path), "0", letters, shape, arr.dtype,
+            letters = tiff_letters(tseries.axes, shape, what)
+        source = _make_source("tiff", str(path), str(index), letters, shape, arr.dtype,
                               tuple(int(c) for c in arr.chunks), what)
         if axes is None and "S" in letters and "Z" not in letters and "C" in source.axes:
             # tifffile read the planes as RGB samples (its guess for 3 or 4 planes without
@@ -508,6 +660,9 @@ def _open_tiff(path: Path, axes: str | None) -> VolumeSource:
             alt = letters.replace("S", "Z")
             if "1" not in alt:
                 source = dataclasses.replace(source, alt_axes=alt)
+        names = _tiff_channel_names(tif, index, letters)
+        if names and len(names) == source.channels:
+            source = dataclasses.replace(source, channel_names=names)
         try:  # decode one chunk now, so a codec that needs imagecodecs fails before any compute
             arr[tuple(slice(0, 1) for _ in shape)]
         except Exception as exc:
@@ -515,3 +670,14 @@ def _open_tiff(path: Path, axes: str | None) -> VolumeSource:
             raise UserError(f"{what} cannot be decoded: {exc}{fix}.") from None
     return source
 
+
+def _tiff_channel_names(tif, series: int, letters: str) -> tuple[str, ...]:
+    """Channel names of a TIFF series: OME-XML ``Channel/@Name``, or the RGB samples' colours."""
+    if "S" in letters and "C" not in letters:
+        return RGB_NAMES[: tif.series[series].shape[letters.index("S")]]
+    if tif.is_ome and tif.ome_metadata:
+        image = ome_xml_image(tif.ome_metadata, series)
+        if image is not None:
+            names = tuple(el.get("Name", "") for el in image.iter() if el.tag.rpartition("}")[2] == "Channel")
+            return names if all(names) else ()
+    return ()

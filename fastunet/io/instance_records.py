@@ -34,11 +34,11 @@ RECORDS_DIR = "_fastunet_instances"
 
 class InstanceRecords:
     """Per-block instance records of the output at ``path`` (a local path or a URL location;
-    picklable)."""
+    picklable); ``part``: those of one time point of a time series (a folder of their own)."""
 
-    def __init__(self, path):
+    def __init__(self, path, part: str | None = None):
         self.root = location(path, resolve=False) if isinstance(path, str) else path
-        self.path = self.root / RECORDS_DIR
+        self.path = self.root / RECORDS_DIR if part is None else self.root / RECORDS_DIR / part
         self._merge = None  # an object store's merge tables, read once per process
 
     def __getstate__(self):

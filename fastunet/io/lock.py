@@ -29,12 +29,13 @@ import uuid
 from ..errors import UserError
 from .stores import is_remote
 
-__all__ = ["OutputLock", "lock_output", "lock_location", "LEASE_SECONDS"]
+__all__ = ["OutputLock", "lock_output", "lock_location", "release_held", "LEASE_SECONDS"]
 
 log = logging.getLogger("fastunet.io")
 
 LEASE_SECONDS = 300.0  # an object-store lease not renewed for this long is stale
 _SUFFIX = ".fastunet-lock"
+_held: set = set()  # the locks this process holds (released by release_held before an immediate exit)
 
 
 def lock_location(path):
@@ -103,6 +104,7 @@ class OutputLock:
         else:
             self._acquire_file()
         self.held = True
+        _held.add(self)
         return self
 
     def _acquire_file(self) -> None:
@@ -180,6 +182,7 @@ class OutputLock:
         if not self.held:
             return
         self.held = False
+        _held.discard(self)
         if self._file_lock is not None:
             try:
                 self.where.unlink()  # while still holding it: a run that opened it then retries
@@ -199,6 +202,18 @@ class OutputLock:
         except Exception as exc:  # noqa: BLE001 - the lease expires by itself
             log.warning("could not delete the lease %s (%s: %s); it expires by itself", self.where,
                         type(exc).__name__, exc)
+
+
+def release_held(timeout: float = 2.0) -> None:
+    """Release every lock this process holds, waiting at most ``timeout`` seconds (before an
+    immediate exit: a second Ctrl-C). Local locks go with the process anyway; an object-store
+    lease would otherwise refuse the next run until it expires."""
+    locks = list(_held)
+    if not locks:
+        return
+    worker = threading.Thread(target=lambda: [lock.release() for lock in locks], daemon=True)
+    worker.start()
+    worker.join(timeout)
 
 
 def _read_json(read) -> dict | None:

@@ -6,7 +6,7 @@ lives on zarr v3 under ``attrs["ome"]``. An input's axes come from level 0 of it
 multiscale image (``type`` time -> T, channel -> C, space -> Z/Y/X by name, or by position
 when the names are not z/y/x). The writing side (:func:`image_attrs`, :func:`label_attrs`,
 :func:`list_label`) serves :mod:`fastunet.io.output_layout`, which decides what an output
-holds.
+holds. :func:`ome_xml_image` finds one image of an OME-TIFF's OME-XML.
 """
 
 from __future__ import annotations
@@ -105,6 +105,8 @@ def read_level0(group: zarr.Group, multiscales: list, section: dict | None, axes
             f"{what}: the OME-Zarr metadata list {len(axes_meta)} axes but level 0 has {arr.ndim}."
         )
     letters = axis_letters(axes_meta, what)
+    check_ngff_order(letters, arr.shape, what)
+    check_transforms(ms, arr.ndim, what)
     if axes is not None and parse_axes(axes, arr.ndim, what=what) != letters:
         raise UserError(
             f'{what} is OME-Zarr with axes {letters} in its metadata; axes="{axes}" disagrees: leave it out.'
@@ -118,6 +120,39 @@ def read_level0(group: zarr.Group, multiscales: list, section: dict | None, axes
         "multiscale_coordinateTransformations": ms.get("coordinateTransformations"),
     }
     return key, arr, letters, meta
+
+
+def check_ngff_order(letters: str, shape, what: str) -> None:
+    """NGFF lists the axes as time, channel, then space with z before y before x; a list in
+    another order describes another array (its sizes go to the wrong axes), so it is refused."""
+    canonical = "".join(a for a in "TCZYX" if a in letters)
+    if letters != canonical:
+        raise UserError(
+            f"{what}: the OME-Zarr metadata list the axes in the order {','.join(letters.lower())} for an array of "
+            f"shape {tuple(shape)}; NGFF orders them {','.join(canonical.lower())} (time, channel, z, y, x), so "
+            "the metadata do not describe this array: fix the axes list (ome-zarr-models validates it)."
+        )
+
+
+def check_transforms(ms: dict, ndim: int, what: str) -> None:
+    """Every ``scale`` and ``translation`` of the multiscale image has one entry per axis, and
+    every scale is a positive number."""
+    entries = [("multiscale", t) for t in ms.get("coordinateTransformations") or []]
+    for i, ds in enumerate(ms.get("datasets") or []):
+        entries += [(f"level {ds.get('path', i)}", t) for t in (ds.get("coordinateTransformations") or [])]
+    for where, t in entries:
+        kind = t.get("type") if isinstance(t, dict) else None
+        values = t.get(kind) if kind in ("scale", "translation") else None
+        if kind not in ("scale", "translation") or "path" in t:
+            continue
+        if not isinstance(values, list) or len(values) != ndim:
+            count = len(values) if isinstance(values, list) else type(values).__name__
+            raise UserError(f"{what}: the OME-Zarr {kind} of {where} has {count} entries for {ndim} axes; give "
+                            f"one per axis (fix the metadata).")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+                   for v in values) or (kind == "scale" and min(values) <= 0):
+            raise UserError(f"{what}: the OME-Zarr {kind} of {where} is {values}; expected {ndim} "
+                            f"{'positive ' if kind == 'scale' else ''}numbers (fix the metadata).")
 
 
 # ---------------------------------------------------------------------------- writing outputs
@@ -197,8 +232,29 @@ def instance_colors() -> list[dict]:
 
 def with_channel(transforms: list) -> list:
     """Transforms of the spatial axes with a channel axis (scale 1, translation 0) in front."""
-    return [{"type": t["type"], t["type"]: [1.0 if t["type"] == "scale" else 0.0, *t[t["type"]]]}
+    return with_axis(transforms)
+
+
+def with_axis(transforms: list, scale: float = 1.0, translation: float = 0.0) -> list:
+    """Transforms with one more axis in front (a channel axis, or the time axis: its ``scale``
+    and ``translation``)."""
+    return [{"type": t["type"], t["type"]: [scale if t["type"] == "scale" else translation, *t[t["type"]]]}
             for t in transforms]
+
+
+def time_axis(ome: dict | None, native_axes: str) -> tuple[dict, float, float]:
+    """The NGFF time axis of an input (its entry, level-0 scale and translation); an axis
+    ``t`` with scale 1 when the input is not OME-Zarr."""
+    ome = ome or {}
+    axes = ome.get("axes") or []
+    i = native_axes.index("T") if "T" in native_axes else -1
+    if not 0 <= i < len(axes):
+        return {"name": "t", "type": "time"}, 1.0, 0.0
+    value = {"scale": 1.0, "translation": 0.0}
+    for t in ome.get("coordinateTransformations") or []:
+        if t.get("type") in value and isinstance(t.get(t["type"]), list):
+            value[t["type"]] = float(t[t["type"]][i])
+    return dict(axes[i]), value["scale"], value["translation"]
 
 
 def image_attrs(version: str, name: str, axes: list, datasets: list, ms_transforms) -> dict:
@@ -228,3 +284,14 @@ def list_label(labels: zarr.Group, version: str, name: str, *, remove: bool = Fa
     else:
         labels.attrs["ome"] = {**(ngff_section(attrs) or {"version": "0.5"}), "labels": names}
     return names
+
+
+# ---------------------------------------------------------------------------- OME-TIFF (OME-XML)
+
+
+def ome_xml_image(xml: str, series: int = 0):
+    """The ``Image`` element of OME-XML for image ``series`` (0 first), or None."""
+    import xml.etree.ElementTree as ET
+
+    images = [el for el in ET.fromstring(xml).iter() if el.tag.rpartition("}")[2] == "Image"]
+    return images[series] if series < len(images) else None

@@ -17,7 +17,11 @@ Three layouts:
   input's own ``labels`` group (its list gains ``<name>``), in the input's zarr format and
   NGFF version; nothing else of the input is written.
 
-NGFF 0.4 goes with zarr v2 (nested ``/`` chunk keys), 0.5 with zarr v3.
+NGFF 0.4 goes with zarr v2 (nested ``/`` chunk keys), 0.5 with zarr v3. A time series
+(T > 1) gives every array a leading ``t`` axis (chunks of one time point; NGFF: the input's
+time axis, or ``t`` with scale 1). Every level's transforms are level 0's sampled at its factor
+(scale times the factor, level 0's translation), as its pixels are; plain outputs record the
+input's pixel size in ``attrs["fastunet"]["pixel_size"]``.
 """
 
 from __future__ import annotations
@@ -37,10 +41,12 @@ from .ome import (
     list_label,
     ngff_version,
     spatial_metadata,
+    time_axis,
+    with_axis,
     with_channel,
 )
 from .physical import pixel_size
-from .pyramid import Level, input_levels, level_chunks
+from .pyramid import Level, input_levels, level_chunks, sampled_transforms
 
 __all__ = ["OutputPlan", "plan_output", "create_arrays", "retype_instances", "LAYOUT_VERSION", "is_ome_name"]
 
@@ -70,6 +76,16 @@ class OutputPlan:
     ms_transforms: list | None = None
     label_names: dict = field(default_factory=dict)  # kind -> label image name
     source_image: str = "../../"
+    time: int = 1  # time points (a leading t axis when > 1)
+    time_axis: tuple = ({"name": "t", "type": "time"}, 1.0, 0.0)  # NGFF entry, scale, translation
+
+    def lead(self, transforms: list, axes: list, *, identity: bool = False) -> tuple[list, list]:
+        """Transforms and NGFF axes with the time axis in front (a time series), else as given
+        (``identity``: scale 1, for multiscale-level transforms)."""
+        if self.time <= 1:
+            return transforms, axes
+        entry, scale, translation = self.time_axis
+        return with_axis(transforms, *((1.0, 0.0) if identity else (scale, translation))), [entry, *axes]
 
     @property
     def version(self) -> str:
@@ -96,13 +112,15 @@ def plan_output(source, *, kinds, num_classes: int, chunks, block, zarr_format: 
     """Decide the arrays, levels and metadata of an output (see the module's layouts)."""
     spatial = source.spatial_shape
     names = [a.lower() for a in source.spatial_axes]
+    time = {"time": source.timepoints, "time_axis": time_axis(source.ome, source.native_axes or source.axes)}
     if mode == "plain":
         return OutputPlan(kinds=kinds, shape=spatial, chunks=chunks, block=block, num_classes=num_classes,
-                          zarr_format=zarr_format, mode=mode, names=names)
+                          zarr_format=zarr_format, mode=mode, names=names, **time)
     axes, transforms, ms_transforms = _ome_axes(source)
     names = [str(a.get("name", n)) for a, n in zip(axes, names)]
     levels = input_levels(source) or [Level((1,) * len(spatial), spatial, transforms)]
-    levels[0] = Level(levels[0].factor, spatial, transforms)
+    levels = [Level(level.factor, spatial if i == 0 else level.shape, sampled_transforms(transforms, level.factor))
+              for i, level in enumerate(levels)]
     label_kinds = [k for k in kinds if k != "probs"]
     if mode == "into":
         if "probs" in kinds or len(label_kinds) != 1:
@@ -117,7 +135,7 @@ def plan_output(source, *, kinds, num_classes: int, chunks, block, zarr_format: 
         source_image = os.path.relpath(Path(source.path).resolve(), output / "labels" / label_name)
     return OutputPlan(kinds=kinds, shape=spatial, chunks=chunks, block=block, num_classes=num_classes,
                       zarr_format=zarr_format, mode=mode, names=names, axes=axes, levels=levels,
-                      ms_transforms=ms_transforms, label_names=label_names, source_image=source_image)
+                      ms_transforms=ms_transforms, label_names=label_names, source_image=source_image, **time)
 
 
 def _array(plan: OutputPlan, where: zarr.Group, name: str, kind: str, level: Level) -> zarr.Array:
@@ -127,6 +145,8 @@ def _array(plan: OutputPlan, where: zarr.Group, name: str, kind: str, level: Lev
     shape, dims = level.shape, list(plan.names)
     if kind == "probs":
         shape, chunks, dims = (plan.num_classes, *shape), (1, *chunks), ["c" if "c" not in dims else "class", *dims]
+    if plan.time > 1:
+        shape, chunks, dims = (plan.time, *shape), (1, *chunks), ["t", *dims]
     if plan.zarr_format == 3:
         kw = {"dimension_names": dims}
     else:
@@ -146,10 +166,12 @@ def create_arrays(plan: OutputPlan, root: zarr.Group) -> tuple[dict, dict]:
             arrays[kind] = kind
         return arrays, levels
     version = plan.version
-    datasets = [(str(i), level.transforms) for i, level in enumerate(plan.levels)]
+    datasets = [(str(i), plan.lead(level.transforms, [])[0]) for i, level in enumerate(plan.levels)]
+    axes = plan.lead([], plan.axes)[1]
+    ms_transforms = plan.lead(plan.ms_transforms, [], identity=True)[0] if plan.ms_transforms else None
     for kind, name in plan.label_names.items():
         colors = instance_colors() if kind == "instances" else label_colors(plan.num_classes)
-        attrs = label_attrs(version, name, plan.axes, datasets, plan.ms_transforms, colors, plan.source_image)
+        attrs = label_attrs(version, name, axes, datasets, ms_transforms, colors, plan.source_image)
         if plan.mode == "into":
             group, prefix = root, ""
             group.attrs.update(attrs)
@@ -166,16 +188,18 @@ def create_arrays(plan: OutputPlan, root: zarr.Group) -> tuple[dict, dict]:
             probs = root.create_group("probs")
             for i, level in enumerate(plan.levels):
                 _array(plan, probs, str(i), "probs", level)
-            axes = [{"name": "c" if "c" not in plan.names else "class", "type": "channel"}, *plan.axes]
-            root_datasets = [(f"probs/{i}", with_channel(t)) for i, (_, t) in enumerate(datasets)]
-            root.attrs.update(image_attrs(version, "probabilities", axes, root_datasets,
-                                          with_channel(plan.ms_transforms) if plan.ms_transforms else None))
+            channel = {"name": "c" if "c" not in plan.names else "class", "type": "channel"}
+            root_datasets = [(f"probs/{i}", plan.lead(with_channel(level.transforms), [])[0])
+                             for i, level in enumerate(plan.levels)]
+            ms = plan.lead(with_channel(plan.ms_transforms), [], identity=True)[0] if plan.ms_transforms else None
+            root.attrs.update(image_attrs(version, "probabilities", plan.lead([], [channel, *plan.axes])[1],
+                                          root_datasets, ms))
             arrays["probs"] = "probs/0"
             levels["probs"] = [[f"probs/{i}", list(level.factor)] for i, level in enumerate(plan.levels) if i]
         else:  # the first label image is the root image too (the same arrays)
             name = next(iter(plan.label_names.values()))
             root_datasets = [(f"labels/{name}/{p}", t) for p, t in datasets]
-            root.attrs.update(image_attrs(version, name, plan.axes, root_datasets, plan.ms_transforms))
+            root.attrs.update(image_attrs(version, name, axes, root_datasets, ms_transforms))
     return arrays, levels
 
 

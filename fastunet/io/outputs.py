@@ -19,24 +19,24 @@ written.
 
 from __future__ import annotations
 
-import os
-import stat
-import uuid
+import re
 from pathlib import Path
 
 import tifffile
 import zarr
 
 from ..errors import UserError
-from .fingerprint import check_input, input_fingerprint
+from ..paths import check_output_file, check_writable_folder, special_kind
+from .fingerprint import check_input, input_fingerprint, write_files_record
 from .inputs import DONE_DIR, VolumeSource, is_tiff_file
 from .ome import LABEL_NAME, list_label, ngff_version
 from .output_layout import LAYOUT_VERSION, OutputPlan, create_arrays, is_ome_name, plan_output
 from .retry import wait_for_writes
 from .store import SegmentationStore, jsonable
-from .stores import is_remote, listdir, location, remove_tree, zarr_store
+from .stores import is_remote, listdir, location, remote_errors, remove_tree, zarr_store
 
 __all__ = [
+    "check_label_name",
     "check_output",
     "create_output",
     "discard_output",
@@ -92,10 +92,7 @@ def _describe(path: Path) -> str:
     if path.is_file():
         return f"a file of {path.stat().st_size} bytes"
     if not is_remote(path) and not path.is_dir():
-        mode = path.lstat().st_mode
-        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-            return "a device file"
-        return "a named pipe" if stat.S_ISFIFO(mode) else "a link to nothing" if stat.S_ISLNK(mode) else "a special file"
+        return special_kind(path) or "a special file"
     names = listdir(path)
     shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
     return f"a folder with {len(names)} entries ({shown})"
@@ -116,30 +113,12 @@ def check_removable(path: Path) -> None:
 
 def _remove_output(path: Path) -> None:
     check_removable(path)
-    remove_tree(path)
-
-
-def _probe_writable(folder: Path) -> None:
-    probe = folder / f".fastunet-probe-{os.getpid()}-{uuid.uuid4().hex}"
     try:
-        if is_remote(folder):
-            probe.fs.pipe_file(probe.path, b"")
-            probe.fs.rm_file(probe.path)
-        else:
-            probe.write_bytes(b"")
-            probe.unlink()
-    except OSError as exc:
-        raise UserError(
-            f"Cannot write to {str(folder)!r} ({exc.strerror or exc}); choose a writable output location."
-        ) from None
-
-
-def _inside(a: Path, b: Path) -> bool:
-    """Is ``a`` equal to ``b`` or inside it?"""
-    if is_remote(a) or is_remote(b):
-        a, b = str(a).rstrip("/"), str(b).rstrip("/")
-        return a == b or a.startswith(b + "/")
-    return a == b or b in a.parents
+        remove_tree(path)
+    except OSError as exc:  # a file inside it we may not delete: say so, nothing else is touched
+        raise UserError(f"Cannot replace the output {str(path)!r} ({exc.strerror or exc}: "
+                        f"{getattr(exc, 'filename', None) or path}); make it writable, or choose another output "
+                        "path.") from None
 
 
 def labels_of_input(out: Path, source: VolumeSource | None) -> bool:
@@ -152,27 +131,37 @@ def labels_of_input(out: Path, source: VolumeSource | None) -> bool:
     return out.parent == Path(source.path).expanduser().resolve() / "labels"
 
 
-def _check_not_input(out: Path, source: VolumeSource | None, *, into_input: bool = False) -> None:
-    """The input is never written; the one exception is ``into_input``: a label image at
-    ``<OME-Zarr input>/labels/<name>``, and nothing else inside the input."""
+_LABEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_label_name(name) -> str:
+    """A label image's name under ``labels/``: a plain name (letters, digits, ``.``, ``_``, ``-``)."""
+    if not isinstance(name, str) or not _LABEL_NAME.fullmatch(name) or name == "labels" or ".." in name:
+        raise UserError(f'label_name= expects a plain name such as "nuclei" (letters, digits, ".", "_", "-"); '
+                        f"got {name!r}.")
+    return name
+
+
+def _input_location(source: VolumeSource | None):
     if source is None or not source.path:
-        return
-    inp = location(source.path, source.storage_options, what="source")
-    if into_input and labels_of_input(out, source):
-        return
-    if _inside(out, inp):
-        hint = ""
-        if source.kind == "ome-zarr" and out != inp:
-            hint = f" (a label image may go into its labels group: {str(inp / 'labels' / 'NAME')!r})"
-        raise UserError(
-            f"Output {str(out)!r} is {'the input' if out == inp else 'inside the input'} "
-            f"{str(inp)!r}; the input is never written{hint}: choose an output path outside it."
-        )
-    if _inside(inp, out):
-        raise UserError(
-            f"Output {str(out)!r} contains the input {str(inp)!r}; writing (or overwrite=True) there "
-            "could destroy it: choose another output path."
-        )
+        return None
+    return location(source.path, source.storage_options, what="source")
+
+
+def _check_not_input(out: Path, source: VolumeSource | None, *, into_input: bool = False, protected=()) -> None:
+    """The input is never written (:func:`fastunet.paths.check_output_file`'s first rule); the
+    one exception is ``into_input``: a label image at ``<OME-Zarr input>/labels/<name>``."""
+    inp = _input_location(source)
+    check_output_file(out, what="output", folder=True, inputs=[inp, *protected], own=True,
+                      exempt=out if into_input and labels_of_input(out, source) else None,
+                      input_hint=_input_hint(source, inp), make_parents=True)
+
+
+def _input_hint(source: VolumeSource | None, inp) -> str:
+    """How to write into an OME-Zarr input after all: its labels group."""
+    if inp is None or source.kind != "ome-zarr":
+        return ""
+    return f" (a label image may go into its labels group: {str(inp / 'labels' / 'NAME')!r})"
 
 
 # ------------------------------------------------------------------------------- check_output
@@ -188,8 +177,13 @@ def check_output(
     output_kind: str | None = None,
     into_input: bool = False,
     storage_options: dict | None = None,
+    label_name: str | None = None,
+    protected=(),
 ) -> Path:
     """Check an output location before anything is computed; return its resolved path.
+
+    The checks are :func:`fastunet.paths.check_output_file`'s, the rule of every file a
+    command writes; this adds what only segmentation outputs need (their formats, resume).
 
     Parameters
     ----------
@@ -212,6 +206,10 @@ def check_output(
         (``<input>/labels/<name>``), the one place inside an input that may be written.
     storage_options : dict, optional
         Options of a URL's file system (see :func:`fastunet.io.stores.location`).
+    label_name : str, optional
+        The label image's name in an OME-Zarr output: a plain name.
+    protected : sequence, optional
+        Other files the run must never write (the model file, the other inputs of a batch).
 
     Returns
     -------
@@ -227,7 +225,10 @@ def check_output(
     if overwrite and resume:
         raise UserError("overwrite=True and resume=True contradict each other; pass one of them.")
     out = location(output, storage_options)
-    _check_not_input(out, source, into_input=into_input)
+    if label_name is not None:
+        check_label_name(label_name)
+    if into_input and labels_of_input(out, source):
+        check_label_name(out.name)
     _check_suffix(out)
     tiff = out.suffix.lower() in TIFF_SUFFIXES
     if tiff and resume:
@@ -235,34 +236,29 @@ def check_output(
             'resume=True needs a zarr output (e.g. output="out.zarr"); TIFF outputs are written at once.'
         )
     if is_remote(out):
-        _check_remote(out, tiff=tiff, overwrite=overwrite, resume=resume, expect=expect)
-        return out
-    parent = out.parent
-    if into_input and not parent.exists():  # the input's labels group is created with the label image
-        parent = parent.parent
-    if not parent.exists():
-        raise UserError(
-            f"The output's folder {str(parent)!r} does not exist; create it first or choose another path."
-        )
-    if not parent.is_dir():
-        raise UserError(
-            f"The output's parent {str(parent)!r} is not a folder ({_describe(parent)}); choose another path."
-        )
-    if out.exists() or out.is_symlink():
-        _check_existing(out, overwrite=overwrite, resume=resume, expect=expect)
-    else:
-        _probe_writable(parent)
+        _check_remote(out, tiff=tiff)
+    with remote_errors(out, writing=True):
+        if is_remote(out):
+            out.fs.invalidate_cache()
+        own = resume and out.exists()
+        if own and (not out.is_dir() or fastunet_attrs(out) is None):
+            raise UserError(
+                f"Cannot resume {str(out)!r}: it is not a fastunet output ({_describe(out)}); "
+                "choose the output of the interrupted run, or a new path without resume=True."
+            )
+        inp = _input_location(source)
+        check_output_file(out, what="output", folder=not tiff, inputs=[inp, *protected], overwrite=overwrite,
+                          own=own, replaceable=check_removable, resumable=not tiff, make_parents=into_input,
+                          exempt=out if into_input and labels_of_input(out, source) else None,
+                          input_hint=_input_hint(source, inp))
+        if own:
+            if expect:
+                _check_expected(out, fastunet_attrs(out), expect, source=source)
+            check_writable_folder(out, what="output")
     for kind, extra in (tiff_paths(out, output_kind) if tiff else {}).items():
-        if extra == out:
-            continue
-        _check_not_input(extra, source)
-        if extra.exists() or extra.is_symlink():
-            if not overwrite:
-                raise UserError(
-                    f"Output {str(extra)!r} (the {kind} written beside {out.name}) already exists; pass "
-                    "overwrite=True to replace it or choose another output name."
-                )
-            check_removable(extra)
+        if extra != out:
+            check_output_file(extra, what=f"output {extra.name!r} (the {kind} written beside {out.name})",
+                              inputs=[inp, *protected], overwrite=overwrite, replaceable=check_removable)
     return out
 
 
@@ -288,8 +284,8 @@ def _check_suffix(out) -> None:
         )
 
 
-def _check_remote(out, *, tiff: bool, overwrite: bool, resume: bool, expect: dict | None) -> None:
-    """An output URL: zarr only, never an http(s) URL; an existing one as for local outputs."""
+def _check_remote(out, *, tiff: bool) -> None:
+    """An output URL: zarr only, never an http(s) URL."""
     from .stores import READ_ONLY_PROTOCOLS
 
     if tiff:
@@ -298,38 +294,12 @@ def _check_remote(out, *, tiff: bool, overwrite: bool, resume: bool, expect: dic
     if out.protocol in READ_ONLY_PROTOCOLS:
         raise UserError(f"Output {str(out)!r} is an {out.protocol}:// URL, which is read-only; write to a local "
                         "path or an object store (s3://, gs://).")
-    out.fs.invalidate_cache()
-    if out.exists():
-        _check_existing(out, overwrite=overwrite, resume=resume, expect=expect)
-    else:
-        _probe_writable(out.parent)
 
 
-def _check_existing(out: Path, *, overwrite: bool, resume: bool, expect: dict | None) -> None:
-    """An output that exists: replaceable (overwrite) or the one to continue (resume)."""
-    if not (overwrite or resume):
-        raise UserError(
-            f"Output {str(out)!r} already exists; pass overwrite=True to replace it or resume=True to "
-            "continue an interrupted run."
-        )
-    if overwrite:
-        check_removable(out)
-        _probe_writable(out.parent)
-        return
-    if not out.is_dir() or fastunet_attrs(out) is None:
-        raise UserError(
-            f"Cannot resume {str(out)!r}: it is not a fastunet output ({_describe(out)}); "
-            "choose the output of the interrupted run, or a new path without resume=True."
-        )
-    if expect:
-        _check_expected(out, fastunet_attrs(out), expect)
-    _probe_writable(out)
-
-
-def _check_expected(path: Path, meta: dict, expect: dict) -> None:
+def _check_expected(path: Path, meta: dict, expect: dict, source: VolumeSource | None = None) -> None:
     for key, want in jsonable(expect).items():
         if key == "input_id":
-            check_input(path, meta, want)
+            check_input(path, meta, want, source=source)
             continue
         if key not in meta:
             raise UserError(
@@ -446,6 +416,7 @@ def create_output(
         arrays, levels = create_arrays(plan, root)
         root.attrs["fastunet"] = {**record, "arrays": arrays, "levels": levels}
         root.create_group(DONE_DIR)
+        write_files_record(out, source)  # so that a refused resume names the chunks that changed
     except BaseException:
         _remove_partial(out)
         raise
@@ -500,9 +471,13 @@ def _check_plan_args(source: VolumeSource, num_classes, kinds, chunks, zarr_form
 
 
 def _run_record(plan: OutputPlan, source: VolumeSource, output: str, input_id: dict, attrs: dict | None) -> dict:
-    """``attrs["fastunet"]`` of a new output: the caller's entries, then the run's."""
+    """``attrs["fastunet"]`` of a new output: the caller's entries, then the run's (with the
+    input's pixel size, and a time series' number of time points)."""
     from .. import __version__
+    from .physical import pixel_size
 
+    px = pixel_size(source)
+    extra = {"timepoints": source.timepoints, "time_points": {}} if source.timepoints > 1 else {}
     return jsonable(
         {
             **(attrs or {}),
@@ -520,7 +495,9 @@ def _run_record(plan: OutputPlan, source: VolumeSource, output: str, input_id: d
             "num_classes": plan.num_classes,
             "chunks": list(plan.chunks),
             "zarr_format": plan.zarr_format,
+            "pixel_size": {"axes": px.axes, "size": list(px.size), "unit": list(px.unit)},
             "arrays": {},
+            **extra,
         }
     )
 

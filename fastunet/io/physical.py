@@ -15,6 +15,12 @@ gives the short form ImageJ and OME-TIFF write (``"µm"``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .ome import ome_xml_image
+
+if TYPE_CHECKING:
+    from .inputs import VolumeSource
 
 __all__ = ["PixelSize", "pixel_size", "ngff_unit", "tiff_unit"]
 
@@ -69,14 +75,14 @@ class PixelSize:
         return any(u is not None for u in self.unit) or any(s != 1.0 for s in self.size)
 
 
-def pixel_size(source) -> PixelSize:
+def pixel_size(source: VolumeSource) -> PixelSize:
     """The physical pixel size of ``source``'s spatial axes (1 and no unit where unknown)."""
     axes = source.spatial_axes
     try:
         if source.kind == "ome-zarr":
             return _from_ome_zarr(source, axes)
         if source.kind == "tiff":
-            return _from_tiff(source.path, axes)
+            return _from_tiff(source.path, axes, int(source.key or 0))
     except (KeyError, ValueError, TypeError, IndexError, OSError, AttributeError):
         pass  # unreadable metadata: no pixel size rather than no output
     return PixelSize.unknown(axes)
@@ -95,15 +101,15 @@ def _from_ome_zarr(source, axes: str) -> PixelSize:
     return PixelSize(axes, tuple(size), tuple(unit))
 
 
-def _from_tiff(path, axes: str) -> PixelSize:
+def _from_tiff(path, axes: str, series: int = 0) -> PixelSize:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
         if tif.is_ome and tif.ome_metadata:
-            found = _from_ome_xml(tif.ome_metadata, axes)
+            found = _from_ome_xml(tif.ome_metadata, axes, series)
             if found is not None:
                 return found
-        page = tif.pages.first
+        page = tif.series[series].keyframe if series < len(tif.series) else tif.pages.first
         tags = page.tags
         xy = {}
         for a, tag in (("X", "XResolution"), ("Y", "YResolution")):
@@ -124,11 +130,10 @@ def _from_tiff(path, axes: str) -> PixelSize:
         return PixelSize(axes, size, unit)
 
 
-def _from_ome_xml(xml: str, axes: str) -> PixelSize | None:
-    import xml.etree.ElementTree as ET
-
-    root = ET.fromstring(xml)
-    pixels = next((el for el in root.iter() if el.tag.endswith("}Pixels") or el.tag == "Pixels"), None)
+def _from_ome_xml(xml: str, axes: str, series: int = 0) -> PixelSize | None:
+    image = ome_xml_image(xml, series)
+    pixels = None if image is None else next((el for el in image.iter() if el.tag.rpartition("}")[2] == "Pixels"),
+                                             None)
     if pixels is None:
         return None
     size, unit = [], []

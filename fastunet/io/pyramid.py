@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import zarr
 
-__all__ = ["Level", "input_levels", "level_chunks", "block_multiple", "aligned_block", "write_region"]
+__all__ = ["Level", "input_levels", "level_chunks", "block_multiple", "aligned_block", "write_region",
+           "sampled_transforms"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,14 @@ def input_levels(source) -> list[Level] | None:
     return levels or None
 
 
+def sampled_transforms(transforms: list, factor: tuple[int, ...]) -> list:
+    """The NGFF transforms of a level sampled from level 0 (``transforms``) at ``factor``: its
+    pixel ``i`` is level-0 pixel ``i * f``, so the scale grows by ``f`` and the translation
+    stays level 0's (not that of an input level whose pixels are averages)."""
+    return [{"type": "scale", "scale": [s * f for s, f in zip(t["scale"], factor)]} if t["type"] == "scale" else dict(t)
+            for t in transforms]
+
+
 def block_multiple(levels: list[Level] | None, ndim: int) -> tuple[int, ...]:
     """What every block must be a multiple of along each spatial axis (the factors' lcm)."""
     out = [1] * ndim
@@ -101,16 +110,17 @@ def _level_part(region: tuple[slice, ...], factor: tuple[int, ...], shape: tuple
 
 
 def write_region(levels: list[tuple[zarr.Array, tuple[int, ...]]], region: tuple[slice, ...],
-                 data: np.ndarray) -> None:
+                 data: np.ndarray, prefix: tuple[int, ...] = ()) -> None:
     """Write ``data`` (leading non-spatial axes allowed, e.g. classes) at the spatial
-    ``region`` of every level ``(array, factor)``; level 0 has factor 1."""
+    ``region`` of every level ``(array, factor)``; level 0 has factor 1. ``prefix``: indices
+    of the arrays' leading axes that ``data`` lacks (the time point of a time series)."""
     lead = (slice(None),) * (data.ndim - len(region))
     for array, factor in levels:
-        spatial_shape = array.shape[len(lead):]
+        spatial_shape = array.shape[len(prefix) + len(lead):]
         part = _level_part(region, factor, spatial_shape)
         if part is not None:
             dst, src = part
-            array[lead + dst] = data[lead + src]
+            array[prefix + lead + dst] = data[lead + src]
 
 
 def aligned_block(block: tuple[int, ...], chunks: tuple[int, ...], multiple: tuple[int, ...]) -> tuple[int, ...]:

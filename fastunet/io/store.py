@@ -63,11 +63,15 @@ class SegmentationStore:
         uint8 labels, shape ``(Z,) Y, X``.
     probs : zarr.Array or None
         float16 class probabilities, shape ``(K, (Z,) Y, X)``.
+    time : int or None
+        The time point of a time series this view writes (arrays with a leading ``T`` axis;
+        :meth:`at_time`): its blocks, records and completion are its own.
     """
 
-    def __init__(self, path, *, mode: str = "r+"):
+    def __init__(self, path, *, mode: str = "r+", time: int | None = None):
         self.path = location(path, resolve=False)
         self._mode = mode
+        self.time = time
         try:
             root = zarr.open_group(zarr_store(self.path, read_only=mode == "r"), mode=mode)
         except (zarr.errors.NodeNotFoundError, FileNotFoundError):
@@ -95,15 +99,34 @@ class SegmentationStore:
         self._done_dir = self.path / DONE_DIR
 
     def __reduce__(self):
-        return (_reopen_store, (self.path, self._mode))
+        return (_reopen_store, (self.path, self._mode, self.time))
 
     def __repr__(self) -> str:
-        return f"SegmentationStore({str(self.path)!r}, complete={self.complete})"
+        when = f", time={self.time}" if self.time is not None else ""
+        return f"SegmentationStore({str(self.path)!r}{when}, complete={self.complete})"
+
+    def at_time(self, t: int) -> "SegmentationStore":
+        """The view of time point ``t`` of a time-series output."""
+        return SegmentationStore(self.path, mode=self._mode, time=int(t))
 
     @property
     def attrs(self) -> dict:
-        """``attrs["fastunet"]`` as stored now (read afresh)."""
-        return dict(zarr.open_group(zarr_store(self.path, read_only=True), mode="r").attrs["fastunet"])
+        """``attrs["fastunet"]`` as stored now (read afresh); a time point's view overlays its
+        own record (``time_points[t]``: normalization constants, ``complete``, ``summary``)."""
+        meta = dict(zarr.open_group(zarr_store(self.path, read_only=True), mode="r").attrs["fastunet"])
+        if self.time is None:
+            return meta
+        own = (meta.get("time_points") or {}).get(str(self.time)) or {}
+        return {**meta, "norm_offset": None, "norm_offset_lo": None, "norm_scale": None, "complete": False,
+                "summary": None, **own}
+
+    def record_time_point(self, entries: dict) -> None:
+        """Add ``entries`` to this time point's record (``attrs["fastunet"]["time_points"][t]``)."""
+        root = zarr.open_group(zarr_store(self.path, read_only=False), mode="r+")
+        meta = dict(root.attrs["fastunet"])
+        points = dict(meta.get("time_points") or {})
+        points[str(self.time)] = {**points.get(str(self.time), {}), **jsonable(entries)}
+        root.attrs["fastunet"] = {**meta, "time_points": points}
 
     @property
     def complete(self) -> bool:
@@ -114,7 +137,8 @@ class SegmentationStore:
         """Write a block of ``kind`` at the spatial ``region``, and its share of every
         resolution level (:func:`fastunet.io.pyramid.write_region`)."""
         level0 = {"instances": self.instances, "labels": self.labels, "probs": self.probs}[kind]
-        write_region([(level0, (1,) * len(region)), *self.levels.get(kind, [])], region, data)
+        prefix = () if self.time is None else (self.time,)
+        write_region([(level0, (1,) * len(region)), *self.levels.get(kind, [])], region, data, prefix)
 
     def mark_done(self, block: str) -> None:
         """Record that ``block`` is finished; call AFTER its chunks are written.
@@ -124,7 +148,7 @@ class SegmentationStore:
         disk or a refused write is one :class:`UserError` line.
         """
         fs, root = filesystem(self._done_dir)
-        key = f"{root}/{quote(str(block), safe='')}{_DONE_SUFFIX}"
+        key = f"{root}/{quote(self._prefix + str(block), safe='')}{_DONE_SUFFIX}"
         try:
             retry_call(lambda: fs.pipe_file(key, b""), what=f"recording block {block} in {self.path}")
         except OSError as exc:
@@ -141,11 +165,21 @@ class SegmentationStore:
         except FileNotFoundError:
             return set()
         names = (str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries)
-        return {unquote(e[: -len(_DONE_SUFFIX)]) for e in names if e.endswith(_DONE_SUFFIX)}
+        names = (unquote(e[: -len(_DONE_SUFFIX)]) for e in names if e.endswith(_DONE_SUFFIX))
+        n = len(self._prefix)
+        return {e[n:] for e in names if e.startswith(self._prefix)}
+
+    @property
+    def _prefix(self) -> str:
+        """The block records of a time point are named ``t<t>:<block>``."""
+        return "" if self.time is None else f"t{self.time}:"
 
     def mark_complete(self, summary: dict) -> None:
         """Mark the output complete (``attrs["fastunet"]["complete"] = True`` and ``summary``)
-        and remove the per-block records."""
+        and remove the per-block records (a time point's view: records its completion)."""
+        if self.time is not None:  # the block records stay until the whole series is complete
+            self.record_time_point({"complete": True, "summary": summary})
+            return
         root = zarr.open_group(zarr_store(self.path, read_only=False), mode="r+")
         meta = dict(root.attrs["fastunet"])
         meta.update(complete=True, summary=jsonable(summary))
@@ -157,5 +191,5 @@ class SegmentationStore:
             pass
 
 
-def _reopen_store(path, mode: str) -> SegmentationStore:
-    return SegmentationStore(path, mode=mode)
+def _reopen_store(path, mode: str, time: int | None = None) -> SegmentationStore:
+    return SegmentationStore(path, mode=mode, time=time)

@@ -15,19 +15,27 @@ Credentials and endpoints come from where the file-system package looks for them
 ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``, ``AWS_PROFILE``, ...;
 for GCS: ``GOOGLE_APPLICATION_CREDENTIALS``), and from ``storage_options=``, passed to the
 file system as keyword arguments (``{"anon": True}``, ``{"endpoint_url": "http://..."}``).
+
+When a store fails, :func:`remote_error` says why in one line that names the setting to fix
+(missing or refused credentials: which variables or profile; an endpoint that cannot be
+reached), and :func:`settle_pending_io` lets the requests still in flight on zarr's event loop
+end in their own context before the process exits (otherwise they are destroyed at exit and
+the S3 client prints a ``ContextVar`` traceback after the error line).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 from ..errors import UserError
 
 __all__ = ["is_url", "is_remote", "location", "zarr_store", "filesystem", "remove_tree", "listdir",
-           "READ_ONLY_PROTOCOLS"]
+           "READ_ONLY_PROTOCOLS", "remote_error", "remote_errors", "settle_pending_io"]
 
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 # fsspec protocols that cannot be written.
@@ -162,3 +170,95 @@ def listdir(path) -> list[str]:
         path.fs.invalidate_cache(path.path)
         return sorted(p.name for p in path.iterdir())
     return sorted(os.listdir(path))
+
+
+# ------------------------------------------------------------------------- failing stores
+_CREDENTIALS = {
+    "s3": "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE for a profile in ~/.aws/credentials), "
+          "or pass --storage-option anon=true for a public bucket",
+    "gs": "set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file (or run gcloud auth application-default "
+          "login), or pass --storage-option token=anon for a public bucket",
+}
+_MISSING_CREDENTIALS = ("NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError",
+                        "ProfileNotFound", "CredentialRetrievalError")
+_REFUSED_CREDENTIALS = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+                        "AuthFailure", "RefreshError")
+_UNREACHABLE = ("EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError", "ServerDisconnectedError",
+                "ConnectionClosedError", "ReadTimeoutError")
+
+
+def _names(exc: BaseException) -> str:
+    """The class names and message of ``exc`` and its causes, for recognizing the client's errors
+    without importing the clients."""
+    seen, parts = set(), []
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        parts += [cls.__name__ for cls in type(exc).__mro__] + [str(exc)]
+        exc = exc.__cause__ or exc.__context__
+    return " ".join(parts)
+
+
+def remote_error(exc: BaseException, url, *, writing: bool = False):
+    """A :class:`UserError` naming why the store of ``url`` failed and what to set; None when
+    ``exc`` is not a credentials or connection problem of an object store."""
+    if not is_url(str(url)):
+        return None
+    text = _names(exc)
+    protocol = str(url).split("://", 1)[0].lower()
+    fix = _CREDENTIALS.get("s3" if protocol in ("s3", "s3a") else "gs" if protocol in ("gs", "gcs") else "", "")
+    action = "write" if writing else "read"
+    if any(name in text for name in _MISSING_CREDENTIALS):
+        return UserError(f"Cannot {action} {str(url)!r}: no credentials were found for {protocol}://; "
+                         f"{fix or 'configure the file system credentials'}.")
+    if any(name in text for name in _REFUSED_CREDENTIALS):
+        return UserError(f"Cannot {action} {str(url)!r}: the credentials were refused (invalid or expired); check "
+                         f"{'AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_PROFILE' if fix.startswith('set AWS') else 'them'}.")
+    if isinstance(exc, PermissionError) or "AccessDenied" in text or "Forbidden" in text:
+        return UserError(f"Cannot {action} {str(url)!r}: access denied; the credentials in use may not {action} "
+                         "there (check the bucket's policy, AWS_PROFILE or --storage-option).")
+    if any(name in text for name in _UNREACHABLE):
+        return UserError(f"Cannot reach the server of {str(url)!r} (a closed endpoint or no network); check "
+                         "--storage-option endpoint_url (or AWS_ENDPOINT_URL) and the connection.")
+    return None
+
+
+@contextlib.contextmanager
+def remote_errors(url, *, writing: bool = False):
+    """Turn a credentials or connection failure of an object store into one line (:func:`remote_error`)."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:
+        error = remote_error(exc, url, writing=writing)
+        if error is None:
+            raise
+        raise error from None
+
+
+def settle_pending_io(timeout: float = 5.0) -> None:
+    """Let the store requests still running on zarr's event loop finish (cancelled after
+    ``timeout`` seconds) in their own tasks, so that none is destroyed at exit. zarr runs a
+    read of several keys concurrently; when one fails the others go on, and the S3 client's
+    requests then end with a ``ContextVar`` traceback at exit. Nothing happens when zarr was
+    never used."""
+    sync = sys.modules.get("zarr.core.sync")
+    if sync is None:
+        return
+    import asyncio
+
+    async def settle():
+        me = asyncio.current_task()
+        tasks = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+        if not tasks:
+            return
+        _, late = await asyncio.wait(tasks, timeout=timeout)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late, timeout=1.0)
+
+    try:
+        sync.sync(settle())
+    except Exception:  # noqa: BLE001 - a loop already closed: nothing left to settle
+        pass

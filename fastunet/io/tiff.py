@@ -9,27 +9,27 @@ instances      uint16 (ids <= 65535),  ImageJ hyperstack (uint16); uint32 as a p
                else uint32             TIFF with resolution tags (ImageJ opens it as
                                        32-bit)
 labels         uint8                   ImageJ hyperstack
-probs          float32 (ImageJ opens   a plain TIFF, pages in ``C(Z)YX`` order (class
-               no float16)             after class), with resolution tags
+probs          float32 (ImageJ opens   ImageJ hyperstack, the classes as its channels
+               no float16)             (``(T)ZCYX``)
 =============  ======================  ===============================================
 
 ``*.ome.tif`` outputs are OME-TIFF (any data type) with ``PhysicalSizeX/Y/Z``. ImageJ
 files carry the pixel size as ``XResolution``/``YResolution``, ``spacing`` (Z) and
 ``unit``; plain TIFFs as ``XResolution``/``YResolution`` in pixels per centimeter. Files
 over 4 GiB are BigTIFF (plain TIFF: ImageJ hyperstacks cannot be); a stack of one slice is
-a plain TIFF too (ImageJ's format would drop its Z axis).
+a plain TIFF too (ImageJ's format would drop its Z axis). A time series has a leading ``T``
+axis (ImageJ frames, OME ``T``).
 """
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 import tifffile
 
 from ..errors import UserError
+from ..paths import atomic_path
 from .outputs import check_removable, kind_path
 from .physical import PixelSize, tiff_unit
 
@@ -51,7 +51,7 @@ def _instances_dtype(ids: np.ndarray) -> np.ndarray:
 
 
 def _checked(kind: str, data, axes: str) -> tuple[np.ndarray, str]:
-    """The array of a kind as written, and its axes."""
+    """The array of a kind as written, and its axes (probabilities: ``C`` then ``axes``)."""
     data = np.asarray(data)
     nd = len(axes)
     if kind == "labels":
@@ -67,6 +67,12 @@ def _checked(kind: str, data, axes: str) -> tuple[np.ndarray, str]:
     return data.astype(np.float32, copy=False), "C" + axes
 
 
+def _ordered(data: np.ndarray, axes: str, order: str) -> tuple[np.ndarray, str]:
+    """``data`` transposed from ``axes`` into ``order`` (less the axes it lacks)."""
+    want = "".join(a for a in order if a in axes)
+    return np.transpose(data, [axes.index(a) for a in want]), want
+
+
 def _options(data: np.ndarray, axes: str, kind: str, ome: bool, pixel: PixelSize | None) -> tuple[np.ndarray, dict]:
     """The data in the order written and tifffile's options for it."""
     from .. import __version__
@@ -76,15 +82,17 @@ def _options(data: np.ndarray, axes: str, kind: str, ome: bool, pixel: PixelSize
     known = pixel is not None and pixel.known
     big = data.nbytes > _BIG
     if ome:
+        data, axes = _ordered(data, axes, "TCZYX")
         meta = {"axes": axes}
-        for a in axes.replace("C", ""):
+        for a in axes.replace("C", "").replace("T", ""):
             value, unit = size[a]
             meta[f"PhysicalSize{a}"] = value
             if unit:
                 meta[f"PhysicalSize{a}Unit"] = tiff_unit(unit)
         return data, {"ome": True, "metadata": meta, "software": software, "bigtiff": big}
     resolution = (1.0 / size["X"][0], 1.0 / size["Y"][0]) if known else None
-    if data.dtype.type in _IMAGEJ_DTYPES and kind != "probs" and not big and min(data.shape) > 1:
+    if data.dtype.type in _IMAGEJ_DTYPES and not big and min(data.shape) > 1:
+        data, axes = _ordered(data, axes, "TZCYX")  # ImageJ's hyperstack order
         meta = {"axes": axes}
         unit = size["X"][1]
         if unit:
@@ -121,9 +129,9 @@ def write_tiff(
     labels : numpy.ndarray or None
         uint8, spatial axes ``axes``.
     probs : numpy.ndarray or None
-        float16 or float32, ``(K, *spatial)``; written as float32.
+        float16 or float32, ``(K, *axes)``; written as float32.
     axes : str
-        Spatial axes of the result, ``"YX"`` or ``"ZYX"``.
+        Axes of the result, ``"YX"`` or ``"ZYX"``, with ``T`` in front for a time series.
     overwrite : bool
         Replace existing fastunet TIFFs (anything else is refused).
     instances : numpy.ndarray or None
@@ -140,8 +148,8 @@ def write_tiff(
     if not given:
         raise ValueError("write_tiff needs instances, labels, probs or some of them.")
     axes = axes.upper()
-    if axes not in ("YX", "ZYX"):
-        raise ValueError(f"axes must be the spatial axes 'YX' or 'ZYX'; got {axes!r}.")
+    if axes not in ("YX", "ZYX", "TYX", "TZYX"):
+        raise ValueError(f"axes must be 'YX' or 'ZYX' (a time series: 'TYX', 'TZYX'); got {axes!r}.")
     path = Path(path).expanduser()
     targets = []
     for i, (kind, data) in enumerate(given.items()):
@@ -157,12 +165,12 @@ def write_tiff(
     written = []
     for target, data, ax, kind in targets:
         data, options = _options(data, ax, kind, is_ome_tiff_name(target), pixel)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}-{uuid.uuid4().hex}.tmp")
-        try:
-            tifffile.imwrite(str(tmp), data, **options)
-            os.replace(tmp, target)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        try:  # a temporary name renamed into place: an interrupted or failed write leaves nothing
+            with atomic_path(target) as tmp:
+                tifffile.imwrite(str(tmp), data, **options)
+        except OSError as exc:  # a full disk, a quota: one line; a TIFF is written whole, so nothing is kept
+            raise UserError(f"Cannot write {str(target)!r} ({exc.strerror or exc}); nothing of it was kept (a TIFF "
+                            "is written whole, at the end): free some space, or write a zarr output (written "
+                            "block by block, resumable), and run the command again.") from None
         written.append(target)
     return written

@@ -9,6 +9,8 @@ the tile: :class:`fastunet.engine.oom.OOMBackoff`.)
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .. import geometry
@@ -18,14 +20,14 @@ __all__ = ["activation_bytes", "default_max_step", "available_bytes", "check_til
            "check_train_memory"]
 
 
-def activation_bytes(config, tile: int, *, dtype: str = "fp32") -> int:
+def activation_bytes(config, tile, *, dtype: str = "fp32") -> int:
     """Upper bound of the activation memory of one ``tile x tile`` forward (bytes): the input,
     every layer's output (:func:`fastunet.geometry.layer_shapes`; an eager forward frees some
     of them earlier), the concatenation after each up-convolution and the softmax and argmax
-    beside the scores."""
+    beside the scores. ``tile``: an edge (square, or a cube for a 3D network) or one edge per
+    spatial axis."""
     size = 2 if dtype in ("bf16", "fp16") else 4
-    h, w = (tile, tile) if isinstance(tile, int) else tile
-    total = config.in_channels * int(h) * int(w)
+    total = config.in_channels * math.prod(geometry.tile_edges(config, tile))
     for layer in geometry.layer_shapes(config, tile):
         total += layer.out_values
         if layer.kind == "upconv":  # torch.cat([crop(skip), up]): twice the up-conv's output
@@ -35,20 +37,40 @@ def activation_bytes(config, tile: int, *, dtype: str = "fp32") -> int:
     return int(total * size)
 
 
+def tile_for_step(config, step: int) -> tuple[int, ...]:
+    """The input tile whose output is about ``step`` along every spatial axis: per axis the
+    smallest valid edge whose output reaches ``step`` rounded down to the axis's max-pool grid."""
+    return tuple(geometry.input_size_for_output(max(q, step - step % q), p)
+                 for p, q in zip(_pools(config), _grid(config)))
+
+
+def _pools(config) -> tuple:
+    return tuple(getattr(config, "axis_pools", (config.depth, config.depth)))
+
+
+def _grid(config) -> tuple[int, ...]:
+    return tuple(geometry.grid_step(p) for p in _pools(config))
+
+
 def default_max_step(config, device: torch.device, *, dtype: str, batch_size: int) -> int:
     """Largest tile step (output edge, about) the default tile may use.
 
-    CPU: up to 512 (moderate tiles, a forward of a few seconds for the paper's network). CUDA:
-    up to 2048. Either: the largest step whose ``batch_size`` tiles need at most half of the
-    free memory (:func:`available_bytes`) by :func:`activation_bytes`.
+    CPU: up to 512 (moderate tiles, a forward of a few seconds for the paper's network; 128
+    for a 3D network). CUDA: up to 2048 (256 in 3D). Either: the largest step whose
+    ``batch_size`` tiles need at most half of the free memory (:func:`available_bytes`) by
+    :func:`activation_bytes`.
     """
-    q = 2**config.depth
+    q = max(_grid(config))
     free = available_bytes(device)
     best = q
-    for step in range(q, (2049 if device.type == "cuda" else 513), q):
-        tile = geometry.input_size_for_output(step, config.depth)
+    three_d = getattr(config, "spatial_dims", 2) == 3
+    top = (256 if three_d else 2048) if device.type == "cuda" else (128 if three_d else 512)
+    for step in range(q, top + 1, q):
+        tile = tile_for_step(config, step)
         if batch_size * activation_bytes(config, tile, dtype=dtype) <= free // 2:
             best = step
+        else:
+            break
     return best
 
 
@@ -84,18 +106,25 @@ def check_tile_memory(config, tile, *, device, dtype: str, batch_size: int, avai
     UserError
         Naming the memory needed and free, and the largest tile that fits.
     """
-    ty, tx = (tile, tile) if isinstance(tile, int) else tile
-    need = batch_size * activation_bytes(config, (int(ty), int(tx)), dtype=dtype)
+    edges = geometry.tile_edges(config, tile)
+    need = batch_size * activation_bytes(config, edges, dtype=dtype)
     free = available_bytes(device) if available is None else int(available)
     if need <= free:
         return
-    fits = [t for t in geometry.valid_input_sizes(config.depth, max_size=max(ty, tx))
-            if geometry.output_size(t, config.depth) >= 2**config.depth
-            and batch_size * activation_bytes(config, t, dtype=dtype) <= free]
-    hint = f"use tile={fits[-1]} or smaller" if fits else "free some memory or use a smaller model"
+    if len(edges) == 2:
+        fits = [t for t in geometry.valid_input_sizes(config.depth, max_size=max(edges))
+                if geometry.output_size(t, config.depth) >= 2**config.depth
+                and batch_size * activation_bytes(config, t, dtype=dtype) <= free]
+        hint = f"use tile={fits[-1]} or smaller" if fits else "free some memory or use a smaller model"
+    else:
+        steps = [s for s in range(max(_grid(config)), max(edges) + 1, max(_grid(config)))
+                 if batch_size * activation_bytes(config, tile_for_step(config, s), dtype=dtype) <= free]
+        hint = (f"use tile={','.join(map(str, tile_for_step(config, steps[-1])))} or smaller" if steps
+                else "free some memory or use a smaller model")
     gib = 1024**3
+    shown = max(edges) if len(set(edges)) == 1 or len(edges) == 2 else ",".join(map(str, edges))
     raise UserError(
-        f"tile={max(ty, tx)} with batch_size={batch_size} needs about {need / gib:.1f} GiB for the network's "
+        f"tile={shown} with batch_size={batch_size} needs about {need / gib:.1f} GiB for the network's "
         f"activations on {torch.device(device)}, but {free / gib:.1f} GiB are free; {hint}"
         f"{', or batch_size=1' if batch_size > 1 else ''}."
     )

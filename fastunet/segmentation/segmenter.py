@@ -25,9 +25,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import time
 import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -36,11 +39,20 @@ from ..devices import check_visible, default_dtype, resolve_device
 from ..errors import UserError
 from ..kinds import pick
 from .memory import check_tile_memory, default_max_step
+from .options import OutputKind, SegmentOptions, SegmentResult, Source
 from .progress import PROGRESS_INTERVAL, ProgressBar
+from .returns import is_lazy, returned, stack_time, wants_lazy
 from .scaling import check_resumed, make_rescale, model_size_of, resolve, stats_source
 from .sinks import MAX_TIFF_BYTES, TiffSink, open_sink
 
-__all__ = ["segment", "Segmenter", "NonFiniteWarning", "OUTPUT_KINDS"]
+if TYPE_CHECKING:
+    from typing import Unpack
+
+    from ..io.channels import ChannelSpec
+
+__all__ = ["segment", "Segmenter", "NonFiniteWarning", "OUTPUT_KINDS", "SegmentOptions"]
+
+log = logging.getLogger("fastunet.segmentation")
 
 OUTPUT_KINDS = ("instances", "labels", "probs", "both")
 
@@ -50,20 +62,35 @@ class NonFiniteWarning(RuntimeWarning):
 
 
 # ------------------------------------------------------------------------------ defaults
-def _check_tile(tile, depth: int) -> int | None:
+def _check_tile(tile, config) -> int | tuple[int, ...] | None:
+    """``tile=`` checked against the network: an edge (square; a cube for a 3D network), or
+    for a 3D network one edge per axis ``(Tz, Ty, Tx)``."""
     if tile is None:
         return None
-    try:
-        out = geometry.check_tile_size(tile, depth, what="tile size (tile=, the network's input edge)")
-    except (TypeError, ValueError) as exc:
-        raise UserError(str(exc)) from None
-    if out < 2**depth:
-        smallest = geometry.input_size_for_output(2**depth, depth)
-        raise UserError(
-            f"Tile {tile} gives a {out}-pixel output, too small to step on the {2**depth}-pixel "
-            f"max-pool grid; the smallest usable tile is {smallest}."
-        )
-    return int(tile)
+    if config.spatial_dims == 2 or isinstance(tile, (int, float, str, bool)):
+        edges: tuple = (tile,) * config.spatial_dims
+    else:
+        try:
+            edges = tuple(tile)
+        except TypeError:
+            edges = ()
+        if len(edges) != 3:
+            raise UserError(f"tile= expects an edge or three edges (Z, Y, X) for this 3D network; got {tile!r}.")
+    names = ("tile size (tile=, the network's input edge)",) * 2 if len(edges) == 2 else tuple(
+        f"tile {axis} edge (tile=, the network's input edge along {axis})" for axis in "ZYX")
+    for edge, axis_depth, what in zip(edges, config.axis_pools, names):
+        try:
+            out = geometry.check_tile_size(edge, axis_depth, what=what)
+        except (TypeError, ValueError) as exc:
+            raise UserError(str(exc)) from None
+        q = geometry.grid_step(axis_depth)
+        if out < q:
+            smallest = geometry.input_size_for_output(q, axis_depth)
+            raise UserError(
+                f"Tile {edge} gives a {out}-pixel output, too small to step on the {q}-pixel "
+                f"max-pool grid; the smallest usable tile is {smallest}."
+            )
+    return int(tile) if config.spatial_dims == 2 else tuple(int(e) for e in edges)
 
 
 def _check_cluster(scheduler, workers, gpus) -> None:
@@ -87,10 +114,12 @@ class Segmenter:
     model : str, path-like, ModelBundle, ReferenceUNet or None
         A fastunet ``.safetensors`` model file, an in-memory network with its normalization
         (:class:`~fastunet.modelfile.ModelBundle`, e.g. from :func:`fastunet.read_model`), a
-        bare network (percentile normalization), or None for the bundled default model.
-    tile : int, optional
+        bare network (percentile normalization), None for the bundled default model, or
+        ``"3d"`` for the bundled 3D model (volumes segmented as volumes).
+    tile : int or (int, int, int), optional
         The network's input tile edge (572 gives 388-pixel outputs for the paper's network);
         by default the largest that fits the device, never larger than a small image needs.
+        A 3D network takes a cube's edge or one edge per axis ``(Tz, Ty, Tx)``.
     batch_size : int, optional
         Tiles per network call (default 4 on CUDA, 2 on the CPU).
     device : str, optional
@@ -101,13 +130,14 @@ class Segmenter:
         Default bf16 on CUDA, fp32 on the CPU.
     """
 
-    def __init__(self, model=None, *, tile: int | None = None, batch_size: int | None = None, device=None,
-                 backend: str = "auto", dtype: str | None = None):
+    def __init__(self, model: Any = None, *, tile: int | None = None, batch_size: int | None = None,
+                 device: str | torch.device | None = None, backend: str = "auto", dtype: str | None = None) -> None:
         from ..engine import DTYPES, ModelHandle, resolve_backend
-        from ..modelfile import default_model_path
+        from ..modelfile import bundled_model, default_model_path
 
         if model is None:
             model = default_model_path()
+        model = bundled_model(model)  # "3d": the bundled 3D model
         if isinstance(model, (str, os.PathLike)):
             self.handle = ModelHandle.from_path(model)
         else:
@@ -129,7 +159,7 @@ class Segmenter:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise UserError(f"batch_size= expects a number of tiles >= 1; got {batch_size!r}.")
         self.batch_size = batch_size
-        self.tile = _check_tile(tile, self.config.depth)
+        self.tile = _check_tile(tile, self.config)
         self.model_object_size = model_size_of(model)  # the training object diameter, if recorded
         self._network = None
         self.last_summary: dict | None = None
@@ -146,8 +176,12 @@ class Segmenter:
 
             self._check_local_device()
             self._network = LoadedNetwork(self.handle, device=self.device, backend=self.backend, dtype=self.dtype,
-                                          batch_size=self.batch_size, use_runner=self.device.type == "cuda")
+                                          batch_size=self.batch_size, use_runner=self._uses_runner(self.device))
         return self._network
+
+    def _uses_runner(self, device) -> bool:
+        """The device runner batches 2D tiles on CUDA; a 3D network's tiles are called directly."""
+        return torch.device(device).type == "cuda" and self.config.spatial_dims == 2
 
     def close(self) -> None:
         """Stop the device runner thread (if any) and drop the loaded network."""
@@ -165,11 +199,16 @@ class Segmenter:
     def _check_volume(self, vol) -> None:
         need = self.config.in_channels
         if vol.channels != need:
-            hint = (
-                'pass the channel axis with axes= (e.g. axes="CYX" or axes="CZYX")'
-                if need > 1 and "C" not in vol.axes
-                else f"use a model made for {vol.channels} channel(s)"
-            )
+            if need > 1 and "C" not in vol.axes:
+                hint = 'pass the channel axis with axes= (e.g. axes="CYX" or axes="CZYX")'
+            elif vol.channels > need:
+                names = f" ({', '.join(vol.channel_names)})" if vol.channel_names else ""
+                example = ", ".join(str(i) for i in range(need)) if need > 1 else "1"
+                hint = (f"pick the channel(s) the model reads with channels= by index or name{names}, e.g. "
+                        f"channels={example if need == 1 else '[' + example + ']'}, or use a model made for "
+                        f"{vol.channels} channel(s)")
+            else:
+                hint = f"use a model made for {vol.channels} channel(s)"
             if getattr(vol, "alt_axes", "") and need == 1:
                 hint += (f", or, if its {vol.channels} planes are z slices (the file reader took them for "
                          f'RGB channels), pass axes="{vol.alt_axes}"')
@@ -178,9 +217,28 @@ class Segmenter:
                 f"(axes {vol.axes}, shape {vol.shape}); {hint}."
             )
 
+    def _check_dims(self, vol, object_size) -> None:
+        """A 3D network needs a volume (Z, Y, X); object_size= rescales in 2D only."""
+        if self.config.spatial_dims != 3:
+            if len(vol.spatial_shape) == 3 and vol.spatial_shape[0] > 1:
+                log.info("a 2D model segments this stack slice by slice; model=\"3d\" (--model 3d) segments it as "
+                         "a volume")
+            return
+        if len(vol.spatial_shape) != 3:
+            raise UserError(
+                f"This model is a 3D network ({self.config.describe()}): it segments volumes (Z, Y, X), but the input "
+                f"is a 2D image (axes {vol.axes}, shape {vol.shape}); use a 2D model (the default model), or pass "
+                'the stack with its Z axis (axes="ZYX").'
+            )
+        if object_size is not None:
+            raise UserError("object_size= rescales images for 2D models; a 3D model segments the volume at its "
+                            "own voxel size: leave object_size out.")
+
     def _max_step(self, remote: bool) -> int:
         if not remote and (self.device.type == "cpu" or torch.cuda.is_available()):
             return default_max_step(self.config, self.device, dtype=self.dtype, batch_size=self.batch_size)
+        if self.config.spatial_dims == 3:
+            return 256 if self.device.type == "cuda" else 128
         return 1024 if self.device.type == "cuda" else 512
 
     def _max_block_voxels(self) -> int:
@@ -194,10 +252,11 @@ class Segmenter:
 
         tile = tile if tile is not None else self.tile
         grow = max(1.0, scale.factor**2) if scale is not None else 1.0  # enlarged blocks: fewer input pixels
+        pools = self.config.axis_pools if self.config.spatial_dims == 3 else None
         try:
             layout = plan_layout(vol.spatial_shape, self.config.depth, source_chunks=_spatial_chunks(vol),
                                  tile=tile, max_step=self._max_step(remote), chunks=chunks, block=block,
-                                 max_block_voxels=int(self._max_block_voxels() / grow))
+                                 max_block_voxels=int(self._max_block_voxels() / grow), pools=pools)
         except ValueError as exc:
             raise UserError(str(exc)) from None
         if not remote:  # a tile that cannot fit is refused now, not after minutes of work
@@ -212,7 +271,7 @@ class Segmenter:
         device = self.device
         return Job(source=vol, model=self.handle, layout=layout, stats=stats, output_kind=network_output(kinds),
                    store=store, device=str(device), backend=self.backend, dtype=self.dtype,
-                   batch_size=self.batch_size, use_runner=device.type == "cuda",
+                   batch_size=self.batch_size, use_runner=self._uses_runner(device),
                    network=None if remote else self.network, kinds=kinds, rescale=rescale)
 
     def _new_rescale(self, vol, scale, remote):
@@ -229,7 +288,8 @@ class Segmenter:
 
         axes = "CYX" if image.ndim == 3 else "YX"
         labels, probs = dask.compute(*self.segment(image, None, axes=axes, output_kind="labels,probs",
-                                                   object_size=object_size, progress=False))
+                                                   object_size=object_size, progress=False,
+                                                   lazy=False))
         return labels, 1.0 - probs[0].astype("float32")
 
     def estimate_object_size(self, source, *, axes: str | None = None, storage_options: dict | None = None):
@@ -247,22 +307,33 @@ class Segmenter:
         return estimate_object_size(self._segment_crop, vol, float(self.model_object_size))
 
     # the call ------------------------------------------------------------------------------
-    def segment(self, source, output=None, *, axes: str | None = None, output_kind=None,
-                zarr_format: int | None = None, resume: bool = False, overwrite: bool = False, scheduler=None,
-                workers: int | None = None, gpus=None, progress: bool | None = True, chunks=None, block=None,
-                threads: int | None = None, max_tiff_bytes: int = MAX_TIFF_BYTES,
-                progress_interval: float = PROGRESS_INTERVAL, min_size: int | str = "auto",
-                split: str | None = None, connect_z: bool = False, label_name: str | None = None,
-                into_input: bool = False, storage_options: dict | None = None, break_lock: bool = False,
-                object_size=None, fill_holes: bool = True):
-        """Segment ``source``; see :func:`segment` for the parameters and what is returned."""
+    def segment(self, source: Source, output: str | os.PathLike | None = None, *, axes: str | None = None,
+                channels: ChannelSpec = None, series: int | None = None, output_kind: OutputKind = None,
+                lazy: bool | None = None, zarr_format: int | None = None, resume: bool = False,
+                overwrite: bool = False, scheduler: Any = None, workers: int | None = None,
+                gpus: str | Sequence[int | str] | None = None, progress: bool | None = True,
+                chunks: Sequence[int] | None = None, block: Sequence[int] | None = None, threads: int | None = None,
+                max_tiff_bytes: int = MAX_TIFF_BYTES, progress_interval: float = PROGRESS_INTERVAL,
+                min_size: int | Literal["auto"] = "auto", split: Literal["watershed"] | None = None, connect_z: bool = False,
+                label_name: str | None = None, into_input: bool = False, storage_options: dict | None = None,
+                break_lock: bool = False, object_size: float | Literal["auto"] | None = None,
+                fill_holes: bool = True) -> SegmentResult:
+        """Segment ``source``; the options are :class:`~fastunet.segmentation.options.SegmentOptions`,
+        the result is what :func:`segment` returns."""
         from .. import io
         from ..engine.instances import InstanceOptions
         from ..kinds import parse_kinds
 
+        call = {k: v for k, v in locals().items() if k not in ("self", "source", "output", "io", "InstanceOptions",
+                                                              "parse_kinds")}
+        fields = io.plate_fields(source, storage_options)
+        if fields is not None:
+            return self._segment_plate(source, fields, output, call)
         t_start = time.perf_counter()
         kinds = parse_kinds(output_kind, self.config.num_classes)
-        options = InstanceOptions(min_size=min_size, split=split, connect_z=connect_z, fill_holes=fill_holes)
+        # A 3D network's objects are volumes: they join across Z whatever connect_z says.
+        options = InstanceOptions(min_size=min_size, split=split, connect_z=connect_z or self.config.spatial_dims == 3,
+                                  fill_holes=fill_holes)
         _check_cluster(scheduler, workers, gpus)
         if output is not None and scheduler is None and workers is None and gpus is None:
             from ..engine import active_client
@@ -270,17 +341,22 @@ class Segmenter:
             scheduler = active_client()  # the dask Client the caller made active runs file outputs
         remote = scheduler is not None or workers is not None or gpus is not None
         device = self._run_device(gpus)
-        vol = io.open_volume(source, axes=axes, storage_options=storage_options)
+        vol = io.open_volume(source, axes=axes, storage_options=storage_options, channels=channels, series=series,
+                             timepoints=True)
         self._check_volume(vol)
+        self._check_dims(vol, object_size)
         if not remote:
             self._check_local_device()
-        scale = resolve(self._segment_crop, vol, object_size, self.model_object_size)  # None: scale 1
+        first = vol.at_time(0) if vol.timepoints > 1 else vol
+        scale = resolve(self._segment_crop, first, object_size, self.model_object_size)  # None: scale 1
         options = dataclasses.replace(options, typical_size=scale.object_size if scale else self.model_object_size)
         if output is None and into_input:
             output = _into_input_path(vol, label_name)
         if output is None:
-            return self._lazy(vol, kinds=kinds, options=options, resume=resume, overwrite=overwrite, remote=remote,
-                              chunks=chunks, block=block, scale=scale)
+            eager = not wants_lazy(source, lazy)
+            result = self._lazy(vol, kinds=kinds, options=options, resume=resume, overwrite=overwrite, remote=remote,
+                                chunks=chunks, block=block, scale=scale)
+            return returned(result, source, vol, kinds, lazy=not eager, threads=threads)
 
         sink = open_sink(output, source=vol, kinds=kinds, resume=resume, overwrite=overwrite,
                          zarr_format=zarr_format, expect=self._expect(vol, kinds, options, resume, chunks, block),
@@ -294,9 +370,37 @@ class Segmenter:
         finally:
             sink.close()
 
+    def _segment_plate(self, plate, fields: list[str], output, call: dict) -> dict[str, Any]:
+        """An HCS plate or well: every field into its own labels group (``into_input``, or an
+        ``output`` at ``<plate>/labels/<name>``), or lazily (``output=None``): a dict by field."""
+        from pathlib import Path
+
+        into = call["into_input"]
+        if output is not None:
+            out = Path(output)
+            if out.parent.name != "labels" or out.parent.parent.resolve() != Path(plate).resolve():
+                raise UserError(f"{str(plate)!r} is an OME-Zarr HCS plate (or well) of {len(fields)} field images: "
+                                "each is segmented into its own labels group; pass into_input=True (or output="
+                                f"{str(Path(plate) / 'labels' / 'NAME')!r}), or output=None for the arrays.")
+            into, call = True, {**call, "label_name": call["label_name"] or out.name}
+        root = str(plate).rstrip("/")
+        results = {}
+        for i, field in enumerate(fields):
+            log.info("field %d/%d: %s", i + 1, len(fields), field)
+            results[field[len(root):].strip("/")] = self.segment(field, None, **{**call, "into_input": into})
+        return results
+
     def _write(self, sink, vol, kinds, options, t_start, *, device, remote, run, chunks, block, progress,
                progress_interval, scale=None):
-        """Plan, set up, create the output, run the block tasks and finish the sink."""
+        """Plan, set up, create the output, run the block tasks and finish the sink (a time
+        series: each time point in turn, :meth:`_write_series`)."""
+        if isinstance(sink, TiffSink) and sink.complete:  # resume=True: a TIFF written by an earlier run
+            self.last_summary = {"blocks": 1, "computed": 0, "skipped": 1}
+            return sink.result()
+        if vol.timepoints > 1:
+            return self._write_series(sink, vol, kinds, options, t_start, device=device, remote=remote, run=run,
+                                      chunks=chunks, block=block, progress=progress,
+                                      progress_interval=progress_interval, scale=scale)
         layout, stats, rescale = self._plan(vol, sink, chunks=chunks, block=block, remote=remote, scale=scale)
         if sink.complete:
             self.last_summary = {**sink.recorded.get("summary", {}), "computed": 0, "skipped": layout.num_blocks}
@@ -323,6 +427,27 @@ class Segmenter:
         if "instances" in kinds:
             summary.update(objects=sink.count, min_size=options.min_size, fill_holes=options.fill_holes,
                            **sink.cleanup)
+        return sink.finish(summary, source=vol)
+
+    def _write_series(self, sink, vol, kinds, options, t_start, **run):
+        """A time series: each time point is a run of its own into the series' output (its own
+        plan, normalization and block records: a resumed run skips the finished time points
+        and blocks), then the series' output is finished."""
+        if sink.complete:
+            done = sink.recorded.get("summary") or {}
+            self.last_summary = {**done, "computed": 0, "skipped": done.get("blocks")}
+            return sink.result()
+        parts = []
+        for t in range(vol.timepoints):
+            log.info("time point %d/%d", t + 1, vol.timepoints)
+            self._write(sink.at_time(t), vol.at_time(t), kinds, options, time.perf_counter(), **run)
+            parts.append(self.last_summary or {})
+        summary = {**parts[-1], "timepoints": vol.timepoints, "seconds": round(time.perf_counter() - t_start, 3)}
+        for key in ("blocks", "computed", "skipped", "megapixels", "nonfinite", "objects"):
+            if all(key in p for p in parts):
+                summary[key] = sum(p[key] for p in parts)
+        summary["mpx_per_s"] = round(summary.get("megapixels", 0) / summary["seconds"], 3) if summary["seconds"] else None
+        self.last_summary = summary
         return sink.finish(summary, source=vol)
 
     # the parts of the call ------------------------------------------------------------------
@@ -352,6 +477,10 @@ class Segmenter:
                 "With output=None the result is a lazy dask array: compute it on your own "
                 "distributed Client instead of passing scheduler/workers/gpus."
             )
+        if vol.timepoints > 1:  # each time point on its own, stacked along a leading axis
+            return stack_time([self._lazy(vol.at_time(t), kinds=kinds, options=options, resume=resume,
+                                          overwrite=overwrite, remote=remote, chunks=chunks, block=block, scale=scale)
+                               for t in range(vol.timepoints)], kinds)
         layout = self._layout(vol, chunks=chunks, block=block, remote=remote, scale=scale)
         rescale = self._new_rescale(vol, scale, remote)
         stats = normalization_stats(stats_source(vol, rescale), self.normalization)
@@ -367,7 +496,7 @@ class Segmenter:
         from .. import io
         from ..kinds import kinds_record
 
-        expect = {}
+        expect: dict[str, Any] = {}
         if resume:  # the input must be the one the interrupted run read (or the complete output's)
             expect["input_id"] = io.input_fingerprint(vol)
         expect.update({"shape": list(vol.spatial_shape), "output": kinds_record(kinds),
@@ -375,7 +504,7 @@ class Segmenter:
         if "instances" in kinds:
             expect.update(split=options.split, connect_z=options.connect_z, fill_holes=options.fill_holes)
         if self.tile is not None:
-            expect["tile"] = [self.tile, self.tile]
+            expect["tile"] = list(geometry.tile_edges(self.config, self.tile))
         for key, value in (("chunks", chunks), ("block", block)):
             if value is not None:
                 expect[key] = [int(v) for v in value]
@@ -384,7 +513,6 @@ class Segmenter:
     def _plan(self, vol, sink, *, chunks, block, remote, scale=None):
         """The layout, normalization constants and rescaling (None at scale 1): those of the run
         being resumed, or new ones."""
-        import numpy as np
 
         from ..normalization import NormStats, normalization_stats
 
@@ -397,8 +525,10 @@ class Segmenter:
                                                               tile=meta["rescale_tile"], max_step=0)
             if sink.complete:
                 return layout, None, rescale
-            return layout, NormStats(np.asarray(meta["norm_offset"], np.float64),
-                                     np.asarray(meta["norm_scale"], np.float64)), rescale
+            stats = NormStats.from_record(meta)
+            if stats is None:  # a time point of a series not started yet
+                return layout, normalization_stats(stats_source(vol, rescale), self.normalization), rescale
+            return layout, stats, rescale
         layout = self._layout(vol, chunks=chunks, block=block, remote=remote, scale=scale)
         if sink.block_multiple and any(m > 1 for m in sink.block_multiple):
             from ..io.pyramid import aligned_block
@@ -417,14 +547,14 @@ class Segmenter:
 
         attrs = {"model": self.handle.key, "model_path": self.handle.path, "tile": list(layout.tile),
                  "block": list(layout.block), "normalization": self.normalization.to_dict(),
-                 "norm_offset": stats.offset.tolist(), "norm_scale": stats.scale.tolist(), "object_size": None}
+                 **stats.record(), "object_size": None}
         if scale is not None:
             attrs.update(scale.record(), rescale_tile=list(rescale.tile))
         sink.create(source=vol, num_classes=self.config.num_classes, chunks=layout.chunks, attrs=attrs, layout=layout)
         try:
             job = sink.prepare(self._job(vol, layout, stats, sink.kinds, sink.store, remote, rescale))
             if run["gpus"] is not None:
-                job = dataclasses.replace(job, device=str(device), use_runner=True, network=None)
+                job = dataclasses.replace(job, device=str(device), use_runner=self._uses_runner(device), network=None)
             bar = ProgressBar(total=layout.num_blocks, done=layout.num_blocks - len(blocks), enabled=progress,
                               interval=progress_interval)
             try:
@@ -499,117 +629,52 @@ def _warn_nonfinite(count: int, *, sampled: bool) -> None:
     )
 
 
-def segment(source, model=None, output=None, *, axes: str | None = None, tile: int | None = None,
-            batch_size: int | None = None, device=None, backend: str = "auto", dtype: str | None = None,
-            output_kind=None, zarr_format: int | None = None, resume: bool = False, overwrite: bool = False,
-            scheduler=None, workers: int | None = None, gpus=None, progress: bool | None = True,
-            chunks=None, block=None, threads: int | None = None, progress_interval: float = PROGRESS_INTERVAL,
-            min_size: int | str = "auto", split: str | None = None, connect_z: bool = False,
-            label_name: str | None = None, into_input: bool = False, storage_options: dict | None = None,
-            break_lock: bool = False, object_size=None, fill_holes: bool = True):
+def segment(source: Source, model: Any = None, output: str | os.PathLike | None = None, *, tile: int | None = None,
+            batch_size: int | None = None, device: str | torch.device | None = None, backend: str = "auto",
+            dtype: str | None = None, **options: Unpack[SegmentOptions]) -> SegmentResult:
     """Segment a volume with overlap-tile inference (seamless: identical to one pass of the
     network over the whole mirrored image).
 
     Parameters
     ----------
-    source : str, path-like, numpy.ndarray, dask.array.Array or zarr.Array
-        A zarr v2/v3 array or group (OME-Zarr: level 0) or its URL (``s3://``, ``gs://``,
-        ``https://``, ``memory://``), a TIFF / OME-TIFF file, or an array.
+    source : str, path-like, numpy.ndarray, dask.array.Array, xarray.DataArray or zarr.Array
+        A zarr v2/v3 array or group (OME-Zarr: level 0; an HCS plate or well: every field) or
+        its URL (``s3://``, ``gs://``, ``https://``, ``memory://``), a TIFF / OME-TIFF file
+        (``series=`` picks an image of a multi-series file), a PNG or JPEG file, or an array.
+        A time axis (T > 1) is segmented one time point after the other.
     model : str, path-like, ModelBundle, ReferenceUNet or None
         Model file, in-memory network (see :class:`Segmenter`), or None for the bundled
         default model.
     output : str, path-like or None
         A zarr folder (``.zarr``; ``.ome.zarr`` or an OME-Zarr input: an OME-Zarr image with
         label images) or URL (``s3://bucket/out.zarr``), ``<OME-Zarr input>/labels/<name>`` (a
-        label image in the input's own labels group), a local ``.tif``/``.tiff`` file (ImageJ;
-        ``.ome.tif``: OME-TIFF; results that fit in memory), or None for lazy dask arrays
-        (nothing is computed until they are). Other extensions are refused.
-    axes : str, optional
-        Axes of a plain array or zarr array without metadata, e.g. ``"ZYX"``, ``"CYX"``.
+        label image in the input's own labels group; a plate: every field's), a local
+        ``.tif``/``.tiff`` file (ImageJ; ``.ome.tif``: OME-TIFF; results that fit in memory),
+        or None: arrays returned, nothing written. Other extensions are refused.
     tile, batch_size, device, backend, dtype
         See :class:`Segmenter`.
-    output_kind : str, tuple of str or None
-        ``"instances"`` (object ids: the connected components of the foreground, unique in
-        the whole volume, uint32 or uint64), ``"labels"`` (the uint8 argmax class map),
-        ``"probs"`` (float16 class probabilities ``(K, ...)``), ``"both"`` (labels and
-        probs), or several (``"instances,probs"``, a tuple). Default: instances for
-        two-class models, labels otherwise (see :mod:`fastunet.kinds`).
-    zarr_format : {3, 2}, optional
-        Default: the OME-Zarr input's format (NGFF 0.4 on v2, 0.5 on v3), else 3.
-    resume : bool
-        Continue an interrupted run into the same output, skipping recorded blocks. Refused
-        unless the input is the recorded one (path, array, axes, shape, dtype, and a
-        fingerprint: zarr metadata and sampled values, or a TIFF's size and mtime).
-    overwrite : bool
-        Replace an existing fastunet output.
-    scheduler, workers, gpus
-        Run on dask.distributed: a ``distributed.Client`` (left open), a Cluster such as
-        ``LocalCluster``, or a scheduler address to join; ``workers`` local worker processes;
-        or one worker process per GPU (``"0,1"``). Default: the active Client for a file
-        output when there is one (``distributed.default_client()``), else threads here.
-    progress : bool or None
-        Progress bar on a terminal; when stderr is not a terminal (a batch job's log), a
-        plain line (blocks done/total, Mpx/s, ETA) every ``progress_interval`` seconds.
-        False: neither.
-    chunks, block : tuple of int, optional
-        Output chunk and block shapes ``((Z,) Y, X)``; by default along the input's chunks.
-    threads : int, optional
-        Threads of the threaded scheduler (or per worker).
-    progress_interval : float
-        Seconds between the plain progress lines (default 30).
-    min_size : int or "auto"
-        Instances: objects of fewer voxels are removed; ``"auto"`` (the default): those
-        smaller than 1/16 of the volume's typical object (a quarter of its diameter;
-        :func:`fastunet.objectsize.auto_min_size`; the model's training object size when the
-        volume has fewer than 5 objects), 0: none. Specks, not nuclei: the run's summary says
-        how many were removed (``objects_removed``, ``min_size_used``).
-    fill_holes : bool
-        Instances: fill the background that one object encloses with that object (default
-        True; ``holes_filled`` in the summary). ``min_size=0, fill_holes=False`` gives the
-        connected components of the class map as they are.
-    split : {None, "watershed"}
-        Instances: split touching objects by a seeded watershed on the distance transform.
-    connect_z : bool
-        Instances of ``ZYX`` stacks: join objects across slices (default: each slice on its own).
-    label_name : str, optional
-        Name of the label image under ``labels/`` of an OME-Zarr output (default
-        ``"segmentation"``).
-    into_input : bool
-        With ``output=None``: write the label image into the OME-Zarr input's own labels
-        group (``<input>/labels/<label_name>``), as ``output="<input>/labels/NAME"`` does.
-    storage_options : dict, optional
-        Options of the file system of URL inputs and outputs (fsspec), e.g.
-        ``{"endpoint_url": "http://127.0.0.1:9000"}`` or ``{"anon": True}``; credentials
-        otherwise come from the usual environment variables (``AWS_ACCESS_KEY_ID``,
-        ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``, ``GOOGLE_APPLICATION_CREDENTIALS``...).
-    break_lock : bool
-        Take the output's lock from another run that holds it (one whose process is gone):
-        one run at a time writes a zarr output (:mod:`fastunet.io.lock`).
-    object_size : float or "auto", optional
-        The typical object diameter in the input, in pixels (like cellpose's diameter): the
-        input is rescaled so that its objects match the size the model was trained on (its
-        file records it, ``extra["object_size"]``) and the results are mapped back to the input
-        grid, block by block (:mod:`fastunet.engine.rescale`). ``"auto"`` estimates it from a
-        first pass over a central crop (:mod:`fastunet.segmentation.scaling`). Default: the
-        input's own scale. A model that records no training object size refuses it.
+    **options
+        The options of the call (:class:`~fastunet.segmentation.options.SegmentOptions`):
+        ``axes``, ``channels``, ``series``, ``output_kind``, ``lazy``, ``resume``,
+        ``overwrite``, ``zarr_format``, ``label_name``, ``into_input``, ``object_size``,
+        ``min_size``, ``fill_holes``, ``split``, ``connect_z``, ``scheduler``, ``workers``, ``gpus``,
+        ``threads``, ``progress``, ``chunks``, ``block``, ``storage_options``, ``break_lock``...
 
     Returns
     -------
-    zarr.Array, numpy.ndarray, dask.array.Array or a tuple of them
-        The written arrays (zarr arrays for a zarr output, numpy arrays for TIFF), or lazy
-        dask arrays when ``output`` is None; several kinds as a tuple in the order instances,
-        labels, probs (``"both"``: labels, probs).
+    zarr.Array, numpy.ndarray, dask.array.Array, xarray.DataArray, a tuple of them, or a dict
+        The written arrays (zarr arrays for a zarr output, numpy arrays for TIFF); with
+        ``output=None``, what came in: numpy arrays for a numpy input, a ``DataArray`` (its
+        dims, coordinates and attrs) for an xarray input, lazy dask arrays otherwise
+        (``lazy=`` chooses). Several kinds: a tuple in the order instances, labels, probs
+        (``"both"``: labels, probs). A time series has a leading time axis; an HCS plate gives
+        a dict by field path.
     """
     seg = Segmenter(model, tile=tile, batch_size=batch_size, device=device, backend=backend, dtype=dtype)
+    result: SegmentResult = None
     try:
-        result = seg.segment(source, output, axes=axes, output_kind=output_kind, zarr_format=zarr_format,
-                             resume=resume, overwrite=overwrite, scheduler=scheduler, workers=workers, gpus=gpus,
-                             progress=progress, chunks=chunks, block=block, threads=threads,
-                             progress_interval=progress_interval, min_size=min_size, split=split,
-                             connect_z=connect_z, label_name=label_name, into_input=into_input,
-                             storage_options=storage_options, break_lock=break_lock, object_size=object_size,
-                             fill_holes=fill_holes)
+        result = seg.segment(source, output, **options)
+        return result
     finally:
-        if output is not None:
+        if not is_lazy(result):  # lazy arrays keep the network for their computation
             seg.close()
-    return result

@@ -12,7 +12,15 @@ what remains at the end.
   nothing: the output stays, to be resumed); with instances the merge and the relabel pass
   follow, both resumable; the output is marked complete last.
 * :class:`TiffSink` — results are assembled in memory (refused beyond ``max_bytes``) and the
-  TIFF is written at the end, so a failure leaves nothing.
+  TIFF is written at the end, so a failure leaves nothing; so with ``resume=True`` a TIFF
+  output that exists is finished (:func:`finished_tiff`: read back, nothing computed) and
+  one that does not is made.
+
+A time series (T > 1) is one output with a leading ``t`` axis, written one time point after
+the other: :meth:`ZarrSink.at_time` / :meth:`TiffSink.at_time` give the sink of one time point
+(its own layout plan, normalization, block records, instance stage and completion, so a
+resumed run skips the finished time points and the finished blocks of the next one), and
+the series' own :meth:`finish` marks the whole output complete (or writes the TIFF).
 
 (``output=None``, lazy dask arrays, needs no sink: nothing is written.)
 """
@@ -27,6 +35,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..kinds import kinds_record, pick
+from ..normalization import NormStats
 
 __all__ = ["ZarrSink", "TiffSink", "open_sink", "TIFF_SUFFIXES", "MAX_TIFF_BYTES"]
 
@@ -63,8 +72,13 @@ class ZarrSink:
         self.created = False
         self.started = False
         self.block_multiple: tuple | None = None
+        self.series = None
         self.count = 0
         self.cleanup: dict = {}
+
+    def at_time(self, t: int) -> "ZarrSink":
+        """The sink of time point ``t`` of a time series (see the module)."""
+        return _ZarrTimePoint(self, t)
 
     def open(self, source) -> None:
         """Take the output's lock (one writer per output, :mod:`fastunet.io.lock`; released by
@@ -73,6 +87,7 @@ class ZarrSink:
         from ..io.pyramid import block_multiple, input_levels
 
         self.block_multiple = block_multiple(input_levels(source), len(source.spatial_shape))
+        self.series = source if source.timepoints > 1 else None
         self.lock = lock_output(self.path, break_lock=self.break_lock)
         try:
             if self.resume and self.path.exists():
@@ -142,9 +157,7 @@ class ZarrSink:
         the relabel pass over the blocks not yet relabelled (``run(job, blocks)``)."""
         if "instances" not in self.kinds:
             return
-        from .. import io
         from ..engine.instance_tasks import merge_recorded, relabel_name
-        from ..io.output_layout import retype_instances
 
         records, layout = job.records, job.layout
         info = records.merge_info()
@@ -155,11 +168,7 @@ class ZarrSink:
                 raise UserError(f"{exc} The network's results are kept in {str(self.path)!r}: run again with "
                                 "that min_size and resume=True.") from None
             if result.lut.dtype != self.store.instances.dtype:
-                import zarr
-
-                retype_instances(zarr.open_group(str(self.store.path), mode="r+"), self.store.attrs,
-                                 str(result.lut.dtype))
-                self.store = io.SegmentationStore(self.store.path)
+                self._retype(str(result.lut.dtype))
             records.put_merge(result, generation=uuid.uuid4().hex[:12])
             info = records.merge_info()
         self.count = info["count"]
@@ -167,6 +176,16 @@ class ZarrSink:
         done = self.store.done()
         todo = [b for b in layout.blocks() if relabel_name(info, b.name) not in done]
         run(dataclasses.replace(job, stage="relabel", store=self.store), todo)
+
+    def _retype(self, dtype: str) -> None:
+        """Recreate the (empty) instance arrays with ``dtype`` (more objects than uint32 numbers)."""
+        import zarr
+
+        from .. import io
+        from ..io.output_layout import retype_instances
+
+        retype_instances(zarr.open_group(str(self.store.path), mode="r+"), self.store.attrs, dtype)
+        self.store = io.SegmentationStore(self.store.path)
 
     def abort(self, exc: BaseException, *, remote: bool) -> None:
         """After a failure: remove an output this run created that holds no finished block.
@@ -214,9 +233,18 @@ class TiffSink:
         self.started = False
         self.count = 0
         self.cleanup: dict = {}
+        self.series = None
+        self.frames: dict = {}  # a time series: time point -> its arrays
 
     def open(self, source) -> None:
-        pass
+        self.series = source if source.timepoints > 1 else None
+
+    def at_time(self, t: int) -> "TiffSink":
+        """The sink of time point ``t`` of a time series: its arrays are kept for :meth:`finish`."""
+        part = TiffSink(self.path, kinds=self.kinds, overwrite=self.overwrite,
+                        max_bytes=self.max_bytes // self.series.timepoints, options=self.options)
+        part.series, part.frames, part.time = None, self.frames, t
+        return part
 
     def close(self) -> None:
         pass
@@ -265,8 +293,25 @@ class TiffSink:
         pass  # nothing was written
 
     def finish(self, summary: dict, *, source):
+        """Write the TIFF (a time point of a series: keep its arrays for the series' finish)."""
         from .. import io
 
+        if self.series is not None:  # every time point done: one TIFF with a T axis
+            arrays = {k: np.stack([self.frames[t][k] for t in range(self.series.timepoints)])
+                      for k in ("instances", "labels", "probs") if k in self.kinds}
+            if "probs" in arrays:
+                arrays["probs"] = np.moveaxis(arrays["probs"], 0, 1)  # (K, T, ...): write_tiff's order
+            axes = "T" + source.spatial_axes
+        else:
+            arrays, axes = self._assemble(), source.spatial_axes
+            if getattr(self, "time", None) is not None:
+                self.frames[self.time] = arrays
+                return pick(self.kinds, arrays)
+        io.write_tiff(self.path, **arrays, axes=axes, overwrite=self.overwrite, pixel=io.pixel_size(source))
+        return pick(self.kinds, arrays)
+
+    def _assemble(self) -> dict:
+        """The arrays of the finished run (object ids relabelled), by kind."""
         arrays = {"labels": self.labels, "probs": self.probs}
         if self.layout.ndim == 2:
             arrays = {k: None if v is None else (v[0] if k == "labels" else v[:, 0]) for k, v in arrays.items()}
@@ -278,9 +323,92 @@ class TiffSink:
                 ids[block.slices] = relabel_returned(self.layout, self.objects, self.merged, block)
             arrays["instances"] = ids
             self.objects = {}
-        io.write_tiff(self.path, **arrays, axes=source.spatial_axes, overwrite=self.overwrite,
-                      pixel=io.pixel_size(source))
-        return pick(self.kinds, arrays)
+        return {k: v for k, v in arrays.items() if v is not None}
+
+
+class _FinishedTiff(TiffSink):
+    """A TIFF output that a previous run wrote (``resume=True``): its arrays, read back."""
+
+    complete = True
+    recorded = {"summary": {}}
+
+    def __init__(self, path, *, kinds: tuple, arrays: dict) -> None:
+        super().__init__(path, kinds=kinds, overwrite=False)
+        self.arrays = arrays
+
+    def result(self):
+        return pick(self.kinds, self.arrays)
+
+
+def finished_tiff(path, *, kinds: tuple, source) -> TiffSink:
+    """The TIFF output at ``path`` of a finished run, for ``resume=True``: refused unless it is
+    fastunet's and holds every kind with this input's shape."""
+    import tifffile
+
+    from .. import io
+    from ..io.outputs import fastunet_attrs
+
+    shape = ((source.timepoints,) if source.timepoints > 1 else ()) + source.spatial_shape
+    arrays = {}
+    for kind, target in io.tiff_paths(path, kinds).items():
+        if fastunet_attrs(target) is None:
+            raise UserError(f"Cannot resume {str(target)!r}: it is not a fastunet output (or missing); choose the "
+                            "output of the earlier run, or start over with overwrite=True.")
+        with tifffile.TiffFile(str(target)) as tif:
+            data, axes = tif.series[0].asarray(), tif.series[0].axes
+        if "C" in axes:  # probabilities: classes first, as returned
+            data = np.moveaxis(data, axes.index("C"), 0)
+        if data.shape[-len(shape):] != shape or data.ndim != len(shape) + (kind == "probs"):
+            raise UserError(f"Cannot resume {str(target)!r}: it holds a {data.shape} result, this input's would be "
+                            f"{shape}; it was made from another input: start over with overwrite=True.")
+        arrays[kind] = data
+    return _FinishedTiff(path, kinds=kinds, arrays=arrays)
+
+
+class _ZarrTimePoint(ZarrSink):
+    """Time point ``t`` of a time-series zarr output: the series sink's output, lock and
+    options; its own view of the store (:meth:`~fastunet.io.SegmentationStore.at_time`)."""
+
+    def __init__(self, series: ZarrSink, t: int) -> None:
+        self.__dict__.update(series.__dict__)
+        self.parent, self.time, self.lock, self.series = series, int(t), None, None
+        self.created = False  # only the first time point creates the output
+        self.started, self.count = False, 0
+        self.store = series.store.at_time(t) if series.store is not None else None
+        self.recorded = self.store.attrs if self.store is not None else None
+        self.done = self.store.done() if self.store is not None and not self.complete else set()
+
+    def create(self, *, source, num_classes: int, chunks, attrs: dict, layout=None) -> None:
+        """Create the series' output (the first time point), then record this time point's
+        normalization constants."""
+        parent = self.parent
+        if parent.store is None:
+            parent.create(source=parent.series, num_classes=num_classes, chunks=chunks,
+                          attrs={**attrs, **dict.fromkeys(NormStats.RECORD_KEYS)}, layout=layout)
+            self.created = True
+        self.store = parent.store.at_time(self.time)
+        self.store.record_time_point({k: attrs[k] for k in NormStats.RECORD_KEYS})
+
+    def prepare(self, job):
+        if "instances" not in self.kinds:
+            return job
+        from .. import io
+
+        records = io.InstanceRecords(self.store.path, part=f"t{self.time}")
+        return dataclasses.replace(job, records=records, instances=self.options)
+
+    def _retype(self, dtype: str) -> None:
+        if self.time > 0:
+            raise UserError(f"Time point {self.time} holds more objects than {self.store.instances.dtype} ids can "
+                            "number; segment the time points into separate outputs.")
+        super()._retype(dtype)
+        self.store = self.store.at_time(self.time)
+
+    def finish(self, summary: dict, *, source):
+        from .. import io
+
+        self.store.mark_complete(summary)
+        io.InstanceRecords(self.store.path, part=f"t{self.time}").remove()
 
 
 def open_sink(output, *, source, kinds: tuple, resume: bool, overwrite: bool, zarr_format: int | None,
@@ -295,8 +423,15 @@ def open_sink(output, *, source, kinds: tuple, resume: bool, overwrite: bool, za
     from .. import io
 
     into_input = into_input or io.labels_of_input(output, source)
+    if resume and str(output).lower().endswith(TIFF_SUFFIXES) and "://" not in str(output):
+        from pathlib import Path
+
+        if Path(output).expanduser().exists():
+            return finished_tiff(Path(output).expanduser(), kinds=kinds, source=source)
+        resume = False  # TIFF outputs are written at once: one that is missing is made
     path = io.check_output(output, source=source, overwrite=overwrite, resume=resume, expect=expect,
-                           output_kind=kinds, into_input=into_input, storage_options=storage_options)
+                           output_kind=kinds, into_input=into_input, storage_options=storage_options,
+                           label_name=label_name)
     if path.suffix.lower() in TIFF_SUFFIXES:
         sink = TiffSink(path, kinds=kinds, overwrite=overwrite, max_bytes=max_tiff_bytes, options=options)
     else:

@@ -242,14 +242,15 @@ def _vary_gray(image: torch.Tensor, config: AugmentConfig, generator: torch.Gene
     gamma = _uniform(generator, *config.gamma)
     contrast = _uniform(generator, *config.contrast)
     brightness = _uniform(generator, *config.brightness)
+    spatial = tuple(range(1, image.ndim))  # (C, H, W), or (C, D, H, W) for a 3D tile
     if gamma != 1.0:
-        lo = image.amin(dim=(1, 2), keepdim=True)
-        span = image.amax(dim=(1, 2), keepdim=True) - lo
+        lo = image.amin(dim=spatial, keepdim=True)
+        span = image.amax(dim=spatial, keepdim=True) - lo
         safe = torch.where(span > 0, span, torch.ones_like(span))
         unit = ((image - lo) / safe).clamp(0.0, 1.0)
         image = torch.where(span > 0, lo + span * unit.pow(gamma), image)
     if contrast != 1.0:
-        mean = image.mean(dim=(1, 2), keepdim=True)
+        mean = image.mean(dim=spatial, keepdim=True)
         image = mean + contrast * (image - mean)
     if brightness != 0.0:
         image = image + brightness
@@ -351,22 +352,24 @@ def sample_tile(
 
 
 def random_center(
-    shape: tuple[int, int], out_size: int, *, generator: torch.Generator | None = None
-) -> tuple[float, float]:
-    """A random tile centre whose output tile lies inside an image of ``shape`` (H, W).
+    shape: tuple[int, ...], out_size: int | tuple[int, ...], *, generator: torch.Generator | None = None
+) -> tuple[float, ...]:
+    """A random tile centre whose output tile lies inside an image of ``shape`` (H, W), or
+    ``(D, H, W)`` with one output edge per axis (a 3D tile).
 
     The output tile's top-left corner is uniform over the integer positions that keep it inside
     the image (centred where the image is smaller than the tile), so with the identity config
     the tiles are plain crops on the pixel grid.
     """
     center = []
-    for size in shape:
+    edges = (out_size,) * len(shape) if isinstance(out_size, int) else tuple(out_size)
+    for size, out_size in zip(shape, edges):
         if size >= out_size:
             origin = int(torch.randint(0, size - out_size + 1, (), generator=generator, device=_gen_device(generator)))
         else:
             origin = (size - out_size) // 2
         center.append(origin + (out_size - 1) / 2)
-    return center[0], center[1]
+    return tuple(center)
 
 
 def augment_batch(

@@ -88,6 +88,17 @@ class TrainConfig:
         Steps between checkpoints (and at the end).
     device : str
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+    spatial_dims : {2, 3}
+        2: the paper's network, trained on 2D slices (a stack is a set of slices). 3: the 3D
+        U-Net (Cicek et al. 2016), trained on 3D tiles of ``(Z, H, W)`` stacks.
+    tile_z : int, optional
+        3D: the tile's Z edge (a valid size along Z for the network's pools); default the
+        smallest whose output spans about as many physical pixels as ``tile``'s.
+    spacing : (float, float, float), optional
+        3D: the training volumes' voxel edges ``(z, y, x)`` (any unit): the pools are chosen
+        from it (:func:`fastunet.geometry.pools_for_spacing`: 1x2x2 where Z is coarse), and
+        the weight map's distances and the augmentation are in physical units. Default
+        isotropic.
     """
 
     base_channels: int = 16
@@ -114,10 +125,20 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 500
     device: str = "auto"
+    spatial_dims: int = 2
+    tile_z: int | None = None
+    spacing: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
-        UNetConfig(base_channels=self.base_channels, depth=self.depth, dropout=self.dropout)  # validates
+        if self.spacing is not None:
+            object.__setattr__(self, "spacing", tuple(float(s) for s in self.spacing))
+        if self.spatial_dims != 3 and (self.tile_z is not None or self.spacing is not None):
+            raise ValueError("TrainConfig.tile_z and spacing are for 3D training (spatial_dims=3).")
+        self.unet_config()  # validates the network (pools from the spacing included)
         geometry.check_tile_size(self.tile, self.depth)
+        if self.spatial_dims == 3:
+            z_pools = self.unet_config().axis_pools[0]
+            geometry.check_tile_size(self.tile_shape[0], z_pools, "tile_z")
         _positive_int("batch_size", self.batch_size)
         _positive_int("iterations", self.iterations)
         _positive_int("val_every", self.val_every)
@@ -164,20 +185,47 @@ class TrainConfig:
 
     @property
     def out_tile(self) -> int:
-        """Edge of the output tile (the part of a sample the loss sees)."""
+        """Edge of the output tile (the part of a sample the loss sees; in-plane in 3D)."""
         return geometry.output_size(self.tile, self.depth)
 
+    @property
+    def tile_shape(self) -> tuple[int, ...]:
+        """The input tile per axis: ``(tile, tile)``, or ``(tile_z, tile, tile)`` in 3D."""
+        if self.spatial_dims == 2:
+            return (self.tile, self.tile)
+        if self.tile_z is not None:
+            return (int(self.tile_z), self.tile, self.tile)
+        z_pools = self.unet_config().axis_pools[0]
+        ratio = self.spacing[0] / self.spacing[-1] if self.spacing else 1.0
+        out_z = max(geometry.grid_step(z_pools), round(self.out_tile / ratio))
+        return (geometry.input_size_for_output(out_z, z_pools), self.tile, self.tile)
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        """The output tile per axis (what the loss sees)."""
+        pools = self.unet_config().axis_pools
+        return tuple(geometry.output_size(t, p) for t, p in zip(self.tile_shape, pools))
+
     def unet_config(self, in_channels: int = 1) -> UNetConfig:
+        pools = None
+        if self.spatial_dims == 3:
+            pools = geometry.pools_for_spacing(self.spacing or (1.0, 1.0, 1.0), self.depth)
         return UNetConfig(
             in_channels=in_channels,
             num_classes=2,
             base_channels=self.base_channels,
             depth=self.depth,
             dropout=self.dropout,
+            spatial_dims=self.spatial_dims,
+            pools=pools,
         )
 
     def to_dict(self) -> dict:
+        """Plain JSON values; a 2D run's dict has no 3D fields (as before 3D training existed)."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.spatial_dims == 2:
+            for name in ("spatial_dims", "tile_z", "spacing"):
+                del out[name]
         out["augment"] = self.augment.to_dict()
         out["normalization"] = self.normalization.to_dict()
         return json.loads(json.dumps(out))  # tuples -> lists: plain JSON values

@@ -5,7 +5,8 @@
   :func:`fastunet.train.train` and :func:`fastunet.evaluate.evaluate` both read through it.
 * :func:`normalized_slices` normalizes each image with the
   :class:`~fastunet.normalization.Normalization` the model will carry, over the same scope
-  inference uses (the whole volume, or each slice).
+  inference uses (the whole volume, or each slice); :func:`normalized_volume` keeps a stack
+  whole, for 3D training.
 * :func:`validation_split` holds out whole images (or the bottom rows of a single one).
 """
 
@@ -22,7 +23,7 @@ from ..errors import UserError
 from ..normalization import Normalization, normalization_stats
 from .config import TrainConfig
 
-__all__ = ["TrainingPair", "load_pairs", "normalized_slices", "validation_split"]
+__all__ = ["TrainingPair", "load_pairs", "normalized_slices", "normalized_volume", "validation_split", "voxel_size"]
 
 _TIFF = (".tif", ".tiff")
 
@@ -117,8 +118,9 @@ def _names_correspond(a: str, b: str) -> bool:
     return a.startswith(b) or b.startswith(a)
 
 
-def _instances_from(labels: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
-    """int32 instance labels; 0/1 labels become connected components per 2D slice."""
+def _instances_from(labels: np.ndarray, name: str, volumes: bool = False) -> tuple[np.ndarray, bool]:
+    """int32 instance labels; 0/1 labels become connected components per 2D slice (in 3D
+    with ``volumes``)."""
     if labels.dtype == bool:
         labels = labels.astype(np.uint8)
     if not np.issubdtype(labels.dtype, np.integer):
@@ -131,12 +133,12 @@ def _instances_from(labels: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
     if labels.size == 0 or labels.max() > 1:
         return labels.astype(np.int32), False
     fg = labels.astype(bool)
-    if fg.ndim == 2:
+    if fg.ndim == 2 or volumes:
         return ndi.label(fg)[0].astype(np.int32), True
     return np.stack([ndi.label(plane)[0] for plane in fg]).astype(np.int32), True
 
 
-def load_pairs(images, labels, *, axes: str | None = None) -> list[TrainingPair]:
+def load_pairs(images, labels, *, axes: str | None = None, volumes: bool = False) -> list[TrainingPair]:
     """Read images and their labels and pair them.
 
     Parameters
@@ -154,6 +156,9 @@ def load_pairs(images, labels, *, axes: str | None = None) -> list[TrainingPair]
         Axes of files whose metadata do not say or say otherwise (e.g. ``"ZYX"`` for a TIFF
         stack of 3 slices that tifffile takes for RGB); a 3D array without axes metadata is
         read as ``ZYX``.
+    volumes : bool
+        The data of a 3D network: every image must be a stack ``(Z, H, W)``, and semantic
+        labels become 3D connected components (objects span slices).
 
     Returns
     -------
@@ -186,6 +191,9 @@ def load_pairs(images, labels, *, axes: str | None = None) -> list[TrainingPair]
             raise UserError(f"Image {iname!r} has shape {image.shape} (RGB?); expected one gray-value channel.")
         if image.ndim not in (2, 3):
             raise UserError(f"Image {iname!r} has shape {image.shape}; expected 2D (H, W) or a stack (Z, H, W).")
+        if volumes and (image.ndim != 3 or image.shape[0] < 2):
+            raise UserError(f"Image {iname!r} has shape {image.shape}, but a 3D network trains on stacks (Z, H, W) of "
+                            "2 or more slices; train a 2D network on 2D images.")
         if image.shape != label.shape:
             raise UserError(
                 f"Image {iname!r} has shape {image.shape} but its labels {lname!r} have shape {label.shape}; "
@@ -193,7 +201,7 @@ def load_pairs(images, labels, *, axes: str | None = None) -> list[TrainingPair]
             )
         if not (np.issubdtype(image.dtype, np.number) or image.dtype == bool):
             raise UserError(f"Image {iname!r} has dtype {image.dtype}; expected numbers.")
-        instances, semantic = _instances_from(label, lname)
+        instances, semantic = _instances_from(label, lname, volumes)
         pairs.append(TrainingPair(name=iname, image=image, labels=instances, semantic=semantic))
     if not pairs:
         raise UserError("No training images were given.")
@@ -234,6 +242,43 @@ def normalized_slices(pair: TrainingPair, normalization: Normalization) -> list[
     return [(n, p[None], lab) for n, p, lab in zip(names, planes, labels)]
 
 
+def voxel_size(images, axes: str | None = None) -> tuple[float, float, float] | None:
+    """The ``(z, y, x)`` voxel size recorded in the first image file (OME, ImageJ metadata),
+    or None when the images are arrays, not stacks, or record none."""
+    from ..io import open_volume, pixel_size
+
+    if not isinstance(images, (str, os.PathLike)):
+        return None
+    path = Path(images)
+    if path.is_dir() and not any((path / m).exists() for m in ("zarr.json", ".zarray", ".zgroup")):
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in _TIFF and p.is_file())
+        if not files:
+            return None
+        path = files[0]
+    try:
+        size = pixel_size(open_volume(path, axes=axes or None))
+    except (UserError, OSError, ValueError):
+        return None
+    if not size.known or size.axes != "ZYX":
+        return None
+    return tuple(float(v) for v in size.size)  # type: ignore[return-value]
+
+
+def normalized_volume(pair: TrainingPair, normalization: Normalization) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """A stack normalized as inference will normalize it, kept whole (3D training):
+    ``[(name, image (1, Z, H, W) float32, instances (Z, H, W))]`` (slice-scope constants per
+    slice, as :func:`normalized_slices`)."""
+    planes = normalized_slices(pair, normalization)
+    return [(pair.name, np.stack([p[1][0] for p in planes])[None], pair.labels)]
+
+
+def _normalized(pair: TrainingPair, config: TrainConfig) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """The training items of a pair: its slices (2D network) or the whole stack (3D)."""
+    if config.spatial_dims == 3:
+        return normalized_volume(pair, config.normalization)
+    return normalized_slices(pair, config.normalization)
+
+
 _WHOLE_IMAGES_FROM = 4  # with fewer images, validation takes the bottom rows of each
 
 
@@ -263,18 +308,18 @@ def validation_split(pairs: list[TrainingPair], config: TrainConfig):
         How the data were split, in words.
     """
     if config.val_fraction == 0:
-        return [s for p in pairs for s in normalized_slices(p, config.normalization)], [], "none held out"
+        return [s for p in pairs for s in _normalized(p, config)], [], "none held out"
     if len(pairs) >= _WHOLE_IMAGES_FROM:
         n_val = min(max(1, round(config.val_fraction * len(pairs))), len(pairs) - 1)
         order = np.random.default_rng(config.seed).permutation(len(pairs))
         val_ids = set(order[:n_val].tolist())
-        train = [s for i, p in enumerate(pairs) if i not in val_ids for s in normalized_slices(p, config.normalization)]
+        train = [s for i, p in enumerate(pairs) if i not in val_ids for s in _normalized(p, config)]
         val = [(p.name, p.image, p.labels) for i, p in enumerate(pairs) if i in val_ids]
         return train, val, f"{n_val} of {len(pairs)} images held out for validation"
     train, val, what = [], [], []
     for pair in pairs:
         top, bottom, rows = _split_rows(pair, config.val_fraction)
-        train += normalized_slices(top, config.normalization)
+        train += _normalized(top, config)
         val.append(bottom)
         what.append(rows)
     if len(pairs) == 1:

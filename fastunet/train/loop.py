@@ -28,6 +28,7 @@ from ..metrics import score
 from ..model import ReferenceUNet
 from ..segmentation.memory import check_train_memory
 from .augment import augment_batch
+from .augment3d import augment_batch_3d
 from .checkpoint import (
     check_model_name,
     check_resume,
@@ -80,8 +81,8 @@ def _make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.
 def _iterations(config: TrainConfig, train_slices) -> int:
     if config.epochs is None:
         return config.iterations
-    pixels = sum(image.shape[1] * image.shape[2] for _, image, _ in train_slices)
-    per_epoch = math.ceil(pixels / config.out_tile**2 / config.batch_size)
+    pixels = sum(math.prod(image.shape[1:]) for _, image, _ in train_slices)
+    per_epoch = math.ceil(pixels / math.prod(config.out_shape) / config.batch_size)
     return max(1, math.ceil(config.epochs * per_epoch))
 
 
@@ -106,9 +107,11 @@ def _samples(train_slices, config: TrainConfig, device: torch.device, weight_fig
     and the paper's weight map, computed once; optionally the figure of the first one."""
     samples = []
     for index, (_, image, instances) in enumerate(train_slices):
-        target, weight = prepare(instances, w0=config.w0, sigma=config.sigma, balance=config.balance)
+        target, weight = prepare(instances, w0=config.w0, sigma=config.sigma, balance=config.balance,
+                                 spacing=config.spacing)
         if index == 0 and weight_figure is not None:
-            weight_map_figure(weight_figure, image[0], target, weight, instances=instances)
+            mid = (len(instances) // 2,) if instances.ndim == 3 else ()  # a volume: its middle slice
+            weight_map_figure(weight_figure, image[(0, *mid)], target[mid], weight[mid], instances=instances[mid])
         samples.append(tuple(torch.from_numpy(a).to(device) for a in (image, target, weight)))
     return samples
 
@@ -134,13 +137,15 @@ def _validate(model: ReferenceUNet, val, config: TrainConfig, device: torch.devi
         snapshot = ReferenceUNet(model.config)
         snapshot.load_state_dict(model.state_dict())
         snapshot = ModelBundle(snapshot, config.normalization)
+        volumes = config.spatial_dims == 3  # scored as volumes: objects span slices
+        tile = config.tile_shape if volumes else config.tile
         for _, image, labels in val:
             axes = "ZYX" if image.ndim == 3 else "YX"
-            classes = segment(image, snapshot, None, axes=axes, tile=config.tile, device=str(device), progress=False,
+            classes = segment(image, snapshot, None, axes=axes, tile=tile, device=str(device), progress=False,
                               output_kind="labels")
             classes = np.asarray(classes)
-            preds += list(classes == 1) if image.ndim == 3 else [classes == 1]
-            truths += list(labels) if labels.ndim == 3 else [labels]
+            preds += list(classes == 1) if image.ndim == 3 and not volumes else [classes == 1]
+            truths += list(labels) if labels.ndim == 3 and not volumes else [labels]
     scores = score(preds, truths)
     return {"foreground_iou": float(scores.foreground_iou), "instance_f1": float(scores.instance_f1)}
 
@@ -211,10 +216,16 @@ def _merit(scores: dict) -> float:
 def _step(run: _Run, samples: list[tuple], amp: bool) -> float:
     """One optimizer step on a fresh batch of augmented tiles; returns its loss."""
     config = run.config
-    x, target, weight = augment_batch(
-        samples, config.batch_size, in_size=config.tile, out_size=config.out_tile,
-        config=config.augment, generator=run.generator,
-    )  # fmt: skip
+    if config.spatial_dims == 3:
+        x, target, weight = augment_batch_3d(
+            samples, config.batch_size, in_size=config.tile_shape, out_size=config.out_shape, config=config.augment,
+            spacing=config.spacing or (1.0, 1.0, 1.0), generator=run.generator,
+        )  # fmt: skip
+    else:
+        x, target, weight = augment_batch(
+            samples, config.batch_size, in_size=config.tile, out_size=config.out_tile,
+            config=config.augment, generator=run.generator,
+        )  # fmt: skip
     with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=amp):
         logits = run.model(x)
     # On CUDA this is the fused Triton loss (one pass over the logits for loss and
@@ -276,12 +287,13 @@ def _steps(run: _Run, samples, val_images, total: int, *, amp: bool, progress: b
 
 def _load_data(images, labels, config: TrainConfig, axes: str | None, note: Callable[[str], None]):
     """Training slices, validation images and the data's description (kept in checkpoints)."""
-    pairs = load_pairs(images, labels, axes=axes)
+    pairs = load_pairs(images, labels, axes=axes, volumes=config.spatial_dims == 3)
     for p in pairs:
         if p.semantic:
             note(f"labels of {p.name} hold only 0 and 1: their connected components are the instances")
     train_slices, val_images, split = validation_split(pairs, config)
-    note(f"{len(train_slices)} training slice(s), {len(val_images)} validation image(s): {split}")
+    items = "volume(s)" if config.spatial_dims == 3 else "slice(s)"
+    note(f"{len(train_slices)} training {items}, {len(val_images)} validation image(s): {split}")
     data = {
         "train": [[n, list(im.shape)] for n, im, _ in train_slices],
         "val": [[n, list(im.shape)] for n, im, _ in val_images],
@@ -325,6 +337,8 @@ def _training_object_size(train_slices) -> float | None:
     each slice's median equivalent diameter (:func:`fastunet.objectsize.median_diameter`)."""
     from ..objectsize import median_diameter
 
+    if any(labels.ndim != 2 for _, _, labels in train_slices):
+        return None  # volumes: object_size= rescales 2D images only
     sizes = [median_diameter(labels) for _, _, labels in train_slices]
     sizes = [s for s in sizes if np.isfinite(s)]
     return float(np.median(sizes)) if sizes else None
@@ -387,7 +401,8 @@ def train(
     check_train_outputs(output, curve=curve, weight_figure=weight_figure, inputs=(images, labels), resume=resume,
                         overwrite=overwrite)
     device = check_visible(resolve_device(config.device))
-    check_train_memory(config.unet_config(), config.tile, config.batch_size, device=device,
+    tile = config.tile if config.spatial_dims == 2 else config.tile_shape
+    check_train_memory(config.unet_config(), tile, config.batch_size, device=device,
                        optimizer=config.optimizer)  # before anything is read or allocated
     amp = config.amp == "bf16"
     if amp and device.type != "cuda":

@@ -91,7 +91,8 @@ def weighted_cross_entropy(
     Parameters
     ----------
     logits : Tensor (N, C, H, W)
-        Class scores (fp32, bf16 or fp16; the math is fp32).
+        Class scores (fp32, bf16 or fp16; the math is fp32); ``(N, C, D, H, W)`` for a 3D
+        network (the kernel then reads it as ``(N, C, D * H, W)``).
     target : Tensor (N, H, W), int64, int32 or uint8
         Class per pixel; ``ignore_index`` pixels contribute neither loss nor gradient. The
         trainer feeds uint8 (:func:`fastunet.train.augment.augment_batch`): with the default
@@ -111,5 +112,8 @@ def weighted_cross_entropy(
         from ..kernels import load
 
         (kernel,) = load(logits.device, "loss")
+        if logits.ndim == 5:  # a 3D network's (N, C, D, H, W) as the kernel's (N, C, D * H, W), unchanged
+            logits, target = logits.flatten(2, 3), target.flatten(1, 2)
+            weight = None if weight is None else weight.flatten(1, 2)
         return kernel.weighted_softmax_ce(logits, target, weight, ignore_index=ignore_index, reduction=reduction)
     return weighted_cross_entropy_reference(logits, target, weight, ignore_index, reduction)

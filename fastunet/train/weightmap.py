@@ -9,10 +9,11 @@ the border of the nearest and the second-nearest cell, ``w0 = 10`` and ``sigma =
 The border term is added on background pixels, where it forces the network to learn the thin
 background gaps between touching cells (the paper's figure 3).
 
-The input is an *instance* label image: integers, ``0`` background, ``k > 0`` object ``k``.
-From it come
+The input is an *instance* label image: integers, ``0`` background, ``k > 0`` object ``k``;
+2D ``(H, W)``, or a 3D volume ``(Z, H, W)`` for a 3D network. From it come
 
-- :func:`touching_borders`: object pixels that touch a different object (8-neighbourhood);
+- :func:`touching_borders`: object pixels that touch a different object (8-neighbourhood;
+  26 in 3D);
 - :func:`semantic_target`: the two-class target, 1 on objects minus their touching borders,
   so touching objects are separated by a 2-pixel background gap (one pixel of each object);
 - :func:`class_weights` and :func:`weight_map`;
@@ -36,6 +37,14 @@ pixel whose true ``d2`` exceeds the margin gets a term below ``w0 * exp(-margin*
 sigma**2)) <= tol * w0`` either way. Hence ``|weight_map - exact| <= tol * w0`` everywhere and
 equality (to rounding) wherever the exact term exceeds that bound. The cost is one small
 distance transform per object, so images with hundreds of objects take well under a second.
+
+Anisotropic volumes
+-------------------
+A 3D volume whose Z step differs from its pixel passes ``spacing=(z, y, x)``: distances are
+then measured in physical units, expressed in in-plane pixels (the spacing divided by its X
+entry), so ``sigma`` keeps its meaning in pixels of the plane and a gap of one slice counts
+as wide as it is (``distance_transform_edt(sampling=...)``); the window margin along each
+axis is ``R`` over that axis's voxel edge.
 """
 
 from __future__ import annotations
@@ -59,7 +68,7 @@ __all__ = [
     "compact_instances",
 ]
 
-# 8-neighbourhood: diagonally touching objects are separated too.
+# 8-neighbourhood (26 in 3D): diagonally touching objects are separated too.
 _FOOTPRINT = np.ones((3, 3), dtype=bool)
 
 
@@ -78,8 +87,8 @@ def _check_instances(instances: np.ndarray) -> np.ndarray:
         raise TypeError(
             f"Expected an integer instance label image (0 = background, k > 0 = object k); got dtype {instances.dtype}."
         )
-    if instances.ndim != 2:
-        raise ValueError(f"Expected a 2D instance label image (H, W); got shape {instances.shape}.")
+    if instances.ndim not in (2, 3):
+        raise ValueError(f"Expected a 2D instance label image (H, W) or a volume (Z, H, W); got shape {instances.shape}.")
     if instances.size and instances.min() < 0:
         raise ValueError(f"Instance labels must be >= 0 (0 = background); got minimum {instances.min()}.")
     return instances
@@ -107,9 +116,10 @@ def touching_borders(instances: np.ndarray) -> np.ndarray:
     # exactly when it exceeds the pixel's label; for the minimum, background is first lifted to
     # the largest label. mode="nearest" only repeats pixels already in the 3x3 neighbourhood of
     # an edge pixel, so it invents no contacts (and needs no out-of-range sentinel value).
-    highest = ndimage.maximum_filter(instances, footprint=_FOOTPRINT, mode="nearest")
+    footprint = _FOOTPRINT if instances.ndim == 2 else np.ones((3, 3, 3), dtype=bool)
+    highest = ndimage.maximum_filter(instances, footprint=footprint, mode="nearest")
     lifted = np.where(instances > 0, instances, instances.max())
-    lowest = ndimage.minimum_filter(lifted, footprint=_FOOTPRINT, mode="nearest")
+    lowest = ndimage.minimum_filter(lifted, footprint=footprint, mode="nearest")
     return (instances > 0) & ((highest != instances) | (lowest != instances))
 
 
@@ -204,30 +214,45 @@ def compact_instances(instances: np.ndarray) -> np.ndarray:
     return _sequential(_check_instances(instances))
 
 
-def _two_nearest(instances: np.ndarray, margin: int) -> tuple[np.ndarray, np.ndarray]:
-    """Distances to the nearest and second-nearest object, each within ``margin`` of its box."""
-    height, width = instances.shape
+def _relative_spacing(spacing, ndim: int) -> tuple[float, ...] | None:
+    """Voxel edges in in-plane pixels (the spacing over its last entry), None when isotropic."""
+    if spacing is None:
+        return None
+    edges = tuple(float(s) for s in spacing)
+    if len(edges) != ndim or not all(e > 0 and math.isfinite(e) for e in edges):
+        raise ValueError(f"Expected a spacing of {ndim} positive numbers (one per axis); got {spacing!r}.")
+    rel = tuple(e / edges[-1] for e in edges)
+    return None if all(r == 1.0 for r in rel) else rel
+
+
+def _two_nearest(instances: np.ndarray, margin: int, spacing=None) -> tuple[np.ndarray, np.ndarray]:
+    """Distances to the nearest and second-nearest object, each within ``margin`` (in-plane
+    pixels) of its box; ``spacing``: the voxel edges in in-plane pixels (None: 1)."""
     d1 = np.full(instances.shape, np.inf)
     d2 = np.full(instances.shape, np.inf)
+    steps = [max(1, math.ceil(margin / e)) for e in spacing] if spacing is not None else [margin] * instances.ndim
     for label, box in enumerate(ndimage.find_objects(instances), start=1):
         if box is None:
             continue
-        rows = slice(max(box[0].start - margin, 0), min(box[0].stop + margin, height))
-        cols = slice(max(box[1].start - margin, 0), min(box[1].stop + margin, width))
-        dist = ndimage.distance_transform_edt(instances[rows, cols] != label)
-        near, second = d1[rows, cols], d2[rows, cols]  # views: updated in place
+        window = tuple(slice(max(b.start - m, 0), min(b.stop + m, n)) for b, m, n in zip(box, steps, instances.shape))
+        if spacing is None:
+            dist = ndimage.distance_transform_edt(instances[window] != label)
+        else:
+            dist = ndimage.distance_transform_edt(instances[window] != label, sampling=spacing)
+        near, second = d1[window], d2[window]  # views: updated in place
         np.minimum(second, np.maximum(near, dist), out=second)
         np.minimum(near, dist, out=near)
     return d1, d2
 
 
-def _weight_map(instances, target, w0, sigma, balance, tol) -> np.ndarray:
+def _weight_map(instances, target, w0, sigma, balance, tol, spacing=None) -> np.ndarray:
     if not w0 >= 0:
         raise ValueError(f"w0 must be >= 0; got {w0!r}.")
     base = class_weights(target)[target] if balance else np.ones(target.shape, dtype=np.float32)
     weight = base.astype(np.float64)
     if w0 > 0 and instances.size:
-        d1, d2 = _two_nearest(_sequential(instances), border_margin(sigma, tol))
+        rel = _relative_spacing(spacing, instances.ndim)
+        d1, d2 = _two_nearest(_sequential(instances), border_margin(sigma, tol), rel)
         where = (target == 0) & np.isfinite(d2)
         weight[where] += w0 * np.exp(-((d1[where] + d2[where]) ** 2) / (2.0 * sigma**2))
     return weight.astype(np.float32)
@@ -240,6 +265,7 @@ def weight_map(
     sigma: float = 5.0,
     balance: bool = True,
     tol: float = 1e-6,
+    spacing=None,
 ) -> np.ndarray:
     """The paper's weight map, eq. (2), for an instance label image.
 
@@ -257,6 +283,9 @@ def weight_map(
     tol : float
         Truncation: border terms below ``tol * w0`` may be dropped (see the module docstring);
         the result is within ``tol * w0`` of the exact map everywhere.
+    spacing : sequence of float, optional
+        The voxel edges ``(z, y, x)`` of a 3D volume (any unit): distances in physical units,
+        in in-plane pixels (see the module docstring). None: every voxel edge is a pixel.
 
     Returns
     -------
@@ -266,7 +295,7 @@ def weight_map(
         ``w0 * exp(-(d1 + d2)**2 / (2 sigma**2))``.
     """
     instances = _check_instances(instances)
-    return _weight_map(instances, semantic_target(instances), w0, sigma, balance, tol)
+    return _weight_map(instances, semantic_target(instances), w0, sigma, balance, tol, spacing)
 
 
 def prepare(
@@ -276,6 +305,7 @@ def prepare(
     sigma: float = 5.0,
     balance: bool = True,
     tol: float = 1e-6,
+    spacing=None,
 ) -> TargetAndWeights:
     """Target and weight map of one training image (computed once, before training).
 
@@ -284,4 +314,4 @@ def prepare(
     """
     instances = _check_instances(instances)
     target = semantic_target(instances)
-    return TargetAndWeights(target, _weight_map(instances, target, w0, sigma, balance, tol))
+    return TargetAndWeights(target, _weight_map(instances, target, w0, sigma, balance, tol, spacing))
