@@ -95,8 +95,6 @@ def evaluate(images, labels, model=None, *, axes: str | None = None, device=None
 def _score(pairs, sizes, model, network: dict, preview, cleanup: dict) -> Evaluation:
     """Scores of the cleaned-up objects; with a clean-up, ``raw`` holds those of the class map's
     own components (the same network pass: segment writes both from one prediction)."""
-    import dask
-
     from .segmentation import Segmenter
 
     cleaned, classes, truths = [], [], []
@@ -105,8 +103,9 @@ def _score(pairs, sizes, model, network: dict, preview, cleanup: dict) -> Evalua
         for pair, size in zip(pairs, sizes):
             # the objects as segment writes them (cleaned up), scored as connected components
             out = seg.segment(pair.image, None, axes="ZYX" if pair.image.ndim == 3 else "YX", progress=False,
-                              output_kind="instances,labels" if raw else "instances", object_size=size, **cleanup)
-            ids, labels = dask.compute(*out) if raw else (out.compute(), None)
+                              output_kind="instances,labels" if raw else "instances", object_size=size,
+                              lazy=False, **cleanup)
+            ids, labels = out if raw else (out, None)
             cleaned += _slices(np.asarray(ids))
             classes += _slices(np.asarray(labels)) if raw else []
             truths += _slices(pair.labels)

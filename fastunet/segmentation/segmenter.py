@@ -42,7 +42,7 @@ from .memory import check_tile_memory, default_max_step
 from .options import OutputKind, SegmentOptions, SegmentResult, Source
 from .progress import PROGRESS_INTERVAL, ProgressBar
 from .returns import is_lazy, returned, stack_time, wants_lazy
-from .scaling import check_resumed, make_rescale, model_size_of, resolve, stats_source
+from .scaling import Measure, check_resumed, make_rescale, model_size_of, resolve, stats_source
 from .sinks import MAX_TIFF_BYTES, TiffSink, open_sink
 
 if TYPE_CHECKING:
@@ -292,7 +292,8 @@ class Segmenter:
                                                    lazy=False))
         return labels, 1.0 - probs[0].astype("float32")
 
-    def estimate_object_size(self, source, *, axes: str | None = None, storage_options: dict | None = None):
+    def estimate_object_size(self, source: Source, *, axes: str | None = None,
+                             storage_options: dict | None = None) -> Measure:
         """What ``object_size="auto"`` would find in ``source``: a
         :class:`~fastunet.segmentation.scaling.Measure` (``size`` in pixels, or None and the
         ``reason`` it is unsure; ``rounds``: each round's measure). Nothing is written."""
