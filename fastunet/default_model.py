@@ -2,7 +2,7 @@
 
 ``fastunet segment`` uses ``fastunet/models/default.safetensors`` when no ``--model`` is
 given. It is a compact U-Net (base 16 channels, depth 3, 0.48 M parameters, 1.9 MB)
-trained on synthetic fluorescence nuclei only (:mod:`fastunet.synthetic_styles`: the seven
+trained on synthetic fluorescence nuclei only (:mod:`fastunet.synthetic_styles`: the twelve
 training styles, :data:`TRAIN_STYLES`) with the paper's weighted loss and augmentation.
 Rebuild it with::
 
@@ -11,8 +11,10 @@ Rebuild it with::
 which writes the training images (seeds :data:`TRAIN_SEEDS`) as TIFF files and trains with
 :func:`fastunet.train.train` exactly as ``fastunet train`` with :data:`TRAIN_ARGS` does (that
 command line is stored in the model file's metadata); the shipped file is the output of that
-build at commit c415e6b (25 min 48 s on a 2-core CPU). Measure it on images it never saw
-(other seeds), per style, training and held-out, with::
+build at commit c2a223f (12,000 steps, about 67 min on a shared 2-core CPU: the run was cut
+at step 9,539 by the end of a work session and continued with ``resume=True`` from its
+step-9,500 checkpoint, which restores the weights, the optimizer and the random streams).
+Measure it on images it never saw (other seeds), per style, training and held-out, with::
 
     fastunet evaluate --synthetic 16
 """
