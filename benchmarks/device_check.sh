@@ -13,6 +13,7 @@
 #   p3       P3: the fused weighted softmax-CE vs eager and vs a device copy
 #   p2rest   P2 in fp16 and tf32
 #   p45      P4/P5 at the quick size (8 x 2048^2): segment vs the raw forward, vs MONAI
+#   p3d      the 3D U-Net (Cicek et al.'s, 116 x 132 x 132): P2-3D in bf16, then P1-3D shape by shape
 #   tests    the GPU tests, one file per pytest call (an import error in one file stops only
 #            that file), in the order below, while time remains (the fp32 cases left out)
 # Not run unless named:
@@ -46,7 +47,7 @@ stages=()
 for a in "$@"; do
     if [ "$a" = "--dry" ]; then dry=1; else stages+=("$a"); fi
 done
-[ ${#stages[@]} -gt 0 ] || stages=(smoke p2bf16 p1 p3 p2rest p45 tests)
+[ ${#stages[@]} -gt 0 ] || stages=(smoke p2bf16 p1 p3 p2rest p45 p3d tests)
 mkdir -p "$out/results"
 summary="$out/summary.txt"
 : > "$summary"
@@ -101,7 +102,7 @@ echo "setup $(( $(date +%s) - t0 )) s (dry=$dry)" | tee -a "$summary"
 
 if [ "$dry" = 1 ]; then  # resolve every stage in one process: the benchmark stages, then the test files
     bench_stages=()
-    for s in "${stages[@]}"; do case $s in p2bf16|p1|p3|p2rest|p45) bench_stages+=("$s") ;; esac; done
+    for s in "${stages[@]}"; do case $s in p2bf16|p1|p3|p2rest|p45|p3d) bench_stages+=("$s") ;; esac; done
     python3 benchmarks/device_stage.py --dry --out "$out" "${bench_stages[@]}" --collect "${gpu_files[@]}" \
         > "$out/dry-stages.log" 2>&1
 fi
@@ -139,10 +140,10 @@ for s in "${stages[@]}"; do
     if [ "$dry" = 1 ]; then
         case $s in
             smoke) stage smoke 30 bash -c "$dry_tests" "$out" tests/test_fused.py ;;
-            p2bf16|p1|p3|p2rest|p45) stage "$s" 30 bash -c "$dry_bench" "$out" "$s" ;;
+            p2bf16|p1|p3|p2rest|p45|p3d) stage "$s" 30 bash -c "$dry_bench" "$out" "$s" ;;
             tests) for f in "${gpu_files[@]}"; do stage "tests-$(basename "$f" .py)" 30 bash -c "$dry_tests" "$out" "$f"; done ;;
             p2full|tuned|fp32) stage "$s" 30 python3 -c "import fastunet.bench" ;;
-            *) echo "unknown stage $s (smoke p2bf16 p1 p3 p2rest p45 tests p2full tuned fp32)" | tee -a "$summary" ;;
+            *) echo "unknown stage $s (smoke p2bf16 p1 p3 p2rest p45 p3d tests p2full tuned fp32)" | tee -a "$summary" ;;
         esac
         continue
     fi
@@ -153,13 +154,14 @@ for s in "${stages[@]}"; do
         p3) stage p3 30 "${bench[@]}" p3 ;;
         p2rest) stage p2rest 60 "${bench[@]}" p2rest ;;
         p45) stage p45 80 "${bench[@]}" p45 ;;
+        p3d) stage p3d 60 "${bench[@]}" p3d ;;
         tests) for f in "${gpu_files[@]}"; do
                    stage "tests-$(basename "$f" .py)" 120 "${gpu_tests[@]}" -k "not fp32 and not ($smoke_id)" "$f"
                done ;;
         p2full) stage p2full 600 python3 -m fastunet bench --out "$out/results" --only P2 ;;
         tuned) FASTUNET_AUTOTUNE=1 stage tuned 600 python3 -m fastunet bench --out "$out/results" --only P2 --quick ;;
         fp32) stage fp32 600 "${gpu_tests[@]}" -k fp32 tests/test_kernels.py tests/test_conv_head.py tests/test_fused.py ;;
-        *) echo "unknown stage $s (smoke p2bf16 p1 p3 p2rest p45 tests p2full tuned fp32)" | tee -a "$summary" ;;
+        *) echo "unknown stage $s (smoke p2bf16 p1 p3 p2rest p45 p3d tests p2full tuned fp32)" | tee -a "$summary" ;;
     esac
 done
 echo "total $(( $(date +%s) - t0 )) s" | tee -a "$summary"

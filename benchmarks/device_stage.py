@@ -11,6 +11,8 @@ Stages (the benchmarks of :mod:`fastunet.bench` at the ``--quick`` sizes):
 ``p3``      P3: the fused weighted softmax-CE vs eager, and vs a device copy
 ``p2rest``  P2 in fp16 and tf32
 ``p45``     P4 and P5 at the quick size (8 x 2048^2)
+``p3d``     the 3D U-Net (Cicek et al.'s, 116 x 132 x 132, batch 1): P2-3D in bf16, then P1-3D
+            each 3x3x3 conv shape on its own (``P1-3D.<tile>.<layer>``) and their geometric mean
 
 Each result JSON is written to ``DIR/results`` as soon as it is measured. ``--dry`` (no GPU
 needed): the stage imports what it would run, resolves its arguments and writes
@@ -28,10 +30,10 @@ from pathlib import Path
 QUICK_TILE, QUICK_BATCH = 572, 2
 
 
-def _layers() -> list[str]:
+def _layers(config=None, tile=QUICK_TILE) -> list[str]:
     from fastunet import UNetConfig, geometry
 
-    return [s.name for s in geometry.layer_shapes(UNetConfig(), QUICK_TILE, "conv3x3")]
+    return [s.name for s in geometry.layer_shapes(config or UNetConfig(), tile, "conv3x3")]
 
 
 def plan(stage: str) -> list[tuple[str, str, dict]]:
@@ -48,7 +50,12 @@ def plan(stage: str) -> list[tuple[str, str, dict]]:
         return [("P3", "P3", {})]
     if stage == "p45":
         return [(name, name, dict(bench.QUICK[name])) for name in ("P4", "P5")]
-    raise SystemExit(f"unknown stage {stage!r}: expected p2bf16, p1, p3, p2rest or p45")
+    if stage == "p3d":
+        tile = "x".join(map(str, bench.CICEK_3D_TILE))
+        return [("P2-3D", "P2-3D", dict(bench.QUICK["P2-3D"], dtypes=("bf16",)))] + [
+            (f"P1-3D.{tile}.{name}", "P1-3D", dict(layers=(name,)))
+            for name in _layers(bench.CICEK_3D, bench.CICEK_3D_TILE)]
+    raise SystemExit(f"unknown stage {stage!r}: expected p2bf16, p1, p3, p2rest, p45 or p3d")
 
 
 def _third_party(before: set[str]) -> list[str]:
@@ -66,7 +73,15 @@ def dry_run(stage: str, out: Path) -> Path:
 
     before = {m.split(".")[0] for m in sys.modules}
     from fastunet import bench
-    from fastunet.kernels import conv, conv_head, head, loss, upconv  # noqa: F401  (the kernels the stages launch)
+    from fastunet.kernels import (  # noqa: F401  (the kernels the stages launch)
+        conv,
+        conv3d,
+        conv_head,
+        head,
+        loss,
+        upconv,
+        upconv3d,
+    )
 
     calls = plan(stage)
     needs = {"P4": ("dask", "zarr", "distributed"), "P5": ("dask", "zarr", "distributed", "monai")}
@@ -97,16 +112,18 @@ def run(stage: str, out: Path) -> list[Path]:
                                         extra={"quick": True, "stage": stage, "arguments": kwargs}))
         print(f"wrote {paths[-1]}", flush=True)
         speedups += [v for k, v in ratios.items() if k.endswith(".speedup")]
-    if stage == "p1" and speedups:
+    name = {"p1": "P1", "p3d": "P1-3D"}.get(stage)
+    if name and speedups:
         geomean = bench.geometric_mean(speedups)
-        paths.append(bench.write_result("P1", {"P1.shapes_measured": len(speedups)}, {"P1.geomean_speedup": geomean},
-                                        out_dir=out / "results", extra={"quick": True, "stage": stage}))
+        paths.append(bench.write_result(name, {f"{name}.shapes_measured": len(speedups)},
+                                        {f"{name}.geomean_speedup": geomean}, out_dir=out / "results",
+                                        extra={"quick": True, "stage": stage}))
     return paths
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("stages", nargs="*", help="p2bf16, p1, p3, p2rest, p45")
+    parser.add_argument("stages", nargs="*", help="p2bf16, p1, p3, p2rest, p45, p3d")
     parser.add_argument("--out", type=Path, required=True, help="the device check's output folder")
     parser.add_argument("--dry", action="store_true", help="resolve imports and arguments only (no GPU)")
     parser.add_argument("--collect", nargs="*", default=[], metavar="TEST_FILE",

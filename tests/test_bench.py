@@ -107,6 +107,29 @@ def test_p2_forward_runs_at_tiny_sizes_and_restores_tf32(tmp_path):
     assert figures["P2.flops_per_output_px"] == forward_flops(cfg, 18, 18) / 2**2  # output 2 x 2
 
 
+def test_p1_3d_conv_layers_run_at_tiny_sizes_with_an_anisotropic_pool(tmp_path):
+    # Z kept by the 1x2x2 pool: the pooled conv's epilogue and max_pool3d take the factor per axis
+    cfg = UNetConfig(base_channels=4, depth=1, spatial_dims=3, pools=((1, 2, 2),))
+    figures, ratios = bench.bench_conv_layers_3d(config=cfg, tiles=((13, 18, 18),), batches=(1,), **SMOKE_TIMING)
+    names = ["enc0.conv1", "enc0.conv2", "bottom.conv1", "bottom.conv2", "dec0.conv1", "dec0.conv2"]
+    keys = [f"P1-3D.13x18x18.{n}" for n in names]
+    _check_run("P1-3D", figures, ratios, [f"{k}.{x}" for k in keys for x in ("fused_ms", "cudnn_ms")],
+               [f"{k}.speedup" for k in keys] + ["P1-3D.geomean_speedup"], tmp_path)
+    with pytest.raises(ValueError, match="times a 3D network"):
+        bench.bench_conv_layers_3d(config=UNetConfig(base_channels=4, depth=1), **SMOKE_TIMING)
+
+
+def test_p2_3d_forward_runs_at_a_tiny_size(tmp_path):
+    cfg = UNetConfig(base_channels=4, depth=1, spatial_dims=3)
+    figures, ratios = bench.bench_forward_3d(config=cfg, tile=(18, 18, 18), batch=1, compile_baseline=False,
+                                             peak_n=64, dtypes=("bf16",), **SMOKE_TIMING)
+    _check_run("P2-3D", figures, ratios,
+               ["P2-3D.peak_bf16_tflops", "P2-3D.flops_per_output_px", "P2-3D.bf16.fused_mpx_s",
+                "P2-3D.bf16.eager_mpx_s"], ["P2-3D.bf16.vs_eager", "P2-3D.bf16.flop_bound_fraction"], tmp_path)
+    assert figures["P2-3D.flops_per_output_px"] == forward_flops(cfg, 18, 18, 18) / 2**3  # output 2 x 2 x 2
+    assert bench.CICEK_3D.spatial_dims == 3 and bench.CICEK_3D_TILE == (116, 132, 132)
+
+
 def test_p2_restores_tf32_flags_when_a_measurement_fails(monkeypatch):
     calls = []
 
@@ -160,7 +183,8 @@ def test_p6_train_step_runs_at_tiny_sizes_with_uint8_targets(tmp_path, monkeypat
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on CPU machines")
 def test_p1_p2_p3_p6_default_to_cuda_and_refuse_without_it():
-    for fn in (bench.bench_conv_layers, bench.bench_forward, bench.bench_loss, bench.bench_train_step):
+    for fn in (bench.bench_conv_layers, bench.bench_forward, bench.bench_loss, bench.bench_train_step,
+               bench.bench_conv_layers_3d, bench.bench_forward_3d):
         with pytest.raises(UserError, match="needs a CUDA GPU"):
             fn()
 
@@ -345,8 +369,8 @@ def test_p4_p5_refuse_without_gpu(tmp_path, capsys):
     assert not any(tmp_path.iterdir())  # nothing generated, nothing written
 
 
-def test_registry_lists_p1_to_p6_and_quick_options_fit():
-    assert list(bench.BENCHMARKS) == ["P1", "P2", "P3", "P4", "P5", "P6"]
+def test_registry_lists_p1_to_p6_and_the_3d_benchmarks_and_quick_options_fit():
+    assert list(bench.BENCHMARKS) == ["P1", "P2", "P3", "P4", "P5", "P6", "P1-3D", "P2-3D"]
     for name, kwargs in bench.QUICK.items():
         inspect.signature(bench.BENCHMARKS[name]).bind(**kwargs)  # raises TypeError on a wrong name
     for name in ("P4", "P5"):

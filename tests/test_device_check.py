@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_STAGES = ["smoke", "p2bf16", "p1", "p3", "p2rest", "p45"]
+DEFAULT_STAGES = ["smoke", "p2bf16", "p1", "p3", "p2rest", "p45", "p3d"]
 GPU_TEST_FILES = ["test_kernels", "test_conv_head", "test_fused", "test_loss_kernel", "test_training", "test_augment"]
 
 
@@ -27,6 +27,8 @@ def test_dry_run_resolves_every_stage_and_writes_its_json(tmp_path):
     assert len(p1["calls"]) == 18 and all(c["kwargs"]["layers"] == [c["result"].split(".", 2)[2]] for c in p1["calls"])
     p2 = json.loads((tmp_path / "dry-p2bf16.json").read_text())
     assert p2["calls"][0]["kwargs"]["dtypes"] == ["bf16"]  # bf16 measured and written before the other dtypes
+    p3d = json.loads((tmp_path / "dry-p3d.json").read_text())  # P2-3D in bf16, then the 14 conv shapes of Cicek's network
+    assert [c["benchmark"] for c in p3d["calls"]] == ["P2-3D"] + ["P1-3D"] * 14
     versions = (tmp_path / "versions.txt").read_text()
     assert "--- pip check" in versions and "torch" in versions and "triton" in versions
     assert "total" in (tmp_path / "summary.txt").read_text()
@@ -34,7 +36,7 @@ def test_dry_run_resolves_every_stage_and_writes_its_json(tmp_path):
 
 def test_default_stages_in_order_within_300_seconds():
     script = (ROOT / "benchmarks" / "device_check.sh").read_text()
-    assert 'stages=(smoke p2bf16 p1 p3 p2rest p45 tests)' in script
+    assert 'stages=(smoke p2bf16 p1 p3 p2rest p45 p3d tests)' in script
     budget = int(script.split("budget=${DEVICE_CHECK_BUDGET:-")[1].split("}")[0])
     assert budget + 5 <= 300  # a stage killed at the budget's end gets 5 s more (timeout --kill-after)
 

@@ -16,6 +16,10 @@ P3     :mod:`.operators`           the weighted softmax-CE forward+backward vs e
 P4     :mod:`.pipeline`            ``segment`` zarr to zarr vs the raw fused forward
 P5     :mod:`.monai_baseline`      ``segment`` vs MONAI ``sliding_window_inference``
 P6     :mod:`.network`             a training step vs eager with bf16 autocast
+P1-3D  :mod:`.operators`           each 3x3x3 conv layer of a 3D U-Net (Cicek et al.'s), fused vs
+                                   cuDNN eager
+P2-3D  :mod:`.network`             the whole 3D forward (bf16, fp16, tf32) vs eager,
+                                   torch.compile and the FLOP bound
 S1     :mod:`.scale`               ``segment`` on a local dask cluster of 1, 2 and 4 worker
                                    processes with a memory limit each, over a volume 16x that
                                    limit: throughput and peak memory per worker (CPU or GPU)
@@ -26,7 +30,7 @@ S1     :mod:`.scale`               ``segment`` on a local dask cluster of 1, 2 a
 
 ``fastunet bench`` and :func:`run` refuse the P benchmarks without a CUDA device: a benchmark
 on the CPU would only time the Triton interpreter. S1 (:data:`SCALE`, run by name only:
-``fastunet bench --only S1``) measures the engine's scaling and memory and runs on the CPU too. P1, P2, P3 and P6 take ``device="cpu"`` (kernels
+``fastunet bench --only S1``) measures the engine's scaling and memory and runs on the CPU too. P1, P2, P3, P6, P1-3D and P2-3D take ``device="cpu"`` (kernels
 under the interpreter, :func:`median_ms` then times with ``time.perf_counter``) and small
 sizes so that the tests can run them end to end on the CPU; those figures mean nothing.
 The non-timing parts (FLOPs, tile counts, result files, the volume) are plain functions,
@@ -39,8 +43,8 @@ from pathlib import Path
 
 from ..errors import UserError
 from .monai_baseline import SamePaddedUNet, bench_vs_monai, import_monai, same_padded_flops
-from .network import bench_forward, bench_train_step
-from .operators import bench_conv_layers, bench_loss
+from .network import bench_forward, bench_forward_3d, bench_train_step
+from .operators import CICEK_3D, CICEK_3D_TILE, bench_conv_layers, bench_conv_layers_3d, bench_loss
 from .pipeline import bench_segment, engine_tile_count, grid_tile_count
 from .results import RESULTS_FOLDER, default_out_dir, environment, write_result
 from .scale import bench_scale
@@ -49,12 +53,16 @@ from .volume import VOLUME_ATTR, bench_volume, default_cache_dir, random_model_f
 
 __all__ = [
     "BENCHMARKS",
+    "CICEK_3D",
+    "CICEK_3D_TILE",
     "QUICK",
     "RESULTS_FOLDER",
     "SamePaddedUNet",
     "VOLUME_ATTR",
     "bench_conv_layers",
+    "bench_conv_layers_3d",
     "bench_forward",
+    "bench_forward_3d",
     "bench_loss",
     "bench_scale",
     "bench_segment",
@@ -83,6 +91,8 @@ BENCHMARKS = {
     "P4": bench_segment,
     "P5": bench_vs_monai,
     "P6": bench_train_step,
+    "P1-3D": bench_conv_layers_3d,
+    "P2-3D": bench_forward_3d,
 }
 
 # Smaller sizes for ``quick=True`` / ``--quick`` (the benchmarks not listed run at their full size).
@@ -91,6 +101,7 @@ QUICK = {
     "P2": dict(batch=2, compile_baseline=False),
     "P4": dict(shape=(8, 2048, 2048), repeats=1),
     "P5": dict(shape=(8, 2048, 2048)),
+    "P2-3D": dict(compile_baseline=False),
 }
 
 # Benchmarks that also run without a GPU, by name only (not part of the default suite).

@@ -1,22 +1,27 @@
 """P2 and P6: the whole network, fused against PyTorch.
 
-P2  the whole forward in Mpx/s for bf16, fp16 and tf32 vs PyTorch eager, vs
-    ``torch.compile(mode="max-autotune")`` of the reference, and as a fraction of the FLOP
-    bound (FLOPs from :func:`fastunet.model.forward_flops`, the peak measured in the same run
-    with a large bf16 matmul).
-P6  a training step (forward, weighted loss, backward, SGD) vs the same step in PyTorch
-    eager with bf16 autocast.
+P2     the whole forward in Mpx/s for bf16, fp16 and tf32 vs PyTorch eager, vs
+       ``torch.compile(mode="max-autotune")`` of the reference, and as a fraction of the FLOP
+       bound (FLOPs from :func:`fastunet.model.forward_flops`, the peak measured in the same run
+       with a large bf16 matmul).
+P2-3D  the same for a 3D U-Net (:data:`~fastunet.bench.operators.CICEK_3D`): the fused 3D
+       network (:class:`~fastunet.engine.fused3d.FusedUNet3D`) in Mvoxel/s.
+P6     a training step (forward, weighted loss, backward, SGD) vs the same step in PyTorch
+       eager with bf16 autocast.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 from .. import geometry
 from ..model import ReferenceUNet, UNetConfig, forward_flops
 from . import timing
+from .operators import CICEK_3D, CICEK_3D_TILE
 
-__all__ = ["bench_forward", "bench_train_step"]
+__all__ = ["bench_forward", "bench_forward_3d", "bench_train_step"]
 
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}  # tf32: no autocast
 
@@ -24,7 +29,10 @@ _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}  # tf32: no autocast
 def _fused_forward_ms(model: ReferenceUNet, dtype: str, inputs, runs: dict) -> float:
     """Median milliseconds of the fused forward of ``model`` in ``dtype``; the fused network
     (its packed weights) lives only here."""
-    from ..engine.fused import FusedUNet
+    if model.config.spatial_dims == 3:
+        from ..engine.fused3d import FusedUNet3D as FusedUNet
+    else:
+        from ..engine.fused import FusedUNet
 
     net = FusedUNet(model, device=runs["device"], dtype=dtype)
     return timing.median_ms(lambda x: net(x), make_inputs=inputs, **runs)
@@ -35,8 +43,9 @@ def _eager_forward(model: torch.nn.Module, device: torch.device, amp: torch.dtyp
     autocast to ``amp`` (none for fp32/tf32)."""
 
     def forward(x):
+        layout = torch.channels_last_3d if x.dim() == 5 else torch.channels_last
         with torch.no_grad(), torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            model(x.contiguous(memory_format=torch.channels_last))
+            model(x.contiguous(memory_format=layout))
 
     return forward
 
@@ -75,37 +84,59 @@ def bench_forward(*, tile: int = 572, batch: int = 8, compile_baseline: bool = T
         ``P2.peak_bf16_tflops``, ``P2.flops_per_output_px``; ``P2.<dtype>.vs_eager``,
         ``P2.bf16.flop_bound_fraction`` (and ``P2.bf16.vs_compile``).
     """
-    dev = timing.bench_device(device)
     config = UNetConfig(base_channels=base_channels, depth=depth)
+    return _forward("P2", config, (tile, tile), batch, compile_baseline=compile_baseline, device=device, peak_n=peak_n,
+                    warmup=warmup, reps=reps, dtypes=dtypes)
+
+
+def bench_forward_3d(*, config: UNetConfig = CICEK_3D, tile=CICEK_3D_TILE, batch: int = 1,
+                     compile_baseline: bool = True, device="cuda", peak_n: int = 8192, warmup: int = 5, reps: int = 25,
+                     dtypes=("bf16", "fp16", "tf32")) -> tuple[dict, dict]:
+    """P2-3D: the whole forward of the 3D network ``config`` at ``tile`` ``(D, H, W)`` and
+    ``batch`` (the engine runs a 3D network one tile at a time), fused
+    (:class:`~fastunet.engine.fused3d.FusedUNet3D`) vs eager channels_last_3d (and
+    ``torch.compile``), and the bf16 FLOP-bound fraction: :func:`bench_forward`'s figures
+    under ``P2-3D.``, its ``fused_mpx_s`` counting output voxels (Mvoxel/s)."""
+    if config.spatial_dims != 3:
+        raise ValueError(f"bench_forward_3d times a 3D network; got {config.describe()} (use bench_forward).")
+    return _forward("P2-3D", config, tuple(tile), batch, compile_baseline=compile_baseline, device=device,
+                    peak_n=peak_n, warmup=warmup, reps=reps, dtypes=dtypes)
+
+
+def _forward(name: str, config: UNetConfig, tile: tuple, batch: int, *, compile_baseline: bool, device, peak_n: int,
+             warmup: int, reps: int, dtypes) -> tuple[dict, dict]:
+    """P2's measurements of the network ``config`` at ``tile`` (one edge per axis): ``<name>.*``."""
+    dev = timing.bench_device(device)
     model = ReferenceUNet(config).eval().to(dev)
-    out = geometry.output_size(tile, config.depth)
-    mpx = batch * out * out / 1e6
-    flops = forward_flops(config, tile, tile) * batch
+    out = math.prod(geometry.layer_shapes(config, tile, "head")[0].out_size)  # output pixels (voxels) per tile
+    mpx = batch * out / 1e6
+    flops = forward_flops(config, *tile) * batch
     runs = dict(warmup=warmup, reps=reps, device=dev)
     peak = timing.measured_peak_tflops(peak_n, device=dev)
-    figures, ratios = {"P2.peak_bf16_tflops": peak, "P2.flops_per_output_px": flops / (batch * out * out)}, {}
+    figures, ratios = {f"{name}.peak_bf16_tflops": peak, f"{name}.flops_per_output_px": flops / (batch * out)}, {}
 
     def inputs():
-        return (torch.randn(batch, 1, tile, tile, device=dev),)
+        return (torch.randn(batch, config.in_channels, *tile, device=dev),)
 
-    cl = model.to(memory_format=torch.channels_last)
+    layout = torch.channels_last_3d if config.spatial_dims == 3 else torch.channels_last
+    cl = model.to(memory_format=layout)
     saved_tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     try:
         for dtype in dtypes:
             t_fused = _fused_forward_ms(model, dtype, inputs, runs)
             torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
             t_eager = timing.median_ms(_eager_forward(cl, dev, _AUTOCAST.get(dtype)), make_inputs=inputs, **runs)
-            figures[f"P2.{dtype}.fused_mpx_s"] = mpx / (t_fused * 1e-3)
-            figures[f"P2.{dtype}.eager_mpx_s"] = mpx / (t_eager * 1e-3)
-            ratios[f"P2.{dtype}.vs_eager"] = t_eager / t_fused
+            figures[f"{name}.{dtype}.fused_mpx_s"] = mpx / (t_fused * 1e-3)
+            figures[f"{name}.{dtype}.eager_mpx_s"] = mpx / (t_eager * 1e-3)
+            ratios[f"{name}.{dtype}.vs_eager"] = t_eager / t_fused
             if dtype == "bf16":
-                ratios["P2.bf16.flop_bound_fraction"] = flops / (t_fused * 1e-3) / (peak * 1e12)
+                ratios[f"{name}.bf16.flop_bound_fraction"] = flops / (t_fused * 1e-3) / (peak * 1e12)
                 if compile_baseline:
                     compiled = torch.compile(cl, mode="max-autotune")
                     t_comp = timing.median_ms(_eager_forward(compiled, dev, torch.bfloat16), make_inputs=inputs,
                                               **{**runs, "warmup": 3})
-                    figures["P2.bf16.compile_mpx_s"] = mpx / (t_comp * 1e-3)
-                    ratios["P2.bf16.vs_compile"] = t_comp / t_fused
+                    figures[f"{name}.bf16.compile_mpx_s"] = mpx / (t_comp * 1e-3)
+                    ratios[f"{name}.bf16.vs_compile"] = t_comp / t_fused
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved_tf32
     return figures, ratios

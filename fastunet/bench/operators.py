@@ -1,10 +1,13 @@
 """P1 and P3: single fused kernels against the PyTorch operations they replace.
 
-P1  each 3x3 conv layer shape of the paper network through the fused kernel vs
-    ``F.conv2d`` + bias + ReLU (+ max-pool, + crop/cat where the kernel fuses them) in
-    PyTorch eager, bf16 channels_last (cuDNN); per shape and the geometric mean.
-P3  the weighted softmax-CE forward+backward vs eager, and its achieved bandwidth vs a
-    measured device-to-device copy.
+P1     each 3x3 conv layer shape of the paper network through the fused kernel vs
+       ``F.conv2d`` + bias + ReLU (+ max-pool, + crop/cat where the kernel fuses them) in
+       PyTorch eager, bf16 channels_last (cuDNN); per shape and the geometric mean.
+P1-3D  the same for each 3x3x3 conv layer of a 3D U-Net (:data:`CICEK_3D`, Cicek et al.'s
+       network): the fused 3D kernel vs ``F.conv3d`` (+ ``max_pool3d``, + crop/cat),
+       channels_last_3d.
+P3     the weighted softmax-CE forward+backward vs eager, and its achieved bandwidth vs a
+       measured device-to-device copy.
 """
 
 from __future__ import annotations
@@ -16,41 +19,75 @@ from .. import geometry
 from ..model import UNetConfig, center_crop
 from . import timing
 
-__all__ = ["bench_conv_layers", "bench_loss"]
+__all__ = ["bench_conv_layers", "bench_conv_layers_3d", "bench_loss", "CICEK_3D", "CICEK_3D_TILE"]
+
+# Cicek et al. (2016), "3D U-Net": 3 channels in, 3 classes, 2x2x2 pools, a 116 x 132 x 132 input
+# tile (fastunet's widths: base 32, doubled at each level; the paper's were 32-64, 64-128, ...).
+CICEK_3D = UNetConfig(in_channels=3, num_classes=3, base_channels=32, depth=3, spatial_dims=3)
+CICEK_3D_TILE = (116, 132, 132)
+
+
+def _label(tile) -> str:
+    """A tile's name in the figures: ``572``, or ``116x132x132`` for a 3D tile."""
+    return "x".join(map(str, tile)) if isinstance(tile, tuple) else str(tile)
 
 
 def _time_conv_layer(s: geometry.Layer, batch: int, runs: dict) -> tuple[float, float]:
-    """Median milliseconds of one 3x3 conv layer ``s`` at ``batch``: (fused kernel, eager)."""
-    from ..kernels import conv
+    """Median milliseconds of one 3x3 (3D: 3x3x3) conv layer ``s`` at ``batch``: (fused kernel, eager)."""
+    from ..kernels import conv, conv3d
 
     dev, bf = runs["device"], torch.bfloat16
+    three_d = len(s.in_size) == 3
+    layout = torch.channels_last_3d if three_d else torch.channels_last
+    last = (0, 2, 3, 4, 1) if three_d else (0, 2, 3, 1)  # NC... -> N...C, the kernels' layout
     # A decoder's conv1 reads the cropped skip (c_skip channels) and the up-conv output.
-    c_in, n, size = s.c_in, batch, s.in_size[0]
+    c_in, n, size = s.c_in, batch, s.in_size
     c_a, c_b = (s.c_skip, s.c_in - s.c_skip) if s.c_skip else (s.c_in, 0)
-    a_size = s.skip_size[0] if s.skip_size else size
-    weight = torch.randn(s.c_out, c_in, 3, 3, device=dev) * (2 / (9 * c_in)) ** 0.5
+    a_size = s.skip_size or size
+    taps = 27 if three_d else 9
+    weight = torch.randn(s.c_out, c_in, *(3,) * len(size), device=dev) * (2 / (taps * c_in)) ** 0.5
     bias = torch.randn(s.c_out, device=dev)
-    packed = conv.pack_weight(weight, bf)
-    w_cl = weight.to(bf).contiguous(memory_format=torch.channels_last)
+    packed = (conv3d if three_d else conv).pack_weight(weight, bf)
+    w_cl = weight.to(bf).contiguous(memory_format=layout)
     bias_bf = bias.to(bf)  # cast once, outside the timed calls
 
     def inputs():
-        a = torch.randn(n, c_a, a_size, a_size, device=dev, dtype=bf).contiguous(memory_format=torch.channels_last)
-        b = (torch.randn(n, c_b, size, size, device=dev, dtype=bf).contiguous(memory_format=torch.channels_last)
-             if c_b else None)
+        a = torch.randn(n, c_a, *a_size, device=dev, dtype=bf).contiguous(memory_format=layout)
+        b = torch.randn(n, c_b, *size, device=dev, dtype=bf).contiguous(memory_format=layout) if c_b else None
         return a, b
 
     def fused(a, b):
-        conv.conv3x3(a.permute(0, 2, 3, 1), packed, bias, up=None if b is None else b.permute(0, 2, 3, 1),
-                     pool=s.pool, dtype="bf16")
+        up = None if b is None else b.permute(*last)
+        if three_d:
+            conv3d.conv3x3x3(a.permute(*last), packed, bias, up=up, pool=s.factor if s.pool else None, dtype="bf16")
+        else:
+            conv.conv3x3(a.permute(*last), packed, bias, up=up, pool=s.pool, dtype="bf16")
 
     def eager(a, b):
-        x = a if b is None else torch.cat([center_crop(a, size, size), b], dim=1)
-        y = torch.relu(F.conv2d(x, w_cl, bias_bf))
+        x = a if b is None else torch.cat([center_crop(a, *size), b], dim=1)
+        y = torch.relu((F.conv3d if three_d else F.conv2d)(x, w_cl, bias_bf))
         if s.pool:
-            F.max_pool2d(y, 2)
+            (F.max_pool3d if three_d else F.max_pool2d)(y, s.factor)
 
     return timing.median_ms(fused, make_inputs=inputs, **runs), timing.median_ms(eager, make_inputs=inputs, **runs)
+
+
+def _conv_layers(name: str, config: UNetConfig, tiles, batches, runs: dict, layers) -> tuple[dict, dict]:
+    """Each 3x3 conv layer of ``config`` at each tile and batch: ``<name>.<tile>.<layer>.*``."""
+    if len(tiles) != len(batches):
+        raise ValueError(f"Expected one batch per tile; got tiles={tiles} and batches={batches}.")
+    figures, ratios = {}, {}
+    for tile, batch in zip(tiles, batches):
+        for s in geometry.layer_shapes(config, tile, "conv3x3"):
+            if layers is not None and s.name not in layers:
+                continue
+            key = f"{name}.{_label(tile)}.{s.name}"
+            t_fused, t_eager = _time_conv_layer(s, batch, runs)
+            figures[f"{key}.fused_ms"] = t_fused
+            figures[f"{key}.cudnn_ms"] = t_eager
+            ratios[f"{key}.speedup"] = t_eager / t_fused
+    ratios[f"{name}.geomean_speedup"] = timing.geometric_mean(v for k, v in ratios.items() if k.endswith(".speedup"))
+    return figures, ratios
 
 
 def bench_conv_layers(*, tiles=(572, 1052), batches=(8, 2), base_channels: int = 64, depth: int = 4,
@@ -82,23 +119,28 @@ def bench_conv_layers(*, tiles=(572, 1052), batches=(8, 2), base_channels: int =
         ``P1.<tile>.<layer>.fused_ms`` / ``.cudnn_ms``; ``P1.<tile>.<layer>.speedup`` and
         ``P1.geomean_speedup``.
     """
-    dev = timing.bench_device(device)
-    if len(tiles) != len(batches):
-        raise ValueError(f"Expected one batch per tile; got tiles={tiles} and batches={batches}.")
-    config = UNetConfig(base_channels=base_channels, depth=depth)
-    figures, ratios = {}, {}
-    runs = dict(warmup=warmup, reps=reps, device=dev)
-    for tile, batch in zip(tiles, batches):
-        for s in geometry.layer_shapes(config, tile, "conv3x3"):
-            if layers is not None and s.name not in layers:
-                continue
-            key = f"{tile}.{s.name}"
-            t_fused, t_eager = _time_conv_layer(s, batch, runs)
-            figures[f"P1.{key}.fused_ms"] = t_fused
-            figures[f"P1.{key}.cudnn_ms"] = t_eager
-            ratios[f"P1.{key}.speedup"] = t_eager / t_fused
-    ratios["P1.geomean_speedup"] = timing.geometric_mean(v for k, v in ratios.items() if k.endswith(".speedup"))
-    return figures, ratios
+    runs = dict(warmup=warmup, reps=reps, device=timing.bench_device(device))
+    return _conv_layers("P1", UNetConfig(base_channels=base_channels, depth=depth), tiles, batches, runs, layers)
+
+
+def bench_conv_layers_3d(*, config: UNetConfig = CICEK_3D, tiles=(CICEK_3D_TILE,), batches=(1,), device="cuda",
+                         warmup: int = 5, reps: int = 25, layers=None) -> tuple[dict, dict]:
+    """P1-3D: every 3x3x3 conv layer shape of the 3D network ``config``, the fused 3D kernel
+    (:func:`fastunet.kernels.conv3d.conv3x3x3`) vs ``F.conv3d`` + bias + ReLU (+
+    ``max_pool3d``, + crop/cat) in eager bf16 channels_last_3d (cuDNN), at each
+    ``tiles[i]`` ``(D, H, W)`` with batch ``batches[i]`` (the engine runs a 3D network one
+    tile at a time). ``device="cpu"`` (the interpreter) is for tests only.
+
+    Returns
+    -------
+    figures, ratios : dict
+        ``P1-3D.<D>x<H>x<W>.<layer>.fused_ms`` / ``.cudnn_ms`` / ``.speedup``, and
+        ``P1-3D.geomean_speedup``.
+    """
+    if config.spatial_dims != 3:
+        raise ValueError(f"bench_conv_layers_3d times a 3D network; got {config.describe()} (use bench_conv_layers).")
+    runs = dict(warmup=warmup, reps=reps, device=timing.bench_device(device))
+    return _conv_layers("P1-3D", config, [tuple(t) for t in tiles], batches, runs, layers)
 
 
 def _copy_gb_s(nbytes: int, runs: dict) -> float:
