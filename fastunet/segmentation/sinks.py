@@ -74,6 +74,7 @@ class ZarrSink:
         self.block_multiple: tuple | None = None
         self.series = None
         self.count = 0
+        self.cleanup: dict = {}
 
     def at_time(self, t: int) -> "ZarrSink":
         """The sink of time point ``t`` of a time series (see the module)."""
@@ -171,6 +172,7 @@ class ZarrSink:
             records.put_merge(result, generation=uuid.uuid4().hex[:12])
             info = records.merge_info()
         self.count = info["count"]
+        self.cleanup = {k: info[k] for k in ("min_size_used", "objects_removed", "holes_filled") if k in info}
         done = self.store.done()
         todo = [b for b in layout.blocks() if relabel_name(info, b.name) not in done]
         run(dataclasses.replace(job, stage="relabel", store=self.store), todo)
@@ -230,6 +232,7 @@ class TiffSink:
         self.objects: dict = {}
         self.started = False
         self.count = 0
+        self.cleanup: dict = {}
         self.series = None
         self.frames: dict = {}  # a time series: time point -> its arrays
 
@@ -284,6 +287,7 @@ class TiffSink:
 
             self.merged = merge_returned(self.layout, self.objects, self.options)
             self.count = self.merged.count
+            self.cleanup = self.merged.summary()
 
     def abort(self, exc: BaseException, *, remote: bool) -> None:
         pass  # nothing was written
