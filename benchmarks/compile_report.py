@@ -103,6 +103,12 @@ def _kernels_3d():
     return conv3d, upconv3d
 
 
+def _rowconv():
+    from fastunet.kernels import rowconv
+
+    return rowconv
+
+
 def network_layers_3d(config, tile: tuple) -> list[dict]:
     """The kernel launches of a FusedUNet3D forward at input ``tile`` (Z, Y, X), as
     :func:`network_layers` reads them off :func:`fastunet.geometry.layer_shapes`."""
@@ -181,7 +187,7 @@ class _Recorder:
 @contextlib.contextmanager
 def recording():
     rec = _Recorder()
-    modules = (*_kernels(), *_kernels_3d())
+    modules = (*_kernels(), *_kernels_3d(), _rowconv())
     saved = [m.launch for m in modules]
     for m in modules:
         m.launch = rec
@@ -239,12 +245,13 @@ def kept_configs(kernel, args: dict, meta: dict) -> list:
     if kernel is conv.conv3x3_kernel:
         return conv.pointer_configs_for(conv_shape_of(kernel, args, meta), dt, meta["PRECISION"],
                                         shared_memory=H200_SHARED_MEMORY)
-    if kernel is conv.conv3x3_rowrun_kernel:  # the autotuner times the model's best few
-        return conv.rowrun_configs_for(conv_shape_of(kernel, args, meta))[:conv.AUTOTUNE_TOP]
-    if kernel is conv_head.conv3x3_head_rowrun_kernel:
-        x = args["x_desc"].base
-        s = conv.ConvShape(x.shape[0], x.shape[1], x.shape[2], args["C_IN"], 0, args["C_MID"])
-        return conv_head.rowrun_configs_for(s)[:conv.AUTOTUNE_TOP]
+    rowconv = _rowconv()
+    if kernel is rowconv.conv_rowrun_kernel:  # 2D and 3D: the autotuner times the model's best few
+        return rowconv.ranked(conv_shape_of(kernel, args, meta))[:rowconv.AUTOTUNE_TOP]
+    if kernel is conv_head.conv_head_rowrun_kernel:
+        d_in = args["D_OUT"] + 2 if meta.get("KD") == 3 else 0
+        s = conv.ConvShape(args["N"], args["H_OUT"] + 2, args["W_OUT"] + 2, args["C_IN"], 0, args["C_MID"], d_in=d_in)
+        return conv_head.rowrun_configs_for(s)[:rowconv.AUTOTUNE_TOP]
     if kernel is conv_head.conv3x3_head_kernel:
         return conv_head.configs_for(dt, args["C_MID"], meta["PRECISION"], shared_memory=H200_SHARED_MEMORY)
     if kernel is upconv.upconv2x2_kernel:
@@ -262,12 +269,14 @@ def kept_configs(kernel, args: dict, meta: dict) -> list:
 
 
 def conv_shape_of(kernel, args: dict, meta: dict):
-    """The :class:`~fastunet.kernels.conv.ConvShape` of a recorded conv launch (either main loop)."""
+    """The :class:`~fastunet.kernels.conv.ConvShape` of a recorded conv launch (either main loop;
+    the row-run kernel's 2D or 3D)."""
     conv = _kernels()[0]
     x = args["a_desc"].base if "a_desc" in args else args["a_ptr"]
+    d_in = args["D_OUT"] + 2 if meta.get("KD") == 3 else 0
     return conv.ConvShape(x.shape[0], args["H_OUT"] + 2, args["W_OUT"] + 2, args["C_A"], args["C_B"], args["C_OUT"],
                           bool(meta["POOL"]), bool(meta["WRITE_Y"]), args["y_ptr"].element_size(),
-                          meta.get("K_PACKED", 0))
+                          meta.get("K_PACKED", 0), d_in, meta.get("POOL_D", 1))
 
 
 def variant_spec(kernel, args: tuple, meta: dict, config) -> dict:
@@ -474,13 +483,18 @@ def group_of(spec: dict) -> str:
     """A short name for the code path of a variant (its flags, not its block shapes)."""
     c, kernel = spec["constexprs"], spec["kernel"]
     outputs = "+".join(o for o in ("logits", "probs", "labels") if c.get(f"WRITE_{o.upper()}"))
-    if kernel in ("conv3x3_kernel", "conv3x3_rowrun_kernel"):
+    if kernel == "conv_rowrun_kernel" and c.get("KD") == 3:
+        name = "TMA conv 3x3x3, 2 sources" if c["HAS_B"] else "TMA conv 3x3x3"
+        return name + (f", pool {c['POOL_D']}x2x2" if c["POOL"] else "")
+    if kernel in ("conv3x3_kernel", "conv_rowrun_kernel"):
         name = "conv, 2 sources" if c["HAS_B"] else "conv"
-        name = ("TMA " if kernel == "conv3x3_rowrun_kernel" else "") + name
+        name = ("TMA " if kernel == "conv_rowrun_kernel" else "") + name
         name += ", pool" if c["POOL"] else ""
         name += f", packed K {c['K_PACKED']}" if c.get("K_PACKED") else ""
         return name + ("" if c["RELU"] else ", no ReLU") + ("" if c["WRITE_Y"] else ", pooled only")
-    if kernel in ("conv3x3_head_kernel", "conv3x3_head_rowrun_kernel"):
+    if kernel == "conv_head_rowrun_kernel" and c.get("KD") == 3:
+        return f"TMA conv 3x3x3 + head ({outputs})"
+    if kernel in ("conv3x3_head_kernel", "conv_head_rowrun_kernel"):
         return ("TMA " if "rowrun" in kernel else "") + f"conv + head ({outputs})"
     if kernel == "head_kernel":
         return f"head ({outputs})"
@@ -498,7 +512,8 @@ def group_of(spec: dict) -> str:
 def config_of(spec: dict) -> str:
     c = spec["constexprs"]
     if "R" in c:
-        shape = f"R{c['R']}x{c['BW']}x{c.get('BN', c.get('BLOCK_N'))}x{c['BK']}"
+        planes = f"({c['RD']} planes)" if c.get("RD", 1) > 1 else ""
+        shape = f"R{c['R']}{planes}x{c['BW']}x{c.get('BN', c.get('BLOCK_N'))}x{c['BK']}"
     elif "BLOCK_D" in c:
         shape = f"{c['BLOCK_D']}x{c['BLOCK_H']}x{c['BLOCK_W']}x{c.get('BLOCK_N', '?')}x{c['BLOCK_K']}"
     elif "BLOCK_H" in c:
@@ -513,7 +528,7 @@ def record(v: dict) -> dict:
     spec = v["spec"]
     named = list(spec["signature"])
     flags = {k: val for k, val in spec["constexprs"].items()
-             if not k.startswith("BLOCK_") and k not in ("R", "BW", "BN", "BK")}
+             if not k.startswith("BLOCK_") and k not in ("R", "RD", "BW", "BN", "BK")}
     return dict(
         kernel=spec["kernel"], dtype=v["dtype"], group=group_of(spec), config=config_of(spec),
         constexprs=flags,
@@ -524,7 +539,8 @@ def record(v: dict) -> dict:
                              "spill_stores", "spill_loads", "stack_frame", "shared_bytes", "compile_seconds",
                              "compile_cpu_seconds", "ptx_loops")},
         num_warps=spec["num_warps"], num_stages=spec["num_stages"],
-        blocks={k: val for k, val in spec["constexprs"].items() if k.startswith("BLOCK_") or k in ("R", "BW", "BN", "BK")},
+        blocks={k: val for k, val in spec["constexprs"].items()
+                if k.startswith("BLOCK_") or k in ("R", "RD", "BW", "BN", "BK")},
     )
 
 
@@ -569,7 +585,7 @@ def render_table(records: list[dict]) -> str:
 
 def summary(records: list[dict]) -> dict:
     """The figures of the run (what benchmarks/report.py shows in the results table)."""
-    convs = [r for r in records if r["kernel"] in ("conv3x3_kernel", "conv3x3_rowrun_kernel", "conv3x3x3_kernel")
+    convs = [r for r in records if r["kernel"] in ("conv3x3_kernel", "conv_rowrun_kernel", "conv3x3x3_kernel")
              and not r["constexprs"].get("K_PACKED")]
     sources = lambda r: 2 if r["constexprs"].get("HAS_B") else 1  # noqa: E731
     return dict(

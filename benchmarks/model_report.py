@@ -93,8 +93,9 @@ def formula_step(record: dict):
     c, kernel, warps = record.get("constexprs", {}), record.get("kernel"), record.get("num_warps")
     blocks = record.get("blocks") or {}
     e = 4 if record.get("dtype") in ("fp32", "tf32") else 2
-    if kernel in ("conv3x3_rowrun_kernel", "conv3x3_head_rowrun_kernel"):
-        return perfmodel.rowrun_step(blocks["R"], blocks["BW"], blocks.get("BN", blocks.get("BLOCK_N")), blocks["BK"], warps, e)
+    if kernel in ("conv_rowrun_kernel", "conv_head_rowrun_kernel"):
+        return perfmodel.rowrun_step(blocks["R"], blocks["BW"], blocks.get("BN", blocks.get("BLOCK_N")), blocks["BK"], warps, e,
+                                     blocks.get("RD", 1))
     if kernel in ("conv3x3_kernel", "conv3x3_head_kernel") and not c.get("K_PACKED"):
         return perfmodel.pointer_step(blocks["BLOCK_H"] * blocks["BLOCK_W"], blocks["BLOCK_N"],
                                       blocks["BLOCK_K"], warps, e)
@@ -153,8 +154,8 @@ def engine_config(layer, batch: int):
         return "conv3x3_kernel", conv.pointer_configs_for(s, torch.bfloat16, "tf32", shared_memory=232448)[0], s
     if layer.name == "dec0.conv2":
         head = conv_head.rowrun_configs_for(s)[0]
-        return "conv3x3_head_rowrun_kernel", conv_head._as_conv_config(head, conv_head._block_n(s.c_out)), s
-    return "conv3x3_rowrun_kernel", conv.rowrun_configs_for(s)[0], s
+        return "conv_head_rowrun_kernel", conv_head.as_conv_config(head, conv_head._block_n(s.c_out)), s
+    return "conv_rowrun_kernel", conv.rowrun_configs_for(s)[0], s
 
 
 def _config_text(config) -> str:
@@ -185,6 +186,44 @@ def layer_rows(config_net, tiles=(572, 1052), batch: int = ENGINE_BATCH) -> list
                 bound_low=low["bound"], bound_high=high["bound"], waves=low["waves"],
                 wave_efficiency=round(low["wave_efficiency"], 2), ctas_per_sm=low["ctas_per_sm"],
             ))
+    return rows
+
+
+def split_what_if(config_net, tile: int = 572, batch: int = ENGINE_BATCH, splits=(2, 3, 4)) -> list[dict]:
+    """Per 3x3 conv layer: the predicted fraction of the matmul rate with the engine's config,
+    and with its last wave's tiles split over K in 2-4 parts (stream-K of the last wave: each
+    part's fp32 partials stored, the last part adds them and runs the epilogue), the best split
+    per layer (:func:`fastunet.kernels.perfmodel.split_rem`). A what-if of the model: no kernel
+    runs the split; every figure a prediction."""
+    import dataclasses
+
+    from fastunet import geometry
+    from fastunet.kernels import conv, perfmodel
+
+    rows = []
+    for layer in geometry.layer_shapes(config_net, tile, "conv3x3"):
+        kernel, cfg, s = engine_config(layer, batch)
+        if "R" not in cfg.kwargs:
+            continue
+        base = conv.model_layer(cfg, s)
+        row = dict(layer=layer.name, config=_config_text(cfg), split=1)
+        for scenario in ("low", "high"):
+            t = perfmodel.launch_time(base, perfmodel.device(scenario))
+            row[f"before_{scenario}"] = row[f"after_{scenario}"] = round(t["fraction"], 3)
+            row["waves"], row["wave_efficiency"] = t["waves"], round(t["wave_efficiency"], 2)
+        c = perfmodel.occupancy(perfmodel.H200, base.smem_bytes, base.num_warps, base.registers)
+        kw = cfg.kwargs
+        for split in splits:
+            rem = perfmodel.split_rem(base.tiles, perfmodel.H200.sms * c, base.steps, split)
+            if not rem:
+                continue
+            layer_split = dataclasses.replace(base, split=split, split_tiles=rem,
+                                              partial_bytes=4.0 * kw["R"] * kw["BW"] * kw["BN"])
+            low = perfmodel.launch_time(layer_split, perfmodel.device("low"))["fraction"]
+            if low > row["after_low"]:
+                row.update(split=split, after_low=round(low, 3), after_high=round(
+                    perfmodel.launch_time(layer_split, perfmodel.device("high"))["fraction"], 3))
+        rows.append(row)
     return rows
 
 

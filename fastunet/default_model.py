@@ -2,7 +2,7 @@
 
 ``fastunet segment`` uses ``fastunet/models/default.safetensors`` when no ``--model`` is
 given. It is a compact U-Net (base 16 channels, depth 3, 0.48 M parameters, 1.9 MB)
-trained on synthetic fluorescence nuclei only (:mod:`fastunet.synthetic_styles`: the seven
+trained on synthetic fluorescence nuclei only (:mod:`fastunet.synthetic_styles`: the twelve
 training styles, :data:`TRAIN_STYLES`) with the paper's weighted loss and augmentation.
 Rebuild it with::
 
@@ -11,8 +11,10 @@ Rebuild it with::
 which writes the training images (seeds :data:`TRAIN_SEEDS`) as TIFF files and trains with
 :func:`fastunet.train.train` exactly as ``fastunet train`` with :data:`TRAIN_ARGS` does (that
 command line is stored in the model file's metadata); the shipped file is the output of that
-build at commit c415e6b (25 min 48 s on a 2-core CPU). Measure it on images it never saw
-(other seeds), per style, training and held-out, with::
+build at commit c2a223f (12,000 steps, about 67 min on a shared 2-core CPU: the run was cut
+at step 9,539 by the end of a work session and continued with ``resume=True`` from its
+step-9,500 checkpoint, which restores the weights, the optimizer and the random streams).
+Measure it on images it never saw (other seeds), per style, training and held-out, with::
 
     fastunet evaluate --synthetic 16
 """
@@ -30,10 +32,12 @@ from .modelfile import DEFAULT_MODEL
 if typing.TYPE_CHECKING:
     from .train import TrainConfig
 
-__all__ = ["TRAIN_STYLES", "TRAIN_SEEDS", "style_of", "IMAGE_SHAPE", "TRAIN_ARGS", "write_training_data", "recipe_config", "recipe_command", "build"]
+__all__ = ["TRAIN_STYLES", "TRAIN_SEEDS", "style_of", "IMAGE_SHAPE", "TRAIN_ARGS", "write_training_data", "recipe_config",
+           "recipe_command", "build", "INTENDED_USE", "NOT_FOR", "model_card", "write_card"]
 
-TRAIN_STYLES = ("classic", "small", "textured", "clumped", "mitotic", "widefield", "large")
-TRAIN_SEEDS = range(10_000, 10_056)  # 56 synthetic images, 8 per style: 50 for training, 6 for validation
+TRAIN_STYLES = ("classic", "small", "textured", "clumped", "mitotic", "widefield", "large", "debris", "autofluorescent",
+                "saturated", "dividing", "dim")
+TRAIN_SEEDS = range(10_000, 10_120)  # 120 synthetic images, 10 per style: 108 for training, 12 for validation
 IMAGE_SHAPE = (512, 512)
 TRAIN_ARGS = (
     "--base-channels", "16",
@@ -43,14 +47,59 @@ TRAIN_ARGS = (
     "--optimizer", "adam",
     "--lr", "1e-3",
     "--lr-schedule", "cosine",
-    "--lr-period", "6000",
-    "--iterations", "6000",
+    "--lr-period", "12000",
+    "--iterations", "12000",
     "--val-fraction", "0.1",
-    "--val-every", "500",
+    "--val-every", "1000",
     "--checkpoint-every", "500",
     "--seed", "0",
     "--device", "cpu",
 )
+
+
+INTENDED_USE = ("2D fluorescence images of stained nuclei (DAPI, Hoechst and the like), about 8 to 60 px across, "
+                "from widefield or confocal microscopes, 8- to 16-bit or float; stacks slice by slice. Objects are "
+                "cleaned up by default: specks under 1/16 of the typical object's area removed, holes filled.")
+NOT_FOR = (
+    "cytoplasm, whole cells, membranes or tissue outlines (it finds nuclei only)",
+    "brightfield, phase contrast, DIC or H&E images (it saw fluorescence only)",
+    "nuclei under about 8 px or over about 60 px across without object_size= (rescale them to ~21 px)",
+    "dense tissue where nuclei overlap in depth, or 3-D objects (it works slice by slice)",
+    "measurements that need a validated model: it was trained and tuned on synthetic images only; check it with "
+    "fastunet evaluate on a few of your own annotated images, and train your own with fastunet train",
+)
+
+
+def model_card(results: dict) -> dict:
+    """The card a model file keeps (``extra["card"]``) from a ``benchmarks/model_card.py scores``
+    result: intended use, what it is not for, its training styles and the scores per style
+    with the clean-up on and off."""
+    from .synthetic_styles import STYLES
+
+    def brief(r: dict) -> dict:
+        return {k: round(r[k], 4) for k in ("foreground_iou", "instance_f1", "precision", "recall")} | {
+            "specks": round(r["specks"] / max(r["tp"] + r["fp"], 1), 4)}
+
+    scores = {name: {"held_out": row["held_out"], "nuclei": row["nuclei"], "on": brief(row["new"]["on"]),
+                     "off": brief(row["new"]["off"])} for name, row in results["styles"].items()}
+    return {"intended_use": INTENDED_USE, "not_for": list(NOT_FOR),
+            "training_styles": {name: STYLES[name].description for name in TRAIN_STYLES},
+            "scores": scores, "scored_on": f"{results['images']} fresh 512 x 512 images per style, seeds "
+                                           f"{results['seed']}..{results['seed'] + results['images'] - 1}",
+            "results_file": results.get("file", ""), "date": results["date"]}
+
+
+def write_card(results_file: str | Path, model: str | Path = DEFAULT_MODEL) -> Path:
+    """Record the card of ``results_file`` (``benchmarks/model_card.py scores``) in ``model``'s
+    metadata (``extra["card"]``); the weights are written back as they were."""
+    import json
+
+    from .modelfile import read_model, save_model
+
+    results = json.loads(Path(results_file).read_text())
+    results["file"] = Path(results_file).name
+    bundle = read_model(model)
+    return save_model(model, bundle, extra={**bundle.extra, "card": model_card(results)})
 
 
 def style_of(seed: int) -> str:
@@ -155,8 +204,14 @@ def _main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", required=True, help="folder for the training images, checkpoint and curves")
     p.add_argument("-o", "--output", default=str(DEFAULT_MODEL), help="model file (default: the packaged one)")
     p.add_argument("--quiet", action="store_true")
+    p = sub.add_parser("card", help="record the scores of a benchmarks/model_card.py result in the model file")
+    p.add_argument("results", help="a model-card-*.json of benchmarks/model_card.py scores")
+    p.add_argument("--model", default=str(DEFAULT_MODEL), help="model file (default: the packaged one)")
     args = parser.parse_args(argv)
     try:
+        if args.command == "card":
+            print(f"wrote the card of {args.results} into {write_card(args.results, args.model)}")
+            return 0
         return build(args.workdir, args.output, quiet=args.quiet)
     except UserError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)

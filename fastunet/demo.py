@@ -189,7 +189,7 @@ def run_demo(folder: str | os.PathLike = "fastunet-demo", *, shape=(8, 1024, 102
     print(f"wrote {folder / 'volume.zarr'} {shape} uint16 (synthetic nuclei, seed {seed})")
     with segmenter:
         labels = segmenter.segment(str(folder / "volume.zarr"), str(folder / "labels.zarr"), axes="ZYX",
-                                   progress=progress, output_kind="labels")
+                                   progress=progress)  # object ids, cleaned up, as segment writes them
         from .segmentation import summary_line
 
         print(summary_line(segmenter.last_summary, folder / "labels.zarr"))

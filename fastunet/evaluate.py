@@ -9,7 +9,12 @@ by :func:`fastunet.metrics.score`:
   (any class but 0) and the true foreground (any instance);
 * **instance F1** at IoU 0.5: predicted instances are the connected components of the
   predicted foreground (:func:`fastunet.metrics.instance_f1`); precision, recall and F1 from
-  the summed matches.
+  the summed matches;
+* **specks**: predicted objects smaller than a quarter of the smallest true object of their
+  slice (:attr:`fastunet.metrics.Evaluation.specks`).
+
+The objects are cleaned up as ``segment`` cleans them by default (``min_size="auto"``,
+``fill_holes=True``; ``min_size=0, fill_holes=False`` scores the network's raw class map).
 
 ``fastunet evaluate IMAGES LABELS`` scores a model on your data;
 ``fastunet evaluate --synthetic 16`` on 16 freshly generated synthetic images of every style of
@@ -22,6 +27,7 @@ object diameter.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -40,7 +46,8 @@ def _slices(a: np.ndarray) -> list[np.ndarray]:
 
 def evaluate(images, labels, model=None, *, axes: str | None = None, device=None, backend: str = "auto",
              dtype: str | None = None, tile: int | None = None, batch_size: int | None = None,
-             preview: str | os.PathLike | None = None, object_size=None, overwrite: bool = False) -> Evaluation:
+             preview: str | os.PathLike | None = None, object_size=None, overwrite: bool = False,
+             min_size: int | str = "auto", fill_holes: bool = True) -> Evaluation:
     """Segment ``images`` with ``model`` (default: the bundled one) and score against ``labels``.
 
     Parameters
@@ -64,6 +71,8 @@ def evaluate(images, labels, model=None, *, axes: str | None = None, device=None
         :func:`fastunet.segment`; default: the images' own scale.
     overwrite : bool
         Replace an existing ``preview`` file.
+    min_size, fill_holes
+        The clean-up of the predicted objects, as for :func:`fastunet.segment` (default: on).
 
     Returns
     -------
@@ -80,24 +89,32 @@ def evaluate(images, labels, model=None, *, axes: str | None = None, device=None
     if len(sizes) != len(pairs):
         raise UserError(f"Got {len(sizes)} object sizes for {len(pairs)} images; give one, or one per image.")
     return _score(pairs, sizes, model, dict(device=device, backend=backend, dtype=dtype, tile=tile,
-                                            batch_size=batch_size), preview)
+                                            batch_size=batch_size), preview, dict(min_size=min_size, fill_holes=fill_holes))
 
 
-def _score(pairs, sizes, model, network: dict, preview) -> Evaluation:
+def _score(pairs, sizes, model, network: dict, preview, cleanup: dict) -> Evaluation:
+    """Scores of the cleaned-up objects; with a clean-up, ``raw`` holds those of the class map's
+    own components (the same network pass: segment writes both from one prediction)."""
     from .segmentation import Segmenter
 
-    preds, truths = [], []
+    cleaned, classes, truths = [], [], []
+    raw = cleanup.get("min_size") != 0 or cleanup.get("fill_holes")
     with Segmenter(model, **network) as seg:
         for pair, size in zip(pairs, sizes):
-            classes = np.asarray(seg.segment(pair.image, None, axes="ZYX" if pair.image.ndim == 3 else "YX",
-                                             progress=False, output_kind="labels", object_size=size))
-            preds += _slices(classes)
+            # the objects as segment writes them (cleaned up), scored as connected components
+            out = seg.segment(pair.image, None, axes="ZYX" if pair.image.ndim == 3 else "YX", progress=False,
+                              output_kind="instances,labels" if raw else "instances", object_size=size,
+                              lazy=False, **cleanup)
+            ids, labels = out if raw else (out, None)
+            cleaned += _slices(np.asarray(ids))
+            classes += _slices(np.asarray(labels)) if raw else []
             truths += _slices(pair.labels)
     if preview is not None:
         from .figures import overlay_figure
 
-        overlay_figure(preview, _slices(pairs[0].image)[0], preds[0], truth=truths[0], title=pairs[0].name)
-    return score(preds, truths)
+        overlay_figure(preview, _slices(pairs[0].image)[0], cleaned[0], truth=truths[0], title=pairs[0].name)
+    result = score(cleaned, truths)
+    return dataclasses.replace(result, raw=score(classes, truths).to_dict()) if raw else result
 
 
 def _check_seeds(n_images: int, seed: int) -> range:
@@ -118,7 +135,8 @@ def _check_seeds(n_images: int, seed: int) -> range:
 def evaluate_synthetic(model=None, *, n_images: int = 16, seed: int = SYNTHETIC_SEED, shape=(512, 512),
                        style: str = "classic", object_size=None, device=None, backend: str = "auto",
                        dtype: str | None = None, tile: int | None = None, batch_size: int | None = None,
-                       preview: str | os.PathLike | None = None, overwrite: bool = False) -> Evaluation:
+                       preview: str | os.PathLike | None = None, overwrite: bool = False,
+                       min_size: int | str = "auto", fill_holes: bool = True) -> Evaluation:
     """Score a model on ``n_images`` freshly generated synthetic images of one style.
 
     Parameters
@@ -138,7 +156,7 @@ def evaluate_synthetic(model=None, *, n_images: int = 16, seed: int = SYNTHETIC_
     object_size : float, "auto" or "truth", optional
         As for :func:`evaluate`; ``"truth"``: each image's true typical object diameter
         (:attr:`fastunet.synthetic_styles.StyleImage.object_size`).
-    device, backend, dtype, tile, batch_size, preview, overwrite
+    device, backend, dtype, tile, batch_size, preview, overwrite, min_size, fill_holes
         As for :func:`evaluate`.
 
     Returns
@@ -159,7 +177,7 @@ def evaluate_synthetic(model=None, *, n_images: int = 16, seed: int = SYNTHETIC_
     pairs = [TrainingPair(f"{style}[seed={s}]", d.image, d.labels) for s, d in zip(range(seed, seed + n_images), drawn)]
     sizes = [d.object_size for d in drawn] if object_size == "truth" else [object_size] * len(drawn)
     return _score(pairs, sizes, model, dict(device=device, backend=backend, dtype=dtype, tile=tile,
-                                            batch_size=batch_size), preview)
+                                            batch_size=batch_size), preview, dict(min_size=min_size, fill_holes=fill_holes))
 
 
 def parse_styles(text: str | None) -> list[str]:
@@ -194,12 +212,18 @@ def evaluate_styles(model=None, *, styles=None, progress=None, **options) -> dic
 
 
 def style_table(results: dict[str, Evaluation]) -> str:
-    """A plain-text table of per-style scores (foreground IoU, instance F1, precision, recall)."""
+    """A plain-text table of per-style scores (foreground IoU, instance F1, precision, recall,
+    and the specks as a fraction of the predicted objects), and the instance F1 and specks of
+    the network's objects before the clean-up ("raw")."""
     from .synthetic_styles import STYLES
 
-    lines = [f"{'style':<10} {'held out':<8} {'images':>6} {'objects':>7} {'fg IoU':>7} {'inst F1':>7} "
-             f"{'prec':>6} {'recall':>6}"]
+    lines = [f"{'style':<15} {'held out':<8} {'images':>6} {'objects':>7} {'fg IoU':>7} {'inst F1':>7} "
+             f"{'prec':>6} {'recall':>6} {'specks':>6} {'raw F1':>7} {'specks':>6}"]
     for name, r in results.items():
-        lines.append(f"{name:<10} {'yes' if STYLES[name].held_out else 'no':<8} {r.images:>6} {r.tp + r.fn:>7} "
-                     f"{r.foreground_iou:>7.4f} {r.instance_f1:>7.4f} {r.precision:>6.3f} {r.recall:>6.3f}")
+        raw = r.raw or {}
+        raw_f1 = f"{raw['instance_f1']:>7.4f}" if raw else f"{'':>7}"
+        raw_specks = f"{raw['specks'] / max(raw['tp'] + raw['fp'], 1):>6.1%}" if raw else f"{'':>6}"
+        lines.append(f"{name:<15} {'yes' if STYLES[name].held_out else 'no':<8} {r.images:>6} {r.tp + r.fn:>7} "
+                     f"{r.foreground_iou:>7.4f} {r.instance_f1:>7.4f} {r.precision:>6.3f} {r.recall:>6.3f} "
+                     f"{r.specks / max(r.tp + r.fp, 1):>6.1%} {raw_f1} {raw_specks}")
     return "\n".join(lines)

@@ -12,7 +12,9 @@ half its union), and below 0.5 the matching that maximises the summed IoU is use
 * **foreground IoU**: summed intersections over summed unions of the predicted foreground
   (any class but 0) and the true foreground (any instance);
 * **instance F1** at IoU 0.5: precision, recall and F1 from the summed matches of
-  :func:`instance_f1`.
+  :func:`instance_f1`;
+* **specks**: predicted objects smaller than a quarter of the smallest true object of their
+  slice (what no annotator would call an object).
 """
 
 from __future__ import annotations
@@ -174,6 +176,8 @@ class Evaluation:
     fn: int
     images: int
     pixels: int
+    specks: int = 0
+    raw: dict | None = None  # evaluate: the scores before the clean-up of the objects
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -182,7 +186,7 @@ class Evaluation:
         return (
             f"foreground IoU {self.foreground_iou:.4f}  instance F1 {self.instance_f1:.4f} "
             f"(precision {self.precision:.4f}, recall {self.recall:.4f}; TP {self.tp}, FP {self.fp}, "
-            f"FN {self.fn}) over {self.images} image(s), {self.pixels / 1e6:.2f} Mpx"
+            f"FN {self.fn}; {self.specks} specks) over {self.images} image(s), {self.pixels / 1e6:.2f} Mpx"
         )
 
 
@@ -203,9 +207,9 @@ def score(predictions: Iterable[np.ndarray], truths: Iterable[np.ndarray], *, io
     -------
     Evaluation
         Foreground IoU of the summed intersections and unions; precision, recall and F1 of
-        the summed matches (each 1.0 when its denominator is 0).
+        the summed matches (each 1.0 when its denominator is 0); the specks.
     """
-    inter = union = tp = n_pred = n_true = images = pixels = 0
+    inter = union = tp = n_pred = n_true = images = pixels = specks = 0
     for pred, truth in zip(predictions, truths, strict=True):
         pred = np.asarray(pred) != 0
         truth = np.asarray(truth)
@@ -217,6 +221,7 @@ def score(predictions: Iterable[np.ndarray], truths: Iterable[np.ndarray], *, io
         union += int(np.count_nonzero(pred | true_fg))
         s = instance_f1(pred, truth, iou_threshold=iou_threshold)
         tp, n_pred, n_true = tp + s.tp, n_pred + s.n_pred, n_true + s.n_true
+        specks += _specks(pred, truth)
         images += 1
         pixels += pred.size
     precision = tp / n_pred if n_pred else 1.0
@@ -224,5 +229,14 @@ def score(predictions: Iterable[np.ndarray], truths: Iterable[np.ndarray], *, io
     f1 = 2 * tp / (n_pred + n_true) if n_pred + n_true else 1.0
     return Evaluation(
         foreground_iou=inter / union if union else 1.0, instance_f1=f1, precision=precision, recall=recall,
-        tp=tp, fp=n_pred - tp, fn=n_true - tp, images=images, pixels=pixels,
+        tp=tp, fp=n_pred - tp, fn=n_true - tp, images=images, pixels=pixels, specks=specks,
     )
+
+
+def _specks(pred_fg: np.ndarray, truth: np.ndarray) -> int:
+    """Predicted objects (components of ``pred_fg``) under a quarter of the smallest true object."""
+    true_sizes = np.bincount(as_instances(truth).ravel())[1:]
+    if not true_sizes.size:
+        return 0
+    pred_sizes = np.bincount(ndi.label(pred_fg)[0].ravel())[1:]
+    return int((pred_sizes < 0.25 * true_sizes.min()).sum())

@@ -5,8 +5,11 @@ The generator imitates a widefield image of stained nuclei (DAPI/Hoechst-like):
 * **objects**: ellipses (2D) or ellipsoids sliced at each plane (3D) of varied size
   (semi-axes ``radius`` px), elongation (``aspect``), orientation and brightness, a fraction of
   them dim; optionally irregular outlines (a few random radial harmonics, ``irregularity``)
-  and small, bright, compact bodies (mitotic figures and apoptotic fragments, ``bodies``).
-  About ``touching`` of them are placed against an earlier one so that they touch or
+  and small, bright, compact bodies (mitotic figures and apoptotic fragments, ``bodies``);
+  mitotic figures (``mitoses``: bright bars of condensed chromosomes, metaphase plates alone
+  and anaphase pairs side by side) and fragmented, apoptotic nuclei (``fragments``: a cluster
+  of 3-6 round pieces, each an object); a fraction of them out of focus (``defocus``: blurred
+  more than the rest, still objects). About ``touching`` of them are placed against an earlier one so that they touch or
   overlap slightly, forming clusters. Where objects overlap, each pixel goes to the object
   whose normalised distance is smallest (a watershed-like split along the line where the two
   shapes meet), so touching nuclei share a border and every instance stays one connected
@@ -15,7 +18,10 @@ The generator imitates a widefield image of stained nuclei (DAPI/Hoechst-like):
   chromatin texture of a given grain with optional foci and nucleoli, Gaussian PSF blur,
   optional out-of-focus haze, a smooth background with a gradient, optional vignetting,
   Poisson shot noise, Gaussian read noise, a camera offset and the file's bit depth
-  (``float32``, ``uint16``, ``uint12`` in uint16, ``uint8``).
+  (``float32``, ``uint16``, ``uint12`` in uint16, ``uint8``); optionally what real images
+  hold besides the nuclei (:mod:`fastunet.synthetic_clutter`: autofluorescent background and
+  cytoplasm, out-of-focus ghosts, debris, fibers, bright specks) and the camera's defects
+  (pattern noise, hot pixels, saturated nuclei).
 
 Named parameter distributions ("styles": sizes from about 8 to 100 px, textures, noise,
 bit depths) are in :mod:`fastunet.synthetic_styles`. With the default options the images
@@ -35,8 +41,9 @@ from scipy import ndimage as ndi
 
 from .instances import relabel_sequential
 from .synthetic_optics import Optics, background, finish, render
+from .synthetic_shapes import Shapes, draw_objects, partner_offset
 
-__all__ = ["Shapes", "synthetic_nuclei", "synthetic_volume", "touching_pairs"]
+__all__ = ["Shapes", "SyntheticImage", "synthetic_nuclei", "synthetic_image", "synthetic_volume", "touching_pairs"]
 
 _HARMONICS = 4  # radial harmonics 2..5 of an irregular outline
 
@@ -55,6 +62,8 @@ class _Objects:
     brightness: np.ndarray  # relative brightness (1 = typical nucleus)
     amp: np.ndarray  # (n, _HARMONICS) relative amplitudes of the outline's radial harmonics
     phase: np.ndarray  # (n, _HARMONICS) their phases
+    defocused: np.ndarray  # out of focus (blurred more)
+    nucleus: np.ndarray  # a nucleus (not a body, a mitotic bar or a fragment)
 
     def __len__(self) -> int:
         return len(self.cy)
@@ -62,42 +71,6 @@ class _Objects:
     def subset(self, keep: np.ndarray) -> "_Objects":
         return _Objects(**{k: getattr(self, k)[keep] for k in self.__dataclass_fields__})
 
-
-@dataclass(frozen=True)
-class Shapes:
-    """What the objects of a synthetic image look like (see :func:`synthetic_nuclei`)."""
-
-    radius: tuple[float, float] = (6.0, 20.0)
-    aspect: tuple[float, float] = (1.0, 1.6)
-    irregularity: float = 0.0
-    touching: float = 0.5
-    dim_fraction: float = 0.15
-    dim_level: tuple[float, float] = (0.15, 0.35)
-    brightness_sigma: float = 0.3
-    bodies: float = 0.0
-    body_radius: tuple[float, float] = (1.5, 4.0)
-
-    def __post_init__(self) -> None:
-        for name in ("radius", "body_radius"):
-            lo, hi = (float(r) for r in getattr(self, name))
-            if not 1.0 <= lo <= hi:
-                raise ValueError(f"{name} must be (min, max) with 1 <= min <= max; got {getattr(self, name)!r}.")
-            object.__setattr__(self, name, (lo, hi))
-        lo, hi = (float(r) for r in self.aspect)
-        if not 1.0 <= lo <= hi:
-            raise ValueError(f"aspect must be (min, max) with 1 <= min <= max; got {self.aspect!r}.")
-        object.__setattr__(self, "aspect", (lo, hi))
-        lo, hi = (float(r) for r in self.dim_level)
-        if not 0.0 < lo <= hi:
-            raise ValueError(f"dim_level must be (min, max) with 0 < min <= max; got {self.dim_level!r}.")
-        object.__setattr__(self, "dim_level", (lo, hi))
-        for name in ("touching", "dim_fraction", "bodies"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must lie in [0, 1]; got {getattr(self, name)}.")
-        if not 0.0 <= self.irregularity <= 0.3:
-            raise ValueError(f"irregularity must lie in [0, 0.3]; got {self.irregularity}.")
-        if not self.brightness_sigma >= 0:
-            raise ValueError(f"brightness_sigma must be >= 0; got {self.brightness_sigma}.")
 
 def _rng(seed, rng) -> np.random.Generator:
     if rng is not None and seed is not None:
@@ -127,28 +100,6 @@ def _radius_along(a, b, c, phi, dy, dx, dz):
     return 1.0 / np.sqrt((u / a) ** 2 + (v / b) ** 2 + (dz / c) ** 2)
 
 
-def _draw_objects(rng: np.random.Generator, n: int, shapes: Shapes, depth_px: float):
-    """Sizes, orientations and brightnesses of ``n`` nuclei plus ``bodies * n`` small bright bodies."""
-    rmin, rmax = shapes.radius
-    # Sizes: the major semi-axis uniform in [rmin, rmax], the minor one ``aspect`` times shorter.
-    major = rng.uniform(rmin, rmax, n)
-    floor = rmin * 0.8 if shapes.aspect[1] <= 1.6 else max(1.0, rmin * 0.8 * 1.6 / shapes.aspect[1])
-    minor = np.maximum(major / rng.uniform(*shapes.aspect, n), floor)
-    phi = rng.uniform(0.0, np.pi, n)
-    brightness = rng.lognormal(0.0, shapes.brightness_sigma, n)
-    dim = rng.random(n) < shapes.dim_fraction
-    brightness[dim] = rng.uniform(*shapes.dim_level, dim.sum())
-    n_bodies = int(round(shapes.bodies * n))
-    if n_bodies:  # mitotic figures (elongated) and apoptotic fragments: small, compact, bright
-        body = rng.uniform(*shapes.body_radius, n_bodies)
-        major = np.concatenate([major, body])
-        minor = np.concatenate([minor, np.maximum(body / rng.uniform(1.0, 2.5, n_bodies), 1.0)])
-        phi = np.concatenate([phi, rng.uniform(0.0, np.pi, n_bodies)])
-        brightness = np.concatenate([brightness, rng.uniform(2.0, 4.0, n_bodies)])
-    c = np.full(len(major), np.inf) if depth_px <= 0 else rng.uniform(0.8, 1.2, len(major)) * major
-    return major, minor, phi, brightness, c
-
-
 def _place_objects(
     rng: np.random.Generator, height: int, width: int, depth_px: float, n: int, shapes: Shapes
 ) -> _Objects:
@@ -161,8 +112,10 @@ def _place_objects(
     few times, then skipped.
     """
     rmin = shapes.radius[0]
-    major, minor, phi, brightness, c = _draw_objects(rng, n, shapes, depth_px)
+    drawn = draw_objects(rng, n, shapes)
+    major, minor, phi = drawn.major, drawn.minor, drawn.phi
     total = len(major)
+    c = np.full(total, np.inf) if depth_px <= 0 else rng.uniform(0.8, 1.2, total) * major
     center = np.zeros((total, 3))  # (y, x, z)
     placed = np.zeros(total, bool)
     attach = rng.random(total) < shapes.touching
@@ -170,7 +123,10 @@ def _place_objects(
     for i in range(total):
         for _ in range(_ATTEMPTS):
             done = np.flatnonzero(placed)
-            if attach[i] and len(done):
+            p = drawn.partner[i]
+            if p >= 0 and placed[p]:
+                candidate = center[p] + partner_offset(rng, drawn, i, p)
+            elif attach[i] and len(done):
                 j = done[rng.integers(0, len(done))]
                 direction = rng.normal(size=3)
                 if depth_px <= 0:
@@ -198,9 +154,12 @@ def _place_objects(
     if shapes.irregularity > 0:  # harmonics 2..5 with amplitudes falling as 1/order
         amp = shapes.irregularity * rng.uniform(0.3, 1.0, (total, _HARMONICS)) / np.arange(1, _HARMONICS + 1)
         phase = rng.uniform(0.0, 2 * np.pi, (total, _HARMONICS))
+    defocused = rng.random(total) < shapes.defocus if shapes.defocus > 0 else np.zeros(total, bool)
     objects = _Objects(cy=center[:, 0], cx=center[:, 1], cz=center[:, 2], a=major, b=minor, c=c, phi=phi,
-                       brightness=brightness, amp=amp, phase=phase)
+                       brightness=drawn.brightness, amp=amp, phase=phase, defocused=defocused,
+                       nucleus=np.arange(total) < n)
     return objects.subset(placed)
+
 
 _MIN_GAP = 0.8
 _ATTEMPTS = 12
@@ -341,7 +300,8 @@ def _plane(gen, objects: _Objects, height: int, width: int, z: float | None, bac
     areas = np.bincount(labels.ravel(), minlength=len(objects) + 1)
     labels[(areas < min_area)[labels]] = 0  # dropped before rendering: they become background
     brightness = np.concatenate([[0.0], objects.brightness]).astype(np.float32)
-    return labels, render(gen, labels, q, brightness, back, optics, radius=radius)
+    defocused = np.concatenate([[False], objects.defocused]) if objects.defocused.any() else None
+    return labels, render(gen, labels, q, brightness, back, optics, radius=radius, defocused=defocused)
 
 
 def synthetic_nuclei(
@@ -371,6 +331,18 @@ def synthetic_nuclei(
     nucleoli: float = 0.0,
     illumination: float = 0.0,
     haze: float = 0.0,
+    mitoses: float = 0.0,
+    fragments: float = 0.0,
+    defocus: float = 0.0,
+    autofluorescence: float = 0.0,
+    cytoplasm: float = 0.0,
+    ghosts: float = 0.0,
+    debris: float = 0.0,
+    fibers: float = 0.0,
+    specks: float = 0.0,
+    hot_pixels: float = 0.0,
+    pattern_noise: float = 0.0,
+    saturation: float = 0.0,
     min_area: int = 20,
     dtype="float32",
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -420,6 +392,24 @@ def synthetic_nuclei(
         Vignetting: the illumination falls by this fraction (0..1) towards the far corner.
     haze : float
         Out-of-focus light: the nuclei blurred far more, relative to the in-focus signal.
+    mitoses, fragments : float
+        Mitotic figures (bright bars, half of them anaphase pairs) and fragmented nuclei (3-6
+        round pieces each), as a fraction of the nuclei; each bar and piece is an object.
+    defocus : float
+        Fraction of the objects out of focus (blurred more; still objects).
+    autofluorescence, cytoplasm : float
+        A textured autofluorescent background, and dim cytoplasm around the nuclei, relative
+        to a typical nucleus (not objects).
+    ghosts : float
+        Out-of-focus nuclei of other planes (dim blurred blobs, not objects) per nucleus.
+    debris, fibers, specks : float
+        Irregular particles, thin threads and bright point sources per 100x100 px (not objects).
+    hot_pixels : float
+        Fraction of the pixels that are hot (far brighter than any nucleus).
+    pattern_noise : float
+        Column (and half as strong row) offsets of the camera, in units of the read noise.
+    saturation : float
+        Fraction of the nuclei whose brightest pixels the camera clips.
     min_area : int
         Objects smaller than this (cut by the border or by neighbours) are dropped.
     dtype : {"float32", "uint16", "uint12", "uint8"}
@@ -434,14 +424,43 @@ def synthetic_nuclei(
         objects that touch share a border.
     """
     options = {k: v for k, v in locals().items() if k not in ("shape", "seed", "rng", "n_objects", "density")}
-    shapes, optics, min_area, dtype = _specs(options)
+    drawn = _generate(shape, _rng(seed, rng), n_objects, density, options)
+    return drawn.image, drawn.labels
+
+
+@dataclass(frozen=True)
+class SyntheticImage:
+    """A synthetic image, its instance labels, and how many of them are nuclei: labels
+    ``1..nuclei`` are nuclei, the later ones small bodies, mitotic bars and fragments."""
+
+    image: np.ndarray
+    labels: np.ndarray
+    nuclei: int
+
+
+def synthetic_image(shape: tuple[int, int] = (512, 512), *, seed: int | None = None,
+                    rng: np.random.Generator | None = None, n_objects: int | None = None, density: float = 5.0,
+                    **options) -> SyntheticImage:
+    """:func:`synthetic_nuclei` (the same options, the same image for the same seed), saying
+    which objects are nuclei (:class:`SyntheticImage`)."""
+    defaults = {k: v for k, v in synthetic_nuclei.__kwdefaults__.items()
+                if k not in ("seed", "rng", "n_objects", "density")}
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise TypeError(f"synthetic_image() got unexpected keyword argument(s) {', '.join(unknown)}.")
+    return _generate(shape, _rng(seed, rng), n_objects, density, {**defaults, **options})
+
+
+def _generate(shape, gen: np.random.Generator, n_objects, density, options: dict) -> SyntheticImage:
+    shapes, optics, min_area, dtype = _specs(dict(options))
     height, width = _check_shape(shape, 2)
-    gen = _rng(seed, rng)
     n = _object_count(n_objects, density, height, width)
     objects = _place_objects(gen, height, width, 0.0, n, shapes)
     back = background(gen, height, width)
     labels, image = _plane(gen, objects, height, width, None, back, optics, min_area, float(np.mean(shapes.radius)))
-    return finish(image, dtype), relabel_sequential(labels, dtype=np.int32)
+    kept = np.unique(labels)
+    nuclei = int(objects.nucleus[kept[kept > 0] - 1].sum())
+    return SyntheticImage(finish(image, dtype), relabel_sequential(labels, dtype=np.int32), nuclei)
 
 
 def synthetic_volume(

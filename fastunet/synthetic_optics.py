@@ -8,8 +8,12 @@ From a label image and each object's brightness to camera counts, for one plane:
 * **optics** (:func:`render`): Gaussian PSF blur, optional out-of-focus haze (the nuclei
   blurred far more, as light from other planes), a smooth background with a gradient, and an
   uneven illumination (vignetting) multiplying everything;
-* **camera**: Poisson shot noise, Gaussian read noise, a constant offset, and the bit depth
-  of the file (:func:`finish`: 8-bit exports, 12-bit cameras in uint16, 16-bit, float).
+* **unlabelled light** (:mod:`fastunet.synthetic_clutter`): autofluorescent textured
+  background and cytoplasm, out-of-focus ghosts of other planes, debris, fibers, bright specks;
+  nuclei out of focus (``defocused``) blurred more than the others;
+* **camera**: Poisson shot noise, Gaussian read noise, a constant offset, optionally column
+  and row pattern noise, hot pixels and saturation (the brightest nuclei clipped), and the bit
+  depth of the file (:func:`finish`: 8-bit exports, 12-bit cameras in uint16, 16-bit, float).
 
 Every optional effect draws random numbers only when it is switched on, so the defaults give
 the same image for the same seed as before the effects existed.
@@ -21,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
+
+from .synthetic_clutter import clutter, smooth_noise
 
 __all__ = ["DTYPES", "Optics", "background", "finish", "render"]
 
@@ -42,23 +48,31 @@ class Optics:
     nucleoli: float = 0.0
     illumination: float = 0.0
     haze: float = 0.0
+    autofluorescence: float = 0.0
+    cytoplasm: float = 0.0
+    ghosts: float = 0.0
+    debris: float = 0.0
+    fibers: float = 0.0
+    specks: float = 0.0
+    hot_pixels: float = 0.0
+    pattern_noise: float = 0.0
+    saturation: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("photons", "psf_sigma", "texture_scale"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive; got {getattr(self, name)}.")
-        for name in ("background_level", "read_noise", "camera_offset", "texture", "foci", "haze"):
+        for name in ("background_level", "read_noise", "camera_offset", "texture", "foci", "haze", "autofluorescence",
+                     "cytoplasm", "ghosts", "debris", "fibers", "specks", "pattern_noise"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0; got {getattr(self, name)}.")
+        if not 0.0 <= self.hot_pixels <= 0.01:
+            raise ValueError(f"hot_pixels must lie in [0, 0.01] (a fraction of the pixels); got {self.hot_pixels}.")
+        if not 0.0 <= self.saturation < 1.0:
+            raise ValueError(f"saturation must lie in [0, 1) (a fraction of the nuclei); got {self.saturation}.")
         for name in ("nucleoli", "illumination"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1]; got {getattr(self, name)}.")
-
-
-def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
-    """Zero-mean, unit-variance Gaussian random field with correlation length ``sigma``."""
-    field = ndi.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma, mode="wrap")
-    return field / max(float(field.std()), 1e-6)
 
 
 def _spots(rng: np.random.Generator, shape: tuple[int, int], per_pixel: float, sigma: float) -> np.ndarray:
@@ -100,8 +114,8 @@ def stain(rng: np.random.Generator, labels: np.ndarray, q: np.ndarray, brightnes
     profile = np.zeros(labels.shape, np.float32)
     profile[inside] = 0.35 + 0.65 * np.sqrt(np.clip(1.0 - q[inside], 0.0, 1.0))
     fine, coarse = optics.texture_scale, optics.texture_scale * 4.0 / 1.5
-    chromatin = 1.0 + optics.texture * (0.7 * _smooth_noise(rng, labels.shape, fine)
-                                        + 0.3 * _smooth_noise(rng, labels.shape, coarse))
+    chromatin = 1.0 + optics.texture * (0.7 * smooth_noise(rng, labels.shape, fine)
+                                        + 0.3 * smooth_noise(rng, labels.shape, coarse))
     if optics.foci > 0:  # bright heterochromatin foci, about one per 40 px^2
         chromatin = chromatin * (1.0 + optics.foci * _spots(rng, labels.shape, 1 / 40, 0.8))
     if optics.nucleoli > 0:  # dark nucleoli, about two per nucleus
@@ -112,16 +126,50 @@ def stain(rng: np.random.Generator, labels: np.ndarray, q: np.ndarray, brightnes
 
 
 def render(rng: np.random.Generator, labels: np.ndarray, q: np.ndarray, brightness: np.ndarray,
-           back: np.ndarray, optics: Optics, *, radius: float) -> np.ndarray:
-    """Expected photons -> blur (+ haze) -> illumination -> Poisson + read noise + offset, for one plane."""
+           back: np.ndarray, optics: Optics, *, radius: float, defocused: np.ndarray | None = None) -> np.ndarray:
+    """Expected photons -> blur (+ haze) -> illumination -> Poisson + read noise + offset (+ the
+    camera's defects), for one plane.
+
+    ``defocused`` (per label, index 0 the background) marks the nuclei out of focus: they are
+    blurred by a further 1.5 to ``1.5 + 0.3 radius`` px.
+    """
     signal = stain(rng, labels, q, brightness, optics, radius)
-    expected = ndi.gaussian_filter(signal, optics.psf_sigma) + optics.background_level * back
+    extra = clutter(rng, labels, optics, radius)
+    sharp = signal if extra is None else signal + extra
+    if defocused is not None and defocused.any():
+        away = defocused[labels]
+        sharp = np.where(away, np.float32(0), sharp)
+        sigma = float(np.hypot(optics.psf_sigma, rng.uniform(1.5, 1.5 + 0.3 * radius)))
+        blurred = ndi.gaussian_filter(np.where(away, signal, np.float32(0)), sigma)
+    else:
+        blurred = 0.0
+    expected = ndi.gaussian_filter(sharp, optics.psf_sigma) + blurred + optics.background_level * back
     if optics.haze > 0:
         expected = expected + optics.haze * ndi.gaussian_filter(signal, 3.0 * radius + optics.psf_sigma)
     if optics.illumination > 0:
         expected = expected * _illumination(rng, labels.shape, optics.illumination)
     counts = rng.poisson(np.clip(optics.photons * expected, 0.0, None)).astype(np.float32)
-    return counts + rng.normal(optics.camera_offset, optics.read_noise, labels.shape).astype(np.float32)
+    counts = counts + rng.normal(optics.camera_offset, optics.read_noise, labels.shape).astype(np.float32)
+    return _camera_defects(rng, counts, labels, optics)
+
+
+def _camera_defects(rng: np.random.Generator, counts: np.ndarray, labels: np.ndarray, optics: Optics) -> np.ndarray:
+    """Column and row pattern noise, hot pixels, and saturation: the counts clipped at the peak
+    of all but the brightest ``saturation`` of the nuclei."""
+    if optics.pattern_noise > 0:
+        level = optics.pattern_noise * max(optics.read_noise, 1.0)
+        counts = counts + rng.normal(0.0, level, counts.shape[1]).astype(np.float32)[None, :]
+        counts = counts + rng.normal(0.0, 0.5 * level, counts.shape[0]).astype(np.float32)[:, None]
+    if optics.hot_pixels > 0:
+        hot = rng.random(counts.shape) < optics.hot_pixels
+        size = int(hot.sum())
+        counts[hot] += np.float32(optics.photons) * np.exp(rng.uniform(0.0, np.log(20.0), size)).astype(np.float32)
+    if optics.saturation > 0 and labels.any():
+        n = int(labels.max())
+        peaks = ndi.maximum(counts, labels, np.arange(1, n + 1))
+        ceiling = np.float32(np.quantile(np.asarray(peaks, np.float64), 1.0 - optics.saturation))
+        counts = np.minimum(counts, ceiling)
+    return counts
 
 
 def finish(image: np.ndarray, dtype) -> np.ndarray:

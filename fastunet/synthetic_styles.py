@@ -12,7 +12,11 @@ The styles come in two groups (:data:`STYLES`):
   (:mod:`fastunet.default_model`);
 * **held-out styles** (``held_out=True``), which no training recipe draws: other size
   ranges (tiny, huge), other textures (speckled), other noise (low light) and other shapes
-  (elongated). ``fastunet evaluate --synthetic N`` scores a model on each style, so the
+  (elongated).
+
+The last five training styles carry what real images hold besides clean nuclei (debris,
+specks, autofluorescence, vignetting, ghosts, saturation, mitoses, fragments, very low light,
+the camera's defects; :mod:`fastunet.synthetic_clutter`, :mod:`fastunet.synthetic_optics`). ``fastunet evaluate --synthetic N`` scores a model on each style, so the
   held-out rows say how it does on data unlike anything it saw.
 
 ``classic`` is the generator's default (the images of earlier fastunet versions, seed for
@@ -26,9 +30,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .objectsize import median_diameter
-from .synthetic import synthetic_nuclei
+from .synthetic import synthetic_image
 
-__all__ = ["Style", "STYLES", "StyleImage", "style_names", "style_image", "get_style", "write_style_images"]
+__all__ = ["Style", "STYLES", "StyleImage", "style_names", "style_image", "get_style", "write_style_images",
+           "DEGRADATIONS", "degrade"]
 
 Range = tuple[float, float]
 
@@ -67,6 +72,19 @@ class Style:
     illumination: Range = (0.0, 0.0)
     haze: Range = (0.0, 0.0)
     dtypes: tuple[str, ...] = field(default=("uint16",))
+    dim_level: Range = (0.15, 0.35)  # passed as it is: each dim nucleus draws from it
+    mitoses: Range = (0.0, 0.0)
+    fragments: Range = (0.0, 0.0)
+    defocus: Range = (0.0, 0.0)
+    autofluorescence: Range = (0.0, 0.0)
+    cytoplasm: Range = (0.0, 0.0)
+    ghosts: Range = (0.0, 0.0)
+    debris: Range = (0.0, 0.0)
+    fibers: Range = (0.0, 0.0)
+    specks: Range = (0.0, 0.0)
+    hot_pixels: Range = (0.0, 0.0)
+    pattern_noise: Range = (0.0, 0.0)
+    saturation: Range = (0.0, 0.0)
 
 
 STYLES: dict[str, Style] = {s.name: s for s in (
@@ -92,6 +110,24 @@ STYLES: dict[str, Style] = {s.name: s for s in (
     Style("large", "large irregular, elongated nuclei (35-60 px), 12- and 16-bit",
           diameter=(35.0, 60.0), aspect=(1.0, 2.0), irregularity=(0.05, 0.2), texture=(0.2, 0.4),
           nucleoli=(0.0, 0.3), psf_sigma=(1.5, 3.0), dtypes=("uint16", "uint12")),
+    # what real images hold besides clean nuclei (synthetic_clutter, the camera's defects)
+    Style("debris", "nuclei (12-36 px) among debris, fibers and bright specks; hot pixels, column pattern noise",
+          diameter=(12.0, 36.0), debris=(0.3, 1.5), fibers=(0.05, 0.3), specks=(0.3, 2.0),
+          hot_pixels=(1e-4, 2e-3), pattern_noise=(0.5, 3.0), photons=(50.0, 1500.0), dtypes=("uint8", "uint16")),
+    Style("autofluorescent", "textured autofluorescent background and cytoplasm, vignetting, haze, "
+          "out-of-focus and ghost nuclei (14-40 px)",
+          diameter=(14.0, 40.0), autofluorescence=(0.03, 0.15), cytoplasm=(0.03, 0.15), ghosts=(0.2, 0.8),
+          defocus=(0.05, 0.2), illumination=(0.2, 0.7), haze=(0.1, 0.4), background_level=(0.03, 0.15),
+          photons=(40.0, 1500.0), dtypes=("uint16", "float32")),
+    Style("saturated", "saturated bright nuclei beside very dim ones (14-36 px), 8- and 12-bit",
+          diameter=(14.0, 36.0), saturation=(0.1, 0.4), dim_fraction=(0.2, 0.4), dim_level=(0.06, 0.25),
+          brightness_sigma=(0.5, 0.8), photons=(100.0, 3000.0), dtypes=("uint8", "uint12")),
+    Style("dividing", "mitotic figures, anaphase pairs and fragmented nuclei among irregular, lobed nuclei (16-40 px)",
+          diameter=(16.0, 40.0), mitoses=(0.05, 0.2), fragments=(0.03, 0.1), bodies=(0.0, 0.1),
+          irregularity=(0.05, 0.25), aspect=(1.0, 1.8), texture=(0.2, 0.45), dtypes=("uint16", "uint8")),
+    Style("dim", "very low light (3-40 photons), strong read noise, hot pixels and pattern noise (12-40 px)",
+          diameter=(12.0, 40.0), photons=(3.0, 40.0), read_noise=(3.0, 10.0), hot_pixels=(0.0, 5e-4),
+          pattern_noise=(0.0, 0.6), dtypes=("uint16", "float32")),
     # --- held out: never drawn by a training recipe -----------------------------------------
     Style("tiny", "held out: tiny nuclei (5-8 px), 8-bit", held_out=True,
           diameter=(5.0, 8.0), coverage=(0.15, 0.3), psf_sigma=(0.6, 1.0), photons=(80.0, 400.0),
@@ -151,18 +187,30 @@ def draw_options(style: Style, rng: np.random.Generator, shape: tuple[int, int])
         options[name] = _uniform(rng, getattr(style, name))
     options["photons"] = _loguniform(rng, style.photons)
     options["dtype"] = style.dtypes[int(rng.integers(0, len(style.dtypes)))]
+    # drawn after the rest (and only when a style has them), so older styles keep their images
+    for name in _CLUTTER:
+        if getattr(style, name) != (0.0, 0.0):
+            options[name] = _uniform(rng, getattr(style, name))
+    if style.dim_level != Style.dim_level:
+        options["dim_level"] = style.dim_level
     return options
+
+
+_CLUTTER = ("mitoses", "fragments", "defocus", "autofluorescence", "cytoplasm", "ghosts", "debris", "fibers", "specks",
+            "hot_pixels", "pattern_noise", "saturation")
 
 
 @dataclass(frozen=True)
 class StyleImage:
     """One image of a style: the image, its instance labels, the options drawn and the true
-    typical object size (median equivalent diameter of the objects away from the border)."""
+    typical object size: the median equivalent diameter of the nuclei away from the border
+    (not counting the small bodies, mitotic bars and fragments some styles draw too)."""
 
     image: np.ndarray
     labels: np.ndarray
     options: dict
     object_size: float
+    nuclei: int | None = None  # labels 1..nuclei are nuclei (None: all)
 
 
 def style_image(style: str | Style, shape: tuple[int, int] = (512, 512), *, seed: int) -> StyleImage:
@@ -174,8 +222,12 @@ def style_image(style: str | Style, shape: tuple[int, int] = (512, 512), *, seed
     rng = np.random.default_rng(seed)
     options = draw_options(style, rng, tuple(shape))
     options.setdefault("dtype", "uint16")
-    image, labels = synthetic_nuclei(tuple(shape), rng=rng, **options)
-    return StyleImage(image, labels, options, median_diameter(labels))
+    drawn = synthetic_image(tuple(shape), rng=rng, **options)
+    return StyleImage(drawn.image, drawn.labels, options, _nucleus_size(drawn.labels, drawn.nuclei), drawn.nuclei)
+
+
+def _nucleus_size(labels: np.ndarray, nuclei: int | None) -> float:
+    return median_diameter(labels if nuclei is None else np.where(labels <= nuclei, labels, 0))
 
 
 def write_style_images(folder, seeds, style, shape: tuple[int, int] = (512, 512)):
@@ -196,3 +248,57 @@ def write_style_images(folder, seeds, style, shape: tuple[int, int] = (512, 512)
         tifffile.imwrite(images / f"nuclei_{seed}.tif", drawn.image)
         tifffile.imwrite(labels / f"nuclei_{seed}.tif", drawn.labels)
     return images, labels
+
+
+DEGRADATIONS = {
+    "none": "the image as drawn",
+    "noisy": "Gaussian noise of a quarter of the image's range added",
+    "blurred": "blurred by a Gaussian of 2 px",
+    "uneven": "illumination falling to 30 % towards one corner",
+    "cluttered": "bright specks (1 per 1000 px) and hot pixels (1 per 1000 px)",
+    "hazy": "a bright haze of out-of-focus light, twice the image blurred by 10 px",
+    "8bit": "an 8-bit export of low contrast (the range in 40 gray levels)",
+    "half": "downsampled by 2 (objects half as large)",
+}
+
+
+def degrade(drawn: StyleImage, how: str, *, seed: int) -> StyleImage:
+    """``drawn`` made worse in one of the ways of :data:`DEGRADATIONS` (known truth kept; for
+    ``"half"`` the labels and their size are downsampled too), for testing what depends on the
+    image's look, such as the object-size estimate."""
+    from scipy import ndimage as ndi
+
+    if how not in DEGRADATIONS:
+        raise ValueError(f"Unknown degradation {how!r}; expected one of {', '.join(DEGRADATIONS)}.")
+    rng = np.random.default_rng(seed)
+    image = drawn.image.astype(np.float32)
+    labels = drawn.labels
+    low, high = np.percentile(image, [1.0, 99.8])
+    span = max(float(high - low), 1e-6)
+    if how == "noisy":
+        image = image + rng.normal(0.0, 0.25 * span, image.shape).astype(np.float32)
+    elif how == "blurred":
+        image = ndi.gaussian_filter(image, 2.0)
+    elif how == "uneven":
+        yy, xx = np.mgrid[: image.shape[0], : image.shape[1]].astype(np.float32)
+        r2 = (yy**2 + xx**2) / float(image.shape[0] ** 2 + image.shape[1] ** 2)
+        image = low + (image - low) * (1.0 - 0.7 * r2)
+    elif how == "cluttered":
+        specks = np.zeros(image.shape, np.float32)
+        count = image.size // 1000
+        specks[rng.integers(0, image.shape[0], count), rng.integers(0, image.shape[1], count)] = 4 * span * 2 * np.pi
+        image = image + ndi.gaussian_filter(specks, 1.0)
+        hot = rng.random(image.shape) < 1e-3
+        image[hot] = high + 3 * span
+    elif how == "hazy":
+        image = image + 2.0 * ndi.gaussian_filter(image - low, 10.0)
+    elif how == "8bit":
+        return StyleImage(np.clip(np.rint((image - low) / span * 40 + 10), 0, 255).astype(np.uint8), labels,
+                          {**drawn.options, "degraded": how}, drawn.object_size, drawn.nuclei)
+    elif how == "half":
+        image = ndi.zoom(ndi.gaussian_filter(image, 0.5), 0.5, order=1)
+        labels = labels[::2, ::2][: image.shape[0], : image.shape[1]]
+        return StyleImage(image, labels, {**drawn.options, "degraded": how}, _nucleus_size(labels, drawn.nuclei),
+                          drawn.nuclei)
+    return StyleImage(image.astype(np.float32), labels, {**drawn.options, "degraded": how}, drawn.object_size,
+                      drawn.nuclei)

@@ -1,6 +1,11 @@
 """Valid 3x3 convolution + bias + ReLU as an implicit GEMM over channels-last activations.
 
-One kernel serves every 3x3 convolution of the U-Net:
+The 16-bit convolutions whose tensors suit TMA run the row-run loop (:mod:`.rowrun`, the
+kernel :func:`fastunet.kernels.rowconv.conv_rowrun_kernel`, shared with the 3x3x3 convs);
+:func:`conv3x3` picks it. The pointer kernel here serves the others (fp32/tf32, channel
+counts TMA cannot read, the first layer), and its K loops (:func:`accumulate_source`,
+:func:`accumulate_packed`, :func:`conv_tile`) take ``KD`` taps along Z: the 3x3x3 pointer
+kernel of :mod:`.conv3d` runs them with ``KD = 3``. The pointer kernel:
 
 * **Implicit GEMM.** Output pixels are the M dimension, output channels the N dimension,
   and the K dimension runs over the 9 taps x input channels; the im2col matrix is never
@@ -37,7 +42,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import rowrun
+from . import rowconv, rowrun
 from ._utils import (
     check_contiguous,
     check_nhwc,
@@ -180,28 +185,40 @@ def tile_pixels(pid_m, H_OUT, W_OUT, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexp
 
 
 @triton.jit
+def _tap(tap, KD: tl.constexpr):
+    """(kd, kh, kw) of tap ``9 kd + 3 kh + kw`` (kd = 0 in 2D: ``KD = 1``)."""
+    if KD == 1:
+        kd = tap * 0
+    else:
+        kd = tap // 9
+    kh = (tap - 9 * kd) // 3
+    return kd, kh, tap - 9 * kd - 3 * kh
+
+
+@triton.jit
 def accumulate_source(
     acc, src, w_ptr, pix, mask_m, offs_n, mask_n,
-    C_SRC, C_IN, C_OUT, W_ROW0, stride_sh, stride_sw,
-    INTERP_BF16: tl.constexpr, PRECISION: tl.constexpr, BLOCK_K: tl.constexpr,
+    C_SRC, C_IN, C_OUT, W_ROW0, stride_sd, stride_sh, stride_sw,
+    INTERP_BF16: tl.constexpr, PRECISION: tl.constexpr, BLOCK_K: tl.constexpr, KD: tl.constexpr,
 ):
-    """acc[m, :] += sum over taps t = (kh, kw) and channels c < C_SRC of
-    src[oh_m + kh, ow_m + kw, c] * W[(3 * kh + kw) * C_IN + W_ROW0 + c, :]  (``pix`` = offsets of (oh, ow)).
+    """acc[m, :] += sum over taps t = (kd, kh, kw) and channels c < C_SRC of
+    src[pix_m + kd sd + kh sh + kw sw + c] * W[(9 kd + 3 kh + kw) * C_IN + W_ROW0 + c, :]
+    (``KD`` taps along Z: 1 for a 3x3 conv, 3 for a 3x3x3 one; ``pix`` = offsets of the output pixels).
 
-    One flattened loop over ``9 * cdiv(C_SRC, BLOCK_K)`` (tap, channel block) steps; the
+    One flattened loop over ``9 KD cdiv(C_SRC, BLOCK_K)`` (tap, channel block) steps; the
     pointers of step 0 are built once, a step adds the scalar offset of its tap and block.
     """
     offs_k = tl.arange(0, BLOCK_K)
     x_ptrs = src + pix[:, None] + offs_k[None, :]
     w_ptrs = w_ptr + (W_ROW0 + offs_k)[:, None] * C_OUT + offs_n[None, :]
     k_blocks = tl.cdiv(C_SRC, BLOCK_K)
-    for step in range(0, 9 * k_blocks):
+    for step in range(0, 9 * KD * k_blocks):
         tap = step // k_blocks
         c0 = (step - tap * k_blocks) * BLOCK_K
-        kh = tap // 3
-        kw = tap - 3 * kh
+        kd, kh, kw = _tap(tap, KD)
         mask_k = offs_k < C_SRC - c0
-        x = tl.load(x_ptrs + (kh * stride_sh + kw * stride_sw + c0), mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+        x = tl.load(x_ptrs + (kd * stride_sd + kh * stride_sh + kw * stride_sw + c0),
+                    mask=mask_m[:, None] & mask_k[None, :], other=0.0)
         w = tl.load(w_ptrs + (tap * C_IN + c0) * C_OUT, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
         if INTERP_BF16:  # interpreter only: its bf16 dot is wrong, so multiply in fp32 there
             x = x.to(tl.float32)
@@ -213,17 +230,16 @@ def accumulate_source(
 @triton.jit
 def accumulate_packed(
     acc, src, w_ptr, pix, mask_m, offs_n, mask_n,
-    C_SRC, C_OUT, stride_sh, stride_sw,
-    INTERP_BF16: tl.constexpr, PRECISION: tl.constexpr, K_PACKED: tl.constexpr,
+    C_SRC, C_OUT, stride_sd, stride_sh, stride_sw,
+    INTERP_BF16: tl.constexpr, PRECISION: tl.constexpr, K_PACKED: tl.constexpr, KD: tl.constexpr,
 ):
-    """acc += im2col(src) @ W with all K = 9 * C_SRC in one dot (K_PACKED >= 9 * C_SRC columns,
+    """acc += im2col(src) @ W with all K = 9 KD C_SRC in one dot (K_PACKED >= 9 KD C_SRC columns,
     column k = tap * C_SRC + c, the packed weight's row order)."""
     k = tl.arange(0, K_PACKED)
     tap = k // C_SRC
-    kh = tap // 3
-    kw = tap - 3 * kh
-    col = kh * stride_sh + kw * stride_sw + (k - tap * C_SRC)
-    mask_k = k < 9 * C_SRC
+    kd, kh, kw = _tap(tap, KD)
+    col = kd * stride_sd + kh * stride_sh + kw * stride_sw + (k - tap * C_SRC)
+    mask_k = k < 9 * KD * C_SRC
     x = tl.load(src + pix[:, None] + col[None, :], mask=mask_m[:, None] & mask_k[None, :], other=0.0)
     w = tl.load(w_ptr + k[:, None] * C_OUT + offs_n[None, :], mask=mask_k[:, None] & mask_n[None, :], other=0.0)
     if INTERP_BF16:  # interpreter only: its bf16 dot is wrong, so multiply in fp32 there
@@ -234,28 +250,29 @@ def accumulate_packed(
 
 @triton.jit
 def conv_tile(
-    a_ptr, b_ptr, w_ptr, bias_ptr, n, oh, ow, mask_m, offs_n, mask_n,
+    a_ptr, b_ptr, w_ptr, bias_ptr, n, od, oh, ow, mask_m, offs_n, mask_n,
     C_A, C_B, C_OUT,
-    stride_an, stride_ah, stride_aw, stride_bn, stride_bh, stride_bw, off_ah, off_aw,
+    stride_an, stride_ad, stride_ah, stride_aw, stride_bn, stride_bd, stride_bh, stride_bw, off_ad, off_ah, off_aw,
     RELU: tl.constexpr, HAS_B: tl.constexpr, K_PACKED: tl.constexpr,
     INTERP_BF16: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+    BLOCK_K: tl.constexpr, KD: tl.constexpr,
 ):
-    """act(bias + conv3x3(concat(a[crop], b))) of one (BLOCK_M pixels, BLOCK_N channels) tile, fp32."""
+    """act(bias + conv(concat(a[crop], b))) of one (BLOCK_M pixels, BLOCK_N channels) tile, fp32:
+    3x3 (``KD = 1``: ``od`` and the D strides and offset 0) or 3x3x3 (``KD = 3``, :mod:`.conv3d`)."""
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     a = a_ptr + n * stride_an  # 64-bit batch offset on the base; per-image offsets are 32-bit
-    pix_a = (oh + off_ah) * stride_ah + (ow + off_aw) * stride_aw
+    pix_a = (od + off_ad) * stride_ad + (oh + off_ah) * stride_ah + (ow + off_aw) * stride_aw
     if K_PACKED:
-        acc = accumulate_packed(acc, a, w_ptr, pix_a, mask_m, offs_n, mask_n, C_A, C_OUT, stride_ah, stride_aw,
-                                INTERP_BF16, PRECISION, K_PACKED)
+        acc = accumulate_packed(acc, a, w_ptr, pix_a, mask_m, offs_n, mask_n, C_A, C_OUT, stride_ad, stride_ah,
+                                stride_aw, INTERP_BF16, PRECISION, K_PACKED, KD)
     else:
         acc = accumulate_source(acc, a, w_ptr, pix_a, mask_m, offs_n, mask_n, C_A, C_A + C_B, C_OUT, 0,
-                                stride_ah, stride_aw, INTERP_BF16, PRECISION, BLOCK_K)
+                                stride_ad, stride_ah, stride_aw, INTERP_BF16, PRECISION, BLOCK_K, KD)
     if HAS_B:  # second source of a decoder conv: the up-convolution output, uncropped
         b = b_ptr + n * stride_bn
-        pix_b = oh * stride_bh + ow * stride_bw
+        pix_b = od * stride_bd + oh * stride_bh + ow * stride_bw
         acc = accumulate_source(acc, b, w_ptr, pix_b, mask_m, offs_n, mask_n, C_B, C_A + C_B, C_OUT, C_A,
-                                stride_bh, stride_bw, INTERP_BF16, PRECISION, BLOCK_K)
+                                stride_bd, stride_bh, stride_bw, INTERP_BF16, PRECISION, BLOCK_K, KD)
     acc = acc + tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0)[None, :]
     if RELU:
         acc = tl.maximum(acc, 0.0)
@@ -302,9 +319,9 @@ def conv3x3_kernel(
     mask_n = offs_n < C_OUT
 
     acc = conv_tile(
-        a_ptr, b_ptr, w_ptr, bias_ptr, n, oh, ow, mask_m, offs_n, mask_n, C_A, C_B, C_OUT,
-        stride_an, stride_ah, stride_aw, stride_bn, stride_bh, stride_bw, off_ah, off_aw,
-        RELU, HAS_B, K_PACKED, INTERP_BF16, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
+        a_ptr, b_ptr, w_ptr, bias_ptr, n, 0, oh, ow, mask_m, offs_n, mask_n, C_A, C_B, C_OUT,
+        stride_an, 0, stride_ah, stride_aw, stride_bn, 0, stride_bh, stride_bw, 0, off_ah, off_aw,
+        RELU, HAS_B, K_PACKED, INTERP_BF16, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, 1,
     )
     # Rounded to the storage dtype once: the pool takes the max of the rounded values, which
     # equals the rounded max (rounding is monotonic) and holds half the registers in 16 bits.
@@ -324,45 +341,11 @@ def conv3x3_kernel(
 
 # -- the row-run (TMA) path: 16-bit storage, channels multiples of 8 -------------------------
 def get_rowrun_config() -> list[triton.Config]:
-    """Tiles of the row-run loop (rowrun.py): ``R`` output rows x ``BW`` pixels x ``BN``
-    channels, K steps of ``BK`` channels, two consumer warp groups (8 warps) for the large
-    tiles. ``R = 1`` is a flat tile (its pixels may wrap image rows; single source, no pool).
-    Each config's shared memory (stages x ((R + 2) BW + 3 BN) BK x 2 bytes, or (BW + BN) BK x 2
-    for R = 1) fits 227 KiB; its fp32 accumulators (R BW BN) fill at most 128 registers a
-    thread. :func:`rank` orders them for a launch with :mod:`fastunet.kernels.perfmodel`.
-    Left out because ptxas for sm_90a spilled them (the compile report): R = 4 x 64 x 128 at 8
-    warps (84-164 bytes at 255 registers), R = 2 x 64 x 256 at 8 warps (1.6 KB)."""
-    configs = []
-    for r, bw, bn, bk, warps, stages in [
-        (2, 128, 128, 32, 8, 3),
-        (2, 128, 128, 64, 8, 2),
-        (2, 128, 64, 64, 8, 2),
-        (2, 128, 64, 32, 8, 4),
-        (2, 128, 64, 32, 8, 2),
-        (4, 64, 64, 64, 4, 3),
-        (4, 64, 64, 32, 4, 4),
-        (4, 64, 64, 32, 4, 3),
-        (2, 64, 64, 64, 4, 3),
-        (2, 64, 128, 32, 4, 4),
-        (2, 64, 128, 64, 4, 2),
-        (1, 256, 128, 64, 8, 4),
-        (1, 256, 64, 64, 8, 4),
-        (1, 128, 128, 64, 8, 3),
-        (1, 128, 64, 64, 4, 4),
-    ]:
-        configs.append(triton.Config(dict(R=r, BW=bw, BN=bn, BK=bk), num_warps=warps, num_stages=stages,
-                                     pre_hook=rowrun.set_block_shapes))
-    return configs
+    """The row-run configs of the 3x3 convs (:func:`fastunet.kernels.rowconv.rowrun_configs`)."""
+    return rowconv.rowrun_configs(2)
 
 
-# The interpreter's row-run tile (dots need 16 rows, columns and K at least; 128 pixels a
-# program: fewer, larger programs run faster under the interpreter).
-_ROWRUN_INTERPRETER_CONFIG = triton.Config(dict(R=4, BW=32, BN=16, BK=16), num_warps=4, num_stages=1,
-                                           pre_hook=rowrun.set_block_shapes)
-
-
-# Configs the autotuner times for a launch when it is on: the model's best few.
-AUTOTUNE_TOP = 4
+AUTOTUNE_TOP = rowconv.AUTOTUNE_TOP  # configs the autotuner times for a launch when it is on
 
 
 def pointer_configs_for(s: ConvShape, dtype: torch.dtype, precision: str | None, device=None, *,
@@ -379,92 +362,7 @@ def pointer_configs_for(s: ConvShape, dtype: torch.dtype, precision: str | None,
 
 def rowrun_configs_for(s: ConvShape) -> list[triton.Config]:
     """The row-run configs that can run ``s``, ranked by the model."""
-    return rank(get_rowrun_config(), s)
-
-
-def _prune_rowrun(configs: list[triton.Config], named_args: dict, **meta) -> list[triton.Config]:
-    """The autotuner times the model's best few configs for the launch (see :func:`rank`)."""
-    a = named_args
-    s = ConvShape(a["PIXELS_A"] // (a["HS_A"] * a["WS_A"]), a["H_OUT"] + 2, a["W_OUT"] + 2, a["C_A"], a["C_B"],
-                  a["C_OUT"], bool(meta.get("POOL")), bool(meta.get("WRITE_Y", True)), a["y_ptr"].element_size())
-    return select(rank(configs, s)[:AUTOTUNE_TOP] or configs[:1])
-
-
-@triton.autotune(
-    configs=tuning_configs(get_rowrun_config(), _ROWRUN_INTERPRETER_CONFIG, pruned=True),
-    key=["C_A", "C_B", "C_OUT", "SIZE_CLASS", "POOL", "RELU", "WRITE_Y", "HAS_B"],
-    prune_configs_by={"early_config_prune": _prune_rowrun},
-)
-@triton.jit(do_not_specialize=["SIZE_CLASS"])
-def conv3x3_rowrun_kernel(
-    # descriptors ([pixels, C] views of the sources, the packed weight) and pointers
-    a_desc, b_desc, w_desc, bias_ptr, y_ptr, p_ptr,
-    # sizes
-    H_OUT, W_OUT, C_A, C_B, C_OUT, SIZE_CLASS,
-    # the sources' grids (rows an image, pixels a row) and the pixels of source a
-    HS_A, WS_A, HS_B, WS_B, PIXELS_A,
-    # center-crop offset of source a
-    off_ah, off_aw,
-    # output strides (the channel stride is 1)
-    stride_yn, stride_yh, stride_yw,
-    stride_pn, stride_ph, stride_pw,
-    # meta-parameters
-    RELU: tl.constexpr, POOL: tl.constexpr, WRITE_Y: tl.constexpr, HAS_B: tl.constexpr,
-    INTERP_BF16: tl.constexpr,
-    R: tl.constexpr, BW: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-):
-    """The conv of :func:`conv3x3_kernel` (same outputs) on the row-run TMA main loop.
-
-    ``R == 1``: a flat tile of ``BW`` consecutive pixels of source a's grid (output pixel
-    ``(oh, ow)`` at grid pixel ``(oh, ow)``; the two last columns and rows of each image are
-    computed and dropped). ``R >= 2``: ``R`` runs of ``BW`` pixels on consecutive rows."""
-    pid = tl.program_id(0)
-    num_n = tl.cdiv(C_OUT, BN)  # channel tiles vary fastest: tiles side by side share their input in L2
-    pid_n = pid % num_n
-    t = pid // num_n
-    n0 = pid_n * BN
-    offs_n = n0 + tl.arange(0, BN)
-    mask_n = offs_n < C_OUT
-    bias = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0)
-    if R == 1:
-        zero = tl.zeros((BW, BN), dtype=tl.float32)
-        q0 = t * BW
-        acc, _, _, _ = rowrun.rowrun_source(zero, zero, zero, zero, a_desc, w_desc, q0, WS_A, C_A, C_A, 0, n0,
-                                            INTERP_BF16, 1, BK)
-        p = q0 + tl.arange(0, BW)
-        image = HS_A * WS_A
-        n = p // image
-        oh = (p - n * image) // WS_A
-        ow = p - n * image - oh * WS_A
-        mask_m = (p < PIXELS_A) & (oh < H_OUT) & (ow < W_OUT)
-        acc = acc + bias[None, :]
-        if RELU:
-            acc = tl.maximum(acc, 0.0)
-        rows = n.to(tl.int64) * stride_yn + oh * stride_yh + ow * stride_yw
-        tl.store(y_ptr + rows[:, None] + offs_n[None, :], to_storage(acc, y_ptr.dtype.element_ty, INTERP_BF16),
-                 mask=mask_m[:, None] & mask_n[None, :])
-    else:
-        acc0, acc1, acc2, acc3, n, oh0, ow0 = rowrun.rowrun_tile(
-            a_desc, b_desc, w_desc, t, n0, H_OUT, W_OUT, C_A, C_B, HS_A, WS_A, HS_B, WS_B, off_ah, off_aw,
-            HAS_B, INTERP_BF16, R, BW, BN, BK)
-        ow = ow0 + tl.arange(0, BW)
-        mask_w = ow < W_OUT
-        y_base = y_ptr + n * stride_yn
-        p_base = p_ptr + n * stride_pn
-        y0 = rowrun.store_run(acc0, bias, y_ptr, y_base, oh0, ow, mask_w, offs_n, mask_n, stride_yh, stride_yw, H_OUT,
-                        RELU, WRITE_Y, INTERP_BF16)
-        y1 = rowrun.store_run(acc1, bias, y_ptr, y_base, oh0 + 1, ow, mask_w, offs_n, mask_n, stride_yh, stride_yw,
-                        H_OUT, RELU, WRITE_Y, INTERP_BF16)
-        if POOL:
-            rowrun.pool_runs(y0, y1, p_base, oh0 // 2, ow0, offs_n, mask_n, stride_ph, stride_pw, H_OUT, W_OUT, BW, BN)
-        if R == 4:
-            y2 = rowrun.store_run(acc2, bias, y_ptr, y_base, oh0 + 2, ow, mask_w, offs_n, mask_n, stride_yh, stride_yw,
-                            H_OUT, RELU, WRITE_Y, INTERP_BF16)
-            y3 = rowrun.store_run(acc3, bias, y_ptr, y_base, oh0 + 3, ow, mask_w, offs_n, mask_n, stride_yh, stride_yw,
-                            H_OUT, RELU, WRITE_Y, INTERP_BF16)
-            if POOL:
-                rowrun.pool_runs(y2, y3, p_base, oh0 // 2 + 1, ow0, offs_n, mask_n, stride_ph, stride_pw, H_OUT, W_OUT,
-                           BW, BN)
+    return rowconv.ranked(s)
 
 
 def pack_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -566,35 +464,6 @@ def _launch_pointer(x, up, weight, bias, y, p, s: ConvShape, flags: dict, config
     )
 
 
-def _launch_rowrun(x, up, weight, bias, y, p, s: ConvShape, flags: dict, config) -> None:
-    b = up if up is not None else x
-    block = [16, 16]  # placeholders: each config's pre_hook sets its boxes
-    descs = rowrun.descriptor(x, block), rowrun.descriptor(b, block), rowrun.descriptor(weight, block)
-    pixels_a = x.shape[0] * x.shape[1] * x.shape[2]
-
-    def grid(META):
-        r, bw = META["R"], META["BW"]
-        tiles_m = triton.cdiv(pixels_a, bw) if r == 1 else s.n * triton.cdiv(s.h_out, r) * triton.cdiv(s.w_out, bw)
-        return (triton.cdiv(s.c_out, META["BN"]) * tiles_m,)
-
-    launch(
-        conv3x3_rowrun_kernel,
-        grid,
-        (
-            *descs, bias, y, p,
-            s.h_out, s.w_out, s.c_a, s.c_b, s.c_out, size_class(s.n * s.h_out * s.w_out),
-            x.shape[1], x.shape[2], b.shape[1], b.shape[2], pixels_a,
-            (x.shape[1] - s.h_in) // 2, (x.shape[2] - s.w_in) // 2,
-            y.stride(0), y.stride(1), y.stride(2),
-            p.stride(0), p.stride(1), p.stride(2),
-        ),
-        flags,
-        config,
-        cache=True,
-        choose=lambda: rowrun_configs_for(s)[0],
-    )
-
-
 def conv3x3(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -651,7 +520,7 @@ def conv3x3(
                  INTERP_BF16=upcast_for_interpreter(storage))
     shape = conv_shape(x, up, c_out, pool=pool, write_y=write_full, packed=packed_k(c_a, c_b))
     if uses_rowrun(shape, storage, weight, x, up, config):
-        _launch_rowrun(x, up, weight, bias, y, p, shape, flags, config)
+        rowconv.launch_rowrun(x, up, weight, bias, y, p, shape, flags, config)
     else:
         flags.update(K_PACKED=shape.packed,
                      PRECISION=precision if storage == torch.float32 or flags["INTERP_BF16"] else "tf32")  # 16-bit: unused

@@ -1,13 +1,19 @@
 """Valid 3x3x3 convolution + bias + ReLU of channels-last (NDHWC) activations: the 3D U-Net.
 
-The v3 main loop of :mod:`fastunet.kernels.conv` (the pointer loop) in 3D:
+The main loops of the 2D convs, with ``KD = 3`` taps along Z (no copy of them here):
 
-* **Implicit GEMM.** Output voxels are the M dimension, output channels N, and K runs over
-  the 27 taps x input channels; the im2col matrix is never formed. Accumulation is fp32.
-* **One K loop per source, 27 taps in it.** The K steps of a source are one flattened loop
-  over (tap, channel block), ``27 * cdiv(C, BLOCK_K)`` steps; a step derives its tap
-  ``(kd, kh, kw)`` and channel block from its index and adds one scalar offset to the
-  pointers built before the loop. 4 warps (the flattened loop's limit, see conv.py).
+* **The row-run TMA loop** (:mod:`fastunet.kernels.rowrun`, the kernel
+  :func:`fastunet.kernels.rowconv.conv_rowrun_kernel` shared with the 3x3 convs) runs every
+  16-bit conv whose tensors suit TMA (channels multiples of 8, dense voxels): a step per
+  (kz, kw, channel block), the input runs of a tile's rows loaded once for the three taps kh;
+  tiles of two planes of two rows hold a 2x2x2 pool's windows. The conv + head likewise
+  (:func:`fastunet.kernels.conv_head.launch_rowrun`).
+* **The pointer loop** (:func:`fastunet.kernels.conv.conv_tile` with ``KD = 3``) runs the
+  others: fp32/tf32, channel counts TMA cannot read, the packed first layer. Implicit GEMM:
+  output voxels are the M dimension, output channels N, and K runs over the 27 taps x input
+  channels; one flattened loop per source over (tap, channel block), ``27 * cdiv(C,
+  BLOCK_K)`` steps, the pointers built before the loop. 4 warps (the flattened loop's limit,
+  see conv.py). Accumulation is fp32 in both loops.
 * **Small input channel counts.** With ``27 * C_in <= 128`` (the first layer of a stack of
   1 to 4 channels) and one source, K is packed into one dot of width ``K_PACKED`` (the next
   power of two, at least 16): a K loop over 3 channels reads unaligned 6-byte rows (plain
@@ -16,7 +22,7 @@ The v3 main loop of :mod:`fastunet.kernels.conv` (the pointer loop) in 3D:
 * **Fused crop-concat.** A decoder's first convolution reads the skip, center-cropped by a
   pointer offset along every axis, then the up-convolution output: the concatenation is
   never materialized.
-* **Fused max-pool, 2x2x2 or 1x2x2.** The M tile is a ``BLOCK_D x BLOCK_H x BLOCK_W`` block
+* **Fused max-pool, 2x2x2 or 1x2x2.** In the pointer loop the M tile is a ``BLOCK_D x BLOCK_H x BLOCK_W`` block
   of output voxels with its origin on the pool grid, ordered window by window (``m = P *
   window + position``, ``P = 8`` voxels a 2x2x2 window, 4 a 1x2x2 one: ``POOL_D`` is the
   pool along Z), so each window lies in one program; the conv that feeds a pool writes its
@@ -39,7 +45,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import perfmodel
+from . import convmodel, rowconv
 from ._utils import (
     check_contiguous,
     compute_dtype,
@@ -51,6 +57,9 @@ from ._utils import (
     tuning_configs,
     upcast_for_interpreter,
 )
+from .conv import conv_tile, uses_rowrun
+from .conv_head import launch_rowrun as launch_head_rowrun
+from .convmodel import ConvShape, conv_shape
 from .head import write_head
 
 __all__ = ["conv3x3x3", "conv3x3x3_head", "pack_weight", "get_autotune_config", "configs_for", "head_configs_for",
@@ -107,11 +116,12 @@ _IEEE_MAX_TILE = 128 * 64 * 32  # fp32 "ieee" dots are FMAs: the smaller tiles o
 def _kept(configs, dtype: torch.dtype, precision: str | None, device=None, limit: int | None = None,
           packed: int = 0):
     size = torch.empty((), dtype=dtype).element_size()
-    if packed:  # no K loop: BLOCK_K and the stages change nothing; a 128-wide im2col tile for 128 voxels at most
+    if packed:  # no K loop: BLOCK_K and the stages change nothing; a 128-wide im2col tile for 64 voxels at most
+        # (ptxas of triton 3.6 spilled 532 B at 128 voxels x 64 x 128 in bf16, Cicek et al.'s RGB first layer; 3.9 did not)
         seen, unique = set(), []
         for c in configs:
             key = (c.kwargs["BLOCK_D"], c.kwargs["BLOCK_H"], c.kwargs["BLOCK_W"], c.kwargs["BLOCK_N"], c.num_warps)
-            if key not in seen and (packed <= 64 or _m(c) <= 128):
+            if key not in seen and (packed <= 64 or _m(c) <= 64):
                 seen.add(key)
                 unique.append(c)
         configs = unique or configs[-1:]
@@ -128,32 +138,14 @@ def configs_for(dtype: torch.dtype, precision: str = "tf32", device=None, *,
     return _kept(get_autotune_config(), dtype, precision, device, shared_memory, packed)
 
 
-def model_layer(config: triton.Config, shape: tuple, c_in: int, c_out: int, element_size: int = 2,
-                packed: int = 0) -> perfmodel.Layer:
-    """The performance model's view of one launch (:mod:`fastunet.kernels.perfmodel`):
-    ``shape`` = ``(n, d_out, h_out, w_out)``. A prediction's input, not a measurement."""
-    kw, e = config.kwargs, element_size
-    n, d, h, w = shape
-    bm, bn = _m(config), kw["BLOCK_N"]
-    k = packed or kw["BLOCK_K"]
-    tiles = n * -(-d // kw["BLOCK_D"]) * -(-h // kw["BLOCK_H"]) * -(-w // kw["BLOCK_W"]) * -(-c_out // bn)
-    out = n * d * h * w
-    return perfmodel.Layer(
-        tiles=tiles, steps=1 if packed else 27 * -(-c_in // k), step=perfmodel.pointer_step(bm, bn, k,
-                                                                                          config.num_warps, e),
-        out_bytes_per_tile=bm * bn * e, hbm_bytes=(out * (c_in + c_out) + 27 * c_in * c_out) * e,
-        useful_flops=2.0 * out * 27 * c_in * c_out, smem_bytes=(bm + bn) * k * e * (1 if packed else config.num_stages),
-        num_warps=config.num_warps, num_stages=config.num_stages,
-        registers=min(255, bm * bn // (32 * config.num_warps) + 48))
-
-
 def rank(configs: list[triton.Config], shape: tuple, c_in: int, c_out: int, element_size: int = 2,
          packed: int = 0) -> list[triton.Config]:
-    """``configs`` fastest first by the model (pessimistic scenario): the first is what
+    """Pointer-loop ``configs`` fastest first by the model (:func:`fastunet.kernels.convmodel.rank`,
+    pessimistic scenario), ``shape`` = ``(n, d_out, h_out, w_out)``: the first is what
     ``FASTUNET_AUTOTUNE=0`` launches."""
-    dev = perfmodel.device("low")
-    return sorted(configs, key=lambda c: perfmodel.launch_time(
-        model_layer(c, shape, c_in, c_out, element_size, packed), dev)["seconds"])
+    n, d, h, w = shape
+    return convmodel.rank(configs, ConvShape(n, h + 2, w + 2, c_in, 0, c_out, element_size=element_size,
+                                             packed=packed, d_in=d + 2))
 
 
 def _prune(configs: list[triton.Config], named_args: dict, **meta) -> list[triton.Config]:
@@ -186,90 +178,6 @@ def tile_voxels(pid_m, D_OUT, H_OUT, W_OUT, POOL_D: tl.constexpr, BLOCK_D: tl.co
     oh = tile_h * BLOCK_H + 2 * ((win // WW) % WH) + (pos // 2) % 2
     ow = tile_w * BLOCK_W + 2 * (win % WW) + pos % 2
     return n, tile_d, tile_h, tile_w, od, oh, ow
-
-
-@triton.jit
-def accumulate_source(
-    acc, src, w_ptr, vox, mask_m, offs_n, mask_n,
-    C_SRC, C_IN, C_OUT, W_ROW0, stride_sd, stride_sh, stride_sw,
-    INTERP_BF16: tl.constexpr, PRECISION: tl.constexpr, BLOCK_K: tl.constexpr,
-):
-    """acc[m, :] += sum over taps (kd, kh, kw) and channels c < C_SRC of
-    src[vox_m + kd sd + kh sh + kw sw + c] * W[(9 kd + 3 kh + kw) * C_IN + W_ROW0 + c, :].
-
-    One flattened loop over ``27 * cdiv(C_SRC, BLOCK_K)`` (tap, channel block) steps; the
-    pointers of step 0 are built once, a step adds the scalar offset of its tap and block."""
-    offs_k = tl.arange(0, BLOCK_K)
-    x_ptrs = src + vox[:, None] + offs_k[None, :]
-    w_ptrs = w_ptr + (W_ROW0 + offs_k)[:, None] * C_OUT + offs_n[None, :]
-    k_blocks = tl.cdiv(C_SRC, BLOCK_K)
-    for step in range(0, 27 * k_blocks):
-        tap = step // k_blocks
-        c0 = (step - tap * k_blocks) * BLOCK_K
-        kd = tap // 9
-        kh = (tap - 9 * kd) // 3
-        kw = tap - 9 * kd - 3 * kh
-        mask_k = offs_k < C_SRC - c0
-        x = tl.load(x_ptrs + (kd * stride_sd + kh * stride_sh + kw * stride_sw + c0),
-                    mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        w = tl.load(w_ptrs + (tap * C_IN + c0) * C_OUT, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-        if INTERP_BF16:  # interpreter only: its bf16 dot is wrong, so multiply in fp32 there
-            x = x.to(tl.float32)
-            w = w.to(tl.float32)
-        acc = tl.dot(x, w, acc, input_precision=PRECISION)
-    return acc
-
-
-@triton.jit
-def accumulate_packed(
-    acc, src, w_ptr, vox, mask_m, offs_n, mask_n, C_SRC, C_OUT, stride_sd, stride_sh, stride_sw,
-    INTERP_BF16: tl.constexpr, PRECISION: tl.constexpr, K_PACKED: tl.constexpr,
-):
-    """acc += im2col(src) @ W with all K = 27 * C_SRC in one dot (column k = tap * C_SRC + c)."""
-    k = tl.arange(0, K_PACKED)
-    tap = k // C_SRC
-    kd = tap // 9
-    kh = (tap - 9 * kd) // 3
-    kw = tap - 9 * kd - 3 * kh
-    col = kd * stride_sd + kh * stride_sh + kw * stride_sw + (k - tap * C_SRC)
-    mask_k = k < 27 * C_SRC
-    x = tl.load(src + vox[:, None] + col[None, :], mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-    w = tl.load(w_ptr + k[:, None] * C_OUT + offs_n[None, :], mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-    if INTERP_BF16:
-        x = x.to(tl.float32)
-        w = w.to(tl.float32)
-    return tl.dot(x, w, acc, input_precision=PRECISION)
-
-
-@triton.jit
-def conv_tile(
-    a_ptr, b_ptr, w_ptr, bias_ptr, n, od, oh, ow, mask_m, offs_n, mask_n,
-    C_A, C_B, C_OUT,
-    stride_an, stride_ad, stride_ah, stride_aw, stride_bn, stride_bd, stride_bh, stride_bw,
-    off_ad, off_ah, off_aw,
-    RELU: tl.constexpr, HAS_B: tl.constexpr, K_PACKED: tl.constexpr,
-    INTERP_BF16: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
-    """act(bias + conv3x3x3(concat(a[crop], b))) of one (BLOCK_M voxels, BLOCK_N channels) tile, fp32."""
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    a = a_ptr + n * stride_an
-    vox_a = (od + off_ad) * stride_ad + (oh + off_ah) * stride_ah + (ow + off_aw) * stride_aw
-    if K_PACKED:
-        acc = accumulate_packed(acc, a, w_ptr, vox_a, mask_m, offs_n, mask_n, C_A, C_OUT, stride_ad, stride_ah,
-                                stride_aw, INTERP_BF16, PRECISION, K_PACKED)
-    else:
-        acc = accumulate_source(acc, a, w_ptr, vox_a, mask_m, offs_n, mask_n, C_A, C_A + C_B, C_OUT, 0,
-                                stride_ad, stride_ah, stride_aw, INTERP_BF16, PRECISION, BLOCK_K)
-    if HAS_B:  # second source of a decoder conv: the up-convolution output, uncropped
-        b = b_ptr + n * stride_bn
-        vox_b = od * stride_bd + oh * stride_bh + ow * stride_bw
-        acc = accumulate_source(acc, b, w_ptr, vox_b, mask_m, offs_n, mask_n, C_B, C_A + C_B, C_OUT, C_A,
-                                stride_bd, stride_bh, stride_bw, INTERP_BF16, PRECISION, BLOCK_K)
-    acc = acc + tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0)[None, :]
-    if RELU:
-        acc = tl.maximum(acc, 0.0)
-    return acc
 
 
 @triton.autotune(
@@ -311,7 +219,7 @@ def conv3x3x3_kernel(
     acc = conv_tile(
         a_ptr, b_ptr, w_ptr, bias_ptr, n, od, oh, ow, mask_m, offs_n, mask_n, C_A, C_B, C_OUT,
         stride_an, stride_ad, stride_ah, stride_aw, stride_bn, stride_bd, stride_bh, stride_bw, off_ad, off_ah, off_aw,
-        RELU, HAS_B, K_PACKED, INTERP_BF16, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
+        RELU, HAS_B, K_PACKED, INTERP_BF16, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, 3,
     )
     y = to_storage(acc, y_ptr.dtype.element_ty, INTERP_BF16)  # the pool's max of rounded = rounded max
     if WRITE_Y:
@@ -419,7 +327,11 @@ def conv3x3x3(
         Preallocated outputs (N, D_o, H_o, W_o, C_out) and the pooled (N, D_o / pd, H_o / 2, W_o / 2, C_out).
     dtype : {"fp32", "tf32", "bf16", "fp16"}
     config : triton.Config, optional
-        Force one block configuration (the GPU tests run every config).
+        Force one block configuration (the GPU tests run every config; a config of
+        :func:`fastunet.kernels.rowconv.rowrun_configs` runs the row-run TMA loop).
+
+    Without a forced config the 16-bit convolutions whose tensors suit TMA run the row-run
+    loop shared with the 2D convs, the others the pointer loop.
 
     Returns
     -------
@@ -435,24 +347,32 @@ def conv3x3x3(
     pool_d = 1 if pool is None else pool[0]
     if pool is not None and (d % pool_d or h % 2 or w % 2):
         raise ValueError(f"A {pool} max-pool needs an output divisible by it; got {(d, h, w)}.")
+    shape = conv_shape(x, up, c_out, pool=tuple(pool) if pool is not None else False, write_y=write_full,
+                       packed=packed_k(c_a, c_b))
+    rowrun_path = uses_rowrun(shape, storage, weight, x, up, config)
     if write_full:
         out = out if out is not None else torch.empty((n, d, h, w, c_out), device=x.device, dtype=storage)
         check_ndhwc(out, "out", c_out)
         if tuple(out.shape[:4]) != (n, d, h, w):
             raise ValueError(f"Expected out of shape {(n, d, h, w, c_out)}; got {tuple(out.shape)}.")
     if pool is not None:
-        shape = (n, d // pool_d, h // 2, w // 2)
-        pooled = pooled if pooled is not None else torch.empty((*shape, c_out), device=x.device, dtype=storage)
+        pshape = (n, d // pool_d, h // 2, w // 2)
+        pooled = pooled if pooled is not None else torch.empty((*pshape, c_out), device=x.device, dtype=storage)
         check_ndhwc(pooled, "pooled", c_out)
-        if tuple(pooled.shape[:4]) != shape:
-            raise ValueError(f"Expected pooled of shape {(*shape, c_out)}; got {tuple(pooled.shape)}.")
+        if tuple(pooled.shape[:4]) != pshape:
+            raise ValueError(f"Expected pooled of shape {(*pshape, c_out)}; got {tuple(pooled.shape)}.")
     if not write_full and pool is None:
         raise ValueError("Nothing to write: pass write_full=True or pool=.")
     _check_offsets(x, up, out, pooled)
     y = out if write_full else pooled
     p = pooled if pool is not None else y
+    if rowrun_path:
+        flags = dict(RELU=relu, POOL=pool is not None, WRITE_Y=write_full, HAS_B=up is not None,
+                     INTERP_BF16=upcast_for_interpreter(storage))
+        rowconv.launch_rowrun(x, up, weight, bias, y, p, shape, flags, config)
+        return (out if write_full else None), (pooled if pool is not None else None)
     b = up if up is not None else x
-    packed = packed_k(c_a, c_b)
+    packed = shape.packed
     upcast = upcast_for_interpreter(storage)
     flags = dict(RELU=relu, POOL=pool is not None, POOL_D=pool_d, WRITE_Y=write_full, HAS_B=up is not None,
                  K_PACKED=packed, INTERP_BF16=upcast, PRECISION=_precision(storage, precision, upcast))
@@ -539,7 +459,7 @@ def conv3x3x3_head_kernel(
     feats = conv_tile(
         x_ptr, x_ptr, w_ptr, bias_ptr, n, od, oh, ow, mask_m, offs_n, mask_n, C_IN, 0, C_MID,
         stride_xn, stride_xd, stride_xh, stride_xw, 0, 0, 0, 0, 0, 0, 0,
-        RELU, False, K_PACKED, INTERP_BF16, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
+        RELU, False, K_PACKED, INTERP_BF16, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, 3,
     )
     feats = to_storage(feats, w_ptr.dtype.element_ty, INTERP_BF16)  # as the unfused path stores it
     offs_c = tl.arange(0, BLOCK_C)
@@ -611,9 +531,16 @@ def conv3x3x3_head(
     block_n = max(16, triton.next_power_of_2(c_mid))
     upcast = upcast_for_interpreter(storage)
     d, h, w = size
+    packed = packed_k(c_in)
+    shape = ConvShape(n, h + 2, w + 2, c_in, 0, c_mid, element_size=x.element_size(), packed=packed, d_in=d + 2)
+    if uses_rowrun(shape, storage, weight, x, None, config):  # the 2D conv + head's row-run kernel with KD = 3
+        launch_head_rowrun(x, weight, bias, head_weight, head_bias, outputs, shape,
+                           dict(RELU=relu, WRITE_LOGITS=logits is not None, WRITE_PROBS=probs is not None,
+                                WRITE_LABELS=labels is not None, INTERP_BF16=upcast, BLOCK_N=block_n,
+                                BLOCK_C=max(16, triton.next_power_of_2(k))), config)
+        return
     grid = lambda META: (n * triton.cdiv(d, META["BLOCK_D"]) * triton.cdiv(h, META["BLOCK_H"])  # noqa: E731
                          * triton.cdiv(w, META["BLOCK_W"]),)
-    packed = packed_k(c_in)
     launch(
         conv3x3x3_head_kernel, grid,
         (x, weight, bias, head_weight, head_bias, *outputs[:3], d, h, w, c_in, c_mid, k, size_class(n * d * h * w),

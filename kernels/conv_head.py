@@ -40,6 +40,7 @@ from .conv import (
     packed_k,
     rank,
     tile_pixels,
+    uses_rowrun,
 )
 from .head import check_head_outputs, write_head
 
@@ -135,9 +136,9 @@ def conv3x3_head_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     mask_n = offs_n < C_MID
     feats = conv_tile(
-        x_ptr, x_ptr, w_ptr, bias_ptr, n, oh, ow, mask_m, offs_n, mask_n, C_IN, 0, C_MID,
-        stride_xn, stride_xh, stride_xw, 0, 0, 0, 0, 0,
-        RELU, False, K_PACKED, INTERP_BF16, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
+        x_ptr, x_ptr, w_ptr, bias_ptr, n, 0, oh, ow, mask_m, offs_n, mask_n, C_IN, 0, C_MID,
+        stride_xn, 0, stride_xh, stride_xw, 0, 0, 0, 0, 0, 0, 0,
+        RELU, False, K_PACKED, INTERP_BF16, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, 1,
     )
     # The activation as the unfused path stores it (and the head kernel reads it back).
     feats = to_storage(feats, w_ptr.dtype.element_ty, INTERP_BF16)
@@ -160,8 +161,8 @@ def conv3x3_head_kernel(
 
 # -- the row-run (TMA) path: 16-bit storage, channels multiples of 8 -------------------------
 def get_rowrun_config() -> list[triton.Config]:
-    """Row-run tiles (:func:`fastunet.kernels.conv.get_rowrun_config`) for the conv + head:
-    BN is C_MID padded (the launcher's), so a config sets R, BW, BK, warps and stages."""
+    """Row-run tiles (:mod:`fastunet.kernels.rowconv`) for the conv + head, 2D or 3D: BN is
+    C_MID padded (the launcher's), so a config sets R, BW, BK, warps and stages."""
     return [
         triton.Config(dict(R=r, BW=bw, BK=bk), num_warps=warps, num_stages=stages, pre_hook=_set_blocks)
         for r, bw, bk, warps, stages in [
@@ -184,27 +185,28 @@ def _set_blocks(args: dict) -> None:
 _ROWRUN_INTERPRETER_CONFIG = triton.Config(dict(R=4, BW=32, BK=16), num_warps=4, num_stages=1, pre_hook=_set_blocks)
 
 
-def _as_conv_config(config: triton.Config, block_n: int) -> triton.Config:
+def as_conv_config(config: triton.Config, block_n: int) -> triton.Config:
     """The conv config with the same tile (the model ranks conv configs)."""
-    return triton.Config(dict(config.kwargs, BN=block_n), num_warps=config.num_warps, num_stages=config.num_stages)
+    return triton.Config(dict(config.kwargs, BN=block_n, RD=1), num_warps=config.num_warps,
+                         num_stages=config.num_stages)
 
 
 def rowrun_configs_for(s: ConvShape) -> list[triton.Config]:
-    """The row-run configs that can run the conv of ``s`` (its C_out padded to one tile),
-    ranked by the model (the head's dot, one per output run, is not counted)."""
+    """The row-run configs that can run the conv of ``s`` (its C_out padded to one tile; 2D or
+    3D), ranked by the model (the head's dot, one per output run, is not counted)."""
     block_n = _block_n(s.c_out)
     # fp32 accumulators: at most 128 registers a thread
     configs = [c for c in get_rowrun_config() if c.kwargs["R"] * c.kwargs["BW"] * block_n <= 4096 * c.num_warps]
-    ranked = rank([_as_conv_config(c, block_n) for c in configs], s)
+    ranked = rank([as_conv_config(c, block_n) for c in configs], s)
     by_tile = {(tuple(sorted(c.kwargs.items())), c.num_warps, c.num_stages): c for c in configs}
-    return [by_tile[(tuple(sorted((k, v) for k, v in r.kwargs.items() if k != "BN")), r.num_warps, r.num_stages)]
-            for r in ranked]
+    return [by_tile[(tuple(sorted((k, v) for k, v in r.kwargs.items() if k not in ("BN", "RD"))),
+                     r.num_warps, r.num_stages)] for r in ranked]
 
 
 def _prune_rowrun(configs: list[triton.Config], named_args: dict, **meta) -> list[triton.Config]:
     a = named_args
-    s = ConvShape(a["PIXELS"] // ((a["H_OUT"] + 2) * (a["W_OUT"] + 2)), a["H_OUT"] + 2, a["W_OUT"] + 2, a["C_IN"], 0,
-                  a["C_MID"], element_size=a["w_desc"].base.element_size())
+    s = ConvShape(a["N"], a["H_OUT"] + 2, a["W_OUT"] + 2, a["C_IN"], 0, a["C_MID"],
+                  element_size=a["w_desc"].base.element_size(), d_in=a["D_OUT"] + 2 if meta.get("KD") == 3 else 0)
     return select(rowrun_configs_for(s)[:4] or configs[:1])
 
 
@@ -214,10 +216,7 @@ def _head_run(acc, bias, hw, hb, mask_m, offs_c, mask_c, l_base, l_row, stride_l
               WRITE_LABELS: tl.constexpr, INTERP_BF16: tl.constexpr):
     """The head of one output run: features rounded as the unfused path stores them, scores,
     then logits / probabilities / labels."""
-    feats = acc + bias[None, :]
-    if RELU:
-        feats = tl.maximum(feats, 0.0)
-    feats = to_storage(feats, hw.dtype, INTERP_BF16)
+    feats = to_storage(rowrun.bias_relu(acc, bias, RELU), hw.dtype, INTERP_BF16)
     if INTERP_BF16:  # interpreter only: its bf16 dot is wrong, so multiply in fp32 there
         feats = feats.to(tl.float32)
         hw = hw.to(tl.float32)
@@ -226,28 +225,42 @@ def _head_run(acc, bias, hw, hb, mask_m, offs_c, mask_c, l_base, l_row, stride_l
                WRITE_LOGITS, WRITE_PROBS, WRITE_LABELS, INTERP_BF16)
 
 
+@triton.jit
+def _head_out(acc, bias, hw, hb, n, z, r, x, mask_m, offs_c, mask_c, logits_ptr, probs_ptr, labels_ptr,
+              stride_ln, stride_lk, stride_ld, stride_lh, stride_lw, stride_pn, stride_pk, stride_pd, stride_ph,
+              stride_pw, stride_yn, stride_yd, stride_yh, stride_yw,
+              RELU: tl.constexpr, WRITE_LOGITS: tl.constexpr, WRITE_PROBS: tl.constexpr, WRITE_LABELS: tl.constexpr,
+              INTERP_BF16: tl.constexpr):
+    """The head of output pixels (n, z, r, x) (``x`` a vector)."""
+    _head_run(acc, bias, hw, hb, mask_m, offs_c, mask_c,
+              logits_ptr, n * stride_ln + z * stride_ld + r * stride_lh + x * stride_lw, stride_lk,
+              probs_ptr, n * stride_pn + z * stride_pd + r * stride_ph + x * stride_pw, stride_pk,
+              labels_ptr, n * stride_yn + z * stride_yd + r * stride_yh + x * stride_yw,
+              RELU, WRITE_LOGITS, WRITE_PROBS, WRITE_LABELS, INTERP_BF16)
+
+
 @triton.autotune(
     configs=tuning_configs(get_rowrun_config(), _ROWRUN_INTERPRETER_CONFIG, pruned=True),
-    key=["C_IN", "C_MID", "K", "SIZE_CLASS", "RELU", "WRITE_LOGITS", "WRITE_PROBS", "WRITE_LABELS"],
+    key=["C_IN", "C_MID", "K", "SIZE_CLASS", "KD", "RELU", "WRITE_LOGITS", "WRITE_PROBS", "WRITE_LABELS"],
     prune_configs_by={"early_config_prune": _prune_rowrun},
 )
 @triton.jit(do_not_specialize=["SIZE_CLASS"])
-def conv3x3_head_rowrun_kernel(
+def conv_head_rowrun_kernel(
     # descriptors ([pixels, C] view of x, the packed conv weight) and pointers
     x_desc, w_desc, bias_ptr, hw_ptr, hb_ptr, logits_ptr, probs_ptr, labels_ptr,
-    # sizes; PIXELS = N * H_in * W_in
-    H_OUT, W_OUT, C_IN, C_MID, K, SIZE_CLASS, PIXELS,
-    # output strides (N, K, H, W) and (N, H, W)
-    stride_ln, stride_lk, stride_lh, stride_lw,
-    stride_pn, stride_pk, stride_ph, stride_pw,
-    stride_yn, stride_yh, stride_yw,
+    # sizes (D = 1 in 2D); x's pixel strides (an image, a plane, a row: W_in) and grid (D_in, H_in)
+    N, D_OUT, H_OUT, W_OUT, C_IN, C_MID, K, SIZE_CLASS, IMG, PS, WS, DS, HS,
+    # output strides (N, K, D, H, W) and (N, D, H, W)
+    stride_ln, stride_lk, stride_ld, stride_lh, stride_lw,
+    stride_pn, stride_pk, stride_pd, stride_ph, stride_pw,
+    stride_yn, stride_yd, stride_yh, stride_yw,
     # meta-parameters
     RELU: tl.constexpr, WRITE_LOGITS: tl.constexpr, WRITE_PROBS: tl.constexpr, WRITE_LABELS: tl.constexpr,
-    INTERP_BF16: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+    KD: tl.constexpr, INTERP_BF16: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
     R: tl.constexpr, BW: tl.constexpr, BK: tl.constexpr,
 ):
-    """The outputs of :func:`conv3x3_head_kernel` on the row-run TMA main loop (one tile
-    holds every conv channel; ``R == 1``: a flat tile, see ``conv3x3_rowrun_kernel``)."""
+    """The outputs of :func:`conv3x3_head_kernel` (3x3, or 3x3x3 with ``KD = 3``) on the row-run
+    TMA main loop (one tile holds every conv channel; ``R == 1``: a flat tile)."""
     t = tl.program_id(0)
     offs_n = tl.arange(0, BLOCK_N)
     mask_n = offs_n < C_MID
@@ -256,32 +269,22 @@ def conv3x3_head_rowrun_kernel(
     mask_c = offs_c < K
     hw = tl.load(hw_ptr + offs_n[:, None] * K + offs_c[None, :], mask=mask_n[:, None] & mask_c[None, :], other=0.0)
     hb = tl.load(hb_ptr + offs_c, mask=mask_c, other=0.0)
-    H_IN = H_OUT + 2
-    W_IN = W_OUT + 2
     if R == 1:
-        zero = tl.zeros((BW, BLOCK_N), dtype=tl.float32)
-        q0 = t * BW
-        acc, _, _, _ = rowrun.rowrun_source(zero, zero, zero, zero, x_desc, w_desc, q0, W_IN, C_IN, C_IN, 0, 0,
-                                            INTERP_BF16, 1, BK)
-        p = q0 + tl.arange(0, BW)
-        n = p // (H_IN * W_IN)
-        oh = (p - n * (H_IN * W_IN)) // W_IN
-        ow = p - n * (H_IN * W_IN) - oh * W_IN
-        mask_m = (p < PIXELS) & (oh < H_OUT) & (ow < W_OUT)
-        n = n.to(tl.int64)
-        _head_run(acc, bias, hw, hb, mask_m, offs_c, mask_c,
-                  logits_ptr, n * stride_ln + oh * stride_lh + ow * stride_lw, stride_lk,
-                  probs_ptr, n * stride_pn + oh * stride_ph + ow * stride_pw, stride_pk,
-                  labels_ptr, n * stride_yn + oh * stride_yh + ow * stride_yw,
+        q = t * BW
+    else:
+        n, z0, r0, x0 = rowrun.row_tile(t, D_OUT, H_OUT, W_OUT, 1, R, BW)
+        q = rowrun.source_origin(n, z0, r0, x0, IMG, PS, WS)
+    acc0, acc1, acc2, acc3 = rowrun.accumulate(x_desc, x_desc, w_desc, q, q, WS, PS, WS, PS, C_IN, 0, 0,
+                                               False, INTERP_BF16, R, 1, KD, BW, BLOCK_N, BK)
+    if R == 1:
+        n, z, r, x = rowrun.flat_coords(q + tl.arange(0, BW), DS, HS, WS)
+        mask_m = (n < N) & (z < D_OUT) & (r < H_OUT) & (x < W_OUT)
+        _head_out(acc0, bias, hw, hb, n, z, r, x, mask_m, offs_c, mask_c, logits_ptr, probs_ptr, labels_ptr,
+                  stride_ln, stride_lk, stride_ld, stride_lh, stride_lw, stride_pn, stride_pk, stride_pd, stride_ph,
+                  stride_pw, stride_yn, stride_yd, stride_yh, stride_yw,
                   RELU, WRITE_LOGITS, WRITE_PROBS, WRITE_LABELS, INTERP_BF16)
     else:
-        acc0, acc1, acc2, acc3, n, oh0, ow0 = rowrun.rowrun_tile(
-            x_desc, x_desc, w_desc, t, 0, H_OUT, W_OUT, C_IN, 0, H_IN, W_IN, H_IN, W_IN, 0, 0,
-            False, INTERP_BF16, R, BW, BLOCK_N, BK)
-        ow = ow0 + tl.arange(0, BW)
-        l_base = logits_ptr + n * stride_ln
-        p_base = probs_ptr + n * stride_pn
-        y_base = labels_ptr + n * stride_yn
+        x = x0 + tl.arange(0, BW)
         for i in tl.static_range(R):
             if i == 0:
                 acc = acc0
@@ -291,13 +294,31 @@ def conv3x3_head_rowrun_kernel(
                 acc = acc2
             else:
                 acc = acc3
-            oh = oh0 + i
-            mask_m = (ow < W_OUT) & (ow * 0 + oh < H_OUT)
-            _head_run(acc, bias, hw, hb, mask_m, offs_c, mask_c,
-                      l_base, oh * stride_lh + ow * stride_lw, stride_lk,
-                      p_base, oh * stride_ph + ow * stride_pw, stride_pk,
-                      y_base, oh * stride_yh + ow * stride_yw,
+            mask_m = (x < W_OUT) & (x * 0 + r0 + i < H_OUT) & (x * 0 + z0 < D_OUT)
+            _head_out(acc, bias, hw, hb, n, z0, r0 + i, x, mask_m, offs_c, mask_c, logits_ptr, probs_ptr, labels_ptr,
+                      stride_ln, stride_lk, stride_ld, stride_lh, stride_lw, stride_pn, stride_pk, stride_pd,
+                      stride_ph, stride_pw, stride_yn, stride_yd, stride_yh, stride_yw,
                       RELU, WRITE_LOGITS, WRITE_PROBS, WRITE_LABELS, INTERP_BF16)
+
+
+def launch_rowrun(x, weight, bias, head_weight, head_bias, outputs: tuple, s: ConvShape, flags: dict, config) -> None:
+    """Launch :func:`conv_head_rowrun_kernel` (2D or 3D: ``s.d_in``): ``outputs`` = (logits,
+    probs, labels, then their strides as (N, K, D, H, W), (N, K, D, H, W) and (N, D, H, W))."""
+    grid_x = rowrun.grid_of(x)
+
+    def grid(meta):
+        r, bw = meta["R"], meta["BW"]
+        if r == 1:
+            return (triton.cdiv(s.n * s.planes_in * s.h_in * s.w_in, bw),)
+        return (s.n * s.d_out * triton.cdiv(s.h_out, r) * triton.cdiv(s.w_out, bw),)
+
+    launch(
+        conv_head_rowrun_kernel, grid,
+        (rowrun.descriptor(x, [16, 16]), rowrun.descriptor(weight, [16, 16]), bias, head_weight, head_bias,
+         *outputs[:3], s.n, s.d_out, s.h_out, s.w_out, s.c_a, s.c_out, head_weight.shape[1],
+         size_class(s.out_pixels()), *grid_x[:5], *outputs[3:]),
+        dict(flags, KD=3 if s.d_in else 1), config, cache=True, choose=lambda: rowrun_configs_for(s)[0],
+    )
 
 
 def conv3x3_head(
@@ -344,13 +365,10 @@ def conv3x3_head(
                  WRITE_LABELS=labels is not None, INTERP_BF16=upcast,
                  BLOCK_N=_block_n(c_mid), BLOCK_C=max(16, triton.next_power_of_2(k)))
     shape = ConvShape(n, h_in, w_in, c_in, 0, c_mid, element_size=x.element_size(), packed=packed_k(c_in))
-    tma_ok = not shape.packed and rowrun.eligible(storage, weight, x)
-    rowrun_path = "R" in config.kwargs if config is not None else tma_ok
-    if rowrun_path and not tma_ok:
-        raise ValueError("A row-run config was forced on tensors the TMA path cannot read "
-                         "(16-bit storage, channels multiples of 8, dense 16-byte aligned pixels).")
-    if rowrun_path:
-        _launch_rowrun(x, weight, bias, head_weight, head_bias, outputs, shape, flags, config)
+    if uses_rowrun(shape, storage, weight, x, None, config):
+        strided = (*outputs[:3], *_with_depth(outputs[3:7]), *_with_depth(outputs[7:11]), outputs[11], 0,
+                   *outputs[12:14])
+        launch_rowrun(x, weight, bias, head_weight, head_bias, strided, shape, flags, config)
         return
     flags.update(K_PACKED=shape.packed, PRECISION=precision if storage == torch.float32 or upcast else "tf32")
     grid = lambda META: (n * triton.cdiv(h_out, META["BLOCK_H"]) * triton.cdiv(w_out, META["BLOCK_W"]),)  # noqa: E731
@@ -370,24 +388,6 @@ def conv3x3_head(
     )
 
 
-def _launch_rowrun(x, weight, bias, head_weight, head_bias, outputs, s: ConvShape, flags: dict, config) -> None:
-    pixels = s.n * s.h_in * s.w_in
-
-    def grid(META):
-        r, bw = META["R"], META["BW"]
-        return (triton.cdiv(pixels, bw) if r == 1 else s.n * triton.cdiv(s.h_out, r) * triton.cdiv(s.w_out, bw),)
-
-    launch(
-        conv3x3_head_rowrun_kernel,
-        grid,
-        (
-            rowrun.descriptor(x, [16, 16]), rowrun.descriptor(weight, [16, 16]), bias, head_weight, head_bias,
-            *outputs[:3],
-            s.h_out, s.w_out, s.c_a, s.c_out, head_weight.shape[1], size_class(s.n * s.h_out * s.w_out), pixels,
-            *outputs[3:],
-        ),
-        flags,
-        config,
-        cache=True,
-        choose=lambda: rowrun_configs_for(s)[0],
-    )
+def _with_depth(strides: tuple) -> tuple:
+    """(N, K, H, W) strides as (N, K, D, H, W) with a D stride of 0."""
+    return (*strides[:2], 0, *strides[2:])

@@ -35,7 +35,7 @@ from dataclasses import dataclass, replace
 
 __all__ = [
     "Device", "H200", "device", "Step", "Layer", "warp_split", "wgmma_smem_reads", "rowrun_step", "pointer_step",
-    "gemm_step", "occupancy", "launch_time", "streaming_fraction", "SCENARIOS",
+    "gemm_step", "occupancy", "launch_time", "streaming_fraction", "split_rem", "SCENARIOS",
 ]
 
 SCENARIOS = ("low", "high")
@@ -134,11 +134,11 @@ def wgmma_smem_reads(m: int, n: int, k: int, num_warps: int, element_size: int, 
     return instructions * (a + 16 * (n // wn) * element_size)
 
 
-def rowrun_step(r: int, bw: int, bn: int, bk: int, num_warps: int, element_size: int = 2) -> Step:
-    """A K step of the TMA row-run conv loop (:mod:`fastunet.kernels.rowrun`): ``R = 1``:
-    one A box, one weight box, one dot; ``R >= 2``: ``R + 2`` A boxes, 3 weight boxes,
-    ``3 R`` dots of ``bw x bn x bk``."""
-    dots, a_boxes, w_boxes = (1, 1, 1) if r == 1 else (3 * r, r + 2, 3)
+def rowrun_step(r: int, bw: int, bn: int, bk: int, num_warps: int, element_size: int = 2, planes: int = 1) -> Step:
+    """A K step of the TMA row-run conv loop (:mod:`fastunet.kernels.rowrun`, 2D or 3D): ``R = 1``:
+    one A box, one weight box, one dot; ``R >= 2``: ``R / planes + 2`` A boxes for each of
+    the tile's ``planes`` (Z planes, 3D), 3 weight boxes, ``3 R`` dots of ``bw x bn x bk``."""
+    dots, a_boxes, w_boxes = (1, 1, 1) if r == 1 else (3 * r, planes * (r // planes + 2), 3)
     l2 = (a_boxes * bw * bk + w_boxes * bk * bn) * element_size
     return Step(flops=dots * 2.0 * bw * bn * bk, l2_bytes=l2,
                 smem_read=dots * wgmma_smem_reads(bw, bn, bk, num_warps, element_size))
@@ -178,6 +178,20 @@ class Layer:
     num_stages: int
     registers: int
     fills_per_tile: float = 1.0  # a persistent kernel that flattens its tile loop fills once a program
+    split: int = 1  # K split over the last wave: programs for each of its tiles (a what-if, not built)
+    split_tiles: int = 0  # tiles of the last wave run split (split_rem)
+    partial_bytes: float = 0.0  # fp32 partial sums of one tile (what a split program stores)
+
+
+def split_rem(tiles: int, slots: int, steps: int, split: int) -> int:
+    """How many tiles of a launch would run split in ``split`` parts of their K steps (0: none):
+    those of a last wave that fills at most ``1 / split`` of the GPU's ``slots`` (CTAs at once),
+    so that their parts fit one wave; each part at least 2 steps (stream-K of the last wave; a
+    what-if of the model: no kernel runs it)."""
+    if split <= 1 or steps < 2 * split or slots <= 0:
+        return 0
+    rem = tiles % slots
+    return rem if rem and rem * split <= slots else 0
 
 
 def launch_time(layer: Layer, dev: Device) -> dict:
@@ -195,16 +209,25 @@ def launch_time(layer: Layer, dev: Device) -> dict:
     t_step = max(limits.values())
     overhead = dev.fill_s * layer.fills_per_tile / c
     t_tile = layer.steps * t_step + overhead
-    full, rest = divmod(layer.tiles, dev.sms * c)
-    waves = full + (rest > 0)
+    split_tiles = layer.split_tiles if layer.split > 1 else 0
+    full, rest = divmod(layer.tiles - split_tiles, dev.sms * c)
+    waves = full + (rest > 0) + (split_tiles > 0)
     t_compute = full * c * t_tile
-    if rest:  # the last wave: its SMs share the L2 bandwidth among fewer
-        active = min(rest, dev.sms)
-        per_cta = max(1, math.ceil(rest / dev.sms))
+    work = float(full)  # waves the launch takes the time of (a split wave: 1 / split)
+    for units, steps, split in ((rest, layer.steps, False),
+                                (split_tiles * layer.split, -(-layer.steps // max(layer.split, 1)), True)):
+        if not units:
+            continue
+        # a last wave: its SMs share the L2 bandwidth among fewer
+        active = min(units, dev.sms)
+        per_cta = max(1, math.ceil(units / dev.sms))
         l2_share = dev.l2_bytes_per_s / active
         t_last = max(limits["tensor"], limits["smem"], limits["latency"] * c / per_cta,
                      (s.l2_bytes + layer.out_bytes_per_tile / layer.steps) / l2_share)
-        t_compute += per_cta * (layer.steps * t_last) + dev.fill_s * min(layer.fills_per_tile * per_cta, 1.0)
+        t_compute += per_cta * (steps * t_last) + dev.fill_s * min(layer.fills_per_tile * per_cta, 1.0)
+        work += 1.0 / layer.split if split else 1.0  # a split wave: parts of its tiles' steps
+        if split:  # split units: partials stored, then read back by the last of each tile
+            t_compute += (layer.split + 1) * layer.partial_bytes / dev.l2_bytes_per_s_per_sm + dev.latency_s
     t_hbm = layer.hbm_bytes / dev.hbm_bytes_per_s
     bound = max(limits, key=limits.get) if t_compute >= t_hbm else "hbm"
     seconds = max(t_compute, t_hbm) + dev.launch_s
@@ -213,7 +236,7 @@ def launch_time(layer: Layer, dev: Device) -> dict:
         seconds=seconds, bound=bound, ctas_per_sm=c, waves=waves, step_seconds=t_step,
         tile_overhead_seconds=overhead, hbm_seconds=t_hbm, compute_seconds=t_compute,
         ceilings_tflops={k: round(v / 1e12, 1) for k, v in ceilings.items()},
-        wave_efficiency=layer.tiles / (waves * dev.sms * c),
+        wave_efficiency=layer.tiles / (max(work, 1e-9) * dev.sms * c),
         tflops=layer.useful_flops / seconds / 1e12,
         fraction=layer.useful_flops / seconds / dev.matmul_flops,
     )

@@ -173,6 +173,9 @@ def test_export_passes_test_model_and_runs_through_the_engine(tmp_path, model_fi
         state = torch.load(io.BytesIO(zf.read("weights.pt")), weights_only=True)
         assert np.load(io.BytesIO(zf.read("test_input.npy"))).shape == (1, 1, 96, 80)
         assert np.load(io.BytesIO(zf.read("test_output.npy"))).shape == (1, 2, 96, 80)
+        rdf, readme = zf.read("rdf.yaml").decode(), zf.read("README.md").decode()
+        assert "postprocessing:" in rdf and "fill_holes: true" in rdf and "min_size: auto" in rdf
+        assert "## Post-processing" in readme  # the clean-up fastunet applies, which the format cannot express
     bundle = read_model(model_file)
     assert state.keys() == bundle.module.state_dict().keys()
     # A consumer's prediction has the input's size (off the size grid too) and fastunet's values:

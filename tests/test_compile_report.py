@@ -51,7 +51,7 @@ def test_conv_main_loop_is_one_pipelined_loop_per_source(compiled):
     """The row-run convs: one K loop per source, every load in it a TMA box (no cp.async, no
     plain load), warp-group dots reading both operands from shared memory, and the step the
     PTX does is the one the model ranks configs with."""
-    looped = [v for v in compiled["variants"] if v["kernel"] == "conv3x3_rowrun_kernel"]
+    looped = [v for v in compiled["variants"] if v["kernel"] == "conv_rowrun_kernel"]
     assert {v["dtype"] for v in looped} == {"bf16", "fp16"}
     assert {v["group"] for v in looped} == {"TMA conv, pool", "TMA conv, 2 sources"}
     for v in looped:
@@ -74,7 +74,7 @@ def test_small_channel_count_is_one_dot(compiled):
 
 
 def test_fused_head_runs_the_conv_loop_and_the_head_dot(compiled):
-    heads = [v for v in compiled["variants"] if v["kernel"] == "conv3x3_head_rowrun_kernel"]
+    heads = [v for v in compiled["variants"] if v["kernel"] == "conv_head_rowrun_kernel"]
     assert heads and all(v["layers"][0].endswith("dec0.conv2") for v in heads)
     for v in heads:
         assert v["k_loops"] == 1 and v["loop_tma_loads"] >= 2 and v["loop_sync_loads"] == 0, v
@@ -178,3 +178,22 @@ def test_layers_follow_the_network():
     assert by_name["enc0.conv1"]["size"] == 572 and by_name["bottom.conv2"]["size"] == 30
     assert by_name["dec0.conv1"] == dict(kind="conv", name="dec0.conv1", size=392, c_a=64, c_b=64, c_out=64, skip=568)
     assert by_name["dec0.conv2"]["kind"] == "head" and by_name["up3"]["c_a"] == 1024
+
+
+def test_split_k_what_if_is_a_prediction_for_short_last_waves():
+    """The model's what-if of a K split over the last wave (no kernel runs it): a last wave is
+    split only when its parts fit the GPU at once; at tile 572, batch 4 it lifts the layers
+    whose last wave is short and leaves those of whole waves alone."""
+    _report_module()  # puts benchmarks/ on sys.path
+    import model_report
+
+    from fastunet import UNetConfig
+    from fastunet.kernels import perfmodel
+
+    assert perfmodel.split_rem(200, 132, 20, 2) == 0  # 68 tiles in 2 parts each: more than one wave
+    assert perfmodel.split_rem(180, 132, 20, 2) == 48
+    assert perfmodel.split_rem(180, 132, 3, 2) == 0  # parts of fewer than 2 K steps
+    rows = {r["layer"]: r for r in model_report.split_what_if(UNetConfig(), 572, 4)}
+    assert all(r["after_low"] >= r["before_low"] and r["after_high"] >= r["before_high"] for r in rows.values())
+    assert rows["dec2.conv1"]["split"] > 1 and rows["dec2.conv1"]["after_low"] > rows["dec2.conv1"]["before_low"]
+    assert rows["enc0.conv2"]["split"] == 1  # 20 waves of whole tiles: nothing to split

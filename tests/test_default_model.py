@@ -93,3 +93,56 @@ def test_build_trains_the_recipe_without_the_cli(tmp_path, monkeypatch, capsys):
     assert kwargs["command"] == _train_command(build_parser().parse_args(argv))
     assert (tmp_path / "copy.safetensors").read_bytes() == b"model"
     assert "note: a note" in capsys.readouterr().err
+
+
+def test_a_model_card_is_kept_in_the_model_file_and_shown_by_info(tmp_path, capsys):
+    """default_model card: the scores of a benchmarks/model_card.py result go into the model's
+    metadata (weights untouched); fastunet info prints the card."""
+    import json
+
+    import torch
+
+    from fastunet import ReferenceUNet, UNetConfig, save_model
+    from fastunet.default_model import NOT_FOR, write_card
+
+    net = ReferenceUNet(UNetConfig(base_channels=2, depth=2))
+    path = save_model(tmp_path / "m.safetensors", net, extra={"object_size": 20.0})
+    scores = {"foreground_iou": 0.9, "instance_f1": 0.91, "precision": 0.92, "recall": 0.9, "tp": 90, "fp": 8,
+              "fn": 10, "specks": 1}
+    raw = {**scores, "instance_f1": 0.8, "specks": 30}
+    results = {"date": "2026-12-06T00:00:00", "images": 16, "seed": 2026,
+               "styles": {"classic": {"held_out": False, "nuclei": 100, "new": {"on": scores, "off": raw}},
+                          "tiny": {"held_out": True, "nuclei": 100, "new": {"on": scores, "off": raw}}}}
+    (tmp_path / "model-card-x.json").write_text(json.dumps(results))
+    write_card(tmp_path / "model-card-x.json", path)
+    again = read_model(path)
+    assert again.extra["object_size"] == 20.0 and again.extra["card"]["results_file"] == "model-card-x.json"
+    for a, b in zip(again.module.state_dict().values(), net.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "model card" in out and NOT_FOR[0][:40] in out and "16 fresh 512 x 512 images per style" in out
+    row = next(line for line in out.splitlines() if "tiny" in line)
+    assert "held out" in row and "0.910" in row and "1.0%" in row and "0.800" in row and "30.6%" in row
+
+
+def test_the_size_estimate_is_right_or_says_it_is_unsure():
+    """object_size="auto" with the bundled model, on a few styles and degraded copies: within
+    25 % of the true median diameter, or unsure (with a reason). The full measurement, every
+    style and degradation: benchmarks/model_card.py sizes (README, "The default model")."""
+    from fastunet.segmentation import Segmenter
+    from fastunet.synthetic_styles import degrade, style_image
+
+    cases = [("classic", "none"), ("classic", "noisy"), ("debris", "cluttered"), ("large", "uneven"),
+             ("small", "8bit"), ("lowlight", "none")]
+    sure = 0
+    with Segmenter(device="cpu") as seg:
+        for style, how in cases:
+            drawn = degrade(style_image(style, (320, 320), seed=2026), how, seed=2026)
+            measure = seg.estimate_object_size(drawn.image)
+            if measure.size is None:
+                assert measure.reason, (style, how)
+                continue
+            sure += 1
+            assert abs(measure.size / drawn.object_size - 1) <= 0.25, (style, how, measure, drawn.object_size)
+    assert sure >= 3

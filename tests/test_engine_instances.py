@@ -1,6 +1,7 @@
 """Instance output through the engine (fastunet/engine/instances.py, instance_tasks.py):
-object ids equal scipy.ndimage.label of the whole foreground for any block and tile size,
-resume after a failure in either stage, a dask.distributed run, the options and bad input.
+object ids equal scipy.ndimage.label of the whole foreground (cleaned up: the whole-image
+reference of tests/cleanup_reference.py) for any block and tile size, resume after a failure in
+either stage, a dask.distributed run, the options and bad input.
 """
 
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 import tifffile
 import torch
 import zarr
+from cleanup_reference import clean_reference
 from fault_helpers import balanced_net
 from scipy import ndimage
 
@@ -34,14 +36,15 @@ def _blockwise(classes, block, options, num_classes=2):
     shape, nd = classes.shape, classes.ndim
     grid = tuple(-(-n // b) for n, b in zip(shape, block))
     records, boxes = [], []
+    keys = ("first", "size", "cls", "edge", "adj") if options.fill_holes else ("first", "size", "cls")
     for index in np.ndindex(*grid):
         box = tuple((i * b, min((i + 1) * b, n)) for i, b, n in zip(index, block, shape))
         part = classes[tuple(slice(*x) for x in box)]
         found = label_block(part if nd == 3 else part[None], tuple(x[0] for x in box), shape, num_classes, options)
         records.append(found.arrays(face_planes(found.ids, box, shape, options.connect_z)))
         boxes.append(tuple(slice(*x) for x in box))
-    result = merge(grid, lambda b: (records[b]["first"], records[b]["size"], records[b]["cls"]),
-                   lambda b, k: records[b][k], ndim=nd, options=options)
+    result = merge(grid, lambda b: tuple(records[b][k] for k in keys), lambda b, k: records[b][k], ndim=nd,
+                   options=options)
     out = np.zeros(shape, result.lut.dtype)
     for b, box in enumerate(boxes):
         ids = result.block_lut(b)[records[b]["ids"]]
@@ -104,6 +107,63 @@ def test_watershed_split_separates_two_touching_discs():
     assert split[20, 18] != split[20, 41] and (split > 0).sum() == discs.sum()
 
 
+def _blobs(rng, shape, sigma):
+    """A class map of smooth random blobs (objects of many sizes), with a ring (a hole) and
+    three specks of one pixel drawn in each plane."""
+    field = ndimage.gaussian_filter(rng.standard_normal(shape), sigma)
+    classes = (field > rng.uniform(-0.3, 0.3) * field.std()).astype(np.uint8)
+    for plane in classes.reshape(-1, *shape[-2:]):
+        cy, cx = rng.integers(7, np.array(shape[-2:]) - 7)
+        r = np.hypot(*np.ogrid[-cy:shape[-2] - cy, -cx:shape[-1] - cx])
+        plane[r < 6] = 0
+        plane[(r >= 3) & (r < 5)] = 1
+        for y, x in zip(rng.integers(1, shape[-2] - 1, 3), rng.integers(1, shape[-1] - 1, 3)):
+            plane[y - 1:y + 2, x - 1:x + 2] = 0
+            plane[y, x] = 1
+    return classes
+
+
+@pytest.mark.parametrize("min_size", [0, 4, "auto"])
+def test_blockwise_cleanup_equals_the_whole_image_reference(min_size):
+    rng = _rng()
+    filled = removed = 0
+    for _ in range(3):  # 2-D images: any block shape, the same ids as the whole-image reference
+        plane = _blobs(rng, tuple(rng.integers(24, 48, 2)), rng.uniform(1.0, 2.5))
+        expected = clean_reference(plane, min_size=min_size, fill_holes=True)
+        for block in [plane.shape, (7, 9), (1, plane.shape[1]), (plane.shape[0], 1), (16, 5)]:
+            got, result = _blockwise(plane, block, InstanceOptions(min_size=min_size, fill_holes=True))
+            np.testing.assert_array_equal(got, expected, err_msg=str(block))
+        filled, removed = filled + result.holes, removed + result.removed
+        assert result.count == expected.max()
+    assert filled > 0 and (removed > 0 or min_size == 0)
+    stack = _blobs(rng, (3, 30, 34), (0.6, 1.5, 1.5))
+    for connect_z in (False, True):  # stacks: holes per slice, or in 3-D
+        expected = clean_reference(stack, min_size=min_size, fill_holes=True, connect_z=connect_z)
+        for block in [(1, 8, 9), (2, 30, 5), (3, 13, 34)]:
+            got, _ = _blockwise(stack, block, InstanceOptions(min_size=min_size, fill_holes=True, connect_z=connect_z))
+            np.testing.assert_array_equal(got, expected, err_msg=str((connect_z, block)))
+    classes = rng.integers(0, 3, size=(26, 29)).astype(np.uint8)  # three classes, objects touching objects
+    classes[ndimage.gaussian_filter(rng.standard_normal(classes.shape), 2.0) > 0.3] = 1
+    expected = clean_reference(classes, min_size=min_size, fill_holes=True, num_classes=3)
+    got, _ = _blockwise(classes, (6, 11), InstanceOptions(min_size=min_size, fill_holes=True), num_classes=3)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_auto_min_size_is_a_sixteenth_of_the_typical_object():
+    from fastunet.objectsize import auto_min_size, typical_size
+
+    rng = _rng()
+    nuclei = rng.normal(450, 60, 125)
+    specks = rng.integers(1, 12, 1000)  # many specks hold little of the foreground
+    assert typical_size(np.r_[nuclei, specks]) == pytest.approx(np.median(nuclei), rel=0.05)
+    assert typical_size(np.r_[nuclei, [40000, 60000]]) == pytest.approx(np.median(nuclei), rel=0.05)  # merged clumps
+    assert auto_min_size(np.r_[nuclei, specks]) == int(np.ceil(typical_size(np.r_[nuclei, specks]) / 16))
+    assert typical_size([5, 400, 9000]) is None  # too few objects: the model's training size decides
+    assert auto_min_size([5, 400], 20.0) == int(np.ceil(np.pi * 100 / 16)) and auto_min_size([5, 400]) == 0
+    with pytest.raises(UserError, match='min_size= expects a number of voxels >= 0.*or "auto"'):
+        InstanceOptions(min_size="big")
+
+
 # ----------------------------------------------------------------------------- the engine
 def _model(path, num_classes=2):
     """A small network whose foreground covers about half of a noise image (many objects);
@@ -127,19 +187,25 @@ def test_engine_instances_equal_scipy_label_for_block_and_tile_sizes(tmp_path, m
     src = _zarr(tmp_path / "in.zarr", vol, (1, 8, 8))
     labels = np.asarray(segment(src, model, None, axes="ZYX", tile=52, output_kind="labels"))
     assert 0.2 < labels.mean() < 0.8
+    raw = dict(min_size=0, fill_holes=False)
+    changed = []
     for connect_z in (False, True):
         expected, n = ndimage.label(labels == 1, structure=_structure(3, connect_z))
-        assert n > 10
+        cleaned = clean_reference(labels, min_size="auto", fill_holes=True, connect_z=connect_z)
+        assert n > 10 and cleaned.max() > 10
+        changed.append(not np.array_equal(cleaned > 0, expected > 0))
         cases = [(52, (1, 16, 8)), (60, (2, 16, 24))] if connect_z else [(44, (2, 40, 48)), (52, (1, 8, 16))]
-        for i, (tile, block) in enumerate(cases):
+        for i, (tile, block) in enumerate(cases):  # the default: cleaned up
             out = segment(src, model, tmp_path / f"o{connect_z}{i}.zarr", axes="ZYX", tile=tile, chunks=(1, 8, 8),
                           block=block, connect_z=connect_z, progress=False)
-            np.testing.assert_array_equal(out[:], expected)
-        lazy = segment(src, model, None, axes="ZYX", tile=60, chunks=(1, 8, 8), block=(2, 16, 24), connect_z=connect_z)
+            np.testing.assert_array_equal(out[:], cleaned)
+        lazy = segment(src, model, None, axes="ZYX", tile=60, chunks=(1, 8, 8), block=(2, 16, 24), connect_z=connect_z,
+                       **raw)
         np.testing.assert_array_equal(np.asarray(lazy), expected)
+    assert any(changed)  # the clean-up removed or filled something
     plane = vol[0]
     both = segment(plane, model, tmp_path / "p.tif", tile=52, chunks=(8, 8), block=(8, 16),
-                   output_kind="instances,labels", progress=False)
+                   output_kind="instances,labels", progress=False, **raw)
     np.testing.assert_array_equal(both[0], ndimage.label(both[1] == 1)[0])
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "p.tif"), both[0])
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "p_labels.tif"), both[1])
@@ -234,4 +300,25 @@ def test_cli_two_class_model_writes_instances_by_default(tmp_path, model, capsys
     ids = root["instances"][:]
     labels = np.asarray(segment(str(tmp_path / "x.tif"), model, None, output_kind="labels"))
     assert ids.dtype == np.uint32 and ids.max() > 1
-    np.testing.assert_array_equal(ids, ndimage.label(labels == 1)[0])
+    np.testing.assert_array_equal(ids, clean_reference(labels, min_size="auto", fill_holes=True))
+
+
+def test_cli_cleanup_flags_and_the_summary_line(tmp_path, model, capsys):
+    img = (_rng().normal(size=(40, 44)) * 100 + 1000).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "x.tif", img)
+    labels = segment(str(tmp_path / "x.tif"), model, None, output_kind="labels").compute()
+    base = ["segment", str(tmp_path / "x.tif"), "--model", model]
+    cases = {"raw": (["--no-cleanup"], dict(min_size=0, fill_holes=False)),
+             "three": (["--min-size", "3", "--keep-holes"], dict(min_size=3, fill_holes=False)),
+             "auto": ([], dict(min_size="auto", fill_holes=True))}
+    for name, (flags, options) in cases.items():
+        assert main([*base, "-o", str(tmp_path / f"{name}.tif"), *flags]) == 0
+        np.testing.assert_array_equal(tifffile.imread(tmp_path / f"{name}.tif"), clean_reference(labels, **options))
+        line = capsys.readouterr().out.strip().splitlines()[-1]
+        assert f"; {clean_reference(labels, **options).max()} objects" in line, line
+        assert ("removed" in line) == (name != "raw"), line  # the clean-up is shown
+    with pytest.raises(SystemExit) as exit_code:
+        main([*base, "-o", str(tmp_path / "bad.tif"), "--min-size", "big"])
+    assert exit_code.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --min-size: expected auto or a number of voxels >= 0" in err.strip().splitlines()[-1]

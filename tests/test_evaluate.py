@@ -1,5 +1,6 @@
 """Scoring (fastunet.evaluate), the preview PNG and the demo, on the CPU with tiny models."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -72,7 +73,10 @@ def test_evaluate_scores_what_the_engine_predicts(tmp_path):
     images = [(t > 0) * 200.0 + rng.normal(0, 20, t.shape) for t in truths]
     result = evaluate(images, truths, net, device="cpu", preview=tmp_path / "p.png")
     preds = [np.asarray(segment(im, net, None, device="cpu", progress=False, output_kind="labels")) for im in images]
-    assert result == score(preds, truths)
+    cleaned = [np.asarray(segment(im, net, None, device="cpu", progress=False)) for im in images]
+    assert dataclasses.replace(result, raw=None) == score(cleaned, truths)  # the objects segment writes
+    assert result.raw == score(preds, truths).to_dict()  # the network's own, before the clean-up
+    assert evaluate(images, truths, net, device="cpu", min_size=0, fill_holes=False) == score(preds, truths)
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

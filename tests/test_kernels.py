@@ -203,7 +203,8 @@ def test_forcing_a_config_runs_that_config(module):
 
 # -- the row-run (TMA) main loop: 16-bit storage, channels multiples of 8 ---------------------
 def _rowrun(r, bw, bn, bk):
-    return triton.Config(dict(R=r, BW=bw, BN=bn, BK=bk), num_warps=4, num_stages=1, pre_hook=rowrun.set_block_shapes)
+    return triton.Config(dict(R=r, RD=1, BW=bw, BN=bn, BK=bk), num_warps=4, num_stages=1,
+                         pre_hook=rowrun.set_block_shapes)
 
 
 @pytest.mark.parametrize(

@@ -132,8 +132,9 @@ def test_zarr_output_records_the_object_size_and_resume_checks_it(tmp_path):
 
 
 def test_object_ids_at_another_object_size_are_the_components_of_its_class_map(tmp_path):
-    """Instances at object_size=: labelled on the input grid from the class map sampled back,
-    identical whatever the block, in a file and lazily."""
+    """Instances at object_size=: labelled on the input grid from the class map sampled back
+    (and cleaned up there), identical whatever the block, in a file and lazily."""
+    from cleanup_reference import clean_reference
     from test_engine_instances import _model
 
     from fastunet.modelfile import read_model
@@ -145,8 +146,8 @@ def test_object_ids_at_another_object_size_are_the_components_of_its_class_map(t
                           tile=52, chunks=(16, 16), block=(32, 32), progress=False)
     ids, labels = ids[:], labels[:]
     lazy = np.asarray(segment(image, net, None, object_size=31, output_kind="instances", tile=52))
-    expected, n = ndi.label(labels > 0)
-    assert n > 5 and ids.max() == n
+    expected = clean_reference(labels, min_size="auto", fill_holes=True, diameter=31)
+    assert expected.max() > 5 and ids.max() == expected.max()
     np.testing.assert_array_equal(ids, expected)  # both number objects by their first voxel
     np.testing.assert_array_equal(lazy, expected)
 
@@ -168,23 +169,74 @@ def test_a_model_without_a_training_object_size_refuses_object_size():
     assert check_object_size("auto") == "auto" and check_object_size(12) == 12.0
 
 
-def test_estimate_measures_the_predicted_objects_and_refines_once():
-    """The estimate segments a central crop at the input's scale, then at the size it found."""
+def _sure_of(truth, specks=None, *, sure=0.97, unsure=0.6):
+    """A stand-in network: the objects of ``truth`` with foreground probability ``sure``, and
+    ``specks`` (a mask) as objects it is unsure of."""
+    def segment_crop(crop, size):
+        segment_crop.calls.append(size)
+        classes = (truth > 0).astype(np.uint8)
+        prob = np.where(truth > 0, sure, 0.02)
+        if specks is not None:
+            classes[specks] = 1
+            prob = np.where(specks, unsure, prob)
+        return classes, prob
+    segment_crop.calls = []
+    return segment_crop
+
+
+def test_estimate_measures_the_objects_the_network_is_sure_of():
+    """Specks the network is unsure of do not count; a first measure far from the model's size
+    is checked at that size (the stand-in finds the same objects: the rounds agree)."""
     from fastunet.synthetic import synthetic_nuclei
 
-    image, truth = synthetic_nuclei((200, 180), seed=int(torch.initial_seed() % 2**31), n_objects=40)
-    calls = []
-
-    def segment_crop(crop, size):  # a perfect "network": the truth, eroded at the native scale
-        calls.append(size)
-        fg = truth > 0
-        return ndi.binary_erosion(fg, iterations=2) if size is None else fg
-
+    image, truth = synthetic_nuclei((240, 260), seed=int(torch.initial_seed() % 2**31), n_objects=70, touching=0.0,
+                                    radius=(7.0, 11.0))
+    truth = ndi.label(truth > 0)[0]
+    rng = _rng()
+    specks = np.zeros(truth.shape, bool)  # 400 specks of 3 x 3 px (more specks than objects)
+    for y, x in zip(rng.integers(1, 239, 400), rng.integers(1, 259, 400)):
+        specks[y - 1:y + 2, x - 1:x + 2] = True
+    specks &= ndi.distance_transform_edt(truth == 0) > 2
     vol = open_volume(image, axes="YX")
-    size = estimate_object_size(segment_crop, vol)
-    assert calls[0] is None and calls[1] is not None and calls[1] < size
-    assert size == pytest.approx(median_diameter(ndi.label(truth > 0)[0]))
-    assert estimate_object_size(lambda crop, s: np.zeros(crop.shape, np.uint8), vol) is None
+    crop = _sure_of(truth, specks)
+    measure = estimate_object_size(crop, vol, MODEL_SIZE)
+    assert measure.size == pytest.approx(median_diameter(truth), rel=0.05)
+    assert crop.calls[0] is None and (len(crop.calls) == 1) == (1 / 1.15 <= measure.size / MODEL_SIZE <= 1.15)
+    for model_size in (measure.size, 2 * measure.size):  # the model's own size: one round; else two
+        crop = _sure_of(truth, specks)
+        assert estimate_object_size(crop, vol, model_size).size == measure.size
+        assert crop.calls == ([None] if model_size == measure.size else [None, measure.size])
+
+
+def test_an_unsure_estimate_runs_at_the_input_scale_and_says_why(caplog):
+    from fastunet.segmentation import scaling
+    from fastunet.synthetic import synthetic_nuclei
+
+    image, truth = synthetic_nuclei((240, 260), seed=int(torch.initial_seed() % 2**31), n_objects=70, touching=0.0,
+                                    radius=(7.0, 11.0))
+    vol = open_volume(image, axes="YX")
+    unsure = estimate_object_size(_sure_of(truth, sure=0.7), vol, MODEL_SIZE)
+    assert unsure.size is None and "sure of 0 objects" in unsure.reason
+    empty = estimate_object_size(lambda crop, s: (np.zeros(crop.shape, np.uint8), np.zeros(crop.shape)), vol,
+                                 MODEL_SIZE)
+    assert empty.size is None and "finds no objects" in empty.reason
+
+    def drifting(crop, size):  # each round finds objects 0.7 times as large as the last
+        drifting.calls += 1
+        scale = 0.7 ** (drifting.calls - 1)
+        shrunk = ndi.zoom(truth, scale, order=0)[: crop.shape[0], : crop.shape[1]]
+        out = np.zeros(crop.shape, truth.dtype)
+        out[: shrunk.shape[0], : shrunk.shape[1]] = shrunk
+        return out > 0, np.where(out > 0, 0.99, 0.0)
+
+    drifting.calls = 0
+    drift = estimate_object_size(drifting, vol, 2 * median_diameter(truth))
+    assert drift.size is None and "do not agree" in drift.reason and len(drift.rounds) == 3
+    far = estimate_object_size(_sure_of(truth), vol, 5 * median_diameter(truth))
+    assert far.size is None and "more than 4 times" in far.reason and len(far.rounds) == 1
+    with caplog.at_level("WARNING", logger="fastunet.segmentation"):
+        assert scaling.resolve(_sure_of(truth, sure=0.7), vol, "auto", MODEL_SIZE) is None
+    assert 'object_size="auto" is unsure (the network is sure of 0 objects' in caplog.text
 
 
 def test_cli_segment_object_size(tmp_path, capsys):
@@ -214,15 +266,18 @@ def test_cli_segment_object_size(tmp_path, capsys):
 
 def test_auto_runs_at_the_size_it_estimates(tmp_path, monkeypatch):
     """object_size="auto": the estimate (recorded in the summary) is then used as if it had been
-    given; the estimate sees the middle plane's central crop through the segmenter."""
+    given; the estimate sees the middle plane's central crop through the segmenter (its class
+    map and foreground probability)."""
     from fastunet.segmentation import scaling
 
     seen = []
 
-    def estimate(segment_crop, vol):
+    def estimate(segment_crop, vol, model_size):
         crop = scaling._crop(vol)
-        seen.append((crop.shape, np.asarray(segment_crop(crop, None)).shape))
-        return 27.5
+        classes, foreground = segment_crop(crop, None)
+        seen.append((crop.shape, classes.shape, foreground.shape, model_size))
+        assert ((foreground > 0.5) == (classes == 1)).mean() > 0.99
+        return scaling.Measure(27.5)
 
     monkeypatch.setattr(scaling, "estimate_object_size", estimate)
     net = _sized_net()
@@ -232,21 +287,5 @@ def test_auto_runs_at_the_size_it_estimates(tmp_path, monkeypatch):
         summary = seg.last_summary
         given = np.asarray(seg.segment(image, None, axes="ZYX", object_size=27.5))
     assert summary["object_size_estimated"] is True and summary["object_size"] == 27.5
-    assert seen == [((40, 52), (40, 52))]
+    assert seen == [((40, 52), (40, 52), (40, 52), MODEL_SIZE)]
     np.testing.assert_array_equal(auto, given)
-
-
-@pytest.mark.parametrize("estimate, used", [(2.0, MODEL_SIZE / 4), (300.0, MODEL_SIZE * 4), (33.0, 33.0)])
-def test_auto_estimate_is_bounded_to_four_times_the_model_size(monkeypatch, caplog, estimate, used):
-    """An estimate far from the training size (a prediction of specks, or one blob) would make
-    the rescaled run 16x or more as costly: it is brought back to 4x either way, with a warning;
-    a size given explicitly is taken as it is."""
-    from fastunet.segmentation import scaling
-
-    monkeypatch.setattr(scaling, "estimate_object_size", lambda segment_crop, vol: estimate)
-    vol = open_volume(np.zeros((400, 400), np.float32), axes="YX")
-    with caplog.at_level("WARNING", logger="fastunet.segmentation"):
-        plan = scaling.resolve(None, vol, "auto", MODEL_SIZE)
-    assert plan.object_size == used and plan.estimated
-    assert ("more than 4 times the model's training size" in caplog.text) == (estimate != used)
-    assert scaling.resolve(None, vol, 2.0, MODEL_SIZE).object_size == 2.0

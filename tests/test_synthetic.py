@@ -172,3 +172,71 @@ def test_bit_depths_and_new_features():
         synthetic_nuclei((64, 64), irregularity=0.5)
     with pytest.raises(ValueError, match="aspect"):
         synthetic_nuclei((64, 64), aspect=(0.5, 1.0))
+
+
+def test_what_real_images_hold_besides_nuclei_is_light_without_labels():
+    """Debris, fibers, specks, ghosts, autofluorescence and the camera's defects change the image,
+    never the labels; each effect does what it says."""
+    seed = _seed()
+    base = dict(n_objects=25, radius=(8.0, 12.0), touching=0.2, photons=500.0, dtype="float32")
+    plain, labels = synthetic_nuclei((160, 170), seed=seed, **base)
+    clutter = dict(debris=2.0, fibers=0.5, specks=3.0, ghosts=0.8, autofluorescence=0.2, cytoplasm=0.2,
+                   pattern_noise=2.0, hot_pixels=2e-3)
+    busy, same = synthetic_nuclei((160, 170), seed=seed, **base, **clutter)
+    np.testing.assert_array_equal(same, labels)
+    background = labels == 0
+    assert busy[background].std() > 1.5 * plain[background].std()  # textured, cluttered background
+    assert np.median(busy[background]) > np.median(plain[background])  # autofluorescence
+    hot = synthetic_nuclei((160, 170), seed=seed, **base, hot_pixels=5e-3)[0]
+    brightest_nucleus = ndi.maximum(plain, labels, np.arange(1, labels.max() + 1)).max()
+    assert 0.002 < (hot > 1.5 * brightest_nucleus).mean() < 0.008  # single pixels above any nucleus
+    saturated, _ = synthetic_nuclei((160, 170), seed=seed, **base, saturation=0.3)
+    peaks = ndi.maximum(saturated, labels, np.arange(1, labels.max() + 1))
+    assert 0.2 < (peaks >= saturated.max()).mean() < 0.45  # about 30 % of the nuclei clipped at one ceiling
+    with pytest.raises(ValueError, match="saturation"):
+        synthetic_nuclei((64, 64), saturation=1.0)
+    with pytest.raises(ValueError, match="hot_pixels"):
+        synthetic_nuclei((64, 64), hot_pixels=0.5)
+
+
+def test_mitoses_fragments_and_defocus_are_objects():
+    seed = _seed()
+    base = dict(n_objects=20, radius=(10.0, 14.0), touching=0.0, min_area=6)
+    _, plain = synthetic_nuclei((220, 220), seed=seed, **base)
+    _check_instances(plain)
+    image, labels = synthetic_nuclei((220, 220), seed=seed, **base, mitoses=0.5, fragments=0.25)
+    _check_instances(labels)
+    assert labels.max() >= plain.max() + 8  # bars and pieces, each an object
+    areas = np.bincount(labels.ravel())[1:]
+    small = np.flatnonzero(areas < 0.4 * np.median(np.bincount(plain.ravel())[1:])) + 1
+    assert len(small) >= 6
+    means = ndi.mean(image, labels, np.arange(1, labels.max() + 1))
+    assert np.median(means[small - 1]) > np.median(means[areas >= 200])  # condensed: brighter
+    from fastunet.synthetic import synthetic_image
+
+    drawn = synthetic_image((220, 220), seed=seed, **base, mitoses=0.5, fragments=0.25)  # which are nuclei
+    np.testing.assert_array_equal(drawn.image, image)
+    np.testing.assert_array_equal(drawn.labels, labels)
+    assert 0.7 * plain.max() <= drawn.nuclei <= plain.max() + 3 < labels.max()
+    assert np.median(areas[: drawn.nuclei]) > 2 * np.median(areas[drawn.nuclei:])
+    sharp = synthetic_nuclei((160, 160), seed=seed, **base)
+    soft = synthetic_nuclei((160, 160), seed=seed, **base, defocus=1.0)
+    np.testing.assert_array_equal(sharp[1], soft[1])
+    edges = [np.abs(np.diff(im, axis=1))[(lab[:, 1:] > 0) != (lab[:, :-1] > 0)].mean() for im, lab in (sharp, soft)]
+    assert edges[1] < 0.8 * edges[0]  # out of focus: softer edges
+
+
+def test_the_new_styles_draw_their_effects_and_older_styles_keep_their_images():
+    from fastunet.default_model import TRAIN_STYLES
+    from fastunet.synthetic_styles import STYLES, style_image, style_names
+
+    seed = _seed()
+    assert set(TRAIN_STYLES) == set(style_names(held_out=False))
+    for name, effect in (("debris", "debris"), ("autofluorescent", "cytoplasm"), ("saturated", "saturation"),
+                         ("dividing", "mitoses"), ("dim", "photons")):
+        drawn = style_image(name, (96, 96), seed=seed)
+        lo, hi = getattr(STYLES[name], effect)
+        assert lo <= drawn.options[effect] <= hi and drawn.options[effect] > 0
+        np.testing.assert_array_equal(drawn.image, style_image(name, (96, 96), seed=seed).image)
+    # the styles that existed before draw none of the new options
+    assert "debris" not in style_image("small", (64, 64), seed=seed).options

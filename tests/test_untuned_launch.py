@@ -10,7 +10,7 @@ from triton.runtime.interpreter import InterpretedFunction
 from triton.runtime.jit import JITFunction
 
 from fastunet import ReferenceUNet, UNetConfig
-from fastunet.kernels import _utils, conv, conv_head, loss, upconv
+from fastunet.kernels import _utils, conv, conv_head, loss, rowconv, upconv
 
 
 @pytest.fixture
@@ -49,17 +49,18 @@ def test_paper_network_forward_launches_the_models_first_configs_without_benchma
     net.predict(torch.zeros(2, 1, 572, 572), "labels")
     assert benchmarks == []
     names = [fn.__name__ for fn, _ in launched]
-    assert names.count("conv3x3_rowrun_kernel") == 16  # every 3x3 conv but the first and the last
+    assert names.count("conv_rowrun_kernel") == 16  # every 3x3 conv but the first and the last
     assert names.count("conv3x3_kernel") == 1  # the first layer: one input channel, K packed into one dot
-    assert names.count("conv3x3_head_rowrun_kernel") == 1 and names.count("upconv2x2_kernel") == 4
+    assert names.count("conv_head_rowrun_kernel") == 1 and names.count("upconv2x2_kernel") == 4
     for fn, a in launched:
-        if fn.__name__ == "conv3x3_rowrun_kernel":
+        if fn.__name__ == "conv_rowrun_kernel":
+            assert a["KD"] == 1
             x = a["a_desc"].base
             s = conv.ConvShape(x.shape[0], a["H_OUT"] + 2, a["W_OUT"] + 2, a["C_A"], a["C_B"], a["C_OUT"], a["POOL"],
                                a["WRITE_Y"])
             _same(a, conv.rowrun_configs_for(s)[0])
             assert a["a_desc"].block_shape == [a["BW"], a["BK"]] and a["w_desc"].block_shape == [a["BK"], a["BN"]]
-        elif fn.__name__ == "conv3x3_head_rowrun_kernel":
+        elif fn.__name__ == "conv_head_rowrun_kernel":
             x = a["x_desc"].base
             _same(a, conv_head.rowrun_configs_for(conv.ConvShape(x.shape[0], x.shape[1], x.shape[2], a["C_IN"], 0,
                                                                  a["C_MID"]))[0])
@@ -97,8 +98,8 @@ def test_loss_default_block_is_large_and_predicted_near_copy_bandwidth():
 def test_every_autotuned_kernel_keys_on_a_size_class():
     from fastunet.kernels import head
 
-    kernels = (conv.conv3x3_kernel, conv.conv3x3_rowrun_kernel, conv_head.conv3x3_head_kernel,
-               conv_head.conv3x3_head_rowrun_kernel, upconv.upconv2x2_kernel, head.head_kernel,
+    kernels = (conv.conv3x3_kernel, rowconv.conv_rowrun_kernel, conv_head.conv3x3_head_kernel,
+               conv_head.conv_head_rowrun_kernel, upconv.upconv2x2_kernel, head.head_kernel,
                loss.softmax_ce_fwd_kernel)
     for kernel in kernels:
         assert "SIZE_CLASS" in kernel.keys, kernel.fn.__name__
@@ -113,14 +114,30 @@ def test_3d_network_forward_launches_the_models_first_configs_without_benchmarks
     FusedUNet3D(model, device="cpu", dtype="bf16").predict(torch.zeros(1, 1, 42, 76, 76), "labels")
     assert benchmarks == []
     names = [fn.__name__ for fn, _ in launched]
-    assert names.count("conv3x3x3_kernel") == 9 and names.count("conv3x3x3_head_kernel") == 1
-    assert names.count("upconv3d_kernel") == 2
+    # the 3x3x3 convs on the 2D convs' row-run kernel (KD = 3) but the packed first layer; the head likewise
+    assert names.count("conv_rowrun_kernel") == 8 and names.count("conv3x3x3_kernel") == 1
+    assert names.count("conv_head_rowrun_kernel") == 1 and names.count("upconv3d_kernel") == 2
+    pools = set()
     for fn, a in launched:
         if fn.__name__ == "conv3x3x3_kernel":
+            assert a["K_PACKED"]
             shape = (1, a["D_OUT"], a["H_OUT"], a["W_OUT"])
             kept = conv3d.configs_for(torch.bfloat16, shared_memory=232448, packed=a["K_PACKED"])
             _same(a, conv3d.rank(kept, shape, a["C_A"] + a["C_B"], a["C_OUT"], 2, a["K_PACKED"])[0])
+        elif fn.__name__ == "conv_rowrun_kernel":
+            assert a["KD"] == 3
+            s = conv.ConvShape(1, a["H_OUT"] + 2, a["W_OUT"] + 2, a["C_A"], a["C_B"], a["C_OUT"], a["POOL"],
+                               a["WRITE_Y"], d_in=a["D_OUT"] + 2, pool_d=a["POOL_D"])
+            _same(a, rowconv.ranked(s)[0])
+            if a["POOL"]:
+                pools.add(a["POOL_D"])
+                assert a["RD"] == a["POOL_D"] or a["POOL_D"] == 1  # a 2x2x2 pool's windows in one tile
+        elif fn.__name__ == "conv_head_rowrun_kernel":
+            assert a["KD"] == 3
+            s = conv.ConvShape(1, a["H_OUT"] + 2, a["W_OUT"] + 2, a["C_IN"], 0, a["C_MID"], d_in=a["D_OUT"] + 2)
+            _same(a, conv_head.rowrun_configs_for(s)[0])
         elif fn.__name__ == "upconv3d_kernel":
             _same(a, upconv3d.ranked_configs(a["M"], a["C_IN"], 4 * a["FD"] * a["C_OUT"], torch.bfloat16, "tf32")[0])
+    assert pools == {1, 2}
     for kernel in (conv3d.conv3x3x3_kernel, conv3d.conv3x3x3_head_kernel, upconv3d.upconv3d_kernel):
         assert "SIZE_CLASS" in kernel.keys, kernel.fn.__name__

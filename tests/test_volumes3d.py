@@ -169,8 +169,9 @@ def test_3d_instance_ids_equal_scipy_label_of_the_whole_volume(tmp_path):
     vol = _rng().random(SHAPE).astype(np.float32)
     logits = reference_logits(bundle, vol)
     src = _zarr(tmp_path / "in.zarr", vol, (3, 8, 8))
+    raw = dict(min_size=0, fill_holes=False)  # the class map's components as they are (no clean-up)
     ids, labels = segment(src, bundle, tmp_path / "o.zarr", axes="ZYX", tile=(30, 52, 56), chunks=(3, 8, 8),
-                          block=(3, 8, 8), output_kind="instances,labels", progress=False, dtype="fp32")
+                          block=(3, 8, 8), output_kind="instances,labels", progress=False, dtype="fp32", **raw)
     assert_labels_match(labels, logits)
     expected, n = ndimage.label(labels[:] == 1)  # 3D face connectivity, the whole volume at once
     assert n > 5 and 27 > 1  # several objects, merged over 3 x 4 x 3 blocks
@@ -178,7 +179,7 @@ def test_3d_instance_ids_equal_scipy_label_of_the_whole_volume(tmp_path):
     crossing = [k for k, box in enumerate(ndimage.find_objects(expected), 1) if box[0].stop - box[0].start > 3]
     assert crossing, "no object spans two blocks along Z"
     lazy = segment(vol, bundle, None, axes="ZYX", tile=(28, 56, 48), chunks=(3, 8, 8), block=(6, 8, 16),
-                   dtype="fp32")
+                   dtype="fp32", **raw)
     np.testing.assert_array_equal(np.asarray(lazy), expected)
 
 

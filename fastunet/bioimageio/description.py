@@ -7,7 +7,7 @@ import torch
 from ..modelfile import ModelBundle
 from . import architecture
 
-__all__ = ["describe", "preprocessing", "halo_size", "INPUT_ID", "OUTPUT_ID", "ARCHITECTURE_FILE", "CITATION", "UNET_DOI"]
+__all__ = ["describe", "preprocessing", "postprocessing", "halo_size", "INPUT_ID", "OUTPUT_ID", "ARCHITECTURE_FILE", "CITATION", "UNET_DOI"]
 
 ARCHITECTURE_FILE = "fastunet_unet.py"  # architecture.py, as the package names it
 CITATION = ("Ronneberger, O., Fischer, P., Brox, T. (2015). U-Net: Convolutional Networks for Biomedical "
@@ -34,6 +34,21 @@ def preprocessing(bundle: ModelBundle) -> list:
         steps.append(bmz.ScaleLinearDescr(kwargs=bmz.ScaleLinearKwargs(
             gain=1.0 / norm.scale, offset=-norm.offset / norm.scale)))
     return steps
+
+
+def postprocessing(bundle: ModelBundle) -> dict:
+    """fastunet's clean-up of the objects (what ``segment`` does by default), as the package's
+    ``config.fastunet.postprocessing`` records it: bioimage.io's named postprocessing operations
+    (binarize, clip, scale_*, sigmoid, softmax, ...) cannot label objects, remove small ones
+    or fill holes, so the package's output stays the class probabilities."""
+    from ..objectsize import AUTO_MIN_FRACTION, model_object_size
+
+    return {"objects": "connected components of the argmax class map (each class on its own)",
+            "min_size": "auto", "min_size_fraction": AUTO_MIN_FRACTION,
+            "min_size_rule": "remove objects smaller than min_size_fraction of the typical object's area (the "
+                             "population of objects holding the most foreground; the training object size "
+                             "below when an image has fewer than 5 objects)",
+            "training_object_size": model_object_size(bundle.extra), "fill_holes": True}
 
 
 def halo_size(depth: int) -> int:
@@ -136,5 +151,5 @@ def describe(bundle: ModelBundle, files: dict, *, name: str, description: str, a
         attachments=[bmz.FileDescr(source=files["model.safetensors"])],
         config=bmz.Config(fastunet={"version": __version__, "config": cfg.to_dict(),
                                     "normalization": bundle.normalization.to_dict(),
-                                    "model_file": "model.safetensors"}),
+                                    "model_file": "model.safetensors", "postprocessing": postprocessing(bundle)}),
     )

@@ -24,7 +24,7 @@ def package_readme(bundle: ModelBundle, name: str, description: str, validation:
     ``validation`` section (:func:`validation_section`) and the citation."""
     cfg, norm = bundle.config, bundle.normalization
     c = architecture.context(cfg.depth)
-    extra = "".join(f"- {key}: {value}\n" for key, value in bundle.extra.items())
+    extra = "".join(f"- {key}: {value}\n" for key, value in bundle.extra.items() if key != "card")
     extra = extra or "- (no training record in the model file)\n"
     formats = "\n".join(f"- `{WEIGHT_FILES[f]}`: " + _FORMAT_LINES[f].format(arch=ARCHITECTURE_FILE, opset=ONNX_OPSET)
                         for f in formats)
@@ -63,6 +63,15 @@ stacks; here each image is one sample.
 
 reads `model.safetensors` from the package (never unpickling anything) and runs the
 overlap-tile engine over volumes of any size.
+
+## Post-processing
+
+The package's output is the class probabilities. fastunet makes objects of them and cleans
+them up by default: the connected components of the argmax, objects smaller than 1/16 of the
+typical object's area removed (specks), holes filled (`config.fastunet.postprocessing` records
+the rule). bioimage.io's named postprocessing operations cannot label objects, remove small
+ones or fill holes, so a bioimage.io consumer gets the probabilities and does this itself (or
+runs fastunet on the package, as above).
 
 ## Training
 

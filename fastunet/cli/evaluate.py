@@ -15,6 +15,7 @@ from .common import (
     object_size_argument,
     write_json,
 )
+from .segment import add_cleanup_options, cleanup_options
 
 __all__ = ["add_parser", "run"]
 
@@ -22,6 +23,7 @@ EXAMPLES = """\
 fastunet evaluate images/ labels/ --model nuclei.safetensors    # your data
 fastunet evaluate --synthetic 16                                 # 16 fresh images of every synthetic style
 fastunet evaluate --synthetic 16 --style held-out --object-size auto
+fastunet evaluate --synthetic 16 --no-cleanup                    # the network's objects, before the clean-up
 fastunet evaluate --synthetic 4 --style classic --json - | jq .f1
 """
 
@@ -35,6 +37,7 @@ def _data_options(p: argparse.ArgumentParser) -> None:
                    "segment); truth: each synthetic image's true one")
     p.add_argument("--seed", type=int, default=2026, help="first seed of the synthetic images (default 2026)")
     p.add_argument("--axes", help="axes of files whose metadata do not say, e.g. ZYX")
+    add_cleanup_options(p.add_argument_group("the objects scored (as segment writes them)"))
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -64,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     model = model_argument(args.model)  # --json and --preview were checked before (fastunet.cli.files)
     common = dict(device=args.device, backend=args.backend, dtype=args.dtype, tile=args.tile,
                   batch_size=args.batch_size, preview=args.preview, overwrite=args.overwrite,
-                  object_size=object_size_argument(args.object_size))
+                  object_size=object_size_argument(args.object_size), **cleanup_options(args))
     results = None
     if args.synthetic is not None:
         if args.images or args.labels:

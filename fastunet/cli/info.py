@@ -1,4 +1,5 @@
-"""``fastunet info``: a model file's config, size, context and valid tile sizes."""
+"""``fastunet info``: a model file's config, size, context and valid tile sizes, and its card
+(intended use, what it is not for, training styles, scores per style) when it has one."""
 
 from __future__ import annotations
 
@@ -55,7 +56,33 @@ def run(args: argparse.Namespace) -> int:
         print(f"network        {cfg.describe()}")
         print(f"context Z      {geometry.context(z)} voxels per side")
         print("valid tiles Z  " + ", ".join(f"{s}->{geometry.output_size(s, z)}" for s in z_sizes))
-    if bundle.extra:
-        for key, value in bundle.extra.items():
+    for key, value in (bundle.extra or {}).items():
+        if key != "card":
             print(f"{key:<14} {value}")
+    if isinstance((bundle.extra or {}).get("card"), dict):
+        print_card(bundle.extra["card"])
     return 0
+
+
+def print_card(card: dict) -> None:
+    """The model card: what it is for and not for, how it was trained, its scores per style."""
+    import textwrap
+
+    def wrapped(label: str, text: str) -> None:
+        print(textwrap.fill(text, 100, initial_indent=f"{label:<14} ", subsequent_indent=" " * 15))
+
+    print("\nmodel card")
+    wrapped("intended use", card.get("intended_use", ""))
+    for i, item in enumerate(card.get("not_for", ())):
+        wrapped("not for" if i == 0 else "", f"- {item}")
+    for name, text in card.get("training_styles", {}).items():
+        wrapped("trained on" if name == next(iter(card["training_styles"])) else "", f"{name}: {text}")
+    print(f"scores         instance F1 at IoU 0.5 on {card.get('scored_on', '?')} ({card.get('results_file', '')}),")
+    print("               objects cleaned up (as segment writes them) / as the network made them:")
+    print(f"               {'style':<16}{'':<10}{'nuclei':>7} {'F1':>6} {'prec':>6} {'recall':>6} {'specks':>7} "
+          f"{'F1 raw':>7} {'specks':>7}")
+    for name, r in card.get("scores", {}).items():
+        on, off = r["on"], r["off"]
+        print(f"               {name:<16}{'held out' if r['held_out'] else 'training':<10}{r['nuclei']:>7} "
+              f"{on['instance_f1']:>6.3f} {on['precision']:>6.3f} {on['recall']:>6.3f} {on['specks']:>7.1%} "
+              f"{off['instance_f1']:>7.3f} {off['specks']:>7.1%}")

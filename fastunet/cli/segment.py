@@ -81,14 +81,43 @@ def _kind_options(p: argparse.ArgumentParser) -> None:
     group.add_argument("--kind", metavar="KIND[,KIND]", help="one or several of instances (object ids), labels "
                        "(uint8 class map), probs (class probabilities), comma-separated; both = labels,probs "
                        "(default: instances for two-class models, else labels)")
-    group.add_argument("--min-size", type=int, default=0, metavar="VOXELS", help="instances: remove objects "
-                       "smaller than this (default 0: keep all)")
+    add_cleanup_options(group)
     group.add_argument("--split", choices=("watershed",), help="instances: split merged objects by a seeded "
                        "watershed (needs scikit-image; default: none, as the network separates them)")
     group.add_argument("--connect-z", action="store_true", help="instances of a ZYX stack: connect objects "
                        "across slices (default: ids per slice)")
     group.add_argument("--label-name", metavar="NAME", help="OME-Zarr: the label image's name under labels/ "
                        "(-o image.ome.zarr/labels/NAME writes into the input image's own labels group)")
+
+
+def _min_size(text: str):
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected auto or a number of voxels >= 0 (0 keeps every object); got {text!r}")
+    return value
+
+
+def add_cleanup_options(group) -> None:
+    """``--min-size``, ``--keep-holes``, ``--no-cleanup``: the clean-up of the objects (segment, evaluate)."""
+    group.add_argument("--min-size", type=_min_size, default="auto", metavar="VOXELS|auto", help="instances: remove "
+                       "objects smaller than this; auto (default): under 1/16 of the typical object's area, a quarter "
+                       "of its diameter (specks); 0 keeps all")
+    group.add_argument("--keep-holes", action="store_true", help="instances: leave holes in objects (default: the "
+                       "background one object encloses is filled)")
+    group.add_argument("--no-cleanup", action="store_true", help="instances: the class map's connected components "
+                       "as they are (--min-size 0 --keep-holes)")
+
+
+def cleanup_options(args: argparse.Namespace) -> dict:
+    """``min_size`` and ``fill_holes`` of the clean-up flags."""
+    if args.no_cleanup:
+        return {"min_size": 0, "fill_holes": False}
+    return {"min_size": args.min_size, "fill_holes": not args.keep_holes}
 
 
 def _run_options(p: argparse.ArgumentParser) -> None:
@@ -133,7 +162,7 @@ def _options(args: argparse.Namespace) -> dict:
                    zarr_format=args.zarr_format, resume=args.resume, overwrite=args.overwrite,
                    scheduler=args.scheduler, workers=args.workers, gpus=args.gpus, progress=not args.quiet,
                    block=parse_sizes(args.block, "--block", "1,512,512"))
-    options.update(output_kind=args.kind, min_size=args.min_size, split=args.split, connect_z=args.connect_z,
+    options.update(output_kind=args.kind, **cleanup_options(args), split=args.split, connect_z=args.connect_z,
                    label_name=args.label_name, break_lock=args.break_lock,
                    storage_options=_storage_options(args.storage_option),
                    object_size=object_size_argument(args.object_size))

@@ -93,7 +93,7 @@ def _seed(value, args) -> None:
 
 def _count(minimum: int):
     def check(value, args, *, _min=minimum) -> None:
-        if value < _min:
+        if isinstance(value, int) and value < _min:  # words (--min-size auto) are checked by their parser
             raise UserError(f"{{flag}} expects a whole number >= {_min}; got {value}.")
     return check
 

@@ -47,17 +47,23 @@ def _linear(layout, block) -> int:
     return int(np.ravel_multi_index(block.index, layout.grid))
 
 
+def _table_keys(options: InstanceOptions) -> tuple[str, ...]:
+    return ("first", "size", "cls", "edge", "adj") if options.fill_holes else ("first", "size", "cls")
+
+
 def merge_recorded(layout, records, options: InstanceOptions) -> Merge:
     """Merge the blocks recorded in ``records`` (every block of ``layout`` must be)."""
     names = [b.name for b in layout.blocks()]
-    return merge(layout.grid, lambda b: records.get(names[b], "first", "size", "cls"),
+    keys = _table_keys(options)
+    return merge(layout.grid, lambda b: records.get(names[b], *keys),
                  lambda b, key: records.get(names[b], key)[0], ndim=layout.ndim, options=options)
 
 
 def merge_returned(layout, objects: dict, options: InstanceOptions) -> Merge:
     """Merge blocks whose records are in memory: ``objects[block index] -> record``."""
     order = [objects[b.index] for b in layout.blocks()]
-    return merge(layout.grid, lambda b: (order[b]["first"], order[b]["size"], order[b]["cls"]),
+    keys = _table_keys(options)
+    return merge(layout.grid, lambda b: tuple(order[b][k] for k in keys),
                  lambda b, key: order[b][key], ndim=layout.ndim, options=options)
 
 

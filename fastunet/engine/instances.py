@@ -16,6 +16,17 @@ Three steps, each streamed over blocks:
    ``min_size``), and it depends on nothing but the class map.
 3. :meth:`Merge.block_lut` maps one block's local ids to the final ids (the relabel pass).
 
+The clean-up (:class:`InstanceOptions`) happens in the merge, so it sees whole objects and
+holes whatever the blocks: ``min_size="auto"`` removes objects smaller than a fraction of the
+volume's typical object (:func:`fastunet.objectsize.auto_min_size`), and ``fill_holes`` fills
+the background enclosed by one object. For the holes each block also labels its background
+(class 0, ids among its objects' ids, recorded with class 0), marks the pieces that touch the
+volume's border (``edge``) and lists which of its pieces touch (``adj``); the merge joins the
+background pieces across faces like objects, and a background region (with the objects
+removed as too small inside it) that touches no border and only one kept object becomes that
+object. An object's first voxel comes before any voxel of its holes, so the numbering stays
+that of :func:`scipy.ndimage.label` of the cleaned image.
+
 Connectivity is the face connectivity of :func:`scipy.ndimage.label`'s default structure.
 A ``ZYX`` stack is labelled slice by slice (objects never join across Z; ids are still
 unique in the whole stack) unless ``connect_z=True``.
@@ -45,30 +56,46 @@ class InstanceOptions:
 
     Parameters
     ----------
-    min_size : int
-        Objects of fewer voxels are removed (0 keeps every object).
+    min_size : int or "auto"
+        Objects of fewer voxels are removed (0 keeps every object); ``"auto"``: fewer than
+        :func:`fastunet.objectsize.auto_min_size` of the volume's objects (a fraction of the
+        typical object's size; ``typical_size`` when the volume has too few objects).
     split : {None, "watershed"}
         ``"watershed"`` splits touching objects of one block by a seeded watershed on the
         distance transform (see :mod:`fastunet.engine.split`).
     connect_z : bool
         ``ZYX`` stacks: join objects across slices (3-D connectivity) instead of labelling
         each slice on its own.
+    fill_holes : bool
+        Fill the background that one object encloses (in each slice, or in 3-D with
+        ``connect_z``) with that object.
+    typical_size : float, optional
+        The objects' expected diameter in pixels on the input grid (the model's training
+        object size, rescaled), for ``min_size="auto"`` on a volume with too few objects.
     """
 
-    min_size: int = 0
+    min_size: int | str = 0
     split: str | None = None
     connect_z: bool = False
+    fill_holes: bool = False
+    typical_size: float | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.min_size, bool) or not isinstance(self.min_size, (int, np.integer)) or self.min_size < 0:
-            raise UserError(f"min_size= expects a number of voxels >= 0 (0 keeps every object); got {self.min_size!r}.")
+        from ..objectsize import check_min_size
+
+        try:
+            object.__setattr__(self, "min_size", check_min_size(self.min_size))
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
         if self.split not in SPLITS:
             raise UserError(f'split= expects None or "watershed"; got {self.split!r}.')
-        if not isinstance(self.connect_z, bool):
-            raise UserError(f"connect_z= expects True or False; got {self.connect_z!r}.")
+        for name in ("connect_z", "fill_holes"):
+            if not isinstance(getattr(self, name), bool):
+                raise UserError(f"{name}= expects True or False; got {getattr(self, name)!r}.")
 
     def to_dict(self) -> dict:
-        return {"min_size": int(self.min_size), "split": self.split, "connect_z": self.connect_z}
+        return {"min_size": self.min_size, "split": self.split, "connect_z": self.connect_z,
+                "fill_holes": self.fill_holes}
 
 
 def instance_dtype(count: int) -> np.dtype:
@@ -83,12 +110,16 @@ def instance_dtype(count: int) -> np.dtype:
 class BlockLabels:
     """One block's local objects: ``ids`` ``(bz, by, bx)`` uint32 (0 background, ``1..n``),
     and per object ``first`` (global C-order linear index of its first voxel), ``size``
-    (voxels) and ``cls`` (class)."""
+    (voxels) and ``cls`` (class). With ``fill_holes`` the background pieces are among them
+    (class 0, so no id is 0), ``edge`` says which pieces touch the volume's border and ``adj``
+    ``(m, 2)`` lists the pairs of pieces that touch."""
 
     ids: np.ndarray
     first: np.ndarray
     size: np.ndarray
     cls: np.ndarray
+    edge: np.ndarray | None = None
+    adj: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -96,7 +127,8 @@ class BlockLabels:
 
     def arrays(self, faces: dict) -> dict:
         """Everything a record keeps: the tables, the ids and the face planes."""
-        return {"ids": self.ids, "first": self.first, "size": self.size, "cls": self.cls, **faces}
+        holes = {} if self.edge is None else {"edge": self.edge, "adj": self.adj}
+        return {"ids": self.ids, "first": self.first, "size": self.size, "cls": self.cls, **holes, **faces}
 
 
 def merge_axes(ndim: int, connect_z: bool) -> tuple[int, ...]:
@@ -138,9 +170,9 @@ def label_block(classes: np.ndarray, origin: tuple[int, ...], shape: tuple[int, 
     ids = np.zeros(classes.shape, np.uint32)
     cls_list = []
     count = 0
-    for c in range(1, max(2, int(num_classes))):
+    for c in range(0 if options.fill_holes else 1, max(2, int(num_classes))):
         mask = classes == c
-        if options.split == "watershed":
+        if options.split == "watershed" and c > 0:
             from .split import split_objects
 
             local, n = split_objects(mask, structure)
@@ -154,7 +186,7 @@ def label_block(classes: np.ndarray, origin: tuple[int, ...], shape: tuple[int, 
             cls_list.append(np.full(n, c, np.uint8))
             count += n
     flat = ids.ravel()
-    if num_classes > 2 or options.split is not None:  # renumber by first occurrence
+    if num_classes > 2 or options.split is not None or options.fill_holes:  # renumber by first occurrence
         ids, flat, cls_list = _by_first_occurrence(ids, count, cls_list)
     # ids are numbered by first occurrence: the running maximum steps up by one at each new id
     steps = np.diff(np.maximum.accumulate(flat), prepend=np.uint32(0))
@@ -166,7 +198,39 @@ def label_block(classes: np.ndarray, origin: tuple[int, ...], shape: tuple[int, 
     first = np.ravel_multi_index(coords, shape).astype(np.int64) if count else np.zeros(0, np.int64)
     size = np.bincount(flat, minlength=count + 1)[1:].astype(np.int64)
     cls = np.concatenate(cls_list) if cls_list else np.zeros(0, np.uint8)
-    return BlockLabels(ids=ids, first=first, size=size, cls=cls)
+    found = BlockLabels(ids=ids, first=first, size=size, cls=cls)
+    if options.fill_holes:
+        box = tuple((o, o + n) for o, n in zip(origin, ids.shape[3 - ndim:]))
+        found.edge = _edge_pieces(ids, box, shape, options.connect_z, count)
+        found.adj = _touching(ids, structure)
+    return found
+
+
+def _edge_pieces(ids: np.ndarray, box, shape: tuple[int, ...], connect_z: bool, count: int) -> np.ndarray:
+    """Per local piece: does it touch the volume's border (along the axes objects join across)?"""
+    edge = np.zeros(count, bool)
+    offset = 3 - len(shape)
+    for a in merge_axes(len(shape), connect_z):
+        start, stop = box[a]
+        for at, index in ((start == 0, 0), (stop == shape[a], ids.shape[a + offset] - 1)):
+            if at:
+                edge[np.unique(np.take(ids, index, axis=a + offset)) - 1] = True
+    return edge
+
+
+def _touching(ids: np.ndarray, structure: np.ndarray) -> np.ndarray:
+    """``(m, 2)`` pairs ``i < j`` of local pieces that touch (the connectivity of ``structure``)."""
+    pairs = []
+    for axis, link in enumerate((structure[0, 1, 1], structure[1, 0, 1], structure[1, 1, 0])):
+        if not link or ids.shape[axis] < 2:
+            continue
+        a = np.take(ids, np.arange(ids.shape[axis] - 1), axis=axis).ravel()
+        b = np.take(ids, np.arange(1, ids.shape[axis]), axis=axis).ravel()
+        differ = a != b
+        a, b = a[differ].astype(np.uint64), b[differ].astype(np.uint64)
+        pairs.append((np.minimum(a, b) << np.uint64(32)) | np.maximum(a, b))
+    codes = np.unique(np.concatenate(pairs)) if pairs else np.zeros(0, np.uint64)
+    return np.stack([codes >> np.uint64(32), codes & np.uint64(0xFFFFFFFF)], axis=1).astype(np.uint32)
 
 
 def _by_first_occurrence(ids: np.ndarray, count: int, cls_list: list) -> tuple:
@@ -206,13 +270,19 @@ def face_planes(ids: np.ndarray, box: tuple[tuple[int, int], ...], shape: tuple[
 @dataclass
 class Merge:
     """The result of :func:`merge`: ``lut[offsets[b] + i - 1]`` is the final id of local
-    object ``i`` of block ``b`` (C order of the block grid), 0 when removed."""
+    object ``i`` of block ``b`` (C order of the block grid), 0 when removed (or background).
+
+    ``min_size`` is the option as given (a number or ``"auto"``), ``min_size_used`` the number
+    of voxels it came to; ``removed`` objects were smaller, ``holes`` holes were filled."""
 
     lut: np.ndarray
     offsets: np.ndarray
     count: int
     largest: int
-    min_size: int
+    min_size: int | str
+    min_size_used: int = 0
+    removed: int = 0
+    holes: int = 0
 
     def block_lut(self, b: int) -> np.ndarray:
         """Local id -> final id for block ``b`` (entry 0: background)."""
@@ -221,17 +291,35 @@ class Merge:
         out[1:] = self.lut[start:stop]
         return out
 
+    def summary(self) -> dict:
+        """What a run reports of the clean-up."""
+        return {"min_size_used": self.min_size_used, "objects_removed": self.removed, "holes_filled": self.holes}
 
-def _face_edges(hi: np.ndarray, lo: np.ndarray, off_a: int, off_b: int, cls: np.ndarray) -> np.ndarray:
-    """``(m, 2)`` provisional global id pairs that touch across one face (same class)."""
+
+def _face_edges(hi: np.ndarray, lo: np.ndarray, off_a: int, off_b: int, cls: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Provisional global id pairs that touch across one face: ``(m, 2)`` of the same class
+    (one piece), and ``(k, 2)`` of different classes (neighbours)."""
     both = (hi > 0) & (lo > 0)
     if not both.any():
-        return np.zeros((0, 2), np.int64)
+        return np.zeros((0, 2), np.int64), np.zeros((0, 2), np.int64)
     u = hi[both].astype(np.int64) + (off_a - 1)
     v = lo[both].astype(np.int64) + (off_b - 1)
     same = cls[u] == cls[v]
-    pairs = np.stack([u[same], v[same]], axis=1)
-    return np.unique(pairs, axis=0) if len(pairs) else pairs
+    pairs = np.stack([u, v], axis=1)
+    return _unique_rows(pairs[same]), _unique_rows(pairs[~same])
+
+
+def _unique_rows(pairs: np.ndarray) -> np.ndarray:
+    return np.unique(pairs, axis=0) if len(pairs) else pairs.reshape(0, 2)
+
+
+def _components(pairs: np.ndarray, n: int) -> tuple[int, np.ndarray]:
+    """Connected components of the graph on ``n`` nodes with edges ``pairs``."""
+    from scipy import sparse
+    from scipy.sparse import csgraph
+
+    graph = sparse.coo_matrix((np.ones(len(pairs), np.int8), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    return csgraph.connected_components(graph, directed=False)
 
 
 def merge(grid: tuple[int, ...], tables: Callable[[int], tuple], faces: Callable[[int, str], np.ndarray], *,
@@ -243,7 +331,8 @@ def merge(grid: tuple[int, ...], tables: Callable[[int], tuple], faces: Callable
     grid : tuple of int
         The block grid (blocks numbered in its C order).
     tables : callable
-        ``tables(b) -> (first, size, cls)`` of block ``b`` (see :class:`BlockLabels`).
+        ``tables(b) -> (first, size, cls)`` of block ``b`` (see :class:`BlockLabels`), with
+        ``fill_holes`` ``(first, size, cls, edge, adj)``.
     faces : callable
         ``faces(b, key) -> plane`` for the keys of :func:`face_planes`.
     ndim : int
@@ -255,8 +344,7 @@ def merge(grid: tuple[int, ...], tables: Callable[[int], tuple], faces: Callable
     UserError
         ``min_size`` removes every object of a volume that has some.
     """
-    from scipy import sparse
-    from scipy.sparse import csgraph
+    from ..objectsize import auto_min_size
 
     nblocks = int(np.prod(grid))
     parts = [tables(b) for b in range(nblocks)]
@@ -266,32 +354,81 @@ def merge(grid: tuple[int, ...], tables: Callable[[int], tuple], faces: Callable
     first = np.concatenate([p[0] for p in parts]) if total else np.zeros(0, np.int64)
     size = np.concatenate([p[1] for p in parts]) if total else np.zeros(0, np.int64)
     cls = np.concatenate([p[2] for p in parts]) if total else np.zeros(0, np.uint8)
+    same, touch = _joins(grid, faces, offsets, cls, ndim, options.connect_z)
+    ncomp, comp = _components(same, total)
+    comp_cls = np.zeros(ncomp, np.uint8)
+    comp_cls[comp] = cls
+    objsize = np.bincount(comp, weights=size, minlength=ncomp).astype(np.int64)
+    objects = comp_cls > 0
+    key = np.full(ncomp, np.iinfo(np.int64).max, np.int64)
+    np.minimum.at(key, comp, first)
+    if options.min_size == "auto":
+        min_size = auto_min_size(objsize[objects], options.typical_size, ndim=ndim if options.connect_z else 2)
+    else:
+        min_size = int(options.min_size)
+    kept = np.flatnonzero(objects & (objsize >= max(1, min_size)))
+    largest = int(objsize[objects].max()) if objects.any() else 0
+    if objects.any() and not kept.size:
+        raise UserError(
+            f"min_size={min_size} removes every object: the largest has {largest} voxels; choose "
+            f"min_size={largest} or less (0 keeps every object)."
+        )
+    count = int(kept.size)
+    final = np.zeros(ncomp, instance_dtype(count))
+    final[kept[np.argsort(key[kept], kind="stable")]] = np.arange(1, count + 1, dtype=final.dtype)
+    holes = 0
+    if options.fill_holes and total:
+        adj = [p[4].astype(np.int64) + (offsets[b] - 1) for b, p in enumerate(parts) if len(p[4])]
+        edge = np.concatenate([p[3] for p in parts]).astype(bool)
+        holes = _fill_holes(final, comp, np.concatenate([touch, *adj]), edge, ncomp)
     del parts
-    edges = [np.zeros((0, 2), np.int64)]
+    return Merge(lut=final[comp], offsets=offsets, count=count, largest=largest, min_size=options.min_size,
+                 min_size_used=min_size, removed=int(objects.sum()) - count, holes=holes)
+
+
+def _joins(grid, faces, offsets, cls, ndim: int, connect_z: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs of provisional ids that touch across block faces: same class, other class."""
+    same, touch = [np.zeros((0, 2), np.int64)], [np.zeros((0, 2), np.int64)]
     for b, index in enumerate(np.ndindex(*grid)):
-        for a in merge_axes(ndim, options.connect_z):
+        for a in merge_axes(ndim, connect_z):
             if index[a] + 1 >= grid[a]:
                 continue
             nxt = list(index)
             nxt[a] += 1
             n = int(np.ravel_multi_index(nxt, grid))
             if offsets[b + 1] > offsets[b] and offsets[n + 1] > offsets[n]:
-                edges.append(_face_edges(faces(b, f"hi{a}"), faces(n, f"lo{a}"), int(offsets[b]), int(offsets[n]),
-                                         cls))
-    pairs = np.concatenate(edges)
-    graph = sparse.coo_matrix((np.ones(len(pairs), np.int8), (pairs[:, 0], pairs[:, 1])), shape=(total, total))
-    ncomp, comp = csgraph.connected_components(graph, directed=False)
-    objsize = np.bincount(comp, weights=size, minlength=ncomp).astype(np.int64)
-    key = np.full(ncomp, np.iinfo(np.int64).max, np.int64)
-    np.minimum.at(key, comp, first)
-    kept = np.flatnonzero(objsize >= max(1, options.min_size))
-    largest = int(objsize.max()) if ncomp else 0
-    if ncomp and not kept.size:
-        raise UserError(
-            f"min_size={options.min_size} removes every object: the largest has {largest} voxels; choose "
-            f"min_size={largest} or less (0 keeps every object)."
-        )
-    count = int(kept.size)
-    final = np.zeros(ncomp, instance_dtype(count))
-    final[kept[np.argsort(key[kept], kind="stable")]] = np.arange(1, count + 1, dtype=final.dtype)
-    return Merge(lut=final[comp], offsets=offsets, count=count, largest=largest, min_size=int(options.min_size))
+                s, t = _face_edges(faces(b, f"hi{a}"), faces(n, f"lo{a}"), int(offsets[b]), int(offsets[n]), cls)
+                same.append(s)
+                touch.append(t)
+    return np.concatenate(same), np.concatenate(touch)
+
+
+def _fill_holes(final: np.ndarray, comp: np.ndarray, touching: np.ndarray, edge: np.ndarray, ncomp: int) -> int:
+    """Give the pieces of each hole the id of the object around it (in ``final``, in place);
+    returns the number of holes filled.
+
+    The void is everything ``final`` leaves at 0 (background and removed objects); its
+    regions are its pieces joined where they touch. A region that touches no border and
+    touches one kept object only is a hole of that object.
+    """
+    pairs = comp[touching] if len(touching) else np.zeros((0, 2), np.int64)
+    void = final == 0
+    inside = void[pairs[:, 0]] & void[pairs[:, 1]]
+    _, region = _components(pairs[inside], ncomp)
+    at_edge = np.zeros(ncomp, bool)
+    np.logical_or.at(at_edge, region[comp], edge)
+    # (region of the void side, final id of the object side) of every void-object contact
+    one = void[pairs[:, 0]] & ~void[pairs[:, 1]]
+    other = void[pairs[:, 1]] & ~void[pairs[:, 0]]
+    contact = np.concatenate([np.stack([region[pairs[one, 0]], final[pairs[one, 1]].astype(np.int64)], axis=1),
+                              np.stack([region[pairs[other, 1]], final[pairs[other, 0]].astype(np.int64)], axis=1)])
+    contact = _unique_rows(contact)
+    regions, counts = np.unique(contact[:, 0], return_counts=True)
+    single = regions[(counts == 1) & ~at_edge[regions]]
+    if not single.size:
+        return 0
+    fill = np.zeros(ncomp, final.dtype)
+    lookup = contact[np.isin(contact[:, 0], single)]
+    fill[lookup[:, 0]] = lookup[:, 1]
+    final[void] = fill[region[void]]
+    return int(single.size)

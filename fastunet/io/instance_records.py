@@ -107,7 +107,7 @@ class InstanceRecords:
         self._put("merge-lut.npy", self._npy(merge.lut))
         self._put("merge-offsets.npy", self._npy(merge.offsets))
         info = {"count": merge.count, "largest": merge.largest, "min_size": merge.min_size,
-                "dtype": str(merge.lut.dtype), "generation": generation}
+                "dtype": str(merge.lut.dtype), "generation": generation, **merge.summary()}
         self._put("merge.json", json.dumps(info).encode())
 
     def merge_info(self) -> dict | None:

@@ -108,8 +108,16 @@ class SegmentOptions(TypedDict, total=False):
             Seconds between the plain progress lines (default 30).
 
     Objects
-        min_size : int
-            Instances: objects of fewer voxels are removed (default 0: none).
+        min_size : int or "auto"
+            Instances: objects of fewer voxels are removed; ``"auto"`` (the default): those
+            smaller than 1/16 of the volume's typical object (a quarter of its diameter;
+            :func:`fastunet.objectsize.auto_min_size`; the model's training object size when the
+            volume has fewer than 5 objects), 0: none. Specks, not nuclei: the run's summary says
+            how many were removed (``objects_removed``, ``min_size_used``).
+        fill_holes : bool
+            Instances: fill the background that one object encloses with that object (default
+            True; ``holes_filled`` in the summary). ``min_size=0, fill_holes=False`` gives the
+            connected components of the class map as they are.
         split : {None, "watershed"}
             Instances: split touching objects by a seeded watershed on the distance transform.
         connect_z : bool
@@ -145,7 +153,8 @@ class SegmentOptions(TypedDict, total=False):
     threads: int | None
     progress: bool | None
     progress_interval: float
-    min_size: int
+    min_size: int | Literal["auto"]
+    fill_holes: bool
     split: Literal["watershed"] | None
     connect_z: bool
     object_size: float | Literal["auto"] | None

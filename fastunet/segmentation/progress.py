@@ -101,4 +101,9 @@ def summary_line(summary: dict, output) -> str:
     if s.get("object_size"):
         how = "estimated " if s.get("object_size_estimated") else ""
         line += f"; {how}object size {s['object_size']:.1f} px, rescaled by {s['scale']:.3g} for the model"
+    if "objects" in s:
+        line += f"; {s['objects']} objects"
+        if s.get("min_size_used") or s.get("holes_filled"):
+            line += (f" ({s.get('objects_removed', 0)} under {s.get('min_size_used', 0)} px removed, "
+                     f"{s.get('holes_filled', 0)} holes filled)")
     return line

@@ -43,7 +43,7 @@ from .memory import check_tile_memory, default_max_step
 from .options import OutputKind, SegmentOptions, SegmentResult, Source
 from .progress import PROGRESS_INTERVAL, ProgressBar
 from .returns import is_lazy, returned, stack_time, wants_lazy
-from .scaling import check_resumed, make_rescale, model_size_of, resolve, stats_source
+from .scaling import Measure, check_resumed, make_rescale, model_size_of, resolve, stats_source
 from .sinks import MAX_TIFF_BYTES, TiffSink, open_sink
 from .warmup import Warmup
 
@@ -297,10 +297,30 @@ class Segmenter:
         return make_rescale(vol, self.config.depth, scale, tile=self.tile, max_step=self._max_step(remote))
 
     def _segment_crop(self, image, object_size):
-        """The class map of a 2D image (``(Y, X)`` or ``(C, Y, X)``) at ``object_size``, for the estimate."""
+        """The class map and the foreground probability of a 2D image (``(Y, X)`` or
+        ``(C, Y, X)``) at ``object_size``, for the estimate."""
+        import dask
+
         axes = "CYX" if image.ndim == 3 else "YX"
-        return self.segment(image, None, axes=axes, output_kind="labels", object_size=object_size,
-                            progress=False, lazy=False)
+        labels, probs = dask.compute(*self.segment(image, None, axes=axes, output_kind="labels,probs",
+                                                   object_size=object_size, progress=False,
+                                                   lazy=False))
+        return labels, 1.0 - probs[0].astype("float32")
+
+    def estimate_object_size(self, source: Source, *, axes: str | None = None,
+                             storage_options: dict | None = None) -> Measure:
+        """What ``object_size="auto"`` would find in ``source``: a
+        :class:`~fastunet.segmentation.scaling.Measure` (``size`` in pixels, or None and the
+        ``reason`` it is unsure; ``rounds``: each round's measure). Nothing is written."""
+        from .. import io
+        from .scaling import estimate_object_size
+
+        if self.model_object_size is None:
+            raise UserError("This model records no training object size, so there is no object size to estimate; "
+                            "retrain it with fastunet train (which records it in the model file).")
+        vol = io.open_volume(source, axes=axes, storage_options=storage_options)
+        self._check_volume(vol)
+        return estimate_object_size(self._segment_crop, vol, float(self.model_object_size))
 
     # the call ------------------------------------------------------------------------------
     def segment(self, source: Source, output: str | os.PathLike | None = None, *, axes: str | None = None,
@@ -310,9 +330,10 @@ class Segmenter:
                 gpus: str | Sequence[int | str] | None = None, progress: bool | None = True,
                 chunks: Sequence[int] | None = None, block: Sequence[int] | None = None, threads: int | None = None,
                 max_tiff_bytes: int = MAX_TIFF_BYTES, progress_interval: float = PROGRESS_INTERVAL,
-                min_size: int = 0, split: Literal["watershed"] | None = None, connect_z: bool = False,
+                min_size: int | Literal["auto"] = "auto", split: Literal["watershed"] | None = None, connect_z: bool = False,
                 label_name: str | None = None, into_input: bool = False, storage_options: dict | None = None,
-                break_lock: bool = False, object_size: float | Literal["auto"] | None = None) -> SegmentResult:
+                break_lock: bool = False, object_size: float | Literal["auto"] | None = None,
+                fill_holes: bool = True) -> SegmentResult:
         """Segment ``source``; the options are :class:`~fastunet.segmentation.options.SegmentOptions`,
         the result is what :func:`segment` returns."""
         from .. import io
@@ -327,7 +348,8 @@ class Segmenter:
         t_start = time.perf_counter()
         kinds = parse_kinds(output_kind, self.config.num_classes)
         # A 3D network's objects are volumes: they join across Z whatever connect_z says.
-        options = InstanceOptions(min_size=min_size, split=split, connect_z=connect_z or self.config.spatial_dims == 3)
+        options = InstanceOptions(min_size=min_size, split=split, connect_z=connect_z or self.config.spatial_dims == 3,
+                                  fill_holes=fill_holes)
         _check_cluster(scheduler, workers, gpus)
         if output is not None and scheduler is None and workers is None and gpus is None:
             from ..engine import active_client
@@ -343,6 +365,7 @@ class Segmenter:
             self._check_local_device()
         first = vol.at_time(0) if vol.timepoints > 1 else vol
         scale = resolve(self._segment_crop, first, object_size, self.model_object_size)  # None: scale 1
+        options = dataclasses.replace(options, typical_size=scale.object_size if scale else self.model_object_size)
         if output is None and into_input:
             output = _into_input_path(vol, label_name)
         if output is None:
@@ -428,7 +451,8 @@ class Segmenter:
         self.last_summary = summary
         _warn_nonfinite(summary["nonfinite"], sampled=False)
         if "instances" in kinds:
-            summary.update(objects=sink.count, min_size=options.min_size)
+            summary.update(objects=sink.count, min_size=options.min_size, fill_holes=options.fill_holes,
+                           **sink.cleanup)
         return sink.finish(summary, source=vol)
 
     def _write_series(self, sink, vol, kinds, options, t_start, **run):
@@ -504,7 +528,7 @@ class Segmenter:
         expect.update({"shape": list(vol.spatial_shape), "output": kinds_record(kinds),
                        "num_classes": self.config.num_classes, "model": self.handle.key})
         if "instances" in kinds:
-            expect.update(split=options.split, connect_z=options.connect_z)
+            expect.update(split=options.split, connect_z=options.connect_z, fill_holes=options.fill_holes)
         if self.tile is not None:
             expect["tile"] = list(geometry.tile_edges(self.config, self.tile))
         for key, value in (("chunks", chunks), ("block", block)):
@@ -674,7 +698,7 @@ def segment(source: Source, model: Any = None, output: str | os.PathLike | None 
         The options of the call (:class:`~fastunet.segmentation.options.SegmentOptions`):
         ``axes``, ``channels``, ``series``, ``output_kind``, ``lazy``, ``resume``,
         ``overwrite``, ``zarr_format``, ``label_name``, ``into_input``, ``object_size``,
-        ``min_size``, ``split``, ``connect_z``, ``scheduler``, ``workers``, ``gpus``,
+        ``min_size``, ``fill_holes``, ``split``, ``connect_z``, ``scheduler``, ``workers``, ``gpus``,
         ``threads``, ``progress``, ``chunks``, ``block``, ``storage_options``, ``break_lock``...
 
     Returns

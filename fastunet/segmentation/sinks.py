@@ -75,6 +75,7 @@ class ZarrSink:
         self.series = None
         self.count = 0
         self._fingerprint = None  # (source, future of its fingerprint), taken while the statistics are
+        self.cleanup: dict = {}
 
     def at_time(self, t: int) -> "ZarrSink":
         """The sink of time point ``t`` of a time series (see the module)."""
@@ -188,6 +189,7 @@ class ZarrSink:
             records.put_merge(result, generation=uuid.uuid4().hex[:12])
             info = records.merge_info()
         self.count = info["count"]
+        self.cleanup = {k: info[k] for k in ("min_size_used", "objects_removed", "holes_filled") if k in info}
         done = self.store.done()
         todo = [b for b in layout.blocks() if relabel_name(info, b.name) not in done]
         run(dataclasses.replace(job, stage="relabel", store=self.store), todo)
@@ -247,6 +249,7 @@ class TiffSink:
         self.objects: dict = {}
         self.started = False
         self.count = 0
+        self.cleanup: dict = {}
         self.series = None
         self.frames: dict = {}  # a time series: time point -> its arrays
 
@@ -301,6 +304,7 @@ class TiffSink:
 
             self.merged = merge_returned(self.layout, self.objects, self.options)
             self.count = self.merged.count
+            self.cleanup = self.merged.summary()
 
     def abort(self, exc: BaseException, *, remote: bool) -> None:
         pass  # nothing was written
