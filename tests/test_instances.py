@@ -45,3 +45,21 @@ def test_dtype_shapes_and_errors():
         relabel_sequential(np.array([0, -1]))
     with pytest.raises(TypeError, match="integer"):
         relabel_sequential(np.array([0.5]))
+
+
+@pytest.mark.parametrize("fill_holes", [False, True])
+def test_block_ids_renumbered_from_first_positions_as_by_np_unique(fill_holes, monkeypatch):
+    """label_block renumbers several classes' ids by sorting their first positions; the
+    np.unique renumbering over the voxels (the split path's) gives the same block record."""
+    from fastunet.engine import instances
+
+    rng = _rng()
+    opts = instances.InstanceOptions(fill_holes=fill_holes)
+    maps = [(rng.integers(0, k, size=(1, 19, 23)).astype(np.uint8), k) for k in (2, 3, 4) for _ in range(8)]
+    fast = [instances.label_block(m, (1, 0, 0), (3, 19, 23), k, opts) for m, k in maps]
+    monkeypatch.setattr(instances, "_by_first_position", lambda ids, count, cls, firsts:
+                        instances._by_first_occurrence(ids, count, cls))
+    for (m, k), got in zip(maps, fast):
+        want = instances.label_block(m, (1, 0, 0), (3, 19, 23), k, opts)
+        for field in ("ids", "first", "size", "cls"):
+            np.testing.assert_array_equal(getattr(got, field), getattr(want, field))
