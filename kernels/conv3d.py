@@ -60,7 +60,7 @@ from ._utils import (
 from .conv import conv_tile, uses_rowrun
 from .conv_head import launch_rowrun as launch_head_rowrun
 from .convmodel import ConvShape, conv_shape
-from .head import write_head
+from .head import check_head_outputs, write_head
 
 __all__ = ["conv3x3x3", "conv3x3x3_head", "pack_weight", "get_autotune_config", "configs_for", "head_configs_for",
            "packed_k", "rank", "can_fuse_head", "check_ndhwc"]
@@ -479,22 +479,6 @@ def conv3x3x3_head_kernel(
     )
 
 
-def _head_outputs(logits, probs, labels, n: int, k: int, size: tuple) -> tuple:
-    """The head outputs asked for (at least one), checked; an absent one replaced by a present
-    one (never written), then their strides (0 where absent)."""
-    floats = (torch.float32, torch.float16, torch.bfloat16)
-    for t, name, shape, dtypes in ((logits, "logits", (n, k, *size), floats), (probs, "probs", (n, k, *size), floats),
-                                   (labels, "labels", (n, *size), (torch.uint8,))):
-        if t is not None and (tuple(t.shape) != shape or t.dtype not in dtypes):
-            raise ValueError(f"Expected {name} of shape {shape} in {dtypes}; got {t.dtype} {tuple(t.shape)}.")
-    if logits is None and probs is None and labels is None:
-        raise ValueError("Nothing to write: pass logits, probs and/or labels.")
-    dummy = next(t for t in (logits, probs, labels) if t is not None)
-    tensors = tuple(t if t is not None else dummy for t in (logits, probs, labels))
-    strides = [t.stride() if t is not None else (0,) * rank for t, rank in ((logits, 5), (probs, 5), (labels, 4))]
-    return (*tensors, *strides[0], *strides[1], *strides[2])
-
-
 def conv3x3x3_head(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -526,7 +510,7 @@ def conv3x3x3_head(
         if b.shape != (c,) or b.dtype != torch.float32:
             raise ValueError(f"Expected a float32 {name} of shape ({c},); got {b.dtype} {tuple(b.shape)}.")
     check_contiguous(weight=weight, bias=bias, head_weight=head_weight, head_bias=head_bias)
-    outputs = _head_outputs(logits, probs, labels, n, k, size)
+    outputs = check_head_outputs(logits, probs, labels, n, k, *size)
     _check_offsets(x, *outputs[:3])
     block_n = max(16, triton.next_power_of_2(c_mid))
     upcast = upcast_for_interpreter(storage)

@@ -122,19 +122,21 @@ def _check_out(t: torch.Tensor | None, name: str, shape: tuple, dtypes: tuple) -
         raise ValueError(f"Expected {name} with dtype in {dtypes}; got {t.dtype}.")
 
 
-def check_head_outputs(logits, probs, labels, n: int, k: int, h: int, w: int) -> tuple:
-    """Check the head outputs asked for (at least one); return the kernel arguments: the three
-    tensors, an absent one replaced by a present one (never written: its WRITE_* is False),
-    then their strides (N, K, H, W of logits and probs, N, H, W of labels; 0 when absent)."""
+def check_head_outputs(logits, probs, labels, n: int, k: int, *size: int) -> tuple:
+    """Check the head outputs asked for (at least one) against the spatial ``size`` (``H, W``,
+    or ``D, H, W`` for a 3D network); return the kernel arguments: the three tensors, an absent
+    one replaced by a present one (never written: its WRITE_* is False), then their strides
+    (N, K, spatial of logits and probs, N, spatial of labels; 0 when absent)."""
     floats = (torch.float32, torch.float16, torch.bfloat16)
-    _check_out(logits, "logits", (n, k, h, w), floats)
-    _check_out(probs, "probs", (n, k, h, w), floats)
-    _check_out(labels, "labels", (n, h, w), (torch.uint8,))
+    _check_out(logits, "logits", (n, k, *size), floats)
+    _check_out(probs, "probs", (n, k, *size), floats)
+    _check_out(labels, "labels", (n, *size), (torch.uint8,))
     if logits is None and probs is None and labels is None:
         raise ValueError("Nothing to write: pass logits, probs and/or labels.")
     dummy = next(t for t in (logits, probs, labels) if t is not None)
     tensors = tuple(t if t is not None else dummy for t in (logits, probs, labels))
-    strides = [t.stride() if t is not None else (0,) * rank for t, rank in ((logits, 4), (probs, 4), (labels, 3))]
+    ranks = (2 + len(size), 2 + len(size), 1 + len(size))
+    strides = [t.stride() if t is not None else (0,) * rank for t, rank in zip((logits, probs, labels), ranks)]
     return (*tensors, *strides[0], *strides[1], *strides[2])
 
 
