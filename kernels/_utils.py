@@ -13,6 +13,8 @@ from . import autotune_cache, interpreting
 __all__ = [
     "INTERPRET",
     "DTYPE_MODES",
+    "check_channels_last",
+    "check_ndhwc",
     "check_nhwc",
     "check_contiguous",
     "compute_dtype",
@@ -244,14 +246,26 @@ def tuning_fields(kernel, args: tuple, meta: dict) -> dict:
     )
 
 
+def check_channels_last(x: torch.Tensor, name: str, channels: int | None = None, *, dims: int = 2) -> None:
+    """Check a channels-last activation with unit channel stride: (N, H, W, C) for ``dims=2``,
+    (N, D, H, W, C) for ``dims=3``."""
+    if x.ndim != dims + 2:
+        axes = "N, H, W, C" if dims == 2 else "N, D, H, W, C"
+        raise ValueError(f"Expected {name} as ({axes}); got shape {tuple(x.shape)}.")
+    if x.stride(-1) != 1 and x.shape[-1] != 1:  # the kernels assume channel stride 1
+        raise ValueError(f"Expected {name} with contiguous channels (stride 1); got strides {x.stride()}.")
+    if channels is not None and x.shape[-1] != channels:
+        raise ValueError(f"Expected {name} with {channels} channels; got {x.shape[-1]}.")
+
+
 def check_nhwc(x: torch.Tensor, name: str, channels: int | None = None) -> None:
     """Check a 4-D channels-last activation (N, H, W, C) with unit channel stride."""
-    if x.ndim != 4:
-        raise ValueError(f"Expected {name} as (N, H, W, C); got shape {tuple(x.shape)}.")
-    if x.stride(3) != 1 and x.shape[3] != 1:  # the kernels assume channel stride 1
-        raise ValueError(f"Expected {name} with contiguous channels (stride 1); got strides {x.stride()}.")
-    if channels is not None and x.shape[3] != channels:
-        raise ValueError(f"Expected {name} with {channels} channels; got {x.shape[3]}.")
+    check_channels_last(x, name, channels, dims=2)
+
+
+def check_ndhwc(x: torch.Tensor, name: str, channels: int | None = None) -> None:
+    """Check a 5-D channels-last activation (N, D, H, W, C) with unit channel stride."""
+    check_channels_last(x, name, channels, dims=3)
 
 
 def check_contiguous(**tensors: torch.Tensor) -> None:

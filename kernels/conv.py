@@ -44,6 +44,7 @@ import triton.language as tl
 
 from . import rowconv, rowrun
 from ._utils import (
+    check_channels_last,
     check_contiguous,
     check_nhwc,
     compute_dtype,
@@ -406,23 +407,28 @@ def check_conv_input(x: torch.Tensor, up: torch.Tensor | None, weight: torch.Ten
     return n, h_in, w_in, c_a, c_b, weight.shape[1], h_out, w_out
 
 
-def _outputs(x, out, pooled, shape: tuple, storage, write_full: bool, pool: bool):
-    """The outputs asked for, allocated where not given, their shapes checked."""
-    n, h_out, w_out, c_out = shape
+def conv_outputs(x, out, pooled, shape: tuple, storage, write_full: bool, pool) -> tuple:
+    """The outputs of a 3x3 (3x3x3) conv asked for, allocated where not given, their shapes
+    checked: ``shape`` is ``(N, H, W, C)`` or ``(N, D, H, W, C)``; ``pool`` the max-pool's
+    factor per spatial axis (True: 2 on each), or None/False."""
+    n, *spatial, c_out = shape
+    dims = len(spatial)
+    factor = (2,) * dims if pool is True else tuple(pool) if pool else None
     if write_full:
         if out is None:
-            out = torch.empty((n, h_out, w_out, c_out), device=x.device, dtype=storage)
-        check_nhwc(out, "out", c_out)
-        if tuple(out.shape[:3]) != (n, h_out, w_out):
-            raise ValueError(f"Expected out of shape {(n, h_out, w_out, c_out)}; got {tuple(out.shape)}.")
-    if pool:
+            out = torch.empty(shape, device=x.device, dtype=storage)
+        check_channels_last(out, "out", c_out, dims=dims)
+        if tuple(out.shape[:-1]) != (n, *spatial):
+            raise ValueError(f"Expected out of shape {tuple(shape)}; got {tuple(out.shape)}.")
+    if factor:
+        pshape = (n, *(e // f for e, f in zip(spatial, factor)))
         if pooled is None:
-            pooled = torch.empty((n, h_out // 2, w_out // 2, c_out), device=x.device, dtype=storage)
-        check_nhwc(pooled, "pooled", c_out)
-        if tuple(pooled.shape[:3]) != (n, h_out // 2, w_out // 2):
-            raise ValueError(f"Expected pooled of shape {(n, h_out // 2, w_out // 2, c_out)}; got {tuple(pooled.shape)}.")
-    if not write_full and not pool:
-        raise ValueError("Nothing to write: pass write_full=True or pool=True.")
+            pooled = torch.empty((*pshape, c_out), device=x.device, dtype=storage)
+        check_channels_last(pooled, "pooled", c_out, dims=dims)
+        if tuple(pooled.shape[:-1]) != pshape:
+            raise ValueError(f"Expected pooled of shape {(*pshape, c_out)}; got {tuple(pooled.shape)}.")
+    if not write_full and not factor:
+        raise ValueError(f"Nothing to write: pass write_full=True or pool={'True' if dims == 2 else '(2, 2, 2)'}.")
     return out, pooled
 
 
@@ -512,7 +518,7 @@ def conv3x3(
     if bias.shape != (c_out,) or bias.dtype != torch.float32:
         raise ValueError(f"Expected a float32 bias of shape ({c_out},); got {bias.dtype} {tuple(bias.shape)}.")
     check_contiguous(weight=weight, bias=bias)
-    out, pooled = _outputs(x, out, pooled, (n, h_out, w_out, c_out), storage, write_full, pool)
+    out, pooled = conv_outputs(x, out, pooled, (n, h_out, w_out, c_out), storage, write_full, pool)
     check_image_offsets(x, up, out, pooled)
     y = out if write_full else pooled
     p = pooled if pool else y

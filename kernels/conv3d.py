@@ -48,6 +48,7 @@ import triton.language as tl
 from . import convmodel, rowconv
 from ._utils import (
     check_contiguous,
+    check_ndhwc,
     compute_dtype,
     launch,
     prune_by_shared_memory,
@@ -57,7 +58,7 @@ from ._utils import (
     tuning_configs,
     upcast_for_interpreter,
 )
-from .conv import conv_tile, uses_rowrun
+from .conv import conv_outputs, conv_tile, uses_rowrun
 from .conv_head import launch_rowrun as launch_head_rowrun
 from .convmodel import ConvShape, conv_shape
 from .head import check_head_outputs, write_head
@@ -246,16 +247,6 @@ def pack_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return weight.detach().permute(2, 3, 4, 1, 0).reshape(27 * c_in, c_out).to(dtype).contiguous()
 
 
-def check_ndhwc(x: torch.Tensor, name: str, channels: int | None = None) -> None:
-    """A 5-D channels-last activation (N, D, H, W, C) with unit channel stride."""
-    if x.ndim != 5:
-        raise ValueError(f"Expected {name} as (N, D, H, W, C); got shape {tuple(x.shape)}.")
-    if x.stride(4) != 1 and x.shape[4] != 1:
-        raise ValueError(f"Expected {name} with contiguous channels (stride 1); got strides {x.stride()}.")
-    if channels is not None and x.shape[4] != channels:
-        raise ValueError(f"Expected {name} with {channels} channels; got {x.shape[4]}.")
-
-
 def _check_offsets(*tensors: torch.Tensor | None) -> None:
     for t in tensors:
         if t is not None and sum((s - 1) * st for s, st in zip(t.shape[1:], t.stride()[1:])) >= 2**31:
@@ -350,19 +341,7 @@ def conv3x3x3(
     shape = conv_shape(x, up, c_out, pool=tuple(pool) if pool is not None else False, write_y=write_full,
                        packed=packed_k(c_a, c_b))
     rowrun_path = uses_rowrun(shape, storage, weight, x, up, config)
-    if write_full:
-        out = out if out is not None else torch.empty((n, d, h, w, c_out), device=x.device, dtype=storage)
-        check_ndhwc(out, "out", c_out)
-        if tuple(out.shape[:4]) != (n, d, h, w):
-            raise ValueError(f"Expected out of shape {(n, d, h, w, c_out)}; got {tuple(out.shape)}.")
-    if pool is not None:
-        pshape = (n, d // pool_d, h // 2, w // 2)
-        pooled = pooled if pooled is not None else torch.empty((*pshape, c_out), device=x.device, dtype=storage)
-        check_ndhwc(pooled, "pooled", c_out)
-        if tuple(pooled.shape[:4]) != pshape:
-            raise ValueError(f"Expected pooled of shape {(*pshape, c_out)}; got {tuple(pooled.shape)}.")
-    if not write_full and pool is None:
-        raise ValueError("Nothing to write: pass write_full=True or pool=.")
+    out, pooled = conv_outputs(x, out, pooled, (n, d, h, w, c_out), storage, write_full, pool)
     _check_offsets(x, up, out, pooled)
     y = out if write_full else pooled
     p = pooled if pool is not None else y

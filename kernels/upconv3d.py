@@ -17,6 +17,7 @@ import triton.language as tl
 from . import perfmodel
 from ._utils import (
     check_contiguous,
+    check_ndhwc,
     compute_dtype,
     launch,
     prune_by_shared_memory,
@@ -26,7 +27,6 @@ from ._utils import (
     tuning_configs,
     upcast_for_interpreter,
 )
-from .conv3d import check_ndhwc
 from .rowgemm import row_gemm
 
 __all__ = ["upconv3d", "pack_weight", "get_autotune_config", "configs_for", "ranked_configs"]
