@@ -31,7 +31,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .instances import relabel_sequential
-from .synthetic import Shapes, _place_objects
+from .synthetic import Shapes, _keep_largest_pieces, _place_objects
 from .synthetic_optics import Optics, background, finish, stain
 
 __all__ = ["synthetic_nuclei_3d", "Style3D", "STYLES_3D", "style_volume", "style_names_3d"]
@@ -74,15 +74,7 @@ def _rasterize(objects, shape: tuple[int, int, int], z_step: float) -> tuple[np.
 
 def _clean(labels: np.ndarray, min_volume: int) -> np.ndarray:
     """Each object's largest 6-connected piece, objects of fewer than ``min_volume`` voxels dropped."""
-    for index, box in enumerate(ndi.find_objects(labels), start=1):
-        if box is None:
-            continue
-        own = labels[box] == index
-        pieces, count = ndi.label(own)
-        if count > 1:
-            sizes = np.bincount(pieces.ravel())
-            sizes[0] = 0
-            labels[box][own & (pieces != sizes.argmax())] = 0
+    labels = _keep_largest_pieces(labels)  # face connectivity in 3D as in 2D
     sizes = np.bincount(labels.ravel())
     labels[(sizes < min_volume)[labels] & (labels > 0)] = 0
     return labels
