@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from fastunet.model import ReferenceUNet
@@ -37,6 +39,22 @@ def poisoned(shape, dtype, device="cpu") -> torch.Tensor:
     if dtype == torch.uint8:
         return torch.full(shape, 255, dtype=dtype, device=device)
     return torch.full(shape, float("nan"), dtype=dtype, device=device)
+
+
+def plan_tensors(net) -> list[torch.Tensor]:
+    """Every buffer a fused network (2D or 3D) has planned, in its plans' field order."""
+    tensors = []
+    for plan in net._plans.values():
+        for f in dataclasses.fields(plan):
+            value = getattr(plan, f.name)
+            tensors += [t for t in (value if isinstance(value, list) else [value]) if isinstance(t, torch.Tensor)]
+    return tensors
+
+
+def poison_plans(net) -> None:
+    """Fill every planned buffer with NaN (labels with 255) so an unwritten element shows."""
+    for t in plan_tensors(net):
+        t.fill_(255 if t.dtype == torch.uint8 else float("nan"))
 
 
 @torch.no_grad()

@@ -1,13 +1,12 @@
 """The whole fused U-Net against ReferenceUNet (interpreter on CPU, tiny configs)."""
 
-import dataclasses
 import os
 import subprocess
 import sys
 
 import pytest
 import torch
-from reference import TOL, TOL_PAPER, reference_forward, rel_err
+from reference import TOL, TOL_PAPER, plan_tensors, poison_plans, reference_forward, rel_err
 from torch import nn
 
 from fastunet import ReferenceUNet, UNetConfig
@@ -15,23 +14,8 @@ from fastunet.engine import make_predictor
 from fastunet.engine.fused import FusedUNet
 
 
-def _poison(net: FusedUNet) -> None:
-    """Fill every planned buffer with NaN (labels with 255) so an unwritten element shows."""
-    for plan in net._plans.values():
-        for f in dataclasses.fields(plan):
-            value = getattr(plan, f.name)
-            for t in value if isinstance(value, list) else [value]:
-                if isinstance(t, torch.Tensor):
-                    t.fill_(255 if t.dtype == torch.uint8 else float("nan"))
-
-
 def _buffers(net: FusedUNet) -> list[int]:
-    ptrs = []
-    for plan in net._plans.values():
-        for f in dataclasses.fields(plan):
-            value = getattr(plan, f.name)
-            ptrs += [t.data_ptr() for t in (value if isinstance(value, list) else [value]) if isinstance(t, torch.Tensor)]
-    return ptrs
+    return [t.data_ptr() for t in plan_tensors(net)]
 
 
 def _random_biases(model: ReferenceUNet) -> None:
@@ -80,7 +64,7 @@ def test_fused_network_matches_reference(dtype, cfg):
     net = FusedUNet(model, device="cpu", dtype=dtype)
     x = torch.randn(2, cfg.in_channels, 44, 60)  # non-square valid tile, batch 2
     net(x)
-    _poison(net)
+    poison_plans(net)
     x = torch.randn_like(x)  # fresh input for the checked run
     logits, _ = _check_against_reference(net, model, x, dtype, TOL[dtype][1])
     assert logits.shape == (2, cfg.num_classes, 4, 20)
@@ -197,7 +181,7 @@ def test_fused_paper_network_on_gpu(dtype, tile, batch):
     net = FusedUNet(model, device="cuda", dtype=dtype)
     x = torch.randn(batch, 1, tile, tile, device="cuda")
     net(x)
-    _poison(net)
+    poison_plans(net)
     _check_against_reference(net, model, torch.randn_like(x), dtype, TOL_PAPER[dtype])
 
 

@@ -2,13 +2,12 @@
 tiny odd shapes: the interpreter is about 1000x slower than a GPU). Outputs are poisoned
 (NaN, 255) before each run, so an element a kernel fails to write shows."""
 
-import dataclasses
 
 import pytest
 import torch
 import torch.nn.functional as F
 import triton
-from reference import TOL, reference_forward, rel_err
+from reference import TOL, poison_plans, reference_forward, rel_err
 
 from fastunet import ReferenceUNet, UNetConfig
 from fastunet.engine import make_predictor
@@ -143,12 +142,7 @@ def test_fused_3d_network_matches_the_reference_through_the_triton_backend(dtype
     assert type(net).__name__ == "FusedUNet3D" and net.fuse_head
     x = torch.randn(1, 1, *size)
     net._plan(1, *x.shape[2:])
-    for plan in net._plans.values():
-        for f in dataclasses.fields(plan):
-            value = getattr(plan, f.name)
-            for t in value if isinstance(value, list) else [value]:
-                if isinstance(t, torch.Tensor):
-                    t.fill_(255 if t.dtype == torch.uint8 else float("nan"))
+    poison_plans(net)
     expected = reference_forward(model, x, dtype)
     assert expected.shape == (1, 3, *out)
     if dtype == "fp32":  # the scores, then the probabilities and labels of a second run against them
