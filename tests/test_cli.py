@@ -71,3 +71,61 @@ def test_library_parameters_become_flags_in_cli_errors():
     # Names that are no option of the command, and attribute-like words, stay as they are.
     assert to_flags("threads=4, self.tile=4, x=3", args) == "threads=4, self.tile=4, x=3"
 
+
+
+def test_the_program_exits_at_once_after_flushing_its_output(monkeypatch, capsys):
+    """console_main (the console script, python -m fastunet): main's status, the output
+    flushed, then os._exit; with a non-daemon thread still running, Python's own exit."""
+    import importlib
+    import threading
+
+    import pytest
+
+    cli_main = importlib.import_module("fastunet.cli.main")  # the module, not fastunet.cli's main
+
+    exits = []
+
+    def fake_exit(status):
+        exits.append(status)
+        raise SystemExit(status)
+
+    def command():
+        print("written", end="")  # no newline: only a flush gets it out
+        return 3
+
+    monkeypatch.setattr(cli_main, "main", command)
+    monkeypatch.setattr(cli_main.os, "_exit", fake_exit)
+    with pytest.raises(SystemExit) as stop:
+        cli_main.console_main()
+    assert stop.value.code == 3 and exits == [3] and capsys.readouterr().out == "written"
+
+    release = threading.Event()
+    worker = threading.Thread(target=release.wait, daemon=False)
+    worker.start()
+    try:
+        with pytest.raises(SystemExit) as stop:
+            cli_main.console_main()
+    finally:
+        release.set()
+        worker.join()
+    assert stop.value.code == 3 and exits == [3]  # not os._exit: Python waits for the thread
+
+
+def test_python_m_fastunet_writes_a_complete_output(tmp_path):
+    """A whole `python -m fastunet segment` process (which leaves with os._exit) leaves a
+    complete, readable output and exit status 0."""
+    import numpy as np
+    import tifffile
+    import zarr
+
+    from fastunet.synthetic import synthetic_nuclei
+
+    image, _ = synthetic_nuclei((64, 80), seed=3, dtype="uint16")
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    proc = subprocess.run([sys.executable, "-m", "fastunet", "segment", str(tmp_path / "img.tif"), "-o",
+                           str(tmp_path / "out.zarr"), "--device", "cpu", "--backend", "torch"],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    root = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")
+    labels = root["labels"][:] if "labels" in root else next(iter(root.arrays()))[1][:]
+    assert labels.shape[-2:] == (64, 80) and np.count_nonzero(labels)

@@ -375,6 +375,23 @@ def test_activation_estimate_counts_every_layer_output():
     assert activation_bytes(net.config, tile, dtype="bf16") == 2 * expected
 
 
+@pytest.mark.parametrize("free_mib", [1, 40, 300, 5000, 10**6])
+def test_default_step_is_the_largest_that_fits(monkeypatch, free_mib):
+    """default_max_step searches from the top down: the same step as trying every step from
+    the grid step up (the memory grows with the step)."""
+    from fastunet.segmentation import memory
+
+    monkeypatch.setattr(memory, "available_bytes", lambda device: free_mib << 20)
+    for config, device in ((UNetConfig(base_channels=16, depth=3), "cpu"), (UNetConfig(base_channels=8, depth=4), "cuda"),
+                           (UNetConfig(base_channels=4, depth=2, spatial_dims=3), "cuda")):
+        q = max(memory._grid(config))
+        top = (256 if config.spatial_dims == 3 else 2048) if device == "cuda" else 512
+        fits = [s for s in range(q, top + 1, q)
+                if 2 * memory.activation_bytes(config, memory.tile_for_step(config, s), dtype="fp32") <= (free_mib << 20) // 2]
+        expected = fits[-1] if fits else q
+        assert memory.default_max_step(config, torch.device(device), dtype="fp32", batch_size=2) == expected
+
+
 @pytest.mark.parametrize("scope", ["volume", "slice"])
 def test_statistics_refuse_an_input_without_finite_values(scope):
     from fastunet.errors import UserError

@@ -322,3 +322,28 @@ def test_cli_cleanup_flags_and_the_summary_line(tmp_path, model, capsys):
     assert exit_code.value.code == 2
     err = capsys.readouterr().err
     assert "argument --min-size: expected auto or a number of voxels >= 0" in err.strip().splitlines()[-1]
+
+
+def test_records_kept_in_memory_match_the_files(tmp_path):
+    """InstanceRecords keeps what it recorded (read-only, up to memory_bytes, the oldest
+    dropped first); the files hold the same, and a copy for another process reads them."""
+    import pickle
+
+    from fastunet.io import InstanceRecords
+
+    records = InstanceRecords(str(tmp_path / "out.zarr"), memory_bytes=3000)
+    rng = np.random.default_rng(0)
+    blocks = {f"b{i}": {"ids": rng.integers(0, 300, (30, 30)).astype(np.uint32), "size": np.arange(5)} for i in range(3)}
+    for name, arrays in blocks.items():
+        records.put(name, arrays)
+    fresh = pickle.loads(pickle.dumps(records))
+    assert not fresh._kept and list(records._kept) == ["b2"]  # 1800 B of uint16 ids + sizes a block
+    for name, arrays in blocks.items():
+        kept, read = records.get(name, "ids", "size", "absent"), fresh.get(name, "ids", "size", "absent")
+        for a, b, want in zip(kept, read, (arrays["ids"], arrays["size"], np.zeros((0, 0)))):
+            assert a.dtype == b.dtype and np.array_equal(a, want) and np.array_equal(b, want)
+        assert kept[0].dtype == np.uint16
+    assert not records.get("b2", "ids")[0].flags.writeable  # kept: read-only
+    assert blocks["b2"]["ids"].flags.writeable  # the caller's array is untouched
+    records.remove()
+    assert not records._kept and not (tmp_path / "out.zarr" / "_fastunet_instances").exists()

@@ -8,6 +8,6 @@ and its examples) and ``run(args)`` (returns the exit status).
 from __future__ import annotations
 
 from .common import configure_process, to_flags
-from .main import build_parser, main
+from .main import build_parser, console_main, main
 
-__all__ = ["main", "build_parser", "to_flags", "configure_process"]
+__all__ = ["main", "console_main", "build_parser", "to_flags", "configure_process"]

@@ -192,7 +192,10 @@ def label_block(classes: np.ndarray, origin: tuple[int, ...], shape: tuple[int, 
         ids, flat, cls_list = _by_first_position(ids, count, cls_list, firsts)
     elif num_classes > 2 or options.split is not None or options.fill_holes:  # renumber by first occurrence
         ids, flat, cls_list = _by_first_occurrence(ids, count, cls_list)
-    first_local = _first_positions(flat)
+    if options.split is None and count:  # ids numbered by first occurrence: their firsts, in order
+        first_local = np.sort(np.concatenate(firsts))
+    else:
+        first_local = _first_positions(flat)
     coords = np.unravel_index(first_local, ids.shape)
     if ndim == 2:
         coords = coords[1:]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import threading
 import uuid
 import zipfile
 
@@ -35,15 +36,28 @@ RECORDS_DIR = "_fastunet_instances"
 
 class InstanceRecords:
     """Per-block instance records of the output at ``path`` (a local path or a URL location;
-    picklable); ``part``: those of one time point of a time series (a folder of their own)."""
+    picklable); ``part``: those of one time point of a time series (a folder of their own).
 
-    def __init__(self, path, part: str | None = None):
+    The blocks this object recorded are also kept in memory, newest last, up to
+    ``memory_bytes`` (default 256 MiB), so that the merge and the relabel pass of the same
+    process read them without inflating the files again (the files are written all the same:
+    another process, or a resumed run, reads those). A copy sent to another process starts
+    with none.
+    """
+
+    def __init__(self, path, part: str | None = None, *, memory_bytes: int = 256 << 20):
         self.root = location(path, resolve=False) if isinstance(path, str) else path
         self.path = self.root / RECORDS_DIR if part is None else self.root / RECORDS_DIR / part
         self._merge = None  # an object store's merge tables, read once per process
+        self.memory_bytes = int(memory_bytes)
+        self._kept: dict[str, dict] = {}
+        self._lock = threading.Lock()
 
     def __getstate__(self):
-        return {**self.__dict__, "_merge": None}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_kept", "_lock")} | {"_merge": None}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _kept={}, _lock=threading.Lock())
 
     def __repr__(self) -> str:
         return f"InstanceRecords({str(self.path)!r})"
@@ -85,6 +99,7 @@ class InstanceRecords:
         unsigned type that holds them (uint16 for fewer than 65536 objects: half the bytes
         to deflate and inflate), which :meth:`get` then gives."""
         buffer = io.BytesIO()
+        kept = {}
         with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as z:
             for key, value in arrays.items():
                 value = np.asarray(value)
@@ -92,10 +107,28 @@ class InstanceRecords:
                     value = value.astype(np.min_scalar_type(int(value.max())), copy=False)
                 with z.open(f"{key}.npy", "w", force_zip64=True) as f:
                     np.lib.format.write_array(f, value, allow_pickle=False)
+                kept[key] = value.view()
+                kept[key].flags.writeable = False  # what get() gives is read-only: the caller's array is not
         self._put(f"{name}.npz", buffer.getvalue())
+        self._keep(name, kept)
+
+    def _keep(self, name: str, arrays: dict) -> None:
+        size = sum(a.nbytes for a in arrays.values())
+        with self._lock:
+            self._kept.pop(name, None)
+            if size > self.memory_bytes:
+                return
+            self._kept[name] = arrays
+            while sum(a.nbytes for r in self._kept.values() for a in r.values()) > self.memory_bytes:
+                del self._kept[next(iter(self._kept))]  # the oldest
 
     def get(self, name: str, *keys: str) -> tuple:
-        """The arrays ``keys`` of one block's record; an absent face key gives an empty plane."""
+        """The arrays ``keys`` of one block's record (read-only); an absent face key gives an
+        empty plane."""
+        with self._lock:
+            kept = self._kept.get(name)
+        if kept is not None:
+            return tuple(kept[k] if k in kept else np.zeros((0, 0), np.uint32) for k in keys)
         with np.load(io.BytesIO(self._get(f"{name}.npz"))) as z:
             return tuple(z[k] if k in z.files else np.zeros((0, 0), np.uint32) for k in keys)
 
@@ -142,6 +175,8 @@ class InstanceRecords:
 
     def remove(self) -> None:
         """Remove the records (the output is complete)."""
+        with self._lock:
+            self._kept.clear()
         fs, root = filesystem(self.path)
         try:
             fs.rm(root, recursive=True)

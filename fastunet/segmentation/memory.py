@@ -62,16 +62,14 @@ def default_max_step(config, device: torch.device, *, dtype: str, batch_size: in
     """
     q = max(_grid(config))
     free = available_bytes(device)
-    best = q
     three_d = getattr(config, "spatial_dims", 2) == 3
     top = (256 if three_d else 2048) if device.type == "cuda" else (128 if three_d else 512)
-    for step in range(q, top + 1, q):
-        tile = tile_for_step(config, step)
-        if batch_size * activation_bytes(config, tile, dtype=dtype) <= free // 2:
-            best = step
-        else:
-            break
-    return best
+    # The memory grows with the step: the first step that fits, from the top down, is the
+    # largest (usually the top itself: one evaluation instead of one per step).
+    for step in range(top - top % q, q, -q):
+        if batch_size * activation_bytes(config, tile_for_step(config, step), dtype=dtype) <= free // 2:
+            return step
+    return q
 
 
 def available_bytes(device: torch.device) -> int:
