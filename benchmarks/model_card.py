@@ -83,15 +83,16 @@ def scores(args) -> dict:
 
 def _reused(args, previous: dict | None) -> dict:
     """The previous model's rows of an earlier ``scores`` run of that model on the same images
-    (``--reuse FILE``: its ``new`` model must be this ``--previous``, by content)."""
+    (``--reuse FILE``: its ``new`` or its ``previous`` model must be this ``--previous``, by
+    content)."""
     if not getattr(args, "reuse", None) or previous is None:
         return {}
     earlier = json.loads(Path(args.reuse).read_text())
-    if earlier["models"]["new"]["sha256"] != previous["sha256"] or (earlier["images"], earlier["seed"]) != (
-            args.images, args.seed):
+    key = next((k for k, m in earlier["models"].items() if m["sha256"] == previous["sha256"]), None)
+    if key is None or (earlier["images"], earlier["seed"]) != (args.images, args.seed):
         raise SystemExit(f"{args.reuse} scored another model or other images than --previous on these")
-    previous["reused_from"] = Path(args.reuse).name
-    return {name: row["new"] for name, row in earlier["styles"].items()}
+    previous["reused_from"] = f"{Path(args.reuse).name} ({key})"
+    return {name: row[key] for name, row in earlier["styles"].items() if key in row}
 
 
 def _styles(args) -> list[str]:
@@ -245,8 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--styles", help="all (default), held-out, train or names separated by commas")
         if name == "scores":
             p.add_argument("--previous", help="an earlier model file to score on the same images")
-            p.add_argument("--reuse", help="an earlier scores JSON of the --previous model (as --model) on the same "
-                           "images: its rows are taken instead of scoring it again")
+            p.add_argument("--reuse", help="an earlier scores JSON in which the --previous model was scored (as "
+                           "--model or --previous) on the same images: its rows are taken instead of scoring it again")
             p.add_argument("--auto", action="store_true", help="also score the model with object_size=auto")
     p = sub.add_parser("readme")
     p.add_argument("--readme", default=str(HERE.parent / "README.md"))
