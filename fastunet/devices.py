@@ -22,9 +22,10 @@ import torch
 from .errors import UserError
 
 __all__ = ["resolve_device", "check_visible", "default_dtype", "resolve_dtype", "describe_dtype",
-           "cpu_bf16_units", "DTYPES", "DTYPE_CHOICES"]
+           "cpu_bf16_units", "DTYPES", "FLOAT_DTYPES", "DTYPE_CHOICES"]
 
-DTYPES = ("fp32", "tf32", "bf16", "fp16")  # what the network runs in
+FLOAT_DTYPES = ("fp32", "tf32", "bf16", "fp16")  # what the network runs in on every backend
+DTYPES = (*FLOAT_DTYPES, "int8")  # ... and int8: quantized, on the OpenVINO backend
 DTYPE_CHOICES = ("auto", *DTYPES)  # what dtype= accepts
 
 
@@ -97,7 +98,7 @@ def default_dtype(device: torch.device) -> str:
 
 
 def resolve_dtype(dtype, device) -> str:
-    """``dtype`` (``None``, ``"auto"``, ``"bf16"``, ``"fp16"``, ``"tf32"``, ``"fp32"``) as the
+    """``dtype`` (``None``, ``"auto"``, ``"bf16"``, ``"fp16"``, ``"tf32"``, ``"fp32"``, ``"int8"``) as the
     dtype the network runs in on ``device``; raises :class:`UserError` for another value.
 
     Parameters

@@ -65,7 +65,7 @@ def test_no_bf16_without_onednn(cpu_features):
 
 def test_unknown_dtype_is_refused():
     with pytest.raises(UserError, match="dtype= must be one of auto, fp32"):
-        devices.resolve_dtype("int8", "cpu")
+        devices.resolve_dtype("int4", "cpu")
 
 
 @pytest.mark.parametrize("caps,dtype", [({"avx512_bf16": True}, "bf16"), ({}, "fp32")])
@@ -218,7 +218,7 @@ with torch.no_grad():
     want = net(x).argmax(1)
 assert (again.predict(x).labels.long() == want).float().mean() > 0.99
 torch.testing.assert_close(again.logits(x[1:2]), again.logits(x)[1:2], atol=0, rtol=0)  # streams: per tile
-with pytest.raises(UserError, match='runs in bf16, fp32, tf32; got dtype="fp16"'):
+with pytest.raises(UserError, match='runs in bf16, fp32, tf32, int8; got dtype="fp16"'):
     openvino_backend.OpenVINOPredictor(net, "cpu", "fp16", cache=False)
 # OpenVINO's compiled models are kept (CACHE_DIR); a predictor that imports one computes the same bits
 from pathlib import Path
@@ -240,6 +240,48 @@ def test_openvino_backend_matches_the_reference_at_every_tile_from_one_conversio
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(list(tmp_path.glob("unet-*.xml"))) == 1
+
+
+_INT8_CHECKS = """
+import sys
+from pathlib import Path
+import torch
+from fastunet.bench.dtypes import INT8_TOLERANCES as T, compare_dtypes
+from fastunet.engine import openvino_backend, openvino_int8
+from fastunet.modelfile import default_model_path, load_model
+from fastunet.synthetic_styles import style_image
+
+# the bundled model quantized (NNCF, once) against fp32 on a small image: the int8 promise
+drawn = style_image("classic", (160, 160), seed=2026)
+r = compare_dtypes([drawn.image], [drawn.labels], backend="openvino", dtype="int8")
+assert r["max_prob_diff"] <= T["max_prob"] and r["mean_prob_diff"] <= T["mean_prob"], r
+assert r["labels_identical"] >= T["labels"] and r["f1_diff"] <= T["f1"] and r["f1_fp32"] > 0.5, r
+cache = openvino_backend.cache_dir()
+assert len(list(cache.glob("unet-int8-*.xml"))) == 1
+# a second predictor reads the quantized network from the cache instead of quantizing again
+openvino_int8.quantize = lambda *a: sys.exit("quantized again")
+again = openvino_backend.OpenVINOPredictor(load_model(default_model_path()), "cpu", "int8")
+assert again.predict(torch.zeros(1, 1, 316, 316)).labels.shape == (1, 228, 228)
+"""
+
+
+@pytest.mark.openvino
+def test_int8_agrees_with_fp32_and_is_quantized_once(tmp_path):
+    """dtype="int8" (OpenVINO, quantized by NNCF) within INT8_TOLERANCES of fp32 for the bundled
+    model on a small image; the quantized network is cached (in a child process, as above)."""
+    import subprocess
+
+    pytest.importorskip("nncf")
+    done = subprocess.run([sys.executable, "-c", _INT8_CHECKS], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_int8_runs_on_the_openvino_backend_only():
+    net = ReferenceUNet(UNetConfig(base_channels=2, depth=2))
+    with pytest.raises(UserError, match='dtype="int8" runs on the OpenVINO backend'):
+        backends.make_predictor(net, backend="torch", device="cpu", dtype="int8")
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        TorchPredictor(net, "cpu", "int8")
 
 
 # --------------------------------------------------------------------------------- P7

@@ -9,7 +9,7 @@ P7  on the CPU (no GPU needed), on a uint16 zarr volume of synthetic nuclei
     * **whole processes**, in ``repeats`` interleaved rounds (each round runs every side once, in
       turn, so that a busy spell of the machine hits all sides alike): ``fastunet segment VOLUME
       -o OUT.zarr --axes ZYX`` with its defaults (object ids; backend and dtype ``auto``), the
-      same with ``--backend torch``, and MONAI's ``sliding_window_inference`` (roi 512, overlap
+      same with ``--backend torch`` and with ``--dtype int8`` (when NNCF is installed), and MONAI's ``sliding_window_inference`` (roi 512, overlap
       0.25, gaussian blending, the same weights in :class:`~fastunet.bench.monai_baseline.SamePaddedUNet`,
       channels-last) in fp32 and under bf16 autocast (``python -m fastunet.bench.monai_baseline``,
       zarr to zarr uint8 labels). Each time is the process's wall clock, start to exit (Python,
@@ -22,7 +22,7 @@ P7  on the CPU (no GPU needed), on a uint16 zarr volume of synthetic nuclei
       ``P7.engine_vs_raw`` is the median of the per-round ratios (the goal is >= 0.9), in wall
       time, and ``P7.engine_vs_raw_cpu_s`` in the process's CPU time.
     * **backends**: the raw network per tile (median ms) under PyTorch eager (fp32 and bf16,
-      channels-last, as the engine runs it), OpenVINO (fp32 and bf16), and, for the record,
+      channels-last, as the engine runs it), OpenVINO (fp32, bf16 and int8), and, for the record,
       ``torch.compile`` (inductor, freezing) and frozen TorchScript in bf16 with their
       preparation times (:func:`backend_times`).
     * **the CPU's limit**: each 3x3 convolution of the network alone (``F.conv2d``,
@@ -30,9 +30,10 @@ P7  on the CPU (no GPU needed), on a uint16 zarr volume of synthetic nuclei
       measured in this run: the convolutions' GFLOP/s as a fraction of the matmul peak.
     * **threads**: ``segment`` in one process with 1, 2, 3 and 4 block threads x 1 and all
       intra-op threads (:func:`thread_grid`).
-    * **the auto dtype's accuracy**: bf16 against fp32 on synthetic images of every style, per
-      backend (:func:`fastunet.bench.dtypes.style_agreement`): the largest and mean probability
-      difference, the identical labels, the instance F1 difference; the worst style of each.
+    * **the dtypes' accuracy**: bf16 (per backend) and int8 (OpenVINO) against fp32 on
+      synthetic images of every style (:func:`fastunet.bench.dtypes.style_agreement`): the
+      largest and mean probability difference, the identical labels, the instance F1
+      difference; the worst style of each.
 
 MONAI (``pip install 'fastunet[bench]'``) runs in its own processes; OpenVINO is measured when
 it is installed. Timings on a shared machine vary: the result records the machine's load
@@ -115,6 +116,18 @@ def _compiled_time(model, tile: int, how: str, reps: int) -> tuple[float, float]
     return prep, ms
 
 
+def openvino_dtypes() -> tuple[str, ...]:
+    """The dtypes P7 runs OpenVINO in: fp32 and bf16 when it is installed, and int8 when NNCF
+    (which quantizes it) is too."""
+    from importlib.util import find_spec
+
+    from ..engine import openvino_backend
+
+    if not openvino_backend.available():
+        return ()
+    return ("fp32", "bf16", "int8") if find_spec("nncf") is not None else ("fp32", "bf16")
+
+
 def backend_times(model, tile: int, *, reps: int = 5, compiled: bool = True) -> dict:
     """The raw network per tile (median ms, labels) on the CPU: PyTorch eager in fp32 and
     bf16 (one tile a call, on all the cores), OpenVINO in fp32 and bf16 (when installed; a
@@ -130,12 +143,12 @@ def backend_times(model, tile: int, *, reps: int = 5, compiled: bool = True) -> 
     if compiled:
         for how in ("compile", "torchscript"):
             out[f"{how}_bf16_prep_s"], out[f"{how}_bf16_ms"] = _compiled_time(model, tile, how, reps)
-    for dtype in ("fp32", "bf16") if openvino_backend.available() else ():  # last: its threads stay
+    for dtype in openvino_dtypes():  # last: its threads stay
         with tempfile.TemporaryDirectory() as cache:
             start = time.perf_counter()
             predictor = openvino_backend.OpenVINOPredictor(model, "cpu", dtype, cache=cache)
             predictor.predict(torch.zeros(1, model.config.in_channels, tile, tile), "labels")
-            out[f"openvino_{dtype}_first_s"] = time.perf_counter() - start  # convert + compile, no cache
+            out[f"openvino_{dtype}_first_s"] = time.perf_counter() - start  # convert (int8: and quantize) + compile, no cache
             # a batch of one tile per stream, as the engine feeds it (one tile alone runs on one
             # stream's share of the cores); PyTorch above runs one tile on all the cores
             out[f"openvino_{dtype}_ms"] = _tile_time(predictor, tile, predictor.streams, reps)
@@ -293,9 +306,11 @@ def bench_cpu(*, shape=(2, 2048, 2048), repeats: int = 3, cache_dir=None, thread
                "P7.cores": os.cpu_count(), "P7.bf16_units": cpu_bf16_units(), "P7.auto_dtype": default_dtype("cpu"),
                "P7.openvino_installed": openvino_backend.available(),
                "P7.model": f"default (base {bundle.config.base_channels}, depth {bundle.config.depth})"}
+    int8 = "int8" in openvino_dtypes()
     with tempfile.TemporaryDirectory() as tmp:
         commands = {"segment": segment_command(volume, Path(tmp) / "a.zarr"),
                     "segment_torch": segment_command(volume, Path(tmp) / "b.zarr", "--backend", "torch"),
+                    **({"segment_int8": segment_command(volume, Path(tmp) / "c.zarr", "--dtype", "int8")} if int8 else {}),
                     "monai_fp32": monai_command(volume, Path(tmp) / "m.zarr", "fp32"),
                     "monai_bf16": monai_command(volume, Path(tmp) / "m.zarr", "bf16")}
         whole_process_times(commands, rounds=1)  # warm-up: OS file cache, OpenVINO's converted-model cache
@@ -310,10 +325,11 @@ def bench_cpu(*, shape=(2, 2048, 2048), repeats: int = 3, cache_dir=None, thread
     monai_best = min(medians["monai_fp32"], medians["monai_bf16"])
     figures["P7.monai_best_dtype"] = "fp32" if medians["monai_fp32"] <= medians["monai_bf16"] else "bf16"
     monai_best_cpu = cpu_medians[f"monai_{figures['P7.monai_best_dtype']}"]
-    ratios = {"P7.segment_vs_monai": monai_best / medians["segment"],
-              "P7.segment_torch_vs_monai": monai_best / medians["segment_torch"],
-              "P7.segment_vs_monai_cpu_s": monai_best_cpu / cpu_medians["segment"],
-              "P7.segment_torch_vs_monai_cpu_s": monai_best_cpu / cpu_medians["segment_torch"]}
+    ratios = {}
+    for name in ("segment", "segment_torch", "segment_int8"):
+        if name in medians:
+            ratios[f"P7.{name}_vs_monai"] = monai_best / medians[name]
+            ratios[f"P7.{name}_vs_monai_cpu_s"] = monai_best_cpu / cpu_medians[name]
 
     # PyTorch alone first (the conv layers, the matmul peaks, the backends: OpenVINO last), then
     # the engine: OpenVINO's threads, once started, stay in the process beside torch's.
@@ -326,7 +342,7 @@ def bench_cpu(*, shape=(2, 2048, 2048), repeats: int = 3, cache_dir=None, thread
     if threads:
         figures["P7.thread_grid"] = thread_grid(volume)
     if agreement:
-        figures.update(_agreement(agreement, openvino_backend.available()))
+        figures.update(_agreement(agreement, openvino_backend.available(), int8))
     figures["P7.loadavg_before"], figures["P7.loadavg_after"] = list(load_before), list(os.getloadavg())
     return figures, ratios
 
@@ -346,20 +362,23 @@ def _engine_tile(volume) -> int:
     return layout.tile[0]
 
 
-def _agreement(images: int, openvino: bool) -> dict:
-    """bf16 against fp32 on ``images`` synthetic images of every style (the auto dtype's check,
-    :func:`fastunet.bench.dtypes.style_agreement`): per backend and style, and the worst of the styles."""
+def _agreement(images: int, openvino: bool, int8: bool) -> dict:
+    """bf16 (and, with ``int8``, OpenVINO's int8) against fp32 on ``images`` synthetic images of
+    every style (the dtypes' check, :func:`fastunet.bench.dtypes.style_agreement`): per backend
+    and style, and the worst of the styles."""
     from .dtypes import style_agreement
 
-    results = style_agreement(images=images, backends=("torch", "openvino") if openvino else ("torch",))
+    runs = [("bf16", ("torch", "openvino") if openvino else ("torch",))] + ([("int8", ("openvino",))] if int8 else [])
     out = {"P7.bf16_agreement_images_per_style": images}
-    for backend, styles in results.items():
-        out[f"P7.bf16_agreement_{backend}"] = {name: {k: round(v, 5) for k, v in r.items()} for name, r in styles.items()}
-        rows = list(styles.values())
-        out[f"P7.bf16_{backend}_worst_max_prob_diff"] = max(r["max_prob_diff"] for r in rows)
-        out[f"P7.bf16_{backend}_worst_mean_prob_diff"] = max(r["mean_prob_diff"] for r in rows)
-        out[f"P7.bf16_{backend}_worst_labels_identical"] = min(r["labels_identical"] for r in rows)
-        out[f"P7.bf16_{backend}_worst_f1_diff"] = max(r["f1_diff"] for r in rows)
+    for dtype, backends in runs:
+        for backend, styles in style_agreement(images=images, backends=backends, dtype=dtype).items():
+            out[f"P7.{dtype}_agreement_{backend}"] = {name: {k: round(v, 5) for k, v in r.items()}
+                                                      for name, r in styles.items()}
+            rows = list(styles.values())
+            out[f"P7.{dtype}_{backend}_worst_max_prob_diff"] = max(r["max_prob_diff"] for r in rows)
+            out[f"P7.{dtype}_{backend}_worst_mean_prob_diff"] = max(r["mean_prob_diff"] for r in rows)
+            out[f"P7.{dtype}_{backend}_worst_labels_identical"] = min(r["labels_identical"] for r in rows)
+            out[f"P7.{dtype}_{backend}_worst_f1_diff"] = max(r["f1_diff"] for r in rows)
     return out
 
 
@@ -385,5 +404,7 @@ def _limits(bundle, tile: int, figures: dict, *, compiled: bool) -> dict:
         if f"P7.raw_openvino_{name}_gflop_s" in figures:
             ratios[f"P7.openvino_{name}_network_vs_matmul_peak"] = figures[f"P7.raw_openvino_{name}_gflop_s"] / peak
         ratios[f"P7.torch_{name}_network_vs_matmul_peak"] = figures[f"P7.raw_torch_{name}_gflop_s"] / peak
+    if "P7.raw_openvino_int8_ms" in figures:  # the quantized network's speed-up over bf16's
+        ratios["P7.openvino_int8_vs_bf16"] = figures["P7.raw_openvino_bf16_ms"] / figures["P7.raw_openvino_int8_ms"]
     return ratios
 

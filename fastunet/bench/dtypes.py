@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["compare_dtypes", "style_agreement", "TOLERANCES"]
+__all__ = ["compare_dtypes", "style_agreement", "TOLERANCES", "INT8_TOLERANCES"]
 
 # What bf16 may change against fp32 (the auto dtype's promise on CPUs with bf16 units):
 # probabilities within MAX_PROB (any pixel) and MEAN_PROB (on average), at least LABELS of the
 # class labels identical, instance F1 within F1 of fp32's.
 TOLERANCES = {"max_prob": 0.1, "mean_prob": 0.005, "labels": 0.995, "f1": 0.01}
+# What int8 (dtype="int8": quantized after training, OpenVINO) may change against fp32: as bf16,
+# but single probabilities up to 0.3 apart (a quantized network's scores move more at the
+# objects' edges, where the class is a close call).
+INT8_TOLERANCES = {**TOLERANCES, "max_prob": 0.3}
 
 
 def compare_dtypes(images, truths, *, model=None, backend: str = "torch", dtype: str = "bf16") -> dict:
@@ -58,10 +62,10 @@ def compare_dtypes(images, truths, *, model=None, backend: str = "torch", dtype:
 
 
 def style_agreement(*, styles=None, images: int = 2, shape=(512, 512), seed: int = 2026,
-                    backends=("torch",)) -> dict:
-    """:func:`compare_dtypes` (bf16 vs fp32, the bundled model) on ``images`` synthetic images
-    of each style (default: all of :mod:`fastunet.synthetic_styles`, drawn from ``seed``...),
-    for each backend; ``{backend: {style: result}}``."""
+                    backends=("torch",), dtype: str = "bf16") -> dict:
+    """:func:`compare_dtypes` (``dtype`` vs fp32, the bundled model) on ``images`` synthetic
+    images of each style (default: all of :mod:`fastunet.synthetic_styles`, drawn from
+    ``seed``...), for each backend; ``{backend: {style: result}}``."""
     from ..synthetic_styles import style_image, style_names
 
     out = {}
@@ -69,5 +73,6 @@ def style_agreement(*, styles=None, images: int = 2, shape=(512, 512), seed: int
         out[backend] = {}
         for style in styles or style_names():
             drawn = [style_image(style, tuple(shape), seed=seed + i) for i in range(images)]
-            out[backend][style] = compare_dtypes([d.image for d in drawn], [d.labels for d in drawn], backend=backend)
+            out[backend][style] = compare_dtypes([d.image for d in drawn], [d.labels for d in drawn], backend=backend,
+                                                 dtype=dtype)
     return out

@@ -23,6 +23,7 @@ import torch
 
 from .. import kernels
 from ..devices import resolve_dtype
+from ..errors import UserError
 from ..model import ReferenceUNet
 from . import openvino_backend
 from .predictor import Predictor, TorchPredictor
@@ -74,6 +75,10 @@ def make_predictor(model: ReferenceUNet, backend: str = "auto", device="cpu", dt
     device = torch.device(device)
     dtype = resolve_dtype(dtype, device)
     backend = resolve_backend(backend, device, model.config.spatial_dims)
+    if dtype == "int8" and backend != "openvino":
+        raise UserError(f'dtype="int8" runs on the OpenVINO backend (the network quantized after training), not '
+                        f'on backend="{backend}": on the CPU, pip install \'fastunet[openvino]\' and use backend="auto" '
+                        'or "openvino"; or use dtype="bf16" or "fp32".')
     if backend == "triton":
         from .fused import FusedPredictor  # imports the Triton kernels: only when asked for
 

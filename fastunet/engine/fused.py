@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import geometry
+from ..devices import FLOAT_DTYPES
 from ..model import ReferenceUNet
-from .predictor import DTYPES, Prediction, Predictor
+from .predictor import Prediction, Predictor
 
 __all__ = ["FusedUNet", "FusedPredictor"]
 
@@ -77,8 +78,8 @@ class FusedUNet:
             from ..modelfile import load_model
 
             model = load_model(model)
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}; got {dtype!r}.")
+        if dtype not in FLOAT_DTYPES:
+            raise ValueError(f"dtype must be one of {FLOAT_DTYPES}; got {dtype!r}.")
         self.device = torch.device(device)
         from ..kernels import load
 

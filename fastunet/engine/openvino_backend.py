@@ -30,14 +30,16 @@ import numpy as np
 import torch
 
 from .. import geometry
+from ..devices import cpu_bf16_units
 from ..errors import UserError
 from ..model import ReferenceUNet
 from .predictor import OUTPUTS, Prediction, Predictor, class_labels
 
 __all__ = ["OpenVINOPredictor", "import_openvino", "available", "picked_by_auto", "cache_dir", "PRECISIONS"]
 
-# fastunet's dtype -> the CPU plugin's inference precision
-PRECISIONS = {"bf16": "bf16", "fp32": "f32", "tf32": "f32"}
+# fastunet's dtype -> the CPU plugin's inference precision (int8: of what stays in floating
+# point, bf16 where the CPU has bf16 units: OpenVINOPredictor)
+PRECISIONS = {"bf16": "bf16", "fp32": "f32", "tf32": "f32", "int8": "f32"}
 CACHE_ENTRIES = 8  # converted models kept on disk (the most recently used)
 COMPILED_ENTRIES = 16  # OpenVINO's compiled models (per model, tile shape and precision) kept on disk
 COMPILED_DIR = "compiled"  # their folder, inside the converted models'
@@ -116,27 +118,50 @@ def converted_model(ov, core, model: ReferenceUNet, folder: Path | None):
     """The converted network: read from ``folder`` when it is there, else converted (and
     saved there, when the folder can be written; a failed save only costs the next process
     the conversion)."""
+    return cached_model(ov, core, folder, f"unet-{_model_key(model, ov.get_version())}", lambda: _convert(ov, model))
+
+
+def int8_model(ov, core, model: ReferenceUNet, folder: Path | None):
+    """The converted network quantized to int8 (:mod:`fastunet.engine.openvino_int8`), cached
+    as the converted ones are."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .openvino_int8 import CALIBRATION_VERSION, quantize
+
+    try:
+        nncf = version("nncf")  # the quantization depends on NNCF's version too
+    except PackageNotFoundError:
+        nncf = "none"
+    name = f"unet-int8-{_model_key(model, ov.get_version())}-c{CALIBRATION_VERSION}-nncf{nncf}"
+    return cached_model(ov, core, folder, name, lambda: quantize(converted_model(ov, core, model, folder),
+                                                                 model.config))
+
+
+def cached_model(ov, core, folder: Path | None, name: str, make):
+    """The OpenVINO model ``folder/name.xml``: read when it is there, else ``make()`` (and
+    saved there when the folder can be written; a failed save only costs the next process
+    the work)."""
     if folder is None:
-        return _convert(ov, model)
-    path = folder / f"unet-{_model_key(model, ov.get_version())}.xml"
+        return make()
+    path = folder / f"{name}.xml"
     if path.exists() and path.with_suffix(".bin").exists():
         try:
             found = core.read_model(str(path))
             os.utime(path)  # used now: the last entry the pruning removes
             return found
-        except (RuntimeError, OSError):  # a damaged entry: convert again, and replace it below
+        except (RuntimeError, OSError):  # a damaged entry: made again, and replaced below
             pass
-    converted = _convert(ov, model)
+    made = make()
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=folder, prefix=".tmp-") as tmp:
-            ov.save_model(converted, str(Path(tmp) / path.name), compress_to_fp16=False)
+            ov.save_model(made, str(Path(tmp) / path.name), compress_to_fp16=False)
             os.replace(Path(tmp) / path.with_suffix(".bin").name, path.with_suffix(".bin"))
             os.replace(Path(tmp) / path.name, path)  # the .xml last: the mark of a complete entry
         _prune(folder)
     except OSError:
         pass
-    return converted
+    return made
 
 
 def _prune(folder: Path, keep: int = CACHE_ENTRIES, pattern: str = "unet-*.xml", parts=(".xml", ".bin")) -> None:
@@ -173,8 +198,9 @@ class OpenVINOPredictor(Predictor):
     model : ReferenceUNet
     device : str or torch.device
         The CPU (OpenVINO's CPU plugin).
-    dtype : {"bf16", "fp32", "tf32"}
-        The inference precision (tf32 runs as fp32).
+    dtype : {"bf16", "fp32", "tf32", "int8"}
+        The inference precision (tf32 runs as fp32; int8: the network quantized after training,
+        :func:`int8_model`).
     cache : path-like, None or False
         The folder of converted models (default :func:`cache_dir`), and of OpenVINO's compiled
         ones in its ``compiled`` folder (:func:`use_compiled_cache`); False: no disk cache.
@@ -184,24 +210,29 @@ class OpenVINOPredictor(Predictor):
     """
 
     backend = "openvino"
+    dtypes = tuple(PRECISIONS)
 
     def __init__(self, model: ReferenceUNet, device="cpu", dtype: str = "fp32", *, cache=None,
                  streams: int | None = None) -> None:
+        if dtype not in PRECISIONS:
+            raise UserError(f'backend="openvino" runs in {", ".join(PRECISIONS)}; got dtype="{dtype}".')
         super().__init__(model, device, dtype)
         if self.device.type != "cpu":
             raise UserError(f'backend="openvino" runs on the CPU; got device="{self.device}" (use backend="auto").')
-        if dtype not in PRECISIONS:
-            raise UserError(f'backend="openvino" runs in {", ".join(PRECISIONS)}; got dtype="{dtype}".')
         ov = import_openvino()
         self._ov = ov
         self._core = ov.Core()
         folder = None if cache is False else Path(cache) if cache is not None else cache_dir()
-        self._model = converted_model(ov, self._core, model.eval(), folder)
+        make = int8_model if dtype == "int8" else converted_model
+        self._model = make(ov, self._core, model.eval(), folder)
         if folder is not None:
             use_compiled_cache(self._core, folder / COMPILED_DIR)
         threads = torch.get_num_threads()
         self.streams = max(1, min(int(streams or threads), threads))
-        self._config = {"INFERENCE_PRECISION_HINT": PRECISIONS[dtype], "NUM_STREAMS": self.streams,
+        precision = PRECISIONS[dtype]
+        if dtype == "int8" and cpu_bf16_units():
+            precision = "bf16"
+        self._config = {"INFERENCE_PRECISION_HINT": precision, "NUM_STREAMS": self.streams,
                         "INFERENCE_NUM_THREADS": threads}
         self._compiled: dict = {}
         self._lock = threading.Lock()

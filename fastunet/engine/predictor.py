@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..devices import DTYPES
+from ..devices import DTYPES, FLOAT_DTYPES
 from ..model import ReferenceUNet
 
 __all__ = ["Prediction", "Predictor", "TorchPredictor", "DTYPES", "OUTPUTS", "class_labels"]
@@ -53,10 +53,11 @@ class Predictor:
     """Runs a network on batches of tiles. Subclasses implement :meth:`logits`."""
 
     backend = "abstract"
+    dtypes = FLOAT_DTYPES  # what this backend runs in
 
     def __init__(self, model: ReferenceUNet, device: torch.device, dtype: str) -> None:
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}; got {dtype!r}.")
+        if dtype not in self.dtypes:
+            raise ValueError(f"dtype must be one of {self.dtypes} on backend {self.backend!r}; got {dtype!r}.")
         self.config = model.config
         self.device = torch.device(device)
         self.dtype = dtype
