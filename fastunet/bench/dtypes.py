@@ -17,10 +17,11 @@ __all__ = ["compare_dtypes", "style_agreement", "TOLERANCES", "INT8_TOLERANCES"]
 # probabilities within MAX_PROB (any pixel) and MEAN_PROB (on average), at least LABELS of the
 # class labels identical, instance F1 within F1 of fp32's.
 TOLERANCES = {"max_prob": 0.1, "mean_prob": 0.005, "labels": 0.995, "f1": 0.01}
-# What int8 (dtype="int8": quantized after training, OpenVINO) may change against fp32: as bf16,
-# but single probabilities up to 0.3 apart (a quantized network's scores move more at the
-# objects' edges, where the class is a close call).
-INT8_TOLERANCES = {**TOLERANCES, "max_prob": 0.3}
+# What int8 (dtype="int8": quantized after training, OpenVINO) keeps against fp32: looser than
+# bf16's, which is why dtype="auto" never picks it. Single pixels near an object's edge, where
+# the class is a close call, may flip (any probability difference); at least 99 % of the labels
+# identical, probabilities within 0.01 on average, instance F1 within 0.02.
+INT8_TOLERANCES = {"max_prob": 1.0, "mean_prob": 0.01, "labels": 0.99, "f1": 0.02}
 
 
 def compare_dtypes(images, truths, *, model=None, backend: str = "torch", dtype: str = "bf16") -> dict:
