@@ -130,10 +130,13 @@ class Segmenter:
     backend : {"auto", "triton", "torch", "openvino"}
         ``auto``: the fused Triton network on CUDA (with ``fastunet[gpu]``), OpenVINO on the
         CPU (with ``fastunet[openvino]``), PyTorch otherwise.
-    dtype : {"auto", "bf16", "fp16", "tf32", "fp32"}, optional
+    dtype : {"auto", "bf16", "fp16", "tf32", "fp32", "int8"}, optional
         ``auto`` (the default): bf16 on CUDA and on CPUs with bf16 matrix units (AMX-BF16,
         AVX512-BF16), fp32 on other CPUs (:func:`fastunet.devices.resolve_dtype`); which one,
         and why, is :attr:`dtype_choice`, also recorded in a zarr output's attributes.
+        ``int8``: the OpenVINO backend with the network quantized after training
+        (:mod:`fastunet.engine.openvino_int8`; faster, within looser tolerances of fp32:
+        :data:`fastunet.bench.dtypes.INT8_TOLERANCES`).
     """
 
     def __init__(self, model: Any = None, *, tile: int | None = None, batch_size: int | None = None,
