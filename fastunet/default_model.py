@@ -37,7 +37,7 @@ __all__ = ["TRAIN_STYLES", "TRAIN_SEEDS", "style_of", "IMAGE_SHAPE", "TRAIN_ARGS
 
 TRAIN_STYLES = ("classic", "small", "textured", "clumped", "mitotic", "widefield", "large", "debris", "autofluorescent",
                 "saturated", "dividing", "dim")
-TRAIN_SEEDS = range(10_000, 10_120)  # 120 synthetic images, 10 per style: 108 for training, 12 for validation
+TRAIN_SEEDS = range(10_000, 10_240)  # 240 synthetic images, 20 per style: 216 for training, 24 for validation
 IMAGE_SHAPE = (512, 512)
 TRAIN_ARGS = (
     "--base-channels", "16",
@@ -54,6 +54,7 @@ TRAIN_ARGS = (
     "--checkpoint-every", "500",
     "--seed", "0",
     "--device", "cpu",
+    "--zoom", "0.6,1.6",
 )
 
 
@@ -127,11 +128,15 @@ def recipe_config() -> TrainConfig:
 
 def _recipe_options() -> dict:
     from .train import TrainConfig
+    from .train.config import default_augment, parse_zoom
 
     hints = typing.get_type_hints(TrainConfig)
     options = {}
     for flag, text in zip(TRAIN_ARGS[::2], TRAIN_ARGS[1::2]):
         name = flag[2:].replace("-", "_")
+        if name == "zoom":  # the one augmentation option of fastunet train
+            options["augment"] = default_augment(parse_zoom(text))
+            continue
         kind = next(t for t in typing.get_args(hints[name]) or (hints[name],) if t is not type(None))
         options[name] = kind(text)
     return options
@@ -148,6 +153,9 @@ def recipe_command(images: str | Path, labels: str | Path, output: str | Path, *
     import shlex
 
     options = {**_recipe_options(), "overwrite": True, "weight_figure": str(weight_figure)}
+    if "augment" in options:  # recorded as given on the command line, like fastunet train's --zoom
+        del options["augment"]
+        options["zoom"] = TRAIN_ARGS[TRAIN_ARGS.index("--zoom") + 1]
     if quiet:
         options["quiet"] = True
     words = ["fastunet", "train", str(images), str(labels), "-o", str(output)]
