@@ -11,9 +11,9 @@ Rebuild it with::
 which writes the training images (seeds :data:`TRAIN_SEEDS`) as TIFF files and trains with
 :func:`fastunet.train.train` exactly as ``fastunet train`` with :data:`TRAIN_ARGS` does (that
 command line is stored in the model file's metadata); the shipped file is the output of that
-build at commit c2a223f (12,000 steps, about 67 min on a shared 2-core CPU: the run was cut
-at step 9,539 by the end of a work session and continued with ``resume=True`` from its
-step-9,500 checkpoint, which restores the weights, the optimizer and the random streams).
+build at commit 1403282 (the recipe of commit edfbfb8 before it was rebased; 12,000 steps,
+68 min on a shared 2-core CPU, about 15 of them paused while benchmarks ran beside it; the
+weights of step 9,000 kept).
 Measure it on images it never saw (other seeds), per style, training and held-out, with::
 
     fastunet evaluate --synthetic 16
@@ -64,7 +64,7 @@ INTENDED_USE = ("2D fluorescence images of stained nuclei (DAPI, Hoechst and the
 NOT_FOR = (
     "cytoplasm, whole cells, membranes or tissue outlines (it finds nuclei only)",
     "brightfield, phase contrast, DIC or H&E images (it saw fluorescence only)",
-    "nuclei under about 8 px or over about 60 px across without object_size= (rescale them to ~21 px)",
+    "nuclei under about 8 px or over about 60 px across without object_size= (rescale them to ~19 px)",
     "dense tissue where nuclei overlap in depth, or 3-D objects (it works slice by slice)",
     "measurements that need a validated model: it was trained and tuned on synthetic images only; check it with "
     "fastunet evaluate on a few of your own annotated images, and train your own with fastunet train",
