@@ -60,6 +60,8 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     group.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 500)")
     group.add_argument("--w0", type=float, help="border weight amplitude (default 10)")
     group.add_argument("--sigma", type=float, help="border weight width in pixels (default 5)")
+    group.add_argument("--zoom", metavar="LO,HI", help="random rescale of the training tiles: objects appear LO to "
+                       "HI times their size (log-uniform; default 0.8,1.25)")
     group.add_argument("--no-augment", action="store_true", help="plain random crops, no deformations or gray-value "
                        "changes")
     group.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
@@ -112,10 +114,18 @@ _OPTIONS = ("tile", "batch_size", "optimizer", "lr", "lr_schedule", "lr_period",
 
 def _config(args: argparse.Namespace):
     from ..train import AugmentConfig, TrainConfig
+    from ..train.config import default_augment, parse_zoom
 
     options = {k: getattr(args, k) for k in _OPTIONS if getattr(args, k) is not None}
+    if args.no_augment and args.zoom is not None:
+        raise UserError("--zoom and --no-augment contradict each other; give one of them.")
     if args.no_augment:
         options["augment"] = AugmentConfig.none()
+    elif args.zoom is not None:
+        try:
+            options["augment"] = default_augment(parse_zoom(args.zoom))
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
     if args.voxel_size is not None:
         try:
             options["spacing"] = tuple(float(v) for v in args.voxel_size.split(","))

@@ -11,7 +11,7 @@ from ..model import UNetConfig
 from ..normalization import Normalization
 from .augment import AugmentConfig
 
-__all__ = ["TrainConfig", "default_augment", "LR_FLOOR"]
+__all__ = ["TrainConfig", "default_augment", "parse_zoom", "LR_FLOOR"]
 
 _OPTIMIZERS = ("sgd", "adam")
 _AMP = ("none", "bf16")
@@ -23,9 +23,21 @@ LR_FLOOR = 0.01  # the cosine schedule's lowest learning rate, relative to lr
 _DEFAULT_LR = {"sgd": 1e-3, "adam": 1e-3}
 
 
-def default_augment() -> AugmentConfig:
-    """The paper's augmentation plus a random rescale by 0.8-1.25 (:class:`TrainConfig`'s default)."""
-    return AugmentConfig(scale=(0.8, 1.25))
+def default_augment(zoom: tuple[float, float] = (0.8, 1.25)) -> AugmentConfig:
+    """The paper's augmentation plus a random rescale by ``zoom`` (objects appear 0.8-1.25 times
+    their size by default: :class:`TrainConfig`'s default)."""
+    return AugmentConfig(scale=zoom)
+
+
+def parse_zoom(text: str) -> tuple[float, float]:
+    """``"LO,HI"`` (``fastunet train --zoom``) as the rescale range of :func:`default_augment`."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--zoom expects two numbers LO,HI, e.g. 0.8,1.25; got {text!r}.") from None
+    if not 0 < lo <= hi:
+        raise ValueError(f"--zoom expects 0 < LO <= HI; got {text!r}.")
+    return lo, hi
 
 
 def _positive_int(name: str, value, *, minimum: int = 1) -> int:
