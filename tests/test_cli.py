@@ -95,6 +95,8 @@ def test_the_program_exits_at_once_after_flushing_its_output(monkeypatch, capsys
 
     monkeypatch.setattr(cli_main, "main", command)
     monkeypatch.setattr(cli_main.os, "_exit", fake_exit)
+    # the threads alive as the program ends: none but this one (other tests may leave some)
+    monkeypatch.setattr(cli_main.threading, "enumerate", lambda: [threading.main_thread()])
     with pytest.raises(SystemExit) as stop:
         cli_main.console_main()
     assert stop.value.code == 3 and exits == [3] and capsys.readouterr().out == "written"
@@ -102,6 +104,7 @@ def test_the_program_exits_at_once_after_flushing_its_output(monkeypatch, capsys
     release = threading.Event()
     worker = threading.Thread(target=release.wait, daemon=False)
     worker.start()
+    monkeypatch.setattr(cli_main.threading, "enumerate", lambda: [threading.main_thread(), worker])
     try:
         with pytest.raises(SystemExit) as stop:
             cli_main.console_main()

@@ -56,7 +56,7 @@ def test_gpu_stages_import_only_what_the_gpu_machine_has():
     is listed in benchmarks/device_packages.txt (the GPU machine's packages and wheels). The
     exceptions run in no GPU stage: bioimageio (the model export), xarray (imported only
     when an xarray input comes), napari and magicgui (the napari plugin's widgets, loaded by napari),
-    openvino (the CPU backend)."""
+    openvino and nncf (the CPU backend and its int8 quantization)."""
     listed = {line.strip() for line in (ROOT / "benchmarks" / "device_packages.txt").read_text().splitlines()
               if line.strip() and not line.startswith("#")}
     files = [*(ROOT / "fastunet").rglob("*.py"), *(ROOT / "kernels").rglob("*.py"),
@@ -64,7 +64,8 @@ def test_gpu_stages_import_only_what_the_gpu_machine_has():
              *(ROOT / "tests" / f"{name}.py" for name in GPU_TEST_FILES)]
     local = {"fastunet", "reference", "fault_helpers", "io_samples", "conftest"}
     unknown = {}
+    skip = {"bioimageio", "xarray", "napari", "magicgui", "openvino", "nncf"}
     for path in files:
-        for name in _imported(path) - set(sys.stdlib_module_names) - local - listed - {"bioimageio", "xarray", "napari", "magicgui", "openvino"}:
+        for name in _imported(path) - set(sys.stdlib_module_names) - local - listed - skip:
             unknown.setdefault(name, []).append(str(path.relative_to(ROOT)))
     assert not unknown, f"not on the GPU machine (add its wheel to ../shared/device/wheels): {unknown}"
