@@ -107,8 +107,8 @@ class InstanceRecords:
                     value = value.astype(np.min_scalar_type(int(value.max())), copy=False)
                 with z.open(f"{key}.npy", "w", force_zip64=True) as f:
                     np.lib.format.write_array(f, value, allow_pickle=False)
-                kept[key] = value.view()
-                kept[key].flags.writeable = False  # what get() gives is read-only: the caller's array is not
+                kept[key] = value.copy()  # not a view of the caller's array, which it may change later
+                kept[key].flags.writeable = False  # and what get() gives is read-only
         self._put(f"{name}.npz", buffer.getvalue())
         self._keep(name, kept)
 
