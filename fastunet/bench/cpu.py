@@ -9,8 +9,9 @@ P7  on the CPU (no GPU needed), on a uint16 zarr volume of synthetic nuclei
     * **whole processes**, in ``repeats`` interleaved rounds (each round runs every side once, in
       turn, so that a busy spell of the machine hits all sides alike): ``fastunet segment VOLUME
       -o OUT.zarr --axes ZYX`` with its defaults (object ids; backend and dtype ``auto``), the
-      same with ``--backend torch`` and with ``--dtype int8`` (when NNCF is installed), and MONAI's ``sliding_window_inference`` (roi 512, overlap
-      0.25, gaussian blending, the same weights in :class:`~fastunet.bench.monai_baseline.SamePaddedUNet`,
+      same with ``--backend torch`` and with ``--dtype int8`` (when NNCF is installed), and
+      MONAI's ``sliding_window_inference`` (roi 512, overlap 0.25, gaussian blending, the same
+      weights in :class:`~fastunet.bench.monai_baseline.SamePaddedUNet`,
       channels-last) in fp32 and under bf16 autocast (``python -m fastunet.bench.monai_baseline``,
       zarr to zarr uint8 labels). Each time is the process's wall clock, start to exit (Python,
       imports, model load, reading, writing: what a user waits for), and its CPU time (user +
@@ -130,8 +131,8 @@ def openvino_dtypes() -> tuple[str, ...]:
 
 def backend_times(model, tile: int, *, reps: int = 5, compiled: bool = True) -> dict:
     """The raw network per tile (median ms, labels) on the CPU: PyTorch eager in fp32 and
-    bf16 (one tile a call, on all the cores), OpenVINO in fp32 and bf16 (when installed; a
-    batch of one tile per stream, as the engine runs it; with its conversion and compile time),
+    bf16 (one tile a call, on all the cores), OpenVINO in :func:`openvino_dtypes` (a batch of
+    one tile per stream, as the engine runs it; with its conversion, quantization and compile time),
     and, with ``compiled``, ``torch.compile`` and frozen TorchScript in bf16 (with their
     preparation time)."""
     from ..engine import openvino_backend
@@ -148,7 +149,8 @@ def backend_times(model, tile: int, *, reps: int = 5, compiled: bool = True) -> 
             start = time.perf_counter()
             predictor = openvino_backend.OpenVINOPredictor(model, "cpu", dtype, cache=cache)
             predictor.predict(torch.zeros(1, model.config.in_channels, tile, tile), "labels")
-            out[f"openvino_{dtype}_first_s"] = time.perf_counter() - start  # convert (int8: and quantize) + compile, no cache
+            # convert (int8: and quantize) + compile, no cache
+            out[f"openvino_{dtype}_first_s"] = time.perf_counter() - start
             # a batch of one tile per stream, as the engine feeds it (one tile alone runs on one
             # stream's share of the cores); PyTorch above runs one tile on all the cores
             out[f"openvino_{dtype}_ms"] = _tile_time(predictor, tile, predictor.streams, reps)

@@ -11,6 +11,7 @@ import re
 import sys
 from pathlib import Path
 
+from ..devices import DTYPE_CHOICES
 from ..errors import UserError
 
 __all__ = [
@@ -85,7 +86,7 @@ def add_network_options(p: argparse.ArgumentParser, *, tile: bool = True) -> Non
                        help="auto: fused Triton kernels on CUDA when triton is installed, OpenVINO on the CPU when "
                             "openvino is installed (fastunet[openvino]), PyTorch otherwise; triton on the CPU runs "
                             "the kernels under the Triton interpreter (about 1000x slower: for checking them)")
-    group.add_argument("--dtype", choices=("auto", "bf16", "fp16", "tf32", "fp32", "int8"), default="auto",
+    group.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
                        help="auto (default): bf16 on CUDA and on CPUs with bf16 matrix units (AMX-BF16, "
                             "AVX512-BF16), fp32 on other CPUs; -v says which. int8: the OpenVINO backend on the CPU "
                             "with the network quantized after training (NNCF, calibrated on synthetic nuclei; "
