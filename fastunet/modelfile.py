@@ -15,8 +15,9 @@ only the network.
 
 Reading a file checks it before anything is allocated: the config against limits
 (:data:`LIMITS`: a hostile header cannot ask for terabytes), then every tensor's name and
-shape in the header against the config (a network on the ``meta`` device, which allocates
-nothing), then the weights for NaN/Inf.
+shape in the header against the config (:func:`fastunet.netconfig.parameter_shapes`), then
+the weights for NaN/Inf. :func:`read_weights` does all of that without PyTorch (numpy
+arrays: what OpenVINO's CPU path needs); :func:`read_model` builds the network from them.
 """
 
 from __future__ import annotations
@@ -27,15 +28,20 @@ import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from .devices import check_visible, resolve_device
 from .errors import ModelFileError, UserError
-from .model import ReferenceUNet, UNetConfig, parameter_count
+from .netconfig import UNetConfig, parameter_count, parameter_shapes
 from .normalization import Normalization
+
+if TYPE_CHECKING:
+    import torch
+
+    from .model import ReferenceUNet
 
 __all__ = [
     "ModelBundle",
@@ -43,6 +49,7 @@ __all__ = [
     "load_model",
     "read_model",
     "read_model_metadata",
+    "read_weights",
     "default_model_path",
     "bundled_model",
     "BUNDLED_MODELS",
@@ -80,6 +87,8 @@ class ModelBundle:
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
+        from .model import ReferenceUNet
+
         if not isinstance(self.module, ReferenceUNet):
             raise TypeError(f"ModelBundle.module must be a ReferenceUNet; got {type(self.module).__name__}.")
         if not isinstance(self.normalization, Normalization):
@@ -140,6 +149,8 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
     safetensors creates its file ``-rw-------``; the file gets the mode an ordinary new file
     would have (``0o666 & ~umask``) before the rename, as model files are meant to be shared.
     """
+    from safetensors.torch import save_file
+
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=metadata)
@@ -179,6 +190,8 @@ def save_model(
         model = model.module
     if normalization is None:
         normalization = Normalization()
+    import torch
+
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
     metadata = {
         "format": FORMAT_NAME,
@@ -218,7 +231,7 @@ def read_model_metadata(path: str | os.PathLike) -> tuple[UNetConfig, Normalizat
     path = Path(path)
     _check_header(path)
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="numpy") as f:
             meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelFileError(f"{str(path)!r} is not a readable safetensors file: {exc}") from None
@@ -266,10 +279,8 @@ def _check_weight_count(path: Path, config: UNetConfig, f) -> None:
         )
 
 
-def _check_tensors(path: Path, expected: dict, tensors: dict, config: UNetConfig) -> None:
-    """The tensors' names and shapes against the network's."""
-    shapes = {key: tuple(value.shape) for key, value in tensors.items()}
-    expected = {key: tuple(value.shape) for key, value in expected.items()}
+def _check_tensors(path: Path, expected: dict, shapes: dict, config: UNetConfig) -> None:
+    """The tensors' names and shapes (``shapes``) against the network's (``expected``), both name -> shape."""
     missing = sorted(set(expected) - set(shapes))
     unexpected = sorted(set(shapes) - set(expected))
     if missing or unexpected:
@@ -278,10 +289,53 @@ def _check_tensors(path: Path, expected: dict, tensors: dict, config: UNetConfig
             f"unexpected {unexpected[:4]}."
         )
     for key, shape in shapes.items():
-        if shape != expected[key]:
+        if shape != tuple(expected[key]):
             raise ModelFileError(
-                f"{str(path)!r}: tensor {key!r} has shape {shape}, the config needs {expected[key]}."
+                f"{str(path)!r}: tensor {key!r} has shape {shape}, the config needs {tuple(expected[key])}."
             )
+
+
+def _numpy_tensors(path: Path, f) -> dict[str, np.ndarray]:
+    """The file's tensors as numpy arrays; bf16 (which numpy has no type for) read through
+    PyTorch and widened to float32."""
+    dtypes = {key: f.get_slice(key).get_dtype() for key in f.keys()}
+    if "BF16" not in dtypes.values():
+        return {key: f.get_tensor(key) for key in f.keys()}
+    with safe_open(str(path), framework="pt", device="cpu") as pt:
+        return {key: (pt.get_tensor(key).float().numpy() if dtype == "BF16" else f.get_tensor(key))
+                for key, dtype in dtypes.items()}
+
+
+def read_weights(path: str | os.PathLike) -> tuple[UNetConfig, Normalization, dict, dict[str, np.ndarray]]:
+    """A model file's ``(config, normalization, extra, weights)``, the weights as numpy arrays
+    by name, every check of :func:`read_model` done (header, limits, names and shapes against
+    the config, NaN/Inf), without PyTorch.
+
+    Raises :class:`ModelFileError` for a missing, truncated, foreign or inconsistent file;
+    never unpickles anything.
+    """
+    path = Path(path)
+    config, normalization, extra = read_model_metadata(path)
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            _check_weight_count(path, config, f)  # before anything is allocated
+            shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+            _check_tensors(path, parameter_shapes(config), shapes, config)
+            tensors = _numpy_tensors(path, f)
+    except ModelFileError:
+        raise
+    except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as exc:
+        raise ModelFileError(f"{str(path)!r} could not be read (truncated or corrupt?): {exc}") from None
+    floats = [value.reshape(-1) for value in tensors.values() if value.dtype.kind == "f"]
+    bad = []  # one check of all the weights at once (one call per tensor took 40-80 ms on a busy CPU)
+    if floats and not np.isfinite(np.concatenate(floats)).all():
+        bad = [key for key, value in tensors.items() if value.dtype.kind == "f" and not np.isfinite(value).all()]
+    if bad:
+        raise ModelFileError(
+            f"{str(path)!r}: the weights {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} hold NaN or Inf values "
+            "(the training diverged, or the file is damaged); retrain, or use another model file."
+        )
+    return config, normalization, extra, {key: tensors[key] for key in parameter_shapes(config)}
 
 
 def read_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> ModelBundle:
@@ -292,29 +346,14 @@ def read_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> M
     (a config beyond :data:`LIMITS`, tensors that do not match it, NaN/Inf weights), and
     :class:`UserError` for a device this machine does not have; never unpickles anything.
     """
-    path = Path(path)
+    import torch
+
+    from .model import ReferenceUNet
+
     device = check_visible(resolve_device(device))
-    config, normalization, extra = read_model_metadata(path)
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            _check_weight_count(path, config, f)  # before anything is allocated
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
-    except ModelFileError:
-        raise
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise ModelFileError(f"{str(path)!r} could not be read (truncated or corrupt?): {exc}") from None
-    floats = [value.reshape(-1) for value in tensors.values() if value.is_floating_point()]
-    bad = []  # one check of all the weights at once (one call per tensor took 40-80 ms on a busy CPU)
-    if floats and not torch.isfinite(torch.cat(floats)).all():
-        bad = [key for key, value in tensors.items() if value.is_floating_point() and not torch.isfinite(value).all()]
-    if bad:
-        raise ModelFileError(
-            f"{str(path)!r}: the weights {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} hold NaN or Inf values "
-            "(the training diverged, or the file is damaged); retrain, or use another model file."
-        )
+    config, normalization, extra, weights = read_weights(path)
     model = ReferenceUNet(config)
-    _check_tensors(path, model.state_dict(), tensors, config)
-    model.load_state_dict(tensors)
+    model.load_state_dict({key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in weights.items()})
     return ModelBundle(model.to(device).eval(), normalization, extra)
 
 

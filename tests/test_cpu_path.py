@@ -3,6 +3,7 @@ predictor's CPU layout, the OpenVINO backend (with the openvino package only), b
 fp32 on a small image, and the parts of P7 that are not timings."""
 
 import json
+import os
 import sys
 import types
 
@@ -58,9 +59,14 @@ def test_auto_dtype_follows_the_cpus_bf16_units(cpu_features, caps, units, dtype
     assert devices.resolve_dtype(None, "cuda") == "bf16"  # CUDA: bf16 whatever the CPU
 
 
-def test_no_bf16_without_onednn(cpu_features):
+def test_no_bf16_on_pytorch_without_onednn(cpu_features):
+    """The CPU's units are the hardware's; PyTorch without oneDNN would emulate bf16 on them
+    (fp32 then), OpenVINO's CPU plugin always runs it."""
     cpu_features({"amx_bf16": True}, mkldnn=False)
-    assert devices.cpu_bf16_units() is None and devices.default_dtype(torch.device("cpu")) == "fp32"
+    assert devices.cpu_bf16_units() == "AMX-BF16"
+    assert devices.default_dtype(torch.device("cpu")) == devices.default_dtype("cpu", "torch") == "fp32"
+    assert devices.default_dtype("cpu", "openvino") == "bf16"
+    assert "PyTorch has no oneDNN" in devices.describe_dtype("auto", "fp32", "cpu")
 
 
 def test_unknown_dtype_is_refused():
@@ -274,6 +280,87 @@ def test_int8_agrees_with_fp32_and_is_quantized_once(tmp_path):
     pytest.importorskip("nncf")
     done = subprocess.run([sys.executable, "-c", _INT8_CHECKS], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+_NO_TORCH_RUN = """
+import sys
+from fastunet.cli.main import main
+rc = main(sys.argv[1:])
+print("torch imported:", "torch" in sys.modules)
+sys.exit(rc)
+"""
+
+
+@pytest.mark.openvino
+def test_segment_on_openvino_never_imports_torch_once_the_model_is_converted(tmp_path):
+    """The CPU path's start: with the converted model in the cache, ``fastunet segment``
+    (OpenVINO, the bundled model) runs without importing PyTorch; the first run, which
+    converts it, does; both give the same objects."""
+    import subprocess
+
+    import tifffile
+
+    from fastunet.synthetic_styles import style_image
+
+    tifffile.imwrite(tmp_path / "img.tif", style_image("classic", (200, 200), seed=7).image)
+    seen = []
+    for name in ("a", "b"):
+        done = subprocess.run([sys.executable, "-c", _NO_TORCH_RUN, "segment", str(tmp_path / "img.tif"), "-o",
+                               str(tmp_path / f"{name}.zarr")], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        seen.append(done.stdout.strip().splitlines()[-1])
+    assert seen == ["torch imported: True", "torch imported: False"]
+    a, b = (zarr.open_group(str(tmp_path / f"{n}.zarr"), mode="r") for n in "ab")
+    la, lb = (np.asarray(g[next(iter(g.array_keys()))]) for g in (a, b))
+    assert la.max() > 5 and np.array_equal(la, lb)
+
+
+def test_import_fastunet_is_light():
+    """``import fastunet`` (and the command's parser) loads neither PyTorch nor SciPy; the
+    public names that need them load them when first used."""
+    import subprocess
+
+    code = ("import sys, fastunet, fastunet.cli.main; heavy = [m for m in ('torch', 'scipy', 'zarr', 'dask') "
+            "if m in sys.modules]; print(heavy); fastunet.ReferenceUNet; print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["[]", "True"]
+
+
+@pytest.mark.parametrize("name,kind,index", [("cpu", "cpu", None), ("cuda", "cuda", None), ("cuda:1", "cuda", 1),
+                                             (torch.device("cuda", 2), "cuda", 2), ("cpu:0", "cpu", None)])
+def test_devices_are_names_torch_takes(name, kind, index):
+    device = devices.resolve_device(name)
+    assert (device.type, device.index) == (kind, index) and isinstance(device, str)
+    assert torch.device(device) == torch.device(str(device))
+
+
+@pytest.mark.parametrize("name,message", [("gpu", "Unknown device"), ("mps", "Unsupported device"),
+                                          ("cuda:x", "Unknown device")])
+def test_unknown_devices_are_refused(name, message):
+    with pytest.raises(UserError, match=message):
+        devices.resolve_device(name)
+
+
+def test_cuda_is_impossible_without_nvidia_device_nodes(monkeypatch):
+    monkeypatch.delitem(sys.modules, "torch")  # as in a process that has not imported it
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(devices.os.path, "exists", lambda p: False)
+    assert devices.cuda_impossible()
+    monkeypatch.setattr(devices.os.path, "exists", lambda p: p == "/dev/nvidiactl")
+    assert not devices.cuda_impossible()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert devices.cuda_impossible()
+
+
+def test_cpu_threads_follow_torch_or_the_environment(monkeypatch):
+    assert devices.cpu_threads() == torch.get_num_threads()
+    monkeypatch.delitem(sys.modules, "torch")
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert devices.cpu_threads() == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    assert 1 <= devices.cpu_threads() <= (os.cpu_count() or 1)
 
 
 def test_int8_runs_on_the_openvino_backend_only():

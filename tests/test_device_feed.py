@@ -20,7 +20,7 @@ import torch
 from fastunet import Normalization, ReferenceUNet, UNetConfig, geometry
 from fastunet.engine import DeviceRunner, Job, LoadedNetwork, ModelHandle, compute_block, make_predictor, plan_layout
 from fastunet.engine.oom import OOMBackoff
-from fastunet.engine.predictor import Prediction
+from fastunet.engine.predictor import Prediction, as_numpy
 from fastunet.engine.runtime import PredictionCancelled, cancel_predictions
 from fastunet.io import open_volume
 from fastunet.modelfile import ModelBundle
@@ -264,7 +264,7 @@ def test_runner_pads_batches_keeps_requests_apart_and_reuses_its_buffers():
     for _ in range(6):
         tiles = _values("uint16", (4, 1, 52, 52), rng)
         runner.submit(tiles, "labels", norm=(np.zeros((4, 1)), np.ones((4, 1)))).result()
-        pointers |= {slot.tiles.data_ptr() for slot in runner._slots}
+        pointers |= {as_numpy(slot.tiles).ctypes.data for slot in runner._slots}
     runner.close()
     assert len(pointers) == 2
 

@@ -150,3 +150,18 @@ def test_forward_flops_matches_layer_hooks():
     with torch.no_grad():
         model(torch.randn(1, 2, 60, 44))
     assert forward_flops(cfg, 60, 44) == total
+
+
+@pytest.mark.parametrize("config", [
+    UNetConfig(depth=2, base_channels=4),
+    UNetConfig(),
+    UNetConfig(in_channels=3, num_classes=4, depth=1, base_channels=2),
+    UNetConfig(spatial_dims=3, depth=2, base_channels=4, pools=((1, 2, 2), (2, 2, 2))),
+])
+def test_parameter_shapes_are_the_networks_without_building_it(config):
+    """What a model file is checked against without torch: the network's names and shapes, in its order."""
+    from fastunet.netconfig import parameter_count, parameter_shapes
+
+    state = ReferenceUNet(config).state_dict()
+    assert list(parameter_shapes(config).items()) == [(k, tuple(v.shape)) for k, v in state.items()]
+    assert parameter_count(config) == count_parameters(ReferenceUNet(config))

@@ -145,11 +145,13 @@ def configure_process(args: argparse.Namespace) -> None:
     """
     import os
 
-    import torch
+    from ..devices import cuda_available
 
-    if getattr(args, "backend", None) == "triton" and not torch.cuda.is_available():
+    if getattr(args, "backend", None) == "triton" and not cuda_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    if getattr(args, "dtype", None) in ("fp32", "tf32") and torch.cuda.is_available():
+    if getattr(args, "dtype", None) in ("fp32", "tf32") and cuda_available():
+        import torch
+
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = args.dtype == "tf32"
 
 

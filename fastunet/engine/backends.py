@@ -19,14 +19,19 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from .. import kernels
-from ..devices import resolve_dtype
+from ..devices import resolve_device, resolve_dtype
 from ..errors import UserError
-from ..model import ReferenceUNet
 from . import openvino_backend
-from .predictor import Predictor, TorchPredictor
+from .predictor import Predictor
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..model import ReferenceUNet
+    from .handle import ModelHandle
 
 __all__ = ["BACKENDS", "resolve_backend", "make_predictor"]
 
@@ -41,7 +46,7 @@ def resolve_backend(backend: str, device: torch.device | str, spatial_dims: int 
     otherwise)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(repr(b) for b in BACKENDS)}; got {backend!r}.")
-    cuda = torch.device(device).type == "cuda"
+    cuda = resolve_device(device).type == "cuda"
     if backend == "auto":
         if cuda:
             return "triton" if kernels.available() else "torch"
@@ -60,9 +65,13 @@ def resolve_backend(backend: str, device: torch.device | str, spatial_dims: int 
     return backend
 
 
-def make_predictor(model: ReferenceUNet, backend: str = "auto", device="cpu", dtype: str | None = None, *,
-                   cuda_graph: bool = False, batch_size: int | None = None) -> Predictor:
-    """A :class:`Predictor` for ``model`` on ``device``.
+def make_predictor(model: ReferenceUNet | ModelHandle, backend: str = "auto", device="cpu", dtype: str | None = None,
+                   *, cuda_graph: bool = False, batch_size: int | None = None,
+                   threads: int | None = None) -> Predictor:
+    """A :class:`Predictor` for ``model`` (a network, or a
+    :class:`~fastunet.engine.runtime.ModelHandle`: OpenVINO then builds the PyTorch network only
+    when its converted model is not in its cache, and PyTorch is not imported otherwise) on
+    ``device``.
 
     ``dtype`` (None or ``"auto"``: :func:`fastunet.devices.resolve_dtype`) is bf16 on CUDA and
     on CPUs with bf16 matrix units, fp32 on other CPUs. ``cuda_graph``: the fused
@@ -70,15 +79,23 @@ def make_predictor(model: ReferenceUNet, backend: str = "auto", device="cpu", dt
     (for callers whose batches keep one shape, like the padded batches of
     :class:`~fastunet.engine.runner.DeviceRunner`); the ``torch`` backend ignores it.
     ``batch_size``: OpenVINO runs that many tiles side by side (its streams, each on its share
-    of torch's intra-op threads); the other backends ignore it.
+    of its threads); the other backends ignore it. ``threads``: OpenVINO's threads (default
+    :func:`fastunet.devices.cpu_threads`); the other backends use torch's intra-op threads.
     """
-    device = torch.device(device)
-    dtype = resolve_dtype(dtype, device)
+    device = resolve_device(device)
     backend = resolve_backend(backend, device, model.config.spatial_dims)
+    dtype = resolve_dtype(dtype, device, backend)
     if dtype == "int8" and backend != "openvino":
         raise UserError(f'dtype="int8" runs on the OpenVINO backend (the network quantized after training), not '
                         f'on backend="{backend}": on the CPU, pip install \'fastunet[openvino]\' and use backend="auto" '
                         'or "openvino"; or use dtype="bf16" or "fp32".')
+    if backend == "openvino":
+        return openvino_backend.OpenVINOPredictor(model, device=device, dtype=dtype, streams=batch_size,
+                                                  threads=threads)
+    from .handle import ModelHandle
+
+    if isinstance(model, ModelHandle):  # the other backends run the PyTorch network
+        model = model.load()
     if backend == "triton":
         from .fused import FusedPredictor  # imports the Triton kernels: only when asked for
 
@@ -87,6 +104,6 @@ def make_predictor(model: ReferenceUNet, backend: str = "auto", device="cpu", dt
 
             return FusedPredictor3D(model, device=device, dtype=dtype, cuda_graph=cuda_graph)
         return FusedPredictor(model, device=device, dtype=dtype, cuda_graph=cuda_graph)
-    if backend == "openvino":
-        return openvino_backend.OpenVINOPredictor(model, device=device, dtype=dtype, streams=batch_size)
+    from .predictor import TorchPredictor
+
     return TorchPredictor(model, device=device, dtype=dtype)

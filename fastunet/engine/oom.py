@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import itertools
 import logging
+import sys
 import threading
-
-import torch
+from typing import TYPE_CHECKING
 
 from .. import geometry
 from ..errors import UserError
 from .predictor import Prediction
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["OOMBackoff", "subtile_origins"]
 
@@ -75,6 +78,11 @@ class OOMBackoff:
         return self.predictor.backend
 
     @property
+    def takes_numpy(self) -> bool:
+        """Whether the predictor takes numpy tiles (and gives numpy back: OpenVINO)."""
+        return bool(getattr(self.predictor, "takes_numpy", False))
+
+    @property
     def dtype(self) -> str:
         return self.predictor.dtype
 
@@ -95,7 +103,10 @@ class OOMBackoff:
         while True:
             try:
                 return self._predict(tiles, output)
-            except torch.OutOfMemoryError as exc:
+            except Exception as exc:
+                torch = sys.modules.get("torch")  # no torch imported: no torch out-of-memory error
+                if torch is None or not isinstance(exc, torch.OutOfMemoryError):
+                    raise
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 self._shrink(tiles, exc)
@@ -124,6 +135,8 @@ class OOMBackoff:
         parts = [self._call(tiles[i:i + batch], output) for i in range(0, tiles.shape[0], batch)]
         if len(parts) == 1:
             return parts[0]
+        import torch  # more than one part only after an out-of-memory error: torch tensors
+
         return Prediction(
             probs=None if parts[0].probs is None else torch.cat([p.probs for p in parts]),
             labels=None if parts[0].labels is None else torch.cat([p.labels for p in parts]),

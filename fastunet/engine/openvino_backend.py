@@ -6,7 +6,10 @@ the trace records the crops from the tensors' sizes, so the one converted model 
 tile shape. It is kept in OpenVINO's IR format in a disk cache (:func:`cache_dir`; the
 :data:`CACHE_ENTRIES` most recently used models), keyed by the weights and the versions of
 torch and OpenVINO, so that later processes skip the conversion (seconds) and only compile
-it (a fraction of a second). Each tile shape is compiled for the CPU plugin with the dtype as
+it (a fraction of a second). Given a :class:`~fastunet.engine.runtime.ModelHandle` (what the
+engine passes), the backend reads the weights with numpy for that key and builds the PyTorch
+network only to convert it: a run whose model is in the cache never imports PyTorch (about
+a second of every process's start, measured in P7). Each tile shape is compiled for the CPU plugin with the dtype as
 its inference precision (``bf16``, or ``f32`` for fp32/tf32; weights prepacked once, at
 compile time), as many streams as torch's intra-op threads, one thread each: the tiles of a
 batch run side by side. OpenVINO keeps what it compiles in the cache's ``compiled`` folder
@@ -25,15 +28,21 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from .. import geometry
-from ..devices import cpu_bf16_units
+from ..devices import cpu_bf16_units, cpu_threads
 from ..errors import UserError
-from ..model import ReferenceUNet
+from ..netconfig import parameter_shapes
 from .predictor import OUTPUTS, Prediction, Predictor, class_labels
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..model import ReferenceUNet
+    from .handle import ModelHandle
 
 __all__ = ["OpenVINOPredictor", "import_openvino", "available", "picked_by_auto", "cache_dir", "PRECISIONS"]
 
@@ -78,33 +87,61 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fastunet" / "openvino"
 
 
-class _Layers(torch.nn.Module):
-    """The network's forward without its input checks (they would fix the tile size in the trace)."""
+def _weights(model: ReferenceUNet | ModelHandle) -> dict[str, np.ndarray]:
+    """The network's weights as float32 numpy arrays by name (a handle reads them without torch)."""
+    from .handle import ModelHandle
 
-    def __init__(self, model: ReferenceUNet):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return self.model._layers(x)
+    if isinstance(model, ModelHandle):
+        return model.weights()
+    state = model.state_dict()
+    return {k: state[k].detach().to("cpu").float().numpy() for k in parameter_shapes(model.config)}
 
 
-def _model_key(model: ReferenceUNet, ov_version: str) -> str:
+def _module(model: ReferenceUNet | ModelHandle) -> ReferenceUNet:
+    """The PyTorch network (built from a handle: only to convert it)."""
+    from .handle import ModelHandle
+
+    return (model.load() if isinstance(model, ModelHandle) else model).eval()
+
+
+def _torch_version() -> str:
+    """PyTorch's version, without importing it (the conversion's tracer is torch's)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        return "none"
+
+
+def _model_key(model: ReferenceUNet | ModelHandle, ov_version: str) -> str:
     """A digest of the weights, the config and the versions that make the converted model."""
     digest = hashlib.sha256()
-    digest.update(repr((model.config.to_dict(), torch.__version__, ov_version)).encode())
-    for name, value in model.state_dict().items():
+    digest.update(repr((model.config.to_dict(), _torch_version(), ov_version)).encode())
+    for name, value in _weights(model).items():
         digest.update(name.encode())
-        digest.update(value.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        digest.update(np.ascontiguousarray(value, np.float32).tobytes())
     return digest.hexdigest()[:32]
 
 
 def _convert(ov, model: ReferenceUNet):
     """``openvino.convert_model`` of the network traced on the smallest valid tile (every
     tile size runs on the result: the trace keeps the crops' sizes symbolic)."""
+    import torch
+
+    class Layers(torch.nn.Module):
+        """The network's forward without its input checks (they would fix the tile size in the trace)."""
+
+        def __init__(self, net: ReferenceUNet):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net._layers(x)
+
     edge = geometry.min_input_size(model.config.depth)
     example = torch.zeros(1, model.config.in_channels, edge, edge)
-    module = _Layers(model).eval()
+    module = Layers(model).eval()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the crop's size checks, traced as constants
         # torch.jit.trace is deprecated from torch 2.13 (still there in 2.14); torch.export
@@ -114,14 +151,15 @@ def _convert(ov, model: ReferenceUNet):
         return ov.convert_model(traced, example_input=example)
 
 
-def converted_model(ov, core, model: ReferenceUNet, folder: Path | None):
+def converted_model(ov, core, model: ReferenceUNet | ModelHandle, folder: Path | None):
     """The converted network: read from ``folder`` when it is there, else converted (and
     saved there, when the folder can be written; a failed save only costs the next process
     the conversion)."""
-    return cached_model(ov, core, folder, f"unet-{_model_key(model, ov.get_version())}", lambda: _convert(ov, model))
+    return cached_model(ov, core, folder, f"unet-{_model_key(model, ov.get_version())}",
+                        lambda: _convert(ov, _module(model)))
 
 
-def int8_model(ov, core, model: ReferenceUNet, folder: Path | None):
+def int8_model(ov, core, model: ReferenceUNet | ModelHandle, folder: Path | None):
     """The converted network quantized to int8 (:mod:`fastunet.engine.openvino_int8`), cached
     as the converted ones are."""
     from importlib.metadata import PackageNotFoundError, version
@@ -195,7 +233,9 @@ class OpenVINOPredictor(Predictor):
 
     Parameters
     ----------
-    model : ReferenceUNet
+    model : ReferenceUNet or ModelHandle
+        The network, or a handle to its weights (:class:`~fastunet.engine.runtime.ModelHandle`:
+        PyTorch is then imported only to convert it, when it is not cached).
     device : str or torch.device
         The CPU (OpenVINO's CPU plugin).
     dtype : {"bf16", "fp32", "tf32", "int8"}
@@ -205,15 +245,21 @@ class OpenVINOPredictor(Predictor):
         The folder of converted models (default :func:`cache_dir`), and of OpenVINO's compiled
         ones in its ``compiled`` folder (:func:`use_compiled_cache`); False: no disk cache.
     streams : int, optional
-        Tiles computed at once, each on its share of torch's intra-op threads (default: one
-        stream per thread).
+        Tiles computed at once, each on its share of the threads (default: one stream per thread).
+    threads : int, optional
+        The threads OpenVINO computes on (default :func:`fastunet.devices.cpu_threads`: torch's
+        intra-op threads where torch is imported, else as many as torch would use).
+
+    Tiles may come as numpy arrays (what the engine passes: the prediction is then numpy
+    too) or torch tensors (the prediction is then torch tensors, as other backends give).
     """
 
     backend = "openvino"
     dtypes = tuple(PRECISIONS)
+    takes_numpy = True  # numpy tiles in, numpy predictions out (no PyTorch needed)
 
-    def __init__(self, model: ReferenceUNet, device="cpu", dtype: str = "fp32", *, cache=None,
-                 streams: int | None = None) -> None:
+    def __init__(self, model: ReferenceUNet | ModelHandle, device="cpu", dtype: str = "fp32", *, cache=None,
+                 streams: int | None = None, threads: int | None = None) -> None:
         if dtype not in PRECISIONS:
             raise UserError(f'backend="openvino" runs in {", ".join(PRECISIONS)}; got dtype="{dtype}".')
         super().__init__(model, device, dtype)
@@ -224,10 +270,10 @@ class OpenVINOPredictor(Predictor):
         self._core = ov.Core()
         folder = None if cache is False else Path(cache) if cache is not None else cache_dir()
         make = int8_model if dtype == "int8" else converted_model
-        self._model = make(ov, self._core, model.eval(), folder)
+        self._model = make(ov, self._core, model, folder)
         if folder is not None:
             use_compiled_cache(self._core, folder / COMPILED_DIR)
-        threads = torch.get_num_threads()
+        threads = max(1, int(threads or cpu_threads()))
         self.streams = max(1, min(int(streams or threads), threads))
         precision = PRECISIONS[dtype]
         if dtype == "int8" and cpu_bf16_units():
@@ -254,7 +300,7 @@ class OpenVINOPredictor(Predictor):
         """Compile the network for input tiles ``tile`` (their spatial edges) now, not at the first call."""
         self._queue((1, self.config.in_channels, *tile))
 
-    def start(self, tiles: torch.Tensor, output: str = "labels") -> "_Pending":
+    def start(self, tiles: np.ndarray | torch.Tensor, output: str = "labels") -> "_Pending":
         """Start the inference of ``tiles`` ``(N, C, H, W)`` and return once every tile is
         queued (waiting only for a free infer request): one tile per inference (one compiled
         shape serves every batch, and a tile's result depends on nothing else), the tiles
@@ -265,20 +311,26 @@ class OpenVINOPredictor(Predictor):
         (the device runner's next batch: no stream waits for the other at the end of a batch)."""
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}; got {output!r}.")
-        x = np.ascontiguousarray(tiles.to("cpu", torch.float32).numpy())
+        as_torch = not isinstance(tiles, np.ndarray)
+        x = np.ascontiguousarray(tiles.to("cpu").float().numpy() if as_torch else tiles, np.float32)
         queue = self._queue((1, *x.shape[1:]))
-        pending = _Pending(x.shape[0], output, queue)
+        pending = _Pending(x.shape[0], output, queue, as_torch)
         with self._starting:  # one call's tiles queued after the other's
             for i in range(x.shape[0]):
                 queue.start_async([x[i:i + 1]], (pending, i), share_inputs=False)
         return pending
 
-    @torch.no_grad()
-    def logits(self, tiles: torch.Tensor) -> torch.Tensor:
-        """Scores ``(N, K, h, w)`` float32 of ``tiles`` ``(N, C, H, W)`` (see :meth:`start`)."""
-        return torch.from_numpy(self.start(tiles).scores())
+    def logits(self, tiles: np.ndarray | torch.Tensor) -> Any:
+        """Scores ``(N, K, h, w)`` float32 of ``tiles`` ``(N, C, H, W)`` (see :meth:`start`), as
+        the tiles came (numpy or torch)."""
+        scores = self.start(tiles).scores()
+        if isinstance(tiles, np.ndarray):
+            return scores
+        import torch
 
-    def predict(self, tiles: torch.Tensor, output: str = "labels") -> Prediction:
+        return torch.from_numpy(scores)
+
+    def predict(self, tiles: np.ndarray | torch.Tensor, output: str = "labels") -> Prediction:
         """As :meth:`Predictor.predict` (softmax probabilities as float16, argmax labels as
         uint8), computed with numpy from OpenVINO's scores (:meth:`start`)."""
         return self.start(tiles, output).result()
@@ -288,8 +340,9 @@ class _Pending:
     """One call's tiles in OpenVINO's queue: :meth:`query` (all done?), :meth:`scores`,
     :meth:`result` (both wait)."""
 
-    def __init__(self, count: int, output: str, queue):
+    def __init__(self, count: int, output: str, queue, as_torch: bool = False):
         self.output = output
+        self.as_torch = as_torch
         self._queue = queue
         self._out: list = [None] * count
         self._left = count
@@ -331,13 +384,18 @@ class _Pending:
     def result(self) -> Prediction:
         """The :class:`Prediction`: softmax probabilities as float16, argmax labels as uint8,
         computed with numpy (torch's intra-op threads, which spin for a while after each
-        parallel operation, then never compete with OpenVINO's)."""
+        parallel operation, then never compete with OpenVINO's); torch tensors where the tiles
+        came as torch tensors."""
         scores = self.scores()
         output = self.output
         probs = labels = None
         if output in ("probs", "both"):
             e = np.exp(scores - scores.max(axis=1, keepdims=True))
-            probs = torch.from_numpy((e / e.sum(axis=1, keepdims=True)).astype(np.float16))
+            probs = (e / e.sum(axis=1, keepdims=True)).astype(np.float16)
         if output in ("labels", "both"):
-            labels = torch.from_numpy(class_labels(scores))
+            labels = class_labels(scores)
+        if self.as_torch:
+            import torch
+
+            probs, labels = (None if a is None else torch.from_numpy(a) for a in (probs, labels))
         return Prediction(probs=probs, labels=labels)

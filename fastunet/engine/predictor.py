@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from ..devices import DTYPES, FLOAT_DTYPES
-from ..model import ReferenceUNet
+from ..devices import DTYPES, FLOAT_DTYPES, resolve_device
 
-__all__ = ["Prediction", "Predictor", "TorchPredictor", "DTYPES", "OUTPUTS", "class_labels"]
+if TYPE_CHECKING:
+    import torch
+
+    from ..model import ReferenceUNet
+
+__all__ = ["Prediction", "Predictor", "TorchPredictor", "DTYPES", "OUTPUTS", "as_numpy", "class_labels"]
 
 OUTPUTS = ("labels", "probs", "both")
 
@@ -26,10 +30,16 @@ OUTPUTS = ("labels", "probs", "both")
 @dataclass
 class Prediction:
     """Output of :meth:`Predictor.predict`: ``probs`` (N, C, h, w) float16/float32 and/or
-    ``labels`` (N, h, w) uint8; the one not asked for is None."""
+    ``labels`` (N, h, w) uint8; the one not asked for is None. torch tensors for torch
+    tiles; numpy arrays where the predictor was given numpy tiles (OpenVINO, :func:`as_numpy`)."""
 
-    probs: torch.Tensor | None
-    labels: torch.Tensor | None
+    probs: Any
+    labels: Any
+
+
+def as_numpy(x) -> np.ndarray:
+    """A prediction's array as numpy (a torch tensor copied to the CPU; numpy as it is)."""
+    return x if isinstance(x, np.ndarray) else x.cpu().numpy()
 
 
 def class_labels(scores: np.ndarray) -> np.ndarray:
@@ -55,22 +65,24 @@ class Predictor:
     backend = "abstract"
     dtypes = FLOAT_DTYPES  # what this backend runs in
 
-    def __init__(self, model: ReferenceUNet, device: torch.device, dtype: str) -> None:
+    def __init__(self, model: Any, device, dtype: str) -> None:
         if dtype not in self.dtypes:
             raise ValueError(f"dtype must be one of {self.dtypes} on backend {self.backend!r}; got {dtype!r}.")
         self.config = model.config
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.dtype = dtype
 
     def logits(self, tiles: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
-    @torch.no_grad()
     def predict(self, tiles: torch.Tensor, output: str = "labels") -> Prediction:
         """Probabilities (softmax over classes) and/or labels (argmax) for a batch of tiles."""
+        import torch
+
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}; got {output!r}.")
-        scores = self.logits(tiles).float()
+        with torch.no_grad():
+            scores = self.logits(tiles).float()
         probs = torch.softmax(scores, dim=1) if output in ("probs", "both") else None
         labels = scores.argmax(dim=1).to(torch.uint8) if output in ("labels", "both") else None
         if probs is not None:
@@ -83,6 +95,8 @@ def check_tf32_setting(dtype: str) -> None:
     (its default). fastunet never changes that process-wide setting; on CUDA the torch
     backend checks that it matches the dtype asked for (``fp32``: off, ``tf32``: on) and
     says how to set it otherwise. (The ``fastunet`` command sets it from ``--dtype``.)"""
+    import torch
+
     if dtype not in ("fp32", "tf32") or torch.backends.cudnn.allow_tf32 == (dtype == "tf32"):
         return
     from ..errors import UserError
@@ -108,6 +122,8 @@ class TorchPredictor(Predictor):
     backend = "torch"
 
     def __init__(self, model: ReferenceUNet, device="cpu", dtype: str = "fp32") -> None:
+        import torch
+
         super().__init__(model, device, dtype)
         self._autocast = None
         self._input_dtype = torch.float32
@@ -123,14 +139,16 @@ class TorchPredictor(Predictor):
             self.model = copy.deepcopy(model).eval().to(self.device, self._input_dtype,
                                                         memory_format=self._memory_format)
 
-    @torch.no_grad()
     def logits(self, tiles: torch.Tensor) -> torch.Tensor:
+        import torch
+
         tiles = tiles.to(self.device, self._input_dtype, non_blocking=True, memory_format=self._memory_format)
-        if self.device.type == "cuda":
-            check_tf32_setting(self.dtype)  # the setting is the process's: it may have changed
-            with torch.autocast("cuda", dtype=self._autocast, enabled=self._autocast is not None):
-                return self.model(tiles)
-        # One tile per call on the CPU: oneDNN may pick another kernel for another batch size
-        # (fp32 results then differ in the last bits), and the runner's batches mix tiles of
-        # whichever blocks are waiting; so a tile's result depends on nothing but the tile.
-        return torch.cat([self.model(tiles[i:i + 1]) for i in range(tiles.shape[0])])
+        with torch.no_grad():
+            if self.device.type == "cuda":
+                check_tf32_setting(self.dtype)  # the setting is the process's: it may have changed
+                with torch.autocast("cuda", dtype=self._autocast, enabled=self._autocast is not None):
+                    return self.model(tiles)
+            # One tile per call on the CPU: oneDNN may pick another kernel for another batch size
+            # (fp32 results then differ in the last bits), and the runner's batches mix tiles of
+            # whichever blocks are waiting; so a tile's result depends on nothing but the tile.
+            return torch.cat([self.model(tiles[i:i + 1]) for i in range(tiles.shape[0])])

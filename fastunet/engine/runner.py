@@ -9,7 +9,10 @@ previous batch computes, normalized on the device by :meth:`fastunet.normalizati
 (the same function, and the same values, as the CPU path) with each tile's constants, and
 padded to ``batch_size`` tiles, so the network sees one shape for the whole run (the fused
 network captures it once in a CUDA graph). Each request gets its rows back: labels as uint8,
-probabilities (only when asked) as float16, through reused pinned buffers.
+probabilities (only when asked) as float16, through reused pinned buffers. On the CPU the
+buffers are numpy arrays, handed to the predictor as they are where it takes numpy
+(``takes_numpy``: OpenVINO, which then never needs PyTorch) and as torch tensors sharing their
+memory otherwise.
 """
 
 from __future__ import annotations
@@ -19,16 +22,20 @@ import queue
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-import torch
 
+from ..devices import resolve_device
 from ..normalization import Normalization
+from .predictor import as_numpy
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["DeviceRunner"]
 
-_OUTPUT_DTYPES = {"labels": torch.uint8, "probs": torch.float16}
+_OUTPUT_DTYPES = {"labels": "uint8", "probs": "float16"}  # numpy's and torch's names alike
 
 
 class DeviceRunner:
@@ -56,7 +63,7 @@ class DeviceRunner:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
         self.predictor = predictor
         self.batch_size = int(batch_size)
-        self.device = torch.device(predictor.device)
+        self.device = resolve_device(predictor.device)
         self.cuda = self.device.type == "cuda"
         self.pad = self.cuda if pad is None else bool(pad)
         self._queue: queue.Queue = queue.Queue()
@@ -189,10 +196,16 @@ class DeviceRunner:
         rows = self.batch_size if self.pad else n
         if not self.cuda:
             x = _network_input(slot.tiles[:rows], slot.consts[:rows], first)
+            if not getattr(self.predictor, "takes_numpy", False):
+                import torch
+
+                x = torch.from_numpy(x)
             start = getattr(self.predictor, "start", None)
             if start is not None:  # OpenVINO: queued; the next batch is queued behind it before this one is done
                 return _Launched(batch, n, None, start(x, first.output))
             return _Launched(batch, n, _host_outputs(self.predictor.predict(x, first.output), n), None)
+        import torch
+
         if self._copy_stream is None:
             self._copy_stream = torch.cuda.Stream(self.device)
         compute = torch.cuda.current_stream(self.device)
@@ -210,7 +223,7 @@ class DeviceRunner:
             for name, dtype in _OUTPUT_DTYPES.items():
                 result = getattr(pred, name)
                 if result is not None:
-                    result = result[:n].to(dtype)
+                    result = result[:n].to(getattr(torch, dtype))
                     outputs[name] = slot.output(name, result, pin=True)
                     outputs[name][:n].copy_(result, non_blocking=True)
             done = torch.cuda.Event()
@@ -220,6 +233,8 @@ class DeviceRunner:
     def _settle(self) -> None:
         """After a failed launch on CUDA: wait for what it issued, so that its slot can be reused."""
         if self.cuda:
+            import torch
+
             try:
                 torch.cuda.synchronize(self.device)
             except Exception:  # noqa: BLE001 - the failure itself was already handed on
@@ -232,8 +247,8 @@ class DeviceRunner:
         elif done is not None:
             done.synchronize()
         self.batches += 1
-        labels = outputs["labels"][:n].numpy() if "labels" in outputs else None
-        probs = outputs["probs"][:n].numpy() if "probs" in outputs else None
+        labels = as_numpy(outputs["labels"][:n]) if "labels" in outputs else None
+        probs = as_numpy(outputs["probs"][:n]) if "probs" in outputs else None
         i = 0
         for req, a, b in batch:
             k = b - a
@@ -258,29 +273,32 @@ class DeviceRunner:
 
 
 def _host_outputs(pred, n: int) -> dict:
-    """The first ``n`` rows of a CPU prediction's outputs, as the runner hands them on."""
-    return {name: t[:n].to(dtype) for name, dtype in _OUTPUT_DTYPES.items() if (t := getattr(pred, name)) is not None}
+    """The first ``n`` rows of a CPU prediction's outputs (numpy), as the runner hands them on."""
+    return {name: as_numpy(t[:n]).astype(dtype, copy=False)
+            for name, dtype in _OUTPUT_DTYPES.items() if (t := getattr(pred, name)) is not None}
 
 
-def _network_input(tiles: torch.Tensor, consts: torch.Tensor, request: "_Request") -> torch.Tensor:
-    """The network's input from staged tiles: as they are (already normalized), or normalized
-    with their constants ``consts`` (rows, 2, C): offset and scale per tile and channel."""
+def _network_input(tiles, consts, request: "_Request"):
+    """The network's input from staged tiles (numpy, or torch tensors on CUDA): as they are
+    (already normalized), or normalized with their constants ``consts`` (rows, 2, C): offset
+    and scale per tile and channel."""
     if request.offset is None:
         return tiles
+    floating = tiles.dtype.kind == "f" if isinstance(tiles, np.ndarray) else tiles.dtype.is_floating_point
     return Normalization.apply(tiles, consts[:, 0, :, None, None], consts[:, 1, :, None, None],
-                               zero_nonfinite=tiles.dtype.is_floating_point)
+                               zero_nonfinite=floating)
 
 
 class _Staging:
     """The host buffers of one batch in flight, reused while the batches keep one dtype and
     shape (reallocated when they change: memory stays bounded): tiles ``(batch_size, C, H, W)``
     in their dtype, their constants ``(batch_size, 2, C)`` float64, and the outputs copied
-    back; pinned on CUDA."""
+    back; pinned torch tensors on CUDA, numpy arrays on the CPU."""
 
     def __init__(self):
         self.key = None
-        self.tiles: torch.Tensor | None = None
-        self.consts: torch.Tensor | None = None
+        self.tiles = None
+        self.consts = None
         self.outputs: dict = {}
 
     def stage(self, batch, batch_size: int, *, pin: bool) -> int:
@@ -292,12 +310,16 @@ class _Staging:
         if key != self.key:
             self.tiles = self.consts = None  # free before allocating
             self.outputs = {}
-            dtype = torch.from_numpy(np.empty(0, key[0])).dtype
-            self.tiles = torch.zeros((batch_size, *first.tiles.shape[1:]), dtype=dtype, pin_memory=pin)
-            self.consts = torch.zeros((batch_size, 2, first.tiles.shape[1]), dtype=torch.float64, pin_memory=pin)
-            self.consts[:, 1] = 1.0
+            tiles = np.zeros((batch_size, *first.tiles.shape[1:]), key[0])
+            consts = np.zeros((batch_size, 2, first.tiles.shape[1]), np.float64)
+            consts[:, 1] = 1.0
+            if pin:
+                import torch
+
+                tiles, consts = (torch.from_numpy(a).pin_memory() for a in (tiles, consts))
+            self.tiles, self.consts = tiles, consts
             self.key = key
-        tiles, consts = self.tiles.numpy(), self.consts.numpy()
+        tiles, consts = as_numpy(self.tiles), as_numpy(self.consts)
         i = 0
         for req, a, b in batch:
             tiles[i:i + b - a] = req.tiles[a:b]
@@ -312,6 +334,8 @@ class _Staging:
         shape = (self.tiles.shape[0], *like.shape[1:])
         buf = self.outputs.get(name)
         if buf is None or tuple(buf.shape) != shape or buf.dtype != like.dtype:
+            import torch
+
             buf = self.outputs[name] = torch.empty(shape, dtype=like.dtype, pin_memory=pin)
         return buf
 

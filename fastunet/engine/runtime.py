@@ -1,7 +1,7 @@
-"""The network in a process: a picklable handle to the weights, and the loaded network.
+"""The network in a process: the loaded network.
 
-A :class:`ModelHandle` travels with every block task (a model file's path, or the weights as
-safetensors bytes: never a pickled module). :func:`cached_network` loads it once per process
+A :class:`~fastunet.engine.handle.ModelHandle` travels with every block task (a model file's
+path, or the weights as safetensors bytes: never a pickled module). :func:`cached_network` loads it once per process
 and settings into a :class:`LoadedNetwork`, which runs batches of tiles on its device through a
 :class:`~fastunet.engine.runner.DeviceRunner`, one thread that batches tiles across blocks and
 keeps the network busy while the block tasks read, label and write (on CUDA the tiles come in
@@ -19,16 +19,14 @@ CUDA device runner in the same way.
 from __future__ import annotations
 
 import collections
-import hashlib
 import threading
-from pathlib import Path
 
 import numpy as np
-import torch
 
-from ..model import ReferenceUNet, UNetConfig
 from ..normalization import Normalization
+from .handle import ModelHandle
 from .oom import OOMBackoff
+from .predictor import as_numpy
 from .runner import DeviceRunner
 
 __all__ = ["ModelHandle", "LoadedNetwork", "cached_network", "cancel_predictions", "PredictionCancelled"]
@@ -40,85 +38,6 @@ cancel_predictions = threading.Event()
 
 class PredictionCancelled(Exception):
     """A block gave up waiting for the network because the run was interrupted."""
-
-
-class ModelHandle:
-    """A picklable reference to a network: a model file, or the weights as safetensors bytes.
-
-    ``key`` identifies the weights (sha256 of the file or of the bytes). The loaded module
-    (``module``) stays in the process that made the handle and is never pickled; a worker
-    loads the weights from the path or bytes instead (never unpickling anything).
-    """
-
-    def __init__(self, *, config: UNetConfig, normalization: Normalization, key: str,
-                 path: str | None = None, data: bytes | None = None, module: ReferenceUNet | None = None):
-        if (path is None) == (data is None):
-            raise ValueError("A ModelHandle needs exactly one of path or data.")
-        self.config = config
-        self.normalization = normalization
-        self.key = key
-        self.path = path
-        self.data = data
-        self.module = module
-
-    @classmethod
-    def from_path(cls, path) -> "ModelHandle":
-        """Load a model file (raises :class:`~fastunet.errors.ModelFileError` when broken)."""
-        from ..modelfile import read_model
-
-        path = Path(path).expanduser().resolve()
-        bundle = read_model(path)
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 24), b""):
-                digest.update(chunk)
-        return cls(config=bundle.config, normalization=bundle.normalization, key=digest.hexdigest(),
-                   path=str(path), module=bundle.module)
-
-    @classmethod
-    def from_module(cls, model) -> "ModelHandle":
-        """Wrap an in-memory :class:`~fastunet.modelfile.ModelBundle` or :class:`ReferenceUNet`
-        (percentile normalization); the weights travel as safetensors bytes."""
-        from safetensors.torch import save
-
-        from ..modelfile import ModelBundle
-
-        if isinstance(model, ReferenceUNet):
-            model = ModelBundle(model)
-        if not isinstance(model, ModelBundle):
-            raise TypeError(
-                "model= expects a fastunet model file path, a ModelBundle or a ReferenceUNet (or None for the "
-                f"bundled model); got {type(model).__module__}.{type(model).__qualname__}."
-            )
-        tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.module.state_dict().items()}
-        bad = [k for k, v in tensors.items() if not torch.isfinite(v).all()]
-        if bad:
-            from ..errors import UserError
-
-            raise UserError(f"The network's weights {', '.join(bad[:3])} hold NaN or Inf values (the training "
-                            "diverged?); segmenting with them would give nothing but background.")
-        data = save(tensors)
-        return cls(config=model.config, normalization=model.normalization, key=hashlib.sha256(data).hexdigest(),
-                   data=data, module=model.module)
-
-    def load(self) -> ReferenceUNet:
-        """The network on the CPU, in eval mode (the in-process module when there is one)."""
-        if self.module is not None:
-            return self.module
-        if self.path is not None:
-            from ..modelfile import load_model
-
-            return load_model(self.path)
-        from safetensors.torch import load
-
-        module = ReferenceUNet(self.config)
-        module.load_state_dict(load(self.data))
-        return module.eval()
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["module"] = None
-        return state
 
 
 class LoadedNetwork:
@@ -134,13 +53,14 @@ class LoadedNetwork:
     """
 
     def __init__(self, handle: ModelHandle, *, device, backend: str, dtype: str | None,
-                 batch_size: int, use_runner: bool):
+                 batch_size: int, use_runner: bool, threads: int | None = None):
         from .backends import make_predictor
 
         self.handle = handle
-        predictor = make_predictor(handle.load(), backend=backend, device=device, dtype=dtype,
+        predictor = make_predictor(handle, backend=backend, device=device, dtype=dtype,
                                    cuda_graph=use_runner,  # the runner's batches have one shape
-                                   batch_size=batch_size)  # OpenVINO: the tiles run side by side
+                                   batch_size=batch_size,  # OpenVINO: the tiles run side by side
+                                   threads=threads)  # OpenVINO's threads (torch's are set by cached_network)
         self.predictor = OOMBackoff(predictor, depth=handle.config.depth, pools=handle.config.axis_pools)
         self.device = str(self.predictor.device)
         self.backend = self.predictor.backend
@@ -201,13 +121,17 @@ class LoadedNetwork:
 
     def _predict(self, tiles: np.ndarray, output: str) -> tuple[np.ndarray | None, np.ndarray | None]:
         labels, probs = [], []
+        if not getattr(self.predictor, "takes_numpy", False):
+            import torch
+
+            tiles = torch.from_numpy(tiles)
         with self._lock:
             for i in range(0, tiles.shape[0], self.batch_size):
-                pred = self.predictor.predict(torch.from_numpy(tiles[i:i + self.batch_size]), output)
+                pred = self.predictor.predict(tiles[i:i + self.batch_size], output)
                 if pred.labels is not None:
-                    labels.append(pred.labels.cpu().numpy())
+                    labels.append(as_numpy(pred.labels))
                 if pred.probs is not None:
-                    probs.append(pred.probs.cpu().numpy())
+                    probs.append(as_numpy(pred.probs))
         return (np.concatenate(labels) if labels else None, np.concatenate(probs) if probs else None)
 
     def close(self) -> None:
@@ -258,10 +182,12 @@ def cached_network(handle: ModelHandle, *, device, backend: str, dtype: str | No
     with _NETWORKS_LOCK:
         net = _NETWORKS.get(key)
         if net is None:
-            if torch_threads:
+            if torch_threads and backend != "openvino":  # OpenVINO takes them as its own setting
+                import torch
+
                 torch.set_num_threads(int(torch_threads))
-            net = LoadedNetwork(handle, device=device, backend=backend, dtype=dtype,
-                                batch_size=batch_size, use_runner=use_runner)
+            net = LoadedNetwork(handle, device=device, backend=backend, dtype=dtype, batch_size=batch_size,
+                                use_runner=use_runner, threads=torch_threads)
             _NETWORKS[key] = net
             while len(_NETWORKS) > 2:
                 _, old = _NETWORKS.popitem(last=False)

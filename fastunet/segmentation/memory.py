@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from .. import geometry
+from ..devices import resolve_device
 from ..errors import UserError
 
 __all__ = ["activation_bytes", "default_max_step", "available_bytes", "check_tile_memory", "training_bytes",
@@ -52,7 +51,7 @@ def _grid(config) -> tuple[int, ...]:
     return tuple(geometry.grid_step(p) for p in _pools(config))
 
 
-def default_max_step(config, device: torch.device, *, dtype: str, batch_size: int) -> int:
+def default_max_step(config, device, *, dtype: str, batch_size: int) -> int:
     """Largest tile step (output edge, about) the default tile may use.
 
     CPU: up to 512 (moderate tiles, a forward of a few seconds for the paper's network; 128
@@ -61,6 +60,7 @@ def default_max_step(config, device: torch.device, *, dtype: str, batch_size: in
     :func:`activation_bytes`.
     """
     q = max(_grid(config))
+    device = resolve_device(device)
     free = available_bytes(device)
     three_d = getattr(config, "spatial_dims", 2) == 3
     top = (256 if three_d else 2048) if device.type == "cuda" else (128 if three_d else 512)
@@ -72,11 +72,13 @@ def default_max_step(config, device: torch.device, *, dtype: str, batch_size: in
     return q
 
 
-def available_bytes(device: torch.device) -> int:
+def available_bytes(device) -> int:
     """Memory free for the network on ``device``: the GPU's free memory, or the RAM available
     to new allocations (``psutil.virtual_memory().available``) on the CPU."""
-    device = torch.device(device)
+    device = resolve_device(device)
     if device.type == "cuda":
+        import torch
+
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
     import psutil
@@ -92,7 +94,7 @@ def check_tile_memory(config, tile, *, device, dtype: str, batch_size: int, avai
     config : UNetConfig
     tile : int or (int, int)
         The input tile edge(s).
-    device : torch.device
+    device : str or torch.device
     dtype : str
         The compute dtype (bf16/fp16 halve the activations).
     batch_size : int
@@ -123,7 +125,7 @@ def check_tile_memory(config, tile, *, device, dtype: str, batch_size: int, avai
     shown = max(edges) if len(set(edges)) == 1 or len(edges) == 2 else ",".join(map(str, edges))
     raise UserError(
         f"tile={shown} with batch_size={batch_size} needs about {need / gib:.1f} GiB for the network's "
-        f"activations on {torch.device(device)}, but {free / gib:.1f} GiB are free; {hint}"
+        f"activations on {resolve_device(device)}, but {free / gib:.1f} GiB are free; {hint}"
         f"{', or batch_size=1' if batch_size > 1 else ''}."
     )
 
@@ -152,6 +154,6 @@ def check_train_memory(config, tile: int, batch_size: int, *, device, optimizer:
     raise UserError(
         f"Training base_channels={config.base_channels}, depth={config.depth} on tiles of {tile} (batch_size="
         f"{batch_size}) needs about {need / gib:,.1f} GiB (weights, gradients, optimizer state, activations), but "
-        f"{free / gib:.1f} GiB are free on {torch.device(device)}; use a smaller base_channels=, depth=, tile= or "
+        f"{free / gib:.1f} GiB are free on {resolve_device(device)}; use a smaller base_channels=, depth=, tile= or "
         "batch_size= (the paper: base_channels=64, depth=4)."
     )

@@ -33,10 +33,8 @@ import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-
 from .. import geometry
-from ..devices import check_visible, describe_dtype, resolve_device, resolve_dtype
+from ..devices import Device, check_visible, cuda_available, describe_dtype, resolve_device, resolve_dtype
 from ..errors import UserError
 from ..kinds import pick
 from .memory import check_tile_memory, default_max_step
@@ -49,6 +47,8 @@ from .warmup import Warmup
 
 if TYPE_CHECKING:
     from typing import Unpack
+
+    import torch
 
     from ..io.channels import ChannelSpec
 
@@ -158,7 +158,7 @@ class Segmenter:
             self.backend = resolve_backend(backend, self.device, self.config.spatial_dims)
         except ValueError as exc:
             raise UserError(str(exc)) from None
-        self.dtype = resolve_dtype(dtype, self.device)
+        self.dtype = resolve_dtype(dtype, self.device, self.backend)
         self.dtype_asked = "auto" if dtype is None else dtype
         self.dtype_choice = describe_dtype(dtype, self.dtype, self.device)
         if batch_size is None:
@@ -197,7 +197,7 @@ class Segmenter:
         only hold up after Ctrl-C."""
         if self.config.spatial_dims != 2:
             return False
-        return torch.device(device).type == "cuda" or self.backend != "triton"
+        return resolve_device(device).type == "cuda" or self.backend != "triton"
 
     def close(self) -> None:
         """Stop the device runner thread (if any) and drop the loaded network."""
@@ -251,7 +251,7 @@ class Segmenter:
                             "own voxel size: leave object_size out.")
 
     def _max_step(self, remote: bool) -> int:
-        if not remote and (self.device.type == "cpu" or torch.cuda.is_available()):
+        if not remote and (self.device.type == "cpu" or cuda_available()):
             return default_max_step(self.config, self.device, dtype=self.dtype, batch_size=self.batch_size)
         if self.config.spatial_dims == 3:
             return 256 if self.device.type == "cuda" else 128
@@ -480,19 +480,21 @@ class Segmenter:
         return sink.finish(summary, source=vol)
 
     # the parts of the call ------------------------------------------------------------------
-    def _run_device(self, gpus) -> torch.device:
+    def _run_device(self, gpus) -> Device:
         """The device the tasks use: ours, or ``cuda:0`` of each GPU worker (it sees only its GPU)."""
         if gpus is None:
             return self.device
         from ..engine import parse_gpus
 
         gpu_list = parse_gpus(gpus)
-        if not torch.cuda.is_available() or torch.cuda.device_count() < max(int(g) for g in gpu_list) + 1:
+        import torch
+
+        if not cuda_available() or torch.cuda.device_count() < max(int(g) for g in gpu_list) + 1:
             raise UserError(
                 f'gpus="{",".join(gpu_list)}" asks for CUDA GPUs this machine does not have '
                 f"({torch.cuda.device_count()} visible); use workers=N for CPU worker processes."
             )
-        return torch.device("cuda:0")
+        return Device("cuda:0")
 
     def _lazy(self, vol, *, kinds, options, resume, overwrite, remote, chunks, block, scale=None):
         """``output=None``: dask arrays of the result, computed when they are."""
