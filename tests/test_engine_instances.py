@@ -347,3 +347,37 @@ def test_records_kept_in_memory_match_the_files(tmp_path):
     assert blocks["b2"]["ids"].flags.writeable  # the caller's array is untouched
     records.remove()
     assert not records._kept and not (tmp_path / "out.zarr" / "_fastunet_instances").exists()
+
+
+def test_records_of_an_earlier_version_are_read(tmp_path):
+    """A run recorded by an earlier fastunet (deflated .npz records) resumes: its records read."""
+    from fastunet.io import InstanceRecords
+
+    records = InstanceRecords(str(tmp_path / "out.zarr"))
+    ids = np.arange(12, dtype=np.uint16).reshape(3, 4)
+    folder = tmp_path / "out.zarr" / "_fastunet_instances"
+    folder.mkdir(parents=True)
+    np.savez_compressed(folder / "b0.npz", ids=ids, size=np.arange(3))
+    got_ids, got_size, absent = records.get("b0", "ids", "size", "edge")
+    assert np.array_equal(got_ids, ids) and np.array_equal(got_size, np.arange(3)) and absent.size == 0
+
+
+@pytest.mark.parametrize("n,m", [(1, 0), (7, 0), (50, 30), (400, 380), (2000, 5000)])
+def test_components_number_them_as_scipy_does(n, m):
+    """The merge's union-find gives scipy's connected components, numbering included (random
+    graphs with repeated edges and self-loops, and a long chain in shuffled order)."""
+    from scipy import sparse
+    from scipy.sparse import csgraph
+
+    from fastunet.engine.instances import components
+
+    rng = np.random.default_rng(n + m)
+    graphs = [rng.integers(0, n, (m, 2))]
+    if n > 1:
+        chain = np.stack([np.arange(n - 1), np.arange(1, n)], axis=1)
+        graphs.append(chain[rng.permutation(n - 1)][:, ::-1] if m else chain[:0])
+    for pairs in graphs:
+        graph = sparse.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+        want = csgraph.connected_components(graph, directed=False)
+        got = components(pairs, n)
+        assert got[0] == want[0] and np.array_equal(got[1], want[1])
