@@ -349,19 +349,6 @@ def test_records_kept_in_memory_match_the_files(tmp_path):
     assert not records._kept and not (tmp_path / "out.zarr" / "_fastunet_instances").exists()
 
 
-def test_records_of_an_earlier_version_are_read(tmp_path):
-    """A run recorded by an earlier fastunet (deflated .npz records) resumes: its records read."""
-    from fastunet.io import InstanceRecords
-
-    records = InstanceRecords(str(tmp_path / "out.zarr"))
-    ids = np.arange(12, dtype=np.uint16).reshape(3, 4)
-    folder = tmp_path / "out.zarr" / "_fastunet_instances"
-    folder.mkdir(parents=True)
-    np.savez_compressed(folder / "b0.npz", ids=ids, size=np.arange(3))
-    got_ids, got_size, absent = records.get("b0", "ids", "size", "edge")
-    assert np.array_equal(got_ids, ids) and np.array_equal(got_size, np.arange(3)) and absent.size == 0
-
-
 @pytest.mark.parametrize("n,m", [(1, 0), (7, 0), (50, 30), (400, 380), (2000, 5000)])
 def test_components_number_them_as_scipy_does(n, m):
     """The merge's union-find gives scipy's connected components, numbering included (random
