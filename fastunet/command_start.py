@@ -1,8 +1,9 @@
 """Ctrl-C (or SIGTERM) while the ``fastunet`` command starts: one line, status 130 (143).
 
-``import fastunet`` loads PyTorch and SciPy, seconds on a busy machine, before
-:func:`fastunet.cli.main` can take the signals over (:mod:`fastunet.cli.signals`); a Ctrl-C
-in that time printed an import traceback. :func:`guard` (called first thing by the package,
+Loading the command (``import fastunet`` and its command line; numpy) takes a moment before
+:func:`fastunet.cli.main` can take the signals over (:mod:`fastunet.cli.signals`: the
+libraries a command then needs, PyTorch or OpenVINO, SciPy, zarr, load under its handlers);
+a Ctrl-C in that time printed an import traceback. :func:`guard` (called first thing by the package,
 and only when the process is the ``fastunet`` command: never in a Python program that
 imports fastunet) answers it with one line instead; :func:`release` gives the signals back.
 Importing this module calls :func:`guard` (``fastunet/__init__.py`` imports it first).
