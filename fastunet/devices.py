@@ -62,6 +62,7 @@ def cuda_impossible() -> bool:
 
 
 def cuda_available() -> bool:
+    """Whether PyTorch sees a CUDA device, asked only where one can be there (:func:`cuda_impossible`)."""
     if cuda_impossible():
         return False
     import torch
