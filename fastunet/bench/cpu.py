@@ -18,6 +18,9 @@ P7  on the CPU (no GPU needed), on a uint16 zarr volume of synthetic nuclei
       system: the work done, which a busy machine moves far less); medians per side.
       ``P7.segment_vs_monai`` is MONAI's best median over fastunet's (the goal is >= 4),
       ``P7.segment_vs_monai_cpu_s`` the same in CPU time.
+    * **the start**: processes that only start and leave (:func:`_startup_seconds`): the
+      command line (``fastunet --version``), the libraries a CPU ``segment`` imports
+      (:data:`SEGMENT_IMPORTS`), and ``import torch`` (which such a run does without).
     * **engine vs raw network** in one process (:func:`engine_vs_raw`): ``Segmenter.segment``
       (warm) against the same predictor on as many tiles of the same shape, interleaved;
       ``P7.engine_vs_raw`` is the median of the per-round ratios (the goal is >= 0.9), in wall
