@@ -101,3 +101,29 @@ def test_save_into_a_missing_folder_is_a_clean_error(tmp_path, tiny):
     with pytest.raises(UserError, match="folder .* does not exist"):
         save_model(tmp_path / "nope" / "m.safetensors", tiny)
     assert not (tmp_path / "nope").exists()
+
+
+def test_read_weights_checks_without_torch_and_widens_bf16(tmp_path, tiny):
+    """read_weights: the file's arrays by name in the network's order (numpy), bf16 widened
+    to float32; a renamed tensor and a NaN are refused as read_model refuses them."""
+    from fastunet.modelfile import read_weights
+
+    meta = {"format": "fastunet", "format_version": "1", "config": json.dumps(tiny.config.to_dict())}
+    state = tiny.state_dict()
+    path = tmp_path / "bf16.safetensors"
+    save_file({k: v.to(torch.bfloat16).contiguous() for k, v in state.items()}, str(path), metadata=meta)
+    config, _, _, weights = read_weights(path)
+    assert config == tiny.config and list(weights) == list(state)
+    for k, v in state.items():
+        assert weights[k].dtype.name == "float32"
+        assert torch.equal(torch.from_numpy(weights[k]), v.to(torch.bfloat16).float())
+    renamed = dict(state)
+    renamed["head.w"] = renamed.pop("head.weight")
+    save_file({k: v.contiguous() for k, v in renamed.items()}, str(tmp_path / "renamed.safetensors"), metadata=meta)
+    with pytest.raises(ModelFileError, match="does not match its own config"):
+        read_weights(tmp_path / "renamed.safetensors")
+    broken = {k: v.clone() for k, v in state.items()}
+    broken["head.bias"][0] = float("nan")
+    save_file(broken, str(tmp_path / "nan.safetensors"), metadata=meta)
+    with pytest.raises(ModelFileError, match="NaN or Inf"):
+        read_weights(tmp_path / "nan.safetensors")

@@ -69,7 +69,7 @@ def make_predictor(model: ReferenceUNet | ModelHandle, backend: str = "auto", de
                    *, cuda_graph: bool = False, batch_size: int | None = None,
                    threads: int | None = None) -> Predictor:
     """A :class:`Predictor` for ``model`` (a network, or a
-    :class:`~fastunet.engine.runtime.ModelHandle`: OpenVINO then builds the PyTorch network only
+    :class:`~fastunet.engine.handle.ModelHandle`: OpenVINO then builds the PyTorch network only
     when its converted model is not in its cache, and PyTorch is not imported otherwise) on
     ``device``.
 

@@ -6,16 +6,18 @@ the trace records the crops from the tensors' sizes, so the one converted model 
 tile shape. It is kept in OpenVINO's IR format in a disk cache (:func:`cache_dir`; the
 :data:`CACHE_ENTRIES` most recently used models), keyed by the weights and the versions of
 torch and OpenVINO, so that later processes skip the conversion (seconds) and only compile
-it (a fraction of a second). Given a :class:`~fastunet.engine.runtime.ModelHandle` (what the
+it (a fraction of a second). Given a :class:`~fastunet.engine.handle.ModelHandle` (what the
 engine passes), the backend reads the weights with numpy for that key and builds the PyTorch
-network only to convert it: a run whose model is in the cache never imports PyTorch (about
-a second of every process's start, measured in P7). Each tile shape is compiled for the CPU plugin with the dtype as
-its inference precision (``bf16``, or ``f32`` for fp32/tf32; weights prepacked once, at
-compile time), as many streams as torch's intra-op threads, one thread each: the tiles of a
-batch run side by side. OpenVINO keeps what it compiles in the cache's ``compiled`` folder
-(its ``CACHE_DIR``, :func:`use_compiled_cache`), so a later process imports it instead of
-compiling it again. :meth:`OpenVINOPredictor.start` queues a batch without waiting for it (the
-device runner queues the next batch behind the running one).
+network only to convert it: a run whose model is in the cache never imports PyTorch (1.4-1.9 s
+of a process's start here, P7's ``torch_import_s``). Each tile shape is compiled for the CPU
+plugin with the dtype as its inference precision (``bf16``, or ``f32`` for fp32/tf32; weights
+prepacked once, at compile time), as many streams as threads
+(:func:`fastunet.devices.cpu_threads`: torch's intra-op threads, or as many as torch would
+take), one thread each: the tiles of a batch run side by side. OpenVINO keeps what it
+compiles in the cache's ``compiled`` folder (its ``CACHE_DIR``, :func:`use_compiled_cache`),
+so a later process imports it instead of compiling it again. :meth:`OpenVINOPredictor.start`
+queues a batch without waiting for it (the device runner queues the next batch behind the
+running one).
 
 OpenVINO is imported only here, when this backend is made (``import fastunet`` stays light).
 """
@@ -234,7 +236,7 @@ class OpenVINOPredictor(Predictor):
     Parameters
     ----------
     model : ReferenceUNet or ModelHandle
-        The network, or a handle to its weights (:class:`~fastunet.engine.runtime.ModelHandle`:
+        The network, or a handle to its weights (:class:`~fastunet.engine.handle.ModelHandle`:
         PyTorch is then imported only to convert it, when it is not cached).
     device : str or torch.device
         The CPU (OpenVINO's CPU plugin).

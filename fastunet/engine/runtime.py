@@ -1,12 +1,13 @@
 """The network in a process: the loaded network.
 
 A :class:`~fastunet.engine.handle.ModelHandle` travels with every block task (a model file's
-path, or the weights as safetensors bytes: never a pickled module). :func:`cached_network` loads it once per process
-and settings into a :class:`LoadedNetwork`, which runs batches of tiles on its device through a
-:class:`~fastunet.engine.runner.DeviceRunner`, one thread that batches tiles across blocks and
-keeps the network busy while the block tasks read, label and write (on CUDA the tiles come in
-their stored dtype and are normalized on the device; on the CPU the task normalizes them), or,
-without a runner, in the calling thread (one forward at a time).
+path, or the weights as safetensors bytes: never a pickled module). :func:`cached_network`
+loads it once per process and settings into a :class:`LoadedNetwork`, which runs batches of
+tiles on its device through a :class:`~fastunet.engine.runner.DeviceRunner`, one thread that
+batches tiles across blocks and keeps the network busy while the block tasks read, label and
+write (on CUDA the tiles come in their stored dtype and are normalized on the device; on the
+CPU the task normalizes them), or, without a runner, in the calling thread (one forward at a
+time).
 
 The predictor is wrapped in :class:`~fastunet.engine.oom.OOMBackoff` (an out-of-memory error
 halves the batch, then the tile). Under the Triton interpreter (``backend="triton"`` on the
