@@ -50,6 +50,7 @@ __all__ = [
     "read_model",
     "read_model_metadata",
     "read_weights",
+    "network_from_weights",
     "default_model_path",
     "bundled_model",
     "BUNDLED_MODELS",
@@ -346,15 +347,21 @@ def read_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> M
     (a config beyond :data:`LIMITS`, tensors that do not match it, NaN/Inf weights), and
     :class:`UserError` for a device this machine does not have; never unpickles anything.
     """
+    device = check_visible(resolve_device(device))
+    config, normalization, extra, weights = read_weights(path)
+    return ModelBundle(network_from_weights(config, weights).to(device).eval(), normalization, extra)
+
+
+def network_from_weights(config: UNetConfig, weights: dict[str, np.ndarray]) -> ReferenceUNet:
+    """The :class:`~fastunet.model.ReferenceUNet` of ``config`` with ``weights`` (numpy arrays by
+    name, as :func:`read_weights` gives them), on the CPU in eval mode."""
     import torch
 
     from .model import ReferenceUNet
 
-    device = check_visible(resolve_device(device))
-    config, normalization, extra, weights = read_weights(path)
     model = ReferenceUNet(config)
     model.load_state_dict({key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in weights.items()})
-    return ModelBundle(model.to(device).eval(), normalization, extra)
+    return model.eval()
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> ReferenceUNet:

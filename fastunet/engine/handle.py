@@ -27,8 +27,9 @@ class ModelHandle:
     (``module``) stays in the process that made the handle and is never pickled; a worker
     loads the weights from the path or bytes instead (never unpickling anything). A handle made
     from a path checks the file (:func:`~fastunet.modelfile.read_weights`) without building the
-    network: :meth:`load` builds it when a backend needs it (OpenVINO, with its converted
-    model cached, never does: :meth:`weights` gives it the numpy arrays its cache is keyed by).
+    network, and keeps the arrays it read: :meth:`weights` gives them (OpenVINO keys its cache
+    by them) and :meth:`load` builds the network from them when a backend needs it (OpenVINO,
+    with its converted model cached, never does), so the file is read and checked once.
     """
 
     def __init__(self, *, config: UNetConfig, normalization: Normalization, key: str,
@@ -41,6 +42,7 @@ class ModelHandle:
         self.path = path
         self.data = data
         self.module = module
+        self._weights: dict[str, np.ndarray] | None = None  # the arrays from_path read, until load() uses them
 
     @classmethod
     def from_path(cls, path) -> "ModelHandle":
@@ -48,12 +50,14 @@ class ModelHandle:
         from ..modelfile import read_weights
 
         path = Path(path).expanduser().resolve()
-        config, normalization, _, _ = read_weights(path)  # every check, no network built
+        config, normalization, _, weights = read_weights(path)  # every check, no network built
         digest = hashlib.sha256()
         with open(path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 24), b""):
                 digest.update(chunk)
-        return cls(config=config, normalization=normalization, key=digest.hexdigest(), path=str(path))
+        handle = cls(config=config, normalization=normalization, key=digest.hexdigest(), path=str(path))
+        handle._weights = weights
+        return handle
 
     @classmethod
     def from_module(cls, model) -> "ModelHandle":
@@ -85,32 +89,27 @@ class ModelHandle:
 
     def load(self) -> ReferenceUNet:
         """The network on the CPU, in eval mode (the in-process module when there is one, else
-        built once and kept in this process)."""
-        if self.module is not None:
-            return self.module
-        if self.path is not None:
-            from ..modelfile import load_model
+        built once from :meth:`weights` and kept in this process)."""
+        if self.module is None:
+            from ..modelfile import network_from_weights
 
-            self.module = load_model(self.path)
-            return self.module
-        from safetensors.torch import load
-
-        from ..model import ReferenceUNet
-
-        module = ReferenceUNet(self.config)
-        module.load_state_dict(load(self.data))
-        self.module = module.eval()
+            self.module = network_from_weights(self.config, self.weights())
+            self._weights = None  # the module holds them now
         return self.module
 
     def weights(self) -> dict[str, np.ndarray]:
         """The weights as float32 numpy arrays by name (:func:`~fastunet.netconfig.parameter_shapes`'
-        order), read without PyTorch from the file or the bytes (from the module when there is one)."""
+        order): from the module when there is one, else those :meth:`from_path` read, else read
+        without PyTorch from the file (every check of :func:`~fastunet.modelfile.read_weights`)
+        or the bytes."""
         from ..netconfig import parameter_shapes
 
         if self.module is not None:
             state = self.module.state_dict()
             return {k: state[k].detach().to("cpu").float().numpy() for k in parameter_shapes(self.config)}
-        if self.path is not None:
+        if self._weights is not None:
+            found = self._weights
+        elif self.path is not None:
             from ..modelfile import read_weights
 
             found = read_weights(self.path)[3]
@@ -122,5 +121,5 @@ class ModelHandle:
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["module"] = None
+        state["module"] = state["_weights"] = None
         return state
