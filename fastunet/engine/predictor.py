@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from ..model import ReferenceUNet
 
-__all__ = ["Prediction", "Predictor", "TorchPredictor", "DTYPES", "OUTPUTS", "as_numpy", "class_labels"]
+__all__ = ["Prediction", "Predictor", "TorchPredictor", "DTYPES", "OUTPUTS", "as_numpy", "class_labels", "tiles_for"]
 
 OUTPUTS = ("labels", "probs", "both")
 
@@ -40,6 +40,17 @@ class Prediction:
 def as_numpy(x) -> np.ndarray:
     """A prediction's array as numpy (a torch tensor copied to the CPU; numpy as it is)."""
     return x if isinstance(x, np.ndarray) else x.cpu().numpy()
+
+
+def tiles_for(predictor, tiles: np.ndarray):
+    """Numpy ``tiles`` as ``predictor`` takes them: as they are where it takes numpy
+    (``takes_numpy``: OpenVINO, which then needs no PyTorch), else a torch tensor sharing
+    their memory."""
+    if getattr(predictor, "takes_numpy", False):
+        return tiles
+    import torch
+
+    return torch.from_numpy(tiles)
 
 
 def class_labels(scores: np.ndarray) -> np.ndarray:
@@ -64,6 +75,7 @@ class Predictor:
 
     backend = "abstract"
     dtypes = FLOAT_DTYPES  # what this backend runs in
+    takes_numpy = False  # torch tensors in and out (OpenVINO's: numpy; see tiles_for)
 
     def __init__(self, model: Any, device, dtype: str) -> None:
         if dtype not in self.dtypes:

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..devices import resolve_device
 from ..normalization import Normalization
-from .predictor import as_numpy
+from .predictor import as_numpy, tiles_for
 
 if TYPE_CHECKING:
     import torch
@@ -195,11 +195,7 @@ class DeviceRunner:
         n = slot.stage(batch, self.batch_size, pin=self.cuda)
         rows = self.batch_size if self.pad else n
         if not self.cuda:
-            x = _network_input(slot.tiles[:rows], slot.consts[:rows], first)
-            if not getattr(self.predictor, "takes_numpy", False):
-                import torch
-
-                x = torch.from_numpy(x)
+            x = tiles_for(self.predictor, _network_input(slot.tiles[:rows], slot.consts[:rows], first))
             start = getattr(self.predictor, "start", None)
             if start is not None:  # OpenVINO: queued; the next batch is queued behind it before this one is done
                 return _Launched(batch, n, None, start(x, first.output))

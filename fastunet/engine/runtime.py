@@ -27,7 +27,7 @@ import numpy as np
 from ..normalization import Normalization
 from .handle import ModelHandle
 from .oom import OOMBackoff
-from .predictor import as_numpy
+from .predictor import as_numpy, tiles_for
 from .runner import DeviceRunner
 
 __all__ = ["ModelHandle", "LoadedNetwork", "cached_network", "cancel_predictions", "PredictionCancelled"]
@@ -122,10 +122,7 @@ class LoadedNetwork:
 
     def _predict(self, tiles: np.ndarray, output: str) -> tuple[np.ndarray | None, np.ndarray | None]:
         labels, probs = [], []
-        if not getattr(self.predictor, "takes_numpy", False):
-            import torch
-
-            tiles = torch.from_numpy(tiles)
+        tiles = tiles_for(self.predictor, tiles)
         with self._lock:
             for i in range(0, tiles.shape[0], self.batch_size):
                 pred = self.predictor.predict(tiles[i:i + self.batch_size], output)
