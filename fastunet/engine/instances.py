@@ -233,13 +233,23 @@ def _touching(ids: np.ndarray, structure: np.ndarray) -> np.ndarray:
         after = (slice(None),) * axis + (slice(1, None),)
         a, b = ids[before], ids[after]  # views: each voxel and its neighbour along the axis
         differ = a != b
-        a, b = a[differ].astype(np.uint64), b[differ].astype(np.uint64)
-        codes = (np.minimum(a, b) << np.uint64(32)) | np.maximum(a, b)
+        a, b = a[differ], b[differ]
+        codes = _pair_keys(np.minimum(a, b), np.maximum(a, b))
         if len(codes) > 1:  # along a boundary the same pair repeats: drop the repeats before sorting
             codes = codes[np.concatenate([np.ones(1, bool), codes[1:] != codes[:-1]])]
         pairs.append(codes)
     codes = np.unique(np.concatenate(pairs)) if pairs else np.zeros(0, np.uint64)
-    return np.stack([codes >> np.uint64(32), codes & np.uint64(0xFFFFFFFF)], axis=1).astype(np.uint32)
+    return _key_pairs(codes, np.uint32)
+
+
+def _pair_keys(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """One uint64 key per pair of ids below 2**32, ``a`` in the high half: keys sort as the pairs do."""
+    return (a.astype(np.uint64) << np.uint64(32)) | b.astype(np.uint64)
+
+
+def _key_pairs(keys: np.ndarray, dtype) -> np.ndarray:
+    """The ``(m, 2)`` pairs of :func:`_pair_keys`' ``keys``, as ``dtype``."""
+    return np.stack([keys >> np.uint64(32), keys & np.uint64(0xFFFFFFFF)], axis=1).astype(dtype)
 
 
 def _first_positions(flat: np.ndarray) -> np.ndarray:
@@ -350,8 +360,7 @@ def _unique_rows(pairs: np.ndarray) -> np.ndarray:
         return pairs.reshape(0, 2)
     if pairs.min() < 0 or pairs.max() >= 2**32:
         return np.unique(pairs, axis=0)
-    keys = np.unique((pairs[:, 0].astype(np.uint64) << np.uint64(32)) | pairs[:, 1].astype(np.uint64))
-    return np.stack([keys >> np.uint64(32), keys & np.uint64(0xFFFFFFFF)], axis=1).astype(pairs.dtype)
+    return _key_pairs(np.unique(_pair_keys(pairs[:, 0], pairs[:, 1])), pairs.dtype)
 
 
 def components(pairs: np.ndarray, n: int) -> tuple[int, np.ndarray]:

@@ -106,12 +106,12 @@ def _module(model: ReferenceUNet | ModelHandle) -> ReferenceUNet:
     return (model.load() if isinstance(model, ModelHandle) else model).eval()
 
 
-def _torch_version() -> str:
-    """PyTorch's version, without importing it (the conversion's tracer is torch's)."""
+def _version(distribution: str) -> str:
+    """An installed distribution's version, without importing it; ``"none"`` when it is not there."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        return version("torch")
+        return version(distribution)
     except PackageNotFoundError:
         return "none"
 
@@ -119,7 +119,8 @@ def _torch_version() -> str:
 def _model_key(model: ReferenceUNet | ModelHandle, ov_version: str) -> str:
     """A digest of the weights, the config and the versions that make the converted model."""
     digest = hashlib.sha256()
-    digest.update(repr((model.config.to_dict(), _torch_version(), ov_version)).encode())
+    # torch's version: the conversion's tracer is torch's
+    digest.update(repr((model.config.to_dict(), _version("torch"), ov_version)).encode())
     for name, value in _weights(model).items():
         digest.update(name.encode())
         digest.update(np.ascontiguousarray(value, np.float32).tobytes())
@@ -164,15 +165,10 @@ def converted_model(ov, core, model: ReferenceUNet | ModelHandle, folder: Path |
 def int8_model(ov, core, model: ReferenceUNet | ModelHandle, folder: Path | None):
     """The converted network quantized to int8 (:mod:`fastunet.engine.openvino_int8`), cached
     as the converted ones are."""
-    from importlib.metadata import PackageNotFoundError, version
-
     from .openvino_int8 import CALIBRATION_VERSION, quantize
 
-    try:
-        nncf = version("nncf")  # the quantization depends on NNCF's version too
-    except PackageNotFoundError:
-        nncf = "none"
-    name = f"unet-int8-{_model_key(model, ov.get_version())}-c{CALIBRATION_VERSION}-nncf{nncf}"
+    # the quantization depends on NNCF's version too
+    name = f"unet-int8-{_model_key(model, ov.get_version())}-c{CALIBRATION_VERSION}-nncf{_version('nncf')}"
     return cached_model(ov, core, folder, name, lambda: quantize(converted_model(ov, core, model, folder),
                                                                  model.config))
 
