@@ -3,9 +3,10 @@
 Loading the command (``import fastunet`` and its command line; numpy) takes a moment before
 :func:`fastunet.cli.main` can take the signals over (:mod:`fastunet.cli.signals`: the
 libraries a command then needs, PyTorch or OpenVINO, SciPy, zarr, load under its handlers);
-a Ctrl-C in that time printed an import traceback. :func:`guard` (called first thing by the package,
-and only when the process is the ``fastunet`` command: never in a Python program that
-imports fastunet) answers it with one line instead; :func:`release` gives the signals back.
+a Ctrl-C in that time printed an import traceback. :func:`guard` (called first thing by the
+package, and only when the process is the ``fastunet`` command: never in a Python program
+that imports fastunet) answers it with one line instead; :func:`release` gives the signals
+back.
 Importing this module calls :func:`guard` (``fastunet/__init__.py`` imports it first).
 """
 

@@ -12,8 +12,7 @@ a run on OpenVINO's CPU runtime never loads it.
 bf16 where the CPU runs bf16 matrix work natively (AMX-BF16 or AVX512-BF16, from the CPU's
 features: :func:`cpu_bf16_units`) and the backend has the kernels for them (OpenVINO's CPU
 plugin always; PyTorch when built with oneDNN), fp32 elsewhere (an emulated bf16 is slower
-than fp32). :func:`describe_dtype` says which and why, for ``-v``
-and the output's metadata.
+than fp32). :func:`describe_dtype` says which and why, for ``-v`` and the output's metadata.
 """
 
 from __future__ import annotations
@@ -24,8 +23,9 @@ import sys
 
 from .errors import UserError
 
-__all__ = ["Device", "cpu_threads", "cuda_available", "cuda_impossible", "resolve_device", "check_visible", "default_dtype", "resolve_dtype", "describe_dtype",
-           "cpu_bf16_units", "DTYPES", "FLOAT_DTYPES", "DTYPE_CHOICES"]
+__all__ = ["Device", "cpu_threads", "cuda_available", "cuda_impossible", "resolve_device", "check_visible",
+           "default_dtype", "resolve_dtype", "describe_dtype", "cpu_bf16_units", "DTYPES", "FLOAT_DTYPES",
+           "DTYPE_CHOICES"]
 
 FLOAT_DTYPES = ("fp32", "tf32", "bf16", "fp16")  # what the network runs in on every backend
 DTYPES = (*FLOAT_DTYPES, "int8")  # ... and int8: quantized, on the OpenVINO backend

@@ -6,7 +6,8 @@ Modules, from the network outwards:
   PyTorch implementation; :mod:`~fastunet.engine.fused` the fused Triton network;
   :mod:`~fastunet.engine.backends` picks one (``backend=``);
 * :mod:`~fastunet.engine.handle` the picklable model handle; :mod:`~fastunet.engine.runtime`
-  the network loaded once per process; :mod:`~fastunet.engine.runner` batches tiles of many blocks onto a GPU;
+  the network loaded once per process; :mod:`~fastunet.engine.runner` batches tiles of many
+  blocks onto a device;
 * :mod:`~fastunet.engine.tiling` the global tile grid, blocks and mirrored reads;
 * :mod:`~fastunet.engine.blocks` one block task: read, normalize, predict, assemble, write;
 * :mod:`~fastunet.engine.scheduling` runs the block tasks on threads or a dask.distributed
