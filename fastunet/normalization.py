@@ -94,6 +94,10 @@ class Normalization:
             return 0.0, 1.0
         if self.mode == "fixed":
             return float(self.offset), float(self.scale)
+        sample = np.asarray(sample)
+        if self.mode == "percentile" and _histogram_dtype(sample.dtype):
+            lo, hi, unit = _small_int_percentiles(sample, (self.low, self.high))
+            return lo, _spread(hi - lo, unit)
         values = np.asarray(sample, dtype=np.float64).ravel()
         finite = np.isfinite(values)
         if not finite.all():  # (a copy only when there is something to drop)
@@ -106,9 +110,7 @@ class Normalization:
             offset, scale = float(lo), float(hi - lo)
         else:  # in units of the largest magnitude: no overflow for values near the float64 range
             offset, scale = float(np.mean(values / unit) * unit), float(np.std(values / unit) * unit)
-        # No spread only when it is nothing at float64's resolution for values of this size (an
-        # absolute threshold would flatten an image whose values are all ~1e-30).
-        return offset, (scale if np.isfinite(scale) and scale > 64 * np.spacing(unit) else 1.0)
+        return offset, _spread(scale, unit)
 
     @staticmethod
     def apply(x, offset, scale, *, zero_nonfinite: bool = False):
@@ -185,6 +187,45 @@ def _minus_far_offset(xp, x, hi, lo):
     overflow = ((x ^ base_int) & (x ^ d)) < 0
     near = (d.to(xp.float64) - (hi - base)) - lo
     return xp.where(overflow, x.to(xp.float64) - hi, near)
+
+
+def _spread(scale: float, unit: float) -> float:
+    """The scale, or 1 for no spread: nothing at float64's resolution for values of magnitude
+    ``unit`` (an absolute threshold would flatten an image whose values are all ~1e-30)."""
+    return scale if np.isfinite(scale) and scale > 64 * np.spacing(unit) else 1.0
+
+
+def _histogram_dtype(dtype) -> bool:
+    """Integers of at most 16 bits: percentiles from a histogram of every possible value."""
+    dtype = np.dtype(dtype)
+    return dtype.kind in "iub" and dtype.itemsize <= 2
+
+
+def _small_int_percentiles(sample: np.ndarray, qs) -> tuple[float, float, float]:
+    """``np.percentile(sample.astype(float64), qs)`` (its default, linear method: the same
+    float64 operations, so the same bits) for the two percentiles ``qs`` of integers of at most
+    16 bits, from the histogram of their values (one counting pass instead of a float64 copy
+    and a partition), and the largest magnitude among the values."""
+    values = sample.ravel()
+    base = int(np.iinfo(values.dtype).min) if values.dtype.kind == "i" else 0
+    counts = np.bincount(values.astype(np.int32) - base if base else values, minlength=1)
+    ends = np.cumsum(counts)  # ends[v] values are <= base + v
+    n = int(ends[-1])
+    present = np.flatnonzero(counts)
+    unit = float(max(abs(int(present[0]) + base), abs(int(present[-1]) + base))) or 1.0
+
+    def order(k: int) -> float:  # the k-th smallest value (0-based)
+        return float(int(np.searchsorted(ends, k, side="right")) + base)
+
+    out = []
+    for q in qs:
+        h = (n - 1) * np.true_divide(q, 100)
+        i = int(np.floor(h))
+        g = h - i
+        a, b = order(i), order(min(i + 1, n - 1))
+        d = np.float64(b) - np.float64(a)
+        out.append(float(b - d * (1 - g)) if g >= 0.5 else float(a + d * g))
+    return out[0], out[1], unit
 
 
 def is_wide(dtype) -> bool:
@@ -321,7 +362,8 @@ def _relative(data: np.ndarray, pivot: np.ndarray) -> np.ndarray:
 def _read_lattice(source, z: int | None, ys: np.ndarray, xs: np.ndarray, *, band_voxels: int,
                   pivot: np.ndarray | None = None) -> np.ndarray:
     """Values of one plane at the lattice rows ``ys`` and columns ``xs``: (C, len(ys), len(xs)),
-    relative to ``pivot`` when given (see :func:`_pivot`). Reads bands of rows of at most
+    in the input's dtype for integers of at most 16 bits, else float64, relative to ``pivot``
+    when given (see :func:`_pivot`). Reads bands of rows of at most
     ``band_voxels`` voxels per channel, or of whole rows of the input's chunks where a row of
     chunks holds at most ``4 * band_voxels`` (each chunk is then decoded once)."""
     ny, nx = source.spatial_shape[-2:]
@@ -331,7 +373,8 @@ def _read_lattice(source, z: int | None, ys: np.ndarray, xs: np.ndarray, *, band
     if aligned:
         rows = unit * max(1, rows // unit)
     c = source.channels
-    out = np.empty((c, len(ys), len(xs)), np.float64)
+    narrow = pivot is None and _histogram_dtype(source.dtype)  # kept as they are: no float64 copy
+    out = np.empty((c, len(ys), len(xs)), np.dtype(source.dtype) if narrow else np.float64)
     i = 0
     while i < len(ys):
         y0 = int(ys[i])
@@ -380,7 +423,8 @@ def normalization_stats(source, normalization: Normalization, *, max_samples: in
 
     def plane(p):
         sample = read(*p)
-        counts = (sample.size, int(np.count_nonzero(~np.isfinite(sample))))
+        finite = sample.dtype.kind not in "fc"  # integers hold no NaN or Inf
+        counts = (sample.size, 0 if finite else int(np.count_nonzero(~np.isfinite(sample))))
         if per_slice:  # keep only this slice's constants: memory does not grow with Z
             return counts, [normalization.stats(sample[ch]) for ch in range(c)]
         return counts, sample

@@ -281,6 +281,43 @@ def test_statistics_sample_is_independent_of_chunking(tmp_path):
     assert stats[0].sampled == lattice.size
 
 
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int8", "int16", "bool"])
+def test_percentiles_of_small_integers_from_a_histogram_are_numpys(dtype, tmp_path):
+    """Integers of at most 16 bits take their percentiles from a histogram of every value
+    (no float64 copy, no partition): bit for bit what ``np.percentile`` gives on the float64
+    values, through the whole statistics path (zarr, the lattice, slice scope) too."""
+    rng = _rng()
+    for _ in range(40):
+        n = int(rng.integers(1, 3000))
+        if dtype == "bool":
+            values = rng.random(n) < rng.random()
+        else:
+            info = np.iinfo(dtype)
+            lo = int(rng.integers(info.min, info.max))
+            values = rng.integers(lo, int(rng.integers(lo, info.max + 1)) + 1, n).astype(dtype)
+        low, high = sorted(rng.choice([0.0, 0.5, 1.0, 2.5, 50.0, 99.0, 99.8, 100.0, rng.random() * 100], 2,
+                                      replace=False))
+        wide = values.astype(np.float64)
+        want_lo, want_hi = np.percentile(wide, [low, high])
+        offset, scale = Normalization(low=low, high=high).stats(values)
+        assert offset == want_lo
+        assert scale == (want_hi - want_lo if want_hi - want_lo > 64 * np.spacing(np.abs(wide).max() or 1.0) else 1.0)
+    vol = rng.integers(0, 200, size=(3, 40, 52)).astype("uint8" if dtype == "bool" else dtype)
+    arr = zarr.create_array(str(tmp_path / "v.zarr"), shape=vol.shape, chunks=(1, 16, 16), dtype=vol.dtype)
+    arr[:] = vol
+    for scope in ("volume", "slice"):
+        norm = Normalization(low=1.0, high=99.8, scope=scope)
+        stats = normalization_stats(open_volume(str(tmp_path / "v.zarr"), axes="ZYX"), norm, max_samples=1500)
+        zs, ys, xs = sample_indices(vol.shape, max_samples=1500)
+        lattice = vol[np.ix_(zs, ys, xs)].astype(np.float64)
+        if scope == "volume":
+            assert stats.offset[0] == np.percentile(lattice, 1.0)
+        else:
+            ys, xs = sample_indices(vol.shape[1:], max_samples=1500 // 4)
+            want = [np.percentile(vol[z][np.ix_(ys, xs)].astype(np.float64), 1.0) for z in range(3)]
+            assert list(stats.offset[0]) == want
+
+
 def test_slice_scope_statistics_per_z():
     norm = Normalization(mode="meanstd", scope="slice")
     vol = _rng().normal(size=(3, 20, 24)).astype(np.float32) * np.array([1.0, 5.0, 20.0])[:, None, None]

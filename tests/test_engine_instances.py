@@ -368,3 +368,27 @@ def test_components_number_them_as_scipy_does(n, m):
         want = csgraph.connected_components(graph, directed=False)
         got = components(pairs, n)
         assert got[0] == want[0] and np.array_equal(got[1], want[1])
+
+
+def test_records_of_the_earlier_format_still_read(tmp_path):
+    """A block record written before the records were zstd frames (deflated ``.npy`` entries,
+    ``np.savez_compressed``'s layout) is read as it was: a resumed output of an earlier version
+    relabels from it."""
+    import zipfile
+
+    from fastunet.io import InstanceRecords
+
+    rng = np.random.default_rng(3)
+    arrays = {"ids": rng.integers(0, 300, (1, 40, 30)).astype(np.uint16), "first": np.arange(7, dtype=np.int64)}
+    folder = tmp_path / "out.zarr" / "_fastunet_instances"
+    folder.mkdir(parents=True)
+    np.savez_compressed(folder / "old.npz", **arrays)
+    with zipfile.ZipFile(folder / "old.npz") as z:
+        assert sorted(z.namelist()) == ["first.npy", "ids.npy"]
+    ids, first, absent = InstanceRecords(str(tmp_path / "out.zarr")).get("old", "ids", "first", "lo1")
+    assert np.array_equal(ids, arrays["ids"]) and ids.dtype == np.uint16
+    assert np.array_equal(first, arrays["first"]) and absent.shape == (0, 0)
+    records = InstanceRecords(str(tmp_path / "out.zarr"))
+    records.put("new", arrays)
+    with zipfile.ZipFile(folder / "new.npz") as z:
+        assert sorted(z.namelist()) == ["first.npy.zst", "ids.npy.zst"]

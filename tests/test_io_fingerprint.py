@@ -130,3 +130,23 @@ def test_outputs_of_an_older_fastunet_still_resume(tmp_path, rng):
     arr[1, 2, 6] = data[1, 2, 6] + 1  # on the lattice: still refused
     with pytest.raises(UserError, match="values differ"):
         open_output(store.path, expect={"input_id": input_fingerprint(open_volume(path, axes="ZYX"))})
+
+
+@pytest.mark.parametrize("shape, chunks, axes", [((2, 70, 90), (1, 32, 40), "ZYX"), ((3, 9, 50, 41), (2, 4, 16, 16), "CZYX"),
+                                                 ((130, 99), (128, 7), "YX")])
+def test_fingerprint_reads_through_the_chunk_cache_the_same_values(tmp_path, rng, shape, chunks, axes):
+    """The fingerprint's chunks come box by box through the input's chunk cache (shared with
+    the statistics and the blocks): the same values as zarr's orthogonal selection, whole
+    chunks or windows, so the same digests as before."""
+    from fastunet.io import fingerprint
+
+    path = tmp_path / "in.zarr"
+    zarr.create_array(str(path), shape=shape, chunks=chunks, dtype="uint16")[...] = rng.integers(0, 60000, shape)
+    source = open_volume(str(path), axes=axes)
+    stored = source.stored()
+    for half in (None, 3, 0):
+        index = {i: fingerprint._windows(stored.shape[i], stored.chunks[i], half)
+                 for i, a in enumerate(axes) if a != "C"}
+        selection = tuple(index.get(i, slice(None)) for i in range(len(axes)))
+        got = fingerprint._read_runs(source, stored, selection)
+        assert np.array_equal(got, stored.get_orthogonal_selection(selection))

@@ -328,3 +328,25 @@ def test_instance_arrays_become_uint64_when_needed(tmp_path):
     again.write("instances", (slice(0, 2), slice(0, 16), slice(0, 12)), np.full((2, 16, 12), 2**40, np.uint64))
     assert int(again.levels["instances"][0][0][0, 0, 0]) == 2**40
     assert (tmp_path / "o.zarr" / "labels" / "segmentation" / "0" / ".zarray").is_file()  # the input's v2
+
+
+def test_blocks_written_without_zarrs_fill_check_read_back_the_same(tmp_path):
+    """``write_values`` skips zarr's per-chunk comparison with the fill value for integer
+    blocks that hold a nonzero value (checked in one pass); an all-zero block still goes
+    through zarr, which stores none of its chunks; probabilities (float) are untouched."""
+
+    from fastunet.io.pyramid import write_values
+
+    ids = zarr.create_array(str(tmp_path / "ids.zarr"), shape=(2, 8, 12), chunks=(1, 4, 6), dtype="uint32", fill_value=0)
+    block = np.zeros((1, 8, 12), np.uint32)
+    block[0, 1, 2] = 7  # one chunk of four holds a value
+    write_values(ids, (slice(0, 1), slice(0, 8), slice(0, 12)), block)
+    write_values(ids, (slice(1, 2), slice(0, 8), slice(0, 12)), np.zeros((1, 8, 12), np.uint32))
+    assert np.array_equal(ids[:1], block) and not ids[1:].any()
+    stored = sorted(str(p.relative_to(tmp_path / "ids.zarr" / "c")) for p in (tmp_path / "ids.zarr" / "c").rglob("*")
+                    if p.is_file())
+    assert stored == ["0/0/0", "0/0/1", "0/1/0", "0/1/1"]  # the all-zero block: nothing stored
+    probs = zarr.create_array(str(tmp_path / "p.zarr"), shape=(4, 6), chunks=(4, 6), dtype="float32",
+                              fill_value=float("nan"))
+    write_values(probs, (slice(0, 4), slice(0, 6)), np.full((4, 6), np.nan, np.float32))
+    assert not (tmp_path / "p.zarr" / "c").exists()

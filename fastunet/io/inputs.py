@@ -209,6 +209,14 @@ class VolumeSource:
                 object.__setattr__(self, "_chunk_cache", cached)
         return cached[1]
 
+    def read_stored(self, index: tuple) -> np.ndarray:
+        """The stored array (native axes, every axis it has) at ``index``, one int or basic
+        slice per axis, through the process's cache of decoded chunks where there is one (a
+        zarr input): what another reader of the same chunks (the statistics, the blocks)
+        decoded is not decoded again."""
+        cache = self._chunks(index)
+        return np.asarray(cache.read(tuple(index)) if cache is not None else self.stored()[tuple(index)])
+
     def location(self):
         """The input's :class:`~pathlib.Path` or URL (:class:`upath.UPath`); None in memory."""
         if self.path is None:

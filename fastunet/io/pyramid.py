@@ -19,7 +19,7 @@ import numpy as np
 import zarr
 
 __all__ = ["Level", "input_levels", "level_chunks", "block_multiple", "aligned_block", "write_region",
-           "sampled_transforms"]
+           "write_values", "sampled_transforms"]
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,25 @@ def write_region(levels: list[tuple[zarr.Array, tuple[int, ...]]], region: tuple
         part = _level_part(region, factor, spatial_shape)
         if part is not None:
             dst, src = part
-            array[prefix + lead + dst] = data[lead + src]
+            write_values(array, prefix + lead + dst, data[lead + src])
+
+
+def write_values(array: zarr.Array, index: tuple, values: np.ndarray) -> None:
+    """``array[index] = values``; integer values that are not all zero skip zarr's check of
+    each chunk for its fill value.
+
+    zarr compares each chunk it writes with the fill value, so as not to store a chunk that
+    holds nothing (``write_empty_chunks=False``): about 5 ms for a 1024 x 1024 uint32 chunk,
+    four times its zstd encoding (measured here). Object ids and class maps (fill value 0)
+    are checked here instead, in one pass over the whole block (0.2 ms for 1024 x 1024): an
+    all-zero block still goes through zarr's check (its chunks are not stored), any other
+    is written with ``write_empty_chunks=True`` (a zero chunk inside it is stored, as a few
+    bytes; the values read back are the same).
+    """
+    if values.dtype.kind in "iub" and array.fill_value == 0 and values.size and values.any():
+        array = zarr.Array(zarr.AsyncArray(metadata=array.metadata, store_path=array.store_path,
+                                           config={"write_empty_chunks": True}))
+    array[index] = values
 
 
 def aligned_block(block: tuple[int, ...], chunks: tuple[int, ...], multiple: tuple[int, ...]) -> tuple[int, ...]:
