@@ -334,7 +334,6 @@ def test_blocks_written_without_zarrs_fill_check_read_back_the_same(tmp_path):
     """``write_values`` skips zarr's per-chunk comparison with the fill value for integer
     blocks that hold a nonzero value (checked in one pass); an all-zero block still goes
     through zarr, which stores none of its chunks; probabilities (float) are untouched."""
-
     from fastunet.io.pyramid import write_values
 
     ids = zarr.create_array(str(tmp_path / "ids.zarr"), shape=(2, 8, 12), chunks=(1, 4, 6), dtype="uint32", fill_value=0)
