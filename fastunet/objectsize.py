@@ -19,7 +19,6 @@ import math
 import numbers
 
 import numpy as np
-from scipy import ndimage as ndi
 
 __all__ = ["median_diameter", "check_object_size", "model_object_size", "scale_for", "MIN_OBJECTS", "typical_size",
            "auto_min_size", "check_min_size", "AUTO_MIN_FRACTION"]
@@ -30,6 +29,8 @@ _BAND = 4.0  # typical_size: a population spans sizes within this factor either 
 
 
 def _diameters(labels: np.ndarray, *, exclude_border: bool) -> np.ndarray:
+    from scipy import ndimage as ndi
+
     labels = np.asarray(labels)
     if labels.dtype == bool or (labels.size and labels.max() <= 1):
         labels = ndi.label(labels != 0)[0]

@@ -327,6 +327,35 @@ def test_import_fastunet_is_light():
     assert done.stdout.split() == ["[]", "True"]
 
 
+def test_the_segment_path_imports_scipy_in_the_warm_up_not_at_its_start():
+    """The modules of a CPU segment import without SciPy (0.2 s of a process's start here);
+    a run that labels objects imports ``scipy.ndimage`` in the warm-up thread, beside the
+    network's compilation, and still labels with it."""
+    import subprocess
+
+    code = ("import sys, fastunet.cli.main, fastunet.segmentation.segmenter, fastunet.engine.instances, "
+            "fastunet.engine.instance_tasks, fastunet.engine.blocks, fastunet.engine.rescale, fastunet.io.outputs, "
+            "fastunet.segmentation.scaling, fastunet.objectsize; print('scipy' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["False"]
+    from fastunet.segmentation.warmup import Warmup
+
+    class _Segmenter:
+        class network:  # noqa: N801 - stands in for the property
+            prepared = []
+
+            @classmethod
+            def prepare(cls, tile):
+                cls.prepared.append(tile)
+
+    warm = Warmup(_Segmenter, ("json", "no_such_module_here"))
+    warm.start(type("L", (), {"tile": (60, 60)}))
+    warm.join()
+    warm.thread.join()
+    assert _Segmenter.network.prepared == [(60, 60)] and warm.error is None
+
+
 @pytest.mark.parametrize("name,kind,index", [("cpu", "cpu", None), ("cuda", "cuda", None), ("cuda:1", "cuda", 1),
                                              (torch.device("cuda", 2), "cuda", 2), ("cpu:0", "cpu", None)])
 def test_devices_are_names_torch_takes(name, kind, index):

@@ -48,18 +48,37 @@ def test_dtype_shapes_and_errors():
 
 
 @pytest.mark.parametrize("fill_holes", [False, True])
-def test_block_ids_renumbered_from_first_positions_as_by_np_unique(fill_holes, monkeypatch):
-    """label_block renumbers several classes' ids by sorting their first positions; the
-    np.unique renumbering over the voxels (the split path's) gives the same block record."""
+def test_block_records_hold_each_class_components_and_their_tables(fill_holes):
+    """label_block's ids are the connected components of each class (scipy's, face
+    connectivity), numbered class by class in order of their first voxel, and its tables
+    agree with them: ``first`` is each id's first voxel (global C order), ``size`` its voxels,
+    ``cls`` its class."""
+    from scipy import ndimage
+
     from fastunet.engine import instances
 
     rng = _rng()
     opts = instances.InstanceOptions(fill_holes=fill_holes)
-    maps = [(rng.integers(0, k, size=(1, 19, 23)).astype(np.uint8), k) for k in (2, 3, 4) for _ in range(8)]
-    fast = [instances.label_block(m, (1, 0, 0), (3, 19, 23), k, opts) for m, k in maps]
-    monkeypatch.setattr(instances, "_by_first_position", lambda ids, count, cls, firsts:
-                        instances._by_first_occurrence(ids, count, cls))
-    for (m, k), got in zip(maps, fast):
-        want = instances.label_block(m, (1, 0, 0), (3, 19, 23), k, opts)
-        for field in ("ids", "first", "size", "cls"):
-            np.testing.assert_array_equal(getattr(got, field), getattr(want, field))
+    shape, origin = (3, 19, 23), (1, 0, 0)
+    for k in (2, 3, 4):
+        for _ in range(8):
+            m = rng.integers(0, k, size=(1, 19, 23)).astype(np.uint8)
+            got = instances.label_block(m, origin, shape, k, opts)
+            ids = got.ids[0]
+            n = 0
+            for c in range(0 if fill_holes else 1, k):
+                want, count = ndimage.label(m[0] == c)
+                part = ids[m[0] == c]
+                assert np.array_equal(part - n, want[m[0] == c]) and count == len(np.unique(part))
+                n += count
+            assert not fill_holes or ids.min() > 0
+            assert got.n == n and ids.max() == n
+            flat = ids.ravel()
+            values, index = np.unique(flat, return_index=True)
+            index = index[values > 0]
+            assert np.array_equal(got.first, np.ravel_multi_index((np.full(n, 1), *np.unravel_index(index, ids.shape)),
+                                                                  shape))
+            assert np.array_equal(got.size, np.bincount(flat, minlength=n + 1)[1:])
+            assert np.array_equal(got.cls, m[0].ravel()[index])
+
+

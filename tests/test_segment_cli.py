@@ -395,6 +395,7 @@ def test_damaged_input_chunk_is_one_line_naming_file_and_region(tmp_path, model,
 
 def test_damaged_chunk_mid_run_leaves_a_resumable_output(tmp_path, capsys, monkeypatch):
     from fastunet.engine import scheduling as engine
+    from fastunet.io.chunk_cache import ChunkCache
 
     fixed = _fixed_model(tmp_path / "fixed.safetensors")
     vol = _rng().normal(size=(2, 48, 48)).astype(np.float32)
@@ -413,6 +414,9 @@ def test_damaged_chunk_mid_run_leaves_a_resumable_output(tmp_path, capsys, monke
         return real(job, block)
 
     monkeypatch.setattr(engine, "run_block", run_block)
+    # Without the chunk cache: this small input is otherwise decoded whole before the first block
+    # (statistics, fingerprint), and the blocks never read the damaged files.
+    monkeypatch.setattr(ChunkCache, "useful", property(lambda self: False))
     code, _, err = _run(argv, capsys)
     assert code == 2 and err.count("\n") == 1 and "Cannot read the zarr array" in err and "damaged chunk" in err
     meta = zarr.open_group(str(out), mode="r").attrs["fastunet"]

@@ -37,7 +37,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from .tiling import Block, Layout, read_mirrored
 
@@ -166,6 +165,8 @@ class RescaledSource:
         if has_c:
             data = data[region[0]]
         if any(sigmas):
+            from scipy import ndimage as ndi
+
             data = ndi.gaussian_filter(data, [0.0] * (data.ndim - 2) + sigmas, truncate=_TRUNCATE)
         data = _interpolate(data, coords[0], box[-2][0], data.ndim - 2)
         return _interpolate(data, coords[1], box[-1][0], data.ndim - 1)

@@ -35,7 +35,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from ..errors import UserError
 from ..objectsize import check_object_size, model_object_size, scale_for
@@ -161,6 +160,8 @@ def _diameter(areas: np.ndarray) -> float:
 def _measure(segment_crop, crop, size) -> tuple[float | None, str]:
     """The typical diameter of the objects the network is sure of in ``crop`` segmented at
     ``size`` (None: the crop's own scale), measured on the crop's grid; or None and why."""
+    from scipy import ndimage as ndi
+
     from ..objectsize import auto_min_size
 
     classes, foreground = segment_crop(crop, size)
@@ -204,6 +205,8 @@ def blur_sigma(image: np.ndarray, objects: np.ndarray, ids: np.ndarray) -> float
     through a Gaussian of 1 px, whose own width is taken out (``sqrt(s^2 - 1)``). Channels, if
     any (first axis), are averaged.
     """
+    from scipy import ndimage as ndi
+
     img = np.asarray(image, np.float64)
     if img.ndim == 3:
         img = img.mean(axis=0)

@@ -421,7 +421,9 @@ class Segmenter:
                                       chunks=chunks, block=block, progress=progress,
                                       progress_interval=progress_interval, scale=scale)
         # On the CPU the network is loaded and compiled for the tile while the statistics are taken
-        warmup = Warmup(self) if not remote and scale is None and self.device.type == "cpu" else None
+        warmup = None
+        if not remote and scale is None and self.device.type == "cpu":
+            warmup = Warmup(self, ("scipy.ndimage",) if "instances" in kinds else ())
         try:
             layout, stats, rescale = self._plan(vol, sink, chunks=chunks, block=block, remote=remote, scale=scale,
                                                 on_layout=warmup and warmup.start)

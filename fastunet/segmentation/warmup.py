@@ -2,11 +2,14 @@
 
 On the CPU a new process loads the network (OpenVINO: its runtime, the converted model) and
 compiles it for the run's tile while the segmenter takes the normalization statistics and
-the input's fingerprint, instead of after them.
+the input's fingerprint, instead of after them. A run that labels objects also imports
+``scipy.ndimage`` there (0.2 s of a process's start, measured here: scipy's array-API layer),
+which no module of the segment path imports at its top.
 """
 
 from __future__ import annotations
 
+import importlib
 import threading
 
 __all__ = ["Warmup"]
@@ -14,12 +17,15 @@ __all__ = ["Warmup"]
 
 class Warmup:
     """Loads the network and prepares it for the run's tile (:meth:`fastunet.engine.LoadedNetwork.prepare`:
-    OpenVINO compiles it) in a thread of its own while the statistics are taken; :meth:`join`
-    waits for it and raises what it raised."""
+    OpenVINO compiles it) in a thread of its own while the statistics are taken, then imports
+    ``modules`` (what the block tasks will import: a failure there is theirs to report);
+    :meth:`join` waits for the network, not for the imports, and raises what loading raised."""
 
-    def __init__(self, segmenter):
+    def __init__(self, segmenter, modules: tuple[str, ...] = ()):
         self.segmenter = segmenter
+        self.modules = modules
         self.thread: threading.Thread | None = None
+        self.ready = threading.Event()
         self.error: BaseException | None = None
 
     def start(self, layout) -> None:
@@ -31,9 +37,17 @@ class Warmup:
             self.segmenter.network.prepare(tile)
         except BaseException as exc:  # noqa: BLE001 - raised by join, in the caller's thread
             self.error = exc
+            return
+        finally:
+            self.ready.set()
+        for name in self.modules:
+            try:
+                importlib.import_module(name)
+            except ImportError:  # the block task that needs it raises it
+                return
 
     def join(self, *, raising: bool = True) -> None:
         if self.thread is not None:
-            self.thread.join()
+            self.ready.wait()
         if self.error is not None and raising:
             raise self.error
