@@ -149,3 +149,29 @@ def test_the_size_estimate_is_right_or_says_it_is_unsure():
             sure += 1
             assert abs(measure.size / drawn.object_size - 1) <= 0.25, (style, how, measure, drawn.object_size)
     assert sure >= 3
+
+
+def test_detectability_measures_a_known_contrast_and_the_cards_match():
+    """benchmarks/detectability.py: a disc of known contrast on noise of known sigma gets the
+    integrated CNR of contrast / sigma * sqrt(area); a nucleus counts as found at IoU > 0.5."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("detectability", Path(__file__).parents[1] / "benchmarks" /
+                                                  "detectability.py")
+    det = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(det)
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[:160, :160]
+    labels = np.zeros((160, 160), np.int32)
+    labels[(yy - 50) ** 2 + (xx - 50) ** 2 < 12 ** 2] = 1
+    labels[(yy - 110) ** 2 + (xx - 110) ** 2 < 12 ** 2] = 2
+    image = 100.0 + rng.normal(0.0, 4.0, labels.shape) + np.where(labels == 1, 8.0, 0.0) + np.where(labels == 2, 4.0, 0.0)
+    cnr = det.nucleus_cnr(image, labels)
+    area = np.bincount(labels.ravel())[1:]
+    want = np.array([8.0, 4.0]) / 4.0 * np.sqrt(area)
+    assert np.allclose(cnr, want, rtol=0.2), (cnr, want)
+    pred = np.zeros_like(labels)
+    pred[labels == 1] = 7  # the first found whole; the second only a quarter of it
+    pred[(labels == 2) & (yy < 104) & (xx < 104)] = 3
+    assert det.found(pred, labels).tolist() == [True, False]
