@@ -180,8 +180,9 @@ def _lattice(n: int) -> list[int]:
 
 
 def _add(digest, values: np.ndarray) -> None:
-    """Hash ``values`` as little-endian bytes: the same digest on any machine."""
-    digest.update(np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<")).tobytes())
+    """Hash ``values`` as little-endian bytes: the same digest on any machine (hashed from the
+    array's own buffer when it is C-contiguous and little-endian already: no copy)."""
+    digest.update(np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<")))
 
 
 def _sample_digest(source: VolumeSource) -> str:
