@@ -44,7 +44,8 @@ def autofluorescence(rng: np.random.Generator, labels: np.ndarray, level: float,
         distance = ndi.distance_transform_edt(labels == 0).astype(np.float32)
         # a soft edge 1.5 px wide at ``reach`` from the nearest nucleus, uneven along its length
         edge = np.float32(reach) * (1.0 + 0.3 * smooth_noise(rng, shape, max(2.0, 0.5 * radius)))
-        body = 1.0 / (1.0 + np.exp((distance - edge) / np.float32(1.5)))
+        with np.errstate(over="ignore"):  # far from every nucleus exp overflows to inf: body 0, as meant
+            body = 1.0 / (1.0 + np.exp((distance - edge) / np.float32(1.5)))
         grain = np.clip(1.0 + 0.5 * smooth_noise(rng, shape, 1.2), 0.0, None)
         out += np.float32(cytoplasm) * body * grain * (labels == 0)
     return out
