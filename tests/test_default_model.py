@@ -86,8 +86,11 @@ def test_build_trains_the_recipe_without_the_cli(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(fastunet.train, "train", fake_train)
     monkeypatch.setattr(fastunet.cli, "main", lambda *a, **k: pytest.fail("build() must not go through the CLI"))
     monkeypatch.setattr(default_model, "TRAIN_SEEDS", range(10_000, 10_002))
+    calibrated = []
+    monkeypatch.setattr(default_model, "calibrate", lambda path: calibrated.append(path) or {"shift": 0.4})
     work = tmp_path / "work"
     assert default_model.build(work, tmp_path / "copy.safetensors", quiet=True) == 0
+    assert calibrated == [tmp_path / "copy.safetensors"]  # the build's last step: the threshold
     ((images, labels, output, kwargs),) = calls
     assert sorted(p.name for p in images.iterdir()) == ["nuclei_10000.tif", "nuclei_10001.tif"]
     assert kwargs["config"] == default_model.recipe_config() and kwargs["progress"] is False
@@ -175,3 +178,49 @@ def test_detectability_measures_a_known_contrast_and_the_cards_match():
     pred[labels == 1] = 7  # the first found whole; the second only a quarter of it
     pred[(labels == 2) & (yy < 104) & (xx < 104)] = 3
     assert det.found(pred, labels).tolist() == [True, False]
+
+
+def test_a_logit_shift_is_a_foreground_threshold_and_calibrate_keeps_the_best(tmp_path, monkeypatch):
+    """default_model.shifted: the argmax of the shifted network is the original's foreground
+    probability >= 1 / (1 + exp(shift)). calibrate: the shift of the best mean F1 over the
+    styles (scored here by a stand-in), recorded in the file with its table, the old card
+    dropped; calibrating again starts from the weights as trained."""
+    import torch
+
+    from fastunet import ReferenceUNet, UNetConfig, save_model
+    from fastunet import default_model as dm
+    from fastunet.modelfile import read_model as read
+
+    torch.manual_seed(0)
+    net = ReferenceUNet(UNetConfig(in_channels=1, num_classes=2, base_channels=4, depth=2))
+    path = save_model(tmp_path / "m.safetensors", net, extra={"card": {"old": 1}, "object_size": 19.0})
+    bundle = read(path)
+    x = torch.randn(1, 1, 60, 60)
+    with torch.no_grad():
+        p = torch.softmax(bundle.module(x), 1)[:, 1]
+        for shift in (0.4, -0.7):
+            labels = dm.shifted(bundle, shift).module(x).argmax(1)
+            assert torch.equal(labels == 1, p >= 1 / (1 + np.exp(shift)))
+    assert torch.equal(read(path).module.head.bias, bundle.module.head.bias)  # the original is untouched
+
+    best = {"a": 0.4, "b": 0.2}
+
+    class Scores:
+        def __init__(self, f1):
+            self.instance_f1 = f1
+
+    def fake(model, *, style, n_images, seed):
+        bias = float(read(model).module.head.bias[1] - net.head.bias[1])
+        assert seed == 70_000 and n_images == 8
+        return Scores(1.0 - abs(bias - best[style]))
+
+    monkeypatch.setattr("fastunet.evaluate.evaluate_synthetic", fake)
+    chosen = dm.calibrate(path, styles=("a", "b"))
+    assert chosen["shift"] == 0.2 and chosen["mean_f1"]["0.2"] == 0.9  # 0.2 and 0.4 tie at 0.9: the smaller
+    calibrated = read(path)
+    assert "card" not in calibrated.extra and calibrated.extra["object_size"] == 19.0
+    assert calibrated.extra["calibration"]["shift"] == 0.2
+    assert torch.allclose(calibrated.module.head.bias[1], net.head.bias[1] + 0.2)
+    best.update(a=0.6, b=0.6)
+    assert dm.calibrate(path, styles=("a", "b"))["shift"] == 0.6
+    assert torch.allclose(read(path).module.head.bias[1], net.head.bias[1] + 0.6)  # from the trained weights
