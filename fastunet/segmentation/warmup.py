@@ -4,7 +4,9 @@ On the CPU a new process loads the network (OpenVINO: its runtime, the converted
 compiles it for the run's tile while the segmenter takes the normalization statistics and
 the input's fingerprint, instead of after them. A run that labels objects also imports
 ``scipy.ndimage`` there (0.2 s of a process's start, measured here: scipy's array-API layer),
-which no module of the segment path imports at its top.
+which no module of the segment path imports at its top. On 2 cores the import costs about
+the same here as in the first block task or at the start (whole processes, interleaved: within
+their noise); elsewhere it overlaps the network's compilation with an idle core.
 """
 
 from __future__ import annotations
