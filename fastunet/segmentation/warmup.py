@@ -6,7 +6,8 @@ the input's fingerprint, instead of after them. A run that labels objects also i
 ``scipy.ndimage`` there (0.2 s of a process's start, measured here: scipy's array-API layer),
 which no module of the segment path imports at its top. On 2 cores the import costs about
 the same here as in the first block task or at the start (whole processes, interleaved: within
-their noise); elsewhere it overlaps the network's compilation with an idle core.
+their noise); with more cores than the compilation uses it could run on an idle one (not
+measured).
 """
 
 from __future__ import annotations
