@@ -24,7 +24,6 @@ the nuclei and the share found; ``readme`` renders the newest one into the READM
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -134,19 +133,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=2026, help="first seed (default 2026: the card's images)")
     p.add_argument("--styles", help="all (default), held-out, train or names separated by commas")
     p.add_argument("--out", default="model-card", help="folder for the JSON file")
-    p = sub.add_parser("readme")
-    p.add_argument("--readme", default=str(HERE.parent / "README.md"))
-    args = parser.parse_args(argv)
+    sys.path.insert(0, str(HERE))
+    from model_card import parse_with_readme, write_record
+
+    args = parse_with_readme(parser, sub, argv)
     if args.command == "readme":
         readme(args)
         return 0
     record = measure(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"detectability-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(record, indent=1))
-    print(render(record))
-    print(f"wrote {path}")
+    write_record(args.out, record, render(record))
     return 0
 
 

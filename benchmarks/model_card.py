@@ -255,20 +255,31 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--reuse", help="an earlier scores JSON in which the --previous model was scored (as "
                            "--model or --previous) on the same images: its rows are taken instead of scoring it again")
             p.add_argument("--auto", action="store_true", help="also score the model with object_size=auto")
-    p = sub.add_parser("readme")
-    p.add_argument("--readme", default=str(HERE.parent / "README.md"))
-    args = parser.parse_args(argv)
+    args = parse_with_readme(parser, sub, argv)
     if args.command == "readme":
         readme(args)
         return 0
     record = (scores if args.command == "scores" else sizes)(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{record['benchmark']}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(record, indent=1))
-    print(render_scores(record) if args.command == "scores" else render_sizes(record))
-    print(f"wrote {path}")
+    write_record(args.out, record, render_scores(record) if args.command == "scores" else render_sizes(record))
     return 0
+
+
+def parse_with_readme(parser, sub, argv: list[str] | None):
+    """Add the ``readme`` command (``--readme`` path) to ``sub`` and parse ``argv``."""
+    p = sub.add_parser("readme")
+    p.add_argument("--readme", default=str(HERE.parent / "README.md"))
+    return parser.parse_args(argv)
+
+
+def write_record(out: str, record: dict, table: str) -> Path:
+    """Write ``record`` to ``<out>/<benchmark>-<date-time>.json``; print ``table`` and the path."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{record['benchmark']}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(record, indent=1))
+    print(table)
+    print(f"wrote {path}")
+    return path
 
 
 if __name__ == "__main__":
