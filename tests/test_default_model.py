@@ -180,7 +180,7 @@ def test_detectability_measures_a_known_contrast_and_the_cards_match():
     assert det.found(pred, labels).tolist() == [True, False]
 
 
-def test_a_logit_shift_is_a_foreground_threshold_and_calibrate_keeps_the_best(tmp_path, monkeypatch):
+def test_a_logit_shift_is_a_foreground_threshold_and_calibrate_keeps_the_best(tmp_path, monkeypatch, capsys):
     """default_model.shifted: the argmax of the shifted network is the original's foreground
     probability >= 1 / (1 + exp(shift)). calibrate: the shift of the best mean F1 over the
     styles (scored here by a stand-in), recorded in the file with its table, the old card
@@ -224,3 +224,6 @@ def test_a_logit_shift_is_a_foreground_threshold_and_calibrate_keeps_the_best(tm
     best.update(a=0.6, b=0.6)
     assert dm.calibrate(path, styles=("a", "b"))["shift"] == 0.6
     assert torch.allclose(read(path).module.head.bias[1], net.head.bias[1] + 0.6)  # from the trained weights
+    assert main(["info", str(path)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("calibration"))
+    assert "foreground logit +0.60 (foreground from a probability of 0.35)" in line and "+0.6: 1.0000" in line

@@ -57,11 +57,24 @@ def run(args: argparse.Namespace) -> int:
         print(f"context Z      {geometry.context(z)} voxels per side")
         print("valid tiles Z  " + ", ".join(f"{s}->{geometry.output_size(s, z)}" for s in z_sizes))
     for key, value in (bundle.extra or {}).items():
-        if key != "card":
+        if key == "calibration" and isinstance(value, dict) and "shift" in value:
+            print(f"{key:<14} {_calibration(value)}")
+        elif key != "card":
             print(f"{key:<14} {value}")
     if isinstance((bundle.extra or {}).get("card"), dict):
         print_card(bundle.extra["card"])
     return 0
+
+
+def _calibration(record: dict) -> str:
+    """``extra["calibration"]`` of :func:`fastunet.default_model.calibrate` in one line."""
+    import math
+
+    shift = float(record["shift"])
+    seeds = record.get("seeds") or ["?", "?"]
+    means = ", ".join(f"{float(k):+.1f}: {v:.4f}" for k, v in (record.get("mean_f1") or {}).items())
+    return (f"foreground logit {shift:+.2f} (foreground from a probability of {1 / (1 + math.exp(shift)):.2f}), "
+            f"chosen by the training styles' mean F1 on seeds {seeds[0]}-{seeds[-1]}: {means}")
 
 
 def print_card(card: dict) -> None:
