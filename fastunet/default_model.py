@@ -30,6 +30,7 @@ import sys
 import typing
 from pathlib import Path
 
+from .default_seeds import CALIBRATION_SEEDS, TRAIN_SEEDS
 from .errors import UserError
 from .modelfile import DEFAULT_MODEL
 
@@ -42,9 +43,7 @@ __all__ = ["TRAIN_STYLES", "TRAIN_SEEDS", "style_of", "IMAGE_SHAPE", "TRAIN_ARGS
 
 TRAIN_STYLES = ("classic", "small", "textured", "clumped", "mitotic", "widefield", "large", "debris", "autofluorescent",
                 "saturated", "dividing", "dim")
-TRAIN_SEEDS = range(10_000, 10_240)  # 240 synthetic images, 20 per style: 216 for training, 24 for validation
 IMAGE_SHAPE = (512, 512)
-CALIBRATION_SEEDS = range(70_000, 70_008)  # 8 validation images a training style: neither trained on nor the card's
 CALIBRATION_SHIFTS = (0.0, 0.2, 0.4, 0.6)  # foreground logit shifts tried (decision thresholds 0.5 .. 0.35)
 TRAIN_ARGS = (
     "--base-channels", "16",

@@ -118,7 +118,7 @@ def _score(pairs, sizes, model, network: dict, preview, cleanup: dict) -> Evalua
 
 
 def _check_seeds(n_images: int, seed: int) -> range:
-    from .default_model import TRAIN_SEEDS
+    from .default_seeds import TRAIN_SEEDS
 
     if n_images < 1:
         raise UserError(f"Expected at least one synthetic image; got {n_images}.")
@@ -147,7 +147,7 @@ def evaluate_synthetic(model=None, *, n_images: int = 16, seed: int = SYNTHETIC_
         How many images (:func:`fastunet.synthetic_styles.style_image`).
     seed : int
         The images use seeds ``seed, seed + 1, ...``, which must not overlap the seeds the
-        default model was trained on (:data:`fastunet.default_model.TRAIN_SEEDS`).
+        default model was trained on (:data:`fastunet.default_seeds.TRAIN_SEEDS`).
     shape : (H, W)
         Size of each image.
     style : str
