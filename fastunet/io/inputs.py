@@ -210,12 +210,16 @@ class VolumeSource:
         return cached[1]
 
     def read_stored(self, index: tuple) -> np.ndarray:
-        """The stored array (native axes, every axis it has) at ``index``, one int or basic
-        slice per axis, through the process's cache of decoded chunks where there is one (a
-        zarr input): what another reader of the same chunks (the statistics, the blocks)
-        decoded is not decoded again."""
+        """The stored array (native axes, every axis it has) at ``index`` (per axis an int, a
+        basic slice or, for a channel axis, a list), through the process's cache of decoded
+        chunks where there is one (a zarr input read with ints and slices): what another
+        reader of the same chunks (the statistics, the fingerprint, the blocks) decoded is not
+        decoded again."""
         cache = self._chunks(index)
-        return np.asarray(cache.read(tuple(index)) if cache is not None else self.stored()[tuple(index)])
+        data = cache.read(tuple(index)) if cache is not None else self.stored()[tuple(index)]
+        if hasattr(data, "compute"):  # dask
+            data = data.compute()
+        return np.asarray(data)
 
     def location(self):
         """The input's :class:`~pathlib.Path` or URL (:class:`upath.UPath`); None in memory."""
@@ -255,11 +259,7 @@ class VolumeSource:
                 index.append(box[self.axes.index(letter)])
                 kept.append(letter)
         try:
-            cache = self._chunks(index)
-            data = cache.read(tuple(index)) if cache is not None else self.stored()[tuple(index)]
-            if hasattr(data, "compute"):  # dask
-                data = data.compute()
-            data = np.asarray(data)
+            data = self.read_stored(tuple(index))
         except (UserError, MemoryError):
             raise
         except Exception as exc:  # codecs raise RuntimeError, ValueError, OSError, struct errors...
