@@ -82,3 +82,38 @@ def test_block_records_hold_each_class_components_and_their_tables(fill_holes):
             assert np.array_equal(got.cls, m[0].ravel()[index])
 
 
+
+
+def _touching_pairs_plainly(ids: np.ndarray, links: tuple) -> np.ndarray:
+    """Every pair of different ids that are neighbours along a linked axis, sorted, ``i < j``."""
+    pairs = set()
+    for axis, link in enumerate(links):
+        if link and ids.shape[axis] > 1:
+            a = np.moveaxis(ids, axis, 0)
+            pairs |= {(min(x, y), max(x, y)) for x, y in zip(a[:-1].ravel(), a[1:].ravel()) if x != y}
+    return np.array(sorted(pairs), np.uint32).reshape(-1, 2)
+
+
+@pytest.mark.parametrize("connect_z", [False, True])
+def test_touching_pieces_by_class_and_by_id_are_the_plain_neighbours(connect_z):
+    """The pieces' adjacency (the holes' merge input), found on the class map and on the ids,
+    equals the neighbour pairs listed one by one, on shapes with axes of one voxel too."""
+    from scipy import ndimage
+
+    from fastunet.engine import instances
+
+    rng = _rng()
+    structure = instances._structure(3, connect_z)
+    links = (structure[0, 1, 1], structure[1, 0, 1], structure[1, 1, 0])
+    for _ in range(40):
+        shape = tuple(int(n) for n in rng.integers(1, 8, size=3))
+        k = int(rng.integers(2, 4))
+        classes = rng.integers(0, k, size=shape).astype(np.uint8)
+        ids, n = np.zeros(shape, np.uint32), 0
+        for c in range(k):
+            local, count = ndimage.label(classes == c, structure=structure)
+            ids[classes == c] = local[classes == c] + n
+            n += count
+        want = _touching_pairs_plainly(ids, links)
+        assert np.array_equal(instances._touching(ids, structure), want)
+        assert np.array_equal(instances._touching(ids, structure, classes), want)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Iterator
 
 import numpy as np
@@ -198,27 +199,27 @@ class Layout:
     def _n(self, axis: int) -> int:
         return self.shape[self.ndim - self.tiled + axis]
 
-    @property
+    @cached_property
     def context(self) -> int:
         """Pixels of context per side along Y and X."""
         return geometry.context(self.pools[-1])
 
-    @property
+    @cached_property
     def contexts(self) -> tuple[int, ...]:
         """Pixels of context per side along each tiled axis."""
         return tuple(geometry.context(p) for p in self.pools)
 
-    @property
+    @cached_property
     def grid_steps(self) -> tuple[int, ...]:
         """The max-pool grid along each tiled axis (``2**depth``)."""
         return tuple(geometry.grid_step(p) for p in self.pools)
 
-    @property
+    @cached_property
     def out(self) -> tuple[int, ...]:
         """Output tile edges ``(oy, ox)`` (``(oz, oy, ox)``)."""
         return tuple(geometry.output_size(int(t), p) for t, p in zip(self.tile, self.pools))
 
-    @property
+    @cached_property
     def step(self) -> tuple[int, ...]:
         """Tile grid step per tiled axis: the largest multiple of the max-pool grid <= the output edge."""
         return tuple(o - o % q for o, q in zip(self.out, self.grid_steps))
