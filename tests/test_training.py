@@ -452,3 +452,77 @@ def test_one_or_two_images_hold_out_rows_of_each_and_the_object_size_is_recorded
     assert extra["training_data"]["val"] == ["images[0][90:]", "images[1][90:]"]
     expected = np.median([median_diameter(d[1][:90]) for d in data])
     assert extra["object_size"] == pytest.approx(expected, abs=0.01)
+
+
+def test_fine_tuning_starts_from_the_file_and_records_it(tmp_path):
+    """init=: the first step starts from the file's weights (with a learning rate of ~0, the
+    trained weights are the file's), the network and normalization are the file's, and the
+    file's name and SHA-256 are in the new model; a resume from another start is refused."""
+    import hashlib
+
+    from fastunet.train import fine_tune_config
+
+    image, labels = synthetic_nuclei((120, 120), seed=_seed())
+    start = tmp_path / "start.safetensors"
+    own = Normalization(mode="meanstd")
+    train(image, labels, start, config=_tiny(iterations=3, val_fraction=0.0, normalization=own), progress=False)
+    config = fine_tune_config(start, tile=92, lr=1e-30, iterations=2, val_fraction=0.0, augment=AugmentConfig.none())
+    assert (config.base_channels, config.depth, config.normalization) == (4, 2, own)
+    out = tmp_path / "tuned.safetensors"
+    result = train(image, labels, out, config=config, init=start, progress=False)
+    before = read_model(start)
+    for key, value in before.module.state_dict().items():
+        torch.testing.assert_close(result.model.state_dict()[key], value, rtol=0, atol=1e-6)
+    tuned = read_model(out)
+    assert tuned.normalization == own and tuned.config == before.config
+    assert tuned.extra["init"]["name"] == "start.safetensors"
+    assert tuned.extra["init"]["sha256"] == hashlib.sha256(start.read_bytes()).hexdigest()
+    assert tuned.extra["init"]["trained_with"] == before.extra["trained_with"]
+    # the bundled model by name: another start than the checkpoint's, refused on resume
+    with pytest.raises(UserError, match="started from the model file 'start.safetensors'.*random weights"):
+        train(image, labels, out, config=config, resume=True, progress=False)
+
+
+def test_fine_tuning_refuses_another_network_channels_or_classes(tmp_path):
+    from fastunet.train import fine_tune_config
+
+    image, labels = synthetic_nuclei((120, 120), seed=_seed())
+    start = tmp_path / "start.safetensors"
+    train(image, labels, start, config=_tiny(iterations=1, val_fraction=0.0), progress=False)
+    with pytest.raises(UserError, match="depth=3 .the file's: 2."):
+        fine_tune_config(start, depth=3)
+    with pytest.raises(UserError, match="differs from the init model 'start.safetensors' in base_channels"):
+        train(image, labels, tmp_path / "a.safetensors", config=_tiny(base_channels=8), init=start, progress=False)
+    from fastunet.model import ReferenceUNet, UNetConfig
+    from fastunet.modelfile import save_model
+
+    for name, channels, classes, message in (("two_channels", 2, 2, "takes images of 2 channel.*have 1"),
+                                             ("three_classes", 1, 3, "has 3 classes")):
+        other = tmp_path / f"{name}.safetensors"
+        save_model(other, ReferenceUNet(UNetConfig(in_channels=channels, num_classes=classes, base_channels=4, depth=2)))
+        with pytest.raises(UserError, match=message):
+            train(image, labels, tmp_path / "b.safetensors", config=fine_tune_config(other, tile=92), init=other,
+                  progress=False)
+    assert not (tmp_path / "a.safetensors").exists() and not (tmp_path / "b.safetensors").exists()
+
+
+def test_cli_fine_tunes_the_default_model_and_never_writes_the_init_file(tmp_path, capsys):
+    image, labels = synthetic_nuclei((140, 150), seed=_seed(), dtype="uint16")
+    tifffile.imwrite(tmp_path / "image.tif", image)
+    tifffile.imwrite(tmp_path / "labels.tif", labels.astype(np.uint16))
+    out = tmp_path / "tuned.safetensors"
+    base = ["train", str(tmp_path / "image.tif"), str(tmp_path / "labels.tif"), "--iterations", "1",
+            "--val-fraction", "0.25", "--quiet"]
+    assert main([*base, "-o", str(out), "--init", "2d", "--lr", "1e-4"]) == 0
+    assert "trained 1 steps" in capsys.readouterr().out
+    config, _, extra = read_model_metadata(out)
+    from fastunet.modelfile import default_model_path
+
+    default = read_model_metadata(default_model_path())[0]
+    assert (config.base_channels, config.depth) == (default.base_channels, default.depth)
+    assert extra["init"]["name"] == default_model_path().name and "--init 2d" in extra["trained_with"]
+    assert "--log-mode" not in extra["trained_with"]
+    assert main([*base, "-o", str(out), "--init", str(out), "--overwrite"]) == 2
+    assert "is the input" in capsys.readouterr().err
+    assert main([*base, "-o", str(tmp_path / "x.safetensors"), "--init", "2d", "--depth", "4"]) == 2
+    assert "--depth 4 (the file's: 3)" in capsys.readouterr().err

@@ -94,6 +94,8 @@ def command_files(args: argparse.Namespace) -> tuple[list, list[Write]]:
         if command == "train":
             from ..train import checkpoint_path
 
+            reads.append(args.init)  # --init's model file is read, never written
+
             writes += [Write("model file", args.output), Write("checkpoint", str(checkpoint_path(args.output)))]
             curve = args.curve or str(Path(args.output).with_name(Path(args.output).name.removesuffix(".safetensors")
                                                                    + ".curve.png"))

@@ -18,10 +18,11 @@ fastunet train images/ labels/ -o nuclei.safetensors --iterations 4000
 fastunet train images/ labels/ -o nuclei.safetensors --resume     # after an interruption
 fastunet train im.tif lb.tif -o m.safetensors --weight-figure weights.png --json train.json
 fastunet train stacks/ labels/ -o nuclei3d.safetensors --dims 3 --voxel-size 2,1,1 --tile 92 --tile-z 50
+fastunet train mine/ mine_labels/ -o mine.safetensors --init 2d --lr 1e-4 --iterations 2000   # fine-tune the default
 """
 
 # Options that change what is said, not what is trained: left out of the recorded command.
-_NOT_RECORDED = ("images", "labels", "output", "func", "command", "verbose", "log_file", "json")
+_NOT_RECORDED = ("images", "labels", "output", "func", "command", "verbose", "log_file", "log_mode", "json")
 
 
 def _data_options(p: argparse.ArgumentParser) -> None:
@@ -67,6 +68,9 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     group.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     group.add_argument("--amp", choices=("none", "bf16"), help="bf16 autocast on CUDA (default none)")
     group.add_argument("--seed", type=int, help="seed of the split, the weights, the tiles and dropout (default 0)")
+    group.add_argument("--init", metavar="MODEL", help="fine-tune: start from this model file's weights (2d: the "
+                       "default model) with its network and normalization; a lower --lr (e.g. 1e-4) keeps more of "
+                       "what it learned")
 
 
 def _output_options(p: argparse.ArgumentParser) -> None:
@@ -138,6 +142,10 @@ def _config(args: argparse.Namespace):
         if found is not None:
             options["spacing"] = found
             log.info("voxel size %s (z, y, x) read from %s's metadata", ",".join(f"{v:g}" for v in found), args.images)
+    if args.init is not None:  # the network and normalization are the init model's
+        from ..train import fine_tune_config
+
+        return fine_tune_config(args.init, **options)
     try:
         return TrainConfig(**options)
     except (TypeError, ValueError) as exc:
@@ -162,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         result = train(
             args.images, args.labels, output, config=_config(args), resume=args.resume, progress=not args.quiet,
             curve=args.curve, weight_figure=args.weight_figure, axes=args.axes, command=train_command(args),
-            overwrite=args.overwrite,
+            overwrite=args.overwrite, init=args.init,
         )  # fmt: skip
     if args.quiet:
         for message in result.notes:

@@ -18,6 +18,9 @@
   progress bar, resumable checkpoints (:mod:`~fastunet.train.checkpoint`: safetensors, no
   pickle), a training-curve PNG (:func:`fastunet.figures.write_curve`) and the final model
   file with its normalization.
+* **fine-tuning** (:mod:`~fastunet.train.finetune`): ``train(..., init=model_file)`` starts
+  from a model's weights (the bundled default model: ``init="2d"``) with
+  :func:`fine_tune_config`'s config (the file's network and normalization).
 
 ``import fastunet`` does not import this package.
 """
@@ -28,6 +31,7 @@ from .augment import AugmentConfig, augment_batch
 from .checkpoint import check_model_name, checkpoint_path, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .datasets import TrainingPair, load_pairs
+from .finetune import fine_tune_config
 from .loop import TrainResult, train
 from .loss import weighted_cross_entropy
 from .weightmap import prepare, weight_map
@@ -40,6 +44,7 @@ __all__ = [
     "augment_batch",
     "check_model_name",
     "checkpoint_path",
+    "fine_tune_config",
     "load_checkpoint",
     "load_pairs",
     "prepare",

@@ -181,6 +181,11 @@ def check_resume(saved: TrainConfig, config: TrainConfig, saved_data: dict, data
             f"The checkpoint {str(path)!r} was made with other settings ({', '.join(differ)}); resume with the "
             "same settings, or start afresh without resume=True."
         )
+    if saved_data.get("init") != data.get("init"):  # fine-tuning: the weights it started from
+        raise UserError(
+            f"The checkpoint {str(path)!r} started from {_start(saved_data)}, this run from {_start(data)}; resume "
+            "with the same init, or start afresh without resume=True."
+        )
     common = [k for k in data if k in saved_data]  # a checkpoint of an older fastunet has no digest
     if any(saved_data[k] != data[k] for k in common):
         what = "other training data" if saved_data.get("train") != data.get("train") or saved_data.get(
@@ -189,6 +194,12 @@ def check_resume(saved: TrainConfig, config: TrainConfig, saved_data: dict, data
             f"The checkpoint {str(path)!r} was made with {what}; resume with the same images and labels, or "
             "start afresh without resume=True."
         )
+
+
+def _start(data: dict) -> str:
+    """What a run's weights started from, in words (its data description's ``init``)."""
+    init = data.get("init")
+    return "random weights" if init is None else f"the model file {init['name']!r} (sha256 {init['sha256'][:12]}...)"
 
 
 def data_digest(*groups) -> str:

@@ -40,6 +40,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .datasets import load_pairs, validation_split
+from .finetune import init_file, initial_weights
 from .loss import weighted_cross_entropy
 from .weightmap import prepare
 
@@ -161,11 +162,15 @@ class _Run:
     (no checkpoint then).
     """
 
-    def __init__(self, config: TrainConfig, in_channels: int, device: torch.device, ckpt: Path, data: dict):
+    def __init__(self, config: TrainConfig, in_channels: int, device: torch.device, ckpt: Path, data: dict,
+                 weights: dict | None = None):
         # Call inside torch.random.fork_rng: the initial weights come from torch's global RNG.
         torch.manual_seed(config.seed)
         self.config, self.device, self.ckpt, self.data = config, device, ckpt, data
-        self.model = ReferenceUNet(config.unet_config(in_channels)).to(device)
+        self.model = ReferenceUNet(config.unet_config(in_channels))
+        if weights is not None:  # fine-tuning: the weights of a model file instead of random ones
+            self.model.load_state_dict(weights)
+        self.model.to(device)
         self.optimizer = _make_optimizer(self.model, config)
         self.generator = torch.Generator().manual_seed(config.seed)  # tiles and augmentation (CPU)
         self.history: dict = {"loss": [], "val": []}
@@ -326,6 +331,8 @@ def _save(run: _Run, output: Path, curve: Path, command: str | None,
         "training_steps": run.step,
         "training_data": {"train": [n for n, _ in run.data["train"]], "val": [n for n, _ in run.data["val"]]},
     }
+    if "init" in run.data:
+        extra["init"] = run.data["init"]
     if val:
         extra["val_metrics"] = val
         extra["best_step"] = run.best_step
@@ -360,6 +367,7 @@ def train(
     axes: str | None = None,
     command: str | None = None,
     overwrite: bool = False,
+    init: str | os.PathLike | None = None,
 ) -> TrainResult:
     """Train a U-Net on images with instance (or semantic) labels and save it.
 
@@ -391,6 +399,13 @@ def train(
     overwrite : bool
         Start afresh over an existing model file or checkpoint (an earlier run's); without
         it (or ``resume``) they are refused, before any work.
+    init : path-like, optional
+        Fine-tuning: start from the weights of this model file (``"2d"``: the bundled
+        default model) instead of random ones; ``config``'s network and normalization must
+        be the file's (:func:`~fastunet.train.finetune.fine_tune_config` makes such a
+        config); the optimizer starts afresh. The file's name, SHA-256 and training command
+        are recorded in the checkpoint (a resume with another ``init`` is refused) and in
+        the new model file (``extra["init"]``).
 
     Returns
     -------
@@ -401,8 +416,10 @@ def train(
     output = check_model_name(output)
     ckpt = checkpoint_path(output)
     curve = Path(output.with_name(output.name[: -len(".safetensors")] + ".curve.png") if curve is None else curve)
-    check_train_outputs(output, curve=curve, weight_figure=weight_figure, inputs=(images, labels), resume=resume,
-                        overwrite=overwrite)
+    init_path = None if init is None else init_file(init)
+    check_train_outputs(output, curve=curve, weight_figure=weight_figure, inputs=(images, labels, init_path),
+                        resume=resume, overwrite=overwrite)
+    start = None if init_path is None else initial_weights(init_path, config)  # every check, before any work
     device = check_visible(resolve_device(config.device))
     tile = config.tile if config.spatial_dims == 2 else config.tile_shape
     check_train_memory(config.unet_config(), tile, config.batch_size, device=device,
@@ -418,11 +435,15 @@ def train(
             tqdm.write(f"note: {message}")
 
     train_slices, val_images, data = _load_data(images, labels, config, axes, note)
+    in_channels = train_slices[0][1].shape[0]
+    if start is not None:
+        start.check_channels(in_channels)
+        data["init"] = start.record
     samples = _samples(train_slices, config, device, weight_figure)
     total = _iterations(config, train_slices)
     # fork_rng: dropout draws from torch's global RNG; the caller's state stays untouched.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), _flush_denormals(device):
-        run = _Run(config, train_slices[0][1].shape[0], device, ckpt, data)
+        run = _Run(config, in_channels, device, ckpt, data, None if start is None or resume else start.state_dict())
         if resume:
             run.resume()
             note(f"resumed from {ckpt} at step {run.step}")
