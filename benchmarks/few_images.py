@@ -11,7 +11,7 @@ network and normalization, its weights to start from).
 
     python benchmarks/few_images.py --out few-images            # styles textured, counts 1 and 2
     python benchmarks/few_images.py --style classic --counts 1 --eval-images 4
-    python benchmarks/few_images.py --style elongated --init 2d --lr 1e-4 --iterations 500   # fine-tuning
+    python benchmarks/few_images.py --style elongated --init 2d --lr 3e-4 --iterations 1000   # fine-tuning
 
 The result is a JSON file in ``--out`` (its ``figures`` as the results table of
 ``benchmarks/README.md`` shows them; copy it to ``benchmarks/results/``) and a Markdown table
@@ -78,6 +78,13 @@ def figures(rows: list[dict], default: dict) -> dict:
     return out
 
 
+def describe(style: str, init: str | None, lr: float | None, iterations: int | None) -> str:
+    """The run in a line (the results table's note): style, from scratch or fine-tuned, settings."""
+    how = f"fine-tuning {init}" if init else "from scratch"
+    settings = ", ".join(f"{k} {v:g}" for k, v in (("lr", lr), ("steps", iterations)) if v is not None)
+    return f"{style}: {how}" + (f" ({settings})" if settings else " (fastunet train's defaults)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="few-images", help="folder for the images, models and the JSON")
@@ -99,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                       iterations=args.iterations, init=args.init, lr=args.lr)
             for n in args.counts.split(",")]
     default = evaluate_synthetic(n_images=args.eval_images, style=args.style, device=args.device).to_dict()
-    record = {"benchmark": "few-images", "version": __version__, "machine": platform.machine(),
+    record = {"benchmark": "few-images", "note": describe(args.style, args.init, args.lr, args.iterations),
+              "version": __version__, "machine": platform.machine(),
               "cpus": os.cpu_count(), "device": f"{args.device} ({os.cpu_count()} cores)",
               "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "style": args.style, "iterations": args.iterations,
               "init": args.init, "lr": args.lr,

@@ -18,7 +18,7 @@ fastunet train images/ labels/ -o nuclei.safetensors --iterations 4000
 fastunet train images/ labels/ -o nuclei.safetensors --resume     # after an interruption
 fastunet train im.tif lb.tif -o m.safetensors --weight-figure weights.png --json train.json
 fastunet train stacks/ labels/ -o nuclei3d.safetensors --dims 3 --voxel-size 2,1,1 --tile 92 --tile-z 50
-fastunet train mine/ mine_labels/ -o mine.safetensors --init 2d --lr 1e-4 --iterations 2000   # fine-tune the default
+fastunet train mine/ mine_labels/ -o mine.safetensors --init 2d --lr 3e-4 --iterations 1000   # fine-tune the default
 """
 
 # Options that change what is said, not what is trained: left out of the recorded command.
@@ -69,7 +69,7 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     group.add_argument("--amp", choices=("none", "bf16"), help="bf16 autocast on CUDA (default none)")
     group.add_argument("--seed", type=int, help="seed of the split, the weights, the tiles and dropout (default 0)")
     group.add_argument("--init", metavar="MODEL", help="fine-tune: start from this model file's weights (2d: the "
-                       "default model) with its network and normalization; a lower --lr (e.g. 1e-4) keeps more of "
+                       "default model) with its network and normalization; a lower --lr (e.g. 3e-4) keeps more of "
                        "what it learned")
 
 

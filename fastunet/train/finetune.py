@@ -2,10 +2,13 @@
 
 A biologist whose images differ from the default model's training data (another microscope,
 stain or magnification) annotates a few of them and trains further from the default model
-(or any fastunet model) rather than from scratch: ``fastunet train images/ labels/ -o mine.safetensors
---init 2d --lr 1e-4``. The network keeps the file's shape (base channels, depth, pools) and the
-file's input normalization (what its weights were trained on); the optimizer, the schedule,
-the augmentation and the data are the run's own.
+(or any fastunet model) rather than from scratch::
+
+    fastunet train images/ labels/ -o mine.safetensors --init 2d --lr 3e-4 --iterations 1000
+
+The network keeps the file's shape (base channels, depth, pools) and the file's input
+normalization (what its weights were trained on); the optimizer, the schedule, the
+augmentation and the data are the run's own.
 
 * :func:`fine_tune_config` builds a :class:`~fastunet.train.TrainConfig` whose network and
   normalization are the file's (what ``fastunet train --init`` does with its flags);
