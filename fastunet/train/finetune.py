@@ -6,9 +6,10 @@ stain or magnification) annotates a few of them and trains further from the defa
 
     fastunet train images/ labels/ -o mine.safetensors --init 2d --lr 3e-4 --iterations 1000
 
-The network keeps the file's shape (base channels, depth, pools) and the file's input
-normalization (what its weights were trained on); the optimizer, the schedule, the
-augmentation and the data are the run's own.
+The network keeps the file's shape (base channels, depth, pools), its weights as the file
+holds them (a calibrated model's shifted head bias included: the training moves it again) and
+the file's input normalization (what its weights were trained on); the optimizer, the
+schedule, the augmentation and the data are the run's own.
 
 * :func:`fine_tune_config` builds a :class:`~fastunet.train.TrainConfig` whose network and
   normalization are the file's (what ``fastunet train --init`` does with its flags);
