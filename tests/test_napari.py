@@ -80,6 +80,7 @@ def test_train_widget_writes_a_model_the_segment_widget_runs(make_napari_viewer,
     qtbot.waitUntil(lambda: train.run_button.enabled, timeout=TIMEOUT_MS)
     assert "saved" in train.status.value, train.status.value
     assert read_model(tmp_path / "mine.safetensors").config.depth == 3  # the bundled model's recipe
+    assert "init" not in read_model(tmp_path / "mine.safetensors").extra  # from scratch unless asked
     widget = SegmentWidget(viewer)
     widget.image.value = viewer.layers["cells"]
     widget.default_model.value = False
@@ -158,3 +159,20 @@ def test_triton_clash_is_said_before_it_crashes(monkeypatch):
     monkeypatch.delitem(sys.modules, "triton")
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     assert triton_clash(maps) is None
+
+
+def test_train_job_fine_tunes_the_bundled_model(tmp_path):
+    """The Train widget's job with fine_tune: the bundled model's weights are the start (its
+    SHA-256 recorded), at the fine-tuning learning rate; the network is the bundled one's."""
+    import hashlib
+
+    from fastunet import read_model
+    from fastunet.modelfile import default_model_path
+    from fastunet.napari.jobs import FINE_TUNE_LR, train_model
+
+    image, truth = synthetic_nuclei((96, 120), seed=int(torch.initial_seed() % 2**31), dtype="uint16")
+    path = train_model(image, truth, tmp_path / "tuned.safetensors", iterations=1, device="cpu", fine_tune=True)
+    tuned = read_model(path)
+    assert tuned.extra["init"]["sha256"] == hashlib.sha256(default_model_path().read_bytes()).hexdigest()
+    assert tuned.extra["training_config"]["lr"] == FINE_TUNE_LR
+    assert tuned.config == read_model(default_model_path()).config

@@ -136,16 +136,25 @@ def segment_steps(data, *, model=None, axes: str | None = None, object_size=None
     return np.asarray(labels)
 
 
-def train_model(image, labels, output, *, axes: str | None = None, iterations: int = 2000, device=None):
+FINE_TUNE_LR = 3e-4  # fine-tuning's learning rate (measured: README, "Fine-tuning the default model")
+
+
+def train_model(image, labels, output, *, axes: str | None = None, iterations: int = 2000, device=None,
+                fine_tune: bool = False):
     """Train on one image and its labels with the bundled model's recipe
     (:func:`fastunet.default_model.recipe_config`: base 16, depth 3) for ``iterations`` steps
-    and save the model at ``output``; returns its path. No progress bar (napari shows a busy
-    one): the loss curve is written beside the model."""
+    and save the model at ``output``; returns its path. ``fine_tune``: start from the bundled
+    model's weights (``fastunet train --init 2d``) at a learning rate of :data:`FINE_TUNE_LR`.
+    No progress bar (napari shows a busy one): the loss curve is written beside the model."""
     import dataclasses
 
     from ..default_model import recipe_config
     from ..train import train
 
-    config = dataclasses.replace(recipe_config(), iterations=int(iterations), device=device or "auto")
-    result = train(np.asarray(image), np.asarray(labels), output, config=config, progress=False, axes=axes)
+    changes = {"iterations": int(iterations), "device": device or "auto"}
+    if fine_tune:
+        changes["lr"] = FINE_TUNE_LR
+    config = dataclasses.replace(recipe_config(), **changes)
+    result = train(np.asarray(image), np.asarray(labels), output, config=config, progress=False, axes=axes,
+                   init="2d" if fine_tune else None)
     return result.output

@@ -140,6 +140,8 @@ class TrainWidget(Container):
     classes) and save it as a ``.safetensors`` file that the Segment widget can choose.
 
     The settings are the bundled model's recipe (base 16 channels, depth 3) but the length;
+    "fine-tune the bundled model" starts from its weights (at a learning rate of 3e-4: about
+    half the steps of training from scratch, measured on one style) instead of random ones;
     the model trains on a GPU when there is one. The progress bar shows that it runs (the
     training loop reports to the terminal only); the loss curve is written beside the model
     (``<model>.curve.png``).
@@ -153,12 +155,13 @@ class TrainWidget(Container):
         self.labels_layer = create_widget(annotation=napari.layers.Labels, label="labels")
         self.output = FileEdit(label="save model as", mode="w", filter="*.safetensors", value="model.safetensors")
         self.iterations = SpinBox(value=2000, min=1, max=1_000_000, label="iterations")
+        self.fine_tune = CheckBox(value=False, text="fine-tune the bundled model (else: from scratch)")
         self.device = ComboBox(choices=["auto", "cpu", "cuda"], value="auto", label="device")
         self.run_button = PushButton(text="Train")
         self.progress = ProgressBar(value=0, min=0, max=100, label="progress")
         self.status = Label(value="")
-        super().__init__(widgets=[self.image, self.labels_layer, self.output, self.iterations, self.device,
-                                  self.run_button, self.progress, self.status])
+        super().__init__(widgets=[self.image, self.labels_layer, self.output, self.iterations, self.fine_tune,
+                                  self.device, self.run_button, self.progress, self.status])
         self.run_button.changed.connect(self.run)
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             event.connect(self.image.reset_choices)
@@ -184,7 +187,8 @@ class TrainWidget(Container):
             return None
         device = None if self.device.value == "auto" else self.device.value
         worker = create_worker(train_model, layer_array(image), layer_array(labels), self.output.value, axes=axes,
-                               iterations=int(self.iterations.value), device=device, _start_thread=False)
+                               iterations=int(self.iterations.value), device=device,
+                               fine_tune=bool(self.fine_tune.value), _start_thread=False)
         worker.returned.connect(self._trained)
         worker.errored.connect(lambda exc: setattr(self.status, "value", _notify_error(exc)))
         worker.finished.connect(self._done)
