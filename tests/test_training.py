@@ -522,6 +522,8 @@ def test_cli_fine_tunes_the_default_model_and_never_writes_the_init_file(tmp_pat
     assert (config.base_channels, config.depth) == (default.base_channels, default.depth)
     assert extra["init"]["name"] == default_model_path().name and "--init 2d" in extra["trained_with"]
     assert "--log-mode" not in extra["trained_with"]
+    assert main(["info", str(out)]) == 0
+    assert f"fine-tuned from {default_model_path().name} (sha256 {extra['init']['sha256']})" in capsys.readouterr().out
     assert main([*base, "-o", str(out), "--init", str(out), "--overwrite"]) == 2
     assert "is the input" in capsys.readouterr().err
     assert main([*base, "-o", str(tmp_path / "x.safetensors"), "--init", "2d", "--depth", "4"]) == 2

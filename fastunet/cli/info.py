@@ -59,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
     for key, value in (bundle.extra or {}).items():
         if key == "calibration" and isinstance(value, dict) and "shift" in value:
             print(f"{key:<14} {_calibration(value)}")
+        elif key == "init" and isinstance(value, dict) and "sha256" in value:
+            print(f"{key:<14} {_init(value)}")
         elif key != "card":
             print(f"{key:<14} {value}")
     if isinstance((bundle.extra or {}).get("card"), dict):
@@ -75,6 +77,13 @@ def _calibration(record: dict) -> str:
     means = ", ".join(f"{float(k):+.1f}: {v:.4f}" for k, v in (record.get("mean_f1") or {}).items())
     return (f"foreground logit {shift:+.2f} (foreground from a probability of {1 / (1 + math.exp(shift)):.2f}), "
             f"chosen by the training styles' mean F1 on seeds {seeds[0]}-{seeds[-1]}: {means}")
+
+
+def _init(record: dict) -> str:
+    """``extra["init"]`` (the model file a fine-tuning started from) in one line."""
+    made = record.get("trained_with")
+    return (f"fine-tuned from {record.get('name')} (sha256 {record['sha256']})"
+            + (f", itself trained with: {made}" if made else ""))
 
 
 def print_card(card: dict) -> None:
