@@ -349,6 +349,29 @@ def test_records_kept_in_memory_match_the_files(tmp_path):
     assert not records._kept and not (tmp_path / "out.zarr" / "_fastunet_instances").exists()
 
 
+def test_the_recorded_merge_read_from_memory_matches_the_files(tmp_path):
+    """After put_merge the object answers merge_info and block_lut from memory, exactly as
+    the files answer a copy for another process; drop_merge forgets it, a new merge replaces it."""
+    import pickle
+
+    from fastunet.engine.instances import Merge
+    from fastunet.io import InstanceRecords
+
+    records = InstanceRecords(str(tmp_path / "out.zarr"))
+    rng = np.random.default_rng(0)
+    for generation in ("g1", "g2"):
+        lut = rng.integers(0, 50, 40).astype(np.uint32)
+        merged = Merge(lut=lut, offsets=np.array([0, 10, 25, 40]), count=50, largest=99, min_size="auto")
+        records.put_merge(merged, generation=generation)
+        fresh = pickle.loads(pickle.dumps(records))
+        assert records.merge_info() == fresh.merge_info() and records.merge_info()["generation"] == generation
+        for b in range(3):
+            a, c = records.block_lut(b), fresh.block_lut(b)
+            assert a.dtype == c.dtype and np.array_equal(a, c) and np.array_equal(a[1:], lut[[0, 10, 25][b]:[10, 25, 40][b]])
+    records.drop_merge()
+    assert records.merge_info() is None
+
+
 @pytest.mark.parametrize("n,m", [(1, 0), (7, 0), (50, 30), (400, 380), (2000, 5000)])
 def test_components_number_them_as_scipy_does(n, m):
     """The merge's union-find gives scipy's connected components, numbering included (random

@@ -50,12 +50,14 @@ class InstanceRecords:
         self.root = location(path, resolve=False) if isinstance(path, str) else path
         self.path = self.root / RECORDS_DIR if part is None else self.root / RECORDS_DIR / part
         self._merge = None  # an object store's merge tables, read once per process
+        self._written = None  # the merge this object recorded: (info, offsets, lut), read back from memory
         self.memory_bytes = int(memory_bytes)
         self._kept: dict[str, dict] = {}
         self._lock = threading.Lock()
 
     def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k not in ("_kept", "_lock")} | {"_merge": None}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_kept", "_lock")} | {"_merge": None,
+                                                                                           "_written": None}
 
     def __setstate__(self, state):
         self.__dict__.update(state, _kept={}, _lock=threading.Lock())
@@ -141,15 +143,20 @@ class InstanceRecords:
     def put_merge(self, merge, *, generation: str) -> None:
         """Record a :class:`~fastunet.engine.instances.Merge` (``merge.json`` last) under a
         new ``generation`` name (the relabel pass records its blocks under it, so a new
-        merge relabels every block again)."""
+        merge relabels every block again). This object then answers :meth:`merge_info` and
+        :meth:`block_lut` from memory (a copy sent to another process reads the files)."""
+        self._written = None
         self._put("merge-lut.npy", self._npy(merge.lut))
         self._put("merge-offsets.npy", self._npy(merge.offsets))
         info = {"count": merge.count, "largest": merge.largest, "min_size": merge.min_size,
                 "dtype": str(merge.lut.dtype), "generation": generation, **merge.summary()}
         self._put("merge.json", json.dumps(info).encode())
+        self._written = (json.loads(json.dumps(info)), np.array(merge.offsets), np.array(merge.lut))
 
     def merge_info(self) -> dict | None:
         """The recorded merge's count, largest object, min_size and dtype; None if none."""
+        if self._written is not None:
+            return dict(self._written[0])
         try:
             return json.loads(self._get("merge.json"))
         except FileNotFoundError:
@@ -157,14 +164,18 @@ class InstanceRecords:
 
     def drop_merge(self) -> None:
         """Forget the recorded merge (another ``min_size``: the merge runs again)."""
+        self._written = None
         fs, key = self._key("merge.json")
         if fs.exists(key):
             fs.rm(key)
 
     def block_lut(self, b: int) -> np.ndarray:
         """Local id -> final id of block ``b`` (C order of the block grid); memory-mapped
-        from a local output, read whole from an object store."""
-        if is_remote(self.path):
+        from a local output, read whole from an object store (or, after this object's
+        :meth:`put_merge`, from memory)."""
+        if self._written is not None:
+            _, offsets, lut = self._written
+        elif is_remote(self.path):
             generation = (self.merge_info() or {}).get("generation")
             if self._merge is None or self._merge[0] != generation:
                 self._merge = (generation, np.load(io.BytesIO(self._get("merge-offsets.npy"))),
@@ -180,6 +191,7 @@ class InstanceRecords:
 
     def remove(self) -> None:
         """Remove the records (the output is complete)."""
+        self._written = None
         with self._lock:
             self._kept.clear()
         fs, root = filesystem(self.path)
