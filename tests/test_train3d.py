@@ -117,3 +117,29 @@ def test_3d_training_run_writes_a_3d_model(tmp_path):
     assert bundle.config.spatial_dims == 3 and bundle.extra["training_config"]["spacing"] == [2.0, 1.0, 1.0]
     with pytest.raises(ValueError, match="3D training"):
         TrainConfig(tile_z=30)
+
+
+def test_cli_fine_tunes_the_3d_default_model_at_the_stacks_voxel_size(tmp_path, capsys):
+    """--init 3d: the pools follow the voxel size, read from the stack's metadata as with
+    --dims 3 (the bundled 3D model's 2,1,1 gives its pools); another voxel size is refused."""
+    import tifffile
+
+    from fastunet.cli import main
+
+    image, truth = synthetic_nuclei_3d((8, 40, 40), seed=0, z_step=2.0, dtype="uint16")
+    for name, z in (("anisotropic", 2.0), ("isotropic", 1.0)):
+        folder = tmp_path / name
+        (folder / "images").mkdir(parents=True)
+        (folder / "labels").mkdir()
+        tifffile.imwrite(folder / "images" / "s.tif", image, imagej=True, metadata={"axes": "ZYX", "spacing": z})
+        tifffile.imwrite(folder / "labels" / "s.tif", truth.astype(np.uint16), imagej=True, metadata={"axes": "ZYX"})
+    args = ["--init", "3d", "--tile", "76", "--tile-z", "42", "--iterations", "1", "--val-fraction", "0", "--quiet"]
+    ok = tmp_path / "anisotropic"
+    assert main(["train", str(ok / "images"), str(ok / "labels"), "-o", str(tmp_path / "a.safetensors"), *args]) == 0
+    from fastunet.modelfile import DEFAULT_MODEL_3D
+
+    assert read_model(tmp_path / "a.safetensors").config.pools == read_model(DEFAULT_MODEL_3D).config.pools
+    iso = tmp_path / "isotropic"
+    args[args.index("--tile-z") + 1] = "44"  # valid for the isotropic pools: the pools themselves are refused
+    assert main(["train", str(iso / "images"), str(iso / "labels"), "-o", str(tmp_path / "b.safetensors"), *args]) == 2
+    assert "differs from the init model 'default3d.safetensors' in pools" in capsys.readouterr().err

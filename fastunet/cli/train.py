@@ -135,7 +135,7 @@ def _config(args: argparse.Namespace):
             options["spacing"] = tuple(float(v) for v in args.voxel_size.split(","))
         except ValueError:
             raise UserError(f"--voxel-size expects three numbers Z,Y,X, e.g. 2,1,1; got {args.voxel_size!r}.") from None
-    elif args.spatial_dims == 3:
+    elif args.spatial_dims == 3 or _init_dims(args.init) == 3:
         from ..train.datasets import voxel_size
 
         found = voxel_size(args.images, args.axes)  # the pools follow the data's own voxel size
@@ -150,6 +150,17 @@ def _config(args: argparse.Namespace):
         return TrainConfig(**options)
     except (TypeError, ValueError) as exc:
         raise UserError(str(exc)) from None
+
+
+def _init_dims(init: str | None) -> int | None:
+    """The spatial dimensions of ``--init``'s network (None without ``--init``): a 3D model's
+    pools follow the voxel size, which is then read from the data as with ``--dims 3``."""
+    if init is None:
+        return None
+    from ..modelfile import read_model_metadata
+    from ..train.finetune import init_file
+
+    return read_model_metadata(init_file(init))[0].spatial_dims
 
 
 def run(args: argparse.Namespace) -> int:
