@@ -151,6 +151,7 @@ class InstanceRecords:
         info = {"count": merge.count, "largest": merge.largest, "min_size": merge.min_size,
                 "dtype": str(merge.lut.dtype), "generation": generation, **merge.summary()}
         self._put("merge.json", json.dumps(info).encode())
+        # the info as merge.json gives it back (JSON's types), the tables as copies
         self._written = (json.loads(json.dumps(info)), np.array(merge.offsets), np.array(merge.lut))
 
     def merge_info(self) -> dict | None:

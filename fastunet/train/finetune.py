@@ -35,9 +35,6 @@ from .config import TrainConfig
 
 __all__ = ["InitialWeights", "initial_weights", "fine_tune_config", "init_file"]
 
-# TrainConfig's fields that shape the network or its input, taken from the init model
-NETWORK_FIELDS = ("base_channels", "depth", "spatial_dims", "normalization")
-
 
 @dataclass(frozen=True)
 class InitialWeights:
