@@ -379,7 +379,7 @@ def test_components_number_them_as_scipy_does(n, m):
     from scipy import sparse
     from scipy.sparse import csgraph
 
-    from fastunet.engine.instances import components
+    from fastunet.engine.connectivity import components
 
     rng = np.random.default_rng(n + m)
     graphs = [rng.integers(0, n, (m, 2))]

@@ -95,12 +95,14 @@ def _touching_pairs_plainly(ids: np.ndarray, links: tuple) -> np.ndarray:
 
 
 @pytest.mark.parametrize("connect_z", [False, True])
-def test_touching_pieces_by_class_and_by_id_are_the_plain_neighbours(connect_z):
-    """The pieces' adjacency (the holes' merge input), found on the class map and on the ids,
-    equals the neighbour pairs listed one by one, on shapes with axes of one voxel too."""
+def test_touching_pieces_by_runs_and_by_id_are_the_plain_neighbours(connect_z):
+    """The pieces' adjacency (the holes' merge input), found on the runs (``label_runs``) and
+    on the ids (``_touching``, the split blocks'), equals the neighbour pairs listed one by
+    one, on shapes with axes of one voxel too."""
     from scipy import ndimage
 
     from fastunet.engine import instances
+    from fastunet.engine.connectivity import label_runs
 
     rng = _rng()
     structure = instances._structure(3, connect_z)
@@ -116,4 +118,5 @@ def test_touching_pieces_by_class_and_by_id_are_the_plain_neighbours(connect_z):
             n += count
         want = _touching_pairs_plainly(ids, links)
         assert np.array_equal(instances._touching(ids, structure), want)
-        assert np.array_equal(instances._touching(ids, structure, classes), want)
+        got = label_runs(classes, classes_from=0, classes_to=k, link_z=connect_z, adjacency=True)
+        assert np.array_equal(got.ids, ids) and np.array_equal(got.adj, want)

@@ -4,7 +4,8 @@ over the whole volume, whatever the block and tile sizes.
 Three steps, each streamed over blocks:
 
 1. :func:`label_block` labels one block's foreground (per class: each class ``1..K-1`` is
-   labelled on its own, class 0 is background) with :func:`scipy.ndimage.label`, and records
+   labelled on its own, class 0 is background) as :func:`scipy.ndimage.label` would, all
+   classes at once by runs (:func:`fastunet.engine.connectivity.label_runs`), and records
    for each of its local objects the global linear index of its first voxel (C order), its
    size and its class, plus the block's face planes (:func:`face_planes`).
 2. :func:`merge` joins the local objects that touch across block faces (the pairs of equal
@@ -43,6 +44,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import UserError
+from .connectivity import components, key_pairs, label_runs, pair_keys
 
 __all__ = ["InstanceOptions", "BlockLabels", "Merge", "label_block", "merge", "instance_dtype", "SPLITS"]
 
@@ -139,11 +141,11 @@ def merge_axes(ndim: int, connect_z: bool) -> tuple[int, ...]:
 
 
 def _structure(ndim: int, connect_z: bool) -> np.ndarray:
-    """scipy's default (face) connectivity on ``(bz, by, bx)`` arrays; no Z links unless
-    ``connect_z`` on a ZYX layout."""
-    from scipy import ndimage
-
-    s = ndimage.generate_binary_structure(3, 1)
+    """scipy's default (face) connectivity on ``(bz, by, bx)`` arrays (what
+    ``scipy.ndimage.generate_binary_structure(3, 1)`` gives); no Z links unless ``connect_z``
+    on a ZYX layout."""
+    s = np.zeros((3, 3, 3), bool)
+    s[1, 1, :] = s[1, :, 1] = s[:, 1, 1] = True
     if ndim == 2 or not connect_z:
         s[0] = s[2] = False
     return s
@@ -165,57 +167,53 @@ def label_block(classes: np.ndarray, origin: tuple[int, ...], shape: tuple[int, 
         K; classes ``1..K-1`` are objects, each labelled on its own.
     options : InstanceOptions
     """
-    from scipy import ndimage
-
     ndim = len(shape)
-    structure = _structure(ndim, options.connect_z)
-    # one plane and no links along Z: labelled as a 2-D array (scipy's label about 20 % faster
-    # on a 1024 x 1024 block than through the 3x3x3 structure; the same labels)
-    plane = classes.shape[0] == 1 and not structure[0].any() and options.split is None
-    by_plane = classes[0] if plane else classes
-    ids = np.zeros(by_plane.shape, np.uint32)
-    cls_list, firsts = [], []  # firsts: per class, where each of its labels first occurs (C order)
-    count = 0
-    for c in range(0 if options.fill_holes else 1, max(2, int(num_classes))):
-        mask = by_plane == c
-        if options.split == "watershed" and c > 0:
-            from .split import split_objects
-
-            local, n = split_objects(mask, structure)
-        else:
-            local, n = ndimage.label(mask, structure=structure[1] if plane else structure, output=np.uint32)
-        if n:
-            if count == 0 and options.split is None and local.dtype == np.uint32:
-                ids = local  # the first class with objects: its labels are the ids (0 outside its mask)
-            elif local.dtype == np.uint32:
-                np.add(local, np.uint32(count), out=ids, where=mask)
-            else:
-                ids[mask] = local[mask] + np.uint32(count)
-            cls_list.append(np.full(n, c, np.uint8))
-            if options.split is None:  # scipy numbers a class's labels by first occurrence
-                firsts.append(_first_positions(local.ravel()))
-            count += n
-    ids = ids.reshape(classes.shape)
-    flat = ids.ravel()
-    if options.split is not None:  # renumber by first occurrence
-        ids, flat, cls_list = _by_first_occurrence(ids, count, cls_list)
-    if options.split is None and count:  # each class's ids in order of first occurrence: their firsts
-        first_local = np.concatenate(firsts)
+    lo, hi = (0 if options.fill_holes else 1), max(2, int(num_classes))
+    if options.split is None:  # every class at once, by runs (fastunet.engine.connectivity)
+        pieces = label_runs(classes, classes_from=lo, classes_to=hi, link_z=ndim == 3 and options.connect_z,
+                            adjacency=options.fill_holes)
+        ids, first_local, size, cls, adj = pieces
+        count = int(cls.size)
     else:
+        ids, count, cls = _split_block(classes, lo, hi, _structure(ndim, options.connect_z))
+        flat = ids.ravel()
         first_local = _first_positions(flat)
+        size = np.bincount(flat, minlength=count + 1)[1:].astype(np.int64)
+        adj = _touching(ids, _structure(ndim, options.connect_z)) if options.fill_holes else None
     coords = np.unravel_index(first_local, ids.shape)
     if ndim == 2:
         coords = coords[1:]
     coords = tuple(c + o for c, o in zip(coords, origin))
     first = np.ravel_multi_index(coords, shape).astype(np.int64) if count else np.zeros(0, np.int64)
-    size = np.bincount(flat, minlength=count + 1)[1:].astype(np.int64)
-    cls = np.concatenate(cls_list) if cls_list else np.zeros(0, np.uint8)
     found = BlockLabels(ids=ids, first=first, size=size, cls=cls)
     if options.fill_holes:
         box = tuple((o, o + n) for o, n in zip(origin, ids.shape[3 - ndim:]))
         found.edge = _edge_pieces(ids, box, shape, options.connect_z, count)
-        found.adj = _touching(ids, structure, classes if options.split is None else None)
+        found.adj = adj
     return found
+
+
+def _split_block(classes: np.ndarray, lo: int, hi: int, structure: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+    """``split="watershed"``: the ids of classes ``lo .. hi - 1`` (objects split at their necks,
+    :mod:`fastunet.engine.split`; the background by :func:`scipy.ndimage.label`), numbered class
+    by class in order of first occurrence, their count and their classes."""
+    from scipy import ndimage
+
+    from .split import split_objects
+
+    ids = np.zeros(classes.shape, np.uint32)
+    cls_list = []
+    count = 0
+    for c in range(lo, hi):
+        mask = classes == c
+        local, n = split_objects(mask, structure) if c > 0 else ndimage.label(mask, structure=structure,
+                                                                               output=np.uint32)
+        if n:
+            ids[mask] = local[mask] + np.uint32(count)
+            cls_list.append(np.full(n, c, np.uint8))
+            count += n
+    ids, cls = _by_first_occurrence(ids, count, cls_list)
+    return ids, count, cls
 
 
 def _edge_pieces(ids: np.ndarray, box, shape: tuple[int, ...], connect_z: bool, count: int) -> np.ndarray:
@@ -230,40 +228,24 @@ def _edge_pieces(ids: np.ndarray, box, shape: tuple[int, ...], connect_z: bool, 
     return edge
 
 
-def _touching(ids: np.ndarray, structure: np.ndarray, classes: np.ndarray | None = None) -> np.ndarray:
-    """``(m, 2)`` pairs ``i < j`` of local pieces that touch (the connectivity of ``structure``).
-
-    ``classes``: the class map ``ids`` were labelled from, each class with ``structure`` and
-    none split: two linked neighbours then differ in id exactly where they differ in class,
-    which is compared on the uint8 map (a 1024 x 1024 block in 2.1 ms against 3.2 ms by id,
-    measured here); ``None``: neighbours are compared by id. Neighbours are found on the
-    flattened arrays: along an axis of stride ``s``, voxel ``i`` and ``i + s``.
-    """
+def _touching(ids: np.ndarray, structure: np.ndarray) -> np.ndarray:
+    """``(m, 2)`` pairs ``i < j`` of local pieces that touch (the connectivity of ``structure``),
+    by comparing the ids of neighbours on the flattened array: along an axis of stride ``s``,
+    voxel ``i`` and ``i + s`` (the split blocks'; :func:`label_runs` finds the others' on runs)."""
     flat_ids = ids.reshape(-1)
-    key = flat_ids if classes is None else classes.reshape(-1)
     links = (structure[0, 1, 1], structure[1, 0, 1], structure[1, 1, 0])
     pairs, stride = [], 1
     for axis in (2, 1, 0):
         n = ids.shape[axis]
         if links[axis] and n > 1:
-            at = np.flatnonzero(key[:-stride] != key[stride:])
-            if stride * n < key.size:  # axes outside this one: a row's last voxel has no neighbour after it
+            at = np.flatnonzero(flat_ids[:-stride] != flat_ids[stride:])
+            if stride * n < flat_ids.size:  # axes outside this one: a row's last voxel has no neighbour after it
                 at = at[(at // stride) % n != n - 1]
             a, b = flat_ids[at], flat_ids[at + stride]
-            pairs.append(np.unique(_pair_keys(np.minimum(a, b), np.maximum(a, b))))
+            pairs.append(np.unique(pair_keys(np.minimum(a, b), np.maximum(a, b))))
         stride *= n
     codes = np.unique(np.concatenate(pairs)) if pairs else np.zeros(0, np.uint64)
-    return _key_pairs(codes, np.uint32)
-
-
-def _pair_keys(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """One uint64 key per pair of ids below 2**32, ``a`` in the high half: keys sort as the pairs do."""
-    return (a.astype(np.uint64) << np.uint64(32)) | b.astype(np.uint64)
-
-
-def _key_pairs(keys: np.ndarray, dtype) -> np.ndarray:
-    """The ``(m, 2)`` pairs of :func:`_pair_keys`' ``keys``, as ``dtype``."""
-    return np.stack([keys >> np.uint64(32), keys & np.uint64(0xFFFFFFFF)], axis=1).astype(dtype)
+    return key_pairs(codes, np.uint32)
 
 
 def _first_positions(flat: np.ndarray) -> np.ndarray:
@@ -279,8 +261,8 @@ def _first_positions(flat: np.ndarray) -> np.ndarray:
     return starts[np.flatnonzero(np.diff(np.maximum.accumulate(values), prepend=values.dtype.type(0)))]
 
 
-def _by_first_occurrence(ids: np.ndarray, count: int, cls_list: list) -> tuple:
-    """Renumber ``ids`` ``1..count`` in order of first occurrence (C order), with their classes."""
+def _by_first_occurrence(ids: np.ndarray, count: int, cls_list: list) -> tuple[np.ndarray, np.ndarray]:
+    """Renumber ``ids`` ``1..count`` in order of first occurrence (C order); with their classes."""
     flat = ids.ravel()
     values, index = np.unique(flat, return_index=True)
     if values.size and values[0] == 0:
@@ -289,8 +271,7 @@ def _by_first_occurrence(ids: np.ndarray, count: int, cls_list: list) -> tuple:
     lut = np.zeros(count + 1, np.uint32)
     lut[order] = np.arange(1, order.size + 1, dtype=np.uint32)
     cls_old = np.concatenate(cls_list) if cls_list else np.zeros(0, np.uint8)
-    ids = lut[ids]
-    return ids, ids.ravel(), [cls_old[order - 1]] if order.size else []
+    return lut[ids], cls_old[order - 1] if order.size else np.zeros(0, np.uint8)
 
 
 def face_planes(ids: np.ndarray, box: tuple[tuple[int, int], ...], shape: tuple[int, ...],
@@ -363,35 +344,7 @@ def _unique_rows(pairs: np.ndarray) -> np.ndarray:
         return pairs.reshape(0, 2)
     if pairs.min() < 0 or pairs.max() >= 2**32:
         return np.unique(pairs, axis=0)
-    return _key_pairs(np.unique(_pair_keys(pairs[:, 0], pairs[:, 1])), pairs.dtype)
-
-
-def components(pairs: np.ndarray, n: int) -> tuple[int, np.ndarray]:
-    """Connected components of the undirected graph on ``n`` nodes with edges ``pairs`` (m, 2):
-    their number and each node's component, numbered in the order of their smallest node (the
-    numbering of :func:`scipy.sparse.csgraph.connected_components`, which a test holds it to).
-
-    Each round hooks every root to the smallest root it has an edge to, then jumps every
-    node's pointer to its root: the components with an outside edge at least halve each round,
-    so a few numpy passes over the edges (importing ``scipy.sparse.csgraph`` alone took
-    0.12-0.19 s of every ``fastunet segment`` process here, for graphs of a few thousand edges)."""
-    parent = np.arange(n, dtype=np.int64)
-    a = np.asarray(pairs[:, 0], np.int64)
-    b = np.asarray(pairs[:, 1], np.int64)
-    while len(a):
-        ra, rb = parent[a], parent[b]  # roots: every pointer was jumped to its root
-        keep = ra != rb
-        a, b, ra, rb = a[keep], b[keep], ra[keep], rb[keep]  # edges inside a component are done
-        if not len(a):
-            break
-        np.minimum.at(parent, np.maximum(ra, rb), np.minimum(ra, rb))
-        while True:
-            jumped = parent[parent]
-            if np.array_equal(jumped, parent):
-                break
-            parent = jumped
-    roots, labels = np.unique(parent, return_inverse=True)
-    return len(roots), labels.reshape(-1).astype(np.int32)
+    return key_pairs(np.unique(pair_keys(pairs[:, 0], pairs[:, 1])), pairs.dtype)
 
 
 def merge(grid: tuple[int, ...], tables: Callable[[int], tuple], faces: Callable[[int, str], np.ndarray], *,

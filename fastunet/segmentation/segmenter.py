@@ -423,7 +423,8 @@ class Segmenter:
         # On the CPU the network is loaded and compiled for the tile while the statistics are taken
         warmup = None
         if not remote and scale is None and self.device.type == "cpu":
-            warmup = Warmup(self, ("scipy.ndimage",) if "instances" in kinds else ())
+            split = "instances" in kinds and options.split is not None  # the watershed's imports
+            warmup = Warmup(self, ("scipy.ndimage", "skimage.segmentation") if split else ())
         try:
             layout, stats, rescale = self._plan(vol, sink, chunks=chunks, block=block, remote=remote, scale=scale,
                                                 on_layout=warmup and warmup.start)

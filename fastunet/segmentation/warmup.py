@@ -2,12 +2,10 @@
 
 On the CPU a new process loads the network (OpenVINO: its runtime, the converted model) and
 compiles it for the run's tile while the segmenter takes the normalization statistics and
-the input's fingerprint, instead of after them. A run that labels objects also imports
-``scipy.ndimage`` there (0.2 s of a process's start, measured here: scipy's array-API layer),
-which no module of the segment path imports at its top. On 2 cores the import costs about
-the same here as in the first block task or at the start (whole processes, interleaved: within
-their noise); with more cores than the compilation uses it could run on an idle one (not
-measured).
+the input's fingerprint, instead of after them. A run that splits objects
+(``split="watershed"``) also imports what the watershed needs there (``scipy.ndimage``: 0.2 s
+of a process's start, measured here, scipy's array-API layer); the default labelling imports
+no scipy (:mod:`fastunet.engine.connectivity`).
 """
 
 from __future__ import annotations
