@@ -452,3 +452,15 @@ def test_p7_is_a_cpu_benchmark_run_by_name(monkeypatch):
     monkeypatch.setitem(sys.modules, "monai.inferers", None)
     with pytest.raises(UserError, match="pip install monai"):
         bench.run("P7")
+
+
+def test_engine_vs_raw_runs_in_a_process_of_its_own(tmp_path):
+    """P7's engine-vs-raw measurement, in a Python process of its own, returns its rounds (a
+    small volume, one round: the figures' shapes, not their values)."""
+    vol = zarr.create_array(str(tmp_path / "v.zarr"), shape=(1, 200, 200), chunks=(1, 200, 200), dtype="uint16")
+    vol[:] = _rng().integers(0, 4000, size=(1, 200, 200)).astype(np.uint16)
+    got = p7.engine_vs_raw_apart(tmp_path / "v.zarr", rounds=1)
+    assert len(got["segment_s"]) == len(got["raw_s"]) == len(got["ratios"]) == 1
+    assert got["tiles"] >= 1 and got["ratios"][0] > 0 and got["blocks"] >= 1
+    with pytest.raises(RuntimeError, match="P7: engine vs raw failed"):
+        p7.engine_vs_raw_apart(tmp_path / "missing.zarr", rounds=1)
