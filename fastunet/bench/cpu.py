@@ -78,8 +78,8 @@ def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
     return 2 * n**3 / (ms * 1e-3) / 1e9
 
 
-def conv_layer_gflops(config, tile: int, dtype: torch.dtype, reps: int = 5) -> list[dict]:
-    """Each 3x3 convolution of the network at input ``tile`` alone: ``F.conv2d`` on a
+def conv_layer_gflops(config, tile, dtype: torch.dtype, reps: int = 5) -> list[dict]:
+    """Each 3x3 convolution of the network at input ``tile`` (an edge, or ``(H, W)``) alone: ``F.conv2d`` on a
     channels-last input of the layer's shape in ``dtype`` (oneDNN, as the engine runs it),
     median of ``reps``; one row per layer with its GFLOP/s."""
     rows = []
@@ -89,22 +89,22 @@ def conv_layer_gflops(config, tile: int, dtype: torch.dtype, reps: int = 5) -> l
         bias = torch.randn(layer.c_out, dtype=dtype)
         with torch.no_grad():
             ms = timing.median_ms(lambda: torch.nn.functional.conv2d(x, w, bias), warmup=1, reps=reps, device="cpu")
-        rows.append({"layer": layer.name, "c_in": layer.c_in, "c_out": layer.c_out, "size": layer.in_size[0],
+        rows.append({"layer": layer.name, "c_in": layer.c_in, "c_out": layer.c_out, "size": list(layer.in_size),
                      "ms": ms, "gflop_s": layer.flops / (ms * 1e-3) / 1e9})
     return rows
 
 
 # ------------------------------------------------------------------------------ backends
-def _tile_time(predictor, tile: int, batch: int, reps: int) -> float:
-    x = torch.randn(batch, predictor.config.in_channels, tile, tile)
+def _tile_time(predictor, tile, batch: int, reps: int) -> float:
+    x = torch.randn(batch, predictor.config.in_channels, *geometry.tile_edges(predictor.config, tile))
     return timing.median_ms(lambda: predictor.predict(x, "labels"), warmup=1, reps=reps, device="cpu") / batch
 
 
-def _compiled_time(model, tile: int, how: str, reps: int) -> tuple[float, float]:
+def _compiled_time(model, tile, how: str, reps: int) -> tuple[float, float]:
     """(preparation seconds, ms per tile) of the bf16 channels-last network under
     ``torch.compile`` (inductor, freezing) or frozen TorchScript."""
     net = copy.deepcopy(model).eval().to(torch.bfloat16, memory_format=torch.channels_last)
-    x = torch.randn(1, model.config.in_channels, tile, tile, dtype=torch.bfloat16)
+    x = torch.randn(1, model.config.in_channels, *geometry.tile_edges(model.config, tile), dtype=torch.bfloat16)
     x = x.contiguous(memory_format=torch.channels_last)
     start = time.perf_counter()
     with torch.no_grad():
@@ -134,8 +134,8 @@ def openvino_dtypes() -> tuple[str, ...]:
     return ("fp32", "bf16", "int8") if find_spec("nncf") is not None else ("fp32", "bf16")
 
 
-def backend_times(model, tile: int, *, reps: int = 5, compiled: bool = True) -> dict:
-    """The raw network per tile (median ms, labels) on the CPU: PyTorch eager in fp32 and
+def backend_times(model, tile, *, reps: int = 5, compiled: bool = True) -> dict:
+    """The raw network per tile (an edge, or ``(H, W)``; median ms, labels) on the CPU: PyTorch eager in fp32 and
     bf16 (one tile a call, on all the cores), OpenVINO in :func:`openvino_dtypes` (a batch of
     one tile per stream, as the engine runs it; with its conversion, quantization and compile time),
     and, with ``compiled``, ``torch.compile`` and frozen TorchScript in bf16 (with their
@@ -153,7 +153,8 @@ def backend_times(model, tile: int, *, reps: int = 5, compiled: bool = True) -> 
         with tempfile.TemporaryDirectory() as cache:
             start = time.perf_counter()
             predictor = openvino_backend.OpenVINOPredictor(model, "cpu", dtype, cache=cache)
-            predictor.predict(torch.zeros(1, model.config.in_channels, tile, tile), "labels")
+            predictor.predict(torch.zeros(1, model.config.in_channels, *geometry.tile_edges(model.config, tile)),
+                              "labels")
             # convert (int8: and quantize) + compile, no cache
             out[f"openvino_{dtype}_first_s"] = time.perf_counter() - start
             # a batch of one tile per stream, as the engine feeds it (one tile alone runs on one
@@ -205,7 +206,7 @@ def engine_vs_raw(volume, *, backend: str = "auto", rounds: int = 3, threads: in
             "segment_cpu_s": [c for _, c in seg_s], "raw_cpu_s": [c for _, c in raw_s],
             "ratios": [r[0] / s[0] for r, s in zip(raw_s, seg_s)],
             "cpu_ratios": [r[1] / s[1] for r, s in zip(raw_s, seg_s)], "tiles": tiles,
-            "tile": layout.tile[0], "block": list(layout.block), "blocks": layout.num_blocks,
+            "tile": list(layout.tile), "block": list(layout.block), "blocks": layout.num_blocks,
             "backend": s["backend"], "dtype": s["dtype"], "batch": batch,
             "flops": forward_flops(seg.config, *layout.tile) * tiles}
 
@@ -390,8 +391,8 @@ def bench_cpu(*, shape=(2, 2048, 2048), repeats: int = 3, cache_dir=None, thread
     return figures, ratios
 
 
-def _engine_tile(volume) -> int:
-    """The tile edge the engine picks for ``volume`` on the CPU (planned, nothing run)."""
+def _engine_tile(volume) -> tuple[int, int]:
+    """The tile ``(H, W)`` the engine picks for ``volume`` on the CPU (planned, nothing run)."""
     import zarr
 
     from ..engine.tiling import plan_layout
@@ -402,7 +403,7 @@ def _engine_tile(volume) -> int:
     source = zarr.open_array(str(volume), mode="r")
     step = default_max_step(config, torch.device("cpu"), dtype="bf16", batch_size=2)
     layout = plan_layout(tuple(source.shape), config.depth, source_chunks=tuple(source.chunks), max_step=step)
-    return layout.tile[0]
+    return layout.tile
 
 
 def _agreement(images: int, openvino: bool, int8: bool) -> dict:
@@ -425,11 +426,11 @@ def _agreement(images: int, openvino: bool, int8: bool) -> dict:
     return out
 
 
-def _limits(bundle, tile: int, figures: dict, *, compiled: bool) -> dict:
+def _limits(bundle, tile: tuple[int, int], figures: dict, *, compiled: bool) -> dict:
     """The backends' raw times, the conv layers and the matmul peaks: figures (in place) and ratios."""
     ratios = {}
     raw = backend_times(bundle.module, tile, compiled=compiled)
-    flops = forward_flops(bundle.config, tile, tile)
+    flops = forward_flops(bundle.config, *tile)
     for key, value in raw.items():
         figures[f"P7.raw_{key}"] = value
         if key.endswith("_ms"):
