@@ -26,11 +26,12 @@ P7  on the CPU (no GPU needed), on a uint16 zarr volume of synthetic nuclei
       tiles of the same shape, interleaved; ``P7.engine_vs_raw`` is the median of the
       per-round ratios (the goal is >= 0.9), in wall time, and ``P7.engine_vs_raw_cpu_s`` in
       the process's CPU time.
-    * **backends**: the raw network per tile (median ms) under PyTorch eager (fp32 and bf16,
-      channels-last, as the engine runs it), OpenVINO (fp32, bf16 and int8), and, for the record,
+    * **backends**: the raw network per tile (median ms; each backend on the tile the engine
+      picks for it, ``P7.torch_tile`` and ``P7.openvino_tile``) under PyTorch eager (fp32 and
+      bf16, channels-last, as the engine runs it), OpenVINO (fp32, bf16 and int8), and, for the record,
       ``torch.compile`` (inductor, freezing) and frozen TorchScript in bf16 with their
       preparation times (:func:`backend_times`).
-    * **the CPU's limit**: each 3x3 convolution of the network alone (``F.conv2d``,
+    * **the CPU's limit**: each 3x3 convolution of the network alone, on PyTorch's tile (``F.conv2d``,
       channels-last) in fp32 and bf16, and an fp32 and a bf16 matrix product (``torch.mm``), all
       measured in this run: the convolutions' GFLOP/s as a fraction of the matmul peak.
     * **threads**: ``segment`` in one process with 1, 2, 3 and 4 block threads x 1 and all
@@ -134,12 +135,12 @@ def openvino_dtypes() -> tuple[str, ...]:
     return ("fp32", "bf16", "int8") if find_spec("nncf") is not None else ("fp32", "bf16")
 
 
-def backend_times(model, tile, *, reps: int = 5, compiled: bool = True) -> dict:
+def backend_times(model, tile, *, openvino_tile=None, reps: int = 5, compiled: bool = True) -> dict:
     """The raw network per tile (an edge, or ``(H, W)``; median ms, labels) on the CPU: PyTorch eager in fp32 and
-    bf16 (one tile a call, on all the cores), OpenVINO in :func:`openvino_dtypes` (a batch of
-    one tile per stream, as the engine runs it; with its conversion, quantization and compile time),
-    and, with ``compiled``, ``torch.compile`` and frozen TorchScript in bf16 (with their
-    preparation time)."""
+    bf16 (one tile a call, on all the cores), OpenVINO in :func:`openvino_dtypes` on
+    ``openvino_tile`` (default ``tile``; a batch of one tile per stream, as the engine runs it;
+    with its conversion, quantization and compile time), and, with ``compiled``,
+    ``torch.compile`` and frozen TorchScript in bf16 (with their preparation time)."""
     from ..engine import openvino_backend
     from ..engine.predictor import TorchPredictor
 
@@ -149,6 +150,7 @@ def backend_times(model, tile, *, reps: int = 5, compiled: bool = True) -> dict:
     if compiled:
         for how in ("compile", "torchscript"):
             out[f"{how}_bf16_prep_s"], out[f"{how}_bf16_ms"] = _compiled_time(model, tile, how, reps)
+    tile = tile if openvino_tile is None else openvino_tile
     for dtype in openvino_dtypes():  # last: its threads stay
         with tempfile.TemporaryDirectory() as cache:
             start = time.perf_counter()
@@ -377,7 +379,9 @@ def bench_cpu(*, shape=(2, 2048, 2048), repeats: int = 3, cache_dir=None, thread
 
     # PyTorch alone first (the conv layers, the matmul peaks, the backends: OpenVINO last), then
     # the engine: OpenVINO's threads, once started, stay in the process beside torch's.
-    ratios.update(_limits(bundle, _engine_tile(volume), figures, compiled=compiled))
+    tiles = {backend: _engine_tile(volume, backend) for backend in ("torch", "openvino")}
+    figures.update({f"P7.{backend}_tile": "x".join(map(str, t)) for backend, t in tiles.items()})
+    ratios.update(_limits(bundle, tiles, figures, compiled=compiled))
     engine = engine_vs_raw_apart(volume, rounds=max(5, repeats))
     figures.update({f"P7.engine_{k}": v for k, v in engine.items() if k not in ("ratios", "cpu_ratios")})
     figures["P7.engine_tile"] = "x".join(map(str, engine["tile"]))  # e.g. "604x1116" (the table shows words)
@@ -392,8 +396,9 @@ def bench_cpu(*, shape=(2, 2048, 2048), repeats: int = 3, cache_dir=None, thread
     return figures, ratios
 
 
-def _engine_tile(volume) -> tuple[int, int]:
-    """The tile ``(H, W)`` the engine picks for ``volume`` on the CPU (planned, nothing run)."""
+def _engine_tile(volume, backend: str) -> tuple[int, int]:
+    """The tile ``(H, W)`` the engine picks with ``backend`` for ``volume`` on the CPU (planned,
+    nothing run)."""
     import zarr
 
     from ..engine.tiling import plan_layout
@@ -402,7 +407,7 @@ def _engine_tile(volume) -> tuple[int, int]:
 
     config = read_model_metadata(default_model_path())[0]
     source = zarr.open_array(str(volume), mode="r")
-    step = default_max_step(config, torch.device("cpu"), dtype="bf16", batch_size=2)
+    step = default_max_step(config, torch.device("cpu"), dtype="bf16", batch_size=2, backend=backend)
     layout = plan_layout(tuple(source.shape), config.depth, source_chunks=tuple(source.chunks), max_step=step)
     return layout.tile
 
@@ -427,14 +432,17 @@ def _agreement(images: int, openvino: bool, int8: bool) -> dict:
     return out
 
 
-def _limits(bundle, tile: tuple[int, int], figures: dict, *, compiled: bool) -> dict:
-    """The backends' raw times, the conv layers and the matmul peaks: figures (in place) and ratios."""
+def _limits(bundle, tiles: dict, figures: dict, *, compiled: bool) -> dict:
+    """The backends' raw times (each on its engine tile, ``tiles[backend]``: PyTorch's for
+    PyTorch, ``torch.compile``, TorchScript and the conv layers), the conv layers and the
+    matmul peaks: figures (in place) and ratios."""
     ratios = {}
-    raw = backend_times(bundle.module, tile, compiled=compiled)
-    flops = forward_flops(bundle.config, *tile)
+    tile = tiles["torch"]
+    raw = backend_times(bundle.module, tile, openvino_tile=tiles["openvino"], compiled=compiled)
     for key, value in raw.items():
         figures[f"P7.raw_{key}"] = value
         if key.endswith("_ms"):
+            flops = forward_flops(bundle.config, *tiles["openvino" if key.startswith("openvino") else "torch"])
             figures[f"P7.raw_{key[:-3]}_gflop_s"] = flops / (value * 1e-3) / 1e9
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         peak = matmul_gflops(dtype)

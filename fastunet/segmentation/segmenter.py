@@ -252,7 +252,8 @@ class Segmenter:
 
     def _max_step(self, remote: bool) -> int | tuple[int, int]:
         if not remote and (self.device.type == "cpu" or cuda_available()):
-            return default_max_step(self.config, self.device, dtype=self.dtype, batch_size=self.batch_size)
+            return default_max_step(self.config, self.device, dtype=self.dtype, batch_size=self.batch_size,
+                                    backend=self.backend)
         if self.config.spatial_dims == 3:
             return 256 if self.device.type == "cuda" else 128
         return 1024 if self.device.type == "cuda" else 512
