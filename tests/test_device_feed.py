@@ -12,6 +12,7 @@ shape.
 """
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -459,3 +460,71 @@ def test_segment_on_cuda_matches_the_cpu_path_gpu():
         cpu = np.asarray(seg.segment(vol, None, axes="ZYX", output_kind="labels", progress=False))
     for z in range(3):
         assert (gpu[z] == cpu[z]).mean() > 0.98, z
+
+
+class _AsyncCalls:
+    """A CPU predictor whose calls run asynchronously, as OpenVINO's: :meth:`start` queues a
+    call and returns it; the test ends each call (``finish``). Labels: each tile's first value."""
+
+    device = "cpu"
+    takes_numpy = True
+
+    def __init__(self):
+        self.started: list = []
+        self.lock = threading.Lock()
+        self.closing = False  # calls end as they start (the test's clean-up)
+
+    def start(self, tiles, output):
+        call = _AsyncCall(np.asarray(tiles).copy())
+        with self.lock:
+            self.started.append(call)
+            if self.closing:
+                call.ended.set()
+        return call
+
+    def end_all(self) -> None:
+        with self.lock:
+            self.closing = True
+            for call in self.started:
+                call.ended.set()
+
+
+class _AsyncCall:
+    def __init__(self, tiles):
+        self.tiles = tiles
+        self.ended = threading.Event()
+
+    def query(self) -> bool:
+        return self.ended.is_set()
+
+    def result(self):
+        self.ended.wait()
+        return Prediction(probs=None, labels=self.tiles[:, 0, :1, :1].astype(np.uint8))
+
+
+def _wait_for(condition, seconds: float = 10.0) -> bool:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(0.002)
+    return False
+
+
+def test_runner_queues_tiles_behind_an_asynchronous_call_without_filling_a_batch():
+    """With an asynchronous CPU predictor (OpenVINO) a tile that comes while a call runs is
+    queued at once, in a call of its own, not held back until the batch fills (with one tile a
+    block, a stream then idled); the results reach their requests."""
+    fake = _AsyncCalls()
+    runner = DeviceRunner(fake, batch_size=4)
+    try:
+        first = runner.submit(np.full((1, 1, 4, 4), 1, np.float32), "labels")
+        assert _wait_for(lambda: len(fake.started) == 1)
+        second = runner.submit(np.full((1, 1, 4, 4), 2, np.float32), "labels")  # the first call still runs
+        assert _wait_for(lambda: len(fake.started) == 2), "the second tile waited for a full batch"
+        assert not first.done() and len(fake.started[1].tiles) == 1
+        fake.end_all()
+        assert first.result(timeout=10)[0][0, 0, 0] == 1 and second.result(timeout=10)[0][0, 0, 0] == 2
+    finally:
+        fake.end_all()
+        runner.close()

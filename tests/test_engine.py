@@ -415,21 +415,20 @@ def test_activation_estimate_counts_every_layer_output():
 @pytest.mark.parametrize("free_mib", [1, 40, 300, 5000, 10**6])
 def test_default_step_is_the_largest_that_fits(monkeypatch, free_mib):
     """default_max_step searches from the top down: the same step as trying every step from
-    the grid step up (the memory grows with the step); a 2D network's tiles under OpenVINO are
-    twice as wide as tall."""
+    the grid step up (the memory grows with the step); up to 1024 for a 2D network under
+    OpenVINO."""
     from fastunet.segmentation import memory
 
     monkeypatch.setattr(memory, "available_bytes", lambda device: free_mib << 20)
     for config, device in ((UNetConfig(base_channels=16, depth=3), "cpu"), (UNetConfig(base_channels=8, depth=4), "cuda"),
                            (UNetConfig(base_channels=4, depth=2, spatial_dims=3), "cuda")):
         q = max(memory._grid(config))
-        top = (256 if config.spatial_dims == 3 else 2048) if device == "cuda" else 512
         for backend in ("torch", "openvino"):
-            wide = device == "cpu" and config.spatial_dims == 2 and backend == "openvino"
-            steps = [(s, 2 * s) if wide else s for s in range(q, top + 1, q)]
-            fits = [s for s in steps if 2 * memory.activation_bytes(config, memory.tile_for_step(config, s),
-                                                                     dtype="fp32") <= (free_mib << 20) // 2]
-            expected = fits[-1] if fits else steps[0]
+            top = (256 if config.spatial_dims == 3 else 2048) if device == "cuda" else (
+                1024 if backend == "openvino" and config.spatial_dims == 2 else 512)
+            fits = [s for s in range(q, top + 1, q) if 2 * memory.activation_bytes(
+                config, memory.tile_for_step(config, s), dtype="fp32") <= (free_mib << 20) // 2]
+            expected = fits[-1] if fits else q
             assert memory.default_max_step(config, torch.device(device), dtype="fp32", batch_size=2,
                                            backend=backend) == expected
 

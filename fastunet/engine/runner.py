@@ -153,7 +153,17 @@ class DeviceRunner:
         def busy():
             return inflight is not None and inflight.done is not None and not inflight.done.query()
 
-        while have() < self.batch_size:
+        # An asynchronous CPU batch (OpenVINO: one inference per tile, each on a free stream) is
+        # not waited on for a full batch: the next tiles are queued at once, so that a stream
+        # that finishes its tile starts the next one instead of idling until the batch fills
+        # (with one tile a block, half of the streams idled; on CUDA a batch is one call)
+        asynchronous = inflight is not None and inflight.outputs is None
+
+        def enough():
+            n = have()
+            return n >= self.batch_size or (asynchronous and n > 0)
+
+        while not enough():
             try:
                 if wait:
                     item = self._queue.get()

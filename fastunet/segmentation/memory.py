@@ -53,38 +53,33 @@ def _grid(config) -> tuple[int, ...]:
     return tuple(geometry.grid_step(p) for p in _pools(config))
 
 
-def default_max_step(config, device, *, dtype: str, batch_size: int,
-                     backend: str | None = None) -> int | tuple[int, int]:
-    """Largest tile step (output edge, about) the default tile may use: one for every axis, or
-    ``(Y, X)`` for a 2D network under OpenVINO.
+def default_max_step(config, device, *, dtype: str, batch_size: int, backend: str | None = None) -> int:
+    """Largest tile step (output edge, about) the default tile may use.
 
     CPU: up to 512 (moderate tiles, a forward of a few seconds for the paper's network; 128
-    for a 3D network); with ``backend="openvino"`` a 2D network's tiles are twice as wide as
-    tall, up to ``(512, 1024)`` (the default model's 604 x 1116 tiles computed 5 % more of the
-    output a second than its 604 x 604 ones in bf16, and a ``segment`` of a 2 x 2048 x 2048
-    volume ran 3.5 % faster: medians of 12 and 6 interleaved rounds here; a 1116 x 1116 tile was
-    slower). Not under PyTorch: its channels-last convolutions (oneDNN) ran the 604 x 1116
-    tiles at 0.57 of the bf16 matrix product's rate against 0.78 for 604 x 604 (P7
-    ``2026-12-07T094010Z`` against ``092323Z``). CUDA: up to 2048 (256 in 3D). Either: the
-    largest step whose ``batch_size`` tiles need at most half of the free memory
-    (:func:`available_bytes`) by :func:`activation_bytes`.
+    for a 3D network), up to 1024 for a 2D network under OpenVINO (``backend="openvino"``:
+    the default model's 1116 x 1116 tiles computed 8 % more of the output a second than its
+    604 x 604 ones, `benchmarks/results/*-openvino-tiles.json`, and a ``segment`` of the P7
+    volume ran 7 % faster once the runner queued each tile as a stream came free). Not under
+    PyTorch: its channels-last convolutions ran 604 x 1116 tiles at 0.57 of the bf16 matrix
+    product's rate against 0.78 for 604 x 604 (P7 ``2026-12-07T094010Z`` against ``092323Z``).
+    CUDA: up to 2048 (256 in 3D). Either: the largest step whose ``batch_size`` tiles need at
+    most half of the free memory (:func:`available_bytes`) by :func:`activation_bytes`.
     """
     q = max(_grid(config))
     device = resolve_device(device)
     free = available_bytes(device)
     three_d = getattr(config, "spatial_dims", 2) == 3
-    top = (256 if three_d else 2048) if device.type == "cuda" else (128 if three_d else 512)
-    wide = device.type == "cpu" and not three_d and backend == "openvino"
-
-    def steps(step: int) -> int | tuple[int, int]:
-        return (step, 2 * step) if wide else step
-
+    if device.type == "cuda":
+        top = 256 if three_d else 2048
+    else:
+        top = 128 if three_d else (1024 if backend == "openvino" else 512)
     # The memory grows with the step: the first step that fits, from the top down, is the
     # largest (usually the top itself: one evaluation instead of one per step).
     for step in range(top - top % q, q, -q):
-        if batch_size * activation_bytes(config, tile_for_step(config, steps(step)), dtype=dtype) <= free // 2:
-            return steps(step)
-    return steps(q)
+        if batch_size * activation_bytes(config, tile_for_step(config, step), dtype=dtype) <= free // 2:
+            return step
+    return q
 
 
 def available_bytes(device) -> int:

@@ -250,7 +250,7 @@ class Segmenter:
             raise UserError("object_size= rescales images for 2D models; a 3D model segments the volume at its "
                             "own voxel size: leave object_size out.")
 
-    def _max_step(self, remote: bool) -> int | tuple[int, int]:
+    def _max_step(self, remote: bool) -> int:
         if not remote and (self.device.type == "cpu" or cuda_available()):
             return default_max_step(self.config, self.device, dtype=self.dtype, batch_size=self.batch_size,
                                     backend=self.backend)
