@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from scipy import ndimage
 
-    from fastunet.bench.results import write_result
+    from fastunet.bench.results import print_result, write_result
     from fastunet.synthetic_styles import style_image
 
     styles = args.styles.split(",")
@@ -140,9 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     path = write_result("label-runs", figures, ratios, out_dir=Path(args.out),
                         extra={"reps": args.reps, "rounds": args.rounds, "styles": args.styles,
                                "first_seed": FIRST_SEED, "against": args.against, "commit": commit})
-    for key, value in {**figures, **ratios}.items():
-        print(f"{key}: {value:.3f}" if isinstance(value, float) else f"{key}: {value}")
-    print(f"wrote {path}")
+    print_result(figures, ratios, path)
     return 0
 
 

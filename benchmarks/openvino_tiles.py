@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="openvino-tiles")
     args = parser.parse_args(argv)
     from fastunet import geometry
-    from fastunet.bench.results import write_result
+    from fastunet.bench.results import print_result, write_result
     from fastunet.devices import resolve_dtype
     from fastunet.engine.handle import ModelHandle
     from fastunet.engine.openvino_backend import OpenVINOPredictor
@@ -68,9 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         if name != first:
             ratios[f"{name}_vs_{first}"] = statistics.median(seconds[shapes[0]]) / statistics.median(seconds[shape])
     path = write_result("openvino-tiles", figures, ratios, out_dir=Path(args.out), extra={"rounds": args.rounds})
-    for key, value in {**figures, **ratios}.items():
-        print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
-    print(f"wrote {path}")
+    print_result(figures, ratios, path)
     return 0
 
 

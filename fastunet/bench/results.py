@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["RESULTS_FOLDER", "default_out_dir", "environment", "write_result"]
+__all__ = ["RESULTS_FOLDER", "default_out_dir", "environment", "write_result", "print_result"]
 
 RESULTS_FOLDER = "fastunet-bench-results"
 
@@ -115,3 +115,10 @@ def write_result(benchmark: str, figures: dict, ratios: dict, *, out_dir: Path |
     path = out_dir / f"{stamp}-{benchmark}.json"
     path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def print_result(figures: dict, ratios: dict, path: Path) -> None:
+    """A benchmark script's figures and ratios, one per line, and where they were written."""
+    for key, value in {**figures, **ratios}.items():
+        print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
+    print(f"wrote {path}")
