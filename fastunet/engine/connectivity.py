@@ -8,11 +8,12 @@ stride ``s`` the pair (run of voxel ``i``, run of voxel ``i + s``) only changes 
 the two voxels starts a run, so those voxels alone are compared; the runs' graph goes to
 :func:`components`. The result is :func:`scipy.ndimage.label`'s for each class with its
 default (face) structure, numbering included (a test holds it to that), with each piece's
-first voxel, size and (for the holes) neighbours found on the runs: a block's labelling
-(:func:`fastunet.engine.instances.label_block`, 1024 x 1024, the default model's classes,
-background included) in 4.6-5.2 ms against 17.7-18.6 ms through scipy (medians of 15, three
-rounds, measured here); and a segment process does not import :mod:`scipy.ndimage` (0.2 s
-of CPU a process here: its array-API layer).
+first voxel, size and (for the holes) neighbours found on the runs: a 1024 x 1024 block's
+labelling (:func:`fastunet.engine.instances.label_block`, background included) in 3.9 ms
+against 17.6 ms through scipy's labels for 289 pieces, 11-12 ms against 25 ms for about 1900
+(``benchmarks/label_runs.py``, ``benchmarks/results/2026-12-07T101047Z-label-runs.json``; the
+cost grows with the runs, scipy's with the voxels); and a segment process does not import
+:mod:`scipy.ndimage` (0.34 s of CPU a process there: its array-API layer).
 """
 
 from __future__ import annotations
