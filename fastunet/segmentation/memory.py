@@ -36,13 +36,11 @@ def activation_bytes(config, tile, *, dtype: str = "fp32") -> int:
     return int(total * size)
 
 
-def tile_for_step(config, step) -> tuple[int, ...]:
-    """The input tile whose output is about ``step`` (one step, or one per spatial axis) along
-    each spatial axis: per axis the smallest valid edge whose output reaches the step rounded
-    down to the axis's max-pool grid."""
-    pools = _pools(config)
-    steps = tuple(step) if isinstance(step, tuple) else (step,) * len(pools)
-    return tuple(geometry.input_size_for_output(max(q, s - s % q), p) for s, p, q in zip(steps, pools, _grid(config)))
+def tile_for_step(config, step: int) -> tuple[int, ...]:
+    """The input tile whose output is about ``step`` along every spatial axis: per axis the
+    smallest valid edge whose output reaches ``step`` rounded down to the axis's max-pool grid."""
+    return tuple(geometry.input_size_for_output(max(q, step - step % q), p)
+                 for p, q in zip(_pools(config), _grid(config)))
 
 
 def _pools(config) -> tuple:
@@ -58,9 +56,10 @@ def default_max_step(config, device, *, dtype: str, batch_size: int, backend: st
 
     CPU: up to 512 (moderate tiles, a forward of a few seconds for the paper's network; 128
     for a 3D network), up to 1024 for a 2D network under OpenVINO (``backend="openvino"``:
-    the default model's 1116 x 1116 tiles computed 8 % more of the output a second than its
-    604 x 604 ones, `benchmarks/results/*-openvino-tiles.json`, and a ``segment`` of the P7
-    volume ran 7 % faster once the runner queued each tile as a stream came free). Not under
+    the default model's 1116 x 1116 tiles computed 8.6 % more of the output a second than its
+    604 x 604 ones, ``benchmarks/results/2026-12-07T103139Z-openvino-tiles.json``, and the warm
+    engine took 1.74 s for the P7 volume against 1.85-1.94 s on smaller tiles, P7 ``104746Z``
+    against ``092323Z``-``100700Z``, once the runner queued each tile as a stream came free). Not under
     PyTorch: its channels-last convolutions ran 604 x 1116 tiles at 0.57 of the bf16 matrix
     product's rate against 0.78 for 604 x 604 (P7 ``2026-12-07T094010Z`` against ``092323Z``).
     CUDA: up to 2048 (256 in 3D). Either: the largest step whose ``batch_size`` tiles need at

@@ -3,9 +3,9 @@
 On the CPU a new process loads the network (OpenVINO: its runtime, the converted model) and
 compiles it for the run's tile while the segmenter takes the normalization statistics and
 the input's fingerprint, instead of after them. A run that splits objects
-(``split="watershed"``) also imports what the watershed needs there (``scipy.ndimage``: 0.2 s
-of a process's start, measured here, scipy's array-API layer); the default labelling imports
-no scipy (:mod:`fastunet.engine.connectivity`).
+(``split="watershed"``) also imports what the watershed needs there (``scipy.ndimage``: 0.34
+CPU-s of a process, ``benchmarks/results/2026-12-07T101047Z-label-runs.json``); the default
+labelling imports no scipy (:mod:`fastunet.engine.connectivity`).
 """
 
 from __future__ import annotations
