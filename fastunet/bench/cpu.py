@@ -298,7 +298,8 @@ def whole_process_times(commands: dict, *, rounds: int) -> tuple[dict, dict]:
 # (the packages such a run had in sys.modules at its end, measured here; no dask: the local
 # threaded scheduler does without it)
 SEGMENT_IMPORTS = ("fastunet.cli.main", "fastunet.segmentation.segmenter", "fastunet.engine.openvino_backend",
-                   "fastunet.engine.instances", "fastunet.io.outputs", "openvino", "zarr", "tifffile", "imagecodecs", "fsspec", "safetensors", "psutil", "filelock")
+                   "fastunet.engine.instances", "fastunet.io.outputs", "openvino", "zarr", "tifffile", "imagecodecs",
+                   "fsspec", "safetensors", "psutil", "filelock")
 
 
 def _startup_seconds(rounds: int) -> dict:

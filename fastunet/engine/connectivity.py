@@ -126,8 +126,8 @@ def label_runs(classes: np.ndarray, *, classes_from: int, classes_to: int, link_
     starts = np.flatnonzero(start)
     runs = starts.size
     lengths = np.diff(starts, append=n)
-    # voxel -> its run, from 1 (np.repeat: a quarter of the time of a cumsum over the voxels)
-    run_of = np.repeat(np.arange(1, runs + 1, dtype=index), lengths)
+    # voxel -> its run (np.repeat: a quarter of the time of a cumsum over the voxels)
+    run_of = np.repeat(np.arange(runs, dtype=index), lengths)
     run_cls = flat[starts]
     same, other = [], []
     for stride, along_y in ((bx, True), (by * bx, False)):
@@ -142,22 +142,22 @@ def label_runs(classes: np.ndarray, *, classes_from: int, classes_to: int, link_
         if adjacency:
             i = np.flatnonzero(at & ~equal)
             other.append((run_of[i], run_of[i + stride]))
-    edges = np.concatenate(same) - 1 if same else np.zeros((0, 2), index)
+    edges = np.concatenate(same) if same else np.zeros((0, 2), index)
     roots, comp = _numbered(_roots(edges, runs))  # a piece's root is its first run
     comp_cls = run_cls[roots]
     # class by class (each in order of first voxel): the pieces' new numbers
-    order = np.concatenate([np.zeros(0, np.intp), *(np.flatnonzero(comp_cls == c) for c in range(classes_from, classes_to))])
+    order = np.concatenate([np.zeros(0, np.intp),
+                            *(np.flatnonzero(comp_cls == c) for c in range(classes_from, classes_to))])
     number = np.zeros(roots.size, np.uint32)
     number[order] = np.arange(1, order.size + 1, dtype=np.uint32)
-    run_id = np.zeros(runs + 1, np.uint32)  # run (from 1) -> piece id
-    run_id[1:] = number[comp]
-    ids = np.repeat(run_id[1:], lengths).reshape(classes.shape)
-    size = np.bincount(run_id[1:], weights=lengths, minlength=order.size + 1)[1:].astype(np.int64)
+    run_id = number[comp]  # run -> piece id (0: a class not labelled)
+    ids = np.repeat(run_id, lengths).reshape(classes.shape)
+    size = np.bincount(run_id, weights=lengths, minlength=order.size + 1)[1:].astype(np.int64)
     adj = None
     if adjacency:  # along X: a row's consecutive runs; along Y and Z: the pairs found above
         row_next = np.flatnonzero(starts[1:] % bx != 0)
-        a = np.concatenate([run_id[1:][row_next], *(run_id[u] for u, _ in other)])
-        b = np.concatenate([run_id[1:][row_next + 1], *(run_id[v] for _, v in other)])
+        a = np.concatenate([run_id[row_next], *(run_id[u] for u, _ in other)])
+        b = np.concatenate([run_id[row_next + 1], *(run_id[v] for _, v in other)])
         keep = (a > 0) & (b > 0)
         a, b = a[keep], b[keep]
         adj = key_pairs(np.unique(pair_keys(np.minimum(a, b), np.maximum(a, b))), np.uint32)

@@ -170,26 +170,26 @@ def label_block(classes: np.ndarray, origin: tuple[int, ...], shape: tuple[int, 
     ndim = len(shape)
     lo, hi = (0 if options.fill_holes else 1), max(2, int(num_classes))
     if options.split is None:  # every class at once, by runs (fastunet.engine.connectivity)
-        pieces = label_runs(classes, classes_from=lo, classes_to=hi, link_z=ndim == 3 and options.connect_z,
-                            adjacency=options.fill_holes)
-        ids, first_local, size, cls, adj = pieces
+        ids, first_local, size, cls, adj = label_runs(classes, classes_from=lo, classes_to=hi,
+                                                      link_z=ndim == 3 and options.connect_z,
+                                                      adjacency=options.fill_holes)
         count = int(cls.size)
     else:
-        ids, count, cls = _split_block(classes, lo, hi, _structure(ndim, options.connect_z))
+        structure = _structure(ndim, options.connect_z)
+        ids, count, cls = _split_block(classes, lo, hi, structure)
         flat = ids.ravel()
         first_local = _first_positions(flat)
         size = np.bincount(flat, minlength=count + 1)[1:].astype(np.int64)
-        adj = _touching(ids, _structure(ndim, options.connect_z)) if options.fill_holes else None
+        adj = _touching(ids, structure) if options.fill_holes else None
     coords = np.unravel_index(first_local, ids.shape)
     if ndim == 2:
         coords = coords[1:]
     coords = tuple(c + o for c, o in zip(coords, origin))
     first = np.ravel_multi_index(coords, shape).astype(np.int64) if count else np.zeros(0, np.int64)
-    found = BlockLabels(ids=ids, first=first, size=size, cls=cls)
+    found = BlockLabels(ids=ids, first=first, size=size, cls=cls, adj=adj)
     if options.fill_holes:
         box = tuple((o, o + n) for o, n in zip(origin, ids.shape[3 - ndim:]))
         found.edge = _edge_pieces(ids, box, shape, options.connect_z, count)
-        found.adj = adj
     return found
 
 

@@ -252,7 +252,7 @@ def estimate_object_size(segment_crop, vol, model_size: float) -> Measure:
     return Measure(found, "", tuple(rounds))
 
 
-def make_rescale(vol, depth: int, plan: ScalePlan, *, tile, max_step: int | tuple[int, ...]):
+def make_rescale(vol, depth: int, plan: ScalePlan, *, tile, max_step: int):
     """The :class:`~fastunet.engine.rescale.Rescale` of ``plan`` for ``vol``: the rescaled grid
     and the network's tile on it (``tile`` as given, e.g. recorded by an interrupted run, or
     planned for the rescaled shape as for any input)."""
