@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from fastunet import geometry
-from fastunet.model import ReferenceUNet, UNetConfig, center_crop, count_parameters
+from fastunet.model import ReferenceUNet, UNetConfig, center_crop, count_parameters, split_merge
 
 
 def paper_parameter_count(in_channels=1, num_classes=2, base=64, depth=4):
@@ -94,6 +94,17 @@ def test_forward_matches_hand_written_paper_expression():
     u2 = relu(model.dec[1].conv2(relu(model.dec[1].conv1(torch.cat([d0[..., 16:24, 16:40], u2], 1)))))
     expected = model.head(u2)
     torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dims, shape", [(2, (2, 2, 44, 60)), (3, (1, 2, 44, 44, 60))])
+def test_split_merge_is_the_crop_concat_convolution(dims, shape):
+    """The OpenVINO conversion's decoder form (two summed convolutions, no concatenation)
+    gives the reference's values, in 2D and 3D (float64: only the order of the sums differs)."""
+    model = ReferenceUNet(UNetConfig(in_channels=2, num_classes=3, base_channels=4, depth=2, spatial_dims=dims))
+    model = model.double().eval()
+    x = torch.randn(*shape, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(model._layers(x, split_merge), model(x), rtol=1e-12, atol=1e-12)
 
 
 def test_every_valid_size_runs_with_predicted_output():

@@ -46,13 +46,14 @@ if TYPE_CHECKING:
     from ..model import ReferenceUNet
     from .handle import ModelHandle
 
-__all__ = ["OpenVINOPredictor", "import_openvino", "available", "picked_by_auto", "cache_dir", "PRECISIONS"]
+__all__ = ["OpenVINOPredictor", "import_openvino", "available", "picked_by_auto", "cache_dir", "convert", "PRECISIONS"]
 
 # fastunet's dtype -> the CPU plugin's inference precision (int8: of what stays in floating
 # point, bf16 where the CPU has bf16 units: OpenVINOPredictor)
 PRECISIONS = {"bf16": "bf16", "fp32": "f32", "tf32": "f32", "int8": "f32"}
 CACHE_ENTRIES = 8  # converted models kept on disk (the most recently used)
 COMPILED_ENTRIES = 16  # OpenVINO's compiled models (per model, tile shape and precision) kept on disk
+GRAPH_FORM = "split-merge"  # how the network is written for the conversion (:func:`convert`), in the cache key
 COMPILED_DIR = "compiled"  # their folder, inside the converted models'
 
 
@@ -120,17 +121,24 @@ def _model_key(model: ReferenceUNet | ModelHandle, ov_version: str) -> str:
     """A digest of the weights, the config and the versions that make the converted model."""
     digest = hashlib.sha256()
     # torch's version: the conversion's tracer is torch's
-    digest.update(repr((model.config.to_dict(), _version("torch"), ov_version)).encode())
+    digest.update(repr((model.config.to_dict(), _version("torch"), ov_version, GRAPH_FORM)).encode())
     for name, value in _weights(model).items():
         digest.update(name.encode())
         digest.update(np.ascontiguousarray(value, np.float32).tobytes())
     return digest.hexdigest()[:32]
 
 
-def _convert(ov, model: ReferenceUNet):
+def convert(ov, model: ReferenceUNet, *, split: bool = True):
     """``openvino.convert_model`` of the network traced on the smallest valid tile (every
-    tile size runs on the result: the trace keeps the crops' sizes symbolic)."""
+    tile size runs on the result: the trace keeps the crops' sizes symbolic). ``split``: each
+    decoder level's first convolution over the crop-concat as two summed convolutions
+    (:func:`~fastunet.model.split_merge`, what the engine runs), else the reference's
+    crop-concat (to compare: ``benchmarks/openvino_merge.py``)."""
     import torch
+
+    from ..model import split_merge
+
+    merge = split_merge if split else None
 
     class Layers(torch.nn.Module):
         """The network's forward without its input checks (they would fix the tile size in the trace)."""
@@ -140,7 +148,7 @@ def _convert(ov, model: ReferenceUNet):
             self.net = net
 
         def forward(self, x):
-            return self.net._layers(x)
+            return self.net._layers(x, merge)
 
     edge = geometry.min_input_size(model.config.depth)
     example = torch.zeros(1, model.config.in_channels, edge, edge)
@@ -159,7 +167,7 @@ def converted_model(ov, core, model: ReferenceUNet | ModelHandle, folder: Path |
     saved there, when the folder can be written; a failed save only costs the next process
     the conversion)."""
     return cached_model(ov, core, folder, f"unet-{_model_key(model, ov.get_version())}",
-                        lambda: _convert(ov, _module(model)))
+                        lambda: convert(ov, _module(model)))
 
 
 def int8_model(ov, core, model: ReferenceUNet | ModelHandle, folder: Path | None):
