@@ -12,6 +12,7 @@ network and normalization, its weights to start from).
     python benchmarks/few_images.py --out few-images            # styles textured, counts 1 and 2
     python benchmarks/few_images.py --style classic --counts 1 --eval-images 4
     python benchmarks/few_images.py --style elongated --init 2d --lr 3e-4 --iterations 1000   # fine-tuning
+    python benchmarks/few_images.py --counts 1 --amp bf16   # bf16 autocast (a CPU with bf16 units, or CUDA)
 
 The result is a JSON file in ``--out`` (its ``figures`` as the results table of
 ``benchmarks/README.md`` shows them; copy it to ``benchmarks/results/``) and a Markdown table
@@ -37,7 +38,7 @@ def _cpu_seconds() -> float:
 
 
 def run_count(count: int, *, style: str, out: Path, device: str, eval_images: int, iterations: int | None,
-              init: str | None = None, lr: float | None = None) -> dict:
+              init: str | None = None, lr: float | None = None, amp: str | None = None) -> dict:
     """Draw ``count`` images, train with the defaults (fine-tune ``init`` if given), score on
     fresh images of ``style``."""
     import torch
@@ -49,7 +50,7 @@ def run_count(count: int, *, style: str, out: Path, device: str, eval_images: in
     folder = out / f"{style}-{count}{'-init' if init else ''}"
     images, labels = write_style_images(folder, range(FIRST_SEED, FIRST_SEED + count), style)
     options = {"device": device, **({} if iterations is None else {"iterations": iterations}),
-               **({} if lr is None else {"lr": lr})}
+               **({} if lr is None else {"lr": lr}), **({} if amp is None else {"amp": amp})}
     config = fine_tune_config(init, **options) if init else TrainConfig(**options)
     wall, cpu = time.perf_counter(), _cpu_seconds()
     result = train(images, labels, folder / "model.safetensors", config=config, progress=False, overwrite=True,
@@ -57,7 +58,7 @@ def run_count(count: int, *, style: str, out: Path, device: str, eval_images: in
     wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
     scores = evaluate_synthetic(result.output, n_images=eval_images, style=style, device=device)
     return {
-        "images": count, "style": style, "seeds": [FIRST_SEED, FIRST_SEED + count - 1], "init": init, "lr": lr,
+        "images": count, "style": style, "seeds": [FIRST_SEED, FIRST_SEED + count - 1], "init": init, "lr": lr, "amp": amp,
         "steps": result.steps, "best_step": result.best_step, "val": result.val,
         "train_wall_s": round(wall, 1), "train_cpu_s": round(cpu, 1), "torch_threads": torch.get_num_threads(),
         "test": scores.to_dict(), "model": os.path.relpath(result.output, out),
@@ -78,10 +79,11 @@ def figures(rows: list[dict], default: dict) -> dict:
     return out
 
 
-def describe(style: str, init: str | None, lr: float | None, iterations: int | None) -> str:
+def describe(style: str, init: str | None, lr: float | None, iterations: int | None, amp: str | None = None) -> str:
     """The run in a line (the results table's note): style, from scratch or fine-tuned, settings."""
     how = f"fine-tuning {init}" if init else "from scratch"
     settings = ", ".join(f"{k} {v:g}" for k, v in (("lr", lr), ("steps", iterations)) if v is not None)
+    settings = ", ".join(s for s in (settings, f"amp {amp}" if amp else "") if s)
     return f"{style}: {how}" + (f" ({settings})" if settings else " (fastunet train's defaults)")
 
 
@@ -95,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, help="training steps (default: fastunet train's; for a smoke run)")
     parser.add_argument("--init", metavar="MODEL", help="fine-tune this model (2d: the default model) instead")
     parser.add_argument("--lr", type=float, help="learning rate (default: fastunet train's)")
+    parser.add_argument("--amp", choices=("none", "bf16"), help="bf16 autocast (default: fastunet train's, none)")
     args = parser.parse_args(argv)
 
     from fastunet import __version__
@@ -103,14 +106,14 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = [run_count(int(n), style=args.style, out=out, device=args.device, eval_images=args.eval_images,
-                      iterations=args.iterations, init=args.init, lr=args.lr)
+                      iterations=args.iterations, init=args.init, lr=args.lr, amp=args.amp)
             for n in args.counts.split(",")]
     default = evaluate_synthetic(n_images=args.eval_images, style=args.style, device=args.device).to_dict()
-    record = {"benchmark": "few-images", "note": describe(args.style, args.init, args.lr, args.iterations),
+    record = {"benchmark": "few-images", "note": describe(args.style, args.init, args.lr, args.iterations, args.amp),
               "version": __version__, "machine": platform.machine(),
               "cpus": os.cpu_count(), "device": f"{args.device} ({os.cpu_count()} cores)",
               "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "style": args.style, "iterations": args.iterations,
-              "init": args.init, "lr": args.lr,
+              "init": args.init, "lr": args.lr, "amp": args.amp,
               "eval_images": args.eval_images, "figures": figures(rows, default), "rows": rows,
               "default_model": default}
     path = out / f"few-images-{time.strftime('%Y%m%d-%H%M%S')}.json"

@@ -396,6 +396,38 @@ def test_adam_bf16_steps_on_cuda_use_the_fused_loss_and_gpu_augmentation(tmp_pat
     assert 0.0 <= result.val["foreground_iou"] <= 1.0
 
 
+def test_bf16_autocast_trains_on_a_cpu_with_bf16_units_and_is_refused_on_one_without(tmp_path, monkeypatch):
+    """amp="bf16" on the CPU: the forward runs under bf16 autocast in channels-last (the loss
+    sees bf16 logits), the weights stay fp32, the loss falls; a CPU without bf16 units is
+    refused with one line before any work. The capability is set both ways, so the test
+    does not depend on the machine."""
+    from fastunet.train import loop
+
+    image, labels = synthetic_nuclei((160, 160), seed=_seed())
+    config = _tiny(base_channels=8, batch_size=4, iterations=40, val_fraction=0.0, seed=_seed(), amp="bf16",
+                   device="cpu", augment=AugmentConfig.none())
+    monkeypatch.setattr(loop, "cpu_bf16_units", lambda: None)
+    with pytest.raises(UserError, match="needs bf16 matrix units .* train with amp='none'"):
+        train(image, labels, tmp_path / "refused.safetensors", config=config, progress=False)
+    assert not list(tmp_path.iterdir())  # refused before anything was written
+
+    seen = []
+    real_loss = loop.weighted_cross_entropy
+
+    def loss(logits, target, weight):
+        seen.append((logits.dtype, logits.is_contiguous(memory_format=torch.channels_last)))
+        return real_loss(logits, target, weight)
+
+    monkeypatch.setattr(loop, "cpu_bf16_units", lambda: "AVX512-BF16")
+    monkeypatch.setattr(loop, "weighted_cross_entropy", loss)
+    result = train(image, labels, tmp_path / "m.safetensors", config=config, progress=False)
+    assert seen == [(torch.bfloat16, True)] * 40
+    assert all(p.dtype == torch.float32 for p in result.model.parameters())
+    history = np.asarray(result.history["loss"])
+    assert np.isfinite(history).all() and history[-10:].mean() < 0.75 * history[:10].mean()
+    assert read_model(tmp_path / "m.safetensors").extra["training_config"]["amp"] == "bf16"
+
+
 def test_cosine_schedule_depends_on_the_step_only():
     config = TrainConfig(lr=1e-3, lr_period=100)
     assert config.lr_at(0) == pytest.approx(1e-3) and config.lr_at(100) == pytest.approx(1e-3)  # warm restart

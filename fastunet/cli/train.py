@@ -66,7 +66,7 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     group.add_argument("--no-augment", action="store_true", help="plain random crops, no deformations or gray-value "
                        "changes")
     group.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
-    group.add_argument("--amp", choices=("none", "bf16"), help="bf16 autocast on CUDA (default none)")
+    group.add_argument("--amp", choices=("none", "bf16"), help="bf16 autocast: on CUDA, or on a CPU with bf16 units (AMX/AVX512-BF16) (default none)")
     group.add_argument("--seed", type=int, help="seed of the split, the weights, the tiles and dropout (default 0)")
     group.add_argument("--init", metavar="MODEL", help="fine-tune: start from this model file's weights (2d: the "
                        "default model) with its network and normalization; a lower --lr (e.g. 3e-4) keeps more of "

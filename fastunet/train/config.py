@@ -75,7 +75,9 @@ class TrainConfig:
     momentum, weight_decay : float
         SGD momentum; L2 weight decay for either optimizer.
     amp : {"none", "bf16"}
-        bf16 autocast of the forward pass (CUDA only).
+        bf16 autocast of the forward pass (the weights and the optimizer stay fp32): on CUDA,
+        or on a CPU with bf16 matrix units (AMX or AVX512-BF16; refused on other CPUs, where
+        it would be slower than fp32).
     iterations : int
         Optimizer steps; ignored when ``epochs`` is given.
     epochs : float, optional
