@@ -39,12 +39,13 @@ if typing.TYPE_CHECKING:
 
 __all__ = ["TRAIN_STYLES", "TRAIN_SEEDS", "style_of", "IMAGE_SHAPE", "TRAIN_ARGS", "write_training_data", "recipe_config",
            "recipe_command", "build", "INTENDED_USE", "NOT_FOR", "model_card", "write_card", "CALIBRATION_SEEDS",
-           "CALIBRATION_SHIFTS", "shifted", "calibrate"]
+           "CALIBRATION_SHIFTS", "CALIBRATION_CONFIDENCES", "shifted", "calibrate"]
 
 TRAIN_STYLES = ("classic", "small", "textured", "clumped", "mitotic", "widefield", "large", "debris", "autofluorescent",
                 "saturated", "dividing", "dim")
 IMAGE_SHAPE = (512, 512)
 CALIBRATION_SHIFTS = (0.0, 0.2, 0.4, 0.6)  # foreground logit shifts tried (decision thresholds 0.5 .. 0.35)
+CALIBRATION_CONFIDENCES = (0.0, 0.6, 0.65, 0.7, 0.75, 0.8)  # min_confidence values tried (0: keep every object)
 TRAIN_ARGS = (
     "--base-channels", "16",
     "--depth", "3",
@@ -226,16 +227,21 @@ def shifted(bundle, shift: float):
 
 
 def calibrate(model: str | Path = DEFAULT_MODEL, output: str | Path | None = None, *, shifts=CALIBRATION_SHIFTS,
-              seeds=CALIBRATION_SEEDS, styles=TRAIN_STYLES) -> dict:
-    """Choose the model's decision threshold on validation images and write it into ``output``
-    (default: ``model`` itself).
+              confidences=CALIBRATION_CONFIDENCES, seeds=CALIBRATION_SEEDS, styles=TRAIN_STYLES,
+              keep_shift: bool = False) -> dict:
+    """Choose the model's decision threshold and its objects' minimum confidence on validation
+    images and write them into ``output`` (default: ``model`` itself).
 
-    Each of ``shifts`` of the foreground logit (:func:`shifted`) is scored on ``len(seeds)``
-    images of each training style (instance F1 at IoU 0.5, the objects as ``segment`` writes
-    them); the shift with the best mean F1 over the styles is kept (ties: the smallest), and
-    the file records the table (``extra["calibration"]``). Only training styles and seeds
-    outside the training set and the card's (:data:`CALIBRATION_SEEDS`) are looked at.
-    Calibrating a calibrated file starts from the weights as trained.
+    First each of ``shifts`` of the foreground logit (:func:`shifted`) is scored on
+    ``len(seeds)`` images of each training style (instance F1 at IoU 0.5, the objects as
+    ``segment`` writes them without ``min_confidence``); the shift with the best mean F1 over
+    the styles is kept (ties: the smallest). Then, with that shift, each of ``confidences`` as
+    ``min_confidence`` (objects of a lower mean object probability removed) is scored on the
+    same images; the best mean F1 is kept (ties: the smallest). ``keep_shift``: the shift (and
+    its table) the file records already, only the confidence chosen. The file records both
+    tables (``extra["calibration"]``). Only training styles and seeds outside the training set
+    and the card's (:data:`CALIBRATION_SEEDS`) are looked at. Calibrating a calibrated file
+    starts from the weights as trained.
     """
     import tempfile
 
@@ -245,20 +251,41 @@ def calibrate(model: str | Path = DEFAULT_MODEL, output: str | Path | None = Non
     bundle = read_model(model)
     extra = dict(bundle.extra)
     extra.pop("card", None)  # its scores were of other weights: score the calibrated model again
-    base = shifted(bundle, -float((extra.get("calibration") or {}).get("shift", 0.0)))  # the weights as trained
-    table = {}
+    recorded = dict(extra.get("calibration") or {})
+    base = shifted(bundle, -float(recorded.get("shift", 0.0)))  # the weights as trained
+
+    def mean_f1(path, **options) -> dict:
+        return {name: round(evaluate_synthetic(path, style=name, n_images=len(seeds), seed=seeds.start,
+                                               **options).instance_f1, 4) for name in styles}
+
+    def best(table: dict) -> str:
+        means = {k: sum(v.values()) / len(v) for k, v in table.items()}
+        return max(means, key=lambda k: (round(means[k], 6), -float(k)))
+
+    def means(table: dict) -> dict:
+        return {k: round(sum(v.values()) / len(v), 4) for k, v in table.items()}
+
     with tempfile.TemporaryDirectory() as tmp:
-        for shift in shifts:
-            path = save_model(Path(tmp) / f"shift{shift}.safetensors", shifted(base, shift))
-            table[str(shift)] = {name: round(evaluate_synthetic(path, style=name, n_images=len(seeds),
-                                                                seed=seeds.start).instance_f1, 4) for name in styles}
-            print(f"shift {shift:+.2f}: mean F1 {sum(table[str(shift)].values()) / len(styles):.4f}", file=sys.stderr,
+        if keep_shift and "shift" in recorded:
+            shift_table, shift = recorded.get("f1", {}), float(recorded["shift"])
+        else:
+            shift_table = {}
+            for value in shifts:
+                path = save_model(Path(tmp) / f"shift{value}.safetensors", shifted(base, value))
+                shift_table[str(value)] = mean_f1(path, min_confidence=0.0)
+                print(f"shift {value:+.2f}: mean F1 {means(shift_table)[str(value)]:.4f}", file=sys.stderr, flush=True)
+            shift = float(best(shift_table))
+        path = save_model(Path(tmp) / "chosen.safetensors", shifted(base, shift))
+        confidence_table = {}
+        for value in confidences:
+            confidence_table[str(value)] = mean_f1(path, min_confidence=float(value))
+            print(f"min_confidence {value:.2f}: mean F1 {means(confidence_table)[str(value)]:.4f}", file=sys.stderr,
                   flush=True)
-    means = {k: sum(v.values()) / len(v) for k, v in table.items()}
-    best = max(means, key=lambda k: (round(means[k], 6), -float(k)))
-    extra["calibration"] = {"shift": float(best), "seeds": [seeds.start, seeds.stop - 1], "f1": table,
-                            "mean_f1": {k: round(v, 4) for k, v in means.items()}}
-    save_model(output or model, shifted(base, float(best)), extra=extra)
+    extra["calibration"] = {"shift": shift, "seeds": [seeds.start, seeds.stop - 1], "f1": shift_table,
+                            "mean_f1": means(shift_table), "min_confidence": float(best(confidence_table)),
+                            "min_confidence_f1": confidence_table,
+                            "min_confidence_mean_f1": means(confidence_table)}
+    save_model(output or model, shifted(base, shift), extra=extra)
     return extra["calibration"]
 
 
@@ -273,14 +300,17 @@ def _main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("calibrate", help="choose the foreground threshold on validation images (in the model file)")
     p.add_argument("--model", default=str(DEFAULT_MODEL), help="model file (default: the packaged one)")
     p.add_argument("-o", "--output", help="where the calibrated model goes (default: --model itself)")
+    p.add_argument("--keep-shift", action="store_true", help="keep the recorded foreground shift; choose the "
+                   "objects' minimum confidence only")
     p = sub.add_parser("card", help="record the scores of a benchmarks/model_card.py result in the model file")
     p.add_argument("results", help="a model-card-*.json of benchmarks/model_card.py scores")
     p.add_argument("--model", default=str(DEFAULT_MODEL), help="model file (default: the packaged one)")
     args = parser.parse_args(argv)
     try:
         if args.command == "calibrate":
-            chosen = calibrate(args.model, args.output)
-            print(f"foreground logit shift {chosen['shift']:+.2f} (mean F1 of the training styles: {chosen['mean_f1']})")
+            chosen = calibrate(args.model, args.output, keep_shift=args.keep_shift)
+            print(f"foreground logit shift {chosen['shift']:+.2f} (mean F1 of the training styles: {chosen['mean_f1']}), "
+                  f"min_confidence {chosen['min_confidence']:.2f} ({chosen['min_confidence_mean_f1']})")
             return 0
         if args.command == "card":
             print(f"wrote the card of {args.results} into {write_card(args.results, args.model)}")

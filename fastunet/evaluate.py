@@ -14,7 +14,8 @@ by :func:`fastunet.metrics.score`:
   slice (:attr:`fastunet.metrics.Evaluation.specks`).
 
 The objects are cleaned up as ``segment`` cleans them by default (``min_size="auto"``,
-``fill_holes=True``; ``min_size=0, fill_holes=False`` scores the network's raw class map).
+``fill_holes=True``, ``min_confidence="auto"``; ``min_size=0, fill_holes=False,
+min_confidence=0`` scores the network's raw class map).
 
 ``fastunet evaluate IMAGES LABELS`` scores a model on your data;
 ``fastunet evaluate --synthetic 16`` on 16 freshly generated synthetic images of every style of
@@ -47,7 +48,8 @@ def _slices(a: np.ndarray) -> list[np.ndarray]:
 def evaluate(images, labels, model=None, *, axes: str | None = None, device=None, backend: str = "auto",
              dtype: str | None = None, tile: int | None = None, batch_size: int | None = None,
              preview: str | os.PathLike | None = None, object_size=None, overwrite: bool = False,
-             min_size: int | str = "auto", fill_holes: bool = True) -> Evaluation:
+             min_size: int | str = "auto", fill_holes: bool = True,
+             min_confidence: float | str = "auto") -> Evaluation:
     """Segment ``images`` with ``model`` (default: the bundled one) and score against ``labels``.
 
     Parameters
@@ -71,7 +73,7 @@ def evaluate(images, labels, model=None, *, axes: str | None = None, device=None
         :func:`fastunet.segment`; default: the images' own scale.
     overwrite : bool
         Replace an existing ``preview`` file.
-    min_size, fill_holes
+    min_size, fill_holes, min_confidence
         The clean-up of the predicted objects, as for :func:`fastunet.segment` (default: on).
 
     Returns
@@ -89,7 +91,8 @@ def evaluate(images, labels, model=None, *, axes: str | None = None, device=None
     if len(sizes) != len(pairs):
         raise UserError(f"Got {len(sizes)} object sizes for {len(pairs)} images; give one, or one per image.")
     return _score(pairs, sizes, model, dict(device=device, backend=backend, dtype=dtype, tile=tile,
-                                            batch_size=batch_size), preview, dict(min_size=min_size, fill_holes=fill_holes))
+                                            batch_size=batch_size), preview, dict(min_size=min_size, fill_holes=fill_holes,
+                                                                       min_confidence=min_confidence))
 
 
 def _score(pairs, sizes, model, network: dict, preview, cleanup: dict) -> Evaluation:
@@ -98,8 +101,10 @@ def _score(pairs, sizes, model, network: dict, preview, cleanup: dict) -> Evalua
     from .segmentation import Segmenter
 
     cleaned, classes, truths = [], [], []
-    raw = cleanup.get("min_size") != 0 or cleanup.get("fill_holes")
     with Segmenter(model, **network) as seg:
+        confidence = cleanup.get("min_confidence", "auto")
+        confidence = seg.model_min_confidence if confidence == "auto" else confidence
+        raw = cleanup.get("min_size") != 0 or cleanup.get("fill_holes") or confidence != 0
         for pair, size in zip(pairs, sizes):
             # the objects as segment writes them (cleaned up), scored as connected components
             out = seg.segment(pair.image, None, axes="ZYX" if pair.image.ndim == 3 else "YX", progress=False,
@@ -136,7 +141,8 @@ def evaluate_synthetic(model=None, *, n_images: int = 16, seed: int = SYNTHETIC_
                        style: str = "classic", object_size=None, device=None, backend: str = "auto",
                        dtype: str | None = None, tile: int | None = None, batch_size: int | None = None,
                        preview: str | os.PathLike | None = None, overwrite: bool = False,
-                       min_size: int | str = "auto", fill_holes: bool = True) -> Evaluation:
+                       min_size: int | str = "auto", fill_holes: bool = True,
+                       min_confidence: float | str = "auto") -> Evaluation:
     """Score a model on ``n_images`` freshly generated synthetic images of one style.
 
     Parameters
@@ -156,7 +162,7 @@ def evaluate_synthetic(model=None, *, n_images: int = 16, seed: int = SYNTHETIC_
     object_size : float, "auto" or "truth", optional
         As for :func:`evaluate`; ``"truth"``: each image's true typical object diameter
         (:attr:`fastunet.synthetic_styles.StyleImage.object_size`).
-    device, backend, dtype, tile, batch_size, preview, overwrite, min_size, fill_holes
+    device, backend, dtype, tile, batch_size, preview, overwrite, min_size, fill_holes, min_confidence
         As for :func:`evaluate`.
 
     Returns
@@ -177,7 +183,8 @@ def evaluate_synthetic(model=None, *, n_images: int = 16, seed: int = SYNTHETIC_
     pairs = [TrainingPair(f"{style}[seed={s}]", d.image, d.labels) for s, d in zip(range(seed, seed + n_images), drawn)]
     sizes = [d.object_size for d in drawn] if object_size == "truth" else [object_size] * len(drawn)
     return _score(pairs, sizes, model, dict(device=device, backend=backend, dtype=dtype, tile=tile,
-                                            batch_size=batch_size), preview, dict(min_size=min_size, fill_holes=fill_holes))
+                                            batch_size=batch_size), preview, dict(min_size=min_size, fill_holes=fill_holes,
+                                                                       min_confidence=min_confidence))
 
 
 def parse_styles(text: str | None) -> list[str]:

@@ -56,10 +56,11 @@ def kinds_record(kinds: tuple[str, ...]) -> str:
     return "both" if kinds == ("labels", "probs") else ",".join(kinds)
 
 
-def network_output(kinds: tuple[str, ...]) -> str:
-    """What the network must produce for ``kinds``: ``"labels"``, ``"probs"`` or ``"both"``."""
+def network_output(kinds: tuple[str, ...], confidence: bool = False) -> str:
+    """What the network must produce for ``kinds``: ``"labels"``, ``"probs"`` or ``"both"``
+    (``confidence``: instances whose clean-up needs the probabilities too, ``min_confidence``)."""
     need_labels = "instances" in kinds or "labels" in kinds
-    need_probs = "probs" in kinds
+    need_probs = "probs" in kinds or ("instances" in kinds and confidence)
     return "both" if need_labels and need_probs else ("probs" if need_probs else "labels")
 
 

@@ -21,7 +21,7 @@ import numbers
 import numpy as np
 
 __all__ = ["median_diameter", "check_object_size", "model_object_size", "scale_for", "MIN_OBJECTS", "typical_size",
-           "auto_min_size", "check_min_size", "AUTO_MIN_FRACTION"]
+           "auto_min_size", "check_min_size", "AUTO_MIN_FRACTION", "model_min_confidence"]
 
 MIN_OBJECTS = 5  # fewer objects than this give no size estimate
 AUTO_MIN_FRACTION = 1 / 16  # min_size="auto": objects under 1/16 of the typical area (1/4 of its diameter)
@@ -100,6 +100,18 @@ def model_object_size(extra: dict | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return value if math.isfinite(value) and value > 0 else None
+
+
+def model_min_confidence(extra: dict | None) -> float:
+    """The smallest mean object probability a model file asks its objects to have
+    (``extra["calibration"]["min_confidence"]``, chosen on validation images by
+    :func:`fastunet.default_model.calibrate`), or 0 (keep every object)."""
+    value = ((extra or {}).get("calibration") or {}).get("min_confidence", 0.0)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return 0.0
+    return value if 0 <= value < 1 else 0.0
 
 
 def scale_for(object_size: float, model_size: float) -> float:

@@ -15,9 +15,11 @@ def structure(ndim, connect_z=False):
     return s
 
 
-def clean_reference(classes, *, min_size=0, fill_holes=False, connect_z=False, num_classes=2, diameter=None):
+def clean_reference(classes, *, min_size=0, fill_holes=False, connect_z=False, num_classes=2, diameter=None,
+                    probs=None, min_confidence=0.0):
     """Objects of the class map ``classes`` ((Z,) Y, X): each class labelled on its own, objects
-    under ``min_size`` ("auto": :func:`auto_min_size` of all the objects' sizes) removed, then
+    under ``min_size`` ("auto": :func:`auto_min_size` of all the objects' sizes) removed, those
+    whose mean of ``1 - probs[0]`` is under ``min_confidence`` removed, then
     every region of the rest's background that touches no border of the image (in each slice
     of a stack unless ``connect_z``) and one object only given to that object; numbered by first
     voxel in C order."""
@@ -32,6 +34,10 @@ def clean_reference(classes, *, min_size=0, fill_holes=False, connect_z=False, n
     if min_size == "auto":
         min_size = auto_min_size(sizes, diameter, ndim=3 if connect_z else 2)
     ids[np.concatenate([[False], sizes < max(min_size, 1)])[ids]] = 0
+    if min_confidence:
+        sums = np.bincount(ids.ravel(), weights=1.0 - probs[0].astype(np.float64).ravel(), minlength=count + 1)[1:]
+        mean = sums / np.maximum(sizes, 1)
+        ids[np.concatenate([[False], mean < min_confidence])[ids]] = 0
     if fill_holes:
         void, regions = ndimage.label(ids == 0, structure=s)
         border = np.zeros(regions + 1, bool)

@@ -209,21 +209,33 @@ def test_a_logit_shift_is_a_foreground_threshold_and_calibrate_keeps_the_best(tm
         def __init__(self, f1):
             self.instance_f1 = f1
 
-    def fake(model, *, style, n_images, seed):
+    sure = {"a": 0.7, "b": 0.7}  # the min_confidence each style scores best with
+
+    def fake(model, *, style, n_images, seed, min_confidence):
         bias = float(read(model).module.head.bias[1] - net.head.bias[1])
         assert seed == 70_000 and n_images == 8
-        return Scores(1.0 - abs(bias - best[style]))
+        return Scores(1.0 - abs(bias - best[style]) - (0.0 if min_confidence == sure[style] else 0.05))
 
     monkeypatch.setattr("fastunet.evaluate.evaluate_synthetic", fake)
     chosen = dm.calibrate(path, styles=("a", "b"))
-    assert chosen["shift"] == 0.2 and chosen["mean_f1"]["0.2"] == 0.9  # 0.2 and 0.4 tie at 0.9: the smaller
+    assert chosen["shift"] == 0.2 and chosen["mean_f1"]["0.2"] == 0.85  # 0.2 and 0.4 tie at 0.85: the smaller
+    # then the confidence, at that shift: 0.7 is the best of both styles
+    assert chosen["min_confidence"] == 0.7 and chosen["min_confidence_mean_f1"] == {
+        "0.0": 0.85, "0.6": 0.85, "0.65": 0.85, "0.7": 0.9, "0.75": 0.85, "0.8": 0.85}
     calibrated = read(path)
     assert "card" not in calibrated.extra and calibrated.extra["object_size"] == 19.0
     assert calibrated.extra["calibration"]["shift"] == 0.2
+    from fastunet.objectsize import model_min_confidence
+
+    assert model_min_confidence(calibrated.extra) == 0.7  # what segment's min_confidence="auto" takes
+    sure.update(a=0.6, b=0.6)
+    kept = dm.calibrate(path, styles=("a", "b"), keep_shift=True)  # the shift as recorded, only the confidence
+    assert kept["shift"] == 0.2 and kept["f1"] == chosen["f1"] and kept["min_confidence"] == 0.6
     assert torch.allclose(calibrated.module.head.bias[1], net.head.bias[1] + 0.2)
     best.update(a=0.6, b=0.6)
     assert dm.calibrate(path, styles=("a", "b"))["shift"] == 0.6
     assert torch.allclose(read(path).module.head.bias[1], net.head.bias[1] + 0.6)  # from the trained weights
     assert main(["info", str(path)]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("calibration"))
-    assert "foreground logit +0.60 (foreground from a probability of 0.35)" in line and "+0.6: 1.0000" in line
+    assert "foreground logit +0.60 (foreground from a probability of 0.35)" in line and "+0.6: 0.9500" in line
+    assert "objects kept from a mean object probability of 0.60" in line and "0.60: 1.0000" in line

@@ -30,17 +30,22 @@ def _structure(ndim, connect_z):
     return s
 
 
-def _blockwise(classes, block, options, num_classes=2):
+def _blockwise(classes, block, options, num_classes=2, probs=None):
     """label_block + merge over a block grid of ``block``, assembled (the engine's algorithm
-    without the network)."""
+    without the network); ``probs`` ``(K, (Z,) Y, X)`` for ``min_confidence``."""
     shape, nd = classes.shape, classes.ndim
     grid = tuple(-(-n // b) for n, b in zip(shape, block))
     records, boxes = [], []
     keys = ("first", "size", "cls", "edge", "adj") if options.fill_holes else ("first", "size", "cls")
+    keys += ("conf",) if options.confidence else ()
     for index in np.ndindex(*grid):
         box = tuple((i * b, min((i + 1) * b, n)) for i, b, n in zip(index, block, shape))
         part = classes[tuple(slice(*x) for x in box)]
-        found = label_block(part if nd == 3 else part[None], tuple(x[0] for x in box), shape, num_classes, options)
+        part_probs = None if probs is None else probs[(slice(None), *(slice(*x) for x in box))]
+        if part_probs is not None and nd == 2:
+            part_probs = part_probs[:, None]
+        found = label_block(part if nd == 3 else part[None], tuple(x[0] for x in box), shape, num_classes, options,
+                            part_probs)
         records.append(found.arrays(face_planes(found.ids, box, shape, options.connect_z)))
         boxes.append(tuple(slice(*x) for x in box))
     result = merge(grid, lambda b: tuple(records[b][k] for k in keys), lambda b, k: records[b][k], ndim=nd,
@@ -149,6 +154,38 @@ def test_blockwise_cleanup_equals_the_whole_image_reference(min_size):
     np.testing.assert_array_equal(got, expected)
 
 
+def test_min_confidence_judges_whole_objects_across_blocks():
+    """An object's mean object probability is over all its voxels, whatever the blocks: the
+    block-wise clean-up equals the whole-image reference, and a per-block rule would not
+    (an object half in a sure block, half in an unsure one)."""
+    rng = _rng()
+    unsure = kept = 0
+    for _ in range(3):
+        plane = _blobs(rng, tuple(rng.integers(24, 48, 2)), rng.uniform(1.0, 2.5))
+        p0 = rng.uniform(0.0, 0.6, plane.shape) * rng.uniform(0.7, 1.0)  # background probability
+        probs = np.stack([p0, 1 - p0]).astype(np.float16)
+        for tau in (0.6, 0.72, 0.85):
+            options = InstanceOptions(min_size="auto", fill_holes=True, min_confidence=tau)
+            expected = clean_reference(plane, min_size="auto", fill_holes=True, probs=probs, min_confidence=tau)
+            for block in [plane.shape, (7, 9), (1, plane.shape[1]), (16, 5)]:
+                got, result = _blockwise(plane, block, options, probs=probs)
+                np.testing.assert_array_equal(got, expected, err_msg=str((tau, block)))
+            unsure, kept = unsure + result.unsure, kept + result.count
+    assert unsure > 0 and kept > 0  # the rule removed objects and kept others
+    # one object across two blocks: mean 0.7 over the whole, 0.9 in one block and 0.5 in the other
+    plane = np.zeros((4, 8), np.uint8)
+    plane[1:3, 1:7] = 1
+    p0 = np.where(np.arange(8) < 4, 0.1, 0.5)[None].repeat(4, 0)
+    probs = np.stack([p0, 1 - p0]).astype(np.float32)
+    for tau, count in ((0.65, 1), (0.75, 0)):
+        got, result = _blockwise(plane, (4, 4), InstanceOptions(min_confidence=tau), probs=probs)
+        assert result.count == count and got.max() == count and result.unsure == 1 - count
+    assert InstanceOptions(min_confidence=0).confidence is False
+    for bad in (1.0, -0.1, "high", True):
+        with pytest.raises(UserError, match=r"min_confidence= expects a mean object probability in \[0, 1\)"):
+            InstanceOptions(min_confidence=bad)
+
+
 def test_auto_min_size_is_a_sixteenth_of_the_typical_object():
     from fastunet.objectsize import auto_min_size, typical_size
 
@@ -209,6 +246,43 @@ def test_engine_instances_equal_scipy_label_for_block_and_tile_sizes(tmp_path, m
     np.testing.assert_array_equal(both[0], ndimage.label(both[1] == 1)[0])
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "p.tif"), both[0])
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "p_labels.tif"), both[1])
+
+
+def test_engine_min_confidence_equals_the_whole_image_reference(tmp_path, model):
+    """segment's min_confidence removes the objects whose mean object probability (from the
+    probabilities segment writes) is lower, as the whole-image reference does, in a file
+    output of many blocks and lazily; "auto" takes the model file's value (0 without one)."""
+    from cleanup_reference import structure
+
+    vol = _rng().normal(size=(2, 40, 44)).astype(np.float32)
+    src = _zarr(tmp_path / "in.zarr", vol, (1, 8, 8))
+    labels, probs = (np.asarray(a) for a in segment(src, model, None, axes="ZYX", tile=52,
+                                                    output_kind="labels,probs"))
+    ids = np.stack([ndimage.label(plane == 1, structure=structure(2))[0] + 1000 * z for z, plane in enumerate(labels)])
+    ids[labels != 1] = 0
+    _, inverse, sizes = np.unique(ids, return_inverse=True, return_counts=True)
+    means = np.bincount(inverse.ravel(), weights=1 - probs[0].astype(np.float64).ravel())[1:] / sizes[1:]
+    means = np.sort(means[sizes[1:] >= 4])
+    gaps = np.diff(means[len(means) // 4: 3 * len(means) // 4])  # a threshold in the largest gap of the middle half
+    tau = float(means[len(means) // 4 + np.argmax(gaps)] + gaps.max() / 2)
+    expected = clean_reference(labels, min_size="auto", fill_holes=True, probs=probs, min_confidence=tau)
+    auto = clean_reference(labels, min_size="auto", fill_holes=True)
+    assert 0 < expected.max() < auto.max()  # the rule removed some objects and kept others
+    out = segment(src, model, tmp_path / "o.zarr", axes="ZYX", tile=52, chunks=(1, 8, 8), block=(1, 16, 24),
+                  min_confidence=tau, progress=False)
+    np.testing.assert_array_equal(out[:], expected)
+    lazy = segment(src, model, None, axes="ZYX", tile=52, chunks=(1, 8, 8), block=(2, 16, 24), min_confidence=tau)
+    np.testing.assert_array_equal(np.asarray(lazy), expected)
+    np.testing.assert_array_equal(np.asarray(segment(src, model, None, axes="ZYX", tile=52)), auto)  # "auto": 0
+    from fastunet.modelfile import read_model
+
+    bundle = read_model(model)
+    sure = save_model(tmp_path / "sure.safetensors", bundle.module, bundle.normalization,
+                      extra={"calibration": {"shift": 0.0, "min_confidence": tau}})
+    np.testing.assert_array_equal(np.asarray(segment(src, sure, None, axes="ZYX", tile=52)), expected)
+    with pytest.raises(UserError, match=r"Cannot resume .*min_confidence=.*this run has min_confidence=0.0"):
+        segment(src, model, tmp_path / "o.zarr", axes="ZYX", tile=52, chunks=(1, 8, 8), block=(1, 16, 24),
+                min_confidence=0.0, resume=True, progress=False)
 
 
 def _fail_after(monkeypatch, n):
@@ -306,22 +380,28 @@ def test_cli_two_class_model_writes_instances_by_default(tmp_path, model, capsys
 def test_cli_cleanup_flags_and_the_summary_line(tmp_path, model, capsys):
     img = (_rng().normal(size=(40, 44)) * 100 + 1000).astype(np.uint16)
     tifffile.imwrite(tmp_path / "x.tif", img)
-    labels = segment(str(tmp_path / "x.tif"), model, None, output_kind="labels").compute()
+    labels, probs = (np.asarray(a) for a in segment(str(tmp_path / "x.tif"), model, None, output_kind="labels,probs"))
     base = ["segment", str(tmp_path / "x.tif"), "--model", model]
     cases = {"raw": (["--no-cleanup"], dict(min_size=0, fill_holes=False)),
              "three": (["--min-size", "3", "--keep-holes"], dict(min_size=3, fill_holes=False)),
-             "auto": ([], dict(min_size="auto", fill_holes=True))}
+             "auto": ([], dict(min_size="auto", fill_holes=True)),
+             "sure": (["--min-confidence", "0.8"], dict(min_size="auto", fill_holes=True, probs=probs,
+                                                         min_confidence=0.8))}
     for name, (flags, options) in cases.items():
         assert main([*base, "-o", str(tmp_path / f"{name}.tif"), *flags]) == 0
         np.testing.assert_array_equal(tifffile.imread(tmp_path / f"{name}.tif"), clean_reference(labels, **options))
         line = capsys.readouterr().out.strip().splitlines()[-1]
         assert f"; {clean_reference(labels, **options).max()} objects" in line, line
         assert ("removed" in line) == (name != "raw"), line  # the clean-up is shown
-    with pytest.raises(SystemExit) as exit_code:
-        main([*base, "-o", str(tmp_path / "bad.tif"), "--min-size", "big"])
-    assert exit_code.value.code == 2
-    err = capsys.readouterr().err
-    assert "argument --min-size: expected auto or a number of voxels >= 0" in err.strip().splitlines()[-1]
+        assert ("of a mean probability under 0.80 removed" in line) == (name == "sure"), line
+    assert clean_reference(labels, **cases["sure"][1]).max() < clean_reference(labels, **cases["auto"][1]).max()
+    for flag, value, message in (("--min-size", "big", "expected auto or a number of voxels >= 0"),
+                                 ("--min-confidence", "1.5", "expected auto or a mean probability in [0, 1)")):
+        with pytest.raises(SystemExit) as exit_code:
+            main([*base, "-o", str(tmp_path / "bad.tif"), flag, value])
+        assert exit_code.value.code == 2
+        err = capsys.readouterr().err
+        assert f"argument {flag}: {message}" in err.strip().splitlines()[-1]
 
 
 def test_records_kept_in_memory_match_the_files(tmp_path):

@@ -41,14 +41,17 @@ def postprocessing(bundle: ModelBundle) -> dict:
     ``config.fastunet.postprocessing`` records it: bioimage.io's named postprocessing operations
     (binarize, clip, scale_*, sigmoid, softmax, ...) cannot label objects, remove small ones
     or fill holes, so the package's output stays the class probabilities."""
-    from ..objectsize import AUTO_MIN_FRACTION, model_object_size
+    from ..objectsize import AUTO_MIN_FRACTION, model_min_confidence, model_object_size
 
     return {"objects": "connected components of the argmax class map (each class on its own)",
             "min_size": "auto", "min_size_fraction": AUTO_MIN_FRACTION,
             "min_size_rule": "remove objects smaller than min_size_fraction of the typical object's area (the "
                              "population of objects holding the most foreground; the training object size "
                              "below when an image has fewer than 5 objects)",
-            "training_object_size": model_object_size(bundle.extra), "fill_holes": True}
+            "training_object_size": model_object_size(bundle.extra), "fill_holes": True,
+            "min_confidence": model_min_confidence(bundle.extra),
+            "min_confidence_rule": "remove objects whose mean object probability (1 - the background class's "
+                                   "probability, over the object's pixels) is below min_confidence (0: none)"}
 
 
 def halo_size(depth: int) -> int:

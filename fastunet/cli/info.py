@@ -75,8 +75,13 @@ def _calibration(record: dict) -> str:
     shift = float(record["shift"])
     seeds = record.get("seeds") or ["?", "?"]
     means = ", ".join(f"{float(k):+.1f}: {v:.4f}" for k, v in (record.get("mean_f1") or {}).items())
-    return (f"foreground logit {shift:+.2f} (foreground from a probability of {1 / (1 + math.exp(shift)):.2f}), "
+    line = (f"foreground logit {shift:+.2f} (foreground from a probability of {1 / (1 + math.exp(shift)):.2f}), "
             f"chosen by the training styles' mean F1 on seeds {seeds[0]}-{seeds[-1]}: {means}")
+    if "min_confidence" in record:
+        tried = ", ".join(f"{float(k):.2f}: {v:.4f}" for k, v in (record.get("min_confidence_mean_f1") or {}).items())
+        line += (f"; objects kept from a mean object probability of {float(record['min_confidence']):.2f} "
+                 f"(min_confidence, chosen the same way: {tried})")
+    return line
 
 
 def _init(record: dict) -> str:

@@ -90,34 +90,47 @@ def _kind_options(p: argparse.ArgumentParser) -> None:
                        "(-o image.ome.zarr/labels/NAME writes into the input image's own labels group)")
 
 
-def _min_size(text: str):
-    if text == "auto":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected auto or a number of voxels >= 0 (0 keeps every object); got {text!r}")
-    return value
+def _auto_or(convert, valid, expected: str):
+    """An argparse type: ``"auto"``, or ``convert(text)`` where ``valid`` of it, else one line
+    saying what was ``expected``."""
+    def parse(text: str):
+        if text == "auto":
+            return text
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not valid(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}; got {text!r}")
+        return value
+
+    return parse
+
+
+_min_size = _auto_or(int, lambda v: v >= 0, "auto or a number of voxels >= 0 (0 keeps every object)")
+_min_confidence = _auto_or(float, lambda v: 0 <= v < 1, "auto or a mean probability in [0, 1) (0 keeps every object)")
 
 
 def add_cleanup_options(group) -> None:
-    """``--min-size``, ``--keep-holes``, ``--no-cleanup``: the clean-up of the objects (segment, evaluate)."""
+    """``--min-size``, ``--min-confidence``, ``--keep-holes``, ``--no-cleanup``: the clean-up of
+    the objects (segment, evaluate)."""
     group.add_argument("--min-size", type=_min_size, default="auto", metavar="VOXELS|auto", help="instances: remove "
                        "objects smaller than this; auto (default): under 1/16 of the typical object's area, a quarter "
                        "of its diameter (specks); 0 keeps all")
+    group.add_argument("--min-confidence", type=_min_confidence, default="auto", metavar="P|auto",
+                       help="instances: remove objects whose mean object probability is lower (what the network is "
+                       "unsure of, e.g. shapes in noise); auto (default): the model file's value; 0 keeps all")
     group.add_argument("--keep-holes", action="store_true", help="instances: leave holes in objects (default: the "
                        "background one object encloses is filled)")
     group.add_argument("--no-cleanup", action="store_true", help="instances: the class map's connected components "
-                       "as they are (--min-size 0 --keep-holes)")
+                       "as they are (--min-size 0 --min-confidence 0 --keep-holes)")
 
 
 def cleanup_options(args: argparse.Namespace) -> dict:
-    """``min_size`` and ``fill_holes`` of the clean-up flags."""
+    """``min_size``, ``min_confidence`` and ``fill_holes`` of the clean-up flags."""
     if args.no_cleanup:
-        return {"min_size": 0, "fill_holes": False}
-    return {"min_size": args.min_size, "fill_holes": not args.keep_holes}
+        return {"min_size": 0, "fill_holes": False, "min_confidence": 0.0}
+    return {"min_size": args.min_size, "fill_holes": not args.keep_holes, "min_confidence": args.min_confidence}
 
 
 def _run_options(p: argparse.ArgumentParser) -> None:

@@ -90,7 +90,8 @@ class Job:
 
 
 def compute_block(job: Job, block: Block) -> tuple[np.ndarray | None, np.ndarray | None, int]:
-    """Labels ``(bz, by, bx)`` uint8 and/or probabilities ``(K, bz, by, bx)`` float16 of one
+    """Labels ``(bz, by, bx)`` uint8 and/or probabilities ``(K, bz, by, bx)`` float16 or float32
+    (as the network gave them; what is written or returned is float16, :func:`run_block`) of one
     block (``bz = 1`` for YX volumes), and the number of NaN/Inf input values in it.
 
     A 2D tile runs on each Z slice of the block's slab (the slices are a batch); a 3D tile
@@ -138,7 +139,7 @@ def compute_block(job: Job, block: Block) -> tuple[np.ndarray | None, np.ndarray
         labels, probs = network.predict(batch, job.output_kind)
     del batch
     out_labels = None if labels is None else np.empty((planes, *own), np.uint8)
-    out_probs = None if probs is None else np.empty((probs.shape[1], planes, *own), np.float16)
+    out_probs = None if probs is None else np.empty((probs.shape[1], planes, *own), probs.dtype)
     i = 0
     for p in range(planes):
         for _, src, dst in tiles:
@@ -196,9 +197,11 @@ def run_block(job: Job, block: Block) -> dict:
     if "instances" in kinds:
         from .instance_tasks import block_objects
 
-        objects = block_objects(job, block, labels)
+        objects = block_objects(job, block, labels, probs)
     if "labels" not in kinds:
         labels = None
+    # computed for the objects' min_confidence only, or written as float16
+    probs = probs.astype(np.float16, copy=False) if "probs" in kinds and probs is not None else None
     if job.store is None:
         summary.update(labels=labels, probs=probs, objects=objects, index=block.index)
     else:

@@ -34,12 +34,12 @@ def relabel_name(info: dict, block_name: str) -> str:
     return f"{RELABEL_PREFIX}{info['generation']}-{block_name}"
 
 
-def block_objects(job, block, classes: np.ndarray) -> dict:
+def block_objects(job, block, classes: np.ndarray, probs: np.ndarray | None = None) -> dict:
     """The instance record of one block (its local ids, tables and face planes) from its
-    class map ``(bz, by, bx)``."""
+    class map ``(bz, by, bx)`` (and its probabilities ``(K, bz, by, bx)``, for ``min_confidence``)."""
     layout = job.layout
     origin = tuple(s for s, _ in block.box)
-    found = label_block(classes, origin, layout.shape, job.model.config.num_classes, job.instances)
+    found = label_block(classes, origin, layout.shape, job.model.config.num_classes, job.instances, probs)
     return found.arrays(face_planes(found.ids, block.box, layout.shape, job.instances.connect_z))
 
 
@@ -48,7 +48,8 @@ def _linear(layout, block) -> int:
 
 
 def _table_keys(options: InstanceOptions) -> tuple[str, ...]:
-    return ("first", "size", "cls", "edge", "adj") if options.fill_holes else ("first", "size", "cls")
+    holes = ("edge", "adj") if options.fill_holes else ()
+    return ("first", "size", "cls", *holes, *(("conf",) if options.confidence else ()))
 
 
 def merge_recorded(layout, records, options: InstanceOptions) -> Merge:
@@ -87,7 +88,7 @@ def relabel_returned(layout, objects: dict, result: Merge, block) -> np.ndarray:
 
 # ------------------------------------------------------------------------------- lazily
 def _objects_task(job, block, predicted):
-    return block_objects(job, block, predicted[0])
+    return block_objects(job, block, predicted[0], predicted[1])
 
 
 def _tables_task(record):

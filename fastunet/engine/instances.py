@@ -19,8 +19,10 @@ Three steps, each streamed over blocks:
 
 The clean-up (:class:`InstanceOptions`) happens in the merge, so it sees whole objects and
 holes whatever the blocks: ``min_size="auto"`` removes objects smaller than a fraction of the
-volume's typical object (:func:`fastunet.objectsize.auto_min_size`), and ``fill_holes`` fills
-the background enclosed by one object. For the holes each block also labels its background
+volume's typical object (:func:`fastunet.objectsize.auto_min_size`), ``min_confidence``
+removes objects whose mean object probability (one minus the background's, from the
+network's probabilities: each block sums it over its pieces of each object) is lower, and
+``fill_holes`` fills the background enclosed by one object. For the holes each block also labels its background
 (class 0, ids among its objects' ids, recorded with class 0), marks the pieces that touch the
 volume's border (``edge``) and lists which of its pieces touch (``adj``); the merge joins the
 background pieces across faces like objects, and a background region (with the objects
@@ -71,6 +73,10 @@ class InstanceOptions:
     fill_holes : bool
         Fill the background that one object encloses (in each slice, or in 3-D with
         ``connect_z``) with that object.
+    min_confidence : float
+        Objects whose mean object probability (over their voxels: one minus the network's
+        background probability) is lower are removed; 0 keeps every object (and the blocks
+        need no probabilities). In ``[0, 1)``.
     typical_size : float, optional
         The objects' expected diameter in pixels on the input grid (the model's training
         object size, rescaled), for ``min_size="auto"`` on a volume with too few objects.
@@ -80,6 +86,7 @@ class InstanceOptions:
     split: str | None = None
     connect_z: bool = False
     fill_holes: bool = False
+    min_confidence: float = 0.0
     typical_size: float | None = None
 
     def __post_init__(self) -> None:
@@ -94,10 +101,20 @@ class InstanceOptions:
         for name in ("connect_z", "fill_holes"):
             if not isinstance(getattr(self, name), bool):
                 raise UserError(f"{name}= expects True or False; got {getattr(self, name)!r}.")
+        value = self.min_confidence
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise UserError(f"min_confidence= expects a mean object probability in [0, 1) (0 keeps every object); "
+                            f"got {value!r}.")
+        object.__setattr__(self, "min_confidence", float(value))
+
+    @property
+    def confidence(self) -> bool:
+        """Whether the blocks must sum their objects' probabilities (``min_confidence > 0``)."""
+        return self.min_confidence > 0
 
     def to_dict(self) -> dict:
         return {"min_size": self.min_size, "split": self.split, "connect_z": self.connect_z,
-                "fill_holes": self.fill_holes}
+                "fill_holes": self.fill_holes, "min_confidence": self.min_confidence}
 
 
 def instance_dtype(count: int) -> np.dtype:
@@ -113,8 +130,8 @@ class BlockLabels:
     """One block's local objects: ``ids`` ``(bz, by, bx)`` uint32 (0 background, ``1..n``:
     class by class, each class's objects in the order of their first voxel; the merge numbers
     the final objects by their first voxels, not by these ids), and per object ``first``
-    (global C-order linear index of its first voxel), ``size`` (voxels) and ``cls`` (class).
-    With ``fill_holes`` the background pieces are among them (class 0, so no id is 0),
+    (global C-order linear index of its first voxel), ``size`` (voxels) and ``cls`` (class);
+    with probabilities ``conf``, the sum of its voxels' object probabilities. With ``fill_holes`` the background pieces are among them (class 0, so no id is 0),
     ``edge`` says which pieces touch the volume's border and ``adj`` ``(m, 2)`` lists the
     pairs of pieces that touch."""
 
@@ -124,6 +141,7 @@ class BlockLabels:
     cls: np.ndarray
     edge: np.ndarray | None = None
     adj: np.ndarray | None = None
+    conf: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -132,7 +150,8 @@ class BlockLabels:
     def arrays(self, faces: dict) -> dict:
         """Everything a record keeps: the tables, the ids and the face planes."""
         holes = {} if self.edge is None else {"edge": self.edge, "adj": self.adj}
-        return {"ids": self.ids, "first": self.first, "size": self.size, "cls": self.cls, **holes, **faces}
+        conf = {} if self.conf is None else {"conf": self.conf}
+        return {"ids": self.ids, "first": self.first, "size": self.size, "cls": self.cls, **holes, **conf, **faces}
 
 
 def merge_axes(ndim: int, connect_z: bool) -> tuple[int, ...]:
@@ -152,7 +171,7 @@ def _structure(ndim: int, connect_z: bool) -> np.ndarray:
 
 
 def label_block(classes: np.ndarray, origin: tuple[int, ...], shape: tuple[int, ...], num_classes: int,
-                options: InstanceOptions) -> BlockLabels:
+                options: InstanceOptions, probs: np.ndarray | None = None) -> BlockLabels:
     """Local objects of one block.
 
     Parameters
@@ -166,6 +185,9 @@ def label_block(classes: np.ndarray, origin: tuple[int, ...], shape: tuple[int, 
     num_classes : int
         K; classes ``1..K-1`` are objects, each labelled on its own.
     options : InstanceOptions
+    probs : ndarray, ``(K, bz, by, bx)``, optional
+        The block's class probabilities; needed (and only used) with ``options.confidence``,
+        for each object's sum of object probabilities (``conf``).
     """
     ndim = len(shape)
     lo, hi = (0 if options.fill_holes else 1), max(2, int(num_classes))
@@ -187,10 +209,24 @@ def label_block(classes: np.ndarray, origin: tuple[int, ...], shape: tuple[int, 
     coords = tuple(c + o for c, o in zip(coords, origin))
     first = np.ravel_multi_index(coords, shape).astype(np.int64) if count else np.zeros(0, np.int64)
     found = BlockLabels(ids=ids, first=first, size=size, cls=cls, adj=adj)
+    if options.confidence:
+        found.conf = _confidence_sums(ids, cls, probs)
     if options.fill_holes:
         box = tuple((o, o + n) for o, n in zip(origin, ids.shape[3 - ndim:]))
         found.edge = _edge_pieces(ids, box, shape, options.connect_z, count)
     return found
+
+
+def _confidence_sums(ids: np.ndarray, cls: np.ndarray, probs: np.ndarray | None) -> np.ndarray:
+    """Per local piece, the sum over its voxels of the object probability (one minus the
+    background's), float64; 0 for background pieces. Only object voxels are read."""
+    if probs is None:
+        raise ValueError("min_confidence needs the block's probabilities (probs=).")
+    flat = ids.ravel()
+    is_object = np.concatenate([[False], cls > 0])  # by id: 0 and the background pieces are not
+    inside = np.flatnonzero(is_object[flat])
+    weights = 1.0 - probs[0].ravel()[inside].astype(np.float64)
+    return np.bincount(flat[inside], weights=weights, minlength=cls.size + 1)[1:]
 
 
 def _split_block(classes: np.ndarray, lo: int, hi: int, structure: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
@@ -300,7 +336,9 @@ class Merge:
     object ``i`` of block ``b`` (C order of the block grid), 0 when removed (or background).
 
     ``min_size`` is the option as given (a number or ``"auto"``), ``min_size_used`` the number
-    of voxels it came to; ``removed`` objects were smaller, ``holes`` holes were filled."""
+    of voxels it came to; ``removed`` objects were removed (smaller, or of a mean object
+    probability under ``min_confidence``: ``unsure`` of them, by that rule alone), ``holes``
+    holes were filled."""
 
     lut: np.ndarray
     offsets: np.ndarray
@@ -310,6 +348,8 @@ class Merge:
     min_size_used: int = 0
     removed: int = 0
     holes: int = 0
+    min_confidence: float = 0.0
+    unsure: int = 0
 
     def block_lut(self, b: int) -> np.ndarray:
         """Local id -> final id for block ``b`` (entry 0: background)."""
@@ -320,7 +360,8 @@ class Merge:
 
     def summary(self) -> dict:
         """What a run reports of the clean-up."""
-        return {"min_size_used": self.min_size_used, "objects_removed": self.removed, "holes_filled": self.holes}
+        return {"min_size_used": self.min_size_used, "objects_removed": self.removed, "holes_filled": self.holes,
+                "objects_unsure": self.unsure}
 
 
 def _face_edges(hi: np.ndarray, lo: np.ndarray, off_a: int, off_b: int, cls: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -357,7 +398,8 @@ def merge(grid: tuple[int, ...], tables: Callable[[int], tuple], faces: Callable
         The block grid (blocks numbered in its C order).
     tables : callable
         ``tables(b) -> (first, size, cls)`` of block ``b`` (see :class:`BlockLabels`), with
-        ``fill_holes`` ``(first, size, cls, edge, adj)``.
+        ``fill_holes`` ``(first, size, cls, edge, adj)``, and ``conf`` last with
+        ``options.confidence``.
     faces : callable
         ``faces(b, key) -> plane`` for the keys of :func:`face_planes`.
     ndim : int
@@ -391,9 +433,15 @@ def merge(grid: tuple[int, ...], tables: Callable[[int], tuple], faces: Callable
         min_size = auto_min_size(objsize[objects], options.typical_size, ndim=ndim if options.connect_z else 2)
     else:
         min_size = int(options.min_size)
-    kept = np.flatnonzero(objects & (objsize >= max(1, min_size)))
+    large = objects & (objsize >= max(1, min_size))
+    sure = large
+    if options.confidence:
+        conf = np.concatenate([p[-1] for p in parts]) if total else np.zeros(0)
+        mean = np.bincount(comp, weights=conf, minlength=ncomp) / np.maximum(objsize, 1)
+        sure = large & (mean >= options.min_confidence)
+    kept = np.flatnonzero(sure)
     largest = int(objsize[objects].max()) if objects.any() else 0
-    if objects.any() and not kept.size:
+    if objects.any() and not large.any():
         raise UserError(
             f"min_size={min_size} removes every object: the largest has {largest} voxels; choose "
             f"min_size={largest} or less (0 keeps every object)."
@@ -408,7 +456,8 @@ def merge(grid: tuple[int, ...], tables: Callable[[int], tuple], faces: Callable
         holes = _fill_holes(final, comp, np.concatenate([touch, *adj]), edge, ncomp)
     del parts
     return Merge(lut=final[comp], offsets=offsets, count=count, largest=largest, min_size=options.min_size,
-                 min_size_used=min_size, removed=int(objects.sum()) - count, holes=holes)
+                 min_size_used=min_size, removed=int(objects.sum()) - count, holes=holes,
+                 min_confidence=options.min_confidence, unsure=int(large.sum()) - count)
 
 
 def _joins(grid, faces, offsets, cls, ndim: int, connect_z: bool) -> tuple[np.ndarray, np.ndarray]:

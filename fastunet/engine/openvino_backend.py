@@ -388,7 +388,9 @@ class _Pending:
         return np.stack(self._out)
 
     def result(self) -> Prediction:
-        """The :class:`Prediction`: softmax probabilities as float16, argmax labels as uint8,
+        """The :class:`Prediction`: softmax probabilities as float32 (numpy's float16 conversion
+        would cost more than the rest of a tile's numpy work; the engine converts what it
+        writes), argmax labels as uint8,
         computed with numpy (torch's intra-op threads, which spin for a while after each
         parallel operation, then never compete with OpenVINO's); torch tensors where the tiles
         came as torch tensors."""
@@ -396,8 +398,7 @@ class _Pending:
         output = self.output
         probs = labels = None
         if output in ("probs", "both"):
-            e = np.exp(scores - scores.max(axis=1, keepdims=True))
-            probs = (e / e.sum(axis=1, keepdims=True)).astype(np.float16)
+            probs = _softmax(scores)
         if output in ("labels", "both"):
             labels = class_labels(scores)
         if self.as_torch:
@@ -405,3 +406,20 @@ class _Pending:
 
             probs, labels = (None if a is None else torch.from_numpy(a) for a in (probs, labels))
         return Prediction(probs=probs, labels=labels)
+
+
+def _softmax(scores: np.ndarray) -> np.ndarray:
+    """Softmax over axis 1 of ``(N, K, ...)`` float32 scores; for two classes the logistic of
+    their difference, in place in the result (one exponential a pixel, no maximum pass)."""
+    if scores.shape[1] == 2:
+        out = np.empty_like(scores, dtype=np.float32)
+        p0, p1 = out[:, 0], out[:, 1]
+        np.subtract(scores[:, 0], scores[:, 1], out=p0)
+        with np.errstate(over="ignore"):  # exp -> inf: a probability of 0, as it should
+            np.exp(p0, out=p0)
+        p0 += 1.0
+        np.reciprocal(p0, out=p1)
+        np.subtract(1.0, p1, out=p0)
+        return out
+    e = np.exp(scores - scores.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)

@@ -184,7 +184,7 @@ def _sample_back(job, block: Block, ranges, probs):
     p = p[..., a - ranges[1][0]] * (1 - w) + p[..., b - ranges[1][0]] * w
     # job.output_kind is what the network produces (fastunet.kinds.network_output)
     labels = p.argmax(axis=0).astype(np.uint8) if job.output_kind in ("labels", "both") else None
-    return labels, (p.astype(np.float16) if job.output_kind in ("probs", "both") else None)
+    return labels, (p if job.output_kind in ("probs", "both") else None)  # float32: run_block writes float16
 
 
 def predict_rescaled(job, block: Block, compute):

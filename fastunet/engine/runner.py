@@ -9,7 +9,8 @@ previous batch computes, normalized on the device by :meth:`fastunet.normalizati
 (the same function, and the same values, as the CPU path) with each tile's constants, and
 padded to ``batch_size`` tiles, so the network sees one shape for the whole run (the fused
 network captures it once in a CUDA graph). Each request gets its rows back: labels as uint8,
-probabilities (only when asked) as float16, through reused pinned buffers. On the CPU the
+probabilities (only when asked) as float16 (on the CPU in the predictor's float dtype),
+through reused pinned buffers. On the CPU the
 buffers are numpy arrays, handed to the predictor as they are where it takes numpy
 (``takes_numpy``: OpenVINO, which then never needs PyTorch) and as torch tensors sharing their
 memory otherwise.
@@ -279,9 +280,16 @@ class DeviceRunner:
 
 
 def _host_outputs(pred, n: int) -> dict:
-    """The first ``n`` rows of a CPU prediction's outputs (numpy), as the runner hands them on."""
-    return {name: as_numpy(t[:n]).astype(dtype, copy=False)
-            for name, dtype in _OUTPUT_DTYPES.items() if (t := getattr(pred, name)) is not None}
+    """The first ``n`` rows of a CPU prediction's outputs (numpy), as the runner hands them on
+    (probabilities in the predictor's float dtype: numpy's float16 conversion is slow, and the
+    engine converts only what it writes)."""
+    outputs = {}
+    for name in _OUTPUT_DTYPES:
+        value = getattr(pred, name)
+        if value is not None:
+            value = as_numpy(value[:n])
+            outputs[name] = value.astype(np.uint8, copy=False) if name == "labels" else value
+    return outputs
 
 
 def _network_input(tiles, consts, request: "_Request"):

@@ -52,7 +52,7 @@ def _lazy_block(job: Job, block: Block):
 
 
 def _lazy_part(predicted, i: int, ndim: int):
-    part = predicted[i]
+    part = predicted[i] if i == 0 else predicted[i].astype(np.float16, copy=False)  # probs: as written
     if ndim == 2:
         part = part[0] if i == 0 else part[:, 0]
     return part

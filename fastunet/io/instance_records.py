@@ -149,6 +149,7 @@ class InstanceRecords:
         self._put("merge-lut.npy", self._npy(merge.lut))
         self._put("merge-offsets.npy", self._npy(merge.offsets))
         info = {"count": merge.count, "largest": merge.largest, "min_size": merge.min_size,
+                "min_confidence": merge.min_confidence,
                 "dtype": str(merge.lut.dtype), "generation": generation, **merge.summary()}
         self._put("merge.json", json.dumps(info).encode())
         # the info as merge.json gives it back (JSON's types), the tables as copies

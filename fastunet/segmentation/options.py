@@ -116,8 +116,14 @@ class SegmentOptions(TypedDict, total=False):
             how many were removed (``objects_removed``, ``min_size_used``).
         fill_holes : bool
             Instances: fill the background that one object encloses with that object (default
-            True; ``holes_filled`` in the summary). ``min_size=0, fill_holes=False`` gives the
-            connected components of the class map as they are.
+            True; ``holes_filled`` in the summary). ``min_size=0, fill_holes=False,
+            min_confidence=0`` gives the connected components of the class map as they are.
+        min_confidence : float or "auto"
+            Instances: objects whose mean object probability (over their voxels, one minus the
+            network's background probability) is lower are removed: what the network found but
+            is unsure of, such as shapes in noise (``objects_unsure`` in the summary). ``"auto"``
+            (the default): the value the model file records (the bundled model's was chosen on
+            validation images, see its card; 0 for a model that records none); 0: none.
         split : {None, "watershed"}
             Instances: split touching objects by a seeded watershed on the distance transform.
         connect_z : bool
@@ -155,6 +161,7 @@ class SegmentOptions(TypedDict, total=False):
     progress_interval: float
     min_size: int | Literal["auto"]
     fill_holes: bool
+    min_confidence: float | Literal["auto"]
     split: Literal["watershed"] | None
     connect_z: bool
     object_size: float | Literal["auto"] | None

@@ -103,7 +103,10 @@ def summary_line(summary: dict, output) -> str:
         line += f"; {how}object size {s['object_size']:.1f} px, rescaled by {s['scale']:.3g} for the model"
     if "objects" in s:
         line += f"; {s['objects']} objects"
-        if s.get("min_size_used") or s.get("holes_filled"):
-            line += (f" ({s.get('objects_removed', 0)} under {s.get('min_size_used', 0)} px removed, "
-                     f"{s.get('holes_filled', 0)} holes filled)")
+        if s.get("min_size_used") or s.get("holes_filled") or s.get("min_confidence"):
+            unsure = s.get("objects_unsure", 0)
+            line += (f" ({s.get('objects_removed', 0) - unsure} under {s.get('min_size_used', 0)} px removed, "
+                     + (f"{unsure} of a mean probability under {s['min_confidence']:.2f} removed, "
+                        if s.get("min_confidence") else "")
+                     + f"{s.get('holes_filled', 0)} holes filled)")
     return line

@@ -37,11 +37,12 @@ from .. import geometry
 from ..devices import Device, check_visible, cuda_available, describe_dtype, resolve_device, resolve_dtype
 from ..errors import UserError
 from ..kinds import pick
+from ..objectsize import model_min_confidence, model_object_size
 from .memory import check_tile_memory, default_max_step
 from .options import OutputKind, SegmentOptions, SegmentResult, Source
 from .progress import PROGRESS_INTERVAL, ProgressBar
 from .returns import is_lazy, returned, stack_time, wants_lazy
-from .scaling import Measure, check_resumed, make_rescale, model_size_of, resolve, stats_source
+from .scaling import Measure, check_resumed, make_rescale, model_extra_of, resolve, stats_source
 from .sinks import MAX_TIFF_BYTES, TiffSink, open_sink
 from .warmup import Warmup
 
@@ -167,7 +168,9 @@ class Segmenter:
             raise UserError(f"batch_size= expects a number of tiles >= 1; got {batch_size!r}.")
         self.batch_size = batch_size
         self.tile = _check_tile(tile, self.config)
-        self.model_object_size = model_size_of(model)  # the training object diameter, if recorded
+        extra = model_extra_of(model)
+        self.model_object_size = model_object_size(extra)  # the training object diameter, if recorded
+        self.model_min_confidence = model_min_confidence(extra)  # min_confidence="auto"
         self._network = None
         self._network_lock = threading.Lock()  # the network may be loaded in a helper thread (Warmup)
         self.last_summary: dict | None = None
@@ -282,12 +285,13 @@ class Segmenter:
                               batch_size=self.batch_size)
         return layout
 
-    def _job(self, vol, layout, stats, kinds, store, remote, rescale=None):
+    def _job(self, vol, layout, stats, kinds, store, remote, rescale=None, *, confidence: bool = False):
         from ..engine import Job
         from ..kinds import network_output
 
         device = self.device
-        return Job(source=vol, model=self.handle, layout=layout, stats=stats, output_kind=network_output(kinds),
+        return Job(source=vol, model=self.handle, layout=layout, stats=stats,
+                   output_kind=network_output(kinds, confidence),
                    store=store, device=str(device), backend=self.backend,
                    dtype=self.dtype_asked if remote else self.dtype,  # "auto": each worker's own CPU decides
                    batch_size=self.batch_size, use_runner=self._uses_runner(device),
@@ -337,7 +341,7 @@ class Segmenter:
                 min_size: int | Literal["auto"] = "auto", split: Literal["watershed"] | None = None, connect_z: bool = False,
                 label_name: str | None = None, into_input: bool = False, storage_options: dict | None = None,
                 break_lock: bool = False, object_size: float | Literal["auto"] | None = None,
-                fill_holes: bool = True) -> SegmentResult:
+                fill_holes: bool = True, min_confidence: float | Literal["auto"] = "auto") -> SegmentResult:
         """Segment ``source``; the options are :class:`~fastunet.segmentation.options.SegmentOptions`,
         the result is what :func:`segment` returns."""
         from .. import io
@@ -352,8 +356,10 @@ class Segmenter:
         t_start = time.perf_counter()
         kinds = parse_kinds(output_kind, self.config.num_classes)
         # A 3D network's objects are volumes: they join across Z whatever connect_z says.
+        if isinstance(min_confidence, str) and min_confidence == "auto":
+            min_confidence = self.model_min_confidence
         options = InstanceOptions(min_size=min_size, split=split, connect_z=connect_z or self.config.spatial_dims == 3,
-                                  fill_holes=fill_holes)
+                                  fill_holes=fill_holes, min_confidence=min_confidence)
         _check_cluster(scheduler, workers, gpus)
         if output is not None and scheduler is None and workers is None and gpus is None:
             from ..engine import active_client
@@ -459,7 +465,7 @@ class Segmenter:
         _warn_nonfinite(summary["nonfinite"], sampled=False)
         if "instances" in kinds:
             summary.update(objects=sink.count, min_size=options.min_size, fill_holes=options.fill_holes,
-                           **sink.cleanup)
+                           min_confidence=options.min_confidence, **sink.cleanup)
         return sink.finish(summary, source=vol)
 
     def _write_series(self, sink, vol, kinds, options, t_start, **run):
@@ -520,13 +526,14 @@ class Segmenter:
         rescale = self._new_rescale(vol, scale, remote)
         stats = normalization_stats(stats_source(vol, rescale), self.normalization)
         _warn_nonfinite(stats.nonfinite, sampled=True)
-        job = dataclasses.replace(self._job(vol, layout, stats, kinds, None, remote, rescale), instances=options)
+        job = dataclasses.replace(self._job(vol, layout, stats, kinds, None, remote, rescale,
+                                            confidence=options.confidence), instances=options)
         return pick(kinds, lazy_arrays(job))
 
     def _expect(self, vol, kinds, options, resume, chunks, block) -> dict:
         """What a resumed output must have recorded: this input (its fingerprint), shape, kinds,
         classes, model, the instance options that shape the recorded blocks (split,
-        connect_z; another min_size only redoes the merge), and the tile, chunks and block
+        connect_z, min_confidence when it is on; another min_size only redoes the merge), and the tile, chunks and block
         when they are given."""
         from .. import io
         from ..kinds import kinds_record
@@ -538,6 +545,8 @@ class Segmenter:
                        "num_classes": self.config.num_classes, "model": self.handle.key})
         if "instances" in kinds:
             expect.update(split=options.split, connect_z=options.connect_z, fill_holes=options.fill_holes)
+            if options.confidence:  # the recorded blocks must hold their objects' probability sums
+                expect["min_confidence"] = options.min_confidence
         if self.tile is not None:
             expect["tile"] = list(geometry.tile_edges(self.config, self.tile))
         for key, value in (("chunks", chunks), ("block", block)):
@@ -593,7 +602,9 @@ class Segmenter:
             attrs.update(scale.record(), rescale_tile=list(rescale.tile))
         sink.create(source=vol, num_classes=self.config.num_classes, chunks=layout.chunks, attrs=attrs, layout=layout)
         try:
-            job = sink.prepare(self._job(vol, layout, stats, sink.kinds, sink.store, remote, rescale))
+            confidence = "instances" in sink.kinds and sink.options.confidence
+            job = sink.prepare(self._job(vol, layout, stats, sink.kinds, sink.store, remote, rescale,
+                                         confidence=confidence))
             if run["gpus"] is not None:
                 job = dataclasses.replace(job, device=str(device), use_runner=self._uses_runner(device), network=None)
             bar = ProgressBar(total=layout.num_blocks, done=layout.num_blocks - len(blocks), enabled=progress,
@@ -707,7 +718,7 @@ def segment(source: Source, model: Any = None, output: str | os.PathLike | None 
         The options of the call (:class:`~fastunet.segmentation.options.SegmentOptions`):
         ``axes``, ``channels``, ``series``, ``output_kind``, ``lazy``, ``resume``,
         ``overwrite``, ``zarr_format``, ``label_name``, ``into_input``, ``object_size``,
-        ``min_size``, ``fill_holes``, ``split``, ``connect_z``, ``scheduler``, ``workers``, ``gpus``,
+        ``min_size``, ``fill_holes``, ``min_confidence``, ``split``, ``connect_z``, ``scheduler``, ``workers``, ``gpus``,
         ``threads``, ``progress``, ``chunks``, ``block``, ``storage_options``, ``break_lock``...
 
     Returns

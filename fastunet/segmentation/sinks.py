@@ -117,12 +117,14 @@ class ZarrSink:
         self.store = io.open_output(self.path, expect={})  # check_output compared the record
         self.recorded = self.store.attrs
         self.done = self.store.done()
-        was = (self.recorded.get("summary") or {}).get("min_size")
-        if self.complete and "instances" in self.kinds and was is not None and was != self.options.min_size:
-            raise UserError(
-                f"Cannot resume {str(self.path)!r}: it was completed with min_size={was}, this run has "
-                f"min_size={self.options.min_size}; rerun with min_size={was}, or start over with overwrite=True."
-            )
+        summary = self.recorded.get("summary") or {}
+        for name in ("min_size", "min_confidence"):
+            was, now = summary.get(name), getattr(self.options, name)
+            if self.complete and "instances" in self.kinds and was is not None and was != now:
+                raise UserError(
+                    f"Cannot resume {str(self.path)!r}: it was completed with {name}={was}, this run has "
+                    f"{name}={now}; rerun with {name}={was}, or start over with overwrite=True."
+                )
         if self.complete:
             io.InstanceRecords(self.path).remove()  # left by a run stopped right after completing
 
@@ -170,7 +172,7 @@ class ZarrSink:
         pass
 
     def instances_stage(self, job, run) -> None:
-        """Merge the recorded blocks' objects (once; again for another ``min_size``) and run
+        """Merge the recorded blocks' objects (once; again for another ``min_size`` or ``min_confidence``) and run
         the relabel pass over the blocks not yet relabelled (``run(job, blocks)``)."""
         if "instances" not in self.kinds:
             return
@@ -178,7 +180,9 @@ class ZarrSink:
 
         records, layout = job.records, job.layout
         info = records.merge_info()
-        if info is None or info["min_size"] != self.options.min_size:
+        options = self.options
+        if info is None or (info["min_size"], info.get("min_confidence", 0.0)) != (options.min_size,
+                                                                                  options.min_confidence):
             try:
                 result = merge_recorded(layout, records, self.options)
             except UserError as exc:
@@ -189,7 +193,8 @@ class ZarrSink:
             records.put_merge(result, generation=uuid.uuid4().hex[:12])
             info = records.merge_info()
         self.count = info["count"]
-        self.cleanup = {k: info[k] for k in ("min_size_used", "objects_removed", "holes_filled") if k in info}
+        self.cleanup = {k: info[k] for k in ("min_size_used", "objects_removed", "holes_filled", "objects_unsure")
+                        if k in info}
         done = self.store.done()
         todo = [b for b in layout.blocks() if relabel_name(info, b.name) not in done]
         run(dataclasses.replace(job, stage="relabel", store=self.store), todo)
