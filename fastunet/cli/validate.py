@@ -51,7 +51,7 @@ FOREIGN_FLAGS = {
     "--train": "training is its own command: fastunet train IMAGES LABELS -o model.safetensors",
     "--mask_filter": "train takes the labels as their own argument: fastunet train IMAGES LABELS -o ...",
     "--norm_percentile": "the normalization is stored in the model file; fastunet info MODEL shows it",
-    "--prob_thresh": "objects are the connected foreground of the class map: nothing to set",
+    "--prob_thresh": "use --min-confidence P: objects of a lower mean object probability are dropped",
     "--nms_thresh": "fastunet does no non-maximum suppression: nothing to set",
     "--n_tiles": "fastunet tiles by itself; --tile sets the network's input edge",
     "--outname": "use --output-name TEMPLATE, e.g. '{stem}_seg.tif'",
