@@ -224,6 +224,11 @@ with torch.no_grad():
     want = net(x).argmax(1)
 assert (again.predict(x).labels.long() == want).float().mean() > 0.99
 torch.testing.assert_close(again.logits(x[1:2]), again.logits(x)[1:2], atol=0, rtol=0)  # streams: per tile
+# "confidence": the labels and the background's probability alone, as "both" gives them
+both, sure = again.predict(x, "both"), again.predict(x, "confidence")
+assert sure.probs.shape == (3, 1, *both.probs.shape[2:]) and sure.probs.dtype == torch.float32
+torch.testing.assert_close(sure.probs, both.probs[:, :1], atol=1e-6, rtol=0)
+assert torch.equal(sure.labels, both.labels)
 with pytest.raises(UserError, match='runs in bf16, fp32, tf32, int8; got dtype="fp16"'):
     openvino_backend.OpenVINOPredictor(net, "cpu", "fp16", cache=False)
 # OpenVINO's compiled models are kept (CACHE_DIR); a predictor that imports one computes the same bits
@@ -234,6 +239,21 @@ imported = openvino_backend.OpenVINOPredictor(net, "cpu", "fp32", cache=cache)
 torch.testing.assert_close(imported.logits(x), predictor.logits(x), atol=0, rtol=0)
 assert len(list((Path(cache) / "compiled").glob("*.blob"))) == 3
 """
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_openvino_softmax_and_background_probability_in_numpy(classes):
+    """The OpenVINO predictor's numpy side: the softmax (two classes: the logistic of the
+    difference, in place) and the background's probability alone ("confidence") equal the
+    plain softmax, extreme scores included (no NaN from an overflowing exp)."""
+    from fastunet.engine.openvino_backend import _background, _softmax
+
+    scores = (_rng().standard_normal((3, classes, 7, 9)) * 6).astype(np.float32)
+    scores[0, 0, 0, :2], scores[0, -1, 0, :2] = (200, -200), (-200, 200)
+    expected = torch.softmax(torch.from_numpy(scores).double(), 1).numpy()
+    np.testing.assert_allclose(_softmax(scores), expected, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(_background(scores), expected[:, :1], atol=1e-6, rtol=0)
+    assert _background(scores).shape == (3, 1, 7, 9) and _background(scores).dtype == np.float32
 
 
 @pytest.mark.openvino

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from .. import geometry
 from ..errors import UserError
-from .predictor import Prediction
+from .predictor import OUTPUTS, Prediction
 
 if TYPE_CHECKING:
     import torch
@@ -76,6 +76,11 @@ class OOMBackoff:
     @property
     def backend(self) -> str:
         return self.predictor.backend
+
+    @property
+    def outputs(self) -> tuple:
+        """What the predictor's ``predict`` can compute (its ``output=`` values)."""
+        return tuple(getattr(self.predictor, "outputs", OUTPUTS))
 
     @property
     def takes_numpy(self) -> bool:

@@ -75,6 +75,7 @@ class Predictor:
 
     backend = "abstract"
     dtypes = FLOAT_DTYPES  # what this backend runs in
+    outputs = OUTPUTS  # what predict() computes (OpenVINO's also "confidence")
     takes_numpy = False  # torch tensors in and out (OpenVINO's: numpy; see tiles_for)
 
     def __init__(self, model: Any, device, dtype: str) -> None:

@@ -183,7 +183,9 @@ def _sample_back(job, block: Block, ranges, probs):
     (a, b, w) = rs.linear(1, x0, x1)
     p = p[..., a - ranges[1][0]] * (1 - w) + p[..., b - ranges[1][0]] * w
     # job.output_kind is what the network produces (fastunet.kinds.network_output)
-    labels = p.argmax(axis=0).astype(np.uint8) if job.output_kind in ("labels", "both") else None
+    labels = p.argmax(axis=0).astype(np.uint8) if job.output_kind in ("labels", "both", "confidence") else None
+    if job.output_kind == "confidence":  # the background's probability alone (min_confidence)
+        return labels, p[:1]
     return labels, (p if job.output_kind in ("probs", "both") else None)  # float32: run_block writes float16
 
 

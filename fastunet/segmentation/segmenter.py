@@ -290,8 +290,9 @@ class Segmenter:
         from ..kinds import network_output
 
         device = self.device
+        background_only = not remote and "confidence" in self.network.predictor.outputs
         return Job(source=vol, model=self.handle, layout=layout, stats=stats,
-                   output_kind=network_output(kinds, confidence),
+                   output_kind=network_output(kinds, confidence, background_only),
                    store=store, device=str(device), backend=self.backend,
                    dtype=self.dtype_asked if remote else self.dtype,  # "auto": each worker's own CPU decides
                    batch_size=self.batch_size, use_runner=self._uses_runner(device),
