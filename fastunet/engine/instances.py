@@ -22,12 +22,12 @@ holes whatever the blocks: ``min_size="auto"`` removes objects smaller than a fr
 volume's typical object (:func:`fastunet.objectsize.auto_min_size`), ``min_confidence``
 removes objects whose mean object probability (one minus the background's, from the
 network's probabilities: each block sums it over its pieces of each object) is lower, and
-``fill_holes`` fills the background enclosed by one object. For the holes each block also labels its background
-(class 0, ids among its objects' ids, recorded with class 0), marks the pieces that touch the
-volume's border (``edge``) and lists which of its pieces touch (``adj``); the merge joins the
-background pieces across faces like objects, and a background region (with the objects
-removed as too small inside it) that touches no border and only one kept object becomes that
-object. An object's first voxel comes before any voxel of its holes, so the numbering stays
+``fill_holes`` fills the background enclosed by one object. For the holes each block also
+labels its background (class 0, ids among its objects' ids, recorded with class 0), marks the
+pieces that touch the volume's border (``edge``) and lists which of its pieces touch
+(``adj``); the merge joins the background pieces across faces like objects, and a background
+region (with the objects removed inside it) that touches no border and only one kept object
+becomes that object. An object's first voxel comes before any voxel of its holes, so the numbering stays
 that of :func:`scipy.ndimage.label` of the cleaned image.
 
 Connectivity is the face connectivity of :func:`scipy.ndimage.label`'s default structure.
@@ -131,9 +131,10 @@ class BlockLabels:
     class by class, each class's objects in the order of their first voxel; the merge numbers
     the final objects by their first voxels, not by these ids), and per object ``first``
     (global C-order linear index of its first voxel), ``size`` (voxels) and ``cls`` (class);
-    with probabilities ``conf``, the sum of its voxels' object probabilities. With ``fill_holes`` the background pieces are among them (class 0, so no id is 0),
-    ``edge`` says which pieces touch the volume's border and ``adj`` ``(m, 2)`` lists the
-    pairs of pieces that touch."""
+    with probabilities ``conf``, the sum of its voxels' object probabilities. With
+    ``fill_holes`` the background pieces are among them (class 0, so no id is 0), ``edge`` says
+    which pieces touch the volume's border and ``adj`` ``(m, 2)`` lists the pairs of pieces
+    that touch."""
 
     ids: np.ndarray
     first: np.ndarray

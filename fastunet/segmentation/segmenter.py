@@ -534,8 +534,8 @@ class Segmenter:
     def _expect(self, vol, kinds, options, resume, chunks, block) -> dict:
         """What a resumed output must have recorded: this input (its fingerprint), shape, kinds,
         classes, model, the instance options that shape the recorded blocks (split,
-        connect_z, min_confidence when it is on; another min_size only redoes the merge), and the tile, chunks and block
-        when they are given."""
+        connect_z, min_confidence when it is on; another min_size only redoes the merge), and
+        the tile, chunks and block when they are given."""
         from .. import io
         from ..kinds import kinds_record
 
@@ -719,8 +719,9 @@ def segment(source: Source, model: Any = None, output: str | os.PathLike | None 
         The options of the call (:class:`~fastunet.segmentation.options.SegmentOptions`):
         ``axes``, ``channels``, ``series``, ``output_kind``, ``lazy``, ``resume``,
         ``overwrite``, ``zarr_format``, ``label_name``, ``into_input``, ``object_size``,
-        ``min_size``, ``fill_holes``, ``min_confidence``, ``split``, ``connect_z``, ``scheduler``, ``workers``, ``gpus``,
-        ``threads``, ``progress``, ``chunks``, ``block``, ``storage_options``, ``break_lock``...
+        ``min_size``, ``fill_holes``, ``min_confidence``, ``split``, ``connect_z``, ``scheduler``,
+        ``workers``, ``gpus``, ``threads``, ``progress``, ``chunks``, ``block``, ``storage_options``,
+        ``break_lock``...
 
     Returns
     -------

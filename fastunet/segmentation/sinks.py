@@ -172,8 +172,9 @@ class ZarrSink:
         pass
 
     def instances_stage(self, job, run) -> None:
-        """Merge the recorded blocks' objects (once; again for another ``min_size`` or ``min_confidence``) and run
-        the relabel pass over the blocks not yet relabelled (``run(job, blocks)``)."""
+        """Merge the recorded blocks' objects (once; again for another ``min_size`` or
+        ``min_confidence``) and run the relabel pass over the blocks not yet relabelled
+        (``run(job, blocks)``)."""
         if "instances" not in self.kinds:
             return
         from ..engine.instance_tasks import merge_recorded, relabel_name
