@@ -340,8 +340,9 @@ class OpenVINOPredictor(Predictor):
         return torch.from_numpy(scores)
 
     def predict(self, tiles: np.ndarray | torch.Tensor, output: str = "labels") -> Prediction:
-        """As :meth:`Predictor.predict` (softmax probabilities as float16, argmax labels as
-        uint8), computed with numpy from OpenVINO's scores (:meth:`start`)."""
+        """As :meth:`Predictor.predict` (softmax probabilities as float32, argmax labels as
+        uint8; ``output="confidence"``: the labels and the background's probability alone),
+        computed with numpy from OpenVINO's scores (:meth:`start`)."""
         return self.start(tiles, output).result()
 
 
