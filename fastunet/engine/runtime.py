@@ -92,8 +92,8 @@ class LoadedNetwork:
         return self.runner is not None and self.raw_tiles
 
     def predict(self, tiles: np.ndarray, output: str) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """Labels (N, h, w) uint8 and/or probabilities (N, K, h, w) float16 (float32 from OpenVINO) of ``tiles``
-        (normalized, float32)."""
+        """Labels (N, h, w) uint8 and/or probabilities (N, K, h, w) float16 (float32 from
+        OpenVINO) of ``tiles`` (normalized, float32)."""
         if self.runner is not None:
             return self._runner_result(self.runner.submit(tiles, output))
         if self.interruptible:
