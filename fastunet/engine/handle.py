@@ -23,7 +23,8 @@ __all__ = ["ModelHandle"]
 class ModelHandle:
     """A picklable reference to a network: a model file, or the weights as safetensors bytes.
 
-    ``key`` identifies the weights (sha256 of the file or of the bytes). The loaded module
+    ``key`` identifies the weights (sha256 of the file or of the bytes); ``extra`` is the model's
+    free-form metadata (the file's, or the bundle's; ``{}`` for a bare network). The loaded module
     (``module``) stays in the process that made the handle and is never pickled; a worker
     loads the weights from the path or bytes instead (never unpickling anything). A handle made
     from a path checks the file (:func:`~fastunet.modelfile.read_weights`) without building the
@@ -33,7 +34,8 @@ class ModelHandle:
     """
 
     def __init__(self, *, config: UNetConfig, normalization: Normalization, key: str,
-                 path: str | None = None, data: bytes | None = None, module: ReferenceUNet | None = None):
+                 path: str | None = None, data: bytes | None = None, module: ReferenceUNet | None = None,
+                 extra: dict | None = None):
         if (path is None) == (data is None):
             raise ValueError("A ModelHandle needs exactly one of path or data.")
         self.config = config
@@ -42,6 +44,7 @@ class ModelHandle:
         self.path = path
         self.data = data
         self.module = module
+        self.extra = dict(extra or {})
         self._weights: dict[str, np.ndarray] | None = None  # the arrays from_path read, until load() uses them
 
     @classmethod
@@ -50,12 +53,13 @@ class ModelHandle:
         from ..modelfile import read_weights
 
         path = Path(path).expanduser().resolve()
-        config, normalization, _, weights = read_weights(path)  # every check, no network built
+        config, normalization, extra, weights = read_weights(path)  # every check, no network built
         digest = hashlib.sha256()
         with open(path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 24), b""):
                 digest.update(chunk)
-        handle = cls(config=config, normalization=normalization, key=digest.hexdigest(), path=str(path))
+        handle = cls(config=config, normalization=normalization, key=digest.hexdigest(), path=str(path),
+                     extra=extra)
         handle._weights = weights
         return handle
 
@@ -85,7 +89,7 @@ class ModelHandle:
                             "diverged?); segmenting with them would give nothing but background.")
         data = save(tensors)
         return cls(config=model.config, normalization=model.normalization, key=hashlib.sha256(data).hexdigest(),
-                   data=data, module=model.module)
+                   data=data, module=model.module, extra=model.extra)
 
     def load(self) -> ReferenceUNet:
         """The network on the CPU, in eval mode (the in-process module when there is one, else

@@ -37,9 +37,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import UserError
-from ..objectsize import check_object_size, model_object_size, scale_for
+from ..objectsize import check_object_size, scale_for
 
-__all__ = ["ScalePlan", "resolve", "estimate_object_size", "model_size_of", "model_extra_of", "ESTIMATE_CROP", "MAX_AUTO_FACTOR",
+__all__ = ["ScalePlan", "resolve", "estimate_object_size", "ESTIMATE_CROP", "MAX_AUTO_FACTOR",
            "CONFIDENT", "MIN_CONFIDENT", "SURE_FRACTION", "AGREE", "MAX_BLUR", "blur_sigma", "Measure"]
 
 ESTIMATE_CROP = 1024  # the automatic estimate looks at a crop of at most this many pixels square
@@ -75,24 +75,6 @@ class ScalePlan:
         """What the output's attributes and the run summary keep."""
         return {"object_size": round(self.object_size, 3), "model_object_size": self.model_size,
                 "scale": round(self.factor, 6), "object_size_estimated": self.estimated}
-
-
-def model_extra_of(model) -> dict:
-    """The ``extra`` metadata of ``model`` (a path, a ModelBundle; ``{}`` for a bare network)."""
-    import os
-
-    from ..modelfile import ModelBundle, read_model_metadata
-
-    if isinstance(model, (str, os.PathLike)):
-        return dict(read_model_metadata(model)[2] or {})
-    if isinstance(model, ModelBundle):
-        return dict(model.extra or {})
-    return {}
-
-
-def model_size_of(model) -> float | None:
-    """The training object diameter recorded by ``model`` (a path, a ModelBundle or a bare network)."""
-    return model_object_size(model_extra_of(model))
 
 
 def resolve(segment_crop, vol, object_size, model_size: float | None) -> ScalePlan | None:

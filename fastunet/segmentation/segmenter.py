@@ -42,7 +42,7 @@ from .memory import check_tile_memory, default_max_step
 from .options import OutputKind, SegmentOptions, SegmentResult, Source
 from .progress import PROGRESS_INTERVAL, ProgressBar
 from .returns import is_lazy, returned, stack_time, wants_lazy
-from .scaling import Measure, check_resumed, make_rescale, model_extra_of, resolve, stats_source
+from .scaling import Measure, check_resumed, make_rescale, resolve, stats_source
 from .sinks import MAX_TIFF_BYTES, TiffSink, open_sink
 from .warmup import Warmup
 
@@ -168,9 +168,8 @@ class Segmenter:
             raise UserError(f"batch_size= expects a number of tiles >= 1; got {batch_size!r}.")
         self.batch_size = batch_size
         self.tile = _check_tile(tile, self.config)
-        extra = model_extra_of(model)
-        self.model_object_size = model_object_size(extra)  # the training object diameter, if recorded
-        self.model_min_confidence = model_min_confidence(extra)  # min_confidence="auto"
+        self.model_object_size = model_object_size(self.handle.extra)  # the training object diameter, if recorded
+        self.model_min_confidence = model_min_confidence(self.handle.extra)  # min_confidence="auto"
         self._network = None
         self._network_lock = threading.Lock()  # the network may be loaded in a helper thread (Warmup)
         self.last_summary: dict | None = None
@@ -603,9 +602,8 @@ class Segmenter:
             attrs.update(scale.record(), rescale_tile=list(rescale.tile))
         sink.create(source=vol, num_classes=self.config.num_classes, chunks=layout.chunks, attrs=attrs, layout=layout)
         try:
-            confidence = "instances" in sink.kinds and sink.options.confidence
             job = sink.prepare(self._job(vol, layout, stats, sink.kinds, sink.store, remote, rescale,
-                                         confidence=confidence))
+                                         confidence=sink.options.confidence))
             if run["gpus"] is not None:
                 job = dataclasses.replace(job, device=str(device), use_runner=self._uses_runner(device), network=None)
             bar = ProgressBar(total=layout.num_blocks, done=layout.num_blocks - len(blocks), enabled=progress,
