@@ -27,8 +27,8 @@ labels its background (class 0, ids among its objects' ids, recorded with class 
 pieces that touch the volume's border (``edge``) and lists which of its pieces touch
 (``adj``); the merge joins the background pieces across faces like objects, and a background
 region (with the objects removed inside it) that touches no border and only one kept object
-becomes that object. An object's first voxel comes before any voxel of its holes, so the numbering stays
-that of :func:`scipy.ndimage.label` of the cleaned image.
+becomes that object. An object's first voxel comes before any voxel of its holes, so the
+numbering stays that of :func:`scipy.ndimage.label` of the cleaned image.
 
 Connectivity is the face connectivity of :func:`scipy.ndimage.label`'s default structure.
 A ``ZYX`` stack is labelled slice by slice (objects never join across Z; ids are still

@@ -288,7 +288,7 @@ def _host_outputs(pred, n: int) -> dict:
         value = getattr(pred, name)
         if value is not None:
             value = as_numpy(value[:n])
-            outputs[name] = value.astype(np.uint8, copy=False) if name == "labels" else value
+            outputs[name] = value.astype(_OUTPUT_DTYPES[name], copy=False) if name == "labels" else value
     return outputs
 
 
