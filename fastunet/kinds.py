@@ -56,13 +56,14 @@ def kinds_record(kinds: tuple[str, ...]) -> str:
     return "both" if kinds == ("labels", "probs") else ",".join(kinds)
 
 
-def network_output(kinds: tuple[str, ...], confidence: bool = False, background_only: bool = False) -> str:
+def network_output(kinds: tuple[str, ...], confidence: bool = False, compact: bool = False) -> str:
     """What the network must produce for ``kinds``: ``"labels"``, ``"probs"`` or ``"both"``
     (``confidence``: instances whose clean-up needs the probabilities too, ``min_confidence``);
-    ``"confidence"`` (the labels and the background's probability) instead of ``"both"`` when
-    only the clean-up needs probabilities and the backend has that output (``background_only``)."""
+    ``"confidence"`` (the labels and each voxel's object probability, uint8 in steps of 1/255)
+    instead of ``"both"`` when only the clean-up needs probabilities and the backend has that
+    output (``compact``)."""
     need_labels = "instances" in kinds or "labels" in kinds
-    if background_only and confidence and "instances" in kinds and "probs" not in kinds:
+    if compact and confidence and "instances" in kinds and "probs" not in kinds:
         return "confidence"
     need_probs = "probs" in kinds or ("instances" in kinds and confidence)
     return "both" if need_labels and need_probs else ("probs" if need_probs else "labels")

@@ -36,7 +36,8 @@ def _blobs(rng, shape) -> np.ndarray:
 @pytest.mark.parametrize("lo", [0, 1])
 def test_label_runs_is_scipy_label_class_by_class(lo, link_z):
     """ids, first voxels, sizes and classes equal scipy's, numbering included, on random maps of
-    2-4 classes with axes of one voxel, stacks labelled slice by slice or in 3-D, and blobs."""
+    2-4 classes with axes of one voxel, stacks labelled slice by slice or in 3-D, and blobs;
+    the sums of weights (uint8: exact, float) over each piece equal a sum by the ids."""
     rng = np.random.default_rng(7 + lo + 2 * link_z)
     maps = [rng.integers(0, k, size=tuple(int(n) for n in rng.integers(1, 9, size=3))).astype(np.uint8)
             for k in (2, 3, 4) for _ in range(25)]
@@ -48,11 +49,19 @@ def test_label_runs_is_scipy_label_class_by_class(lo, link_z):
         got = label_runs(classes, classes_from=lo, classes_to=hi, link_z=link_z)
         assert got.ids.dtype == np.uint32 and np.array_equal(got.ids, ids)
         assert np.array_equal(got.first, first) and np.array_equal(got.size, size)
-        assert np.array_equal(got.cls, cls) and got.adj is None
+        assert np.array_equal(got.cls, cls) and got.adj is None and got.sums is None
+        for weights in (rng.integers(0, 256, classes.shape).astype(np.uint8), rng.random(classes.shape)):
+            sums = label_runs(classes, classes_from=lo, classes_to=hi, link_z=link_z, weights=weights).sums
+            want = np.bincount(ids.ravel(), weights=weights.ravel(), minlength=cls.size + 1)[1:]
+            if weights.dtype == np.uint8:
+                assert np.array_equal(sums, want)
+            else:
+                np.testing.assert_allclose(sums, want, rtol=1e-12, atol=1e-12)
 
 
 def test_label_runs_of_nothing():
     """An empty map has no pieces (and an empty adjacency)."""
-    got = label_runs(np.zeros((1, 0, 4), np.uint8), classes_from=0, classes_to=2, adjacency=True)
-    assert got.ids.shape == (1, 0, 4) and got.first.size == got.size.size == got.cls.size == 0
+    got = label_runs(np.zeros((1, 0, 4), np.uint8), classes_from=0, classes_to=2, adjacency=True,
+                     weights=np.zeros((1, 0, 4), np.uint8))
+    assert got.ids.shape == (1, 0, 4) and got.first.size == got.size.size == got.cls.size == got.sums.size == 0
     assert got.adj.shape == (0, 2)

@@ -99,14 +99,16 @@ def test_network_is_prepared_in_a_helper_thread_and_its_failure_leaves_no_output
     from fastunet.segmentation import Segmenter
 
     seen = []
-    monkeypatch.setattr(LoadedNetwork, "prepare", lambda self, tile: seen.append((tile, threading.current_thread().name)))
+    monkeypatch.setattr(LoadedNetwork, "prepare",
+                        lambda self, tile, output: seen.append((tile, output, threading.current_thread().name)))
     net = ReferenceUNet(UNetConfig(base_channels=2, depth=1))
     image = _rng().normal(size=(20, 24)).astype(np.float32)
     with Segmenter(net, device="cpu", backend="torch", tile=28) as seg:
         seg.segment(image, tmp_path / "a.zarr", progress=False, output_kind="labels")
-    assert seen == [((28, 28), "fastunet-warmup")]
+        seg.segment(image, tmp_path / "c.zarr", progress=False, min_confidence=0.5)  # torch: no "confidence" output
+    assert seen == [((28, 28), "labels", "fastunet-warmup"), ((28, 28), "both", "fastunet-warmup")]
 
-    def broken(self, tile):
+    def broken(self, tile, output):
         raise RuntimeError("the network cannot be compiled")
 
     monkeypatch.setattr(LoadedNetwork, "prepare", broken)
@@ -212,6 +214,8 @@ cache = sys.argv[1]
 torch.manual_seed(int(sys.argv[2]))
 net = ReferenceUNet(UNetConfig(base_channels=4, depth=2)).eval()
 predictor = openvino_backend.OpenVINOPredictor(net, "cpu", "fp32", cache=cache)
+three = openvino_backend.OpenVINOPredictor(ReferenceUNet(UNetConfig(base_channels=4, depth=2, num_classes=3)).eval(),
+                                           "cpu", "fp32", cache=False)
 for shape in ((2, 1, 60, 60), (1, 1, 44, 76)):  # two tile shapes, one converted model
     x = torch.randn(*shape)
     with torch.no_grad():
@@ -224,36 +228,42 @@ with torch.no_grad():
     want = net(x).argmax(1)
 assert (again.predict(x).labels.long() == want).float().mean() > 0.99
 torch.testing.assert_close(again.logits(x[1:2]), again.logits(x)[1:2], atol=0, rtol=0)  # streams: per tile
-# "confidence": the labels and the background's probability alone, as "both" gives them
-both, sure = again.predict(x, "both"), again.predict(x, "confidence")
-assert sure.probs.shape == (3, 1, *both.probs.shape[2:]) and sure.probs.dtype == torch.float32
-torch.testing.assert_close(sure.probs, both.probs[:, :1], atol=1e-6, rtol=0)
-assert torch.equal(sure.labels, both.labels)
+# "labels" and "confidence" from the compact graph (OpenVINO computes the labels and the object
+# probability, uint8 in steps of 1/255): as the scores give them, exactly in fp32, within a step
+# (and the labels but at near ties) in bf16; two classes and three
+from fastunet.engine.predictor import CONFIDENCE_SCALE
+for p, exact in ((predictor, True), (again, False), (three, True)):
+    both, sure = p.predict(x, "both"), p.predict(x, "confidence")
+    assert sure.probs.shape == (3, 1, *both.probs.shape[2:]) and sure.probs.dtype == torch.uint8
+    want = (1 - both.probs[:, :1].double()) * CONFIDENCE_SCALE
+    assert (sure.probs.double() - want).abs().max() <= (0.5 + 1e-4 if exact else 1.5)
+    agree = (sure.labels == both.labels).double().mean()
+    assert agree == 1 if exact else agree > 0.999, agree
+    assert torch.equal(p.predict(x, "labels").labels, sure.labels) and p.predict(x, "labels").probs is None
 with pytest.raises(UserError, match='runs in bf16, fp32, tf32, int8; got dtype="fp16"'):
     openvino_backend.OpenVINOPredictor(net, "cpu", "fp16", cache=False)
 # OpenVINO's compiled models are kept (CACHE_DIR); a predictor that imports one computes the same bits
 from pathlib import Path
-assert len(list((Path(cache) / "compiled").glob("*.blob"))) == 3  # fp32 at two shapes, bf16 at one
+# fp32: the scores at two shapes and the compact graph at one; bf16: both graphs at one shape
+assert len(list((Path(cache) / "compiled").glob("*.blob"))) == 5
 x = torch.randn(2, 1, 60, 60)
 imported = openvino_backend.OpenVINOPredictor(net, "cpu", "fp32", cache=cache)
 torch.testing.assert_close(imported.logits(x), predictor.logits(x), atol=0, rtol=0)
-assert len(list((Path(cache) / "compiled").glob("*.blob"))) == 3
+assert torch.equal(imported.predict(x, "confidence").probs, predictor.predict(x, "confidence").probs)
+assert len(list((Path(cache) / "compiled").glob("*.blob"))) == 5
 """
 
 
 @pytest.mark.parametrize("classes", [2, 3])
-def test_openvino_softmax_and_background_probability_in_numpy(classes):
-    """The OpenVINO predictor's numpy side: the softmax (two classes: the logistic of the
-    difference, in place) and the background's probability alone ("confidence") equal the
-    plain softmax, extreme scores included (no NaN from an overflowing exp)."""
-    from fastunet.engine.openvino_backend import _background, _softmax
+def test_openvino_softmax_in_numpy(classes):
+    """The OpenVINO predictor's numpy softmax (two classes: the logistic of the difference, in
+    place) equals the plain softmax, extreme scores included (no NaN from an overflowing exp)."""
+    from fastunet.engine.openvino_backend import _softmax
 
     scores = (_rng().standard_normal((3, classes, 7, 9)) * 6).astype(np.float32)
     scores[0, 0, 0, :2], scores[0, -1, 0, :2] = (200, -200), (-200, 200)
     expected = torch.softmax(torch.from_numpy(scores).double(), 1).numpy()
     np.testing.assert_allclose(_softmax(scores), expected, atol=1e-6, rtol=0)
-    np.testing.assert_allclose(_background(scores), expected[:, :1], atol=1e-6, rtol=0)
-    assert _background(scores).shape == (3, 1, 7, 9) and _background(scores).dtype == np.float32
 
 
 @pytest.mark.openvino
@@ -368,14 +378,14 @@ def test_the_segment_path_imports_no_scipy_and_the_warm_up_imports_what_it_is_gi
             prepared = []
 
             @classmethod
-            def prepare(cls, tile):
-                cls.prepared.append(tile)
+            def prepare(cls, tile, output):
+                cls.prepared.append((tile, output))
 
-    warm = Warmup(_Segmenter, ("json", "no_such_module_here"))
+    warm = Warmup(_Segmenter, ("json", "no_such_module_here"), "confidence")
     warm.start(type("L", (), {"tile": (60, 60)}))
     warm.join()
     warm.thread.join()
-    assert _Segmenter.network.prepared == [(60, 60)] and warm.error is None
+    assert _Segmenter.network.prepared == [((60, 60), "confidence")] and warm.error is None
 
 
 @pytest.mark.parametrize("name,kind,index", [("cpu", "cpu", None), ("cuda", "cuda", None), ("cuda:1", "cuda", 1),

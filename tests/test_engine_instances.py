@@ -4,6 +4,8 @@ reference of tests/cleanup_reference.py) for any block and tile size, resume aft
 either stage, a dask.distributed run, the options and bad input.
 """
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tifffile
@@ -16,6 +18,7 @@ from scipy import ndimage
 from fastunet import Normalization, save_model, segment
 from fastunet.cli import main
 from fastunet.engine.instances import InstanceOptions, face_planes, instance_dtype, label_block, merge
+from fastunet.engine.predictor import CONFIDENCE_SCALE
 from fastunet.errors import UserError
 
 
@@ -157,20 +160,25 @@ def test_blockwise_cleanup_equals_the_whole_image_reference(min_size):
 def test_min_confidence_judges_whole_objects_across_blocks():
     """An object's mean object probability is over all its voxels, whatever the blocks: the
     block-wise clean-up equals the whole-image reference, and a per-block rule would not
-    (an object half in a sure block, half in an unsure one)."""
+    (an object half in a sure block, half in an unsure one). The probabilities come as the
+    classes' (float16) or as the compact "confidence" output (uint8 object probabilities in
+    steps of 1/255, OpenVINO's), with the same result for the same values."""
     rng = _rng()
     unsure = kept = 0
     for _ in range(3):
         plane = _blobs(rng, tuple(rng.integers(24, 48, 2)), rng.uniform(1.0, 2.5))
         p0 = rng.uniform(0.0, 0.6, plane.shape) * rng.uniform(0.7, 1.0)  # background probability
-        probs = np.stack([p0, 1 - p0]).astype(np.float16)
+        steps = np.rint((1 - p0) * CONFIDENCE_SCALE).astype(np.uint8)
+        forms = [(np.stack([p0, 1 - p0]).astype(np.float16),) * 2,
+                 (steps[None], np.stack([1 - steps / CONFIDENCE_SCALE, steps / CONFIDENCE_SCALE]))]
         for tau in (0.6, 0.72, 0.85):
             options = InstanceOptions(min_size="auto", fill_holes=True, min_confidence=tau)
-            expected = clean_reference(plane, min_size="auto", fill_holes=True, probs=probs, min_confidence=tau)
-            for block in [plane.shape, (7, 9), (1, plane.shape[1]), (16, 5)]:
-                got, result = _blockwise(plane, block, options, probs=probs)
-                np.testing.assert_array_equal(got, expected, err_msg=str((tau, block)))
-            unsure, kept = unsure + result.unsure, kept + result.count
+            for probs, values in forms:
+                expected = clean_reference(plane, min_size="auto", fill_holes=True, probs=values, min_confidence=tau)
+                for block in [plane.shape, (7, 9), (1, plane.shape[1]), (16, 5)]:
+                    got, result = _blockwise(plane, block, options, probs=probs)
+                    np.testing.assert_array_equal(got, expected, err_msg=str((tau, block, probs.dtype)))
+                unsure, kept = unsure + result.unsure, kept + result.count
     assert unsure > 0 and kept > 0  # the rule removed objects and kept others
     # one object across two blocks: mean 0.7 over the whole, 0.9 in one block and 0.5 in the other
     plane = np.zeros((4, 8), np.uint8)
@@ -252,12 +260,35 @@ def test_engine_min_confidence_equals_the_whole_image_reference(tmp_path, model)
     """segment's min_confidence removes the objects whose mean object probability (from the
     probabilities segment writes) is lower, as the whole-image reference does, in a file
     output of many blocks and lazily; "auto" takes the model file's value (0 without one)."""
+    min_confidence_check(tmp_path, model, _rng())
+
+
+@pytest.mark.openvino
+def test_engine_min_confidence_on_openvino(tmp_path, model):
+    """The same on OpenVINO (fp32), whose blocks take the object probability from its compact
+    graph (the "confidence" output, uint8 steps of 1/255), in a child process (see
+    test_cpu_path's OpenVINO checks)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from pathlib import Path; import numpy as np; sys.path.insert(0, sys.argv[1]); "
+            "from test_engine_instances import min_confidence_check; "
+            "min_confidence_check(Path(sys.argv[2]), sys.argv[3], np.random.default_rng(int(sys.argv[4])), "
+            "backend='openvino', dtype='fp32')")
+    done = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), str(tmp_path), str(model),
+                           str(int(_rng().integers(2**31)))], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def min_confidence_check(tmp_path, model, rng, **backend):
+    """:func:`test_engine_min_confidence_equals_the_whole_image_reference` on ``backend``
+    (``segment``'s backend and dtype)."""
     from cleanup_reference import structure
 
-    vol = _rng().normal(size=(2, 40, 44)).astype(np.float32)
+    vol = rng.normal(size=(2, 40, 44)).astype(np.float32)
     src = _zarr(tmp_path / "in.zarr", vol, (1, 8, 8))
     labels, probs = (np.asarray(a) for a in segment(src, model, None, axes="ZYX", tile=52,
-                                                    output_kind="labels,probs"))
+                                                    output_kind="labels,probs", **backend))
     ids = np.stack([ndimage.label(plane == 1, structure=structure(2))[0] + 1000 * z for z, plane in enumerate(labels)])
     ids[labels != 1] = 0
     _, inverse, sizes = np.unique(ids, return_inverse=True, return_counts=True)
@@ -269,20 +300,22 @@ def test_engine_min_confidence_equals_the_whole_image_reference(tmp_path, model)
     auto = clean_reference(labels, min_size="auto", fill_holes=True)
     assert 0 < expected.max() < auto.max()  # the rule removed some objects and kept others
     out = segment(src, model, tmp_path / "o.zarr", axes="ZYX", tile=52, chunks=(1, 8, 8), block=(1, 16, 24),
-                  min_confidence=tau, progress=False)
+                  min_confidence=tau, progress=False, **backend)
     np.testing.assert_array_equal(out[:], expected)
-    lazy = segment(src, model, None, axes="ZYX", tile=52, chunks=(1, 8, 8), block=(2, 16, 24), min_confidence=tau)
+    lazy = segment(src, model, None, axes="ZYX", tile=52, chunks=(1, 8, 8), block=(2, 16, 24), min_confidence=tau,
+                   **backend)
     np.testing.assert_array_equal(np.asarray(lazy), expected)
-    np.testing.assert_array_equal(np.asarray(segment(src, model, None, axes="ZYX", tile=52)), auto)  # "auto": 0
+    np.testing.assert_array_equal(np.asarray(segment(src, model, None, axes="ZYX", tile=52, **backend)),
+                                  auto)  # "auto": 0
     from fastunet.modelfile import read_model
 
     bundle = read_model(model)
     sure = save_model(tmp_path / "sure.safetensors", bundle.module, bundle.normalization,
                       extra={"calibration": {"shift": 0.0, "min_confidence": tau}})
-    np.testing.assert_array_equal(np.asarray(segment(src, sure, None, axes="ZYX", tile=52)), expected)
+    np.testing.assert_array_equal(np.asarray(segment(src, sure, None, axes="ZYX", tile=52, **backend)), expected)
     with pytest.raises(UserError, match=r"Cannot resume .*min_confidence=.*this run has min_confidence=0.0"):
         segment(src, model, tmp_path / "o.zarr", axes="ZYX", tile=52, chunks=(1, 8, 8), block=(1, 16, 24),
-                min_confidence=0.0, resume=True, progress=False)
+                min_confidence=0.0, resume=True, progress=False, **backend)
 
 
 def _fail_after(monkeypatch, n):

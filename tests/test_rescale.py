@@ -317,3 +317,30 @@ def test_auto_runs_at_the_size_it_estimates(tmp_path, monkeypatch):
     assert summary["object_size_estimated"] is True and summary["object_size"] == 27.5
     assert seen == [((40, 52), (40, 52), (40, 52), MODEL_SIZE)]
     np.testing.assert_array_equal(auto, given)
+
+
+@pytest.mark.parametrize("output", ["labels", "both", "confidence"])
+def test_sampling_back_gives_what_the_job_asks_the_network_for(output):
+    """The rescaled probabilities interpolated onto a block come back as the network's output
+    would (the argmax labels; the probabilities; or, for "confidence", the object probability
+    in uint8 steps of 1/255 as OpenVINO's compact graph gives it)."""
+    from types import SimpleNamespace
+
+    from fastunet.engine.predictor import CONFIDENCE_SCALE
+    from fastunet.engine.rescale import _sample_back
+
+    rs = Rescale.make((6, 8), 0.5, (44, 44))  # (3, 4) rescaled
+    p1 = _rng().random((1, 3, 4))
+    probs = np.stack([1 - p1, p1]).astype(np.float32)  # (K, bz, 3, 4)
+    block = SimpleNamespace(box=((0, 1), (0, 6), (0, 8)))
+    labels, got = _sample_back(SimpleNamespace(rescale=rs, output_kind=output), block, ((0, 3), (0, 4)), probs)
+    _, full = _sample_back(SimpleNamespace(rescale=rs, output_kind="probs"), block, ((0, 3), (0, 4)), probs)
+    assert full.shape == (2, 1, 6, 8)
+    np.testing.assert_array_equal(labels, full.argmax(axis=0).astype(np.uint8))
+    if output == "labels":
+        assert got is None
+    elif output == "both":
+        np.testing.assert_array_equal(got, full)
+    else:
+        assert got.dtype == np.uint8 and got.shape == (1, 1, 6, 8)
+        assert np.abs(got - full[1:] * CONFIDENCE_SCALE).max() <= 0.5 + 1e-4

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from ..model import ReferenceUNet
     from .handle import ModelHandle
 
-__all__ = ["BACKENDS", "resolve_backend", "make_predictor"]
+__all__ = ["BACKENDS", "resolve_backend", "make_predictor", "backend_outputs"]
 
 BACKENDS = ("auto", "triton", "torch", "openvino")
 
@@ -63,6 +63,12 @@ def resolve_backend(backend: str, device: torch.device | str, spatial_dims: int 
         if spatial_dims != 2:
             raise ValueError('backend="openvino" runs 2D networks; this one is 3D: use backend="torch".')
     return backend
+
+
+def backend_outputs(backend: str) -> tuple[str, ...]:
+    """What a resolved backend's predictor computes (:attr:`Predictor.outputs`; OpenVINO's has
+    also ``"confidence"``), known without loading it."""
+    return openvino_backend.OpenVINOPredictor.outputs if backend == "openvino" else Predictor.outputs
 
 
 def make_predictor(model: ReferenceUNet | ModelHandle, backend: str = "auto", device="cpu", dtype: str | None = None,

@@ -91,8 +91,9 @@ class Job:
 
 def compute_block(job: Job, block: Block) -> tuple[np.ndarray | None, np.ndarray | None, int]:
     """Labels ``(bz, by, bx)`` uint8 and/or probabilities ``(K, bz, by, bx)`` float16 or float32
-    (as the network gave them; what is written or returned is float16, :func:`run_block`) of one
-    block (``bz = 1`` for YX volumes), and the number of NaN/Inf input values in it.
+    (as the network gave them; what is written or returned is float16, :func:`run_block`; the
+    ``"confidence"`` output: ``(1, bz, by, bx)`` uint8) of one block (``bz = 1`` for YX
+    volumes), and the number of NaN/Inf input values in it.
 
     A 2D tile runs on each Z slice of the block's slab (the slices are a batch); a 3D tile
     (a 3D network) runs on the slab as a volume."""

@@ -36,7 +36,8 @@ def relabel_name(info: dict, block_name: str) -> str:
 
 def block_objects(job, block, classes: np.ndarray, probs: np.ndarray | None = None) -> dict:
     """The instance record of one block (its local ids, tables and face planes) from its
-    class map ``(bz, by, bx)`` (and its probabilities ``(K, bz, by, bx)``, for ``min_confidence``)."""
+    class map ``(bz, by, bx)`` (and its probabilities, for ``min_confidence``: see
+    :func:`~fastunet.engine.instances.label_block`)."""
     layout = job.layout
     origin = tuple(s for s, _ in block.box)
     found = label_block(classes, origin, layout.shape, job.model.config.num_classes, job.instances, probs)

@@ -47,6 +47,7 @@ import numpy as np
 
 from ..errors import UserError
 from .connectivity import components, key_pairs, label_runs, pair_keys
+from .predictor import CONFIDENCE_SCALE
 
 __all__ = ["InstanceOptions", "BlockLabels", "Merge", "label_block", "merge", "instance_dtype", "SPLITS"]
 
@@ -186,17 +187,22 @@ def label_block(classes: np.ndarray, origin: tuple[int, ...], shape: tuple[int, 
     num_classes : int
         K; classes ``1..K-1`` are objects, each labelled on its own.
     options : InstanceOptions
-    probs : ndarray, ``(K, bz, by, bx)``, optional
-        The block's class probabilities; needed (and only used) with ``options.confidence``,
+    probs : ndarray, ``(K, bz, by, bx)`` or ``(1, bz, by, bx)`` uint8, optional
+        The block's class probabilities, or its object probabilities as the network's
+        ``"confidence"`` output gives them; needed (and only used) with ``options.confidence``,
         for each object's sum of object probabilities (``conf``).
     """
     ndim = len(shape)
     lo, hi = (0 if options.fill_holes else 1), max(2, int(num_classes))
+    values, unit = _object_values(probs) if options.confidence else (None, 1.0)
+    conf = None
     if options.split is None:  # every class at once, by runs (fastunet.engine.connectivity)
-        ids, first_local, size, cls, adj = label_runs(classes, classes_from=lo, classes_to=hi,
-                                                      link_z=ndim == 3 and options.connect_z,
-                                                      adjacency=options.fill_holes)
+        ids, first_local, size, cls, adj, conf = label_runs(classes, classes_from=lo, classes_to=hi,
+                                                            link_z=ndim == 3 and options.connect_z,
+                                                            adjacency=options.fill_holes, weights=values)
         count = int(cls.size)
+        if conf is not None:
+            conf[cls == 0] = 0.0  # background pieces
     else:
         structure = _structure(ndim, options.connect_z)
         ids, count, cls = _split_block(classes, lo, hi, structure)
@@ -211,23 +217,32 @@ def label_block(classes: np.ndarray, origin: tuple[int, ...], shape: tuple[int, 
     first = np.ravel_multi_index(coords, shape).astype(np.int64) if count else np.zeros(0, np.int64)
     found = BlockLabels(ids=ids, first=first, size=size, cls=cls, adj=adj)
     if options.confidence:
-        found.conf = _confidence_sums(ids, cls, probs)
+        found.conf = (conf if conf is not None else _confidence_sums(ids, cls, values)) * unit
     if options.fill_holes:
         box = tuple((o, o + n) for o, n in zip(origin, ids.shape[3 - ndim:]))
         found.edge = _edge_pieces(ids, box, shape, options.connect_z, count)
     return found
 
 
-def _confidence_sums(ids: np.ndarray, cls: np.ndarray, probs: np.ndarray | None) -> np.ndarray:
-    """Per local piece, the sum over its voxels of the object probability (one minus the
-    background's), float64; 0 for background pieces. Only object voxels are read."""
+def _object_values(probs: np.ndarray | None) -> tuple[np.ndarray, float]:
+    """Each voxel's object probability as ``(values, unit)`` (probability = values * unit):
+    from the class probabilities ``(K, ...)`` (float), one minus the background's, unit 1;
+    from the network's ``"confidence"`` output ``(1, ...)`` uint8 (:data:`~fastunet.engine.predictor.CONFIDENCE_SCALE`
+    steps), its values as they are, summed exactly."""
     if probs is None:
         raise ValueError("min_confidence needs the block's probabilities (probs=).")
+    if probs.dtype == np.uint8:
+        return probs[0], 1.0 / CONFIDENCE_SCALE
+    return 1.0 - probs[0].astype(np.float64), 1.0
+
+
+def _confidence_sums(ids: np.ndarray, cls: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Per local piece, the sum of ``values`` over its voxels, float64; 0 for background
+    pieces (whose voxels are not read)."""
     flat = ids.ravel()
     is_object = np.concatenate([[False], cls > 0])  # by id: 0 and the background pieces are not
     inside = np.flatnonzero(is_object[flat])
-    weights = 1.0 - probs[0].ravel()[inside].astype(np.float64)
-    return np.bincount(flat[inside], weights=weights, minlength=cls.size + 1)[1:]
+    return np.bincount(flat[inside], weights=values.ravel()[inside], minlength=cls.size + 1)[1:]
 
 
 def _split_block(classes: np.ndarray, lo: int, hi: int, structure: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:

@@ -17,7 +17,9 @@ take), one thread each: the tiles of a batch run side by side. OpenVINO keeps wh
 compiles in the cache's ``compiled`` folder (its ``CACHE_DIR``, :func:`use_compiled_cache`),
 so a later process imports it instead of compiling it again. :meth:`OpenVINOPredictor.start`
 queues a batch without waiting for it (the device runner queues the next batch behind the
-running one).
+running one). The labels (and the object probability that ``min_confidence`` needs) come from
+a compact form of the converted network that computes them as its last operations
+(:mod:`fastunet.engine.openvino_head`); the probabilities, from its scores with numpy.
 
 OpenVINO is imported only here, when this backend is made (``import fastunet`` stays light).
 """
@@ -263,8 +265,8 @@ class OpenVINOPredictor(Predictor):
     backend = "openvino"
     dtypes = tuple(PRECISIONS)
     takes_numpy = True  # numpy tiles in, numpy predictions out (no PyTorch needed)
-    # "confidence": the labels and the background's probability alone, (N, 1, h, w) float32 as
-    # ``probs`` (what the objects' min_confidence needs, at half the numpy work of "both")
+    # "confidence": the labels and each voxel's object probability, (N, 1, h, w) uint8 in steps
+    # of 1/255 as ``probs`` (what the objects' min_confidence needs; see openvino_head)
     outputs = (*OUTPUTS, "confidence")
 
     def __init__(self, model: ReferenceUNet | ModelHandle, device="cpu", dtype: str = "fp32", *, cache=None,
@@ -279,7 +281,7 @@ class OpenVINOPredictor(Predictor):
         self._core = ov.Core()
         folder = None if cache is False else Path(cache) if cache is not None else cache_dir()
         make = int8_model if dtype == "int8" else converted_model
-        self._model = make(ov, self._core, model, folder)
+        self._models = {"scores": make(ov, self._core, model, folder)}  # and "compact", made on first use
         if folder is not None:
             use_compiled_cache(self._core, folder / COMPILED_DIR)
         threads = max(1, int(threads or cpu_threads()))
@@ -293,21 +295,33 @@ class OpenVINOPredictor(Predictor):
         self._lock = threading.Lock()
         self._starting = threading.Lock()
 
-    def _queue(self, shape: tuple):
-        """The infer requests (one per stream) of one input shape ``(1, C, H, W)``, compiled on first use."""
+    def _model(self, form: str):
+        """The converted network (``"scores"``), or it with the labels and the object
+        probability as its outputs (``"compact"``, :func:`~fastunet.engine.openvino_head.labels_and_confidence`)."""
+        model = self._models.get(form)
+        if model is None:
+            from .openvino_head import labels_and_confidence
+
+            model = self._models[form] = labels_and_confidence(self._models["scores"], self.config.num_classes)
+        return model
+
+    def _queue(self, shape: tuple, form: str):
+        """The infer requests (one per stream) of one input shape ``(1, C, H, W)`` and graph
+        ``form`` (see :meth:`_model`), compiled on first use."""
         with self._lock:
-            queue = self._compiled.get(shape)
+            queue = self._compiled.get((shape, form))
             if queue is None:
-                model = self._model.clone()
+                model = self._model(form).clone()
                 model.reshape(list(shape))
                 compiled = self._core.compile_model(model, "CPU", self._config)
-                queue = self._compiled[shape] = self._ov.AsyncInferQueue(compiled, self.streams)
+                queue = self._compiled[shape, form] = self._ov.AsyncInferQueue(compiled, self.streams)
                 queue.set_callback(_Pending.done)  # each tile's user data: (its call, its index)
             return queue
 
-    def prepare(self, tile: tuple) -> None:
-        """Compile the network for input tiles ``tile`` (their spatial edges) now, not at the first call."""
-        self._queue((1, self.config.in_channels, *tile))
+    def prepare(self, tile: tuple, output: str = "labels") -> None:
+        """Compile the network for input tiles ``tile`` (their spatial edges) and ``output`` now,
+        not at the first call."""
+        self._queue((1, self.config.in_channels, *tile), _form(output))
 
     def start(self, tiles: np.ndarray | torch.Tensor, output: str = "labels") -> "_Pending":
         """Start the inference of ``tiles`` ``(N, C, H, W)`` and return once every tile is
@@ -317,12 +331,16 @@ class OpenVINOPredictor(Predictor):
         used less CPU per tile than 1 x 2, see benchmarks P7). The inputs are copied before
         this returns. :meth:`_Pending.result` gives the :class:`Prediction`; calls may
         overlap, so that a stream that finishes its tile starts the next call's at once
-        (the device runner's next batch: no stream waits for the other at the end of a batch)."""
+        (the device runner's next batch: no stream waits for the other at the end of a batch).
+
+        ``"labels"`` and ``"confidence"`` run the compact graph (the labels and the object
+        probability computed by OpenVINO), ``"probs"`` and ``"both"`` the scores (the softmax
+        computed with numpy)."""
         if output not in self.outputs:
             raise ValueError(f"output must be one of {self.outputs}; got {output!r}.")
         as_torch = not isinstance(tiles, np.ndarray)
         x = np.ascontiguousarray(tiles.to("cpu").float().numpy() if as_torch else tiles, np.float32)
-        queue = self._queue((1, *x.shape[1:]))
+        queue = self._queue((1, *x.shape[1:]), _form(output))
         pending = _Pending(x.shape[0], output, queue, as_torch)
         with self._starting:  # one call's tiles queued after the other's
             for i in range(x.shape[0]):
@@ -332,7 +350,7 @@ class OpenVINOPredictor(Predictor):
     def logits(self, tiles: np.ndarray | torch.Tensor) -> Any:
         """Scores ``(N, K, h, w)`` float32 of ``tiles`` ``(N, C, H, W)`` (see :meth:`start`), as
         the tiles came (numpy or torch)."""
-        scores = self.start(tiles).scores()
+        scores = self.start(tiles, "probs").scores()
         if isinstance(tiles, np.ndarray):
             return scores
         import torch
@@ -341,9 +359,14 @@ class OpenVINOPredictor(Predictor):
 
     def predict(self, tiles: np.ndarray | torch.Tensor, output: str = "labels") -> Prediction:
         """As :meth:`Predictor.predict` (softmax probabilities as float32, argmax labels as
-        uint8; ``output="confidence"``: the labels and the background's probability alone),
-        computed with numpy from OpenVINO's scores (:meth:`start`)."""
+        uint8; ``output="confidence"``: the labels and the object probability, see
+        :attr:`outputs`)."""
         return self.start(tiles, output).result()
+
+
+def _form(output: str) -> str:
+    """The graph an output is computed by (:meth:`OpenVINOPredictor._model`)."""
+    return "compact" if output in ("labels", "confidence") else "scores"
 
 
 class _Pending:
@@ -353,6 +376,7 @@ class _Pending:
     def __init__(self, count: int, output: str, queue, as_torch: bool = False):
         self.output = output
         self.as_torch = as_torch
+        self.fetch = 2 if output == "confidence" else 1  # outputs copied (the compact graph's labels alone for "labels")
         self._queue = queue
         self._out: list = [None] * count
         self._left = count
@@ -364,10 +388,10 @@ class _Pending:
 
     @staticmethod
     def done(request, userdata) -> None:
-        """The queue's callback (in OpenVINO's thread): keep the tile's scores."""
+        """The queue's callback (in OpenVINO's thread): keep the tile's outputs."""
         pending, i = userdata
         try:
-            pending._out[i] = request.get_output_tensor(0).data[0].copy()
+            pending._out[i] = [request.get_output_tensor(k).data[0].copy() for k in range(pending.fetch)]
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
             pending._error = exc
         with pending._lock:
@@ -378,8 +402,7 @@ class _Pending:
     def query(self) -> bool:
         return self._event.is_set()
 
-    def scores(self) -> np.ndarray:
-        """``(N, K, h, w)`` float32, once every tile is done."""
+    def _wait(self) -> None:
         while not self._event.wait(timeout=30.0):
             # OpenVINO calls no callback for a failed inference: once every request of the
             # queue is idle (wait_all raises the failure, where it keeps one), ours is lost. Not
@@ -389,24 +412,34 @@ class _Pending:
                 raise RuntimeError("OpenVINO's inference of a tile failed without an error message.")
         if self._error is not None:
             raise self._error
-        return np.stack(self._out)
+
+    def _stacked(self, k: int) -> np.ndarray:
+        self._wait()
+        return np.stack([out[k] for out in self._out])
+
+    def scores(self) -> np.ndarray:
+        """``(N, K, h, w)`` float32, once every tile is done (outputs ``"probs"``, ``"both"``)."""
+        if _form(self.output) != "scores":
+            raise ValueError(f'scores() needs the output "probs" or "both"; this call computes {self.output!r}.')
+        return self._stacked(0)
 
     def result(self) -> Prediction:
         """The :class:`Prediction`: softmax probabilities as float32 (numpy's float16 conversion
         would cost more than the rest of a tile's numpy work; the engine converts what it
         writes), argmax labels as uint8,
         computed with numpy (torch's intra-op threads, which spin for a while after each
-        parallel operation, then never compete with OpenVINO's); torch tensors where the tiles
-        came as torch tensors."""
-        scores = self.scores()
+        parallel operation, then never compete with OpenVINO's); ``"confidence"``: the labels
+        and the object probability, uint8, as OpenVINO computed them. torch tensors where the
+        tiles came as torch tensors."""
         output = self.output
         probs = labels = None
-        if output in ("probs", "both"):
+        if _form(output) == "compact":
+            labels = self._stacked(0)
+            probs = self._stacked(1) if output == "confidence" else None
+        else:
+            scores = self.scores()
             probs = _softmax(scores)
-        elif output == "confidence":
-            probs = _background(scores)
-        if output in ("labels", "both", "confidence"):
-            labels = class_labels(scores)
+            labels = class_labels(scores) if output == "both" else None
         if self.as_torch:
             import torch
 
@@ -422,16 +455,6 @@ def _logistic(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
         np.exp(out, out=out)
     out += 1.0
     return np.reciprocal(out, out=out)
-
-
-def _background(scores: np.ndarray) -> np.ndarray:
-    """The softmax's class 0 alone, ``(N, 1, ...)`` float32, of ``(N, K, ...)`` scores (for two
-    classes :func:`_logistic`: four passes over one channel)."""
-    if scores.shape[1] != 2:
-        return _softmax(scores)[:, :1]
-    out = np.empty((scores.shape[0], 1, *scores.shape[2:]), np.float32)
-    _logistic(scores[:, 0], scores[:, 1], out[:, 0])
-    return out
 
 
 def _softmax(scores: np.ndarray) -> np.ndarray:

@@ -22,9 +22,12 @@ if TYPE_CHECKING:
 
     from ..model import ReferenceUNet
 
-__all__ = ["Prediction", "Predictor", "TorchPredictor", "DTYPES", "OUTPUTS", "as_numpy", "class_labels", "tiles_for"]
+__all__ = ["Prediction", "Predictor", "TorchPredictor", "DTYPES", "OUTPUTS", "CONFIDENCE_SCALE", "as_numpy", "class_labels", "tiles_for"]
 
 OUTPUTS = ("labels", "probs", "both")
+# A predictor's optional "confidence" output (OpenVINO's, fastunet.engine.openvino_head): the
+# labels and each voxel's object probability p as round(CONFIDENCE_SCALE * p), uint8
+CONFIDENCE_SCALE = 255
 
 
 @dataclass

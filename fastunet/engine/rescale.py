@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .predictor import CONFIDENCE_SCALE
 from .tiling import Block, Layout, read_mirrored
 
 __all__ = ["Rescale", "RescaledSource", "predict_rescaled", "rescaled_size"]
@@ -184,8 +185,8 @@ def _sample_back(job, block: Block, ranges, probs):
     p = p[..., a - ranges[1][0]] * (1 - w) + p[..., b - ranges[1][0]] * w
     # job.output_kind is what the network produces (fastunet.kinds.network_output)
     labels = p.argmax(axis=0).astype(np.uint8) if job.output_kind in ("labels", "both", "confidence") else None
-    if job.output_kind == "confidence":  # the background's probability alone (min_confidence)
-        return labels, p[:1]
+    if job.output_kind == "confidence":  # the object probability alone (min_confidence), as the predictor gives it
+        return labels, np.rint((1.0 - p[:1]) * CONFIDENCE_SCALE).astype(np.uint8)
     return labels, (p if job.output_kind in ("probs", "both") else None)  # float32: run_block writes float16
 
 

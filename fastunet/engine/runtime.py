@@ -76,12 +76,12 @@ class LoadedNetwork:
         self.raw_tiles = self.predictor.device.type == "cuda"  # see takes_raw_tiles
         self._lock = threading.Lock()
 
-    def prepare(self, tile: tuple) -> None:
-        """Make the network ready for tiles of spatial edges ``tile`` (OpenVINO compiles it for
-        that shape; other backends prepare on their first call)."""
+    def prepare(self, tile: tuple, output: str = "labels") -> None:
+        """Make the network ready for tiles of spatial edges ``tile`` and the network output
+        ``output`` (OpenVINO compiles it for that shape; other backends prepare on their first call)."""
         prepare = getattr(self.predictor.predictor, "prepare", None)
         if prepare is not None:
-            prepare(tuple(int(t) for t in tile))
+            prepare(tuple(int(t) for t in tile), output)
 
     @property
     def takes_raw_tiles(self) -> bool:

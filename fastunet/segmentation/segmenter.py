@@ -284,14 +284,22 @@ class Segmenter:
                               batch_size=self.batch_size)
         return layout
 
-    def _job(self, vol, layout, stats, kinds, store, remote, rescale=None, *, confidence: bool = False):
-        from ..engine import Job
+    def _network_output(self, kinds, confidence: bool, remote) -> str:
+        """What the run asks the network for (:func:`fastunet.kinds.network_output`): the
+        compact ``"confidence"`` output where this process's predictor has it (a cluster's
+        workers pick their own backend)."""
+        from ..engine.backends import backend_outputs
         from ..kinds import network_output
 
+        compact = not remote and "confidence" in backend_outputs(self.backend)
+        return network_output(kinds, confidence, compact)
+
+    def _job(self, vol, layout, stats, kinds, store, remote, rescale=None, *, confidence: bool = False):
+        from ..engine import Job
+
         device = self.device
-        background_only = not remote and "confidence" in self.network.predictor.outputs
         return Job(source=vol, model=self.handle, layout=layout, stats=stats,
-                   output_kind=network_output(kinds, confidence, background_only),
+                   output_kind=self._network_output(kinds, confidence, remote),
                    store=store, device=str(device), backend=self.backend,
                    dtype=self.dtype_asked if remote else self.dtype,  # "auto": each worker's own CPU decides
                    batch_size=self.batch_size, use_runner=self._uses_runner(device),
@@ -431,7 +439,8 @@ class Segmenter:
         warmup = None
         if not remote and scale is None and self.device.type == "cpu":
             split = "instances" in kinds and options.split is not None  # the watershed's imports
-            warmup = Warmup(self, ("scipy.ndimage", "skimage.segmentation") if split else ())
+            warmup = Warmup(self, ("scipy.ndimage", "skimage.segmentation") if split else (),
+                            self._network_output(kinds, options.confidence, remote))
         try:
             layout, stats, rescale = self._plan(vol, sink, chunks=chunks, block=block, remote=remote, scale=scale,
                                                 on_layout=warmup and warmup.start)

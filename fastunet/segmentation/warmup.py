@@ -17,14 +17,16 @@ __all__ = ["Warmup"]
 
 
 class Warmup:
-    """Loads the network and prepares it for the run's tile (:meth:`fastunet.engine.LoadedNetwork.prepare`:
-    OpenVINO compiles it) in a thread of its own while the statistics are taken, then imports
-    ``modules`` (what the block tasks will import: a failure there is theirs to report);
-    :meth:`join` waits for the network, not for the imports, and raises what loading raised."""
+    """Loads the network and prepares it for the run's tile and network ``output``
+    (:meth:`fastunet.engine.LoadedNetwork.prepare`: OpenVINO compiles it) in a thread of its
+    own while the statistics are taken, then imports ``modules`` (what the block tasks will
+    import: a failure there is theirs to report); :meth:`join` waits for the network, not for
+    the imports, and raises what loading raised."""
 
-    def __init__(self, segmenter, modules: tuple[str, ...] = ()):
+    def __init__(self, segmenter, modules: tuple[str, ...] = (), output: str = "labels"):
         self.segmenter = segmenter
         self.modules = modules
+        self.output = output  # what the run asks the network for (fastunet.kinds.network_output)
         self.thread: threading.Thread | None = None
         self.ready = threading.Event()
         self.error: BaseException | None = None
@@ -35,7 +37,7 @@ class Warmup:
 
     def _run(self, tile) -> None:
         try:
-            self.segmenter.network.prepare(tile)
+            self.segmenter.network.prepare(tile, self.output)
         except BaseException as exc:  # noqa: BLE001 - raised by join, in the caller's thread
             self.error = exc
             return
