@@ -126,12 +126,15 @@ def compute_block(job: Job, block: Block) -> tuple[np.ndarray | None, np.ndarray
     del raw
     tiles = layout.block_tiles(block)
     planes = x.shape[1]
-    batch = np.empty((planes * len(tiles), x.shape[0], *layout.tile), x.dtype)
-    i = 0
-    for p in range(planes):
-        for start, _, _ in tiles:
-            batch[i] = x[(slice(None), p, *(slice(o, o + t) for o, t in zip(start, layout.tile)))]
-            i += 1
+    if len(tiles) == 1 and x.shape[2:] == tuple(layout.tile):  # one tile a plane, the whole slab: a view
+        batch = x.swapaxes(0, 1)
+    else:
+        batch = np.empty((planes * len(tiles), x.shape[0], *layout.tile), x.dtype)
+        i = 0
+        for p in range(planes):
+            for start, _, _ in tiles:
+                batch[i] = x[(slice(None), p, *(slice(o, o + t) for o, t in zip(start, layout.tile)))]
+                i += 1
     del x
     if raw_tiles:
         norm = tuple(_per_tile(v, planes, len(tiles)) for v in (offset, scale))

@@ -110,11 +110,12 @@ class InstanceRecords:
         kept = {}
         with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as z:
             for key, value in arrays.items():
-                value = np.asarray(value)
+                given = value = np.asarray(value)
                 if key == "ids" and value.size and value.dtype.kind == "u":
                     value = value.astype(np.min_scalar_type(int(value.max())), copy=False)
                 z.writestr(f"{key}.npy.zst", codec.encode(self._npy(value)))
-                kept[key] = value.copy()  # not a view of the caller's array, which it may change later
+                # not the caller's array, which it may change later (the narrowed ids are a copy already)
+                kept[key] = value.copy() if value is given else value
                 kept[key].flags.writeable = False  # and what get() gives is read-only
         self._put(f"{name}.npz", buffer.getvalue())
         self._keep(name, kept)
