@@ -258,12 +258,15 @@ def calibrate(model: str | Path = DEFAULT_MODEL, output: str | Path | None = Non
         return {name: round(evaluate_synthetic(path, style=name, n_images=len(seeds), seed=seeds.start,
                                                **options).instance_f1, 4) for name in styles}
 
-    def best(table: dict) -> str:
-        means = {k: sum(v.values()) / len(v) for k, v in table.items()}
-        return max(means, key=lambda k: (round(means[k], 6), -float(k)))
+    def averages(table: dict) -> dict:  # per tried value, the mean F1 over the styles
+        return {k: sum(v.values()) / len(v) for k, v in table.items()}
 
-    def means(table: dict) -> dict:
-        return {k: round(sum(v.values()) / len(v), 4) for k, v in table.items()}
+    def best(table: dict) -> str:
+        mean = averages(table)
+        return max(mean, key=lambda k: (round(mean[k], 6), -float(k)))
+
+    def means(table: dict) -> dict:  # as recorded
+        return {k: round(v, 4) for k, v in averages(table).items()}
 
     with tempfile.TemporaryDirectory() as tmp:
         if keep_shift and "shift" in recorded:

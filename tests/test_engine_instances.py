@@ -17,7 +17,14 @@ from scipy import ndimage
 
 from fastunet import Normalization, save_model, segment
 from fastunet.cli import main
-from fastunet.engine.instances import InstanceOptions, face_planes, instance_dtype, label_block, merge
+from fastunet.engine.instances import (
+    InstanceOptions,
+    face_planes,
+    instance_dtype,
+    label_block,
+    merge,
+    merge_tables,
+)
 from fastunet.engine.predictor import CONFIDENCE_SCALE
 from fastunet.errors import UserError
 
@@ -39,8 +46,7 @@ def _blockwise(classes, block, options, num_classes=2, probs=None):
     shape, nd = classes.shape, classes.ndim
     grid = tuple(-(-n // b) for n, b in zip(shape, block))
     records, boxes = [], []
-    keys = ("first", "size", "cls", "edge", "adj") if options.fill_holes else ("first", "size", "cls")
-    keys += ("conf",) if options.confidence else ()
+    keys = merge_tables(options)
     for index in np.ndindex(*grid):
         box = tuple((i * b, min((i + 1) * b, n)) for i, b, n in zip(index, block, shape))
         part = classes[tuple(slice(*x) for x in box)]

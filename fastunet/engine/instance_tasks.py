@@ -21,7 +21,7 @@ import uuid
 
 import numpy as np
 
-from .instances import InstanceOptions, Merge, face_planes, label_block, merge
+from .instances import InstanceOptions, Merge, face_planes, label_block, merge, merge_tables
 
 __all__ = ["block_objects", "merge_recorded", "merge_returned", "relabel_block", "lazy_instances",
            "relabel_name", "RELABEL_PREFIX"]
@@ -48,15 +48,10 @@ def _linear(layout, block) -> int:
     return int(np.ravel_multi_index(block.index, layout.grid))
 
 
-def _table_keys(options: InstanceOptions) -> tuple[str, ...]:
-    holes = ("edge", "adj") if options.fill_holes else ()
-    return ("first", "size", "cls", *holes, *(("conf",) if options.confidence else ()))
-
-
 def merge_recorded(layout, records, options: InstanceOptions) -> Merge:
     """Merge the blocks recorded in ``records`` (every block of ``layout`` must be)."""
     names = [b.name for b in layout.blocks()]
-    keys = _table_keys(options)
+    keys = merge_tables(options)
     return merge(layout.grid, lambda b: records.get(names[b], *keys),
                  lambda b, key: records.get(names[b], key)[0], ndim=layout.ndim, options=options)
 
@@ -64,7 +59,7 @@ def merge_recorded(layout, records, options: InstanceOptions) -> Merge:
 def merge_returned(layout, objects: dict, options: InstanceOptions) -> Merge:
     """Merge blocks whose records are in memory: ``objects[block index] -> record``."""
     order = [objects[b.index] for b in layout.blocks()]
-    keys = _table_keys(options)
+    keys = merge_tables(options)
     return merge(layout.grid, lambda b: tuple(order[b][k] for k in keys),
                  lambda b, key: order[b][key], ndim=layout.ndim, options=options)
 

@@ -49,7 +49,8 @@ from ..errors import UserError
 from .connectivity import components, key_pairs, label_runs, pair_keys
 from .predictor import CONFIDENCE_SCALE
 
-__all__ = ["InstanceOptions", "BlockLabels", "Merge", "label_block", "merge", "instance_dtype", "SPLITS"]
+__all__ = ["InstanceOptions", "BlockLabels", "Merge", "label_block", "merge", "merge_tables", "instance_dtype",
+           "SPLITS"]
 
 SPLITS = (None, "watershed")
 _UINT32_MAX = np.iinfo(np.uint32).max
@@ -404,6 +405,13 @@ def _unique_rows(pairs: np.ndarray) -> np.ndarray:
     return key_pairs(np.unique(pair_keys(pairs[:, 0], pairs[:, 1])), pairs.dtype)
 
 
+def merge_tables(options: InstanceOptions) -> tuple[str, ...]:
+    """The names of the per-object tables :func:`merge` takes from each block (its ``tables``),
+    in that order (keys of :meth:`BlockLabels.arrays`)."""
+    holes = ("edge", "adj") if options.fill_holes else ()
+    return ("first", "size", "cls", *holes, *(("conf",) if options.confidence else ()))
+
+
 def merge(grid: tuple[int, ...], tables: Callable[[int], tuple], faces: Callable[[int, str], np.ndarray], *,
           ndim: int, options: InstanceOptions) -> Merge:
     """Join the blocks' local objects into the final ids.
@@ -413,9 +421,9 @@ def merge(grid: tuple[int, ...], tables: Callable[[int], tuple], faces: Callable
     grid : tuple of int
         The block grid (blocks numbered in its C order).
     tables : callable
-        ``tables(b) -> (first, size, cls)`` of block ``b`` (see :class:`BlockLabels`), with
-        ``fill_holes`` ``(first, size, cls, edge, adj)``, and ``conf`` last with
-        ``options.confidence``.
+        ``tables(b)``: block ``b``'s tables named by :func:`merge_tables` (``first, size,
+        cls``; ``edge, adj`` with ``fill_holes``; ``conf`` last with ``options.confidence``;
+        see :class:`BlockLabels`).
     faces : callable
         ``faces(b, key) -> plane`` for the keys of :func:`face_planes`.
     ndim : int
