@@ -151,7 +151,8 @@ def train_model(image, labels, output, *, axes: str | None = None, iterations: i
     from ..default_model import recipe_config
     from ..train import train
 
-    changes = {"iterations": int(iterations), "device": device or "auto"}
+    # fp32, as fastunet train's default: the recipe's bf16 autocast needs a CPU with bf16 units
+    changes = {"iterations": int(iterations), "device": device or "auto", "amp": "none"}
     if fine_tune:
         changes["lr"] = FINE_TUNE_LR
     config = dataclasses.replace(recipe_config(), **changes)
