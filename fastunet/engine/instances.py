@@ -195,15 +195,17 @@ def label_block(classes: np.ndarray, origin: tuple[int, ...], shape: tuple[int, 
     """
     ndim = len(shape)
     lo, hi = (0 if options.fill_holes else 1), max(2, int(num_classes))
-    values, unit = _object_values(probs) if options.confidence else (None, 1.0)
-    conf = None
+    if options.confidence and probs is None:
+        raise ValueError("min_confidence needs the block's probabilities (probs=).")
+    # the "confidence" output's uint8 steps are summed with the runs (exactly); float class
+    # probabilities by ids, over the objects' voxels only (_confidence_sums)
+    steps = probs[0] if options.confidence and probs.dtype == np.uint8 else None
+    sums = None
     if options.split is None:  # every class at once, by runs (fastunet.engine.connectivity)
-        ids, first_local, size, cls, adj, conf = label_runs(classes, classes_from=lo, classes_to=hi,
+        ids, first_local, size, cls, adj, sums = label_runs(classes, classes_from=lo, classes_to=hi,
                                                             link_z=ndim == 3 and options.connect_z,
-                                                            adjacency=options.fill_holes, weights=values)
+                                                            adjacency=options.fill_holes, weights=steps)
         count = int(cls.size)
-        if conf is not None:
-            conf[cls == 0] = 0.0  # background pieces
     else:
         structure = _structure(ndim, options.connect_z)
         ids, count, cls = _split_block(classes, lo, hi, structure)
@@ -218,32 +220,26 @@ def label_block(classes: np.ndarray, origin: tuple[int, ...], shape: tuple[int, 
     first = np.ravel_multi_index(coords, shape).astype(np.int64) if count else np.zeros(0, np.int64)
     found = BlockLabels(ids=ids, first=first, size=size, cls=cls, adj=adj)
     if options.confidence:
-        found.conf = (conf if conf is not None else _confidence_sums(ids, cls, values)) * unit
+        found.conf = (_confidence_sums(ids, cls, probs) if sums is None
+                      else np.where(cls > 0, sums, 0.0) / CONFIDENCE_SCALE)  # background pieces: 0
     if options.fill_holes:
         box = tuple((o, o + n) for o, n in zip(origin, ids.shape[3 - ndim:]))
         found.edge = _edge_pieces(ids, box, shape, options.connect_z, count)
     return found
 
 
-def _object_values(probs: np.ndarray | None) -> tuple[np.ndarray, float]:
-    """Each voxel's object probability as ``(values, unit)`` (probability = values * unit):
-    from the class probabilities ``(K, ...)`` (float), one minus the background's, unit 1;
-    from the network's ``"confidence"`` output ``(1, ...)`` uint8 (:data:`~fastunet.engine.predictor.CONFIDENCE_SCALE`
-    steps), its values as they are, summed exactly."""
-    if probs is None:
-        raise ValueError("min_confidence needs the block's probabilities (probs=).")
-    if probs.dtype == np.uint8:
-        return probs[0], 1.0 / CONFIDENCE_SCALE
-    return 1.0 - probs[0].astype(np.float64), 1.0
-
-
-def _confidence_sums(ids: np.ndarray, cls: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Per local piece, the sum of ``values`` over its voxels, float64; 0 for background
-    pieces (whose voxels are not read)."""
+def _confidence_sums(ids: np.ndarray, cls: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Per local piece, the sum over its voxels of the object probability, float64; 0 for
+    background pieces. Only object voxels are read. ``probs``: the class probabilities
+    ``(K, ...)`` (float; one minus the background's), or the network's ``"confidence"`` output
+    ``(1, ...)`` uint8 (steps of 1/:data:`~fastunet.engine.predictor.CONFIDENCE_SCALE`)."""
     flat = ids.ravel()
     is_object = np.concatenate([[False], cls > 0])  # by id: 0 and the background pieces are not
     inside = np.flatnonzero(is_object[flat])
-    return np.bincount(flat[inside], weights=values.ravel()[inside], minlength=cls.size + 1)[1:]
+    values = probs[0].ravel()[inside]
+    if values.dtype == np.uint8:
+        return np.bincount(flat[inside], weights=values, minlength=cls.size + 1)[1:] / CONFIDENCE_SCALE
+    return np.bincount(flat[inside], weights=1.0 - values.astype(np.float64), minlength=cls.size + 1)[1:]
 
 
 def _split_block(classes: np.ndarray, lo: int, hi: int, structure: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
