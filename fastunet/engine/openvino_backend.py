@@ -447,23 +447,18 @@ class _Pending:
         return Prediction(probs=probs, labels=labels)
 
 
-def _logistic(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """``1 / (1 + exp(b - a))`` into ``out`` float32, in place: a two-class softmax's
-    probability of the class whose score is ``a`` (one exponential a pixel, no maximum pass)."""
-    np.subtract(b, a, out=out)
-    with np.errstate(over="ignore"):  # exp -> inf: a probability of 0, as it should
-        np.exp(out, out=out)
-    out += 1.0
-    return np.reciprocal(out, out=out)
-
-
 def _softmax(scores: np.ndarray) -> np.ndarray:
-    """Softmax over axis 1 of ``(N, K, ...)`` float32 scores; for two classes :func:`_logistic`
-    of class 1, class 0 its complement."""
+    """Softmax over axis 1 of ``(N, K, ...)`` float32 scores; for two classes the logistic of
+    their difference, in place in the result (one exponential a pixel, no maximum pass)."""
     if scores.shape[1] == 2:
         out = np.empty_like(scores, dtype=np.float32)
-        _logistic(scores[:, 1], scores[:, 0], out[:, 1])
-        np.subtract(1.0, out[:, 1], out=out[:, 0])
+        p0, p1 = out[:, 0], out[:, 1]
+        np.subtract(scores[:, 0], scores[:, 1], out=p1)
+        with np.errstate(over="ignore"):  # exp -> inf: a probability of 0, as it should
+            np.exp(p1, out=p1)
+        p1 += 1.0
+        np.reciprocal(p1, out=p1)
+        np.subtract(1.0, p1, out=p0)
         return out
     e = np.exp(scores - scores.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
