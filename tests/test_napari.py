@@ -176,4 +176,5 @@ def test_train_job_fine_tunes_the_bundled_model(tmp_path):
     assert tuned.extra["init"]["sha256"] == hashlib.sha256(default_model_path().read_bytes()).hexdigest()
     assert tuned.extra["training_config"]["lr"] == FINE_TUNE_LR
     assert tuned.extra["training_config"]["amp"] == "none"  # not the recipe's bf16: any CPU trains it
+    assert tuned.extra["training_config"]["lr_period"] == 1  # the cosine over this run, not the recipe's 24,000
     assert tuned.config == read_model(default_model_path()).config

@@ -143,16 +143,17 @@ def train_model(image, labels, output, *, axes: str | None = None, iterations: i
                 fine_tune: bool = False):
     """Train on one image and its labels with the bundled model's recipe
     (:func:`fastunet.default_model.recipe_config`: base 16, depth 3) for ``iterations`` steps
-    and save the model at ``output``; returns its path. ``fine_tune``: start from the bundled
-    model's weights (``fastunet train --init 2d``) at a learning rate of :data:`FINE_TUNE_LR`.
-    No progress bar (napari shows a busy one): the loss curve is written beside the model."""
+    (the learning rate's cosine over those steps) and save the model at ``output``; returns its
+    path. ``fine_tune``: start from the bundled model's weights (``fastunet train --init 2d``)
+    at a learning rate of :data:`FINE_TUNE_LR`. No progress bar (napari shows a busy one): the loss curve is written beside the model."""
     import dataclasses
 
     from ..default_model import recipe_config
     from ..train import train
 
-    # fp32, as fastunet train's default: the recipe's bf16 autocast needs a CPU with bf16 units
-    changes = {"iterations": int(iterations), "device": device or "auto", "amp": "none"}
+    # fp32, as fastunet train's default: the recipe's bf16 autocast needs a CPU with bf16 units;
+    # the cosine schedule over this run's steps, as the recipe's is over its own
+    changes = {"iterations": int(iterations), "lr_period": int(iterations), "device": device or "auto", "amp": "none"}
     if fine_tune:
         changes["lr"] = FINE_TUNE_LR
     config = dataclasses.replace(recipe_config(), **changes)
