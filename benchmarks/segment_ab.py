@@ -7,7 +7,8 @@ once, in turn (the order alternating from round to round, so that a busy spell o
 machine hits all of them alike), after one warm-up round that is not counted (bytecode
 compiled, OpenVINO's caches filled). Each run is ``fastunet segment VOLUME -o OUT --axes ZYX
 --overwrite -q`` with its defaults on P7's volume (a 2 x 2048 x 2048 uint16 zarr of
-synthetic nuclei, the bundled model; :func:`fastunet.bench.volume.bench_volume`), a process
+synthetic nuclei, the bundled model; :func:`fastunet.bench.volume.bench_volume`; ``--shape``
+another such volume, e.g. ``1,1024,1024`` for one image), a process
 of its own from start to exit, with Python's bytecode cache as an installation has it; its
 wall time and its CPU time (user + system) are recorded. The variants' object counts are
 compared too (a variant that changes the result says so).
@@ -94,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--out", default="segment-ab", help="folder of the result JSON")
     parser.add_argument("--note", default="")
+    parser.add_argument("--shape", default="2,2048,2048", help="Z,Y,X of the synthetic volume (default: P7's)")
     args = parser.parse_args(argv)
     variants = [parse_variant(v) for v in args.variant]
     if len(variants) < 2 or len({n for n, _, _ in variants}) != len(variants):
@@ -101,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     from fastunet.bench.results import write_result
     from fastunet.bench.volume import bench_volume, cache_volume_path, default_cache_dir
 
-    shape = (2, 2048, 2048)
+    shape = tuple(int(n) for n in args.shape.split(","))
+    if len(shape) != 3 or min(shape) < 1:
+        raise SystemExit(f"--shape expects Z,Y,X; got {args.shape!r}.")
     volume = cache_volume_path(default_cache_dir(), shape)
     bench_volume(volume, shape)
     with tempfile.TemporaryDirectory() as tmp:

@@ -117,6 +117,33 @@ def test_network_is_prepared_in_a_helper_thread_and_its_failure_leaves_no_output
     assert not (tmp_path / "b.zarr").exists()
 
 
+def test_a_small_image_runs_as_one_tile_a_stream_with_the_same_result(tmp_path, monkeypatch):
+    """Under OpenVINO on the CPU (its streams: batch_size, at most one a thread) a small image's
+    default plan has a tile for every stream; split or not, the same probabilities."""
+    from fastunet.io import open_volume
+    from fastunet.segmentation import Segmenter
+
+    net = ReferenceUNet(UNetConfig(base_channels=4, depth=2))
+    image = _rng().normal(size=(300, 280)).astype(np.float32)
+    with Segmenter(net, device="cpu", backend="torch", dtype="fp32") as seg:
+        assert seg._side_by_side(False) == 1  # PyTorch runs one tile on every thread
+        seg.segment(image, tmp_path / "whole.zarr", progress=False, output_kind="probs")
+        one = seg.last_summary["tile"]
+        seg.backend = "openvino"  # what the plan asks of the backend, not the backend itself
+        for threads, tiles in ((4, 2), (1, 1)):
+            monkeypatch.setattr(devices, "cpu_threads", lambda: threads)
+            assert seg._side_by_side(False) == tiles and seg._side_by_side(True) == 1
+            assert seg._layout(open_volume(image, axes="YX"), chunks=None, block=None).tile_count() == tiles
+        seg.backend = "torch"
+        monkeypatch.setattr(Segmenter, "_side_by_side", lambda self, remote: 2)
+        seg.segment(image, tmp_path / "split.zarr", progress=False, output_kind="probs")
+        two = seg.last_summary["tile"]
+    assert two[0] < one[0] and two[1] == one[1]  # Y (the longer side) split in two
+    whole, split = (zarr.open_group(str(tmp_path / name), mode="r")["probs"][:]
+                    for name in ("whole.zarr", "split.zarr"))
+    np.testing.assert_allclose(split, whole, atol=1e-5)
+
+
 def test_verbose_segment_says_the_dtype_and_why(tmp_path, cpu_features, capsys):
     from fastunet.cli import main
 

@@ -38,7 +38,7 @@ def engine_tile_count(layout) -> int:
     -------
     int
     """
-    return sum((block.shape[0] if layout.ndim == 3 else 1) * len(layout.block_tiles(block)) for block in layout.blocks())
+    return layout.tile_count()
 
 
 def grid_tile_count(layout) -> int:

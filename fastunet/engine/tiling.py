@@ -276,6 +276,13 @@ class Layout:
             box.append((ks[0] * s - c, ks[-1] * s - c + t))
         return tuple(box)
 
+    def tile_count(self) -> int:
+        """Tiles the engine runs through the network: per block and Z slice (a 2D tile), every
+        tile that supplies one of its pixels (a tile on a boundary between blocks counts once
+        per block)."""
+        slices = self.ndim == 3 and self.tiled == 2  # a 2D network runs a ZYX volume slice by slice
+        return sum((block.shape[0] if slices else 1) * len(self.block_tiles(block)) for block in self.blocks())
+
     def block_tiles(self, block: Block) -> list[tuple[tuple[int, ...], tuple[slice, ...], tuple[slice, ...]]]:
         """The tiles of one block (per Z slice for a 2D tile), as ``(origin, src, dst)`` triples.
 
@@ -429,13 +436,18 @@ def plan_layout(
     block: tuple[int, ...] | None = None,
     max_block_voxels: int = 8 * 1024 * 1024,
     pools: tuple | None = None,
+    min_tiles: int = 1,
 ) -> Layout:
     """Pick tile, output chunks and blocks for a volume.
 
     ``tile`` given: used as is (an int is square, or a cube for a 3D network). Otherwise per
     axis the smallest tile that covers the axis when it is short, else a step of at most
     ``max_step`` (one for every tiled axis, or one per axis) aligned with the chunks (see
-    :func:`pick_step`). ``chunks`` default to :func:`output_chunks` of the input's chunks,
+    :func:`pick_step`); when that gives fewer than ``min_tiles`` tiles in all (a small image
+    on a device that computes ``min_tiles`` tiles at once: OpenVINO's streams on the CPU), the
+    longest tile step is split in two, three... while it stays at least :data:`MIN_SPLIT_STEP`,
+    until there are ``min_tiles`` (the tiles overlap more, but no stream waits idle for the
+    one tile). ``chunks`` default to :func:`output_chunks` of the input's chunks,
     ``block`` to :func:`block_shape`. A ``chunks`` or ``block`` of the wrong length, with a
     size below 1, or a block that is not a multiple of the chunks raises ValueError naming
     the parameter (``block=``) and a valid value.
@@ -464,23 +476,44 @@ def plan_layout(
             f'e.g. block="{fixed}".'
         )
     steps = (max_step,) * nt if isinstance(max_step, int) else tuple(max_step)
-    if tile is None:
-        tiles = []
-        for axis, p, most in zip(range(nt), pools, steps):
-            n, c = shape[nd - nt + axis], chunks[nd - nt + axis]
-            if n <= most:  # one tile covers the axis: never larger than needed
-                tiles.append(tile_for_extent(n, p))
-            else:
-                s = pick_step(p, chunk=c, max_step=most)
-                tiles.append(geometry.input_size_for_output(s, p))
-        tile = tuple(tiles)
-    elif isinstance(tile, int):
-        tile = (tile,) * nt
-    tile = tuple(int(t) for t in tile)
     layout_pools = None if nt == 2 and pools == (depth, depth) else pools
-    if block is None:
+
+    def planned(tile, steps, split=()) -> Layout:
+        if tile is None:  # a split axis takes its step as it is: its tiles are few, the chunks no matter
+            tile = tuple(_default_tile(shape[nd - nt + axis], chunks[nd - nt + axis], p, most, exact=axis in split)
+                         for axis, p, most in zip(range(nt), pools, steps))
+        elif isinstance(tile, int):
+            tile = (tile,) * nt
+        tile = tuple(int(t) for t in tile)
         grid = [geometry.grid_step(p) for p in pools]
         step = tuple(o - o % q for o, q in ((geometry.output_size(t, p), q) for t, p, q in zip(tile, pools, grid)))
-        block = block_shape(shape, chunks, step, max_voxels=max_block_voxels)
-    return Layout(shape=shape, depth=depth, tile=tile, chunks=chunks, block=tuple(int(b) for b in block),
-                  pools=layout_pools)
+        shaped = block if block is not None else block_shape(shape, chunks, step, max_voxels=max_block_voxels)
+        return Layout(shape=shape, depth=depth, tile=tile, chunks=chunks, block=tuple(int(b) for b in shaped),
+                      pools=layout_pools)
+
+    layout = planned(tile, steps)
+    limits, split = list(steps), set()
+    while tile is None and layout.tile_count() < min_tiles:
+        axis = max(range(nt), key=lambda a: layout.step[a])  # the longest step (Y on a tie)
+        n, q = shape[nd - nt + axis], layout.grid_steps[axis]
+        most = -(-n // (layout.last_tile(axis) + 2))  # one tile more along the axis
+        most += -most % q
+        if most < MIN_SPLIT_STEP or most >= layout.step[axis]:
+            break
+        limits[axis] = most
+        split.add(axis)
+        layout = planned(None, tuple(limits), split)
+    return layout
+
+
+MIN_SPLIT_STEP = 128  # plan_layout's min_tiles splits no tile step below this many output pixels
+
+
+def _default_tile(n: int, chunk: int, pools, most: int, *, exact: bool = False) -> int:
+    """The default input tile along one axis of ``n`` pixels: the smallest that covers it when
+    it is short, else one of a step of at most ``most`` aligned with the chunks (``exact``: of
+    the step ``most`` itself)."""
+    if n <= most:  # one tile covers the axis: never larger than needed
+        return tile_for_extent(n, pools)
+    step = pick_step(pools, chunk=chunk, max_step=most, min_step=most if exact else None)
+    return geometry.input_size_for_output(step, pools)
