@@ -196,25 +196,29 @@ def test_default_tiles_are_never_larger_than_a_small_image_needs():
     assert sx <= 512 and (1000 % sx == 0 or sx % 1000 == 0 or sx == 512 - 512 % 16)
 
 
-def test_a_small_image_is_split_into_as_many_tiles_as_are_computed_at_once():
-    """min_tiles: the longest step split until there are that many tiles (never below
-    MIN_SPLIT_STEP, never a given tile), each pixel still from exactly one tile."""
-    one = plan_layout((1024, 1024), 3, source_chunks=(1024, 1024), max_step=1024)
+def test_a_run_of_few_tiles_is_split_so_that_no_stream_waits():
+    """side_by_side: the longest default step split while that takes fewer rounds of that many
+    tiles times the tile's area (never below MIN_SPLIT_STEP, never a given tile, never a run of
+    SPLIT_ROUNDS rounds), each pixel still from exactly one tile."""
+    def plan(shape, chunks, k, **kw):
+        return plan_layout(shape, 3, source_chunks=chunks, max_step=1024, max_block_voxels=1 << 20, side_by_side=k,
+                           **kw)
+
+    one = plan((1024, 1024), (1024, 1024), 1)
     assert one.tile == (1116, 1116) and one.tile_count() == 1
-    two = plan_layout((1024, 1024), 3, source_chunks=(1024, 1024), max_step=1024, min_tiles=2)
+    two = plan((1024, 1024), (1024, 1024), 2)
     assert two.tile == (604, 1116) and two.step == (512, 1024) and two.tile_count() == 2
-    four = plan_layout((1024, 1024), 3, source_chunks=(1024, 1024), max_step=1024, min_tiles=4)
-    assert four.tile == (604, 604) and four.tile_count() == 4
-    odd = plan_layout((1000, 700), 3, source_chunks=(1000, 700), max_step=1024, min_tiles=2)
+    assert plan((1024, 1024), (1024, 1024), 4).tile_count() == 4
+    assert plan((1024, 2048), (1024, 1024), 2).tile == (1116, 1116)  # two tiles, one round already
+    slices = plan((3, 1024, 1024), (1, 1024, 1024), 2)  # 3 tiles: 2 rounds; 6 half tiles: 3 shorter ones
+    assert slices.tile == (604, 1116) and slices.tile_count() == 6
+    odd = plan((1000, 700), (1000, 700), 2)
     assert odd.tile_count() == 2 and odd.step[0] >= MIN_SPLIT_STEP
     _check_layout(odd)
-    small = plan_layout((200, 230), 3, source_chunks=(200, 230), max_step=1024, min_tiles=2)
-    assert small.tile_count() == 1  # halves under MIN_SPLIT_STEP: one tile
-    given = plan_layout((1024, 1024), 3, source_chunks=(1024, 1024), tile=1116, min_tiles=2)
-    assert given.tile == (1116, 1116)
-    many = plan_layout((2, 2048, 2048), 3, source_chunks=(1, 1024, 1024), max_step=1024, min_tiles=2)
-    assert many.tile == (1116, 1116) and many.tile_count() == 8  # enough tiles already: unchanged
-    assert plan_layout((3, 512, 512), 3, source_chunks=(1, 512, 512), max_step=1024, min_tiles=2).tile_count() == 3
+    assert plan((200, 230), (200, 230), 2).tile_count() == 1  # halves under MIN_SPLIT_STEP: one tile
+    assert plan((1024, 1024), (1024, 1024), 2, tile=1116).tile == (1116, 1116)  # a given tile
+    many = plan((2, 2048, 2048), (1, 1024, 1024), 2)
+    assert many.tile == (1116, 1116) and many.tile_count() == 8  # 4 rounds already: as planned
 
 
 def test_pick_step_prefers_chunk_aligned_steps():

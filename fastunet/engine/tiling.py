@@ -436,18 +436,21 @@ def plan_layout(
     block: tuple[int, ...] | None = None,
     max_block_voxels: int = 8 * 1024 * 1024,
     pools: tuple | None = None,
-    min_tiles: int = 1,
+    side_by_side: int = 1,
 ) -> Layout:
     """Pick tile, output chunks and blocks for a volume.
 
     ``tile`` given: used as is (an int is square, or a cube for a 3D network). Otherwise per
     axis the smallest tile that covers the axis when it is short, else a step of at most
     ``max_step`` (one for every tiled axis, or one per axis) aligned with the chunks (see
-    :func:`pick_step`); when that gives fewer than ``min_tiles`` tiles in all (a small image
-    on a device that computes ``min_tiles`` tiles at once: OpenVINO's streams on the CPU), the
-    longest tile step is split in two, three... while it stays at least :data:`MIN_SPLIT_STEP`,
-    until there are ``min_tiles`` (the tiles overlap more, but no stream waits idle for the
-    one tile). ``chunks`` default to :func:`output_chunks` of the input's chunks,
+    :func:`pick_step`). A device that computes ``side_by_side`` tiles at once, each on its
+    share of the cores (OpenVINO's streams on the CPU), computes a run in rounds of that many
+    tiles; when the run has few tiles (fewer than :data:`SPLIT_ROUNDS` rounds), the longest
+    default step is split further (one tile more along its axis at a time, never under
+    :data:`MIN_SPLIT_STEP` px of output) and the plan kept is the one of the fewest rounds
+    times the tile's area (a stand-in for its time): one 1024 x 1024 image on two streams runs
+    as two 604 x 1116 tiles, three slices as six, rather than leave a stream idle.
+    ``chunks`` default to :func:`output_chunks` of the input's chunks,
     ``block`` to :func:`block_shape`. A ``chunks`` or ``block`` of the wrong length, with a
     size below 1, or a block that is not a multiple of the chunks raises ValueError naming
     the parameter (``block=``) and a valid value.
@@ -492,8 +495,14 @@ def plan_layout(
                       pools=layout_pools)
 
     layout = planned(tile, steps)
-    limits, split = list(steps), set()
-    while tile is None and layout.tile_count() < min_tiles:
+    if tile is not None or side_by_side < 2 or layout.num_blocks >= SPLIT_ROUNDS * side_by_side:
+        return layout  # a given tile, one tile at a time, or tiles enough (a block has one at least)
+
+    def cost(plan: Layout) -> int:  # rounds of side_by_side tiles x the tile's area
+        return -(-plan.tile_count() // side_by_side) * math.prod(plan.tile)
+
+    best, limits, split = layout, list(steps), set()
+    while layout.tile_count() < SPLIT_ROUNDS * side_by_side:
         axis = max(range(nt), key=lambda a: layout.step[a])  # the longest step (Y on a tie)
         n, q = shape[nd - nt + axis], layout.grid_steps[axis]
         most = -(-n // (layout.last_tile(axis) + 2))  # one tile more along the axis
@@ -503,10 +512,13 @@ def plan_layout(
         limits[axis] = most
         split.add(axis)
         layout = planned(None, tuple(limits), split)
-    return layout
+        if cost(layout) < cost(best):
+            best = layout
+    return best
 
 
-MIN_SPLIT_STEP = 128  # plan_layout's min_tiles splits no tile step below this many output pixels
+MIN_SPLIT_STEP = 128  # plan_layout splits no tile step below this many output pixels
+SPLIT_ROUNDS = 4  # ... nor a run of this many rounds of side-by-side tiles or more
 
 
 def _default_tile(n: int, chunk: int, pools, most: int, *, exact: bool = False) -> int:

@@ -239,10 +239,10 @@ def estimate_object_size(segment_crop, vol, model_size: float) -> Measure:
     return Measure(found, "", tuple(rounds))
 
 
-def make_rescale(vol, depth: int, plan: ScalePlan, *, tile, max_step: int, min_tiles: int = 1):
+def make_rescale(vol, depth: int, plan: ScalePlan, *, tile, max_step: int, side_by_side: int = 1):
     """The :class:`~fastunet.engine.rescale.Rescale` of ``plan`` for ``vol``: the rescaled grid
     and the network's tile on it (``tile`` as given, e.g. recorded by an interrupted run, or
-    planned for the rescaled shape as for any input, ``min_tiles`` as
+    planned for the rescaled shape as for any input, ``side_by_side`` as
     :func:`~fastunet.engine.plan_layout` takes it)."""
     from ..engine import plan_layout
     from ..engine.rescale import Rescale, rescaled_size
@@ -251,7 +251,7 @@ def make_rescale(vol, depth: int, plan: ScalePlan, *, tile, max_step: int, min_t
     rescaled = (*shape[:-2], *(rescaled_size(n, plan.factor) for n in shape[-2:]))
     if tile is None or isinstance(tile, int):
         tile = plan_layout(rescaled, depth, source_chunks=rescaled, tile=tile, max_step=max_step,
-                           min_tiles=min_tiles).tile
+                           side_by_side=side_by_side).tile
     return Rescale.make(shape[-2:], plan.factor, tuple(tile))
 
 

@@ -261,11 +261,11 @@ class Segmenter:
         return 1024 if self.device.type == "cuda" else 512
 
     def _side_by_side(self, remote: bool) -> int:
-        """Tiles the network computes at once, which a default tile plan gives a small image at
-        least (:func:`~fastunet.engine.plan_layout`'s ``min_tiles``): OpenVINO's streams in this
-        process (``batch_size`` of them, at most one per thread, each tile on its own), else 1.
-        A 1024 x 1024 image then runs as two 604 x 1116 tiles, one a core on two cores, instead of
-        one tile on one core (0.26 s against 0.42 s warm on the 2-core test machine, the same labels)."""
+        """Tiles the network computes at once, each on its share of the cores, for the default
+        tile plan (:func:`~fastunet.engine.plan_layout`'s ``side_by_side``): OpenVINO's streams
+        in this process (``batch_size`` of them, at most one per thread), else 1. A 1024 x 1024
+        image then runs as two 604 x 1116 tiles, one a core on two cores, instead of one tile on
+        one core (0.26 s against 0.42 s warm on the 2-core test machine, the same labels)."""
         if remote or self.backend != "openvino" or self.device.type != "cpu" or self.config.spatial_dims != 2:
             return 1
         from ..devices import cpu_threads
@@ -289,7 +289,7 @@ class Segmenter:
             layout = plan_layout(vol.spatial_shape, self.config.depth, source_chunks=_spatial_chunks(vol),
                                  tile=tile, max_step=self._max_step(remote), chunks=chunks, block=block,
                                  max_block_voxels=int(self._max_block_voxels() / grow), pools=pools,
-                                 min_tiles=self._side_by_side(remote))
+                                 side_by_side=self._side_by_side(remote))
         except ValueError as exc:
             raise UserError(str(exc)) from None
         if not remote:  # a tile that cannot fit is refused now, not after minutes of work
@@ -324,7 +324,7 @@ class Segmenter:
         if scale is None:
             return None
         return make_rescale(vol, self.config.depth, scale, tile=self.tile, max_step=self._max_step(remote),
-                            min_tiles=self._side_by_side(remote))
+                            side_by_side=self._side_by_side(remote))
 
     def _segment_crop(self, image, object_size):
         """The class map and the foreground probability of a 2D image (``(Y, X)`` or
