@@ -414,7 +414,11 @@ class _Pending:
             raise self._error
 
     def _stacked(self, k: int) -> np.ndarray:
+        """Output ``k`` of every tile, ``(N, ...)``: one tile's own copy as it is (the engine's
+        calls are of one tile), more stacked."""
         self._wait()
+        if len(self._out) == 1:
+            return self._out[0][k][None]
         return np.stack([out[k] for out in self._out])
 
     def scores(self) -> np.ndarray:
