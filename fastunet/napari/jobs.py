@@ -145,7 +145,8 @@ def train_model(image, labels, output, *, axes: str | None = None, iterations: i
     (:func:`fastunet.default_model.recipe_config`: base 16, depth 3) for ``iterations`` steps
     (the learning rate's cosine over those steps) and save the model at ``output``; returns its
     path. ``fine_tune``: start from the bundled model's weights (``fastunet train --init 2d``)
-    at a learning rate of :data:`FINE_TUNE_LR`. No progress bar (napari shows a busy one): the loss curve is written beside the model."""
+    at a learning rate of :data:`FINE_TUNE_LR`. No progress bar (napari shows a busy one): the
+    loss curve is written beside the model."""
     import dataclasses
 
     from ..default_model import recipe_config
