@@ -131,7 +131,7 @@ def test_a_small_image_runs_as_one_tile_a_stream_with_the_same_result(tmp_path, 
         one = seg.last_summary["tile"]
         seg.backend = "openvino"  # what the plan asks of the backend, not the backend itself
         for threads, tiles in ((4, 2), (1, 1)):
-            monkeypatch.setattr(devices, "cpu_threads", lambda: threads)
+            monkeypatch.setattr(openvino_backend, "cpu_threads", lambda: threads)
             assert seg._side_by_side(False) == tiles and seg._side_by_side(True) == 1
             assert seg._layout(open_volume(image, axes="YX"), chunks=None, block=None).tile_count() == tiles
         seg.backend = "torch"

@@ -48,7 +48,8 @@ if TYPE_CHECKING:
     from ..model import ReferenceUNet
     from .handle import ModelHandle
 
-__all__ = ["OpenVINOPredictor", "import_openvino", "available", "picked_by_auto", "cache_dir", "convert", "PRECISIONS"]
+__all__ = ["OpenVINOPredictor", "import_openvino", "available", "picked_by_auto", "cache_dir", "convert", "PRECISIONS",
+           "stream_count"]
 
 # fastunet's dtype -> the CPU plugin's inference precision (int8: of what stays in floating
 # point, bf16 where the CPU has bf16 units: OpenVINOPredictor)
@@ -284,8 +285,7 @@ class OpenVINOPredictor(Predictor):
         self._models = {"scores": make(ov, self._core, model, folder)}  # and "compact", made on first use
         if folder is not None:
             use_compiled_cache(self._core, folder / COMPILED_DIR)
-        threads = max(1, int(threads or cpu_threads()))
-        self.streams = max(1, min(int(streams or threads), threads))
+        self.streams, threads = stream_count(streams, threads)
         precision = PRECISIONS[dtype]
         if dtype == "int8" and cpu_bf16_units():
             precision = "bf16"
@@ -362,6 +362,14 @@ class OpenVINOPredictor(Predictor):
         uint8; ``output="confidence"``: the labels and the object probability, see
         :attr:`outputs`)."""
         return self.start(tiles, output).result()
+
+
+def stream_count(streams: int | None = None, threads: int | None = None) -> tuple[int, int]:
+    """``(streams, threads)`` of an :class:`OpenVINOPredictor` asked for ``streams`` and
+    ``threads`` (defaults: one stream a thread, :func:`fastunet.devices.cpu_threads` threads):
+    the tiles it computes side by side, at most one a thread."""
+    threads = max(1, int(threads or cpu_threads()))
+    return max(1, min(int(streams or threads), threads)), threads
 
 
 def _form(output: str) -> str:

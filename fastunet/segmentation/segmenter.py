@@ -268,9 +268,9 @@ class Segmenter:
         one core (0.26 s against 0.42 s warm on the 2-core test machine, the same labels)."""
         if remote or self.backend != "openvino" or self.device.type != "cpu" or self.config.spatial_dims != 2:
             return 1
-        from ..devices import cpu_threads
+        from ..engine.openvino_backend import stream_count  # the predictor's own rule (openvino imported lazily)
 
-        return max(1, min(self.batch_size, cpu_threads()))
+        return stream_count(self.batch_size)[0]
 
     def _max_block_voxels(self) -> int:
         # A block is one task and one step of the progress bar. 8 Mvoxel blocks keep a GPU
