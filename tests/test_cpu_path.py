@@ -501,6 +501,17 @@ def test_matmul_and_conv_layer_rates_are_positive():
     assert all(r["gflop_s"] > 0 for r in rows)
 
 
+@pytest.mark.parametrize("caps,dtypes", [({"avx512_bf16": True}, ("fp32", "bf16")), ({"avx2": True}, ("fp32",))])
+def test_p7_measures_bf16_only_on_a_cpu_with_bf16_units(cpu_features, monkeypatch, caps, dtypes):
+    """Without bf16 units bf16 is emulated (many times slower than fp32) and auto picks fp32:
+    P7 leaves bf16 out of its runs (MONAI's too) rather than time an emulation no one runs."""
+    cpu_features(caps)
+    assert p7.float_dtypes() == dtypes
+    monkeypatch.setattr(p7, "openvino_dtypes", lambda: ())
+    times = p7.backend_times(ReferenceUNet(UNetConfig(base_channels=2, depth=1)), 44, reps=1, compiled=False)
+    assert sorted(times) == sorted(f"torch_{dtype}_ms" for dtype in dtypes) and min(times.values()) > 0
+
+
 def test_p7_is_a_cpu_benchmark_run_by_name(monkeypatch):
     from fastunet import bench
 

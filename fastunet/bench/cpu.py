@@ -41,6 +41,10 @@ P7  on the CPU (no GPU needed), on a uint16 zarr volume of synthetic nuclei
       largest and mean probability difference, the identical labels, the instance F1
       difference; the worst style of each.
 
+On a CPU without bf16 matrix units (no AMX, no AVX512-BF16) bf16 is emulated, many times slower
+than fp32, and ``dtype="auto"`` picks fp32: there P7 measures fp32 (and int8) only and says so
+(``P7.not_measured``; :func:`float_dtypes`).
+
 MONAI (``pip install 'fastunet[bench]'``) runs in its own processes; OpenVINO is measured when
 it is installed. Timings on a shared machine vary: the result records the machine's load
 average before and after.
@@ -101,11 +105,12 @@ def _tile_time(predictor, tile, batch: int, reps: int) -> float:
     return timing.median_ms(lambda: predictor.predict(x, "labels"), warmup=1, reps=reps, device="cpu") / batch
 
 
-def _compiled_time(model, tile, how: str, reps: int) -> tuple[float, float]:
-    """(preparation seconds, ms per tile) of the bf16 channels-last network under
+def _compiled_time(model, tile, how: str, reps: int, dtype: str = "bf16") -> tuple[float, float]:
+    """(preparation seconds, ms per tile) of the channels-last network in ``dtype`` under
     ``torch.compile`` (inductor, freezing) or frozen TorchScript."""
-    net = copy.deepcopy(model).eval().to(torch.bfloat16, memory_format=torch.channels_last)
-    x = torch.randn(1, model.config.in_channels, *geometry.tile_edges(model.config, tile), dtype=torch.bfloat16)
+    kind = torch.bfloat16 if dtype == "bf16" else torch.float32
+    net = copy.deepcopy(model).eval().to(kind, memory_format=torch.channels_last)
+    x = torch.randn(1, model.config.in_channels, *geometry.tile_edges(model.config, tile), dtype=kind)
     x = x.contiguous(memory_format=torch.channels_last)
     start = time.perf_counter()
     with torch.no_grad():
@@ -123,33 +128,43 @@ def _compiled_time(model, tile, how: str, reps: int) -> tuple[float, float]:
     return prep, ms
 
 
+def float_dtypes() -> tuple[str, ...]:
+    """The float dtypes P7 measures: fp32, and bf16 where the CPU has bf16 matrix units (elsewhere
+    bf16 is emulated, many times slower than fp32, and no run picks it: ``dtype="auto"`` is fp32)."""
+    from ..devices import cpu_bf16_units
+
+    return ("fp32", "bf16") if cpu_bf16_units() else ("fp32",)
+
+
 def openvino_dtypes() -> tuple[str, ...]:
-    """The dtypes P7 runs OpenVINO in: fp32 and bf16 when it is installed, and int8 when NNCF
-    (which quantizes it) is too."""
+    """The dtypes P7 runs OpenVINO in: :func:`float_dtypes` when it is installed, and int8 when
+    NNCF (which quantizes it) is too."""
     from importlib.util import find_spec
 
     from ..engine import openvino_backend
 
     if not openvino_backend.available():
         return ()
-    return ("fp32", "bf16", "int8") if find_spec("nncf") is not None else ("fp32", "bf16")
+    return float_dtypes() + (("int8",) if find_spec("nncf") is not None else ())
 
 
 def backend_times(model, tile, *, openvino_tile=None, reps: int = 5, compiled: bool = True) -> dict:
-    """The raw network per tile (an edge, or ``(H, W)``; median ms, labels) on the CPU: PyTorch eager in fp32 and
-    bf16 (one tile a call, on all the cores), OpenVINO in :func:`openvino_dtypes` on
+    """The raw network per tile (an edge, or ``(H, W)``; median ms, labels) on the CPU: PyTorch eager in
+    :func:`float_dtypes` (one tile a call, on all the cores), OpenVINO in :func:`openvino_dtypes` on
     ``openvino_tile`` (default ``tile``; a batch of one tile per stream, as the engine runs it;
     with its conversion, quantization and compile time), and, with ``compiled``,
-    ``torch.compile`` and frozen TorchScript in bf16 (with their preparation time)."""
+    ``torch.compile`` and frozen TorchScript in the fastest of the float dtypes (bf16 where the
+    CPU has bf16 units; with their preparation time)."""
     from ..engine import openvino_backend
     from ..engine.predictor import TorchPredictor
 
     out = {}
-    for dtype in ("fp32", "bf16"):
+    for dtype in float_dtypes():
         out[f"torch_{dtype}_ms"] = _tile_time(TorchPredictor(model, "cpu", dtype), tile, 1, reps)
     if compiled:
+        dtype = float_dtypes()[-1]
         for how in ("compile", "torchscript"):
-            out[f"{how}_bf16_prep_s"], out[f"{how}_bf16_ms"] = _compiled_time(model, tile, how, reps)
+            out[f"{how}_{dtype}_prep_s"], out[f"{how}_{dtype}_ms"] = _compiled_time(model, tile, how, reps, dtype)
     tile = tile if openvino_tile is None else openvino_tile
     for dtype in openvino_dtypes():  # last: its threads stay
         with tempfile.TemporaryDirectory() as cache:
@@ -354,12 +369,15 @@ def bench_cpu(*, shape=(2, 2048, 2048), repeats: int = 3, cache_dir=None, thread
                "P7.openvino_installed": openvino_backend.available(),
                "P7.model": f"default (base {bundle.config.base_channels}, depth {bundle.config.depth})"}
     int8 = "int8" in openvino_dtypes()
+    monai_dtypes = float_dtypes()
+    if monai_dtypes == ("fp32",):
+        figures["P7.not_measured"] = ("bf16 (MONAI under bf16 autocast, PyTorch's and OpenVINO's bf16, the bf16 matrix "
+                                      "product): this CPU has no bf16 matrix units, where bf16 is emulated")
     with tempfile.TemporaryDirectory() as tmp:
         commands = {"segment": segment_command(volume, Path(tmp) / "a.zarr"),
                     "segment_torch": segment_command(volume, Path(tmp) / "b.zarr", "--backend", "torch"),
                     **({"segment_int8": segment_command(volume, Path(tmp) / "c.zarr", "--dtype", "int8")} if int8 else {}),
-                    "monai_fp32": monai_command(volume, Path(tmp) / "m.zarr", "fp32"),
-                    "monai_bf16": monai_command(volume, Path(tmp) / "m.zarr", "bf16")}
+                    **{f"monai_{dtype}": monai_command(volume, Path(tmp) / "m.zarr", dtype) for dtype in monai_dtypes}}
         whole_process_times(commands, rounds=1)  # warm-up: OS file cache, OpenVINO's converted-model cache
         times, cpu = whole_process_times(commands, rounds=repeats)
     medians = {name: statistics.median(v) for name, v in times.items()}
@@ -369,8 +387,8 @@ def bench_cpu(*, shape=(2, 2048, 2048), repeats: int = 3, cache_dir=None, thread
         figures[f"P7.{name}_process_s_all"] = [round(t, 3) for t in v]
         figures[f"P7.{name}_process_cpu_s"] = cpu_medians[name]
     figures.update(_startup_seconds(repeats))
-    monai_best = min(medians["monai_fp32"], medians["monai_bf16"])
-    figures["P7.monai_best_dtype"] = "fp32" if medians["monai_fp32"] <= medians["monai_bf16"] else "bf16"
+    figures["P7.monai_best_dtype"] = min(monai_dtypes, key=lambda dtype: medians[f"monai_{dtype}"])
+    monai_best = medians[f"monai_{figures['P7.monai_best_dtype']}"]
     monai_best_cpu = cpu_medians[f"monai_{figures['P7.monai_best_dtype']}"]
     ratios = {}
     for name in ("segment", "segment_torch", "segment_int8"):
@@ -408,7 +426,7 @@ def _engine_tile(volume, backend: str) -> tuple[int, int]:
 
     config = read_model_metadata(default_model_path())[0]
     source = zarr.open_array(str(volume), mode="r")
-    step = default_max_step(config, torch.device("cpu"), dtype="bf16", batch_size=2, backend=backend)
+    step = default_max_step(config, torch.device("cpu"), dtype=float_dtypes()[-1], batch_size=2, backend=backend)
     layout = plan_layout(tuple(source.shape), config.depth, source_chunks=tuple(source.chunks), max_step=step)
     return layout.tile
 
@@ -419,7 +437,8 @@ def _agreement(images: int, openvino: bool, int8: bool) -> dict:
     and style, and the worst of the styles."""
     from .dtypes import style_agreement
 
-    runs = [("bf16", ("torch", "openvino") if openvino else ("torch",))] + ([("int8", ("openvino",))] if int8 else [])
+    runs = [("bf16", ("torch", "openvino") if openvino else ("torch",))] if "bf16" in float_dtypes() else []
+    runs += [("int8", ("openvino",))] if int8 else []
     out = {"P7.bf16_agreement_images_per_style": images}
     for dtype, backends in runs:
         for backend, styles in style_agreement(images=images, backends=backends, dtype=dtype).items():
@@ -445,7 +464,8 @@ def _limits(bundle, tiles: dict, figures: dict, *, compiled: bool) -> dict:
         if key.endswith("_ms"):
             flops = forward_flops(bundle.config, *tiles["openvino" if key.startswith("openvino") else "torch"])
             figures[f"P7.raw_{key[:-3]}_gflop_s"] = flops / (value * 1e-3) / 1e9
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+    for name in float_dtypes():
+        dtype = torch.bfloat16 if name == "bf16" else torch.float32
         peak = matmul_gflops(dtype)
         layers = conv_layer_gflops(bundle.config, tile, dtype)
         total = sum(r["ms"] for r in layers) * 1e-3
@@ -458,7 +478,8 @@ def _limits(bundle, tiles: dict, figures: dict, *, compiled: bool) -> dict:
         if f"P7.raw_openvino_{name}_gflop_s" in figures:
             ratios[f"P7.openvino_{name}_network_vs_matmul_peak"] = figures[f"P7.raw_openvino_{name}_gflop_s"] / peak
         ratios[f"P7.torch_{name}_network_vs_matmul_peak"] = figures[f"P7.raw_torch_{name}_gflop_s"] / peak
-    if "P7.raw_openvino_int8_ms" in figures:  # the quantized network's speed-up over bf16's
-        ratios["P7.openvino_int8_vs_bf16"] = figures["P7.raw_openvino_bf16_ms"] / figures["P7.raw_openvino_int8_ms"]
+    if "P7.raw_openvino_int8_ms" in figures:  # the quantized network's speed-up over the fastest float's
+        best = float_dtypes()[-1]
+        ratios[f"P7.openvino_int8_vs_{best}"] = figures[f"P7.raw_openvino_{best}_ms"] / figures["P7.raw_openvino_int8_ms"]
     return ratios
 
