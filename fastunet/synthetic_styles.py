@@ -32,7 +32,7 @@ import numpy as np
 from .objectsize import median_diameter
 from .synthetic import synthetic_image
 
-__all__ = ["Style", "STYLES", "StyleImage", "style_names", "style_image", "get_style", "write_style_images",
+__all__ = ["Style", "STYLES", "StyleImage", "style_names", "style_image", "get_style", "write_style_images", "glow",
            "DEGRADATIONS", "degrade"]
 
 Range = tuple[float, float]
@@ -262,6 +262,20 @@ DEGRADATIONS = {
 }
 
 
+def glow(image: np.ndarray, strength: float, width: float, *, low: float | None = None) -> np.ndarray:
+    """``image`` (float32) in a glow of out-of-focus light: ``strength`` times the image above
+    its ``low`` level (default: its 1st percentile) blurred by a Gaussian of ``width`` px, added.
+
+    Each bright object gets a halo about as wide as ``width``: the light of the object's own
+    parts above and below the focal plane in a thick widefield sample (where the generator's
+    ``haze`` is the far wider light of other planes)."""
+    from scipy import ndimage as ndi
+
+    image = np.asarray(image, np.float64)
+    low = float(np.percentile(image, 1.0)) if low is None else float(low)
+    return (image + strength * ndi.gaussian_filter(image - low, float(width))).astype(np.float32)
+
+
 def degrade(drawn: StyleImage, how: str, *, seed: int) -> StyleImage:
     """``drawn`` made worse in one of the ways of :data:`DEGRADATIONS` (known truth kept; for
     ``"half"`` the labels and their size are downsampled too), for testing what depends on the
@@ -291,7 +305,7 @@ def degrade(drawn: StyleImage, how: str, *, seed: int) -> StyleImage:
         hot = rng.random(image.shape) < 1e-3
         image[hot] = high + 3 * span
     elif how == "hazy":
-        image = image + 2.0 * ndi.gaussian_filter(image - low, 10.0)
+        image = glow(image, 2.0, 10.0, low=low)
     elif how == "8bit":
         return StyleImage(np.clip(np.rint((image - low) / span * 40 + 10), 0, 255).astype(np.uint8), labels,
                           {**drawn.options, "degraded": how}, drawn.object_size, drawn.nuclei)

@@ -240,3 +240,20 @@ def test_the_new_styles_draw_their_effects_and_older_styles_keep_their_images():
         np.testing.assert_array_equal(drawn.image, style_image(name, (96, 96), seed=seed).image)
     # the styles that existed before draw none of the new options
     assert "debris" not in style_image("small", (64, 64), seed=seed).options
+
+
+def test_a_glow_adds_the_objects_own_light_around_them():
+    """glow(): strength x the light above the low level, spread by a Gaussian of the width:
+    the added light sums to strength x the object's, and it reaches past the object's edge."""
+    from fastunet.synthetic_styles import glow
+
+    image = np.full((128, 128), 10.0, np.float32)
+    yy, xx = np.mgrid[:128, :128]
+    disk = (yy - 64) ** 2 + (xx - 64) ** 2 <= 8**2
+    image[disk] = 110.0
+    out = glow(image, 1.5, 6.0, low=10.0)
+    assert out.dtype == np.float32 and out.shape == image.shape
+    added = out.astype(np.float64) - image
+    assert added.sum() == pytest.approx(1.5 * 100.0 * disk.sum(), rel=1e-3)
+    ring = ((yy - 64) ** 2 + (xx - 64) ** 2 > 10**2) & ((yy - 64) ** 2 + (xx - 64) ** 2 <= 14**2)
+    assert added[ring].min() > 5.0 and added[0, 0] < 1e-3  # a halo near the object, nothing far away
