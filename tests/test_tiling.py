@@ -239,9 +239,25 @@ def test_block_shape_is_bounded_and_chunk_aligned():
     assert b[0] % 16 == 0 and b[1] % 64 == 0 and b[2] % 64 == 0 and np.prod(b) <= 8 << 20
     assert b[1] % 384 == 0 and b[2] % 384 == 0  # whole tiles per block
     b = block_shape((4000, 4000, 4000), (64, 64, 64), (384, 384), max_voxels=8 << 20)
+    # one chunk deep, one step square: above the bound (9.4 M), rather than blocks of part of a tile
+    assert all(x % 64 == 0 for x in b) and b == (64, 384, 384)
+    b = block_shape((4000, 4000, 4000), (64, 64, 64), (256, 256), max_voxels=8 << 20)
     assert all(x % 64 == 0 for x in b) and np.prod(b) <= 8 << 20
     b = block_shape((10000, 10000), (1000, 1000), (496, 496))
     assert b[0] % 1000 == 0 and b[0] <= 4000
+
+
+def test_a_tile_longer_than_the_blocks_target_gets_blocks_of_its_step():
+    """A block shorter than the tile's step would compute the whole tile for each of its
+    blocks: a given tile of 2140 (step 2048) on a 2 x 2048 x 2048 volume with 1 Mvoxel blocks
+    ran 8 tiles of 2140 x 2140 (four per slice) instead of 2 (15 s against 5.3 s, measured here)."""
+    layout = plan_layout((2, 2048, 2048), 3, source_chunks=(1, 1024, 1024), tile=2140, max_block_voxels=1 << 20)
+    assert layout.step == (2048, 2048) and layout.block == (1, 2048, 2048) and layout.tile_count() == 2
+    # steps within the target keep their blocks (the default CPU plans)
+    assert plan_layout((2, 2048, 2048), 3, source_chunks=(1, 1024, 1024), max_step=1024,
+                       max_block_voxels=1 << 20).block == (1, 1024, 1024)
+    assert block_shape((4096, 4096), (1024, 1024), (2048, 2048), max_voxels=1 << 20) == (2048, 2048)
+    assert block_shape((4096, 4096), (1000, 1000), (1496, 1496), max_voxels=1 << 20) == (1000, 1000)  # lcm too large
 
 
 def test_plan_layout_names_the_option_of_a_bad_block():

@@ -353,8 +353,10 @@ def block_shape(
 ) -> tuple[int, ...]:
     """A block shape: a multiple of ``chunks``, a multiple of the tile step along Y/X where
     the least common multiple stays reasonable, about ``target_yx`` along Y/X and at most
-    ``max_voxels`` voxels (never below one chunk). With a step along Z too (a 3D network),
-    every axis is treated so, about the cube root of ``max_voxels`` along each."""
+    ``max_voxels`` voxels (never below one chunk), but never shorter than a step that the
+    chunks divide, whatever ``max_voxels`` says (a tile larger than the target, e.g. a user's
+    ``tile=``: a block of a part of it would compute the whole tile for each of its blocks). With a step along Z too (a 3D
+    network), every axis is treated so, about the cube root of ``max_voxels`` along each."""
     nd = len(shape)
     if len(step) == 3:
         return _block_3d(shape, chunks, step, max_voxels)
@@ -364,7 +366,7 @@ def block_shape(
     for axis in (0, 1):
         n, c, s = shape[nd - 2 + axis], chunks[nd - 2 + axis], step[axis]
         unit = math.lcm(c, s)
-        if unit > target:
+        if unit > max(target, s):
             unit = c
         b = unit * max(1, target // unit)
         b = min(b, -(-n // c) * c)  # never beyond the volume's last chunk
