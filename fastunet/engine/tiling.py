@@ -500,11 +500,12 @@ def plan_layout(
     if tile is not None or side_by_side < 2 or layout.num_blocks >= SPLIT_ROUNDS * side_by_side:
         return layout  # a given tile, one tile at a time, or tiles enough (a block has one at least)
 
-    def cost(plan: Layout) -> int:  # rounds of side_by_side tiles x the tile's area
-        return -(-plan.tile_count() // side_by_side) * math.prod(plan.tile)
+    def cost(plan: Layout, tiles: int) -> int:  # rounds of side_by_side tiles x the tile's area
+        return -(-tiles // side_by_side) * math.prod(plan.tile)
 
-    best, limits, split = layout, list(steps), set()
-    while layout.tile_count() < SPLIT_ROUNDS * side_by_side:
+    tiles = layout.tile_count()
+    best, best_cost, limits, split = layout, cost(layout, tiles), list(steps), set()
+    while tiles < SPLIT_ROUNDS * side_by_side:
         axis = max(range(nt), key=lambda a: layout.step[a])  # the longest step (Y on a tie)
         n, q = shape[nd - nt + axis], layout.grid_steps[axis]
         most = -(-n // (layout.last_tile(axis) + 2))  # one tile more along the axis
@@ -514,8 +515,9 @@ def plan_layout(
         limits[axis] = most
         split.add(axis)
         layout = planned(None, tuple(limits), split)
-        if cost(layout) < cost(best):
-            best = layout
+        tiles = layout.tile_count()
+        if cost(layout, tiles) < best_cost:
+            best, best_cost = layout, cost(layout, tiles)
     return best
 
 
