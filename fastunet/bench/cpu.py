@@ -74,6 +74,8 @@ from .volume import bench_volume, cache_volume_path, default_cache_dir
 __all__ = ["bench_cpu", "matmul_gflops", "conv_layer_gflops", "engine_vs_raw", "engine_vs_raw_apart", "backend_times",
            "thread_grid", "whole_process_times", "segment_command", "monai_command"]
 
+_TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # the float dtypes' torch types
+
 
 # ------------------------------------------------------------------------- the CPU's limit
 def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
@@ -108,7 +110,7 @@ def _tile_time(predictor, tile, batch: int, reps: int) -> float:
 def _compiled_time(model, tile, how: str, reps: int, dtype: str = "bf16") -> tuple[float, float]:
     """(preparation seconds, ms per tile) of the channels-last network in ``dtype`` under
     ``torch.compile`` (inductor, freezing) or frozen TorchScript."""
-    kind = torch.bfloat16 if dtype == "bf16" else torch.float32
+    kind = _TORCH_DTYPES[dtype]
     net = copy.deepcopy(model).eval().to(kind, memory_format=torch.channels_last)
     x = torch.randn(1, model.config.in_channels, *geometry.tile_edges(model.config, tile), dtype=kind)
     x = x.contiguous(memory_format=torch.channels_last)
@@ -465,7 +467,7 @@ def _limits(bundle, tiles: dict, figures: dict, *, compiled: bool) -> dict:
             flops = forward_flops(bundle.config, *tiles["openvino" if key.startswith("openvino") else "torch"])
             figures[f"P7.raw_{key[:-3]}_gflop_s"] = flops / (value * 1e-3) / 1e9
     for name in float_dtypes():
-        dtype = torch.bfloat16 if name == "bf16" else torch.float32
+        dtype = _TORCH_DTYPES[name]
         peak = matmul_gflops(dtype)
         layers = conv_layer_gflops(bundle.config, tile, dtype)
         total = sum(r["ms"] for r in layers) * 1e-3

@@ -354,9 +354,8 @@ def block_shape(
     """A block shape: a multiple of ``chunks``, a multiple of the tile step along Y/X where
     the least common multiple stays reasonable, about ``target_yx`` along Y/X and at most
     ``max_voxels`` voxels (never below one chunk), but never shorter than a step that the
-    chunks divide, whatever ``max_voxels`` says (a tile larger than the target, e.g. a user's
-    ``tile=``: a block of a part of it would compute the whole tile for each of its blocks). With a step along Z too (a 3D
-    network), every axis is treated so, about the cube root of ``max_voxels`` along each."""
+    chunks divide, whatever ``max_voxels`` says (:func:`_axis_block`). With a step along Z too
+    (a 3D network), every axis is treated so, about the cube root of ``max_voxels`` along each."""
     nd = len(shape)
     if len(step) == 3:
         return _block_3d(shape, chunks, step, max_voxels)
@@ -364,13 +363,7 @@ def block_shape(
     target = max(1, min(target_yx, int(math.sqrt(max_voxels / cz))))
     yx = []
     for axis in (0, 1):
-        n, c, s = shape[nd - 2 + axis], chunks[nd - 2 + axis], step[axis]
-        unit = math.lcm(c, s)
-        if unit > max(target, s):
-            unit = c
-        b = unit * max(1, target // unit)
-        b = min(b, -(-n // c) * c)  # never beyond the volume's last chunk
-        yx.append(b)
+        yx.append(_axis_block(shape[nd - 2 + axis], chunks[nd - 2 + axis], step[axis], target))
     if nd == 2:
         return tuple(yx)
     per_slice = yx[0] * yx[1]
@@ -383,14 +376,19 @@ def _block_3d(shape, chunks, step, max_voxels: int) -> tuple[int, ...]:
     """A 3D network's block: per axis a multiple of the chunk (and of the step where their
     least common multiple is not above the target), about ``max_voxels ** (1/3)`` along each."""
     target = max(1, round(max_voxels ** (1 / 3)))
-    block = []
-    for n, c, s in zip(shape, chunks, step):
-        unit = math.lcm(c, s)
-        if unit > max(target, s):
-            unit = c
-        b = unit * max(1, target // unit)
-        block.append(min(b, -(-n // c) * c))
-    return tuple(block)
+    return tuple(_axis_block(n, c, s, target) for n, c, s in zip(shape, chunks, step))
+
+
+def _axis_block(n: int, chunk: int, step: int, target: int) -> int:
+    """A block's length along an axis of ``n`` pixels: a multiple of the chunk, and of the tile
+    step where their least common multiple is not above ``target`` or is the step itself (a
+    step longer than the target, e.g. of a user's ``tile=``: a block of a part of it would
+    compute the whole tile for each of its blocks), about ``target`` long, never beyond the
+    volume's last chunk."""
+    unit = math.lcm(chunk, step)
+    if unit > max(target, step):
+        unit = chunk
+    return min(unit * max(1, target // unit), -(-n // chunk) * chunk)
 
 
 def _user_shape(value, nd: int, option: str) -> tuple[int, ...]:
