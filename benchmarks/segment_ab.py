@@ -8,13 +8,15 @@ machine hits all of them alike), after one warm-up round that is not counted (by
 compiled, OpenVINO's caches filled). Each run is ``fastunet segment VOLUME -o OUT --axes ZYX
 --overwrite -q`` with its defaults on P7's volume (a 2 x 2048 x 2048 uint16 zarr of
 synthetic nuclei, the bundled model; :func:`fastunet.bench.volume.bench_volume`; ``--shape``
-another such volume, e.g. ``1,1024,1024`` for one image), a process
+another such volume, e.g. ``1,1024,1024`` for one image; ``--tiff``: the same volume as an
+uncompressed TIFF, one image when Z is 1, as a microscope or ImageJ exports it), a process
 of its own from start to exit, with Python's bytecode cache as an installation has it; its
 wall time and its CPU time (user + system) are recorded. The variants' object counts are
 compared too (a variant that changes the result says so).
 
     python benchmarks/segment_ab.py --variant before=49c8a22 --variant now=. --rounds 10
     python benchmarks/segment_ab.py --variant telemetry=. --variant no-telemetry=.,CI=true
+    python benchmarks/segment_ab.py --variant before=3714c53 --variant now=. --shape 1,2300,2300 --tiff
 
 The result is a JSON file in ``--out`` (medians, every round, the ratios of each variant's
 median to the first's) to copy to ``benchmarks/results/``. A CPU measurement on whatever else
@@ -35,6 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import tifffile
 import zarr
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,8 +78,8 @@ def run_once(root: Path, env: dict, volume: Path, out: Path) -> tuple[float, flo
     full = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     full.update(env)
     full["PYTHONPATH"] = str(root) + (os.pathsep + full["PYTHONPATH"] if full.get("PYTHONPATH") else "")
-    argv = [sys.executable, "-m", "fastunet", "segment", str(volume), "-o", str(out), "--axes", "ZYX", "--overwrite",
-            "-q"]
+    axes = ["--axes", "ZYX"] if volume.suffix == ".zarr" or _tiff_ndim(volume) == 3 else []
+    argv = [sys.executable, "-m", "fastunet", "segment", str(volume), "-o", str(out), *axes, "--overwrite", "-q"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(argv, capture_output=True, text=True, env=full, cwd=tempfile.gettempdir())
@@ -89,6 +92,23 @@ def run_once(root: Path, env: dict, volume: Path, out: Path) -> tuple[float, flo
     return seconds, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime, objects
 
 
+def _tiff_ndim(path: Path) -> int:
+    with tifffile.TiffFile(path) as tif:
+        return len(tif.series[0].shape)
+
+
+def tiff_copy(volume: Path) -> Path:
+    """The zarr ``volume`` as an uncompressed TIFF beside it (written once; a 2D image when it
+    has one plane)."""
+    path = volume.with_suffix(".tif")
+    if not path.exists():
+        data = zarr.open_array(str(volume), mode="r")[...]
+        tmp = path.with_name(f".{path.name}.tmp")
+        tifffile.imwrite(tmp, data[0] if data.shape[0] == 1 else data)
+        os.replace(tmp, path)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", action="append", required=True, help="NAME=REV[,VAR=VALUE...] (two or more)")
@@ -96,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="segment-ab", help="folder of the result JSON")
     parser.add_argument("--note", default="")
     parser.add_argument("--shape", default="2,2048,2048", help="Z,Y,X of the synthetic volume (default: P7's)")
+    parser.add_argument("--tiff", action="store_true", help="the volume as an uncompressed TIFF (Z 1: one 2D image)")
     args = parser.parse_args(argv)
     variants = [parse_variant(v) for v in args.variant]
     if len(variants) < 2 or len({n for n, _, _ in variants}) != len(variants):
@@ -108,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--shape expects Z,Y,X; got {args.shape!r}.")
     volume = cache_volume_path(default_cache_dir(), shape)
     bench_volume(volume, shape)
+    if args.tiff:
+        volume = tiff_copy(volume)
     with tempfile.TemporaryDirectory() as tmp:
         roots, commits = {}, {}
         for name, rev, _ in variants:
@@ -143,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             ratios[f"{name}_vs_{first}_cpu_s"] = statistics.median(cpu[first]) / statistics.median(cpu[name])
     extra = {"variants": {n: {"rev": rev, "commit": commits[n], "env": env} for n, rev, env in variants},
              "rounds": args.rounds, "volume_shape": "x".join(map(str, shape)), "note": args.note,
+             "input": "tiff" if args.tiff else "zarr",
              "loadavg_after": list(os.getloadavg())}
     path = write_result("segment-ab", figures, ratios, out_dir=Path(args.out), extra=extra)
     for name, _, _ in variants:

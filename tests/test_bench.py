@@ -275,11 +275,16 @@ def test_same_padded_flops_match_the_flop_counter():
 
 def test_tile_counts_of_the_paper_tile_on_a_4096_plane():
     # Tile 572 -> 388 output, step 384: 11 tiles cover 4096 (10 * 384 + 388 >= 4096).
-    # Blocks of 2048: tiles 0-5 for the first and 5-10 for the second, so tile 5 runs twice.
-    layout = plan_layout((2, 4096, 4096), 4, source_chunks=(1, 1024, 1024), tile=572, max_step=2048)
+    # Output chunks of the input's 1024: blocks of 2048, tiles 0-5 for the first and 5-10 for
+    # the second, so tile 5 runs twice.
+    layout = plan_layout((2, 4096, 4096), 4, source_chunks=(1, 1024, 1024), tile=572, max_step=2048,
+                         chunks=(1, 1024, 1024))
     assert layout.block[1:] == (2048, 2048)
     assert bench.grid_tile_count(layout) == 2 * 11 * 11
     assert bench.engine_tile_count(layout) == 2 * 12 * 12
+    # By default the chunks follow the tiles (768: two steps), and each tile runs once
+    free = plan_layout((2, 4096, 4096), 4, source_chunks=(1, 1024, 1024), tile=572, max_step=2048)
+    assert free.chunks[1:] == (768, 768) and bench.engine_tile_count(free) == bench.grid_tile_count(free) == 2 * 11 * 11
     aligned = plan_layout((2, 4096, 4096), 4, source_chunks=(1, 1024, 1024), max_step=2048)
     assert aligned.step == (2048, 2048) and bench.engine_tile_count(aligned) == bench.grid_tile_count(aligned) == 8
 
@@ -416,7 +421,7 @@ def test_roofline_script_runs_and_places_windows_like_monai(capsys):
     assert sum(r["flops"] for r in rows) + up_and_head == 2 * forward_flops(cfg, 572, 572)
     roofline.main()
     out = capsys.readouterr().out
-    assert "| 64x4096x4096 | 572 | 384 | 9216 | 7744 | 19.0% |" in out
+    assert "| 64x4096x4096 | 572 | 384 | 7744 | 7744 | 0.0% |" in out  # the chunks follow the tiles
 
 
 def forward_flops_of_upconvs_and_head(cfg, tile):

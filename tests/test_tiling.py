@@ -1,6 +1,8 @@
 """Tile layout and mirrored reads (fastunet.engine.tiling) against numpy: np.pad for the mirror,
 brute-force coverage checks for blocks and tiles."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -219,6 +221,67 @@ def test_a_run_of_few_tiles_is_split_so_that_no_stream_waits():
     assert plan((1024, 1024), (1024, 1024), 2, tile=1116).tile == (1116, 1116)  # a given tile
     many = plan((2, 2048, 2048), (1, 1024, 1024), 2)
     assert many.tile == (1116, 1116) and many.tile_count() == 8  # 4 rounds already: as planned
+
+
+def test_chunks_follow_the_tiles_where_the_input_chunks_fit_no_step():
+    """An axis whose chunks no step fits (a whole TIFF of 2300 px: output chunks of 575), or
+    whose chunk-aligned tiles compute EVEN_GAIN more than the fewest equal ones, takes equal
+    tiles and chunks of their step: no tile computed for two blocks. Given chunks or a given
+    block keep the chunks; an axis of one tile keeps its chunk."""
+    def plan(shape, source, **kw):
+        return plan_layout(shape, 3, source_chunks=source, max_step=1024, max_block_voxels=1 << 20, **kw)
+
+    def per_axis(layout):  # tiles along each axis: each block holding whole tiles, the run has their product
+        return [layout.last_tile(axis) + 1 for axis in range(layout.tiled)]
+
+    tiff = plan((2300, 2300), (2300, 2300))
+    assert tiff.tile == (860, 860) and tiff.step == (768, 768) and tiff.chunks == (768, 768)
+    assert per_axis(tiff) == [3, 3] and tiff.tile_count() == 9
+    _check_layout(tiff)
+    forced = plan((2300, 2300), (2300, 2300), chunks=(575, 575))  # the chunks as the input gives them
+    assert forced.tile == (1116, 1116) and forced.tile_count() == 36  # each 1024-step tile for up to 4 blocks
+    assert plan((2300, 2300), (2300, 2300), block=(1150, 1150)).chunks == (575, 575)
+    just_over = plan((1037, 1037), (1024, 1024))  # aligned: 2 x 1116 along each axis, equal: 2 x 612
+    assert just_over.tile == (612, 612) and just_over.chunks == (520, 520) and just_over.tile_count() == 4
+    _check_layout(just_over)
+    kept = plan((2560, 2560), (2560, 2560))  # chunks of 640 fit a step: 4 x 732 against 3 x 948, under 10 % more
+    assert kept.tile == (732, 732) and kept.chunks == (640, 640) and kept.tile_count() == 16
+    assert plan((2048, 2048), (1024, 1024)).chunks == (1024, 1024)
+    one = plan((900, 3000), (900, 3000))  # Y: one tile (output 900, step 896) keeps its chunk of 900
+    assert one.chunks[0] == 900 and per_axis(one)[0] == 1 and one.num_blocks == per_axis(one)[1]
+    _check_layout(one)
+    cuda = plan_layout((5000, 5000), 3, source_chunks=(5000, 5000), max_step=2048, max_block_voxels=8 << 20)
+    assert cuda.step == (1672, 1672) and cuda.chunks == (836, 836) and cuda.tile_count() == 9  # 1024 at most
+    _check_layout(cuda)
+
+
+def test_default_plans_compute_at_most_1_5x_their_output_on_any_image_size():
+    """Square images of 1000-6200 px, whole (a TIFF, an array: one chunk) or in chunks of 1024,
+    the CPU's 1024-px steps and 1 Mpx blocks: the input pixels the tiles compute, over the
+    output's, at most 1.5 (the README's figure; it was up to 9.7 for whole images before the
+    chunks followed the tiles)."""
+    import statistics
+
+    ratios = {"whole": [], "chunked": []}
+    for n in range(1000, 6200, 37):
+        for kind, source in (("whole", (n, n)), ("chunked", (1024, 1024))):
+            layout = plan_layout((n, n), 3, source_chunks=source, max_step=1024, max_block_voxels=1 << 20)
+            ratios[kind].append(layout.tile_count() * math.prod(layout.tile) / n**2)
+    assert max(max(r) for r in ratios.values()) < 1.5
+    assert statistics.median(ratios["whole"]) < 1.25 and statistics.median(ratios["chunked"]) < 1.27
+
+
+def test_tile_count_is_every_block_s_tiles():
+    """Layout.tile_count (a product over the axes) against the blocks' own tiles, counted one
+    by one: 2D, a ZYX volume slice by slice, a 3D tile with pools per axis, blocks cutting tiles."""
+    layouts = [plan_layout((2300, 1900), 3, source_chunks=(575, 380), chunks=(575, 380)),
+               plan_layout((5, 700, 900), 2, source_chunks=(2, 128, 96), max_step=100),
+               plan_layout((40, 300, 260), 2, source_chunks=(8, 64, 64), pools=((1, 2), 2, 2), max_step=(24, 64, 64)),
+               Layout(shape=(3, 500, 500), depth=2, tile=(108, 108), chunks=(1, 50, 70), block=(2, 100, 140))]
+    for layout in layouts:
+        slices = layout.ndim == 3 and layout.tiled == 2
+        counted = sum((b.shape[0] if slices else 1) * len(layout.block_tiles(b)) for b in layout.blocks())
+        assert layout.tile_count() == counted
 
 
 def test_pick_step_prefers_chunk_aligned_steps():

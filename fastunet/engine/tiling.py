@@ -279,9 +279,14 @@ class Layout:
     def tile_count(self) -> int:
         """Tiles the engine runs through the network: per block and Z slice (a 2D tile), every
         tile that supplies one of its pixels (a tile on a boundary between blocks counts once
-        per block)."""
-        slices = self.ndim == 3 and self.tiled == 2  # a 2D network runs a ZYX volume slice by slice
-        return sum((block.shape[0] if slices else 1) * len(self.block_tiles(block)) for block in self.blocks())
+        per block). Blocks form a grid, so this is the product over the tiled axes of the
+        tiles the blocks along each take (times the Z slices for a 2D tile)."""
+        nd, nt = self.ndim, self.tiled
+        count = self.shape[0] if nd == 3 and nt == 2 else 1  # a 2D network runs a ZYX volume slice by slice
+        for axis in range(nt):
+            n, b = self._n(axis), self.block[nd - nt + axis]
+            count *= sum(len(self.tile_range(axis, start, min(start + b, n))) for start in range(0, n, b))
+        return count
 
     def block_tiles(self, block: Block) -> list[tuple[tuple[int, ...], tuple[slice, ...], tuple[slice, ...]]]:
         """The tiles of one block (per Z slice for a 2D tile), as ``(origin, src, dst)`` triples.
@@ -320,14 +325,44 @@ def pick_step(depth, *, chunk: int, max_step: int, min_step: int | None = None) 
     """
     q = geometry.grid_step(depth)
     top = max(q, max_step - max_step % q)
+    aligned = _aligned_step(depth, chunk=chunk, max_step=max_step, min_step=min_step)
+    return top if aligned is None else aligned
+
+
+def _aligned_step(depth, *, chunk: int, max_step: int, min_step: int | None = None) -> int | None:
+    """:func:`pick_step`'s chunk-aligned step, from ``max_step`` down to ``min_step`` (default
+    half of it); None when none is."""
+    q = geometry.grid_step(depth)
+    top = max(q, max_step - max_step % q)
     low = max(q, min_step if min_step is not None else top // 2)
     for s in range(top, low - 1, -q):
-        if chunk % s == 0 or s % chunk == 0:
+        if _aligned(chunk, s):
             return s
-    return top
+    return None
 
 
-def output_chunks(shape: tuple[int, ...], source_chunks: tuple[int, ...], *, max_yx: int = 1024, max_z: int = 16) -> tuple[int, ...]:
+def _aligned(chunk: int, step: int) -> bool:
+    """Whether blocks of whole chunks can hold whole tiles: the step divides the chunk or the
+    chunk the step."""
+    return chunk % step == 0 or step % chunk == 0
+
+
+def _even_step(n: int, depth, most: int) -> int:
+    """The step of the fewest tiles, of a step of at most ``most``, that cover an axis of
+    ``n`` pixels, all of one size (the last no emptier than the others): a multiple of the
+    max-pool grid."""
+    q = geometry.grid_step(depth)
+    most = max(q, most - most % q)
+    share = -(-n // -(-n // most))  # n over the fewest tiles of at most ``most``
+    return share + (-share % q)
+
+
+MAX_YX_CHUNK = 1024  # output chunks are at most this long along Y and X ...
+MAX_Z_CHUNK = 16  # ... and along Z
+
+
+def output_chunks(shape: tuple[int, ...], source_chunks: tuple[int, ...], *, max_yx: int = MAX_YX_CHUNK,
+                  max_z: int = MAX_Z_CHUNK) -> tuple[int, ...]:
     """Output chunks along the input's chunking: the input's spatial chunk, split (by an
     integer factor where it divides) to at most ``max_z`` along Z and ``max_yx`` along Y/X,
     and never larger than the volume."""
@@ -443,17 +478,24 @@ def plan_layout(
     ``tile`` given: used as is (an int is square, or a cube for a 3D network). Otherwise per
     axis the smallest tile that covers the axis when it is short, else a step of at most
     ``max_step`` (one for every tiled axis, or one per axis) aligned with the chunks (see
-    :func:`pick_step`). A device that computes ``side_by_side`` tiles at once, each on its
-    share of the cores (OpenVINO's streams on the CPU), computes a run in rounds of that many
-    tiles; when the run has few tiles (fewer than :data:`SPLIT_ROUNDS` rounds), the longest
-    default step is split further (one tile more along its axis at a time, never under
+    :func:`pick_step`). Unless ``chunks`` or ``block`` is given, the chunks follow the tiles
+    where that saves work (fewer tiles computed): an axis whose chunks no step fits (a TIFF of
+    2300 px: chunks of 575) or whose aligned tiles would compute :data:`EVEN_GAIN` more input
+    pixels along it than the fewest equal tiles (1037 px on chunks of 1024: two tiles of 1116)
+    takes those equal tiles, and its output chunk fits their step (the most steps within 1024
+    px along Y/X, 16 along Z, or the step's largest divisor within that), so that every block
+    holds whole tiles and no tile is computed for two blocks (the 2300 px image: 9 tiles of 860
+    px instead of 36 of 1116). A device that computes ``side_by_side`` tiles at once, each on
+    its share of the cores (OpenVINO's streams on the CPU), computes a run in rounds of that
+    many tiles; when the run has few tiles (fewer than :data:`SPLIT_ROUNDS` rounds), the
+    longest default step is split further (one tile more along its axis at a time, never under
     :data:`MIN_SPLIT_STEP` px of output) and the plan kept is the one of the fewest rounds
     times the tile's area (a stand-in for its time): one 1024 x 1024 image on two streams runs
-    as two 604 x 1116 tiles, three slices as six, rather than leave a stream idle.
-    ``chunks`` default to :func:`output_chunks` of the input's chunks,
-    ``block`` to :func:`block_shape`. A ``chunks`` or ``block`` of the wrong length, with a
-    size below 1, or a block that is not a multiple of the chunks raises ValueError naming
-    the parameter (``block=``) and a valid value.
+    as two 604 x 1116 tiles, three slices as six, rather than leave a stream idle. ``chunks``
+    default to :func:`output_chunks` of the input's chunks (changed as above where the chunks
+    follow the tiles), ``block`` to :func:`block_shape`. A ``chunks`` or ``block`` of the wrong
+    length, with a size below 1, or a block that is not a multiple of the chunks raises
+    ValueError naming the parameter (``block=``) and a valid value.
 
     ``pools``: a 3D network's pools per spatial axis (``UNetConfig.axis_pools``, three
     entries) tile Z too; None (the 2D network) tiles Y and X with ``depth`` pools.
@@ -464,6 +506,7 @@ def plan_layout(
     if len(pools) > nd:
         raise ValueError(f"A {len(pools)}D network needs a volume of {len(pools)} spatial axes; got shape {shape}.")
     nt = len(pools)
+    free = chunks is None and block is None  # the chunks may follow the tiles
     if chunks is not None:
         chunks = _user_shape(chunks, nd, "chunks")
     if block is not None:
@@ -481,18 +524,32 @@ def plan_layout(
     steps = (max_step,) * nt if isinstance(max_step, int) else tuple(max_step)
     layout_pools = None if nt == 2 and pools == (depth, depth) else pools
 
+    caps = tuple(MAX_Z_CHUNK if nd == 3 and axis == 0 else MAX_YX_CHUNK for axis in range(nd))
+
     def planned(tile, steps, split=()) -> Layout:
         if tile is None:  # a split axis takes its step as it is: its tiles are few, the chunks no matter
-            tile = tuple(_default_tile(shape[nd - nt + axis], chunks[nd - nt + axis], p, most, exact=axis in split)
+            tile = tuple(_default_tile(shape[nd - nt + axis], chunks[nd - nt + axis], p, most, exact=axis in split,
+                                       free=free)
                          for axis, p, most in zip(range(nt), pools, steps))
         elif isinstance(tile, int):
             tile = (tile,) * nt
         tile = tuple(int(t) for t in tile)
         grid = [geometry.grid_step(p) for p in pools]
-        step = tuple(o - o % q for o, q in ((geometry.output_size(t, p), q) for t, p, q in zip(tile, pools, grid)))
-        shaped = block if block is not None else block_shape(shape, chunks, step, max_voxels=max_block_voxels)
-        return Layout(shape=shape, depth=depth, tile=tile, chunks=chunks, block=tuple(int(b) for b in shaped),
-                      pools=layout_pools)
+        out = tuple(geometry.output_size(t, p) for t, p in zip(tile, pools))
+        step = tuple(o - o % q for o, q in zip(out, grid))
+
+        def made(chunks):
+            shaped = block if block is not None else block_shape(shape, chunks, step, max_voxels=max_block_voxels)
+            return Layout(shape=shape, depth=depth, tile=tile, chunks=chunks, block=tuple(int(b) for b in shaped),
+                          pools=layout_pools)
+
+        layout = made(chunks)
+        tiled = _chunks_for_tiles(shape, chunks, step, out, caps=caps) if free else chunks
+        if tiled != chunks:  # blocks along the input's chunks would compute some tiles twice
+            other = made(tiled)
+            if other.tile_count() < layout.tile_count():
+                return other
+        return layout
 
     layout = planned(tile, steps)
     if tile is not None or side_by_side < 2 or layout.num_blocks >= SPLIT_ROUNDS * side_by_side:
@@ -523,11 +580,47 @@ MIN_SPLIT_STEP = 128  # plan_layout splits no tile step below this many output p
 SPLIT_ROUNDS = 4  # ... nor a run of this many rounds of side-by-side tiles or more
 
 
-def _default_tile(n: int, chunk: int, pools, most: int, *, exact: bool = False) -> int:
+def _default_tile(n: int, chunk: int, pools, most: int, *, exact: bool = False, free: bool = False) -> int:
     """The default input tile along one axis of ``n`` pixels: the smallest that covers it when
     it is short, else one of a step of at most ``most`` aligned with the chunks (``exact``: of
-    the step ``most`` itself)."""
+    the step ``most`` itself). ``free``: chunks that may follow the tiles; then the fewest
+    equal tiles of at most ``most`` (:func:`_even_step`) when no step fits the chunks, or when
+    they compute at least :data:`EVEN_GAIN` fewer input pixels along the axis than the
+    aligned ones (e.g. 1037 px: two tiles of 612 rather than of 1116)."""
     if n <= most:  # one tile covers the axis: never larger than needed
         return tile_for_extent(n, pools)
-    step = pick_step(pools, chunk=chunk, max_step=most, min_step=most if exact else None)
+    step = _aligned_step(pools, chunk=chunk, max_step=most, min_step=most if exact else None)
+    if free:
+        even = _even_step(n, pools, most)
+        if step is None or _axis_pixels(n, even, pools) <= (1 - EVEN_GAIN) * _axis_pixels(n, step, pools):
+            step = even
+    elif step is None:
+        step = pick_step(pools, chunk=chunk, max_step=most)
     return geometry.input_size_for_output(step, pools)
+
+
+EVEN_GAIN = 0.1  # equal tiles replace chunk-aligned ones that compute this much more along an axis
+
+
+def _axis_pixels(n: int, step: int, pools) -> int:
+    """Input pixels the tiles of ``step`` compute along an axis of ``n`` pixels."""
+    tile = geometry.input_size_for_output(step, pools)
+    out = geometry.output_size(tile, pools)
+    return (max(0, -(-(n - out) // step)) + 1) * tile
+
+
+def _chunks_for_tiles(shape, chunks, step, out, *, caps) -> tuple[int, ...]:
+    """``chunks`` with each tiled axis of more than one tile whose chunk no step fits (see
+    :func:`_aligned`) given a chunk that fits the step instead, so that blocks hold whole
+    tiles: the most steps within that axis's cap in ``caps`` and the axis, or the step's
+    largest divisor within the cap."""
+    chunks = list(chunks)
+    nd, nt = len(shape), len(step)
+    for axis, (s, o, cap) in enumerate(zip(step, out, caps[nd - nt:])):
+        i = nd - nt + axis
+        if shape[i] > o and not _aligned(chunks[i], s):
+            if s <= cap:
+                chunks[i] = s * max(1, min(cap, shape[i]) // s)
+            else:
+                chunks[i] = next(s // k for k in range(2, s + 1) if s % k == 0 and s // k <= cap)
+    return tuple(chunks)
