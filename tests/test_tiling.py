@@ -200,8 +200,8 @@ def test_default_tiles_are_never_larger_than_a_small_image_needs():
 
 def test_a_run_of_few_tiles_is_split_so_that_no_stream_waits():
     """side_by_side: the longest default step split while that takes fewer rounds of that many
-    tiles times the tile's area (never below MIN_SPLIT_STEP, never a given tile, never a run of
-    SPLIT_ROUNDS rounds), each pixel still from exactly one tile."""
+    tiles times the tile's area (never below MIN_SPLIT_STEP, never a given tile; a run of
+    SPLIT_ROUNDS rounds only when its last round is not full), each pixel still from exactly one tile."""
     def plan(shape, chunks, k, **kw):
         return plan_layout(shape, 3, source_chunks=chunks, max_step=1024, max_block_voxels=1 << 20, side_by_side=k,
                            **kw)
@@ -221,6 +221,12 @@ def test_a_run_of_few_tiles_is_split_so_that_no_stream_waits():
     assert plan((1024, 1024), (1024, 1024), 2, tile=1116).tile == (1116, 1116)  # a given tile
     many = plan((2, 2048, 2048), (1, 1024, 1024), 2)
     assert many.tile == (1116, 1116) and many.tile_count() == 8  # 4 rounds already: as planned
+    # a longer run whose last round leaves a stream idle: up to LAST_ROUND_SPLITS splits tried
+    odd = plan((2304, 2304), (2304, 2304), 2)  # 9 tiles of 860: 5 rounds; 12 of 668 x 860: 6 smaller ones
+    assert odd.tile == (668, 860) and odd.tile_count() == 12
+    _check_layout(odd)
+    assert plan((2304, 2304), (2304, 2304), 1).tile == (860, 860)  # one stream: no idle round
+    assert plan((2, 3000, 3000), (1, 3000, 3000), 2).tile == (1092, 1092)  # 18 tiles: every round full
 
 
 def test_chunks_follow_the_tiles_where_the_input_chunks_fit_no_step():

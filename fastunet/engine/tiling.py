@@ -491,11 +491,13 @@ def plan_layout(
     longest default step is split further (one tile more along its axis at a time, never under
     :data:`MIN_SPLIT_STEP` px of output) and the plan kept is the one of the fewest rounds
     times the tile's area (a stand-in for its time): one 1024 x 1024 image on two streams runs
-    as two 604 x 1116 tiles, three slices as six, rather than leave a stream idle. ``chunks``
-    default to :func:`output_chunks` of the input's chunks (changed as above where the chunks
-    follow the tiles), ``block`` to :func:`block_shape`. A ``chunks`` or ``block`` of the wrong
-    length, with a size below 1, or a block that is not a multiple of the chunks raises
-    ValueError naming the parameter (``block=``) and a valid value.
+    as two 604 x 1116 tiles, three slices as six, rather than leave a stream idle; a longer run
+    whose last round is not full tries up to :data:`LAST_ROUND_SPLITS` such splits (a 2304 x
+    2304 image: 12 tiles of 668 x 860 px in 6 rounds rather than 9 of 860 px in 5, the last
+    half idle). ``chunks`` default to :func:`output_chunks` of the input's chunks (changed as
+    above where the chunks follow the tiles), ``block`` to :func:`block_shape`. A ``chunks`` or
+    ``block`` of the wrong length, with a size below 1, or a block that is not a multiple of
+    the chunks raises ValueError naming the parameter (``block=``) and a valid value.
 
     ``pools``: a 3D network's pools per spatial axis (``UNetConfig.axis_pools``, three
     entries) tile Z too; None (the 2D network) tiles Y and X with ``depth`` pools.
@@ -552,15 +554,19 @@ def plan_layout(
         return layout
 
     layout = planned(tile, steps)
-    if tile is not None or side_by_side < 2 or layout.num_blocks >= SPLIT_ROUNDS * side_by_side:
-        return layout  # a given tile, one tile at a time, or tiles enough (a block has one at least)
+    if tile is not None or side_by_side < 2:
+        return layout  # a given tile, or one tile at a time
+    tiles = layout.tile_count()
+    if tiles >= SPLIT_ROUNDS * side_by_side and tiles % side_by_side == 0:
+        return layout  # tiles enough, the last round full
 
     def cost(plan: Layout, tiles: int) -> int:  # rounds of side_by_side tiles x the tile's area
         return -(-tiles // side_by_side) * math.prod(plan.tile)
 
-    tiles = layout.tile_count()
     best, best_cost, limits, split = layout, cost(layout, tiles), list(steps), set()
-    while tiles < SPLIT_ROUNDS * side_by_side:
+    long_run, tries = tiles >= SPLIT_ROUNDS * side_by_side, 0
+    while tries < LAST_ROUND_SPLITS if long_run else tiles < SPLIT_ROUNDS * side_by_side:
+        tries += 1
         axis = max(range(nt), key=lambda a: layout.step[a])  # the longest step (Y on a tie)
         n, q = shape[nd - nt + axis], layout.grid_steps[axis]
         most = -(-n // (layout.last_tile(axis) + 2))  # one tile more along the axis
@@ -577,7 +583,8 @@ def plan_layout(
 
 
 MIN_SPLIT_STEP = 128  # plan_layout splits no tile step below this many output pixels
-SPLIT_ROUNDS = 4  # ... nor a run of this many rounds of side-by-side tiles or more
+SPLIT_ROUNDS = 4  # ... nor a run of this many rounds of side-by-side tiles or more ...
+LAST_ROUND_SPLITS = 2  # ... but for up to this many steps when its last round leaves a stream idle
 
 
 def _default_tile(n: int, chunk: int, pools, most: int, *, exact: bool = False, free: bool = False) -> int:
