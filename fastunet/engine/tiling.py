@@ -556,26 +556,34 @@ def plan_layout(
     layout = planned(tile, steps)
     if tile is not None or side_by_side < 2:
         return layout  # a given tile, or one tile at a time
-    tiles = layout.tile_count()
-    if tiles >= SPLIT_ROUNDS * side_by_side and tiles % side_by_side == 0:
-        return layout  # tiles enough, the last round full
+    return _split_for_streams(layout, lambda limits, split: planned(None, limits, split), steps, side_by_side)
 
+
+def _split_for_streams(layout: Layout, planned, steps, side_by_side: int) -> Layout:
+    """:func:`plan_layout`'s search for ``side_by_side`` streams: the longest default step split
+    one tile more at a time (``planned(limits, split)`` plans with those steps at most, the
+    ``split`` axes at exactly theirs), while the run has fewer than :data:`SPLIT_ROUNDS` rounds
+    or, when its last round is not full, up to :data:`LAST_ROUND_SPLITS` times; the plan of the
+    fewest rounds times the tile's area wins."""
     def cost(plan: Layout, tiles: int) -> int:  # rounds of side_by_side tiles x the tile's area
         return -(-tiles // side_by_side) * math.prod(plan.tile)
 
-    best, best_cost, limits, split = layout, cost(layout, tiles), list(steps), set()
-    long_run, tries = tiles >= SPLIT_ROUNDS * side_by_side, 0
+    tiles = layout.tile_count()
+    long_run = tiles >= SPLIT_ROUNDS * side_by_side
+    if long_run and tiles % side_by_side == 0:
+        return layout  # tiles enough, the last round full
+    best, best_cost, limits, split, tries = layout, cost(layout, tiles), list(steps), set(), 0
     while tries < LAST_ROUND_SPLITS if long_run else tiles < SPLIT_ROUNDS * side_by_side:
         tries += 1
-        axis = max(range(nt), key=lambda a: layout.step[a])  # the longest step (Y on a tie)
-        n, q = shape[nd - nt + axis], layout.grid_steps[axis]
+        axis = max(range(layout.tiled), key=lambda a: layout.step[a])  # the longest step (Y on a tie)
+        n, q = layout.shape[layout.ndim - layout.tiled + axis], layout.grid_steps[axis]
         most = -(-n // (layout.last_tile(axis) + 2))  # one tile more along the axis
         most += -most % q
         if most < MIN_SPLIT_STEP or most >= layout.step[axis]:
             break
         limits[axis] = most
         split.add(axis)
-        layout = planned(None, tuple(limits), split)
+        layout = planned(tuple(limits), split)
         tiles = layout.tile_count()
         if cost(layout, tiles) < best_cost:
             best, best_cost = layout, cost(layout, tiles)
