@@ -21,6 +21,7 @@ from io_samples import ome_input
 
 from fastunet.errors import UserError
 from fastunet.io import VolumeSource, check_output, create_output, open_volume
+from fastunet.io.channels import pick_channels
 
 
 @pytest.fixture
@@ -218,10 +219,11 @@ def test_tiff_tiled_and_compressed(tmp_path, rng):
 
 
 def test_tiff_region_read_touches_only_its_pages(tmp_path, rng, monkeypatch):
-    """Reading a few slices of a 40-page TIFF reads only those pages' bytes from the file."""
+    """Reading a few slices of a 40-page compressed TIFF reads only those pages' bytes from the
+    file (an uncompressed one is memory-mapped: the next test)."""
     data = rng.integers(0, 255, size=(40, 32, 48), dtype=np.uint8)
     path = tmp_path / "big.tif"
-    tifffile.imwrite(path, data, rowsperstrip=8)  # 4 strips per page
+    tifffile.imwrite(path, data, rowsperstrip=8, compression="zlib")  # 4 strips per page
     with tifffile.TiffFile(path) as tif:
         page_bytes = {
             i: {(o, n) for o, n in zip(p.dataoffsets, p.databytecounts)}
@@ -239,8 +241,37 @@ def test_tiff_region_read_touches_only_its_pages(tmp_path, rng, monkeypatch):
     box = (slice(11, 13), slice(0, 32), slice(5, 40))
     np.testing.assert_array_equal(src.read(box), data[box])
     assert reads, "the TIFF reader no longer goes through FileCache.read; update this test"
-    assert set(reads) == page_bytes[11] | page_bytes[12]
-    assert sum(n for _, n in reads) == 2 * data[0].nbytes  # 2 of 40 pages
+    assert set(reads) == page_bytes[11] | page_bytes[12]  # 2 of 40 pages
+    assert src.mapped() is None
+
+
+def test_uncompressed_tiff_is_read_through_a_memory_map(tmp_path, rng):
+    """An uncompressed contiguous TIFF (tifffile's, ImageJ's) is read through tifffile.memmap:
+    the same values as zarr over tifffile's store, as copies (writeable, not views of the
+    file), the map left out of pickles; compressed, tiled and shuffled-channel reads go
+    through zarr."""
+    data = rng.integers(0, 60000, size=(3, 70, 50), dtype=np.uint16)
+    path = tmp_path / "plain.tif"
+    tifffile.imwrite(path, data)  # one strip a page: zarr over tifffile's store decodes whole pages
+    src = open_volume(path)
+    assert isinstance(src.mapped(), np.memmap) and src.mapped().shape == data.shape
+    _check_reads(src, data, rng)
+    block = src.read((slice(1, 3), slice(5, 60), slice(7, 41)))
+    np.testing.assert_array_equal(block, data[1:3, 5:60, 7:41])
+    assert type(block) is np.ndarray and block.flags.writeable and not np.shares_memory(block, src.mapped())
+    np.testing.assert_array_equal(block, np.asarray(src.stored()[1:3, 5:60, 7:41]))
+    assert "_mapped" not in pickle.loads(pickle.dumps(src)).__dict__
+    ij = tmp_path / "ij.tif"
+    stack = rng.integers(0, 255, size=(4, 3, 10, 11), dtype=np.uint8)  # ZCYX
+    tifffile.imwrite(ij, stack, imagej=True, metadata={"axes": "ZCYX"})
+    hyper = open_volume(ij)
+    assert hyper.mapped() is not None
+    _check_reads(hyper, stack.transpose(1, 0, 2, 3), rng)
+    _check_reads(pick_channels(hyper, [2, 0]), stack.transpose(1, 0, 2, 3)[[2, 0]], rng)  # a list: zarr
+    _check_reads(pick_channels(hyper, 1), stack[:, 1], rng)  # an int: the map
+    tiled = tmp_path / "tiled.tif"
+    tifffile.imwrite(tiled, data, tile=(32, 32), photometric="minisblack", metadata={"axes": "ZYX"})
+    assert open_volume(tiled).mapped() is None
 
 
 @pytest.mark.parametrize("kind", ["numpy", "dask", "zarr-memory", "zarr-local"])

@@ -126,7 +126,7 @@ class VolumeSource:
     # The open handle lives in the instance __dict__ under "_handle" (never pickled).
 
     def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k not in ("_handle", "_chunk_cache")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_handle", "_chunk_cache", "_mapped")}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
@@ -209,12 +209,43 @@ class VolumeSource:
                 object.__setattr__(self, "_chunk_cache", cached)
         return cached[1]
 
+    def mapped(self) -> np.ndarray | None:
+        """A TIFF whose image series is stored uncompressed in one contiguous run (what most
+        microscopes, ImageJ and ``tifffile.imwrite`` write): its pixels as a read-only
+        ``numpy.memmap`` in native axes (``tifffile.memmap``), opened once per process; None
+        for every other input. Through it a box reads only its own bytes, where zarr over
+        tifffile's store decodes each whole chunk the box touches — for such a TIFF a whole
+        plane (a 6000 x 6000 image: 72 MB for each band of the statistics and each block)."""
+        if self.kind != "tiff" or self.path is None:
+            return None
+        cached = self.__dict__.get("_mapped")
+        if cached is not None and cached[0] == os.getpid():
+            return cached[1]
+        stored = self.stored()  # (takes the lock itself)
+        with _OPEN_LOCK:
+            cached = self.__dict__.get("_mapped")
+            if cached is None or cached[0] != os.getpid():
+                try:
+                    mapped = tifffile.memmap(self.path, series=int(self.key or 0), mode="r")
+                except (ValueError, OSError, IndexError):  # compressed, tiled, in pieces or short
+                    mapped = None
+                if mapped is not None and (mapped.shape != stored.shape or mapped.dtype != stored.dtype):
+                    mapped = None
+                cached = (os.getpid(), mapped)
+                object.__setattr__(self, "_mapped", cached)
+        return cached[1]
+
     def read_stored(self, index: tuple) -> np.ndarray:
         """The stored array (native axes, every axis it has) at ``index`` (per axis an int, a
-        basic slice or, for a channel axis, a list), through the process's cache of decoded
-        chunks where there is one (a zarr input read with ints and slices): what another
-        reader of the same chunks (the statistics, the fingerprint, the blocks) decoded is not
-        decoded again."""
+        basic slice or, for a channel axis, a list), from the memory-mapped file of an
+        uncompressed TIFF (:meth:`mapped`, ints and slices: a copy), else through the process's
+        cache of decoded chunks where there is one (a zarr input read with ints and slices):
+        what another reader of the same chunks (the statistics, the fingerprint, the blocks)
+        decoded is not decoded again."""
+        if all(isinstance(i, (int, slice)) for i in index):
+            mapped = self.mapped()
+            if mapped is not None:
+                return np.array(mapped[tuple(index)])  # never a view of the file
         cache = self._chunks(index)
         data = cache.read(tuple(index)) if cache is not None else self.stored()[tuple(index)]
         if hasattr(data, "compute"):  # dask
