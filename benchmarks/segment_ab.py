@@ -17,6 +17,8 @@ compared too (a variant that changes the result says so).
     python benchmarks/segment_ab.py --variant before=49c8a22 --variant now=. --rounds 10
     python benchmarks/segment_ab.py --variant telemetry=. --variant no-telemetry=.,CI=true
     python benchmarks/segment_ab.py --variant before=3714c53 --variant now=. --shape 1,2300,2300 --tiff
+    python benchmarks/segment_ab.py --variant before=97202d9 --variant now=. --shape 1,2300,2300 --tiff \
+        --args="--object-size 30"
 
 The result is a JSON file in ``--out`` (medians, every round, the ratios of each variant's
 median to the first's) to copy to ``benchmarks/results/``. A CPU measurement on whatever else
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -73,13 +76,14 @@ def worktree(rev: str, into: Path) -> tuple[Path, str]:
     return into, commit
 
 
-def run_once(root: Path, env: dict, volume: Path, out: Path) -> tuple[float, float, int]:
+def run_once(root: Path, env: dict, volume: Path, out: Path, extra: tuple = ()) -> tuple[float, float, int]:
     """(wall s, CPU s, objects) of one ``fastunet segment`` process of the code in ``root``."""
     full = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     full.update(env)
     full["PYTHONPATH"] = str(root) + (os.pathsep + full["PYTHONPATH"] if full.get("PYTHONPATH") else "")
     axes = ["--axes", "ZYX"] if volume.suffix == ".zarr" or _tiff_ndim(volume) == 3 else []
-    argv = [sys.executable, "-m", "fastunet", "segment", str(volume), "-o", str(out), *axes, "--overwrite", "-q"]
+    argv = [sys.executable, "-m", "fastunet", "segment", str(volume), "-o", str(out), *axes, "--overwrite", "-q",
+            *extra]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(argv, capture_output=True, text=True, env=full, cwd=tempfile.gettempdir())
@@ -117,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--note", default="")
     parser.add_argument("--shape", default="2,2048,2048", help="Z,Y,X of the synthetic volume (default: P7's)")
     parser.add_argument("--tiff", action="store_true", help="the volume as an uncompressed TIFF (Z 1: one 2D image)")
+    parser.add_argument("--args", default="", help='more arguments of every segment, e.g. --args="--object-size 30"')
     args = parser.parse_args(argv)
     variants = [parse_variant(v) for v in args.variant]
     if len(variants) < 2 or len({n for n, _, _ in variants}) != len(variants):
@@ -142,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
             for r in range(args.rounds + 1):
                 order = variants if r % 2 == 0 else variants[::-1]
                 for name, _, env in order:
-                    wall, cpu_s, count = run_once(roots[name], env, volume, Path(tmp) / f"{name}.zarr")
+                    wall, cpu_s, count = run_once(roots[name], env, volume, Path(tmp) / f"{name}.zarr",
+                                                  tuple(shlex.split(args.args)))
                     objects[name].add(count)
                     if r:  # round 0 warms up
                         times[name].append(round(wall, 4))
@@ -166,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             ratios[f"{name}_vs_{first}_cpu_s"] = statistics.median(cpu[first]) / statistics.median(cpu[name])
     extra = {"variants": {n: {"rev": rev, "commit": commits[n], "env": env} for n, rev, env in variants},
              "rounds": args.rounds, "volume_shape": "x".join(map(str, shape)), "note": args.note,
-             "input": "tiff" if args.tiff else "zarr",
+             "input": "tiff" if args.tiff else "zarr", "args": args.args,
              "loadavg_after": list(os.getloadavg())}
     path = write_result("segment-ab", figures, ratios, out_dir=Path(args.out), extra=extra)
     for name, _, _ in variants:

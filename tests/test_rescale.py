@@ -8,6 +8,9 @@ pixels and take their argmax. The engine's probabilities are float16 on the resc
 labels must agree wherever the two classes are further apart than that rounding.
 """
 
+import dataclasses
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -344,3 +347,32 @@ def test_sampling_back_gives_what_the_job_asks_the_network_for(output):
     else:
         assert got.dtype == np.uint8 and got.shape == (1, 1, 6, 8)
         assert np.abs(got - full[1:] * CONFIDENCE_SCALE).max() <= 0.5 + 1e-4
+
+
+def test_a_rescaled_run_s_blocks_span_tile_steps_of_the_rescaled_grid():
+    """rescaled_block: a block computes every rescaled tile its pixels sample, so blocks of a
+    fraction of a tile step computed each tile several times; they now span
+    RESCALED_BLOCK_STEPS steps (whole chunks, within the volume and RESCALED_BLOCK_VOXELS,
+    never below the layout's own block)."""
+    from fastunet.engine.rescale import rescaled_size
+    from fastunet.engine.tiling import Block, plan_layout
+    from fastunet.segmentation.scaling import RESCALED_BLOCK_VOXELS, rescaled_block
+
+    def tiles_computed(layout, rs):
+        inner = rs.layout(layout)
+        return sum(len(inner.block_tiles(Block(index=b.index, box=tuple(rs.needed(a, *b.box[a]) for a in (0, 1)))))
+                   for b in layout.blocks())
+
+    layout = plan_layout((2300, 2300), 3, source_chunks=(2300, 2300), max_step=1024, max_block_voxels=1 << 20,
+                         side_by_side=2)  # as `fastunet segment` plans it on 2 cores
+    rs = Rescale.make((2300, 2300), 0.635, (828, 828))  # 1460 x 1460: 2 x 2 tiles of step 736
+    assert rs.rescaled == (rescaled_size(2300, 0.635),) * 2 and tiles_computed(layout, rs) == 20
+    grown = dataclasses.replace(layout, block=rescaled_block(layout, rs))
+    assert grown.block == (2304, 2304) and tiles_computed(grown, rs) == 4  # one block: each tile once
+    big = plan_layout((20000, 20000), 3, source_chunks=(1024, 1024), max_step=1024, max_block_voxels=1 << 20)
+    far = Rescale.make((20000, 20000), 0.5, (1116, 1116))
+    capped = rescaled_block(big, far)
+    assert big.block == (1024, 1024) and capped[0] % 1024 == 0 and capped[1] % 1024 == 0
+    assert 1024 < min(capped) and math.prod(capped) <= RESCALED_BLOCK_VOXELS
+    capped_layout = dataclasses.replace(big, block=capped)
+    assert tiles_computed(capped_layout, far) < tiles_computed(big, far) / 2

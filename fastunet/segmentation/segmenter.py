@@ -42,7 +42,7 @@ from .memory import check_tile_memory, default_max_step
 from .options import OutputKind, SegmentOptions, SegmentResult, Source
 from .progress import PROGRESS_INTERVAL, ProgressBar
 from .returns import is_lazy, returned, stack_time, wants_lazy
-from .scaling import Measure, check_resumed, make_rescale, resolve, stats_source
+from .scaling import Measure, check_resumed, make_rescale, rescaled_block, resolve, stats_source
 from .sinks import MAX_TIFF_BYTES, TiffSink, open_sink
 from .warmup import Warmup
 
@@ -547,6 +547,8 @@ class Segmenter:
                                for t in range(vol.timepoints)], kinds)
         layout = self._layout(vol, chunks=chunks, block=block, remote=remote, scale=scale)
         rescale = self._new_rescale(vol, scale, remote)
+        if rescale is not None and block is None:
+            layout = dataclasses.replace(layout, block=rescaled_block(layout, rescale))
         stats = normalization_stats(stats_source(vol, rescale), self.normalization)
         _warn_nonfinite(stats.nonfinite, sampled=True)
         job = dataclasses.replace(self._job(vol, layout, stats, kinds, None, remote, rescale,
@@ -600,13 +602,15 @@ class Segmenter:
                 return layout, normalization_stats(stats_source(vol, rescale), self.normalization), rescale
             return layout, stats, rescale
         layout = self._layout(vol, chunks=chunks, block=block, remote=remote, scale=scale)
+        rescale = self._new_rescale(vol, scale, remote)
+        if rescale is not None and block is None:
+            layout = dataclasses.replace(layout, block=rescaled_block(layout, rescale))
         if sink.block_multiple and any(m > 1 for m in sink.block_multiple):
             from ..io.pyramid import aligned_block
 
             layout = dataclasses.replace(layout, block=aligned_block(layout.block, layout.chunks, sink.block_multiple))
         if isinstance(sink, TiffSink):
             sink.check_size(vol.spatial_shape, self.config.num_classes)
-        rescale = self._new_rescale(vol, scale, remote)
         if on_layout is not None:
             on_layout(layout)
         return layout, normalization_stats(stats_source(vol, rescale), self.normalization), rescale
