@@ -274,7 +274,7 @@ def rescaled_block(layout, rescale) -> tuple[int, ...]:
         n, c = layout.shape[i], layout.chunks[i]
         reach = math.ceil(RESCALED_BLOCK_STEPS * s * rescale.step(axis))
         block[i] = max(block[i], min(-(-reach // c) * c, -(-n // c) * c))
-    for i in (-2, -1):  # the larger edge first, down to the cap (never below the layout's block)
+    for i in (-2, -1):  # Y, then X, down to the cap (never below the layout's block)
         while z * math.prod(block[-2:]) > RESCALED_BLOCK_VOXELS and block[i] - layout.chunks[i] >= layout.block[i]:
             block[i] -= layout.chunks[i]
     return tuple(block)

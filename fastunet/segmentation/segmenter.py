@@ -318,13 +318,18 @@ class Segmenter:
                    batch_size=self.batch_size, use_runner=self._uses_runner(device),
                    network=None if remote else self.network, kinds=kinds, rescale=rescale)
 
-    def _new_rescale(self, vol, scale, remote):
-        """The rescaled grid of a new run at ``scale`` (None at scale 1), its tile planned as
-        for any input (a resumed run uses the tile it recorded)."""
+    def _new_rescale(self, vol, layout, scale, remote, block):
+        """``(layout, rescale)`` of a new run at ``scale``: the rescaled grid (None at scale 1),
+        its tile planned as for any input (a resumed run uses the tile it recorded), and
+        ``layout`` with blocks that span its tile steps
+        (:func:`~fastunet.segmentation.scaling.rescaled_block`) unless ``block`` was given."""
         if scale is None:
-            return None
-        return make_rescale(vol, self.config.depth, scale, tile=self.tile, max_step=self._max_step(remote),
-                            side_by_side=self._side_by_side(remote))
+            return layout, None
+        rescale = make_rescale(vol, self.config.depth, scale, tile=self.tile, max_step=self._max_step(remote),
+                               side_by_side=self._side_by_side(remote))
+        if block is None:
+            layout = dataclasses.replace(layout, block=rescaled_block(layout, rescale))
+        return layout, rescale
 
     def _segment_crop(self, image, object_size):
         """The class map and the foreground probability of a 2D image (``(Y, X)`` or
@@ -546,9 +551,7 @@ class Segmenter:
                                           overwrite=overwrite, remote=remote, chunks=chunks, block=block, scale=scale)
                                for t in range(vol.timepoints)], kinds)
         layout = self._layout(vol, chunks=chunks, block=block, remote=remote, scale=scale)
-        rescale = self._new_rescale(vol, scale, remote)
-        if rescale is not None and block is None:
-            layout = dataclasses.replace(layout, block=rescaled_block(layout, rescale))
+        layout, rescale = self._new_rescale(vol, layout, scale, remote, block)
         stats = normalization_stats(stats_source(vol, rescale), self.normalization)
         _warn_nonfinite(stats.nonfinite, sampled=True)
         job = dataclasses.replace(self._job(vol, layout, stats, kinds, None, remote, rescale,
@@ -602,9 +605,7 @@ class Segmenter:
                 return layout, normalization_stats(stats_source(vol, rescale), self.normalization), rescale
             return layout, stats, rescale
         layout = self._layout(vol, chunks=chunks, block=block, remote=remote, scale=scale)
-        rescale = self._new_rescale(vol, scale, remote)
-        if rescale is not None and block is None:
-            layout = dataclasses.replace(layout, block=rescaled_block(layout, rescale))
+        layout, rescale = self._new_rescale(vol, layout, scale, remote, block)
         if sink.block_multiple and any(m > 1 for m in sink.block_multiple):
             from ..io.pyramid import aligned_block
 
