@@ -144,11 +144,11 @@ def main(argv: list[str] | None = None) -> int:
             times = {n: [] for n, _, _ in variants}
             cpu = {n: [] for n, _, _ in variants}
             objects = {n: set() for n, _, _ in variants}
+            extra_args = tuple(shlex.split(args.args))
             for r in range(args.rounds + 1):
                 order = variants if r % 2 == 0 else variants[::-1]
                 for name, _, env in order:
-                    wall, cpu_s, count = run_once(roots[name], env, volume, Path(tmp) / f"{name}.zarr",
-                                                  tuple(shlex.split(args.args)))
+                    wall, cpu_s, count = run_once(roots[name], env, volume, Path(tmp) / f"{name}.zarr", extra_args)
                     objects[name].add(count)
                     if r:  # round 0 warms up
                         times[name].append(round(wall, 4))

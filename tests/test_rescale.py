@@ -352,8 +352,8 @@ def test_sampling_back_gives_what_the_job_asks_the_network_for(output):
 def test_a_rescaled_run_s_blocks_span_tile_steps_of_the_rescaled_grid():
     """rescaled_block: a block computes every rescaled tile its pixels sample, so blocks of a
     fraction of a tile step computed each tile several times; they now span
-    RESCALED_BLOCK_STEPS steps (whole chunks, within the volume and RESCALED_BLOCK_VOXELS,
-    never below the layout's own block)."""
+    RESCALED_BLOCK_STEPS steps (whole chunks, within the volume and RESCALED_BLOCK_VOXELS of
+    the rescaled grid, never below the layout's own block)."""
     from fastunet.engine.rescale import rescaled_size
     from fastunet.engine.tiling import Block, plan_layout
     from fastunet.segmentation.scaling import RESCALED_BLOCK_VOXELS, rescaled_block
@@ -376,3 +376,6 @@ def test_a_rescaled_run_s_blocks_span_tile_steps_of_the_rescaled_grid():
     assert 1024 < min(capped) and math.prod(capped) <= RESCALED_BLOCK_VOXELS
     capped_layout = dataclasses.replace(big, block=capped)
     assert tiles_computed(capped_layout, far) < tiles_computed(big, far) / 2
+    near = Rescale.make((20000, 20000), 2.0, (1116, 1116))  # enlarged: the cap counts rescaled voxels
+    enlarged = rescaled_block(big, near)
+    assert 1024 < max(enlarged) and 4 * math.prod(enlarged) <= RESCALED_BLOCK_VOXELS

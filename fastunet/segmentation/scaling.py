@@ -256,26 +256,29 @@ def make_rescale(vol, depth: int, plan: ScalePlan, *, tile, max_step: int, side_
 
 
 RESCALED_BLOCK_STEPS = 4  # a rescaled run's blocks span this many of the network's tile steps ...
-RESCALED_BLOCK_VOXELS = 16 * 1024 * 1024  # ... within this many input voxels
+RESCALED_BLOCK_VOXELS = 16 * 1024 * 1024  # ... within this many voxels of the rescaled grid
 
 
 def rescaled_block(layout, rescale) -> tuple[int, ...]:
     """The block shape of a run on the rescaled grid: ``layout``'s, grown along Y and X (in
-    whole chunks, within the volume and :data:`RESCALED_BLOCK_VOXELS`) to span
+    whole chunks, within the volume and :data:`RESCALED_BLOCK_VOXELS` once rescaled: an
+    enlarged block holds fewer input pixels, as the layout's own blocks do) to span
     :data:`RESCALED_BLOCK_STEPS` tile steps of the rescaled grid. A block computes every
     rescaled tile its pixels sample, and the tile grid of the rescaled image does not fall
     on the input's blocks: blocks of a fraction of a tile computed each tile several times
     (a 2300 x 2300 image at object size 30: 20 tiles of 828 px for the 4 that cover it)."""
     steps = rescale.layout(layout).step[-2:]
     block = list(layout.block)
-    z = block[0] if len(block) == 3 else 1
+    # the rescaled voxels one Y/X pixel of the block stands for: its Z slices, times the enlargement
+    weight = (block[0] if len(block) == 3 else 1) * max(1.0, math.prod(r / n for r, n in zip(rescale.rescaled,
+                                                                                              rescale.shape)))
     for axis, s in enumerate(steps):
         i = len(block) - 2 + axis
         n, c = layout.shape[i], layout.chunks[i]
         reach = math.ceil(RESCALED_BLOCK_STEPS * s * rescale.step(axis))
         block[i] = max(block[i], min(-(-reach // c) * c, -(-n // c) * c))
     for i in (-2, -1):  # Y, then X, down to the cap (never below the layout's block)
-        while z * math.prod(block[-2:]) > RESCALED_BLOCK_VOXELS and block[i] - layout.chunks[i] >= layout.block[i]:
+        while weight * math.prod(block[-2:]) > RESCALED_BLOCK_VOXELS and block[i] - layout.chunks[i] >= layout.block[i]:
             block[i] -= layout.chunks[i]
     return tuple(block)
 
