@@ -13,6 +13,7 @@ from fastunet.engine.tiling import (
     Block,
     Layout,
     block_shape,
+    min_split_step,
     mirrored_read_plan,
     output_chunks,
     pick_step,
@@ -227,6 +228,28 @@ def test_a_run_of_few_tiles_is_split_so_that_no_stream_waits():
     _check_layout(odd)
     assert plan((2304, 2304), (2304, 2304), 1).tile == (860, 860)  # one stream: no idle round
     assert plan((2, 3000, 3000), (1, 3000, 3000), 2).tile == (1092, 1092)  # 18 tiles: every round full
+
+
+def test_a_3d_run_of_one_tile_is_split_for_two_streams():
+    """A 3D network's steps (at most 128) split down to twice the axis's context
+    (min_split_step), where the 2D floor of MIN_SPLIT_STEP would never split one."""
+    pools = ((1, 2), (2, 2), (2, 2))  # the bundled 3D model's: 1x2x2, 2x2x2
+
+    def plan(shape, k):
+        return plan_layout(shape, 2, source_chunks=shape, max_step=128, max_block_voxels=1 << 20, pools=pools,
+                           side_by_side=k)
+
+    assert [min_split_step(p, 3) for p in pools] == [24, 40, 40] and min_split_step(2, 2) == MIN_SPLIT_STEP
+    assert plan((24, 96, 96), 1).tile_count() == 1
+    two = plan((24, 96, 96), 2)
+    assert two.tile_count() == 2 and min(two.step) >= 24 and min(two.step[1:]) >= 40
+    for block in two.blocks():  # each voxel from exactly one tile
+        seen = np.zeros(block.shape, np.int32)
+        for _, _, dst in two.block_tiles(block):
+            seen[dst] += 1
+        assert (seen == 1).all()
+    assert plan((9, 29, 23), 2).tile_count() == 1  # too small to split
+    assert plan((24, 512, 512), 2).tile_count() == 16  # rounds enough: as planned
 
 
 def test_chunks_follow_the_tiles_where_the_input_chunks_fit_no_step():

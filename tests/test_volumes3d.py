@@ -62,9 +62,9 @@ def reference_logits(bundle, volume):
     return out[(slice(None), *(slice(0, n) for n in volume.shape))].numpy()
 
 
-def assert_labels_match(labels, logits):
+def assert_labels_match(labels, logits, margin=MARGIN):
     top2 = np.sort(logits, axis=0)[-2:]
-    exempt = (top2[1] - top2[0]) < MARGIN
+    exempt = (top2[1] - top2[0]) < margin
     assert exempt.mean() < 0.1, f"{exempt.sum()} near-tie voxels"
     bad = (np.asarray(labels) != logits.argmax(0)) & ~exempt
     assert not bad.any(), f"{bad.sum()} labels differ from whole-volume inference"
@@ -162,6 +162,49 @@ def test_three_3d_tile_sizes_give_identical_labels_on_an_odd_volume(tmp_path):
         results.append(np.asarray(labels))
     np.testing.assert_array_equal(results[0], results[1])
     np.testing.assert_array_equal(results[0], results[2])
+
+
+@pytest.mark.openvino
+def test_3d_network_on_openvino_matches_the_whole_volume_reference(tmp_path):
+    """The 3D network under OpenVINO (what ``backend="auto"`` runs on the CPU where openvino is
+    installed), in fp32, at three tile shapes from one conversion: the labels of one pass of the
+    reference network, the probabilities within 1e-4 of PyTorch's engine; int8 is refused
+    (its calibration is 2D). In a child process, as tests/test_cpu_path.py's OpenVINO checks."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; from pathlib import Path; import numpy as np; sys.path.insert(0, sys.argv[1]); "
+            "from test_volumes3d import openvino_check; "
+            "openvino_check(Path(sys.argv[2]), np.random.default_rng(int(sys.argv[3])))")
+    done = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), str(tmp_path),
+                           str(int(_rng().integers(2**31)))], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def openvino_check(tmp_path, rng):
+    """:func:`test_3d_network_on_openvino_matches_the_whole_volume_reference` (in its child process)."""
+    from fastunet.engine import make_predictor
+    from fastunet.engine.openvino_backend import OpenVINOPredictor
+
+    bundle = net3d()
+    vol = rng.random(SHAPE).astype(np.float32)
+    logits = reference_logits(bundle, vol)
+    src = _zarr(tmp_path / "in.zarr", vol, (3, 8, 8))
+    for tile, block in [((30, 52, 56), (3, 16, 8)), ((28, 56, 48), (6, 8, 16)), (None, None)]:
+        labels, probs = segment(src, bundle, None, axes="ZYX", tile=tile, chunks=(3, 8, 8), block=block,
+                                output_kind="labels,probs", progress=False, dtype="fp32", backend="openvino")
+        assert_labels_match(labels, logits, margin=1e-4)
+        torch_probs = segment(src, bundle, None, axes="ZYX", tile=tile, chunks=(3, 8, 8), block=block,
+                              output_kind="probs", progress=False, dtype="fp32", backend="torch")
+        np.testing.assert_allclose(np.asarray(probs, np.float32), np.asarray(torch_probs, np.float32), atol=1e-3)
+    predictor = make_predictor(bundle.module, "openvino", "cpu", "fp32")
+    assert isinstance(predictor, OpenVINOPredictor)
+    x = torch.from_numpy(rng.normal(size=(2, 1, 28, 56, 48)).astype(np.float32))
+    with torch.no_grad():
+        torch.testing.assert_close(predictor.logits(x), bundle.module(x), atol=1e-4, rtol=1e-4)
+    with pytest.raises(UserError, match='dtype="int8" is calibrated on 2D images'):
+        make_predictor(bundle.module, "openvino", "cpu", "int8")
 
 
 def test_3d_instance_ids_equal_scipy_label_of_the_whole_volume(tmp_path):

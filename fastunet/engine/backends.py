@@ -8,7 +8,7 @@
     kernels run under the Triton interpreter (slow, but the whole path can be checked
     without a GPU).
 ``openvino``
-    the network converted for OpenVINO's CPU runtime
+    the network (2D or 3D) converted for OpenVINO's CPU runtime
     (:class:`~fastunet.engine.openvino_backend.OpenVINOPredictor`; the CPU only).
 ``auto``
     ``triton`` on CUDA when the triton package is installed (``fastunet[gpu]``); ``openvino``
@@ -38,11 +38,11 @@ __all__ = ["BACKENDS", "resolve_backend", "make_predictor", "backend_outputs"]
 BACKENDS = ("auto", "triton", "torch", "openvino")
 
 
-def resolve_backend(backend: str, device: torch.device | str, spatial_dims: int = 2) -> str:
+def resolve_backend(backend: str, device: torch.device | str) -> str:
     """``auto`` -> ``triton`` on CUDA when triton is installed, ``openvino`` on the CPU when
-    openvino is installed (:func:`~fastunet.engine.openvino_backend.picked_by_auto`) and the
-    network is 2D (``spatial_dims``), ``torch`` elsewhere; checks the name, that triton or openvino is
-    there when named, and that openvino is asked for on the CPU (ValueError naming the fix
+    openvino is installed (:func:`~fastunet.engine.openvino_backend.picked_by_auto`; 2D and 3D
+    networks alike), ``torch`` elsewhere; checks the name, that triton or openvino
+    is there when named, and that openvino is asked for on the CPU (ValueError naming the fix
     otherwise)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(repr(b) for b in BACKENDS)}; got {backend!r}.")
@@ -50,7 +50,7 @@ def resolve_backend(backend: str, device: torch.device | str, spatial_dims: int 
     if backend == "auto":
         if cuda:
             return "triton" if kernels.available() else "torch"
-        return "openvino" if openvino_backend.picked_by_auto() and spatial_dims == 2 else "torch"
+        return "openvino" if openvino_backend.picked_by_auto() else "torch"
     if backend == "triton" and not kernels.available():
         raise ValueError('backend="triton" needs the triton package, which is not installed: pip install '
                          "'fastunet[gpu]' (Linux), or use backend=\"torch\".")
@@ -60,8 +60,6 @@ def resolve_backend(backend: str, device: torch.device | str, spatial_dims: int 
         if not openvino_backend.available():
             raise ValueError('backend="openvino" needs the openvino package, which is not installed: pip install '
                              "'fastunet[openvino]', or use backend=\"torch\".")
-        if spatial_dims != 2:
-            raise ValueError('backend="openvino" runs 2D networks; this one is 3D: use backend="torch".')
     return backend
 
 
@@ -89,12 +87,15 @@ def make_predictor(model: ReferenceUNet | ModelHandle, backend: str = "auto", de
     :func:`fastunet.devices.cpu_threads`); the other backends use torch's intra-op threads.
     """
     device = resolve_device(device)
-    backend = resolve_backend(backend, device, model.config.spatial_dims)
+    backend = resolve_backend(backend, device)
     dtype = resolve_dtype(dtype, device, backend)
     if dtype == "int8" and backend != "openvino":
         raise UserError(f'dtype="int8" runs on the OpenVINO backend (the network quantized after training), not '
                         f'on backend="{backend}": on the CPU, pip install \'fastunet[openvino]\' and use backend="auto" '
                         'or "openvino"; or use dtype="bf16" or "fp32".')
+    if dtype == "int8" and model.config.spatial_dims != 2:
+        raise UserError('dtype="int8" is calibrated on 2D images of nuclei; this network is 3D: use dtype="bf16" or '
+                        '"fp32" (or "auto").')
     if backend == "openvino":
         return openvino_backend.OpenVINOPredictor(model, device=device, dtype=dtype, streams=batch_size,
                                                   threads=threads)

@@ -132,8 +132,8 @@ def _model_key(model: ReferenceUNet | ModelHandle, ov_version: str) -> str:
 
 
 def convert(ov, model: ReferenceUNet, *, split: bool = True):
-    """``openvino.convert_model`` of the network traced on the smallest valid tile (every
-    tile size runs on the result: the trace keeps the crops' sizes symbolic). ``split``: each
+    """``openvino.convert_model`` of the network (2D or 3D) traced on the smallest valid tile
+    (every tile shape runs on the result: the trace keeps the crops' sizes symbolic). ``split``: each
     decoder level's first convolution over the crop-concat as two summed convolutions
     (:func:`~fastunet.model.split_merge`, what the engine runs), else the reference's
     crop-concat (to compare: ``benchmarks/openvino_merge.py``)."""
@@ -153,8 +153,8 @@ def convert(ov, model: ReferenceUNet, *, split: bool = True):
         def forward(self, x):
             return self.net._layers(x, merge)
 
-    edge = geometry.min_input_size(model.config.depth)
-    example = torch.zeros(1, model.config.in_channels, edge, edge)
+    edges = [geometry.min_input_size(pools) for pools in model.config.axis_pools]
+    example = torch.zeros(1, model.config.in_channels, *edges)
     module = Layers(model).eval()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the crop's size checks, traced as constants

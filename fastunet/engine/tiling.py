@@ -43,6 +43,7 @@ __all__ = [
     "Layout",
     "tile_for_extent",
     "pick_step",
+    "min_split_step",
     "output_chunks",
     "block_shape",
     "plan_layout",
@@ -491,7 +492,8 @@ def plan_layout(
     longest default step is split further (one tile more along its axis at a time, never under
     :data:`MIN_SPLIT_STEP` px of output) and the plan kept is the one of the fewest rounds
     times the tile's area (a stand-in for its time): one 1024 x 1024 image on two streams runs
-    as two 604 x 1116 tiles, three slices as six, rather than leave a stream idle; a longer run
+    as two 604 x 1116 tiles, three slices as six, rather than leave a stream idle (a 3D
+    network's steps are split down to :func:`min_split_step`); a longer run
     whose last round is not full tries up to :data:`LAST_ROUND_SPLITS` such splits (a 2304 x
     2304 image: 12 tiles of 668 x 860 px in 6 rounds rather than 9 of 860 px in 5, the last
     half idle). ``chunks`` default to :func:`output_chunks` of the input's chunks (changed as
@@ -579,7 +581,7 @@ def _split_for_streams(layout: Layout, planned, steps, side_by_side: int) -> Lay
         n, q = layout.shape[layout.ndim - layout.tiled + axis], layout.grid_steps[axis]
         most = -(-n // (layout.last_tile(axis) + 2))  # one tile more along the axis
         most += -most % q
-        if most < MIN_SPLIT_STEP or most >= layout.step[axis]:
+        if most < min_split_step(layout.pools[axis], layout.tiled) or most >= layout.step[axis]:
             break
         limits[axis] = most
         split.add(axis)
@@ -590,9 +592,18 @@ def _split_for_streams(layout: Layout, planned, steps, side_by_side: int) -> Lay
     return best
 
 
-MIN_SPLIT_STEP = 128  # plan_layout splits no tile step below this many output pixels
+MIN_SPLIT_STEP = 128  # plan_layout splits no tile step below this many output pixels (or min_split_step's)
 SPLIT_ROUNDS = 4  # ... nor a run of this many rounds of side-by-side tiles or more ...
 LAST_ROUND_SPLITS = 2  # ... but for up to this many steps when its last round leaves a stream idle
+
+
+def min_split_step(pools, tiled: int = 2) -> int:
+    """The shortest step :func:`plan_layout` splits an axis (of ``pools``, one of ``tiled``
+    axes) into for side-by-side tiles: :data:`MIN_SPLIT_STEP` px for a 2D network; for a 3D
+    one, whose default steps are at most 128 already, twice the axis's context (the bundled
+    3D model's 20 px in Y and X, 12 px in Z: steps of 40 and 24), so that a tile still computes
+    more output than context."""
+    return MIN_SPLIT_STEP if tiled < 3 else min(MIN_SPLIT_STEP, 2 * geometry.context(pools))
 
 
 def _default_tile(n: int, chunk: int, pools, most: int, *, exact: bool = False, free: bool = False) -> int:

@@ -156,7 +156,7 @@ class Segmenter:
         self.normalization = self.handle.normalization
         self.device = resolve_device(device)
         try:
-            self.backend = resolve_backend(backend, self.device, self.config.spatial_dims)
+            self.backend = resolve_backend(backend, self.device)
         except ValueError as exc:
             raise UserError(str(exc)) from None
         self.dtype = resolve_dtype(dtype, self.device, self.backend)
@@ -266,7 +266,7 @@ class Segmenter:
         in this process (``batch_size`` of them, at most one per thread), else 1. A 1024 x 1024
         image then runs as two 604 x 1116 tiles, one a core on two cores, instead of one tile on
         one core (0.26 s against 0.42 s warm on the 2-core test machine, the same labels)."""
-        if remote or self.backend != "openvino" or self.device.type != "cpu" or self.config.spatial_dims != 2:
+        if remote or self.backend != "openvino" or self.device.type != "cpu":
             return 1
         from ..engine.openvino_backend import stream_count  # the predictor's own rule (openvino imported lazily)
 
