@@ -115,6 +115,8 @@ def _bad_inputs(tmp_path, model):
         ("bool dtype", [tmp_path / "bool.zarr", *o, *m], "unsupported data type bool"),
         ("complex dtype", [tmp_path / "complex.zarr", *o, *m], "unsupported data type complex64"),
         ("invalid tile", [good, *o, *m, "--tile", "50"], "Nearest valid: 48, 52"),
+        ("3D tile for a 2D model", [good, *o, *m, "--tile", "30,52,56"], "one edge for this 2D network"),
+        ("tile not a number", [good, *o, *m, "--tile", "52x52"], "--tile expects an edge in pixels"),
         ("tile too small", [good, *o, "--model", str(_model(tmp_path / "d4.safetensors", depth=4)), "--tile", "188"],
          "smallest usable tile is 204"),
         ("output exists", [good, "-o", tmp_path / "exists.zarr", *m], "already exists; pass --overwrite"),

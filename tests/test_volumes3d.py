@@ -279,5 +279,8 @@ def test_cli_segments_a_stack_with_the_bundled_3d_model(tmp_path, capsys):
                  "--quiet"]) == 0
     ids = tifffile.imread(tmp_path / "ids.tif")
     assert ids.shape == image.shape and ids.max() >= 1
+    assert main(["segment", str(tmp_path / "stack.tif"), "-o", str(tmp_path / "z.tif"), "--model", "3d", "--quiet",
+                 "--tile", "30,52,56"]) == 0  # a tile per axis: the same objects (seamless)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "z.tif"), ids)
     assert main(["info", "3d"]) == 0
     assert "3D U-Net, depth 2, base 16, pools 1x2x2, 2x2x2" in capsys.readouterr().out

@@ -78,8 +78,9 @@ def add_network_options(p: argparse.ArgumentParser, *, tile: bool = True) -> Non
     group.add_argument("--model", metavar="PATH", help="fastunet .safetensors model file or bioimage.io package "
                        "(.bmz.zip written by fastunet export); default: the bundled model")
     if tile:
-        group.add_argument("--tile", type=int, help="network input tile edge, e.g. 572 (388-pixel output); "
-                           "default: the largest that fits the device")
+        group.add_argument("--tile", help="network input tile edge, e.g. 572 (388-pixel "
+                           "output); a 3D model's: a cube's edge or Z,Y,X edges, e.g. 48,296,296; default: the "
+                           "largest that fits the device")
         group.add_argument("--batch-size", type=int, help="tiles per network call (default 4 on CUDA, 2 on the CPU)")
     group.add_argument("--device", help="cuda:N or cpu (default: cuda when available)")
     group.add_argument("--backend", choices=("auto", "triton", "torch", "openvino"), default="auto",
@@ -214,6 +215,19 @@ def parse_sizes(text: str | None, flag: str, example: str) -> tuple[int, ...] | 
         return tuple(int(v) for v in text.split(","))
     except ValueError:
         raise UserError(f"{flag} expects pixel counts separated by commas, e.g. {example}; got {text!r}.") from None
+
+
+def tile_argument(text: str | None) -> int | tuple[int, ...] | None:
+    """``--tile``: one edge (``572``; a square, or a 3D model's cube) or one edge per axis
+    (``48,296,296``: a 3D model's Z, Y, X); the model checks them against its network."""
+    if text is None:
+        return None
+    try:
+        edges = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(f"--tile expects an edge in pixels, e.g. 572, or a 3D model's Z,Y,X edges, e.g. 48,296,296; "
+                        f"got {text!r}.") from None
+    return edges[0] if len(edges) == 1 else edges
 
 
 def object_size_argument(text: str | None):

@@ -13,6 +13,7 @@ from .common import (
     human_stream,
     model_argument,
     object_size_argument,
+    tile_argument,
     write_json,
 )
 from .segment import add_cleanup_options, cleanup_options
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluate import evaluate, evaluate_styles, parse_styles, style_table
 
     model = model_argument(args.model)  # --json and --preview were checked before (fastunet.cli.files)
-    common = dict(device=args.device, backend=args.backend, dtype=args.dtype, tile=args.tile,
+    common = dict(device=args.device, backend=args.backend, dtype=args.dtype, tile=tile_argument(args.tile),
                   batch_size=args.batch_size, preview=args.preview, overwrite=args.overwrite,
                   object_size=object_size_argument(args.object_size), **cleanup_options(args))
     results = None

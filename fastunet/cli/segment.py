@@ -20,6 +20,7 @@ from .common import (
     model_argument,
     object_size_argument,
     parse_sizes,
+    tile_argument,
     to_flags,
     write_json,
 )
@@ -264,7 +265,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     log.info("%d input(s); model %s", len(inputs), args.model or "default (bundled)")
     try:
-        with Segmenter(model_argument(args.model), tile=args.tile, batch_size=args.batch_size, device=args.device,
+        with Segmenter(model_argument(args.model), tile=tile_argument(args.tile), batch_size=args.batch_size, device=args.device,
                        backend=args.backend, dtype=args.dtype) as seg:
             log.info("network on %s: %s backend, %s", seg.device, seg.backend, seg.dtype_choice)
             for i, (source, output) in enumerate(zip(inputs, outputs)):

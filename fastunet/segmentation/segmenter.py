@@ -70,6 +70,9 @@ def _check_tile(tile, config) -> int | tuple[int, ...] | None:
     for a 3D network one edge per axis ``(Tz, Ty, Tx)``."""
     if tile is None:
         return None
+    if config.spatial_dims == 2 and isinstance(tile, (tuple, list)):
+        raise UserError(f"tile= expects one edge for this 2D network (its tiles are square), e.g. tile=572; got "
+                        f"{tuple(tile)}.")
     if config.spatial_dims == 2 or isinstance(tile, (int, float, str, bool)):
         edges: tuple = (tile,) * config.spatial_dims
     else:
