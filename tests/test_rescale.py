@@ -322,31 +322,39 @@ def test_auto_runs_at_the_size_it_estimates(tmp_path, monkeypatch):
     np.testing.assert_array_equal(auto, given)
 
 
+@pytest.mark.parametrize("classes", [2, 3])
 @pytest.mark.parametrize("output", ["labels", "both", "confidence"])
-def test_sampling_back_gives_what_the_job_asks_the_network_for(output):
+def test_sampling_back_gives_what_the_job_asks_the_network_for(output, classes):
     """The rescaled probabilities interpolated onto a block come back as the network's output
     would (the argmax labels; the probabilities; or, for "confidence", the object probability
-    in uint8 steps of 1/255 as OpenVINO's compact graph gives it)."""
+    in uint8 steps of 1/255 as OpenVINO's compact graph gives it): two classes through one
+    interpolated channel, more through all of them, alike."""
     from types import SimpleNamespace
 
     from fastunet.engine.predictor import CONFIDENCE_SCALE
     from fastunet.engine.rescale import _sample_back
 
     rs = Rescale.make((6, 8), 0.5, (44, 44))  # (3, 4) rescaled
-    p1 = _rng().random((1, 3, 4))
-    probs = np.stack([1 - p1, p1]).astype(np.float32)  # (K, bz, 3, 4)
+    scores = _rng().random((classes, 1, 3, 4))
+    probs = (scores / scores.sum(axis=0)).astype(np.float32)  # (K, bz, 3, 4)
     block = SimpleNamespace(box=((0, 1), (0, 6), (0, 8)))
     labels, got = _sample_back(SimpleNamespace(rescale=rs, output_kind=output), block, ((0, 3), (0, 4)), probs)
     _, full = _sample_back(SimpleNamespace(rescale=rs, output_kind="probs"), block, ((0, 3), (0, 4)), probs)
-    assert full.shape == (2, 1, 6, 8)
-    np.testing.assert_array_equal(labels, full.argmax(axis=0).astype(np.uint8))
+    assert full.shape == (classes, 1, 6, 8)
+    # the reference: each class's probability interpolated in float64, then the argmax
+    (y0, y1, wy), (x0, x1, wx) = rs.linear(0, 0, 6), rs.linear(1, 0, 8)
+    ref = probs.astype(np.float64)[:, :, y0] * (1 - wy)[:, None] + probs.astype(np.float64)[:, :, y1] * wy[:, None]
+    ref = ref[..., x0] * (1 - wx) + ref[..., x1] * wx
+    np.testing.assert_allclose(full, ref, atol=1e-6)
+    assert labels.dtype == np.uint8 and labels.shape == (1, 6, 8)
+    np.testing.assert_array_equal(labels, ref.argmax(axis=0))
     if output == "labels":
         assert got is None
     elif output == "both":
         np.testing.assert_array_equal(got, full)
     else:
         assert got.dtype == np.uint8 and got.shape == (1, 1, 6, 8)
-        assert np.abs(got - full[1:] * CONFIDENCE_SCALE).max() <= 0.5 + 1e-4
+        assert np.abs(got - (1 - ref[:1]) * CONFIDENCE_SCALE).max() <= 0.5 + 1e-4
 
 
 def test_a_rescaled_run_s_blocks_span_tile_steps_of_the_rescaled_grid():

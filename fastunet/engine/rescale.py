@@ -173,21 +173,45 @@ class RescaledSource:
         return _interpolate(data, coords[1], box[-1][0], data.ndim - 1)
 
 
+def _lerp(values: np.ndarray, linear, base: int, axis: int) -> np.ndarray:
+    """``values`` (float32) interpolated along ``axis`` by ``linear`` (the index pairs and the
+    second one's weight, :meth:`Rescale.linear`; indices from ``base``): ``lo + (hi - lo) * w``,
+    computed in place in one new array."""
+    a, b, w = linear
+    lo = np.take(values, a - base, axis=axis)
+    out = np.take(values, b - base, axis=axis)
+    out -= lo
+    out *= w.reshape(w.shape + (1,) * (-1 - axis))  # along Y: one weight a row
+    out += lo
+    return out
+
+
 def _sample_back(job, block: Block, ranges, probs):
     """The rescaled probabilities ``(K, bz, h, w)`` over ``ranges``, interpolated at the block's
-    input pixels: the labels (their argmax) and/or the probabilities, as the job asks."""
+    input pixels: the labels (their argmax) and/or the probabilities, as the job asks. For the
+    labels (and the object probability) of a two-class network one channel is interpolated,
+    the background's probability ``q`` (the object's is ``1 - q``, interpolated alike): the
+    labels are where ``q < 1/2`` (the argmax of the pair but at exact ties, which take class 0
+    either way), at half the arithmetic of both classes."""
     rs = job.rescale
     (y0, y1), (x0, x1) = block.box[-2:]
-    p = probs.astype(np.float32)
-    (a, b, w) = rs.linear(0, y0, y1)
-    p = p[:, :, a - ranges[0][0]] * (1 - w)[:, None] + p[:, :, b - ranges[0][0]] * w[:, None]
-    (a, b, w) = rs.linear(1, x0, x1)
-    p = p[..., a - ranges[1][0]] * (1 - w) + p[..., b - ranges[1][0]] * w
-    # job.output_kind is what the network produces (fastunet.kinds.network_output)
-    labels = p.argmax(axis=0).astype(np.uint8) if job.output_kind in ("labels", "both", "confidence") else None
-    if job.output_kind == "confidence":  # the object probability alone (min_confidence), as the predictor gives it
+    kind = job.output_kind  # what the network produces (fastunet.kinds.network_output)
+    pair = probs.shape[0] == 2 and kind in ("labels", "confidence")
+    p = np.asarray(probs[:1] if pair else probs, np.float32)
+    p = _lerp(p, rs.linear(0, y0, y1), ranges[0][0], axis=-2)
+    p = _lerp(p, rs.linear(1, x0, x1), ranges[1][0], axis=-1)
+    if pair:
+        labels = (p[0] < 0.5).view(np.uint8)
+        if kind == "labels":
+            return labels, None
+        # the object probability alone (min_confidence), as the predictor gives it: (1 - q) in 1/255 steps
+        p *= -CONFIDENCE_SCALE
+        p += CONFIDENCE_SCALE
+        return labels, np.rint(p, out=p).astype(np.uint8)
+    labels = p.argmax(axis=0).astype(np.uint8) if kind in ("labels", "both", "confidence") else None
+    if kind == "confidence":
         return labels, np.rint((1.0 - p[:1]) * CONFIDENCE_SCALE).astype(np.uint8)
-    return labels, (p if job.output_kind in ("probs", "both") else None)  # float32: run_block writes float16
+    return labels, (p if kind in ("probs", "both") else None)  # float32: run_block writes float16
 
 
 def predict_rescaled(job, block: Block, compute):
