@@ -364,7 +364,7 @@ def test_a_rescaled_run_s_blocks_span_tile_steps_of_the_rescaled_grid():
     the rescaled grid, never below the layout's own block)."""
     from fastunet.engine.rescale import rescaled_size
     from fastunet.engine.tiling import Block, plan_layout
-    from fastunet.segmentation.scaling import RESCALED_BLOCK_VOXELS, rescaled_block
+    from fastunet.segmentation.scaling import RESCALED_BLOCK_INPUT_VOXELS, RESCALED_BLOCK_VOXELS, rescaled_block
 
     def tiles_computed(layout, rs):
         inner = rs.layout(layout)
@@ -381,9 +381,15 @@ def test_a_rescaled_run_s_blocks_span_tile_steps_of_the_rescaled_grid():
     far = Rescale.make((20000, 20000), 0.5, (1116, 1116))
     capped = rescaled_block(big, far)
     assert big.block == (1024, 1024) and capped[0] % 1024 == 0 and capped[1] % 1024 == 0
-    assert 1024 < min(capped) and math.prod(capped) <= RESCALED_BLOCK_VOXELS
+    # shrunk: within both caps, the input's binding (48 Mpx of input are 12 of the rescaled grid)
+    assert 1024 < min(capped) and RESCALED_BLOCK_INPUT_VOXELS - 1024**2 < math.prod(capped) <= RESCALED_BLOCK_INPUT_VOXELS
+    assert math.prod(capped) * 0.25 <= RESCALED_BLOCK_VOXELS
     capped_layout = dataclasses.replace(big, block=capped)
     assert tiles_computed(capped_layout, far) < tiles_computed(big, far) / 2
+    whole = plan_layout((6000, 6000), 3, source_chunks=(1000, 1000), max_step=1024, max_block_voxels=1 << 20)
+    shrunk = Rescale.make((6000, 6000), 0.635, (1116, 1116))  # 3810 x 3810: 4 x 4 tiles of step 1024
+    one = dataclasses.replace(whole, block=rescaled_block(whole, shrunk))
+    assert one.block == (6000, 6000) and tiles_computed(one, shrunk) == 16  # 14.5 Mpx rescaled: one block
     near = Rescale.make((20000, 20000), 2.0, (1116, 1116))  # enlarged: the cap counts rescaled voxels
     enlarged = rescaled_block(big, near)
     assert 1024 < max(enlarged) and 4 * math.prod(enlarged) <= RESCALED_BLOCK_VOXELS
