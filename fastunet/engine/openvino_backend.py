@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import geometry
-from ..devices import cpu_bf16_units, cpu_threads
+from ..devices import cpu_threads
 from ..errors import UserError
 from ..netconfig import parameter_shapes
 from .predictor import OUTPUTS, Prediction, Predictor, class_labels
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from .handle import ModelHandle
 
 __all__ = ["OpenVINOPredictor", "import_openvino", "available", "picked_by_auto", "cache_dir", "convert", "PRECISIONS",
-           "stream_count"]
+           "stream_count", "runs_bf16"]
 
 # fastunet's dtype -> the CPU plugin's inference precision (int8: of what stays in floating
 # point, bf16 where the CPU has bf16 units: OpenVINOPredictor)
@@ -249,7 +249,8 @@ class OpenVINOPredictor(Predictor):
         The CPU (OpenVINO's CPU plugin).
     dtype : {"bf16", "fp32", "tf32", "int8"}
         The inference precision (tf32 runs as fp32; int8: the network quantized after training,
-        :func:`int8_model`).
+        :func:`int8_model`; bf16 only where OpenVINO computes it, :func:`runs_bf16`, else a
+        :class:`~fastunet.errors.UserError` rather than fp32 under bf16's name).
     cache : path-like, None or False
         The folder of converted models (default :func:`cache_dir`), and of OpenVINO's compiled
         ones in its ``compiled`` folder (:func:`use_compiled_cache`); False: no disk cache.
@@ -280,6 +281,12 @@ class OpenVINOPredictor(Predictor):
         ov = import_openvino()
         self._ov = ov
         self._core = ov.Core()
+        bf16 = runs_bf16(self._core)
+        if dtype == "bf16" and not bf16:
+            raise UserError('dtype="bf16" on OpenVINO needs a CPU with bf16 units (AVX512-BF16 or AMX-BF16), which '
+                            "this one lacks: OpenVINO would compute in fp32 while the run said bf16. Use "
+                            'dtype="fp32" (what "auto" picks here), or backend="torch" (bf16 emulated, many times '
+                            "slower).")
         folder = None if cache is False else Path(cache) if cache is not None else cache_dir()
         make = int8_model if dtype == "int8" else converted_model
         self._models = {"scores": make(ov, self._core, model, folder)}  # and "compact", made on first use
@@ -287,7 +294,7 @@ class OpenVINOPredictor(Predictor):
             use_compiled_cache(self._core, folder / COMPILED_DIR)
         self.streams, threads = stream_count(streams, threads)
         precision = PRECISIONS[dtype]
-        if dtype == "int8" and cpu_bf16_units():
+        if dtype == "int8" and bf16:
             precision = "bf16"
         self._config = {"INFERENCE_PRECISION_HINT": precision, "NUM_STREAMS": self.streams,
                         "INFERENCE_NUM_THREADS": threads}
@@ -362,6 +369,13 @@ class OpenVINOPredictor(Predictor):
         uint8; ``output="confidence"``: the labels and the object probability, see
         :attr:`outputs`)."""
         return self.start(tiles, output).result()
+
+
+def runs_bf16(core) -> bool:
+    """Whether OpenVINO's CPU plugin (of ``core``) computes bf16 on this CPU (its ``BF16``
+    capability: AVX512-BF16 or AMX-BF16); elsewhere it takes a bf16 precision hint and computes
+    fp32 without a word."""
+    return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def stream_count(streams: int | None = None, threads: int | None = None) -> tuple[int, int]:
