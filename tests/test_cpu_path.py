@@ -188,6 +188,18 @@ def test_bf16_agrees_with_fp32_on_a_small_image():
     assert result["f1_diff"] <= TOLERANCES["f1"] and result["f1_fp32"] > 0.5
 
 
+def test_bf16_agrees_with_fp32_on_a_small_volume_with_the_3d_model():
+    """The same promise for the bundled 3D model (auto runs it in bf16 too), scored as 3D
+    objects; PyTorch's bf16, emulated where the CPU has no bf16 units."""
+    from fastunet.synthetic3d import style_volume
+
+    image, labels, _ = style_volume("confocal", (8, 64, 64), seed=31_000)
+    result = compare_dtypes([image], [labels], model="3d", axes="ZYX")
+    assert result["pixels"] == image.size and 0 < result["max_prob_diff"] <= TOLERANCES["max_prob"]
+    assert result["mean_prob_diff"] <= TOLERANCES["mean_prob"] and result["labels_identical"] >= TOLERANCES["labels"]
+    assert result["f1_diff"] <= TOLERANCES["f1"] and result["f1_fp32"] > 0.5
+
+
 # --------------------------------------------------------------------------- backends
 def test_auto_backend_on_the_cpu_picks_openvino_when_installed(monkeypatch):
     monkeypatch.delenv("FASTUNET_OPENVINO", raising=False)

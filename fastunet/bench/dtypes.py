@@ -1,17 +1,18 @@
 """The CPU's dtype policy checked: how far bf16 moves the default model's results from fp32.
 
-:func:`compare_dtypes` segments the same images in fp32 and in bf16 (``Segmenter`` on the CPU,
-one backend) and measures what the auto dtype must keep: the probabilities' largest and mean
-difference, the share of identical class labels, and the instance F1 of each against the true
-objects. :func:`style_agreement` does it on synthetic images of every style (P7 records it;
-a test checks the tolerances below on a small image).
+:func:`compare_dtypes` segments the same images (or volumes) in fp32 and in bf16
+(``Segmenter`` on the CPU, one backend) and measures what the auto dtype must keep: the
+probabilities' largest and mean difference, the share of identical class labels, and the
+instance F1 of each against the true objects. :func:`style_agreement` does it on synthetic
+images of every style (P7 records it; a test checks the tolerances below on a small image),
+:func:`volume_agreement` with the bundled 3D model on synthetic volumes of every 3D style.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["compare_dtypes", "style_agreement", "TOLERANCES", "INT8_TOLERANCES"]
+__all__ = ["compare_dtypes", "style_agreement", "volume_agreement", "TOLERANCES", "INT8_TOLERANCES"]
 
 # What bf16 may change against fp32 (the auto dtype's promise on CPUs with bf16 units):
 # probabilities within MAX_PROB (any pixel) and MEAN_PROB (on average), at least LABELS of the
@@ -24,8 +25,10 @@ TOLERANCES = {"max_prob": 0.1, "mean_prob": 0.005, "labels": 0.995, "f1": 0.01}
 INT8_TOLERANCES = {"max_prob": 1.0, "mean_prob": 0.01, "labels": 0.99, "f1": 0.02}
 
 
-def compare_dtypes(images, truths, *, model=None, backend: str = "torch", dtype: str = "bf16") -> dict:
-    """``dtype`` against fp32 on ``images`` (2-D arrays) with instance labels ``truths``.
+def compare_dtypes(images, truths, *, model=None, backend: str = "torch", dtype: str = "bf16",
+                   axes: str = "YX") -> dict:
+    """``dtype`` against fp32 on ``images`` (2-D arrays, or volumes with ``axes="ZYX"`` and a 3D
+    model: scored as 3D objects) with instance labels ``truths``.
 
     Parameters
     ----------
@@ -36,6 +39,8 @@ def compare_dtypes(images, truths, *, model=None, backend: str = "torch", dtype:
         The backend of both runs (``"torch"`` or ``"openvino"``).
     dtype : str
         The dtype compared with fp32.
+    axes : str
+        The images' axes (``"YX"``, or ``"ZYX"``).
 
     Returns
     -------
@@ -49,7 +54,7 @@ def compare_dtypes(images, truths, *, model=None, backend: str = "torch", dtype:
     runs = {}
     for name in ("fp32", dtype):
         with Segmenter(model, device="cpu", backend=backend, dtype=name) as seg:
-            results = [seg.segment(np.asarray(image), None, axes="YX", output_kind=("instances", "probs"),
+            results = [seg.segment(np.asarray(image), None, axes=axes, output_kind=("instances", "probs"),
                                    progress=False) for image in images]
             runs[name] = [(np.asarray(ids), np.asarray(probs, np.float32)) for ids, probs in results]
     diffs = [np.abs(a[1] - b[1]) for a, b in zip(runs["fp32"], runs[dtype])]
@@ -76,4 +81,20 @@ def style_agreement(*, styles=None, images: int = 2, shape=(512, 512), seed: int
             drawn = [style_image(style, tuple(shape), seed=seed + i) for i in range(images)]
             out[backend][style] = compare_dtypes([d.image for d in drawn], [d.labels for d in drawn], backend=backend,
                                                  dtype=dtype)
+    return out
+
+
+def volume_agreement(*, styles=None, volumes: int = 2, shape=(32, 128, 128), seed: int = 31_000,
+                     backend: str = "torch", dtype: str = "bf16") -> dict:
+    """:func:`compare_dtypes` (``dtype`` vs fp32) of the bundled 3D model on ``volumes``
+    synthetic volumes of each 3D style (default: all of :mod:`fastunet.synthetic3d`'s, the
+    held-out ``deep`` too, drawn from ``seed``...; not the model's training seeds);
+    ``{style: result}``."""
+    from ..synthetic3d import style_names_3d, style_volume
+
+    out = {}
+    for style in styles or style_names_3d():
+        drawn = [style_volume(style, tuple(shape), seed=seed + i) for i in range(volumes)]
+        out[style] = compare_dtypes([image for image, _, _ in drawn], [labels for _, labels, _ in drawn], model="3d",
+                                    backend=backend, dtype=dtype, axes="ZYX")
     return out
