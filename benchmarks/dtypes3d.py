@@ -36,16 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=".", help="folder of the JSON file")
     args = parser.parse_args(argv)
     from fastunet import __version__
-    from fastunet.bench.dtypes import TOLERANCES, volume_agreement
+    from fastunet.bench.dtypes import TOLERANCES, volume_agreement, worst_of
     from fastunet.devices import cpu_bf16_units
 
     shape = tuple(int(v) for v in args.shape.split(","))
     start = time.perf_counter()
     rows = volume_agreement(volumes=args.volumes, shape=shape, backend=args.backend)
-    worst = {"max_prob_diff": max(r["max_prob_diff"] for r in rows.values()),
-             "mean_prob_diff": max(r["mean_prob_diff"] for r in rows.values()),
-             "labels_identical": min(r["labels_identical"] for r in rows.values()),
-             "f1_diff": max(r["f1_diff"] for r in rows.values())}
+    worst = worst_of(rows.values())
     figures = {f"3D.bf16_worst_{key}": round(value, 6) for key, value in worst.items()}
     for style, r in rows.items():
         figures[f"3D.bf16_{style}_labels_identical"] = round(r["labels_identical"], 6)

@@ -437,7 +437,7 @@ def _agreement(images: int, openvino: bool, int8: bool) -> dict:
     """bf16 (and, with ``int8``, OpenVINO's int8) against fp32 on ``images`` synthetic images of
     every style (the dtypes' check, :func:`fastunet.bench.dtypes.style_agreement`): per backend
     and style, and the worst of the styles."""
-    from .dtypes import style_agreement
+    from .dtypes import style_agreement, worst_of
 
     runs = [("bf16", ("torch", "openvino") if openvino else ("torch",))] if "bf16" in float_dtypes() else []
     runs += [("int8", ("openvino",))] if int8 else []
@@ -446,11 +446,7 @@ def _agreement(images: int, openvino: bool, int8: bool) -> dict:
         for backend, styles in style_agreement(images=images, backends=backends, dtype=dtype).items():
             out[f"P7.{dtype}_agreement_{backend}"] = {name: {k: round(v, 5) for k, v in r.items()}
                                                       for name, r in styles.items()}
-            rows = list(styles.values())
-            out[f"P7.{dtype}_{backend}_worst_max_prob_diff"] = max(r["max_prob_diff"] for r in rows)
-            out[f"P7.{dtype}_{backend}_worst_mean_prob_diff"] = max(r["mean_prob_diff"] for r in rows)
-            out[f"P7.{dtype}_{backend}_worst_labels_identical"] = min(r["labels_identical"] for r in rows)
-            out[f"P7.{dtype}_{backend}_worst_f1_diff"] = max(r["f1_diff"] for r in rows)
+            out.update({f"P7.{dtype}_{backend}_worst_{key}": value for key, value in worst_of(styles.values()).items()})
     return out
 
 

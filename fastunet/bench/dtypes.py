@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["compare_dtypes", "style_agreement", "volume_agreement", "TOLERANCES", "INT8_TOLERANCES"]
+__all__ = ["compare_dtypes", "style_agreement", "volume_agreement", "worst_of", "TOLERANCES", "INT8_TOLERANCES"]
 
 # What bf16 may change against fp32 (the auto dtype's promise on CPUs with bf16 units):
 # probabilities within MAX_PROB (any pixel) and MEAN_PROB (on average), at least LABELS of the
@@ -65,6 +65,16 @@ def compare_dtypes(images, truths, *, model=None, backend: str = "torch", dtype:
             "mean_prob_diff": float(sum(d.sum() for d in diffs) / sum(d.size for d in diffs)),
             "labels_identical": same / pixels, "f1_fp32": f1["fp32"], f"f1_{dtype}": f1[dtype],
             "f1_diff": abs(f1[dtype] - f1["fp32"]), "pixels": pixels}
+
+
+def worst_of(results) -> dict:
+    """The worst of several :func:`compare_dtypes` results (e.g. one per style): the largest
+    probability differences and F1 difference, the smallest share of identical labels."""
+    results = list(results)
+    return {"max_prob_diff": max(r["max_prob_diff"] for r in results),
+            "mean_prob_diff": max(r["mean_prob_diff"] for r in results),
+            "labels_identical": min(r["labels_identical"] for r in results),
+            "f1_diff": max(r["f1_diff"] for r in results)}
 
 
 def style_agreement(*, styles=None, images: int = 2, shape=(512, 512), seed: int = 2026,
